@@ -1,0 +1,40 @@
+// moe-router: the command-line tool. One binary, subcommands.
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "client/commands.h"
+
+namespace {
+
+struct Command {
+  const char* name;
+  const char* summary;
+  int (*run)(const std::vector<std::string>&);
+};
+
+const Command kCommands[] = {
+    {"demo", "run an inference loop over the core engine on the embedded default model",
+     moe_router::DemoCommand},
+};
+
+int Usage(FILE* out) {
+  std::fprintf(out, "usage: moe-router COMMAND [flags]\n\ncommands:\n");
+  for (const Command& c : kCommands) std::fprintf(out, "  %-10s %s\n", c.name, c.summary);
+  std::fprintf(out, "\n'moe-router COMMAND --help' lists a command's flags.\n");
+  return out == stdout ? 0 : 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) return Usage(stderr);
+  const std::string name = argv[1];
+  if (name == "help" || name == "--help" || name == "-h") return Usage(stdout);
+  for (const Command& c : kCommands) {
+    if (name == c.name) return c.run(std::vector<std::string>(argv + 2, argv + argc));
+  }
+  std::fprintf(stderr, "moe-router: unknown command '%s'\n\n", name.c_str());
+  return Usage(stderr);
+}

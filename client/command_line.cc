@@ -1,0 +1,86 @@
+#include "client/command_line.h"
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_format.h"
+
+namespace moe_router {
+
+absl::StatusOr<CommandLine> CommandLine::Parse(const std::vector<std::string>& args,
+                                               const std::vector<FlagSpec>& spec) {
+  CommandLine out;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& arg = args[i];
+    if (arg.size() < 3 || arg.rfind("--", 0) != 0) {
+      out.positional_.push_back(arg);
+      continue;
+    }
+    std::string name = arg.substr(2), value;
+    const size_t eq = name.find('=');
+    const bool inline_value = eq != std::string::npos;
+    if (inline_value) {
+      value = name.substr(eq + 1);
+      name = name.substr(0, eq);
+    }
+    const FlagSpec* flag = nullptr;
+    for (const FlagSpec& f : spec) {
+      if (f.name == name) flag = &f;
+    }
+    if (flag == nullptr) {
+      return absl::InvalidArgumentError(absl::StrFormat("unknown flag --%s", name));
+    }
+    if (flag->takes_value && !inline_value) {
+      if (i + 1 >= args.size()) {
+        return absl::InvalidArgumentError(absl::StrFormat("flag --%s needs a value", name));
+      }
+      value = args[++i];
+    } else if (!flag->takes_value && inline_value) {
+      return absl::InvalidArgumentError(absl::StrFormat("flag --%s takes no value", name));
+    }
+    if (!flag->repeatable && out.values_.count(name) > 0) {
+      return absl::InvalidArgumentError(absl::StrFormat("flag --%s given twice", name));
+    }
+    out.values_[name].push_back(value);
+  }
+  return out;
+}
+
+std::string CommandLine::Value(const std::string& name, const std::string& fallback) const {
+  const auto it = values_.find(name);
+  return it == values_.end() ? fallback : it->second.back();
+}
+
+std::vector<std::string> CommandLine::Values(const std::string& name) const {
+  const auto it = values_.find(name);
+  return it == values_.end() ? std::vector<std::string>{} : it->second;
+}
+
+absl::StatusOr<double> CommandLine::Number(const std::string& name, double fallback) const {
+  if (!Has(name)) return fallback;
+  double v = 0;
+  if (!absl::SimpleAtod(Value(name), &v)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("--%s expects a number, got '%s'", name, Value(name)));
+  }
+  return v;
+}
+
+absl::StatusOr<uint64_t> CommandLine::Count(const std::string& name, uint64_t fallback) const {
+  if (!Has(name)) return fallback;
+  uint64_t v = 0;
+  if (!absl::SimpleAtoi(Value(name), &v)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("--%s expects a whole number, got '%s'", name, Value(name)));
+  }
+  return v;
+}
+
+std::string CommandLine::Help(const std::vector<FlagSpec>& spec) {
+  std::string out;
+  for (const FlagSpec& f : spec) {
+    absl::StrAppendFormat(&out, "  --%-22s %s\n", f.takes_value ? f.name + " VALUE" : f.name,
+                          f.help);
+  }
+  return out;
+}
+
+}  // namespace moe_router

@@ -1,0 +1,15 @@
+#ifndef MOE_ROUTER_CLIENT_COMMANDS_H_
+#define MOE_ROUTER_CLIENT_COMMANDS_H_
+
+#include <string>
+#include <vector>
+
+namespace moe_router {
+
+/// Subcommands of the moe-router CLI. Each takes the arguments after its
+/// name and returns the process exit code (0 ok, 1 failure, 2 usage).
+int DemoCommand(const std::vector<std::string>& args);
+
+}  // namespace moe_router
+
+#endif  // MOE_ROUTER_CLIENT_COMMANDS_H_

@@ -1,0 +1,151 @@
+#include "core/eviction_policy.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+
+namespace moe_router {
+
+double DecayReuse(double reuse, uint64_t from, uint64_t to) {
+  return to > from ? reuse * std::pow(1.0 - kReuseRate, static_cast<double>(to - from))
+                   : reuse;
+}
+
+double CurrentReuse(const EntryView& entry, const CacheClock& clock) {
+  if (entry.key.layer >= clock.layer_visits.size()) return entry.reuse;
+  return DecayReuse(entry.reuse, entry.reuse_visit, clock.layer_visits[entry.key.layer]);
+}
+
+namespace {
+
+class LruPolicy final : public EvictionPolicy {
+ public:
+  std::string name() const override { return "lru"; }
+  double Keep(const EntryView& e, const CacheClock&) const override {
+    return static_cast<double>(e.last_access);
+  }
+};
+
+class LfuPolicy final : public EvictionPolicy {
+ public:
+  std::string name() const override { return "lfu"; }
+  double Keep(const EntryView& e, const CacheClock&) const override {
+    return static_cast<double>(e.accesses);
+  }
+};
+
+class AffinityPolicy final : public EvictionPolicy {
+ public:
+  explicit AffinityPolicy(std::function<double(ExpertKey)> affinity)
+      : affinity_(std::move(affinity)) {}
+  std::string name() const override { return "affinity"; }
+  double Keep(const EntryView& e, const CacheClock&) const override {
+    return affinity_(e.key);
+  }
+
+ private:
+  std::function<double(ExpertKey)> affinity_;
+};
+
+// LFU while the access counts of the evictable entries are skewed (a few
+// experts dominate, so frequency predicts reuse); LRU while they are flat.
+class AdaptivePolicy final : public EvictionPolicy {
+ public:
+  explicit AdaptivePolicy(double skew) : skew_(skew) {}
+  std::string name() const override { return "adaptive"; }
+  void Prepare(absl::Span<const EntryView> candidates, const CacheClock&) override {
+    uint64_t max = 0, sum = 0;
+    for (const EntryView& e : candidates) {
+      max = std::max(max, e.accesses);
+      sum += e.accesses;
+    }
+    use_lfu_ = !candidates.empty() && sum > 0 &&
+               static_cast<double>(max) * candidates.size() >= skew_ * sum;
+  }
+  double Keep(const EntryView& e, const CacheClock& clock) const override {
+    return use_lfu_ ? lfu_.Keep(e, clock) : lru_.Keep(e, clock);
+  }
+  bool using_lfu() const { return use_lfu_; }
+
+ private:
+  const double skew_;
+  bool use_lfu_ = false;
+  LruPolicy lru_;
+  LfuPolicy lfu_;
+};
+
+// Layer-aware expected reuse distance. Layers are visited cyclically, so an
+// entry of the layer about to be served is needed soonest and one of the
+// layer just served is needed last: global LRU gets this exactly backwards.
+// With p the chance the expert is used at a visit of its layer (a recency
+// EMA blended with its long-run frequency), the expected number of steps to
+// its next use is d + L (1/p - 1), d being the distance to its layer's next
+// visit. The entry expected to be needed last goes first, as Belady would.
+class LayerReusePolicy final : public EvictionPolicy {
+ public:
+  std::string name() const override { return "layer_reuse"; }
+  double Keep(const EntryView& e, const CacheClock& clock) const override {
+    const uint32_t layers = std::max<uint32_t>(clock.num_layers, 1);
+    const uint32_t distance =
+        (e.key.layer + layers - clock.current_layer - 1) % layers + 1;
+    const uint64_t visits = e.key.layer < clock.layer_visits.size()
+                                ? clock.layer_visits[e.key.layer]
+                                : 0;
+    const double frequency =
+        visits == 0 ? 0.0 : std::min(1.0, static_cast<double>(e.accesses) / visits);
+    const double p =
+        std::max(kRecencyWeight * CurrentReuse(e, clock) + (1 - kRecencyWeight) * frequency,
+                 1e-6);
+    return -(distance + layers * (1.0 / p - 1.0));
+  }
+
+ private:
+  static constexpr double kRecencyWeight = 0.5;
+};
+
+class BeladyPolicy final : public EvictionPolicy {
+ public:
+  explicit BeladyPolicy(std::function<uint64_t(ExpertKey, uint64_t)> next_use)
+      : next_use_(std::move(next_use)) {}
+  std::string name() const override { return "belady"; }
+  double Keep(const EntryView& e, const CacheClock& clock) const override {
+    return -static_cast<double>(next_use_(e.key, clock.now));
+  }
+
+ private:
+  std::function<uint64_t(ExpertKey, uint64_t)> next_use_;
+};
+
+}  // namespace
+
+std::vector<std::string> EvictionPolicyNames() {
+  return {"lru", "lfu", "affinity", "adaptive", "layer_reuse", "belady"};
+}
+
+absl::StatusOr<std::unique_ptr<EvictionPolicy>> MakeEvictionPolicy(
+    absl::string_view name, const EvictionPolicyOptions& options) {
+  if (name == "lru") return std::make_unique<LruPolicy>();
+  if (name == "lfu") return std::make_unique<LfuPolicy>();
+  if (name == "adaptive") return std::make_unique<AdaptivePolicy>(options.adaptive_skew);
+  if (name == "layer_reuse") return std::make_unique<LayerReusePolicy>();
+  if (name == "affinity") {
+    if (!options.affinity) {
+      return absl::InvalidArgumentError("eviction policy 'affinity' needs affinity scores");
+    }
+    return std::make_unique<AffinityPolicy>(options.affinity);
+  }
+  if (name == "belady") {
+    if (!options.next_use) {
+      return absl::InvalidArgumentError(
+          "eviction policy 'belady' needs the future accesses (offline replay only)");
+    }
+    return std::make_unique<BeladyPolicy>(options.next_use);
+  }
+  return absl::InvalidArgumentError(absl::StrFormat(
+      "unknown eviction policy '%s' (expected one of: %s)", name,
+      absl::StrJoin(EvictionPolicyNames(), ", ")));
+}
+
+}  // namespace moe_router

@@ -1,0 +1,80 @@
+#ifndef MOE_ROUTER_CORE_EVICTION_POLICY_H_
+#define MOE_ROUTER_CORE_EVICTION_POLICY_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/types/span.h"
+#include "core/types.h"
+
+namespace moe_router {
+
+/// What a policy may know of a cache entry when ranking it.
+struct EntryView {
+  ExpertKey key;
+  uint64_t last_access = 0;  // cache tick of the last access (0: never)
+  uint64_t accesses = 0;     // accesses so far, kept across evictions
+  /// Layer-aware use estimate: an EMA over the visits of the entry's layer of
+  /// "this expert was used in that visit", as of `reuse_visit`.
+  double reuse = 0;
+  uint64_t reuse_visit = 0;
+};
+
+/// What a policy may know of the cache as a whole.
+struct CacheClock {
+  uint64_t now = 0;            // current tick
+  uint32_t current_layer = 0;  // layer of the step being served
+  uint32_t num_layers = 1;
+  std::vector<uint64_t> layer_visits;  // visits so far, per layer
+};
+
+/// Ranks cache entries for eviction: the entry with the lowest Keep() goes
+/// first (ties: least recently accessed, then lowest key). Policies are
+/// stateless rankers over EntryView, so the cache owns all bookkeeping.
+class EvictionPolicy {
+ public:
+  virtual ~EvictionPolicy() = default;
+  virtual std::string name() const = 0;
+  /// Called once per eviction decision with the evictable entries, before
+  /// Keep() is asked of each (lets a policy look at the population).
+  virtual void Prepare(absl::Span<const EntryView> /*candidates*/,
+                       const CacheClock& /*clock*/) {}
+  virtual double Keep(const EntryView& entry, const CacheClock& clock) const = 0;
+};
+
+/// The decay of the layer-aware reuse EMA per visit of the layer.
+inline constexpr double kReuseRate = 0.3;
+
+/// The reuse EMA recorded at visit `from`, decayed to visit `to`: the visits
+/// in between had no use.
+double DecayReuse(double reuse, uint64_t from, uint64_t to);
+/// Current reuse estimate of an entry, as of its layer's latest visit.
+double CurrentReuse(const EntryView& entry, const CacheClock& clock);
+
+struct EvictionPolicyOptions {
+  /// For "affinity": the expert's affinity score.
+  std::function<double(ExpertKey)> affinity;
+  /// For "belady" (offline replay only): the tick of the next access of the
+  /// key after `now`, or UINT64_MAX if never.
+  std::function<uint64_t(ExpertKey, uint64_t now)> next_use;
+  /// For "adaptive": LFU when max/mean access count of the evictable entries
+  /// is at least this, else LRU.
+  double adaptive_skew = 2.0;
+};
+
+/// Names accepted by MakeEvictionPolicy, for help texts and validation.
+std::vector<std::string> EvictionPolicyNames();
+
+/// lru | lfu | affinity | adaptive | layer_reuse | belady. An unknown name,
+/// or a policy missing the function it needs, is INVALID_ARGUMENT.
+absl::StatusOr<std::unique_ptr<EvictionPolicy>> MakeEvictionPolicy(
+    absl::string_view name, const EvictionPolicyOptions& options);
+
+}  // namespace moe_router
+
+#endif  // MOE_ROUTER_CORE_EVICTION_POLICY_H_

@@ -1,0 +1,29 @@
+#ifndef MOE_ROUTER_CORE_FILE_IO_H_
+#define MOE_ROUTER_CORE_FILE_IO_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace moe_router {
+
+/// An UNAVAILABLE error "<what> <path>: <strerror(errno)>".
+absl::Status ErrnoError(absl::string_view what, const std::string& path);
+
+/// pread(2) of exactly n bytes at offset, retrying short reads; DATA_LOSS on
+/// end of file or a read error.
+absl::Status PreadExact(int fd, void* buf, size_t n, uint64_t offset);
+
+/// Writes `contents` to `path` atomically: a temp file beside it, fsync,
+/// rename, fsync of the directory. A reader sees the old or the new file.
+absl::Status WriteFileAtomically(const std::string& path, absl::string_view contents);
+
+/// The whole file, or an error naming it.
+absl::StatusOr<std::string> ReadFile(const std::string& path);
+
+}  // namespace moe_router
+
+#endif  // MOE_ROUTER_CORE_FILE_IO_H_

@@ -1,0 +1,395 @@
+#include "core/model_engine.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "nlohmann/json.hpp"
+
+namespace moe_router {
+
+absl::Status ModelConfig::Validate() const {
+  if (name.empty()) return absl::InvalidArgumentError("model.name must not be empty");
+  if (num_layers == 0) return absl::InvalidArgumentError("model.num_layers must be > 0");
+  if (budget_bytes == 0) return absl::InvalidArgumentError("model.budget_bytes must be > 0");
+  if (absl::Status s = router.Validate(); !s.ok()) return s;
+  if (absl::Status s = affinity.Validate(); !s.ok()) return s;
+  if (absl::Status s = precision.Validate(); !s.ok()) return s;
+  if (prefetch_next_layer > router.num_experts) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "model.prefetch_next_layer (%d) must be <= num_experts (%d)", prefetch_next_layer,
+        router.num_experts));
+  }
+  bool known = false;
+  for (const std::string& p : EvictionPolicyNames()) known |= p == eviction_policy;
+  if (!known || eviction_policy == "belady") {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "model.eviction_policy '%s' is not one of lru, lfu, affinity, adaptive, layer_reuse",
+        eviction_policy));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<ModelEngine>> ModelEngine::Create(
+    const ModelConfig& config, std::shared_ptr<const ExpertStore> store) {
+  if (absl::Status s = config.Validate(); !s.ok()) return s;
+  if (store == nullptr) return absl::InvalidArgumentError("model needs an expert store");
+  auto model = std::unique_ptr<ModelEngine>(new ModelEngine(config, std::move(store)));
+  for (uint32_t l = 0; l < config.num_layers; ++l) {
+    auto router = LayerRouter::Create(config.router, config.affinity);
+    if (!router.ok()) return router.status();
+    auto layer = std::make_unique<Layer>();
+    absl::MutexLock lock(&layer->mu);
+    layer->router = std::make_unique<LayerRouter>(*std::move(router));
+    layer->affinity = &layer->router->affinity();
+    if (l > 0) {
+      layer->incoming = std::make_unique<CoActivation>(
+          config.router.num_experts, config.router.num_experts,
+          config.affinity.coactivation_decay);
+    }
+    model->layers_.push_back(std::move(layer));
+  }
+  EvictionPolicyOptions options;
+  ModelEngine* self = model.get();
+  options.affinity = [self](ExpertKey key) {
+    return self->layers_[key.layer]->affinity->Score(key.expert);
+  };
+  auto policy = MakeEvictionPolicy(config.eviction_policy, options);
+  if (!policy.ok()) return policy.status();
+  ModelMetrics* metrics = model->metrics_.get();
+  auto cache = ExpertCache::Create(
+      CacheConfig{.num_layers = config.num_layers,
+                  .num_experts = config.router.num_experts,
+                  .budget_bytes = config.budget_bytes},
+      *std::move(policy), [metrics](ExpertKey key) { metrics->RecordPageOut(key); });
+  if (!cache.ok()) return cache.status();
+  model->cache_ = *std::move(cache);
+  auto pool = PagingPool::Create(
+      model->cache_.get(), model->store_,
+      [self](ExpertKey key) { return self->PrecisionFor(key); }, metrics, config.paging);
+  if (!pool.ok()) return pool.status();
+  model->pool_ = *std::move(pool);
+  return model;
+}
+
+ModelEngine::ModelEngine(const ModelConfig& config, std::shared_ptr<const ExpertStore> store)
+    : config_(config),
+      store_(std::move(store)),
+      multi_precision_(store_->Precisions().size() > 1),
+      metrics_(std::make_unique<ModelMetrics>(config.num_layers, config.targets)) {}
+
+ModelEngine::~ModelEngine() { Shutdown(); }
+
+void ModelEngine::Shutdown() {
+  if (pool_ != nullptr) pool_->Shutdown();
+}
+
+absl::Status ModelEngine::CheckLayer(uint32_t layer) const {
+  if (layer >= config_.num_layers) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "layer %d is out of range: model '%s' has %d layers", layer, config_.name,
+        config_.num_layers));
+  }
+  return absl::OkStatus();
+}
+
+PrecisionClass ModelEngine::ClassOf(ExpertKey key) const {
+  const ExpertAffinity& affinity = *layers_[key.layer]->affinity;
+  return config_.precision.Classify(affinity.FrequencyRatio(key.expert), affinity.updates());
+}
+
+std::string ModelEngine::PrecisionFor(ExpertKey key) const {
+  const std::vector<std::string> variants = store_->Precisions();
+  if (multi_precision_) {
+    const std::string& wanted = config_.precision.PrecisionOf(ClassOf(key));
+    if (std::find(variants.begin(), variants.end(), wanted) != variants.end()) return wanted;
+  }
+  return variants.front();
+}
+
+void ModelEngine::QueuePrefetch(uint32_t layer, absl::Span<const uint32_t> experts,
+                                std::vector<ExpertKey>* queued) {
+  for (uint32_t e : experts) {
+    const ExpertKey key{layer, e};
+    if (cache_->IsResident(key)) continue;
+    pool_->PageIn(key, Priority::kPrefetch);
+    metrics_->RecordPrefetch(key, /*dropped=*/false);
+    queued->push_back(key);
+  }
+}
+
+absl::StatusOr<RouteOutcome> ModelEngine::Route(uint32_t layer,
+                                                absl::Span<const float> logits) {
+  if (absl::Status s = CheckLayer(layer); !s.ok()) return s;
+  const auto start = std::chrono::steady_clock::now();
+  const uint32_t n = config_.router.num_experts;
+  const uint32_t k = config_.router.top_k;
+
+  // The previous layer's last batch, to learn co-activation when this batch
+  // is the same tokens one layer on. Copied so no two layer locks nest.
+  std::vector<uint32_t> prev;
+  if (layer > 0) {
+    Layer& before = *layers_[layer - 1];
+    absl::MutexLock lock(&before.mu);
+    if (before.last_choices.size() == logits.size() / n * k) prev = before.last_choices;
+  }
+
+  RouteOutcome out;
+  Layer& here = *layers_[layer];
+  bool reclassify = false;
+  {
+    absl::MutexLock lock(&here.mu);
+    if (absl::Status s = here.router->Route(logits, cache_->ResidentFlags(layer), &out.batch);
+        !s.ok()) {
+      metrics_->RecordRouteError();
+      return s;
+    }
+    cache_->BeginStep(layer);
+    for (uint32_t e : out.batch.experts) cache_->Access({layer, e});
+    if (here.incoming != nullptr && prev.size() == out.batch.experts.size()) {
+      for (uint32_t t = 0; t < out.batch.tokens; ++t) {
+        here.incoming->Update(absl::MakeConstSpan(prev).subspan(size_t{t} * k, k),
+                              out.batch.TokenExperts(t));
+      }
+    }
+    here.last_choices = out.batch.experts;
+    here.tokens_since_reclassify += out.batch.tokens;
+    if (multi_precision_ && here.tokens_since_reclassify >= config_.precision.warmup_tokens) {
+      here.tokens_since_reclassify = 0;
+      reclassify = true;
+    }
+  }
+
+  // Paging actions, with no layer lock held. Chosen experts stay pinned
+  // while this route is in flight.
+  std::vector<uint32_t> weights_by_expert(n, 0);
+  std::vector<uint32_t> chosen;
+  for (uint32_t e : out.batch.experts) {
+    if (weights_by_expert[e]++ == 0) chosen.push_back(e);
+  }
+  for (uint32_t e : chosen) {
+    const ExpertKey key{layer, e};
+    if (!cache_->Pin(key)) {
+      pool_->PageIn(key, Priority::kUrgent);
+      out.urgent.push_back(key);
+    }
+  }
+  QueuePrefetch(layer, out.batch.prefetch, &out.prefetch);
+  if (layer + 1 < config_.num_layers && config_.prefetch_next_layer > 0) {
+    std::vector<double> weights(weights_by_expert.begin(), weights_by_expert.end());
+    std::vector<uint32_t> predicted;
+    {
+      Layer& next = *layers_[layer + 1];
+      absl::MutexLock lock(&next.mu);
+      predicted = next.incoming->PredictWeighted(weights, config_.prefetch_next_layer);
+    }
+    QueuePrefetch(layer + 1, predicted, &out.prefetch);
+  }
+  for (uint32_t e : chosen) cache_->Unpin({layer, e});
+  if (reclassify) RepageChangedClasses(layer);
+
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  metrics_->RecordRoute(layer, out.batch.tokens, out.batch.hits, out.batch.misses,
+                        out.batch.changed_tokens, out.batch.gate_mass_sum,
+                        out.batch.gate_mass_min, seconds);
+  return out;
+}
+
+void ModelEngine::RepageChangedClasses(uint32_t layer) {
+  for (uint32_t e = 0; e < config_.router.num_experts; ++e) {
+    const ExpertKey key{layer, e};
+    const std::string resident = cache_->ResidentPrecision(key);
+    if (!resident.empty() && resident != PrecisionFor(key)) pool_->Repage(key);
+  }
+}
+
+absl::StatusOr<PrefetchOutcome> ModelEngine::Prefetch(uint32_t layer,
+                                                      absl::Span<const uint32_t> experts,
+                                                      uint32_t budget) {
+  if (absl::Status s = CheckLayer(layer); !s.ok()) return s;
+  const uint32_t n = config_.router.num_experts;
+  for (uint32_t e : experts) {
+    if (e >= n) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "expert %d is out of range: model '%s' has %d experts per layer", e, config_.name, n));
+    }
+  }
+  std::vector<uint32_t> candidates(experts.begin(), experts.end());
+  if (candidates.empty()) {
+    // Co-activation with the previous layer's last batch first, then the
+    // layer's own affinity.
+    if (layer > 0) {
+      std::vector<double> weights(n, 0);
+      {
+        Layer& before = *layers_[layer - 1];
+        absl::MutexLock lock(&before.mu);
+        for (uint32_t e : before.last_choices) weights[e] += 1;
+      }
+      Layer& here = *layers_[layer];
+      absl::MutexLock lock(&here.mu);
+      candidates = here.incoming->PredictWeighted(weights, budget);
+    }
+    for (uint32_t e : layers_[layer]->affinity->TopByAffinity(budget)) {
+      if (candidates.size() >= budget) break;
+      if (std::find(candidates.begin(), candidates.end(), e) == candidates.end()) {
+        candidates.push_back(e);
+      }
+    }
+  }
+  PrefetchOutcome out;
+  std::vector<uint8_t> seen(n, 0);
+  for (uint32_t e : candidates) {
+    if (seen[e]++) continue;
+    const ExpertKey key{layer, e};
+    if (cache_->IsResident(key)) {
+      out.already_resident.push_back(e);
+      continue;
+    }
+    absl::StatusOr<ExpertInfo> info = store_->Info(key, PrecisionFor(key));
+    if (!info.ok()) return info.status();
+    const absl::Status admit = cache_->CanAdmit(key, info->bytes, Priority::kPrefetch);
+    if (!admit.ok() && !absl::IsAlreadyExists(admit)) {
+      out.dropped.push_back(e);
+      metrics_->RecordPrefetch(key, /*dropped=*/true);
+      continue;
+    }
+    pool_->PageIn(key, Priority::kPrefetch);
+    metrics_->RecordPrefetch(key, /*dropped=*/false);
+    out.queued.push_back(e);
+  }
+  return out;
+}
+
+absl::StatusOr<PinnedExpert> ModelEngine::Fetch(ExpertKey key, absl::Time deadline) {
+  if (absl::Status s = CheckLayer(key.layer); !s.ok()) return s;
+  if (key.expert >= config_.router.num_experts) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "expert %d is out of range: model '%s' has %d experts per layer", key.expert,
+        config_.name, config_.router.num_experts));
+  }
+  // Two conditions pass on their own, so they are retried until the
+  // deadline: the expert evicted between its page-in and our pin, and a
+  // budget momentarily full of pinned (in-flight) experts.
+  absl::Status last = absl::OkStatus();
+  while (true) {
+    absl::StatusOr<PinnedExpert> pinned = cache_->Get(key);
+    if (pinned.ok()) return pinned;
+    std::shared_ptr<const PageTicket> ticket = pool_->PageIn(key, Priority::kUrgent);
+    if (!ticket->WaitUntil(deadline)) break;
+    last = ticket->status();
+    if (!last.ok() && !absl::IsResourceExhausted(last)) return last;
+    if (absl::IsResourceExhausted(last)) {
+      if (absl::Now() >= deadline) break;
+      absl::SleepFor(absl::Milliseconds(1));
+    }
+  }
+  return absl::DeadlineExceededError(absl::StrFormat(
+      "expert %s was not paged in before the deadline%s", key.ToString(),
+      last.ok() ? "" : absl::StrCat(" (last attempt: ", last.message(), ")")));
+}
+
+ModelStats ModelEngine::Stats() const {
+  ModelStats stats;
+  stats.name = config_.name;
+  stats.store = store_->Describe();
+  stats.metrics = metrics_->Snapshot();
+  stats.cache = cache_->Stats();
+  stats.layers.resize(config_.num_layers);
+  for (uint32_t l = 0; l < config_.num_layers; ++l) {
+    const Layer& layer = *layers_[l];
+    absl::MutexLock lock(&layer.mu);
+    LayerStats& s = stats.layers[l];
+    if (layer.incoming != nullptr) {
+      s.coactivation_top1 = layer.incoming->Top1Accuracy();
+      s.coactivation_top2 = layer.incoming->Top2Accuracy();
+    }
+    s.mean_logit_range = layer.router->mean_logit_range();
+  }
+  for (const ExpertKey& key : cache_->ResidentKeys()) {
+    ++stats.layers[key.layer].resident_experts;
+    ++stats.resident_by_precision[cache_->ResidentPrecision(key)];
+    ++stats.resident_by_class[static_cast<int>(ClassOf(key))];
+  }
+  for (int p = 0; p < kNumPriorities; ++p) {
+    stats.queue_depth[p] = pool_->QueueDepth(static_cast<Priority>(p));
+  }
+  return stats;
+}
+
+std::string ModelEngine::ExportState() const {
+  nlohmann::json layers = nlohmann::json::array();
+  for (uint32_t l = 0; l < config_.num_layers; ++l) {
+    const Layer& layer = *layers_[l];
+    absl::MutexLock lock(&layer.mu);
+    const ExpertAffinity::State a = layer.router->affinity().Export();
+    nlohmann::json entry = {{"affinity_scores", a.scores},
+                            {"activation_counts", a.counts},
+                            {"tokens", a.updates}};
+    if (layer.incoming != nullptr) entry["coactivation"] = layer.incoming->ExportMatrix();
+    layers.push_back(std::move(entry));
+  }
+  const nlohmann::json state = {{"format", "moe-router-state/1"},
+                                {"model", config_.name},
+                                {"num_layers", config_.num_layers},
+                                {"num_experts", config_.router.num_experts},
+                                {"layers", std::move(layers)}};
+  return state.dump();
+}
+
+absl::Status ModelEngine::ImportState(absl::string_view text) {
+  const nlohmann::json json =
+      nlohmann::json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
+  const auto bad = [&](const std::string& why) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("state of model '%s' is unusable: %s", config_.name, why));
+  };
+  if (json.is_discarded() || !json.is_object()) return bad("not a JSON object");
+  if (json.value("format", "") != "moe-router-state/1") return bad("unknown format");
+  if (json.value("num_layers", 0u) != config_.num_layers ||
+      json.value("num_experts", 0u) != config_.router.num_experts) {
+    return bad("it was saved for another model shape");
+  }
+  const auto layers = json.find("layers");
+  if (layers == json.end() || !layers->is_array() || layers->size() != config_.num_layers) {
+    return bad("layers missing or of the wrong count");
+  }
+  // Parse everything first, so a bad layer changes nothing.
+  std::vector<ExpertAffinity::State> affinity(config_.num_layers);
+  std::vector<std::vector<double>> coactivation(config_.num_layers);
+  try {
+    for (uint32_t l = 0; l < config_.num_layers; ++l) {
+      const nlohmann::json& entry = (*layers)[l];
+      affinity[l].scores = entry.at("affinity_scores").get<std::vector<double>>();
+      affinity[l].counts = entry.at("activation_counts").get<std::vector<uint64_t>>();
+      affinity[l].updates = entry.at("tokens").get<uint64_t>();
+      if (l > 0) coactivation[l] = entry.at("coactivation").get<std::vector<double>>();
+    }
+  } catch (const nlohmann::json::exception& e) {
+    return bad(e.what());
+  }
+  // Dry-run the imports on scratch objects to validate values.
+  for (uint32_t l = 0; l < config_.num_layers; ++l) {
+    ExpertAffinity scratch(config_.router.num_experts, config_.affinity);
+    if (absl::Status s = scratch.Import(affinity[l]); !s.ok()) {
+      return bad(absl::StrFormat("layer %d: %s", l, s.message()));
+    }
+    if (l > 0) {
+      CoActivation co(config_.router.num_experts, config_.router.num_experts, 1.0);
+      if (absl::Status s = co.ImportMatrix(coactivation[l]); !s.ok()) {
+        return bad(absl::StrFormat("layer %d: %s", l, s.message()));
+      }
+    }
+  }
+  for (uint32_t l = 0; l < config_.num_layers; ++l) {
+    Layer& layer = *layers_[l];
+    absl::MutexLock lock(&layer.mu);
+    layer.router->mutable_affinity().Import(affinity[l]).IgnoreError();  // validated above
+    if (l > 0) layer.incoming->ImportMatrix(coactivation[l]).IgnoreError();
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace moe_router

@@ -1,0 +1,140 @@
+#ifndef MOE_ROUTER_CORE_ROUTER_H_
+#define MOE_ROUTER_CORE_ROUTER_H_
+
+#include <atomic>
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "core/affinity.h"
+#include "core/top_select.h"
+
+namespace moe_router {
+
+enum class BonusMode : uint8_t {
+  /// cache_bonus is added to the logit of a resident expert as is.
+  kAbsolute,
+  /// cache_bonus is a fraction of the layer's running mean logit range
+  /// (max - min per token), so one setting fits models of any logit scale.
+  kRelative,
+};
+
+struct RouterConfig {
+  uint32_t num_experts = 8;
+  uint32_t top_k = 2;
+  /// Favour resident experts by `cache_bonus` in the selection score.
+  bool memory_aware = true;
+  double cache_bonus = 0.25;
+  BonusMode bonus_mode = BonusMode::kRelative;
+  /// Unchosen experts whose probability is at least this fraction of the top
+  /// expert's become prefetch requests (a ratio, so no softmax over all
+  /// experts is needed). 0 disables.
+  double prefetch_threshold = 0.5;
+  /// Quality guard: the original top `protected_top` experts are always
+  /// chosen, whatever the bonus.
+  uint32_t protected_top = 1;
+  /// Quality guard: only experts ranked at most `max_rank` in the original
+  /// order may be chosen. 0 means top_k + 2. Must be >= top_k.
+  uint32_t max_rank = 0;
+  /// Weight of each token's range in the running mean range (folded in
+  /// once per batch; the bonus of a batch uses the range as of its start).
+  double range_ema_alpha = 0.01;
+
+  absl::Status Validate() const;
+  uint32_t EffectiveMaxRank() const;
+};
+
+/// What one routed batch produced. Buffers are reused across calls.
+struct RouteBatch {
+  uint32_t tokens = 0;
+  uint32_t top_k = 0;
+  /// tokens x top_k, row-major; per token in descending original probability.
+  std::vector<uint32_t> experts;
+  /// The original softmax probabilities of the chosen experts, renormalised.
+  std::vector<float> weights;
+  /// Whether each chosen expert was resident when it was chosen.
+  std::vector<uint8_t> resident;
+  /// Distinct unchosen experts over the prefetch threshold, ascending.
+  std::vector<uint32_t> prefetch;
+  /// Tokens whose chosen set differs from the original top-k.
+  uint32_t changed_tokens = 0;
+  /// Sum and minimum over tokens of the gate mass retained: the original
+  /// probability of the chosen experts over that of the original top-k.
+  double gate_mass_sum = 0;
+  double gate_mass_min = 1;
+  /// Chosen experts that were resident / not resident.
+  uint64_t hits = 0;
+  uint64_t misses = 0;
+
+  absl::Span<const uint32_t> TokenExperts(uint32_t t) const {
+    return absl::MakeConstSpan(experts).subspan(size_t{t} * top_k, top_k);
+  }
+};
+
+/// Routes the tokens of one MoE layer: top-k over gate logits with a
+/// cache-residency bonus under a quality guard, and learns the layer's expert
+/// affinity. One caller at a time (the owner serialises per layer).
+///
+///   auto router = LayerRouter::Create(config, {});
+///   RouteBatch out;
+///   router->Route(logits, resident_flags, &out);
+class LayerRouter {
+ public:
+  static absl::StatusOr<LayerRouter> Create(const RouterConfig& config,
+                                            const AffinityConfig& affinity);
+
+  /// Routes `logits` (tokens x num_experts, row-major). `resident` has one
+  /// flag per expert (nullptr: none resident). On error (bad length, NaN or
+  /// infinite logit, naming the token) nothing is routed and no state
+  /// changes.
+  absl::Status Route(absl::Span<const float> logits,
+                     const std::atomic<uint8_t>* resident, RouteBatch* out);
+
+  const RouterConfig& config() const { return config_; }
+  const ExpertAffinity& affinity() const { return *affinity_; }
+  ExpertAffinity& mutable_affinity() { return *affinity_; }
+  /// Running mean of the per-token logit range (0 before the first token).
+  double mean_logit_range() const { return range_ema_; }
+
+ private:
+  LayerRouter(const RouterConfig& config, const AffinityConfig& affinity);
+
+  RouterConfig config_;
+  uint32_t max_rank_;
+  float log_prefetch_threshold_;
+  std::unique_ptr<ExpertAffinity> affinity_;
+  // The selection bonus for a batch (from the running range).
+  float BatchBonus(absl::Span<const float> logits);
+  // Folds a batch's per-token ranges into the running mean range.
+  void UpdateRange(double range_sum, uint32_t tokens);
+  // Fills chosen_pos_ from the candidates with the bonus applied; returns
+  // whether the choice differs from the original top-k.
+  bool ChooseWithBonus(float bonus, const std::atomic<uint8_t>* resident);
+
+  double range_ema_ = 0;
+  bool range_seen_ = false;
+  TopSelector selector_;
+  // Per-token scratch, reused (one caller at a time).
+  std::vector<uint32_t> cand_id_;
+  std::vector<float> cand_logit_;
+  std::vector<uint8_t> cand_res_;
+  std::vector<uint8_t> taken_;
+  std::vector<uint32_t> res_pos_;  // candidate positions past the protected
+  std::vector<uint32_t> abs_pos_;  // prefix, resident / absent
+  std::vector<uint32_t> chosen_pos_;
+  std::vector<uint8_t> prefetch_mark_;
+  // Per-batch scratch: chosen logit minus top logit, then its exp; and the
+  // original top-k mass of tokens whose choice changed (0 otherwise).
+  std::vector<float> diff_;
+  std::vector<float> orig_mass_;
+};
+
+/// Checks a batch of logits without routing it: the length is a multiple of
+/// num_experts and every value is finite; the error names the first bad token.
+absl::Status ValidateLogits(absl::Span<const float> logits, uint32_t num_experts);
+
+}  // namespace moe_router
+
+#endif  // MOE_ROUTER_CORE_ROUTER_H_

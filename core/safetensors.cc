@@ -1,0 +1,140 @@
+#include "core/safetensors.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "absl/strings/str_format.h"
+#include "core/file_io.h"
+#include "nlohmann/json.hpp"
+
+namespace moe_router {
+namespace {
+
+// A header larger than this is not a checkpoint we should trust.
+constexpr uint64_t kMaxHeaderBytes = 100ull << 20;
+
+}  // namespace
+
+size_t SafetensorsDtypeSize(absl::string_view dtype) {
+  if (dtype == "F64" || dtype == "I64" || dtype == "U64") return 8;
+  if (dtype == "F32" || dtype == "I32" || dtype == "U32") return 4;
+  if (dtype == "F16" || dtype == "BF16" || dtype == "I16" || dtype == "U16") return 2;
+  if (dtype == "I8" || dtype == "U8" || dtype == "BOOL" || dtype == "F8_E4M3" ||
+      dtype == "F8_E5M2") {
+    return 1;
+  }
+  return 0;
+}
+
+absl::StatusOr<SafetensorsHeader> ReadSafetensorsHeader(const std::string& path) {
+  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return ErrnoError("cannot open", path);
+  struct Closer {
+    int fd;
+    ~Closer() { close(fd); }
+  } closer{fd};
+  struct stat st;
+  if (fstat(fd, &st) != 0) return ErrnoError("cannot stat", path);
+  const uint64_t file_size = static_cast<uint64_t>(st.st_size);
+  const auto bad = [&](const std::string& why) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("malformed safetensors file %s: %s", path, why));
+  };
+  if (file_size < 8) return bad("shorter than the 8-byte header length");
+  uint8_t len_bytes[8];
+  if (!PreadExact(fd, len_bytes, 8, 0).ok()) return bad("cannot read the header length");
+  uint64_t header_len = 0;
+  for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | len_bytes[i];
+  if (header_len > kMaxHeaderBytes || header_len > file_size - 8) {
+    return bad(absl::StrFormat("header length %d does not fit the file (%d bytes)",
+                               header_len, file_size));
+  }
+  std::string text(header_len, '\0');
+  if (!PreadExact(fd, text.data(), header_len, 8).ok()) return bad("cannot read the header");
+
+  nlohmann::json json = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (json.is_discarded() || !json.is_object()) return bad("header is not a JSON object");
+
+  SafetensorsHeader header;
+  header.data_start = 8 + header_len;
+  header.file_size = file_size;
+  const uint64_t data_len = file_size - header.data_start;
+  for (const auto& [name, value] : json.items()) {
+    if (name == "__metadata__") {
+      if (!value.is_object()) return bad("__metadata__ is not an object");
+      for (const auto& [k, v] : value.items()) {
+        if (!v.is_string()) return bad("__metadata__ value of '" + k + "' is not a string");
+        header.metadata[k] = v.get<std::string>();
+      }
+      continue;
+    }
+    const auto tensor_bad = [&](const std::string& why) {
+      return bad(absl::StrFormat("tensor '%s': %s", name, why));
+    };
+    if (!value.is_object()) return tensor_bad("entry is not an object");
+    const auto dtype = value.find("dtype");
+    const auto shape = value.find("shape");
+    const auto offsets = value.find("data_offsets");
+    if (dtype == value.end() || !dtype->is_string()) return tensor_bad("missing dtype");
+    if (shape == value.end() || !shape->is_array()) return tensor_bad("missing shape");
+    if (offsets == value.end() || !offsets->is_array() || offsets->size() != 2 ||
+        !(*offsets)[0].is_number_unsigned() || !(*offsets)[1].is_number_unsigned()) {
+      return tensor_bad("data_offsets must be two unsigned integers");
+    }
+    SafetensorsTensor t;
+    t.name = name;
+    t.dtype = dtype->get<std::string>();
+    const size_t elem = SafetensorsDtypeSize(t.dtype);
+    if (elem == 0) return tensor_bad("unknown dtype '" + t.dtype + "'");
+    uint64_t count = 1;
+    for (const auto& d : *shape) {
+      if (!d.is_number_unsigned()) return tensor_bad("shape has a non-integer dimension");
+      const uint64_t dim = d.get<uint64_t>();
+      if (dim != 0 && count > (uint64_t{1} << 62) / dim) return tensor_bad("shape overflows");
+      count *= dim;
+      t.shape.push_back(static_cast<int64_t>(dim));
+    }
+    const uint64_t begin = (*offsets)[0].get<uint64_t>();
+    const uint64_t end = (*offsets)[1].get<uint64_t>();
+    if (begin > end || end > data_len) {
+      return tensor_bad(absl::StrFormat(
+          "data_offsets [%d, %d] lie outside the %d data bytes of the file", begin, end,
+          data_len));
+    }
+    if (end - begin != count * elem) {
+      return tensor_bad(absl::StrFormat("%d bytes do not match shape and dtype (%d bytes)",
+                                        end - begin, count * elem));
+    }
+    t.begin = header.data_start + begin;
+    t.end = header.data_start + end;
+    header.tensors.push_back(std::move(t));
+  }
+  return header;
+}
+
+absl::Status WriteSafetensors(const std::string& path,
+                              const std::vector<SafetensorsWriteTensor>& tensors,
+                              const std::map<std::string, std::string>& metadata) {
+  nlohmann::json header = nlohmann::json::object();
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  uint64_t offset = 0;
+  for (const auto& t : tensors) {
+    header[t.name] = {{"dtype", t.dtype},
+                      {"shape", t.shape},
+                      {"data_offsets", {offset, offset + t.bytes.size()}}};
+    offset += t.bytes.size();
+  }
+  std::string text = header.dump();
+  // Pad with spaces so the data starts 8-byte aligned, as the format suggests.
+  while ((8 + text.size()) % 8 != 0) text.push_back(' ');
+  std::string file;
+  file.reserve(8 + text.size() + offset);
+  const uint64_t len = text.size();
+  for (int i = 0; i < 8; ++i) file.push_back(static_cast<char>((len >> (8 * i)) & 0xff));
+  file += text;
+  for (const auto& t : tensors) file += t.bytes;
+  return WriteFileAtomically(path, file);
+}
+
+}  // namespace moe_router

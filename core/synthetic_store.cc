@@ -1,0 +1,109 @@
+#include "core/synthetic_store.h"
+
+#include <cstring>
+
+#include "absl/hash/hash.h"
+#include "absl/strings/str_format.h"
+#include "core/checksum.h"
+
+namespace moe_router {
+
+absl::Status SyntheticStoreOptions::Validate() const {
+  if (num_layers == 0 || num_experts == 0) {
+    return absl::InvalidArgumentError("synthetic store needs layers and experts > 0");
+  }
+  if (variants.empty()) {
+    return absl::InvalidArgumentError("synthetic store needs at least one variant");
+  }
+  for (const auto& [name, bytes] : variants) {
+    if (name.empty()) return absl::InvalidArgumentError("synthetic variant with no name");
+    if (bytes < 3) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "synthetic variant '%s' expert_bytes must be >= 3 (three tensors), got %d", name,
+          bytes));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<SyntheticStore>> SyntheticStore::Create(
+    const SyntheticStoreOptions& options) {
+  if (absl::Status s = options.Validate(); !s.ok()) return s;
+  return std::unique_ptr<SyntheticStore>(new SyntheticStore(options));
+}
+
+std::vector<std::string> SyntheticStore::Precisions() const {
+  std::vector<std::string> names;
+  for (const auto& [name, bytes] : options_.variants) names.push_back(name);
+  return names;
+}
+
+absl::StatusOr<uint64_t> SyntheticStore::Bytes(ExpertKey key,
+                                               const std::string& precision) const {
+  if (key.layer >= options_.num_layers || key.expert >= options_.num_experts) {
+    return absl::NotFoundError(absl::StrFormat(
+        "expert %s is not in the synthetic store (%d layers x %d experts)", key.ToString(),
+        options_.num_layers, options_.num_experts));
+  }
+  for (const auto& [name, bytes] : options_.variants) {
+    if (name == precision) return bytes;
+  }
+  return absl::NotFoundError(
+      absl::StrFormat("synthetic store has no precision variant '%s'", precision));
+}
+
+absl::StatusOr<ExpertInfo> SyntheticStore::Info(ExpertKey key,
+                                                const std::string& precision) const {
+  absl::StatusOr<uint64_t> bytes = Bytes(key, precision);
+  if (!bytes.ok()) return bytes.status();
+  return ExpertInfo{.bytes = *bytes};
+}
+
+absl::StatusOr<std::shared_ptr<const ExpertData>> SyntheticStore::Load(
+    ExpertKey key, const std::string& precision) const {
+  absl::StatusOr<uint64_t> bytes = Bytes(key, precision);
+  if (!bytes.ok()) return bytes.status();
+  auto data = std::make_shared<ExpertData>();
+  data->key = key;
+  data->precision = precision;
+  data->size = *bytes;
+  data->bytes = std::make_unique_for_overwrite<uint8_t[]>(*bytes);
+  // splitmix64 stream seeded by the key and precision: cheap and repeatable.
+  uint64_t state = absl::HashOf(key.layer, key.expert, precision);
+  uint8_t* out = data->bytes.get();
+  for (uint64_t i = 0; i < *bytes; i += 8) {
+    uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    std::memcpy(out + i, &z, std::min<uint64_t>(8, *bytes - i));
+  }
+  // Three tensors like a gated MLP expert (w1, w2, w3).
+  const uint64_t third = *bytes / 3;
+  const uint64_t sizes[3] = {third, third, *bytes - 2 * third};
+  const char* names[3] = {"w1", "w2", "w3"};
+  std::vector<std::pair<std::string, uint64_t>> digests;
+  uint64_t offset = 0;
+  for (int t = 0; t < 3; ++t) {
+    TensorData tensor{.name = names[t],
+                      .dtype = "U8",
+                      .shape = {static_cast<int64_t>(sizes[t])},
+                      .offset = offset,
+                      .size = sizes[t]};
+    tensor.checksum = Xxh3({out + offset, sizes[t]});
+    digests.emplace_back(tensor.name, tensor.checksum);
+    data->tensors.push_back(std::move(tensor));
+    offset += sizes[t];
+  }
+  data->checksum = ExpertChecksum(digests);
+  return data;
+}
+
+std::string SyntheticStore::Describe() const {
+  return absl::StrFormat("synthetic store: %d layers x %d experts, %d variant(s), %d bytes "
+                         "per expert in '%s'",
+                         options_.num_layers, options_.num_experts, options_.variants.size(),
+                         options_.variants[0].second, options_.variants[0].first);
+}
+
+}  // namespace moe_router

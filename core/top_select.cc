@@ -1,0 +1,300 @@
+#include "core/top_select.h"
+
+#include <algorithm>
+#include <limits>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+namespace moe_router {
+namespace {
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+#if defined(__x86_64__)
+// For each 8-bit mask, the lane permutation that packs the set lanes left.
+struct LeftPackTable {
+  alignas(32) uint32_t perm[256][8];
+  // rotate[r]: lane l takes lane (l + r) % 8. wrapped[r]: lanes l whose
+  // partner (l + r) % 8 comes before l.
+  alignas(32) uint32_t rotate[8][8];
+  alignas(32) uint32_t wrapped[8][8];
+  LeftPackTable() {
+    for (int r = 0; r < 8; ++r) {
+      for (int l = 0; l < 8; ++l) {
+        rotate[r][l] = static_cast<uint32_t>((l + r) % 8);
+        wrapped[r][l] = (l + r) % 8 < l ? 0xffffffffu : 0u;
+      }
+    }
+    for (int m = 0; m < 256; ++m) {
+      int out = 0;
+      for (int lane = 0; lane < 8; ++lane) {
+        if (m & (1 << lane)) perm[m][out++] = static_cast<uint32_t>(lane);
+      }
+      while (out < 8) perm[m][out++] = 0;
+    }
+  }
+};
+const LeftPackTable& PackTable() {
+  static const LeftPackTable table;
+  return table;
+}
+
+// How many of values[0, padded) are >= t.
+__attribute__((target("avx2,popcnt"))) uint32_t CountAtLeast(const float* values,
+                                                              uint32_t padded, float t) {
+  const __m256 vt = _mm256_set1_ps(t);
+  uint32_t count = 0;
+  for (uint32_t i = 0; i < padded; i += 8) {
+    const int mask = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(values + i), vt, _CMP_GE_OQ));
+    count += static_cast<uint32_t>(_mm_popcnt_u32(static_cast<unsigned>(mask)));
+  }
+  return count;
+}
+#endif
+
+}  // namespace
+
+void ExpNonPositiveBatch(float* x, size_t n) {
+  for (size_t i = 0; i < n; ++i) x[i] = ExpNonPositive(x[i]);
+}
+
+TopSelector::TopSelector(uint32_t n, uint32_t r)
+    : n_(n),
+      r_(r),
+#if defined(__x86_64__)
+      portable_(!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("popcnt")),
+#else
+      portable_(true),
+#endif
+      gap_(kInf),
+      cand_value_(n + 16),
+      cand_id_(n + 16),
+      ranked_id_(n + 16),
+      ranked_value_(n + 16) {
+#if defined(__x86_64__)
+  PackTable();
+#endif
+}
+
+float TopSelector::Select(const float* row, uint32_t* ids, float* values) {
+  if (portable_) return SelectPortable(row, ids, values);
+  return n_ <= 8 ? SelectOneVector(row, ids, values) : SelectAvx2(row, ids, values);
+}
+
+float TopSelector::SelectPortable(const float* row, uint32_t* ids, float* values) {
+  uint32_t filled = 0;
+  float lowest = row[0];
+  for (uint32_t e = 0; e < n_; ++e) {
+    const float x = row[e];
+    lowest = x < lowest ? x : lowest;
+    uint32_t p;
+    if (filled < r_) {
+      p = filled++;
+    } else if (x > values[r_ - 1]) {
+      p = r_ - 1;
+    } else {
+      continue;
+    }
+    // A new value must beat the current r-th strictly and equal values keep
+    // their place, so ties go to the lower index.
+    while (p > 0 && values[p - 1] < x) {
+      values[p] = values[p - 1];
+      ids[p] = ids[p - 1];
+      --p;
+    }
+    values[p] = x;
+    ids[p] = e;
+  }
+  return lowest;
+}
+
+#if defined(__x86_64__)
+// Up to 8 experts fit one vector: rank all against their 7 rotations.
+__attribute__((target("avx2,popcnt,bmi"))) float TopSelector::SelectOneVector(
+    const float* row, uint32_t* ids, float* values) {
+  const LeftPackTable& table = PackTable();
+  alignas(32) float lanes[8];
+  for (uint32_t i = 0; i < 8; ++i) lanes[i] = i < n_ ? row[i] : -kInf;
+  const __m256 v = _mm256_load_ps(lanes);
+  __m256i rank = _mm256_setzero_si256();
+  for (int rot = 1; rot < 8; ++rot) {
+    const __m256 rv = _mm256_permutevar8x32_ps(
+        v, _mm256_load_si256(reinterpret_cast<const __m256i*>(table.rotate[rot])));
+    const __m256 beats = _mm256_blendv_ps(
+        _mm256_cmp_ps(rv, v, _CMP_GT_OQ), _mm256_cmp_ps(rv, v, _CMP_GE_OQ),
+        _mm256_load_ps(reinterpret_cast<const float*>(table.wrapped[rot])));
+    rank = _mm256_sub_epi32(rank, _mm256_castps_si256(beats));
+  }
+  // Padding lanes rank last, so ranks 0..n-1 belong to real experts.
+  for (uint32_t p = 0; p < r_; ++p) {
+    const int mask = _mm256_movemask_ps(
+        _mm256_castsi256_ps(_mm256_cmpeq_epi32(rank, _mm256_set1_epi32(static_cast<int>(p)))));
+    const uint32_t lane = static_cast<uint32_t>(__builtin_ctz(static_cast<unsigned>(mask)));
+    ids[p] = lane;
+    values[p] = lanes[lane];
+  }
+  const int last = _mm256_movemask_ps(_mm256_castsi256_ps(
+      _mm256_cmpeq_epi32(rank, _mm256_set1_epi32(static_cast<int>(n_ - 1)))));
+  return lanes[__builtin_ctz(static_cast<unsigned>(last))];
+}
+
+__attribute__((target("avx2,popcnt"))) float TopSelector::SelectAvx2(const float* row,
+                                                                      uint32_t* ids,
+                                                                      float* values) {
+  const uint32_t n = n_;
+  const uint32_t full = n & ~7u;
+  // Pass 1: max and min.
+  __m256 vmax = _mm256_set1_ps(-kInf), vmin = _mm256_set1_ps(kInf);
+  for (uint32_t i = 0; i < full; i += 8) {
+    const __m256 x = _mm256_loadu_ps(row + i);
+    vmax = _mm256_max_ps(vmax, x);
+    vmin = _mm256_min_ps(vmin, x);
+  }
+  alignas(32) float lanes_max[8], lanes_min[8];
+  _mm256_store_ps(lanes_max, vmax);
+  _mm256_store_ps(lanes_min, vmin);
+  float top = -kInf, lowest = kInf;
+  for (int l = 0; l < 8; ++l) {
+    top = std::max(top, lanes_max[l]);
+    lowest = std::min(lowest, lanes_min[l]);
+  }
+  for (uint32_t i = full; i < n; ++i) {
+    top = std::max(top, row[i]);
+    lowest = std::min(lowest, row[i]);
+  }
+
+  // Pass 2: left-pack the candidates >= threshold; widen once if too few.
+  const LeftPackTable& table = PackTable();
+  const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  uint32_t c = 0;
+  // Retries widen the gap a little, then a lot; the last takes every value.
+  constexpr float kWiden[] = {1.0f, 1.3f, 2.0f, kInf};
+  for (float widen : kWiden) {
+    const float threshold = top - gap_ * widen;
+    const __m256 vt = _mm256_set1_ps(threshold);
+    c = 0;
+    for (uint32_t i = 0; i < full; i += 8) {
+      const __m256 x = _mm256_loadu_ps(row + i);
+      const int mask = _mm256_movemask_ps(_mm256_cmp_ps(x, vt, _CMP_GE_OQ));
+      const __m256i perm = _mm256_load_si256(reinterpret_cast<const __m256i*>(table.perm[mask]));
+      _mm256_storeu_ps(&cand_value_[c], _mm256_permutevar8x32_ps(x, perm));
+      const __m256i id = _mm256_add_epi32(iota, _mm256_set1_epi32(static_cast<int>(i)));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(&cand_id_[c]),
+                          _mm256_permutevar8x32_epi32(id, perm));
+      c += static_cast<uint32_t>(_mm_popcnt_u32(static_cast<unsigned>(mask)));
+    }
+    for (uint32_t i = full; i < n; ++i) {
+      cand_value_[c] = row[i];
+      cand_id_[c] = i;
+      c += row[i] >= threshold;
+    }
+    if (c >= r_) break;
+  }
+  // Pad to whole vectors with -inf, which never outranks a real candidate.
+  const auto pad = [&](uint32_t count) {
+    for (uint32_t i = count; i < ((count + 7) & ~7u); ++i) {
+      cand_value_[i] = -kInf;
+      cand_id_[i] = n;
+    }
+    return (count + 7) & ~7u;
+  };
+  uint32_t padded = pad(c);
+
+  // Pass 2b: ranking is quadratic in the candidates, so when the threshold
+  // let in many more than r, bisect it on the packed candidates (cheap SIMD
+  // counts) and pack again.
+  constexpr uint32_t kSlack = 4;
+  if (c > r_ + kSlack) {
+    // Invariant: count(>= lo) >= r.
+    float lo = cand_value_[0], hi = top;
+    for (uint32_t i = 1; i < c; ++i) lo = std::min(lo, cand_value_[i]);
+    for (int step = 0; step < 8; ++step) {
+      const float mid = 0.5f * (lo + hi);
+      const uint32_t count = CountAtLeast(cand_value_.data(), padded, mid);
+      if (count < r_) {
+        hi = mid;
+      } else {
+        lo = mid;
+        if (count <= r_ + kSlack) break;
+      }
+    }
+    const __m256 vt = _mm256_set1_ps(lo);
+    uint32_t kept = 0;
+    for (uint32_t i = 0; i < padded; i += 8) {
+      const __m256 x = _mm256_loadu_ps(&cand_value_[i]);
+      const __m256i id = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&cand_id_[i]));
+      const int mask = _mm256_movemask_ps(_mm256_cmp_ps(x, vt, _CMP_GE_OQ));
+      const __m256i perm = _mm256_load_si256(reinterpret_cast<const __m256i*>(table.perm[mask]));
+      // In place is safe: kept <= i, and each store lands before the next load.
+      _mm256_storeu_ps(&cand_value_[kept], _mm256_permutevar8x32_ps(x, perm));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(&cand_id_[kept]),
+                          _mm256_permutevar8x32_epi32(id, perm));
+      kept += static_cast<uint32_t>(_mm_popcnt_u32(static_cast<unsigned>(mask)));
+    }
+    c = kept;
+    padded = pad(c);
+  }
+
+  // Pass 3: rank = how many candidates beat this one (greater, or equal
+  // and earlier, so ties go to the lower index), for 8 candidates at once by
+  // comparing their vector with every rotation of every candidate vector.
+  const uint32_t blocks = padded / 8;
+  for (uint32_t a = 0; a < blocks; ++a) {
+    const __m256 va = _mm256_loadu_ps(&cand_value_[a * 8]);
+    __m256i rank = _mm256_setzero_si256();
+    for (uint32_t b = 0; b < blocks; ++b) {
+      const __m256 vb = _mm256_loadu_ps(&cand_value_[b * 8]);
+      for (int rot = 0; rot < 8; ++rot) {
+        if (a == b && rot == 0) continue;
+        const __m256 rb = _mm256_permutevar8x32_ps(
+            vb, _mm256_load_si256(reinterpret_cast<const __m256i*>(table.rotate[rot])));
+        // An earlier partner beats an equal value, a later one must be
+        // greater. Earlier: its block is earlier, or same block, wrapped.
+        const __m256 ge = _mm256_cmp_ps(rb, va, _CMP_GE_OQ);
+        const __m256 gt = _mm256_cmp_ps(rb, va, _CMP_GT_OQ);
+        const __m256 beats =
+            b < a ? ge
+            : b > a ? gt
+                    : _mm256_blendv_ps(gt, ge, _mm256_load_ps(reinterpret_cast<const float*>(
+                                                   table.wrapped[rot])));
+        rank = _mm256_sub_epi32(rank, _mm256_castps_si256(beats));
+      }
+    }
+    alignas(32) uint32_t ranks[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(ranks), rank);
+    const uint32_t lanes = std::min(8u, c - a * 8);
+    for (uint32_t l = 0; l < lanes; ++l) {
+      // Ranks past r land in one spill slot instead of branching.
+      const uint32_t slot = ranks[l] < r_ ? ranks[l] : r_;
+      ranked_id_[slot] = cand_id_[a * 8 + l];
+      ranked_value_[slot] = cand_value_[a * 8 + l];
+    }
+  }
+  for (uint32_t p = 0; p < r_; ++p) {
+    ids[p] = ranked_id_[p];
+    values[p] = ranked_value_[p];
+  }
+
+  // Track the gap as the ~91st percentile of what tokens need (up 5% on a
+  // miss, down 0.5% otherwise): few candidates, and rare retries.
+  const float needed = top - values[r_ - 1];
+  if (!(gap_ < kInf)) {
+    gap_ = needed * 1.1f + 1e-6f;
+  } else if (needed > gap_) {
+    gap_ *= 1.05f;
+  } else {
+    gap_ *= 0.995f;
+  }
+  return lowest;
+}
+#else
+float TopSelector::SelectOneVector(const float* row, uint32_t* ids, float* values) {
+  return SelectPortable(row, ids, values);
+}
+float TopSelector::SelectAvx2(const float* row, uint32_t* ids, float* values) {
+  return SelectPortable(row, ids, values);
+}
+#endif
+
+}  // namespace moe_router

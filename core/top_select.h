@@ -1,0 +1,66 @@
+#ifndef MOE_ROUTER_CORE_TOP_SELECT_H_
+#define MOE_ROUTER_CORE_TOP_SELECT_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace moe_router {
+
+/// Selects the r largest of n floats, best first, ties to the lower index:
+/// the routing hot path. With AVX2 it is branch-free: one pass for max and
+/// min, a threshold `max - gap` that keeps about r candidates (the gap adapts
+/// to the layer's logits), left-packing of the candidates, and ranking them
+/// by counting. Without AVX2, an insertion scan. Both give identical results.
+/// Not thread-safe (it adapts per call); one per layer router.
+class TopSelector {
+ public:
+  TopSelector(uint32_t n, uint32_t r);
+
+  /// Fills ids[0, r) and values[0, r); returns the row minimum.
+  float Select(const float* row, uint32_t* ids, float* values);
+
+  /// Forces the portable path (tests compare both).
+  void set_portable(bool portable) { portable_ = portable; }
+
+ private:
+  float SelectPortable(const float* row, uint32_t* ids, float* values);
+  float SelectOneVector(const float* row, uint32_t* ids, float* values);
+  float SelectAvx2(const float* row, uint32_t* ids, float* values);
+
+  const uint32_t n_;
+  const uint32_t r_;
+  bool portable_;
+  float gap_;  // candidates are the values >= max - gap_
+  // Candidate scratch, padded to whole vectors.
+  std::vector<float> cand_value_;
+  std::vector<uint32_t> cand_id_;
+  std::vector<uint32_t> ranked_id_;
+  std::vector<float> ranked_value_;
+};
+
+/// e^x for x <= 0, within 2 ulp of std::exp; inline, branch-free and
+/// vectorisable (the router exponentiates a few logits per token).
+inline float ExpNonPositive(float x) {
+  x = x < -87.0f ? -87.0f : x;  // e^-87 underflows to ~0 anyway
+  // Round to nearest by the 1.5 * 2^23 trick: no libm call without SSE4.1.
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  const float f = x - n * 0.693145751953125f - n * 1.428606765330187045e-06f;
+  // Degree-6 Taylor on |f| <= ln2/2 (error < 1.5e-7), in Estrin form to keep
+  // the dependency chain short.
+  const float f2 = f * f;
+  const float f4 = f2 * f2;
+  const float p = (1.0f + f) + f2 * (0.5f + f * (1.0f / 6)) +
+                  f4 * ((1.0f / 24 + f * (1.0f / 120)) + f2 * (1.0f / 720));
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  __builtin_memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+/// x[i] = e^x[i] for all i (each x[i] <= 0).
+void ExpNonPositiveBatch(float* x, size_t n);
+
+}  // namespace moe_router
+
+#endif  // MOE_ROUTER_CORE_TOP_SELECT_H_

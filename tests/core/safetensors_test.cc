@@ -1,0 +1,217 @@
+#include "core/safetensors.h"
+
+#include <filesystem>
+#include <fstream>
+
+#include "absl/strings/str_replace.h"
+#include "core/checksum.h"
+#include "core/file_io.h"
+#include "core/safetensors_store.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/testing/test_util.h"
+
+namespace moe_router {
+namespace {
+
+using ::testing::HasSubstr;
+using testing::TempDir;
+
+void WriteRaw(const std::string& path, const std::string& header_json, const std::string& data,
+              int64_t declared_len = -1) {
+  std::string file;
+  const uint64_t len = declared_len >= 0 ? static_cast<uint64_t>(declared_len) : header_json.size();
+  for (int i = 0; i < 8; ++i) file.push_back(static_cast<char>((len >> (8 * i)) & 0xff));
+  file += header_json + data;
+  ASSERT_TRUE(WriteFileAtomically(path, file).ok());
+}
+
+TEST(SafetensorsHeaderTest, RoundTripsWhatWeWrite) {
+  TempDir dir;
+  const std::string path = dir.File("a.safetensors");
+  ASSERT_TRUE(WriteSafetensors(path,
+                               {{"x", "F32", {2, 3}, testing::RandomBytes(24, 1)},
+                                {"y", "BF16", {5}, testing::RandomBytes(10, 2)}},
+                               {{"format", "pt"}})
+                  .ok());
+  auto header = ReadSafetensorsHeader(path);
+  ASSERT_TRUE(header.ok()) << header.status();
+  ASSERT_EQ(header->tensors.size(), 2u);
+  EXPECT_EQ(header->tensors[0].name, "x");
+  EXPECT_EQ(header->tensors[0].shape, (std::vector<int64_t>{2, 3}));
+  EXPECT_EQ(header->tensors[0].size(), 24u);
+  EXPECT_EQ(header->tensors[1].dtype, "BF16");
+  EXPECT_EQ(header->metadata.at("format"), "pt");
+  EXPECT_EQ(header->data_start % 8, 0u);
+  EXPECT_EQ(header->file_size, header->data_start + 34);
+}
+
+TEST(SafetensorsHeaderTest, MalformedFilesAreClearErrorsNamingTheFile) {
+  TempDir dir;
+  const std::string path = dir.File("bad.safetensors");
+  const auto error = [&]() {
+    auto h = ReadSafetensorsHeader(path);
+    EXPECT_FALSE(h.ok());
+    return std::string(h.status().message());
+  };
+  ASSERT_TRUE(WriteFileAtomically(path, "abc").ok());
+  EXPECT_THAT(error(), HasSubstr("bad.safetensors: shorter than the 8-byte header length"));
+  WriteRaw(path, "{}", "", 1000);
+  EXPECT_THAT(error(), HasSubstr("header length 1000 does not fit"));
+  WriteRaw(path, "{not json", "");
+  EXPECT_THAT(error(), HasSubstr("header is not a JSON object"));
+  WriteRaw(path, R"({"t":{"dtype":"Q9","shape":[1],"data_offsets":[0,1]}})", "x");
+  EXPECT_THAT(error(), HasSubstr("tensor 't': unknown dtype 'Q9'"));
+  WriteRaw(path, R"({"t":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}})", "xy");
+  EXPECT_THAT(error(), HasSubstr("tensor 't': data_offsets [0, 4] lie outside the 2 data bytes"));
+  WriteRaw(path, R"({"t":{"dtype":"F32","shape":[4],"data_offsets":[0,4]}})", "abcd");
+  EXPECT_THAT(error(), HasSubstr("4 bytes do not match shape and dtype (16 bytes)"));
+  WriteRaw(path, R"({"t":{"dtype":"U8","shape":[1]}})", "a");
+  EXPECT_THAT(error(), HasSubstr("data_offsets must be two unsigned integers"));
+  WriteRaw(path, R"({"t":{"dtype":"U8","shape":[-1],"data_offsets":[0,1]}})", "a");
+  EXPECT_THAT(error(), HasSubstr("non-integer dimension"));
+  EXPECT_THAT(std::string(ReadSafetensorsHeader(dir.File("missing.safetensors")).status().message()),
+              HasSubstr("missing.safetensors"));
+}
+
+class SafetensorsStoreTest : public ::testing::Test {
+ protected:
+  // Two shards: layers 0-1 in one, layer 2 in another, 4 experts each.
+  void WriteCheckpoint(const std::string& directory, const std::string& pattern,
+                       uint32_t rows = 16) {
+    std::filesystem::create_directories(directory);
+    testing::WriteExpertShard(directory + "/model-00001.safetensors", 2, 4, rows, 1, pattern);
+    // The second shard holds layer 2 only: write layers 0..2 then drop 0..1.
+    std::vector<SafetensorsWriteTensor> layer2;
+    for (auto& t : testing::WriteExpertShard(directory + "/tmp.bin", 3, 4, rows, 2, pattern)) {
+      if (t.name.find("layers.2.") != std::string::npos) layer2.push_back(std::move(t));
+    }
+    std::filesystem::remove(directory + "/tmp.bin");
+    ASSERT_TRUE(WriteSafetensors(directory + "/model-00002.safetensors", layer2).ok());
+  }
+  TempDir dir_;
+};
+
+TEST_F(SafetensorsStoreTest, LoadsExpertsWithDtypesShapesAndChecksums) {
+  WriteCheckpoint(dir_.path(), kMixtralExpertPattern);
+  auto store = SafetensorsStore::Open({.directory = dir_.path()});
+  ASSERT_TRUE(store.ok()) << store.status();
+  EXPECT_EQ((*store)->Precisions(), std::vector<std::string>{"default"});
+  EXPECT_EQ((*store)->ExpertCount("default"), 12u);
+  EXPECT_EQ((*store)->Extent(), (ExpertKey{3, 4}));
+  EXPECT_TRUE(std::filesystem::exists(dir_.File(kManifestFileName)));
+
+  auto info = (*store)->Info({2, 3}, "default");
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->bytes, 3u * 16 * 8 * 2);
+  auto expert = (*store)->Load({2, 3}, "default");
+  ASSERT_TRUE(expert.ok()) << expert.status();
+  const ExpertData& e = **expert;
+  ASSERT_EQ(e.tensors.size(), 3u);
+  EXPECT_EQ(e.tensors[0].name, "model.layers.2.block_sparse_moe.experts.3.w1.weight");
+  EXPECT_EQ(e.tensors[0].dtype, "BF16");
+  EXPECT_EQ(e.tensors[0].shape, (std::vector<int64_t>{16, 8}));
+  // The bytes are exactly the file's, and the checksums cover them.
+  auto header = ReadSafetensorsHeader(dir_.path() + "/model-00002.safetensors");
+  ASSERT_TRUE(header.ok());
+  std::vector<std::pair<std::string, uint64_t>> digests;
+  for (const TensorData& t : e.tensors) {
+    EXPECT_EQ(t.checksum, Xxh3(e.TensorBytes(t)));
+    digests.emplace_back(t.name, t.checksum);
+  }
+  EXPECT_EQ(e.checksum, ExpertChecksum(digests));
+  EXPECT_TRUE(absl::IsNotFound((*store)->Load({3, 0}, "default").status()));
+  EXPECT_TRUE(absl::IsNotFound((*store)->Load({0, 0}, "Q2_K").status()));
+}
+
+TEST_F(SafetensorsStoreTest, CorruptionAfterIndexingIsDataLossNamingFileAndTensor) {
+  WriteCheckpoint(dir_.path(), kMixtralExpertPattern);
+  ASSERT_TRUE(SafetensorsStore::Open({.directory = dir_.path()}).ok());  // writes manifest
+  const std::string shard = dir_.path() + "/model-00001.safetensors";
+  auto header = ReadSafetensorsHeader(shard);
+  ASSERT_TRUE(header.ok());
+  const std::string victim = "model.layers.1.block_sparse_moe.experts.2.w3.weight";
+  for (const auto& t : header->tensors) {
+    if (t.name == victim) testing::CorruptByte(shard, t.begin + 5);
+  }
+  // A new open trusts the manifest, so the corruption is caught at load.
+  auto store = SafetensorsStore::Open({.directory = dir_.path()});
+  ASSERT_TRUE(store.ok());
+  auto expert = (*store)->Load({1, 2}, "default");
+  EXPECT_TRUE(absl::IsDataLoss(expert.status()));
+  EXPECT_THAT(std::string(expert.status().message()),
+              HasSubstr("checksum mismatch in file " + shard + ", tensor '" + victim + "'"));
+  EXPECT_TRUE((*store)->Load({1, 1}, "default").ok());  // others unaffected
+  // Re-indexing accepts the files as they are now.
+  auto indexed = SafetensorsStore::WriteManifests({.directory = dir_.path()});
+  ASSERT_TRUE(indexed.ok());
+  EXPECT_EQ(*indexed, 36u);
+  EXPECT_TRUE((*SafetensorsStore::Open({.directory = dir_.path()}))->Load({1, 2}, "default").ok());
+}
+
+TEST_F(SafetensorsStoreTest, TruncatedFileIsAnErrorNotACrash) {
+  WriteCheckpoint(dir_.path(), kMixtralExpertPattern);
+  auto store = SafetensorsStore::Open({.directory = dir_.path()});
+  ASSERT_TRUE(store.ok());
+  std::filesystem::resize_file(dir_.path() + "/model-00002.safetensors", 200);
+  auto expert = (*store)->Load({2, 3}, "default");
+  EXPECT_FALSE(expert.ok());
+  EXPECT_THAT(std::string(expert.status().message()), HasSubstr("model-00002.safetensors"));
+  // Reopening sees the header no longer fits its data.
+  EXPECT_FALSE(SafetensorsStore::Open({.directory = dir_.path()}).ok());
+}
+
+TEST_F(SafetensorsStoreTest, CorruptManifestIsReported) {
+  WriteCheckpoint(dir_.path(), kMixtralExpertPattern);
+  ASSERT_TRUE(WriteFileAtomically(dir_.File(kManifestFileName), "{oops").ok());
+  auto store = SafetensorsStore::Open({.directory = dir_.path()});
+  EXPECT_TRUE(absl::IsDataLoss(store.status()));
+  EXPECT_THAT(std::string(store.status().message()), HasSubstr("moe-router index"));
+}
+
+TEST_F(SafetensorsStoreTest, QwenPresetAndPrecisionVariants) {
+  auto pattern = ExpertPatternPreset("qwen_moe");
+  ASSERT_TRUE(pattern.ok());
+  EXPECT_EQ(*pattern, "model.layers.{layer}.mlp.experts.{expert}.");
+  EXPECT_FALSE(ExpertPatternPreset("gpt").ok());
+  WriteCheckpoint(dir_.path() + "/Q4_K", *pattern, 32);
+  WriteCheckpoint(dir_.path() + "/Q2_K", *pattern, 16);
+  auto store = SafetensorsStore::Open({.directory = dir_.path(), .expert_pattern = *pattern});
+  ASSERT_TRUE(store.ok()) << store.status();
+  EXPECT_EQ((*store)->Precisions(), (std::vector<std::string>{"Q2_K", "Q4_K"}));
+  EXPECT_EQ((*store)->Info({0, 0}, "Q4_K")->bytes, 2 * (*store)->Info({0, 0}, "Q2_K")->bytes);
+  auto cold = (*store)->Load({0, 0}, "Q2_K");
+  ASSERT_TRUE(cold.ok());
+  EXPECT_EQ((*cold)->precision, "Q2_K");
+  // Mixtral names do not match the Qwen pattern.
+  TempDir other;
+  WriteCheckpoint(other.path(), kMixtralExpertPattern);
+  EXPECT_THAT(std::string(SafetensorsStore::Open({.directory = other.path(),
+                                                  .expert_pattern = *pattern})
+                              .status()
+                              .message()),
+              HasSubstr("no expert tensors matching"));
+}
+
+TEST_F(SafetensorsStoreTest, DuplicateTensorAcrossShardsIsAnError) {
+  WriteCheckpoint(dir_.path(), kMixtralExpertPattern);
+  std::filesystem::copy_file(dir_.path() + "/model-00002.safetensors",
+                             dir_.path() + "/model-00003.safetensors");
+  auto store = SafetensorsStore::Open({.directory = dir_.path()});
+  EXPECT_TRUE(absl::IsInvalidArgument(store.status()));
+  EXPECT_THAT(std::string(store.status().message()),
+              HasSubstr("appears in both " + dir_.path() + "/model-00002.safetensors and"));
+}
+
+TEST_F(SafetensorsStoreTest, MissingDirectoryAndBadPattern) {
+  EXPECT_TRUE(absl::IsNotFound(SafetensorsStore::Open({.directory = dir_.File("nope")}).status()));
+  EXPECT_TRUE(absl::IsNotFound(SafetensorsStore::Open({.directory = dir_.path()}).status()));
+  WriteCheckpoint(dir_.path(), kMixtralExpertPattern);
+  EXPECT_TRUE(absl::IsInvalidArgument(
+      SafetensorsStore::Open({.directory = dir_.path(), .expert_pattern = "model.{expert}.{layer}"})
+          .status()));
+}
+
+}  // namespace
+}  // namespace moe_router

@@ -1,0 +1,89 @@
+#include "core/top_select.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "tests/testing/test_util.h"
+
+namespace moe_router {
+namespace {
+
+// Brute force: indices sorted by value descending, ties to the lower index.
+std::vector<uint32_t> Ranked(const float* row, uint32_t n) {
+  std::vector<uint32_t> ids(n);
+  std::iota(ids.begin(), ids.end(), 0);
+  std::stable_sort(ids.begin(), ids.end(), [&](uint32_t a, uint32_t b) { return row[a] > row[b]; });
+  return ids;
+}
+
+struct Shape {
+  uint32_t n, r;
+};
+
+class TopSelectorTest : public ::testing::TestWithParam<Shape> {};
+
+TEST_P(TopSelectorTest, MatchesBruteForceOnBothPaths) {
+  const auto [n, r] = GetParam();
+  for (bool portable : {false, true}) {
+    TopSelector selector(n, r);
+    selector.set_portable(portable);
+    std::vector<uint32_t> ids(r);
+    std::vector<float> values(r);
+    for (uint64_t seed = 0; seed < 300; ++seed) {
+      // Coarse values force many exact ties; some rows shift the scale so
+      // the adaptive threshold has to retry.
+      std::vector<float> row = testing::RandomLogits(1, n, seed, seed % 7 == 0 ? 20.0f : 2.0f);
+      if (seed % 3 == 0) {
+        for (float& x : row) x = std::round(x);
+      }
+      const float lowest = selector.Select(row.data(), ids.data(), values.data());
+      const std::vector<uint32_t> expected = Ranked(row.data(), n);
+      for (uint32_t p = 0; p < r; ++p) {
+        ASSERT_EQ(ids[p], expected[p]) << "n=" << n << " r=" << r << " seed=" << seed
+                                       << " rank " << p << " portable=" << portable;
+        ASSERT_EQ(values[p], row[expected[p]]);
+      }
+      ASSERT_EQ(lowest, *std::min_element(row.begin(), row.end()));
+    }
+  }
+}
+
+TEST_P(TopSelectorTest, AllEqualRowKeepsIndexOrder) {
+  const auto [n, r] = GetParam();
+  TopSelector selector(n, r);
+  std::vector<float> row(n, 0.5f);
+  std::vector<uint32_t> ids(r);
+  std::vector<float> values(r);
+  selector.Select(row.data(), ids.data(), values.data());
+  for (uint32_t p = 0; p < r; ++p) EXPECT_EQ(ids[p], p);
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, TopSelectorTest,
+                         ::testing::Values(Shape{8, 4}, Shape{8, 8}, Shape{5, 3}, Shape{1, 1},
+                                           Shape{64, 8}, Shape{64, 12}, Shape{60, 6},
+                                           Shape{128, 10}, Shape{256, 10}, Shape{256, 16},
+                                           Shape{257, 9}));
+
+TEST(ExpNonPositiveTest, CloseToStdExp) {
+  std::vector<float> xs;
+  for (float x = 0.0f; x > -100.0f; x -= 0.0137f) xs.push_back(x);
+  std::vector<float> batch = xs;
+  ExpNonPositiveBatch(batch.data(), batch.size());
+  for (size_t i = 0; i < xs.size(); ++i) {
+    const double want = std::exp(static_cast<double>(xs[i]));
+    EXPECT_EQ(batch[i], ExpNonPositive(xs[i]));
+    if (xs[i] > -87.0f) {
+      EXPECT_NEAR(ExpNonPositive(xs[i]), want, want * 3e-7) << xs[i];
+    } else {
+      EXPECT_LT(ExpNonPositive(xs[i]), 2e-38f);
+    }
+  }
+  EXPECT_EQ(ExpNonPositive(0.0f), 1.0f);
+}
+
+}  // namespace
+}  // namespace moe_router

@@ -1,0 +1,45 @@
+#ifndef MOE_ROUTER_TESTS_TESTING_TEST_UTIL_H_
+#define MOE_ROUTER_TESTS_TESTING_TEST_UTIL_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/safetensors.h"
+
+namespace moe_router::testing {
+
+/// A fresh empty directory under the test's temp dir, removed at exit of
+/// the object.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  const std::string& path() const { return path_; }
+  std::string File(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+/// Deterministic pseudo-random bytes.
+std::string RandomBytes(size_t n, uint64_t seed);
+
+/// Writes a Mixtral-style checkpoint shard: for each layer and expert, w1,
+/// w2 and w3 tensors (BF16, shape {rows, 8}) under `pattern`, plus a dense
+/// attention tensor that is not an expert. Returns the tensors written.
+std::vector<SafetensorsWriteTensor> WriteExpertShard(const std::string& path,
+                                                     uint32_t layers, uint32_t experts,
+                                                     uint32_t rows, uint64_t seed,
+                                                     const std::string& pattern);
+
+/// Flips one byte of a file in place at `offset`.
+void CorruptByte(const std::string& path, uint64_t offset);
+
+/// Row-major random logits, tokens x experts.
+std::vector<float> RandomLogits(uint32_t tokens, uint32_t experts, uint64_t seed,
+                                float scale = 2.0f);
+
+}  // namespace moe_router::testing
+
+#endif  // MOE_ROUTER_TESTS_TESTING_TEST_UTIL_H_
