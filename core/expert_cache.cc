@@ -151,7 +151,8 @@ void ExpertCache::NotePeakLocked() {
   peak_bytes_ = std::max(peak_bytes_, resident_bytes_ + loading_bytes_);
 }
 
-bool ExpertCache::TryEvictLocked(size_t index) {
+bool ExpertCache::TryEvictLocked(size_t index,
+                                 std::vector<std::shared_ptr<const ExpertData>>* released) {
   // Pins are taken without the lock: clear the flag, then look again, so a
   // pin that saw the expert resident is always seen here (seq_cst order).
   std::atomic<uint32_t>& pins = usage_[index].pins;
@@ -169,7 +170,7 @@ bool ExpertCache::TryEvictLocked(size_t index) {
   resident_list_.pop_back();
   e.state = State::kAbsent;
   e.bytes = 0;
-  e.data.reset();
+  released->push_back(std::move(e.data));
   ++evictions_;
   if (prefetched_unused_[index].exchange(0, std::memory_order_relaxed) != 0) {
     ++prefetch_wasted_;
@@ -253,11 +254,12 @@ absl::Status ExpertCache::CanAdmit(ExpertKey key, uint64_t bytes, Priority prior
 
 absl::Status ExpertCache::Reserve(ExpertKey key, uint64_t bytes, Priority priority) {
   if (absl::Status s = CheckKey(key); !s.ok()) return s;
+  std::vector<std::shared_ptr<const ExpertData>> released;  // dropped after unlocking
   absl::MutexLock lock(&mu_);
   absl::StatusOr<std::vector<size_t>> victims = PlanEvictionLocked(key, bytes, priority);
   if (!victims.ok()) return victims.status();
   for (size_t i : *victims) {
-    if (!TryEvictLocked(i)) {
+    if (!TryEvictLocked(i, &released)) {
       return absl::ResourceExhaustedError(absl::StrFormat(
           "cache budget of %d bytes cannot admit %s: %s was pinned while making room",
           config_.budget_bytes, key.ToString(), KeyOf(i).ToString()));
@@ -298,6 +300,7 @@ absl::Status ExpertCache::Commit(std::shared_ptr<const ExpertData> data) {
   if (data == nullptr) return absl::InvalidArgumentError("commit of a null expert");
   if (absl::Status s = CheckKey(data->key); !s.ok()) return s;
   const size_t index = Index(data->key);
+  std::shared_ptr<const ExpertData> replaced;  // dropped after unlocking
   absl::MutexLock lock(&mu_);
   Entry& entry = entries_[index];
   if (entry.state == State::kResident && entry.replacement_bytes != 0) {
@@ -310,7 +313,7 @@ absl::Status ExpertCache::Commit(std::shared_ptr<const ExpertData> data) {
     resident_bytes_ = resident_bytes_ - entry.bytes + data->size;
     entry.bytes = data->size;
     entry.replacement_bytes = 0;
-    entry.data = std::move(data);
+    replaced = std::exchange(entry.data, std::move(data));
     return absl::OkStatus();
   }
   if (entry.state != State::kLoading) {
@@ -352,13 +355,14 @@ void ExpertCache::Abort(ExpertKey key) {
 
 absl::Status ExpertCache::Evict(ExpertKey key) {
   if (absl::Status s = CheckKey(key); !s.ok()) return s;
+  std::vector<std::shared_ptr<const ExpertData>> released;  // dropped after unlocking
   absl::MutexLock lock(&mu_);
   const size_t index = Index(key);
   const Entry& entry = entries_[index];
   if (entry.state != State::kResident) {
     return absl::NotFoundError(absl::StrFormat("expert %s is not resident", key.ToString()));
   }
-  if (entry.replacement_bytes != 0 || !TryEvictLocked(index)) {
+  if (entry.replacement_bytes != 0 || !TryEvictLocked(index, &released)) {
     return absl::FailedPreconditionError(
         absl::StrFormat("expert %s is pinned or being re-paged", key.ToString()));
   }

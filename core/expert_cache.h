@@ -157,8 +157,11 @@ class ExpertCache {
   absl::Status CheckKey(ExpertKey key) const;
   EntryView View(size_t index) const;
   CacheClock Clock() const;
-  // Removes a resident, unpinned entry; false if a pin raced in.
-  bool TryEvictLocked(size_t index) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Removes a resident, unpinned entry; false if a pin raced in. The data
+  // goes to `released`, for the caller to drop after unlocking: freeing
+  // megabytes (munmap) must not stall everyone waiting on the lock.
+  bool TryEvictLocked(size_t index, std::vector<std::shared_ptr<const ExpertData>>* released)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void NotePeakLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Release(ExpertKey key) { Unpin(key); }
   friend class PinnedExpert;

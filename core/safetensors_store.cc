@@ -21,7 +21,7 @@ namespace fs = std::filesystem;
 namespace {
 
 // Reads are split so each chunk is hashed while still in the CPU cache.
-constexpr uint64_t kReadChunk = 1 << 20;
+constexpr uint64_t kReadChunk = 1 << 19;
 
 // A compiled "{layer}" ... "{expert}" prefix pattern.
 struct ExpertPattern {

@@ -1,0 +1,231 @@
+#include "core/trace.h"
+
+#include <algorithm>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <numeric>
+
+#include "absl/strings/str_format.h"
+#include "core/file_io.h"
+#include "nlohmann/json.hpp"
+
+namespace moe_router {
+namespace {
+
+constexpr char kLogitsFormat[] = "moe-router-logits/1";
+
+absl::StatusOr<RoutingTrace> ReadRoutingJsonl(const std::string& path, std::ifstream& in) {
+  // run name -> token -> layer -> experts
+  std::map<std::string, std::map<uint32_t, std::map<uint32_t, std::vector<uint32_t>>>> runs;
+  std::vector<std::string> run_order;
+  RoutingTrace trace;
+  std::string line;
+  uint64_t line_no = 0;
+  uint32_t max_expert = 0;
+  while (std::getline(in, line)) {
+    ++line_no;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const auto bad = [&](const std::string& why) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("%s:%d: %s", path, line_no, why));
+    };
+    const nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_discarded() || !j.is_object()) return bad("not a JSON object");
+    const auto layer = j.find("layer");
+    const auto experts = j.find("experts");
+    auto token = j.find("token_idx");
+    if (token == j.end()) token = j.find("token_pos");
+    if (layer == j.end() || !layer->is_number_unsigned()) return bad("missing or bad 'layer'");
+    if (token == j.end() || !token->is_number_unsigned()) {
+      return bad("missing or bad 'token_idx' / 'token_pos'");
+    }
+    if (experts == j.end() || !experts->is_array() || experts->empty()) {
+      return bad("missing or bad 'experts'");
+    }
+    std::vector<uint32_t> ids;
+    for (const auto& e : *experts) {
+      if (!e.is_number_unsigned()) return bad("'experts' holds a non-integer");
+      ids.push_back(e.get<uint32_t>());
+      max_expert = std::max(max_expert, ids.back());
+    }
+    if (trace.top_k == 0) trace.top_k = static_cast<uint32_t>(ids.size());
+    if (ids.size() != trace.top_k) {
+      return bad(absl::StrFormat("%d experts where earlier lines have %d", ids.size(),
+                                 trace.top_k));
+    }
+    std::string name;
+    if (j.contains("dataset")) name += j["dataset"].dump();
+    if (j.contains("problem_id")) name += "/" + j["problem_id"].dump();
+    if (!runs.count(name)) run_order.push_back(name);
+    auto& slot = runs[name][token->get<uint32_t>()][layer->get<uint32_t>()];
+    if (!slot.empty()) {
+      return bad(absl::StrFormat("token %d layer %d of run %s appears twice",
+                                 token->get<uint32_t>(), layer->get<uint32_t>(), name));
+    }
+    slot = std::move(ids);
+    trace.num_layers = std::max(trace.num_layers, layer->get<uint32_t>() + 1);
+  }
+  if (in.bad()) return ErrnoError("cannot read", path);
+  if (runs.empty()) return absl::InvalidArgumentError(absl::StrFormat("%s: no trace lines", path));
+  trace.num_experts = max_expert + 1;
+  for (const std::string& name : run_order) {
+    const auto& tokens = runs[name];
+    RoutingTrace::Run run;
+    run.name = name;
+    run.tokens = static_cast<uint32_t>(tokens.size());
+    uint32_t expected_token = 0;
+    for (const auto& [token, layers] : tokens) {
+      if (token != expected_token) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "%s: run %s has no token %d (tokens must be 0..N-1)", path, name, expected_token));
+      }
+      ++expected_token;
+      for (uint32_t l = 0; l < trace.num_layers; ++l) {
+        const auto it = layers.find(l);
+        if (it == layers.end()) {
+          return absl::InvalidArgumentError(absl::StrFormat(
+              "%s: run %s token %d has no line for layer %d", path, name, token, l));
+        }
+        run.experts.insert(run.experts.end(), it->second.begin(), it->second.end());
+      }
+    }
+    trace.runs.push_back(std::move(run));
+  }
+  return trace;
+}
+
+absl::StatusOr<RoutingTrace> ReadLogitsTrace(const std::string& path, std::ifstream& in,
+                                             const nlohmann::json& header) {
+  RoutingTrace trace;
+  const auto bad = [&](const std::string& why) {
+    return absl::InvalidArgumentError(absl::StrFormat("%s: %s", path, why));
+  };
+  try {
+    trace.num_layers = header.at("num_layers").get<uint32_t>();
+    trace.num_experts = header.at("num_experts").get<uint32_t>();
+    trace.top_k = header.at("top_k").get<uint32_t>();
+    for (const auto& r : header.at("runs")) {
+      RoutingTrace::Run run;
+      run.name = r.at("name").get<std::string>();
+      run.tokens = r.at("tokens").get<uint32_t>();
+      trace.runs.push_back(std::move(run));
+    }
+  } catch (const nlohmann::json::exception& e) {
+    return bad(absl::StrFormat("bad logits trace header: %s", e.what()));
+  }
+  if (trace.num_layers == 0 || trace.num_experts == 0 || trace.top_k == 0 ||
+      trace.top_k > trace.num_experts) {
+    return bad("logits trace header has an impossible shape");
+  }
+  for (RoutingTrace::Run& run : trace.runs) {
+    run.logits.resize(size_t{run.tokens} * trace.num_layers * trace.num_experts);
+    in.read(reinterpret_cast<char*>(run.logits.data()),
+            static_cast<std::streamsize>(run.logits.size() * sizeof(float)));
+    if (!in) return bad(absl::StrFormat("logits of run %s are truncated", run.name));
+  }
+  FillTopKFromLogits(trace);
+  return trace;
+}
+
+}  // namespace
+
+uint64_t RoutingTrace::Tokens() const {
+  uint64_t n = 0;
+  for (const Run& r : runs) n += r.tokens;
+  return n;
+}
+
+absl::StatusOr<RoutingTrace> ReadTrace(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return ErrnoError("cannot open", path);
+  std::string first;
+  std::getline(in, first);
+  const nlohmann::json header = nlohmann::json::parse(first, nullptr, false);
+  if (!header.is_discarded() && header.is_object() && header.value("format", "") == kLogitsFormat) {
+    return ReadLogitsTrace(path, in, header);
+  }
+  in.clear();
+  in.seekg(0);
+  return ReadRoutingJsonl(path, in);
+}
+
+void FillTopKFromLogits(RoutingTrace& trace) {
+  const uint32_t n = trace.num_experts, k = trace.top_k;
+  std::vector<uint32_t> order(n);
+  for (RoutingTrace::Run& run : trace.runs) {
+    run.experts.resize(size_t{run.tokens} * trace.num_layers * k);
+    for (uint32_t t = 0; t < run.tokens; ++t) {
+      for (uint32_t l = 0; l < trace.num_layers; ++l) {
+        const auto logits = trace.StepLogits(run, t, l);
+        std::iota(order.begin(), order.end(), 0);
+        std::partial_sort(order.begin(), order.begin() + k, order.end(),
+                          [&](uint32_t a, uint32_t b) {
+                            return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+                          });
+        std::copy_n(order.begin(), k,
+                    run.experts.begin() + (size_t{t} * trace.num_layers + l) * k);
+      }
+    }
+  }
+}
+
+absl::Status WriteLogitsTrace(const std::string& path, const RoutingTrace& trace) {
+  nlohmann::json runs = nlohmann::json::array();
+  for (const auto& run : trace.runs) runs.push_back({{"name", run.name}, {"tokens", run.tokens}});
+  const nlohmann::json header = {{"format", kLogitsFormat},
+                                 {"num_layers", trace.num_layers},
+                                 {"num_experts", trace.num_experts},
+                                 {"top_k", trace.top_k},
+                                 {"runs", runs}};
+  std::string out = header.dump() + "\n";
+  for (const auto& run : trace.runs) {
+    if (run.logits.size() != size_t{run.tokens} * trace.num_layers * trace.num_experts) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("run %s has no logits of the trace's shape", run.name));
+    }
+    out.append(reinterpret_cast<const char*>(run.logits.data()), run.logits.size() * sizeof(float));
+  }
+  return WriteFileAtomically(path, out);
+}
+
+TraceStats ComputeTraceStats(const RoutingTrace& trace) {
+  TraceStats s;
+  const uint32_t layers = trace.num_layers, k = trace.top_k;
+  std::vector<uint64_t> overlap(layers, 0), pairs(layers, 0);
+  uint64_t recur = 0, recur_pairs = 0;
+  std::vector<std::vector<uint64_t>> uses(layers, std::vector<uint64_t>(trace.num_experts, 0));
+  for (const auto& run : trace.runs) {
+    for (uint32_t t = 0; t < run.tokens; ++t) {
+      for (uint32_t l = 0; l < layers; ++l) {
+        const auto now = trace.StepExperts(run, t, l);
+        for (uint32_t e : now) ++uses[l][e];
+        if (t == 0) continue;
+        const auto before = trace.StepExperts(run, t - 1, l);
+        bool shared = false;
+        for (uint32_t e : now) shared |= std::find(before.begin(), before.end(), e) != before.end();
+        overlap[l] += shared;
+        ++pairs[l];
+        recur += now[0] == before[0];
+        ++recur_pairs;
+      }
+    }
+  }
+  s.skew_min = 1e9;
+  for (uint32_t l = 0; l < layers; ++l) {
+    const double o = pairs[l] ? static_cast<double>(overlap[l]) / pairs[l] : 0;
+    s.overlap_by_layer.push_back(o);
+    s.overlap_mean += o / layers;
+    const uint64_t total = std::accumulate(uses[l].begin(), uses[l].end(), uint64_t{0});
+    const uint64_t busiest = *std::max_element(uses[l].begin(), uses[l].end());
+    const double skew = total ? static_cast<double>(busiest) * trace.num_experts / total : 0;
+    s.skew_min = std::min(s.skew_min, skew);
+    s.skew_max = std::max(s.skew_max, skew);
+    s.skew_mean += skew / layers;
+  }
+  s.first_choice_recurrence = recur_pairs ? static_cast<double>(recur) / recur_pairs : 0;
+  (void)k;
+  return s;
+}
+
+}  // namespace moe_router

@@ -1,0 +1,81 @@
+#ifndef MOE_ROUTER_CORE_TRACE_H_
+#define MOE_ROUTER_CORE_TRACE_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+
+namespace moe_router {
+
+/// A routing trace: runs (sequences) of tokens, each routed at every layer.
+/// Routing traces hold the chosen experts; logits traces (written by
+/// tracegen) also hold every gate logit, so routing can be replayed with a
+/// different router.
+struct RoutingTrace {
+  struct Run {
+    std::string name;
+    uint32_t tokens = 0;
+    /// tokens x layers x top_k, highest probability first.
+    std::vector<uint32_t> experts;
+    /// tokens x layers x num_experts, only in logits traces.
+    std::vector<float> logits;
+  };
+  uint32_t num_layers = 0;
+  uint32_t num_experts = 0;
+  uint32_t top_k = 0;
+  std::vector<Run> runs;
+
+  bool has_logits() const { return !runs.empty() && !runs[0].logits.empty(); }
+  uint64_t Tokens() const;
+  /// (layer, expert) uses: tokens x layers x top_k, over all runs.
+  uint64_t Accesses() const { return Tokens() * num_layers * top_k; }
+  absl::Span<const uint32_t> StepExperts(const Run& run, uint32_t token, uint32_t layer) const {
+    return absl::MakeConstSpan(run.experts)
+        .subspan((size_t{token} * num_layers + layer) * top_k, top_k);
+  }
+  absl::Span<const float> StepLogits(const Run& run, uint32_t token, uint32_t layer) const {
+    return absl::MakeConstSpan(run.logits)
+        .subspan((size_t{token} * num_layers + layer) * num_experts, num_experts);
+  }
+};
+
+/// Reads a trace, recognising the format by its first line:
+/// - JSONL routing traces (see shared/traces/README.md): one object per
+///   (run, layer, token) with `layer`, `experts`, and `token_idx` or
+///   `token_pos`; `dataset` and `problem_id` name the run. Every (token,
+///   layer) of a run must be present. Errors name the line.
+/// - logits traces: a JSON header line {"format": "moe-router-logits/1", ...}
+///   then binary records (see WriteLogitsTrace).
+absl::StatusOr<RoutingTrace> ReadTrace(const std::string& path);
+
+/// Writes a logits trace: the header line
+///   {"format":"moe-router-logits/1","num_layers":L,"num_experts":E,
+///    "top_k":K,"runs":[{"name":...,"tokens":T},...]}\n
+/// then, per run in order and per token, L x E little-endian float32 logits.
+/// The experts are recomputed from the logits (plain top-k) on reading.
+/// Written atomically.
+absl::Status WriteLogitsTrace(const std::string& path, const RoutingTrace& trace);
+
+/// Plain top-k of every step's logits (ties to the lower id) into experts.
+void FillTopKFromLogits(RoutingTrace& trace);
+
+/// Statistics that characterise a trace, for calibrating synthetic ones.
+struct TraceStats {
+  /// Fraction of consecutive tokens whose expert sets share at least one
+  /// expert: mean over layers, and per layer.
+  double overlap_mean = 0;
+  std::vector<double> overlap_by_layer;
+  /// Fraction of consecutive tokens with the same first-choice expert.
+  double first_choice_recurrence = 0;
+  /// Busiest expert's share of a layer's uses over the mean share: min,
+  /// mean and max over layers.
+  double skew_min = 0, skew_mean = 0, skew_max = 0;
+};
+TraceStats ComputeTraceStats(const RoutingTrace& trace);
+
+}  // namespace moe_router
+
+#endif  // MOE_ROUTER_CORE_TRACE_H_
