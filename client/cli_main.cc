@@ -17,6 +17,8 @@ struct Command {
 const Command kCommands[] = {
     {"demo", "run an inference loop over the core engine on the embedded default model",
      moe_router::DemoCommand},
+    {"replay", "replay a routing trace through the expert cache: hit rates per policy",
+     moe_router::ReplayCommand},
 };
 
 int Usage(FILE* out) {

@@ -9,6 +9,7 @@ namespace moe_router {
 /// Subcommands of the moe-router CLI. Each takes the arguments after its
 /// name and returns the process exit code (0 ok, 1 failure, 2 usage).
 int DemoCommand(const std::vector<std::string>& args);
+int ReplayCommand(const std::vector<std::string>& args);
 
 }  // namespace moe_router
 

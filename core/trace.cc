@@ -70,25 +70,14 @@ absl::StatusOr<RoutingTrace> ReadRoutingJsonl(const std::string& path, std::ifst
   if (runs.empty()) return absl::InvalidArgumentError(absl::StrFormat("%s: no trace lines", path));
   trace.num_experts = max_expert + 1;
   for (const std::string& name : run_order) {
-    const auto& tokens = runs[name];
     RoutingTrace::Run run;
     run.name = name;
-    run.tokens = static_cast<uint32_t>(tokens.size());
-    uint32_t expected_token = 0;
-    for (const auto& [token, layers] : tokens) {
-      if (token != expected_token) {
-        return absl::InvalidArgumentError(absl::StrFormat(
-            "%s: run %s has no token %d (tokens must be 0..N-1)", path, name, expected_token));
+    for (const auto& [token, layers] : runs[name]) {
+      for (const auto& [layer, experts] : layers) {
+        run.steps.push_back({token, layer});
+        run.experts.insert(run.experts.end(), experts.begin(), experts.end());
       }
-      ++expected_token;
-      for (uint32_t l = 0; l < trace.num_layers; ++l) {
-        const auto it = layers.find(l);
-        if (it == layers.end()) {
-          return absl::InvalidArgumentError(absl::StrFormat(
-              "%s: run %s token %d has no line for layer %d", path, name, token, l));
-        }
-        run.experts.insert(run.experts.end(), it->second.begin(), it->second.end());
-      }
+      run.tokens = token + 1;
     }
     trace.runs.push_back(std::move(run));
   }
@@ -119,7 +108,10 @@ absl::StatusOr<RoutingTrace> ReadLogitsTrace(const std::string& path, std::ifstr
     return bad("logits trace header has an impossible shape");
   }
   for (RoutingTrace::Run& run : trace.runs) {
-    run.logits.resize(size_t{run.tokens} * trace.num_layers * trace.num_experts);
+    for (uint32_t t = 0; t < run.tokens; ++t) {
+      for (uint32_t l = 0; l < trace.num_layers; ++l) run.steps.push_back({t, l});
+    }
+    run.logits.resize(run.steps.size() * trace.num_experts);
     in.read(reinterpret_cast<char*>(run.logits.data()),
             static_cast<std::streamsize>(run.logits.size() * sizeof(float)));
     if (!in) return bad(absl::StrFormat("logits of run %s are truncated", run.name));
@@ -133,6 +125,12 @@ absl::StatusOr<RoutingTrace> ReadLogitsTrace(const std::string& path, std::ifstr
 uint64_t RoutingTrace::Tokens() const {
   uint64_t n = 0;
   for (const Run& r : runs) n += r.tokens;
+  return n;
+}
+
+uint64_t RoutingTrace::Steps() const {
+  uint64_t n = 0;
+  for (const Run& r : runs) n += r.steps.size();
   return n;
 }
 
@@ -154,18 +152,15 @@ void FillTopKFromLogits(RoutingTrace& trace) {
   const uint32_t n = trace.num_experts, k = trace.top_k;
   std::vector<uint32_t> order(n);
   for (RoutingTrace::Run& run : trace.runs) {
-    run.experts.resize(size_t{run.tokens} * trace.num_layers * k);
-    for (uint32_t t = 0; t < run.tokens; ++t) {
-      for (uint32_t l = 0; l < trace.num_layers; ++l) {
-        const auto logits = trace.StepLogits(run, t, l);
-        std::iota(order.begin(), order.end(), 0);
-        std::partial_sort(order.begin(), order.begin() + k, order.end(),
-                          [&](uint32_t a, uint32_t b) {
-                            return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
-                          });
-        std::copy_n(order.begin(), k,
-                    run.experts.begin() + (size_t{t} * trace.num_layers + l) * k);
-      }
+    run.experts.resize(run.steps.size() * k);
+    for (size_t i = 0; i < run.steps.size(); ++i) {
+      const auto logits = trace.StepLogits(run, i);
+      std::iota(order.begin(), order.end(), 0);
+      std::partial_sort(order.begin(), order.begin() + k, order.end(),
+                        [&](uint32_t a, uint32_t b) {
+                          return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+                        });
+      std::copy_n(order.begin(), k, run.experts.begin() + i * k);
     }
   }
 }
@@ -180,7 +175,8 @@ absl::Status WriteLogitsTrace(const std::string& path, const RoutingTrace& trace
                                  {"runs", runs}};
   std::string out = header.dump() + "\n";
   for (const auto& run : trace.runs) {
-    if (run.logits.size() != size_t{run.tokens} * trace.num_layers * trace.num_experts) {
+    if (run.steps.size() != size_t{run.tokens} * trace.num_layers ||
+        run.logits.size() != run.steps.size() * trace.num_experts) {
       return absl::InvalidArgumentError(
           absl::StrFormat("run %s has no logits of the trace's shape", run.name));
     }
@@ -191,24 +187,28 @@ absl::Status WriteLogitsTrace(const std::string& path, const RoutingTrace& trace
 
 TraceStats ComputeTraceStats(const RoutingTrace& trace) {
   TraceStats s;
-  const uint32_t layers = trace.num_layers, k = trace.top_k;
+  const uint32_t layers = trace.num_layers;
   std::vector<uint64_t> overlap(layers, 0), pairs(layers, 0);
   uint64_t recur = 0, recur_pairs = 0;
   std::vector<std::vector<uint64_t>> uses(layers, std::vector<uint64_t>(trace.num_experts, 0));
   for (const auto& run : trace.runs) {
-    for (uint32_t t = 0; t < run.tokens; ++t) {
-      for (uint32_t l = 0; l < layers; ++l) {
-        const auto now = trace.StepExperts(run, t, l);
-        for (uint32_t e : now) ++uses[l][e];
-        if (t == 0) continue;
-        const auto before = trace.StepExperts(run, t - 1, l);
-        bool shared = false;
-        for (uint32_t e : now) shared |= std::find(before.begin(), before.end(), e) != before.end();
-        overlap[l] += shared;
-        ++pairs[l];
-        recur += now[0] == before[0];
-        ++recur_pairs;
-      }
+    // The step of (token, layer), to pair each with the previous token's.
+    std::vector<int64_t> at(size_t{run.tokens} * layers, -1);
+    for (size_t i = 0; i < run.steps.size(); ++i) {
+      at[size_t{run.steps[i].token} * layers + run.steps[i].layer] = static_cast<int64_t>(i);
+    }
+    for (size_t i = 0; i < run.steps.size(); ++i) {
+      const auto [t, l] = run.steps[i];
+      const auto now = trace.StepExperts(run, i);
+      for (uint32_t e : now) ++uses[l][e];
+      if (t == 0 || at[size_t{t - 1} * layers + l] < 0) continue;
+      const auto before = trace.StepExperts(run, static_cast<size_t>(at[size_t{t - 1} * layers + l]));
+      bool shared = false;
+      for (uint32_t e : now) shared |= std::find(before.begin(), before.end(), e) != before.end();
+      overlap[l] += shared;
+      ++pairs[l];
+      recur += now[0] == before[0];
+      ++recur_pairs;
     }
   }
   s.skew_min = 1e9;
@@ -224,7 +224,6 @@ TraceStats ComputeTraceStats(const RoutingTrace& trace) {
     s.skew_mean += skew / layers;
   }
   s.first_choice_recurrence = recur_pairs ? static_cast<double>(recur) / recur_pairs : 0;
-  (void)k;
   return s;
 }
 

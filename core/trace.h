@@ -15,13 +15,22 @@ namespace moe_router {
 /// tracegen) also hold every gate logit, so routing can be replayed with a
 /// different router.
 struct RoutingTrace {
+  /// One (token, layer) step of a run.
+  struct Step {
+    uint32_t token = 0;
+    uint32_t layer = 0;
+  };
   struct Run {
     std::string name;
-    uint32_t tokens = 0;
-    /// tokens x layers x top_k, highest probability first.
+    /// The steps present, in token then layer order. Real traces may miss a
+    /// few; logits traces have every step.
+    std::vector<Step> steps;
+    /// steps x top_k, highest probability first.
     std::vector<uint32_t> experts;
-    /// tokens x layers x num_experts, only in logits traces.
+    /// steps x num_experts, only in logits traces.
     std::vector<float> logits;
+    /// Distinct tokens (the last token index + 1).
+    uint32_t tokens = 0;
   };
   uint32_t num_layers = 0;
   uint32_t num_experts = 0;
@@ -30,23 +39,23 @@ struct RoutingTrace {
 
   bool has_logits() const { return !runs.empty() && !runs[0].logits.empty(); }
   uint64_t Tokens() const;
-  /// (layer, expert) uses: tokens x layers x top_k, over all runs.
-  uint64_t Accesses() const { return Tokens() * num_layers * top_k; }
-  absl::Span<const uint32_t> StepExperts(const Run& run, uint32_t token, uint32_t layer) const {
-    return absl::MakeConstSpan(run.experts)
-        .subspan((size_t{token} * num_layers + layer) * top_k, top_k);
+  uint64_t Steps() const;
+  /// (layer, expert) uses over all runs: steps x top_k.
+  uint64_t Accesses() const { return Steps() * top_k; }
+  absl::Span<const uint32_t> StepExperts(const Run& run, size_t step) const {
+    return absl::MakeConstSpan(run.experts).subspan(step * top_k, top_k);
   }
-  absl::Span<const float> StepLogits(const Run& run, uint32_t token, uint32_t layer) const {
-    return absl::MakeConstSpan(run.logits)
-        .subspan((size_t{token} * num_layers + layer) * num_experts, num_experts);
+  absl::Span<const float> StepLogits(const Run& run, size_t step) const {
+    return absl::MakeConstSpan(run.logits).subspan(step * num_experts, num_experts);
   }
 };
 
 /// Reads a trace, recognising the format by its first line:
 /// - JSONL routing traces (see shared/traces/README.md): one object per
 ///   (run, layer, token) with `layer`, `experts`, and `token_idx` or
-///   `token_pos`; `dataset` and `problem_id` name the run. Every (token,
-///   layer) of a run must be present. Errors name the line.
+///   `token_pos`; `dataset` and `problem_id` name the run; other fields are
+///   ignored. A step may be missing; a duplicate is an error. Errors name
+///   the line.
 /// - logits traces: a JSON header line {"format": "moe-router-logits/1", ...}
 ///   then binary records (see WriteLogitsTrace).
 absl::StatusOr<RoutingTrace> ReadTrace(const std::string& path);
@@ -54,7 +63,8 @@ absl::StatusOr<RoutingTrace> ReadTrace(const std::string& path);
 /// Writes a logits trace: the header line
 ///   {"format":"moe-router-logits/1","num_layers":L,"num_experts":E,
 ///    "top_k":K,"runs":[{"name":...,"tokens":T},...]}\n
-/// then, per run in order and per token, L x E little-endian float32 logits.
+/// then, per run in order and per token, L x E little-endian float32 logits
+/// (every step present).
 /// The experts are recomputed from the logits (plain top-k) on reading.
 /// Written atomically.
 absl::Status WriteLogitsTrace(const std::string& path, const RoutingTrace& trace);

@@ -1,0 +1,160 @@
+// moe-router replay TRACE (--per-layer C | --global-slots S | --global-bytes B)
+//   [--policy P]... [--prefetch-budget N] [--json] [routing flags for logits traces]
+#include <cstdio>
+
+#include "absl/strings/str_format.h"
+#include "client/command_line.h"
+#include "client/commands.h"
+#include "client/progress.h"
+#include "core/eviction_policy.h"
+#include "core/replay.h"
+#include "nlohmann/json.hpp"
+
+namespace moe_router {
+namespace {
+
+const std::vector<FlagSpec>& ReplayFlags() {
+  static const std::vector<FlagSpec> flags = {
+      {"per-layer", true, false, "C experts cached per layer"},
+      {"global-slots", true, false, "S expert slots shared by all layers"},
+      {"global-bytes", true, false, "B bytes shared by all layers"},
+      {"expert-bytes", true, false, "bytes per expert (default 1048576)"},
+      {"policy", true, true, "eviction policy, repeatable (default: all); lru, lfu and belady "
+                             "are always reported"},
+      {"prefetch-budget", true, false, "experts prefetched per step (default 0)"},
+      {"bonus", true, false, "logits traces: reroute with this relative cache bonus"},
+      {"protected-top", true, false, "logits traces: experts the bonus may not displace (1)"},
+      {"max-rank", true, false, "logits traces: worst original rank that may be chosen (0: top_k+2)"},
+      {"json", false, false, "print one JSON object instead of a table"},
+  };
+  return flags;
+}
+
+int Fail(const absl::Status& s, int code = 1) {
+  std::fprintf(stderr, "moe-router replay: %s\n", std::string(s.message()).c_str());
+  return code;
+}
+
+}  // namespace
+
+absl::StatusOr<ReplayOptions> ParseReplayOptions(const CommandLine& cl, const RoutingTrace& trace) {
+  ReplayOptions options;
+  int modes = 0;
+  for (const auto& [flag, mode] : {std::pair{"per-layer", BudgetMode::kPerLayer},
+                                   std::pair{"global-slots", BudgetMode::kGlobalSlots},
+                                   std::pair{"global-bytes", BudgetMode::kGlobalBytes}}) {
+    if (!cl.Has(flag)) continue;
+    ++modes;
+    options.mode = mode;
+    auto amount = cl.Count(flag, 0);
+    if (!amount.ok()) return amount.status();
+    options.amount = *amount;
+  }
+  if (modes != 1) {
+    return absl::InvalidArgumentError(
+        "give exactly one of --per-layer C, --global-slots S or --global-bytes B");
+  }
+  auto expert_bytes = cl.Count("expert-bytes", 1 << 20);
+  auto prefetch = cl.Count("prefetch-budget", 0);
+  if (!expert_bytes.ok()) return expert_bytes.status();
+  if (!prefetch.ok()) return prefetch.status();
+  options.expert_bytes = *expert_bytes;
+  options.prefetch_budget = static_cast<uint32_t>(*prefetch);
+  std::vector<std::string> policies = cl.Values("policy");
+  if (policies.empty()) policies = EvictionPolicyNames();
+  // The reference rows come first.
+  for (const char* reference : {"belady", "lfu", "lru"}) {
+    if (std::find(policies.begin(), policies.end(), reference) == policies.end()) {
+      policies.insert(policies.begin(), reference);
+    }
+  }
+  for (const std::string& p : policies) {
+    bool known = false;
+    for (const std::string& name : EvictionPolicyNames()) known |= name == p;
+    if (!known) return absl::InvalidArgumentError(absl::StrFormat("unknown policy '%s'", p));
+  }
+  options.policies = policies;
+  if (cl.Has("bonus") || cl.Has("protected-top") || cl.Has("max-rank")) {
+    RouterConfig router;
+    router.num_experts = trace.num_experts;
+    router.top_k = trace.top_k;
+    auto bonus = cl.Number("bonus", router.cache_bonus);
+    auto protect = cl.Count("protected-top", router.protected_top);
+    auto rank = cl.Count("max-rank", router.max_rank);
+    for (const absl::Status& s : {bonus.status(), protect.status(), rank.status()}) {
+      if (!s.ok()) return s;
+    }
+    router.cache_bonus = *bonus;
+    router.protected_top = static_cast<uint32_t>(*protect);
+    router.max_rank = static_cast<uint32_t>(*rank);
+    options.router = router;
+    // Belady needs the accesses in advance, which rerouting changes.
+    std::erase(options.policies, "belady");
+  }
+  return options;
+}
+
+void PrintReplayTable(const ReplayReport& report, const ReplayOptions& options) {
+  std::printf("%-12s %9s %10s %11s %13s %10s", "policy", "hit_rate", "ready_rate",
+              "loads/token", "prefetch_used", "accesses");
+  if (options.router) std::printf(" %8s %9s", "changed", "gate_mass");
+  std::printf("\n");
+  for (const ReplayRow& r : report.rows) {
+    std::printf("%-12s %9.3f %10.3f %11.3f %13llu %10llu", r.policy.c_str(), r.hit_rate,
+                r.ready_rate, r.loads_per_token,
+                static_cast<unsigned long long>(r.prefetch_used),
+                static_cast<unsigned long long>(r.accesses));
+    if (options.router) std::printf(" %8.3f %9.4f", r.changed_fraction, r.gate_mass_mean);
+    std::printf("\n");
+  }
+}
+
+nlohmann::json ReplayJson(const ReplayReport& report) {
+  nlohmann::json rows = nlohmann::json::array();
+  for (const ReplayRow& r : report.rows) {
+    rows.push_back({{"policy", r.policy},
+                    {"hit_rate", r.hit_rate},
+                    {"ready_rate", r.ready_rate},
+                    {"loads_per_token", r.loads_per_token},
+                    {"demand_loads_per_token", r.demand_loads_per_token},
+                    {"prefetch_loads", r.prefetch_loads},
+                    {"prefetch_used", r.prefetch_used},
+                    {"accesses", r.accesses},
+                    {"tokens", r.tokens},
+                    {"changed_fraction", r.changed_fraction},
+                    {"gate_mass_mean", r.gate_mass_mean},
+                    {"gate_mass_min", r.gate_mass_min}});
+  }
+  return {{"tokens", report.tokens}, {"accesses", report.accesses}, {"rows", rows}};
+}
+
+int ReplayCommand(const std::vector<std::string>& args) {
+  auto cl = CommandLine::Parse(args, ReplayFlags());
+  if (!cl.ok() || cl->positional().size() != 1) {
+    std::fprintf(stderr,
+                 "%susage: moe-router replay TRACE (--per-layer C | --global-slots S | "
+                 "--global-bytes B) [flags]\nflags:\n%s",
+                 cl.ok() ? "" : absl::StrCat("moe-router replay: ", cl.status().message(), "\n").c_str(),
+                 CommandLine::Help(ReplayFlags()).c_str());
+    return 2;
+  }
+  auto trace = ReadTrace(cl->positional()[0]);
+  if (!trace.ok()) return Fail(trace.status());
+  auto options = ParseReplayOptions(*cl, *trace);
+  if (!options.ok()) return Fail(options.status(), 2);
+  ProgressBar bar("replay", 1);
+  auto report = Replay(*trace, *options, [&](uint64_t done, uint64_t total) {
+    if (done == 1) bar = ProgressBar("replay", total);
+    bar.Update(done);
+  });
+  bar.Finish();
+  if (!report.ok()) return Fail(report.status());
+  if (cl->Has("json")) {
+    std::printf("%s\n", ReplayJson(*report).dump(2).c_str());
+  } else {
+    PrintReplayTable(*report, *options);
+  }
+  return 0;
+}
+
+}  // namespace moe_router

@@ -1,0 +1,270 @@
+#include "core/replay.h"
+
+#include <algorithm>
+#include <limits>
+#include <memory>
+
+#include "absl/strings/str_format.h"
+#include "core/affinity.h"
+#include "core/expert_cache.h"
+
+namespace moe_router {
+
+absl::Status ReplayOptions::Validate() const {
+  if (amount == 0) return absl::InvalidArgumentError("replay budget must be > 0");
+  if (expert_bytes == 0) return absl::InvalidArgumentError("replay expert size must be > 0");
+  if (policies.empty()) return absl::InvalidArgumentError("replay needs at least one policy");
+  if (router) return router->Validate();
+  return absl::OkStatus();
+}
+
+namespace {
+
+struct RunTotals {
+  uint64_t hits = 0, loads = 0, prefetch_loads = 0, prefetch_used = 0;
+  uint64_t changed = 0, routed = 0;
+  double gate_sum = 0, gate_min = 1;
+};
+
+// Replays one run of a trace with one policy.
+class RunReplayer {
+ public:
+  RunReplayer(const RoutingTrace& trace, const RoutingTrace::Run& run,
+              const ReplayOptions& options, const std::string& policy, uint32_t prefetch_budget)
+      : trace_(trace), run_(run), options_(options), policy_(policy),
+        prefetch_budget_(prefetch_budget) {}
+
+  absl::StatusOr<RunTotals> Run(const std::function<void()>& step_done) {
+    if (absl::Status s = Setup(); !s.ok()) return s;
+    std::vector<uint32_t> prev, experts;
+    RouteBatch batch;
+    for (size_t i = 0; i < run_.steps.size(); ++i) {
+      const auto [t, l] = run_.steps[i];
+      ExpertCache& cache = CacheOf(l);
+      cache.BeginStep(l);
+      if (routers_.empty()) {
+        const auto step = trace_.StepExperts(run_, i);
+        experts.assign(step.begin(), step.end());
+      } else {
+        if (absl::Status s = routers_[l]->Route(trace_.StepLogits(run_, i),
+                                                cache.ResidentFlags(l), &batch);
+            !s.ok()) {
+          return s;
+        }
+        experts = batch.experts;
+        totals_.changed += batch.changed_tokens;
+        totals_.routed += batch.tokens;
+        totals_.gate_sum += batch.gate_mass_sum;
+        totals_.gate_min = std::min(totals_.gate_min, batch.gate_mass_min);
+      }
+      // The step's experts are pinned while it is served.
+      for (uint32_t e : experts) cache.Pin({l, e});
+      for (uint32_t e : experts) {
+        if (cache.Access({l, e})) {
+          ++totals_.hits;
+          continue;
+        }
+        ++totals_.loads;
+        if (absl::Status s = Load(cache, {l, e}, Priority::kUrgent); !s.ok()) return s;
+      }
+      for (uint32_t e : experts) cache.Unpin({l, e});
+      affinity_[l]->Update(experts);
+      // Co-activation learns from the same token one layer down.
+      const bool follows = i > 0 && run_.steps[i - 1].token == t && run_.steps[i - 1].layer + 1 == l;
+      if (follows) coactivation_[l]->Update(prev, experts);
+      if (prefetch_budget_ > 0 && i + 1 < run_.steps.size()) {
+        Prefetch(run_.steps[i + 1].layer, experts, /*same_token=*/run_.steps[i + 1].token == t);
+      }
+      prev = experts;
+      step_done();
+    }
+    for (const auto& cache : caches_) totals_.prefetch_used += cache->Stats().prefetch_used;
+    return totals_;
+  }
+
+ private:
+  absl::Status Setup() {
+    const uint32_t layers = trace_.num_layers, n = trace_.num_experts;
+    uint64_t budget = options_.amount;
+    if (options_.mode != BudgetMode::kGlobalBytes) budget *= options_.expert_bytes;
+    const uint32_t caches = options_.mode == BudgetMode::kPerLayer ? layers : 1;
+    for (uint32_t l = 0; l < layers; ++l) {
+      affinity_.push_back(std::make_unique<ExpertAffinity>(n, AffinityConfig{}));
+      coactivation_.push_back(std::make_unique<CoActivation>(n, n, AffinityConfig{}.coactivation_decay));
+      if (options_.router) {
+        auto router = LayerRouter::Create(*options_.router, AffinityConfig{});
+        if (!router.ok()) return router.status();
+        routers_.push_back(std::make_unique<LayerRouter>(*std::move(router)));
+      }
+    }
+    if (policy_ == "belady") {
+      if (options_.router) {
+        return absl::InvalidArgumentError(
+            "belady needs the accesses in advance, which rerouting changes; replay it "
+            "without a router");
+      }
+      BuildFutureAccesses(caches);
+    }
+    for (uint32_t c = 0; c < caches; ++c) {
+      EvictionPolicyOptions policy_options;
+      policy_options.affinity = [this](ExpertKey k) { return affinity_[k.layer]->Score(k.expert); };
+      if (policy_ == "belady") {
+        policy_options.next_use = [this, c](ExpertKey k, uint64_t now) {
+          const std::vector<uint64_t>& uses = future_[c][size_t{k.layer} * trace_.num_experts + k.expert];
+          const auto it = std::upper_bound(uses.begin(), uses.end(), now);
+          return it == uses.end() ? std::numeric_limits<uint64_t>::max() : *it;
+        };
+      }
+      auto policy = MakeEvictionPolicy(policy_, policy_options);
+      if (!policy.ok()) return policy.status();
+      auto cache = ExpertCache::Create(
+          CacheConfig{.num_layers = layers, .num_experts = n, .budget_bytes = budget},
+          *std::move(policy));
+      if (!cache.ok()) return cache.status();
+      caches_.push_back(*std::move(cache));
+    }
+    return absl::OkStatus();
+  }
+
+  // The cache ticks at which each expert will be accessed: the cache counts
+  // one tick per Access, so tick i is the i-th access that cache serves.
+  void BuildFutureAccesses(uint32_t caches) {
+    future_.assign(caches,
+                   std::vector<std::vector<uint64_t>>(size_t{trace_.num_layers} * trace_.num_experts));
+    std::vector<uint64_t> tick(caches, 0);
+    for (size_t i = 0; i < run_.steps.size(); ++i) {
+      const uint32_t l = run_.steps[i].layer;
+      const uint32_t c = caches == 1 ? 0 : l;
+      for (uint32_t e : trace_.StepExperts(run_, i)) {
+        future_[c][size_t{l} * trace_.num_experts + e].push_back(++tick[c]);
+      }
+    }
+  }
+
+  ExpertCache& CacheOf(uint32_t layer) {
+    return *caches_[options_.mode == BudgetMode::kPerLayer ? layer : 0];
+  }
+
+  absl::Status Load(ExpertCache& cache, ExpertKey key, Priority priority) {
+    if (absl::Status s = cache.Reserve(key, options_.expert_bytes, priority); !s.ok()) return s;
+    auto data = std::make_shared<ExpertData>();
+    data->key = key;
+    data->size = options_.expert_bytes;
+    return cache.Commit(std::move(data));
+  }
+
+  // After a step, prefetch for the next one (at layer `next`): experts
+  // co-activated with this step's when it is the same token's next layer,
+  // then the next layer's most affine.
+  void Prefetch(uint32_t next, const std::vector<uint32_t>& experts, bool same_token) {
+    std::vector<uint32_t> candidates;
+    if (same_token && next > 0) candidates = coactivation_[next]->Predict(experts, prefetch_budget_);
+    for (uint32_t e : affinity_[next]->TopByAffinity(prefetch_budget_)) {
+      if (candidates.size() >= prefetch_budget_) break;
+      if (std::find(candidates.begin(), candidates.end(), e) == candidates.end()) {
+        candidates.push_back(e);
+      }
+    }
+    ExpertCache& cache = CacheOf(next);
+    for (uint32_t e : candidates) {
+      const ExpertKey key{next, e};
+      if (cache.IsResident(key)) continue;
+      if (Load(cache, key, Priority::kPrefetch).ok()) ++totals_.prefetch_loads;
+    }
+  }
+
+  const RoutingTrace& trace_;
+  const RoutingTrace::Run& run_;
+  const ReplayOptions& options_;
+  const std::string policy_;
+  const uint32_t prefetch_budget_;
+  std::vector<std::unique_ptr<ExpertAffinity>> affinity_;
+  std::vector<std::unique_ptr<CoActivation>> coactivation_;  // [l]: from l - 1 into l
+  std::vector<std::unique_ptr<LayerRouter>> routers_;
+  std::vector<std::unique_ptr<ExpertCache>> caches_;
+  std::vector<std::vector<std::vector<uint64_t>>> future_;  // [cache][key] -> ticks
+  RunTotals totals_;
+};
+
+}  // namespace
+
+absl::StatusOr<ReplayReport> Replay(const RoutingTrace& trace, const ReplayOptions& options,
+                                    const std::function<void(uint64_t, uint64_t)>& progress) {
+  if (absl::Status s = options.Validate(); !s.ok()) return s;
+  if (options.router && !trace.has_logits()) {
+    return absl::InvalidArgumentError(
+        "rerouting needs a logits trace (from 'moe-router tracegen'); this trace has only "
+        "the chosen experts");
+  }
+  if (options.router && (options.router->num_experts != trace.num_experts ||
+                         options.router->top_k != trace.top_k)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "router shape %d experts top-%d does not match the trace's %d experts top-%d",
+        options.router->num_experts, options.router->top_k, trace.num_experts, trace.top_k));
+  }
+  const uint64_t per_cache_slots =
+      options.mode == BudgetMode::kGlobalBytes ? options.amount / options.expert_bytes
+                                               : options.amount;
+  if (per_cache_slots < trace.top_k) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "a budget of %d experts cannot hold the %d experts of one step", per_cache_slots,
+        trace.top_k));
+  }
+  ReplayReport report;
+  report.tokens = trace.Tokens();
+  report.accesses = trace.Accesses();
+  const bool with_prefetch = options.prefetch_budget > 0;
+  const uint64_t steps_per_pass = trace.Steps();
+  const uint64_t total = steps_per_pass * options.policies.size() * (with_prefetch ? 2 : 1);
+  uint64_t done = 0;
+  const auto step_done = [&] {
+    if (progress) progress(++done, total);
+  };
+  for (const std::string& policy : options.policies) {
+    ReplayRow row;
+    row.policy = policy;
+    row.accesses = report.accesses;
+    row.tokens = report.tokens;
+    for (int pass = 0; pass < (with_prefetch ? 2 : 1); ++pass) {
+      const uint32_t budget = pass == 1 ? options.prefetch_budget : 0;
+      RunTotals sum;
+      for (const RoutingTrace::Run& run : trace.runs) {
+        RunReplayer replayer(trace, run, options, policy, budget);
+        absl::StatusOr<RunTotals> totals = replayer.Run(step_done);
+        if (!totals.ok()) return totals.status();
+        sum.hits += totals->hits;
+        sum.loads += totals->loads;
+        sum.prefetch_loads += totals->prefetch_loads;
+        sum.prefetch_used += totals->prefetch_used;
+        sum.changed += totals->changed;
+        sum.routed += totals->routed;
+        sum.gate_sum += totals->gate_sum;
+        sum.gate_min = std::min(sum.gate_min, totals->gate_min);
+      }
+      const double accesses = static_cast<double>(report.accesses);
+      const double tokens = static_cast<double>(report.tokens);
+      if (pass == 0) {
+        row.demand_hits = sum.hits;
+        row.demand_loads = sum.loads;
+        row.hit_rate = sum.hits / accesses;
+        row.demand_loads_per_token = sum.loads / tokens;
+        if (sum.routed > 0) {
+          row.changed_fraction = static_cast<double>(sum.changed) / sum.routed;
+          row.gate_mass_mean = sum.gate_sum / sum.routed;
+          row.gate_mass_min = sum.gate_min;
+        }
+      }
+      if (pass == 1 || !with_prefetch) {
+        row.ready_hits = sum.hits;
+        row.prefetch_loads = sum.prefetch_loads;
+        row.prefetch_used = sum.prefetch_used;
+        row.ready_rate = sum.hits / accesses;
+        row.loads_per_token = (sum.loads + sum.prefetch_loads) / tokens;
+      }
+    }
+    report.rows.push_back(std::move(row));
+  }
+  return report;
+}
+
+}  // namespace moe_router

@@ -1,0 +1,77 @@
+#ifndef MOE_ROUTER_CORE_REPLAY_H_
+#define MOE_ROUTER_CORE_REPLAY_H_
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/router.h"
+#include "core/trace.h"
+
+namespace moe_router {
+
+enum class BudgetMode : uint8_t {
+  kPerLayer,     // `amount` experts cached per layer, one cache per layer
+  kGlobalSlots,  // `amount` expert slots shared by all layers
+  kGlobalBytes,  // `amount` bytes shared by all layers, experts of expert_bytes
+};
+
+struct ReplayOptions {
+  BudgetMode mode = BudgetMode::kGlobalSlots;
+  uint64_t amount = 0;
+  uint64_t expert_bytes = 1 << 20;  // the size of every expert
+  /// Eviction policies to replay (names as MakeEvictionPolicy takes them).
+  std::vector<std::string> policies;
+  /// Per (token, layer) step, prefetch up to this many experts predicted for
+  /// the next step (co-activation, then affinity). 0: demand paging only.
+  uint32_t prefetch_budget = 0;
+  /// For logits traces: route every step with this router (cache-aware if
+  /// it has a bonus) against the cache being replayed, instead of taking
+  /// the trace's plain top-k.
+  std::optional<RouterConfig> router;
+
+  absl::Status Validate() const;
+};
+
+/// One policy's outcome over the whole trace.
+struct ReplayRow {
+  std::string policy;
+  uint64_t accesses = 0;
+  uint64_t tokens = 0;
+  /// Demand paging (no prefetch): hits / accesses, loads.
+  uint64_t demand_hits = 0;
+  uint64_t demand_loads = 0;
+  double hit_rate = 0;
+  /// With prefetch (equal to demand figures when prefetch_budget is 0): an
+  /// access is ready if its expert is resident, however it got there.
+  uint64_t ready_hits = 0;
+  uint64_t prefetch_loads = 0;
+  uint64_t prefetch_used = 0;
+  double ready_rate = 0;
+  double loads_per_token = 0;         // demand + prefetch loads, with prefetch
+  double demand_loads_per_token = 0;  // demand paging only
+  /// With a router: tokens whose choice the bonus changed, and gate mass.
+  double changed_fraction = 0;
+  double gate_mass_mean = 1;
+  double gate_mass_min = 1;
+};
+
+struct ReplayReport {
+  std::vector<ReplayRow> rows;
+  uint64_t tokens = 0;
+  uint64_t accesses = 0;
+};
+
+/// Replays a trace through the real expert cache: each run (sequence) from
+/// a cold cache, steps in token then layer order, the experts of a step in
+/// their listed order and pinned while it is served; hit rate = hits /
+/// accesses summed over runs. `progress(done, total)` is called per step.
+absl::StatusOr<ReplayReport> Replay(const RoutingTrace& trace, const ReplayOptions& options,
+                                    const std::function<void(uint64_t, uint64_t)>& progress = {});
+
+}  // namespace moe_router
+
+#endif  // MOE_ROUTER_CORE_REPLAY_H_
