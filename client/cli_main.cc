@@ -19,6 +19,10 @@ const Command kCommands[] = {
      moe_router::DemoCommand},
     {"replay", "replay a routing trace through the expert cache: hit rates per policy",
      moe_router::ReplayCommand},
+    {"tracegen", "write a synthetic gate-logit trace; --compare checks it against a real one",
+     moe_router::TracegenCommand},
+    {"sweep", "cache-aware routing trade-off: hit rate vs gate mass, per bonus and guard",
+     moe_router::SweepCommand},
 };
 
 int Usage(FILE* out) {

@@ -10,6 +10,8 @@ namespace moe_router {
 /// name and returns the process exit code (0 ok, 1 failure, 2 usage).
 int DemoCommand(const std::vector<std::string>& args);
 int ReplayCommand(const std::vector<std::string>& args);
+int TracegenCommand(const std::vector<std::string>& args);
+int SweepCommand(const std::vector<std::string>& args);
 
 }  // namespace moe_router
 

@@ -19,7 +19,7 @@ const std::vector<FlagSpec>& DemoFlags() {
       {"sequences", true, false, "concurrent sequences, one token each per step (default 8)"},
       {"tokens", true, false, "decode steps per sequence (default 128)"},
       {"policy", true, false, "eviction policy (default layer_reuse)"},
-      {"bonus", true, false, "relative cache bonus (default 0.25; 0 routes unchanged)"},
+      {"bonus", true, false, "relative cache bonus (default: the router default; 0 routes unchanged)"},
       {"seed", true, false, "workload seed (default 1)"},
   };
   return flags;
@@ -69,7 +69,7 @@ int DemoCommand(const std::vector<std::string>& args) {
   auto cl = CommandLine::Parse(args, DemoFlags());
   auto sequences = cl.ok() ? cl->Count("sequences", 8) : cl.status();
   auto tokens = cl.ok() ? cl->Count("tokens", 128) : cl.status();
-  auto bonus = cl.ok() ? cl->Number("bonus", 0.25) : cl.status();
+  auto bonus = cl.ok() ? cl->Number("bonus", RouterConfig{}.cache_bonus) : cl.status();
   auto seed = cl.ok() ? cl->Count("seed", 1) : cl.status();
   for (const absl::Status& s : {cl.status(), sequences.status(), tokens.status(),
                                 bonus.status(), seed.status()}) {

@@ -25,6 +25,7 @@ const std::vector<FlagSpec>& ReplayFlags() {
       {"bonus", true, false, "logits traces: reroute with this relative cache bonus"},
       {"protected-top", true, false, "logits traces: experts the bonus may not displace (1)"},
       {"max-rank", true, false, "logits traces: worst original rank that may be chosen (0: top_k+2)"},
+      {"min-gate-mass", true, false, "logits traces: reroute a token only if it keeps this much"},
       {"json", false, false, "print one JSON object instead of a table"},
   };
   return flags;
@@ -74,19 +75,22 @@ absl::StatusOr<ReplayOptions> ParseReplayOptions(const CommandLine& cl, const Ro
     if (!known) return absl::InvalidArgumentError(absl::StrFormat("unknown policy '%s'", p));
   }
   options.policies = policies;
-  if (cl.Has("bonus") || cl.Has("protected-top") || cl.Has("max-rank")) {
+  if (cl.Has("bonus") || cl.Has("protected-top") || cl.Has("max-rank") ||
+      cl.Has("min-gate-mass")) {
     RouterConfig router;
     router.num_experts = trace.num_experts;
     router.top_k = trace.top_k;
     auto bonus = cl.Number("bonus", router.cache_bonus);
     auto protect = cl.Count("protected-top", router.protected_top);
     auto rank = cl.Count("max-rank", router.max_rank);
-    for (const absl::Status& s : {bonus.status(), protect.status(), rank.status()}) {
+    auto mass = cl.Number("min-gate-mass", router.min_gate_mass);
+    for (const absl::Status& s : {bonus.status(), protect.status(), rank.status(), mass.status()}) {
       if (!s.ok()) return s;
     }
     router.cache_bonus = *bonus;
     router.protected_top = static_cast<uint32_t>(*protect);
     router.max_rank = static_cast<uint32_t>(*rank);
+    router.min_gate_mass = *mass;
     options.router = router;
     // Belady needs the accesses in advance, which rerouting changes.
     std::erase(options.policies, "belady");

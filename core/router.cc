@@ -36,6 +36,10 @@ absl::Status RouterConfig::Validate() const {
         "router.max_rank (%d) must be 0 or in [top_k, num_experts] = [%d, %d]",
         max_rank, top_k, num_experts));
   }
+  if (!(min_gate_mass >= 0 && min_gate_mass <= 1)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "router.min_gate_mass must be in [0, 1], got %g", min_gate_mass));
+  }
   if (!(range_ema_alpha > 0 && range_ema_alpha <= 1)) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "router.range_ema_alpha must be in (0, 1], got %g", range_ema_alpha));
@@ -202,15 +206,27 @@ absl::Status LayerRouter::Route(absl::Span<const float> logits,
     const float top = cand_logit_[0];
     range_sum += top - lowest;
 
-    bool changed = false;
-    if (bonus > 0) {
-      changed = ChooseWithBonus(bonus, resident);
-    } else {
+    bool changed = bonus > 0 && ChooseWithBonus(bonus, resident);
+    // The original top-k mass is needed only when the choice changed.
+    float orig_mass = 0;
+    if (changed) {
+      orig_mass = 1.0f;  // exp(top - top)
+      for (uint32_t p = 1; p < k; ++p) orig_mass += ExpNonPositive(cand_logit_[p] - top);
+      if (config_.min_gate_mass > 0) {
+        float kept = 0;
+        for (uint32_t i = 0; i < k; ++i) kept += ExpNonPositive(cand_logit_[chosen_pos_[i]] - top);
+        // Too costly for this token: it keeps its original top-k.
+        changed = kept >= config_.min_gate_mass * orig_mass;
+      }
+    }
+    if (!changed) {
       for (uint32_t p = 0; p < k; ++p) {
         chosen_pos_[p] = p;
-        cand_res_[p] = resident != nullptr
-                           ? resident[cand_id_[p]].load(std::memory_order_relaxed)
-                           : 0;
+        if (bonus <= 0) {
+          cand_res_[p] = resident != nullptr
+                             ? resident[cand_id_[p]].load(std::memory_order_relaxed)
+                             : 0;
+        }
       }
     }
     uint32_t* ex = out->experts.data() + size_t{t} * k;
@@ -223,14 +239,8 @@ absl::Status LayerRouter::Route(absl::Span<const float> logits,
       diff[i] = cand_logit_[p] - top;
       out->hits += cand_res_[p] != 0;
     }
-    // The original top-k mass is needed only when the choice changed.
-    orig_mass_[t] = 0;
-    if (changed) {
-      float mass = 1.0f;  // exp(top - top)
-      for (uint32_t p = 1; p < k; ++p) mass += ExpNonPositive(cand_logit_[p] - top);
-      orig_mass_[t] = mass;
-      ++out->changed_tokens;
-    }
+    orig_mass_[t] = changed ? orig_mass : 0;
+    out->changed_tokens += changed;
 
     // Strong unchosen runners-up become prefetch candidates (by their ratio
     // to the top expert). chosen_pos_ is ascending, so one merge walk skips

@@ -26,7 +26,7 @@ struct RouterConfig {
   uint32_t top_k = 2;
   /// Favour resident experts by `cache_bonus` in the selection score.
   bool memory_aware = true;
-  double cache_bonus = 0.25;
+  double cache_bonus = 0.75;
   BonusMode bonus_mode = BonusMode::kRelative;
   /// Unchosen experts whose probability is at least this fraction of the top
   /// expert's become prefetch requests (a ratio, so no softmax over all
@@ -38,6 +38,10 @@ struct RouterConfig {
   /// Quality guard: only experts ranked at most `max_rank` in the original
   /// order may be chosen. 0 means top_k + 2. Must be >= top_k.
   uint32_t max_rank = 0;
+  /// Quality guard: a token is rerouted only if its chosen experts keep at
+  /// least this fraction of the original top-k's probability; otherwise it
+  /// keeps its original top-k. 0 disables.
+  double min_gate_mass = 0.7;
   /// Weight of each token's range in the running mean range (folded in
   /// once per batch; the bonus of a batch uses the range as of its start).
   double range_ema_alpha = 0.01;

@@ -65,4 +65,64 @@ const std::vector<float>& SyntheticRouting::NextToken() {
   return logits_;
 }
 
+absl::StatusOr<WorkloadPreset> GetWorkloadPreset(absl::string_view name) {
+  WorkloadPreset preset;
+  WorkloadShape& s = preset.shape;
+  if (name == "mixtral") {
+    s.num_layers = 32;
+    s.num_experts = 8;
+    s.top_k = 2;
+    return preset;
+  }
+  if (name == "qwen3-30b-a3b") {
+    s.num_layers = 48;
+    s.num_experts = 128;
+    s.top_k = 8;
+    preset.tokens = 256;
+    return preset;
+  }
+  if (name == "deepseek-v3") {
+    s.num_layers = 58;
+    s.num_experts = 256;
+    s.top_k = 8;
+    preset.tokens = 256;
+    return preset;
+  }
+  return absl::InvalidArgumentError(absl::StrFormat(
+      "unknown workload preset '%s' (expected mixtral, qwen3-30b-a3b or deepseek-v3)", name));
+}
+
+std::vector<std::string> WorkloadPresetNames() {
+  return {"mixtral", "qwen3-30b-a3b", "deepseek-v3"};
+}
+
+RoutingTrace GenerateTrace(const WorkloadShape& shape, uint32_t sequences, uint32_t tokens,
+                           uint64_t seed,
+                           const std::function<void(uint64_t, uint64_t)>& progress) {
+  RoutingTrace trace;
+  trace.num_layers = shape.num_layers;
+  trace.num_experts = shape.num_experts;
+  trace.top_k = shape.top_k;
+  // One generator: the per-layer preferences are the model's, shared by
+  // every sequence; each sequence starts a new topic.
+  SyntheticRouting generator(shape, seed);
+  uint64_t done = 0;
+  for (uint32_t s = 0; s < sequences; ++s) {
+    generator.StartSequence();
+    RoutingTrace::Run run;
+    run.name = absl::StrFormat("seq%d", s);
+    run.tokens = tokens;
+    run.logits.reserve(size_t{tokens} * shape.num_layers * shape.num_experts);
+    for (uint32_t t = 0; t < tokens; ++t) {
+      const std::vector<float>& logits = generator.NextToken();
+      run.logits.insert(run.logits.end(), logits.begin(), logits.end());
+      for (uint32_t l = 0; l < shape.num_layers; ++l) run.steps.push_back({t, l});
+      if (progress) progress(++done, uint64_t{sequences} * tokens);
+    }
+    trace.runs.push_back(std::move(run));
+  }
+  FillTopKFromLogits(trace);
+  return trace;
+}
+
 }  // namespace moe_router

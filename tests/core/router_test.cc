@@ -8,6 +8,7 @@
 #include <set>
 #include <vector>
 
+#include "absl/strings/str_format.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/test_util.h"
@@ -77,6 +78,12 @@ Expected ReferenceRoute(const float* row, const RouterConfig& c, double bonus,
   std::set<uint32_t> a(chosen.begin(), chosen.end()), b(order.begin(), order.begin() + c.top_k);
   out.changed = a != b;
   out.mass = chosen_mass / orig_mass;
+  if (out.changed && out.mass < c.min_gate_mass) {
+    // The mass guard refuses the reroute: the original top-k, as unbiased.
+    RouterConfig plain = c;
+    plain.min_gate_mass = 0;
+    return ReferenceRoute(row, plain, 0, nullptr);
+  }
   return out;
 }
 
@@ -140,8 +147,15 @@ TEST(RouterTest, PlainTopKMatchesSoftmaxOfChosen) {
 
 struct BonusCase {
   uint32_t experts, top_k, protected_top, max_rank;
-  double bonus;
+  double bonus, min_gate_mass;
 };
+
+std::string CaseName(const ::testing::TestParamInfo<BonusCase>& info) {
+  const BonusCase& c = info.param;
+  return absl::StrFormat("e%d_k%d_p%d_r%d_b%d_m%d", c.experts, c.top_k, c.protected_top,
+                         c.max_rank, static_cast<int>(c.bonus * 10),
+                         static_cast<int>(c.min_gate_mass * 10));
+}
 
 class RouterBonusTest : public ::testing::TestWithParam<BonusCase> {};
 
@@ -153,6 +167,7 @@ TEST_P(RouterBonusTest, MatchesReferenceAndKeepsTheGuard) {
   config.protected_top = p.protected_top;
   config.max_rank = p.max_rank;
   config.cache_bonus = p.bonus;
+  config.min_gate_mass = p.min_gate_mass;
   config.bonus_mode = BonusMode::kAbsolute;
   LayerRouter router = MakeRouter(config);
   Residency res(p.experts);
@@ -180,17 +195,21 @@ TEST_P(RouterBonusTest, MatchesReferenceAndKeepsTheGuard) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, RouterBonusTest,
-                         ::testing::Values(BonusCase{8, 2, 1, 4, 1.0}, BonusCase{8, 2, 0, 8, 3.0},
-                                           BonusCase{8, 2, 2, 4, 5.0},
-                                           BonusCase{64, 6, 1, 12, 1.5},
-                                           BonusCase{256, 8, 2, 10, 1.0},
-                                           BonusCase{128, 8, 1, 0, 0.8}));
+                         ::testing::Values(BonusCase{8, 2, 1, 4, 1.0, 0}, BonusCase{8, 2, 0, 8, 3.0, 0},
+                                           BonusCase{8, 2, 2, 4, 5.0, 0},
+                                           BonusCase{8, 2, 1, 8, 3.0, 0.7},
+                                           BonusCase{64, 6, 1, 12, 1.5, 0},
+                                           BonusCase{64, 6, 1, 12, 1.5, 0.8},
+                                           BonusCase{256, 8, 2, 10, 1.0, 0},
+                                           BonusCase{128, 8, 1, 0, 0.8, 0.9}),
+                         CaseName);
 
 TEST(RouterTest, BonusOnlyReroutesAndWeightsStayOriginal) {
   RouterConfig config;
   config.cache_bonus = 10.0;  // huge: every allowed swap happens
   config.bonus_mode = BonusMode::kAbsolute;
   config.max_rank = 3;
+  config.min_gate_mass = 0;
   LayerRouter router = MakeRouter(config);
   Residency res(8);
   // Token: expert 0 best, 1 second, 2 third; only 2 is resident.
@@ -209,9 +228,34 @@ TEST(RouterTest, BonusOnlyReroutesAndWeightsStayOriginal) {
   EXPECT_THAT(out.resident, ::testing::ElementsAre(0, 1));
 }
 
+TEST(RouterTest, MinGateMassKeepsCostlyTokensOnTheirOriginalExperts) {
+  RouterConfig config;
+  config.cache_bonus = 10.0;
+  config.bonus_mode = BonusMode::kAbsolute;
+  config.max_rank = 3;
+  config.min_gate_mass = 0.9;
+  LayerRouter router = MakeRouter(config);
+  Residency res(8);
+  res.Set(2, true);
+  // Token 0: expert 2 is a near tie with 1 (cheap swap, rerouted).
+  // Token 1: expert 2 is far below 1 (keeps 1 + e^-3 of 1 + e^-0.5: refused).
+  const std::vector<float> logits = {3.0f, 2.0f, 1.95f, 0, 0, 0, 0, 0,
+                                     3.0f, 2.5f, 0.0f,  0, 0, 0, 0, 0};
+  RouteBatch out;
+  ASSERT_TRUE(router.Route(logits, res.get(), &out).ok());
+  EXPECT_THAT(out.TokenExperts(0), ::testing::ElementsAre(0u, 2u));
+  EXPECT_THAT(out.TokenExperts(1), ::testing::ElementsAre(0u, 1u));
+  EXPECT_EQ(out.changed_tokens, 1u);
+  EXPECT_THAT(out.resident, ::testing::ElementsAre(0, 1, 0, 0));
+  EXPECT_GE(out.gate_mass_min, 0.9);
+  config.min_gate_mass = 1.5;
+  EXPECT_THAT(std::string(config.Validate().message()), HasSubstr("min_gate_mass"));
+}
+
 TEST(RouterTest, RelativeBonusScalesWithLogitRange) {
   RouterConfig config;
   config.cache_bonus = 0.2;
+  config.min_gate_mass = 0;
   config.bonus_mode = BonusMode::kRelative;
   // Same token shape at two scales: the relative bonus flips both the same way.
   for (float scale : {1.0f, 100.0f}) {

@@ -66,7 +66,11 @@ INSTANTIATE_TEST_SUITE_P(Shapes, TopSelectorTest,
                          ::testing::Values(Shape{8, 4}, Shape{8, 8}, Shape{5, 3}, Shape{1, 1},
                                            Shape{64, 8}, Shape{64, 12}, Shape{60, 6},
                                            Shape{128, 10}, Shape{256, 10}, Shape{256, 16},
-                                           Shape{257, 9}));
+                                           Shape{257, 9}),
+                         [](const ::testing::TestParamInfo<Shape>& info) {
+                           return "n" + std::to_string(info.param.n) + "_r" +
+                                  std::to_string(info.param.r);
+                         });
 
 TEST(ExpNonPositiveTest, CloseToStdExp) {
   std::vector<float> xs;

@@ -62,6 +62,12 @@ void CorruptByte(const std::string& path, uint64_t offset) {
   close(fd);
 }
 
+std::string SharedTracePath() {
+  const std::string path =
+      std::string(MOE_ROUTER_SOURCE_DIR) + "/../shared/traces/mixtral-8x7b-gsm8k.jsonl";
+  return std::filesystem::exists(path) ? path : "";
+}
+
 std::vector<float> RandomLogits(uint32_t tokens, uint32_t experts, uint64_t seed, float scale) {
   std::mt19937_64 rng(seed);
   std::normal_distribution<float> noise(0.0f, scale);

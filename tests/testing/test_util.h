@@ -36,6 +36,10 @@ std::vector<SafetensorsWriteTensor> WriteExpertShard(const std::string& path,
 /// Flips one byte of a file in place at `offset`.
 void CorruptByte(const std::string& path, uint64_t offset);
 
+/// The shared real Mixtral trace beside the repository
+/// (../shared/traces/mixtral-8x7b-gsm8k.jsonl), or "" when it is absent.
+std::string SharedTracePath();
+
 /// Row-major random logits, tokens x experts.
 std::vector<float> RandomLogits(uint32_t tokens, uint32_t experts, uint64_t seed,
                                 float scale = 2.0f);

@@ -1,0 +1,104 @@
+// moe-router tracegen --preset P --out FILE [--sequences S] [--tokens T]
+//   [--seed N] [--compare REAL.jsonl] [generator overrides]
+#include <cstdio>
+
+#include "absl/strings/str_format.h"
+#include "client/command_line.h"
+#include "client/commands.h"
+#include "client/progress.h"
+#include "core/calibration.h"
+#include "core/workload.h"
+
+namespace moe_router {
+namespace {
+
+const std::vector<FlagSpec>& TracegenFlags() {
+  static const std::vector<FlagSpec> flags = {
+      {"preset", true, false, "mixtral | qwen3-30b-a3b | deepseek-v3 (default mixtral)"},
+      {"out", true, false, "logits trace to write"},
+      {"sequences", true, false, "sequences (runs) to generate (preset default)"},
+      {"tokens", true, false, "tokens per sequence (preset default)"},
+      {"seed", true, false, "random seed (default 1)"},
+      {"layers", true, false, "override the preset's MoE layers"},
+      {"experts", true, false, "override the preset's experts per layer"},
+      {"top-k", true, false, "override the preset's top_k"},
+      {"skew", true, false, "generator: per-layer preference spread"},
+      {"topic", true, false, "generator: per-sequence topic spread"},
+      {"persistence", true, false, "generator: topic AR(1) coefficient across tokens"},
+      {"noise", true, false, "generator: per-token noise"},
+      {"layer-variation", true, false, "generator: how much layers differ"},
+      {"compare", true, false, "a real routing trace to compare the generated one with"},
+  };
+  return flags;
+}
+
+int Fail(const absl::Status& s, int code = 1) {
+  std::fprintf(stderr, "moe-router tracegen: %s\n", std::string(s.message()).c_str());
+  return code;
+}
+
+}  // namespace
+
+int TracegenCommand(const std::vector<std::string>& args) {
+  auto cl = CommandLine::Parse(args, TracegenFlags());
+  if (!cl.ok() || !cl->positional().empty() || (!cl->Has("out") && !cl->Has("compare"))) {
+    std::fprintf(stderr, "%susage: moe-router tracegen [--out FILE] [--compare REAL] [flags]\nflags:\n%s",
+                 cl.ok() ? "" : absl::StrCat("moe-router tracegen: ", cl.status().message(), "\n").c_str(),
+                 CommandLine::Help(TracegenFlags()).c_str());
+    return 2;
+  }
+  auto preset = GetWorkloadPreset(cl->Value("preset", "mixtral"));
+  if (!preset.ok()) return Fail(preset.status(), 2);
+  WorkloadShape& shape = preset->shape;
+  std::vector<absl::Status> errors;
+  const auto count = [&](const char* flag, uint32_t& field) {
+    auto v = cl->Count(flag, field);
+    if (v.ok()) field = static_cast<uint32_t>(*v); else errors.push_back(v.status());
+  };
+  const auto number = [&](const char* flag, double& field) {
+    auto v = cl->Number(flag, field);
+    if (v.ok()) field = *v; else errors.push_back(v.status());
+  };
+  count("layers", shape.num_layers);
+  count("experts", shape.num_experts);
+  count("top-k", shape.top_k);
+  count("sequences", preset->sequences);
+  count("tokens", preset->tokens);
+  number("skew", shape.skew);
+  number("topic", shape.topic);
+  number("persistence", shape.persistence);
+  number("noise", shape.noise);
+  number("layer-variation", shape.layer_variation);
+  auto seed = cl->Count("seed", 1);
+  if (!seed.ok()) errors.push_back(seed.status());
+  if (absl::Status s = shape.Validate(); !s.ok()) errors.push_back(s);
+  if (!errors.empty()) return Fail(errors.front(), 2);
+
+  ProgressBar bar("tracegen", uint64_t{preset->sequences} * preset->tokens);
+  RoutingTrace trace = GenerateTrace(shape, preset->sequences, preset->tokens, *seed,
+                                     [&](uint64_t done, uint64_t) { bar.Update(done); });
+  bar.Finish();
+  if (cl->Has("out")) {
+    if (absl::Status s = WriteLogitsTrace(cl->Value("out"), trace); !s.ok()) return Fail(s);
+    std::fprintf(stderr, "wrote %s: %d sequences x %d tokens, %d layers x %d experts, top-%d\n",
+                 cl->Value("out").c_str(), preset->sequences, preset->tokens, shape.num_layers,
+                 shape.num_experts, shape.top_k);
+  }
+  if (cl->Has("compare")) {
+    auto real = ReadTrace(cl->Value("compare"));
+    if (!real.ok()) return Fail(real.status());
+    auto rows = CompareTraces(trace, *real);
+    if (!rows.ok()) return Fail(rows.status());
+    std::printf("%-40s %9s %9s %9s %s\n", "metric", "generated", "real", "tolerance", "");
+    bool all_ok = true;
+    for (const CalibrationRow& r : *rows) {
+      std::printf("%-40s %9.3f %9.3f %9.3f %s\n", r.metric.c_str(), r.generated, r.real,
+                  r.tolerance, r.ok() ? "ok" : "OFF");
+      all_ok &= r.ok();
+    }
+    return all_ok ? 0 : 1;
+  }
+  return 0;
+}
+
+}  // namespace moe_router

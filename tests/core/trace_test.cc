@@ -1,0 +1,114 @@
+#include "core/trace.h"
+
+#include "core/file_io.h"
+#include "core/workload.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/testing/test_util.h"
+
+namespace moe_router {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+absl::StatusOr<RoutingTrace> ReadText(const testing::TempDir& dir, const std::string& text) {
+  const std::string path = dir.File("t.jsonl");
+  EXPECT_TRUE(WriteFileAtomically(path, text).ok());
+  return ReadTrace(path);
+}
+
+TEST(TraceTest, ReadsSparseJsonlInTokenThenLayerOrder) {
+  testing::TempDir dir;
+  // Lines out of order, token_pos naming, an extra field, a missing step.
+  auto trace = ReadText(dir,
+                        R"({"dataset":"d","problem_id":0,"layer":1,"experts":[3,1],"token_pos":0,"x":1}
+{"dataset":"d","problem_id":0,"layer":0,"experts":[2,0],"token_pos":0}
+{"dataset":"d","problem_id":0,"layer":0,"experts":[1,2],"token_pos":1}
+
+{"dataset":"d","problem_id":1,"layer":1,"experts":[0,3],"token_idx":0}
+)");
+  ASSERT_TRUE(trace.ok()) << trace.status();
+  EXPECT_EQ(trace->num_layers, 2u);
+  EXPECT_EQ(trace->num_experts, 4u);
+  EXPECT_EQ(trace->top_k, 2u);
+  ASSERT_EQ(trace->runs.size(), 2u);
+  const RoutingTrace::Run& run = trace->runs[0];
+  ASSERT_EQ(run.steps.size(), 3u);
+  EXPECT_EQ(run.tokens, 2u);
+  EXPECT_EQ(run.steps[1].layer, 1u);
+  EXPECT_THAT(trace->StepExperts(run, 0), ElementsAre(2u, 0u));
+  EXPECT_THAT(trace->StepExperts(run, 1), ElementsAre(3u, 1u));
+  EXPECT_EQ(trace->Accesses(), 8u);
+  EXPECT_FALSE(trace->has_logits());
+}
+
+TEST(TraceTest, MalformedLinesNameTheLine) {
+  testing::TempDir dir;
+  const auto error = [&](const std::string& text) {
+    auto t = ReadText(dir, text);
+    EXPECT_FALSE(t.ok());
+    return std::string(t.status().message());
+  };
+  EXPECT_THAT(error("{\"layer\":0,\"experts\":[1],\"token_idx\":0}\nnot json\n"),
+              HasSubstr("t.jsonl:2: not a JSON object"));
+  EXPECT_THAT(error("{\"experts\":[1],\"token_idx\":0}\n"), HasSubstr(":1: missing or bad 'layer'"));
+  EXPECT_THAT(error("{\"layer\":0,\"experts\":[1]}\n"), HasSubstr("'token_idx' / 'token_pos'"));
+  EXPECT_THAT(error("{\"layer\":0,\"experts\":[1,2],\"token_idx\":0}\n"
+                    "{\"layer\":1,\"experts\":[1],\"token_idx\":0}\n"),
+              HasSubstr(":2: 1 experts where earlier lines have 2"));
+  EXPECT_THAT(error("{\"layer\":0,\"experts\":[1],\"token_idx\":0}\n"
+                    "{\"layer\":0,\"experts\":[2],\"token_idx\":0}\n"),
+              HasSubstr(":2: token 0 layer 0"));
+  EXPECT_THAT(error(""), HasSubstr("no trace lines"));
+  EXPECT_FALSE(ReadTrace(dir.File("missing.jsonl")).ok());
+}
+
+TEST(TraceTest, LogitsTraceRoundTripsAndRecomputesTopK) {
+  WorkloadShape shape;
+  shape.num_layers = 3;
+  shape.num_experts = 6;
+  shape.top_k = 2;
+  const RoutingTrace trace = GenerateTrace(shape, 2, 5, 7);
+  testing::TempDir dir;
+  ASSERT_TRUE(WriteLogitsTrace(dir.File("g.logits"), trace).ok());
+  auto back = ReadTrace(dir.File("g.logits"));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_TRUE(back->has_logits());
+  ASSERT_EQ(back->runs.size(), 2u);
+  EXPECT_EQ(back->runs[1].logits, trace.runs[1].logits);
+  EXPECT_EQ(back->runs[1].experts, trace.runs[1].experts);
+  EXPECT_EQ(back->Steps(), 30u);
+  // Each step's experts are the two largest logits.
+  const auto logits = back->StepLogits(back->runs[0], 4);
+  const auto experts = back->StepExperts(back->runs[0], 4);
+  for (uint32_t e = 0; e < 6; ++e) {
+    if (e != experts[0] && e != experts[1]) {
+      EXPECT_LE(logits[e], logits[experts[1]]);
+    }
+  }
+  EXPECT_GE(logits[experts[0]], logits[experts[1]]);
+  // A truncated file is an error naming the run.
+  auto text = ReadFile(dir.File("g.logits"));
+  ASSERT_TRUE(WriteFileAtomically(dir.File("cut.logits"), text->substr(0, text->size() - 5)).ok());
+  EXPECT_THAT(std::string(ReadTrace(dir.File("cut.logits")).status().message()),
+              HasSubstr("run seq1 are truncated"));
+}
+
+TEST(TraceTest, StatsOfAKnownTrace) {
+  testing::TempDir dir;
+  // One layer, three tokens: {0,1} -> {1,2} -> {3,2}.
+  auto trace = ReadText(dir,
+                        "{\"layer\":0,\"experts\":[0,1],\"token_idx\":0}\n"
+                        "{\"layer\":0,\"experts\":[1,2],\"token_idx\":1}\n"
+                        "{\"layer\":0,\"experts\":[3,2],\"token_idx\":2}\n");
+  ASSERT_TRUE(trace.ok());
+  const TraceStats s = ComputeTraceStats(*trace);
+  EXPECT_DOUBLE_EQ(s.overlap_mean, 1.0);
+  EXPECT_DOUBLE_EQ(s.first_choice_recurrence, 0.0);
+  // Uses: 0:1, 1:2, 2:2, 3:1 of 6; busiest share 2/6 over mean 1/4.
+  EXPECT_DOUBLE_EQ(s.skew_mean, (2.0 / 6) / (1.0 / 4));
+}
+
+}  // namespace
+}  // namespace moe_router
