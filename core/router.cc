@@ -88,14 +88,8 @@ absl::StatusOr<LayerRouter> LayerRouter::Create(const RouterConfig& config,
 LayerRouter::LayerRouter(const RouterConfig& config, const AffinityConfig& affinity)
     : config_(config),
       max_rank_(config.EffectiveMaxRank()),
-      log_prefetch_threshold_(config.prefetch_threshold > 0
-                                  ? std::log(static_cast<float>(config.prefetch_threshold))
-                                  : std::numeric_limits<float>::infinity()),
       affinity_(std::make_unique<ExpertAffinity>(config.num_experts, affinity)),
       selector_(config.num_experts, max_rank_),
-      cand_id_(max_rank_),
-      cand_logit_(max_rank_),
-      cand_res_(max_rank_),
       taken_(max_rank_),
       res_pos_(max_rank_),
       abs_pos_(max_rank_),
@@ -131,7 +125,8 @@ void LayerRouter::UpdateRange(double range_sum, uint32_t tokens) {
   range_seen_ = true;
 }
 
-bool LayerRouter::ChooseWithBonus(float bonus, const std::atomic<uint8_t>* resident) {
+bool LayerRouter::ChooseWithBonus(float bonus, const std::atomic<uint8_t>* resident,
+                                  const uint32_t* id, const float* logit, uint8_t* res) {
   const uint32_t k = config_.top_k;
   const uint32_t r = max_rank_;
   const uint32_t protect = config_.protected_top;
@@ -140,10 +135,15 @@ bool LayerRouter::ChooseWithBonus(float bonus, const std::atomic<uint8_t>* resid
   // amount: the best k - protect come from merging the two lists.
   uint32_t n_res = 0, n_abs = 0;
   for (uint32_t p = 0; p < r; ++p) {
-    const uint8_t res = resident[cand_id_[p]].load(std::memory_order_relaxed);
-    cand_res_[p] = res;
+    const uint8_t is_res = resident[id[p]].load(std::memory_order_relaxed) != 0;
+    res[p] = is_res;
     taken_[p] = p < protect;
-    if (p >= protect) (res ? res_pos_[n_res++] : abs_pos_[n_abs++]) = p;
+    // Branch-free split: write to both lists, advance one.
+    const bool listed = p >= protect;
+    res_pos_[n_res] = p;
+    abs_pos_[n_abs] = p;
+    n_res += listed & is_res;
+    n_abs += listed & !is_res;
   }
   uint32_t i = 0, j = 0;
   bool changed = false;
@@ -154,9 +154,9 @@ bool LayerRouter::ChooseWithBonus(float bonus, const std::atomic<uint8_t>* resid
     } else if (j == n_abs) {
       take_resident = true;
     } else {
-      const float a = cand_logit_[res_pos_[i]] + bonus;
-      const float b = cand_logit_[abs_pos_[j]];
-      take_resident = a > b || (a == b && cand_id_[res_pos_[i]] < cand_id_[abs_pos_[j]]);
+      const float a = logit[res_pos_[i]] + bonus;
+      const float b = logit[abs_pos_[j]];
+      take_resident = a > b || (a == b && id[res_pos_[i]] < id[abs_pos_[j]]);
     }
     const uint32_t p = take_resident ? res_pos_[i++] : abs_pos_[j++];
     taken_[p] = 1;
@@ -196,85 +196,90 @@ absl::Status LayerRouter::Route(absl::Span<const float> logits,
   const float bonus = can_reroute ? BatchBonus(logits) : 0.0f;
   double range_sum = 0;
 
-  // Phase 1, per token: choose, and record each chosen logit relative to
-  // the token's top logit.
-  diff_.resize(size_t{tokens} * k);
-  orig_mass_.resize(tokens);
+  // Phase 1, per token: the candidates (original top-r), whether each is
+  // resident, and the tentative choice.
+  batch_id_.resize(size_t{tokens} * r);
+  batch_prob_.resize(size_t{tokens} * r);
+  batch_res_.resize(size_t{tokens} * r);
+  batch_pos_.resize(size_t{tokens} * k);
+  batch_changed_.resize(tokens);
   for (uint32_t t = 0; t < tokens; ++t) {
     const float* row = logits.data() + size_t{t} * n;
-    const float lowest = selector_.Select(row, cand_id_.data(), cand_logit_.data());
-    const float top = cand_logit_[0];
+    uint32_t* id = batch_id_.data() + size_t{t} * r;
+    float* logit = batch_prob_.data() + size_t{t} * r;
+    const float lowest = selector_.Select(row, id, logit);
+    const float top = logit[0];
     range_sum += top - lowest;
-
-    bool changed = bonus > 0 && ChooseWithBonus(bonus, resident);
-    // The original top-k mass is needed only when the choice changed.
-    float orig_mass = 0;
+    uint8_t* res = batch_res_.data() + size_t{t} * r;
+    uint32_t* pos = batch_pos_.data() + size_t{t} * k;
+    const bool changed = bonus > 0 && ChooseWithBonus(bonus, resident, id, logit, res);
     if (changed) {
-      orig_mass = 1.0f;  // exp(top - top)
-      for (uint32_t p = 1; p < k; ++p) orig_mass += ExpNonPositive(cand_logit_[p] - top);
-      if (config_.min_gate_mass > 0) {
-        float kept = 0;
-        for (uint32_t i = 0; i < k; ++i) kept += ExpNonPositive(cand_logit_[chosen_pos_[i]] - top);
-        // Too costly for this token: it keeps its original top-k.
-        changed = kept >= config_.min_gate_mass * orig_mass;
-      }
-    }
-    if (!changed) {
-      for (uint32_t p = 0; p < k; ++p) {
-        chosen_pos_[p] = p;
-        if (bonus <= 0) {
-          cand_res_[p] = resident != nullptr
-                             ? resident[cand_id_[p]].load(std::memory_order_relaxed)
-                             : 0;
+      for (uint32_t i = 0; i < k; ++i) pos[i] = chosen_pos_[i];
+    } else {
+      for (uint32_t p = 0; p < k; ++p) pos[p] = p;
+      if (bonus <= 0) {
+        for (uint32_t p = 0; p < k; ++p) {
+          res[p] = resident != nullptr ? resident[id[p]].load(std::memory_order_relaxed) : 0;
         }
       }
     }
-    uint32_t* ex = out->experts.data() + size_t{t} * k;
-    uint8_t* res = out->resident.data() + size_t{t} * k;
-    float* diff = diff_.data() + size_t{t} * k;
-    for (uint32_t i = 0; i < k; ++i) {
-      const uint32_t p = chosen_pos_[i];
-      ex[i] = cand_id_[p];
-      res[i] = cand_res_[p];
-      diff[i] = cand_logit_[p] - top;
-      out->hits += cand_res_[p] != 0;
-    }
-    orig_mass_[t] = changed ? orig_mass : 0;
-    out->changed_tokens += changed;
-
-    // Strong unchosen runners-up become prefetch candidates (by their ratio
-    // to the top expert). chosen_pos_ is ascending, so one merge walk skips
-    // the chosen.
-    const float cutoff = top + log_prefetch_threshold_;
-    for (uint32_t p = 1, i = 0; p < r && cand_logit_[p] >= cutoff; ++p) {
-      while (i < k && chosen_pos_[i] < p) ++i;
-      if (i < k && chosen_pos_[i] == p) continue;
-      prefetch_mark_[cand_id_[p]] = 1;
-    }
-
-    affinity_->Update(absl::MakeConstSpan(ex, k));
+    batch_changed_[t] = changed;
+    // Logits relative to the top expert, exponentiated below.
+    for (uint32_t p = 0; p < r; ++p) logit[p] -= top;
   }
-  out->misses = uint64_t{tokens} * k - out->hits;
   UpdateRange(range_sum, tokens);
 
-  // Phase 2, over the batch: the original probabilities of the chosen
-  // (relative to the top expert, vectorised), renormalised, and the gate
-  // mass retained where the choice changed.
-  ExpNonPositiveBatch(diff_.data(), diff_.size());
+  // Phase 2, over the batch (vectorised): each candidate's original
+  // probability relative to the top expert's. Only the original top-r are
+  // exponentiated, never a softmax over all experts.
+  ExpNonPositiveBatch(batch_prob_.data(), batch_prob_.size());
+
+  // Phase 3, per token: the mass guard, the outputs, and learning.
+  const float prefetch_ratio = static_cast<float>(config_.prefetch_threshold);
   for (uint32_t t = 0; t < tokens; ++t) {
-    const float* prob = diff_.data() + size_t{t} * k;
-    float* w = out->weights.data() + size_t{t} * k;
-    float chosen_mass = 0;
-    for (uint32_t i = 0; i < k; ++i) chosen_mass += prob[i];
-    const float inv = 1.0f / chosen_mass;
-    for (uint32_t i = 0; i < k; ++i) w[i] = prob[i] * inv;
-    if (orig_mass_[t] > 0) {
-      const double mass = chosen_mass / orig_mass_[t];
-      out->gate_mass_sum += mass;
-      out->gate_mass_min = mass < out->gate_mass_min ? mass : out->gate_mass_min;
+    const uint32_t* id = batch_id_.data() + size_t{t} * r;
+    const float* prob = batch_prob_.data() + size_t{t} * r;
+    const uint8_t* res = batch_res_.data() + size_t{t} * r;
+    uint32_t* pos = batch_pos_.data() + size_t{t} * k;
+    bool changed = batch_changed_[t] != 0;
+    float kept = 0;
+    for (uint32_t i = 0; i < k; ++i) kept += prob[pos[i]];
+    if (changed) {
+      float orig = 0;
+      for (uint32_t p = 0; p < k; ++p) orig += prob[p];
+      if (kept < static_cast<float>(config_.min_gate_mass) * orig) {
+        // Too costly for this token: it keeps its original top-k.
+        changed = false;
+        for (uint32_t p = 0; p < k; ++p) pos[p] = p;
+        kept = orig;
+      } else {
+        const double mass = kept / orig;
+        out->gate_mass_sum += mass;
+        out->gate_mass_min = mass < out->gate_mass_min ? mass : out->gate_mass_min;
+        ++out->changed_tokens;
+      }
     }
+    uint32_t* ex = out->experts.data() + size_t{t} * k;
+    uint8_t* out_res = out->resident.data() + size_t{t} * k;
+    float* w = out->weights.data() + size_t{t} * k;
+    const float inv = 1.0f / kept;
+    for (uint32_t i = 0; i < k; ++i) {
+      ex[i] = id[pos[i]];
+      out_res[i] = res[pos[i]];
+      w[i] = prob[pos[i]] * inv;
+      out->hits += res[pos[i]] != 0;
+    }
+    // Strong unchosen runners-up become prefetch candidates. pos is
+    // ascending, so one merge walk skips the chosen.
+    for (uint32_t p = 1, i = 0; p < r && prob[p] >= prefetch_ratio && prefetch_ratio > 0; ++p) {
+      while (i < k && pos[i] < p) ++i;
+      if (i < k && pos[i] == p) continue;
+      prefetch_mark_[id[p]] = 1;
+    }
+    affinity_->Update(absl::MakeConstSpan(ex, k));
   }
   out->gate_mass_sum += tokens - out->changed_tokens;  // unchanged tokens keep all
+  out->misses = uint64_t{tokens} * k - out->hits;
 
   for (uint32_t e = 0; e < n; ++e) {
     if (prefetch_mark_[e] == 0) continue;

@@ -107,7 +107,6 @@ class LayerRouter {
 
   RouterConfig config_;
   uint32_t max_rank_;
-  float log_prefetch_threshold_;
   std::unique_ptr<ExpertAffinity> affinity_;
   // The selection bonus for a batch (from the running range).
   float BatchBonus(absl::Span<const float> logits);
@@ -115,24 +114,25 @@ class LayerRouter {
   void UpdateRange(double range_sum, uint32_t tokens);
   // Fills chosen_pos_ from the candidates with the bonus applied; returns
   // whether the choice differs from the original top-k.
-  bool ChooseWithBonus(float bonus, const std::atomic<uint8_t>* resident);
+  bool ChooseWithBonus(float bonus, const std::atomic<uint8_t>* resident, const uint32_t* id,
+                       const float* logit, uint8_t* res);
 
   double range_ema_ = 0;
   bool range_seen_ = false;
   TopSelector selector_;
   // Per-token scratch, reused (one caller at a time).
-  std::vector<uint32_t> cand_id_;
-  std::vector<float> cand_logit_;
-  std::vector<uint8_t> cand_res_;
   std::vector<uint8_t> taken_;
   std::vector<uint32_t> res_pos_;  // candidate positions past the protected
   std::vector<uint32_t> abs_pos_;  // prefix, resident / absent
   std::vector<uint32_t> chosen_pos_;
   std::vector<uint8_t> prefetch_mark_;
-  // Per-batch scratch: chosen logit minus top logit, then its exp; and the
-  // original top-k mass of tokens whose choice changed (0 otherwise).
-  std::vector<float> diff_;
-  std::vector<float> orig_mass_;
+  // Per-batch scratch, tokens x max_rank (or x top_k): candidates, their
+  // logit minus the top's and then its exp, residency, chosen positions.
+  std::vector<uint32_t> batch_id_;
+  std::vector<float> batch_prob_;
+  std::vector<uint8_t> batch_res_;
+  std::vector<uint32_t> batch_pos_;
+  std::vector<uint8_t> batch_changed_;
 };
 
 /// Checks a batch of logits without routing it: the length is a multiple of
