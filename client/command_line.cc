@@ -1,5 +1,7 @@
 #include "client/command_line.h"
 
+#include <cstdio>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 
@@ -81,6 +83,19 @@ std::string CommandLine::Help(const std::vector<FlagSpec>& spec) {
                           f.help);
   }
   return out;
+}
+
+int CommandError(const std::string& command, const absl::Status& status, int code) {
+  std::fprintf(stderr, "moe-router %s: %s\n", command.c_str(), std::string(status.message()).c_str());
+  return code;
+}
+
+int CommandUsage(const std::string& command, const std::string& synopsis,
+                 const absl::Status& parse_error, const std::vector<FlagSpec>& flags) {
+  if (!parse_error.ok()) CommandError(command, parse_error);
+  std::fprintf(stderr, "usage: moe-router %s %s\nflags:\n%s", command.c_str(), synopsis.c_str(),
+               CommandLine::Help(flags).c_str());
+  return 2;
 }
 
 }  // namespace moe_router

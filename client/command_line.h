@@ -40,6 +40,14 @@ class CommandLine {
   std::map<std::string, std::vector<std::string>> values_;
 };
 
+/// Prints "moe-router COMMAND: message" to stderr; returns `code`.
+int CommandError(const std::string& command, const absl::Status& status, int code = 1);
+
+/// Prints the parse error (if any), "usage: moe-router COMMAND SYNOPSIS" and
+/// the flags to stderr; returns 2.
+int CommandUsage(const std::string& command, const std::string& synopsis,
+                 const absl::Status& parse_error, const std::vector<FlagSpec>& flags);
+
 }  // namespace moe_router
 
 #endif  // MOE_ROUTER_CLIENT_COMMAND_LINE_H_

@@ -73,21 +73,14 @@ int DemoCommand(const std::vector<std::string>& args) {
   auto seed = cl.ok() ? cl->Count("seed", 1) : cl.status();
   for (const absl::Status& s : {cl.status(), sequences.status(), tokens.status(),
                                 bonus.status(), seed.status()}) {
-    if (!s.ok()) {
-      std::fprintf(stderr, "moe-router demo: %s\nflags:\n%s", std::string(s.message()).c_str(),
-                   CommandLine::Help(DemoFlags()).c_str());
-      return 2;
-    }
+    if (!s.ok()) return CommandUsage("demo", "[flags]", s, DemoFlags());
   }
   ModelConfig config = DefaultModelConfig();
   config.eviction_policy = cl->Value("policy", config.eviction_policy);
   config.router.cache_bonus = *bonus;
   auto store = SyntheticStore::Create(DefaultStoreOptions());
   auto model = store.ok() ? ModelEngine::Create(config, *std::move(store)) : store.status();
-  if (!model.ok()) {
-    std::fprintf(stderr, "moe-router demo: %s\n", std::string(model.status().message()).c_str());
-    return 1;
-  }
+  if (!model.ok()) return CommandError("demo", model.status());
   WorkloadShape shape;
   shape.num_layers = config.num_layers;
   shape.num_experts = config.router.num_experts;
@@ -108,18 +101,12 @@ int DemoCommand(const std::vector<std::string>& args) {
                     batch.begin() + s * n);
       }
       auto routed = (*model)->Route(layer, batch);
-      if (!routed.ok()) {
-        std::fprintf(stderr, "moe-router demo: %s\n", std::string(routed.status().message()).c_str());
-        return 1;
-      }
+      if (!routed.ok()) return CommandError("demo", routed.status());
       // Like an inference worker: the layer cannot run until its chosen
       // experts are resident.
       for (const ExpertKey& key : routed->urgent) {
         auto expert = (*model)->Fetch(key, absl::Now() + absl::Seconds(10));
-        if (!expert.ok()) {
-          std::fprintf(stderr, "moe-router demo: %s\n", std::string(expert.status().message()).c_str());
-          return 1;
-        }
+        if (!expert.ok()) return CommandError("demo", expert.status());
       }
     }
     bar.Update(t + 1);

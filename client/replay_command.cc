@@ -31,11 +31,6 @@ const std::vector<FlagSpec>& ReplayFlags() {
   return flags;
 }
 
-int Fail(const absl::Status& s, int code = 1) {
-  std::fprintf(stderr, "moe-router replay: %s\n", std::string(s.message()).c_str());
-  return code;
-}
-
 }  // namespace
 
 absl::StatusOr<ReplayOptions> ParseReplayOptions(const CommandLine& cl, const RoutingTrace& trace) {
@@ -135,24 +130,21 @@ nlohmann::json ReplayJson(const ReplayReport& report) {
 int ReplayCommand(const std::vector<std::string>& args) {
   auto cl = CommandLine::Parse(args, ReplayFlags());
   if (!cl.ok() || cl->positional().size() != 1) {
-    std::fprintf(stderr,
-                 "%susage: moe-router replay TRACE (--per-layer C | --global-slots S | "
-                 "--global-bytes B) [flags]\nflags:\n%s",
-                 cl.ok() ? "" : absl::StrCat("moe-router replay: ", cl.status().message(), "\n").c_str(),
-                 CommandLine::Help(ReplayFlags()).c_str());
-    return 2;
+    return CommandUsage("replay",
+                        "TRACE (--per-layer C | --global-slots S | --global-bytes B) [flags]",
+                        cl.status(), ReplayFlags());
   }
   auto trace = ReadTrace(cl->positional()[0]);
-  if (!trace.ok()) return Fail(trace.status());
+  if (!trace.ok()) return CommandError("replay", trace.status());
   auto options = ParseReplayOptions(*cl, *trace);
-  if (!options.ok()) return Fail(options.status(), 2);
+  if (!options.ok()) return CommandError("replay", options.status(), 2);
   ProgressBar bar("replay", 1);
   auto report = Replay(*trace, *options, [&](uint64_t done, uint64_t total) {
     if (done == 1) bar = ProgressBar("replay", total);
     bar.Update(done);
   });
   bar.Finish();
-  if (!report.ok()) return Fail(report.status());
+  if (!report.ok()) return CommandError("replay", report.status());
   if (cl->Has("json")) {
     std::printf("%s\n", ReplayJson(*report).dump(2).c_str());
   } else {

@@ -53,29 +53,21 @@ struct Point {
   ReplayRow row;
 };
 
-int Fail(const absl::Status& s, int code = 1) {
-  std::fprintf(stderr, "moe-router sweep: %s\n", std::string(s.message()).c_str());
-  return code;
-}
-
 }  // namespace
 
 int SweepCommand(const std::vector<std::string>& args) {
   auto cl = CommandLine::Parse(args, SweepFlags());
   if (!cl.ok() || !cl->positional().empty()) {
-    std::fprintf(stderr, "%susage: moe-router sweep [flags]\nflags:\n%s",
-                 cl.ok() ? "" : absl::StrCat("moe-router sweep: ", cl.status().message(), "\n").c_str(),
-                 CommandLine::Help(SweepFlags()).c_str());
-    return 2;
+    return CommandUsage("sweep", "[flags]", cl.status(), SweepFlags());
   }
   auto preset = GetWorkloadPreset(cl->Value("preset", "mixtral"));
-  if (!preset.ok()) return Fail(preset.status(), 2);
+  if (!preset.ok()) return CommandError("sweep", preset.status(), 2);
   auto sequences = cl->Count("sequences", 8);
   auto tokens = cl->Count("tokens", 128);
   auto seed = cl->Count("seed", 1);
   auto fraction = cl->Number("budget-fraction", 0.5);
   for (const absl::Status& s : {sequences.status(), tokens.status(), seed.status(), fraction.status()}) {
-    if (!s.ok()) return Fail(s, 2);
+    if (!s.ok()) return CommandError("sweep", s, 2);
   }
   std::vector<double> bonuses = {0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0};
   if (cl->Has("bonus")) {
@@ -83,7 +75,7 @@ int SweepCommand(const std::vector<std::string>& args) {
     for (absl::string_view part : absl::StrSplit(cl->Value("bonus"), ',')) {
       double b;
       if (!absl::SimpleAtod(part, &b)) {
-        return Fail(absl::InvalidArgumentError(absl::StrFormat("bad bonus '%s'", part)), 2);
+        return CommandError("sweep", absl::InvalidArgumentError(absl::StrFormat("bad bonus '%s'", part)), 2);
       }
       bonuses.push_back(b);
     }
@@ -97,7 +89,7 @@ int SweepCommand(const std::vector<std::string>& args) {
       if (parts.size() < 2 || parts.size() > 3 || !absl::SimpleAtoi(parts[0], &guard.protected_top) ||
           !absl::SimpleAtoi(parts[1], &guard.max_rank) ||
           (parts.size() == 3 && !absl::SimpleAtod(parts[2], &guard.min_gate_mass))) {
-        return Fail(absl::InvalidArgumentError(absl::StrFormat(
+        return CommandError("sweep", absl::InvalidArgumentError(absl::StrFormat(
                         "bad --guard '%s' (expected protected_top:max_rank[:min_gate_mass])", g)),
                     2);
       }
@@ -116,7 +108,7 @@ int SweepCommand(const std::vector<std::string>& args) {
   ReplayOptions baseline = options;
   baseline.policies = {"lru", options.policies[0]};
   auto base = Replay(trace, baseline);
-  if (!base.ok()) return Fail(base.status());
+  if (!base.ok()) return CommandError("sweep", base.status());
 
   std::vector<Point> points;
   ProgressBar bar("sweep", guards.size() * bonuses.size());
@@ -131,7 +123,7 @@ int SweepCommand(const std::vector<std::string>& args) {
       router.min_gate_mass = guard.min_gate_mass;
       options.router = router;
       auto report = Replay(trace, options);
-      if (!report.ok()) return Fail(report.status(), 2);
+      if (!report.ok()) return CommandError("sweep", report.status(), 2);
       points.push_back({guard, bonus, report->rows[0]});
       bar.Update(points.size());
     }
@@ -206,7 +198,7 @@ int SweepCommand(const std::vector<std::string>& args) {
       }
       const std::string path =
           cl->Value("svg") + (by_mass ? "-gate-mass.svg" : "-changed.svg");
-      if (absl::Status s = WriteFileAtomically(path, RenderSvg(plot)); !s.ok()) return Fail(s);
+      if (absl::Status s = WriteFileAtomically(path, RenderSvg(plot)); !s.ok()) return CommandError("sweep", s);
       std::fprintf(stderr, "wrote %s\n", path.c_str());
     }
   }

@@ -32,23 +32,16 @@ const std::vector<FlagSpec>& TracegenFlags() {
   return flags;
 }
 
-int Fail(const absl::Status& s, int code = 1) {
-  std::fprintf(stderr, "moe-router tracegen: %s\n", std::string(s.message()).c_str());
-  return code;
-}
-
 }  // namespace
 
 int TracegenCommand(const std::vector<std::string>& args) {
   auto cl = CommandLine::Parse(args, TracegenFlags());
   if (!cl.ok() || !cl->positional().empty() || (!cl->Has("out") && !cl->Has("compare"))) {
-    std::fprintf(stderr, "%susage: moe-router tracegen [--out FILE] [--compare REAL] [flags]\nflags:\n%s",
-                 cl.ok() ? "" : absl::StrCat("moe-router tracegen: ", cl.status().message(), "\n").c_str(),
-                 CommandLine::Help(TracegenFlags()).c_str());
-    return 2;
+    return CommandUsage("tracegen", "[--out FILE] [--compare REAL] [flags]", cl.status(),
+                        TracegenFlags());
   }
   auto preset = GetWorkloadPreset(cl->Value("preset", "mixtral"));
-  if (!preset.ok()) return Fail(preset.status(), 2);
+  if (!preset.ok()) return CommandError("tracegen", preset.status(), 2);
   WorkloadShape& shape = preset->shape;
   std::vector<absl::Status> errors;
   const auto count = [&](const char* flag, uint32_t& field) {
@@ -72,23 +65,23 @@ int TracegenCommand(const std::vector<std::string>& args) {
   auto seed = cl->Count("seed", 1);
   if (!seed.ok()) errors.push_back(seed.status());
   if (absl::Status s = shape.Validate(); !s.ok()) errors.push_back(s);
-  if (!errors.empty()) return Fail(errors.front(), 2);
+  if (!errors.empty()) return CommandError("tracegen", errors.front(), 2);
 
   ProgressBar bar("tracegen", uint64_t{preset->sequences} * preset->tokens);
   RoutingTrace trace = GenerateTrace(shape, preset->sequences, preset->tokens, *seed,
                                      [&](uint64_t done, uint64_t) { bar.Update(done); });
   bar.Finish();
   if (cl->Has("out")) {
-    if (absl::Status s = WriteLogitsTrace(cl->Value("out"), trace); !s.ok()) return Fail(s);
+    if (absl::Status s = WriteLogitsTrace(cl->Value("out"), trace); !s.ok()) return CommandError("tracegen", s);
     std::fprintf(stderr, "wrote %s: %d sequences x %d tokens, %d layers x %d experts, top-%d\n",
                  cl->Value("out").c_str(), preset->sequences, preset->tokens, shape.num_layers,
                  shape.num_experts, shape.top_k);
   }
   if (cl->Has("compare")) {
     auto real = ReadTrace(cl->Value("compare"));
-    if (!real.ok()) return Fail(real.status());
+    if (!real.ok()) return CommandError("tracegen", real.status());
     auto rows = CompareTraces(trace, *real);
-    if (!rows.ok()) return Fail(rows.status());
+    if (!rows.ok()) return CommandError("tracegen", rows.status());
     std::printf("%-40s %9s %9s %9s %s\n", "metric", "generated", "real", "tolerance", "");
     bool all_ok = true;
     for (const CalibrationRow& r : *rows) {

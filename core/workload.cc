@@ -65,27 +65,30 @@ const std::vector<float>& SyntheticRouting::NextToken() {
   return logits_;
 }
 
+namespace {
+
+struct PresetShape {
+  const char* name;
+  uint32_t layers, experts, top_k, tokens;
+};
+// The generator parameters are WorkloadShape's defaults (calibrated on
+// Mixtral); the larger presets take Mixtral's dynamics at their own shape.
+constexpr PresetShape kPresets[] = {
+    {"mixtral", 32, 8, 2, 124},
+    {"qwen3-30b-a3b", 48, 128, 8, 256},
+    {"deepseek-v3", 58, 256, 8, 256},
+};
+
+}  // namespace
+
 absl::StatusOr<WorkloadPreset> GetWorkloadPreset(absl::string_view name) {
-  WorkloadPreset preset;
-  WorkloadShape& s = preset.shape;
-  if (name == "mixtral") {
-    s.num_layers = 32;
-    s.num_experts = 8;
-    s.top_k = 2;
-    return preset;
-  }
-  if (name == "qwen3-30b-a3b") {
-    s.num_layers = 48;
-    s.num_experts = 128;
-    s.top_k = 8;
-    preset.tokens = 256;
-    return preset;
-  }
-  if (name == "deepseek-v3") {
-    s.num_layers = 58;
-    s.num_experts = 256;
-    s.top_k = 8;
-    preset.tokens = 256;
+  for (const PresetShape& p : kPresets) {
+    if (name != p.name) continue;
+    WorkloadPreset preset;
+    preset.shape.num_layers = p.layers;
+    preset.shape.num_experts = p.experts;
+    preset.shape.top_k = p.top_k;
+    preset.tokens = p.tokens;
     return preset;
   }
   return absl::InvalidArgumentError(absl::StrFormat(
@@ -93,7 +96,9 @@ absl::StatusOr<WorkloadPreset> GetWorkloadPreset(absl::string_view name) {
 }
 
 std::vector<std::string> WorkloadPresetNames() {
-  return {"mixtral", "qwen3-30b-a3b", "deepseek-v3"};
+  std::vector<std::string> names;
+  for (const PresetShape& p : kPresets) names.push_back(p.name);
+  return names;
 }
 
 RoutingTrace GenerateTrace(const WorkloadShape& shape, uint32_t sequences, uint32_t tokens,
