@@ -6,6 +6,7 @@ packages=(
   cmake ninja-build g++ pkg-config
   libabsl-dev libxxhash-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
 )
 missing=()
 for p in "${packages[@]}"; do

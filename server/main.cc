@@ -1,0 +1,70 @@
+// moe-routerd: the moe-router gRPC service.
+#include <signal.h>
+
+#include <cstdio>
+
+#include <google/protobuf/util/json_util.h>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/time/clock.h"
+#include "core/file_io.h"
+#include "server/model_spec.h"
+#include "server/server.h"
+
+ABSL_FLAG(std::string, listen, "0.0.0.0:50051", "address the gRPC service listens on");
+ABSL_FLAG(std::string, config, "",
+          "JSON file {\"models\": [ModelSpec, ...]}; without it the embedded default "
+          "(mixtral-8x7b on a synthetic store) is served");
+ABSL_FLAG(uint32_t, max_tokens_per_request, 65536, "tokens in one RouteTokens request");
+ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(10),
+          "how long in-flight calls may finish after SIGTERM/SIGINT");
+
+namespace {
+
+int Fatal(const std::string& what) {
+  std::fprintf(stderr, "moe-routerd: %s\n", what.c_str());
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  // Signals are taken synchronously by sigwait below, so block them before
+  // any thread starts.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  moe_router::v1::ServerConfig config;
+  if (const std::string path = absl::GetFlag(FLAGS_config); !path.empty()) {
+    auto text = moe_router::ReadFile(path);
+    if (!text.ok()) return Fatal(std::string(text.status().message()));
+    const auto parsed = google::protobuf::util::JsonStringToMessage(*text, &config);
+    if (!parsed.ok()) return Fatal(path + ": " + parsed.ToString());
+  } else {
+    *config.add_models() = moe_router::DefaultModelSpec();
+  }
+  moe_router::ServerOptions options;
+  options.listen = absl::GetFlag(FLAGS_listen);
+  options.limits.max_tokens_per_request = absl::GetFlag(FLAGS_max_tokens_per_request);
+  auto server = moe_router::RouterServer::Start(options);
+  if (!server.ok()) return Fatal(std::string(server.status().message()));
+  for (const auto& spec : config.models()) {
+    // Bad startup configuration is fatal, with the reason.
+    auto created = (*server)->registry().Register(spec);
+    if (!created.ok()) return Fatal(std::string(created.status().message()));
+    std::fprintf(stderr, "moe-routerd: serving model %s\n", spec.name().c_str());
+  }
+  std::fprintf(stderr, "moe-routerd: listening on port %d\n", (*server)->port());
+
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
+  std::fprintf(stderr, "moe-routerd: signal %d, draining\n", signal_number);
+  (*server)->SetReady(false);
+  (*server)->Shutdown(absl::Now() + absl::GetFlag(FLAGS_drain_timeout));
+  return 0;
+}

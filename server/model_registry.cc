@@ -1,0 +1,72 @@
+#include "server/model_registry.h"
+
+#include <google/protobuf/util/message_differencer.h>
+
+#include "absl/strings/str_format.h"
+#include "server/model_spec.h"
+
+namespace moe_router {
+
+absl::StatusOr<bool> ModelRegistry::Register(const v1::ModelSpec& spec) {
+  if (spec.name().empty()) return absl::InvalidArgumentError("model.name must not be empty");
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    const auto it = models_.find(spec.name());
+    if (it != models_.end()) {
+      if (google::protobuf::util::MessageDifferencer::Equals(it->second->spec, spec)) return false;
+      return absl::AlreadyExistsError(absl::StrFormat(
+          "model '%s' is registered with a different spec; unregister it first", spec.name()));
+    }
+  }
+  // Build outside the lock: opening a safetensors store reads files.
+  auto config = ConfigFromSpec(spec);
+  if (!config.ok()) return config.status();
+  auto store = StoreFromSpec(spec);
+  if (!store.ok()) return store.status();
+  auto engine = ModelEngine::Create(*config, *std::move(store));
+  if (!engine.ok()) return engine.status();
+  auto hosted = std::make_shared<HostedModel>(
+      HostedModel{spec, std::shared_ptr<ModelEngine>(*std::move(engine))});
+  absl::MutexLock lock(&mu_);
+  const auto [it, inserted] = models_.emplace(spec.name(), std::move(hosted));
+  if (!inserted) {
+    // Lost a race with another registration of the same name.
+    if (google::protobuf::util::MessageDifferencer::Equals(it->second->spec, spec)) return false;
+    return absl::AlreadyExistsError(
+        absl::StrFormat("model '%s' is registered with a different spec", spec.name()));
+  }
+  return true;
+}
+
+absl::Status ModelRegistry::Unregister(const std::string& name) {
+  std::shared_ptr<const HostedModel> removed;  // shut down outside the lock
+  {
+    absl::MutexLock lock(&mu_);
+    const auto it = models_.find(name);
+    if (it == models_.end()) {
+      return absl::NotFoundError(absl::StrFormat("no model named '%s'", name));
+    }
+    removed = std::move(it->second);
+    models_.erase(it);
+  }
+  removed->engine->Shutdown();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<const HostedModel>> ModelRegistry::Find(
+    const std::string& name) const {
+  if (name.empty()) return absl::InvalidArgumentError("model name must not be empty");
+  absl::ReaderMutexLock lock(&mu_);
+  const auto it = models_.find(name);
+  if (it == models_.end()) return absl::NotFoundError(absl::StrFormat("no model named '%s'", name));
+  return it->second;
+}
+
+std::vector<std::shared_ptr<const HostedModel>> ModelRegistry::List() const {
+  absl::ReaderMutexLock lock(&mu_);
+  std::vector<std::shared_ptr<const HostedModel>> out;
+  for (const auto& [name, model] : models_) out.push_back(model);
+  return out;
+}
+
+}  // namespace moe_router

@@ -1,0 +1,44 @@
+#ifndef MOE_ROUTER_SERVER_MODEL_REGISTRY_H_
+#define MOE_ROUTER_SERVER_MODEL_REGISTRY_H_
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "core/model_engine.h"
+#include "moe_router/v1/moe_router.pb.h"
+
+namespace moe_router {
+
+/// A hosted model: its spec and engine.
+struct HostedModel {
+  v1::ModelSpec spec;
+  std::shared_ptr<ModelEngine> engine;
+};
+
+/// The models a server hosts, by name. Lookups take a shared reader lock
+/// only long enough to copy a shared_ptr, so routing different models (or
+/// layers) never serialises on it.
+class ModelRegistry {
+ public:
+  /// Registers a model. Registering the same spec again is OK (created =
+  /// false); another spec under a taken name is ALREADY_EXISTS. Bad specs
+  /// are INVALID_ARGUMENT naming the field, and change nothing.
+  absl::StatusOr<bool> Register(const v1::ModelSpec& spec);
+  absl::Status Unregister(const std::string& name);
+  /// NOT_FOUND for an unknown name, INVALID_ARGUMENT for an empty one.
+  absl::StatusOr<std::shared_ptr<const HostedModel>> Find(const std::string& name) const;
+  std::vector<std::shared_ptr<const HostedModel>> List() const;
+
+ private:
+  mutable absl::Mutex mu_;
+  std::map<std::string, std::shared_ptr<const HostedModel>> models_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace moe_router
+
+#endif  // MOE_ROUTER_SERVER_MODEL_REGISTRY_H_

@@ -1,0 +1,98 @@
+#include "server/model_spec.h"
+
+#include "absl/strings/str_format.h"
+#include "core/defaults.h"
+#include "core/safetensors_store.h"
+#include "core/synthetic_store.h"
+
+namespace moe_router {
+
+absl::StatusOr<ModelConfig> ConfigFromSpec(const v1::ModelSpec& spec) {
+  ModelConfig c;
+  c.name = spec.name();
+  c.num_layers = spec.num_layers();
+  c.router.num_experts = spec.num_experts();
+  c.router.top_k = spec.top_k();
+  c.budget_bytes = spec.budget_bytes();
+  if (!spec.eviction_policy().empty()) c.eviction_policy = spec.eviction_policy();
+  if (spec.prefetch_next_layer() != 0) c.prefetch_next_layer = spec.prefetch_next_layer();
+  if (spec.has_router()) {
+    const v1::RouterSettings& r = spec.router();
+    if (r.cache_bonus() != 0) c.router.cache_bonus = r.cache_bonus();
+    if (r.absolute_bonus()) c.router.bonus_mode = BonusMode::kAbsolute;
+    c.router.memory_aware = !r.disable_memory_aware();
+    if (r.prefetch_threshold() != 0) c.router.prefetch_threshold = r.prefetch_threshold();
+    if (r.protected_top() != 0) c.router.protected_top = r.protected_top();
+    c.router.max_rank = r.max_rank();
+    if (r.min_gate_mass() != 0) c.router.min_gate_mass = r.min_gate_mass();
+  }
+  if (spec.has_affinity()) {
+    const v1::AffinitySettings& a = spec.affinity();
+    if (a.decay() != 0) c.affinity.decay = a.decay();
+    if (a.boost() != 0) c.affinity.boost = a.boost();
+    if (a.max_score() != 0) c.affinity.max_score = a.max_score();
+    if (a.coactivation_decay() != 0) c.affinity.coactivation_decay = a.coactivation_decay();
+  }
+  if (spec.has_precision()) {
+    const v1::PrecisionSettings& p = spec.precision();
+    if (p.hot_threshold() != 0) c.precision.hot_threshold = p.hot_threshold();
+    if (p.warm_threshold() != 0) c.precision.warm_threshold = p.warm_threshold();
+    if (!p.hot_precision().empty()) c.precision.hot_precision = p.hot_precision();
+    if (!p.warm_precision().empty()) c.precision.warm_precision = p.warm_precision();
+    if (!p.cold_precision().empty()) c.precision.cold_precision = p.cold_precision();
+  }
+  if (absl::Status s = c.Validate(); !s.ok()) return s;
+  return c;
+}
+
+absl::StatusOr<std::shared_ptr<const ExpertStore>> StoreFromSpec(const v1::ModelSpec& spec) {
+  switch (spec.store_case()) {
+    case v1::ModelSpec::kSynthetic: {
+      auto store = SyntheticStore::Create(
+          {.num_layers = spec.num_layers(),
+           .num_experts = spec.num_experts(),
+           .variants = {{"default", spec.synthetic().expert_bytes()}}});
+      if (!store.ok()) return store.status();
+      return std::shared_ptr<const ExpertStore>(*std::move(store));
+    }
+    case v1::ModelSpec::kSafetensors: {
+      const v1::SafetensorsStoreSpec& st = spec.safetensors();
+      SafetensorsStoreOptions options{.directory = st.directory()};
+      if (!st.pattern().empty()) {
+        options.expert_pattern = st.pattern();
+      } else if (!st.name_preset().empty()) {
+        auto pattern = ExpertPatternPreset(st.name_preset());
+        if (!pattern.ok()) return pattern.status();
+        options.expert_pattern = *pattern;
+      }
+      auto store = SafetensorsStore::Open(options);
+      if (!store.ok()) return store.status();
+      const ExpertKey extent = (*store)->Extent();
+      if (extent.layer < spec.num_layers() || extent.expert < spec.num_experts()) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "model.store: %s has %d layers x %d experts, the spec needs %d x %d",
+            st.directory(), extent.layer, extent.expert, spec.num_layers(),
+            spec.num_experts()));
+      }
+      return std::shared_ptr<const ExpertStore>(*std::move(store));
+    }
+    case v1::ModelSpec::STORE_NOT_SET:
+      break;
+  }
+  return absl::InvalidArgumentError("model.store: set synthetic or safetensors");
+}
+
+v1::ModelSpec DefaultModelSpec() {
+  const ModelConfig c = DefaultModelConfig();
+  v1::ModelSpec spec;
+  spec.set_name(c.name);
+  spec.set_num_layers(c.num_layers);
+  spec.set_num_experts(c.router.num_experts);
+  spec.set_top_k(c.router.top_k);
+  spec.set_budget_bytes(c.budget_bytes);
+  spec.set_eviction_policy(c.eviction_policy);
+  spec.mutable_synthetic()->set_expert_bytes(kDefaultExpertBytes);
+  return spec;
+}
+
+}  // namespace moe_router

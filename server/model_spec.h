@@ -1,0 +1,26 @@
+#ifndef MOE_ROUTER_SERVER_MODEL_SPEC_H_
+#define MOE_ROUTER_SERVER_MODEL_SPEC_H_
+
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "core/expert_store.h"
+#include "core/model_engine.h"
+#include "moe_router/v1/moe_router.pb.h"
+
+namespace moe_router {
+
+/// A ModelSpec turned into the core's config; unset settings keep the
+/// core defaults. Errors name the field.
+absl::StatusOr<ModelConfig> ConfigFromSpec(const v1::ModelSpec& spec);
+
+/// Opens the spec's store (synthetic, or a safetensors directory) and checks
+/// it covers the model's shape.
+absl::StatusOr<std::shared_ptr<const ExpertStore>> StoreFromSpec(const v1::ModelSpec& spec);
+
+/// The embedded default: mixtral-8x7b on a synthetic store, half budgeted.
+v1::ModelSpec DefaultModelSpec();
+
+}  // namespace moe_router
+
+#endif  // MOE_ROUTER_SERVER_MODEL_SPEC_H_

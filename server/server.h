@@ -1,0 +1,55 @@
+#ifndef MOE_ROUTER_SERVER_SERVER_H_
+#define MOE_ROUTER_SERVER_SERVER_H_
+
+#include <memory>
+#include <string>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "server/model_registry.h"
+#include "server/service.h"
+
+namespace moe_router {
+
+struct ServerOptions {
+  /// host:port; port 0 picks a free one (see RouterServer::port()).
+  std::string listen = "0.0.0.0:50051";
+  ServiceLimits limits;
+  int max_message_bytes = 64 << 20;
+};
+
+/// A running moe-router gRPC server with its models, health service
+/// ("", "liveness", "readiness", "moe_router.v1.MoeRouter") and reflection.
+/// The destructor shuts it down.
+///
+///   auto server = RouterServer::Start({.listen = "127.0.0.1:0"});
+///   int port = (*server)->port();
+class RouterServer {
+ public:
+  static absl::StatusOr<std::unique_ptr<RouterServer>> Start(const ServerOptions& options);
+  ~RouterServer();
+
+  int port() const { return port_; }
+  ModelRegistry& registry() { return registry_; }
+  /// Readiness ("readiness" and the service name) for load balancers;
+  /// liveness stays SERVING until shutdown.
+  void SetReady(bool ready);
+  /// Stops taking calls, lets in-flight ones finish until `deadline`, and
+  /// stops the models' paging.
+  void Shutdown(absl::Time deadline);
+
+ private:
+  RouterServer(const ServerOptions& options) : service_(&registry_, options.limits) {}
+
+  ModelRegistry registry_;
+  MoeRouterService service_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+  bool stopped_ = false;
+};
+
+}  // namespace moe_router
+
+#endif  // MOE_ROUTER_SERVER_SERVER_H_

@@ -1,0 +1,54 @@
+#ifndef MOE_ROUTER_SERVER_SERVICE_H_
+#define MOE_ROUTER_SERVER_SERVICE_H_
+
+#include <cstdint>
+
+#include "moe_router/v1/moe_router.grpc.pb.h"
+#include "server/model_registry.h"
+
+namespace moe_router {
+
+struct ServiceLimits {
+  /// Tokens in one RouteTokens request; more is RESOURCE_EXHAUSTED.
+  uint32_t max_tokens_per_request = 65536;
+};
+
+/// The MoeRouter gRPC service: thin handlers over the core engine, with
+/// absl::Status turned into grpc::Status at the edge. Unary handlers run
+/// inline on the callback threads: routing is microseconds of CPU and never
+/// waits on I/O (paging happens on the engine's pool).
+class MoeRouterService final : public v1::MoeRouter::CallbackService {
+ public:
+  MoeRouterService(ModelRegistry* registry, const ServiceLimits& limits)
+      : registry_(registry), limits_(limits) {}
+
+  grpc::ServerUnaryReactor* RouteTokens(grpc::CallbackServerContext* context,
+                                        const v1::RouteTokensRequest* request,
+                                        v1::RouteTokensResponse* response) override;
+  grpc::ServerUnaryReactor* Prefetch(grpc::CallbackServerContext* context,
+                                     const v1::PrefetchRequest* request,
+                                     v1::PrefetchResponse* response) override;
+  grpc::ServerUnaryReactor* RegisterModel(grpc::CallbackServerContext* context,
+                                          const v1::RegisterModelRequest* request,
+                                          v1::ModelInfo* response) override;
+  grpc::ServerUnaryReactor* UnregisterModel(grpc::CallbackServerContext* context,
+                                            const v1::UnregisterModelRequest* request,
+                                            v1::UnregisterModelResponse* response) override;
+  grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* context,
+                                       const v1::ListModelsRequest* request,
+                                       v1::ListModelsResponse* response) override;
+  grpc::ServerUnaryReactor* GetModelStats(grpc::CallbackServerContext* context,
+                                          const v1::GetModelStatsRequest* request,
+                                          v1::ModelStats* response) override;
+
+ private:
+  absl::Status Route(const v1::RouteTokensRequest& request, v1::RouteTokensResponse* response);
+  absl::Status Stats(const std::string& model, v1::ModelStats* response);
+
+  ModelRegistry* const registry_;
+  const ServiceLimits limits_;
+};
+
+}  // namespace moe_router
+
+#endif  // MOE_ROUTER_SERVER_SERVICE_H_

@@ -1,0 +1,192 @@
+// The real server on 127.0.0.1:0, called through real channels.
+#include "server/server.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include "gmock/gmock.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "gtest/gtest.h"
+#include "moe_router/v1/moe_router.grpc.pb.h"
+#include "tests/testing/test_util.h"
+
+namespace moe_router {
+namespace {
+
+using ::testing::HasSubstr;
+
+v1::ModelSpec SmallSpec(const std::string& name) {
+  v1::ModelSpec spec;
+  spec.set_name(name);
+  spec.set_num_layers(4);
+  spec.set_num_experts(8);
+  spec.set_top_k(2);
+  spec.set_budget_bytes(16 * 4096);
+  spec.mutable_synthetic()->set_expert_bytes(4096);
+  return spec;
+}
+
+class ServerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ServerOptions options;
+    options.listen = "127.0.0.1:0";
+    options.limits.max_tokens_per_request = 100;
+    auto server = RouterServer::Start(options);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+    channel_ = grpc::CreateChannel("127.0.0.1:" + std::to_string(server_->port()),
+                                   grpc::InsecureChannelCredentials());
+    stub_ = v1::MoeRouter::NewStub(channel_);
+  }
+
+  grpc::Status Register(const v1::ModelSpec& spec, v1::ModelInfo* info) {
+    grpc::ClientContext ctx;
+    v1::RegisterModelRequest request;
+    *request.mutable_spec() = spec;
+    return stub_->RegisterModel(&ctx, request, info);
+  }
+
+  grpc::Status Route(const std::string& model, uint32_t layer, const std::vector<float>& logits,
+                     v1::RouteTokensResponse* response) {
+    grpc::ClientContext ctx;
+    v1::RouteTokensRequest request;
+    request.set_model(model);
+    request.set_layer(layer);
+    request.mutable_gate_logits()->Add(logits.begin(), logits.end());
+    return stub_->RouteTokens(&ctx, request, response);
+  }
+
+  std::unique_ptr<RouterServer> server_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::MoeRouter::Stub> stub_;
+};
+
+TEST_F(ServerTest, RegistersRoutesAndReportsStats) {
+  v1::ModelInfo info;
+  ASSERT_TRUE(Register(SmallSpec("tiny"), &info).ok());
+  EXPECT_TRUE(info.created());
+  EXPECT_THAT(info.store(), HasSubstr("synthetic store"));
+  // The same spec again is fine; another spec under the name is not.
+  ASSERT_TRUE(Register(SmallSpec("tiny"), &info).ok());
+  EXPECT_FALSE(info.created());
+  v1::ModelSpec other = SmallSpec("tiny");
+  other.set_top_k(3);
+  EXPECT_EQ(Register(other, &info).error_code(), grpc::StatusCode::ALREADY_EXISTS);
+
+  v1::RouteTokensResponse routed;
+  const std::vector<float> logits = {5, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 6};
+  ASSERT_TRUE(Route("tiny", 1, logits, &routed).ok());
+  EXPECT_EQ(routed.tokens(), 2u);
+  EXPECT_THAT(routed.experts(), ::testing::ElementsAre(0u, 1u, 7u, 6u));
+  ASSERT_EQ(routed.weights_size(), 4);
+  EXPECT_NEAR(routed.weights(0), 1 / (1 + std::exp(-1.0)), 1e-6);
+  EXPECT_THAT(routed.resident(), ::testing::ElementsAre(false, false, false, false));
+  EXPECT_EQ(routed.urgent_page_ins_size(), 4);
+
+  grpc::ClientContext ctx;
+  v1::GetModelStatsRequest stats_request;
+  stats_request.set_model("tiny");
+  v1::ModelStats stats;
+  ASSERT_TRUE(stub_->GetModelStats(&ctx, stats_request, &stats).ok());
+  EXPECT_EQ(stats.routed_tokens(), 2u);
+  ASSERT_EQ(stats.layers_size(), 4);
+  EXPECT_EQ(stats.layers(1).misses(), 4u);
+  EXPECT_EQ(stats.budget_bytes(), 16u * 4096);
+
+  grpc::ClientContext list_ctx;
+  v1::ListModelsResponse list;
+  ASSERT_TRUE(stub_->ListModels(&list_ctx, v1::ListModelsRequest(), &list).ok());
+  ASSERT_EQ(list.models_size(), 1);
+  EXPECT_EQ(list.models(0).spec().name(), "tiny");
+}
+
+TEST_F(ServerTest, ErrorsAreClearStatuses) {
+  v1::ModelInfo info;
+  ASSERT_TRUE(Register(SmallSpec("tiny"), &info).ok());
+  v1::RouteTokensResponse routed;
+  grpc::Status s = Route("tiny", 0, std::vector<float>(7, 0.0f), &routed);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("not a multiple of num_experts (8)"));
+  s = Route("tiny", 9, std::vector<float>(8, 0.0f), &routed);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("layer 9 is out of range"));
+  std::vector<float> nan_logits(16, 0.0f);
+  nan_logits[12] = std::nanf("");
+  s = Route("tiny", 0, nan_logits, &routed);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("token 1 has a NaN"));
+  EXPECT_EQ(Route("", 0, std::vector<float>(8, 0.0f), &routed).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(Route("nope", 0, std::vector<float>(8, 0.0f), &routed).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+  s = Route("tiny", 0, std::vector<float>(8 * 101, 0.0f), &routed);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(s.error_message(), HasSubstr("101 tokens"));
+  v1::ModelSpec bad = SmallSpec("bad");
+  bad.set_top_k(0);
+  s = Register(bad, &info);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("router.top_k"));
+  bad = SmallSpec("bad");
+  bad.clear_store();
+  EXPECT_THAT(Register(bad, &info).error_message(), HasSubstr("model.store"));
+  // Nothing was routed by the failed calls, and nothing registered.
+  grpc::ClientContext ctx;
+  v1::GetModelStatsRequest stats_request;
+  stats_request.set_model("tiny");
+  v1::ModelStats stats;
+  ASSERT_TRUE(stub_->GetModelStats(&ctx, stats_request, &stats).ok());
+  EXPECT_EQ(stats.routed_tokens(), 0u);
+  grpc::ClientContext list_ctx;
+  v1::ListModelsResponse list;
+  ASSERT_TRUE(stub_->ListModels(&list_ctx, v1::ListModelsRequest(), &list).ok());
+  EXPECT_EQ(list.models_size(), 1);
+}
+
+TEST_F(ServerTest, PrefetchAndUnregister) {
+  v1::ModelInfo info;
+  ASSERT_TRUE(Register(SmallSpec("tiny"), &info).ok());
+  grpc::ClientContext ctx;
+  v1::PrefetchRequest request;
+  request.set_model("tiny");
+  request.set_layer(2);
+  request.add_experts(3);
+  request.add_experts(5);
+  v1::PrefetchResponse response;
+  ASSERT_TRUE(stub_->Prefetch(&ctx, request, &response).ok());
+  EXPECT_THAT(response.queued(), ::testing::ElementsAre(3u, 5u));
+  grpc::ClientContext bad_ctx;
+  request.add_experts(8);
+  EXPECT_EQ(stub_->Prefetch(&bad_ctx, request, &response).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+
+  grpc::ClientContext un_ctx;
+  v1::UnregisterModelRequest un;
+  un.set_model("tiny");
+  v1::UnregisterModelResponse un_response;
+  ASSERT_TRUE(stub_->UnregisterModel(&un_ctx, un, &un_response).ok());
+  grpc::ClientContext again_ctx;
+  EXPECT_EQ(stub_->UnregisterModel(&again_ctx, un, &un_response).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+}
+
+TEST_F(ServerTest, HealthAnswersForEveryNameAndFollowsReadiness) {
+  auto health = grpc::health::v1::Health::NewStub(channel_);
+  const auto check = [&](const std::string& service) {
+    grpc::ClientContext ctx;
+    grpc::health::v1::HealthCheckRequest request;
+    request.set_service(service);
+    grpc::health::v1::HealthCheckResponse response;
+    EXPECT_TRUE(health->Check(&ctx, request, &response).ok()) << service;
+    return response.status();
+  };
+  for (const char* name : {"", "liveness", "readiness", "moe_router.v1.MoeRouter"}) {
+    EXPECT_EQ(check(name), grpc::health::v1::HealthCheckResponse::SERVING) << name;
+  }
+  server_->SetReady(false);
+  EXPECT_EQ(check("readiness"), grpc::health::v1::HealthCheckResponse::NOT_SERVING);
+  EXPECT_EQ(check("liveness"), grpc::health::v1::HealthCheckResponse::SERVING);
+}
+
+}  // namespace
+}  // namespace moe_router
