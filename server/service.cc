@@ -163,6 +163,50 @@ absl::Status MoeRouterService::Stats(const std::string& name, v1::ModelStats* ou
   return absl::OkStatus();
 }
 
+// One response per request, in order: read, route, write, read again. An
+// error ends the stream with that status (the requests before it were
+// answered).
+class RouteStreamReactor final
+    : public grpc::ServerBidiReactor<v1::RouteTokensRequest, v1::RouteTokensResponse> {
+ public:
+  explicit RouteStreamReactor(MoeRouterService* service) : service_(service) {
+    StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {  // the client finished sending
+      Finish(grpc::Status::OK);
+      return;
+    }
+    response_.Clear();
+    if (absl::Status s = service_->Route(request_, &response_); !s.ok()) {
+      Finish(ToGrpcStatus(s));
+      return;
+    }
+    StartWrite(&response_);
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the client went away"));
+      return;
+    }
+    StartRead(&request_);
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  MoeRouterService* const service_;
+  v1::RouteTokensRequest request_;
+  v1::RouteTokensResponse response_;
+};
+
+grpc::ServerBidiReactor<v1::RouteTokensRequest, v1::RouteTokensResponse>*
+MoeRouterService::RouteStream(grpc::CallbackServerContext*) {
+  return new RouteStreamReactor(this);
+}
+
 grpc::ServerUnaryReactor* MoeRouterService::GetModelStats(grpc::CallbackServerContext* context,
                                                           const v1::GetModelStatsRequest* request,
                                                           v1::ModelStats* response) {

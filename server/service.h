@@ -40,8 +40,11 @@ class MoeRouterService final : public v1::MoeRouter::CallbackService {
   grpc::ServerUnaryReactor* GetModelStats(grpc::CallbackServerContext* context,
                                           const v1::GetModelStatsRequest* request,
                                           v1::ModelStats* response) override;
+  grpc::ServerBidiReactor<v1::RouteTokensRequest, v1::RouteTokensResponse>* RouteStream(
+      grpc::CallbackServerContext* context) override;
 
  private:
+  friend class RouteStreamReactor;
   absl::Status Route(const v1::RouteTokensRequest& request, v1::RouteTokensResponse* response);
   absl::Status Stats(const std::string& model, v1::ModelStats* response);
 

@@ -143,6 +143,38 @@ TEST_F(ServerTest, ErrorsAreClearStatuses) {
   EXPECT_EQ(list.models_size(), 1);
 }
 
+TEST_F(ServerTest, RouteStreamAnswersEachRequestInOrder) {
+  v1::ModelInfo info;
+  ASSERT_TRUE(Register(SmallSpec("tiny"), &info).ok());
+  grpc::ClientContext ctx;
+  auto stream = stub_->RouteStream(&ctx);
+  for (uint32_t layer = 0; layer < 4; ++layer) {
+    v1::RouteTokensRequest request;
+    request.set_model("tiny");
+    request.set_layer(layer);
+    // Token picks experts `layer` and `layer + 4`.
+    std::vector<float> logits(8, 0.0f);
+    logits[layer] = 5;
+    logits[layer + 4] = 4;
+    request.mutable_gate_logits()->Add(logits.begin(), logits.end());
+    ASSERT_TRUE(stream->Write(request));
+    v1::RouteTokensResponse response;
+    ASSERT_TRUE(stream->Read(&response));
+    EXPECT_THAT(response.experts(), ::testing::ElementsAre(layer, layer + 4));
+  }
+  // A bad request ends the stream with its status.
+  v1::RouteTokensRequest bad;
+  bad.set_model("tiny");
+  bad.add_gate_logits(1);
+  ASSERT_TRUE(stream->Write(bad));
+  stream->WritesDone();
+  v1::RouteTokensResponse ignored;
+  EXPECT_FALSE(stream->Read(&ignored));
+  const grpc::Status s = stream->Finish();
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("not a multiple of num_experts"));
+}
+
 TEST_F(ServerTest, PrefetchAndUnregister) {
   v1::ModelInfo info;
   ASSERT_TRUE(Register(SmallSpec("tiny"), &info).ok());
