@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "nlohmann/json.hpp"
 
@@ -212,10 +213,7 @@ absl::StatusOr<PrefetchOutcome> ModelEngine::Prefetch(uint32_t layer,
   if (absl::Status s = CheckLayer(layer); !s.ok()) return s;
   const uint32_t n = config_.router.num_experts;
   for (uint32_t e : experts) {
-    if (e >= n) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "expert %d is out of range: model '%s' has %d experts per layer", e, config_.name, n));
-    }
+    if (absl::Status s = CheckExpert({layer, e}); !s.ok()) return s;
   }
   std::vector<uint32_t> candidates(experts.begin(), experts.end());
   if (candidates.empty()) {
@@ -263,28 +261,61 @@ absl::StatusOr<PrefetchOutcome> ModelEngine::Prefetch(uint32_t layer,
   return out;
 }
 
-absl::StatusOr<PinnedExpert> ModelEngine::Fetch(ExpertKey key, absl::Time deadline) {
+absl::Status ModelEngine::CheckExpert(ExpertKey key) const {
   if (absl::Status s = CheckLayer(key.layer); !s.ok()) return s;
   if (key.expert >= config_.router.num_experts) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "expert %d is out of range: model '%s' has %d experts per layer", key.expert,
         config_.name, config_.router.num_experts));
   }
-  // Two conditions pass on their own, so they are retried until the
-  // deadline: the expert evicted between its page-in and our pin, and a
-  // budget momentarily full of pinned (in-flight) experts.
+  return absl::OkStatus();
+}
+
+void ModelEngine::FetchAsync(ExpertKey key, FetchCallback done) {
+  if (absl::Status s = CheckExpert(key); !s.ok()) return done(s);
+  // An expert can be evicted between its page-in and our pin: a few tries
+  // settle that without looping forever under a thrashing budget.
+  constexpr int kAttempts = 4;
+  FetchAttempt(key, std::move(done), kAttempts);
+}
+
+void ModelEngine::FetchAttempt(ExpertKey key, FetchCallback done, int attempts_left) {
+  absl::StatusOr<PinnedExpert> pinned = cache_->Get(key);
+  if (pinned.ok()) return done(std::move(pinned));
+  if (attempts_left == 0) {
+    return done(absl::UnavailableError(absl::StrFormat(
+        "expert %s was evicted again right after each page-in: the budget is too small for "
+        "the load",
+        key.ToString())));
+  }
+  pool_->PageIn(key, Priority::kUrgent)
+      ->OnDone([this, key, done = std::move(done), attempts_left](const absl::Status& s) {
+        if (!s.ok()) return done(s);
+        FetchAttempt(key, std::move(done), attempts_left - 1);
+      });
+}
+
+absl::StatusOr<PinnedExpert> ModelEngine::Fetch(ExpertKey key, absl::Time deadline) {
+  // A budget momentarily full of pinned (in-flight) experts passes on its
+  // own, so that is retried until the deadline.
   absl::Status last = absl::OkStatus();
   while (true) {
-    absl::StatusOr<PinnedExpert> pinned = cache_->Get(key);
-    if (pinned.ok()) return pinned;
-    std::shared_ptr<const PageTicket> ticket = pool_->PageIn(key, Priority::kUrgent);
-    if (!ticket->WaitUntil(deadline)) break;
-    last = ticket->status();
-    if (!last.ok() && !absl::IsResourceExhausted(last)) return last;
-    if (absl::IsResourceExhausted(last)) {
-      if (absl::Now() >= deadline) break;
-      absl::SleepFor(absl::Milliseconds(1));
+    struct Result {
+      absl::Notification ready;
+      absl::StatusOr<PinnedExpert> value;
+    };
+    auto result = std::make_shared<Result>();
+    FetchAsync(key, [result](absl::StatusOr<PinnedExpert> r) {
+      result->value = std::move(r);
+      result->ready.Notify();
+    });
+    if (!result->ready.WaitForNotificationWithDeadline(deadline)) break;
+    if (result->value.ok() || !absl::IsResourceExhausted(result->value.status())) {
+      return std::move(result->value);
     }
+    last = result->value.status();
+    if (absl::Now() >= deadline) break;
+    absl::SleepFor(absl::Milliseconds(1));
   }
   return absl::DeadlineExceededError(absl::StrFormat(
       "expert %s was not paged in before the deadline%s", key.ToString(),

@@ -98,7 +98,13 @@ class ModelEngine {
   absl::StatusOr<PrefetchOutcome> Prefetch(uint32_t layer, absl::Span<const uint32_t> experts,
                                            uint32_t budget);
   /// The expert, paged in first if needed, pinned while the handle lives.
+  /// Waits, retrying while the budget is momentarily full of pinned
+  /// experts, until `deadline`.
   absl::StatusOr<PinnedExpert> Fetch(ExpertKey key, absl::Time deadline);
+  /// The same without blocking: `done` runs once, on this thread or a
+  /// paging worker. A budget full of pinned experts is RESOURCE_EXHAUSTED.
+  using FetchCallback = std::function<void(absl::StatusOr<PinnedExpert>)>;
+  void FetchAsync(ExpertKey key, FetchCallback done);
 
   ModelStats Stats() const;
 
@@ -135,6 +141,8 @@ class ModelEngine {
   void QueuePrefetch(uint32_t layer, absl::Span<const uint32_t> experts,
                      std::vector<ExpertKey>* queued);
   void RepageChangedClasses(uint32_t layer);
+  absl::Status CheckExpert(ExpertKey key) const;
+  void FetchAttempt(ExpertKey key, FetchCallback done, int attempts_left);
 
   const ModelConfig config_;
   const std::shared_ptr<const ExpertStore> store_;

@@ -6,6 +6,28 @@
 
 namespace moe_router {
 
+void PageTicket::Complete(absl::Status status) {
+  std::vector<std::function<void(const absl::Status&)>> callbacks;
+  {
+    absl::MutexLock lock(&mu_);
+    status_ = std::move(status);
+    done_.Notify();
+    callbacks.swap(callbacks_);
+  }
+  for (auto& callback : callbacks) callback(status_);
+}
+
+void PageTicket::OnDone(std::function<void(const absl::Status&)> callback) const {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!done_.HasBeenNotified()) {
+      callbacks_.push_back(std::move(callback));
+      return;
+    }
+  }
+  callback(status_);
+}
+
 absl::StatusOr<std::unique_ptr<PagingPool>> PagingPool::Create(
     ExpertCache* cache, std::shared_ptr<const ExpertStore> store, PrecisionFn precision,
     ModelMetrics* metrics, const PagingPoolOptions& options) {

@@ -33,15 +33,19 @@ class PageTicket {
   bool done() const { return done_.HasBeenNotified(); }
   /// The outcome; only meaningful once done().
   const absl::Status& status() const { return status_; }
+  /// Runs `callback(status)` once the request completes: now, on this
+  /// thread, if it has; else on the thread that completes it (a paging
+  /// worker). Keep it short.
+  void OnDone(std::function<void(const absl::Status&)> callback) const;
 
  private:
   friend class PagingPool;
-  void Complete(absl::Status status) {
-    status_ = std::move(status);
-    done_.Notify();
-  }
+  void Complete(absl::Status status);
+
   absl::Status status_;
   absl::Notification done_;
+  mutable absl::Mutex mu_;
+  mutable std::vector<std::function<void(const absl::Status&)>> callbacks_ ABSL_GUARDED_BY(mu_);
 };
 
 struct PagingPoolOptions {

@@ -1,6 +1,9 @@
 #include "server/service.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
 #include "server/status_util.h"
 
 namespace moe_router {
@@ -205,6 +208,90 @@ class RouteStreamReactor final
 grpc::ServerBidiReactor<v1::RouteTokensRequest, v1::RouteTokensResponse>*
 MoeRouterService::RouteStream(grpc::CallbackServerContext*) {
   return new RouteStreamReactor(this);
+}
+
+// Streams one expert: the fetch completes on a paging worker (never
+// blocking a callback thread), then a header chunk and data chunks follow,
+// the expert pinned until the last is written. The reactor stays alive until
+// the fetch callback has run, even if the client cancels, so the callback
+// never sees a deleted reactor.
+class FetchExpertReactor final : public grpc::ServerWriteReactor<v1::ExpertChunk> {
+ public:
+  FetchExpertReactor(std::shared_ptr<const HostedModel> model, ExpertKey key)
+      : model_(std::move(model)) {
+    model_->engine->FetchAsync(key, [this](absl::StatusOr<PinnedExpert> expert) {
+      if (!expert.ok()) return Finish(ToGrpcStatus(expert.status()));
+      {
+        absl::MutexLock lock(&mu_);
+        if (cancelled_) {
+          return Finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the caller"));
+        }
+        expert_ = *std::move(expert);
+      }
+      WriteNext();
+    });
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) return Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the client went away"));
+    WriteNext();
+  }
+
+  void OnCancel() override {
+    absl::MutexLock lock(&mu_);
+    cancelled_ = true;
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  void WriteNext() {
+    const ExpertData& e = *expert_;
+    if (header_sent_ && offset_ >= e.size) return Finish(grpc::Status::OK);
+    chunk_.Clear();
+    if (!header_sent_) {
+      header_sent_ = true;
+      for (const TensorData& t : e.tensors) {
+        v1::TensorHeader* header = chunk_.add_tensors();
+        header->set_name(t.name);
+        header->set_dtype(t.dtype);
+        header->mutable_shape()->Add(t.shape.begin(), t.shape.end());
+        header->set_size_bytes(t.size);
+        header->set_xxh3(t.checksum);
+      }
+      chunk_.set_precision(e.precision);
+      chunk_.set_total_bytes(e.size);
+      chunk_.set_expert_xxh3(e.checksum);
+    }
+    const uint64_t n = std::min(kExpertChunkBytes, e.size - offset_);
+    chunk_.set_offset(offset_);
+    chunk_.set_data(e.bytes.get() + offset_, n);
+    offset_ += n;
+    StartWrite(&chunk_);
+  }
+
+  const std::shared_ptr<const HostedModel> model_;  // keeps the engine alive
+  absl::Mutex mu_;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  PinnedExpert expert_;
+  bool header_sent_ = false;
+  uint64_t offset_ = 0;
+  v1::ExpertChunk chunk_;
+};
+
+grpc::ServerWriteReactor<v1::ExpertChunk>* MoeRouterService::FetchExpert(
+    grpc::CallbackServerContext*, const v1::FetchExpertRequest* request) {
+  auto model = registry_->Find(request->model());
+  if (!model.ok()) {
+    // A reactor that only reports the error.
+    class Failed final : public grpc::ServerWriteReactor<v1::ExpertChunk> {
+     public:
+      explicit Failed(const absl::Status& s) { Finish(ToGrpcStatus(s)); }
+      void OnDone() override { delete this; }
+    };
+    return new Failed(model.status());
+  }
+  return new FetchExpertReactor(*std::move(model), {request->layer(), request->expert()});
 }
 
 grpc::ServerUnaryReactor* MoeRouterService::GetModelStats(grpc::CallbackServerContext* context,

@@ -13,6 +13,9 @@ struct ServiceLimits {
   uint32_t max_tokens_per_request = 65536;
 };
 
+/// Largest data payload of one FetchExpert chunk.
+inline constexpr uint64_t kExpertChunkBytes = 1 << 20;
+
 /// The MoeRouter gRPC service: thin handlers over the core engine, with
 /// absl::Status turned into grpc::Status at the edge. Unary handlers run
 /// inline on the callback threads: routing is microseconds of CPU and never
@@ -42,6 +45,8 @@ class MoeRouterService final : public v1::MoeRouter::CallbackService {
                                           v1::ModelStats* response) override;
   grpc::ServerBidiReactor<v1::RouteTokensRequest, v1::RouteTokensResponse>* RouteStream(
       grpc::CallbackServerContext* context) override;
+  grpc::ServerWriteReactor<v1::ExpertChunk>* FetchExpert(
+      grpc::CallbackServerContext* context, const v1::FetchExpertRequest* request) override;
 
  private:
   friend class RouteStreamReactor;

@@ -6,6 +6,8 @@
 #include "gmock/gmock.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "gtest/gtest.h"
+#include "core/checksum.h"
+#include "core/safetensors.h"
 #include "moe_router/v1/moe_router.grpc.pb.h"
 #include "tests/testing/test_util.h"
 
@@ -173,6 +175,87 @@ TEST_F(ServerTest, RouteStreamAnswersEachRequestInOrder) {
   const grpc::Status s = stream->Finish();
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(s.error_message(), HasSubstr("not a multiple of num_experts"));
+}
+
+// Reads a whole FetchExpert stream: the first chunk's header and the bytes.
+struct Fetched {
+  v1::ExpertChunk header;
+  std::string bytes;
+  grpc::Status status;
+};
+
+Fetched Fetch(v1::MoeRouter::Stub& stub, const std::string& model, uint32_t layer,
+              uint32_t expert) {
+  grpc::ClientContext ctx;
+  v1::FetchExpertRequest request;
+  request.set_model(model);
+  request.set_layer(layer);
+  request.set_expert(expert);
+  auto reader = stub.FetchExpert(&ctx, request);
+  Fetched out;
+  v1::ExpertChunk chunk;
+  bool first = true;
+  while (reader->Read(&chunk)) {
+    if (first) out.header = chunk;
+    first = false;
+    EXPECT_EQ(chunk.offset(), out.bytes.size());
+    EXPECT_LE(chunk.data().size(), kExpertChunkBytes);
+    out.bytes += chunk.data();
+  }
+  out.status = reader->Finish();
+  return out;
+}
+
+TEST_F(ServerTest, FetchExpertStreamsVerifiedBytesFromSafetensors) {
+  testing::TempDir dir;
+  // 2 layers x 4 experts; rows big enough for several 1 MiB chunks.
+  testing::WriteExpertShard(dir.File("model.safetensors"), 2, 4, 40000, 3,
+                            "model.layers.{layer}.block_sparse_moe.experts.{expert}.");
+  v1::ModelSpec spec = SmallSpec("st");
+  spec.set_num_layers(2);
+  spec.set_num_experts(4);
+  spec.set_budget_bytes(8ull << 20);
+  spec.mutable_safetensors()->set_directory(dir.path());
+  spec.mutable_safetensors()->set_name_preset("mixtral");
+  v1::ModelInfo info;
+  ASSERT_TRUE(Register(spec, &info).ok());
+
+  const Fetched f = Fetch(*stub_, "st", 1, 2);
+  ASSERT_TRUE(f.status.ok()) << f.status.error_message();
+  ASSERT_EQ(f.header.tensors_size(), 3);
+  EXPECT_EQ(f.header.tensors(0).name(), "model.layers.1.block_sparse_moe.experts.2.w1.weight");
+  EXPECT_EQ(f.header.tensors(0).dtype(), "BF16");
+  EXPECT_EQ(f.bytes.size(), f.header.total_bytes());
+  EXPECT_EQ(f.bytes.size(), 3u * 40000 * 8 * 2);
+  // The client can verify what it got with the checksums sent.
+  uint64_t offset = 0;
+  std::vector<std::pair<std::string, uint64_t>> digests;
+  for (const v1::TensorHeader& t : f.header.tensors()) {
+    const uint64_t sum = Xxh3({reinterpret_cast<const uint8_t*>(f.bytes.data()) + offset, t.size_bytes()});
+    EXPECT_EQ(sum, t.xxh3());
+    digests.emplace_back(t.name(), sum);
+    offset += t.size_bytes();
+  }
+  EXPECT_EQ(ExpertChecksum(digests), f.header.expert_xxh3());
+
+  // Corrupt another expert on disk: DATA_LOSS naming the file and tensor.
+  auto header = ReadSafetensorsHeader(dir.File("model.safetensors"));
+  for (const auto& t : header->tensors) {
+    if (t.name == "model.layers.0.block_sparse_moe.experts.3.w2.weight") {
+      testing::CorruptByte(dir.File("model.safetensors"), t.begin + 100);
+    }
+  }
+  const Fetched bad = Fetch(*stub_, "st", 0, 3);
+  EXPECT_EQ(bad.status.error_code(), grpc::StatusCode::DATA_LOSS);
+  EXPECT_THAT(bad.status.error_message(), HasSubstr("experts.3.w2.weight"));
+  EXPECT_EQ(Fetch(*stub_, "st", 0, 9).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(Fetch(*stub_, "nope", 0, 0).status.error_code(), grpc::StatusCode::NOT_FOUND);
+  grpc::ClientContext ctx;
+  v1::GetModelStatsRequest stats_request;
+  stats_request.set_model("st");
+  v1::ModelStats stats;
+  ASSERT_TRUE(stub_->GetModelStats(&ctx, stats_request, &stats).ok());
+  EXPECT_EQ(stats.checksum_failures(), 1u);
 }
 
 TEST_F(ServerTest, PrefetchAndUnregister) {
