@@ -16,6 +16,8 @@ ABSL_FLAG(std::string, listen, "0.0.0.0:50051", "address the gRPC service listen
 ABSL_FLAG(std::string, config, "",
           "JSON file {\"models\": [ModelSpec, ...]}; without it the embedded default "
           "(mixtral-8x7b on a synthetic store) is served");
+ABSL_FLAG(std::string, state_dir, "",
+          "directory where learned affinity and co-activation survive restarts");
 ABSL_FLAG(uint32_t, max_tokens_per_request, 65536, "tokens in one RouteTokens request");
 ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(10),
           "how long in-flight calls may finish after SIGTERM/SIGINT");
@@ -51,6 +53,7 @@ int main(int argc, char** argv) {
   moe_router::ServerOptions options;
   options.listen = absl::GetFlag(FLAGS_listen);
   options.limits.max_tokens_per_request = absl::GetFlag(FLAGS_max_tokens_per_request);
+  options.state_dir = absl::GetFlag(FLAGS_state_dir);
   auto server = moe_router::RouterServer::Start(options);
   if (!server.ok()) return Fatal(std::string(server.status().message()));
   for (const auto& spec : config.models()) {

@@ -2,7 +2,11 @@
 
 #include <google/protobuf/util/message_differencer.h>
 
+#include <cstdio>
+#include <filesystem>
+
 #include "absl/strings/str_format.h"
+#include "core/file_io.h"
 #include "server/model_spec.h"
 
 namespace moe_router {
@@ -25,6 +29,14 @@ absl::StatusOr<bool> ModelRegistry::Register(const v1::ModelSpec& spec) {
   if (!store.ok()) return store.status();
   auto engine = ModelEngine::Create(*config, *std::move(store));
   if (!engine.ok()) return engine.status();
+  if (!state_dir_.empty() && std::filesystem::exists(StatePath(spec.name()))) {
+    absl::StatusOr<std::string> text = ReadFile(StatePath(spec.name()));
+    absl::Status loaded = text.ok() ? (*engine)->ImportState(*text) : text.status();
+    if (!loaded.ok()) {
+      std::fprintf(stderr, "moe-router: ignoring saved state %s: %s\n",
+                   StatePath(spec.name()).c_str(), std::string(loaded.message()).c_str());
+    }
+  }
   auto hosted = std::make_shared<HostedModel>(
       HostedModel{spec, std::shared_ptr<ModelEngine>(*std::move(engine))});
   absl::MutexLock lock(&mu_);
@@ -36,6 +48,22 @@ absl::StatusOr<bool> ModelRegistry::Register(const v1::ModelSpec& spec) {
         absl::StrFormat("model '%s' is registered with a different spec", spec.name()));
   }
   return true;
+}
+
+std::string ModelRegistry::StatePath(const std::string& model) const {
+  return state_dir_ + "/" + model + ".state.json";
+}
+
+absl::Status ModelRegistry::SaveStates() const {
+  if (state_dir_.empty()) return absl::OkStatus();
+  std::error_code ec;
+  std::filesystem::create_directories(state_dir_, ec);
+  absl::Status first = absl::OkStatus();
+  for (const auto& model : List()) {
+    absl::Status s = WriteFileAtomically(StatePath(model->spec.name()), model->engine->ExportState());
+    if (first.ok()) first = s;
+  }
+  return first;
 }
 
 absl::Status ModelRegistry::Unregister(const std::string& name) {

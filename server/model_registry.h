@@ -25,6 +25,14 @@ struct HostedModel {
 /// layers) never serialises on it.
 class ModelRegistry {
  public:
+  /// With a state directory, a registered model starts from its saved
+  /// learned state (`<dir>/<model>.state.json`) if one is there, and
+  /// SaveStates() writes them. A torn or corrupt state file is logged to
+  /// stderr and ignored.
+  explicit ModelRegistry(std::string state_dir = "") : state_dir_(std::move(state_dir)) {}
+  /// Writes every model's learned state atomically; returns the first error.
+  absl::Status SaveStates() const;
+
   /// Registers a model. Registering the same spec again is OK (created =
   /// false); another spec under a taken name is ALREADY_EXISTS. Bad specs
   /// are INVALID_ARGUMENT naming the field, and change nothing.
@@ -35,6 +43,9 @@ class ModelRegistry {
   std::vector<std::shared_ptr<const HostedModel>> List() const;
 
  private:
+  std::string StatePath(const std::string& model) const;
+
+  const std::string state_dir_;
   mutable absl::Mutex mu_;
   std::map<std::string, std::shared_ptr<const HostedModel>> models_ ABSL_GUARDED_BY(mu_);
 };

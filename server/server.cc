@@ -3,6 +3,8 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
 
+#include <cstdio>
+
 #include "absl/strings/str_format.h"
 
 namespace moe_router {
@@ -41,6 +43,10 @@ void RouterServer::Shutdown(absl::Time deadline) {
   stopped_ = true;
   server_->Shutdown(absl::ToChronoTime(deadline));
   server_->Wait();
+  if (absl::Status s = registry_.SaveStates(); !s.ok()) {
+    std::fprintf(stderr, "moe-router: saving learned state failed: %s\n",
+                 std::string(s.message()).c_str());
+  }
   for (const auto& model : registry_.List()) model->engine->Shutdown();
 }
 

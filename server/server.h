@@ -18,6 +18,8 @@ struct ServerOptions {
   std::string listen = "0.0.0.0:50051";
   ServiceLimits limits;
   int max_message_bytes = 64 << 20;
+  /// Where learned state is kept across restarts ("" keeps none).
+  std::string state_dir;
 };
 
 /// A running moe-router gRPC server with its models, health service
@@ -36,12 +38,13 @@ class RouterServer {
   /// Readiness ("readiness" and the service name) for load balancers;
   /// liveness stays SERVING until shutdown.
   void SetReady(bool ready);
-  /// Stops taking calls, lets in-flight ones finish until `deadline`, and
-  /// stops the models' paging.
+  /// Stops taking calls, lets in-flight ones finish until `deadline`, saves
+  /// the models' learned state (if a state_dir is set), and stops paging.
   void Shutdown(absl::Time deadline);
 
  private:
-  RouterServer(const ServerOptions& options) : service_(&registry_, options.limits) {}
+  explicit RouterServer(const ServerOptions& options)
+      : registry_(options.state_dir), service_(&registry_, options.limits) {}
 
   ModelRegistry registry_;
   MoeRouterService service_;

@@ -7,6 +7,7 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "gtest/gtest.h"
 #include "core/checksum.h"
+#include "core/file_io.h"
 #include "core/safetensors.h"
 #include "moe_router/v1/moe_router.grpc.pb.h"
 #include "tests/testing/test_util.h"
@@ -301,6 +302,44 @@ TEST_F(ServerTest, HealthAnswersForEveryNameAndFollowsReadiness) {
   server_->SetReady(false);
   EXPECT_EQ(check("readiness"), grpc::health::v1::HealthCheckResponse::NOT_SERVING);
   EXPECT_EQ(check("liveness"), grpc::health::v1::HealthCheckResponse::SERVING);
+}
+
+TEST(ServerStateTest, LearnedStateSurvivesARestartAndCorruptionIsIgnored) {
+  testing::TempDir dir;
+  ServerOptions options;
+  options.listen = "127.0.0.1:0";
+  options.state_dir = dir.path() + "/state";
+  std::string learned;
+  {
+    auto server = *RouterServer::Start(options);
+    ASSERT_TRUE(server->registry().Register(SmallSpec("tiny")).ok());
+    auto channel = grpc::CreateChannel("127.0.0.1:" + std::to_string(server->port()),
+                                       grpc::InsecureChannelCredentials());
+    auto stub = v1::MoeRouter::NewStub(channel);
+    for (uint32_t layer = 0; layer < 4; ++layer) {
+      grpc::ClientContext ctx;
+      v1::RouteTokensRequest request;
+      request.set_model("tiny");
+      request.set_layer(layer);
+      const std::vector<float> logits = testing::RandomLogits(8, 8, layer);
+      request.mutable_gate_logits()->Add(logits.begin(), logits.end());
+      v1::RouteTokensResponse response;
+      ASSERT_TRUE(stub->RouteTokens(&ctx, request, &response).ok());
+    }
+    learned = (*server->registry().Find("tiny"))->engine->ExportState();
+    server->Shutdown(absl::Now() + absl::Seconds(5));
+  }
+  {
+    auto server = *RouterServer::Start(options);
+    ASSERT_TRUE(server->registry().Register(SmallSpec("tiny")).ok());
+    EXPECT_EQ((*server->registry().Find("tiny"))->engine->ExportState(), learned);
+  }
+  // A torn state file is ignored: the model starts fresh, registration works.
+  const std::string path = options.state_dir + "/tiny.state.json";
+  ASSERT_TRUE(WriteFileAtomically(path, learned.substr(0, learned.size() / 3)).ok());
+  auto server = *RouterServer::Start(options);
+  ASSERT_TRUE(server->registry().Register(SmallSpec("tiny")).ok());
+  EXPECT_NE((*server->registry().Find("tiny"))->engine->ExportState(), learned);
 }
 
 }  // namespace

@@ -1,0 +1,106 @@
+// moe-routerd as a real process: serves the embedded default, drains on
+// SIGTERM with exit 0, and leaves its learned state behind.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <string>
+
+#include <grpcpp/grpcpp.h>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "moe_router/v1/moe_router.grpc.pb.h"
+#include "core/file_io.h"
+#include "tests/testing/test_util.h"
+
+namespace moe_router {
+namespace {
+
+struct Daemon {
+  pid_t pid = -1;
+  int port = 0;
+  FILE* err = nullptr;
+};
+
+// Starts moe-routerd with `args` and reads stderr up to its port line.
+Daemon StartDaemon(const std::vector<std::string>& args) {
+  int fds[2];
+  EXPECT_EQ(pipe(fds), 0);
+  Daemon d;
+  d.pid = fork();
+  if (d.pid == 0) {
+    dup2(fds[1], STDERR_FILENO);
+    close(fds[0]);
+    std::vector<char*> argv = {const_cast<char*>(MOE_ROUTERD_PATH)};
+    for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    execv(MOE_ROUTERD_PATH, argv.data());
+    _exit(127);
+  }
+  close(fds[1]);
+  d.err = fdopen(fds[0], "r");
+  char line[512];
+  while (d.port == 0 && fgets(line, sizeof line, d.err) != nullptr) {
+    std::sscanf(line, "moe-routerd: listening on port %d", &d.port);
+  }
+  return d;
+}
+
+TEST(DaemonTest, ServesTheDefaultAndDrainsOnSigterm) {
+  testing::TempDir dir;
+  Daemon d = StartDaemon({"--listen=127.0.0.1:0", "--state_dir=" + dir.path(),
+                          "--drain_timeout=5s"});
+  ASSERT_GT(d.port, 0);
+  auto stub = v1::MoeRouter::NewStub(grpc::CreateChannel(
+      "127.0.0.1:" + std::to_string(d.port), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  v1::RouteTokensRequest request;
+  request.set_model("mixtral-8x7b");
+  request.set_layer(31);
+  const std::vector<float> logits = testing::RandomLogits(4, 8, 1);
+  request.mutable_gate_logits()->Add(logits.begin(), logits.end());
+  v1::RouteTokensResponse response;
+  ASSERT_TRUE(stub->RouteTokens(&ctx, request, &response).ok());
+  EXPECT_EQ(response.experts_size(), 8);
+
+  ASSERT_EQ(kill(d.pid, SIGTERM), 0);
+  int status = 0;
+  ASSERT_EQ(waitpid(d.pid, &status, 0), d.pid);
+  EXPECT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  EXPECT_TRUE(std::filesystem::exists(dir.File("mixtral-8x7b.state.json")));
+  fclose(d.err);
+}
+
+TEST(DaemonTest, BadConfigIsFatalWithTheReason) {
+  testing::TempDir dir;
+  ASSERT_TRUE(WriteFileAtomically(dir.File("c.json"),
+                                  R"({"models":[{"name":"m","numLayers":2,"numExperts":8,)"
+                                  R"("topK":9,"budgetBytes":100,"synthetic":{"expertBytes":10}}]})")
+                  .ok());
+  int fds[2];
+  ASSERT_EQ(pipe(fds), 0);
+  const pid_t pid = fork();
+  if (pid == 0) {
+    dup2(fds[1], STDERR_FILENO);
+    const std::string config = "--config=" + dir.File("c.json");
+    execl(MOE_ROUTERD_PATH, MOE_ROUTERD_PATH, "--listen=127.0.0.1:0", config.c_str(), nullptr);
+    _exit(127);
+  }
+  close(fds[1]);
+  std::string err;
+  char buf[256];
+  ssize_t n;
+  while ((n = read(fds[0], buf, sizeof buf)) > 0) err.append(buf, n);
+  close(fds[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  EXPECT_EQ(WEXITSTATUS(status), 1);
+  EXPECT_THAT(err, ::testing::HasSubstr("router.top_k (9) must be <= router.num_experts (8)"));
+}
+
+}  // namespace
+}  // namespace moe_router
