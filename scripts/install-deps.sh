@@ -7,6 +7,7 @@ packages=(
   libabsl-dev libxxhash-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  prometheus-cpp-dev prometheus
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -13,6 +13,8 @@
 #include "server/server.h"
 
 ABSL_FLAG(std::string, listen, "0.0.0.0:50051", "address the gRPC service listens on");
+ABSL_FLAG(std::string, metrics_listen, "0.0.0.0:9464",
+          "address of the Prometheus /metrics endpoint (empty: none)");
 ABSL_FLAG(std::string, config, "",
           "JSON file {\"models\": [ModelSpec, ...]}; without it the embedded default "
           "(mixtral-8x7b on a synthetic store) is served");
@@ -54,6 +56,7 @@ int main(int argc, char** argv) {
   options.listen = absl::GetFlag(FLAGS_listen);
   options.limits.max_tokens_per_request = absl::GetFlag(FLAGS_max_tokens_per_request);
   options.state_dir = absl::GetFlag(FLAGS_state_dir);
+  options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   auto server = moe_router::RouterServer::Start(options);
   if (!server.ok()) return Fatal(std::string(server.status().message()));
   for (const auto& spec : config.models()) {
@@ -62,6 +65,7 @@ int main(int argc, char** argv) {
     if (!created.ok()) return Fatal(std::string(created.status().message()));
     std::fprintf(stderr, "moe-routerd: serving model %s\n", spec.name().c_str());
   }
+  std::fprintf(stderr, "moe-routerd: metrics on port %d\n", (*server)->metrics_port());
   std::fprintf(stderr, "moe-routerd: listening on port %d\n", (*server)->port());
 
   int signal_number = 0;

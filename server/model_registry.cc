@@ -37,8 +37,9 @@ absl::StatusOr<bool> ModelRegistry::Register(const v1::ModelSpec& spec) {
                    StatePath(spec.name()).c_str(), std::string(loaded.message()).c_str());
     }
   }
-  auto hosted = std::make_shared<HostedModel>(
-      HostedModel{spec, std::shared_ptr<ModelEngine>(*std::move(engine))});
+  auto hosted = std::make_shared<HostedModel>();
+  hosted->spec = spec;
+  hosted->engine = std::shared_ptr<ModelEngine>(*std::move(engine));
   absl::MutexLock lock(&mu_);
   const auto [it, inserted] = models_.emplace(spec.name(), std::move(hosted));
   if (!inserted) {

@@ -1,6 +1,7 @@
 #ifndef MOE_ROUTER_SERVER_MODEL_REGISTRY_H_
 #define MOE_ROUTER_SERVER_MODEL_REGISTRY_H_
 
+#include <atomic>
 #include <map>
 #include <memory>
 #include <string>
@@ -14,10 +15,15 @@
 
 namespace moe_router {
 
-/// A hosted model: its spec and engine.
+/// gRPC status codes, for counting requests by outcome.
+inline constexpr int kNumStatusCodes = 17;
+
+/// A hosted model: its spec, engine, and RouteTokens calls by status code.
 struct HostedModel {
   v1::ModelSpec spec;
   std::shared_ptr<ModelEngine> engine;
+  std::unique_ptr<std::atomic<uint64_t>[]> route_requests =
+      std::make_unique<std::atomic<uint64_t>[]>(kNumStatusCodes);
 };
 
 /// The models a server hosts, by name. Lookups take a shared reader lock
@@ -41,11 +47,16 @@ class ModelRegistry {
   /// NOT_FOUND for an unknown name, INVALID_ARGUMENT for an empty one.
   absl::StatusOr<std::shared_ptr<const HostedModel>> Find(const std::string& name) const;
   std::vector<std::shared_ptr<const HostedModel>> List() const;
+  /// RouteTokens calls naming no hosted model, by status code (one label
+  /// value for all of them keeps metric labels bounded).
+  std::atomic<uint64_t>* unknown_route_requests() const { return unknown_route_requests_.get(); }
 
  private:
   std::string StatePath(const std::string& model) const;
 
   const std::string state_dir_;
+  std::unique_ptr<std::atomic<uint64_t>[]> unknown_route_requests_ =
+      std::make_unique<std::atomic<uint64_t>[]>(kNumStatusCodes);
   mutable absl::Mutex mu_;
   std::map<std::string, std::shared_ptr<const HostedModel>> models_ ABSL_GUARDED_BY(mu_);
 };

@@ -22,6 +22,11 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const ServerOp
   if (server->server_ == nullptr || server->port_ == 0) {
     return absl::UnavailableError(absl::StrFormat("cannot listen on %s", options.listen));
   }
+  if (!options.metrics_listen.empty()) {
+    auto metrics = MetricsExporter::Start(options.metrics_listen, &server->registry_);
+    if (!metrics.ok()) return metrics.status();
+    server->metrics_ = *std::move(metrics);
+  }
   grpc::HealthCheckServiceInterface* health = server->server_->GetHealthCheckService();
   for (const char* name : {"", "liveness", "readiness", "moe_router.v1.MoeRouter"}) {
     health->SetServingStatus(name, true);

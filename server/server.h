@@ -8,6 +8,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "server/metrics_exporter.h"
 #include "server/model_registry.h"
 #include "server/service.h"
 
@@ -20,6 +21,8 @@ struct ServerOptions {
   int max_message_bytes = 64 << 20;
   /// Where learned state is kept across restarts ("" keeps none).
   std::string state_dir;
+  /// Prometheus /metrics (host:port, port 0 picks one; "" serves none).
+  std::string metrics_listen;
 };
 
 /// A running moe-router gRPC server with its models, health service
@@ -34,6 +37,8 @@ class RouterServer {
   ~RouterServer();
 
   int port() const { return port_; }
+  /// The /metrics port, or 0 when not serving metrics.
+  int metrics_port() const { return metrics_ != nullptr ? metrics_->port() : 0; }
   ModelRegistry& registry() { return registry_; }
   /// Readiness ("readiness" and the service name) for load balancers;
   /// liveness stays SERVING until shutdown.
@@ -49,6 +54,7 @@ class RouterServer {
   ModelRegistry registry_;
   MoeRouterService service_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<MetricsExporter> metrics_;
   int port_ = 0;
   bool stopped_ = false;
 };

@@ -32,8 +32,20 @@ void AddRef(const ExpertKey& key, google::protobuf::RepeatedPtrField<v1::ExpertR
 absl::Status MoeRouterService::Route(const v1::RouteTokensRequest& request,
                                      v1::RouteTokensResponse* response) {
   auto model = registry_->Find(request.model());
-  if (!model.ok()) return model.status();
-  ModelEngine& engine = *(*model)->engine;
+  if (!model.ok()) {
+    registry_->unknown_route_requests()[static_cast<int>(model.status().code())].fetch_add(
+        1, std::memory_order_relaxed);
+    return model.status();
+  }
+  absl::Status status = RouteModel(**model, request, response);
+  (*model)->route_requests[static_cast<int>(status.code())].fetch_add(1, std::memory_order_relaxed);
+  return status;
+}
+
+absl::Status MoeRouterService::RouteModel(const HostedModel& model,
+                                          const v1::RouteTokensRequest& request,
+                                          v1::RouteTokensResponse* response) {
+  ModelEngine& engine = *model.engine;
   const uint32_t experts = engine.config().router.num_experts;
   const uint64_t tokens = request.gate_logits_size() / experts;
   if (tokens > limits_.max_tokens_per_request) {

@@ -51,6 +51,8 @@ class MoeRouterService final : public v1::MoeRouter::CallbackService {
  private:
   friend class RouteStreamReactor;
   absl::Status Route(const v1::RouteTokensRequest& request, v1::RouteTokensResponse* response);
+  absl::Status RouteModel(const HostedModel& model, const v1::RouteTokensRequest& request,
+                          v1::RouteTokensResponse* response);
   absl::Status Stats(const std::string& model, v1::ModelStats* response);
 
   ModelRegistry* const registry_;

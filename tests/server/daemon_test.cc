@@ -51,7 +51,8 @@ Daemon StartDaemon(const std::vector<std::string>& args) {
 
 TEST(DaemonTest, ServesTheDefaultAndDrainsOnSigterm) {
   testing::TempDir dir;
-  Daemon d = StartDaemon({"--listen=127.0.0.1:0", "--state_dir=" + dir.path(),
+  Daemon d = StartDaemon({"--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0",
+                          "--state_dir=" + dir.path(),
                           "--drain_timeout=5s"});
   ASSERT_GT(d.port, 0);
   auto stub = v1::MoeRouter::NewStub(grpc::CreateChannel(
@@ -87,7 +88,8 @@ TEST(DaemonTest, BadConfigIsFatalWithTheReason) {
   if (pid == 0) {
     dup2(fds[1], STDERR_FILENO);
     const std::string config = "--config=" + dir.File("c.json");
-    execl(MOE_ROUTERD_PATH, MOE_ROUTERD_PATH, "--listen=127.0.0.1:0", config.c_str(), nullptr);
+    execl(MOE_ROUTERD_PATH, MOE_ROUTERD_PATH, "--listen=127.0.0.1:0", "--metrics_listen=",
+          config.c_str(), nullptr);
     _exit(127);
   }
   close(fds[1]);

@@ -1,6 +1,11 @@
 // The real server on 127.0.0.1:0, called through real channels.
 #include "server/server.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <grpcpp/grpcpp.h>
 
 #include "gmock/gmock.h"
@@ -28,11 +33,31 @@ v1::ModelSpec SmallSpec(const std::string& name) {
   return spec;
 }
 
+// GET http://127.0.0.1:port/path over a plain socket; the response body.
+std::string HttpGet(int port, const std::string& path) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  EXPECT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  const std::string request = "GET " + path + " HTTP/1.0\r\nHost: localhost\r\n\r\n";
+  EXPECT_EQ(write(fd, request.data(), request.size()), static_cast<ssize_t>(request.size()));
+  std::string response;
+  char buf[4096];
+  ssize_t n;
+  while ((n = read(fd, buf, sizeof buf)) > 0) response.append(buf, n);
+  close(fd);
+  const size_t body = response.find("\r\n\r\n");
+  return body == std::string::npos ? "" : response.substr(body + 4);
+}
+
 class ServerTest : public ::testing::Test {
  protected:
   void SetUp() override {
     ServerOptions options;
     options.listen = "127.0.0.1:0";
+    options.metrics_listen = "127.0.0.1:0";
     options.limits.max_tokens_per_request = 100;
     auto server = RouterServer::Start(options);
     ASSERT_TRUE(server.ok()) << server.status();
@@ -257,6 +282,38 @@ TEST_F(ServerTest, FetchExpertStreamsVerifiedBytesFromSafetensors) {
   v1::ModelStats stats;
   ASSERT_TRUE(stub_->GetModelStats(&ctx, stats_request, &stats).ok());
   EXPECT_EQ(stats.checksum_failures(), 1u);
+}
+
+TEST_F(ServerTest, MetricsScrapePassesPromtoolAndCounts) {
+  v1::ModelInfo info;
+  ASSERT_TRUE(Register(SmallSpec("tiny"), &info).ok());
+  v1::RouteTokensResponse routed;
+  ASSERT_TRUE(Route("tiny", 0, testing::RandomLogits(3, 8, 1), &routed).ok());
+  ASSERT_FALSE(Route("tiny", 0, std::vector<float>(5, 0.0f), &routed).ok());
+  ASSERT_FALSE(Route("ghost", 0, std::vector<float>(8, 0.0f), &routed).ok());
+  ASSERT_GT(server_->metrics_port(), 0);
+  const std::string body = HttpGet(server_->metrics_port(), "/metrics");
+  EXPECT_THAT(body, HasSubstr("moe_router_routed_tokens_total{model=\"tiny\"} 3"));
+  EXPECT_THAT(body, HasSubstr("moe_router_route_requests_total{model=\"tiny\",code=\"OK\"} 1"));
+  EXPECT_THAT(body, HasSubstr(
+      "moe_router_route_requests_total{model=\"tiny\",code=\"INVALID_ARGUMENT\"} 1"));
+  EXPECT_THAT(body, HasSubstr(
+      "moe_router_route_requests_total{model=\"_unknown_\",code=\"NOT_FOUND\"} 1"));
+  EXPECT_THAT(body, HasSubstr("moe_router_cache_misses_total{model=\"tiny\"} 6"));
+  EXPECT_THAT(body, HasSubstr("moe_router_cache_budget_bytes{model=\"tiny\"} 65536"));
+  EXPECT_THAT(body, HasSubstr("moe_router_page_ins_total{model=\"tiny\",priority=\"urgent\"}"));
+  EXPECT_THAT(body, HasSubstr("moe_router_route_duration_seconds_bucket{model=\"tiny\",le=\"+Inf\"} 1"));
+  EXPECT_THAT(body, HasSubstr("moe_router_build_info{version="));
+  // Debian's promtool must accept the exposition.
+  testing::TempDir dir;
+  ASSERT_TRUE(WriteFileAtomically(dir.File("metrics.txt"), body).ok());
+  const std::string command = "promtool check metrics < " + dir.File("metrics.txt") + " 2>&1";
+  FILE* p = popen(command.c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  std::string out;
+  char buf[512];
+  while (fgets(buf, sizeof buf, p) != nullptr) out += buf;
+  EXPECT_EQ(pclose(p), 0) << out;
 }
 
 TEST_F(ServerTest, PrefetchAndUnregister) {

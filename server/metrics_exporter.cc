@@ -1,0 +1,156 @@
+#include "server/metrics_exporter.h"
+
+#include <grpcpp/support/status.h>
+
+#include "absl/strings/str_format.h"
+
+namespace moe_router {
+namespace {
+
+using prometheus::ClientMetric;
+using prometheus::MetricFamily;
+using prometheus::MetricType;
+
+const char* kCodeNames[kNumStatusCodes] = {
+    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+    "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+    "UNAUTHENTICATED"};
+
+class Families {
+ public:
+  MetricFamily& Get(const std::string& name, const std::string& help, MetricType type) {
+    for (MetricFamily& f : families_) {
+      if (f.name == name) return f;
+    }
+    families_.push_back(MetricFamily{name, help, type, {}});
+    return families_.back();
+  }
+  void Counter(const std::string& name, const std::string& help,
+               std::vector<ClientMetric::Label> labels, double value) {
+    ClientMetric m;
+    m.label = std::move(labels);
+    m.counter.value = value;
+    Get(name, help, MetricType::Counter).metric.push_back(std::move(m));
+  }
+  void Gauge(const std::string& name, const std::string& help,
+             std::vector<ClientMetric::Label> labels, double value) {
+    ClientMetric m;
+    m.label = std::move(labels);
+    m.gauge.value = value;
+    Get(name, help, MetricType::Gauge).metric.push_back(std::move(m));
+  }
+  void Histogram(const std::string& name, const std::string& help,
+                 std::vector<ClientMetric::Label> labels, const Histogram::Snapshot& h) {
+    ClientMetric m;
+    m.label = std::move(labels);
+    m.histogram.sample_count = h.count;
+    m.histogram.sample_sum = h.sum;
+    uint64_t cumulative = 0;
+    for (size_t i = 0; i < h.counts.size(); ++i) {
+      cumulative += h.counts[i];
+      m.histogram.bucket.push_back(
+          {cumulative, i < h.upper_bounds.size() ? h.upper_bounds[i]
+                                                 : std::numeric_limits<double>::infinity()});
+    }
+    Get(name, help, MetricType::Histogram).metric.push_back(std::move(m));
+  }
+  std::vector<MetricFamily> Take() { return std::move(families_); }
+
+ private:
+  std::vector<MetricFamily> families_;
+};
+
+void AddRouteRequests(Families& f, const std::string& model, const std::atomic<uint64_t>* codes) {
+  for (int c = 0; c < kNumStatusCodes; ++c) {
+    const uint64_t n = codes[c].load(std::memory_order_relaxed);
+    if (n == 0 && c != 0) continue;
+    f.Counter("moe_router_route_requests_total", "RouteTokens calls by outcome.",
+              {{"model", model}, {"code", kCodeNames[c]}}, static_cast<double>(n));
+  }
+}
+
+}  // namespace
+
+std::vector<MetricFamily> CollectMetrics(const ModelRegistry& registry) {
+  Families f;
+  f.Gauge("moe_router_build_info", "Build of the running moe-routerd.",
+          {{"version", MOE_ROUTER_VERSION}}, 1);
+  for (const auto& model : registry.List()) {
+    const std::string& name = model->spec.name();
+    const ModelStats s = model->engine->Stats();
+    const MetricsSnapshot& m = s.metrics;
+    const std::vector<ClientMetric::Label> labels = {{"model", name}};
+    AddRouteRequests(f, name, model->route_requests.get());
+    f.Counter("moe_router_routed_tokens_total", "Tokens routed.", labels,
+              static_cast<double>(m.total.routed_tokens));
+    f.Counter("moe_router_cache_hits_total", "Chosen experts that were resident.", labels,
+              static_cast<double>(m.total.hits));
+    f.Counter("moe_router_cache_misses_total", "Chosen experts that were not resident.", labels,
+              static_cast<double>(m.total.misses));
+    f.Histogram("moe_router_route_duration_seconds", "Time to route one request's batch.",
+                labels, m.route_seconds);
+    for (int p = 0; p < kNumPriorities; ++p) {
+      const char* priority = PriorityName(static_cast<Priority>(p));
+      f.Counter("moe_router_page_ins_total", "Experts paged in, by priority.",
+                {{"model", name}, {"priority", priority}},
+                static_cast<double>(m.total.page_ins[p]));
+      f.Gauge("moe_router_paging_queue_depth", "Paging requests waiting, by priority.",
+              {{"model", name}, {"priority", priority}}, static_cast<double>(s.queue_depth[p]));
+    }
+    f.Counter("moe_router_page_outs_total", "Experts paged out (evicted).", labels,
+              static_cast<double>(m.total.page_outs));
+    f.Histogram("moe_router_page_in_duration_seconds", "Time to read and verify one expert.",
+                labels, m.page_in_seconds);
+    f.Counter("moe_router_paged_bytes_total", "Bytes paged in.", labels,
+              static_cast<double>(m.total.paged_bytes));
+    f.Counter("moe_router_prefetches_total", "Experts brought in by prefetch.", labels,
+              static_cast<double>(s.cache.prefetch_loaded));
+    f.Counter("moe_router_prefetch_hits_total", "Prefetched experts used before eviction.",
+              labels, static_cast<double>(s.cache.prefetch_used));
+    f.Gauge("moe_router_cache_resident_bytes", "Bytes of resident experts.", labels,
+            static_cast<double>(s.cache.resident_bytes));
+    f.Gauge("moe_router_cache_budget_bytes", "The cache's byte budget.", labels,
+            static_cast<double>(s.cache.budget_bytes));
+    f.Counter("moe_router_checksum_failures_total", "Page-ins whose checksum did not match.",
+              labels, static_cast<double>(m.checksum_failures));
+    f.Counter("moe_router_routing_changed_tokens_total",
+              "Tokens whose experts the cache bonus changed.", labels,
+              static_cast<double>(m.total.changed_tokens));
+    f.Histogram("moe_router_gate_mass_retained",
+                "Per request: mean share of the original top-k probability kept.", labels,
+                m.gate_mass);
+  }
+  AddRouteRequests(f, "_unknown_", registry.unknown_route_requests());
+  return f.Take();
+}
+
+class MetricsExporter::Collector final : public prometheus::Collectable {
+ public:
+  explicit Collector(const ModelRegistry* registry) : registry_(registry) {}
+  std::vector<MetricFamily> Collect() const override { return CollectMetrics(*registry_); }
+
+ private:
+  const ModelRegistry* const registry_;
+};
+
+absl::StatusOr<std::unique_ptr<MetricsExporter>> MetricsExporter::Start(
+    const std::string& listen, const ModelRegistry* registry) {
+  auto exporter = std::unique_ptr<MetricsExporter>(new MetricsExporter());
+  try {
+    exporter->exposer_ = std::make_unique<prometheus::Exposer>(listen);
+  } catch (const std::exception& e) {
+    return absl::UnavailableError(
+        absl::StrFormat("cannot serve metrics on %s: %s", listen, e.what()));
+  }
+  exporter->collector_ = std::make_shared<Collector>(registry);
+  exporter->exposer_->RegisterCollectable(exporter->collector_, "/metrics");
+  return exporter;
+}
+
+int MetricsExporter::port() const {
+  const std::vector<int> ports = exposer_->GetListeningPorts();
+  return ports.empty() ? 0 : ports.front();
+}
+
+}  // namespace moe_router
