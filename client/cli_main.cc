@@ -23,6 +23,13 @@ const Command kCommands[] = {
      moe_router::TracegenCommand},
     {"sweep", "cache-aware routing trade-off: hit rate vs gate mass, per bonus and guard",
      moe_router::SweepCommand},
+    {"models", "list a server's models", moe_router::ModelsCommand},
+    {"register", "register the models of a JSON file (ModelSpec or {\"models\": [...]})",
+     moe_router::RegisterCommand},
+    {"route", "route logits (from a file, or random) through a server", moe_router::RouteCommand},
+    {"stats", "a model's statistics as a table", moe_router::StatsCommand},
+    {"fetch", "fetch an expert into a safetensors file, verifying its checksums",
+     moe_router::FetchCommand},
 };
 
 int Usage(FILE* out) {

@@ -12,6 +12,12 @@ int DemoCommand(const std::vector<std::string>& args);
 int ReplayCommand(const std::vector<std::string>& args);
 int TracegenCommand(const std::vector<std::string>& args);
 int SweepCommand(const std::vector<std::string>& args);
+// Client commands, calling a running moe-routerd (--server ADDR).
+int ModelsCommand(const std::vector<std::string>& args);
+int RegisterCommand(const std::vector<std::string>& args);
+int RouteCommand(const std::vector<std::string>& args);
+int StatsCommand(const std::vector<std::string>& args);
+int FetchCommand(const std::vector<std::string>& args);
 
 }  // namespace moe_router
 

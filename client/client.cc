@@ -1,0 +1,152 @@
+#include "client/client.h"
+
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "core/checksum.h"
+
+namespace moe_router {
+namespace {
+
+absl::Status FromGrpc(const grpc::Status& s) {
+  if (s.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& target) {
+  if (target.empty()) return absl::InvalidArgumentError("server address must not be empty");
+  auto channel = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
+  if (channel == nullptr) {
+    return absl::UnavailableError(absl::StrFormat("cannot create a channel to %s", target));
+  }
+  return std::unique_ptr<Client>(new Client(std::move(channel)));
+}
+
+void Client::Prepare(grpc::ClientContext* context) const {
+  context->set_deadline(absl::ToChronoTime(absl::Now() + timeout_));
+}
+
+absl::StatusOr<v1::RouteTokensResponse> Client::Route(const std::string& model, uint32_t layer,
+                                                      absl::Span<const float> logits) {
+  grpc::ClientContext context;
+  Prepare(&context);
+  v1::RouteTokensRequest request;
+  request.set_model(model);
+  request.set_layer(layer);
+  request.mutable_gate_logits()->Add(logits.begin(), logits.end());
+  v1::RouteTokensResponse response;
+  if (absl::Status s = FromGrpc(stub_->RouteTokens(&context, request, &response)); !s.ok()) {
+    return s;
+  }
+  return response;
+}
+
+absl::StatusOr<v1::PrefetchResponse> Client::Prefetch(const std::string& model, uint32_t layer,
+                                                      absl::Span<const uint32_t> experts,
+                                                      uint32_t budget) {
+  grpc::ClientContext context;
+  Prepare(&context);
+  v1::PrefetchRequest request;
+  request.set_model(model);
+  request.set_layer(layer);
+  request.mutable_experts()->Add(experts.begin(), experts.end());
+  request.set_budget(budget);
+  v1::PrefetchResponse response;
+  if (absl::Status s = FromGrpc(stub_->Prefetch(&context, request, &response)); !s.ok()) return s;
+  return response;
+}
+
+absl::StatusOr<v1::ModelInfo> Client::Register(const v1::ModelSpec& spec) {
+  grpc::ClientContext context;
+  Prepare(&context);
+  v1::RegisterModelRequest request;
+  *request.mutable_spec() = spec;
+  v1::ModelInfo info;
+  if (absl::Status s = FromGrpc(stub_->RegisterModel(&context, request, &info)); !s.ok()) return s;
+  return info;
+}
+
+absl::Status Client::Unregister(const std::string& model) {
+  grpc::ClientContext context;
+  Prepare(&context);
+  v1::UnregisterModelRequest request;
+  request.set_model(model);
+  v1::UnregisterModelResponse response;
+  return FromGrpc(stub_->UnregisterModel(&context, request, &response));
+}
+
+absl::StatusOr<std::vector<v1::ModelInfo>> Client::ListModels() {
+  grpc::ClientContext context;
+  Prepare(&context);
+  v1::ListModelsResponse response;
+  if (absl::Status s = FromGrpc(stub_->ListModels(&context, v1::ListModelsRequest(), &response));
+      !s.ok()) {
+    return s;
+  }
+  return std::vector<v1::ModelInfo>(response.models().begin(), response.models().end());
+}
+
+absl::StatusOr<v1::ModelStats> Client::Stats(const std::string& model) {
+  grpc::ClientContext context;
+  Prepare(&context);
+  v1::GetModelStatsRequest request;
+  request.set_model(model);
+  v1::ModelStats stats;
+  if (absl::Status s = FromGrpc(stub_->GetModelStats(&context, request, &stats)); !s.ok()) {
+    return s;
+  }
+  return stats;
+}
+
+absl::StatusOr<FetchedExpert> Client::Fetch(const std::string& model, uint32_t layer,
+                                            uint32_t expert) {
+  grpc::ClientContext context;
+  Prepare(&context);
+  v1::FetchExpertRequest request;
+  request.set_model(model);
+  request.set_layer(layer);
+  request.set_expert(expert);
+  auto reader = stub_->FetchExpert(&context, request);
+  FetchedExpert out;
+  v1::ExpertChunk chunk;
+  bool first = true;
+  while (reader->Read(&chunk)) {
+    if (chunk.offset() != out.bytes.size()) {
+      return absl::DataLossError(absl::StrFormat("chunk at offset %d, expected %d",
+                                                 chunk.offset(), out.bytes.size()));
+    }
+    out.bytes += chunk.data();
+    if (first) {
+      out.header = std::move(chunk);
+      out.header.clear_data();
+      first = false;
+    }
+  }
+  if (absl::Status s = FromGrpc(reader->Finish()); !s.ok()) return s;
+  if (out.bytes.size() != out.header.total_bytes()) {
+    return absl::DataLossError(absl::StrFormat("received %d of %d bytes", out.bytes.size(),
+                                               out.header.total_bytes()));
+  }
+  uint64_t offset = 0;
+  std::vector<std::pair<std::string, uint64_t>> digests;
+  for (const v1::TensorHeader& t : out.header.tensors()) {
+    if (offset + t.size_bytes() > out.bytes.size()) {
+      return absl::DataLossError(absl::StrFormat("tensor '%s' runs past the data", t.name()));
+    }
+    const uint64_t sum =
+        Xxh3({reinterpret_cast<const uint8_t*>(out.bytes.data()) + offset, t.size_bytes()});
+    if (sum != t.xxh3()) {
+      return absl::DataLossError(
+          absl::StrFormat("tensor '%s' arrived with a different checksum", t.name()));
+    }
+    digests.emplace_back(t.name(), sum);
+    offset += t.size_bytes();
+  }
+  if (ExpertChecksum(digests) != out.header.expert_xxh3()) {
+    return absl::DataLossError("the expert's checksum does not match its tensors");
+  }
+  return out;
+}
+
+}  // namespace moe_router

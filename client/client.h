@@ -1,0 +1,62 @@
+#ifndef MOE_ROUTER_CLIENT_CLIENT_H_
+#define MOE_ROUTER_CLIENT_CLIENT_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "moe_router/v1/moe_router.grpc.pb.h"
+
+namespace moe_router {
+
+/// A fetched expert: its description (the first chunk's header fields) and
+/// its bytes, checked against the checksums the server sent.
+struct FetchedExpert {
+  v1::ExpertChunk header;  // tensors, precision, sizes, checksums (no data)
+  std::string bytes;
+};
+
+/// Typed calls to a moe-routerd. Errors come back as absl::Status with the
+/// server's code and message. Thread-safe (one channel, shared).
+///
+///   auto client = Client::Connect("localhost:50051");
+///   auto routed = (*client)->Route("mixtral-8x7b", 0, logits);
+class Client {
+ public:
+  static absl::StatusOr<std::unique_ptr<Client>> Connect(const std::string& target);
+  /// Deadline of every call (default 10 s).
+  void set_timeout(absl::Duration timeout) { timeout_ = timeout; }
+
+  absl::StatusOr<v1::RouteTokensResponse> Route(const std::string& model, uint32_t layer,
+                                                absl::Span<const float> logits);
+  absl::StatusOr<v1::PrefetchResponse> Prefetch(const std::string& model, uint32_t layer,
+                                                absl::Span<const uint32_t> experts,
+                                                uint32_t budget);
+  absl::StatusOr<v1::ModelInfo> Register(const v1::ModelSpec& spec);
+  absl::Status Unregister(const std::string& model);
+  absl::StatusOr<std::vector<v1::ModelInfo>> ListModels();
+  absl::StatusOr<v1::ModelStats> Stats(const std::string& model);
+  /// Streams an expert and verifies every tensor's and the expert's XXH3;
+  /// a mismatch is DATA_LOSS naming the tensor.
+  absl::StatusOr<FetchedExpert> Fetch(const std::string& model, uint32_t layer, uint32_t expert);
+
+  v1::MoeRouter::Stub& stub() { return *stub_; }
+
+ private:
+  explicit Client(std::shared_ptr<grpc::Channel> channel)
+      : channel_(std::move(channel)), stub_(v1::MoeRouter::NewStub(channel_)) {}
+  void Prepare(grpc::ClientContext* context) const;
+
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::MoeRouter::Stub> stub_;
+  absl::Duration timeout_ = absl::Seconds(10);
+};
+
+}  // namespace moe_router
+
+#endif  // MOE_ROUTER_CLIENT_CLIENT_H_
