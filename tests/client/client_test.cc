@@ -1,8 +1,6 @@
 // The C++ client and the moe-router CLI against a real server on port 0.
 #include "client/client.h"
 
-#include <cstdio>
-
 #include "core/safetensors.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -34,15 +32,10 @@ class ClientTest : public ::testing::Test {
     client_ = *Client::Connect(address_);
   }
 
-  // Runs the CLI; returns stdout and stderr, and the exit code.
+  // Runs the CLI; its output (stdout and stderr) and exit code.
   std::pair<std::string, int> Cli(const std::string& args) {
-    const std::string command = std::string(MOE_ROUTER_CLI_PATH) + " " + args + " 2>&1";
-    FILE* p = popen(command.c_str(), "r");
-    std::string out;
-    char buf[1024];
-    while (fgets(buf, sizeof buf, p) != nullptr) out += buf;
-    const int status = pclose(p);
-    return {out, WEXITSTATUS(status)};
+    const testing::CommandResult r = testing::RunCommand(std::string(MOE_ROUTER_CLI_PATH) + " " + args);
+    return {r.output, r.exit_code};
   }
 
   std::unique_ptr<RouterServer> server_;

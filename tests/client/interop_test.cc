@@ -1,7 +1,5 @@
 // A Python client (Debian's python3-grpcio, stubs from grpc_python_plugin)
 // gets the same routing as the C++ client from the same server.
-#include <cstdio>
-
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "client/client.h"
@@ -40,15 +38,10 @@ TEST(InteropTest, PythonClientRoutesLikeTheCppClient) {
                                      address, " tiny 0");
   // %.9g round-trips a float exactly, so both clients send the same bits.
   for (float x : logits) absl::StrAppend(&command, absl::StrFormat(" %.9g", x));
-  command += " 2>&1";
-  FILE* p = popen(command.c_str(), "r");
-  ASSERT_NE(p, nullptr);
-  std::string out;
-  char buf[4096];
-  while (fgets(buf, sizeof buf, p) != nullptr) out += buf;
-  ASSERT_EQ(pclose(p), 0) << out;
-  const nlohmann::json py = nlohmann::json::parse(out, nullptr, false);
-  ASSERT_FALSE(py.is_discarded()) << out;
+  const testing::CommandResult python = testing::RunCommand(command);
+  ASSERT_EQ(python.exit_code, 0) << python.output;
+  const nlohmann::json py = nlohmann::json::parse(python.output, nullptr, false);
+  ASSERT_FALSE(py.is_discarded()) << python.output;
   ASSERT_EQ(py["experts"].size(), static_cast<size_t>(cpp->experts_size()));
   for (int i = 0; i < cpp->experts_size(); ++i) {
     EXPECT_EQ(py["experts"][i].get<uint32_t>(), cpp->experts(i));

@@ -74,6 +74,15 @@ class ServerTest : public ::testing::Test {
     return stub_->RegisterModel(&ctx, request, info);
   }
 
+  v1::ModelStats Stats(const std::string& model) {
+    grpc::ClientContext ctx;
+    v1::GetModelStatsRequest request;
+    request.set_model(model);
+    v1::ModelStats stats;
+    EXPECT_TRUE(stub_->GetModelStats(&ctx, request, &stats).ok());
+    return stats;
+  }
+
   grpc::Status Route(const std::string& model, uint32_t layer, const std::vector<float>& logits,
                      v1::RouteTokensResponse* response) {
     grpc::ClientContext ctx;
@@ -111,11 +120,7 @@ TEST_F(ServerTest, RegistersRoutesAndReportsStats) {
   EXPECT_THAT(routed.resident(), ::testing::ElementsAre(false, false, false, false));
   EXPECT_EQ(routed.urgent_page_ins_size(), 4);
 
-  grpc::ClientContext ctx;
-  v1::GetModelStatsRequest stats_request;
-  stats_request.set_model("tiny");
-  v1::ModelStats stats;
-  ASSERT_TRUE(stub_->GetModelStats(&ctx, stats_request, &stats).ok());
+  const v1::ModelStats stats = Stats("tiny");
   EXPECT_EQ(stats.routed_tokens(), 2u);
   ASSERT_EQ(stats.layers_size(), 4);
   EXPECT_EQ(stats.layers(1).misses(), 4u);
@@ -159,12 +164,7 @@ TEST_F(ServerTest, ErrorsAreClearStatuses) {
   bad.clear_store();
   EXPECT_THAT(Register(bad, &info).error_message(), HasSubstr("model.store"));
   // Nothing was routed by the failed calls, and nothing registered.
-  grpc::ClientContext ctx;
-  v1::GetModelStatsRequest stats_request;
-  stats_request.set_model("tiny");
-  v1::ModelStats stats;
-  ASSERT_TRUE(stub_->GetModelStats(&ctx, stats_request, &stats).ok());
-  EXPECT_EQ(stats.routed_tokens(), 0u);
+  EXPECT_EQ(Stats("tiny").routed_tokens(), 0u);
   grpc::ClientContext list_ctx;
   v1::ListModelsResponse list;
   ASSERT_TRUE(stub_->ListModels(&list_ctx, v1::ListModelsRequest(), &list).ok());
@@ -276,12 +276,7 @@ TEST_F(ServerTest, FetchExpertStreamsVerifiedBytesFromSafetensors) {
   EXPECT_THAT(bad.status.error_message(), HasSubstr("experts.3.w2.weight"));
   EXPECT_EQ(Fetch(*stub_, "st", 0, 9).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_EQ(Fetch(*stub_, "nope", 0, 0).status.error_code(), grpc::StatusCode::NOT_FOUND);
-  grpc::ClientContext ctx;
-  v1::GetModelStatsRequest stats_request;
-  stats_request.set_model("st");
-  v1::ModelStats stats;
-  ASSERT_TRUE(stub_->GetModelStats(&ctx, stats_request, &stats).ok());
-  EXPECT_EQ(stats.checksum_failures(), 1u);
+  EXPECT_EQ(Stats("st").checksum_failures(), 1u);
 }
 
 TEST_F(ServerTest, MetricsScrapePassesPromtoolAndCounts) {
@@ -307,13 +302,9 @@ TEST_F(ServerTest, MetricsScrapePassesPromtoolAndCounts) {
   // Debian's promtool must accept the exposition.
   testing::TempDir dir;
   ASSERT_TRUE(WriteFileAtomically(dir.File("metrics.txt"), body).ok());
-  const std::string command = "promtool check metrics < " + dir.File("metrics.txt") + " 2>&1";
-  FILE* p = popen(command.c_str(), "r");
-  ASSERT_NE(p, nullptr);
-  std::string out;
-  char buf[512];
-  while (fgets(buf, sizeof buf, p) != nullptr) out += buf;
-  EXPECT_EQ(pclose(p), 0) << out;
+  const testing::CommandResult promtool =
+      testing::RunCommand("promtool check metrics < " + dir.File("metrics.txt"));
+  EXPECT_EQ(promtool.exit_code, 0) << promtool.output;
 }
 
 TEST_F(ServerTest, PrefetchAndUnregister) {

@@ -1,6 +1,7 @@
 #include "tests/testing/test_util.h"
 
 #include <fcntl.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -60,6 +61,17 @@ void CorruptByte(const std::string& path, uint64_t offset) {
   b ^= 0xff;
   ASSERT_EQ(pwrite(fd, &b, 1, static_cast<off_t>(offset)), 1);
   close(fd);
+}
+
+CommandResult RunCommand(const std::string& command) {
+  CommandResult result;
+  FILE* p = popen((command + " 2>&1").c_str(), "r");
+  if (p == nullptr) return result;
+  char buf[4096];
+  while (fgets(buf, sizeof buf, p) != nullptr) result.output += buf;
+  const int status = pclose(p);
+  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return result;
 }
 
 std::string SharedTracePath() {

@@ -40,6 +40,13 @@ void CorruptByte(const std::string& path, uint64_t offset);
 /// (../shared/traces/mixtral-8x7b-gsm8k.jsonl), or "" when it is absent.
 std::string SharedTracePath();
 
+/// What a shell command printed (stdout and stderr) and its exit code.
+struct CommandResult {
+  std::string output;
+  int exit_code = -1;
+};
+CommandResult RunCommand(const std::string& command);
+
 /// Row-major random logits, tokens x experts.
 std::vector<float> RandomLogits(uint32_t tokens, uint32_t experts, uint64_t seed,
                                 float scale = 2.0f);
