@@ -13,6 +13,9 @@
 #include "server/server.h"
 
 ABSL_FLAG(std::string, listen, "0.0.0.0:50051", "address the gRPC service listens on");
+ABSL_FLAG(std::string, health_listen, "0.0.0.0:50052",
+          "address of a port serving only grpc.health.v1 (empty: none)");
+ABSL_FLAG(uint32_t, paging_threads, 2, "paging worker threads per model");
 ABSL_FLAG(std::string, metrics_listen, "0.0.0.0:9464",
           "address of the Prometheus /metrics endpoint (empty: none)");
 ABSL_FLAG(std::string, config, "",
@@ -57,6 +60,8 @@ int main(int argc, char** argv) {
   options.limits.max_tokens_per_request = absl::GetFlag(FLAGS_max_tokens_per_request);
   options.state_dir = absl::GetFlag(FLAGS_state_dir);
   options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  options.health_listen = absl::GetFlag(FLAGS_health_listen);
+  options.paging_threads = absl::GetFlag(FLAGS_paging_threads);
   auto server = moe_router::RouterServer::Start(options);
   if (!server.ok()) return Fatal(std::string(server.status().message()));
   for (const auto& spec : config.models()) {

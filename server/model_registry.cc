@@ -25,6 +25,7 @@ absl::StatusOr<bool> ModelRegistry::Register(const v1::ModelSpec& spec) {
   // Build outside the lock: opening a safetensors store reads files.
   auto config = ConfigFromSpec(spec);
   if (!config.ok()) return config.status();
+  config->paging.threads = paging_threads_;
   auto store = StoreFromSpec(spec);
   if (!store.ok()) return store.status();
   auto engine = ModelEngine::Create(*config, *std::move(store));

@@ -35,7 +35,8 @@ class ModelRegistry {
   /// learned state (`<dir>/<model>.state.json`) if one is there, and
   /// SaveStates() writes them. A torn or corrupt state file is logged to
   /// stderr and ignored.
-  explicit ModelRegistry(std::string state_dir = "") : state_dir_(std::move(state_dir)) {}
+  explicit ModelRegistry(std::string state_dir = "", uint32_t paging_threads = 2)
+      : state_dir_(std::move(state_dir)), paging_threads_(paging_threads) {}
   /// Writes every model's learned state atomically; returns the first error.
   absl::Status SaveStates() const;
 
@@ -55,6 +56,7 @@ class ModelRegistry {
   std::string StatePath(const std::string& model) const;
 
   const std::string state_dir_;
+  const uint32_t paging_threads_;
   std::unique_ptr<std::atomic<uint64_t>[]> unknown_route_requests_ =
       std::make_unique<std::atomic<uint64_t>[]>(kNumStatusCodes);
   mutable absl::Mutex mu_;

@@ -22,22 +22,37 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const ServerOp
   if (server->server_ == nullptr || server->port_ == 0) {
     return absl::UnavailableError(absl::StrFormat("cannot listen on %s", options.listen));
   }
+  if (!options.health_listen.empty()) {
+    // Only the built-in health service: nothing else is registered on it.
+    grpc::ServerBuilder health_builder;
+    health_builder.AddListeningPort(options.health_listen, grpc::InsecureServerCredentials(),
+                                    &server->health_port_);
+    server->health_server_ = health_builder.BuildAndStart();
+    if (server->health_server_ == nullptr || server->health_port_ == 0) {
+      return absl::UnavailableError(
+          absl::StrFormat("cannot serve health on %s", options.health_listen));
+    }
+  }
   if (!options.metrics_listen.empty()) {
     auto metrics = MetricsExporter::Start(options.metrics_listen, &server->registry_);
     if (!metrics.ok()) return metrics.status();
     server->metrics_ = *std::move(metrics);
   }
-  grpc::HealthCheckServiceInterface* health = server->server_->GetHealthCheckService();
-  for (const char* name : {"", "liveness", "readiness", "moe_router.v1.MoeRouter"}) {
-    health->SetServingStatus(name, true);
+  for (grpc::Server* s : {server->server_.get(), server->health_server_.get()}) {
+    if (s == nullptr) continue;
+    for (const char* name : {"", "liveness", "readiness", "moe_router.v1.MoeRouter"}) {
+      s->GetHealthCheckService()->SetServingStatus(name, true);
+    }
   }
   return server;
 }
 
 void RouterServer::SetReady(bool ready) {
-  grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
-  for (const char* name : {"", "readiness", "moe_router.v1.MoeRouter"}) {
-    health->SetServingStatus(name, ready);
+  for (grpc::Server* s : {server_.get(), health_server_.get()}) {
+    if (s == nullptr) continue;
+    for (const char* name : {"", "readiness", "moe_router.v1.MoeRouter"}) {
+      s->GetHealthCheckService()->SetServingStatus(name, ready);
+    }
   }
 }
 
@@ -48,6 +63,10 @@ void RouterServer::Shutdown(absl::Time deadline) {
   stopped_ = true;
   server_->Shutdown(absl::ToChronoTime(deadline));
   server_->Wait();
+  if (health_server_ != nullptr) {
+    health_server_->Shutdown(absl::ToChronoTime(absl::Now()));
+    health_server_->Wait();
+  }
   if (absl::Status s = registry_.SaveStates(); !s.ok()) {
     std::fprintf(stderr, "moe-router: saving learned state failed: %s\n",
                  std::string(s.message()).c_str());

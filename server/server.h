@@ -23,6 +23,11 @@ struct ServerOptions {
   std::string state_dir;
   /// Prometheus /metrics (host:port, port 0 picks one; "" serves none).
   std::string metrics_listen;
+  /// The health service alone on its own port too, so probes do not share
+  /// the data path's port ("" for none).
+  std::string health_listen;
+  /// Paging worker threads per model.
+  uint32_t paging_threads = 2;
 };
 
 /// A running moe-router gRPC server with its models, health service
@@ -37,6 +42,8 @@ class RouterServer {
   ~RouterServer();
 
   int port() const { return port_; }
+  /// The health-only port, or 0 when not serving one.
+  int health_port() const { return health_port_; }
   /// The /metrics port, or 0 when not serving metrics.
   int metrics_port() const { return metrics_ != nullptr ? metrics_->port() : 0; }
   ModelRegistry& registry() { return registry_; }
@@ -49,11 +56,14 @@ class RouterServer {
 
  private:
   explicit RouterServer(const ServerOptions& options)
-      : registry_(options.state_dir), service_(&registry_, options.limits) {}
+      : registry_(options.state_dir, options.paging_threads),
+        service_(&registry_, options.limits) {}
 
   ModelRegistry registry_;
   MoeRouterService service_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<grpc::Server> health_server_;
+  int health_port_ = 0;
   std::unique_ptr<MetricsExporter> metrics_;
   int port_ = 0;
   bool stopped_ = false;

@@ -52,6 +52,7 @@ Daemon StartDaemon(const std::vector<std::string>& args) {
 TEST(DaemonTest, ServesTheDefaultAndDrainsOnSigterm) {
   testing::TempDir dir;
   Daemon d = StartDaemon({"--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0",
+                          "--health_listen=127.0.0.1:0",
                           "--state_dir=" + dir.path(),
                           "--drain_timeout=5s"});
   ASSERT_GT(d.port, 0);
@@ -89,6 +90,7 @@ TEST(DaemonTest, BadConfigIsFatalWithTheReason) {
     dup2(fds[1], STDERR_FILENO);
     const std::string config = "--config=" + dir.File("c.json");
     execl(MOE_ROUTERD_PATH, MOE_ROUTERD_PATH, "--listen=127.0.0.1:0", "--metrics_listen=",
+          "--health_listen=",
           config.c_str(), nullptr);
     _exit(127);
   }

@@ -58,6 +58,7 @@ class ServerTest : public ::testing::Test {
     ServerOptions options;
     options.listen = "127.0.0.1:0";
     options.metrics_listen = "127.0.0.1:0";
+    options.health_listen = "127.0.0.1:0";
     options.limits.max_tokens_per_request = 100;
     auto server = RouterServer::Start(options);
     ASSERT_TRUE(server.ok()) << server.status();
@@ -334,22 +335,34 @@ TEST_F(ServerTest, PrefetchAndUnregister) {
             grpc::StatusCode::NOT_FOUND);
 }
 
-TEST_F(ServerTest, HealthAnswersForEveryNameAndFollowsReadiness) {
-  auto health = grpc::health::v1::Health::NewStub(channel_);
-  const auto check = [&](const std::string& service) {
-    grpc::ClientContext ctx;
-    grpc::health::v1::HealthCheckRequest request;
-    request.set_service(service);
-    grpc::health::v1::HealthCheckResponse response;
-    EXPECT_TRUE(health->Check(&ctx, request, &response).ok()) << service;
-    return response.status();
-  };
-  for (const char* name : {"", "liveness", "readiness", "moe_router.v1.MoeRouter"}) {
-    EXPECT_EQ(check(name), grpc::health::v1::HealthCheckResponse::SERVING) << name;
+TEST_F(ServerTest, HealthAnswersForEveryNameOnBothPortsAndFollowsReadiness) {
+  ASSERT_GT(server_->health_port(), 0);
+  auto health_only = grpc::CreateChannel("127.0.0.1:" + std::to_string(server_->health_port()),
+                                         grpc::InsecureChannelCredentials());
+  for (const auto& channel : {channel_, health_only}) {
+    auto health = grpc::health::v1::Health::NewStub(channel);
+    const auto check = [&](const std::string& service) {
+      grpc::ClientContext ctx;
+      grpc::health::v1::HealthCheckRequest request;
+      request.set_service(service);
+      grpc::health::v1::HealthCheckResponse response;
+      EXPECT_TRUE(health->Check(&ctx, request, &response).ok()) << service;
+      return response.status();
+    };
+    server_->SetReady(true);
+    for (const char* name : {"", "liveness", "readiness", "moe_router.v1.MoeRouter"}) {
+      EXPECT_EQ(check(name), grpc::health::v1::HealthCheckResponse::SERVING) << name;
+    }
+    server_->SetReady(false);
+    EXPECT_EQ(check("readiness"), grpc::health::v1::HealthCheckResponse::NOT_SERVING);
+    EXPECT_EQ(check("liveness"), grpc::health::v1::HealthCheckResponse::SERVING);
   }
-  server_->SetReady(false);
-  EXPECT_EQ(check("readiness"), grpc::health::v1::HealthCheckResponse::NOT_SERVING);
-  EXPECT_EQ(check("liveness"), grpc::health::v1::HealthCheckResponse::SERVING);
+  // The health port serves nothing else.
+  auto stub = v1::MoeRouter::NewStub(health_only);
+  grpc::ClientContext ctx;
+  v1::ListModelsResponse list;
+  EXPECT_EQ(stub->ListModels(&ctx, v1::ListModelsRequest(), &list).error_code(),
+            grpc::StatusCode::UNIMPLEMENTED);
 }
 
 TEST(ServerStateTest, LearnedStateSurvivesARestartAndCorruptionIsIgnored) {
