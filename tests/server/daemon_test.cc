@@ -12,6 +12,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
 #include "moe_router/v1/moe_router.grpc.pb.h"
 #include "core/file_io.h"
 #include "tests/testing/test_util.h"
@@ -67,6 +68,22 @@ TEST(DaemonTest, ServesTheDefaultAndDrainsOnSigterm) {
   v1::RouteTokensResponse response;
   ASSERT_TRUE(stub->RouteTokens(&ctx, request, &response).ok());
   EXPECT_EQ(response.experts_size(), 8);
+
+  // Reflection lists the service, so grpcurl-style tools need no proto.
+  auto reflection = grpc::reflection::v1alpha::ServerReflection::NewStub(grpc::CreateChannel(
+      "127.0.0.1:" + std::to_string(d.port), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext reflection_ctx;
+  auto stream = reflection->ServerReflectionInfo(&reflection_ctx);
+  grpc::reflection::v1alpha::ServerReflectionRequest list;
+  list.set_list_services("");
+  ASSERT_TRUE(stream->Write(list));
+  stream->WritesDone();
+  grpc::reflection::v1alpha::ServerReflectionResponse listed;
+  ASSERT_TRUE(stream->Read(&listed));
+  std::vector<std::string> services;
+  for (const auto& s : listed.list_services_response().service()) services.push_back(s.name());
+  EXPECT_THAT(services, ::testing::IsSupersetOf({"moe_router.v1.MoeRouter", "grpc.health.v1.Health"}));
+  EXPECT_TRUE(stream->Finish().ok());
 
   ASSERT_EQ(kill(d.pid, SIGTERM), 0);
   int status = 0;
