@@ -32,7 +32,7 @@ PinnedExpert& PinnedExpert::operator=(PinnedExpert&& other) noexcept {
 PinnedExpert::~PinnedExpert() { Release(); }
 
 void PinnedExpert::Release() {
-  if (cache_ != nullptr && data_ != nullptr) cache_->Release(data_->key);
+  if (cache_ != nullptr && data_ != nullptr) cache_->Unpin(data_->key);
   cache_ = nullptr;
   data_.reset();
 }

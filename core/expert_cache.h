@@ -163,8 +163,6 @@ class ExpertCache {
   bool TryEvictLocked(size_t index, std::vector<std::shared_ptr<const ExpertData>>* released)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void NotePeakLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void Release(ExpertKey key) { Unpin(key); }
-  friend class PinnedExpert;
 
   const CacheConfig config_;
   const size_t slots_;
