@@ -3,6 +3,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "core/checksum.h"
+#include "core/file_io.h"
 
 namespace moe_router {
 namespace {
@@ -12,11 +13,39 @@ absl::Status FromGrpc(const grpc::Status& s) {
   return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
 }
 
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> CredentialsFor(const ClientTls& tls) {
+  if (tls.ca.empty() && tls.cert.empty() && tls.key.empty()) {
+    if (!tls.server_name.empty()) {
+      return absl::InvalidArgumentError("a TLS server name needs a CA (--tls_ca)");
+    }
+    return grpc::InsecureChannelCredentials();
+  }
+  if (tls.cert.empty() != tls.key.empty()) {
+    return absl::InvalidArgumentError("a client certificate needs both --tls_cert and --tls_key");
+  }
+  grpc::SslCredentialsOptions options;
+  // An empty CA means the system's roots (a server with a public certificate).
+  for (auto [path, pem] : {std::pair{&tls.ca, &options.pem_root_certs},
+                           std::pair{&tls.cert, &options.pem_cert_chain},
+                           std::pair{&tls.key, &options.pem_private_key}}) {
+    if (path->empty()) continue;
+    auto text = ReadFile(*path);
+    if (!text.ok()) return text.status();
+    *pem = *std::move(text);
+  }
+  return grpc::SslCredentials(options);
+}
+
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& target) {
+absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& target,
+                                                        const ClientTls& tls) {
   if (target.empty()) return absl::InvalidArgumentError("server address must not be empty");
-  auto channel = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
+  auto credentials = CredentialsFor(tls);
+  if (!credentials.ok()) return credentials.status();
+  grpc::ChannelArguments arguments;
+  if (!tls.server_name.empty()) arguments.SetSslTargetNameOverride(tls.server_name);
+  auto channel = grpc::CreateCustomChannel(target, *credentials, arguments);
   if (channel == nullptr) {
     return absl::UnavailableError(absl::StrFormat("cannot create a channel to %s", target));
   }

@@ -21,6 +21,17 @@ struct FetchedExpert {
   std::string bytes;
 };
 
+/// How a client secures its channel. All empty: plaintext. ca: TLS, trusting
+/// the server certificates ca signed. cert and key: the client certificate
+/// for mutual TLS. server_name overrides the name checked against the
+/// server's certificate (when dialling an address it was not issued for).
+struct ClientTls {
+  std::string ca{};
+  std::string cert{};
+  std::string key{};
+  std::string server_name{};
+};
+
 /// Typed calls to a moe-routerd. Errors come back as absl::Status with the
 /// server's code and message. Thread-safe (one channel, shared).
 ///
@@ -28,7 +39,10 @@ struct FetchedExpert {
 ///   auto routed = (*client)->Route("mixtral-8x7b", 0, logits);
 class Client {
  public:
-  static absl::StatusOr<std::unique_ptr<Client>> Connect(const std::string& target);
+  /// Reading a TLS file that is missing is an error naming it; the
+  /// connection itself is made lazily, on the first call.
+  static absl::StatusOr<std::unique_ptr<Client>> Connect(const std::string& target,
+                                                         const ClientTls& tls = {});
   /// Deadline of every call (default 10 s).
   void set_timeout(absl::Duration timeout) { timeout_ = timeout; }
 

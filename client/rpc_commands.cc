@@ -10,25 +10,21 @@
 #include "client/client.h"
 #include "client/command_line.h"
 #include "client/commands.h"
+#include "client/server_connection.h"
 #include "core/file_io.h"
 #include "core/safetensors.h"
 
 namespace moe_router {
 namespace {
 
-const FlagSpec kServerFlag = {"server", true, false, "moe-routerd address (default localhost:50051)"};
-
-absl::StatusOr<std::unique_ptr<Client>> ConnectFrom(const CommandLine& cl) {
-  return Client::Connect(cl.Value("server", "localhost:50051"));
-}
 
 }  // namespace
 
 int ModelsCommand(const std::vector<std::string>& args) {
-  const std::vector<FlagSpec> flags = {kServerFlag};
+  const std::vector<FlagSpec> flags = WithServerFlags({});
   auto cl = CommandLine::Parse(args, flags);
   if (!cl.ok() || !cl->positional().empty()) return CommandUsage("models", "[--server ADDR]", cl.status(), flags);
-  auto client = ConnectFrom(*cl);
+  auto client = ConnectToServer(*cl);
   auto models = client.ok() ? (*client)->ListModels() : client.status();
   if (!models.ok()) return CommandError("models", models.status());
   std::printf("%-20s %7s %8s %6s %14s %-12s %s\n", "model", "layers", "experts", "top_k",
@@ -44,7 +40,7 @@ int ModelsCommand(const std::vector<std::string>& args) {
 }
 
 int RegisterCommand(const std::vector<std::string>& args) {
-  const std::vector<FlagSpec> flags = {kServerFlag};
+  const std::vector<FlagSpec> flags = WithServerFlags({});
   auto cl = CommandLine::Parse(args, flags);
   if (!cl.ok() || cl->positional().size() != 1) {
     return CommandUsage("register", "FILE.json [--server ADDR]", cl.status(), flags);
@@ -61,7 +57,7 @@ int RegisterCommand(const std::vector<std::string>& args) {
                                           "%s: %s", cl->positional()[0], parsed.ToString())));
     }
   }
-  auto client = ConnectFrom(*cl);
+  auto client = ConnectToServer(*cl);
   if (!client.ok()) return CommandError("register", client.status());
   for (const v1::ModelSpec& spec : config.models()) {
     auto info = (*client)->Register(spec);
@@ -73,14 +69,13 @@ int RegisterCommand(const std::vector<std::string>& args) {
 }
 
 int RouteCommand(const std::vector<std::string>& args) {
-  const std::vector<FlagSpec> flags = {
-      kServerFlag,
+  const std::vector<FlagSpec> flags = WithServerFlags({
       {"model", true, false, "model name (default mixtral-8x7b)"},
       {"layer", true, false, "layer (default 0)"},
       {"logits", true, false, "file of tokens x experts numbers (whitespace or commas)"},
       {"tokens", true, false, "route this many tokens of random logits instead (default 4)"},
       {"seed", true, false, "seed of the random logits (default 1)"},
-  };
+  });
   auto cl = CommandLine::Parse(args, flags);
   if (!cl.ok() || !cl->positional().empty()) return CommandUsage("route", "[flags]", cl.status(), flags);
   auto layer = cl->Count("layer", 0);
@@ -89,7 +84,7 @@ int RouteCommand(const std::vector<std::string>& args) {
   for (const absl::Status& s : {layer.status(), tokens.status(), seed.status()}) {
     if (!s.ok()) return CommandUsage("route", "[flags]", s, flags);
   }
-  auto client = ConnectFrom(*cl);
+  auto client = ConnectToServer(*cl);
   if (!client.ok()) return CommandError("route", client.status());
   const std::string model = cl->Value("model", "mixtral-8x7b");
   std::vector<float> logits;
@@ -140,10 +135,11 @@ int RouteCommand(const std::vector<std::string>& args) {
 }
 
 int StatsCommand(const std::vector<std::string>& args) {
-  const std::vector<FlagSpec> flags = {kServerFlag, {"model", true, false, "model (default mixtral-8x7b)"}};
+  const std::vector<FlagSpec> flags =
+      WithServerFlags({{"model", true, false, "model (default mixtral-8x7b)"}});
   auto cl = CommandLine::Parse(args, flags);
   if (!cl.ok() || !cl->positional().empty()) return CommandUsage("stats", "[flags]", cl.status(), flags);
-  auto client = ConnectFrom(*cl);
+  auto client = ConnectToServer(*cl);
   auto stats = client.ok() ? (*client)->Stats(cl->Value("model", "mixtral-8x7b")) : client.status();
   if (!stats.ok()) return CommandError("stats", stats.status());
   const v1::ModelStats& s = *stats;
@@ -176,13 +172,12 @@ int StatsCommand(const std::vector<std::string>& args) {
 }
 
 int FetchCommand(const std::vector<std::string>& args) {
-  const std::vector<FlagSpec> flags = {
-      kServerFlag,
+  const std::vector<FlagSpec> flags = WithServerFlags({
       {"model", true, false, "model (default mixtral-8x7b)"},
       {"layer", true, false, "layer"},
       {"expert", true, false, "expert"},
       {"out", true, false, "safetensors file to write the expert's tensors to"},
-  };
+  });
   auto cl = CommandLine::Parse(args, flags);
   if (!cl.ok() || !cl->Has("out") || !cl->Has("layer") || !cl->Has("expert")) {
     return CommandUsage("fetch", "--layer L --expert E --out FILE [flags]", cl.status(), flags);
@@ -192,7 +187,7 @@ int FetchCommand(const std::vector<std::string>& args) {
   if (!layer.ok() || !expert.ok()) {
     return CommandUsage("fetch", "--layer L --expert E --out FILE", !layer.ok() ? layer.status() : expert.status(), flags);
   }
-  auto client = ConnectFrom(*cl);
+  auto client = ConnectToServer(*cl);
   auto fetched = client.ok() ? (*client)->Fetch(cl->Value("model", "mixtral-8x7b"),
                                                 static_cast<uint32_t>(*layer),
                                                 static_cast<uint32_t>(*expert))

@@ -9,6 +9,7 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   prometheus-cpp-dev prometheus
   python3-grpcio python3-protobuf
+  openssl  # test certificates for the TLS tests
 )
 missing=()
 for p in "${packages[@]}"; do

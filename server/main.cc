@@ -23,6 +23,10 @@ ABSL_FLAG(std::string, config, "",
           "(mixtral-8x7b on a synthetic store) is served");
 ABSL_FLAG(std::string, state_dir, "",
           "directory where learned affinity and co-activation survive restarts");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain of the data port (enables TLS)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA bundle; clients must present a certificate it signed (mutual TLS)");
 ABSL_FLAG(uint32_t, max_tokens_per_request, 65536, "tokens in one RouteTokens request");
 ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(10),
           "how long in-flight calls may finish after SIGTERM/SIGINT");
@@ -62,6 +66,9 @@ int main(int argc, char** argv) {
   options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   options.health_listen = absl::GetFlag(FLAGS_health_listen);
   options.paging_threads = absl::GetFlag(FLAGS_paging_threads);
+  options.tls = {.cert = absl::GetFlag(FLAGS_tls_cert),
+                 .key = absl::GetFlag(FLAGS_tls_key),
+                 .client_ca = absl::GetFlag(FLAGS_tls_client_ca)};
   auto server = moe_router::RouterServer::Start(options);
   if (!server.ok()) return Fatal(std::string(server.status().message()));
   for (const auto& spec : config.models()) {
@@ -71,7 +78,10 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "moe-routerd: serving model %s\n", spec.name().c_str());
   }
   std::fprintf(stderr, "moe-routerd: metrics on port %d\n", (*server)->metrics_port());
-  std::fprintf(stderr, "moe-routerd: listening on port %d\n", (*server)->port());
+  const char* security = options.tls.client_ca.empty()
+                             ? (options.tls.cert.empty() ? "plaintext" : "TLS")
+                             : "mutual TLS";
+  std::fprintf(stderr, "moe-routerd: listening on port %d (%s)\n", (*server)->port(), security);
 
   int signal_number = 0;
   sigwait(&signals, &signal_number);

@@ -11,12 +11,17 @@
 #include "server/metrics_exporter.h"
 #include "server/model_registry.h"
 #include "server/service.h"
+#include "server/tls.h"
 
 namespace moe_router {
 
 struct ServerOptions {
   /// host:port; port 0 picks a free one (see RouterServer::port()).
   std::string listen = "0.0.0.0:50051";
+  /// TLS or mutual TLS on the data port. The health and metrics ports stay
+  /// plaintext: kubelet gRPC probes and most scrapers speak no TLS, and
+  /// neither port carries model data.
+  TlsFiles tls;
   ServiceLimits limits;
   int max_message_bytes = 64 << 20;
   /// Where learned state is kept across restarts ("" keeps none).

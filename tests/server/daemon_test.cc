@@ -100,27 +100,20 @@ TEST(DaemonTest, BadConfigIsFatalWithTheReason) {
                                   R"({"models":[{"name":"m","numLayers":2,"numExperts":8,)"
                                   R"("topK":9,"budgetBytes":100,"synthetic":{"expertBytes":10}}]})")
                   .ok());
-  int fds[2];
-  ASSERT_EQ(pipe(fds), 0);
-  const pid_t pid = fork();
-  if (pid == 0) {
-    dup2(fds[1], STDERR_FILENO);
-    const std::string config = "--config=" + dir.File("c.json");
-    execl(MOE_ROUTERD_PATH, MOE_ROUTERD_PATH, "--listen=127.0.0.1:0", "--metrics_listen=",
-          "--health_listen=",
-          config.c_str(), nullptr);
-    _exit(127);
-  }
-  close(fds[1]);
-  std::string err;
-  char buf[256];
-  ssize_t n;
-  while ((n = read(fds[0], buf, sizeof buf)) > 0) err.append(buf, n);
-  close(fds[0]);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  EXPECT_EQ(WEXITSTATUS(status), 1);
-  EXPECT_THAT(err, ::testing::HasSubstr("router.top_k (9) must be <= router.num_experts (8)"));
+  const testing::CommandResult r = testing::RunCommand(
+      std::string(MOE_ROUTERD_PATH) + " --listen=127.0.0.1:0 --metrics_listen= --health_listen= " +
+      "--config=" + dir.File("c.json"));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.output, ::testing::HasSubstr("router.top_k (9) must be <= router.num_experts (8)"));
+}
+
+TEST(DaemonTest, UnreadableTlsFilesAreFatalWithTheReason) {
+  testing::TempDir dir;
+  const testing::CommandResult r = testing::RunCommand(
+      std::string(MOE_ROUTERD_PATH) + " --listen=127.0.0.1:0 --metrics_listen= --health_listen= " +
+      "--tls_cert=" + dir.File("absent.pem") + " --tls_key=" + dir.File("absent.key"));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.output, ::testing::HasSubstr("--tls_cert: cannot open " + dir.File("absent.pem")));
 }
 
 }  // namespace

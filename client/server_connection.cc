@@ -1,0 +1,23 @@
+#include "client/server_connection.h"
+
+namespace moe_router {
+
+std::vector<FlagSpec> WithServerFlags(std::vector<FlagSpec> flags) {
+  flags.push_back({"server", true, false, "moe-routerd address (default localhost:50051)"});
+  flags.push_back({"tls_ca", true, false, "PEM CA that signed the server's certificate (TLS)"});
+  flags.push_back({"tls_cert", true, false, "PEM client certificate (mutual TLS)"});
+  flags.push_back({"tls_key", true, false, "PEM key of --tls_cert"});
+  flags.push_back({"tls_server_name", true, false,
+                   "name to check the server's certificate against (default: the host)"});
+  return flags;
+}
+
+absl::StatusOr<std::unique_ptr<Client>> ConnectToServer(const CommandLine& cl) {
+  return Client::Connect(cl.Value("server", "localhost:50051"),
+                         {.ca = cl.Value("tls_ca"),
+                          .cert = cl.Value("tls_cert"),
+                          .key = cl.Value("tls_key"),
+                          .server_name = cl.Value("tls_server_name")});
+}
+
+}  // namespace moe_router

@@ -1,0 +1,22 @@
+#ifndef MOE_ROUTER_CLIENT_SERVER_CONNECTION_H_
+#define MOE_ROUTER_CLIENT_SERVER_CONNECTION_H_
+
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "client/client.h"
+#include "client/command_line.h"
+
+namespace moe_router {
+
+/// The flags of every CLI command that calls a server: --server and the
+/// --tls_* files, appended to a command's own flags.
+std::vector<FlagSpec> WithServerFlags(std::vector<FlagSpec> flags);
+
+/// A client for the server those flags name.
+absl::StatusOr<std::unique_ptr<Client>> ConnectToServer(const CommandLine& cl);
+
+}  // namespace moe_router
+
+#endif  // MOE_ROUTER_CLIENT_SERVER_CONNECTION_H_
