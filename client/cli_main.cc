@@ -27,6 +27,8 @@ const Command kCommands[] = {
     {"register", "register the models of a JSON file (ModelSpec or {\"models\": [...]})",
      moe_router::RegisterCommand},
     {"route", "route logits (from a file, or random) through a server", moe_router::RouteCommand},
+    {"prefetch", "queue expert page-ins: explicit experts, or a budget the server fills",
+     moe_router::PrefetchCommand},
     {"stats", "a model's statistics as a table", moe_router::StatsCommand},
     {"fetch", "fetch an expert into a safetensors file, verifying its checksums",
      moe_router::FetchCommand},

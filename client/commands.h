@@ -16,6 +16,7 @@ int SweepCommand(const std::vector<std::string>& args);
 int ModelsCommand(const std::vector<std::string>& args);
 int RegisterCommand(const std::vector<std::string>& args);
 int RouteCommand(const std::vector<std::string>& args);
+int PrefetchCommand(const std::vector<std::string>& args);
 int StatsCommand(const std::vector<std::string>& args);
 int FetchCommand(const std::vector<std::string>& args);
 

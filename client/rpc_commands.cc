@@ -6,6 +6,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "client/client.h"
 #include "client/command_line.h"
@@ -131,6 +132,48 @@ int RouteCommand(const std::vector<std::string>& args) {
   std::printf("rerouted %u of %u tokens, gate mass retained %.4f; queued %d page-ins, %d prefetches\n",
               routed->changed_tokens(), routed->tokens(), routed->gate_mass_retained(),
               routed->urgent_page_ins_size(), routed->prefetches_size());
+  return 0;
+}
+
+int PrefetchCommand(const std::vector<std::string>& args) {
+  const std::vector<FlagSpec> flags = WithServerFlags({
+      {"model", true, false, "model (default mixtral-8x7b)"},
+      {"layer", true, false, "layer (default 0)"},
+      {"experts", true, false, "comma-separated experts to prefetch"},
+      {"budget", true, false, "without --experts: let the server choose this many (default 4)"},
+  });
+  auto cl = CommandLine::Parse(args, flags);
+  if (!cl.ok() || !cl->positional().empty()) {
+    return CommandUsage("prefetch", "[--experts E,E,... | --budget N] [flags]", cl.status(), flags);
+  }
+  auto layer = cl->Count("layer", 0);
+  auto budget = cl->Count("budget", cl->Has("experts") ? 0 : 4);
+  for (const absl::Status& s : {layer.status(), budget.status()}) {
+    if (!s.ok()) return CommandUsage("prefetch", "[flags]", s, flags);
+  }
+  std::vector<uint32_t> experts;
+  for (absl::string_view part : absl::StrSplit(cl->Value("experts"), ',', absl::SkipEmpty())) {
+    uint32_t e;
+    if (!absl::SimpleAtoi(part, &e)) {
+      return CommandUsage("prefetch", "[flags]",
+                          absl::InvalidArgumentError(absl::StrFormat(
+                              "--experts: '%s' is not an expert number", part)),
+                          flags);
+    }
+    experts.push_back(e);
+  }
+  auto client = ConnectToServer(*cl);
+  auto queued = client.ok() ? (*client)->Prefetch(cl->Value("model", "mixtral-8x7b"),
+                                                  static_cast<uint32_t>(*layer), experts,
+                                                  static_cast<uint32_t>(*budget))
+                            : client.status();
+  if (!queued.ok()) return CommandError("prefetch", queued.status());
+  const auto print = [](const char* what, const auto& ids) {
+    std::printf("%-17s %s\n", what, ids.empty() ? "-" : absl::StrJoin(ids, " ").c_str());
+  };
+  print("queued", queued->queued());
+  print("already resident", queued->already_resident());
+  print("dropped (budget)", queued->dropped());
   return 0;
 }
 

@@ -86,5 +86,18 @@ TEST_F(ClientTest, CliCommands) {
   EXPECT_THAT(bad, HasSubstr("no model named 'ghost'"));
 }
 
+TEST_F(ClientTest, CliPrefetch) {
+  auto [queued, code] = Cli("prefetch --server " + address_ + " --model tiny --layer 1 --experts 6,7");
+  EXPECT_EQ(code, 0) << queued;
+  EXPECT_THAT(queued, HasSubstr("queued            6 7\n"));
+  EXPECT_THAT(queued, HasSubstr("already resident  -\n"));
+  auto [typo, typo_code] = Cli("prefetch --server " + address_ + " --model tiny --experts 1,x");
+  EXPECT_EQ(typo_code, 2);
+  EXPECT_THAT(typo, HasSubstr("'x' is not an expert number"));
+  auto [range, range_code] = Cli("prefetch --server " + address_ + " --model tiny --experts 8");
+  EXPECT_EQ(range_code, 1);
+  EXPECT_THAT(range, HasSubstr("expert 8"));
+}
+
 }  // namespace
 }  // namespace moe_router
