@@ -36,6 +36,15 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> CredentialsFor(const C
   return grpc::SslCredentials(options);
 }
 
+v1::RouteTokensRequest RouteRequest(const std::string& model, uint32_t layer,
+                                    absl::Span<const float> logits) {
+  v1::RouteTokensRequest request;
+  request.set_model(model);
+  request.set_layer(layer);
+  request.mutable_gate_logits()->Add(logits.begin(), logits.end());
+  return request;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& target,
@@ -56,14 +65,37 @@ void Client::Prepare(grpc::ClientContext* context) const {
   context->set_deadline(absl::ToChronoTime(absl::Now() + timeout_));
 }
 
+RouteStream::RouteStream(v1::MoeRouter::Stub& stub) : stream_(stub.RouteStream(&context_)) {}
+
+RouteStream::~RouteStream() {
+  if (!finished_) context_.TryCancel();
+}
+
+absl::StatusOr<v1::RouteTokensResponse> RouteStream::Route(const std::string& model,
+                                                           uint32_t layer,
+                                                           absl::Span<const float> logits) {
+  v1::RouteTokensResponse response;
+  if (finished_ || !stream_->Write(RouteRequest(model, layer, logits)) ||
+      !stream_->Read(&response)) {
+    // The server ended the call: its status says why.
+    absl::Status s = Finish();
+    return s.ok() ? absl::UnavailableError("the route stream was closed") : s;
+  }
+  return response;
+}
+
+absl::Status RouteStream::Finish() {
+  if (finished_) return absl::FailedPreconditionError("the route stream is already finished");
+  finished_ = true;
+  stream_->WritesDone();
+  return FromGrpc(stream_->Finish());
+}
+
 absl::StatusOr<v1::RouteTokensResponse> Client::Route(const std::string& model, uint32_t layer,
                                                       absl::Span<const float> logits) {
   grpc::ClientContext context;
   Prepare(&context);
-  v1::RouteTokensRequest request;
-  request.set_model(model);
-  request.set_layer(layer);
-  request.mutable_gate_logits()->Add(logits.begin(), logits.end());
+  const v1::RouteTokensRequest request = RouteRequest(model, layer, logits);
   v1::RouteTokensResponse response;
   if (absl::Status s = FromGrpc(stub_->RouteTokens(&context, request, &response)); !s.ok()) {
     return s;

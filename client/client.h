@@ -32,6 +32,25 @@ struct ClientTls {
   std::string server_name{};
 };
 
+/// One RouteStream call: each Route writes a request and reads its response,
+/// in order, over one HTTP/2 stream (no per-call setup). Not thread-safe:
+/// one stream per worker thread. Destroying it cancels the call.
+class RouteStream {
+ public:
+  explicit RouteStream(v1::MoeRouter::Stub& stub);
+  ~RouteStream();
+  absl::StatusOr<v1::RouteTokensResponse> Route(const std::string& model, uint32_t layer,
+                                                absl::Span<const float> logits);
+  /// Half-closes and returns the call's final status.
+  absl::Status Finish();
+
+ private:
+  grpc::ClientContext context_;
+  std::unique_ptr<grpc::ClientReaderWriter<v1::RouteTokensRequest, v1::RouteTokensResponse>>
+      stream_;
+  bool finished_ = false;
+};
+
 /// Typed calls to a moe-routerd. Errors come back as absl::Status with the
 /// server's code and message. Thread-safe (one channel, shared).
 ///
@@ -48,6 +67,8 @@ class Client {
 
   absl::StatusOr<v1::RouteTokensResponse> Route(const std::string& model, uint32_t layer,
                                                 absl::Span<const float> logits);
+  /// A stream for routing many batches; it has no deadline.
+  std::unique_ptr<RouteStream> OpenRouteStream() { return std::make_unique<RouteStream>(*stub_); }
   absl::StatusOr<v1::PrefetchResponse> Prefetch(const std::string& model, uint32_t layer,
                                                 absl::Span<const uint32_t> experts,
                                                 uint32_t budget);

@@ -1,11 +1,14 @@
 // moe-router replay TRACE (--per-layer C | --global-slots S | --global-bytes B)
 //   [--policy P]... [--prefetch-budget N] [--json] [routing flags for logits traces]
+// moe-router replay --server ADDR TRACE [--model M] [--stream] [--json]
 #include <cstdio>
 
 #include "absl/strings/str_format.h"
 #include "client/command_line.h"
 #include "client/commands.h"
 #include "client/progress.h"
+#include "client/server_connection.h"
+#include "client/server_replay.h"
 #include "core/eviction_policy.h"
 #include "core/replay.h"
 #include "nlohmann/json.hpp"
@@ -13,7 +16,9 @@
 namespace moe_router {
 namespace {
 
-const std::vector<FlagSpec>& ReplayFlags() {
+// Flags of the local replay; with --server the server's model decides budget,
+// policy and routing, so these are refused there.
+const std::vector<FlagSpec>& LocalReplayFlags() {
   static const std::vector<FlagSpec> flags = {
       {"per-layer", true, false, "C experts cached per layer"},
       {"global-slots", true, false, "S expert slots shared by all layers"},
@@ -26,9 +31,68 @@ const std::vector<FlagSpec>& ReplayFlags() {
       {"protected-top", true, false, "logits traces: experts the bonus may not displace (1)"},
       {"max-rank", true, false, "logits traces: worst original rank that may be chosen (0: top_k+2)"},
       {"min-gate-mass", true, false, "logits traces: reroute a token only if it keeps this much"},
-      {"json", false, false, "print one JSON object instead of a table"},
   };
   return flags;
+}
+
+const std::vector<FlagSpec>& ReplayFlags() {
+  static const std::vector<FlagSpec> flags = [] {
+    std::vector<FlagSpec> all = LocalReplayFlags();
+    all.push_back({"json", false, false, "print one JSON object instead of a table"});
+    all.push_back({"model", true, false, "with --server: the model to drive (default mixtral-8x7b)"});
+    all.push_back({"stream", false, false, "with --server: route over one RouteStream, not unary calls"});
+    return WithServerFlags(all);
+  }();
+  return flags;
+}
+
+// replay --server: drives a running server with the trace.
+int ReplayThroughServerCommand(const CommandLine& cl, const RoutingTrace& trace) {
+  for (const FlagSpec& f : LocalReplayFlags()) {
+    if (cl.Has(f.name)) {
+      return CommandError("replay", absl::InvalidArgumentError(absl::StrFormat(
+                                        "--%s is for local replay; with --server the server's "
+                                        "model sets budget, policy and routing", f.name)), 2);
+    }
+  }
+  auto client = ConnectToServer(cl);
+  if (!client.ok()) return CommandError("replay", client.status());
+  const std::string model = cl.Value("model", "mixtral-8x7b");
+  ProgressBar bar("replay", trace.Steps());
+  auto report = ReplayThroughServer(**client, model, trace, cl.Has("stream"),
+                                    [&](uint64_t done, uint64_t) { bar.Update(done); });
+  bar.Finish();
+  if (!report.ok()) return CommandError("replay", report.status());
+  const ServerReplayReport& r = *report;
+  const char* via = cl.Has("stream") ? "RouteStream" : "RouteTokens";
+  if (cl.Has("json")) {
+    const nlohmann::json out = {{"model", model},
+                                {"via", via},
+                                {"steps", r.steps},
+                                {"accesses", r.accesses},
+                                {"resident", r.resident},
+                                {"hit_rate", r.HitRate()},
+                                {"changed_tokens", r.changed_tokens},
+                                {"gate_mass_mean", r.steps ? r.gate_mass_sum / r.steps : 0},
+                                {"urgent_page_ins", r.urgent_page_ins},
+                                {"prefetches", r.prefetches},
+                                {"seconds", r.seconds}};
+    std::printf("%s\n", out.dump(2).c_str());
+    return 0;
+  }
+  std::printf("%llu steps of %llu tokens through model %s via %s in %.2f s (%.0f steps/s)\n",
+              static_cast<unsigned long long>(r.steps),
+              static_cast<unsigned long long>(trace.Tokens()), model.c_str(), via, r.seconds,
+              r.seconds > 0 ? r.steps / r.seconds : 0);
+  std::printf("hit rate %.3f (%llu of %llu chosen experts resident); rerouted %llu steps, "
+              "gate mass mean %.4f; queued %llu urgent page-ins, %llu prefetches\n",
+              r.HitRate(), static_cast<unsigned long long>(r.resident),
+              static_cast<unsigned long long>(r.accesses),
+              static_cast<unsigned long long>(r.changed_tokens),
+              r.steps ? r.gate_mass_sum / r.steps : 0,
+              static_cast<unsigned long long>(r.urgent_page_ins),
+              static_cast<unsigned long long>(r.prefetches));
+  return 0;
 }
 
 }  // namespace
@@ -131,11 +195,13 @@ int ReplayCommand(const std::vector<std::string>& args) {
   auto cl = CommandLine::Parse(args, ReplayFlags());
   if (!cl.ok() || cl->positional().size() != 1) {
     return CommandUsage("replay",
-                        "TRACE (--per-layer C | --global-slots S | --global-bytes B) [flags]",
+                        "TRACE (--per-layer C | --global-slots S | --global-bytes B) [flags]\n"
+                        "       moe-router replay --server ADDR TRACE [--model M] [--stream]",
                         cl.status(), ReplayFlags());
   }
   auto trace = ReadTrace(cl->positional()[0]);
   if (!trace.ok()) return CommandError("replay", trace.status());
+  if (cl->Has("server")) return ReplayThroughServerCommand(*cl, *trace);
   auto options = ParseReplayOptions(*cl, *trace);
   if (!options.ok()) return CommandError("replay", options.status(), 2);
   ProgressBar bar("replay", 1);

@@ -1,7 +1,9 @@
 // The C++ client and the moe-router CLI against a real server on port 0.
 #include "client/client.h"
 
+#include "core/file_io.h"
 #include "core/safetensors.h"
+#include "nlohmann/json.hpp"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/server.h"
@@ -97,6 +99,50 @@ TEST_F(ClientTest, CliPrefetch) {
   auto [range, range_code] = Cli("prefetch --server " + address_ + " --model tiny --experts 8");
   EXPECT_EQ(range_code, 1);
   EXPECT_THAT(range, HasSubstr("expert 8"));
+}
+
+// replay --server drives the server with a routing trace: one request per
+// (token, layer) step, and the hits it reports are the server's own.
+TEST_F(ClientTest, CliReplayThroughServer) {
+  testing::TempDir dir;
+  std::string jsonl;
+  for (int token = 0; token < 5; ++token) {
+    for (int layer = 0; layer < 2; ++layer) {
+      jsonl += absl::StrFormat(
+          R"({"dataset":"t","problem_id":0,"layer":%d,"experts":[%d,%d],"token_idx":%d})""\n",
+          layer, (token + layer) % 8, 7 - token % 3, token);
+    }
+  }
+  ASSERT_TRUE(WriteFileAtomically(dir.File("t.jsonl"), jsonl).ok());
+  uint64_t resident = 0;
+  for (const char* via : {"", " --stream"}) {
+    auto [out, code] = Cli("replay --server " + address_ + " --model tiny --json " +
+                           dir.File("t.jsonl") + via);
+    ASSERT_EQ(code, 0) << out;
+    const nlohmann::json report = nlohmann::json::parse(out);
+    EXPECT_EQ(report["steps"], 10);
+    EXPECT_EQ(report["accesses"], 20);
+    EXPECT_EQ(report["changed_tokens"], 0);
+    resident += report["resident"].get<uint64_t>();
+  }
+  auto stats = client_->Stats("tiny");
+  ASSERT_TRUE(stats.ok());
+  EXPECT_EQ(stats->routed_tokens(), 20u);
+  uint64_t server_hits = 0;
+  for (const v1::LayerStats& l : stats->layers()) server_hits += l.hits();
+  EXPECT_EQ(server_hits, resident);
+
+  ASSERT_TRUE(WriteFileAtomically(dir.File("deep.jsonl"),
+                                  R"({"dataset":"t","problem_id":0,"layer":2,"experts":[1,2],)"
+                                  R"("token_idx":0})""\n")
+                  .ok());
+  auto [deep, deep_code] = Cli("replay --server " + address_ + " --model tiny " + dir.File("deep.jsonl"));
+  EXPECT_EQ(deep_code, 1);
+  EXPECT_THAT(deep, HasSubstr("the trace needs at least 3 layers"));
+  auto [local, local_code] =
+      Cli("replay --server " + address_ + " --global-slots 4 " + dir.File("t.jsonl"));
+  EXPECT_EQ(local_code, 2);
+  EXPECT_THAT(local, HasSubstr("--global-slots is for local replay"));
 }
 
 }  // namespace

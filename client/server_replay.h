@@ -1,0 +1,39 @@
+#ifndef MOE_ROUTER_CLIENT_SERVER_REPLAY_H_
+#define MOE_ROUTER_CLIENT_SERVER_REPLAY_H_
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "client/client.h"
+#include "core/trace.h"
+
+namespace moe_router {
+
+/// What a trace did to a running server's model.
+struct ServerReplayReport {
+  uint64_t steps = 0;     // RouteTokens requests, one per (token, layer)
+  uint64_t accesses = 0;  // chosen experts
+  uint64_t resident = 0;  // of those, resident when chosen
+  uint64_t changed_tokens = 0;
+  double gate_mass_sum = 0;
+  uint64_t urgent_page_ins = 0;  // queued by the replay's requests
+  uint64_t prefetches = 0;
+  double seconds = 0;
+  double HitRate() const { return accesses == 0 ? 0 : static_cast<double>(resident) / accesses; }
+};
+
+/// Routes every step of `trace` through `model` on the server, in the
+/// trace's order (token, then layer), one request per step as an inference
+/// worker would, over unary RouteTokens or one RouteStream. Logits traces
+/// send their logits; routing traces send logits that reproduce their
+/// recorded choice. The model must have the trace's experts and top-k and at
+/// least its layers. `progress(done, total)` is called after each step.
+absl::StatusOr<ServerReplayReport> ReplayThroughServer(
+    Client& client, const std::string& model, const RoutingTrace& trace, bool stream,
+    const std::function<void(uint64_t, uint64_t)>& progress);
+
+}  // namespace moe_router
+
+#endif  // MOE_ROUTER_CLIENT_SERVER_REPLAY_H_
