@@ -32,6 +32,8 @@ const Command kCommands[] = {
     {"stats", "a model's statistics as a table", moe_router::StatsCommand},
     {"fetch", "fetch an expert into a safetensors file, verifying its checksums",
      moe_router::FetchCommand},
+    {"loadgen", "closed-loop load on RouteTokens/RouteStream: tokens/s and latency percentiles",
+     moe_router::LoadgenCommand},
 };
 
 int Usage(FILE* out) {

@@ -19,6 +19,7 @@ int RouteCommand(const std::vector<std::string>& args);
 int PrefetchCommand(const std::vector<std::string>& args);
 int StatsCommand(const std::vector<std::string>& args);
 int FetchCommand(const std::vector<std::string>& args);
+int LoadgenCommand(const std::vector<std::string>& args);
 
 }  // namespace moe_router
 

@@ -1,8 +1,8 @@
 #include "core/synthetic_store.h"
 
+#include <algorithm>
 #include <cstring>
 
-#include "absl/hash/hash.h"
 #include "absl/strings/str_format.h"
 #include "core/checksum.h"
 
@@ -24,6 +24,28 @@ absl::Status SyntheticStoreOptions::Validate() const {
     }
   }
   return absl::OkStatus();
+}
+
+namespace {
+
+// Experts differ from each other in one 8-byte word per page.
+constexpr uint64_t kStampStride = 4096;
+
+}  // namespace
+
+SyntheticStore::SyntheticStore(const SyntheticStoreOptions& options) : options_(options) {
+  uint64_t largest = 0;
+  for (const auto& [name, bytes] : options_.variants) largest = std::max(largest, bytes);
+  pattern_.resize(largest);
+  // splitmix64: cheap, and the same pattern in every process.
+  uint64_t state = 0x6d6f652d726f7574ull;
+  for (uint64_t i = 0; i < largest; i += 8) {
+    uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    std::memcpy(pattern_.data() + i, &z, std::min<uint64_t>(8, largest - i));
+  }
 }
 
 absl::StatusOr<std::unique_ptr<SyntheticStore>> SyntheticStore::Create(
@@ -68,15 +90,16 @@ absl::StatusOr<std::shared_ptr<const ExpertData>> SyntheticStore::Load(
   data->precision = precision;
   data->size = *bytes;
   data->bytes = std::make_unique_for_overwrite<uint8_t[]>(*bytes);
-  // splitmix64 stream seeded by the key and precision: cheap and repeatable.
-  uint64_t state = absl::HashOf(key.layer, key.expert, precision);
   uint8_t* out = data->bytes.get();
-  for (uint64_t i = 0; i < *bytes; i += 8) {
-    uint64_t z = (state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    z ^= z >> 31;
-    std::memcpy(out + i, &z, std::min<uint64_t>(8, *bytes - i));
+  std::memcpy(out, pattern_.data(), *bytes);
+  // absl::HashOf is salted per process; the stamp must not be.
+  uint64_t stamp = (uint64_t{key.layer} << 32 | key.expert) * 0x9e3779b97f4a7c15ull;
+  for (char c : precision) stamp = (stamp ^ static_cast<uint8_t>(c)) * 0x100000001b3ull;
+  for (uint64_t i = 0; i + 8 <= *bytes; i += kStampStride) {
+    uint64_t word;
+    std::memcpy(&word, out + i, 8);
+    word ^= stamp;
+    std::memcpy(out + i, &word, 8);
   }
   // Three tensors like a gated MLP expert (w1, w2, w3).
   const uint64_t third = *bytes / 3;

@@ -20,8 +20,11 @@ struct SyntheticStoreOptions {
 };
 
 /// Deterministic experts of configured sizes and no files: the same key and
-/// precision always give the same bytes. The embedded default store, so
-/// everything runs without a checkpoint.
+/// precision always give the same bytes, and every 4 KiB page differs
+/// between experts. The embedded default store, so everything runs without a
+/// checkpoint. A load costs about what a read from the page cache would (a
+/// copy of one random pattern, stamped per expert), so benchmarks on it
+/// measure the service rather than a random number generator.
 class SyntheticStore final : public ExpertStore {
  public:
   static absl::StatusOr<std::unique_ptr<SyntheticStore>> Create(
@@ -34,10 +37,12 @@ class SyntheticStore final : public ExpertStore {
   std::string Describe() const override;
 
  private:
-  explicit SyntheticStore(const SyntheticStoreOptions& options) : options_(options) {}
+  explicit SyntheticStore(const SyntheticStoreOptions& options);
   absl::StatusOr<uint64_t> Bytes(ExpertKey key, const std::string& precision) const;
 
   SyntheticStoreOptions options_;
+  /// Random bytes, as long as the largest variant.
+  std::vector<uint8_t> pattern_;
 };
 
 }  // namespace moe_router

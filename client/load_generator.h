@@ -1,0 +1,52 @@
+#ifndef MOE_ROUTER_CLIENT_LOAD_GENERATOR_H_
+#define MOE_ROUTER_CLIENT_LOAD_GENERATOR_H_
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "client/client.h"
+
+namespace moe_router {
+
+struct LoadOptions {
+  std::string model = "mixtral-8x7b";
+  /// Closed loop: this many workers, each with one call outstanding.
+  uint32_t concurrency = 8;
+  /// Tokens per request.
+  uint32_t batch_tokens = 64;
+  absl::Duration duration = absl::Seconds(10);
+  /// Calls made before measuring starts (connections, caches, allocators).
+  absl::Duration warmup = absl::Seconds(1);
+  /// One RouteStream per worker instead of unary RouteTokens.
+  bool stream = false;
+  uint64_t seed = 1;
+};
+
+struct LoadReport {
+  uint64_t calls = 0;   // measured calls
+  uint64_t tokens = 0;  // measured tokens
+  uint64_t warmup_calls = 0;
+  double seconds = 0;  // measured wall time
+  double p50_us = 0, p99_us = 0, p999_us = 0, max_us = 0;
+  /// Failed calls by status code name, measured or not.
+  std::map<std::string, uint64_t> errors;
+  std::string first_error;
+  double TokensPerSecond() const { return seconds > 0 ? tokens / seconds : 0; }
+  double CallsPerSecond() const { return seconds > 0 ? calls / seconds : 0; }
+};
+
+/// Drives RouteTokens (or RouteStream) of `options.model` with random gate
+/// logits from `concurrency` workers, each routing the model's layers in
+/// turn, and measures per-call latency. `progress(elapsed, total)` is called
+/// about every 100 ms from the calling thread.
+absl::StatusOr<LoadReport> GenerateLoad(
+    Client& client, const LoadOptions& options,
+    const std::function<void(absl::Duration, absl::Duration)>& progress);
+
+}  // namespace moe_router
+
+#endif  // MOE_ROUTER_CLIENT_LOAD_GENERATOR_H_
