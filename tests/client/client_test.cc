@@ -145,5 +145,25 @@ TEST_F(ClientTest, CliReplayThroughServer) {
   EXPECT_THAT(local, HasSubstr("--global-slots is for local replay"));
 }
 
+// Every call loadgen counts reached the server, and nothing else did.
+TEST_F(ClientTest, CliLoadgenCountsWhatTheServerRouted) {
+  uint64_t tokens = 0;
+  for (const char* via : {"", " --stream"}) {
+    auto [out, code] = Cli("loadgen --server " + address_ +
+                           " --model tiny --concurrency 3 --batch 4 --duration 0.2 --warmup 0 --json" + via);
+    ASSERT_EQ(code, 0) << out;
+    const nlohmann::json report = nlohmann::json::parse(out);
+    EXPECT_GT(report["calls"].get<uint64_t>(), 0u);
+    EXPECT_EQ(report["tokens"].get<uint64_t>(), 4 * report["calls"].get<uint64_t>());
+    EXPECT_TRUE(report["errors"].empty()) << out;
+    EXPECT_LE(report["p50_us"].get<double>(), report["p99_us"].get<double>());
+    tokens += report["tokens"].get<uint64_t>();
+  }
+  EXPECT_EQ(client_->Stats("tiny")->routed_tokens(), tokens);
+  auto [ghost, ghost_code] = Cli("loadgen --server " + address_ + " --model ghost --duration 0.1");
+  EXPECT_EQ(ghost_code, 1);
+  EXPECT_THAT(ghost, HasSubstr("no model named 'ghost'"));
+}
+
 }  // namespace
 }  // namespace moe_router
