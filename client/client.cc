@@ -61,11 +61,15 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& targe
   return std::unique_ptr<Client>(new Client(std::move(channel)));
 }
 
-void Client::Prepare(grpc::ClientContext* context) const {
+void Client::Prepare(grpc::ClientContext* context, const std::string& model) const {
   context->set_deadline(absl::ToChronoTime(absl::Now() + timeout_));
+  if (!model.empty()) context->AddMetadata(kModelHeader, model);
 }
 
-RouteStream::RouteStream(v1::MoeRouter::Stub& stub) : stream_(stub.RouteStream(&context_)) {}
+RouteStream::RouteStream(v1::MoeRouter::Stub& stub, const std::string& model) {
+  if (!model.empty()) context_.AddMetadata(kModelHeader, model);
+  stream_ = stub.RouteStream(&context_);
+}
 
 RouteStream::~RouteStream() {
   if (!finished_) context_.TryCancel();
@@ -94,7 +98,7 @@ absl::Status RouteStream::Finish() {
 absl::StatusOr<v1::RouteTokensResponse> Client::Route(const std::string& model, uint32_t layer,
                                                       absl::Span<const float> logits) {
   grpc::ClientContext context;
-  Prepare(&context);
+  Prepare(&context, model);
   const v1::RouteTokensRequest request = RouteRequest(model, layer, logits);
   v1::RouteTokensResponse response;
   if (absl::Status s = FromGrpc(stub_->RouteTokens(&context, request, &response)); !s.ok()) {
@@ -107,7 +111,7 @@ absl::StatusOr<v1::PrefetchResponse> Client::Prefetch(const std::string& model, 
                                                       absl::Span<const uint32_t> experts,
                                                       uint32_t budget) {
   grpc::ClientContext context;
-  Prepare(&context);
+  Prepare(&context, model);
   v1::PrefetchRequest request;
   request.set_model(model);
   request.set_layer(layer);
@@ -120,7 +124,7 @@ absl::StatusOr<v1::PrefetchResponse> Client::Prefetch(const std::string& model, 
 
 absl::StatusOr<v1::ModelInfo> Client::Register(const v1::ModelSpec& spec) {
   grpc::ClientContext context;
-  Prepare(&context);
+  Prepare(&context, spec.name());
   v1::RegisterModelRequest request;
   *request.mutable_spec() = spec;
   v1::ModelInfo info;
@@ -130,7 +134,7 @@ absl::StatusOr<v1::ModelInfo> Client::Register(const v1::ModelSpec& spec) {
 
 absl::Status Client::Unregister(const std::string& model) {
   grpc::ClientContext context;
-  Prepare(&context);
+  Prepare(&context, model);
   v1::UnregisterModelRequest request;
   request.set_model(model);
   v1::UnregisterModelResponse response;
@@ -139,7 +143,7 @@ absl::Status Client::Unregister(const std::string& model) {
 
 absl::StatusOr<std::vector<v1::ModelInfo>> Client::ListModels() {
   grpc::ClientContext context;
-  Prepare(&context);
+  Prepare(&context, "");
   v1::ListModelsResponse response;
   if (absl::Status s = FromGrpc(stub_->ListModels(&context, v1::ListModelsRequest(), &response));
       !s.ok()) {
@@ -150,7 +154,7 @@ absl::StatusOr<std::vector<v1::ModelInfo>> Client::ListModels() {
 
 absl::StatusOr<v1::ModelStats> Client::Stats(const std::string& model) {
   grpc::ClientContext context;
-  Prepare(&context);
+  Prepare(&context, model);
   v1::GetModelStatsRequest request;
   request.set_model(model);
   v1::ModelStats stats;
@@ -163,7 +167,7 @@ absl::StatusOr<v1::ModelStats> Client::Stats(const std::string& model) {
 absl::StatusOr<FetchedExpert> Client::Fetch(const std::string& model, uint32_t layer,
                                             uint32_t expert) {
   grpc::ClientContext context;
-  Prepare(&context);
+  Prepare(&context, model);
   v1::FetchExpertRequest request;
   request.set_model(model);
   request.set_layer(layer);

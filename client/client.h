@@ -37,7 +37,8 @@ struct ClientTls {
 /// one stream per worker thread. Destroying it cancels the call.
 class RouteStream {
  public:
-  explicit RouteStream(v1::MoeRouter::Stub& stub);
+  /// `model` (if any) goes in the call's x-moe-model header.
+  RouteStream(v1::MoeRouter::Stub& stub, const std::string& model);
   ~RouteStream();
   absl::StatusOr<v1::RouteTokensResponse> Route(const std::string& model, uint32_t layer,
                                                 absl::Span<const float> logits);
@@ -50,6 +51,11 @@ class RouteStream {
       stream_;
   bool finished_ = false;
 };
+
+/// Calls about one model carry its name in this metadata header, so a proxy
+/// can send all of a model's traffic to the replica that caches its experts
+/// (deploy/envoy hashes on it).
+inline constexpr char kModelHeader[] = "x-moe-model";
 
 /// Typed calls to a moe-routerd. Errors come back as absl::Status with the
 /// server's code and message. Thread-safe (one channel, shared).
@@ -67,8 +73,10 @@ class Client {
 
   absl::StatusOr<v1::RouteTokensResponse> Route(const std::string& model, uint32_t layer,
                                                 absl::Span<const float> logits);
-  /// A stream for routing many batches; it has no deadline.
-  std::unique_ptr<RouteStream> OpenRouteStream() { return std::make_unique<RouteStream>(*stub_); }
+  /// A stream for routing many batches of `model`; it has no deadline.
+  std::unique_ptr<RouteStream> OpenRouteStream(const std::string& model) {
+    return std::make_unique<RouteStream>(*stub_, model);
+  }
   absl::StatusOr<v1::PrefetchResponse> Prefetch(const std::string& model, uint32_t layer,
                                                 absl::Span<const uint32_t> experts,
                                                 uint32_t budget);
@@ -85,7 +93,8 @@ class Client {
  private:
   explicit Client(std::shared_ptr<grpc::Channel> channel)
       : channel_(std::move(channel)), stub_(v1::MoeRouter::NewStub(channel_)) {}
-  void Prepare(grpc::ClientContext* context) const;
+  /// Sets the deadline, and names the model in metadata.
+  void Prepare(grpc::ClientContext* context, const std::string& model) const;
 
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::MoeRouter::Stub> stub_;

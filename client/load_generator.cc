@@ -78,7 +78,7 @@ absl::StatusOr<LoadReport> GenerateLoad(
         b.resize(size_t{options.batch_tokens} * shape->experts);
         for (float& x : b) x = noise(rng);
       }
-      std::unique_ptr<RouteStream> stream = options.stream ? client.OpenRouteStream() : nullptr;
+      std::unique_ptr<RouteStream> stream = options.stream ? client.OpenRouteStream(options.model) : nullptr;
       // Workers start on different layers, as workers of a pipeline would.
       uint64_t call = w;
       for (Clock::time_point now = Clock::now(); now < stop && !failed_hard; ++call) {
@@ -91,7 +91,7 @@ absl::StatusOr<LoadReport> GenerateLoad(
           ++result.errors[absl::StatusCodeToString(routed.status().code())];
           if (result.first_error.empty()) result.first_error = routed.status().ToString();
           // A stream ends with its first error; unary calls go on.
-          if (stream != nullptr) stream = client.OpenRouteStream();
+          if (stream != nullptr) stream = client.OpenRouteStream(options.model);
           // Bad requests will never succeed: stop rather than spin.
           if (absl::IsInvalidArgument(routed.status()) || absl::IsNotFound(routed.status())) {
             failed_hard = true;

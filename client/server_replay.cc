@@ -44,7 +44,7 @@ absl::StatusOr<ServerReplayReport> ReplayThroughServer(
     Client& client, const std::string& model, const RoutingTrace& trace, bool stream,
     const std::function<void(uint64_t, uint64_t)>& progress) {
   if (absl::Status s = CheckModelFitsTrace(client, model, trace); !s.ok()) return s;
-  std::unique_ptr<RouteStream> route_stream = stream ? client.OpenRouteStream() : nullptr;
+  std::unique_ptr<RouteStream> route_stream = stream ? client.OpenRouteStream(model) : nullptr;
   ServerReplayReport report;
   const uint64_t total = trace.Steps();
   std::vector<float> logits(trace.num_experts);

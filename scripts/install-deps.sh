@@ -8,7 +8,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   prometheus-cpp-dev prometheus
-  python3-grpcio python3-protobuf
+  python3-grpcio python3-protobuf python3-yaml
   openssl  # test certificates for the TLS tests
 )
 missing=()
