@@ -8,6 +8,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "core/expert_bytes.h"
 #include "core/types.h"
 
 namespace moe_router {
@@ -28,7 +29,7 @@ struct ExpertData {
   ExpertKey key;
   std::string precision;
   std::vector<TensorData> tensors;
-  std::unique_ptr<uint8_t[]> bytes;
+  ExpertBytes bytes;
   uint64_t size = 0;
   /// XXH3-64 over the tensor names and checksums, in order (see checksum.h).
   uint64_t checksum = 0;

@@ -306,7 +306,7 @@ absl::StatusOr<std::shared_ptr<const ExpertData>> SafetensorsStore::Load(
   data->key = key;
   data->precision = precision;
   data->size = info->bytes;
-  data->bytes = std::make_unique_for_overwrite<uint8_t[]>(std::max<uint64_t>(info->bytes, 1));
+  data->bytes = AllocateExpertBytes(info->bytes);
   std::vector<std::pair<std::string, uint64_t>> digests;
   uint64_t offset = 0;
   for (const TensorRef& ref : refs) {

@@ -89,7 +89,7 @@ absl::StatusOr<std::shared_ptr<const ExpertData>> SyntheticStore::Load(
   data->key = key;
   data->precision = precision;
   data->size = *bytes;
-  data->bytes = std::make_unique_for_overwrite<uint8_t[]>(*bytes);
+  data->bytes = AllocateExpertBytes(*bytes);
   uint8_t* out = data->bytes.get();
   std::memcpy(out, pattern_.data(), *bytes);
   // absl::HashOf is salted per process; the stamp must not be.

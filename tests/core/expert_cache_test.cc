@@ -20,7 +20,7 @@ std::shared_ptr<const ExpertData> Data(ExpertKey key, uint64_t size,
   d->key = key;
   d->size = size;
   d->precision = std::move(precision);
-  d->bytes = std::make_unique<uint8_t[]>(size);
+  d->bytes = AllocateExpertBytes(size);
   return d;
 }
 
