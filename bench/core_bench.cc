@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/router.h"
+#include "core/top_select.h"
 
 namespace moe_router {
 namespace {
@@ -62,6 +63,26 @@ BENCHMARK(BM_RouteToken)->Args({8, 2})->Args({64, 6})->Args({128, 8})->Args({256
 // Plain top-k with the affinity update, for comparison.
 void BM_RouteTokenPlain(benchmark::State& state) { RouteTokens(state, /*memory_aware=*/false); }
 BENCHMARK(BM_RouteTokenPlain)->Args({8, 2})->Args({64, 6})->Args({128, 8})->Args({256, 8});
+
+// Selection alone (the original top max_rank of each token), the largest
+// part of routing: items are tokens.
+void BM_SelectTopR(benchmark::State& state) {
+  const uint32_t experts = static_cast<uint32_t>(state.range(0));
+  const uint32_t r = static_cast<uint32_t>(state.range(1));
+  TopSelector selector(experts, r);
+  std::vector<std::vector<float>> batches;
+  for (uint32_t b = 0; b < 8; ++b) batches.push_back(MakeLogits(kBatchTokens, experts, b));
+  std::vector<uint32_t> ids(size_t{kBatchTokens} * r);
+  std::vector<float> values(size_t{kBatchTokens} * r), lowest(kBatchTokens);
+  size_t i = 0;
+  for (auto _ : state) {
+    selector.SelectRows(batches[i++ % batches.size()].data(), kBatchTokens, ids.data(),
+                        values.data(), lowest.data());
+    benchmark::DoNotOptimize(ids.data());
+  }
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * kBatchTokens);
+}
+BENCHMARK(BM_SelectTopR)->Args({8, 4})->Args({64, 8})->Args({128, 10})->Args({256, 10});
 
 }  // namespace
 }  // namespace moe_router

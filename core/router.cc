@@ -202,13 +202,14 @@ absl::Status LayerRouter::Route(absl::Span<const float> logits,
   batch_res_.resize(size_t{tokens} * r);
   batch_pos_.resize(size_t{tokens} * k);
   batch_changed_.resize(tokens);
+  batch_lowest_.resize(tokens);
+  selector_.SelectRows(logits.data(), tokens, batch_id_.data(), batch_prob_.data(),
+                       batch_lowest_.data());
   for (uint32_t t = 0; t < tokens; ++t) {
-    const float* row = logits.data() + size_t{t} * n;
     uint32_t* id = batch_id_.data() + size_t{t} * r;
     float* logit = batch_prob_.data() + size_t{t} * r;
-    const float lowest = selector_.Select(row, id, logit);
     const float top = logit[0];
-    range_sum += top - lowest;
+    range_sum += top - batch_lowest_[t];
     uint8_t* res = batch_res_.data() + size_t{t} * r;
     uint32_t* pos = batch_pos_.data() + size_t{t} * k;
     const bool changed = bonus > 0 && ChooseWithBonus(bonus, resident, id, logit, res);

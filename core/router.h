@@ -133,6 +133,7 @@ class LayerRouter {
   std::vector<uint8_t> batch_res_;
   std::vector<uint32_t> batch_pos_;
   std::vector<uint8_t> batch_changed_;
+  std::vector<float> batch_lowest_;
 };
 
 /// Checks a batch of logits without routing it: the length is a multiple of

@@ -87,6 +87,7 @@ TopSelector::TopSelector(uint32_t n, uint32_t r)
       portable_(true),
 #endif
       gap_(kInf),
+      eight_rows_(portable_ ? nullptr : KernelFor(r)),
       cand_value_(n + 16),
       cand_id_(n + 16),
       ranked_id_(n + 16),
@@ -307,6 +308,146 @@ __attribute__((target("avx2,popcnt"))) float TopSelector::SelectAvx2(const float
   }
   return lowest;
 }
+
+// The column of 8 rows x 8 experts starting at rows + col, transposed: out[e]
+// holds expert col + e of rows 0..7 (lane = row).
+__attribute__((target("avx2"), always_inline)) inline void Transpose8x8(const float* rows,
+                                                                        uint32_t n, uint32_t col,
+                                                                        __m256 out[8]) {
+  __m256 r[8];
+  for (uint32_t t = 0; t < 8; ++t) r[t] = _mm256_loadu_ps(rows + size_t{t} * n + col);
+  const __m256 a0 = _mm256_unpacklo_ps(r[0], r[1]), a1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 a2 = _mm256_unpacklo_ps(r[2], r[3]), a3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 a4 = _mm256_unpacklo_ps(r[4], r[5]), a5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 a6 = _mm256_unpacklo_ps(r[6], r[7]), a7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 b0 = _mm256_shuffle_ps(a0, a2, 0x44), b1 = _mm256_shuffle_ps(a0, a2, 0xee);
+  const __m256 b2 = _mm256_shuffle_ps(a1, a3, 0x44), b3 = _mm256_shuffle_ps(a1, a3, 0xee);
+  const __m256 b4 = _mm256_shuffle_ps(a4, a6, 0x44), b5 = _mm256_shuffle_ps(a4, a6, 0xee);
+  const __m256 b6 = _mm256_shuffle_ps(a5, a7, 0x44), b7 = _mm256_shuffle_ps(a5, a7, 0xee);
+  out[0] = _mm256_permute2f128_ps(b0, b4, 0x20);
+  out[1] = _mm256_permute2f128_ps(b1, b5, 0x20);
+  out[2] = _mm256_permute2f128_ps(b2, b6, 0x20);
+  out[3] = _mm256_permute2f128_ps(b3, b7, 0x20);
+  out[4] = _mm256_permute2f128_ps(b0, b4, 0x31);
+  out[5] = _mm256_permute2f128_ps(b1, b5, 0x31);
+  out[6] = _mm256_permute2f128_ps(b2, b6, 0x31);
+  out[7] = _mm256_permute2f128_ps(b3, b7, 0x31);
+}
+
+// One expert's values for 8 rows sink down the sorted columns: each level
+// keeps the larger of it and the incoming value and passes the smaller on.
+template <int R>
+__attribute__((target("avx2"), always_inline)) inline void Sink(__m256 x, __m256 (&top)[R],
+                                                                __m256& vmin) {
+  vmin = _mm256_min_ps(vmin, x);
+  for (int j = 0; j < R; ++j) {
+    const __m256 hi = _mm256_max_ps(top[j], x);
+    x = _mm256_min_ps(top[j], x);
+    top[j] = hi;
+  }
+}
+
+template <int R>
+__attribute__((target("avx2,popcnt"))) void TopSelector::SelectEightRows(const float* rows,
+                                                                          uint32_t* ids,
+                                                                          float* values,
+                                                                          float* lowest) {
+  const uint32_t n = n_;
+  const uint32_t full = n & ~7u;
+  // Pass 1, 8 rows at once: the sorted top R values of each lane, and its
+  // minimum.
+  __m256 top[R];
+  for (int j = 0; j < R; ++j) top[j] = _mm256_set1_ps(-kInf);
+  __m256 vmin = _mm256_set1_ps(kInf);
+  for (uint32_t col = 0; col < full; col += 8) {
+    __m256 x[8];
+    Transpose8x8(rows, n, col, x);
+    for (int e = 0; e < 8; ++e) Sink<R>(x[e], top, vmin);
+  }
+  for (uint32_t e = full; e < n; ++e) {
+    alignas(32) float lane[8];
+    for (uint32_t t = 0; t < 8; ++t) lane[t] = rows[size_t{t} * n + e];
+    Sink<R>(_mm256_load_ps(lane), top, vmin);
+  }
+  // Rows with equal values among their top R need the tie-aware path.
+  int tied = 0;
+  for (int j = 0; j + 1 < R; ++j) {
+    tied |= _mm256_movemask_ps(_mm256_cmp_ps(top[j], top[j + 1], _CMP_EQ_OQ));
+  }
+  alignas(32) float sorted[R][8];
+  for (int j = 0; j < R; ++j) _mm256_store_ps(sorted[j], top[j]);
+  alignas(32) float mins[8];
+  _mm256_store_ps(mins, vmin);
+
+  // Pass 2, per row: the ids of the values >= the R-th, each placed by how
+  // many of the sorted values beat it (values are distinct here).
+  const LeftPackTable& table = PackTable();
+  const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (uint32_t t = 0; t < 8; ++t) {
+    const float* row = rows + size_t{t} * n;
+    uint32_t* out_id = ids + size_t{t} * R;
+    float* out_value = values + size_t{t} * R;
+    lowest[t] = mins[t];
+    if (tied & (1 << t)) {
+      SelectPortable(row, out_id, out_value);
+      continue;
+    }
+    const __m256 vt = _mm256_set1_ps(sorted[R - 1][t]);
+    float* cand_value = cand_value_.data();
+    uint32_t* cand_id = cand_id_.data();
+    uint32_t c = 0;
+    for (uint32_t i = 0; i < full; i += 8) {
+      const __m256 x = _mm256_loadu_ps(row + i);
+      const int mask = _mm256_movemask_ps(_mm256_cmp_ps(x, vt, _CMP_GE_OQ));
+      const __m256i perm = _mm256_load_si256(reinterpret_cast<const __m256i*>(table.perm[mask]));
+      _mm256_storeu_ps(cand_value + c, _mm256_permutevar8x32_ps(x, perm));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(cand_id + c),
+                          _mm256_permutevar8x32_epi32(
+                              _mm256_add_epi32(iota, _mm256_set1_epi32(static_cast<int>(i))), perm));
+      c += static_cast<uint32_t>(_mm_popcnt_u32(static_cast<unsigned>(mask)));
+    }
+    for (uint32_t i = full; i < n; ++i) {
+      cand_value[c] = row[i];
+      cand_id[c] = i;
+      c += row[i] >= sorted[R - 1][t];
+    }
+    if (c != static_cast<uint32_t>(R)) {  // a value outside the top R equals the R-th
+      SelectPortable(row, out_id, out_value);
+      continue;
+    }
+    // Distinct values: each candidate's rank is the number of sorted values
+    // greater than it, for 8 candidates at once.
+    for (uint32_t i = 0; i < static_cast<uint32_t>(R); i += 8) {
+      const __m256 v = _mm256_loadu_ps(cand_value + i);
+      __m256i rank = _mm256_setzero_si256();
+      for (int j = 0; j < R; ++j) {
+        const __m256 beats = _mm256_cmp_ps(_mm256_broadcast_ss(&sorted[j][t]), v, _CMP_GT_OQ);
+        rank = _mm256_sub_epi32(rank, _mm256_castps_si256(beats));
+      }
+      alignas(32) uint32_t ranks[8];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(ranks), rank);
+      for (uint32_t l = 0; l < 8 && i + l < static_cast<uint32_t>(R); ++l) {
+        out_id[ranks[l]] = cand_id[i + l];
+        out_value[ranks[l]] = cand_value[i + l];
+      }
+    }
+  }
+}
+
+TopSelector::EightRowsKernel TopSelector::KernelFor(uint32_t r) {
+  switch (r) {
+#define MOE_ROUTER_KERNEL(R) \
+  case R:                    \
+    return &TopSelector::SelectEightRows<R>;
+    MOE_ROUTER_KERNEL(1) MOE_ROUTER_KERNEL(2) MOE_ROUTER_KERNEL(3) MOE_ROUTER_KERNEL(4)
+    MOE_ROUTER_KERNEL(5) MOE_ROUTER_KERNEL(6) MOE_ROUTER_KERNEL(7) MOE_ROUTER_KERNEL(8)
+    MOE_ROUTER_KERNEL(9) MOE_ROUTER_KERNEL(10) MOE_ROUTER_KERNEL(11) MOE_ROUTER_KERNEL(12)
+    MOE_ROUTER_KERNEL(13) MOE_ROUTER_KERNEL(14) MOE_ROUTER_KERNEL(15) MOE_ROUTER_KERNEL(16)
+#undef MOE_ROUTER_KERNEL
+    default:
+      return nullptr;
+  }
+}
 #else
 float TopSelector::SelectOneVector(const float* row, uint32_t* ids, float* values) {
   return SelectPortable(row, ids, values);
@@ -314,6 +455,21 @@ float TopSelector::SelectOneVector(const float* row, uint32_t* ids, float* value
 float TopSelector::SelectAvx2(const float* row, uint32_t* ids, float* values) {
   return SelectPortable(row, ids, values);
 }
+TopSelector::EightRowsKernel TopSelector::KernelFor(uint32_t) { return nullptr; }
 #endif
+
+void TopSelector::SelectRows(const float* rows, uint32_t tokens, uint32_t* ids, float* values,
+                             float* lowest) {
+  uint32_t t = 0;
+  if (eight_rows_ != nullptr) {
+    for (; t + 8 <= tokens; t += 8) {
+      (this->*eight_rows_)(rows + size_t{t} * n_, ids + size_t{t} * r_, values + size_t{t} * r_,
+                           lowest + t);
+    }
+  }
+  for (; t < tokens; ++t) {
+    lowest[t] = Select(rows + size_t{t} * n_, ids + size_t{t} * r_, values + size_t{t} * r_);
+  }
+}
 
 }  // namespace moe_router

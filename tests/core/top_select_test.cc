@@ -62,11 +62,43 @@ TEST_P(TopSelectorTest, AllEqualRowKeepsIndexOrder) {
   for (uint32_t p = 0; p < r; ++p) EXPECT_EQ(ids[p], p);
 }
 
+// The batched path (8 rows per kernel call, the rest row by row) gives what
+// brute force gives, on rows with and without ties, on both paths.
+TEST_P(TopSelectorTest, SelectRowsMatchesBruteForce) {
+  const auto [n, r] = GetParam();
+  for (bool portable : {false, true}) {
+    TopSelector selector(n, r);
+    selector.set_portable(portable);
+    for (uint64_t seed = 0; seed < 40; ++seed) {
+      const uint32_t tokens = 1 + static_cast<uint32_t>(seed * 7 % 29);  // partial groups too
+      std::vector<float> rows = testing::RandomLogits(tokens, n, seed, seed % 5 == 0 ? 30.0f : 2.0f);
+      // Some rows tie inside their top r, some only at its boundary.
+      for (uint32_t t = 0; t < tokens; t += 3) {
+        for (uint32_t e = 0; e < n; ++e) rows[t * n + e] = std::round(rows[t * n + e]);
+      }
+      std::vector<uint32_t> ids(size_t{tokens} * r);
+      std::vector<float> values(size_t{tokens} * r), lowest(tokens);
+      selector.SelectRows(rows.data(), tokens, ids.data(), values.data(), lowest.data());
+      for (uint32_t t = 0; t < tokens; ++t) {
+        const float* row = rows.data() + size_t{t} * n;
+        const std::vector<uint32_t> expected = Ranked(row, n);
+        for (uint32_t p = 0; p < r; ++p) {
+          ASSERT_EQ(ids[t * r + p], expected[p]) << "n=" << n << " r=" << r << " seed=" << seed
+                                                 << " token " << t << " rank " << p
+                                                 << " portable=" << portable;
+          ASSERT_EQ(values[t * r + p], row[expected[p]]);
+        }
+        ASSERT_EQ(lowest[t], *std::min_element(row, row + n));
+      }
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Shapes, TopSelectorTest,
                          ::testing::Values(Shape{8, 4}, Shape{8, 8}, Shape{5, 3}, Shape{1, 1},
                                            Shape{64, 8}, Shape{64, 12}, Shape{60, 6},
                                            Shape{128, 10}, Shape{256, 10}, Shape{256, 16},
-                                           Shape{257, 9}),
+                                           Shape{257, 9}, Shape{64, 17}, Shape{20, 16}),
                          [](const ::testing::TestParamInfo<Shape>& info) {
                            return "n" + std::to_string(info.param.n) + "_r" +
                                   std::to_string(info.param.r);
