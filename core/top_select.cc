@@ -68,7 +68,33 @@ __attribute__((target("avx2"))) void ExpBatchAvx2(float* x, size_t n) {
 }
 #endif
 
+// Exponent bits all ones: infinite or NaN.
+inline bool AllFiniteLoop(const float* x, size_t n) {
+  constexpr uint32_t kExpMask = 0x7f800000u;
+  uint32_t bad = 0;
+  for (size_t i = 0; i < n; ++i) {
+    uint32_t bits;
+    __builtin_memcpy(&bits, x + i, sizeof bits);
+    bad |= static_cast<uint32_t>((bits & kExpMask) == kExpMask);
+  }
+  return bad == 0;
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) bool AllFiniteAvx2(const float* x, size_t n) {
+  return AllFiniteLoop(x, n);
+}
+#endif
+
 }  // namespace
+
+bool AllFinite(const float* x, size_t n) {
+#if defined(__x86_64__)
+  static const bool avx2 = __builtin_cpu_supports("avx2");
+  if (avx2) return AllFiniteAvx2(x, n);
+#endif
+  return AllFiniteLoop(x, n);
+}
 
 void ExpNonPositiveBatch(float* x, size_t n) {
 #if defined(__x86_64__)

@@ -77,6 +77,10 @@ inline float ExpNonPositive(float x) {
 /// x[i] = e^x[i] for all i (each x[i] <= 0).
 void ExpNonPositiveBatch(float* x, size_t n);
 
+/// True when no x[i] is NaN or infinite. A branch-free scan of the exponent
+/// bits, 8 lanes wide with AVX2: the router checks every logit it gets.
+bool AllFinite(const float* x, size_t n);
+
 }  // namespace moe_router
 
 #endif  // MOE_ROUTER_CORE_TOP_SELECT_H_

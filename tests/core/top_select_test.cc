@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <random>
 #include <vector>
@@ -103,6 +104,26 @@ INSTANTIATE_TEST_SUITE_P(Shapes, TopSelectorTest,
                            return "n" + std::to_string(info.param.n) + "_r" +
                                   std::to_string(info.param.r);
                          });
+
+TEST(AllFiniteTest, FindsNanAndInfinityAnywhere) {
+  std::vector<float> x(37, 1.0f);
+  x[3] = -0.0f;
+  x[4] = std::numeric_limits<float>::denorm_min();
+  x[5] = std::numeric_limits<float>::max();
+  x[6] = std::numeric_limits<float>::lowest();
+  EXPECT_TRUE(AllFinite(x.data(), x.size()));
+  EXPECT_TRUE(AllFinite(x.data(), 0));
+  for (float bad : {std::numeric_limits<float>::quiet_NaN(),
+                    std::numeric_limits<float>::infinity(),
+                    -std::numeric_limits<float>::infinity()}) {
+    for (size_t at : {size_t{0}, size_t{7}, size_t{8}, size_t{31}, size_t{36}}) {
+      std::vector<float> y = x;
+      y[at] = bad;
+      EXPECT_FALSE(AllFinite(y.data(), y.size())) << "at " << at;
+      EXPECT_TRUE(AllFinite(y.data(), at)) << "before " << at;
+    }
+  }
+}
 
 TEST(ExpNonPositiveTest, CloseToStdExp) {
   std::vector<float> xs;
