@@ -7,6 +7,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/server.h"
+#include "tests/testing/test_specs.h"
 #include "tests/testing/test_util.h"
 
 namespace moe_router {
@@ -22,14 +23,7 @@ class ClientTest : public ::testing::Test {
     auto server = RouterServer::Start(options);
     ASSERT_TRUE(server.ok());
     server_ = *std::move(server);
-    v1::ModelSpec spec;
-    spec.set_name("tiny");
-    spec.set_num_layers(2);
-    spec.set_num_experts(8);
-    spec.set_top_k(2);
-    spec.set_budget_bytes(8 * 3000);
-    spec.mutable_synthetic()->set_expert_bytes(3000);
-    ASSERT_TRUE(server_->registry().Register(spec).ok());
+    ASSERT_TRUE(server_->registry().Register(testing::SyntheticSpec("tiny", 2, 3000, 8)).ok());
     address_ = "127.0.0.1:" + std::to_string(server_->port());
     client_ = *Client::Connect(address_);
   }

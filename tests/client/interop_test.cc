@@ -6,6 +6,7 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "server/server.h"
+#include "tests/testing/test_specs.h"
 #include "tests/testing/test_util.h"
 
 namespace moe_router {
@@ -16,16 +17,10 @@ TEST(InteropTest, PythonClientRoutesLikeTheCppClient) {
   options.listen = "127.0.0.1:0";
   auto server = RouterServer::Start(options);
   ASSERT_TRUE(server.ok());
-  v1::ModelSpec spec;
-  spec.set_name("tiny");
-  spec.set_num_layers(2);
-  spec.set_num_experts(8);
-  spec.set_top_k(2);
-  spec.set_budget_bytes(8 * 1000);
+  v1::ModelSpec spec = testing::SyntheticSpec("tiny", 2, 1000, 8);
   // The first call pages experts in; without the residency bonus the second
   // call's routing cannot depend on that.
   spec.mutable_router()->set_disable_memory_aware(true);
-  spec.mutable_synthetic()->set_expert_bytes(1000);
   ASSERT_TRUE((*server)->registry().Register(spec).ok());
   const std::string address = "127.0.0.1:" + std::to_string((*server)->port());
   const std::vector<float> logits = testing::RandomLogits(5, 8, 42);

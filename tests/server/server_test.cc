@@ -15,6 +15,7 @@
 #include "core/file_io.h"
 #include "core/safetensors.h"
 #include "moe_router/v1/moe_router.grpc.pb.h"
+#include "tests/testing/test_specs.h"
 #include "tests/testing/test_util.h"
 
 namespace moe_router {
@@ -23,14 +24,7 @@ namespace {
 using ::testing::HasSubstr;
 
 v1::ModelSpec SmallSpec(const std::string& name) {
-  v1::ModelSpec spec;
-  spec.set_name(name);
-  spec.set_num_layers(4);
-  spec.set_num_experts(8);
-  spec.set_top_k(2);
-  spec.set_budget_bytes(16 * 4096);
-  spec.mutable_synthetic()->set_expert_bytes(4096);
-  return spec;
+  return testing::SyntheticSpec(name, /*layers=*/4, /*expert_bytes=*/4096, /*budget_experts=*/16);
 }
 
 // GET http://127.0.0.1:port/path over a plain socket; the response body.

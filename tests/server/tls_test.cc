@@ -10,6 +10,7 @@
 #include "gtest/gtest.h"
 #include "server/server.h"
 #include "tests/testing/test_certificates.h"
+#include "tests/testing/test_specs.h"
 #include "tests/testing/test_util.h"
 
 namespace moe_router {
@@ -30,14 +31,7 @@ class TlsTest : public ::testing::Test {
     auto server = RouterServer::Start(options);
     EXPECT_TRUE(server.ok()) << server.status();
     if (!server.ok()) return nullptr;
-    v1::ModelSpec spec;
-    spec.set_name("tiny");
-    spec.set_num_layers(2);
-    spec.set_num_experts(8);
-    spec.set_top_k(2);
-    spec.set_budget_bytes(8 * 1000);
-    spec.mutable_synthetic()->set_expert_bytes(1000);
-    EXPECT_TRUE((*server)->registry().Register(spec).ok());
+    EXPECT_TRUE((*server)->registry().Register(testing::SyntheticSpec("tiny", 2, 1000, 8)).ok());
     return *std::move(server);
   }
 
