@@ -152,6 +152,15 @@ absl::StatusOr<std::vector<v1::ModelInfo>> Client::ListModels() {
   return std::vector<v1::ModelInfo>(response.models().begin(), response.models().end());
 }
 
+absl::StatusOr<v1::ModelSpec> Client::FindModel(const std::string& name) {
+  auto models = ListModels();
+  if (!models.ok()) return models.status();
+  for (const v1::ModelInfo& m : *models) {
+    if (m.spec().name() == name) return m.spec();
+  }
+  return absl::NotFoundError(absl::StrFormat("the server has no model named '%s'", name));
+}
+
 absl::StatusOr<v1::ModelStats> Client::Stats(const std::string& model) {
   grpc::ClientContext context;
   Prepare(&context, model);

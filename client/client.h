@@ -83,6 +83,8 @@ class Client {
   absl::StatusOr<v1::ModelInfo> Register(const v1::ModelSpec& spec);
   absl::Status Unregister(const std::string& model);
   absl::StatusOr<std::vector<v1::ModelInfo>> ListModels();
+  /// The spec of the model named `name`; NOT_FOUND if the server has none.
+  absl::StatusOr<v1::ModelSpec> FindModel(const std::string& name);
   absl::StatusOr<v1::ModelStats> Stats(const std::string& model);
   /// Streams an expert and verifies every tensor's and the expert's XXH3;
   /// a mismatch is DATA_LOSS naming the tensor.

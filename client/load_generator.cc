@@ -9,7 +9,6 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_format.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 
 namespace moe_router {
@@ -18,20 +17,6 @@ namespace {
 // Distinct batches each worker cycles through, so the server sees varied
 // logits without the generator paying for random numbers per call.
 constexpr int kBatchesPerWorker = 16;
-
-struct ModelShape {
-  uint32_t layers = 0;
-  uint32_t experts = 0;
-};
-
-absl::StatusOr<ModelShape> ShapeOf(Client& client, const std::string& model) {
-  auto models = client.ListModels();
-  if (!models.ok()) return models.status();
-  for (const v1::ModelInfo& m : *models) {
-    if (m.spec().name() == model) return ModelShape{m.spec().num_layers(), m.spec().num_experts()};
-  }
-  return absl::NotFoundError(absl::StrFormat("the server has no model named '%s'", model));
-}
 
 // One worker's results; merged after the run.
 struct WorkerResult {
@@ -58,8 +43,8 @@ absl::StatusOr<LoadReport> GenerateLoad(
   if (options.duration <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("duration must be positive");
   }
-  auto shape = ShapeOf(client, options.model);
-  if (!shape.ok()) return shape.status();
+  auto spec = client.FindModel(options.model);
+  if (!spec.ok()) return spec.status();
 
   using Clock = std::chrono::steady_clock;
   const Clock::time_point start = Clock::now();
@@ -75,14 +60,14 @@ absl::StatusOr<LoadReport> GenerateLoad(
       std::normal_distribution<float> noise(0.0f, 2.0f);
       std::vector<std::vector<float>> batches(kBatchesPerWorker);
       for (auto& b : batches) {
-        b.resize(size_t{options.batch_tokens} * shape->experts);
+        b.resize(size_t{options.batch_tokens} * spec->num_experts());
         for (float& x : b) x = noise(rng);
       }
       std::unique_ptr<RouteStream> stream = options.stream ? client.OpenRouteStream(options.model) : nullptr;
       // Workers start on different layers, as workers of a pipeline would.
       uint64_t call = w;
       for (Clock::time_point now = Clock::now(); now < stop && !failed_hard; ++call) {
-        const uint32_t layer = static_cast<uint32_t>(call % shape->layers);
+        const uint32_t layer = static_cast<uint32_t>(call % spec->num_layers());
         const std::vector<float>& logits = batches[call % kBatchesPerWorker];
         auto routed = stream != nullptr ? stream->Route(options.model, layer, logits)
                                         : client.Route(options.model, layer, logits);

@@ -2,7 +2,6 @@
 // RouteStream; prints tokens/s and latency percentiles.
 #include <cstdio>
 
-#include "absl/strings/str_format.h"
 #include "client/command_line.h"
 #include "client/commands.h"
 #include "client/load_generator.h"

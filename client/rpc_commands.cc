@@ -102,15 +102,9 @@ int RouteCommand(const std::vector<std::string>& args) {
     }
   } else {
     // Random logits need the model's width.
-    auto models = (*client)->ListModels();
-    if (!models.ok()) return CommandError("route", models.status());
-    uint32_t experts = 0;
-    for (const v1::ModelInfo& m : *models) {
-      if (m.spec().name() == model) experts = m.spec().num_experts();
-    }
-    if (experts == 0) {
-      return CommandError("route", absl::NotFoundError(absl::StrFormat("no model named '%s'", model)));
-    }
+    auto spec = (*client)->FindModel(model);
+    if (!spec.ok()) return CommandError("route", spec.status());
+    const uint32_t experts = spec->num_experts();
     std::mt19937_64 rng(*seed);
     std::normal_distribution<float> noise(0.0f, 2.0f);
     logits.resize(*tokens * experts);
