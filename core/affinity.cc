@@ -45,30 +45,35 @@ ExpertAffinity::ExpertAffinity(uint32_t num_experts, const AffinityConfig& confi
   }
 }
 
-void ExpertAffinity::Update(absl::Span<const uint32_t> activated) {
-  double scale = scale_.load(std::memory_order_relaxed) * config_.decay;
-  // 1/scale tracked by multiplication: no division on the routing path.
-  inv_scale_ *= inv_decay_;
-  if (scale < kMinScale) {
-    scale_.store(scale, std::memory_order_relaxed);
-    Renormalize();
-    scale = 1.0;
-    inv_scale_ = 1.0;
-  }
-  scale_.store(scale, std::memory_order_relaxed);
-  const double inv = inv_scale_;
-  const double cap = config_.max_score * inv;
+void ExpertAffinity::UpdateTokens(absl::Span<const uint32_t> activated, uint32_t per_token) {
+  // A token with no activations still decays every score.
+  const size_t tokens = per_token == 0 ? 1 : activated.size() / per_token;
+  double scale = scale_.load(std::memory_order_relaxed);
   uint64_t max_count = max_count_.load(std::memory_order_relaxed);
-  for (uint32_t e : activated) {
-    const double v = raw_[e].load(std::memory_order_relaxed) + config_.boost * inv;
-    raw_[e].store(v < cap ? v : cap, std::memory_order_relaxed);
-    const uint64_t c = counts_[e].load(std::memory_order_relaxed) + 1;
-    counts_[e].store(c, std::memory_order_relaxed);
-    max_count = c > max_count ? c : max_count;
+  for (size_t t = 0; t < tokens; ++t) {
+    scale *= config_.decay;
+    // 1/scale tracked by multiplication: no division on the routing path.
+    inv_scale_ *= inv_decay_;
+    if (scale < kMinScale) {
+      scale_.store(scale, std::memory_order_relaxed);
+      Renormalize();
+      scale = 1.0;
+      inv_scale_ = 1.0;
+    }
+    const double gain = config_.boost * inv_scale_;
+    const double cap = config_.max_score * inv_scale_;
+    for (uint32_t e : activated.subspan(t * per_token, per_token)) {
+      const double v = raw_[e].load(std::memory_order_relaxed) + gain;
+      raw_[e].store(v < cap ? v : cap, std::memory_order_relaxed);
+      const uint64_t c = counts_[e].load(std::memory_order_relaxed) + 1;
+      counts_[e].store(c, std::memory_order_relaxed);
+      max_count = c > max_count ? c : max_count;
+    }
+    // Readers see the scale that matches the stored values.
+    scale_.store(scale, std::memory_order_relaxed);
   }
   max_count_.store(max_count, std::memory_order_relaxed);
-  updates_.store(updates_.load(std::memory_order_relaxed) + 1,
-                 std::memory_order_relaxed);
+  updates_.store(updates_.load(std::memory_order_relaxed) + tokens, std::memory_order_relaxed);
 }
 
 void ExpertAffinity::Renormalize() {

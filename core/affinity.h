@@ -42,7 +42,12 @@ class ExpertAffinity {
   ExpertAffinity(uint32_t num_experts, const AffinityConfig& config);
 
   /// One token's activations: decay all, boost each of `activated`.
-  void Update(absl::Span<const uint32_t> activated);
+  void Update(absl::Span<const uint32_t> activated) {
+    UpdateTokens(activated, static_cast<uint32_t>(activated.size()));
+  }
+  /// Update for each token in turn: `activated` holds `per_token` experts per
+  /// token (a routed batch's experts, row-major).
+  void UpdateTokens(absl::Span<const uint32_t> activated, uint32_t per_token);
 
   uint32_t num_experts() const { return num_experts_; }
   double Score(uint32_t expert) const;

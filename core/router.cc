@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "absl/strings/str_format.h"
 #include "core/top_select.h"
@@ -18,6 +19,10 @@ absl::Status RouterConfig::Validate() const {
     return absl::InvalidArgumentError(absl::StrFormat(
         "router.top_k (%d) must be <= router.num_experts (%d)", top_k, num_experts));
   }
+  if (top_k > kMaxRank) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("router.top_k (%d) must be <= %d", top_k, kMaxRank));
+  }
   if (!std::isfinite(cache_bonus) || cache_bonus < 0) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "router.cache_bonus must be finite and >= 0, got %g", cache_bonus));
@@ -30,10 +35,11 @@ absl::Status RouterConfig::Validate() const {
     return absl::InvalidArgumentError(absl::StrFormat(
         "router.protected_top (%d) must be <= router.top_k (%d)", protected_top, top_k));
   }
-  if (max_rank != 0 && (max_rank < top_k || max_rank > num_experts)) {
+  const uint32_t rank_limit = std::min(num_experts, kMaxRank);
+  if (max_rank != 0 && (max_rank < top_k || max_rank > rank_limit)) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "router.max_rank (%d) must be 0 or in [top_k, num_experts] = [%d, %d]",
-        max_rank, top_k, num_experts));
+        "router.max_rank (%d) must be 0 or in [top_k, min(num_experts, %d)] = [%d, %d]",
+        max_rank, kMaxRank, top_k, rank_limit));
   }
   if (!(min_gate_mass >= 0 && min_gate_mass <= 1)) {
     return absl::InvalidArgumentError(absl::StrFormat(
@@ -47,8 +53,8 @@ absl::Status RouterConfig::Validate() const {
 }
 
 uint32_t RouterConfig::EffectiveMaxRank() const {
-  const uint32_t rank = max_rank != 0 ? max_rank : top_k + 2;
-  return rank < num_experts ? rank : num_experts;
+  if (max_rank != 0) return max_rank;
+  return std::min({top_k + 2, num_experts, kMaxRank});
 }
 
 absl::Status ValidateLogits(absl::Span<const float> logits, uint32_t num_experts) {
@@ -70,6 +76,11 @@ absl::Status ValidateLogits(absl::Span<const float> logits, uint32_t num_experts
   return absl::OkStatus();
 }
 
+namespace {
+// A mask of positions [0, n), n <= 64.
+inline uint64_t LowBits(uint32_t n) { return n >= 64 ? ~uint64_t{0} : (uint64_t{1} << n) - 1; }
+}  // namespace
+
 absl::StatusOr<LayerRouter> LayerRouter::Create(const RouterConfig& config,
                                                 const AffinityConfig& affinity) {
   if (absl::Status s = config.Validate(); !s.ok()) return s;
@@ -82,11 +93,10 @@ LayerRouter::LayerRouter(const RouterConfig& config, const AffinityConfig& affin
       max_rank_(config.EffectiveMaxRank()),
       affinity_(std::make_unique<ExpertAffinity>(config.num_experts, affinity)),
       selector_(config.num_experts, max_rank_),
-      taken_(max_rank_),
-      res_pos_(max_rank_),
-      abs_pos_(max_rank_),
-      chosen_pos_(config.top_k),
-      prefetch_mark_(config.num_experts, 0) {}
+      original_(LowBits(config.top_k)),
+      protected_(LowBits(config.protected_top)),
+      listed_(LowBits(max_rank_) & ~protected_),
+      prefetch_bits_((config.num_experts + 63) / 64, 0) {}
 
 float LayerRouter::BatchBonus(absl::Span<const float> logits) {
   if (!config_.memory_aware || config_.cache_bonus <= 0) return 0;
@@ -117,48 +127,28 @@ void LayerRouter::UpdateRange(double range_sum, uint32_t tokens) {
   range_seen_ = true;
 }
 
-bool LayerRouter::ChooseWithBonus(float bonus, const std::atomic<uint8_t>* resident,
-                                  const uint32_t* id, const float* logit, uint8_t* res) {
-  const uint32_t k = config_.top_k;
-  const uint32_t r = max_rank_;
-  const uint32_t protect = config_.protected_top;
+uint64_t LayerRouter::ChooseWithBonus(float bonus, uint64_t res_mask, const uint32_t* id,
+                                      const float* logit) const {
   // Past the protected prefix, resident and absent candidates each stay in
   // descending logit order, and the bonus shifts a whole list by the same
-  // amount: the best k - protect come from merging the two lists.
-  uint32_t n_res = 0, n_abs = 0;
-  for (uint32_t p = 0; p < r; ++p) {
-    const uint8_t is_res = resident[id[p]].load(std::memory_order_relaxed) != 0;
-    res[p] = is_res;
-    taken_[p] = p < protect;
-    // Branch-free split: write to both lists, advance one.
-    const bool listed = p >= protect;
-    res_pos_[n_res] = p;
-    abs_pos_[n_abs] = p;
-    n_res += listed & is_res;
-    n_abs += listed & !is_res;
+  // amount: the best k - protect come from merging the two lists, taking
+  // each list's lowest remaining position.
+  uint64_t res = res_mask & listed_;
+  uint64_t abs = ~res_mask & listed_;
+  uint64_t chosen = protected_;
+  for (uint32_t s = config_.protected_top; s < config_.top_k; ++s) {
+    // r >= k, so at most one list runs dry; a dry list never wins.
+    const uint32_t pr = res != 0 ? static_cast<uint32_t>(__builtin_ctzll(res)) : 0;
+    const uint32_t pa = abs != 0 ? static_cast<uint32_t>(__builtin_ctzll(abs)) : 0;
+    const float a = res != 0 ? logit[pr] + bonus : -std::numeric_limits<float>::infinity();
+    const float b = abs != 0 ? logit[pa] : -std::numeric_limits<float>::infinity();
+    const bool take_resident = a > b || (a == b && id[pr] < id[pa]);
+    const uint64_t bit = take_resident ? res & -res : abs & -abs;
+    chosen |= bit;
+    res &= ~bit;
+    abs &= ~bit;
   }
-  uint32_t i = 0, j = 0;
-  bool changed = false;
-  for (uint32_t s = protect; s < k; ++s) {
-    bool take_resident;
-    if (i == n_res) {
-      take_resident = false;
-    } else if (j == n_abs) {
-      take_resident = true;
-    } else {
-      const float a = logit[res_pos_[i]] + bonus;
-      const float b = logit[abs_pos_[j]];
-      take_resident = a > b || (a == b && id[res_pos_[i]] < id[abs_pos_[j]]);
-    }
-    const uint32_t p = take_resident ? res_pos_[i++] : abs_pos_[j++];
-    taken_[p] = 1;
-    changed |= p >= k;
-  }
-  // Report in descending original probability.
-  for (uint32_t p = 0, s = 0; p < r; ++p) {
-    if (taken_[p]) chosen_pos_[s++] = p;
-  }
-  return changed;
+  return chosen;
 }
 
 absl::Status LayerRouter::Route(absl::Span<const float> logits,
@@ -188,35 +178,28 @@ absl::Status LayerRouter::Route(absl::Span<const float> logits,
   const float bonus = can_reroute ? BatchBonus(logits) : 0.0f;
   double range_sum = 0;
 
-  // Phase 1, per token: the candidates (original top-r), whether each is
+  // Phase 1, per token: the candidates (original top-r), which are
   // resident, and the tentative choice.
   batch_id_.resize(size_t{tokens} * r);
   batch_prob_.resize(size_t{tokens} * r);
-  batch_res_.resize(size_t{tokens} * r);
-  batch_pos_.resize(size_t{tokens} * k);
-  batch_changed_.resize(tokens);
   batch_lowest_.resize(tokens);
+  batch_res_.resize(tokens);
+  batch_chosen_.resize(tokens);
   selector_.SelectRows(logits.data(), tokens, batch_id_.data(), batch_prob_.data(),
                        batch_lowest_.data());
   for (uint32_t t = 0; t < tokens; ++t) {
-    uint32_t* id = batch_id_.data() + size_t{t} * r;
+    const uint32_t* id = batch_id_.data() + size_t{t} * r;
     float* logit = batch_prob_.data() + size_t{t} * r;
     const float top = logit[0];
     range_sum += top - batch_lowest_[t];
-    uint8_t* res = batch_res_.data() + size_t{t} * r;
-    uint32_t* pos = batch_pos_.data() + size_t{t} * k;
-    const bool changed = bonus > 0 && ChooseWithBonus(bonus, resident, id, logit, res);
-    if (changed) {
-      for (uint32_t i = 0; i < k; ++i) pos[i] = chosen_pos_[i];
-    } else {
-      for (uint32_t p = 0; p < k; ++p) pos[p] = p;
-      if (bonus <= 0) {
-        for (uint32_t p = 0; p < k; ++p) {
-          res[p] = resident != nullptr ? resident[id[p]].load(std::memory_order_relaxed) : 0;
-        }
+    uint64_t res_mask = 0;
+    if (resident != nullptr) {
+      for (uint32_t p = 0; p < r; ++p) {
+        res_mask |= uint64_t{resident[id[p]].load(std::memory_order_relaxed) != 0} << p;
       }
     }
-    batch_changed_[t] = changed;
+    batch_res_[t] = res_mask;
+    batch_chosen_[t] = bonus > 0 ? ChooseWithBonus(bonus, res_mask, id, logit) : original_;
     // Logits relative to the top expert, exponentiated below.
     for (uint32_t p = 0; p < r; ++p) logit[p] -= top;
   }
@@ -227,23 +210,22 @@ absl::Status LayerRouter::Route(absl::Span<const float> logits,
   // exponentiated, never a softmax over all experts.
   ExpNonPositiveBatch(batch_prob_.data(), batch_prob_.size());
 
-  // Phase 3, per token: the mass guard, the outputs, and learning.
+  // Phase 3, per token: the mass guard and the outputs.
   const float prefetch_ratio = static_cast<float>(config_.prefetch_threshold);
+  const float min_mass = static_cast<float>(config_.min_gate_mass);
   for (uint32_t t = 0; t < tokens; ++t) {
     const uint32_t* id = batch_id_.data() + size_t{t} * r;
     const float* prob = batch_prob_.data() + size_t{t} * r;
-    const uint8_t* res = batch_res_.data() + size_t{t} * r;
-    uint32_t* pos = batch_pos_.data() + size_t{t} * k;
-    bool changed = batch_changed_[t] != 0;
+    const uint64_t res_mask = batch_res_[t];
+    uint64_t chosen = batch_chosen_[t];
     float kept = 0;
-    for (uint32_t i = 0; i < k; ++i) kept += prob[pos[i]];
-    if (changed) {
+    for (uint64_t m = chosen; m != 0; m &= m - 1) kept += prob[__builtin_ctzll(m)];
+    if (chosen != original_) {
       float orig = 0;
       for (uint32_t p = 0; p < k; ++p) orig += prob[p];
-      if (kept < static_cast<float>(config_.min_gate_mass) * orig) {
+      if (kept < min_mass * orig) {
         // Too costly for this token: it keeps its original top-k.
-        changed = false;
-        for (uint32_t p = 0; p < k; ++p) pos[p] = p;
+        chosen = original_;
         kept = orig;
       } else {
         const double mass = kept / orig;
@@ -252,32 +234,39 @@ absl::Status LayerRouter::Route(absl::Span<const float> logits,
         ++out->changed_tokens;
       }
     }
+    // Ascending positions: descending original probability.
     uint32_t* ex = out->experts.data() + size_t{t} * k;
     uint8_t* out_res = out->resident.data() + size_t{t} * k;
     float* w = out->weights.data() + size_t{t} * k;
     const float inv = 1.0f / kept;
-    for (uint32_t i = 0; i < k; ++i) {
-      ex[i] = id[pos[i]];
-      out_res[i] = res[pos[i]];
-      w[i] = prob[pos[i]] * inv;
-      out->hits += res[pos[i]] != 0;
+    uint32_t i = 0;
+    for (uint64_t m = chosen; m != 0; m &= m - 1, ++i) {
+      const uint32_t p = static_cast<uint32_t>(__builtin_ctzll(m));
+      ex[i] = id[p];
+      const uint8_t hit = static_cast<uint8_t>((res_mask >> p) & 1);
+      out_res[i] = hit;
+      out->hits += hit;
+      w[i] = prob[p] * inv;
     }
-    // Strong unchosen runners-up become prefetch candidates. pos is
-    // ascending, so one merge walk skips the chosen.
-    for (uint32_t p = 1, i = 0; p < r && prob[p] >= prefetch_ratio && prefetch_ratio > 0; ++p) {
-      while (i < k && pos[i] < p) ++i;
-      if (i < k && pos[i] == p) continue;
-      prefetch_mark_[id[p]] = 1;
+    // Strong unchosen runners-up become prefetch candidates.
+    if (prefetch_ratio > 0) {
+      uint64_t strong = 0;
+      for (uint32_t p = 1; p < r; ++p) strong |= uint64_t{prob[p] >= prefetch_ratio} << p;
+      for (uint64_t m = strong & ~chosen; m != 0; m &= m - 1) {
+        const uint32_t e = id[__builtin_ctzll(m)];
+        prefetch_bits_[e / 64] |= uint64_t{1} << (e % 64);
+      }
     }
-    affinity_->Update(absl::MakeConstSpan(ex, k));
   }
   out->gate_mass_sum += tokens - out->changed_tokens;  // unchanged tokens keep all
   out->misses = uint64_t{tokens} * k - out->hits;
+  affinity_->UpdateTokens(out->experts, k);
 
-  for (uint32_t e = 0; e < n; ++e) {
-    if (prefetch_mark_[e] == 0) continue;
-    prefetch_mark_[e] = 0;
-    out->prefetch.push_back(e);
+  for (uint32_t word = 0; word < prefetch_bits_.size(); ++word) {
+    for (uint64_t m = prefetch_bits_[word]; m != 0; m &= m - 1) {
+      out->prefetch.push_back(word * 64 + static_cast<uint32_t>(__builtin_ctzll(m)));
+    }
+    prefetch_bits_[word] = 0;
   }
   return absl::OkStatus();
 }

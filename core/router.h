@@ -21,8 +21,14 @@ enum class BonusMode : uint8_t {
   kRelative,
 };
 
+/// The most candidates a token can have: the router keeps each token's
+/// candidates as a 64-bit mask. Experts ranked lower carry a negligible share
+/// of the gate mass, which the mass guard would refuse anyway.
+inline constexpr uint32_t kMaxRank = 64;
+
 struct RouterConfig {
   uint32_t num_experts = 8;
+  /// At most kMaxRank.
   uint32_t top_k = 2;
   /// Favour resident experts by `cache_bonus` in the selection score.
   bool memory_aware = true;
@@ -36,7 +42,8 @@ struct RouterConfig {
   /// chosen, whatever the bonus.
   uint32_t protected_top = 1;
   /// Quality guard: only experts ranked at most `max_rank` in the original
-  /// order may be chosen. 0 means top_k + 2. Must be >= top_k.
+  /// order may be chosen. 0 means top_k + 2 (at most kMaxRank). Must be in
+  /// [top_k, kMaxRank].
   uint32_t max_rank = 0;
   /// Quality guard: a token is rerouted only if its chosen experts keep at
   /// least this fraction of the original top-k's probability; otherwise it
@@ -112,28 +119,30 @@ class LayerRouter {
   float BatchBonus(absl::Span<const float> logits);
   // Folds a batch's per-token ranges into the running mean range.
   void UpdateRange(double range_sum, uint32_t tokens);
-  // Fills chosen_pos_ from the candidates with the bonus applied; returns
-  // whether the choice differs from the original top-k.
-  bool ChooseWithBonus(float bonus, const std::atomic<uint8_t>* resident, const uint32_t* id,
-                       const float* logit, uint8_t* res);
+  // The chosen candidate positions (a mask over the original ranks) with the
+  // bonus applied to the resident candidates in `res_mask`.
+  uint64_t ChooseWithBonus(float bonus, uint64_t res_mask, const uint32_t* id,
+                           const float* logit) const;
 
   double range_ema_ = 0;
   bool range_seen_ = false;
   TopSelector selector_;
-  // Per-token scratch, reused (one caller at a time).
-  std::vector<uint8_t> taken_;
-  std::vector<uint32_t> res_pos_;  // candidate positions past the protected
-  std::vector<uint32_t> abs_pos_;  // prefix, resident / absent
-  std::vector<uint32_t> chosen_pos_;
-  std::vector<uint8_t> prefetch_mark_;
-  // Per-batch scratch, tokens x max_rank (or x top_k): candidates, their
-  // logit minus the top's and then its exp, residency, chosen positions.
+  // Masks over candidate positions: the original top-k, the protected
+  // prefix, and the candidates past it.
+  const uint64_t original_;
+  const uint64_t protected_;
+  const uint64_t listed_;
+  // Experts to prefetch, one bit each, collected over a batch.
+  std::vector<uint64_t> prefetch_bits_;
+  // Per-batch scratch, reused (one caller at a time). tokens x max_rank:
+  // candidates, and their logit minus the top's, then its exp. Per token:
+  // the row minimum, and masks over candidate positions of the resident and
+  // of the chosen.
   std::vector<uint32_t> batch_id_;
   std::vector<float> batch_prob_;
-  std::vector<uint8_t> batch_res_;
-  std::vector<uint32_t> batch_pos_;
-  std::vector<uint8_t> batch_changed_;
   std::vector<float> batch_lowest_;
+  std::vector<uint64_t> batch_res_;
+  std::vector<uint64_t> batch_chosen_;
 };
 
 /// Checks a batch of logits without routing it: the length is a multiple of

@@ -46,6 +46,9 @@ struct Expected {
   std::vector<double> weights;
   bool changed = false;
   double mass = 1;
+  // Candidates past the top whose probability over the top's reaches the
+  // prefetch threshold; those left unchosen are prefetched.
+  std::vector<uint32_t> runners_up;
 };
 
 Expected ReferenceRoute(const float* row, const RouterConfig& c, double bonus,
@@ -77,6 +80,9 @@ Expected ReferenceRoute(const float* row, const RouterConfig& c, double bonus,
   for (uint32_t e : chosen) out.weights.push_back(std::exp(row[e] - top) / chosen_mass);
   std::set<uint32_t> a(chosen.begin(), chosen.end()), b(order.begin(), order.begin() + c.top_k);
   out.changed = a != b;
+  for (uint32_t i = 1; i < r; ++i) {
+    if (std::exp(row[order[i]] - top) >= c.prefetch_threshold) out.runners_up.push_back(order[i]);
+  }
   out.mass = chosen_mass / orig_mass;
   if (out.changed && out.mass < c.min_gate_mass) {
     // The mass guard refuses the reroute: the original top-k, as unbiased.
@@ -113,6 +119,19 @@ TEST(RouterConfigTest, RejectsBadFieldsByName) {
   c = {};
   c.max_rank = 1;
   EXPECT_THAT(error_of(c), HasSubstr("max_rank"));
+  // Candidates live in a 64-bit mask: ranks past 64 are refused, by name.
+  c = {};
+  c.num_experts = 256;
+  c.max_rank = 65;
+  EXPECT_THAT(error_of(c), HasSubstr("max_rank (65) must be 0 or in [top_k, min(num_experts, 64)]"));
+  c.max_rank = 64;
+  EXPECT_TRUE(c.Validate().ok());
+  c.top_k = 65;
+  c.max_rank = 0;
+  EXPECT_THAT(error_of(c), HasSubstr("top_k (65) must be <= 64"));
+  c.top_k = 64;
+  EXPECT_TRUE(c.Validate().ok());
+  EXPECT_EQ(c.EffectiveMaxRank(), 64u);
   c = {};
   c.range_ema_alpha = 0;
   EXPECT_THAT(error_of(c), HasSubstr("range_ema_alpha"));
@@ -178,9 +197,15 @@ TEST_P(RouterBonusTest, MatchesReferenceAndKeepsTheGuard) {
   ASSERT_TRUE(router.Route(logits, res.get(), &out).ok());
   uint32_t changed = 0;
   double mass_sum = 0;
+  std::set<uint32_t> prefetch;
   for (uint32_t t = 0; t < tokens; ++t) {
     const float* row = &logits[size_t{t} * p.experts];
     const Expected want = ReferenceRoute(row, config, p.bonus, &res);
+    for (uint32_t e : want.runners_up) {
+      if (std::find(want.experts.begin(), want.experts.end(), e) == want.experts.end()) {
+        prefetch.insert(e);
+      }
+    }
     ASSERT_THAT(out.TokenExperts(t), ::testing::ElementsAreArray(want.experts)) << "token " << t;
     for (uint32_t i = 0; i < p.top_k; ++i) {
       EXPECT_NEAR(out.weights[t * p.top_k + i], want.weights[i], 2e-6);
@@ -190,6 +215,7 @@ TEST_P(RouterBonusTest, MatchesReferenceAndKeepsTheGuard) {
     mass_sum += want.mass;
   }
   EXPECT_EQ(out.changed_tokens, changed);
+  EXPECT_THAT(out.prefetch, ::testing::ElementsAreArray(prefetch));
   EXPECT_NEAR(out.gate_mass_sum, mass_sum, 1e-4);
   EXPECT_LE(out.gate_mass_min, 1.0);
 }
@@ -201,7 +227,10 @@ INSTANTIATE_TEST_SUITE_P(Cases, RouterBonusTest,
                                            BonusCase{64, 6, 1, 12, 1.5, 0},
                                            BonusCase{64, 6, 1, 12, 1.5, 0.8},
                                            BonusCase{256, 8, 2, 10, 1.0, 0},
-                                           BonusCase{128, 8, 1, 0, 0.8, 0.9}),
+                                           BonusCase{128, 8, 1, 0, 0.8, 0.9},
+                                           // The widest candidate mask.
+                                           BonusCase{128, 8, 0, 64, 2.0, 0},
+                                           BonusCase{64, 64, 1, 64, 1.0, 0}),
                          CaseName);
 
 TEST(RouterTest, BonusOnlyReroutesAndWeightsStayOriginal) {
