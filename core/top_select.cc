@@ -366,7 +366,7 @@ __attribute__((target("avx2"), always_inline)) inline void Transpose8x8(const fl
 // One expert's values for 8 rows sink down the sorted columns: each level
 // keeps the larger of it and the incoming value and passes the smaller on.
 template <int R>
-__attribute__((target("avx2"), always_inline)) inline void Sink(__m256 x, __m256 (&top)[R],
+__attribute__((target("avx2"), always_inline)) inline void Sink(__m256 x, __m256* top,
                                                                 __m256& vmin) {
   vmin = _mm256_min_ps(vmin, x);
   for (int j = 0; j < R; ++j) {
@@ -376,22 +376,75 @@ __attribute__((target("avx2"), always_inline)) inline void Sink(__m256 x, __m256
   }
 }
 
+// Orders a and b per lane: the larger in a.
+__attribute__((target("avx2"), always_inline)) inline void CompareSwap(__m256& a, __m256& b) {
+  const __m256 hi = _mm256_max_ps(a, b);
+  b = _mm256_min_ps(a, b);
+  a = hi;
+}
+
+// Sorts 8 vectors per lane, descending: an optimal 19-comparator network.
+__attribute__((target("avx2"), always_inline)) inline void Sort8(__m256 (&x)[8]) {
+  constexpr int kPairs[19][2] = {{0, 2}, {1, 3}, {4, 6}, {5, 7}, {0, 4}, {1, 5}, {2, 6},
+                                 {3, 7}, {0, 1}, {2, 3}, {4, 5}, {6, 7}, {2, 4}, {3, 5},
+                                 {1, 4}, {3, 6}, {1, 2}, {3, 4}, {5, 6}};
+#pragma GCC unroll 19
+  for (const auto& pair : kPairs) CompareSwap(x[pair[0]], x[pair[1]]);
+}
+
+// Merges the sorted x[0, 8) into the sorted top[0, R) per lane, keeping the
+// top R. The column is padded to L, a power of two: pairing top[j] with
+// x[L-1-j] leaves the L largest as one bitonic sequence, which log2(L)
+// half-cleaners sort. Only top[0, R) is read afterwards, so the compiler
+// drops the comparisons that feed only the padding.
+template <int R, int L>
+__attribute__((target("avx2"), always_inline)) inline void MergeTop(const __m256 (&x)[8],
+                                                                    __m256 (&top)[L]) {
+#pragma GCC unroll 16
+  for (int j = 0; j < L; ++j) {
+    const int q = L - 1 - j;
+    if (j >= R) {
+      top[j] = q < 8 ? x[q] : _mm256_set1_ps(-kInf);
+    } else if (q < 8) {
+      top[j] = _mm256_max_ps(top[j], x[q]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int half = L / 2; half >= 1; half /= 2) {
+#pragma GCC unroll 16
+    for (int i = 0; i < L; ++i) {
+      if ((i & half) == 0) CompareSwap(top[i], top[i + half]);
+    }
+  }
+}
+
+// The padded column of the bitonic merge: r rounded up to a power of two.
+constexpr int ColumnFor(int r) { return r <= 1 ? 1 : 2 * ColumnFor((r + 1) / 2); }
+
 template <int R>
 __attribute__((target("avx2,popcnt"))) void TopSelector::SelectEightRows(const float* rows,
                                                                           uint32_t* ids,
                                                                           float* values,
                                                                           float* lowest) {
+  constexpr int L = ColumnFor(R);
   const uint32_t n = n_;
   const uint32_t full = n & ~7u;
-  // Pass 1, 8 rows at once: the sorted top R values of each lane, and its
-  // minimum.
-  __m256 top[R];
-  for (int j = 0; j < R; ++j) top[j] = _mm256_set1_ps(-kInf);
+  // Pass 1, 8 rows at once: the sorted top L >= R values of each lane, and
+  // its minimum. Each block of 8 experts is sorted by a network and merged
+  // in; the last few experts sink in one at a time.
+  __m256 top[L];
+  for (int j = 0; j < L; ++j) top[j] = _mm256_set1_ps(-kInf);
   __m256 vmin = _mm256_set1_ps(kInf);
   for (uint32_t col = 0; col < full; col += 8) {
     __m256 x[8];
     Transpose8x8(rows, n, col, x);
-    for (int e = 0; e < 8; ++e) Sink<R>(x[e], top, vmin);
+    Sort8(x);
+    vmin = _mm256_min_ps(vmin, x[7]);
+    if (col == 0) {
+      for (int j = 0; j < R && j < 8; ++j) top[j] = x[j];
+    } else {
+      MergeTop<R, L>(x, top);
+    }
   }
   for (uint32_t e = full; e < n; ++e) {
     alignas(32) float lane[8];

@@ -23,11 +23,12 @@ class TopSelector {
   /// Select for each of `tokens` rows (row-major, n floats each): ids and
   /// values tokens x r, and each row's minimum. Identical results to Select
   /// row by row. With AVX2 and r <= 16 it works on 8 rows at once, one per
-  /// lane: each expert's 8 logits pass down a sorted column of r registers
-  /// (a max/min cascade, so no branches and no ids yet), which yields each
-  /// row's r-th value; one pass over the row then picks the ids at or above
-  /// it and ranks them against the sorted values. Rows whose top r hold
-  /// equal values fall back to Select.
+  /// lane: each block of 8 experts is sorted by a comparator network and
+  /// merged into a sorted column of r registers (a bitonic merge: max/min
+  /// only, no branches and no ids yet), which yields each row's r-th value;
+  /// one pass over the row then picks the ids at or above it and ranks them
+  /// against the sorted values. Rows whose top r hold equal values fall back
+  /// to Select.
   void SelectRows(const float* rows, uint32_t tokens, uint32_t* ids, float* values,
                   float* lowest);
 

@@ -99,7 +99,11 @@ INSTANTIATE_TEST_SUITE_P(Shapes, TopSelectorTest,
                          ::testing::Values(Shape{8, 4}, Shape{8, 8}, Shape{5, 3}, Shape{1, 1},
                                            Shape{64, 8}, Shape{64, 12}, Shape{60, 6},
                                            Shape{128, 10}, Shape{256, 10}, Shape{256, 16},
-                                           Shape{257, 9}, Shape{64, 17}, Shape{20, 16}),
+                                           Shape{257, 9}, Shape{64, 17}, Shape{20, 16},
+                                           // Every padded column width of the
+                                           // batched merge: 1, 2, 4, 8, 16.
+                                           Shape{16, 2}, Shape{24, 5}, Shape{40, 13},
+                                           Shape{33, 1}),
                          [](const ::testing::TestParamInfo<Shape>& info) {
                            return "n" + std::to_string(info.param.n) + "_r" +
                                   std::to_string(info.param.r);
