@@ -478,15 +478,17 @@ __attribute__((target("avx2,popcnt"))) void TopSelector::SelectEightRows(const f
     float* cand_value = cand_value_.data();
     uint32_t* cand_id = cand_id_.data();
     uint32_t c = 0;
+    __m256i id = iota;
+#pragma GCC unroll 2
     for (uint32_t i = 0; i < full; i += 8) {
       const __m256 x = _mm256_loadu_ps(row + i);
       const int mask = _mm256_movemask_ps(_mm256_cmp_ps(x, vt, _CMP_GE_OQ));
       const __m256i perm = _mm256_load_si256(reinterpret_cast<const __m256i*>(table.perm[mask]));
       _mm256_storeu_ps(cand_value + c, _mm256_permutevar8x32_ps(x, perm));
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(cand_id + c),
-                          _mm256_permutevar8x32_epi32(
-                              _mm256_add_epi32(iota, _mm256_set1_epi32(static_cast<int>(i))), perm));
+                          _mm256_permutevar8x32_epi32(id, perm));
       c += static_cast<uint32_t>(_mm_popcnt_u32(static_cast<unsigned>(mask)));
+      id = _mm256_add_epi32(id, _mm256_set1_epi32(8));
     }
     for (uint32_t i = full; i < n; ++i) {
       cand_value[c] = row[i];
