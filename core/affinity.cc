@@ -50,6 +50,11 @@ void ExpertAffinity::UpdateTokens(absl::Span<const uint32_t> activated, uint32_t
   const size_t tokens = per_token == 0 ? 1 : activated.size() / per_token;
   double scale = scale_.load(std::memory_order_relaxed);
   uint64_t max_count = max_count_.load(std::memory_order_relaxed);
+  // Locals: the atomic stores below would otherwise force reloads of the
+  // members on every expert.
+  std::atomic<double>* const raw = raw_.get();
+  std::atomic<uint64_t>* const counts = counts_.get();
+  const uint32_t* token = activated.data();
   for (size_t t = 0; t < tokens; ++t) {
     scale *= config_.decay;
     // 1/scale tracked by multiplication: no division on the routing path.
@@ -62,13 +67,14 @@ void ExpertAffinity::UpdateTokens(absl::Span<const uint32_t> activated, uint32_t
     }
     const double gain = config_.boost * inv_scale_;
     const double cap = config_.max_score * inv_scale_;
-    for (uint32_t e : activated.subspan(t * per_token, per_token)) {
-      const double v = raw_[e].load(std::memory_order_relaxed) + gain;
-      raw_[e].store(v < cap ? v : cap, std::memory_order_relaxed);
-      const uint64_t c = counts_[e].load(std::memory_order_relaxed) + 1;
-      counts_[e].store(c, std::memory_order_relaxed);
+    for (const uint32_t* e = token; e != token + per_token; ++e) {
+      const double v = raw[*e].load(std::memory_order_relaxed) + gain;
+      raw[*e].store(v < cap ? v : cap, std::memory_order_relaxed);
+      const uint64_t c = counts[*e].load(std::memory_order_relaxed) + 1;
+      counts[*e].store(c, std::memory_order_relaxed);
       max_count = c > max_count ? c : max_count;
     }
+    token += per_token;
     // Readers see the scale that matches the stored values.
     scale_.store(scale, std::memory_order_relaxed);
   }

@@ -121,7 +121,12 @@ float LayerRouter::BatchBonus(absl::Span<const float> logits) {
 void LayerRouter::UpdateRange(double range_sum, uint32_t tokens) {
   if (tokens == 0) return;
   // Equivalent to one EMA step per token towards the batch's mean range.
-  const double weight = 1.0 - std::pow(1.0 - config_.range_ema_alpha, tokens);
+  // Batches mostly repeat one size, so the weight is computed once per size.
+  if (tokens != range_weight_tokens_) {
+    range_weight_ = 1.0 - std::pow(1.0 - config_.range_ema_alpha, tokens);
+    range_weight_tokens_ = tokens;
+  }
+  const double weight = range_weight_;
   const double mean = range_sum / tokens;
   range_ema_ = range_seen_ ? range_ema_ + weight * (mean - range_ema_) : mean;
   range_seen_ = true;
@@ -168,10 +173,6 @@ absl::Status LayerRouter::Route(absl::Span<const float> logits,
   out->weights.resize(size_t{tokens} * k);
   out->resident.resize(size_t{tokens} * k);
   out->prefetch.clear();
-  out->changed_tokens = 0;
-  out->gate_mass_sum = 0;
-  out->gate_mass_min = 1;
-  out->hits = 0;
 
   // One bonus for the batch, from the running range as of its start, so
   // tokens do not wait on each other.
@@ -210,34 +211,48 @@ absl::Status LayerRouter::Route(absl::Span<const float> logits,
   // exponentiated, never a softmax over all experts.
   ExpNonPositiveBatch(batch_prob_.data(), batch_prob_.size());
 
-  // Phase 3, per token: the mass guard and the outputs.
+  // Phase 3, per token: the mass guard and the outputs. Totals and
+  // pointers live in locals: the byte stores to `resident` may alias
+  // anything, which would force reloads through `out` and `this`.
   const float prefetch_ratio = static_cast<float>(config_.prefetch_threshold);
   const float min_mass = static_cast<float>(config_.min_gate_mass);
+  const uint64_t original = original_;
+  const uint32_t* const ids = batch_id_.data();
+  const float* const probs = batch_prob_.data();
+  const uint64_t* const res_masks = batch_res_.data();
+  const uint64_t* const choices = batch_chosen_.data();
+  uint64_t* const prefetch_bits = prefetch_bits_.data();
+  uint32_t* const out_experts = out->experts.data();
+  uint8_t* const out_resident = out->resident.data();
+  float* const out_weights = out->weights.data();
+  uint64_t hits = 0;
+  uint32_t changed_tokens = 0;
+  double mass_sum = 0, mass_min = 1;
   for (uint32_t t = 0; t < tokens; ++t) {
-    const uint32_t* id = batch_id_.data() + size_t{t} * r;
-    const float* prob = batch_prob_.data() + size_t{t} * r;
-    const uint64_t res_mask = batch_res_[t];
-    uint64_t chosen = batch_chosen_[t];
+    const uint32_t* id = ids + size_t{t} * r;
+    const float* prob = probs + size_t{t} * r;
+    const uint64_t res_mask = res_masks[t];
+    uint64_t chosen = choices[t];
     float kept = 0;
     for (uint64_t m = chosen; m != 0; m &= m - 1) kept += prob[__builtin_ctzll(m)];
-    if (chosen != original_) {
+    if (chosen != original) {
       float orig = 0;
       for (uint32_t p = 0; p < k; ++p) orig += prob[p];
       if (kept < min_mass * orig) {
         // Too costly for this token: it keeps its original top-k.
-        chosen = original_;
+        chosen = original;
         kept = orig;
       } else {
         const double mass = kept / orig;
-        out->gate_mass_sum += mass;
-        out->gate_mass_min = mass < out->gate_mass_min ? mass : out->gate_mass_min;
-        ++out->changed_tokens;
+        mass_sum += mass;
+        mass_min = mass < mass_min ? mass : mass_min;
+        ++changed_tokens;
       }
     }
     // Ascending positions: descending original probability.
-    uint32_t* ex = out->experts.data() + size_t{t} * k;
-    uint8_t* out_res = out->resident.data() + size_t{t} * k;
-    float* w = out->weights.data() + size_t{t} * k;
+    uint32_t* ex = out_experts + size_t{t} * k;
+    uint8_t* out_res = out_resident + size_t{t} * k;
+    float* w = out_weights + size_t{t} * k;
     const float inv = 1.0f / kept;
     uint32_t i = 0;
     for (uint64_t m = chosen; m != 0; m &= m - 1, ++i) {
@@ -245,7 +260,7 @@ absl::Status LayerRouter::Route(absl::Span<const float> logits,
       ex[i] = id[p];
       const uint8_t hit = static_cast<uint8_t>((res_mask >> p) & 1);
       out_res[i] = hit;
-      out->hits += hit;
+      hits += hit;
       w[i] = prob[p] * inv;
     }
     // Strong unchosen runners-up become prefetch candidates.
@@ -254,12 +269,15 @@ absl::Status LayerRouter::Route(absl::Span<const float> logits,
       for (uint32_t p = 1; p < r; ++p) strong |= uint64_t{prob[p] >= prefetch_ratio} << p;
       for (uint64_t m = strong & ~chosen; m != 0; m &= m - 1) {
         const uint32_t e = id[__builtin_ctzll(m)];
-        prefetch_bits_[e / 64] |= uint64_t{1} << (e % 64);
+        prefetch_bits[e / 64] |= uint64_t{1} << (e % 64);
       }
     }
   }
-  out->gate_mass_sum += tokens - out->changed_tokens;  // unchanged tokens keep all
-  out->misses = uint64_t{tokens} * k - out->hits;
+  out->hits = hits;
+  out->misses = uint64_t{tokens} * k - hits;
+  out->changed_tokens = changed_tokens;
+  out->gate_mass_sum = mass_sum + (tokens - changed_tokens);  // unchanged tokens keep all
+  out->gate_mass_min = mass_min;
   affinity_->UpdateTokens(out->experts, k);
 
   for (uint32_t word = 0; word < prefetch_bits_.size(); ++word) {

@@ -126,6 +126,9 @@ class LayerRouter {
 
   double range_ema_ = 0;
   bool range_seen_ = false;
+  // The EMA weight of a batch of range_weight_tokens_ tokens.
+  uint32_t range_weight_tokens_ = 0;
+  double range_weight_ = 0;
   TopSelector selector_;
   // Masks over candidate positions: the original top-k, the protected
   // prefix, and the candidates past it.
