@@ -265,8 +265,7 @@ absl::Status LayerRouter::Route(absl::Span<const float> logits,
     }
     // Strong unchosen runners-up become prefetch candidates.
     if (prefetch_ratio > 0) {
-      uint64_t strong = 0;
-      for (uint32_t p = 1; p < r; ++p) strong |= uint64_t{prob[p] >= prefetch_ratio} << p;
+      const uint64_t strong = MaskAtLeast(prob, r, prefetch_ratio) & ~uint64_t{1};
       for (uint64_t m = strong & ~chosen; m != 0; m &= m - 1) {
         const uint32_t e = id[__builtin_ctzll(m)];
         prefetch_bits[e / 64] |= uint64_t{1} << (e % 64);

@@ -5,6 +5,10 @@
 #include <cstdint>
 #include <vector>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 namespace moe_router {
 
 /// Selects the r largest of n floats, best first, ties to the lower index:
@@ -77,6 +81,22 @@ inline float ExpNonPositive(float x) {
 
 /// x[i] = e^x[i] for all i (each x[i] <= 0).
 void ExpNonPositiveBatch(float* x, size_t n);
+
+/// Bit i set when x[i] >= threshold, for i < n <= 64: four compares per
+/// instruction where SSE2 is there (all of x86-64).
+inline uint64_t MaskAtLeast(const float* x, uint32_t n, float threshold) {
+  uint64_t mask = 0;
+  uint32_t i = 0;
+#if defined(__SSE2__)
+  const __m128 t = _mm_set1_ps(threshold);
+  for (; i + 4 <= n; i += 4) {
+    mask |= uint64_t{static_cast<uint32_t>(_mm_movemask_ps(_mm_cmpge_ps(_mm_loadu_ps(x + i), t)))}
+            << i;
+  }
+#endif
+  for (; i < n; ++i) mask |= uint64_t{x[i] >= threshold} << i;
+  return mask;
+}
 
 /// True when no x[i] is NaN or infinite. A branch-free scan of the exponent
 /// bits, 8 lanes wide with AVX2: the router checks every logit it gets.

@@ -129,6 +129,18 @@ TEST(AllFiniteTest, FindsNanAndInfinityAnywhere) {
   }
 }
 
+TEST(MaskAtLeastTest, SetsTheBitOfEveryValueAtOrAboveTheThreshold) {
+  std::vector<float> x(64);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>((i * 37) % 11);
+  for (uint32_t n : {0u, 1u, 3u, 4u, 7u, 10u, 63u, 64u}) {
+    for (float threshold : {-1.0f, 0.0f, 5.0f, 5.5f, 10.0f, 11.0f}) {
+      uint64_t want = 0;
+      for (uint32_t i = 0; i < n; ++i) want |= uint64_t{x[i] >= threshold} << i;
+      EXPECT_EQ(MaskAtLeast(x.data(), n, threshold), want) << "n=" << n << " t=" << threshold;
+    }
+  }
+}
+
 TEST(ExpNonPositiveTest, CloseToStdExp) {
   std::vector<float> xs;
   for (float x = 0.0f; x > -100.0f; x -= 0.0137f) xs.push_back(x);
