@@ -338,13 +338,9 @@ __attribute__((target("avx2,popcnt"))) float TopSelector::SelectAvx2(const float
   return lowest;
 }
 
-// The column of 8 rows x 8 experts starting at rows + col, transposed: out[e]
-// holds expert col + e of rows 0..7 (lane = row).
-__attribute__((target("avx2"), always_inline)) inline void Transpose8x8(const float* rows,
-                                                                        uint32_t n, uint32_t col,
-                                                                        __m256 out[8]) {
-  __m256 r[8];
-  for (uint32_t t = 0; t < 8; ++t) r[t] = _mm256_loadu_ps(rows + size_t{t} * n + col);
+// Transposes 8 vectors: out[j] lane i = in[i] lane j.
+__attribute__((target("avx2"), always_inline)) inline void Transpose8x8(const __m256 (&r)[8],
+                                                                        __m256 (&out)[8]) {
   const __m256 a0 = _mm256_unpacklo_ps(r[0], r[1]), a1 = _mm256_unpackhi_ps(r[0], r[1]);
   const __m256 a2 = _mm256_unpacklo_ps(r[2], r[3]), a3 = _mm256_unpackhi_ps(r[2], r[3]);
   const __m256 a4 = _mm256_unpacklo_ps(r[4], r[5]), a5 = _mm256_unpackhi_ps(r[4], r[5]);
@@ -361,6 +357,16 @@ __attribute__((target("avx2"), always_inline)) inline void Transpose8x8(const fl
   out[5] = _mm256_permute2f128_ps(b1, b5, 0x31);
   out[6] = _mm256_permute2f128_ps(b2, b6, 0x31);
   out[7] = _mm256_permute2f128_ps(b3, b7, 0x31);
+}
+
+// The column of 8 rows x 8 experts starting at rows + col, transposed: out[e]
+// holds expert col + e of rows 0..7 (lane = row).
+__attribute__((target("avx2"), always_inline)) inline void LoadTransposed(const float* rows,
+                                                                          uint32_t n, uint32_t col,
+                                                                          __m256 (&out)[8]) {
+  __m256 r[8];
+  for (uint32_t t = 0; t < 8; ++t) r[t] = _mm256_loadu_ps(rows + size_t{t} * n + col);
+  Transpose8x8(r, out);
 }
 
 // One expert's values for 8 rows sink down the sorted columns: each level
@@ -418,11 +424,26 @@ __attribute__((target("avx2"), always_inline)) inline void MergeTop(const __m256
   }
 }
 
+// Stores expert e of a row at its rank: how many of the row's sorted top R
+// values (top_lo, then top_hi past 8; -inf padded) beat its value.
+template <int R>
+__attribute__((target("avx2,popcnt"), always_inline)) inline void PlaceByRank(
+    const float* row, uint32_t e, __m256 top_lo, __m256 top_hi, uint32_t* out_id) {
+  const __m256 v = _mm256_broadcast_ss(row + e);
+  unsigned beaten_by =
+      static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(top_lo, v, _CMP_GT_OQ)));
+  if constexpr (R > 8) {
+    beaten_by |=
+        static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(top_hi, v, _CMP_GT_OQ))) << 8;
+  }
+  out_id[_mm_popcnt_u32(beaten_by)] = e;
+}
+
 // The padded column of the bitonic merge: r rounded up to a power of two.
 constexpr int ColumnFor(int r) { return r <= 1 ? 1 : 2 * ColumnFor((r + 1) / 2); }
 
 template <int R>
-__attribute__((target("avx2,popcnt"))) void TopSelector::SelectEightRows(const float* rows,
+__attribute__((target("avx2,popcnt,bmi"))) void TopSelector::SelectEightRows(const float* rows,
                                                                           uint32_t* ids,
                                                                           float* values,
                                                                           float* lowest) {
@@ -437,7 +458,7 @@ __attribute__((target("avx2,popcnt"))) void TopSelector::SelectEightRows(const f
   __m256 vmin = _mm256_set1_ps(kInf);
   for (uint32_t col = 0; col < full; col += 8) {
     __m256 x[8];
-    Transpose8x8(rows, n, col, x);
+    LoadTransposed(rows, n, col, x);
     Sort8(x);
     vmin = _mm256_min_ps(vmin, x[7]);
     if (col == 0) {
@@ -460,9 +481,21 @@ __attribute__((target("avx2,popcnt"))) void TopSelector::SelectEightRows(const f
   for (int j = 0; j < R; ++j) _mm256_store_ps(sorted[j], top[j]);
   alignas(32) float mins[8];
   _mm256_store_ps(mins, vmin);
+  // Each row's sorted values as vectors (lane j: the j-th largest; -inf
+  // past R), to rank its candidates in registers.
+  __m256 row_top[2][8];
+  for (int half = 0; half * 8 < R; ++half) {
+    __m256 column[8];
+    for (int j = 0; j < 8; ++j) {
+      column[j] = half * 8 + j < R ? top[half * 8 + j] : _mm256_set1_ps(-kInf);
+    }
+    Transpose8x8(column, row_top[half]);
+  }
 
-  // Pass 2, per row: the ids of the values >= the R-th, each placed by how
-  // many of the sorted values beat it (values are distinct here).
+  // Pass 2, per row: find the ids of the values >= the R-th, and place each
+  // by how many of the row's sorted values beat it (values are distinct
+  // here). Only ids go through memory, read back one at a time: a vector
+  // load of packed data would wait on the overlapping packing stores.
   const LeftPackTable& table = PackTable();
   const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   for (uint32_t t = 0; t < 8; ++t) {
@@ -474,47 +507,52 @@ __attribute__((target("avx2,popcnt"))) void TopSelector::SelectEightRows(const f
       SelectPortable(row, out_id, out_value);
       continue;
     }
-    const __m256 vt = _mm256_set1_ps(sorted[R - 1][t]);
-    float* cand_value = cand_value_.data();
-    uint32_t* cand_id = cand_id_.data();
-    uint32_t c = 0;
-    __m256i id = iota;
+    const float threshold = sorted[R - 1][t];
+    const __m256 vt = _mm256_set1_ps(threshold);
+    const __m256 top_lo = row_top[0][t];
+    const __m256 top_hi = R > 8 ? row_top[1][t] : _mm256_set1_ps(-kInf);
+    if (n <= 64) {
+      // One mask of the candidates; exactly R bits unless tied, so the
+      // extraction loop's length is predictable.
+      uint64_t mask = 0;
+      for (uint32_t i = 0; i < full; i += 8) {
+        const int bits =
+            _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(row + i), vt, _CMP_GE_OQ));
+        mask |= uint64_t{static_cast<uint32_t>(bits)} << i;
+      }
+      for (uint32_t i = full; i < n; ++i) mask |= uint64_t{row[i] >= threshold} << i;
+      if (_mm_popcnt_u64(mask) != R) {  // a value outside the top R equals the R-th
+        SelectPortable(row, out_id, out_value);
+        continue;
+      }
+      for (; mask != 0; mask &= mask - 1) PlaceByRank<R>(row, static_cast<uint32_t>(__builtin_ctzll(mask)), top_lo, top_hi, out_id);
+    } else {
+      // Left-pack the candidate ids, read back one at a time.
+      uint32_t* cand_id = cand_id_.data();
+      uint32_t c = 0;
+      __m256i id = iota;
 #pragma GCC unroll 2
-    for (uint32_t i = 0; i < full; i += 8) {
-      const __m256 x = _mm256_loadu_ps(row + i);
-      const int mask = _mm256_movemask_ps(_mm256_cmp_ps(x, vt, _CMP_GE_OQ));
-      const __m256i perm = _mm256_load_si256(reinterpret_cast<const __m256i*>(table.perm[mask]));
-      _mm256_storeu_ps(cand_value + c, _mm256_permutevar8x32_ps(x, perm));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(cand_id + c),
-                          _mm256_permutevar8x32_epi32(id, perm));
-      c += static_cast<uint32_t>(_mm_popcnt_u32(static_cast<unsigned>(mask)));
-      id = _mm256_add_epi32(id, _mm256_set1_epi32(8));
-    }
-    for (uint32_t i = full; i < n; ++i) {
-      cand_value[c] = row[i];
-      cand_id[c] = i;
-      c += row[i] >= sorted[R - 1][t];
-    }
-    if (c != static_cast<uint32_t>(R)) {  // a value outside the top R equals the R-th
-      SelectPortable(row, out_id, out_value);
-      continue;
-    }
-    // Distinct values: each candidate's rank is the number of sorted values
-    // greater than it, for 8 candidates at once.
-    for (uint32_t i = 0; i < static_cast<uint32_t>(R); i += 8) {
-      const __m256 v = _mm256_loadu_ps(cand_value + i);
-      __m256i rank = _mm256_setzero_si256();
-      for (int j = 0; j < R; ++j) {
-        const __m256 beats = _mm256_cmp_ps(_mm256_broadcast_ss(&sorted[j][t]), v, _CMP_GT_OQ);
-        rank = _mm256_sub_epi32(rank, _mm256_castps_si256(beats));
+      for (uint32_t i = 0; i < full; i += 8) {
+        const int bits =
+            _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(row + i), vt, _CMP_GE_OQ));
+        const __m256i perm =
+            _mm256_load_si256(reinterpret_cast<const __m256i*>(table.perm[bits]));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(cand_id + c),
+                            _mm256_permutevar8x32_epi32(id, perm));
+        c += static_cast<uint32_t>(_mm_popcnt_u32(static_cast<unsigned>(bits)));
+        id = _mm256_add_epi32(id, _mm256_set1_epi32(8));
       }
-      alignas(32) uint32_t ranks[8];
-      _mm256_store_si256(reinterpret_cast<__m256i*>(ranks), rank);
-      for (uint32_t l = 0; l < 8 && i + l < static_cast<uint32_t>(R); ++l) {
-        out_id[ranks[l]] = cand_id[i + l];
-        out_value[ranks[l]] = cand_value[i + l];
+      for (uint32_t i = full; i < n; ++i) {
+        cand_id[c] = i;
+        c += row[i] >= threshold;
       }
+      if (c != static_cast<uint32_t>(R)) {
+        SelectPortable(row, out_id, out_value);
+        continue;
+      }
+      for (int i = 0; i < R; ++i) PlaceByRank<R>(row, cand_id[i], top_lo, top_hi, out_id);
     }
+    for (int j = 0; j < R; ++j) out_value[j] = sorted[j][t];
   }
 }
 
