@@ -494,10 +494,7 @@ __attribute__((target("avx2,popcnt,bmi"))) void TopSelector::SelectEightRows(con
 
   // Pass 2, per row: find the ids of the values >= the R-th, and place each
   // by how many of the row's sorted values beat it (values are distinct
-  // here). Only ids go through memory, read back one at a time: a vector
-  // load of packed data would wait on the overlapping packing stores.
-  const LeftPackTable& table = PackTable();
-  const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  // here).
   for (uint32_t t = 0; t < 8; ++t) {
     const float* row = rows + size_t{t} * n;
     uint32_t* out_id = ids + size_t{t} * R;
@@ -511,46 +508,30 @@ __attribute__((target("avx2,popcnt,bmi"))) void TopSelector::SelectEightRows(con
     const __m256 vt = _mm256_set1_ps(threshold);
     const __m256 top_lo = row_top[0][t];
     const __m256 top_hi = R > 8 ? row_top[1][t] : _mm256_set1_ps(-kInf);
-    if (n <= 64) {
-      // One mask of the candidates; exactly R bits unless tied, so the
-      // extraction loop's length is predictable.
+    // The candidates of each 64 experts as one mask (no stores to read
+    // back: they stalled on store forwarding). A candidate's rank is below
+    // R even on ties, so placing stays in bounds before the count is known.
+    uint32_t found = 0;
+    for (uint32_t base = 0; base < n; base += 64) {
+      const uint32_t end = std::min(n, base + 64);
+      const uint32_t vector_end = std::min(end, full);
       uint64_t mask = 0;
-      for (uint32_t i = 0; i < full; i += 8) {
+      uint32_t i = base;
+      for (; i < vector_end; i += 8) {
         const int bits =
             _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(row + i), vt, _CMP_GE_OQ));
-        mask |= uint64_t{static_cast<uint32_t>(bits)} << i;
+        mask |= uint64_t{static_cast<uint32_t>(bits)} << (i - base);
       }
-      for (uint32_t i = full; i < n; ++i) mask |= uint64_t{row[i] >= threshold} << i;
-      if (_mm_popcnt_u64(mask) != R) {  // a value outside the top R equals the R-th
-        SelectPortable(row, out_id, out_value);
-        continue;
+      for (; i < end; ++i) mask |= uint64_t{row[i] >= threshold} << (i - base);
+      found += static_cast<uint32_t>(_mm_popcnt_u64(mask));
+      for (; mask != 0; mask &= mask - 1) {
+        PlaceByRank<R>(row, base + static_cast<uint32_t>(__builtin_ctzll(mask)), top_lo, top_hi,
+                       out_id);
       }
-      for (; mask != 0; mask &= mask - 1) PlaceByRank<R>(row, static_cast<uint32_t>(__builtin_ctzll(mask)), top_lo, top_hi, out_id);
-    } else {
-      // Left-pack the candidate ids, read back one at a time.
-      uint32_t* cand_id = cand_id_.data();
-      uint32_t c = 0;
-      __m256i id = iota;
-#pragma GCC unroll 2
-      for (uint32_t i = 0; i < full; i += 8) {
-        const int bits =
-            _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(row + i), vt, _CMP_GE_OQ));
-        const __m256i perm =
-            _mm256_load_si256(reinterpret_cast<const __m256i*>(table.perm[bits]));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(cand_id + c),
-                            _mm256_permutevar8x32_epi32(id, perm));
-        c += static_cast<uint32_t>(_mm_popcnt_u32(static_cast<unsigned>(bits)));
-        id = _mm256_add_epi32(id, _mm256_set1_epi32(8));
-      }
-      for (uint32_t i = full; i < n; ++i) {
-        cand_id[c] = i;
-        c += row[i] >= threshold;
-      }
-      if (c != static_cast<uint32_t>(R)) {
-        SelectPortable(row, out_id, out_value);
-        continue;
-      }
-      for (int i = 0; i < R; ++i) PlaceByRank<R>(row, cand_id[i], top_lo, top_hi, out_id);
+    }
+    if (found != static_cast<uint32_t>(R)) {  // a value outside the top R equals the R-th
+      SelectPortable(row, out_id, out_value);
+      continue;
     }
     for (int j = 0; j < R; ++j) out_value[j] = sorted[j][t];
   }

@@ -30,9 +30,10 @@ class TopSelector {
   /// lane: each block of 8 experts is sorted by a comparator network and
   /// merged into a sorted column of r registers (a bitonic merge: max/min
   /// only, no branches and no ids yet), which yields each row's r-th value;
-  /// one pass over the row then picks the ids at or above it and ranks them
-  /// against the sorted values. Rows whose top r hold equal values fall back
-  /// to Select.
+  /// one pass over the row then finds the ids at or above it (a 64-bit mask,
+  /// or left-packing past 64 experts) and ranks each against the row's
+  /// sorted values held in registers. Rows whose top r hold equal values
+  /// fall back to Select.
   void SelectRows(const float* rows, uint32_t tokens, uint32_t* ids, float* values,
                   float* lowest);
 
