@@ -439,6 +439,22 @@ __attribute__((target("avx2,popcnt"), always_inline)) inline void PlaceByRank(
   out_id[_mm_popcnt_u32(beaten_by)] = e;
 }
 
+// Bit e - begin set for each expert e in [begin, end), end - begin <= 64,
+// whose value is >= threshold; experts below `full` are compared 8 at once.
+__attribute__((target("avx2"), always_inline)) inline uint64_t CandidateMask(
+    const float* row, uint32_t begin, uint32_t end, uint32_t full, float threshold) {
+  const __m256 vt = _mm256_set1_ps(threshold);
+  const uint32_t vector_end = std::min(end, full);
+  uint64_t mask = 0;
+  uint32_t i = begin;
+  for (; i < vector_end; i += 8) {
+    const int bits = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(row + i), vt, _CMP_GE_OQ));
+    mask |= uint64_t{static_cast<uint32_t>(bits)} << (i - begin);
+  }
+  for (; i < end; ++i) mask |= uint64_t{row[i] >= threshold} << (i - begin);
+  return mask;
+}
+
 // The padded column of the bitonic merge: r rounded up to a power of two.
 constexpr int ColumnFor(int r) { return r <= 1 ? 1 : 2 * ColumnFor((r + 1) / 2); }
 
@@ -505,28 +521,27 @@ __attribute__((target("avx2,popcnt,bmi"))) void TopSelector::SelectEightRows(con
       continue;
     }
     const float threshold = sorted[R - 1][t];
-    const __m256 vt = _mm256_set1_ps(threshold);
     const __m256 top_lo = row_top[0][t];
     const __m256 top_hi = R > 8 ? row_top[1][t] : _mm256_set1_ps(-kInf);
-    // The candidates of each 64 experts as one mask (no stores to read
-    // back: they stalled on store forwarding). A candidate's rank is below
-    // R even on ties, so placing stays in bounds before the count is known.
+    // The candidates of each 64 experts as one mask: no stores to read back
+    // (packed candidates stalled on store forwarding). A candidate's rank is
+    // below R even on ties, so placing stays in bounds before the count is
+    // checked. Up to 64 experts the extraction always runs R times.
     uint32_t found = 0;
-    for (uint32_t base = 0; base < n; base += 64) {
-      const uint32_t end = std::min(n, base + 64);
-      const uint32_t vector_end = std::min(end, full);
-      uint64_t mask = 0;
-      uint32_t i = base;
-      for (; i < vector_end; i += 8) {
-        const int bits =
-            _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(row + i), vt, _CMP_GE_OQ));
-        mask |= uint64_t{static_cast<uint32_t>(bits)} << (i - base);
-      }
-      for (; i < end; ++i) mask |= uint64_t{row[i] >= threshold} << (i - base);
-      found += static_cast<uint32_t>(_mm_popcnt_u64(mask));
+    if (n <= 64) {
+      uint64_t mask = CandidateMask(row, 0, n, full, threshold);
+      found = static_cast<uint32_t>(_mm_popcnt_u64(mask));
       for (; mask != 0; mask &= mask - 1) {
-        PlaceByRank<R>(row, base + static_cast<uint32_t>(__builtin_ctzll(mask)), top_lo, top_hi,
-                       out_id);
+        PlaceByRank<R>(row, static_cast<uint32_t>(__builtin_ctzll(mask)), top_lo, top_hi, out_id);
+      }
+    } else {
+      for (uint32_t base = 0; base < n; base += 64) {
+        uint64_t mask = CandidateMask(row, base, std::min(n, base + 64), full, threshold);
+        found += static_cast<uint32_t>(_mm_popcnt_u64(mask));
+        for (; mask != 0; mask &= mask - 1) {
+          PlaceByRank<R>(row, base + static_cast<uint32_t>(__builtin_ctzll(mask)), top_lo, top_hi,
+                         out_id);
+        }
       }
     }
     if (found != static_cast<uint32_t>(R)) {  // a value outside the top R equals the R-th
