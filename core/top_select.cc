@@ -526,7 +526,8 @@ __attribute__((target("avx2,popcnt,bmi"))) void TopSelector::SelectEightRows(con
     // The candidates of each 64 experts as one mask: no stores to read back
     // (packed candidates stalled on store forwarding). A candidate's rank is
     // below R even on ties, so placing stays in bounds before the count is
-    // checked. Up to 64 experts the extraction always runs R times.
+    // checked. Up to 64 experts (most models) one mask needs no chunk loop:
+    // the loop costs about 8% more instructions per routed token at 8/2.
     uint32_t found = 0;
     if (n <= 64) {
       uint64_t mask = CandidateMask(row, 0, n, full, threshold);

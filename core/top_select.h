@@ -30,9 +30,9 @@ class TopSelector {
   /// lane: each block of 8 experts is sorted by a comparator network and
   /// merged into a sorted column of r registers (a bitonic merge: max/min
   /// only, no branches and no ids yet), which yields each row's r-th value;
-  /// one pass over the row then finds the ids at or above it (a 64-bit mask,
-  /// or left-packing past 64 experts) and ranks each against the row's
-  /// sorted values held in registers. Rows whose top r hold equal values
+  /// one pass over the row then finds the ids at or above it (a 64-bit mask
+  /// per 64 experts) and ranks each against the row's sorted values held in
+  /// registers. Rows whose top r hold equal values
   /// fall back to Select.
   void SelectRows(const float* rows, uint32_t tokens, uint32_t* ids, float* values,
                   float* lowest);
@@ -99,8 +99,9 @@ inline uint64_t MaskAtLeast(const float* x, uint32_t n, float threshold) {
   return mask;
 }
 
-/// True when no x[i] is NaN or infinite. A branch-free scan of the exponent
-/// bits, 8 lanes wide with AVX2: the router checks every logit it gets.
+/// True when no x[i] is NaN or infinite. A branch-free max over the
+/// magnitude bits, 8 lanes wide with AVX2: the router checks every logit it
+/// gets.
 bool AllFinite(const float* x, size_t n);
 
 }  // namespace moe_router
