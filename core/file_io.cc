@@ -9,6 +9,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 
 namespace moe_router {
@@ -68,6 +69,16 @@ absl::Status WriteFileAtomically(const std::string& path, absl::string_view cont
     close(dfd);
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> PathInDirectory(const std::string& directory,
+                                            absl::string_view file_name) {
+  if (file_name.empty() || file_name == "." || file_name == ".." ||
+      file_name.find_first_of(absl::string_view("/\0", 2)) != absl::string_view::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("'%s' is not a file name inside %s", file_name, directory));
+  }
+  return absl::StrCat(directory, "/", file_name);
 }
 
 absl::StatusOr<std::string> ReadFile(const std::string& path) {

@@ -21,6 +21,12 @@ absl::Status PreadExact(int fd, void* buf, size_t n, uint64_t offset);
 /// rename, fsync of the directory. A reader sees the old or the new file.
 absl::Status WriteFileAtomically(const std::string& path, absl::string_view contents);
 
+/// `directory/file_name`. A file name that is not one plain path component
+/// (empty, ".", "..", or holding '/' or a NUL) is INVALID_ARGUMENT, so no
+/// name reaches outside the directory whatever rule made it.
+absl::StatusOr<std::string> PathInDirectory(const std::string& directory,
+                                            absl::string_view file_name);
+
 /// The whole file, or an error naming it.
 absl::StatusOr<std::string> ReadFile(const std::string& path);
 

@@ -7,12 +7,13 @@
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
+#include "core/resource_name.h"
 #include "nlohmann/json.hpp"
 
 namespace moe_router {
 
 absl::Status ModelConfig::Validate() const {
-  if (name.empty()) return absl::InvalidArgumentError("model.name must not be empty");
+  if (absl::Status s = CheckResourceName("model.name", name); !s.ok()) return s;
   if (num_layers == 0) return absl::InvalidArgumentError("model.num_layers must be > 0");
   if (budget_bytes == 0) return absl::InvalidArgumentError("model.budget_bytes must be > 0");
   if (absl::Status s = router.Validate(); !s.ok()) return s;

@@ -12,7 +12,7 @@
 namespace moe_router {
 
 absl::StatusOr<bool> ModelRegistry::Register(const v1::ModelSpec& spec) {
-  if (spec.name().empty()) return absl::InvalidArgumentError("model.name must not be empty");
+  // The name is checked by ConfigFromSpec: an invalid one matches no model.
   {
     absl::ReaderMutexLock lock(&mu_);
     const auto it = models_.find(spec.name());
@@ -30,12 +30,16 @@ absl::StatusOr<bool> ModelRegistry::Register(const v1::ModelSpec& spec) {
   if (!store.ok()) return store.status();
   auto engine = ModelEngine::Create(*config, *std::move(store));
   if (!engine.ok()) return engine.status();
-  if (!state_dir_.empty() && std::filesystem::exists(StatePath(spec.name()))) {
-    absl::StatusOr<std::string> text = ReadFile(StatePath(spec.name()));
-    absl::Status loaded = text.ok() ? (*engine)->ImportState(*text) : text.status();
-    if (!loaded.ok()) {
-      std::fprintf(stderr, "moe-router: ignoring saved state %s: %s\n",
-                   StatePath(spec.name()).c_str(), std::string(loaded.message()).c_str());
+  if (!state_dir_.empty()) {
+    absl::StatusOr<std::string> path = StatePath(spec.name());
+    if (!path.ok()) return path.status();
+    if (std::filesystem::exists(*path)) {
+      absl::StatusOr<std::string> text = ReadFile(*path);
+      absl::Status loaded = text.ok() ? (*engine)->ImportState(*text) : text.status();
+      if (!loaded.ok()) {
+        std::fprintf(stderr, "moe-router: ignoring saved state %s: %s\n", path->c_str(),
+                     std::string(loaded.message()).c_str());
+      }
     }
   }
   auto hosted = std::make_shared<HostedModel>();
@@ -52,8 +56,8 @@ absl::StatusOr<bool> ModelRegistry::Register(const v1::ModelSpec& spec) {
   return true;
 }
 
-std::string ModelRegistry::StatePath(const std::string& model) const {
-  return state_dir_ + "/" + model + ".state.json";
+absl::StatusOr<std::string> ModelRegistry::StatePath(const std::string& model) const {
+  return PathInDirectory(state_dir_, model + ".state.json");
 }
 
 absl::Status ModelRegistry::SaveStates() const {
@@ -62,7 +66,9 @@ absl::Status ModelRegistry::SaveStates() const {
   std::filesystem::create_directories(state_dir_, ec);
   absl::Status first = absl::OkStatus();
   for (const auto& model : List()) {
-    absl::Status s = WriteFileAtomically(StatePath(model->spec.name()), model->engine->ExportState());
+    absl::StatusOr<std::string> path = StatePath(model->spec.name());
+    absl::Status s =
+        path.ok() ? WriteFileAtomically(*path, model->engine->ExportState()) : path.status();
     if (first.ok()) first = s;
   }
   return first;

@@ -53,7 +53,8 @@ class ModelRegistry {
   std::atomic<uint64_t>* unknown_route_requests() const { return unknown_route_requests_.get(); }
 
  private:
-  std::string StatePath(const std::string& model) const;
+  /// Where a model's state lives: never outside state_dir_, whatever its name.
+  absl::StatusOr<std::string> StatePath(const std::string& model) const;
 
   const std::string state_dir_;
   const uint32_t paging_threads_;
