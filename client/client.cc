@@ -184,32 +184,50 @@ absl::StatusOr<FetchedExpert> Client::Fetch(const std::string& model, uint32_t l
   auto reader = stub_->FetchExpert(&context, request);
   FetchedExpert out;
   v1::ExpertChunk chunk;
+  absl::Status received = absl::OkStatus();
   bool first = true;
+  // Read to the end even after a bad chunk, so the call's own status (which
+  // may explain it) comes first.
   while (reader->Read(&chunk)) {
-    if (chunk.offset() != out.bytes.size()) {
-      return absl::DataLossError(absl::StrFormat("chunk at offset %d, expected %d",
-                                                 chunk.offset(), out.bytes.size()));
-    }
-    out.bytes += chunk.data();
+    if (!received.ok()) continue;
     if (first) {
-      out.header = std::move(chunk);
-      out.header.clear_data();
       first = false;
+      out.header = chunk;
+      out.header.clear_data();
+    }
+    if (chunk.offset() != out.bytes.size()) {
+      received = absl::DataLossError(absl::StrFormat("chunk at offset %d, expected %d",
+                                                     chunk.offset(), out.bytes.size()));
+    } else if (chunk.data().size() > out.header.total_bytes() - out.bytes.size()) {
+      // Never hold more than the header announced.
+      received = absl::DataLossError(absl::StrFormat(
+          "chunk at offset %d runs past the %d bytes announced", chunk.offset(),
+          out.header.total_bytes()));
+    } else {
+      out.bytes += chunk.data();
     }
   }
   if (absl::Status s = FromGrpc(reader->Finish()); !s.ok()) return s;
-  if (out.bytes.size() != out.header.total_bytes()) {
-    return absl::DataLossError(absl::StrFormat("received %d of %d bytes", out.bytes.size(),
-                                               out.header.total_bytes()));
+  if (!received.ok()) return received;
+  if (absl::Status s = VerifyExpert(out); !s.ok()) return s;
+  return out;
+}
+
+absl::Status VerifyExpert(const FetchedExpert& expert) {
+  const v1::ExpertChunk& header = expert.header;
+  if (header.tensors().empty()) return absl::DataLossError("the expert arrived without tensors");
+  if (expert.bytes.size() != header.total_bytes()) {
+    return absl::DataLossError(absl::StrFormat("received %d of %d bytes", expert.bytes.size(),
+                                               header.total_bytes()));
   }
   uint64_t offset = 0;
   std::vector<std::pair<std::string, uint64_t>> digests;
-  for (const v1::TensorHeader& t : out.header.tensors()) {
-    if (offset + t.size_bytes() > out.bytes.size()) {
+  for (const v1::TensorHeader& t : header.tensors()) {
+    if (t.size_bytes() > expert.bytes.size() - offset) {
       return absl::DataLossError(absl::StrFormat("tensor '%s' runs past the data", t.name()));
     }
     const uint64_t sum =
-        Xxh3({reinterpret_cast<const uint8_t*>(out.bytes.data()) + offset, t.size_bytes()});
+        Xxh3({reinterpret_cast<const uint8_t*>(expert.bytes.data()) + offset, t.size_bytes()});
     if (sum != t.xxh3()) {
       return absl::DataLossError(
           absl::StrFormat("tensor '%s' arrived with a different checksum", t.name()));
@@ -217,10 +235,14 @@ absl::StatusOr<FetchedExpert> Client::Fetch(const std::string& model, uint32_t l
     digests.emplace_back(t.name(), sum);
     offset += t.size_bytes();
   }
-  if (ExpertChecksum(digests) != out.header.expert_xxh3()) {
+  if (offset != expert.bytes.size()) {
+    return absl::DataLossError(absl::StrFormat("the tensors cover %d of the %d bytes received",
+                                               offset, expert.bytes.size()));
+  }
+  if (ExpertChecksum(digests) != header.expert_xxh3()) {
     return absl::DataLossError("the expert's checksum does not match its tensors");
   }
-  return out;
+  return absl::OkStatus();
 }
 
 }  // namespace moe_router

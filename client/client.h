@@ -21,6 +21,11 @@ struct FetchedExpert {
   std::string bytes;
 };
 
+/// Checks a fetched expert as FetchExpert documents it: the tensors cover
+/// exactly the bytes announced, each tensor's XXH3 matches its bytes, and the
+/// expert checksum matches the tensors. DATA_LOSS naming what differs.
+absl::Status VerifyExpert(const FetchedExpert& expert);
+
 /// How a client secures its channel. All empty: plaintext. ca: TLS, trusting
 /// the server certificates ca signed. cert and key: the client certificate
 /// for mutual TLS. server_name overrides the name checked against the
@@ -86,8 +91,8 @@ class Client {
   /// The spec of the model named `name`; NOT_FOUND if the server has none.
   absl::StatusOr<v1::ModelSpec> FindModel(const std::string& name);
   absl::StatusOr<v1::ModelStats> Stats(const std::string& model);
-  /// Streams an expert and verifies every tensor's and the expert's XXH3;
-  /// a mismatch is DATA_LOSS naming the tensor.
+  /// Streams an expert and verifies it (VerifyExpert); a chunk out of order
+  /// or past the size announced, or a mismatch, is DATA_LOSS saying which.
   absl::StatusOr<FetchedExpert> Fetch(const std::string& model, uint32_t layer, uint32_t expert);
 
   v1::MoeRouter::Stub& stub() { return *stub_; }
