@@ -107,14 +107,19 @@ void ExpNonPositiveBatch(float* x, size_t n) {
   ExpBatchPortable(x, n);
 }
 
+bool TopSelector::VectorPathAvailable() {
+#if defined(__x86_64__)
+  static const bool available = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt");
+  return available;
+#else
+  return false;
+#endif
+}
+
 TopSelector::TopSelector(uint32_t n, uint32_t r)
     : n_(n),
       r_(r),
-#if defined(__x86_64__)
-      portable_(!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("popcnt")),
-#else
-      portable_(true),
-#endif
+      portable_(!VectorPathAvailable()),
       gap_(kInf),
       eight_rows_(portable_ ? nullptr : KernelFor(r)),
       cand_value_(n + 16),

@@ -37,7 +37,10 @@ class TopSelector {
   void SelectRows(const float* rows, uint32_t tokens, uint32_t* ids, float* values,
                   float* lowest);
 
-  /// Forces the portable path (tests compare both).
+  /// Whether this CPU runs the vector path (AVX2 and POPCNT).
+  static bool VectorPathAvailable();
+  /// Forces the portable path (tests compare both). Turning it off on a CPU
+  /// without the vector path is an error of the caller's (SIGILL).
   void set_portable(bool portable) { portable_ = portable; }
 
  private:

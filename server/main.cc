@@ -78,6 +78,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "moe-routerd: serving model %s\n", spec.name().c_str());
   }
   std::fprintf(stderr, "moe-routerd: metrics on port %d\n", (*server)->metrics_port());
+  std::fprintf(stderr, "moe-routerd: health on port %d\n", (*server)->health_port());
   const char* security = options.tls.client_ca.empty()
                              ? (options.tls.cert.empty() ? "plaintext" : "TLS")
                              : "mutual TLS";

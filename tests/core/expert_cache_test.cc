@@ -277,5 +277,66 @@ TEST(ExpertCacheTest, BudgetHoldsUnderConcurrency) {
   EXPECT_EQ(s.loading_bytes, 0u);
 }
 
+// Pins taken without the lock against evictions under it: pinners hold
+// each pin across many yields (so evictions land while pins are held, not
+// only in the instant of taking one), while evicting threads hammer the same
+// few experts both directly and through policy eviction on page-in. A pin
+// that saw its expert resident must keep it resident, and readable, until
+// unpinned.
+TEST(ExpertCacheTest, APinnedExpertIsNeverEvicted) {
+  constexpr uint32_t kExperts = 8;
+  constexpr uint64_t kSize = 100;
+  // Room for 4 of the 8 experts: every page-in must evict.
+  auto cache = MakeCache("lru", 4 * kSize, 1, kExperts);
+  for (uint32_t e = 0; e < 4; ++e) Use(*cache, {0, e}, kSize);
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> held_pins{0}, evicted_while_pinned{0};
+  std::vector<std::thread> evictors;
+  for (int w = 0; w < 2; ++w) {
+    evictors.emplace_back([&, w] {
+      std::mt19937 rng(100 + w);
+      while (!stop.load(std::memory_order_relaxed)) {
+        const ExpertKey key{0, static_cast<uint32_t>(rng() % kExperts)};
+        if (rng() % 2 == 0) {
+          (void)cache->Evict(key);
+        } else if (cache->Reserve(key, kSize, Priority::kUrgent).ok()) {
+          EXPECT_TRUE(cache->Commit(Data(key, kSize)).ok());
+        }
+      }
+    });
+  }
+  std::vector<std::thread> pinners;
+  for (int w = 0; w < 2; ++w) {
+    pinners.emplace_back([&, w] {
+      std::mt19937 rng(w);
+      // Until this thread held 2000 pins (half the experts are resident at
+      // any time), with a cap that only a broken cache would reach.
+      int held = 0;
+      for (int i = 0; i < 1000000 && held < 2000; ++i) {
+        const ExpertKey key{0, static_cast<uint32_t>(rng() % kExperts)};
+        if (cache->Pin(key)) {
+          ++held;
+          held_pins.fetch_add(1);
+          for (int y = 0; y < 20; ++y) {
+            std::this_thread::yield();
+            if (!cache->IsResident(key) || !cache->Get(key).ok()) {
+              evicted_while_pinned.fetch_add(1);
+              break;
+            }
+          }
+        }
+        cache->Unpin(key);
+      }
+    });
+  }
+  for (auto& t : pinners) t.join();
+  stop = true;
+  for (auto& t : evictors) t.join();
+  EXPECT_EQ(evicted_while_pinned.load(), 0u);
+  // The race was really run: pins were held, and evictions happened meanwhile.
+  EXPECT_EQ(held_pins.load(), 4000u);
+  EXPECT_GT(cache->Stats().evictions, 1000u);
+}
+
 }  // namespace
 }  // namespace moe_router

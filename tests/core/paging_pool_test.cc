@@ -1,6 +1,5 @@
 #include "core/paging_pool.h"
 
-#include <atomic>
 #include <thread>
 #include <vector>
 
@@ -110,7 +109,7 @@ TEST(PagingPoolTest, PrioritiesOrderTheQueueAndDuplicatesJoin) {
   Rig rig(store, 10000, 1);
   // The single worker takes the first request and blocks in the store.
   auto first = rig.pool->PageIn({0, 0}, Priority::kPrefetch);
-  while (store->waiting() == 0) std::this_thread::yield();
+  ASSERT_TRUE(testing::WaitFor([&] { return store->waiting() > 0; }));
   auto prefetch = rig.pool->PageIn({0, 1}, Priority::kPrefetch);
   auto normal = rig.pool->PageIn({0, 2}, Priority::kNormal);
   auto urgent = rig.pool->PageIn({0, 3}, Priority::kUrgent);
@@ -131,7 +130,7 @@ TEST(PagingPoolTest, QueuedPrefetchCanBeCancelled) {
   auto store = std::make_shared<GatedStore>(100);
   Rig rig(store, 10000, 1);
   auto busy = rig.pool->PageIn({1, 0}, Priority::kUrgent);
-  while (store->waiting() == 0) std::this_thread::yield();
+  ASSERT_TRUE(testing::WaitFor([&] { return store->waiting() > 0; }));
   auto prefetch = rig.pool->PageIn({1, 1}, Priority::kPrefetch);
   EXPECT_FALSE(rig.pool->CancelPrefetch({1, 0}));  // running: too late
   EXPECT_TRUE(rig.pool->CancelPrefetch({1, 1}));
@@ -194,7 +193,7 @@ TEST(PagingPoolTest, ShutdownCancelsQueuedWorkAndRefusesNew) {
   auto store = std::make_shared<GatedStore>(100);
   Rig rig(store, 10000, 1);
   auto running = rig.pool->PageIn({0, 0}, Priority::kUrgent);
-  while (store->waiting() == 0) std::this_thread::yield();
+  ASSERT_TRUE(testing::WaitFor([&] { return store->waiting() > 0; }));
   auto queued = rig.pool->PageIn({0, 1}, Priority::kNormal);
   std::thread stopper([&] { rig.pool->Shutdown(); });
   Wait(queued);
@@ -207,42 +206,34 @@ TEST(PagingPoolTest, ShutdownCancelsQueuedWorkAndRefusesNew) {
   EXPECT_TRUE(absl::IsUnavailable(late->status()));
 }
 
-// Readers never see a partly loaded expert: whenever an expert is resident,
-// its data is complete and matches its checksum.
-TEST(PagingPoolTest, PageInIsAtomicForConcurrentReaders) {
-  auto store = std::shared_ptr<const ExpertStore>(*SyntheticStore::Create(
-      {.num_layers = 4, .num_experts = 8, .variants = {{"default", 64 * 1024}}}));
-  Rig rig(store, 8 * 64 * 1024, 2);
-  std::atomic<bool> stop{false};
-  std::atomic<int> bad{0}, seen{0};
-  std::thread reader([&] {
-    while (!stop.load()) {
-      for (uint32_t l = 0; l < 4; ++l) {
-        for (uint32_t e = 0; e < 8; ++e) {
-          auto pinned = rig.cache->Get({l, e});
-          if (!pinned.ok()) continue;
-          seen.fetch_add(1);
-          std::vector<std::pair<std::string, uint64_t>> digests;
-          for (const TensorData& t : (*pinned)->tensors) {
-            digests.emplace_back(t.name, Xxh3((*pinned)->TensorBytes(t)));
-          }
-          if (ExpertChecksum(digests) != (*pinned)->checksum) bad.fetch_add(1);
-        }
-      }
-    }
-  });
-  std::vector<std::shared_ptr<const PageTicket>> tickets;
-  for (int round = 0; round < 20; ++round) {
-    for (uint32_t l = 0; l < 4; ++l) {
-      for (uint32_t e = 0; e < 8; ++e) tickets.push_back(rig.pool->PageIn({l, e}, Priority::kNormal));
-    }
-    for (const auto& t : tickets) Wait(t);
-    tickets.clear();
+// Readers never see an expert before its load completed: while the store
+// is still reading it, the expert is booked (its bytes count against the
+// budget) but neither resident for the router nor readable; once the load
+// completes, all of it is.
+TEST(PagingPoolTest, AnExpertIsInvisibleUntilItsLoadCompletes) {
+  auto store = std::make_shared<GatedStore>(4096);
+  Rig rig(store, 10 * 4096, 1);
+  auto ticket = rig.pool->PageIn({2, 6}, Priority::kUrgent);
+  ASSERT_TRUE(testing::WaitFor([&] { return store->waiting() > 0; }));
+  EXPECT_FALSE(rig.cache->IsResident({2, 6}));
+  EXPECT_EQ(rig.cache->ResidentFlags(2)[6].load(), 0);
+  EXPECT_TRUE(absl::IsNotFound(rig.cache->Get({2, 6}).status()));
+  EXPECT_EQ(rig.cache->Stats().loading_bytes, 4096u);
+  EXPECT_EQ(rig.cache->Stats().resident_bytes, 0u);
+  EXPECT_FALSE(ticket->done());
+  store->Open();
+  Wait(ticket);
+  ASSERT_TRUE(ticket->status().ok()) << ticket->status();
+  EXPECT_TRUE(rig.cache->IsResident({2, 6}));
+  auto pinned = rig.cache->Get({2, 6});
+  ASSERT_TRUE(pinned.ok());
+  EXPECT_EQ((*pinned)->size, 4096u);
+  std::vector<std::pair<std::string, uint64_t>> digests;
+  for (const TensorData& t : (*pinned)->tensors) {
+    digests.emplace_back(t.name, Xxh3((*pinned)->TensorBytes(t)));
   }
-  stop = true;
-  reader.join();
-  EXPECT_EQ(bad.load(), 0);
-  EXPECT_LE(rig.cache->Stats().peak_bytes, 8u * 64 * 1024);
+  EXPECT_EQ(ExpertChecksum(digests), (*pinned)->checksum);
+  EXPECT_EQ(rig.cache->Stats().loading_bytes, 0u);
 }
 
 TEST(PagingPoolTest, RejectsBadOptions) {

@@ -360,6 +360,40 @@ TEST(RouterTest, TiesGoToTheLowerExpertId) {
   EXPECT_NEAR(out.weights[0], 0.5f, 1e-7);
 }
 
+// When the bonus exactly closes the gap between a resident and an absent
+// candidate, the lower expert id wins, whichever of the two is resident.
+// Values are exact in float, so the adjusted scores tie bit for bit.
+TEST(RouterTest, CacheAwareTiesGoToTheLowerExpertId) {
+  RouterConfig config;
+  config.cache_bonus = 1.0;
+  config.bonus_mode = BonusMode::kAbsolute;
+  config.max_rank = 4;
+  config.min_gate_mass = 0;
+  LayerRouter router = MakeRouter(config);
+  Residency res(8);
+  res.Set(2, true);
+  res.Set(5, true);
+  // A: absent 3 (3.0) ties resident 5 (2.0 + 1.0): 3 is lower, nothing changes.
+  const std::vector<float> a = {4, -1, -2, 3, -3, 2, -4, -5};
+  // B: resident 2 (2.0 + 1.0) ties absent 6 (3.0): 2 is lower, rerouted.
+  const std::vector<float> b = {4, -1, 2, -2, -3, -4, 3, -5};
+  // 16 tokens, so the batched selection path runs too.
+  std::vector<float> logits;
+  for (int t = 0; t < 16; ++t) logits.insert(logits.end(), (t % 2 ? b : a).begin(), (t % 2 ? b : a).end());
+  RouteBatch out;
+  ASSERT_TRUE(router.Route(logits, res.get(), &out).ok());
+  for (uint32_t t = 0; t < 16; ++t) {
+    if (t % 2 == 0) {
+      EXPECT_THAT(out.TokenExperts(t), ::testing::ElementsAre(0u, 3u)) << t;
+    } else {
+      EXPECT_THAT(out.TokenExperts(t), ::testing::ElementsAre(0u, 2u)) << t;
+    }
+    const Expected want = ReferenceRoute(&logits[t * 8], config, 1.0, &res);
+    EXPECT_THAT(out.TokenExperts(t), ::testing::ElementsAreArray(want.experts)) << t;
+  }
+  EXPECT_EQ(out.changed_tokens, 8u);
+}
+
 TEST(RouterTest, StrongRunnersUpBecomePrefetchCandidates) {
   RouterConfig config;
   config.memory_aware = false;

@@ -2,6 +2,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 
 #include "absl/strings/str_replace.h"
 #include "core/checksum.h"
@@ -78,25 +79,57 @@ TEST(SafetensorsHeaderTest, MalformedFilesAreClearErrorsNamingTheFile) {
 class SafetensorsStoreTest : public ::testing::Test {
  protected:
   // Two shards: layers 0-1 in one, layer 2 in another, 4 experts each.
-  void WriteCheckpoint(const std::string& directory, const std::string& pattern,
-                       uint32_t rows = 16) {
+  // Returns every tensor's bytes by name, as written.
+  std::map<std::string, std::string> WriteCheckpoint(const std::string& directory,
+                                                     const std::string& pattern,
+                                                     uint32_t rows = 16) {
     std::filesystem::create_directories(directory);
-    testing::WriteExpertShard(directory + "/model-00001.safetensors", 2, 4, rows, 1, pattern);
+    std::map<std::string, std::string> written;
+    for (auto& t :
+         testing::WriteExpertShard(directory + "/model-00001.safetensors", 2, 4, rows, 1, pattern)) {
+      written[t.name] = std::move(t.bytes);
+    }
     // The second shard holds layer 2 only: write layers 0..2 then drop 0..1.
     std::vector<SafetensorsWriteTensor> layer2;
     for (auto& t : testing::WriteExpertShard(directory + "/tmp.bin", 3, 4, rows, 2, pattern)) {
-      if (t.name.find("layers.2.") != std::string::npos) layer2.push_back(std::move(t));
+      if (t.name.find("layers.2.") != std::string::npos) {
+        written[t.name] = t.bytes;
+        layer2.push_back(std::move(t));
+      }
     }
     std::filesystem::remove(directory + "/tmp.bin");
-    ASSERT_TRUE(WriteSafetensors(directory + "/model-00002.safetensors", layer2).ok());
+    EXPECT_TRUE(WriteSafetensors(directory + "/model-00002.safetensors", layer2).ok());
+    return written;
+  }
+
+  // Every expert of the store holds exactly the bytes written for its
+  // tensors: a wrong offset would serve other bytes with agreeing checksums.
+  static void ExpectServesWhatWasWritten(const SafetensorsStore& store,
+                                         const std::string& precision,
+                                         const std::map<std::string, std::string>& written) {
+    size_t tensors = 0;
+    for (uint32_t layer = 0; layer < 3; ++layer) {
+      for (uint32_t expert = 0; expert < 4; ++expert) {
+        auto loaded = store.Load({layer, expert}, precision);
+        ASSERT_TRUE(loaded.ok()) << loaded.status();
+        for (const TensorData& t : (*loaded)->tensors) {
+          const absl::Span<const uint8_t> got = (*loaded)->TensorBytes(t);
+          ASSERT_EQ(written.count(t.name), 1u) << t.name;
+          EXPECT_EQ(std::string(got.begin(), got.end()), written.at(t.name)) << t.name;
+          ++tensors;
+        }
+      }
+    }
+    EXPECT_EQ(tensors, 3u * 4 * 3);
   }
   TempDir dir_;
 };
 
 TEST_F(SafetensorsStoreTest, LoadsExpertsWithDtypesShapesAndChecksums) {
-  WriteCheckpoint(dir_.path(), kMixtralExpertPattern);
+  const auto written = WriteCheckpoint(dir_.path(), kMixtralExpertPattern);
   auto store = SafetensorsStore::Open({.directory = dir_.path()});
   ASSERT_TRUE(store.ok()) << store.status();
+  ExpectServesWhatWasWritten(**store, "default", written);
   EXPECT_EQ((*store)->Precisions(), std::vector<std::string>{"default"});
   EXPECT_EQ((*store)->ExpertCount("default"), 12u);
   EXPECT_EQ((*store)->Extent(), (ExpertKey{3, 4}));
@@ -175,10 +208,12 @@ TEST_F(SafetensorsStoreTest, QwenPresetAndPrecisionVariants) {
   ASSERT_TRUE(pattern.ok());
   EXPECT_EQ(*pattern, "model.layers.{layer}.mlp.experts.{expert}.");
   EXPECT_FALSE(ExpertPatternPreset("gpt").ok());
-  WriteCheckpoint(dir_.path() + "/Q4_K", *pattern, 32);
-  WriteCheckpoint(dir_.path() + "/Q2_K", *pattern, 16);
+  const auto q4 = WriteCheckpoint(dir_.path() + "/Q4_K", *pattern, 32);
+  const auto q2 = WriteCheckpoint(dir_.path() + "/Q2_K", *pattern, 16);
   auto store = SafetensorsStore::Open({.directory = dir_.path(), .expert_pattern = *pattern});
   ASSERT_TRUE(store.ok()) << store.status();
+  ExpectServesWhatWasWritten(**store, "Q4_K", q4);
+  ExpectServesWhatWasWritten(**store, "Q2_K", q2);
   EXPECT_EQ((*store)->Precisions(), (std::vector<std::string>{"Q2_K", "Q4_K"}));
   EXPECT_EQ((*store)->Info({0, 0}, "Q4_K")->bytes, 2 * (*store)->Info({0, 0}, "Q2_K")->bytes);
   auto cold = (*store)->Load({0, 0}, "Q2_K");

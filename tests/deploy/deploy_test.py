@@ -80,8 +80,14 @@ class DeployTest(unittest.TestCase):
                     f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
             finally:
                 server.terminate()
-                server.wait()
-                server.stderr.close()
+                try:
+                    server.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    server.kill()  # a hung drain fails the test, never hangs it
+                    server.wait()
+                    raise
+                finally:
+                    server.stderr.close()
         exported = set(re.findall(r"^(moe_router_[a-z_]+)", body, re.M))
         with open(os.path.join(DEPLOY, "prometheus", "rules.yml")) as f:
             queried = metric_names_queried(f.read())

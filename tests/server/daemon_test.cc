@@ -1,16 +1,21 @@
 // moe-routerd as a real process: serves the embedded default, drains on
 // SIGTERM with exit 0, and leaves its learned state behind.
+#include <poll.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 #include <string>
 
 #include <grpcpp/grpcpp.h>
 
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
 #include "gmock/gmock.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "gtest/gtest.h"
 #include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
 #include "moe_router/v1/moe_router.grpc.pb.h"
@@ -20,45 +25,97 @@
 namespace moe_router {
 namespace {
 
-struct Daemon {
-  pid_t pid = -1;
-  int port = 0;
-  FILE* err = nullptr;
-};
+// A moe-routerd child process. The destructor kills it if it still runs,
+// so a failed test never leaves it behind or hangs on it.
+class Daemon {
+ public:
+  // Starts moe-routerd with `args` and reads stderr up to its port line
+  // (30 s at most).
+  explicit Daemon(const std::vector<std::string>& args) {
+    int fds[2];
+    EXPECT_EQ(pipe(fds), 0);
+    pid_ = fork();
+    if (pid_ == 0) {
+      dup2(fds[1], STDERR_FILENO);
+      close(fds[0]);
+      std::vector<char*> argv = {const_cast<char*>(MOE_ROUTERD_PATH)};
+      for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+      argv.push_back(nullptr);
+      execv(MOE_ROUTERD_PATH, argv.data());
+      _exit(127);
+    }
+    close(fds[1]);
+    err_ = fds[0];
+    const absl::Time deadline = absl::Now() + absl::Seconds(30);
+    std::string line;
+    while (port_ == 0 && ReadLine(deadline, &line)) {
+      std::sscanf(line.c_str(), "moe-routerd: health on port %d", &health_port_);
+      std::sscanf(line.c_str(), "moe-routerd: listening on port %d", &port_);
+    }
+  }
+  ~Daemon() {
+    if (pid_ > 0 && !exited_) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+    if (err_ >= 0) close(err_);
+  }
 
-// Starts moe-routerd with `args` and reads stderr up to its port line.
-Daemon StartDaemon(const std::vector<std::string>& args) {
-  int fds[2];
-  EXPECT_EQ(pipe(fds), 0);
-  Daemon d;
-  d.pid = fork();
-  if (d.pid == 0) {
-    dup2(fds[1], STDERR_FILENO);
-    close(fds[0]);
-    std::vector<char*> argv = {const_cast<char*>(MOE_ROUTERD_PATH)};
-    for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    execv(MOE_ROUTERD_PATH, argv.data());
-    _exit(127);
+  int port() const { return port_; }
+  int health_port() const { return health_port_; }
+  pid_t pid() const { return pid_; }
+  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+
+  // The wait status once the process exits, or nullopt if it is still
+  // running after `timeout` (the destructor then kills it).
+  std::optional<int> WaitForExit(absl::Duration timeout) {
+    const absl::Time deadline = absl::Now() + timeout;
+    do {
+      int status = 0;
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        exited_ = true;
+        return status;
+      }
+      absl::SleepFor(absl::Milliseconds(10));
+    } while (absl::Now() < deadline);
+    return std::nullopt;
   }
-  close(fds[1]);
-  d.err = fdopen(fds[0], "r");
-  char line[512];
-  while (d.port == 0 && fgets(line, sizeof line, d.err) != nullptr) {
-    std::sscanf(line, "moe-routerd: listening on port %d", &d.port);
+
+ private:
+  // The next line of the daemon's stderr, or false at its end or the
+  // deadline. Reads the pipe directly: stdio buffering would hide buffered
+  // lines from poll().
+  bool ReadLine(absl::Time deadline, std::string* line) {
+    size_t end;
+    while ((end = pending_.find('\n')) == std::string::npos) {
+      pollfd p{.fd = err_, .events = POLLIN, .revents = 0};
+      const int ms = static_cast<int>(absl::ToInt64Milliseconds(deadline - absl::Now()));
+      char buf[512];
+      if (ms <= 0 || poll(&p, 1, ms) != 1) return false;
+      const ssize_t n = read(err_, buf, sizeof buf);
+      if (n <= 0) return false;
+      pending_.append(buf, static_cast<size_t>(n));
+    }
+    *line = pending_.substr(0, end);
+    pending_.erase(0, end + 1);
+    return true;
   }
-  return d;
-}
+
+  pid_t pid_ = -1;
+  bool exited_ = false;
+  int port_ = 0;
+  int health_port_ = 0;
+  int err_ = -1;
+  std::string pending_;
+};
 
 TEST(DaemonTest, ServesTheDefaultAndDrainsOnSigterm) {
   testing::TempDir dir;
-  Daemon d = StartDaemon({"--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0",
-                          "--health_listen=127.0.0.1:0",
-                          "--state_dir=" + dir.path(),
-                          "--drain_timeout=5s"});
-  ASSERT_GT(d.port, 0);
-  auto stub = v1::MoeRouter::NewStub(grpc::CreateChannel(
-      "127.0.0.1:" + std::to_string(d.port), grpc::InsecureChannelCredentials()));
+  Daemon d({"--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0",
+            "--health_listen=127.0.0.1:0", "--state_dir=" + dir.path(), "--drain_timeout=5s"});
+  ASSERT_GT(d.port(), 0);
+  auto stub = v1::MoeRouter::NewStub(
+      grpc::CreateChannel(d.address(), grpc::InsecureChannelCredentials()));
   grpc::ClientContext ctx;
   v1::RouteTokensRequest request;
   request.set_model("mixtral-8x7b");
@@ -70,8 +127,8 @@ TEST(DaemonTest, ServesTheDefaultAndDrainsOnSigterm) {
   EXPECT_EQ(response.experts_size(), 8);
 
   // Reflection lists the service, so grpcurl-style tools need no proto.
-  auto reflection = grpc::reflection::v1alpha::ServerReflection::NewStub(grpc::CreateChannel(
-      "127.0.0.1:" + std::to_string(d.port), grpc::InsecureChannelCredentials()));
+  auto reflection = grpc::reflection::v1alpha::ServerReflection::NewStub(
+      grpc::CreateChannel(d.address(), grpc::InsecureChannelCredentials()));
   grpc::ClientContext reflection_ctx;
   auto stream = reflection->ServerReflectionInfo(&reflection_ctx);
   grpc::reflection::v1alpha::ServerReflectionRequest list;
@@ -85,13 +142,101 @@ TEST(DaemonTest, ServesTheDefaultAndDrainsOnSigterm) {
   EXPECT_THAT(services, ::testing::IsSupersetOf({"moe_router.v1.MoeRouter", "grpc.health.v1.Health"}));
   EXPECT_TRUE(stream->Finish().ok());
 
-  ASSERT_EQ(kill(d.pid, SIGTERM), 0);
-  int status = 0;
-  ASSERT_EQ(waitpid(d.pid, &status, 0), d.pid);
-  EXPECT_TRUE(WIFEXITED(status));
-  EXPECT_EQ(WEXITSTATUS(status), 0);
+  ASSERT_EQ(kill(d.pid(), SIGTERM), 0);
+  const std::optional<int> status = d.WaitForExit(absl::Seconds(30));
+  ASSERT_TRUE(status.has_value()) << "still running 30 s after SIGTERM";
+  EXPECT_TRUE(WIFEXITED(*status));
+  EXPECT_EQ(WEXITSTATUS(*status), 0);
   EXPECT_TRUE(std::filesystem::exists(dir.File("mixtral-8x7b.state.json")));
-  fclose(d.err);
+}
+
+grpc::health::v1::HealthCheckResponse::ServingStatus Readiness(
+    grpc::health::v1::Health::Stub& health) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+  grpc::health::v1::HealthCheckRequest request;
+  request.set_service("readiness");
+  grpc::health::v1::HealthCheckResponse response;
+  if (!health.Check(&ctx, request, &response).ok()) return response.UNKNOWN;
+  return response.status();
+}
+
+// SIGTERM with a RouteStream and a FetchExpert open: readiness goes
+// NOT_SERVING, both calls finish normally, and the daemon exits 0 long before
+// the drain timeout (it waits for the calls, not for the timeout).
+TEST(DaemonTest, SigtermDrainsOpenCallsThenExits) {
+  testing::TempDir dir;
+  // 64 MiB experts: 64 chunks, far more than flow control lets the server
+  // send ahead, so the fetch stays open until the client reads it.
+  constexpr uint64_t kExpertBytes = 64ull << 20;
+  ASSERT_TRUE(WriteFileAtomically(
+                  dir.File("c.json"),
+                  absl::StrFormat(R"({"models":[{"name":"big","numLayers":2,"numExperts":8,)"
+                                  R"("topK":2,"budgetBytes":%d,"synthetic":{"expertBytes":%d}}]})",
+                                  2 * kExpertBytes, kExpertBytes))
+                  .ok());
+  constexpr absl::Duration kDrainTimeout = absl::Seconds(120);
+  Daemon d({"--listen=127.0.0.1:0", "--metrics_listen=", "--health_listen=127.0.0.1:0",
+            "--config=" + dir.File("c.json"),
+            "--drain_timeout=" + absl::FormatDuration(kDrainTimeout)});
+  ASSERT_GT(d.port(), 0);
+  ASSERT_GT(d.health_port(), 0);
+  auto channel = grpc::CreateChannel(d.address(), grpc::InsecureChannelCredentials());
+  auto stub = v1::MoeRouter::NewStub(channel);
+  auto health = grpc::health::v1::Health::NewStub(grpc::CreateChannel(
+      "127.0.0.1:" + std::to_string(d.health_port()), grpc::InsecureChannelCredentials()));
+  ASSERT_EQ(Readiness(*health), grpc::health::v1::HealthCheckResponse::SERVING);
+
+  const auto route_request = [](uint32_t layer) {
+    v1::RouteTokensRequest request;
+    request.set_model("big");
+    request.set_layer(layer);
+    const std::vector<float> logits = testing::RandomLogits(4, 8, layer);
+    request.mutable_gate_logits()->Add(logits.begin(), logits.end());
+    return request;
+  };
+  grpc::ClientContext stream_ctx;
+  auto stream = stub->RouteStream(&stream_ctx);
+  v1::RouteTokensResponse routed;
+  ASSERT_TRUE(stream->Write(route_request(0)));
+  ASSERT_TRUE(stream->Read(&routed));
+
+  grpc::ClientContext fetch_ctx;
+  v1::FetchExpertRequest fetch;
+  fetch.set_model("big");
+  fetch.set_layer(1);
+  fetch.set_expert(5);
+  auto reader = stub->FetchExpert(&fetch_ctx, fetch);
+  v1::ExpertChunk chunk;
+  ASSERT_TRUE(reader->Read(&chunk));  // the expert is loaded and streaming
+  uint64_t received = chunk.data().size();
+  ASSERT_LT(received, kExpertBytes);
+
+  const absl::Time sigterm = absl::Now();
+  ASSERT_EQ(kill(d.pid(), SIGTERM), 0);
+  const absl::Time deadline = sigterm + absl::Seconds(30);
+  while (Readiness(*health) != grpc::health::v1::HealthCheckResponse::NOT_SERVING) {
+    ASSERT_LT(absl::Now(), deadline) << "readiness never went NOT_SERVING";
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+
+  // Both open calls carry on to their normal end.
+  ASSERT_TRUE(stream->Write(route_request(1)));
+  ASSERT_TRUE(stream->Read(&routed));
+  EXPECT_EQ(routed.tokens(), 4u);
+  stream->WritesDone();
+  EXPECT_TRUE(stream->Finish().ok());
+  while (reader->Read(&chunk)) received += chunk.data().size();
+  const grpc::Status fetched = reader->Finish();
+  EXPECT_TRUE(fetched.ok()) << fetched.error_message();
+  EXPECT_EQ(received, kExpertBytes);
+
+  const std::optional<int> status = d.WaitForExit(kDrainTimeout);
+  ASSERT_TRUE(status.has_value()) << "still running after the drain timeout";
+  EXPECT_TRUE(WIFEXITED(*status));
+  EXPECT_EQ(WEXITSTATUS(*status), 0);
+  // The calls ended by finishing: the daemon did not sit out its timeout.
+  EXPECT_LT(absl::Now() - sigterm, kDrainTimeout);
 }
 
 TEST(DaemonTest, BadConfigIsFatalWithTheReason) {

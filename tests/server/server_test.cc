@@ -6,13 +6,17 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <filesystem>
+
 #include <grpcpp/grpcpp.h>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "gtest/gtest.h"
 #include "core/checksum.h"
 #include "core/file_io.h"
+#include "core/resource_name.h"
 #include "core/safetensors.h"
 #include "moe_router/v1/moe_router.grpc.pb.h"
 #include "tests/testing/test_specs.h"
@@ -30,6 +34,9 @@ v1::ModelSpec SmallSpec(const std::string& name) {
 // GET http://127.0.0.1:port/path over a plain socket; the response body.
 std::string HttpGet(int port, const std::string& path) {
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  // A server that never answers fails the read after 30 s, not the suite.
+  const timeval timeout{.tv_sec = 30, .tv_usec = 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_port = htons(static_cast<uint16_t>(port));
@@ -198,10 +205,87 @@ TEST_F(ServerTest, RouteStreamAnswersEachRequestInOrder) {
   EXPECT_THAT(s.error_message(), HasSubstr("not a multiple of num_experts"));
 }
 
+// Many requests in flight on one stream: all written before any answer is
+// read, the answers come back one per request, in request order.
+TEST_F(ServerTest, RouteStreamAnswersPipelinedRequestsInOrder) {
+  v1::ModelInfo info;
+  ASSERT_TRUE(Register(SmallSpec("tiny"), &info).ok());
+  grpc::ClientContext ctx;
+  auto stream = stub_->RouteStream(&ctx);
+  constexpr uint32_t kRequests = 24;
+  for (uint32_t i = 0; i < kRequests; ++i) {
+    v1::RouteTokensRequest request;
+    request.set_model("tiny");
+    request.set_layer(i % 4);
+    // Request i has i % 5 + 1 tokens, each picking experts i % 8 and (i + 3) % 8.
+    for (uint32_t token = 0; token <= i % 5; ++token) {
+      std::vector<float> logits(8, 0.0f);
+      logits[i % 8] = 5;
+      logits[(i + 3) % 8] = 4;
+      request.mutable_gate_logits()->Add(logits.begin(), logits.end());
+    }
+    ASSERT_TRUE(stream->Write(request)) << i;
+  }
+  stream->WritesDone();
+  for (uint32_t i = 0; i < kRequests; ++i) {
+    v1::RouteTokensResponse response;
+    ASSERT_TRUE(stream->Read(&response)) << i;
+    EXPECT_EQ(response.tokens(), i % 5 + 1) << i;
+    for (uint32_t token = 0; token < response.tokens(); ++token) {
+      EXPECT_EQ(response.experts(2 * token), i % 8) << i;
+      EXPECT_EQ(response.experts(2 * token + 1), (i + 3) % 8) << i;
+    }
+  }
+  v1::RouteTokensResponse extra;
+  EXPECT_FALSE(stream->Read(&extra));
+  EXPECT_TRUE(stream->Finish().ok());
+}
+
+// Names become file names under --state_dir: one that could leave it (or
+// any name outside the rule) is refused, and nothing is written outside.
+TEST(ServerNamesTest, ModelNamesOutsideTheRuleAreRefusedAndStateStaysInItsDirectory) {
+  testing::TempDir dir;
+  ServerOptions options;
+  options.listen = "127.0.0.1:0";
+  options.state_dir = dir.File("state");
+  auto server = RouterServer::Start(options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto stub = v1::MoeRouter::NewStub(grpc::CreateChannel(
+      "127.0.0.1:" + std::to_string((*server)->port()), grpc::InsecureChannelCredentials()));
+  const std::string kLong(1 << 20, 'a');
+  for (const std::string& name : {std::string("../escape"), std::string(".."), std::string("."),
+                                  std::string(".hidden"), std::string("a/b"), std::string("a b"),
+                                  std::string("nul\0x", 5), std::string(""), kLong}) {
+    grpc::ClientContext ctx;
+    v1::RegisterModelRequest request;
+    *request.mutable_spec() = SmallSpec(name);
+    v1::ModelInfo info;
+    const grpc::Status s = stub->RegisterModel(&ctx, request, &info);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << name.substr(0, 20);
+    EXPECT_THAT(s.error_message(), HasSubstr("model.name"));
+    EXPECT_THAT(s.error_message(), HasSubstr("A-Z a-z 0-9 . _ -"));
+    EXPECT_LT(s.error_message().size(), 300u) << "the error quotes the whole name";
+  }
+  // The longest allowed name and every allowed character work.
+  const std::string longest(kMaxResourceNameLength, 'm');
+  for (const std::string& name : {longest, std::string("Qwen1.5-MoE_A2.7B")}) {
+    EXPECT_TRUE((*server)->registry().Register(SmallSpec(name)).ok()) << name;
+  }
+  EXPECT_THAT((*server)->registry().List(), ::testing::SizeIs(2));
+  (*server)->Shutdown(absl::Now() + absl::Seconds(5));
+  std::vector<std::string> files;
+  for (const auto& entry : std::filesystem::recursive_directory_iterator(dir.path())) {
+    files.push_back(entry.path().lexically_relative(dir.path()).string());
+  }
+  EXPECT_THAT(files, ::testing::UnorderedElementsAre("state", "state/" + longest + ".state.json",
+                                                     "state/Qwen1.5-MoE_A2.7B.state.json"));
+}
+
 // Reads a whole FetchExpert stream: the first chunk's header and the bytes.
 struct Fetched {
   v1::ExpertChunk header;
   std::string bytes;
+  int chunks = 0;
   grpc::Status status;
 };
 
@@ -219,6 +303,7 @@ Fetched Fetch(v1::MoeRouter::Stub& stub, const std::string& model, uint32_t laye
   while (reader->Read(&chunk)) {
     if (first) out.header = chunk;
     first = false;
+    ++out.chunks;
     EXPECT_EQ(chunk.offset(), out.bytes.size());
     EXPECT_LE(chunk.data().size(), kExpertChunkBytes);
     out.bytes += chunk.data();
@@ -230,8 +315,9 @@ Fetched Fetch(v1::MoeRouter::Stub& stub, const std::string& model, uint32_t laye
 TEST_F(ServerTest, FetchExpertStreamsVerifiedBytesFromSafetensors) {
   testing::TempDir dir;
   // 2 layers x 4 experts; rows big enough for several 1 MiB chunks.
-  testing::WriteExpertShard(dir.File("model.safetensors"), 2, 4, 40000, 3,
-                            "model.layers.{layer}.block_sparse_moe.experts.{expert}.");
+  const std::vector<SafetensorsWriteTensor> written = testing::WriteExpertShard(
+      dir.File("model.safetensors"), 2, 4, 40000, 3,
+      "model.layers.{layer}.block_sparse_moe.experts.{expert}.");
   v1::ModelSpec spec = SmallSpec("st");
   spec.set_num_layers(2);
   spec.set_num_experts(4);
@@ -248,6 +334,16 @@ TEST_F(ServerTest, FetchExpertStreamsVerifiedBytesFromSafetensors) {
   EXPECT_EQ(f.header.tensors(0).dtype(), "BF16");
   EXPECT_EQ(f.bytes.size(), f.header.total_bytes());
   EXPECT_EQ(f.bytes.size(), 3u * 40000 * 8 * 2);
+  // The bytes served are the bytes written, tensor after tensor.
+  std::string expected;
+  for (const char* w : {"w1", "w2", "w3"}) {
+    for (const SafetensorsWriteTensor& t : written) {
+      if (t.name == absl::StrCat("model.layers.1.block_sparse_moe.experts.2.", w, ".weight")) {
+        expected += t.bytes;
+      }
+    }
+  }
+  EXPECT_TRUE(f.bytes == expected) << "served bytes differ from the checkpoint's";
   // The client can verify what it got with the checksums sent.
   uint64_t offset = 0;
   std::vector<std::pair<std::string, uint64_t>> digests;
@@ -269,6 +365,9 @@ TEST_F(ServerTest, FetchExpertStreamsVerifiedBytesFromSafetensors) {
   const Fetched bad = Fetch(*stub_, "st", 0, 3);
   EXPECT_EQ(bad.status.error_code(), grpc::StatusCode::DATA_LOSS);
   EXPECT_THAT(bad.status.error_message(), HasSubstr("experts.3.w2.weight"));
+  // Nothing of a corrupt expert went out: no header, no bytes.
+  EXPECT_EQ(bad.chunks, 0);
+  EXPECT_TRUE(bad.bytes.empty());
   EXPECT_EQ(Fetch(*stub_, "st", 0, 9).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_EQ(Fetch(*stub_, "nope", 0, 0).status.error_code(), grpc::StatusCode::NOT_FOUND);
   EXPECT_EQ(Stats("st").checksum_failures(), 1u);
@@ -389,12 +488,24 @@ TEST(ServerStateTest, LearnedStateSurvivesARestartAndCorruptionIsIgnored) {
     ASSERT_TRUE(server->registry().Register(SmallSpec("tiny")).ok());
     EXPECT_EQ((*server->registry().Find("tiny"))->engine->ExportState(), learned);
   }
-  // A torn state file is ignored: the model starts fresh, registration works.
+  // A torn state file is reported and ignored: the model starts as fresh as
+  // one that never had state, and registration works.
+  std::string fresh;
+  {
+    ModelRegistry stateless;
+    ASSERT_TRUE(stateless.Register(SmallSpec("tiny")).ok());
+    fresh = (*stateless.Find("tiny"))->engine->ExportState();
+  }
+  ASSERT_NE(fresh, learned);
   const std::string path = options.state_dir + "/tiny.state.json";
   ASSERT_TRUE(WriteFileAtomically(path, learned.substr(0, learned.size() / 3)).ok());
   auto server = *RouterServer::Start(options);
-  ASSERT_TRUE(server->registry().Register(SmallSpec("tiny")).ok());
-  EXPECT_NE((*server->registry().Find("tiny"))->engine->ExportState(), learned);
+  ::testing::internal::CaptureStderr();
+  const absl::StatusOr<bool> registered = server->registry().Register(SmallSpec("tiny"));
+  const std::string log = ::testing::internal::GetCapturedStderr();
+  ASSERT_TRUE(registered.ok()) << registered.status();
+  EXPECT_THAT(log, HasSubstr("ignoring saved state " + path));
+  EXPECT_EQ((*server->registry().Find("tiny"))->engine->ExportState(), fresh);
 }
 
 }  // namespace

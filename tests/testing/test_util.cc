@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_replace.h"
+#include "absl/time/clock.h"
 #include "gtest/gtest.h"
 
 namespace moe_router::testing {
@@ -65,13 +66,25 @@ void CorruptByte(const std::string& path, uint64_t offset) {
 
 CommandResult RunCommand(const std::string& command) {
   CommandResult result;
-  FILE* p = popen((command + " 2>&1").c_str(), "r");
+  // The whole command line (which may chain commands) runs under one guard.
+  const std::string guarded =
+      "timeout -k 10 600 sh -c '" + absl::StrReplaceAll(command, {{"'", "'\\''"}}) + "' 2>&1";
+  FILE* p = popen(guarded.c_str(), "r");
   if (p == nullptr) return result;
   char buf[4096];
   while (fgets(buf, sizeof buf, p) != nullptr) result.output += buf;
   const int status = pclose(p);
   result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return result;
+}
+
+bool WaitFor(const std::function<bool()>& condition, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (!condition()) {
+    if (absl::Now() > deadline) return false;
+    absl::SleepFor(absl::Microseconds(100));
+  }
+  return true;
 }
 
 std::string SharedTracePath() {

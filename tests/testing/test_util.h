@@ -2,9 +2,11 @@
 #define MOE_ROUTER_TESTS_TESTING_TEST_UTIL_H_
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
+#include "absl/time/time.h"
 #include "core/safetensors.h"
 
 namespace moe_router::testing {
@@ -45,7 +47,13 @@ struct CommandResult {
   std::string output;
   int exit_code = -1;
 };
+/// Runs `command` under a 10-minute kill guard, so a hung child fails the
+/// test instead of hanging it.
 CommandResult RunCommand(const std::string& command);
+
+/// Polls `condition` until it holds or `timeout` passes; whether it held.
+/// For waits on another thread's progress that must not hang a test.
+bool WaitFor(const std::function<bool()>& condition, absl::Duration timeout = absl::Seconds(30));
 
 /// Row-major random logits, tokens x experts.
 std::vector<float> RandomLogits(uint32_t tokens, uint32_t experts, uint64_t seed,

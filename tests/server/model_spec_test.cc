@@ -1,0 +1,146 @@
+// ModelSpec (the API and config file) to ModelConfig (the core), field by
+// field: a setting the conversion forgets fails its own row.
+#include "server/model_spec.h"
+
+#include <functional>
+#include <string>
+#include <variant>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "server/model_registry.h"
+#include "tests/testing/test_specs.h"
+
+namespace moe_router {
+namespace {
+
+using Value = std::variant<double, std::string>;
+
+struct FieldCase {
+  const char* field;
+  std::function<void(v1::ModelSpec*)> set;
+  std::function<Value(const ModelConfig&)> get;
+  Value want;
+};
+
+const std::vector<FieldCase>& FieldCases() {
+  static const auto* cases = new std::vector<FieldCase>{
+      {"num_layers", [](v1::ModelSpec* s) { s->set_num_layers(7); },
+       [](const ModelConfig& c) -> Value { return static_cast<double>(c.num_layers); }, 7.0},
+      {"num_experts", [](v1::ModelSpec* s) { s->set_num_experts(16); },
+       [](const ModelConfig& c) -> Value { return static_cast<double>(c.router.num_experts); }, 16.0},
+      {"top_k", [](v1::ModelSpec* s) { s->set_top_k(3); },
+       [](const ModelConfig& c) -> Value { return static_cast<double>(c.router.top_k); }, 3.0},
+      {"budget_bytes", [](v1::ModelSpec* s) { s->set_budget_bytes(123456); },
+       [](const ModelConfig& c) -> Value { return static_cast<double>(c.budget_bytes); },
+       123456.0},
+      {"eviction_policy", [](v1::ModelSpec* s) { s->set_eviction_policy("lfu"); },
+       [](const ModelConfig& c) -> Value { return c.eviction_policy; }, std::string("lfu")},
+      {"prefetch_next_layer", [](v1::ModelSpec* s) { s->set_prefetch_next_layer(5); },
+       [](const ModelConfig& c) -> Value { return static_cast<double>(c.prefetch_next_layer); }, 5.0},
+      {"router.cache_bonus", [](v1::ModelSpec* s) { s->mutable_router()->set_cache_bonus(0.25); },
+       [](const ModelConfig& c) -> Value { return c.router.cache_bonus; }, 0.25},
+      {"router.absolute_bonus",
+       [](v1::ModelSpec* s) { s->mutable_router()->set_absolute_bonus(true); },
+       [](const ModelConfig& c) -> Value {
+         return c.router.bonus_mode == BonusMode::kAbsolute ? 1.0 : 0.0;
+       },
+       1.0},
+      {"router.disable_memory_aware",
+       [](v1::ModelSpec* s) { s->mutable_router()->set_disable_memory_aware(true); },
+       [](const ModelConfig& c) -> Value { return c.router.memory_aware ? 1.0 : 0.0; }, 0.0},
+      {"router.prefetch_threshold",
+       [](v1::ModelSpec* s) { s->mutable_router()->set_prefetch_threshold(0.125); },
+       [](const ModelConfig& c) -> Value { return c.router.prefetch_threshold; }, 0.125},
+      {"router.protected_top",
+       [](v1::ModelSpec* s) { s->mutable_router()->set_protected_top(2); },
+       [](const ModelConfig& c) -> Value { return static_cast<double>(c.router.protected_top); }, 2.0},
+      {"router.max_rank", [](v1::ModelSpec* s) { s->mutable_router()->set_max_rank(6); },
+       [](const ModelConfig& c) -> Value { return static_cast<double>(c.router.max_rank); }, 6.0},
+      {"router.min_gate_mass",
+       [](v1::ModelSpec* s) { s->mutable_router()->set_min_gate_mass(0.875); },
+       [](const ModelConfig& c) -> Value { return c.router.min_gate_mass; }, 0.875},
+      {"affinity.decay", [](v1::ModelSpec* s) { s->mutable_affinity()->set_decay(0.5); },
+       [](const ModelConfig& c) -> Value { return c.affinity.decay; }, 0.5},
+      {"affinity.boost", [](v1::ModelSpec* s) { s->mutable_affinity()->set_boost(3.0); },
+       [](const ModelConfig& c) -> Value { return c.affinity.boost; }, 3.0},
+      {"affinity.max_score", [](v1::ModelSpec* s) { s->mutable_affinity()->set_max_score(42.0); },
+       [](const ModelConfig& c) -> Value { return c.affinity.max_score; }, 42.0},
+      {"affinity.coactivation_decay",
+       [](v1::ModelSpec* s) { s->mutable_affinity()->set_coactivation_decay(0.75); },
+       [](const ModelConfig& c) -> Value { return c.affinity.coactivation_decay; }, 0.75},
+      {"precision.hot_threshold",
+       [](v1::ModelSpec* s) { s->mutable_precision()->set_hot_threshold(0.8); },
+       [](const ModelConfig& c) -> Value { return c.precision.hot_threshold; }, 0.8},
+      {"precision.warm_threshold",
+       [](v1::ModelSpec* s) { s->mutable_precision()->set_warm_threshold(0.2); },
+       [](const ModelConfig& c) -> Value { return c.precision.warm_threshold; }, 0.2},
+      {"precision.hot_precision",
+       [](v1::ModelSpec* s) { s->mutable_precision()->set_hot_precision("F16"); },
+       [](const ModelConfig& c) -> Value { return c.precision.hot_precision; },
+       std::string("F16")},
+      {"precision.warm_precision",
+       [](v1::ModelSpec* s) { s->mutable_precision()->set_warm_precision("Q8_0"); },
+       [](const ModelConfig& c) -> Value { return c.precision.warm_precision; },
+       std::string("Q8_0")},
+      {"precision.cold_precision",
+       [](v1::ModelSpec* s) { s->mutable_precision()->set_cold_precision("Q4_0"); },
+       [](const ModelConfig& c) -> Value { return c.precision.cold_precision; },
+       std::string("Q4_0")},
+  };
+  return *cases;
+}
+
+v1::ModelSpec BaseSpec() { return testing::SyntheticSpec("m", 2, 1000, 4); }
+
+TEST(ModelSpecTest, EverySettingReachesTheCoreConfig) {
+  for (const FieldCase& c : FieldCases()) {
+    v1::ModelSpec spec = BaseSpec();
+    c.set(&spec);
+    auto config = ConfigFromSpec(spec);
+    ASSERT_TRUE(config.ok()) << c.field << ": " << config.status();
+    EXPECT_EQ(c.get(*config), c.want) << c.field;
+    // The value set differs from what an unset field gives, so the row
+    // really tests the conversion.
+    auto unset = ConfigFromSpec(BaseSpec());
+    ASSERT_TRUE(unset.ok());
+    EXPECT_NE(c.get(*unset), c.want) << c.field << " is the default already";
+  }
+}
+
+TEST(ModelSpecTest, UnsetSettingsKeepTheCoreDefaults) {
+  auto config = ConfigFromSpec(BaseSpec());
+  ASSERT_TRUE(config.ok()) << config.status();
+  ModelConfig defaults;
+  defaults.name = "m";
+  defaults.num_layers = 2;
+  defaults.router.num_experts = 8;
+  defaults.router.top_k = 2;
+  defaults.budget_bytes = 4000;
+  for (const FieldCase& c : FieldCases()) {
+    EXPECT_EQ(c.get(*config), c.get(defaults)) << c.field;
+  }
+  EXPECT_EQ(config->name, "m");
+}
+
+// The paging threads come from the server (--paging_threads), not the spec.
+TEST(ModelSpecTest, RegistryGivesEachModelTheServersPagingThreads) {
+  ModelRegistry registry(/*state_dir=*/"", /*paging_threads=*/3);
+  ASSERT_TRUE(registry.Register(BaseSpec()).ok());
+  EXPECT_EQ((*registry.Find("m"))->engine->config().paging.threads, 3u);
+  EXPECT_EQ(registry.Unregister("m"), absl::OkStatus());
+}
+
+TEST(ModelSpecTest, BadSettingsNameTheirField) {
+  v1::ModelSpec spec = BaseSpec();
+  spec.mutable_router()->set_max_rank(65);
+  EXPECT_THAT(std::string(ConfigFromSpec(spec).status().message()),
+              ::testing::HasSubstr("max_rank"));
+  spec = BaseSpec();
+  spec.set_eviction_policy("belady");
+  EXPECT_THAT(std::string(ConfigFromSpec(spec).status().message()),
+              ::testing::HasSubstr("model.eviction_policy 'belady'"));
+}
+
+}  // namespace
+}  // namespace moe_router
