@@ -9,7 +9,7 @@
 #include "client/commands.h"
 #include "client/progress.h"
 #include "core/defaults.h"
-#include "core/workload.h"
+#include "eval/workload.h"
 
 namespace moe_router {
 namespace {

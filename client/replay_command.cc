@@ -10,7 +10,8 @@
 #include "client/server_connection.h"
 #include "client/server_replay.h"
 #include "core/eviction_policy.h"
-#include "core/replay.h"
+#include "eval/belady_policy.h"
+#include "eval/replay.h"
 #include "nlohmann/json.hpp"
 
 namespace moe_router {
@@ -25,7 +26,7 @@ const std::vector<FlagSpec>& LocalReplayFlags() {
       {"global-bytes", true, false, "B bytes shared by all layers"},
       {"expert-bytes", true, false, "bytes per expert (default 1048576)"},
       {"policy", true, true, "eviction policy, repeatable (default: all); lru, lfu and belady "
-                             "are always reported"},
+                             "are always reported (belady not with --bonus)"},
       {"prefetch-budget", true, false, "experts prefetched per step (default 0)"},
       {"bonus", true, false, "logits traces: reroute with this relative cache bonus"},
       {"protected-top", true, false, "logits traces: experts the bonus may not displace (1)"},
@@ -121,17 +122,16 @@ absl::StatusOr<ReplayOptions> ParseReplayOptions(const CommandLine& cl, const Ro
   options.expert_bytes = *expert_bytes;
   options.prefetch_budget = static_cast<uint32_t>(*prefetch);
   std::vector<std::string> policies = cl.Values("policy");
-  if (policies.empty()) policies = EvictionPolicyNames();
-  // The reference rows come first.
-  for (const char* reference : {"belady", "lfu", "lru"}) {
-    if (std::find(policies.begin(), policies.end(), reference) == policies.end()) {
-      policies.insert(policies.begin(), reference);
-    }
-  }
   for (const std::string& p : policies) {
-    bool known = false;
-    for (const std::string& name : EvictionPolicyNames()) known |= name == p;
-    if (!known) return absl::InvalidArgumentError(absl::StrFormat("unknown policy '%s'", p));
+    if (absl::Status s = CheckReplayPolicyName(p); !s.ok()) return s;
+  }
+  if (policies.empty()) policies = ReplayPolicyNames();
+  // The reference rows come first.
+  const std::vector<std::string> references = ReferencePolicyNames();
+  for (auto it = references.rbegin(); it != references.rend(); ++it) {
+    if (std::find(policies.begin(), policies.end(), *it) == policies.end()) {
+      policies.insert(policies.begin(), *it);
+    }
   }
   options.policies = policies;
   if (cl.Has("bonus") || cl.Has("protected-top") || cl.Has("max-rank") ||
@@ -152,7 +152,7 @@ absl::StatusOr<ReplayOptions> ParseReplayOptions(const CommandLine& cl, const Ro
     router.min_gate_mass = *mass;
     options.router = router;
     // Belady needs the accesses in advance, which rerouting changes.
-    std::erase(options.policies, "belady");
+    std::erase(options.policies, kBeladyPolicyName);
   }
   return options;
 }

@@ -7,7 +7,7 @@
 
 #include "absl/status/statusor.h"
 #include "client/client.h"
-#include "core/trace.h"
+#include "eval/trace.h"
 
 namespace moe_router {
 

@@ -11,8 +11,8 @@
 #include "client/progress.h"
 #include "client/svg_plot.h"
 #include "core/file_io.h"
-#include "core/replay.h"
-#include "core/workload.h"
+#include "eval/replay.h"
+#include "eval/workload.h"
 #include "nlohmann/json.hpp"
 
 namespace moe_router {

@@ -6,8 +6,8 @@
 #include "client/command_line.h"
 #include "client/commands.h"
 #include "client/progress.h"
-#include "core/calibration.h"
-#include "core/workload.h"
+#include "eval/calibration.h"
+#include "eval/workload.h"
 
 namespace moe_router {
 namespace {

@@ -105,23 +105,16 @@ class LayerReusePolicy final : public EvictionPolicy {
   static constexpr double kRecencyWeight = 0.5;
 };
 
-class BeladyPolicy final : public EvictionPolicy {
- public:
-  explicit BeladyPolicy(std::function<uint64_t(ExpertKey, uint64_t)> next_use)
-      : next_use_(std::move(next_use)) {}
-  std::string name() const override { return "belady"; }
-  double Keep(const EntryView& e, const CacheClock& clock) const override {
-    return -static_cast<double>(next_use_(e.key, clock.now));
-  }
-
- private:
-  std::function<uint64_t(ExpertKey, uint64_t)> next_use_;
-};
+absl::Status UnknownPolicyError(absl::string_view name) {
+  return absl::InvalidArgumentError(
+      absl::StrFormat("unknown eviction policy '%s' (expected one of: %s)", name,
+                      absl::StrJoin(EvictionPolicyNames(), ", ")));
+}
 
 }  // namespace
 
 std::vector<std::string> EvictionPolicyNames() {
-  return {"lru", "lfu", "affinity", "adaptive", "layer_reuse", "belady"};
+  return {"lru", "lfu", "affinity", "adaptive", "layer_reuse"};
 }
 
 absl::StatusOr<std::unique_ptr<EvictionPolicy>> MakeEvictionPolicy(
@@ -136,16 +129,14 @@ absl::StatusOr<std::unique_ptr<EvictionPolicy>> MakeEvictionPolicy(
     }
     return std::make_unique<AffinityPolicy>(options.affinity);
   }
-  if (name == "belady") {
-    if (!options.next_use) {
-      return absl::InvalidArgumentError(
-          "eviction policy 'belady' needs the future accesses (offline replay only)");
-    }
-    return std::make_unique<BeladyPolicy>(options.next_use);
+  return UnknownPolicyError(name);
+}
+
+absl::Status CheckEvictionPolicyName(absl::string_view name) {
+  for (const std::string& known : EvictionPolicyNames()) {
+    if (name == known) return absl::OkStatus();
   }
-  return absl::InvalidArgumentError(absl::StrFormat(
-      "unknown eviction policy '%s' (expected one of: %s)", name,
-      absl::StrJoin(EvictionPolicyNames(), ", ")));
+  return UnknownPolicyError(name);
 }
 
 }  // namespace moe_router

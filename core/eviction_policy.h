@@ -34,8 +34,9 @@ struct CacheClock {
 };
 
 /// Ranks cache entries for eviction: the entry with the lowest Keep() goes
-/// first (ties: least recently accessed, then lowest key). Policies are
-/// stateless rankers over EntryView, so the cache owns all bookkeeping.
+/// first (ties: least recently accessed, then lowest key). The cache owns
+/// the per-entry bookkeeping and hands it to the policy as EntryView; a
+/// policy may keep state of its own about the population (adaptive does).
 class EvictionPolicy {
  public:
   virtual ~EvictionPolicy() = default;
@@ -59,19 +60,20 @@ double CurrentReuse(const EntryView& entry, const CacheClock& clock);
 struct EvictionPolicyOptions {
   /// For "affinity": the expert's affinity score.
   std::function<double(ExpertKey)> affinity;
-  /// For "belady" (offline replay only): the tick of the next access of the
-  /// key after `now`, or UINT64_MAX if never.
-  std::function<uint64_t(ExpertKey, uint64_t now)> next_use;
   /// For "adaptive": LFU when max/mean access count of the evictable entries
   /// is at least this, else LRU.
   double adaptive_skew = 2.0;
 };
 
-/// Names accepted by MakeEvictionPolicy, for help texts and validation.
+/// The online policies, the names MakeEvictionPolicy accepts, for help
+/// texts. (The offline optimum lives in eval/belady_policy.h.)
 std::vector<std::string> EvictionPolicyNames();
 
-/// lru | lfu | affinity | adaptive | layer_reuse | belady. An unknown name,
-/// or a policy missing the function it needs, is INVALID_ARGUMENT.
+/// INVALID_ARGUMENT naming the policies there are, unless `name` is one.
+absl::Status CheckEvictionPolicyName(absl::string_view name);
+
+/// lru | lfu | affinity | adaptive | layer_reuse. An unknown name, or a
+/// policy missing the function it needs, is INVALID_ARGUMENT.
 absl::StatusOr<std::unique_ptr<EvictionPolicy>> MakeEvictionPolicy(
     absl::string_view name, const EvictionPolicyOptions& options);
 

@@ -24,12 +24,8 @@ absl::Status ModelConfig::Validate() const {
         "model.prefetch_next_layer (%d) must be <= num_experts (%d)", prefetch_next_layer,
         router.num_experts));
   }
-  bool known = false;
-  for (const std::string& p : EvictionPolicyNames()) known |= p == eviction_policy;
-  if (!known || eviction_policy == "belady") {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "model.eviction_policy '%s' is not one of lru, lfu, affinity, adaptive, layer_reuse",
-        eviction_policy));
+  if (absl::Status s = CheckEvictionPolicyName(eviction_policy); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("model.eviction_policy: ", s.message()));
   }
   return absl::OkStatus();
 }

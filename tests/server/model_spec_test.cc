@@ -139,7 +139,7 @@ TEST(ModelSpecTest, BadSettingsNameTheirField) {
   spec = BaseSpec();
   spec.set_eviction_policy("belady");
   EXPECT_THAT(std::string(ConfigFromSpec(spec).status().message()),
-              ::testing::HasSubstr("model.eviction_policy 'belady'"));
+              ::testing::HasSubstr("model.eviction_policy: unknown eviction policy 'belady'"));
 }
 
 }  // namespace

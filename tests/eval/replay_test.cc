@@ -1,11 +1,11 @@
-#include "core/replay.h"
+#include "eval/replay.h"
 
 #include <filesystem>
 #include <map>
 #include <random>
 #include <set>
 
-#include "core/workload.h"
+#include "eval/workload.h"
 #include "tests/testing/test_util.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"

@@ -1,5 +1,5 @@
-#ifndef MOE_ROUTER_CORE_WORKLOAD_H_
-#define MOE_ROUTER_CORE_WORKLOAD_H_
+#ifndef MOE_ROUTER_EVAL_WORKLOAD_H_
+#define MOE_ROUTER_EVAL_WORKLOAD_H_
 
 #include <cstdint>
 #include <functional>
@@ -10,7 +10,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "core/trace.h"
+#include "eval/trace.h"
 
 namespace moe_router {
 
@@ -89,4 +89,4 @@ RoutingTrace GenerateTrace(const WorkloadShape& shape, uint32_t sequences, uint3
 
 }  // namespace moe_router
 
-#endif  // MOE_ROUTER_CORE_WORKLOAD_H_
+#endif  // MOE_ROUTER_EVAL_WORKLOAD_H_

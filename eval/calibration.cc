@@ -1,7 +1,8 @@
-#include "core/calibration.h"
+#include "eval/calibration.h"
 
 #include "absl/strings/str_format.h"
-#include "core/replay.h"
+#include "eval/belady_policy.h"
+#include "eval/replay.h"
 
 namespace moe_router {
 namespace {
@@ -9,17 +10,17 @@ namespace {
 constexpr double kHitRateTolerance = 0.03;
 constexpr double kStatTolerance = 0.05;
 
-absl::StatusOr<std::vector<double>> HitRates(const RoutingTrace& trace, BudgetMode mode,
-                                             uint64_t amount) {
+// LRU, LFU and Belady: the policies whose hit rates a calibrated trace must
+// reproduce.
+absl::StatusOr<std::vector<ReplayRow>> HitRates(const RoutingTrace& trace, BudgetMode mode,
+                                                uint64_t amount) {
   ReplayOptions options;
   options.mode = mode;
   options.amount = amount;
-  options.policies = {"lru", "lfu", "belady"};
+  options.policies = {"lru", "lfu", kBeladyPolicyName};
   absl::StatusOr<ReplayReport> report = Replay(trace, options);
   if (!report.ok()) return report.status();
-  std::vector<double> rates;
-  for (const ReplayRow& row : report->rows) rates.push_back(row.hit_rate);
-  return rates;
+  return report->rows;
 }
 
 }  // namespace
@@ -42,10 +43,9 @@ absl::StatusOr<std::vector<CalibrationRow>> CompareTraces(const RoutingTrace& ge
     auto r = HitRates(real, mode, amount);
     if (!g.ok()) return g.status();
     if (!r.ok()) return r.status();
-    const char* names[] = {"lru", "lfu", "belady"};
-    for (int i = 0; i < 3; ++i) {
-      rows.push_back({absl::StrFormat("%s %s hit rate", label, names[i]), (*g)[i], (*r)[i],
-                      kHitRateTolerance});
+    for (size_t i = 0; i < g->size(); ++i) {
+      rows.push_back({absl::StrFormat("%s %s hit rate", label, (*g)[i].policy),
+                      (*g)[i].hit_rate, (*r)[i].hit_rate, kHitRateTolerance});
     }
   }
   const TraceStats g = ComputeTraceStats(generated);

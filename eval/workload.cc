@@ -1,4 +1,4 @@
-#include "core/workload.h"
+#include "eval/workload.h"
 
 #include <cmath>
 

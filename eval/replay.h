@@ -1,5 +1,5 @@
-#ifndef MOE_ROUTER_CORE_REPLAY_H_
-#define MOE_ROUTER_CORE_REPLAY_H_
+#ifndef MOE_ROUTER_EVAL_REPLAY_H_
+#define MOE_ROUTER_EVAL_REPLAY_H_
 
 #include <cstdint>
 #include <functional>
@@ -8,8 +8,9 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "core/router.h"
-#include "core/trace.h"
+#include "eval/trace.h"
 
 namespace moe_router {
 
@@ -23,7 +24,7 @@ struct ReplayOptions {
   BudgetMode mode = BudgetMode::kGlobalSlots;
   uint64_t amount = 0;
   uint64_t expert_bytes = 1 << 20;  // the size of every expert
-  /// Eviction policies to replay (names as MakeEvictionPolicy takes them).
+  /// Eviction policies to replay (ReplayPolicyNames()).
   std::vector<std::string> policies;
   /// Per (token, layer) step, prefetch up to this many experts predicted for
   /// the next step (co-activation, then affinity). 0: demand paging only.
@@ -65,6 +66,13 @@ struct ReplayReport {
   uint64_t accesses = 0;
 };
 
+/// The policies a replay can run: the engine's online policies and belady.
+std::vector<std::string> ReplayPolicyNames();
+/// The rows a replay table is read against: belady, lfu, lru.
+std::vector<std::string> ReferencePolicyNames();
+/// INVALID_ARGUMENT naming the policies there are, unless `name` is one.
+absl::Status CheckReplayPolicyName(absl::string_view name);
+
 /// Replays a trace through the real expert cache: each run (sequence) from
 /// a cold cache, steps in token then layer order, the experts of a step in
 /// their listed order and pinned while it is served; hit rate = hits /
@@ -74,4 +82,4 @@ absl::StatusOr<ReplayReport> Replay(const RoutingTrace& trace, const ReplayOptio
 
 }  // namespace moe_router
 
-#endif  // MOE_ROUTER_CORE_REPLAY_H_
+#endif  // MOE_ROUTER_EVAL_REPLAY_H_

@@ -1,11 +1,11 @@
-#ifndef MOE_ROUTER_CORE_CALIBRATION_H_
-#define MOE_ROUTER_CORE_CALIBRATION_H_
+#ifndef MOE_ROUTER_EVAL_CALIBRATION_H_
+#define MOE_ROUTER_EVAL_CALIBRATION_H_
 
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "core/trace.h"
+#include "eval/trace.h"
 
 namespace moe_router {
 
@@ -29,4 +29,4 @@ absl::StatusOr<std::vector<CalibrationRow>> CompareTraces(const RoutingTrace& ge
 
 }  // namespace moe_router
 
-#endif  // MOE_ROUTER_CORE_CALIBRATION_H_
+#endif  // MOE_ROUTER_EVAL_CALIBRATION_H_

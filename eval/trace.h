@@ -1,5 +1,5 @@
-#ifndef MOE_ROUTER_CORE_TRACE_H_
-#define MOE_ROUTER_CORE_TRACE_H_
+#ifndef MOE_ROUTER_EVAL_TRACE_H_
+#define MOE_ROUTER_EVAL_TRACE_H_
 
 #include <cstdint>
 #include <string>
@@ -88,4 +88,4 @@ TraceStats ComputeTraceStats(const RoutingTrace& trace);
 
 }  // namespace moe_router
 
-#endif  // MOE_ROUTER_CORE_TRACE_H_
+#endif  // MOE_ROUTER_EVAL_TRACE_H_

@@ -1,4 +1,4 @@
-#include "core/trace.h"
+#include "eval/trace.h"
 
 #include <algorithm>
 #include <cstring>

@@ -1,7 +1,7 @@
-#include "core/trace.h"
+#include "eval/trace.h"
 
 #include "core/file_io.h"
-#include "core/workload.h"
+#include "eval/workload.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/test_util.h"

@@ -1,4 +1,4 @@
-#include "core/replay.h"
+#include "eval/replay.h"
 
 #include <algorithm>
 #include <limits>
@@ -7,13 +7,30 @@
 #include "absl/strings/str_format.h"
 #include "core/affinity.h"
 #include "core/expert_cache.h"
+#include "eval/belady_policy.h"
 
 namespace moe_router {
+
+std::vector<std::string> ReplayPolicyNames() {
+  std::vector<std::string> names = EvictionPolicyNames();
+  names.push_back(kBeladyPolicyName);
+  return names;
+}
+
+std::vector<std::string> ReferencePolicyNames() { return {kBeladyPolicyName, "lfu", "lru"}; }
+
+absl::Status CheckReplayPolicyName(absl::string_view name) {
+  if (name == kBeladyPolicyName) return absl::OkStatus();
+  return CheckEvictionPolicyName(name);
+}
 
 absl::Status ReplayOptions::Validate() const {
   if (amount == 0) return absl::InvalidArgumentError("replay budget must be > 0");
   if (expert_bytes == 0) return absl::InvalidArgumentError("replay expert size must be > 0");
   if (policies.empty()) return absl::InvalidArgumentError("replay needs at least one policy");
+  for (const std::string& policy : policies) {
+    if (absl::Status s = CheckReplayPolicyName(policy); !s.ok()) return s;
+  }
   if (router) return router->Validate();
   return absl::OkStatus();
 }
@@ -97,7 +114,7 @@ class RunReplayer {
         routers_.push_back(std::make_unique<LayerRouter>(*std::move(router)));
       }
     }
-    if (policy_ == "belady") {
+    if (policy_ == kBeladyPolicyName) {
       if (options_.router) {
         return absl::InvalidArgumentError(
             "belady needs the accesses in advance, which rerouting changes; replay it "
@@ -106,16 +123,7 @@ class RunReplayer {
       BuildFutureAccesses(caches);
     }
     for (uint32_t c = 0; c < caches; ++c) {
-      EvictionPolicyOptions policy_options;
-      policy_options.affinity = [this](ExpertKey k) { return affinity_[k.layer]->Score(k.expert); };
-      if (policy_ == "belady") {
-        policy_options.next_use = [this, c](ExpertKey k, uint64_t now) {
-          const std::vector<uint64_t>& uses = future_[c][size_t{k.layer} * trace_.num_experts + k.expert];
-          const auto it = std::upper_bound(uses.begin(), uses.end(), now);
-          return it == uses.end() ? std::numeric_limits<uint64_t>::max() : *it;
-        };
-      }
-      auto policy = MakeEvictionPolicy(policy_, policy_options);
+      auto policy = MakePolicy(c);
       if (!policy.ok()) return policy.status();
       auto cache = ExpertCache::Create(
           CacheConfig{.num_layers = layers, .num_experts = n, .budget_bytes = budget},
@@ -124,6 +132,22 @@ class RunReplayer {
       caches_.push_back(*std::move(cache));
     }
     return absl::OkStatus();
+  }
+
+  // The replayed policy for cache `c`: belady reads the future of that
+  // cache's accesses; the online policies come from the engine's factory.
+  absl::StatusOr<std::unique_ptr<EvictionPolicy>> MakePolicy(uint32_t c) {
+    if (policy_ == kBeladyPolicyName) {
+      return MakeBeladyPolicy([this, c](ExpertKey k, uint64_t now) {
+        const std::vector<uint64_t>& uses =
+            future_[c][size_t{k.layer} * trace_.num_experts + k.expert];
+        const auto it = std::upper_bound(uses.begin(), uses.end(), now);
+        return it == uses.end() ? std::numeric_limits<uint64_t>::max() : *it;
+      });
+    }
+    EvictionPolicyOptions options;
+    options.affinity = [this](ExpertKey k) { return affinity_[k.layer]->Score(k.expert); };
+    return MakeEvictionPolicy(policy_, options);
   }
 
   // The cache ticks at which each expert will be accessed: the cache counts
