@@ -4,14 +4,10 @@
 #include "absl/time/clock.h"
 #include "core/checksum.h"
 #include "core/file_io.h"
+#include "proto/grpc_status.h"
 
 namespace moe_router {
 namespace {
-
-absl::Status FromGrpc(const grpc::Status& s) {
-  if (s.ok()) return absl::OkStatus();
-  return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
-}
 
 absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> CredentialsFor(const ClientTls& tls) {
   if (tls.ca.empty() && tls.cert.empty() && tls.key.empty()) {
@@ -92,7 +88,7 @@ absl::Status RouteStream::Finish() {
   if (finished_) return absl::FailedPreconditionError("the route stream is already finished");
   finished_ = true;
   stream_->WritesDone();
-  return FromGrpc(stream_->Finish());
+  return FromGrpcStatus(stream_->Finish());
 }
 
 absl::StatusOr<v1::RouteTokensResponse> Client::Route(const std::string& model, uint32_t layer,
@@ -101,7 +97,7 @@ absl::StatusOr<v1::RouteTokensResponse> Client::Route(const std::string& model, 
   Prepare(&context, model);
   const v1::RouteTokensRequest request = RouteRequest(model, layer, logits);
   v1::RouteTokensResponse response;
-  if (absl::Status s = FromGrpc(stub_->RouteTokens(&context, request, &response)); !s.ok()) {
+  if (absl::Status s = FromGrpcStatus(stub_->RouteTokens(&context, request, &response)); !s.ok()) {
     return s;
   }
   return response;
@@ -118,7 +114,7 @@ absl::StatusOr<v1::PrefetchResponse> Client::Prefetch(const std::string& model, 
   request.mutable_experts()->Add(experts.begin(), experts.end());
   request.set_budget(budget);
   v1::PrefetchResponse response;
-  if (absl::Status s = FromGrpc(stub_->Prefetch(&context, request, &response)); !s.ok()) return s;
+  if (absl::Status s = FromGrpcStatus(stub_->Prefetch(&context, request, &response)); !s.ok()) return s;
   return response;
 }
 
@@ -128,7 +124,7 @@ absl::StatusOr<v1::ModelInfo> Client::Register(const v1::ModelSpec& spec) {
   v1::RegisterModelRequest request;
   *request.mutable_spec() = spec;
   v1::ModelInfo info;
-  if (absl::Status s = FromGrpc(stub_->RegisterModel(&context, request, &info)); !s.ok()) return s;
+  if (absl::Status s = FromGrpcStatus(stub_->RegisterModel(&context, request, &info)); !s.ok()) return s;
   return info;
 }
 
@@ -138,14 +134,14 @@ absl::Status Client::Unregister(const std::string& model) {
   v1::UnregisterModelRequest request;
   request.set_model(model);
   v1::UnregisterModelResponse response;
-  return FromGrpc(stub_->UnregisterModel(&context, request, &response));
+  return FromGrpcStatus(stub_->UnregisterModel(&context, request, &response));
 }
 
 absl::StatusOr<std::vector<v1::ModelInfo>> Client::ListModels() {
   grpc::ClientContext context;
   Prepare(&context, "");
   v1::ListModelsResponse response;
-  if (absl::Status s = FromGrpc(stub_->ListModels(&context, v1::ListModelsRequest(), &response));
+  if (absl::Status s = FromGrpcStatus(stub_->ListModels(&context, v1::ListModelsRequest(), &response));
       !s.ok()) {
     return s;
   }
@@ -167,7 +163,7 @@ absl::StatusOr<v1::ModelStats> Client::Stats(const std::string& model) {
   v1::GetModelStatsRequest request;
   request.set_model(model);
   v1::ModelStats stats;
-  if (absl::Status s = FromGrpc(stub_->GetModelStats(&context, request, &stats)); !s.ok()) {
+  if (absl::Status s = FromGrpcStatus(stub_->GetModelStats(&context, request, &stats)); !s.ok()) {
     return s;
   }
   return stats;
@@ -207,7 +203,7 @@ absl::StatusOr<FetchedExpert> Client::Fetch(const std::string& model, uint32_t l
       out.bytes += chunk.data();
     }
   }
-  if (absl::Status s = FromGrpc(reader->Finish()); !s.ok()) return s;
+  if (absl::Status s = FromGrpcStatus(reader->Finish()); !s.ok()) return s;
   if (!received.ok()) return received;
   if (absl::Status s = VerifyExpert(out); !s.ok()) return s;
   return out;

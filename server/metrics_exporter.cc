@@ -1,8 +1,8 @@
 #include "server/metrics_exporter.h"
 
-#include <grpcpp/support/status.h>
 
 #include "absl/strings/str_format.h"
+#include "proto/grpc_status.h"
 
 namespace moe_router {
 namespace {
@@ -10,12 +10,6 @@ namespace {
 using prometheus::ClientMetric;
 using prometheus::MetricFamily;
 using prometheus::MetricType;
-
-const char* kCodeNames[kNumStatusCodes] = {
-    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-    "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
-    "UNAUTHENTICATED"};
 
 class Families {
  public:
@@ -62,11 +56,11 @@ class Families {
 };
 
 void AddRouteRequests(Families& f, const std::string& model, const std::atomic<uint64_t>* codes) {
-  for (int c = 0; c < kNumStatusCodes; ++c) {
+  for (int c = 0; c < kStatusCodeCount; ++c) {
     const uint64_t n = codes[c].load(std::memory_order_relaxed);
     if (n == 0 && c != 0) continue;
     f.Counter("moe_router_route_requests_total", "RouteTokens calls by outcome.",
-              {{"model", model}, {"code", kCodeNames[c]}}, static_cast<double>(n));
+              {{"model", model}, {"code", StatusCodeName(static_cast<absl::StatusCode>(c))}}, static_cast<double>(n));
   }
 }
 

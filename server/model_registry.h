@@ -12,18 +12,16 @@
 #include "absl/synchronization/mutex.h"
 #include "core/model_engine.h"
 #include "moe_router/v1/moe_router.pb.h"
+#include "proto/grpc_status.h"
 
 namespace moe_router {
-
-/// gRPC status codes, for counting requests by outcome.
-inline constexpr int kNumStatusCodes = 17;
 
 /// A hosted model: its spec, engine, and RouteTokens calls by status code.
 struct HostedModel {
   v1::ModelSpec spec;
   std::shared_ptr<ModelEngine> engine;
   std::unique_ptr<std::atomic<uint64_t>[]> route_requests =
-      std::make_unique<std::atomic<uint64_t>[]>(kNumStatusCodes);
+      std::make_unique<std::atomic<uint64_t>[]>(kStatusCodeCount);
 };
 
 /// The models a server hosts, by name. Lookups take a shared reader lock
@@ -59,7 +57,7 @@ class ModelRegistry {
   const std::string state_dir_;
   const uint32_t paging_threads_;
   std::unique_ptr<std::atomic<uint64_t>[]> unknown_route_requests_ =
-      std::make_unique<std::atomic<uint64_t>[]>(kNumStatusCodes);
+      std::make_unique<std::atomic<uint64_t>[]>(kStatusCodeCount);
   mutable absl::Mutex mu_;
   std::map<std::string, std::shared_ptr<const HostedModel>> models_ ABSL_GUARDED_BY(mu_);
 };

@@ -4,7 +4,7 @@
 
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
-#include "server/status_util.h"
+#include "proto/grpc_status.h"
 
 namespace moe_router {
 namespace {
