@@ -9,7 +9,7 @@
 #include "absl/flags/parse.h"
 #include "absl/time/clock.h"
 #include "core/file_io.h"
-#include "server/model_spec.h"
+#include "server/core_to_proto.h"
 #include "server/server.h"
 
 ABSL_FLAG(std::string, listen, "0.0.0.0:50051", "address the gRPC service listens on");

@@ -7,7 +7,7 @@
 
 #include "absl/strings/str_format.h"
 #include "core/file_io.h"
-#include "server/model_spec.h"
+#include "server/proto_to_core.h"
 
 namespace moe_router {
 

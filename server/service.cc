@@ -5,6 +5,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "proto/grpc_status.h"
+#include "server/core_to_proto.h"
 
 namespace moe_router {
 namespace {
@@ -19,12 +20,6 @@ grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* context, Body body)
     reactor->Finish(ToGrpcStatus(body()));
   }
   return reactor;
-}
-
-void AddRef(const ExpertKey& key, google::protobuf::RepeatedPtrField<v1::ExpertRef>* out) {
-  v1::ExpertRef* ref = out->Add();
-  ref->set_layer(key.layer);
-  ref->set_expert(key.expert);
 }
 
 }  // namespace
@@ -55,15 +50,7 @@ absl::Status MoeRouterService::RouteModel(const HostedModel& model,
   }
   auto routed = engine.Route(request.layer(), request.gate_logits());
   if (!routed.ok()) return routed.status();
-  const RouteBatch& batch = routed->batch;
-  response->mutable_experts()->Add(batch.experts.begin(), batch.experts.end());
-  response->mutable_weights()->Add(batch.weights.begin(), batch.weights.end());
-  for (uint8_t r : batch.resident) response->add_resident(r != 0);
-  for (const ExpertKey& key : routed->urgent) AddRef(key, response->mutable_urgent_page_ins());
-  for (const ExpertKey& key : routed->prefetch) AddRef(key, response->mutable_prefetches());
-  response->set_tokens(batch.tokens);
-  response->set_changed_tokens(batch.changed_tokens);
-  response->set_gate_mass_retained(batch.tokens ? batch.gate_mass_sum / batch.tokens : 1.0);
+  ToProto(*routed, response);
   return absl::OkStatus();
 }
 
@@ -82,10 +69,7 @@ grpc::ServerUnaryReactor* MoeRouterService::Prefetch(grpc::CallbackServerContext
     auto outcome = (*model)->engine->Prefetch(request->layer(), request->experts(),
                                               request->budget());
     if (!outcome.ok()) return outcome.status();
-    response->mutable_queued()->Add(outcome->queued.begin(), outcome->queued.end());
-    response->mutable_already_resident()->Add(outcome->already_resident.begin(),
-                                              outcome->already_resident.end());
-    response->mutable_dropped()->Add(outcome->dropped.begin(), outcome->dropped.end());
+    ToProto(*outcome, response);
     return absl::OkStatus();
   });
 }
@@ -131,50 +115,7 @@ grpc::ServerUnaryReactor* MoeRouterService::ListModels(grpc::CallbackServerConte
 absl::Status MoeRouterService::Stats(const std::string& name, v1::ModelStats* out) {
   auto model = registry_->Find(name);
   if (!model.ok()) return model.status();
-  const ModelStats s = (*model)->engine->Stats();
-  const MetricsSnapshot& m = s.metrics;
-  out->set_model(s.name);
-  out->set_hit_rate(m.total.HitRate());
-  out->set_routed_tokens(m.total.routed_tokens);
-  out->set_changed_tokens(m.total.changed_tokens);
-  out->set_gate_mass_retained_mean(m.gate_mass.Mean());
-  out->set_gate_mass_retained_min(m.gate_mass_min);
-  out->set_page_ins_urgent(m.total.page_ins[0]);
-  out->set_page_ins_normal(m.total.page_ins[1]);
-  out->set_page_ins_prefetch(m.total.page_ins[2]);
-  out->set_paged_bytes(m.total.paged_bytes);
-  out->set_page_in_seconds_mean(m.page_in_seconds.Mean());
-  out->set_page_in_seconds_max(m.page_in_seconds.max);
-  out->set_prefetch_loaded(s.cache.prefetch_loaded);
-  out->set_prefetch_used(s.cache.prefetch_used);
-  out->set_checksum_failures(m.checksum_failures);
-  out->set_evictions(s.cache.evictions);
-  out->set_resident_bytes(s.cache.resident_bytes);
-  out->set_budget_bytes(s.cache.budget_bytes);
-  for (const auto& [precision, count] : s.resident_by_precision) {
-    (*out->mutable_resident_by_precision())[precision] = count;
-  }
-  out->set_resident_hot(s.resident_by_class[0]);
-  out->set_resident_warm(s.resident_by_class[1]);
-  out->set_resident_cold(s.resident_by_class[2]);
-  out->set_route_seconds_per_token(m.targets.route_us_per_token * 1e-6);
-  out->set_meets_targets(m.targets.ok());
-  out->set_targets_summary(m.targets.ToString());
-  for (uint32_t l = 0; l < m.layers.size(); ++l) {
-    const LayerTotals& t = m.layers[l];
-    v1::LayerStats* layer = out->add_layers();
-    layer->set_layer(l);
-    layer->set_routed_tokens(t.routed_tokens);
-    layer->set_hits(t.hits);
-    layer->set_misses(t.misses);
-    layer->set_hit_rate(t.HitRate());
-    layer->set_resident_experts(s.layers[l].resident_experts);
-    layer->set_page_ins(t.PageIns());
-    layer->set_page_outs(t.page_outs);
-    layer->set_paged_bytes(t.paged_bytes);
-    layer->set_coactivation_top1(s.layers[l].coactivation_top1);
-    layer->set_coactivation_top2(s.layers[l].coactivation_top2);
-  }
+  ToProto((*model)->engine->Stats(), out);
   return absl::OkStatus();
 }
 
@@ -263,17 +204,7 @@ class FetchExpertReactor final : public grpc::ServerWriteReactor<v1::ExpertChunk
     chunk_.Clear();
     if (!header_sent_) {
       header_sent_ = true;
-      for (const TensorData& t : e.tensors) {
-        v1::TensorHeader* header = chunk_.add_tensors();
-        header->set_name(t.name);
-        header->set_dtype(t.dtype);
-        header->mutable_shape()->Add(t.shape.begin(), t.shape.end());
-        header->set_size_bytes(t.size);
-        header->set_xxh3(t.checksum);
-      }
-      chunk_.set_precision(e.precision);
-      chunk_.set_total_bytes(e.size);
-      chunk_.set_expert_xxh3(e.checksum);
+      ToProtoHeader(e, &chunk_);
     }
     const uint64_t n = std::min(kExpertChunkBytes, e.size - offset_);
     chunk_.set_offset(offset_);

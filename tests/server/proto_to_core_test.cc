@@ -1,6 +1,6 @@
 // ModelSpec (the API and config file) to ModelConfig (the core), field by
 // field: a setting the conversion forgets fails its own row.
-#include "server/model_spec.h"
+#include "server/proto_to_core.h"
 
 #include <functional>
 #include <string>

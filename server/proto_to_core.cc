@@ -1,7 +1,6 @@
-#include "server/model_spec.h"
+#include "server/proto_to_core.h"
 
 #include "absl/strings/str_format.h"
-#include "core/defaults.h"
 #include "core/safetensors_store.h"
 #include "core/synthetic_store.h"
 
@@ -80,19 +79,6 @@ absl::StatusOr<std::shared_ptr<const ExpertStore>> StoreFromSpec(const v1::Model
       break;
   }
   return absl::InvalidArgumentError("model.store: set synthetic or safetensors");
-}
-
-v1::ModelSpec DefaultModelSpec() {
-  const ModelConfig c = DefaultModelConfig();
-  v1::ModelSpec spec;
-  spec.set_name(c.name);
-  spec.set_num_layers(c.num_layers);
-  spec.set_num_experts(c.router.num_experts);
-  spec.set_top_k(c.router.top_k);
-  spec.set_budget_bytes(c.budget_bytes);
-  spec.set_eviction_policy(c.eviction_policy);
-  spec.mutable_synthetic()->set_expert_bytes(kDefaultExpertBytes);
-  return spec;
 }
 
 }  // namespace moe_router

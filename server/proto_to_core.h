@@ -1,5 +1,5 @@
-#ifndef MOE_ROUTER_SERVER_MODEL_SPEC_H_
-#define MOE_ROUTER_SERVER_MODEL_SPEC_H_
+#ifndef MOE_ROUTER_SERVER_PROTO_TO_CORE_H_
+#define MOE_ROUTER_SERVER_PROTO_TO_CORE_H_
 
 #include <memory>
 
@@ -10,6 +10,9 @@
 
 namespace moe_router {
 
+// What arrives over the API (and in the config file), turned into the core's
+// types. The other direction is core_to_proto.h.
+
 /// A ModelSpec turned into the core's config; unset settings keep the
 /// core defaults. Errors name the field.
 absl::StatusOr<ModelConfig> ConfigFromSpec(const v1::ModelSpec& spec);
@@ -18,9 +21,6 @@ absl::StatusOr<ModelConfig> ConfigFromSpec(const v1::ModelSpec& spec);
 /// it covers the model's shape.
 absl::StatusOr<std::shared_ptr<const ExpertStore>> StoreFromSpec(const v1::ModelSpec& spec);
 
-/// The embedded default: mixtral-8x7b on a synthetic store, half budgeted.
-v1::ModelSpec DefaultModelSpec();
-
 }  // namespace moe_router
 
-#endif  // MOE_ROUTER_SERVER_MODEL_SPEC_H_
+#endif  // MOE_ROUTER_SERVER_PROTO_TO_CORE_H_
