@@ -9,11 +9,12 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "client/client.h"
+#include "core/defaults.h"
 
 namespace moe_router {
 
 struct LoadOptions {
-  std::string model = "mixtral-8x7b";
+  std::string model = kDefaultModelName;
   /// Closed loop: this many workers, each with one call outstanding.
   uint32_t concurrency = 8;
   /// Tokens per request.

@@ -13,7 +13,7 @@ namespace moe_router {
 
 int LoadgenCommand(const std::vector<std::string>& args) {
   const std::vector<FlagSpec> flags = WithServerFlags({
-      {"model", true, false, "model (default mixtral-8x7b)"},
+      ModelFlag(),
       {"concurrency", true, false, "workers, each with one call outstanding (default 8)"},
       {"batch", true, false, "tokens per request (default 64)"},
       {"duration", true, false, "seconds measured (default 10)"},
@@ -25,7 +25,7 @@ int LoadgenCommand(const std::vector<std::string>& args) {
   auto cl = CommandLine::Parse(args, flags);
   if (!cl.ok() || !cl->positional().empty()) return CommandUsage("loadgen", "[flags]", cl.status(), flags);
   LoadOptions options;
-  options.model = cl->Value("model", options.model);
+  options.model = ModelName(*cl);
   options.stream = cl->Has("stream");
   auto concurrency = cl->Count("concurrency", options.concurrency);
   auto batch = cl->Count("batch", options.batch_tokens);

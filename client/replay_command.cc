@@ -40,7 +40,7 @@ const std::vector<FlagSpec>& ReplayFlags() {
   static const std::vector<FlagSpec> flags = [] {
     std::vector<FlagSpec> all = LocalReplayFlags();
     all.push_back({"json", false, false, "print one JSON object instead of a table"});
-    all.push_back({"model", true, false, "with --server: the model to drive (default mixtral-8x7b)"});
+    all.push_back(ModelFlag("with --server: the model to drive"));
     all.push_back({"stream", false, false, "with --server: route over one RouteStream, not unary calls"});
     return WithServerFlags(all);
   }();
@@ -58,7 +58,7 @@ int ReplayThroughServerCommand(const CommandLine& cl, const RoutingTrace& trace)
   }
   auto client = ConnectToServer(cl);
   if (!client.ok()) return CommandError("replay", client.status());
-  const std::string model = cl.Value("model", "mixtral-8x7b");
+  const std::string model = ModelName(cl);
   ProgressBar bar("replay", trace.Steps());
   auto report = ReplayThroughServer(**client, model, trace, cl.Has("stream"),
                                     [&](uint64_t done, uint64_t) { bar.Update(done); });

@@ -71,7 +71,7 @@ int RegisterCommand(const std::vector<std::string>& args) {
 
 int RouteCommand(const std::vector<std::string>& args) {
   const std::vector<FlagSpec> flags = WithServerFlags({
-      {"model", true, false, "model name (default mixtral-8x7b)"},
+      ModelFlag("model name"),
       {"layer", true, false, "layer (default 0)"},
       {"logits", true, false, "file of tokens x experts numbers (whitespace or commas)"},
       {"tokens", true, false, "route this many tokens of random logits instead (default 4)"},
@@ -87,7 +87,7 @@ int RouteCommand(const std::vector<std::string>& args) {
   }
   auto client = ConnectToServer(*cl);
   if (!client.ok()) return CommandError("route", client.status());
-  const std::string model = cl->Value("model", "mixtral-8x7b");
+  const std::string model = ModelName(*cl);
   std::vector<float> logits;
   if (cl->Has("logits")) {
     auto text = ReadFile(cl->Value("logits"));
@@ -131,7 +131,7 @@ int RouteCommand(const std::vector<std::string>& args) {
 
 int PrefetchCommand(const std::vector<std::string>& args) {
   const std::vector<FlagSpec> flags = WithServerFlags({
-      {"model", true, false, "model (default mixtral-8x7b)"},
+      ModelFlag(),
       {"layer", true, false, "layer (default 0)"},
       {"experts", true, false, "comma-separated experts to prefetch"},
       {"budget", true, false, "without --experts: let the server choose this many (default 4)"},
@@ -157,7 +157,7 @@ int PrefetchCommand(const std::vector<std::string>& args) {
     experts.push_back(e);
   }
   auto client = ConnectToServer(*cl);
-  auto queued = client.ok() ? (*client)->Prefetch(cl->Value("model", "mixtral-8x7b"),
+  auto queued = client.ok() ? (*client)->Prefetch(ModelName(*cl),
                                                   static_cast<uint32_t>(*layer), experts,
                                                   static_cast<uint32_t>(*budget))
                             : client.status();
@@ -173,11 +173,11 @@ int PrefetchCommand(const std::vector<std::string>& args) {
 
 int StatsCommand(const std::vector<std::string>& args) {
   const std::vector<FlagSpec> flags =
-      WithServerFlags({{"model", true, false, "model (default mixtral-8x7b)"}});
+      WithServerFlags({ModelFlag()});
   auto cl = CommandLine::Parse(args, flags);
   if (!cl.ok() || !cl->positional().empty()) return CommandUsage("stats", "[flags]", cl.status(), flags);
   auto client = ConnectToServer(*cl);
-  auto stats = client.ok() ? (*client)->Stats(cl->Value("model", "mixtral-8x7b")) : client.status();
+  auto stats = client.ok() ? (*client)->Stats(ModelName(*cl)) : client.status();
   if (!stats.ok()) return CommandError("stats", stats.status());
   const v1::ModelStats& s = *stats;
   std::printf("model %s: hit rate %.3f over %llu tokens; %s\n", s.model().c_str(), s.hit_rate(),
@@ -210,7 +210,7 @@ int StatsCommand(const std::vector<std::string>& args) {
 
 int FetchCommand(const std::vector<std::string>& args) {
   const std::vector<FlagSpec> flags = WithServerFlags({
-      {"model", true, false, "model (default mixtral-8x7b)"},
+      ModelFlag(),
       {"layer", true, false, "layer"},
       {"expert", true, false, "expert"},
       {"out", true, false, "safetensors file to write the expert's tensors to"},
@@ -225,7 +225,7 @@ int FetchCommand(const std::vector<std::string>& args) {
     return CommandUsage("fetch", "--layer L --expert E --out FILE", !layer.ok() ? layer.status() : expert.status(), flags);
   }
   auto client = ConnectToServer(*cl);
-  auto fetched = client.ok() ? (*client)->Fetch(cl->Value("model", "mixtral-8x7b"),
+  auto fetched = client.ok() ? (*client)->Fetch(ModelName(*cl),
                                                 static_cast<uint32_t>(*layer),
                                                 static_cast<uint32_t>(*expert))
                              : client.status();

@@ -1,6 +1,14 @@
 #include "client/server_connection.h"
 
+#include "core/defaults.h"
+
 namespace moe_router {
+
+FlagSpec ModelFlag(const std::string& help) {
+  return {"model", true, false, help + " (default " + kDefaultModelName + ")"};
+}
+
+std::string ModelName(const CommandLine& cl) { return cl.Value("model", kDefaultModelName); }
 
 std::vector<FlagSpec> WithServerFlags(std::vector<FlagSpec> flags) {
   flags.push_back({"server", true, false, "moe-routerd address (default localhost:50051)"});

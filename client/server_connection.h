@@ -14,6 +14,12 @@ namespace moe_router {
 /// --tls_* files, appended to a command's own flags.
 std::vector<FlagSpec> WithServerFlags(std::vector<FlagSpec> flags);
 
+/// The --model flag of a command about one model: `help`, and that it
+/// defaults to the embedded default's name.
+FlagSpec ModelFlag(const std::string& help = "model");
+/// The model --model names, or the embedded default's.
+std::string ModelName(const CommandLine& cl);
+
 /// A client for the server those flags name.
 absl::StatusOr<std::unique_ptr<Client>> ConnectToServer(const CommandLine& cl);
 

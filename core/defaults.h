@@ -6,6 +6,10 @@
 
 namespace moe_router {
 
+/// The name of the embedded default model: what a bare moe-routerd serves
+/// and what the CLI's --model means when not given.
+inline constexpr char kDefaultModelName[] = "mixtral-8x7b";
+
 /// Bytes per expert of the embedded default's synthetic store.
 inline constexpr uint64_t kDefaultExpertBytes = 1 << 20;
 
@@ -13,7 +17,7 @@ inline constexpr uint64_t kDefaultExpertBytes = 1 << 20;
 /// experts, top-2) with half of its experts budgeted, so it pages.
 inline ModelConfig DefaultModelConfig() {
   ModelConfig config;
-  config.name = "mixtral-8x7b";
+  config.name = kDefaultModelName;
   config.num_layers = 32;
   config.router.num_experts = 8;
   config.router.top_k = 2;

@@ -32,7 +32,10 @@ PinnedExpert& PinnedExpert::operator=(PinnedExpert&& other) noexcept {
 PinnedExpert::~PinnedExpert() { Release(); }
 
 void PinnedExpert::Release() {
-  if (cache_ != nullptr && data_ != nullptr) cache_->Unpin(data_->key);
+  if (cache_ != nullptr && data_ != nullptr) {
+    cache_->Unpin(data_->key);
+    cache_->NoteRoom();
+  }
   cache_ = nullptr;
   data_.reset();
 }
@@ -176,6 +179,7 @@ bool ExpertCache::TryEvictLocked(size_t index,
     ++prefetch_wasted_;
   }
   if (on_evict_) on_evict_(KeyOf(index));
+  NoteRoom();
   return true;
 }
 
@@ -314,6 +318,7 @@ absl::Status ExpertCache::Commit(std::shared_ptr<const ExpertData> data) {
     entry.bytes = data->size;
     entry.replacement_bytes = 0;
     replaced = std::exchange(entry.data, std::move(data));
+    NoteRoom();
     return absl::OkStatus();
   }
   if (entry.state != State::kLoading) {
@@ -336,6 +341,7 @@ absl::Status ExpertCache::Commit(std::shared_ptr<const ExpertData> data) {
     prefetched_unused_[index].store(1, std::memory_order_relaxed);
   }
   resident_[index].store(1, std::memory_order_release);
+  NoteRoom();
   return absl::OkStatus();
 }
 
@@ -351,6 +357,25 @@ void ExpertCache::Abort(ExpertKey key) {
     loading_bytes_ -= entry.replacement_bytes;
     entry.replacement_bytes = 0;
   }
+  NoteRoom();
+}
+
+void ExpertCache::NoteRoom() {
+  absl::MutexLock lock(&room_mu_);
+  ++room_generation_;
+}
+
+uint64_t ExpertCache::RoomGeneration() const {
+  absl::MutexLock lock(&room_mu_);
+  return room_generation_;
+}
+
+bool ExpertCache::AwaitRoom(uint64_t seen, absl::Time deadline) const {
+  absl::MutexLock lock(&room_mu_);
+  const auto passed = [this, seen]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(room_mu_) {
+    return room_generation_ > seen;
+  };
+  return room_mu_.AwaitWithDeadline(absl::Condition(&passed), deadline);
 }
 
 absl::Status ExpertCache::Evict(ExpertKey key) {

@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "core/eviction_policy.h"
 #include "core/expert_store.h"
 #include "core/types.h"
@@ -116,6 +117,14 @@ class ExpertCache {
   /// Pages an expert out. FAILED_PRECONDITION if pinned, NOT_FOUND if absent.
   absl::Status Evict(ExpertKey key);
 
+  /// Grows whenever room may have come free for a booking that found none
+  /// (the budget full of pinned or loading experts): a load committed or
+  /// aborted, an eviction, a reader's PinnedExpert released. Routing pins,
+  /// held for microseconds, do not count.
+  uint64_t RoomGeneration() const;
+  /// Waits until RoomGeneration() passes `seen`, or `deadline`; whether it did.
+  bool AwaitRoom(uint64_t seen, absl::Time deadline) const;
+
   /// Precision of the resident variant ("" if absent).
   std::string ResidentPrecision(ExpertKey key) const;
   std::vector<ExpertKey> ResidentKeys() const;
@@ -163,6 +172,8 @@ class ExpertCache {
   bool TryEvictLocked(size_t index, std::vector<std::shared_ptr<const ExpertData>>* released)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void NotePeakLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  friend class PinnedExpert;  // its release may free room
+  void NoteRoom();
 
   const CacheConfig config_;
   const size_t slots_;
@@ -184,6 +195,9 @@ class ExpertCache {
   uint64_t evictions_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t prefetch_loaded_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t prefetch_wasted_ ABSL_GUARDED_BY(mu_) = 0;
+  // Taken after mu_ when both are held, never before it.
+  mutable absl::Mutex room_mu_;
+  uint64_t room_generation_ ABSL_GUARDED_BY(room_mu_) = 0;
   // Prefetched-but-unused flags readable from Access without the lock.
   std::unique_ptr<std::atomic<uint8_t>[]> prefetched_unused_;
 };

@@ -293,10 +293,11 @@ void ModelEngine::FetchAttempt(ExpertKey key, FetchCallback done, int attempts_l
 }
 
 absl::StatusOr<PinnedExpert> ModelEngine::Fetch(ExpertKey key, absl::Time deadline) {
-  // A budget momentarily full of pinned (in-flight) experts passes on its
-  // own, so that is retried until the deadline.
+  // A budget momentarily full of pinned or loading experts passes on its
+  // own: each retry waits for the cache to free room, until the deadline.
   absl::Status last = absl::OkStatus();
   while (true) {
+    const uint64_t room = cache_->RoomGeneration();
     struct Result {
       absl::Notification ready;
       absl::StatusOr<PinnedExpert> value;
@@ -311,8 +312,7 @@ absl::StatusOr<PinnedExpert> ModelEngine::Fetch(ExpertKey key, absl::Time deadli
       return std::move(result->value);
     }
     last = result->value.status();
-    if (absl::Now() >= deadline) break;
-    absl::SleepFor(absl::Milliseconds(1));
+    if (!cache_->AwaitRoom(room, deadline)) break;
   }
   return absl::DeadlineExceededError(absl::StrFormat(
       "expert %s was not paged in before the deadline%s", key.ToString(),

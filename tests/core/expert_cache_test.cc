@@ -5,6 +5,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -272,6 +273,22 @@ TEST(ExpertCacheTest, BudgetHoldsUnderConcurrency) {
   const CacheStats s = cache->Stats();
   EXPECT_LE(s.peak_bytes, kBudget);
   EXPECT_EQ(s.loading_bytes, 0u);
+}
+
+// A booking that finds the budget full of pinned experts can wait for room:
+// releasing the reader's pin wakes it, and the booking then fits.
+TEST(ExpertCacheTest, AwaitRoomWakesWhenAReaderReleasesItsPin) {
+  auto cache = MakeCache("lru", 100, 1, 4);
+  Use(*cache, {0, 0});
+  auto pinned = cache->Get({0, 0});
+  ASSERT_TRUE(pinned.ok());
+  EXPECT_TRUE(absl::IsResourceExhausted(cache->Reserve({0, 1}, 100, Priority::kUrgent)));
+  const uint64_t seen = cache->RoomGeneration();
+  EXPECT_FALSE(cache->AwaitRoom(seen, absl::Now()));  // nothing changed yet
+  std::thread reader([&] { *pinned = PinnedExpert(); });
+  EXPECT_TRUE(cache->AwaitRoom(seen, absl::Now() + absl::Seconds(30)));
+  reader.join();
+  EXPECT_TRUE(cache->Reserve({0, 1}, 100, Priority::kUrgent).ok());
 }
 
 // Pins taken without the lock against evictions under it: pinners hold
