@@ -4,16 +4,15 @@
 // of the size moe-routerd would send (top-2 of 8 experts per token, weights,
 // residency, and a few paging actions). What loadgen measures against it is
 // gRPC and protobuf alone.
-#include <signal.h>
-
 #include <cstdio>
 
 #include <grpcpp/grpcpp.h>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
-#include "absl/synchronization/mutex.h"
 #include "moe_router/v1/moe_router.grpc.pb.h"
+#include "server/route_stream_reactor.h"
+#include "server/termination_signals.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:0", "address to listen on");
 ABSL_FLAG(std::string, model, "mixtral-8x7b", "the one model ListModels reports");
@@ -68,7 +67,12 @@ class NullRouter final : public moe_router::v1::MoeRouter::CallbackService {
 
   grpc::ServerBidiReactor<moe_router::v1::RouteTokensRequest, moe_router::v1::RouteTokensResponse>*
   RouteStream(grpc::CallbackServerContext*) override {
-    return new Stream(this);
+    return new moe_router::RouteStreamReactor(
+        [this](const moe_router::v1::RouteTokensRequest& request,
+               moe_router::v1::RouteTokensResponse* response) {
+          Respond(request, response);
+          return absl::OkStatus();
+        });
   }
 
   grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* context,
@@ -81,34 +85,6 @@ class NullRouter final : public moe_router::v1::MoeRouter::CallbackService {
   }
 
  private:
-  class Stream final : public grpc::ServerBidiReactor<moe_router::v1::RouteTokensRequest,
-                                                      moe_router::v1::RouteTokensResponse> {
-   public:
-    explicit Stream(const NullRouter* router) : router_(router) { StartRead(&request_); }
-    void OnReadDone(bool ok) override {
-      if (!ok) {
-        Finish(grpc::Status::OK);
-        return;
-      }
-      response_.Clear();
-      router_->Respond(request_, &response_);
-      StartWrite(&response_);
-    }
-    void OnWriteDone(bool ok) override {
-      if (!ok) {
-        Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the client went away"));
-        return;
-      }
-      StartRead(&request_);
-    }
-    void OnDone() override { delete this; }
-
-   private:
-    const NullRouter* const router_;
-    moe_router::v1::RouteTokensRequest request_;
-    moe_router::v1::RouteTokensResponse response_;
-  };
-
   const uint32_t experts_;
   const uint32_t top_k_;
   moe_router::v1::ListModelsResponse models_;
@@ -118,11 +94,7 @@ class NullRouter final : public moe_router::v1::MoeRouter::CallbackService {
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  const sigset_t signals = moe_router::BlockTerminationSignals();
   NullRouter service(absl::GetFlag(FLAGS_num_layers), absl::GetFlag(FLAGS_num_experts),
                      absl::GetFlag(FLAGS_top_k), absl::GetFlag(FLAGS_model));
   grpc::ServerBuilder builder;
@@ -137,8 +109,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   std::fprintf(stderr, "moe-null-routerd: listening on port %d\n", port);
-  int signal_number = 0;
-  sigwait(&signals, &signal_number);
+  moe_router::WaitForTerminationSignal(signals);
   server->Shutdown();
   return 0;
 }

@@ -1,6 +1,4 @@
 // moe-routerd: the moe-router gRPC service.
-#include <signal.h>
-
 #include <cstdio>
 
 #include <google/protobuf/util/json_util.h>
@@ -11,6 +9,7 @@
 #include "core/file_io.h"
 #include "server/core_to_proto.h"
 #include "server/server.h"
+#include "server/termination_signals.h"
 
 ABSL_FLAG(std::string, listen, "0.0.0.0:50051", "address the gRPC service listens on");
 ABSL_FLAG(std::string, health_listen, "0.0.0.0:50052",
@@ -42,13 +41,7 @@ int Fatal(const std::string& what) {
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
-  // Signals are taken synchronously by sigwait below, so block them before
-  // any thread starts.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  const sigset_t signals = moe_router::BlockTerminationSignals();
 
   moe_router::v1::ServerConfig config;
   if (const std::string path = absl::GetFlag(FLAGS_config); !path.empty()) {
@@ -84,8 +77,7 @@ int main(int argc, char** argv) {
                              : "mutual TLS";
   std::fprintf(stderr, "moe-routerd: listening on port %d (%s)\n", (*server)->port(), security);
 
-  int signal_number = 0;
-  sigwait(&signals, &signal_number);
+  const int signal_number = moe_router::WaitForTerminationSignal(signals);
   std::fprintf(stderr, "moe-routerd: signal %d, draining\n", signal_number);
   (*server)->SetReady(false);
   (*server)->Shutdown(absl::Now() + absl::GetFlag(FLAGS_drain_timeout));

@@ -6,6 +6,7 @@
 #include "absl/synchronization/mutex.h"
 #include "proto/grpc_status.h"
 #include "server/core_to_proto.h"
+#include "server/route_stream_reactor.h"
 
 namespace moe_router {
 namespace {
@@ -119,48 +120,12 @@ absl::Status MoeRouterService::Stats(const std::string& name, v1::ModelStats* ou
   return absl::OkStatus();
 }
 
-// One response per request, in order: read, route, write, read again. An
-// error ends the stream with that status (the requests before it were
-// answered).
-class RouteStreamReactor final
-    : public grpc::ServerBidiReactor<v1::RouteTokensRequest, v1::RouteTokensResponse> {
- public:
-  explicit RouteStreamReactor(MoeRouterService* service) : service_(service) {
-    StartRead(&request_);
-  }
-
-  void OnReadDone(bool ok) override {
-    if (!ok) {  // the client finished sending
-      Finish(grpc::Status::OK);
-      return;
-    }
-    response_.Clear();
-    if (absl::Status s = service_->Route(request_, &response_); !s.ok()) {
-      Finish(ToGrpcStatus(s));
-      return;
-    }
-    StartWrite(&response_);
-  }
-
-  void OnWriteDone(bool ok) override {
-    if (!ok) {
-      Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the client went away"));
-      return;
-    }
-    StartRead(&request_);
-  }
-
-  void OnDone() override { delete this; }
-
- private:
-  MoeRouterService* const service_;
-  v1::RouteTokensRequest request_;
-  v1::RouteTokensResponse response_;
-};
-
 grpc::ServerBidiReactor<v1::RouteTokensRequest, v1::RouteTokensResponse>*
 MoeRouterService::RouteStream(grpc::CallbackServerContext*) {
-  return new RouteStreamReactor(this);
+  return new RouteStreamReactor(
+      [this](const v1::RouteTokensRequest& request, v1::RouteTokensResponse* response) {
+        return Route(request, response);
+      });
 }
 
 // Streams one expert: the fetch completes on a paging worker (never

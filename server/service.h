@@ -49,7 +49,6 @@ class MoeRouterService final : public v1::MoeRouter::CallbackService {
       grpc::CallbackServerContext* context, const v1::FetchExpertRequest* request) override;
 
  private:
-  friend class RouteStreamReactor;
   absl::Status Route(const v1::RouteTokensRequest& request, v1::RouteTokensResponse* response);
   absl::Status RouteModel(const HostedModel& model, const v1::RouteTokensRequest& request,
                           v1::RouteTokensResponse* response);
