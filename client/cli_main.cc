@@ -23,6 +23,7 @@ const Command kCommands[] = {
      moe_router::TracegenCommand},
     {"sweep", "cache-aware routing trade-off: hit rate vs gate mass, per bonus and guard",
      moe_router::SweepCommand},
+    {"index", "write the checksum manifest of a safetensors checkpoint", moe_router::IndexCommand},
     {"models", "list a server's models", moe_router::ModelsCommand},
     {"register", "register the models of a JSON file (ModelSpec or {\"models\": [...]})",
      moe_router::RegisterCommand},

@@ -12,6 +12,7 @@ int DemoCommand(const std::vector<std::string>& args);
 int ReplayCommand(const std::vector<std::string>& args);
 int TracegenCommand(const std::vector<std::string>& args);
 int SweepCommand(const std::vector<std::string>& args);
+int IndexCommand(const std::vector<std::string>& args);
 // Client commands, calling a running moe-routerd (--server ADDR).
 int ModelsCommand(const std::vector<std::string>& args);
 int RegisterCommand(const std::vector<std::string>& args);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -355,7 +356,8 @@ std::string ModelEngine::ExportState() const {
     const ExpertAffinity::State a = layer.router->affinity().Export();
     nlohmann::json entry = {{"affinity_scores", a.scores},
                             {"activation_counts", a.counts},
-                            {"tokens", a.updates}};
+                            {"tokens", a.updates},
+                            {"mean_logit_range", layer.router->mean_logit_range()}};
     if (layer.incoming != nullptr) entry["coactivation"] = layer.incoming->ExportMatrix();
     layers.push_back(std::move(entry));
   }
@@ -387,6 +389,8 @@ absl::Status ModelEngine::ImportState(absl::string_view text) {
   // Parse everything first, so a bad layer changes nothing.
   std::vector<ExpertAffinity::State> affinity(config_.num_layers);
   std::vector<std::vector<double>> coactivation(config_.num_layers);
+  // Absent from files saved before it was kept: the range is learned anew.
+  std::vector<double> ranges(config_.num_layers, 0.0);
   try {
     for (uint32_t l = 0; l < config_.num_layers; ++l) {
       const nlohmann::json& entry = (*layers)[l];
@@ -394,12 +398,19 @@ absl::Status ModelEngine::ImportState(absl::string_view text) {
       affinity[l].counts = entry.at("activation_counts").get<std::vector<uint64_t>>();
       affinity[l].updates = entry.at("tokens").get<uint64_t>();
       if (l > 0) coactivation[l] = entry.at("coactivation").get<std::vector<double>>();
+      if (entry.contains("mean_logit_range")) {
+        ranges[l] = entry.at("mean_logit_range").get<double>();
+      }
     }
   } catch (const nlohmann::json::exception& e) {
     return bad(e.what());
   }
   // Dry-run the imports on scratch objects to validate values.
   for (uint32_t l = 0; l < config_.num_layers; ++l) {
+    if (!(ranges[l] >= 0) || !std::isfinite(ranges[l])) {
+      return bad(absl::StrFormat("layer %d: mean_logit_range %g is not a finite range", l,
+                                 ranges[l]));
+    }
     ExpertAffinity scratch(config_.router.num_experts, config_.affinity);
     if (absl::Status s = scratch.Import(affinity[l]); !s.ok()) {
       return bad(absl::StrFormat("layer %d: %s", l, s.message()));
@@ -415,6 +426,7 @@ absl::Status ModelEngine::ImportState(absl::string_view text) {
     Layer& layer = *layers_[l];
     absl::MutexLock lock(&layer.mu);
     layer.router->mutable_affinity().Import(affinity[l]).IgnoreError();  // validated above
+    layer.router->RestoreMeanLogitRange(ranges[l]);
     if (l > 0) layer.incoming->ImportMatrix(coactivation[l]).IgnoreError();
   }
   return absl::OkStatus();

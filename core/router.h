@@ -108,6 +108,12 @@ class LayerRouter {
   ExpertAffinity& mutable_affinity() { return *affinity_; }
   /// Running mean of the per-token logit range (0 before the first token).
   double mean_logit_range() const { return range_ema_; }
+  /// Restores a saved running range, so the relative bonus survives a
+  /// restart; 0 means none was seen yet.
+  void RestoreMeanLogitRange(double range) {
+    range_ema_ = range;
+    range_seen_ = range > 0;
+  }
 
  private:
   LayerRouter(const RouterConfig& config, const AffinityConfig& affinity);

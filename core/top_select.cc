@@ -218,11 +218,11 @@ __attribute__((target("avx2,popcnt"))) float TopSelector::SelectAvx2(const float
     lowest = std::min(lowest, row[i]);
   }
 
-  // Pass 2: left-pack the candidates >= threshold; widen once if too few.
+  // Pass 2: left-pack the candidates >= threshold; widen the gap and retry
+  // (up to three times, the last taking every value) if too few.
   const LeftPackTable& table = PackTable();
   const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   uint32_t c = 0;
-  // Retries widen the gap a little, then a lot; the last takes every value.
   constexpr float kWiden[] = {1.0f, 1.3f, 2.0f, kInf};
   for (float widen : kWiden) {
     const float threshold = top - gap_ * widen;

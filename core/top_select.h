@@ -32,8 +32,9 @@ class TopSelector {
   /// only, no branches and no ids yet), which yields each row's r-th value;
   /// one pass over the row then finds the ids at or above it (a 64-bit mask
   /// per 64 experts) and ranks each against the row's sorted values held in
-  /// registers. Rows whose top r hold equal values
-  /// fall back to Select.
+  /// registers. Rows whose top r hold equal values are redone by the
+  /// portable path; the rows past the last whole group of 8 go through
+  /// Select.
   void SelectRows(const float* rows, uint32_t tokens, uint32_t* ids, float* values,
                   float* lowest);
 

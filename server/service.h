@@ -18,8 +18,12 @@ inline constexpr uint64_t kExpertChunkBytes = 1 << 20;
 
 /// The MoeRouter gRPC service: thin handlers over the core engine, with
 /// absl::Status turned into grpc::Status at the edge. Unary handlers run
-/// inline on the callback threads: routing is microseconds of CPU and never
-/// waits on I/O (paging happens on the engine's pool).
+/// inline on the callback threads. Routing, prefetch and stats are
+/// microseconds of CPU and never wait on I/O (paging happens on the engine's
+/// pool; FetchExpert completes from it). RegisterModel and UnregisterModel
+/// do block their callback thread today: registering opens the store (and
+/// hashes a new checkpoint), unregistering waits for the model's paging
+/// workers.
 class MoeRouterService final : public v1::MoeRouter::CallbackService {
  public:
   MoeRouterService(ModelRegistry* registry, const ServiceLimits& limits)

@@ -3,6 +3,7 @@
 
 #include "core/file_io.h"
 #include "core/safetensors.h"
+#include "core/safetensors_store.h"
 #include "nlohmann/json.hpp"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -157,6 +158,31 @@ TEST_F(ClientTest, CliLoadgenCountsWhatTheServerRouted) {
   auto [ghost, ghost_code] = Cli("loadgen --server " + address_ + " --model ghost --duration 0.1");
   EXPECT_EQ(ghost_code, 1);
   EXPECT_THAT(ghost, HasSubstr("no model named 'ghost'"));
+}
+
+// The command the store's errors name: it rebuilds a corrupt manifest, after
+// which the checkpoint opens again.
+TEST(CliIndexTest, RebuildsTheManifestTheStoreAsksFor) {
+  testing::TempDir dir;
+  testing::WriteExpertShard(dir.File("model.safetensors"), 2, 4, 8, 1, kMixtralExpertPattern);
+  ASSERT_TRUE(WriteFileAtomically(dir.File(kManifestFileName), "{oops").ok());
+  const auto broken = SafetensorsStore::Open({.directory = dir.path()});
+  ASSERT_TRUE(absl::IsDataLoss(broken.status()));
+  EXPECT_THAT(std::string(broken.status().message()), HasSubstr("moe-router index"));
+
+  const testing::CommandResult indexed =
+      testing::RunCommand(std::string(MOE_ROUTER_CLI_PATH) + " index " + dir.path());
+  EXPECT_EQ(indexed.exit_code, 0) << indexed.output;
+  EXPECT_THAT(indexed.output, HasSubstr("indexed 24 tensors in " + dir.path()));
+  EXPECT_TRUE(SafetensorsStore::Open({.directory = dir.path(), .write_manifest = false}).ok());
+
+  const testing::CommandResult missing =
+      testing::RunCommand(std::string(MOE_ROUTER_CLI_PATH) + " index " + dir.File("absent"));
+  EXPECT_EQ(missing.exit_code, 1);
+  EXPECT_THAT(missing.output, HasSubstr(dir.File("absent")));
+  const testing::CommandResult usage =
+      testing::RunCommand(std::string(MOE_ROUTER_CLI_PATH) + " index");
+  EXPECT_EQ(usage.exit_code, 2);
 }
 
 }  // namespace

@@ -164,6 +164,18 @@ TEST(ModelEngineTest, StateSurvivesExportAndImport) {
   auto b = *ModelEngine::Create(SmallModel(2), Store(2));
   ASSERT_TRUE(b->ImportState(state).ok());
   EXPECT_EQ(b->ExportState(), state);
+  // The running logit range comes back too, so the relative bonus the next
+  // batch gets is the one it would have had before the restart.
+  for (uint32_t l = 0; l < 2; ++l) {
+    EXPECT_GT(a->Stats().layers[l].mean_logit_range, 0.0);
+    EXPECT_EQ(b->Stats().layers[l].mean_logit_range, a->Stats().layers[l].mean_logit_range);
+  }
+  // A file saved before the range was kept still loads; the range starts anew.
+  nlohmann::json old_format = nlohmann::json::parse(state);
+  for (auto& layer : old_format["layers"]) layer.erase("mean_logit_range");
+  auto d = *ModelEngine::Create(SmallModel(2), Store(2));
+  ASSERT_TRUE(d->ImportState(old_format.dump()).ok());
+  EXPECT_EQ(d->Stats().layers[0].mean_logit_range, 0.0);
 
   // A state for another shape, or a torn one, is refused and changes nothing.
   auto c = *ModelEngine::Create(SmallModel(3), Store(3));
@@ -173,6 +185,10 @@ TEST(ModelEngineTest, StateSurvivesExportAndImport) {
   nlohmann::json broken = nlohmann::json::parse(state);
   broken["layers"][1]["affinity_scores"][0] = -5;
   EXPECT_FALSE(b->ImportState(broken.dump()).ok());
+  broken = nlohmann::json::parse(state);
+  broken["layers"][1]["mean_logit_range"] = -1.0;
+  EXPECT_THAT(std::string(b->ImportState(broken.dump()).message()),
+              HasSubstr("layer 1: mean_logit_range -1 is not a finite range"));
   EXPECT_EQ(b->ExportState(), state);
   EXPECT_EQ(c->ExportState(), before);
 }
