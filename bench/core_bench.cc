@@ -44,7 +44,7 @@ void RouteTokens(benchmark::State& state, bool memory_aware) {
   // Several batches so branch predictors do not memorise one.
   std::vector<std::vector<float>> batches;
   for (uint32_t b = 0; b < 8; ++b) batches.push_back(MakeLogits(kBatchTokens, experts, b));
-  RouteBatch out;
+  RouteResult out;
   size_t i = 0;
   for (auto _ : state) {
     absl::Status s = router->Route(batches[i++ % batches.size()], resident.get(), &out);

@@ -44,7 +44,7 @@ absl::StatusOr<std::unique_ptr<ModelEngine>> ModelEngine::Create(
     layer->router = std::make_unique<LayerRouter>(*std::move(router));
     layer->affinity = &layer->router->affinity();
     if (l > 0) {
-      layer->incoming = std::make_unique<CoActivation>(
+      layer->from_previous = std::make_unique<CoActivation>(
           config.router.num_experts, config.router.num_experts,
           config.affinity.coactivation_decay);
     }
@@ -147,9 +147,9 @@ absl::StatusOr<RouteOutcome> ModelEngine::Route(uint32_t layer,
     }
     cache_->BeginStep(layer);
     for (uint32_t e : out.batch.experts) cache_->Access({layer, e});
-    if (here.incoming != nullptr && prev.size() == out.batch.experts.size()) {
+    if (here.from_previous != nullptr && prev.size() == out.batch.experts.size()) {
       for (uint32_t t = 0; t < out.batch.tokens; ++t) {
-        here.incoming->Update(absl::MakeConstSpan(prev).subspan(size_t{t} * k, k),
+        here.from_previous->Update(absl::MakeConstSpan(prev).subspan(size_t{t} * k, k),
                               out.batch.TokenExperts(t));
       }
     }
@@ -163,10 +163,10 @@ absl::StatusOr<RouteOutcome> ModelEngine::Route(uint32_t layer,
 
   // Paging actions, with no layer lock held. Chosen experts stay pinned
   // while this route is in flight.
-  std::vector<uint32_t> weights_by_expert(n, 0);
+  std::vector<uint32_t> uses_by_expert(n, 0);
   std::vector<uint32_t> chosen;
   for (uint32_t e : out.batch.experts) {
-    if (weights_by_expert[e]++ == 0) chosen.push_back(e);
+    if (uses_by_expert[e]++ == 0) chosen.push_back(e);
   }
   for (uint32_t e : chosen) {
     const ExpertKey key{layer, e};
@@ -177,12 +177,12 @@ absl::StatusOr<RouteOutcome> ModelEngine::Route(uint32_t layer,
   }
   QueuePrefetch(layer, out.batch.prefetch, &out.prefetch);
   if (layer + 1 < config_.num_layers && config_.prefetch_next_layer > 0) {
-    std::vector<double> weights(weights_by_expert.begin(), weights_by_expert.end());
+    std::vector<double> weights(uses_by_expert.begin(), uses_by_expert.end());
     std::vector<uint32_t> predicted;
     {
       Layer& next = *layers_[layer + 1];
       absl::MutexLock lock(&next.mu);
-      predicted = next.incoming->PredictWeighted(weights, config_.prefetch_next_layer);
+      predicted = next.from_previous->PredictWeighted(weights, config_.prefetch_next_layer);
     }
     QueuePrefetch(layer + 1, predicted, &out.prefetch);
   }
@@ -226,7 +226,7 @@ absl::StatusOr<PrefetchOutcome> ModelEngine::Prefetch(uint32_t layer,
       }
       Layer& here = *layers_[layer];
       absl::MutexLock lock(&here.mu);
-      candidates = here.incoming->PredictWeighted(weights, budget);
+      candidates = here.from_previous->PredictWeighted(weights, budget);
     }
     for (uint32_t e : layers_[layer]->affinity->TopByAffinity(budget)) {
       if (candidates.size() >= budget) break;
@@ -331,9 +331,9 @@ ModelStats ModelEngine::Stats() const {
     const Layer& layer = *layers_[l];
     absl::MutexLock lock(&layer.mu);
     LayerStats& s = stats.layers[l];
-    if (layer.incoming != nullptr) {
-      s.coactivation_top1 = layer.incoming->Top1Accuracy();
-      s.coactivation_top2 = layer.incoming->Top2Accuracy();
+    if (layer.from_previous != nullptr) {
+      s.coactivation_top1 = layer.from_previous->Top1Accuracy();
+      s.coactivation_top2 = layer.from_previous->Top2Accuracy();
     }
     s.mean_logit_range = layer.router->mean_logit_range();
   }
@@ -358,7 +358,7 @@ std::string ModelEngine::ExportState() const {
                             {"activation_counts", a.counts},
                             {"tokens", a.updates},
                             {"mean_logit_range", layer.router->mean_logit_range()}};
-    if (layer.incoming != nullptr) entry["coactivation"] = layer.incoming->ExportMatrix();
+    if (layer.from_previous != nullptr) entry["coactivation"] = layer.from_previous->ExportMatrix();
     layers.push_back(std::move(entry));
   }
   const nlohmann::json state = {{"format", "moe-router-state/1"},
@@ -427,7 +427,7 @@ absl::Status ModelEngine::ImportState(absl::string_view text) {
     absl::MutexLock lock(&layer.mu);
     layer.router->mutable_affinity().Import(affinity[l]).IgnoreError();  // validated above
     layer.router->RestoreMeanLogitRange(ranges[l]);
-    if (l > 0) layer.incoming->ImportMatrix(coactivation[l]).IgnoreError();
+    if (l > 0) layer.from_previous->ImportMatrix(coactivation[l]).IgnoreError();
   }
   return absl::OkStatus();
 }

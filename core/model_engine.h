@@ -43,7 +43,7 @@ struct ModelConfig {
 
 /// What one RouteTokens call produced and queued.
 struct RouteOutcome {
-  RouteBatch batch;
+  RouteResult batch;
   std::vector<ExpertKey> urgent;    // page-ins queued for chosen, absent experts
   std::vector<ExpertKey> prefetch;  // prefetches queued
 };
@@ -125,7 +125,7 @@ class ModelEngine {
     mutable absl::Mutex mu;
     std::unique_ptr<LayerRouter> router ABSL_GUARDED_BY(mu);
     // Co-activation from the previous layer into this one.
-    std::unique_ptr<CoActivation> incoming ABSL_GUARDED_BY(mu);
+    std::unique_ptr<CoActivation> from_previous ABSL_GUARDED_BY(mu);
     std::vector<uint32_t> last_choices ABSL_GUARDED_BY(mu);
     uint32_t last_top_k ABSL_GUARDED_BY(mu) = 0;
     uint64_t tokens_since_reclassify ABSL_GUARDED_BY(mu) = 0;

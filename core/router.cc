@@ -94,7 +94,7 @@ LayerRouter::LayerRouter(const RouterConfig& config, const AffinityConfig& affin
       selector_(config.num_experts, max_rank_),
       original_(LowBits(config.top_k)),
       protected_(LowBits(config.protected_top)),
-      listed_(LowBits(max_rank_) & ~protected_),
+      unprotected_(LowBits(max_rank_) & ~protected_),
       prefetch_bits_((config.num_experts + 63) / 64, 0) {}
 
 float LayerRouter::BatchBonus(absl::Span<const float> logits) {
@@ -137,26 +137,26 @@ uint64_t LayerRouter::ChooseWithBonus(float bonus, uint64_t res_mask, const uint
   // descending logit order, and the bonus shifts a whole list by the same
   // amount: the best k - protect come from merging the two lists, taking
   // each list's lowest remaining position.
-  uint64_t res = res_mask & listed_;
-  uint64_t abs = ~res_mask & listed_;
+  uint64_t resident = res_mask & unprotected_;
+  uint64_t absent = ~res_mask & unprotected_;
   uint64_t chosen = protected_;
   for (uint32_t s = config_.protected_top; s < config_.top_k; ++s) {
     // r >= k, so at most one list runs dry; a dry list never wins.
-    const uint32_t pr = res != 0 ? static_cast<uint32_t>(__builtin_ctzll(res)) : 0;
-    const uint32_t pa = abs != 0 ? static_cast<uint32_t>(__builtin_ctzll(abs)) : 0;
-    const float a = res != 0 ? logit[pr] + bonus : -std::numeric_limits<float>::infinity();
-    const float b = abs != 0 ? logit[pa] : -std::numeric_limits<float>::infinity();
+    const uint32_t pr = resident != 0 ? static_cast<uint32_t>(__builtin_ctzll(resident)) : 0;
+    const uint32_t pa = absent != 0 ? static_cast<uint32_t>(__builtin_ctzll(absent)) : 0;
+    const float a = resident != 0 ? logit[pr] + bonus : -std::numeric_limits<float>::infinity();
+    const float b = absent != 0 ? logit[pa] : -std::numeric_limits<float>::infinity();
     const bool take_resident = a > b || (a == b && id[pr] < id[pa]);
-    const uint64_t bit = take_resident ? res & -res : abs & -abs;
+    const uint64_t bit = take_resident ? resident & -resident : absent & -absent;
     chosen |= bit;
-    res &= ~bit;
-    abs &= ~bit;
+    resident &= ~bit;
+    absent &= ~bit;
   }
   return chosen;
 }
 
 absl::Status LayerRouter::Route(absl::Span<const float> logits,
-                                const std::atomic<uint8_t>* resident, RouteBatch* out) {
+                                const std::atomic<uint8_t>* resident, RouteResult* out) {
   const uint32_t n = config_.num_experts;
   if (absl::Status s = ValidateLogits(logits, n); !s.ok()) return s;
 
@@ -181,15 +181,15 @@ absl::Status LayerRouter::Route(absl::Span<const float> logits,
   // Phase 1, per token: the candidates (original top-r), which are
   // resident, and the tentative choice.
   batch_id_.resize(size_t{tokens} * r);
-  batch_prob_.resize(size_t{tokens} * r);
+  batch_relative_.resize(size_t{tokens} * r);
   batch_lowest_.resize(tokens);
   batch_res_.resize(tokens);
   batch_chosen_.resize(tokens);
-  selector_.SelectRows(logits.data(), tokens, batch_id_.data(), batch_prob_.data(),
+  selector_.SelectRows(logits.data(), tokens, batch_id_.data(), batch_relative_.data(),
                        batch_lowest_.data());
   for (uint32_t t = 0; t < tokens; ++t) {
     const uint32_t* id = batch_id_.data() + size_t{t} * r;
-    float* logit = batch_prob_.data() + size_t{t} * r;
+    float* logit = batch_relative_.data() + size_t{t} * r;
     const float top = logit[0];
     range_sum += top - batch_lowest_[t];
     uint64_t res_mask = 0;
@@ -208,7 +208,7 @@ absl::Status LayerRouter::Route(absl::Span<const float> logits,
   // Phase 2, over the batch (vectorised): each candidate's original
   // probability relative to the top expert's. Only the original top-r are
   // exponentiated, never a softmax over all experts.
-  ExpNonPositiveBatch(batch_prob_.data(), batch_prob_.size());
+  ExpNonPositiveBatch(batch_relative_.data(), batch_relative_.size());
 
   // Phase 3, per token: the mass guard and the outputs. Totals and
   // pointers live in locals: the byte stores to `resident` may alias
@@ -217,7 +217,7 @@ absl::Status LayerRouter::Route(absl::Span<const float> logits,
   const float min_mass = static_cast<float>(config_.min_gate_mass);
   const uint64_t original = original_;
   const uint32_t* const ids = batch_id_.data();
-  const float* const probs = batch_prob_.data();
+  const float* const probs = batch_relative_.data();
   const uint64_t* const res_masks = batch_res_.data();
   const uint64_t* const choices = batch_chosen_.data();
   uint64_t* const prefetch_bits = prefetch_bits_.data();

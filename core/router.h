@@ -58,7 +58,7 @@ struct RouterConfig {
 };
 
 /// What one routed batch produced. Buffers are reused across calls.
-struct RouteBatch {
+struct RouteResult {
   uint32_t tokens = 0;
   uint32_t top_k = 0;
   /// tokens x top_k, row-major; per token in descending original probability.
@@ -89,7 +89,7 @@ struct RouteBatch {
 /// affinity. One caller at a time (the owner serialises per layer).
 ///
 ///   auto router = LayerRouter::Create(config, {});
-///   RouteBatch out;
+///   RouteResult out;
 ///   router->Route(logits, resident_flags, &out);
 class LayerRouter {
  public:
@@ -101,7 +101,7 @@ class LayerRouter {
   /// infinite logit, naming the token) nothing is routed and no state
   /// changes.
   absl::Status Route(absl::Span<const float> logits,
-                     const std::atomic<uint8_t>* resident, RouteBatch* out);
+                     const std::atomic<uint8_t>* resident, RouteResult* out);
 
   const RouterConfig& config() const { return config_; }
   const ExpertAffinity& affinity() const { return *affinity_; }
@@ -140,15 +140,16 @@ class LayerRouter {
   // prefix, and the candidates past it.
   const uint64_t original_;
   const uint64_t protected_;
-  const uint64_t listed_;
+  const uint64_t unprotected_;
   // Experts to prefetch, one bit each, collected over a batch.
   std::vector<uint64_t> prefetch_bits_;
   // Per-batch scratch, reused (one caller at a time). tokens x max_rank:
-  // candidates, and their logit minus the top's, then its exp. Per token:
-  // the row minimum, and masks over candidate positions of the resident and
-  // of the chosen.
+  // candidate ids, and each candidate's logit relative to the top's (turned
+  // into its probability relative to the top's in place). Per token: the
+  // row minimum, and masks over candidate positions of the resident and of
+  // the chosen.
   std::vector<uint32_t> batch_id_;
-  std::vector<float> batch_prob_;
+  std::vector<float> batch_relative_;
   std::vector<float> batch_lowest_;
   std::vector<uint64_t> batch_res_;
   std::vector<uint64_t> batch_chosen_;

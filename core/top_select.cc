@@ -131,9 +131,12 @@ TopSelector::TopSelector(uint32_t n, uint32_t r)
 #endif
 }
 
-float TopSelector::Select(const float* row, uint32_t* ids, float* values) {
-  if (portable_) return SelectPortable(row, ids, values);
-  return n_ <= 8 ? SelectOneVector(row, ids, values) : SelectAvx2(row, ids, values);
+void TopSelector::Select(const float* row, uint32_t* ids, float* values, float* lowest) {
+  if (portable_) {
+    *lowest = SelectPortable(row, ids, values);
+  } else {
+    *lowest = n_ <= 8 ? SelectOneVector(row, ids, values) : SelectAvx2(row, ids, values);
+  }
 }
 
 float TopSelector::SelectPortable(const float* row, uint32_t* ids, float* values) {
@@ -592,7 +595,7 @@ void TopSelector::SelectRows(const float* rows, uint32_t tokens, uint32_t* ids, 
     }
   }
   for (; t < tokens; ++t) {
-    lowest[t] = Select(rows + size_t{t} * n_, ids + size_t{t} * r_, values + size_t{t} * r_);
+    Select(rows + size_t{t} * n_, ids + size_t{t} * r_, values + size_t{t} * r_, &lowest[t]);
   }
 }
 

@@ -21,8 +21,8 @@ class TopSelector {
  public:
   TopSelector(uint32_t n, uint32_t r);
 
-  /// Fills ids[0, r) and values[0, r); returns the row minimum.
-  float Select(const float* row, uint32_t* ids, float* values);
+  /// Fills ids[0, r) and values[0, r), and *lowest with the row minimum.
+  void Select(const float* row, uint32_t* ids, float* values, float* lowest);
 
   /// Select for each of `tokens` rows (row-major, n floats each): ids and
   /// values tokens x r, and each row's minimum. Identical results to Select
@@ -45,6 +45,7 @@ class TopSelector {
   void set_portable(bool portable) { portable_ = portable; }
 
  private:
+  // One row each; they return the row minimum.
   float SelectPortable(const float* row, uint32_t* ids, float* values);
   float SelectOneVector(const float* row, uint32_t* ids, float* values);
   float SelectAvx2(const float* row, uint32_t* ids, float* values);

@@ -54,7 +54,7 @@ class RunReplayer {
   absl::StatusOr<RunTotals> Run(const std::function<void()>& step_done) {
     if (absl::Status s = Setup(); !s.ok()) return s;
     std::vector<uint32_t> prev, experts;
-    RouteBatch batch;
+    RouteResult batch;
     for (size_t i = 0; i < run_.steps.size(); ++i) {
       const auto [t, l] = run_.steps[i];
       ExpertCache& cache = CacheOf(l);

@@ -14,7 +14,7 @@ void AddRef(const ExpertKey& key, google::protobuf::RepeatedPtrField<v1::ExpertR
 }  // namespace
 
 void ToProto(const RouteOutcome& routed, v1::RouteTokensResponse* out) {
-  const RouteBatch& batch = routed.batch;
+  const RouteResult& batch = routed.batch;
   out->mutable_experts()->Add(batch.experts.begin(), batch.experts.end());
   out->mutable_weights()->Add(batch.weights.begin(), batch.weights.end());
   for (uint8_t r : batch.resident) out->add_resident(r != 0);

@@ -150,7 +150,7 @@ TEST(RouterTest, PlainTopKMatchesSoftmaxOfChosen) {
   config.memory_aware = false;
   LayerRouter router = MakeRouter(config);
   const std::vector<float> logits = testing::RandomLogits(100, 8, 1);
-  RouteBatch out;
+  RouteResult out;
   ASSERT_TRUE(router.Route(logits, nullptr, &out).ok());
   ASSERT_EQ(out.tokens, 100u);
   for (uint32_t t = 0; t < out.tokens; ++t) {
@@ -193,7 +193,7 @@ TEST_P(RouterBonusTest, MatchesReferenceAndKeepsTheGuard) {
   for (uint32_t e = 0; e < p.experts; ++e) res.Set(e, (e * 7 + 3) % 5 < 2);
   const uint32_t tokens = 200;
   const std::vector<float> logits = testing::RandomLogits(tokens, p.experts, p.experts + p.top_k);
-  RouteBatch out;
+  RouteResult out;
   ASSERT_TRUE(router.Route(logits, res.get(), &out).ok());
   uint32_t changed = 0;
   double mass_sum = 0;
@@ -245,7 +245,7 @@ TEST(RouterTest, BonusOnlyReroutesAndWeightsStayOriginal) {
   const std::vector<float> logits = {3.0f, 2.0f, 1.0f, 0.0f, -1.0f, -2.0f, -3.0f, -4.0f};
   res.Set(2, true);
   res.Set(7, true);  // resident but beyond max_rank: never chosen
-  RouteBatch out;
+  RouteResult out;
   ASSERT_TRUE(router.Route(logits, res.get(), &out).ok());
   EXPECT_THAT(out.TokenExperts(0), ::testing::ElementsAre(0u, 2u));
   const double w0 = 1.0 / (1.0 + std::exp(-2.0));
@@ -270,7 +270,7 @@ TEST(RouterTest, MinGateMassKeepsCostlyTokensOnTheirOriginalExperts) {
   // Token 1: expert 2 is far below 1 (keeps 1 + e^-3 of 1 + e^-0.5: refused).
   const std::vector<float> logits = {3.0f, 2.0f, 1.95f, 0, 0, 0, 0, 0,
                                      3.0f, 2.5f, 0.0f,  0, 0, 0, 0, 0};
-  RouteBatch out;
+  RouteResult out;
   ASSERT_TRUE(router.Route(logits, res.get(), &out).ok());
   EXPECT_THAT(out.TokenExperts(0), ::testing::ElementsAre(0u, 2u));
   EXPECT_THAT(out.TokenExperts(1), ::testing::ElementsAre(0u, 1u));
@@ -293,7 +293,7 @@ TEST(RouterTest, RelativeBonusScalesWithLogitRange) {
     res.Set(2, true);
     std::vector<float> row = {3, 2, 1.5, 0, -1, -2, -3, -4};  // range 7: bonus 1.4 > 0.5
     for (float& x : row) x *= scale;
-    RouteBatch out;
+    RouteResult out;
     ASSERT_TRUE(router.Route(row, res.get(), &out).ok());
     EXPECT_THAT(out.TokenExperts(0), ::testing::ElementsAre(0u, 2u)) << scale;
     EXPECT_NEAR(router.mean_logit_range(), 7.0 * scale, 1e-3 * scale);
@@ -303,7 +303,7 @@ TEST(RouterTest, RelativeBonusScalesWithLogitRange) {
 TEST(RouterTest, BadInputNamesTheTokenAndChangesNothing) {
   LayerRouter router = MakeRouter(RouterConfig{});
   std::vector<float> logits = testing::RandomLogits(4, 8, 3);
-  RouteBatch out;
+  RouteResult out;
   ASSERT_TRUE(router.Route(logits, nullptr, &out).ok());
   const ExpertAffinity::State before = router.affinity().Export();
   const double range_before = router.mean_logit_range();
@@ -339,7 +339,7 @@ TEST(RouterTest, DeterministicForSameLogitsAndCacheState) {
   const std::vector<float> logits = testing::RandomLogits(300, 64, 11);
   LayerRouter a = MakeRouter(config);
   LayerRouter b = MakeRouter(config);
-  RouteBatch out_a, out_b;
+  RouteResult out_a, out_b;
   for (int round = 0; round < 3; ++round) {
     ASSERT_TRUE(a.Route(logits, res.get(), &out_a).ok());
     ASSERT_TRUE(b.Route(logits, res.get(), &out_b).ok());
@@ -354,7 +354,7 @@ TEST(RouterTest, TiesGoToTheLowerExpertId) {
   config.memory_aware = false;
   LayerRouter router = MakeRouter(config);
   const std::vector<float> logits = {1, 2, 2, 0, 2, 0, 0, 0};
-  RouteBatch out;
+  RouteResult out;
   ASSERT_TRUE(router.Route(logits, nullptr, &out).ok());
   EXPECT_THAT(out.TokenExperts(0), ::testing::ElementsAre(1u, 2u));
   EXPECT_NEAR(out.weights[0], 0.5f, 1e-7);
@@ -380,7 +380,7 @@ TEST(RouterTest, CacheAwareTiesGoToTheLowerExpertId) {
   // 16 tokens, so the batched selection path runs too.
   std::vector<float> logits;
   for (int t = 0; t < 16; ++t) logits.insert(logits.end(), (t % 2 ? b : a).begin(), (t % 2 ? b : a).end());
-  RouteBatch out;
+  RouteResult out;
   ASSERT_TRUE(router.Route(logits, res.get(), &out).ok());
   for (uint32_t t = 0; t < 16; ++t) {
     if (t % 2 == 0) {
@@ -402,7 +402,7 @@ TEST(RouterTest, StrongRunnersUpBecomePrefetchCandidates) {
   LayerRouter router = MakeRouter(config);
   // Expert 3 is third at 0.3 below the top: prefetch. Expert 5 is 2 below.
   const std::vector<float> logits = {0, 5.0f, 0, 4.7f, 0, 3.0f, 4.9f, 0};
-  RouteBatch out;
+  RouteResult out;
   ASSERT_TRUE(router.Route(logits, nullptr, &out).ok());
   EXPECT_THAT(out.TokenExperts(0), ::testing::ElementsAre(1u, 6u));
   EXPECT_THAT(out.prefetch, ::testing::ElementsAre(3u));
@@ -411,7 +411,7 @@ TEST(RouterTest, StrongRunnersUpBecomePrefetchCandidates) {
 TEST(RouterTest, RoutingLearnsAffinity) {
   LayerRouter router = MakeRouter(RouterConfig{});
   const std::vector<float> logits = {5, 4, 0, 0, 0, 0, 0, 0};
-  RouteBatch out;
+  RouteResult out;
   for (int i = 0; i < 10; ++i) ASSERT_TRUE(router.Route(logits, nullptr, &out).ok());
   EXPECT_EQ(router.affinity().Count(0), 10u);
   EXPECT_EQ(router.affinity().Count(1), 10u);

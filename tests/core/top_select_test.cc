@@ -57,7 +57,8 @@ TEST_P(TopSelectorTest, MatchesBruteForceOnBothPaths) {
       if (seed % 3 == 0) {
         for (float& x : row) x = std::round(x);
       }
-      const float lowest = selector.Select(row.data(), ids.data(), values.data());
+      float lowest = 0;
+      selector.Select(row.data(), ids.data(), values.data(), &lowest);
       const std::vector<uint32_t> expected = Ranked(row.data(), n);
       for (uint32_t p = 0; p < r; ++p) {
         ASSERT_EQ(ids[p], expected[p]) << "n=" << n << " r=" << r << " seed=" << seed
@@ -76,7 +77,8 @@ TEST_P(TopSelectorTest, AllEqualRowKeepsIndexOrder) {
   std::vector<float> row(n, 0.5f);
   std::vector<uint32_t> ids(r);
   std::vector<float> values(r);
-  selector.Select(row.data(), ids.data(), values.data());
+  float lowest = 0;
+  selector.Select(row.data(), ids.data(), values.data(), &lowest);
   for (uint32_t p = 0; p < r; ++p) EXPECT_EQ(ids[p], p);
 }
 
