@@ -123,46 +123,13 @@ absl::StatusOr<RouteOutcome> ModelEngine::Route(uint32_t layer,
                                                 absl::Span<const float> logits) {
   if (absl::Status s = CheckLayer(layer); !s.ok()) return s;
   const auto start = std::chrono::steady_clock::now();
-  const uint32_t n = config_.router.num_experts;
-  const uint32_t k = config_.router.top_k;
-
-  // The previous layer's last batch, to learn co-activation when this batch
-  // is the same tokens one layer on. Copied so no two layer locks nest.
-  std::vector<uint32_t> prev;
-  if (layer > 0) {
-    Layer& before = *layers_[layer - 1];
-    absl::MutexLock lock(&before.mu);
-    if (before.last_choices.size() == logits.size() / n * k) prev = before.last_choices;
-  }
-
   RouteOutcome out;
-  Layer& here = *layers_[layer];
-  bool reclassify = false;
-  {
-    absl::MutexLock lock(&here.mu);
-    if (absl::Status s = here.router->Route(logits, cache_->ResidentFlags(layer), &out.batch);
-        !s.ok()) {
-      metrics_->RecordRouteError();
-      return s;
-    }
-    cache_->BeginStep(layer);
-    for (uint32_t e : out.batch.experts) cache_->Access({layer, e});
-    if (here.from_previous != nullptr && prev.size() == out.batch.experts.size()) {
-      for (uint32_t t = 0; t < out.batch.tokens; ++t) {
-        here.from_previous->Update(absl::MakeConstSpan(prev).subspan(size_t{t} * k, k),
-                              out.batch.TokenExperts(t));
-      }
-    }
-    here.last_choices = out.batch.experts;
-    here.tokens_since_reclassify += out.batch.tokens;
-    if (multi_precision_ && here.tokens_since_reclassify >= config_.precision.warmup_tokens) {
-      here.tokens_since_reclassify = 0;
-      reclassify = true;
-    }
-  }
+  absl::StatusOr<bool> reclassify = RouteAndLearn(layer, logits, &out.batch);
+  if (!reclassify.ok()) return reclassify.status();
 
   // Paging actions, with no layer lock held. Chosen experts stay pinned
   // while this route is in flight.
+  const uint32_t n = config_.router.num_experts;
   std::vector<uint32_t> uses_by_expert(n, 0);
   std::vector<uint32_t> chosen;
   for (uint32_t e : out.batch.experts) {
@@ -176,18 +143,9 @@ absl::StatusOr<RouteOutcome> ModelEngine::Route(uint32_t layer,
     }
   }
   QueuePrefetch(layer, out.batch.prefetch, &out.prefetch);
-  if (layer + 1 < config_.num_layers && config_.prefetch_next_layer > 0) {
-    std::vector<double> weights(uses_by_expert.begin(), uses_by_expert.end());
-    std::vector<uint32_t> predicted;
-    {
-      Layer& next = *layers_[layer + 1];
-      absl::MutexLock lock(&next.mu);
-      predicted = next.from_previous->PredictWeighted(weights, config_.prefetch_next_layer);
-    }
-    QueuePrefetch(layer + 1, predicted, &out.prefetch);
-  }
+  PrefetchNextLayer(layer, uses_by_expert, &out.prefetch);
   for (uint32_t e : chosen) cache_->Unpin({layer, e});
-  if (reclassify) RepageChangedClasses(layer);
+  if (*reclassify) RepageChangedClasses(layer);
 
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -195,6 +153,55 @@ absl::StatusOr<RouteOutcome> ModelEngine::Route(uint32_t layer,
                         out.batch.changed_tokens, out.batch.gate_mass_sum,
                         out.batch.gate_mass_min, seconds);
   return out;
+}
+
+absl::StatusOr<bool> ModelEngine::RouteAndLearn(uint32_t layer, absl::Span<const float> logits,
+                                                RouteResult* result) {
+  const uint32_t n = config_.router.num_experts;
+  const uint32_t k = config_.router.top_k;
+  // The previous layer's last batch, to learn co-activation when this batch
+  // is the same tokens one layer on. Copied so no two layer locks nest.
+  std::vector<uint32_t> prev;
+  if (layer > 0) {
+    Layer& before = *layers_[layer - 1];
+    absl::MutexLock lock(&before.mu);
+    if (before.last_choices.size() == logits.size() / n * k) prev = before.last_choices;
+  }
+  Layer& here = *layers_[layer];
+  absl::MutexLock lock(&here.mu);
+  if (absl::Status s = here.router->Route(logits, cache_->ResidentFlags(layer), result);
+      !s.ok()) {
+    metrics_->RecordRouteError();
+    return s;
+  }
+  cache_->BeginStep(layer);
+  for (uint32_t e : result->experts) cache_->Access({layer, e});
+  if (here.from_previous != nullptr && prev.size() == result->experts.size()) {
+    for (uint32_t t = 0; t < result->tokens; ++t) {
+      here.from_previous->Update(absl::MakeConstSpan(prev).subspan(size_t{t} * k, k),
+                                 result->TokenExperts(t));
+    }
+  }
+  here.last_choices = result->experts;
+  here.tokens_since_reclassify += result->tokens;
+  if (multi_precision_ && here.tokens_since_reclassify >= config_.precision.warmup_tokens) {
+    here.tokens_since_reclassify = 0;
+    return true;
+  }
+  return false;
+}
+
+void ModelEngine::PrefetchNextLayer(uint32_t layer, absl::Span<const uint32_t> uses_by_expert,
+                                    std::vector<ExpertKey>* queued) {
+  if (layer + 1 >= config_.num_layers || config_.prefetch_next_layer == 0) return;
+  const std::vector<double> weights(uses_by_expert.begin(), uses_by_expert.end());
+  std::vector<uint32_t> predicted;
+  {
+    Layer& next = *layers_[layer + 1];
+    absl::MutexLock lock(&next.mu);
+    predicted = next.from_previous->PredictWeighted(weights, config_.prefetch_next_layer);
+  }
+  QueuePrefetch(layer + 1, predicted, queued);
 }
 
 void ModelEngine::RepageChangedClasses(uint32_t layer) {

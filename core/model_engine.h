@@ -138,6 +138,15 @@ class ModelEngine {
   std::string PrecisionFor(ExpertKey key) const;
   PrecisionClass ClassOf(ExpertKey key) const;
   // Queues prefetches of absent experts; returns the keys queued.
+  // Routes under the layer's lock and learns from it: cache bookkeeping and
+  // co-activation from the previous layer's last batch. Whether the layer's
+  // precision classes are due for another look.
+  absl::StatusOr<bool> RouteAndLearn(uint32_t layer, absl::Span<const float> logits,
+                                     RouteResult* result);
+  // Prefetches the experts co-activation predicts for layer + 1, given how
+  // often this batch used each expert of `layer`.
+  void PrefetchNextLayer(uint32_t layer, absl::Span<const uint32_t> uses_by_expert,
+                         std::vector<ExpertKey>* queued);
   void QueuePrefetch(uint32_t layer, absl::Span<const uint32_t> experts,
                      std::vector<ExpertKey>* queued);
   void RepageChangedClasses(uint32_t layer);

@@ -160,6 +160,36 @@ TEST_F(ClientTest, CliLoadgenCountsWhatTheServerRouted) {
   EXPECT_THAT(ghost, HasSubstr("no model named 'ghost'"));
 }
 
+// The sweep: one row per guard and bonus; a zero bonus changes no token and
+// hits exactly as the unchanged routing does; the plots are written.
+TEST(CliSweepTest, RowsPerGuardAndBonusAndPlots) {
+  testing::TempDir dir;
+  const testing::CommandResult r = testing::RunCommand(
+      std::string(MOE_ROUTER_CLI_PATH) +
+      " sweep --sequences 2 --tokens 24 --bonus 0,0.5 --guard 1:4 --guard 1:8:0.7 --json --svg " +
+      dir.File("plot"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const nlohmann::json report = nlohmann::json::parse(r.output.substr(r.output.find('{')));
+  ASSERT_EQ(report["rows"].size(), 4u);
+  for (const nlohmann::json& row : report["rows"]) {
+    if (row["bonus"].get<double>() == 0) {
+      EXPECT_EQ(row["changed_fraction"].get<double>(), 0.0);
+      EXPECT_EQ(row["hit_rate"].get<double>(), report["baseline_policy"].get<double>());
+    }
+    EXPECT_GE(row["gate_mass_min"].get<double>(), row["min_gate_mass"].get<double>());
+  }
+  for (const char* plot : {"plot-gate-mass.svg", "plot-changed.svg"}) {
+    auto svg = ReadFile(dir.File(plot));
+    ASSERT_TRUE(svg.ok()) << plot;
+    EXPECT_THAT(*svg, HasSubstr("<svg"));
+    EXPECT_THAT(*svg, HasSubstr("protected 1, max rank 8, mass &gt;= 0.7"));
+  }
+  const testing::CommandResult bad = testing::RunCommand(
+      std::string(MOE_ROUTER_CLI_PATH) + " sweep --guard 1");
+  EXPECT_EQ(bad.exit_code, 2);
+  EXPECT_THAT(bad.output, HasSubstr("bad --guard '1'"));
+}
+
 // The command the store's errors name: it rebuilds a corrupt manifest, after
 // which the checkpoint opens again.
 TEST(CliIndexTest, RebuildsTheManifestTheStoreAsksFor) {
