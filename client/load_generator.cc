@@ -33,6 +33,85 @@ double Percentile(const std::vector<double>& sorted, double q) {
   return sorted[i];
 }
 
+using Clock = std::chrono::steady_clock;
+
+// The window calls are measured in: after the warm-up, for the duration.
+struct Window {
+  Clock::time_point measure_from;
+  Clock::time_point stop;
+};
+
+// Worker `w`'s closed loop: route one batch after another (over a stream,
+// or unary calls) until `window.stop`, timing the calls inside the window.
+// A request the server can never accept sets `failed_hard`, which ends
+// every worker.
+void RunWorker(Client& client, const LoadOptions& options, const v1::ModelSpec& spec,
+               uint32_t w, const Window& window, std::atomic<bool>& failed_hard,
+               WorkerResult& result) {
+  std::mt19937_64 rng(options.seed * 1000003 + w);
+  std::normal_distribution<float> noise(0.0f, 2.0f);
+  std::vector<std::vector<float>> batches(kBatchesPerWorker);
+  for (auto& b : batches) {
+    b.resize(size_t{options.batch_tokens} * spec.num_experts());
+    for (float& x : b) x = noise(rng);
+  }
+  std::unique_ptr<RouteStream> stream =
+      options.stream ? client.OpenRouteStream(options.model) : nullptr;
+  // Workers start on different layers, as workers of a pipeline would.
+  uint64_t call = w;
+  for (Clock::time_point now = Clock::now(); now < window.stop && !failed_hard; ++call) {
+    const uint32_t layer = static_cast<uint32_t>(call % spec.num_layers());
+    const std::vector<float>& logits = batches[call % kBatchesPerWorker];
+    auto routed = stream != nullptr ? stream->Route(options.model, layer, logits)
+                                    : client.Route(options.model, layer, logits);
+    const Clock::time_point done = Clock::now();
+    if (!routed.ok()) {
+      ++result.errors[absl::StatusCodeToString(routed.status().code())];
+      if (result.first_error.empty()) result.first_error = routed.status().ToString();
+      // A stream ends with its first error; unary calls go on.
+      if (stream != nullptr) stream = client.OpenRouteStream(options.model);
+      // Bad requests will never succeed: stop rather than spin.
+      if (absl::IsInvalidArgument(routed.status()) || absl::IsNotFound(routed.status())) {
+        failed_hard = true;
+      }
+    } else if (now >= window.measure_from) {
+      result.latencies_us.push_back(
+          std::chrono::duration<double, std::micro>(done - now).count());
+    } else {
+      ++result.warmup_calls;
+    }
+    now = done;
+  }
+  result.last_done = Clock::now();
+  if (stream != nullptr) stream->Finish().IgnoreError();
+}
+
+// The workers' results as one report: counts, percentiles, and the rate
+// over the window, which ends when the last measured call does (calls
+// started before the stop finish after it).
+LoadReport Merge(std::vector<WorkerResult>& results, const LoadOptions& options,
+                 const Window& window) {
+  LoadReport report;
+  std::vector<double> all;
+  Clock::time_point window_end = window.measure_from;
+  for (WorkerResult& r : results) {
+    window_end = std::max(window_end, r.last_done);
+    all.insert(all.end(), r.latencies_us.begin(), r.latencies_us.end());
+    report.warmup_calls += r.warmup_calls;
+    for (const auto& [code, n] : r.errors) report.errors[code] += n;
+    if (report.first_error.empty()) report.first_error = r.first_error;
+  }
+  std::sort(all.begin(), all.end());
+  report.calls = all.size();
+  report.tokens = report.calls * options.batch_tokens;
+  report.seconds = std::chrono::duration<double>(window_end - window.measure_from).count();
+  report.p50_us = Percentile(all, 0.50);
+  report.p99_us = Percentile(all, 0.99);
+  report.p999_us = Percentile(all, 0.999);
+  report.max_us = all.empty() ? 0 : all.back();
+  return report;
+}
+
 }  // namespace
 
 absl::StatusOr<LoadReport> GenerateLoad(
@@ -46,50 +125,16 @@ absl::StatusOr<LoadReport> GenerateLoad(
   auto spec = client.FindModel(options.model);
   if (!spec.ok()) return spec.status();
 
-  using Clock = std::chrono::steady_clock;
   const Clock::time_point start = Clock::now();
-  const Clock::time_point measure_from = start + absl::ToChronoNanoseconds(options.warmup);
-  const Clock::time_point stop = measure_from + absl::ToChronoNanoseconds(options.duration);
+  Window window;
+  window.measure_from = start + absl::ToChronoNanoseconds(options.warmup);
+  window.stop = window.measure_from + absl::ToChronoNanoseconds(options.duration);
   std::atomic<bool> failed_hard{false};
   std::vector<WorkerResult> results(options.concurrency);
   std::vector<std::thread> workers;
   for (uint32_t w = 0; w < options.concurrency; ++w) {
     workers.emplace_back([&, w] {
-      WorkerResult& result = results[w];
-      std::mt19937_64 rng(options.seed * 1000003 + w);
-      std::normal_distribution<float> noise(0.0f, 2.0f);
-      std::vector<std::vector<float>> batches(kBatchesPerWorker);
-      for (auto& b : batches) {
-        b.resize(size_t{options.batch_tokens} * spec->num_experts());
-        for (float& x : b) x = noise(rng);
-      }
-      std::unique_ptr<RouteStream> stream = options.stream ? client.OpenRouteStream(options.model) : nullptr;
-      // Workers start on different layers, as workers of a pipeline would.
-      uint64_t call = w;
-      for (Clock::time_point now = Clock::now(); now < stop && !failed_hard; ++call) {
-        const uint32_t layer = static_cast<uint32_t>(call % spec->num_layers());
-        const std::vector<float>& logits = batches[call % kBatchesPerWorker];
-        auto routed = stream != nullptr ? stream->Route(options.model, layer, logits)
-                                        : client.Route(options.model, layer, logits);
-        const Clock::time_point done = Clock::now();
-        if (!routed.ok()) {
-          ++result.errors[absl::StatusCodeToString(routed.status().code())];
-          if (result.first_error.empty()) result.first_error = routed.status().ToString();
-          // A stream ends with its first error; unary calls go on.
-          if (stream != nullptr) stream = client.OpenRouteStream(options.model);
-          // Bad requests will never succeed: stop rather than spin.
-          if (absl::IsInvalidArgument(routed.status()) || absl::IsNotFound(routed.status())) {
-            failed_hard = true;
-          }
-        } else if (now >= measure_from) {
-          result.latencies_us.push_back(std::chrono::duration<double, std::micro>(done - now).count());
-        } else {
-          ++result.warmup_calls;
-        }
-        now = done;
-      }
-      result.last_done = Clock::now();
-      if (stream != nullptr) stream->Finish().IgnoreError();
+      RunWorker(client, options, *spec, w, window, failed_hard, results[w]);
     });
   }
   const absl::Duration total = options.warmup + options.duration;
@@ -100,31 +145,11 @@ absl::StatusOr<LoadReport> GenerateLoad(
     absl::SleepFor(std::min(absl::Milliseconds(100), total - elapsed));
   }
   for (std::thread& t : workers) t.join();
-
-  LoadReport report;
-  std::vector<double> all;
-  // The window ends when the last measured call does (calls started before
-  // `stop` finish after it).
-  Clock::time_point window_end = measure_from;
-  for (WorkerResult& r : results) {
-    window_end = std::max(window_end, r.last_done);
-    all.insert(all.end(), r.latencies_us.begin(), r.latencies_us.end());
-    report.warmup_calls += r.warmup_calls;
-    for (const auto& [code, n] : r.errors) report.errors[code] += n;
-    if (report.first_error.empty()) report.first_error = r.first_error;
-  }
+  LoadReport report = Merge(results, options, window);
   if (failed_hard) {
-    return absl::InvalidArgumentError(absl::StrFormat("the server refused the load: %s",
-                                                      report.first_error));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("the server refused the load: %s", report.first_error));
   }
-  std::sort(all.begin(), all.end());
-  report.calls = all.size();
-  report.tokens = report.calls * options.batch_tokens;
-  report.seconds = std::chrono::duration<double>(window_end - measure_from).count();
-  report.p50_us = Percentile(all, 0.50);
-  report.p99_us = Percentile(all, 0.99);
-  report.p999_us = Percentile(all, 0.999);
-  report.max_us = all.empty() ? 0 : all.back();
   return report;
 }
 

@@ -27,6 +27,82 @@ size_t SafetensorsDtypeSize(absl::string_view dtype) {
   return 0;
 }
 
+namespace {
+
+// Why a file is not a safetensors file we can read, naming it.
+absl::Status Malformed(const std::string& path, const std::string& why) {
+  return absl::InvalidArgumentError(
+      absl::StrFormat("malformed safetensors file %s: %s", path, why));
+}
+
+// The JSON header of an open file of `file_size` bytes: its 8-byte
+// little-endian length, checked against the file, then the text.
+absl::StatusOr<std::string> ReadHeaderText(int fd, const std::string& path,
+                                           uint64_t file_size) {
+  if (file_size < 8) return Malformed(path, "shorter than the 8-byte header length");
+  uint8_t len_bytes[8];
+  if (!PreadExact(fd, len_bytes, 8, 0).ok()) return Malformed(path, "cannot read the header length");
+  uint64_t header_len = 0;
+  for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | len_bytes[i];
+  if (header_len > kMaxHeaderBytes || header_len > file_size - 8) {
+    return Malformed(path, absl::StrFormat("header length %d does not fit the file (%d bytes)",
+                                           header_len, file_size));
+  }
+  std::string text(header_len, '\0');
+  if (!PreadExact(fd, text.data(), header_len, 8).ok()) {
+    return Malformed(path, "cannot read the header");
+  }
+  return text;
+}
+
+// One tensor entry of the header, its byte range checked against the data
+// section (`data_len` bytes from `data_start`) and against shape and dtype.
+absl::StatusOr<SafetensorsTensor> ParseTensor(const std::string& path, const std::string& name,
+                                              const nlohmann::json& value, uint64_t data_start,
+                                              uint64_t data_len) {
+  const auto bad = [&](const std::string& why) {
+    return Malformed(path, absl::StrFormat("tensor '%s': %s", name, why));
+  };
+  if (!value.is_object()) return bad("entry is not an object");
+  const auto dtype = value.find("dtype");
+  const auto shape = value.find("shape");
+  const auto offsets = value.find("data_offsets");
+  if (dtype == value.end() || !dtype->is_string()) return bad("missing dtype");
+  if (shape == value.end() || !shape->is_array()) return bad("missing shape");
+  if (offsets == value.end() || !offsets->is_array() || offsets->size() != 2 ||
+      !(*offsets)[0].is_number_unsigned() || !(*offsets)[1].is_number_unsigned()) {
+    return bad("data_offsets must be two unsigned integers");
+  }
+  SafetensorsTensor t;
+  t.name = name;
+  t.dtype = dtype->get<std::string>();
+  const size_t elem = SafetensorsDtypeSize(t.dtype);
+  if (elem == 0) return bad("unknown dtype '" + t.dtype + "'");
+  uint64_t count = 1;
+  for (const auto& d : *shape) {
+    if (!d.is_number_unsigned()) return bad("shape has a non-integer dimension");
+    const uint64_t dim = d.get<uint64_t>();
+    if (dim != 0 && count > (uint64_t{1} << 62) / dim) return bad("shape overflows");
+    count *= dim;
+    t.shape.push_back(static_cast<int64_t>(dim));
+  }
+  const uint64_t begin = (*offsets)[0].get<uint64_t>();
+  const uint64_t end = (*offsets)[1].get<uint64_t>();
+  if (begin > end || end > data_len) {
+    return bad(absl::StrFormat("data_offsets [%d, %d] lie outside the %d data bytes of the file",
+                               begin, end, data_len));
+  }
+  if (end - begin != count * elem) {
+    return bad(absl::StrFormat("%d bytes do not match shape and dtype (%d bytes)", end - begin,
+                               count * elem));
+  }
+  t.begin = data_start + begin;
+  t.end = data_start + end;
+  return t;
+}
+
+}  // namespace
+
 absl::StatusOr<SafetensorsHeader> ReadSafetensorsHeader(const std::string& path) {
   const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return ErrnoError("cannot open", path);
@@ -37,78 +113,29 @@ absl::StatusOr<SafetensorsHeader> ReadSafetensorsHeader(const std::string& path)
   struct stat st;
   if (fstat(fd, &st) != 0) return ErrnoError("cannot stat", path);
   const uint64_t file_size = static_cast<uint64_t>(st.st_size);
-  const auto bad = [&](const std::string& why) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("malformed safetensors file %s: %s", path, why));
-  };
-  if (file_size < 8) return bad("shorter than the 8-byte header length");
-  uint8_t len_bytes[8];
-  if (!PreadExact(fd, len_bytes, 8, 0).ok()) return bad("cannot read the header length");
-  uint64_t header_len = 0;
-  for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | len_bytes[i];
-  if (header_len > kMaxHeaderBytes || header_len > file_size - 8) {
-    return bad(absl::StrFormat("header length %d does not fit the file (%d bytes)",
-                               header_len, file_size));
-  }
-  std::string text(header_len, '\0');
-  if (!PreadExact(fd, text.data(), header_len, 8).ok()) return bad("cannot read the header");
-
-  nlohmann::json json = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (json.is_discarded() || !json.is_object()) return bad("header is not a JSON object");
+  absl::StatusOr<std::string> text = ReadHeaderText(fd, path, file_size);
+  if (!text.ok()) return text.status();
+  nlohmann::json json = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
+  if (json.is_discarded() || !json.is_object()) return Malformed(path, "header is not a JSON object");
 
   SafetensorsHeader header;
-  header.data_start = 8 + header_len;
+  header.data_start = 8 + text->size();
   header.file_size = file_size;
-  const uint64_t data_len = file_size - header.data_start;
   for (const auto& [name, value] : json.items()) {
     if (name == "__metadata__") {
-      if (!value.is_object()) return bad("__metadata__ is not an object");
+      if (!value.is_object()) return Malformed(path, "__metadata__ is not an object");
       for (const auto& [k, v] : value.items()) {
-        if (!v.is_string()) return bad("__metadata__ value of '" + k + "' is not a string");
+        if (!v.is_string()) {
+          return Malformed(path, "__metadata__ value of '" + k + "' is not a string");
+        }
         header.metadata[k] = v.get<std::string>();
       }
       continue;
     }
-    const auto tensor_bad = [&](const std::string& why) {
-      return bad(absl::StrFormat("tensor '%s': %s", name, why));
-    };
-    if (!value.is_object()) return tensor_bad("entry is not an object");
-    const auto dtype = value.find("dtype");
-    const auto shape = value.find("shape");
-    const auto offsets = value.find("data_offsets");
-    if (dtype == value.end() || !dtype->is_string()) return tensor_bad("missing dtype");
-    if (shape == value.end() || !shape->is_array()) return tensor_bad("missing shape");
-    if (offsets == value.end() || !offsets->is_array() || offsets->size() != 2 ||
-        !(*offsets)[0].is_number_unsigned() || !(*offsets)[1].is_number_unsigned()) {
-      return tensor_bad("data_offsets must be two unsigned integers");
-    }
-    SafetensorsTensor t;
-    t.name = name;
-    t.dtype = dtype->get<std::string>();
-    const size_t elem = SafetensorsDtypeSize(t.dtype);
-    if (elem == 0) return tensor_bad("unknown dtype '" + t.dtype + "'");
-    uint64_t count = 1;
-    for (const auto& d : *shape) {
-      if (!d.is_number_unsigned()) return tensor_bad("shape has a non-integer dimension");
-      const uint64_t dim = d.get<uint64_t>();
-      if (dim != 0 && count > (uint64_t{1} << 62) / dim) return tensor_bad("shape overflows");
-      count *= dim;
-      t.shape.push_back(static_cast<int64_t>(dim));
-    }
-    const uint64_t begin = (*offsets)[0].get<uint64_t>();
-    const uint64_t end = (*offsets)[1].get<uint64_t>();
-    if (begin > end || end > data_len) {
-      return tensor_bad(absl::StrFormat(
-          "data_offsets [%d, %d] lie outside the %d data bytes of the file", begin, end,
-          data_len));
-    }
-    if (end - begin != count * elem) {
-      return tensor_bad(absl::StrFormat("%d bytes do not match shape and dtype (%d bytes)",
-                                        end - begin, count * elem));
-    }
-    t.begin = header.data_start + begin;
-    t.end = header.data_start + end;
-    header.tensors.push_back(std::move(t));
+    absl::StatusOr<SafetensorsTensor> tensor =
+        ParseTensor(path, name, value, header.data_start, file_size - header.data_start);
+    if (!tensor.ok()) return tensor.status();
+    header.tensors.push_back(*std::move(tensor));
   }
   return header;
 }

@@ -18,11 +18,6 @@
 namespace moe_router {
 namespace fs = std::filesystem;
 
-namespace {
-
-// Reads are split so each chunk is hashed while still in the CPU cache.
-constexpr uint64_t kReadChunk = 1 << 19;
-
 // A compiled "{layer}" ... "{expert}" prefix pattern.
 struct ExpertPattern {
   std::string head, middle, tail;
@@ -56,6 +51,11 @@ struct ExpertPattern {
     return key;
   }
 };
+
+namespace {
+
+// Reads are split so each chunk is hashed while still in the CPU cache.
+constexpr uint64_t kReadChunk = 1 << 19;
 
 std::string Hex(uint64_t v) { return absl::StrFormat("%016x", v); }
 
@@ -92,17 +92,7 @@ absl::StatusOr<SafetensorsStore::Variant> SafetensorsStore::IndexVariant(
   Variant v;
   v.name = name;
   v.directory = directory;
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(directory, ec)) {
-    if (entry.is_regular_file() && entry.path().extension() == ".safetensors") {
-      v.files.push_back(entry.path().string());
-    }
-  }
-  if (ec) {
-    return absl::NotFoundError(
-        absl::StrFormat("cannot list %s: %s", directory, ec.message()));
-  }
-  std::sort(v.files.begin(), v.files.end());
+  // Closes the files opened so far unless the variant is returned.
   struct FdCloser {
     std::vector<int>* fds;
     bool keep = false;
@@ -110,24 +100,49 @@ absl::StatusOr<SafetensorsStore::Variant> SafetensorsStore::IndexVariant(
       if (!keep) for (int fd : *fds) close(fd);
     }
   } closer{&v.fds};
-  for (size_t f = 0; f < v.files.size(); ++f) {
-    absl::StatusOr<SafetensorsHeader> header = ReadSafetensorsHeader(v.files[f]);
-    if (!header.ok()) return header.status();
-    const int fd = open(v.files[f].c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return ErrnoError("cannot open", v.files[f]);
-    v.fds.push_back(fd);
-    for (SafetensorsTensor& t : header->tensors) {
-      const std::optional<ExpertKey> key = compiled->Match(t.name);
-      if (!key) continue;
-      v.experts[*key].push_back(TensorRef{.file = static_cast<int>(f), .tensor = std::move(t)});
-    }
-  }
+  if (absl::Status s = FindExpertTensors(*compiled, &v); !s.ok()) return s;
   if (v.experts.empty()) {
     return absl::NotFoundError(absl::StrFormat(
         "no expert tensors matching '%s' in the %d safetensors file(s) of %s", pattern,
         v.files.size(), directory));
   }
-  for (auto& [key, refs] : v.experts) {
+  const std::string manifest_path = (fs::path(directory) / kManifestFileName).string();
+  absl::Status checksums =
+      !rewrite_manifest && fs::exists(manifest_path)
+          ? ReadManifest(manifest_path, &v)
+          : HashTensors(&v, write_manifest || rewrite_manifest ? manifest_path : "", pattern);
+  if (!checksums.ok()) return checksums;
+  closer.keep = true;
+  return v;
+}
+
+absl::Status SafetensorsStore::FindExpertTensors(const ExpertPattern& pattern, Variant* v) {
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(v->directory, ec)) {
+    if (entry.is_regular_file() && entry.path().extension() == ".safetensors") {
+      v->files.push_back(entry.path().string());
+    }
+  }
+  if (ec) {
+    return absl::NotFoundError(
+        absl::StrFormat("cannot list %s: %s", v->directory, ec.message()));
+  }
+  std::sort(v->files.begin(), v->files.end());
+  for (size_t f = 0; f < v->files.size(); ++f) {
+    absl::StatusOr<SafetensorsHeader> header = ReadSafetensorsHeader(v->files[f]);
+    if (!header.ok()) return header.status();
+    const int fd = open(v->files[f].c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return ErrnoError("cannot open", v->files[f]);
+    v->fds.push_back(fd);
+    for (SafetensorsTensor& t : header->tensors) {
+      const std::optional<ExpertKey> key = pattern.Match(t.name);
+      if (!key) continue;
+      v->experts[*key].push_back(TensorRef{.file = static_cast<int>(f), .tensor = std::move(t)});
+    }
+  }
+  // Each expert's tensors in name order (the order FetchExpert documents);
+  // a name twice is two shards claiming one tensor.
+  for (auto& [key, refs] : v->experts) {
     std::sort(refs.begin(), refs.end(), [](const TensorRef& a, const TensorRef& b) {
       return a.tensor.name < b.tensor.name;
     });
@@ -135,59 +150,58 @@ absl::StatusOr<SafetensorsStore::Variant> SafetensorsStore::IndexVariant(
       if (refs[i].tensor.name == refs[i - 1].tensor.name) {
         return absl::InvalidArgumentError(absl::StrFormat(
             "tensor '%s' appears in both %s and %s", refs[i].tensor.name,
-            v.files[refs[i - 1].file], v.files[refs[i].file]));
+            v->files[refs[i - 1].file], v->files[refs[i].file]));
       }
     }
   }
+  return absl::OkStatus();
+}
 
-  const std::string manifest_path = (fs::path(directory) / kManifestFileName).string();
-  if (!rewrite_manifest && fs::exists(manifest_path)) {
-    absl::StatusOr<std::string> text = ReadFile(manifest_path);
-    if (!text.ok()) return text.status();
-    const nlohmann::json json = nlohmann::json::parse(*text, nullptr, false);
-    if (json.is_discarded() || !json.contains("tensors") || !json["tensors"].is_object()) {
-      return absl::DataLossError(absl::StrFormat(
-          "manifest %s is corrupt; rebuild it with 'moe-router index'", manifest_path));
-    }
-    const nlohmann::json& sums = json["tensors"];
-    for (auto& [key, refs] : v.experts) {
-      for (TensorRef& ref : refs) {
-        const auto it = sums.find(ref.tensor.name);
-        uint64_t sum = 0;
-        if (it == sums.end() || !it->is_string() ||
-            !absl::SimpleHexAtoi(it->get<std::string>(), &sum)) {
-          return absl::DataLossError(absl::StrFormat(
-              "manifest %s has no checksum for tensor '%s' of file %s; rebuild it with "
-              "'moe-router index'",
-              manifest_path, ref.tensor.name, v.files[ref.file]));
-        }
-        ref.checksum = sum;
+absl::Status SafetensorsStore::ReadManifest(const std::string& manifest_path, Variant* v) {
+  absl::StatusOr<std::string> text = ReadFile(manifest_path);
+  if (!text.ok()) return text.status();
+  const nlohmann::json json = nlohmann::json::parse(*text, nullptr, false);
+  if (json.is_discarded() || !json.contains("tensors") || !json["tensors"].is_object()) {
+    return absl::DataLossError(absl::StrFormat(
+        "manifest %s is corrupt; rebuild it with 'moe-router index'", manifest_path));
+  }
+  const nlohmann::json& sums = json["tensors"];
+  for (auto& [key, refs] : v->experts) {
+    for (TensorRef& ref : refs) {
+      const auto it = sums.find(ref.tensor.name);
+      uint64_t sum = 0;
+      if (it == sums.end() || !it->is_string() ||
+          !absl::SimpleHexAtoi(it->get<std::string>(), &sum)) {
+        return absl::DataLossError(absl::StrFormat(
+            "manifest %s has no checksum for tensor '%s' of file %s; rebuild it with "
+            "'moe-router index'",
+            manifest_path, ref.tensor.name, v->files[ref.file]));
       }
-    }
-  } else {
-    nlohmann::json sums = nlohmann::json::object();
-    for (auto& [key, refs] : v.experts) {
-      for (TensorRef& ref : refs) {
-        absl::StatusOr<uint64_t> sum = ReadAndHash(v.fds[ref.file], ref.tensor, nullptr);
-        if (!sum.ok()) {
-          return absl::DataLossError(absl::StrFormat("cannot read tensor '%s' of file %s: %s",
-                                                     ref.tensor.name, v.files[ref.file],
-                                                     sum.status().message()));
-        }
-        ref.checksum = *sum;
-        sums[ref.tensor.name] = Hex(*sum);
-      }
-    }
-    if (write_manifest || rewrite_manifest) {
-      const nlohmann::json manifest = {
-          {"format", "moe-router-manifest/1"}, {"pattern", pattern}, {"tensors", sums}};
-      if (absl::Status s = WriteFileAtomically(manifest_path, manifest.dump(1)); !s.ok()) {
-        return s;
-      }
+      ref.checksum = sum;
     }
   }
-  closer.keep = true;
-  return v;
+  return absl::OkStatus();
+}
+
+absl::Status SafetensorsStore::HashTensors(Variant* v, const std::string& manifest_path,
+                                           const std::string& pattern) {
+  nlohmann::json sums = nlohmann::json::object();
+  for (auto& [key, refs] : v->experts) {
+    for (TensorRef& ref : refs) {
+      absl::StatusOr<uint64_t> sum = ReadAndHash(v->fds[ref.file], ref.tensor, nullptr);
+      if (!sum.ok()) {
+        return absl::DataLossError(absl::StrFormat("cannot read tensor '%s' of file %s: %s",
+                                                   ref.tensor.name, v->files[ref.file],
+                                                   sum.status().message()));
+      }
+      ref.checksum = *sum;
+      sums[ref.tensor.name] = Hex(*sum);
+    }
+  }
+  if (manifest_path.empty()) return absl::OkStatus();
+  const nlohmann::json manifest = {
+      {"format", "moe-router-manifest/1"}, {"pattern", pattern}, {"tensors", sums}};
+  return WriteFileAtomically(manifest_path, manifest.dump(1));
 }
 
 namespace {

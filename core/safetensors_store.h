@@ -32,6 +32,8 @@ struct SafetensorsStoreOptions {
   bool write_manifest = true;
 };
 
+struct ExpertPattern;  // a compiled expert_pattern (safetensors_store.cc)
+
 /// Experts read from safetensors checkpoints with pread of exact byte
 /// ranges, verified against per-tensor XXH3 checksums from the manifest.
 ///
@@ -78,6 +80,13 @@ class SafetensorsStore final : public ExpertStore {
                                               const std::string& directory,
                                               const std::string& pattern,
                                               bool write_manifest, bool rewrite_manifest);
+  // The steps of IndexVariant: the directory's files and their expert
+  // tensors; then each tensor's checksum, from the manifest, or by hashing
+  // the data (writing the manifest when `manifest_path` is not empty).
+  static absl::Status FindExpertTensors(const ExpertPattern& pattern, Variant* v);
+  static absl::Status ReadManifest(const std::string& manifest_path, Variant* v);
+  static absl::Status HashTensors(Variant* v, const std::string& manifest_path,
+                                  const std::string& pattern);
   const Variant* FindVariant(const std::string& precision) const;
 
   SafetensorsStoreOptions options_;
