@@ -155,31 +155,117 @@ uint64_t LayerRouter::ChooseWithBonus(float bonus, uint64_t res_mask, const uint
   return chosen;
 }
 
-absl::Status LayerRouter::Route(absl::Span<const float> logits,
-                                const std::atomic<uint8_t>* resident, RouteResult* out) {
-  const uint32_t n = config_.num_experts;
-  if (absl::Status s = ValidateLogits(logits, n); !s.ok()) return s;
+namespace {
 
-  const uint32_t k = config_.top_k;
+// What the guard and the outputs need of the router, by value, so nothing
+// is reloaded through `this` (the byte stores to the residency output may
+// alias anything).
+struct GuardSettings {
+  uint32_t k;
+  uint32_t r;
+  uint64_t original;  // positions of the original top-k
+  float min_mass;
+  float prefetch_ratio;
+};
+
+struct BatchTotals {
+  uint64_t hits = 0;
+  uint32_t changed_tokens = 0;
+  double mass_sum = 0;  // over the changed tokens
+  double mass_min = 1;
+};
+
+// The mass guard: the token's choice (a mask over its candidate positions),
+// or its original top-k when the choice keeps less than min_mass of the
+// original's probability. *kept: the chosen experts' probability mass.
+[[gnu::always_inline]] inline uint64_t GuardedChoice(const float* prob, uint64_t chosen,
+                                                     const GuardSettings& g, float* kept,
+                                                     BatchTotals* totals) {
+  *kept = 0;
+  for (uint64_t m = chosen; m != 0; m &= m - 1) *kept += prob[__builtin_ctzll(m)];
+  if (chosen == g.original) return chosen;
+  float orig = 0;
+  for (uint32_t p = 0; p < g.k; ++p) orig += prob[p];
+  if (*kept < g.min_mass * orig) {
+    // Too costly for this token: it keeps its original top-k.
+    *kept = orig;
+    return g.original;
+  }
+  const double mass = *kept / orig;
+  totals->mass_sum += mass;
+  totals->mass_min = mass < totals->mass_min ? mass : totals->mass_min;
+  ++totals->changed_tokens;
+  return chosen;
+}
+
+// Writes a token's chosen experts in ascending position (descending
+// original probability), whether each was resident, and their weights
+// renormalised over `kept`; returns the resident ones.
+[[gnu::always_inline]] inline uint32_t WriteToken(const uint32_t* id, const float* prob,
+                                                  uint64_t chosen, uint64_t res_mask, float kept,
+                                                  uint32_t* experts, uint8_t* resident,
+                                                  float* weights) {
+  const float inv = 1.0f / kept;
+  uint32_t hits = 0;
+  uint32_t i = 0;
+  for (uint64_t m = chosen; m != 0; m &= m - 1, ++i) {
+    const uint32_t p = static_cast<uint32_t>(__builtin_ctzll(m));
+    experts[i] = id[p];
+    const uint8_t hit = static_cast<uint8_t>((res_mask >> p) & 1);
+    resident[i] = hit;
+    hits += hit;
+    weights[i] = prob[p] * inv;
+  }
+  return hits;
+}
+
+// Marks the token's strong unchosen runners-up (probability at least
+// `ratio` of the top's) in the batch's prefetch bits.
+[[gnu::always_inline]] inline void MarkRunnersUp(const uint32_t* id, const float* prob,
+                                                 uint32_t r, uint64_t chosen, float ratio,
+                                                 uint64_t* prefetch_bits) {
+  const uint64_t strong = MaskAtLeast(prob, r, ratio) & ~uint64_t{1};
+  for (uint64_t m = strong & ~chosen; m != 0; m &= m - 1) {
+    const uint32_t e = id[__builtin_ctzll(m)];
+    prefetch_bits[e / 64] |= uint64_t{1} << (e % 64);
+  }
+}
+
+// Per token of the batch: the mass guard, then the outputs (tokens x k
+// experts, residency and weights) and the prefetch bits.
+BatchTotals GuardAndWrite(const GuardSettings& g, uint32_t tokens, const uint32_t* ids,
+                          const float* probs, const uint64_t* res_masks,
+                          const uint64_t* choices, uint64_t* prefetch_bits,
+                          uint32_t* out_experts, uint8_t* out_resident, float* out_weights) {
+  BatchTotals totals;
+  for (uint32_t t = 0; t < tokens; ++t) {
+    const uint32_t* id = ids + size_t{t} * g.r;
+    const float* prob = probs + size_t{t} * g.r;
+    float kept;
+    const uint64_t chosen = GuardedChoice(prob, choices[t], g, &kept, &totals);
+    totals.hits += WriteToken(id, prob, chosen, res_masks[t], kept, out_experts + size_t{t} * g.k,
+                              out_resident + size_t{t} * g.k, out_weights + size_t{t} * g.k);
+    if (g.prefetch_ratio > 0) MarkRunnersUp(id, prob, g.r, chosen, g.prefetch_ratio, prefetch_bits);
+  }
+  return totals;
+}
+
+// The experts whose bits are set, ascending; the bits are cleared.
+void TakePrefetch(absl::Span<uint64_t> bits, std::vector<uint32_t>* out) {
+  for (uint32_t word = 0; word < bits.size(); ++word) {
+    for (uint64_t m = bits[word]; m != 0; m &= m - 1) {
+      out->push_back(word * 64 + static_cast<uint32_t>(__builtin_ctzll(m)));
+    }
+    bits[word] = 0;
+  }
+}
+
+}  // namespace
+
+double LayerRouter::SelectAndChoose(absl::Span<const float> logits,
+                                    const std::atomic<uint8_t>* resident, float bonus) {
   const uint32_t r = max_rank_;
-  const uint32_t tokens = static_cast<uint32_t>(logits.size() / n);
-  // With max_rank == top_k the bonus has nothing to choose between.
-  const bool can_reroute = resident != nullptr && r > k;
-
-  out->tokens = tokens;
-  out->top_k = k;
-  out->experts.resize(size_t{tokens} * k);
-  out->weights.resize(size_t{tokens} * k);
-  out->resident.resize(size_t{tokens} * k);
-  out->prefetch.clear();
-
-  // One bonus for the batch, from the running range as of its start, so
-  // tokens do not wait on each other.
-  const float bonus = can_reroute ? BatchBonus(logits) : 0.0f;
-  double range_sum = 0;
-
-  // Phase 1, per token: the candidates (original top-r), which are
-  // resident, and the tentative choice.
+  const uint32_t tokens = static_cast<uint32_t>(logits.size() / config_.num_experts);
   batch_id_.resize(size_t{tokens} * r);
   batch_relative_.resize(size_t{tokens} * r);
   batch_lowest_.resize(tokens);
@@ -187,6 +273,7 @@ absl::Status LayerRouter::Route(absl::Span<const float> logits,
   batch_chosen_.resize(tokens);
   selector_.SelectRows(logits.data(), tokens, batch_id_.data(), batch_relative_.data(),
                        batch_lowest_.data());
+  double range_sum = 0;
   for (uint32_t t = 0; t < tokens; ++t) {
     const uint32_t* id = batch_id_.data() + size_t{t} * r;
     float* logit = batch_relative_.data() + size_t{t} * r;
@@ -200,90 +287,52 @@ absl::Status LayerRouter::Route(absl::Span<const float> logits,
     }
     batch_res_[t] = res_mask;
     batch_chosen_[t] = bonus > 0 ? ChooseWithBonus(bonus, res_mask, id, logit) : original_;
-    // Logits relative to the top expert, exponentiated below.
+    // Logits relative to the top expert, exponentiated next.
     for (uint32_t p = 0; p < r; ++p) logit[p] -= top;
   }
-  UpdateRange(range_sum, tokens);
+  return range_sum;
+}
 
+absl::Status LayerRouter::Route(absl::Span<const float> logits,
+                                const std::atomic<uint8_t>* resident, RouteResult* out) {
+  const uint32_t n = config_.num_experts;
+  if (absl::Status s = ValidateLogits(logits, n); !s.ok()) return s;
+  const uint32_t k = config_.top_k;
+  const uint32_t tokens = static_cast<uint32_t>(logits.size() / n);
+  out->tokens = tokens;
+  out->top_k = k;
+  out->experts.resize(size_t{tokens} * k);
+  out->weights.resize(size_t{tokens} * k);
+  out->resident.resize(size_t{tokens} * k);
+  out->prefetch.clear();
+
+  // One bonus for the batch, from the running range as of its start, so
+  // tokens do not wait on each other. With max_rank == top_k the bonus has
+  // nothing to choose between.
+  const bool can_reroute = resident != nullptr && max_rank_ > k;
+  const float bonus = can_reroute ? BatchBonus(logits) : 0.0f;
+  // Phase 1, per token: the candidates (original top-r), which are
+  // resident, and the tentative choice.
+  UpdateRange(SelectAndChoose(logits, resident, bonus), tokens);
   // Phase 2, over the batch (vectorised): each candidate's original
   // probability relative to the top expert's. Only the original top-r are
   // exponentiated, never a softmax over all experts.
   ExpNonPositiveBatch(batch_relative_.data(), batch_relative_.size());
-
-  // Phase 3, per token: the mass guard and the outputs. Totals and
-  // pointers live in locals: the byte stores to `resident` may alias
-  // anything, which would force reloads through `out` and `this`.
-  const float prefetch_ratio = static_cast<float>(config_.prefetch_threshold);
-  const float min_mass = static_cast<float>(config_.min_gate_mass);
-  const uint64_t original = original_;
-  const uint32_t* const ids = batch_id_.data();
-  const float* const probs = batch_relative_.data();
-  const uint64_t* const res_masks = batch_res_.data();
-  const uint64_t* const choices = batch_chosen_.data();
-  uint64_t* const prefetch_bits = prefetch_bits_.data();
-  uint32_t* const out_experts = out->experts.data();
-  uint8_t* const out_resident = out->resident.data();
-  float* const out_weights = out->weights.data();
-  uint64_t hits = 0;
-  uint32_t changed_tokens = 0;
-  double mass_sum = 0, mass_min = 1;
-  for (uint32_t t = 0; t < tokens; ++t) {
-    const uint32_t* id = ids + size_t{t} * r;
-    const float* prob = probs + size_t{t} * r;
-    const uint64_t res_mask = res_masks[t];
-    uint64_t chosen = choices[t];
-    float kept = 0;
-    for (uint64_t m = chosen; m != 0; m &= m - 1) kept += prob[__builtin_ctzll(m)];
-    if (chosen != original) {
-      float orig = 0;
-      for (uint32_t p = 0; p < k; ++p) orig += prob[p];
-      if (kept < min_mass * orig) {
-        // Too costly for this token: it keeps its original top-k.
-        chosen = original;
-        kept = orig;
-      } else {
-        const double mass = kept / orig;
-        mass_sum += mass;
-        mass_min = mass < mass_min ? mass : mass_min;
-        ++changed_tokens;
-      }
-    }
-    // Ascending positions: descending original probability.
-    uint32_t* ex = out_experts + size_t{t} * k;
-    uint8_t* out_res = out_resident + size_t{t} * k;
-    float* w = out_weights + size_t{t} * k;
-    const float inv = 1.0f / kept;
-    uint32_t i = 0;
-    for (uint64_t m = chosen; m != 0; m &= m - 1, ++i) {
-      const uint32_t p = static_cast<uint32_t>(__builtin_ctzll(m));
-      ex[i] = id[p];
-      const uint8_t hit = static_cast<uint8_t>((res_mask >> p) & 1);
-      out_res[i] = hit;
-      hits += hit;
-      w[i] = prob[p] * inv;
-    }
-    // Strong unchosen runners-up become prefetch candidates.
-    if (prefetch_ratio > 0) {
-      const uint64_t strong = MaskAtLeast(prob, r, prefetch_ratio) & ~uint64_t{1};
-      for (uint64_t m = strong & ~chosen; m != 0; m &= m - 1) {
-        const uint32_t e = id[__builtin_ctzll(m)];
-        prefetch_bits[e / 64] |= uint64_t{1} << (e % 64);
-      }
-    }
-  }
-  out->hits = hits;
-  out->misses = uint64_t{tokens} * k - hits;
-  out->changed_tokens = changed_tokens;
-  out->gate_mass_sum = mass_sum + (tokens - changed_tokens);  // unchanged tokens keep all
-  out->gate_mass_min = mass_min;
+  // Phase 3, per token: the mass guard and the outputs.
+  const GuardSettings guard{k, max_rank_, original_, static_cast<float>(config_.min_gate_mass),
+                            static_cast<float>(config_.prefetch_threshold)};
+  const BatchTotals totals = GuardAndWrite(
+      guard, tokens, batch_id_.data(), batch_relative_.data(), batch_res_.data(),
+      batch_chosen_.data(), prefetch_bits_.data(), out->experts.data(), out->resident.data(),
+      out->weights.data());
+  out->hits = totals.hits;
+  out->misses = uint64_t{tokens} * k - totals.hits;
+  out->changed_tokens = totals.changed_tokens;
+  // Unchanged tokens keep all of their mass.
+  out->gate_mass_sum = totals.mass_sum + (tokens - totals.changed_tokens);
+  out->gate_mass_min = totals.mass_min;
   affinity_->UpdateTokens(out->experts, k);
-
-  for (uint32_t word = 0; word < prefetch_bits_.size(); ++word) {
-    for (uint64_t m = prefetch_bits_[word]; m != 0; m &= m - 1) {
-      out->prefetch.push_back(word * 64 + static_cast<uint32_t>(__builtin_ctzll(m)));
-    }
-    prefetch_bits_[word] = 0;
-  }
+  TakePrefetch(absl::MakeSpan(prefetch_bits_), &out->prefetch);
   return absl::OkStatus();
 }
 

@@ -125,6 +125,11 @@ class LayerRouter {
   float BatchBonus(absl::Span<const float> logits);
   // Folds a batch's per-token ranges into the running mean range.
   void UpdateRange(double range_sum, uint32_t tokens);
+  // Phase 1 of Route: selects each token's candidates into the batch
+  // scratch (logits relative to the token's top), which of them are
+  // resident, and the tentative choice; the sum of the tokens' logit ranges.
+  double SelectAndChoose(absl::Span<const float> logits, const std::atomic<uint8_t>* resident,
+                         float bonus);
   // The chosen candidate positions (a mask over the original ranks) with the
   // bonus applied to the resident candidates in `res_mask`.
   uint64_t ChooseWithBonus(float bonus, uint64_t res_mask, const uint32_t* id,

@@ -38,21 +38,15 @@ class TopSelector {
   void SelectRows(const float* rows, uint32_t tokens, uint32_t* ids, float* values,
                   float* lowest);
 
-  /// Whether this CPU runs the vector path (AVX2 and POPCNT).
+  /// Whether this CPU runs the vector path (AVX2, POPCNT and BMI1).
   static bool VectorPathAvailable();
   /// Forces the portable path (tests compare both). Turning it off on a CPU
   /// without the vector path is an error of the caller's (SIGILL).
   void set_portable(bool portable) { portable_ = portable; }
 
  private:
-  // One row each; they return the row minimum.
-  float SelectPortable(const float* row, uint32_t* ids, float* values);
-  float SelectOneVector(const float* row, uint32_t* ids, float* values);
-  float SelectAvx2(const float* row, uint32_t* ids, float* values);
-  template <int R>
-  void SelectEightRows(const float* rows, uint32_t* ids, float* values, float* lowest);
-  using EightRowsKernel = void (TopSelector::*)(const float*, uint32_t*, float*, float*);
-  static EightRowsKernel KernelFor(uint32_t r);
+  using EightRowsKernel = void (*)(const float* rows, uint32_t n, uint32_t* ids, float* values,
+                                   float* lowest);
 
   const uint32_t n_;
   const uint32_t r_;
@@ -68,7 +62,7 @@ class TopSelector {
 
 /// e^x for x <= 0, within 2 ulp of std::exp; inline, branch-free and
 /// vectorisable (the router exponentiates a few logits per token).
-inline float ExpNonPositive(float x) {
+[[gnu::always_inline]] inline float ExpNonPositive(float x) {
   x = x < -87.0f ? -87.0f : x;  // e^-87 underflows to ~0 anyway
   // Round to nearest by the 1.5 * 2^23 trick: no libm call without SSE4.1.
   const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;

@@ -39,7 +39,7 @@ class TopSelectorTest : public ::testing::TestWithParam<Shape> {
 // assertions still count).
 void SkipIfVectorHalfUnavailable() {
   if (!TopSelector::VectorPathAvailable()) {
-    GTEST_SKIP() << "only the portable half ran: this CPU lacks AVX2 or POPCNT";
+    GTEST_SKIP() << "only the portable half ran: this CPU lacks AVX2, POPCNT or BMI1";
   }
 }
 
