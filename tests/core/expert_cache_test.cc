@@ -8,6 +8,7 @@
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/testing/fixed_rank_policy.h"
 
 namespace moe_router {
 namespace {
@@ -273,6 +274,29 @@ TEST(ExpertCacheTest, BudgetHoldsUnderConcurrency) {
   const CacheStats s = cache->Stats();
   EXPECT_LE(s.peak_bytes, kBudget);
   EXPECT_EQ(s.loading_bytes, 0u);
+}
+
+// The cache evicts what its policy ranks lowest, and offers the policy only
+// evictable entries: a pinned expert is never a candidate.
+TEST(ExpertCacheTest, EvictsThePolicysLowestRankedAmongTheUnpinned) {
+  auto state = std::make_shared<testing::FixedRankPolicy::State>();
+  auto cache = *ExpertCache::Create(CacheConfig{.num_layers = 1, .num_experts = 8,
+                                                .budget_bytes = 300},
+                                    std::make_unique<testing::FixedRankPolicy>(state));
+  for (uint32_t e = 0; e < 3; ++e) Use(*cache, {0, e});
+  state->keep = {{{0, 0}, 1.0}, {{0, 1}, 5.0}, {{0, 2}, 3.0}};
+  ASSERT_TRUE(cache->Pin({0, 0}));  // the lowest ranked, but pinned
+  Use(*cache, {0, 3});
+  cache->Unpin({0, 0});
+  ASSERT_EQ(state->offered.size(), 1u);
+  EXPECT_THAT(state->offered[0], ::testing::UnorderedElementsAre(ExpertKey{0, 1}, ExpertKey{0, 2}));
+  EXPECT_FALSE(cache->IsResident({0, 2}));  // ranked 3.0, below 5.0
+  EXPECT_TRUE(cache->IsResident({0, 0}));
+  EXPECT_TRUE(cache->IsResident({0, 1}));
+  // Unpinned, the lowest ranked goes next.
+  state->keep[{0, 3}] = 10.0;
+  Use(*cache, {0, 4});
+  EXPECT_FALSE(cache->IsResident({0, 0}));
 }
 
 // A booking that finds the budget full of pinned experts can wait for room:

@@ -9,6 +9,7 @@
 #include "core/synthetic_store.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/testing/gated_store.h"
 #include "tests/testing/test_util.h"
 
 namespace moe_router {
@@ -17,49 +18,7 @@ namespace {
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
-// The synthetic store with a gate: loads block until opened, and the order
-// of loads is recorded, so queue order can be observed.
-class GatedStore final : public ExpertStore {
- public:
-  explicit GatedStore(uint64_t bytes)
-      : inner_(*SyntheticStore::Create({.num_layers = 4, .num_experts = 8,
-                                        .variants = {{"default", bytes}}})) {}
-  void Open() {
-    absl::MutexLock lock(&mu_);
-    open_ = true;
-  }
-  std::vector<ExpertKey> loaded() const {
-    absl::MutexLock lock(&mu_);
-    return loaded_;
-  }
-  int waiting() const {
-    absl::MutexLock lock(&mu_);
-    return waiting_;
-  }
-  std::vector<std::string> Precisions() const override { return inner_->Precisions(); }
-  absl::StatusOr<ExpertInfo> Info(ExpertKey key, const std::string& p) const override {
-    return inner_->Info(key, p);
-  }
-  absl::StatusOr<std::shared_ptr<const ExpertData>> Load(ExpertKey key,
-                                                          const std::string& p) const override {
-    {
-      absl::MutexLock lock(&mu_);
-      ++waiting_;
-      mu_.Await(absl::Condition(&open_));
-      --waiting_;
-      loaded_.push_back(key);
-    }
-    return inner_->Load(key, p);
-  }
-  std::string Describe() const override { return "gated"; }
-
- private:
-  std::unique_ptr<SyntheticStore> inner_;
-  mutable absl::Mutex mu_;
-  bool open_ ABSL_GUARDED_BY(mu_) = false;
-  mutable int waiting_ ABSL_GUARDED_BY(mu_) = 0;
-  mutable std::vector<ExpertKey> loaded_ ABSL_GUARDED_BY(mu_);
-};
+using testing::GatedStore;
 
 struct Rig {
   explicit Rig(std::shared_ptr<const ExpertStore> s, uint64_t budget, uint32_t threads = 1,

@@ -7,6 +7,7 @@
 #include <random>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "tests/testing/test_util.h"
 
@@ -125,8 +126,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, TopSelectorTest,
                                            Shape{16, 2}, Shape{24, 5}, Shape{40, 13},
                                            Shape{33, 1}),
                          [](const ::testing::TestParamInfo<Shape>& info) {
-                           return "n" + std::to_string(info.param.n) + "_r" +
-                                  std::to_string(info.param.r);
+                           return absl::StrCat("n", info.param.n, "_r", info.param.r);
                          });
 
 TEST(AllFiniteTest, FindsNanAndInfinityAnywhere) {
