@@ -111,8 +111,8 @@ MOE_INLINE uint32_t PackAtLeast(const float* row, uint32_t n, float threshold,
 // The candidates: values >= top - gap, the gap widened and the packing
 // retried (up to three times, the last taking every value) while fewer
 // than r qualify.
-MOE_INLINE uint32_t PackCandidates(const float* row, uint32_t n, uint32_t r, float top,
-                                   float gap, const RowScratch& s) {
+MOE_INLINE uint32_t PackCandidates(const float* row, uint32_t n, uint32_t r, float top, float gap,
+                                   const RowScratch& s) {
   constexpr float kWiden[] = {1.0f, 1.3f, 2.0f, kInf};
   uint32_t c = 0;
   for (float widen : kWiden) {
@@ -138,8 +138,8 @@ MOE_INLINE uint32_t CountAtLeast(const float* values, uint32_t padded, float t) 
   const __m256 vt = _mm256_set1_ps(t);
   uint32_t count = 0;
   for (uint32_t i = 0; i < padded; i += 8) {
-    count += Popcount(_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(values + i), vt,
-                                                       _CMP_GE_OQ)));
+    count +=
+        Popcount(_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(values + i), vt, _CMP_GE_OQ)));
   }
   return count;
 }
@@ -202,9 +202,10 @@ MOE_INLINE void RankCandidates(uint32_t r, uint32_t c, uint32_t padded, const Ro
         const __m256 gt = _mm256_cmp_ps(rb, va, _CMP_GT_OQ);
         const __m256 beats =
             b < a ? ge
-            : b > a ? gt
-                    : _mm256_blendv_ps(gt, ge, _mm256_load_ps(reinterpret_cast<const float*>(
-                                                   table.wrapped[rot])));
+            : b > a
+                ? gt
+                : _mm256_blendv_ps(
+                      gt, ge, _mm256_load_ps(reinterpret_cast<const float*>(table.wrapped[rot])));
         rank = _mm256_sub_epi32(rank, _mm256_castps_si256(beats));
       }
     }
@@ -350,16 +351,16 @@ MOE_INLINE void PlaceByRank(const float* row, uint32_t e, __m256 top_lo, __m256 
   unsigned beaten_by =
       static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(top_lo, v, _CMP_GT_OQ)));
   if constexpr (R > 8) {
-    beaten_by |=
-        static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(top_hi, v, _CMP_GT_OQ))) << 8;
+    beaten_by |= static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(top_hi, v, _CMP_GT_OQ)))
+                 << 8;
   }
   out_id[_mm_popcnt_u32(beaten_by)] = e;
 }
 
 // Bit e - begin set for each expert e in [begin, end), end - begin <= 64,
 // whose value is >= threshold; experts below `full` are compared 8 at once.
-MOE_INLINE uint64_t CandidateMask(const float* row, uint32_t begin, uint32_t end,
-                                  uint32_t full, float threshold) {
+MOE_INLINE uint64_t CandidateMask(const float* row, uint32_t begin, uint32_t end, uint32_t full,
+                                  float threshold) {
   const __m256 vt = _mm256_set1_ps(threshold);
   const uint32_t vector_end = end < full ? end : full;
   uint64_t mask = 0;
@@ -408,8 +409,7 @@ MOE_INLINE uint32_t PlaceCandidates(const float* row, uint32_t n, float threshol
 constexpr int ColumnFor(int r) { return r <= 1 ? 1 : 2 * ColumnFor((r + 1) / 2); }
 
 template <int R>
-void SelectEightRows(const float* rows, uint32_t n, uint32_t* ids, float* values,
-                     float* lowest) {
+void SelectEightRows(const float* rows, uint32_t n, uint32_t* ids, float* values, float* lowest) {
   constexpr int L = ColumnFor(R);
   __m256 top[L];
   __m256 vmin;
@@ -439,9 +439,8 @@ void SelectEightRows(const float* rows, uint32_t n, uint32_t* ids, float* values
     float* out_value = values + size_t{t} * R;
     lowest[t] = mins[t];
     const __m256 top_hi = R > 8 ? row_top[1][t] : _mm256_set1_ps(-kInf);
-    if ((tied & (1 << t)) ||
-        PlaceCandidates<R>(row, n, sorted[R - 1][t], row_top[0][t], top_hi, out_id) !=
-            static_cast<uint32_t>(R)) {
+    if ((tied & (1 << t)) || PlaceCandidates<R>(row, n, sorted[R - 1][t], row_top[0][t], top_hi,
+                                                out_id) != static_cast<uint32_t>(R)) {
       SelectRowPortable(row, n, R, out_id, out_value);
       continue;
     }
@@ -465,9 +464,9 @@ float SelectUpTo8Avx2(const float* row, uint32_t n, uint32_t r, uint32_t* ids, f
   __m256i rank = _mm256_setzero_si256();
   for (int rot = 1; rot < 8; ++rot) {
     const __m256 rv = _mm256_permutevar8x32_ps(v, Rotation(table, rot));
-    const __m256 beats = _mm256_blendv_ps(
-        _mm256_cmp_ps(rv, v, _CMP_GT_OQ), _mm256_cmp_ps(rv, v, _CMP_GE_OQ),
-        _mm256_load_ps(reinterpret_cast<const float*>(table.wrapped[rot])));
+    const __m256 beats =
+        _mm256_blendv_ps(_mm256_cmp_ps(rv, v, _CMP_GT_OQ), _mm256_cmp_ps(rv, v, _CMP_GE_OQ),
+                         _mm256_load_ps(reinterpret_cast<const float*>(table.wrapped[rot])));
     rank = _mm256_sub_epi32(rank, _mm256_castps_si256(beats));
   }
   // Padding lanes rank last, so ranks 0..n-1 belong to real experts.
@@ -478,13 +477,13 @@ float SelectUpTo8Avx2(const float* row, uint32_t n, uint32_t r, uint32_t* ids, f
     ids[p] = lane;
     values[p] = lanes[lane];
   }
-  const int last = _mm256_movemask_ps(_mm256_castsi256_ps(
-      _mm256_cmpeq_epi32(rank, _mm256_set1_epi32(static_cast<int>(n - 1)))));
+  const int last = _mm256_movemask_ps(
+      _mm256_castsi256_ps(_mm256_cmpeq_epi32(rank, _mm256_set1_epi32(static_cast<int>(n - 1)))));
   return lanes[__builtin_ctz(static_cast<unsigned>(last))];
 }
 
-float SelectRowAvx2(const float* row, uint32_t n, uint32_t r, float* gap,
-                    const RowScratch& scratch, uint32_t* ids, float* values) {
+float SelectRowAvx2(const float* row, uint32_t n, uint32_t r, float* gap, const RowScratch& scratch,
+                    uint32_t* ids, float* values) {
   float top, lowest;
   MaxAndMin(row, n, &top, &lowest);
   uint32_t c = PackCandidates(row, n, r, top, *gap, scratch);
@@ -503,18 +502,27 @@ float SelectRowAvx2(const float* row, uint32_t n, uint32_t r, float* gap,
 }
 
 EightRowsKernel EightRowsKernelAvx2(uint32_t r) {
-  switch (r) {
-#define MOE_ROUTER_KERNEL(R) \
-  case R:                    \
-    return &SelectEightRows<R>;
-    MOE_ROUTER_KERNEL(1) MOE_ROUTER_KERNEL(2) MOE_ROUTER_KERNEL(3) MOE_ROUTER_KERNEL(4)
-    MOE_ROUTER_KERNEL(5) MOE_ROUTER_KERNEL(6) MOE_ROUTER_KERNEL(7) MOE_ROUTER_KERNEL(8)
-    MOE_ROUTER_KERNEL(9) MOE_ROUTER_KERNEL(10) MOE_ROUTER_KERNEL(11) MOE_ROUTER_KERNEL(12)
-    MOE_ROUTER_KERNEL(13) MOE_ROUTER_KERNEL(14) MOE_ROUTER_KERNEL(15) MOE_ROUTER_KERNEL(16)
-#undef MOE_ROUTER_KERNEL
-    default:
-      return nullptr;
-  }
+  // One instantiation per r: the merge column is sized at compile time.
+  static constexpr EightRowsKernel kKernels[] = {
+      nullptr,
+      &SelectEightRows<1>,
+      &SelectEightRows<2>,
+      &SelectEightRows<3>,
+      &SelectEightRows<4>,
+      &SelectEightRows<5>,
+      &SelectEightRows<6>,
+      &SelectEightRows<7>,
+      &SelectEightRows<8>,
+      &SelectEightRows<9>,
+      &SelectEightRows<10>,
+      &SelectEightRows<11>,
+      &SelectEightRows<12>,
+      &SelectEightRows<13>,
+      &SelectEightRows<14>,
+      &SelectEightRows<15>,
+      &SelectEightRows<16>,
+  };
+  return r < sizeof kKernels / sizeof kKernels[0] ? kKernels[r] : nullptr;
 }
 
 }  // namespace moe_router::internal
