@@ -4,9 +4,9 @@
 // of the size moe-routerd would send (top-2 of 8 experts per token, weights,
 // residency, and a few paging actions). What loadgen measures against it is
 // gRPC and protobuf alone.
-#include <cstdio>
-
 #include <grpcpp/grpcpp.h>
+
+#include <cstdio>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"

@@ -40,16 +40,19 @@ struct Checkpoint {
     for (uint32_t l = 0; l < kLayers; ++l) {
       std::vector<SafetensorsWriteTensor> tensors;
       for (uint32_t e = 0; e < kExperts; ++e) {
-        const std::string prefix = absl::StrReplaceAll(
-            kMixtralExpertPattern, {{"{layer}", std::to_string(l)}, {"{expert}", std::to_string(e)}});
+        const std::string prefix =
+            absl::StrReplaceAll(kMixtralExpertPattern,
+                                {{"{layer}", std::to_string(l)}, {"{expert}", std::to_string(e)}});
         for (const char* w : {"w1", "w2", "w3"}) {
           std::string bytes(kTensorBytes, '\0');
           for (size_t i = 0; i + 8 <= bytes.size(); i += 8) {
             const uint64_t v = rng();
             std::memcpy(&bytes[i], &v, 8);
           }
-          tensors.push_back({prefix + w + ".weight", "BF16",
-                             {static_cast<int64_t>(kTensorBytes / 2)}, std::move(bytes)});
+          tensors.push_back({prefix + w + ".weight",
+                             "BF16",
+                             {static_cast<int64_t>(kTensorBytes / 2)},
+                             std::move(bytes)});
         }
       }
       files.push_back(dir + "/model-0000" + std::to_string(l) + ".safetensors");

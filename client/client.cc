@@ -21,9 +21,9 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> CredentialsFor(const C
   }
   grpc::SslCredentialsOptions options;
   // An empty CA means the system's roots (a server with a public certificate).
-  for (auto [path, pem] : {std::pair{&tls.ca, &options.pem_root_certs},
-                           std::pair{&tls.cert, &options.pem_cert_chain},
-                           std::pair{&tls.key, &options.pem_private_key}}) {
+  for (auto [path, pem] :
+       {std::pair{&tls.ca, &options.pem_root_certs}, std::pair{&tls.cert, &options.pem_cert_chain},
+        std::pair{&tls.key, &options.pem_private_key}}) {
     if (path->empty()) continue;
     auto text = ReadFile(*path);
     if (!text.ok()) return text.status();
@@ -71,8 +71,7 @@ RouteStream::~RouteStream() {
   if (!finished_) context_.TryCancel();
 }
 
-absl::StatusOr<v1::RouteTokensResponse> RouteStream::Route(const std::string& model,
-                                                           uint32_t layer,
+absl::StatusOr<v1::RouteTokensResponse> RouteStream::Route(const std::string& model, uint32_t layer,
                                                            absl::Span<const float> logits) {
   v1::RouteTokensResponse response;
   if (finished_ || !stream_->Write(RouteRequest(model, layer, logits)) ||
@@ -114,7 +113,8 @@ absl::StatusOr<v1::PrefetchResponse> Client::Prefetch(const std::string& model, 
   request.mutable_experts()->Add(experts.begin(), experts.end());
   request.set_budget(budget);
   v1::PrefetchResponse response;
-  if (absl::Status s = FromGrpcStatus(stub_->Prefetch(&context, request, &response)); !s.ok()) return s;
+  if (absl::Status s = FromGrpcStatus(stub_->Prefetch(&context, request, &response)); !s.ok())
+    return s;
   return response;
 }
 
@@ -124,7 +124,8 @@ absl::StatusOr<v1::ModelInfo> Client::Register(const v1::ModelSpec& spec) {
   v1::RegisterModelRequest request;
   *request.mutable_spec() = spec;
   v1::ModelInfo info;
-  if (absl::Status s = FromGrpcStatus(stub_->RegisterModel(&context, request, &info)); !s.ok()) return s;
+  if (absl::Status s = FromGrpcStatus(stub_->RegisterModel(&context, request, &info)); !s.ok())
+    return s;
   return info;
 }
 
@@ -141,7 +142,8 @@ absl::StatusOr<std::vector<v1::ModelInfo>> Client::ListModels() {
   grpc::ClientContext context;
   Prepare(&context, "");
   v1::ListModelsResponse response;
-  if (absl::Status s = FromGrpcStatus(stub_->ListModels(&context, v1::ListModelsRequest(), &response));
+  if (absl::Status s =
+          FromGrpcStatus(stub_->ListModels(&context, v1::ListModelsRequest(), &response));
       !s.ok()) {
     return s;
   }
@@ -192,13 +194,13 @@ absl::StatusOr<FetchedExpert> Client::Fetch(const std::string& model, uint32_t l
       out.header.clear_data();
     }
     if (chunk.offset() != out.bytes.size()) {
-      received = absl::DataLossError(absl::StrFormat("chunk at offset %d, expected %d",
-                                                     chunk.offset(), out.bytes.size()));
+      received = absl::DataLossError(
+          absl::StrFormat("chunk at offset %d, expected %d", chunk.offset(), out.bytes.size()));
     } else if (chunk.data().size() > out.header.total_bytes() - out.bytes.size()) {
       // Never hold more than the header announced.
-      received = absl::DataLossError(absl::StrFormat(
-          "chunk at offset %d runs past the %d bytes announced", chunk.offset(),
-          out.header.total_bytes()));
+      received =
+          absl::DataLossError(absl::StrFormat("chunk at offset %d runs past the %d bytes announced",
+                                              chunk.offset(), out.header.total_bytes()));
     } else {
       out.bytes += chunk.data();
     }
@@ -213,8 +215,8 @@ absl::Status VerifyExpert(const FetchedExpert& expert) {
   const v1::ExpertChunk& header = expert.header;
   if (header.tensors().empty()) return absl::DataLossError("the expert arrived without tensors");
   if (expert.bytes.size() != header.total_bytes()) {
-    return absl::DataLossError(absl::StrFormat("received %d of %d bytes", expert.bytes.size(),
-                                               header.total_bytes()));
+    return absl::DataLossError(
+        absl::StrFormat("received %d of %d bytes", expert.bytes.size(), header.total_bytes()));
   }
   uint64_t offset = 0;
   std::vector<std::pair<std::string, uint64_t>> digests;

@@ -1,11 +1,11 @@
 #ifndef MOE_ROUTER_CLIENT_CLIENT_H_
 #define MOE_ROUTER_CLIENT_CLIENT_H_
 
+#include <grpcpp/grpcpp.h>
+
 #include <memory>
 #include <string>
 #include <vector>
-
-#include <grpcpp/grpcpp.h>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"

@@ -86,7 +86,8 @@ std::string CommandLine::Help(const std::vector<FlagSpec>& spec) {
 }
 
 int CommandError(const std::string& command, const absl::Status& status, int code) {
-  std::fprintf(stderr, "moe-router %s: %s\n", command.c_str(), std::string(status.message()).c_str());
+  std::fprintf(stderr, "moe-router %s: %s\n", command.c_str(),
+               std::string(status.message()).c_str());
   return code;
 }
 

@@ -19,7 +19,8 @@ const std::vector<FlagSpec>& DemoFlags() {
       {"sequences", true, false, "concurrent sequences, one token each per step (default 8)"},
       {"tokens", true, false, "decode steps per sequence (default 128)"},
       {"policy", true, false, "eviction policy (default layer_reuse)"},
-      {"bonus", true, false, "relative cache bonus (default: the router default; 0 routes unchanged)"},
+      {"bonus", true, false,
+       "relative cache bonus (default: the router default; 0 routes unchanged)"},
       {"seed", true, false, "workload seed (default 1)"},
   };
   return flags;
@@ -48,7 +49,9 @@ void PrintStats(const ModelStats& s, double wall_seconds) {
               static_cast<unsigned long long>(s.cache.prefetch_used),
               static_cast<unsigned long long>(m.total.prefetch_dropped));
   std::printf("  routing changed        %.3f of tokens, gate mass retained mean %.4f min %.4f\n",
-              m.total.routed_tokens ? static_cast<double>(m.total.changed_tokens) / m.total.routed_tokens : 0,
+              m.total.routed_tokens
+                  ? static_cast<double>(m.total.changed_tokens) / m.total.routed_tokens
+                  : 0,
               m.gate_mass.Mean(), m.gate_mass_min);
   double top1 = 0, top2 = 0;
   for (size_t l = 1; l < s.layers.size(); ++l) {
@@ -71,8 +74,8 @@ int DemoCommand(const std::vector<std::string>& args) {
   auto tokens = cl.ok() ? cl->Count("tokens", 128) : cl.status();
   auto bonus = cl.ok() ? cl->Number("bonus", RouterConfig{}.cache_bonus) : cl.status();
   auto seed = cl.ok() ? cl->Count("seed", 1) : cl.status();
-  for (const absl::Status& s : {cl.status(), sequences.status(), tokens.status(),
-                                bonus.status(), seed.status()}) {
+  for (const absl::Status& s :
+       {cl.status(), sequences.status(), tokens.status(), bonus.status(), seed.status()}) {
     if (!s.ok()) return CommandUsage("demo", "[flags]", s, DemoFlags());
   }
   ModelConfig config = DefaultModelConfig();
@@ -97,8 +100,7 @@ int DemoCommand(const std::vector<std::string>& args) {
     for (auto& stream : streams) stream->NextToken();
     for (uint32_t layer = 0; layer < config.num_layers; ++layer) {
       for (uint64_t s = 0; s < *sequences; ++s) {
-        std::copy_n(streams[s]->current().begin() + size_t{layer} * n, n,
-                    batch.begin() + s * n);
+        std::copy_n(streams[s]->current().begin() + size_t{layer} * n, n, batch.begin() + s * n);
       }
       auto routed = (*model)->Route(layer, batch);
       if (!routed.ok()) return CommandError("demo", routed.status());

@@ -45,9 +45,8 @@ struct Window {
 // or unary calls) until `window.stop`, timing the calls inside the window.
 // A request the server can never accept sets `failed_hard`, which ends
 // every worker.
-void RunWorker(Client& client, const LoadOptions& options, const v1::ModelSpec& spec,
-               uint32_t w, const Window& window, std::atomic<bool>& failed_hard,
-               WorkerResult& result) {
+void RunWorker(Client& client, const LoadOptions& options, const v1::ModelSpec& spec, uint32_t w,
+               const Window& window, std::atomic<bool>& failed_hard, WorkerResult& result) {
   std::mt19937_64 rng(options.seed * 1000003 + w);
   std::normal_distribution<float> noise(0.0f, 2.0f);
   std::vector<std::vector<float>> batches(kBatchesPerWorker);
@@ -75,8 +74,7 @@ void RunWorker(Client& client, const LoadOptions& options, const v1::ModelSpec& 
         failed_hard = true;
       }
     } else if (now >= window.measure_from) {
-      result.latencies_us.push_back(
-          std::chrono::duration<double, std::micro>(done - now).count());
+      result.latencies_us.push_back(std::chrono::duration<double, std::micro>(done - now).count());
     } else {
       ++result.warmup_calls;
     }
@@ -133,9 +131,8 @@ absl::StatusOr<LoadReport> GenerateLoad(
   std::vector<WorkerResult> results(options.concurrency);
   std::vector<std::thread> workers;
   for (uint32_t w = 0; w < options.concurrency; ++w) {
-    workers.emplace_back([&, w] {
-      RunWorker(client, options, *spec, w, window, failed_hard, results[w]);
-    });
+    workers.emplace_back(
+        [&, w] { RunWorker(client, options, *spec, w, window, failed_hard, results[w]); });
   }
   const absl::Duration total = options.warmup + options.duration;
   for (;;) {

@@ -23,7 +23,8 @@ int LoadgenCommand(const std::vector<std::string>& args) {
       {"json", false, false, "print one JSON object"},
   });
   auto cl = CommandLine::Parse(args, flags);
-  if (!cl.ok() || !cl->positional().empty()) return CommandUsage("loadgen", "[flags]", cl.status(), flags);
+  if (!cl.ok() || !cl->positional().empty())
+    return CommandUsage("loadgen", "[flags]", cl.status(), flags);
   LoadOptions options;
   options.model = ModelName(*cl);
   options.stream = cl->Has("stream");
@@ -70,11 +71,12 @@ int LoadgenCommand(const std::vector<std::string>& args) {
     std::printf("%s\n", out.dump(2).c_str());
   } else {
     std::printf("%s, concurrency %u, %u tokens per call: %llu calls in %.2f s\n", via,
-                options.concurrency, options.batch_tokens,
-                static_cast<unsigned long long>(r.calls), r.seconds);
-    std::printf("%.0f tokens/s (%.0f calls/s); latency p50 %.1f us, p99 %.1f us, p99.9 %.1f us, "
-                "max %.1f us\n",
-                r.TokensPerSecond(), r.CallsPerSecond(), r.p50_us, r.p99_us, r.p999_us, r.max_us);
+                options.concurrency, options.batch_tokens, static_cast<unsigned long long>(r.calls),
+                r.seconds);
+    std::printf(
+        "%.0f tokens/s (%.0f calls/s); latency p50 %.1f us, p99 %.1f us, p99.9 %.1f us, "
+        "max %.1f us\n",
+        r.TokensPerSecond(), r.CallsPerSecond(), r.p50_us, r.p99_us, r.p999_us, r.max_us);
   }
   if (errors > 0) {
     std::fprintf(stderr, "moe-router loadgen: %llu calls failed, first: %s\n",

@@ -31,8 +31,7 @@ void ProgressBar::Draw(uint64_t done) {
   const double eta = fraction > 0 ? elapsed / fraction - elapsed : 0;
   std::fprintf(out_, "\r%s [%.*s%*s] %5.1f%% %llu/%llu eta %.0fs ", label_.c_str(), filled,
                "##############################", kWidth - filled, "", 100 * fraction,
-               static_cast<unsigned long long>(done), static_cast<unsigned long long>(total_),
-               eta);
+               static_cast<unsigned long long>(done), static_cast<unsigned long long>(total_), eta);
   std::fflush(out_);
 }
 

@@ -25,12 +25,14 @@ const std::vector<FlagSpec>& LocalReplayFlags() {
       {"global-slots", true, false, "S expert slots shared by all layers"},
       {"global-bytes", true, false, "B bytes shared by all layers"},
       {"expert-bytes", true, false, "bytes per expert (default 1048576)"},
-      {"policy", true, true, "eviction policy, repeatable (default: all); lru, lfu and belady "
-                             "are always reported (belady not with --bonus)"},
+      {"policy", true, true,
+       "eviction policy, repeatable (default: all); lru, lfu and belady "
+       "are always reported (belady not with --bonus)"},
       {"prefetch-budget", true, false, "experts prefetched per step (default 0)"},
       {"bonus", true, false, "logits traces: reroute with this relative cache bonus"},
       {"protected-top", true, false, "logits traces: experts the bonus may not displace (1)"},
-      {"max-rank", true, false, "logits traces: worst original rank that may be chosen (0: top_k+2)"},
+      {"max-rank", true, false,
+       "logits traces: worst original rank that may be chosen (0: top_k+2)"},
       {"min-gate-mass", true, false, "logits traces: reroute a token only if it keeps this much"},
   };
   return flags;
@@ -41,7 +43,8 @@ const std::vector<FlagSpec>& ReplayFlags() {
     std::vector<FlagSpec> all = LocalReplayFlags();
     all.push_back({"json", false, false, "print one JSON object instead of a table"});
     all.push_back(ModelFlag("with --server: the model to drive"));
-    all.push_back({"stream", false, false, "with --server: route over one RouteStream, not unary calls"});
+    all.push_back(
+        {"stream", false, false, "with --server: route over one RouteStream, not unary calls"});
     return WithServerFlags(all);
   }();
   return flags;
@@ -51,9 +54,12 @@ const std::vector<FlagSpec>& ReplayFlags() {
 int ReplayThroughServerCommand(const CommandLine& cl, const RoutingTrace& trace) {
   for (const FlagSpec& f : LocalReplayFlags()) {
     if (cl.Has(f.name)) {
-      return CommandError("replay", absl::InvalidArgumentError(absl::StrFormat(
-                                        "--%s is for local replay; with --server the server's "
-                                        "model sets budget, policy and routing", f.name)), 2);
+      return CommandError("replay",
+                          absl::InvalidArgumentError(absl::StrFormat(
+                              "--%s is for local replay; with --server the server's "
+                              "model sets budget, policy and routing",
+                              f.name)),
+                          2);
     }
   }
   auto client = ConnectToServer(cl);
@@ -85,14 +91,14 @@ int ReplayThroughServerCommand(const CommandLine& cl, const RoutingTrace& trace)
               static_cast<unsigned long long>(r.steps),
               static_cast<unsigned long long>(trace.Tokens()), model.c_str(), via, r.seconds,
               r.seconds > 0 ? r.steps / r.seconds : 0);
-  std::printf("hit rate %.3f (%llu of %llu chosen experts resident); rerouted %llu steps, "
-              "gate mass mean %.4f; queued %llu urgent page-ins, %llu prefetches\n",
-              r.HitRate(), static_cast<unsigned long long>(r.resident),
-              static_cast<unsigned long long>(r.accesses),
-              static_cast<unsigned long long>(r.changed_tokens),
-              r.steps ? r.gate_mass_sum / r.steps : 0,
-              static_cast<unsigned long long>(r.urgent_page_ins),
-              static_cast<unsigned long long>(r.prefetches));
+  std::printf(
+      "hit rate %.3f (%llu of %llu chosen experts resident); rerouted %llu steps, "
+      "gate mass mean %.4f; queued %llu urgent page-ins, %llu prefetches\n",
+      r.HitRate(), static_cast<unsigned long long>(r.resident),
+      static_cast<unsigned long long>(r.accesses),
+      static_cast<unsigned long long>(r.changed_tokens), r.steps ? r.gate_mass_sum / r.steps : 0,
+      static_cast<unsigned long long>(r.urgent_page_ins),
+      static_cast<unsigned long long>(r.prefetches));
   return 0;
 }
 
@@ -134,8 +140,7 @@ absl::StatusOr<ReplayOptions> ParseReplayOptions(const CommandLine& cl, const Ro
     }
   }
   options.policies = policies;
-  if (cl.Has("bonus") || cl.Has("protected-top") || cl.Has("max-rank") ||
-      cl.Has("min-gate-mass")) {
+  if (cl.Has("bonus") || cl.Has("protected-top") || cl.Has("max-rank") || cl.Has("min-gate-mass")) {
     RouterConfig router;
     router.num_experts = trace.num_experts;
     router.top_k = trace.top_k;
@@ -158,14 +163,13 @@ absl::StatusOr<ReplayOptions> ParseReplayOptions(const CommandLine& cl, const Ro
 }
 
 void PrintReplayTable(const ReplayReport& report, const ReplayOptions& options) {
-  std::printf("%-12s %9s %10s %11s %13s %10s", "policy", "hit_rate", "ready_rate",
-              "loads/token", "prefetch_used", "accesses");
+  std::printf("%-12s %9s %10s %11s %13s %10s", "policy", "hit_rate", "ready_rate", "loads/token",
+              "prefetch_used", "accesses");
   if (options.router) std::printf(" %8s %9s", "changed", "gate_mass");
   std::printf("\n");
   for (const ReplayRow& r : report.rows) {
     std::printf("%-12s %9.3f %10.3f %11.3f %13llu %10llu", r.policy.c_str(), r.hit_rate,
-                r.ready_rate, r.loads_per_token,
-                static_cast<unsigned long long>(r.prefetch_used),
+                r.ready_rate, r.loads_per_token, static_cast<unsigned long long>(r.prefetch_used),
                 static_cast<unsigned long long>(r.accesses));
     if (options.router) std::printf(" %8.3f %9.4f", r.changed_fraction, r.gate_mass_mean);
     std::printf("\n");

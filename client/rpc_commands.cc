@@ -1,8 +1,8 @@
 // The moe-router CLI's commands that call a running moe-routerd.
+#include <google/protobuf/util/json_util.h>
+
 #include <cstdio>
 #include <random>
-
-#include <google/protobuf/util/json_util.h>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
@@ -16,15 +16,13 @@
 #include "core/safetensors.h"
 
 namespace moe_router {
-namespace {
-
-
-}  // namespace
+namespace {}  // namespace
 
 int ModelsCommand(const std::vector<std::string>& args) {
   const std::vector<FlagSpec> flags = WithServerFlags({});
   auto cl = CommandLine::Parse(args, flags);
-  if (!cl.ok() || !cl->positional().empty()) return CommandUsage("models", "[--server ADDR]", cl.status(), flags);
+  if (!cl.ok() || !cl->positional().empty())
+    return CommandUsage("models", "[--server ADDR]", cl.status(), flags);
   auto client = ConnectToServer(*cl);
   auto models = client.ok() ? (*client)->ListModels() : client.status();
   if (!models.ok()) return CommandError("models", models.status());
@@ -78,7 +76,8 @@ int RouteCommand(const std::vector<std::string>& args) {
       {"seed", true, false, "seed of the random logits (default 1)"},
   });
   auto cl = CommandLine::Parse(args, flags);
-  if (!cl.ok() || !cl->positional().empty()) return CommandUsage("route", "[flags]", cl.status(), flags);
+  if (!cl.ok() || !cl->positional().empty())
+    return CommandUsage("route", "[flags]", cl.status(), flags);
   auto layer = cl->Count("layer", 0);
   auto tokens = cl->Count("tokens", 4);
   auto seed = cl->Count("seed", 1);
@@ -92,7 +91,8 @@ int RouteCommand(const std::vector<std::string>& args) {
   if (cl->Has("logits")) {
     auto text = ReadFile(cl->Value("logits"));
     if (!text.ok()) return CommandError("route", text.status());
-    for (absl::string_view part : absl::StrSplit(*text, absl::ByAnyChar(" \t\n\r,"), absl::SkipEmpty())) {
+    for (absl::string_view part :
+         absl::StrSplit(*text, absl::ByAnyChar(" \t\n\r,"), absl::SkipEmpty())) {
       float x;
       if (!absl::SimpleAtof(part, &x)) {
         return CommandError("route", absl::InvalidArgumentError(absl::StrFormat(
@@ -123,9 +123,10 @@ int RouteCommand(const std::vector<std::string>& args) {
     }
     std::printf("\n");
   }
-  std::printf("rerouted %u of %u tokens, gate mass retained %.4f; queued %d page-ins, %d prefetches\n",
-              routed->changed_tokens(), routed->tokens(), routed->gate_mass_retained(),
-              routed->urgent_page_ins_size(), routed->prefetches_size());
+  std::printf(
+      "rerouted %u of %u tokens, gate mass retained %.4f; queued %d page-ins, %d prefetches\n",
+      routed->changed_tokens(), routed->tokens(), routed->gate_mass_retained(),
+      routed->urgent_page_ins_size(), routed->prefetches_size());
   return 0;
 }
 
@@ -150,16 +151,15 @@ int PrefetchCommand(const std::vector<std::string>& args) {
     uint32_t e;
     if (!absl::SimpleAtoi(part, &e)) {
       return CommandUsage("prefetch", "[flags]",
-                          absl::InvalidArgumentError(absl::StrFormat(
-                              "--experts: '%s' is not an expert number", part)),
+                          absl::InvalidArgumentError(
+                              absl::StrFormat("--experts: '%s' is not an expert number", part)),
                           flags);
     }
     experts.push_back(e);
   }
   auto client = ConnectToServer(*cl);
-  auto queued = client.ok() ? (*client)->Prefetch(ModelName(*cl),
-                                                  static_cast<uint32_t>(*layer), experts,
-                                                  static_cast<uint32_t>(*budget))
+  auto queued = client.ok() ? (*client)->Prefetch(ModelName(*cl), static_cast<uint32_t>(*layer),
+                                                  experts, static_cast<uint32_t>(*budget))
                             : client.status();
   if (!queued.ok()) return CommandError("prefetch", queued.status());
   const auto print = [](const char* what, const auto& ids) {
@@ -172,30 +172,32 @@ int PrefetchCommand(const std::vector<std::string>& args) {
 }
 
 int StatsCommand(const std::vector<std::string>& args) {
-  const std::vector<FlagSpec> flags =
-      WithServerFlags({ModelFlag()});
+  const std::vector<FlagSpec> flags = WithServerFlags({ModelFlag()});
   auto cl = CommandLine::Parse(args, flags);
-  if (!cl.ok() || !cl->positional().empty()) return CommandUsage("stats", "[flags]", cl.status(), flags);
+  if (!cl.ok() || !cl->positional().empty())
+    return CommandUsage("stats", "[flags]", cl.status(), flags);
   auto client = ConnectToServer(*cl);
   auto stats = client.ok() ? (*client)->Stats(ModelName(*cl)) : client.status();
   if (!stats.ok()) return CommandError("stats", stats.status());
   const v1::ModelStats& s = *stats;
   std::printf("model %s: hit rate %.3f over %llu tokens; %s\n", s.model().c_str(), s.hit_rate(),
               static_cast<unsigned long long>(s.routed_tokens()), s.targets_summary().c_str());
-  std::printf("cache %.1f of %.1f MiB; %llu evictions; page-ins urgent %llu normal %llu prefetch %llu "
-              "(%.1f MiB, mean %.1f us, max %.1f us)\n",
-              s.resident_bytes() / 1048576.0, s.budget_bytes() / 1048576.0,
-              static_cast<unsigned long long>(s.evictions()),
-              static_cast<unsigned long long>(s.page_ins_urgent()),
-              static_cast<unsigned long long>(s.page_ins_normal()),
-              static_cast<unsigned long long>(s.page_ins_prefetch()), s.paged_bytes() / 1048576.0,
-              s.page_in_seconds_mean() * 1e6, s.page_in_seconds_max() * 1e6);
-  std::printf("prefetch %llu loaded, %llu used; rerouted %llu tokens, gate mass mean %.4f min %.4f; "
-              "checksum failures %llu\n\n",
-              static_cast<unsigned long long>(s.prefetch_loaded()),
-              static_cast<unsigned long long>(s.prefetch_used()),
-              static_cast<unsigned long long>(s.changed_tokens()), s.gate_mass_retained_mean(),
-              s.gate_mass_retained_min(), static_cast<unsigned long long>(s.checksum_failures()));
+  std::printf(
+      "cache %.1f of %.1f MiB; %llu evictions; page-ins urgent %llu normal %llu prefetch %llu "
+      "(%.1f MiB, mean %.1f us, max %.1f us)\n",
+      s.resident_bytes() / 1048576.0, s.budget_bytes() / 1048576.0,
+      static_cast<unsigned long long>(s.evictions()),
+      static_cast<unsigned long long>(s.page_ins_urgent()),
+      static_cast<unsigned long long>(s.page_ins_normal()),
+      static_cast<unsigned long long>(s.page_ins_prefetch()), s.paged_bytes() / 1048576.0,
+      s.page_in_seconds_mean() * 1e6, s.page_in_seconds_max() * 1e6);
+  std::printf(
+      "prefetch %llu loaded, %llu used; rerouted %llu tokens, gate mass mean %.4f min %.4f; "
+      "checksum failures %llu\n\n",
+      static_cast<unsigned long long>(s.prefetch_loaded()),
+      static_cast<unsigned long long>(s.prefetch_used()),
+      static_cast<unsigned long long>(s.changed_tokens()), s.gate_mass_retained_mean(),
+      s.gate_mass_retained_min(), static_cast<unsigned long long>(s.checksum_failures()));
   std::printf("%5s %8s %9s %9s %8s %9s %8s %9s\n", "layer", "tokens", "hit_rate", "resident",
               "page_ins", "page_outs", "coact@1", "coact@2");
   for (const v1::LayerStats& l : s.layers()) {
@@ -222,23 +224,25 @@ int FetchCommand(const std::vector<std::string>& args) {
   auto layer = cl->Count("layer", 0);
   auto expert = cl->Count("expert", 0);
   if (!layer.ok() || !expert.ok()) {
-    return CommandUsage("fetch", "--layer L --expert E --out FILE", !layer.ok() ? layer.status() : expert.status(), flags);
+    return CommandUsage("fetch", "--layer L --expert E --out FILE",
+                        !layer.ok() ? layer.status() : expert.status(), flags);
   }
   auto client = ConnectToServer(*cl);
-  auto fetched = client.ok() ? (*client)->Fetch(ModelName(*cl),
-                                                static_cast<uint32_t>(*layer),
+  auto fetched = client.ok() ? (*client)->Fetch(ModelName(*cl), static_cast<uint32_t>(*layer),
                                                 static_cast<uint32_t>(*expert))
                              : client.status();
   if (!fetched.ok()) return CommandError("fetch", fetched.status());
   std::vector<SafetensorsWriteTensor> tensors;
   uint64_t offset = 0;
   for (const v1::TensorHeader& t : fetched->header.tensors()) {
-    tensors.push_back({t.name(), t.dtype(), {t.shape().begin(), t.shape().end()},
+    tensors.push_back({t.name(),
+                       t.dtype(),
+                       {t.shape().begin(), t.shape().end()},
                        fetched->bytes.substr(offset, t.size_bytes())});
     offset += t.size_bytes();
   }
-  if (absl::Status s = WriteSafetensors(cl->Value("out"), tensors,
-                                        {{"precision", fetched->header.precision()}});
+  if (absl::Status s =
+          WriteSafetensors(cl->Value("out"), tensors, {{"precision", fetched->header.precision()}});
       !s.ok()) {
     return CommandError("fetch", s);
   }

@@ -14,10 +14,14 @@ const char* const kColors[] = {"#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7
 std::string Escape(const std::string& s) {
   std::string out;
   for (char c : s) {
-    if (c == '<') out += "&lt;";
-    else if (c == '>') out += "&gt;";
-    else if (c == '&') out += "&amp;";
-    else out += c;
+    if (c == '<')
+      out += "&lt;";
+    else if (c == '>')
+      out += "&gt;";
+    else if (c == '&')
+      out += "&amp;";
+    else
+      out += c;
   }
   return out;
 }
@@ -74,16 +78,17 @@ std::string RenderSvg(const Plot& p) {
     for (size_t i = 0; i < series.x.size(); ++i) {
       absl::StrAppendFormat(&points, "%.1f,%.1f ", sx(series.x[i]), sy(series.y[i]));
     }
-    absl::StrAppendFormat(&svg, "<polyline points=\"%s\" fill=\"none\" stroke=\"%s\" "
-                                "stroke-width=\"2\"/>\n", points, color);
+    absl::StrAppendFormat(&svg,
+                          "<polyline points=\"%s\" fill=\"none\" stroke=\"%s\" "
+                          "stroke-width=\"2\"/>\n",
+                          points, color);
     for (size_t i = 0; i < series.x.size(); ++i) {
       absl::StrAppendFormat(&svg, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3.5\" fill=\"%s\"/>\n",
                             sx(series.x[i]), sy(series.y[i]), color);
       if (i < series.labels.size() && !series.labels[i].empty()) {
-        absl::StrAppendFormat(&svg,
-                              "<text x=\"%.1f\" y=\"%.1f\" font-size=\"10\" fill=\"%s\">%s</text>\n",
-                              sx(series.x[i]) + 5, sy(series.y[i]) - 5, color,
-                              Escape(series.labels[i]));
+        absl::StrAppendFormat(
+            &svg, "<text x=\"%.1f\" y=\"%.1f\" font-size=\"10\" fill=\"%s\">%s</text>\n",
+            sx(series.x[i]) + 5, sy(series.y[i]) - 5, color, Escape(series.labels[i]));
       }
     }
     const double ly = kTop + 10 + 20 * static_cast<double>(s);

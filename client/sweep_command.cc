@@ -27,8 +27,9 @@ const std::vector<FlagSpec>& SweepFlags() {
       {"policy", true, false, "eviction policy (default layer_reuse)"},
       {"budget-fraction", true, false, "global budget as a fraction of all experts (default 0.5)"},
       {"bonus", true, false, "comma-separated relative bonuses (default 0,0.05,...,1)"},
-      {"guard", true, true, "protected_top:max_rank[:min_gate_mass], repeatable (default "
-                            "1:4 1:8 1:4:0.7 1:8:0.7)"},
+      {"guard", true, true,
+       "protected_top:max_rank[:min_gate_mass], repeatable (default "
+       "1:4 1:8 1:4:0.7 1:8:0.7)"},
       {"svg", true, false, "write plots to PREFIX-gate-mass.svg and PREFIX-changed.svg"},
       {"json", false, false, "print JSON instead of a table"},
   };
@@ -40,10 +41,10 @@ struct Guard {
   uint32_t max_rank = 0;
   double min_gate_mass = 0;
   std::string Name() const {
-    return min_gate_mass > 0 ? absl::StrFormat("protected %u, max rank %u, mass >= %.2g",
-                                               protected_top, max_rank, min_gate_mass)
-                             : absl::StrFormat("protected %u, max rank %u", protected_top,
-                                               max_rank);
+    return min_gate_mass > 0
+               ? absl::StrFormat("protected %u, max rank %u, mass >= %.2g", protected_top, max_rank,
+                                 min_gate_mass)
+               : absl::StrFormat("protected %u, max rank %u", protected_top, max_rank);
   }
 };
 
@@ -171,9 +172,11 @@ absl::StatusOr<SweepResult> RunSweep(const SweepSpec& spec) {
 void PrintJson(const SweepResult& result) {
   nlohmann::json rows = nlohmann::json::array();
   for (const Point& p : result.points) {
-    rows.push_back({{"protected_top", p.guard.protected_top}, {"max_rank", p.guard.max_rank},
+    rows.push_back({{"protected_top", p.guard.protected_top},
+                    {"max_rank", p.guard.max_rank},
                     {"min_gate_mass", p.guard.min_gate_mass},
-                    {"bonus", p.bonus}, {"hit_rate", p.row.hit_rate},
+                    {"bonus", p.bonus},
+                    {"hit_rate", p.row.hit_rate},
                     {"gate_mass_mean", p.row.gate_mass_mean},
                     {"gate_mass_min", p.row.gate_mass_min},
                     {"changed_fraction", p.row.changed_fraction}});
@@ -186,17 +189,17 @@ void PrintJson(const SweepResult& result) {
 
 void PrintTable(const SweepSpec& spec, const SweepResult& result) {
   const WorkloadShape& shape = spec.preset.shape;
-  std::printf("trace: %s preset, %llu sequences x %llu tokens (seed %llu); global budget %llu "
-              "of %u experts; policy %s\n",
-              spec.preset_name.c_str(), static_cast<unsigned long long>(spec.sequences),
-              static_cast<unsigned long long>(spec.tokens),
-              static_cast<unsigned long long>(spec.seed),
-              static_cast<unsigned long long>(result.budget),
-              shape.num_layers * shape.num_experts, spec.policy.c_str());
+  std::printf(
+      "trace: %s preset, %llu sequences x %llu tokens (seed %llu); global budget %llu "
+      "of %u experts; policy %s\n",
+      spec.preset_name.c_str(), static_cast<unsigned long long>(spec.sequences),
+      static_cast<unsigned long long>(spec.tokens), static_cast<unsigned long long>(spec.seed),
+      static_cast<unsigned long long>(result.budget), shape.num_layers * shape.num_experts,
+      spec.policy.c_str());
   std::printf("routing unchanged: lru %.3f, %s %.3f\n\n", result.baseline.rows[0].hit_rate,
               spec.policy.c_str(), result.baseline.rows[1].hit_rate);
-  std::printf("%9s %8s %9s %6s %9s %14s %13s %8s\n", "protected", "max_rank", "min_mass",
-              "bonus", "hit_rate", "gate_mass_mean", "gate_mass_min", "changed");
+  std::printf("%9s %8s %9s %6s %9s %14s %13s %8s\n", "protected", "max_rank", "min_mass", "bonus",
+              "hit_rate", "gate_mass_mean", "gate_mass_min", "changed");
   for (const Point& p : result.points) {
     std::printf("%9u %8u %9.2f %6.2f %9.3f %14.4f %13.4f %8.3f\n", p.guard.protected_top,
                 p.guard.max_rank, p.guard.min_gate_mass, p.bonus, p.row.hit_rate,
@@ -237,8 +240,7 @@ Plot SweepPlot(const SweepSpec& spec, const std::vector<Point>& points, bool by_
       series.x.push_back(x_of(p));
       series.y.push_back(p.row.hit_rate);
       // Bonus labels on the last series only, to keep the plot readable.
-      series.labels.push_back(g + 1 == spec.guards.size() ? absl::StrFormat("%.2g", p.bonus)
-                                                          : "");
+      series.labels.push_back(g + 1 == spec.guards.size() ? absl::StrFormat("%.2g", p.bonus) : "");
     }
     plot.series.push_back(std::move(series));
   }
@@ -263,8 +265,7 @@ int SweepCommand(const std::vector<std::string>& args) {
   }
   if (cl->Has("svg")) {
     for (const bool by_mass : {true, false}) {
-      const std::string path =
-          cl->Value("svg") + (by_mass ? "-gate-mass.svg" : "-changed.svg");
+      const std::string path = cl->Value("svg") + (by_mass ? "-gate-mass.svg" : "-changed.svg");
       const Plot plot = SweepPlot(*spec, result->points, by_mass);
       if (absl::Status s = WriteFileAtomically(path, RenderSvg(plot)); !s.ok()) {
         return CommandError("sweep", s);

@@ -46,11 +46,17 @@ int TracegenCommand(const std::vector<std::string>& args) {
   std::vector<absl::Status> errors;
   const auto count = [&](const char* flag, uint32_t& field) {
     auto v = cl->Count(flag, field);
-    if (v.ok()) field = static_cast<uint32_t>(*v); else errors.push_back(v.status());
+    if (v.ok())
+      field = static_cast<uint32_t>(*v);
+    else
+      errors.push_back(v.status());
   };
   const auto number = [&](const char* flag, double& field) {
     auto v = cl->Number(flag, field);
-    if (v.ok()) field = *v; else errors.push_back(v.status());
+    if (v.ok())
+      field = *v;
+    else
+      errors.push_back(v.status());
   };
   count("layers", shape.num_layers);
   count("experts", shape.num_experts);
@@ -72,7 +78,8 @@ int TracegenCommand(const std::vector<std::string>& args) {
                                      [&](uint64_t done, uint64_t) { bar.Update(done); });
   bar.Finish();
   if (cl->Has("out")) {
-    if (absl::Status s = WriteLogitsTrace(cl->Value("out"), trace); !s.ok()) return CommandError("tracegen", s);
+    if (absl::Status s = WriteLogitsTrace(cl->Value("out"), trace); !s.ok())
+      return CommandError("tracegen", s);
     std::fprintf(stderr, "wrote %s: %d sequences x %d tokens, %d layers x %d experts, top-%d\n",
                  cl->Value("out").c_str(), preset->sequences, preset->tokens, shape.num_layers,
                  shape.num_experts, shape.top_k);

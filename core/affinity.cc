@@ -23,8 +23,8 @@ absl::Status AffinityConfig::Validate() const {
         absl::StrFormat("affinity.boost must be finite and >= 0, got %g", boost));
   }
   if (!(max_score > 0.0) || !std::isfinite(max_score)) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "affinity.max_score must be finite and > 0, got %g", max_score));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("affinity.max_score must be finite and > 0, got %g", max_score));
   }
   if (!(coactivation_decay > 0.0 && coactivation_decay <= 1.0)) {
     return absl::InvalidArgumentError(absl::StrFormat(
@@ -85,15 +85,13 @@ void ExpertAffinity::UpdateTokens(absl::Span<const uint32_t> activated, uint32_t
 void ExpertAffinity::Renormalize() {
   const double scale = scale_.load(std::memory_order_relaxed);
   for (uint32_t e = 0; e < num_experts_; ++e) {
-    raw_[e].store(raw_[e].load(std::memory_order_relaxed) * scale,
-                  std::memory_order_relaxed);
+    raw_[e].store(raw_[e].load(std::memory_order_relaxed) * scale, std::memory_order_relaxed);
   }
   scale_.store(1.0, std::memory_order_relaxed);
 }
 
 double ExpertAffinity::Score(uint32_t expert) const {
-  return raw_[expert].load(std::memory_order_relaxed) *
-         scale_.load(std::memory_order_relaxed);
+  return raw_[expert].load(std::memory_order_relaxed) * scale_.load(std::memory_order_relaxed);
 }
 
 std::vector<uint32_t> ExpertAffinity::TopByAffinity(uint32_t k) const {
@@ -101,12 +99,10 @@ std::vector<uint32_t> ExpertAffinity::TopByAffinity(uint32_t k) const {
 }
 
 std::vector<uint32_t> ExpertAffinity::TopByFrequency(uint32_t k) const {
-  return internal::TopN(num_experts_, k,
-                        [&](uint32_t e) { return static_cast<double>(Count(e)); });
+  return internal::TopN(num_experts_, k, [&](uint32_t e) { return static_cast<double>(Count(e)); });
 }
 
-std::optional<uint32_t> ExpertAffinity::LeastAffine(
-    absl::Span<const uint32_t> candidates) const {
+std::optional<uint32_t> ExpertAffinity::LeastAffine(absl::Span<const uint32_t> candidates) const {
   std::optional<uint32_t> best;
   double best_score = 0;
   for (uint32_t e : candidates) {
@@ -143,9 +139,9 @@ ExpertAffinity::State ExpertAffinity::Export() const {
 
 absl::Status ExpertAffinity::Import(const State& state) {
   if (state.scores.size() != num_experts_ || state.counts.size() != num_experts_) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "affinity state has %d scores and %d counts, expected %d each",
-        state.scores.size(), state.counts.size(), num_experts_));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("affinity state has %d scores and %d counts, expected %d each",
+                        state.scores.size(), state.counts.size(), num_experts_));
   }
   for (double s : state.scores) {
     if (!std::isfinite(s) || s < 0 || s > config_.max_score) {
@@ -173,8 +169,7 @@ CoActivation::CoActivation(uint32_t from_experts, uint32_t to_experts, double de
       raw_(size_t{from_experts} * to_experts, 0.0),
       row_scale_(from_experts, 1.0) {}
 
-std::vector<uint32_t> CoActivation::Predict(absl::Span<const uint32_t> prev,
-                                            uint32_t n) const {
+std::vector<uint32_t> CoActivation::Predict(absl::Span<const uint32_t> prev, uint32_t n) const {
   std::vector<double> weights(from_, 0.0);
   for (uint32_t e : prev) weights[e] += 1.0;
   return PredictWeighted(weights, n);
@@ -189,11 +184,11 @@ std::vector<uint32_t> CoActivation::PredictWeighted(absl::Span<const double> wei
     const double* row = &raw_[size_t{i} * to_];
     for (uint32_t j = 0; j < to_; ++j) sum[j] += w * row[j];
   }
-  return internal::TopN(to_, n, [&](uint32_t j) { return sum[j]; }, 0.0);
+  return internal::TopN(
+      to_, n, [&](uint32_t j) { return sum[j]; }, 0.0);
 }
 
-void CoActivation::Update(absl::Span<const uint32_t> prev,
-                          absl::Span<const uint32_t> next) {
+void CoActivation::Update(absl::Span<const uint32_t> prev, absl::Span<const uint32_t> next) {
   const std::vector<uint32_t> predicted = Predict(prev, 2);
   if (!predicted.empty()) {
     const auto chosen = [&](uint32_t e) {
@@ -218,13 +213,9 @@ void CoActivation::Update(absl::Span<const uint32_t> prev,
   }
 }
 
-double CoActivation::Top1Accuracy() const {
-  return scored_ == 0 ? 0.0 : top1_hits_ / scored_;
-}
+double CoActivation::Top1Accuracy() const { return scored_ == 0 ? 0.0 : top1_hits_ / scored_; }
 
-double CoActivation::Top2Accuracy() const {
-  return scored_ == 0 ? 0.0 : top2_overlap_ / scored_;
-}
+double CoActivation::Top2Accuracy() const { return scored_ == 0 ? 0.0 : top2_overlap_ / scored_; }
 
 std::vector<double> CoActivation::ExportMatrix() const {
   std::vector<double> out(raw_.size());

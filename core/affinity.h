@@ -51,9 +51,7 @@ class ExpertAffinity {
 
   uint32_t num_experts() const { return num_experts_; }
   double Score(uint32_t expert) const;
-  uint64_t Count(uint32_t expert) const {
-    return counts_[expert].load(std::memory_order_relaxed);
-  }
+  uint64_t Count(uint32_t expert) const { return counts_[expert].load(std::memory_order_relaxed); }
   uint64_t MaxCount() const { return max_count_.load(std::memory_order_relaxed); }
   uint64_t updates() const { return updates_.load(std::memory_order_relaxed); }
 
@@ -112,8 +110,7 @@ class CoActivation {
   /// The n experts of layer l+1 most co-activated with the weighted set of
   /// layer-l experts (`weights[i]` for expert i; size from_experts); ties
   /// lower id first. Experts never seen co-activated are not returned.
-  std::vector<uint32_t> PredictWeighted(absl::Span<const double> weights,
-                                        uint32_t n) const;
+  std::vector<uint32_t> PredictWeighted(absl::Span<const double> weights, uint32_t n) const;
   std::vector<uint32_t> Predict(absl::Span<const uint32_t> prev, uint32_t n) const;
 
   /// Fraction of the predicted top-1 that was among the next layer's

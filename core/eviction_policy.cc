@@ -9,8 +9,7 @@
 namespace moe_router {
 
 double DecayReuse(double reuse, uint64_t from, uint64_t to) {
-  return to > from ? reuse * std::pow(1.0 - kReuseRate, static_cast<double>(to - from))
-                   : reuse;
+  return to > from ? reuse * std::pow(1.0 - kReuseRate, static_cast<double>(to - from)) : reuse;
 }
 
 double CurrentReuse(const EntryView& entry, const CacheClock& clock) {
@@ -41,9 +40,7 @@ class AffinityPolicy final : public EvictionPolicy {
   explicit AffinityPolicy(std::function<double(ExpertKey)> affinity)
       : affinity_(std::move(affinity)) {}
   std::string name() const override { return "affinity"; }
-  double Keep(const EntryView& e, const CacheClock&) const override {
-    return affinity_(e.key);
-  }
+  double Keep(const EntryView& e, const CacheClock&) const override { return affinity_(e.key); }
 
  private:
   std::function<double(ExpertKey)> affinity_;
@@ -88,16 +85,13 @@ class LayerReusePolicy final : public EvictionPolicy {
   std::string name() const override { return "layer_reuse"; }
   double Keep(const EntryView& e, const CacheClock& clock) const override {
     const uint32_t layers = std::max<uint32_t>(clock.num_layers, 1);
-    const uint32_t distance =
-        (e.key.layer + layers - clock.current_layer - 1) % layers + 1;
-    const uint64_t visits = e.key.layer < clock.layer_visits.size()
-                                ? clock.layer_visits[e.key.layer]
-                                : 0;
+    const uint32_t distance = (e.key.layer + layers - clock.current_layer - 1) % layers + 1;
+    const uint64_t visits =
+        e.key.layer < clock.layer_visits.size() ? clock.layer_visits[e.key.layer] : 0;
     const double frequency =
         visits == 0 ? 0.0 : std::min(1.0, static_cast<double>(e.accesses) / visits);
     const double p =
-        std::max(kRecencyWeight * CurrentReuse(e, clock) + (1 - kRecencyWeight) * frequency,
-                 1e-6);
+        std::max(kRecencyWeight * CurrentReuse(e, clock) + (1 - kRecencyWeight) * frequency, 1e-6);
     return -(distance + layers * (1.0 / p - 1.0));
   }
 

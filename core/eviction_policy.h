@@ -43,8 +43,7 @@ class EvictionPolicy {
   virtual std::string name() const = 0;
   /// Called once per eviction decision with the evictable entries, before
   /// Keep() is asked of each (lets a policy look at the population).
-  virtual void Prepare(absl::Span<const EntryView> /*candidates*/,
-                       const CacheClock& /*clock*/) {}
+  virtual void Prepare(absl::Span<const EntryView> /*candidates*/, const CacheClock& /*clock*/) {}
   virtual double Keep(const EntryView& entry, const CacheClock& clock) const = 0;
 };
 

@@ -41,8 +41,7 @@ void PinnedExpert::Release() {
 }
 
 absl::StatusOr<std::unique_ptr<ExpertCache>> ExpertCache::Create(
-    const CacheConfig& config, std::unique_ptr<EvictionPolicy> policy,
-    EvictionListener on_evict) {
+    const CacheConfig& config, std::unique_ptr<EvictionPolicy> policy, EvictionListener on_evict) {
   if (absl::Status s = config.Validate(); !s.ok()) return s;
   if (policy == nullptr) return absl::InvalidArgumentError("cache needs an eviction policy");
   return std::unique_ptr<ExpertCache>(
@@ -73,9 +72,9 @@ ExpertCache::~ExpertCache() = default;
 
 absl::Status ExpertCache::CheckKey(ExpertKey key) const {
   if (key.layer >= config_.num_layers || key.expert >= config_.num_experts) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "expert %s is outside the model (%d layers x %d experts)", key.ToString(),
-        config_.num_layers, config_.num_experts));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("expert %s is outside the model (%d layers x %d experts)", key.ToString(),
+                        config_.num_layers, config_.num_experts));
   }
   return absl::OkStatus();
 }
@@ -88,10 +87,8 @@ void ExpertCache::BeginStep(uint32_t layer) {
 bool ExpertCache::Access(ExpertKey key) {
   const size_t i = Index(key);
   Usage& u = usage_[i];
-  u.last_access.store(tick_.fetch_add(1, std::memory_order_relaxed) + 1,
-                      std::memory_order_relaxed);
-  u.accesses.store(u.accesses.load(std::memory_order_relaxed) + 1,
-                   std::memory_order_relaxed);
+  u.last_access.store(tick_.fetch_add(1, std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  u.accesses.store(u.accesses.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   const uint64_t visit = layer_visits_[key.layer].load(std::memory_order_relaxed);
   const uint64_t last_visit = u.reuse_visit.load(std::memory_order_relaxed);
   if (visit != last_visit || u.accesses.load(std::memory_order_relaxed) == 1) {
@@ -183,19 +180,19 @@ bool ExpertCache::TryEvictLocked(size_t index,
   return true;
 }
 
-absl::StatusOr<std::vector<size_t>> ExpertCache::PlanEvictionLocked(
-    ExpertKey key, uint64_t bytes, Priority priority) const {
+absl::StatusOr<std::vector<size_t>> ExpertCache::PlanEvictionLocked(ExpertKey key, uint64_t bytes,
+                                                                    Priority priority) const {
   const size_t index = Index(key);
   const Entry& entry = entries_[index];
   if (entry.state != State::kAbsent) {
-    return absl::AlreadyExistsError(absl::StrFormat(
-        "expert %s is already %s", key.ToString(),
-        entry.state == State::kResident ? "resident" : "loading"));
+    return absl::AlreadyExistsError(
+        absl::StrFormat("expert %s is already %s", key.ToString(),
+                        entry.state == State::kResident ? "resident" : "loading"));
   }
   if (bytes > config_.budget_bytes) {
-    return absl::ResourceExhaustedError(absl::StrFormat(
-        "expert %s needs %d bytes, more than the whole cache budget of %d bytes",
-        key.ToString(), bytes, config_.budget_bytes));
+    return absl::ResourceExhaustedError(
+        absl::StrFormat("expert %s needs %d bytes, more than the whole cache budget of %d bytes",
+                        key.ToString(), bytes, config_.budget_bytes));
   }
   const uint64_t used = resident_bytes_ + loading_bytes_;
   if (used + bytes <= config_.budget_bytes) return std::vector<size_t>{};
@@ -204,8 +201,7 @@ absl::StatusOr<std::vector<size_t>> ExpertCache::PlanEvictionLocked(
   std::vector<EntryView> views;
   views.reserve(resident_list_.size());
   for (size_t i : resident_list_) {
-    if (usage_[i].pins.load(std::memory_order_relaxed) == 0 &&
-        entries_[i].replacement_bytes == 0) {
+    if (usage_[i].pins.load(std::memory_order_relaxed) == 0 && entries_[i].replacement_bytes == 0) {
       views.push_back(View(i));
     }
   }
@@ -233,10 +229,10 @@ absl::StatusOr<std::vector<size_t>> ExpertCache::PlanEvictionLocked(
   for (size_t t = 0; t < order.size() && freed < need; ++t) {
     const auto& [keep, last, i] = order[t];
     if (priority == Priority::kPrefetch && keep >= incoming_keep) {
-      return absl::ResourceExhaustedError(absl::StrFormat(
-          "prefetch of %s dropped: making room would evict %s, which the %s policy "
-          "values more",
-          key.ToString(), KeyOf(i).ToString(), policy_->name()));
+      return absl::ResourceExhaustedError(
+          absl::StrFormat("prefetch of %s dropped: making room would evict %s, which the %s policy "
+                          "values more",
+                          key.ToString(), KeyOf(i).ToString(), policy_->name()));
     }
     freed += entries_[i].bytes;
     victims.push_back(i);
@@ -309,9 +305,9 @@ absl::Status ExpertCache::Commit(std::shared_ptr<const ExpertData> data) {
   Entry& entry = entries_[index];
   if (entry.state == State::kResident && entry.replacement_bytes != 0) {
     if (data->size != entry.replacement_bytes) {
-      return absl::InternalError(absl::StrFormat(
-          "re-paged %s has %d bytes, %d were booked", data->key.ToString(), data->size,
-          entry.replacement_bytes));
+      return absl::InternalError(absl::StrFormat("re-paged %s has %d bytes, %d were booked",
+                                                 data->key.ToString(), data->size,
+                                                 entry.replacement_bytes));
     }
     loading_bytes_ -= entry.replacement_bytes;
     resident_bytes_ = resident_bytes_ - entry.bytes + data->size;
@@ -327,8 +323,7 @@ absl::Status ExpertCache::Commit(std::shared_ptr<const ExpertData> data) {
   }
   if (data->size != entry.bytes) {
     return absl::InternalError(absl::StrFormat("loaded %s has %d bytes, %d were booked",
-                                               data->key.ToString(), data->size,
-                                               entry.bytes));
+                                               data->key.ToString(), data->size, entry.bytes));
   }
   loading_bytes_ -= entry.bytes;
   resident_bytes_ += entry.bytes;

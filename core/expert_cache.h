@@ -34,9 +34,9 @@ struct CacheStats {
   uint64_t peak_bytes = 0;  // max of resident + loading ever seen
   uint64_t resident_experts = 0;
   uint64_t evictions = 0;
-  uint64_t prefetch_loaded = 0;    // experts that became resident by prefetch
-  uint64_t prefetch_used = 0;      // of those, accessed before eviction
-  uint64_t prefetch_wasted = 0;    // of those, evicted unused
+  uint64_t prefetch_loaded = 0;  // experts that became resident by prefetch
+  uint64_t prefetch_used = 0;    // of those, accessed before eviction
+  uint64_t prefetch_wasted = 0;  // of those, evicted unused
   std::string policy;
 };
 
@@ -73,9 +73,9 @@ class ExpertCache {
   /// Called on every eviction, under the cache lock: keep it cheap.
   using EvictionListener = std::function<void(ExpertKey)>;
 
-  static absl::StatusOr<std::unique_ptr<ExpertCache>> Create(
-      const CacheConfig& config, std::unique_ptr<EvictionPolicy> policy,
-      EvictionListener on_evict = nullptr);
+  static absl::StatusOr<std::unique_ptr<ExpertCache>> Create(const CacheConfig& config,
+                                                             std::unique_ptr<EvictionPolicy> policy,
+                                                             EvictionListener on_evict = nullptr);
   ~ExpertCache();
 
   const CacheConfig& config() const { return config_; }
@@ -134,10 +134,10 @@ class ExpertCache {
   enum class State : uint8_t { kAbsent, kLoading, kResident };
   struct Entry {
     State state = State::kAbsent;
-    uint64_t bytes = 0;            // resident size, or booked while loading
+    uint64_t bytes = 0;              // resident size, or booked while loading
     uint64_t replacement_bytes = 0;  // booked for a new variant while resident
     Priority loading_priority = Priority::kNormal;
-    size_t list_pos = 0;           // index in resident_list_ while resident
+    size_t list_pos = 0;  // index in resident_list_ while resident
     std::shared_ptr<const ExpertData> data;
   };
   // Routing-path bookkeeping, lock-free.
@@ -156,9 +156,7 @@ class ExpertCache {
   absl::StatusOr<std::vector<size_t>> PlanEvictionLocked(ExpertKey key, uint64_t bytes,
                                                          Priority priority) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  size_t Index(ExpertKey key) const {
-    return size_t{key.layer} * config_.num_experts + key.expert;
-  }
+  size_t Index(ExpertKey key) const { return size_t{key.layer} * config_.num_experts + key.expert; }
   ExpertKey KeyOf(size_t index) const {
     return {static_cast<uint32_t>(index / config_.num_experts),
             static_cast<uint32_t>(index % config_.num_experts)};

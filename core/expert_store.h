@@ -16,11 +16,11 @@ namespace moe_router {
 /// One tensor of an expert, as it travels with the expert.
 struct TensorData {
   std::string name;
-  std::string dtype;            // safetensors dtype name, e.g. "BF16"
+  std::string dtype;  // safetensors dtype name, e.g. "BF16"
   std::vector<int64_t> shape;
-  uint64_t offset = 0;          // into ExpertData::bytes
-  uint64_t size = 0;            // bytes
-  uint64_t checksum = 0;        // XXH3-64 of the tensor's bytes
+  uint64_t offset = 0;    // into ExpertData::bytes
+  uint64_t size = 0;      // bytes
+  uint64_t checksum = 0;  // XXH3-64 of the tensor's bytes
 };
 
 /// A fully loaded and verified expert. Immutable once built; shared by the
@@ -54,8 +54,7 @@ class ExpertStore {
   virtual std::vector<std::string> Precisions() const = 0;
   /// Size, without reading the data. NOT_FOUND for an
   /// expert or precision the store lacks.
-  virtual absl::StatusOr<ExpertInfo> Info(ExpertKey key,
-                                          const std::string& precision) const = 0;
+  virtual absl::StatusOr<ExpertInfo> Info(ExpertKey key, const std::string& precision) const = 0;
   /// Reads and verifies the expert. A checksum mismatch is DATA_LOSS naming
   /// the file and tensor; a read error names the file.
   virtual absl::StatusOr<std::shared_ptr<const ExpertData>> Load(

@@ -15,8 +15,7 @@
 namespace moe_router {
 
 absl::Status ErrnoError(absl::string_view what, const std::string& path) {
-  return absl::UnavailableError(
-      absl::StrFormat("%s %s: %s", what, path, std::strerror(errno)));
+  return absl::UnavailableError(absl::StrFormat("%s %s: %s", what, path, std::strerror(errno)));
 }
 
 absl::Status PreadExact(int fd, void* buf, size_t n, uint64_t offset) {

@@ -31,14 +31,12 @@ void Inc(std::atomic<uint64_t>& a, uint64_t n = 1) { a.fetch_add(n, std::memory_
 }  // namespace
 
 Histogram::Histogram(std::vector<double> upper_bounds)
-    : bounds_(std::move(upper_bounds)),
-      counts_(new std::atomic<uint64_t>[bounds_.size() + 1]) {
+    : bounds_(std::move(upper_bounds)), counts_(new std::atomic<uint64_t>[bounds_.size() + 1]) {
   for (size_t i = 0; i <= bounds_.size(); ++i) counts_[i].store(0, std::memory_order_relaxed);
 }
 
 void Histogram::Observe(double value) {
-  const size_t bucket =
-      std::lower_bound(bounds_.begin(), bounds_.end(), value) - bounds_.begin();
+  const size_t bucket = std::lower_bound(bounds_.begin(), bounds_.end(), value) - bounds_.begin();
   Inc(counts_[bucket]);
   Inc(count_);
   AtomicAdd(sum_, value);
@@ -67,8 +65,8 @@ double Histogram::Snapshot::Quantile(double q) const {
 }
 
 std::vector<double> LatencyBuckets() {
-  return {1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3,
-          2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+  return {1e-6, 2.5e-6, 5e-6,   1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3,
+          5e-3, 1e-2,   2.5e-2, 5e-2, 0.1,    0.25, 0.5,  1,      2.5,  5,    10};
 }
 
 std::vector<double> GateMassBuckets() {
@@ -103,9 +101,9 @@ ModelMetrics::ModelMetrics(uint32_t num_layers, Targets targets)
       page_in_seconds_(LatencyBuckets()),
       gate_mass_(GateMassBuckets()) {}
 
-void ModelMetrics::RecordRoute(uint32_t layer, uint32_t tokens, uint64_t hits,
-                               uint64_t misses, uint32_t changed, double gate_mass_sum,
-                               double gate_mass_min, double seconds) {
+void ModelMetrics::RecordRoute(uint32_t layer, uint32_t tokens, uint64_t hits, uint64_t misses,
+                               uint32_t changed, double gate_mass_sum, double gate_mass_min,
+                               double seconds) {
   LayerCounters& c = layers_[layer];
   Inc(c.routed_tokens, tokens);
   Inc(c.hits, hits);
@@ -119,8 +117,7 @@ void ModelMetrics::RecordRoute(uint32_t layer, uint32_t tokens, uint64_t hits,
   }
 }
 
-void ModelMetrics::RecordPageIn(ExpertKey key, Priority priority, uint64_t bytes,
-                                double seconds) {
+void ModelMetrics::RecordPageIn(ExpertKey key, Priority priority, uint64_t bytes, double seconds) {
   LayerCounters& c = layers_[key.layer];
   Inc(c.page_ins[static_cast<int>(priority)]);
   Inc(c.paged_bytes, bytes);

@@ -110,8 +110,7 @@ class ModelMetrics {
   uint32_t num_layers() const { return num_layers_; }
 
   void RecordRoute(uint32_t layer, uint32_t tokens, uint64_t hits, uint64_t misses,
-                   uint32_t changed, double gate_mass_sum, double gate_mass_min,
-                   double seconds);
+                   uint32_t changed, double gate_mass_sum, double gate_mass_min, double seconds);
   void RecordRouteError() { route_errors_.fetch_add(1, std::memory_order_relaxed); }
   void RecordPageIn(ExpertKey key, Priority priority, uint64_t bytes, double seconds);
   void RecordPageInFailure(ExpertKey key, const absl::Status& status);

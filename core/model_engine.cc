@@ -21,9 +21,9 @@ absl::Status ModelConfig::Validate() const {
   if (absl::Status s = affinity.Validate(); !s.ok()) return s;
   if (absl::Status s = precision.Validate(); !s.ok()) return s;
   if (prefetch_next_layer > router.num_experts) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "model.prefetch_next_layer (%d) must be <= num_experts (%d)", prefetch_next_layer,
-        router.num_experts));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("model.prefetch_next_layer (%d) must be <= num_experts (%d)",
+                        prefetch_next_layer, router.num_experts));
   }
   if (absl::Status s = CheckEvictionPolicyName(eviction_policy); !s.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("model.eviction_policy: ", s.message()));
@@ -45,8 +45,7 @@ absl::StatusOr<std::unique_ptr<ModelEngine>> ModelEngine::Create(
     layer->affinity = &layer->router->affinity();
     if (l > 0) {
       layer->from_previous = std::make_unique<CoActivation>(
-          config.router.num_experts, config.router.num_experts,
-          config.affinity.coactivation_decay);
+          config.router.num_experts, config.router.num_experts, config.affinity.coactivation_decay);
     }
     model->layers_.push_back(std::move(layer));
   }
@@ -58,16 +57,16 @@ absl::StatusOr<std::unique_ptr<ModelEngine>> ModelEngine::Create(
   auto policy = MakeEvictionPolicy(config.eviction_policy, options);
   if (!policy.ok()) return policy.status();
   ModelMetrics* metrics = model->metrics_.get();
-  auto cache = ExpertCache::Create(
-      CacheConfig{.num_layers = config.num_layers,
-                  .num_experts = config.router.num_experts,
-                  .budget_bytes = config.budget_bytes},
-      *std::move(policy), [metrics](ExpertKey key) { metrics->RecordPageOut(key); });
+  auto cache = ExpertCache::Create(CacheConfig{.num_layers = config.num_layers,
+                                               .num_experts = config.router.num_experts,
+                                               .budget_bytes = config.budget_bytes},
+                                   *std::move(policy),
+                                   [metrics](ExpertKey key) { metrics->RecordPageOut(key); });
   if (!cache.ok()) return cache.status();
   model->cache_ = *std::move(cache);
   auto pool = PagingPool::Create(
-      model->cache_.get(), model->store_,
-      [self](ExpertKey key) { return self->PrecisionFor(key); }, metrics, config.paging);
+      model->cache_.get(), model->store_, [self](ExpertKey key) { return self->PrecisionFor(key); },
+      metrics, config.paging);
   if (!pool.ok()) return pool.status();
   model->pool_ = *std::move(pool);
   return model;
@@ -87,9 +86,9 @@ void ModelEngine::Shutdown() {
 
 absl::Status ModelEngine::CheckLayer(uint32_t layer) const {
   if (layer >= config_.num_layers) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "layer %d is out of range: model '%s' has %d layers", layer, config_.name,
-        config_.num_layers));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("layer %d is out of range: model '%s' has %d layers", layer, config_.name,
+                        config_.num_layers));
   }
   return absl::OkStatus();
 }
@@ -119,8 +118,7 @@ void ModelEngine::QueuePrefetch(uint32_t layer, absl::Span<const uint32_t> exper
   }
 }
 
-absl::StatusOr<RouteOutcome> ModelEngine::Route(uint32_t layer,
-                                                absl::Span<const float> logits) {
+absl::StatusOr<RouteOutcome> ModelEngine::Route(uint32_t layer, absl::Span<const float> logits) {
   if (absl::Status s = CheckLayer(layer); !s.ok()) return s;
   const auto start = std::chrono::steady_clock::now();
   RouteOutcome out;
@@ -150,8 +148,8 @@ absl::StatusOr<RouteOutcome> ModelEngine::Route(uint32_t layer,
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   metrics_->RecordRoute(layer, out.batch.tokens, out.batch.hits, out.batch.misses,
-                        out.batch.changed_tokens, out.batch.gate_mass_sum,
-                        out.batch.gate_mass_min, seconds);
+                        out.batch.changed_tokens, out.batch.gate_mass_sum, out.batch.gate_mass_min,
+                        seconds);
   return out;
 }
 
@@ -169,8 +167,7 @@ absl::StatusOr<bool> ModelEngine::RouteAndLearn(uint32_t layer, absl::Span<const
   }
   Layer& here = *layers_[layer];
   absl::MutexLock lock(&here.mu);
-  if (absl::Status s = here.router->Route(logits, cache_->ResidentFlags(layer), result);
-      !s.ok()) {
+  if (absl::Status s = here.router->Route(logits, cache_->ResidentFlags(layer), result); !s.ok()) {
     metrics_->RecordRouteError();
     return s;
   }
@@ -269,9 +266,9 @@ absl::StatusOr<PrefetchOutcome> ModelEngine::Prefetch(uint32_t layer,
 absl::Status ModelEngine::CheckExpert(ExpertKey key) const {
   if (absl::Status s = CheckLayer(key.layer); !s.ok()) return s;
   if (key.expert >= config_.router.num_experts) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "expert %d is out of range: model '%s' has %d experts per layer", key.expert,
-        config_.name, config_.router.num_experts));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("expert %d is out of range: model '%s' has %d experts per layer",
+                        key.expert, config_.name, config_.router.num_experts));
   }
   return absl::OkStatus();
 }
@@ -322,9 +319,9 @@ absl::StatusOr<PinnedExpert> ModelEngine::Fetch(ExpertKey key, absl::Time deadli
     last = result->value.status();
     if (!cache_->AwaitRoom(room, deadline)) break;
   }
-  return absl::DeadlineExceededError(absl::StrFormat(
-      "expert %s was not paged in before the deadline%s", key.ToString(),
-      last.ok() ? "" : absl::StrCat(" (last attempt: ", last.message(), ")")));
+  return absl::DeadlineExceededError(
+      absl::StrFormat("expert %s was not paged in before the deadline%s", key.ToString(),
+                      last.ok() ? "" : absl::StrCat(" (last attempt: ", last.message(), ")")));
 }
 
 ModelStats ModelEngine::Stats() const {
@@ -415,8 +412,8 @@ absl::Status ModelEngine::ImportState(absl::string_view text) {
   // Dry-run the imports on scratch objects to validate values.
   for (uint32_t l = 0; l < config_.num_layers; ++l) {
     if (!(ranges[l] >= 0) || !std::isfinite(ranges[l])) {
-      return bad(absl::StrFormat("layer %d: mean_logit_range %g is not a finite range", l,
-                                 ranges[l]));
+      return bad(
+          absl::StrFormat("layer %d: mean_logit_range %g is not a finite range", l, ranges[l]));
     }
     ExpertAffinity scratch(config_.router.num_experts, config_.affinity);
     if (absl::Status s = scratch.Import(affinity[l]); !s.ok()) {

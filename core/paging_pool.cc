@@ -35,8 +35,8 @@ absl::StatusOr<std::unique_ptr<PagingPool>> PagingPool::Create(
     return absl::InvalidArgumentError("paging pool needs a cache, a store and a precision map");
   }
   if (options.threads == 0 || options.threads > 256) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "paging.threads must be in [1, 256], got %d", options.threads));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("paging.threads must be in [1, 256], got %d", options.threads));
   }
   auto pool = std::unique_ptr<PagingPool>(
       new PagingPool(cache, std::move(store), std::move(precision), metrics));
@@ -48,7 +48,9 @@ absl::StatusOr<std::unique_ptr<PagingPool>> PagingPool::Create(
 
 PagingPool::PagingPool(ExpertCache* cache, std::shared_ptr<const ExpertStore> store,
                        PrecisionFn precision, ModelMetrics* metrics)
-    : cache_(cache), store_(std::move(store)), precision_(std::move(precision)),
+    : cache_(cache),
+      store_(std::move(store)),
+      precision_(std::move(precision)),
       metrics_(metrics) {}
 
 PagingPool::~PagingPool() { Shutdown(); }
@@ -58,8 +60,7 @@ void PagingPool::PushLocked(const std::shared_ptr<Request>& request) {
   ++depth_[static_cast<int>(request->priority)];
 }
 
-std::shared_ptr<const PageTicket> PagingPool::Enqueue(Kind kind, ExpertKey key,
-                                                      Priority priority) {
+std::shared_ptr<const PageTicket> PagingPool::Enqueue(Kind kind, ExpertKey key, Priority priority) {
   absl::MutexLock lock(&mu_);
   if (stopping_) {
     auto ticket = std::make_shared<PageTicket>();
@@ -114,8 +115,8 @@ bool PagingPool::CancelPrefetch(ExpertKey key) {
     --depth_[static_cast<int>(Priority::kPrefetch)];
     page_ins_.erase(it);
   }
-  request->ticket->Complete(absl::CancelledError(
-      absl::StrFormat("prefetch of %s was cancelled", key.ToString())));
+  request->ticket->Complete(
+      absl::CancelledError(absl::StrFormat("prefetch of %s was cancelled", key.ToString())));
   return true;
 }
 

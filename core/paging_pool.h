@@ -98,8 +98,8 @@ class PagingPool {
     std::shared_ptr<PageTicket> ticket = std::make_shared<PageTicket>();
   };
 
-  PagingPool(ExpertCache* cache, std::shared_ptr<const ExpertStore> store,
-             PrecisionFn precision, ModelMetrics* metrics);
+  PagingPool(ExpertCache* cache, std::shared_ptr<const ExpertStore> store, PrecisionFn precision,
+             ModelMetrics* metrics);
   std::shared_ptr<const PageTicket> Enqueue(Kind kind, ExpertKey key, Priority priority);
   void PushLocked(const std::shared_ptr<Request>& request) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void WorkerLoop();

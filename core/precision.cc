@@ -29,8 +29,7 @@ absl::Status PrecisionConfig::Validate() const {
   return absl::OkStatus();
 }
 
-PrecisionClass PrecisionConfig::Classify(double frequency_ratio,
-                                         uint64_t layer_tokens) const {
+PrecisionClass PrecisionConfig::Classify(double frequency_ratio, uint64_t layer_tokens) const {
   if (layer_tokens < warmup_tokens || frequency_ratio >= hot_threshold) {
     return PrecisionClass::kHot;
   }

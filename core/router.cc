@@ -23,12 +23,12 @@ absl::Status RouterConfig::Validate() const {
         absl::StrFormat("router.top_k (%d) must be <= %d", top_k, kMaxRank));
   }
   if (!std::isfinite(cache_bonus) || cache_bonus < 0) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "router.cache_bonus must be finite and >= 0, got %g", cache_bonus));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("router.cache_bonus must be finite and >= 0, got %g", cache_bonus));
   }
   if (!(prefetch_threshold >= 0 && prefetch_threshold <= 1)) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "router.prefetch_threshold must be in [0, 1], got %g", prefetch_threshold));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("router.prefetch_threshold must be in [0, 1], got %g", prefetch_threshold));
   }
   if (protected_top > top_k) {
     return absl::InvalidArgumentError(absl::StrFormat(
@@ -37,16 +37,16 @@ absl::Status RouterConfig::Validate() const {
   const uint32_t rank_limit = std::min(num_experts, kMaxRank);
   if (max_rank != 0 && (max_rank < top_k || max_rank > rank_limit)) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "router.max_rank (%d) must be 0 or in [top_k, min(num_experts, %d)] = [%d, %d]",
-        max_rank, kMaxRank, top_k, rank_limit));
+        "router.max_rank (%d) must be 0 or in [top_k, min(num_experts, %d)] = [%d, %d]", max_rank,
+        kMaxRank, top_k, rank_limit));
   }
   if (!(min_gate_mass >= 0 && min_gate_mass <= 1)) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "router.min_gate_mass must be in [0, 1], got %g", min_gate_mass));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("router.min_gate_mass must be in [0, 1], got %g", min_gate_mass));
   }
   if (!(range_ema_alpha > 0 && range_ema_alpha <= 1)) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "router.range_ema_alpha must be in (0, 1], got %g", range_ema_alpha));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("router.range_ema_alpha must be in (0, 1], got %g", range_ema_alpha));
   }
   return absl::OkStatus();
 }
@@ -58,18 +58,18 @@ uint32_t RouterConfig::EffectiveMaxRank() const {
 
 absl::Status ValidateLogits(absl::Span<const float> logits, uint32_t num_experts) {
   if (num_experts == 0 || logits.size() % num_experts != 0) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "gate_logits has %d values, not a multiple of num_experts (%d)",
-        logits.size(), num_experts));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("gate_logits has %d values, not a multiple of num_experts (%d)",
+                        logits.size(), num_experts));
   }
   // The common all-finite case is one vectorised scan; the search for the
   // culprit runs only on failure.
   if (AllFinite(logits.data(), logits.size())) return absl::OkStatus();
   for (size_t i = 0; i < logits.size(); ++i) {
     if (!std::isfinite(logits[i])) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "gate_logits of token %d has a %s value at expert %d", i / num_experts,
-          std::isnan(logits[i]) ? "NaN" : "infinite", i % num_experts));
+      return absl::InvalidArgumentError(
+          absl::StrFormat("gate_logits of token %d has a %s value at expert %d", i / num_experts,
+                          std::isnan(logits[i]) ? "NaN" : "infinite", i % num_experts));
     }
   }
   return absl::OkStatus();
@@ -108,8 +108,7 @@ float LayerRouter::BatchBonus(absl::Span<const float> logits) {
     double sum = 0;
     for (size_t t = 0; t < logits.size() / n; ++t) {
       const auto row = logits.subspan(t * n, n);
-      sum += *std::max_element(row.begin(), row.end()) -
-             *std::min_element(row.begin(), row.end());
+      sum += *std::max_element(row.begin(), row.end()) - *std::min_element(row.begin(), row.end());
     }
     range_ema_ = sum / (logits.size() / n);
     range_seen_ = true;
@@ -221,8 +220,8 @@ struct BatchTotals {
 
 // Marks the token's strong unchosen runners-up (probability at least
 // `ratio` of the top's) in the batch's prefetch bits.
-[[gnu::always_inline]] inline void MarkRunnersUp(const uint32_t* id, const float* prob,
-                                                 uint32_t r, uint64_t chosen, float ratio,
+[[gnu::always_inline]] inline void MarkRunnersUp(const uint32_t* id, const float* prob, uint32_t r,
+                                                 uint64_t chosen, float ratio,
                                                  uint64_t* prefetch_bits) {
   const uint64_t strong = MaskAtLeast(prob, r, ratio) & ~uint64_t{1};
   for (uint64_t m = strong & ~chosen; m != 0; m &= m - 1) {
@@ -234,9 +233,9 @@ struct BatchTotals {
 // Per token of the batch: the mass guard, then the outputs (tokens x k
 // experts, residency and weights) and the prefetch bits.
 BatchTotals GuardAndWrite(const GuardSettings& g, uint32_t tokens, const uint32_t* ids,
-                          const float* probs, const uint64_t* res_masks,
-                          const uint64_t* choices, uint64_t* prefetch_bits,
-                          uint32_t* out_experts, uint8_t* out_resident, float* out_weights) {
+                          const float* probs, const uint64_t* res_masks, const uint64_t* choices,
+                          uint64_t* prefetch_bits, uint32_t* out_experts, uint8_t* out_resident,
+                          float* out_weights) {
   BatchTotals totals;
   for (uint32_t t = 0; t < tokens; ++t) {
     const uint32_t* id = ids + size_t{t} * g.r;
@@ -321,10 +320,10 @@ absl::Status LayerRouter::Route(absl::Span<const float> logits,
   // Phase 3, per token: the mass guard and the outputs.
   const GuardSettings guard{k, max_rank_, original_, static_cast<float>(config_.min_gate_mass),
                             static_cast<float>(config_.prefetch_threshold)};
-  const BatchTotals totals = GuardAndWrite(
-      guard, tokens, batch_id_.data(), batch_relative_.data(), batch_res_.data(),
-      batch_chosen_.data(), prefetch_bits_.data(), out->experts.data(), out->resident.data(),
-      out->weights.data());
+  const BatchTotals totals =
+      GuardAndWrite(guard, tokens, batch_id_.data(), batch_relative_.data(), batch_res_.data(),
+                    batch_chosen_.data(), prefetch_bits_.data(), out->experts.data(),
+                    out->resident.data(), out->weights.data());
   out->hits = totals.hits;
   out->misses = uint64_t{tokens} * k - totals.hits;
   out->changed_tokens = totals.changed_tokens;

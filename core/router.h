@@ -100,8 +100,8 @@ class LayerRouter {
   /// flag per expert (nullptr: none resident). On error (bad length, NaN or
   /// infinite logit, naming the token) nothing is routed and no state
   /// changes.
-  absl::Status Route(absl::Span<const float> logits,
-                     const std::atomic<uint8_t>* resident, RouteResult* out);
+  absl::Status Route(absl::Span<const float> logits, const std::atomic<uint8_t>* resident,
+                     RouteResult* out);
 
   const RouterConfig& config() const { return config_; }
   const ExpertAffinity& affinity() const { return *affinity_; }

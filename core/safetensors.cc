@@ -37,11 +37,11 @@ absl::Status Malformed(const std::string& path, const std::string& why) {
 
 // The JSON header of an open file of `file_size` bytes: its 8-byte
 // little-endian length, checked against the file, then the text.
-absl::StatusOr<std::string> ReadHeaderText(int fd, const std::string& path,
-                                           uint64_t file_size) {
+absl::StatusOr<std::string> ReadHeaderText(int fd, const std::string& path, uint64_t file_size) {
   if (file_size < 8) return Malformed(path, "shorter than the 8-byte header length");
   uint8_t len_bytes[8];
-  if (!PreadExact(fd, len_bytes, 8, 0).ok()) return Malformed(path, "cannot read the header length");
+  if (!PreadExact(fd, len_bytes, 8, 0).ok())
+    return Malformed(path, "cannot read the header length");
   uint64_t header_len = 0;
   for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | len_bytes[i];
   if (header_len > kMaxHeaderBytes || header_len > file_size - 8) {
@@ -116,7 +116,8 @@ absl::StatusOr<SafetensorsHeader> ReadSafetensorsHeader(const std::string& path)
   absl::StatusOr<std::string> text = ReadHeaderText(fd, path, file_size);
   if (!text.ok()) return text.status();
   nlohmann::json json = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
-  if (json.is_discarded() || !json.is_object()) return Malformed(path, "header is not a JSON object");
+  if (json.is_discarded() || !json.is_object())
+    return Malformed(path, "header is not a JSON object");
 
   SafetensorsHeader header;
   header.data_start = 8 + text->size();

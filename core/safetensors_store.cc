@@ -8,9 +8,9 @@
 #include <filesystem>
 
 #include "absl/strings/match.h"
-#include "absl/strings/strip.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/strip.h"
 #include "core/checksum.h"
 #include "core/file_io.h"
 #include "nlohmann/json.hpp"
@@ -26,8 +26,8 @@ struct ExpertPattern {
     const size_t l = pattern.find("{layer}");
     const size_t e = pattern.find("{expert}");
     if (l == std::string::npos || e == std::string::npos || e < l) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "expert pattern '%s' must contain {layer} and then {expert}", pattern));
+      return absl::InvalidArgumentError(
+          absl::StrFormat("expert pattern '%s' must contain {layer} and then {expert}", pattern));
     }
     return ExpertPattern{pattern.substr(0, l), pattern.substr(l + 7, e - l - 7),
                          pattern.substr(e + 8)};
@@ -44,8 +44,8 @@ struct ExpertPattern {
       return true;
     };
     ExpertKey key;
-    if (!number(&key.layer) || !absl::ConsumePrefix(&name, middle) ||
-        !number(&key.expert) || !absl::StartsWith(name, tail)) {
+    if (!number(&key.layer) || !absl::ConsumePrefix(&name, middle) || !number(&key.expert) ||
+        !absl::StartsWith(name, tail)) {
       return std::nullopt;
     }
     return key;
@@ -97,14 +97,15 @@ absl::StatusOr<SafetensorsStore::Variant> SafetensorsStore::IndexVariant(
     std::vector<int>* fds;
     bool keep = false;
     ~FdCloser() {
-      if (!keep) for (int fd : *fds) close(fd);
+      if (!keep)
+        for (int fd : *fds) close(fd);
     }
   } closer{&v.fds};
   if (absl::Status s = FindExpertTensors(*compiled, &v); !s.ok()) return s;
   if (v.experts.empty()) {
-    return absl::NotFoundError(absl::StrFormat(
-        "no expert tensors matching '%s' in the %d safetensors file(s) of %s", pattern,
-        v.files.size(), directory));
+    return absl::NotFoundError(
+        absl::StrFormat("no expert tensors matching '%s' in the %d safetensors file(s) of %s",
+                        pattern, v.files.size(), directory));
   }
   const std::string manifest_path = (fs::path(directory) / kManifestFileName).string();
   absl::Status checksums =
@@ -124,8 +125,7 @@ absl::Status SafetensorsStore::FindExpertTensors(const ExpertPattern& pattern, V
     }
   }
   if (ec) {
-    return absl::NotFoundError(
-        absl::StrFormat("cannot list %s: %s", v->directory, ec.message()));
+    return absl::NotFoundError(absl::StrFormat("cannot list %s: %s", v->directory, ec.message()));
   }
   std::sort(v->files.begin(), v->files.end());
   for (size_t f = 0; f < v->files.size(); ++f) {
@@ -143,14 +143,13 @@ absl::Status SafetensorsStore::FindExpertTensors(const ExpertPattern& pattern, V
   // Each expert's tensors in name order (the order FetchExpert documents);
   // a name twice is two shards claiming one tensor.
   for (auto& [key, refs] : v->experts) {
-    std::sort(refs.begin(), refs.end(), [](const TensorRef& a, const TensorRef& b) {
-      return a.tensor.name < b.tensor.name;
-    });
+    std::sort(refs.begin(), refs.end(),
+              [](const TensorRef& a, const TensorRef& b) { return a.tensor.name < b.tensor.name; });
     for (size_t i = 1; i < refs.size(); ++i) {
       if (refs[i].tensor.name == refs[i - 1].tensor.name) {
-        return absl::InvalidArgumentError(absl::StrFormat(
-            "tensor '%s' appears in both %s and %s", refs[i].tensor.name,
-            v->files[refs[i - 1].file], v->files[refs[i].file]));
+        return absl::InvalidArgumentError(
+            absl::StrFormat("tensor '%s' appears in both %s and %s", refs[i].tensor.name,
+                            v->files[refs[i - 1].file], v->files[refs[i].file]));
       }
     }
   }
@@ -283,8 +282,7 @@ std::vector<std::string> SafetensorsStore::Precisions() const {
   return names;
 }
 
-const SafetensorsStore::Variant* SafetensorsStore::FindVariant(
-    const std::string& precision) const {
+const SafetensorsStore::Variant* SafetensorsStore::FindVariant(const std::string& precision) const {
   for (const Variant& v : variants_) {
     if (v.name == precision) return &v;
   }
@@ -295,8 +293,8 @@ absl::StatusOr<ExpertInfo> SafetensorsStore::Info(ExpertKey key,
                                                   const std::string& precision) const {
   const Variant* v = FindVariant(precision);
   if (v == nullptr) {
-    return absl::NotFoundError(absl::StrFormat("store %s has no precision variant '%s'",
-                                               options_.directory, precision));
+    return absl::NotFoundError(
+        absl::StrFormat("store %s has no precision variant '%s'", options_.directory, precision));
   }
   const auto it = v->experts.find(key);
   if (it == v->experts.end()) {
@@ -332,9 +330,9 @@ absl::StatusOr<std::shared_ptr<const ExpertData>> SafetensorsStore::Load(
                                                  sum.status().message()));
     }
     if (*sum != ref.checksum) {
-      return absl::DataLossError(absl::StrFormat(
-          "checksum mismatch in file %s, tensor '%s': expected %s, read %s",
-          v.files[ref.file], ref.tensor.name, Hex(ref.checksum), Hex(*sum)));
+      return absl::DataLossError(
+          absl::StrFormat("checksum mismatch in file %s, tensor '%s': expected %s, read %s",
+                          v.files[ref.file], ref.tensor.name, Hex(ref.checksum), Hex(*sum)));
     }
     data->tensors.push_back(TensorData{.name = ref.tensor.name,
                                        .dtype = ref.tensor.dtype,
@@ -352,8 +350,8 @@ absl::StatusOr<std::shared_ptr<const ExpertData>> SafetensorsStore::Load(
 std::string SafetensorsStore::Describe() const {
   std::string variants;
   for (const Variant& v : variants_) {
-    absl::StrAppendFormat(&variants, "%s%s (%d experts)", variants.empty() ? "" : ", ",
-                          v.name, v.experts.size());
+    absl::StrAppendFormat(&variants, "%s%s (%d experts)", variants.empty() ? "" : ", ", v.name,
+                          v.experts.size());
   }
   return absl::StrFormat("safetensors store %s: %s", options_.directory, variants);
 }

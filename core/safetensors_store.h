@@ -76,10 +76,9 @@ class SafetensorsStore final : public ExpertStore {
     std::map<ExpertKey, std::vector<TensorRef>> experts;
   };
   SafetensorsStore() = default;
-  static absl::StatusOr<Variant> IndexVariant(const std::string& name,
-                                              const std::string& directory,
-                                              const std::string& pattern,
-                                              bool write_manifest, bool rewrite_manifest);
+  static absl::StatusOr<Variant> IndexVariant(const std::string& name, const std::string& directory,
+                                              const std::string& pattern, bool write_manifest,
+                                              bool rewrite_manifest);
   // The steps of IndexVariant: the directory's files and their expert
   // tensors; then each tensor's checksum, from the manifest, or by hashing
   // the data (writing the manifest when `manifest_path` is not empty).

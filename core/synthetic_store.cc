@@ -19,8 +19,7 @@ absl::Status SyntheticStoreOptions::Validate() const {
     if (name.empty()) return absl::InvalidArgumentError("synthetic variant with no name");
     if (bytes < 3) {
       return absl::InvalidArgumentError(absl::StrFormat(
-          "synthetic variant '%s' expert_bytes must be >= 3 (three tensors), got %d", name,
-          bytes));
+          "synthetic variant '%s' expert_bytes must be >= 3 (three tensors), got %d", name, bytes));
     }
   }
   return absl::OkStatus();
@@ -60,12 +59,11 @@ std::vector<std::string> SyntheticStore::Precisions() const {
   return names;
 }
 
-absl::StatusOr<uint64_t> SyntheticStore::Bytes(ExpertKey key,
-                                               const std::string& precision) const {
+absl::StatusOr<uint64_t> SyntheticStore::Bytes(ExpertKey key, const std::string& precision) const {
   if (key.layer >= options_.num_layers || key.expert >= options_.num_experts) {
-    return absl::NotFoundError(absl::StrFormat(
-        "expert %s is not in the synthetic store (%d layers x %d experts)", key.ToString(),
-        options_.num_layers, options_.num_experts));
+    return absl::NotFoundError(
+        absl::StrFormat("expert %s is not in the synthetic store (%d layers x %d experts)",
+                        key.ToString(), options_.num_layers, options_.num_experts));
   }
   for (const auto& [name, bytes] : options_.variants) {
     if (name == precision) return bytes;
@@ -74,8 +72,7 @@ absl::StatusOr<uint64_t> SyntheticStore::Bytes(ExpertKey key,
       absl::StrFormat("synthetic store has no precision variant '%s'", precision));
 }
 
-absl::StatusOr<ExpertInfo> SyntheticStore::Info(ExpertKey key,
-                                                const std::string& precision) const {
+absl::StatusOr<ExpertInfo> SyntheticStore::Info(ExpertKey key, const std::string& precision) const {
   absl::StatusOr<uint64_t> bytes = Bytes(key, precision);
   if (!bytes.ok()) return bytes.status();
   return ExpertInfo{.bytes = *bytes};
@@ -123,10 +120,11 @@ absl::StatusOr<std::shared_ptr<const ExpertData>> SyntheticStore::Load(
 }
 
 std::string SyntheticStore::Describe() const {
-  return absl::StrFormat("synthetic store: %d layers x %d experts, %d variant(s), %d bytes "
-                         "per expert in '%s'",
-                         options_.num_layers, options_.num_experts, options_.variants.size(),
-                         options_.variants[0].second, options_.variants[0].first);
+  return absl::StrFormat(
+      "synthetic store: %d layers x %d experts, %d variant(s), %d bytes "
+      "per expert in '%s'",
+      options_.num_layers, options_.num_experts, options_.variants.size(),
+      options_.variants[0].second, options_.variants[0].first);
 }
 
 }  // namespace moe_router

@@ -12,8 +12,7 @@ namespace moe_router::internal {
 /// ties to the lower index. Indices whose value is not above `floor` are
 /// skipped. Off the hot path: O(count log n).
 template <typename ValueFn>
-std::vector<uint32_t> TopN(uint32_t count, uint32_t n, ValueFn value,
-                           double floor = -1e300) {
+std::vector<uint32_t> TopN(uint32_t count, uint32_t n, ValueFn value, double floor = -1e300) {
   std::vector<uint32_t> ids;
   ids.reserve(count);
   for (uint32_t i = 0; i < count; ++i) {

@@ -41,8 +41,8 @@ namespace {
 #if defined(__x86_64__)
 const bool kHasAvx2 = __builtin_cpu_supports("avx2");
 // The selection kernels also count bits and find the lowest set one.
-const bool kHasSelectionIsa = kHasAvx2 && __builtin_cpu_supports("popcnt") &&
-                              __builtin_cpu_supports("bmi");
+const bool kHasSelectionIsa =
+    kHasAvx2 && __builtin_cpu_supports("popcnt") && __builtin_cpu_supports("bmi");
 #else
 constexpr bool kHasAvx2 = false;
 constexpr bool kHasSelectionIsa = false;

@@ -35,8 +35,7 @@ class TopSelector {
   /// registers. Rows whose top r hold equal values are redone by the
   /// portable path; the rows past the last whole group of 8 go through
   /// Select.
-  void SelectRows(const float* rows, uint32_t tokens, uint32_t* ids, float* values,
-                  float* lowest);
+  void SelectRows(const float* rows, uint32_t tokens, uint32_t* ids, float* values, float* lowest);
 
   /// Whether this CPU runs the vector path (AVX2, POPCNT and BMI1).
   static bool VectorPathAvailable();
@@ -51,7 +50,7 @@ class TopSelector {
   const uint32_t n_;
   const uint32_t r_;
   bool portable_;
-  float gap_;  // candidates are the values >= max - gap_
+  float gap_;                   // candidates are the values >= max - gap_
   EightRowsKernel eight_rows_;  // nullptr: no batched path for this r
   // Candidate scratch, padded to whole vectors.
   std::vector<float> cand_value_;

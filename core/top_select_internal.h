@@ -45,8 +45,8 @@ void ExpBatchAvx2(float* x, size_t n);
 float SelectUpTo8Avx2(const float* row, uint32_t n, uint32_t r, uint32_t* ids, float* values);
 /// One row of any n: candidates >= max - *gap are packed and ranked; *gap
 /// adapts to the rows seen.
-float SelectRowAvx2(const float* row, uint32_t n, uint32_t r, float* gap,
-                    const RowScratch& scratch, uint32_t* ids, float* values);
+float SelectRowAvx2(const float* row, uint32_t n, uint32_t r, float* gap, const RowScratch& scratch,
+                    uint32_t* ids, float* values);
 /// 8 rows at once, one per lane (r <= 16).
 using EightRowsKernel = void (*)(const float* rows, uint32_t n, uint32_t* ids, float* values,
                                  float* lowest);

@@ -44,8 +44,8 @@ absl::StatusOr<std::vector<CalibrationRow>> CompareTraces(const RoutingTrace& ge
     if (!g.ok()) return g.status();
     if (!r.ok()) return r.status();
     for (size_t i = 0; i < g->size(); ++i) {
-      rows.push_back({absl::StrFormat("%s %s hit rate", label, (*g)[i].policy),
-                      (*g)[i].hit_rate, (*r)[i].hit_rate, kHitRateTolerance});
+      rows.push_back({absl::StrFormat("%s %s hit rate", label, (*g)[i].policy), (*g)[i].hit_rate,
+                      (*r)[i].hit_rate, kHitRateTolerance});
     }
   }
   const TraceStats g = ComputeTraceStats(generated);
@@ -53,8 +53,7 @@ absl::StatusOr<std::vector<CalibrationRow>> CompareTraces(const RoutingTrace& ge
   rows.push_back({"consecutive-token overlap", g.overlap_mean, r.overlap_mean, kStatTolerance});
   rows.push_back({"first-choice recurrence", g.first_choice_recurrence, r.first_choice_recurrence,
                   kStatTolerance});
-  rows.push_back({"busiest expert share / mean share", g.skew_mean, r.skew_mean,
-                  kStatTolerance});
+  rows.push_back({"busiest expert share / mean share", g.skew_mean, r.skew_mean, kStatTolerance});
   return rows;
 }
 

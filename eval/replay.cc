@@ -46,9 +46,12 @@ struct RunTotals {
 // Replays one run of a trace with one policy.
 class RunReplayer {
  public:
-  RunReplayer(const RoutingTrace& trace, const RoutingTrace::Run& run,
-              const ReplayOptions& options, const std::string& policy, uint32_t prefetch_budget)
-      : trace_(trace), run_(run), options_(options), policy_(policy),
+  RunReplayer(const RoutingTrace& trace, const RoutingTrace::Run& run, const ReplayOptions& options,
+              const std::string& policy, uint32_t prefetch_budget)
+      : trace_(trace),
+        run_(run),
+        options_(options),
+        policy_(policy),
         prefetch_budget_(prefetch_budget) {}
 
   absl::StatusOr<RunTotals> Run(const std::function<void()>& step_done) {
@@ -63,8 +66,8 @@ class RunReplayer {
         const auto step = trace_.StepExperts(run_, i);
         experts.assign(step.begin(), step.end());
       } else {
-        if (absl::Status s = routers_[l]->Route(trace_.StepLogits(run_, i),
-                                                cache.ResidentFlags(l), &batch);
+        if (absl::Status s =
+                routers_[l]->Route(trace_.StepLogits(run_, i), cache.ResidentFlags(l), &batch);
             !s.ok()) {
           return s;
         }
@@ -87,7 +90,8 @@ class RunReplayer {
       for (uint32_t e : experts) cache.Unpin({l, e});
       affinity_[l]->Update(experts);
       // Co-activation learns from the same token one layer down.
-      const bool follows = i > 0 && run_.steps[i - 1].token == t && run_.steps[i - 1].layer + 1 == l;
+      const bool follows =
+          i > 0 && run_.steps[i - 1].token == t && run_.steps[i - 1].layer + 1 == l;
       if (follows) coactivation_[l]->Update(prev, experts);
       if (prefetch_budget_ > 0 && i + 1 < run_.steps.size()) {
         Prefetch(run_.steps[i + 1].layer, experts, /*same_token=*/run_.steps[i + 1].token == t);
@@ -107,7 +111,8 @@ class RunReplayer {
     const uint32_t caches = options_.mode == BudgetMode::kPerLayer ? layers : 1;
     for (uint32_t l = 0; l < layers; ++l) {
       affinity_.push_back(std::make_unique<ExpertAffinity>(n, AffinityConfig{}));
-      coactivation_.push_back(std::make_unique<CoActivation>(n, n, AffinityConfig{}.coactivation_decay));
+      coactivation_.push_back(
+          std::make_unique<CoActivation>(n, n, AffinityConfig{}.coactivation_decay));
       if (options_.router) {
         auto router = LayerRouter::Create(*options_.router, AffinityConfig{});
         if (!router.ok()) return router.status();
@@ -153,8 +158,8 @@ class RunReplayer {
   // The cache ticks at which each expert will be accessed: the cache counts
   // one tick per Access, so tick i is the i-th access that cache serves.
   void BuildFutureAccesses(uint32_t caches) {
-    future_.assign(caches,
-                   std::vector<std::vector<uint64_t>>(size_t{trace_.num_layers} * trace_.num_experts));
+    future_.assign(
+        caches, std::vector<std::vector<uint64_t>>(size_t{trace_.num_layers} * trace_.num_experts));
     std::vector<uint64_t> tick(caches, 0);
     for (size_t i = 0; i < run_.steps.size(); ++i) {
       const uint32_t l = run_.steps[i].layer;
@@ -182,7 +187,8 @@ class RunReplayer {
   // then the next layer's most affine.
   void Prefetch(uint32_t next, const std::vector<uint32_t>& experts, bool same_token) {
     std::vector<uint32_t> candidates;
-    if (same_token && next > 0) candidates = coactivation_[next]->Predict(experts, prefetch_budget_);
+    if (same_token && next > 0)
+      candidates = coactivation_[next]->Predict(experts, prefetch_budget_);
     for (uint32_t e : affinity_[next]->TopByAffinity(prefetch_budget_)) {
       if (candidates.size() >= prefetch_budget_) break;
       if (std::find(candidates.begin(), candidates.end(), e) == candidates.end()) {
@@ -220,19 +226,19 @@ absl::StatusOr<ReplayReport> Replay(const RoutingTrace& trace, const ReplayOptio
         "rerouting needs a logits trace (from 'moe-router tracegen'); this trace has only "
         "the chosen experts");
   }
-  if (options.router && (options.router->num_experts != trace.num_experts ||
-                         options.router->top_k != trace.top_k)) {
+  if (options.router &&
+      (options.router->num_experts != trace.num_experts || options.router->top_k != trace.top_k)) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "router shape %d experts top-%d does not match the trace's %d experts top-%d",
         options.router->num_experts, options.router->top_k, trace.num_experts, trace.top_k));
   }
-  const uint64_t per_cache_slots =
-      options.mode == BudgetMode::kGlobalBytes ? options.amount / options.expert_bytes
-                                               : options.amount;
+  const uint64_t per_cache_slots = options.mode == BudgetMode::kGlobalBytes
+                                       ? options.amount / options.expert_bytes
+                                       : options.amount;
   if (per_cache_slots < trace.top_k) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "a budget of %d experts cannot hold the %d experts of one step", per_cache_slots,
-        trace.top_k));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("a budget of %d experts cannot hold the %d experts of one step",
+                        per_cache_slots, trace.top_k));
   }
   ReplayReport report;
   report.tokens = trace.Tokens();

@@ -27,8 +27,7 @@ absl::StatusOr<RoutingTrace> ReadRoutingJsonl(const std::string& path, std::ifst
     ++line_no;
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
     const auto bad = [&](const std::string& why) {
-      return absl::InvalidArgumentError(
-          absl::StrFormat("%s:%d: %s", path, line_no, why));
+      return absl::InvalidArgumentError(absl::StrFormat("%s:%d: %s", path, line_no, why));
     };
     const nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
     if (j.is_discarded() || !j.is_object()) return bad("not a JSON object");
@@ -51,8 +50,8 @@ absl::StatusOr<RoutingTrace> ReadRoutingJsonl(const std::string& path, std::ifst
     }
     if (trace.top_k == 0) trace.top_k = static_cast<uint32_t>(ids.size());
     if (ids.size() != trace.top_k) {
-      return bad(absl::StrFormat("%d experts where earlier lines have %d", ids.size(),
-                                 trace.top_k));
+      return bad(
+          absl::StrFormat("%d experts where earlier lines have %d", ids.size(), trace.top_k));
     }
     std::string name;
     if (j.contains("dataset")) name += j["dataset"].dump();
@@ -156,10 +155,9 @@ void FillTopKFromLogits(RoutingTrace& trace) {
     for (size_t i = 0; i < run.steps.size(); ++i) {
       const auto logits = trace.StepLogits(run, i);
       std::iota(order.begin(), order.end(), 0);
-      std::partial_sort(order.begin(), order.begin() + k, order.end(),
-                        [&](uint32_t a, uint32_t b) {
-                          return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
-                        });
+      std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](uint32_t a, uint32_t b) {
+        return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+      });
       std::copy_n(order.begin(), k, run.experts.begin() + i * k);
     }
   }
@@ -202,7 +200,8 @@ TraceStats ComputeTraceStats(const RoutingTrace& trace) {
       const auto now = trace.StepExperts(run, i);
       for (uint32_t e : now) ++uses[l][e];
       if (t == 0 || at[size_t{t - 1} * layers + l] < 0) continue;
-      const auto before = trace.StepExperts(run, static_cast<size_t>(at[size_t{t - 1} * layers + l]));
+      const auto before =
+          trace.StepExperts(run, static_cast<size_t>(at[size_t{t - 1} * layers + l]));
       bool shared = false;
       for (uint32_t e : now) shared |= std::find(before.begin(), before.end(), e) != before.end();
       overlap[l] += shared;

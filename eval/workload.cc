@@ -13,9 +13,9 @@ absl::Status WorkloadShape::Validate() const {
         "experts, top_k %d)",
         num_layers, num_experts, top_k));
   }
-  for (const auto& [name, v] : {std::pair{"skew", skew}, std::pair{"topic", topic},
-                                std::pair{"noise", noise},
-                                std::pair{"layer_variation", layer_variation}}) {
+  for (const auto& [name, v] :
+       {std::pair{"skew", skew}, std::pair{"topic", topic}, std::pair{"noise", noise},
+        std::pair{"layer_variation", layer_variation}}) {
     if (!(v >= 0) || !std::isfinite(v)) {
       return absl::InvalidArgumentError(
           absl::StrFormat("workload %s must be finite and >= 0, got %g", name, v));
@@ -35,8 +35,7 @@ SyntheticRouting::SyntheticRouting(const WorkloadShape& shape, uint64_t seed)
       persistence_(shape.num_layers),
       topic_(base_.size()),
       logits_(base_.size()) {
-  std::uniform_real_distribution<double> vary(1 - shape.layer_variation,
-                                              1 + shape.layer_variation);
+  std::uniform_real_distribution<double> vary(1 - shape.layer_variation, 1 + shape.layer_variation);
   for (uint32_t l = 0; l < shape.num_layers; ++l) {
     const double skew = shape.skew * vary(rng_);
     for (uint32_t e = 0; e < shape.num_experts; ++e) {
@@ -102,8 +101,7 @@ std::vector<std::string> WorkloadPresetNames() {
 }
 
 RoutingTrace GenerateTrace(const WorkloadShape& shape, uint32_t sequences, uint32_t tokens,
-                           uint64_t seed,
-                           const std::function<void(uint64_t, uint64_t)>& progress) {
+                           uint64_t seed, const std::function<void(uint64_t, uint64_t)>& progress) {
   RoutingTrace trace;
   trace.num_layers = shape.num_layers;
   trace.num_experts = shape.num_experts;

@@ -28,10 +28,10 @@ struct WorkloadShape {
   // Defaults calibrated to the real Mixtral-8x7B trace (moe-router tracegen
   // --compare): hit rates within 0.03 and statistics within 0.05 of it on
   // 7 of seeds 1-10, all at seed 1.
-  double skew = 0.53;        // spread of the per-layer base preference
-  double topic = 1.47;       // spread of the per-sequence topic component
-  double persistence = 0.46; // AR(1) coefficient of the topic across tokens
-  double noise = 1.82;       // per-token noise
+  double skew = 0.53;         // spread of the per-layer base preference
+  double topic = 1.47;        // spread of the per-sequence topic component
+  double persistence = 0.46;  // AR(1) coefficient of the topic across tokens
+  double noise = 1.82;        // per-token noise
   /// Layers differ: skew and persistence vary by up to this fraction.
   double layer_variation = 0.37;
 

@@ -6,7 +6,7 @@ namespace moe_router {
 namespace {
 
 // Every code has the same number on both sides, so a cast converts it.
-#define MOE_SAME_CODE(absl_code, grpc_code)                     \
+#define MOE_SAME_CODE(absl_code, grpc_code)                      \
   static_assert(static_cast<int>(absl::StatusCode::absl_code) == \
                 static_cast<int>(grpc::StatusCode::grpc_code))
 MOE_SAME_CODE(kOk, OK);
@@ -32,16 +32,14 @@ MOE_SAME_CODE(kUnauthenticated, UNAUTHENTICATED);
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
-                      std::string(status.message()));
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
 }
 
 absl::Status FromGrpcStatus(const grpc::Status& status) {
   if (status.ok()) return absl::OkStatus();
   const int code = static_cast<int>(status.error_code());
   if (code <= 0 || code >= kStatusCodeCount) {
-    return absl::UnknownError(
-        absl::StrFormat("status code %d: %s", code, status.error_message()));
+    return absl::UnknownError(absl::StrFormat("status code %d: %s", code, status.error_message()));
   }
   return absl::Status(static_cast<absl::StatusCode>(code), status.error_message());
 }

@@ -10,6 +10,7 @@ packages=(
   prometheus-cpp-dev prometheus
   python3-grpcio python3-protobuf python3-yaml
   openssl  # test certificates for the TLS tests
+  clang-format  # the format check (tests/format)
 )
 missing=()
 for p in "${packages[@]}"; do

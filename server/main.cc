@@ -1,7 +1,7 @@
 // moe-routerd: the moe-router gRPC service.
-#include <cstdio>
-
 #include <google/protobuf/util/json_util.h>
+
+#include <cstdio>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"

@@ -1,6 +1,5 @@
 #include "server/metrics_exporter.h"
 
-
 #include "absl/strings/str_format.h"
 #include "proto/grpc_status.h"
 
@@ -43,9 +42,9 @@ class Families {
     uint64_t cumulative = 0;
     for (size_t i = 0; i < h.counts.size(); ++i) {
       cumulative += h.counts[i];
-      m.histogram.bucket.push_back(
-          {cumulative, i < h.upper_bounds.size() ? h.upper_bounds[i]
-                                                 : std::numeric_limits<double>::infinity()});
+      m.histogram.bucket.push_back({cumulative, i < h.upper_bounds.size()
+                                                    ? h.upper_bounds[i]
+                                                    : std::numeric_limits<double>::infinity()});
     }
     Get(name, help, MetricType::Histogram).metric.push_back(std::move(m));
   }
@@ -60,7 +59,8 @@ void AddRouteRequests(Families& f, const std::string& model, const std::atomic<u
     const uint64_t n = codes[c].load(std::memory_order_relaxed);
     if (n == 0 && c != 0) continue;
     f.Counter("moe_router_route_requests_total", "RouteTokens calls by outcome.",
-              {{"model", model}, {"code", StatusCodeName(static_cast<absl::StatusCode>(c))}}, static_cast<double>(n));
+              {{"model", model}, {"code", StatusCodeName(static_cast<absl::StatusCode>(c))}},
+              static_cast<double>(n));
   }
 }
 
@@ -82,8 +82,8 @@ std::vector<MetricFamily> CollectMetrics(const ModelRegistry& registry) {
               static_cast<double>(m.total.hits));
     f.Counter("moe_router_cache_misses_total", "Chosen experts that were not resident.", labels,
               static_cast<double>(m.total.misses));
-    f.Histogram("moe_router_route_duration_seconds", "Time to route one request's batch.",
-                labels, m.route_seconds);
+    f.Histogram("moe_router_route_duration_seconds", "Time to route one request's batch.", labels,
+                m.route_seconds);
     for (int p = 0; p < kNumPriorities; ++p) {
       const char* priority = PriorityName(static_cast<Priority>(p));
       f.Counter("moe_router_page_ins_total", "Experts paged in, by priority.",
@@ -100,8 +100,8 @@ std::vector<MetricFamily> CollectMetrics(const ModelRegistry& registry) {
               static_cast<double>(m.total.paged_bytes));
     f.Counter("moe_router_prefetches_total", "Experts brought in by prefetch.", labels,
               static_cast<double>(s.cache.prefetch_loaded));
-    f.Counter("moe_router_prefetch_hits_total", "Prefetched experts used before eviction.",
-              labels, static_cast<double>(s.cache.prefetch_used));
+    f.Counter("moe_router_prefetch_hits_total", "Prefetched experts used before eviction.", labels,
+              static_cast<double>(s.cache.prefetch_used));
     f.Gauge("moe_router_cache_resident_bytes", "Bytes of resident experts.", labels,
             static_cast<double>(s.cache.resident_bytes));
     f.Gauge("moe_router_cache_budget_bytes", "The cache's byte budget.", labels,

@@ -1,13 +1,13 @@
 #ifndef MOE_ROUTER_SERVER_METRICS_EXPORTER_H_
 #define MOE_ROUTER_SERVER_METRICS_EXPORTER_H_
 
-#include <memory>
-#include <string>
-#include <vector>
-
 #include <prometheus/collectable.h>
 #include <prometheus/exposer.h>
 #include <prometheus/metric_family.h>
+
+#include <memory>
+#include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "server/model_registry.h"

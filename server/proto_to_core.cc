@@ -47,10 +47,10 @@ absl::StatusOr<ModelConfig> ConfigFromSpec(const v1::ModelSpec& spec) {
 absl::StatusOr<std::shared_ptr<const ExpertStore>> StoreFromSpec(const v1::ModelSpec& spec) {
   switch (spec.store_case()) {
     case v1::ModelSpec::kSynthetic: {
-      auto store = SyntheticStore::Create(
-          {.num_layers = spec.num_layers(),
-           .num_experts = spec.num_experts(),
-           .variants = {{"default", spec.synthetic().expert_bytes()}}});
+      auto store =
+          SyntheticStore::Create({.num_layers = spec.num_layers(),
+                                  .num_experts = spec.num_experts(),
+                                  .variants = {{"default", spec.synthetic().expert_bytes()}}});
       if (!store.ok()) return store.status();
       return std::shared_ptr<const ExpertStore>(*std::move(store));
     }
@@ -69,9 +69,8 @@ absl::StatusOr<std::shared_ptr<const ExpertStore>> StoreFromSpec(const v1::Model
       const ExpertKey extent = (*store)->Extent();
       if (extent.layer < spec.num_layers() || extent.expert < spec.num_experts()) {
         return absl::InvalidArgumentError(absl::StrFormat(
-            "model.store: %s has %d layers x %d experts, the spec needs %d x %d",
-            st.directory(), extent.layer, extent.expert, spec.num_layers(),
-            spec.num_experts()));
+            "model.store: %s has %d layers x %d experts, the spec needs %d x %d", st.directory(),
+            extent.layer, extent.expert, spec.num_layers(), spec.num_experts()));
       }
       return std::shared_ptr<const ExpertStore>(*std::move(store));
     }

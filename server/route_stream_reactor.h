@@ -1,9 +1,9 @@
 #ifndef MOE_ROUTER_SERVER_ROUTE_STREAM_REACTOR_H_
 #define MOE_ROUTER_SERVER_ROUTE_STREAM_REACTOR_H_
 
-#include <utility>
-
 #include <grpcpp/grpcpp.h>
+
+#include <utility>
 
 #include "absl/status/status.h"
 #include "moe_router/v1/moe_router.grpc.pb.h"

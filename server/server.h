@@ -1,10 +1,10 @@
 #ifndef MOE_ROUTER_SERVER_SERVER_H_
 #define MOE_ROUTER_SERVER_SERVER_H_
 
+#include <grpcpp/grpcpp.h>
+
 #include <memory>
 #include <string>
-
-#include <grpcpp/grpcpp.h>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"

@@ -46,8 +46,7 @@ absl::Status MoeRouterService::RouteModel(const HostedModel& model,
   const uint64_t tokens = request.gate_logits_size() / experts;
   if (tokens > limits_.max_tokens_per_request) {
     return absl::ResourceExhaustedError(absl::StrFormat(
-        "%d tokens in one request, over the limit of %d", tokens,
-        limits_.max_tokens_per_request));
+        "%d tokens in one request, over the limit of %d", tokens, limits_.max_tokens_per_request));
   }
   auto routed = engine.Route(request.layer(), request.gate_logits());
   if (!routed.ok()) return routed.status();
@@ -67,8 +66,8 @@ grpc::ServerUnaryReactor* MoeRouterService::Prefetch(grpc::CallbackServerContext
   return Unary(context, [&]() -> absl::Status {
     auto model = registry_->Find(request->model());
     if (!model.ok()) return model.status();
-    auto outcome = (*model)->engine->Prefetch(request->layer(), request->experts(),
-                                              request->budget());
+    auto outcome =
+        (*model)->engine->Prefetch(request->layer(), request->experts(), request->budget());
     if (!outcome.ok()) return outcome.status();
     ToProto(*outcome, response);
     return absl::OkStatus();
@@ -94,9 +93,8 @@ grpc::ServerUnaryReactor* MoeRouterService::UnregisterModel(
     grpc::CallbackServerContext* context, const v1::UnregisterModelRequest* request,
     v1::UnregisterModelResponse*) {
   return Unary(context, [&] {
-    return request->model().empty()
-               ? absl::InvalidArgumentError("model name must not be empty")
-               : registry_->Unregister(request->model());
+    return request->model().empty() ? absl::InvalidArgumentError("model name must not be empty")
+                                    : registry_->Unregister(request->model());
   });
 }
 

@@ -1,10 +1,10 @@
 #ifndef MOE_ROUTER_SERVER_TLS_H_
 #define MOE_ROUTER_SERVER_TLS_H_
 
+#include <grpcpp/security/server_credentials.h>
+
 #include <memory>
 #include <string>
-
-#include <grpcpp/security/server_credentials.h>
 
 #include "absl/status/statusor.h"
 

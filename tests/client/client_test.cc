@@ -4,9 +4,9 @@
 #include "core/file_io.h"
 #include "core/safetensors.h"
 #include "core/safetensors_store.h"
-#include "nlohmann/json.hpp"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
 #include "server/server.h"
 #include "tests/testing/test_specs.h"
 #include "tests/testing/test_util.h"
@@ -31,7 +31,8 @@ class ClientTest : public ::testing::Test {
 
   // Runs the CLI; its output (stdout and stderr) and exit code.
   std::pair<std::string, int> Cli(const std::string& args) {
-    const testing::CommandResult r = testing::RunCommand(std::string(MOE_ROUTER_CLI_PATH) + " " + args);
+    const testing::CommandResult r =
+        testing::RunCommand(std::string(MOE_ROUTER_CLI_PATH) + " " + args);
     return {r.output, r.exit_code};
   }
 
@@ -64,15 +65,17 @@ TEST_F(ClientTest, CliCommands) {
   auto [models, code] = Cli("models --server " + address_);
   EXPECT_EQ(code, 0) << models;
   EXPECT_THAT(models, HasSubstr("tiny"));
-  auto [routed, route_code] = Cli("route --server " + address_ + " --model tiny --layer 1 --tokens 3");
+  auto [routed, route_code] =
+      Cli("route --server " + address_ + " --model tiny --layer 1 --tokens 3");
   EXPECT_EQ(route_code, 0) << routed;
   EXPECT_THAT(routed, HasSubstr("rerouted"));
   auto [stats, stats_code] = Cli("stats --server " + address_ + " --model tiny");
   EXPECT_EQ(stats_code, 0) << stats;
   EXPECT_THAT(stats, HasSubstr("hit rate"));
   testing::TempDir dir;
-  auto [fetched, fetch_code] = Cli("fetch --server " + address_ + " --model tiny --layer 0 --expert 3 --out " +
-                                   dir.File("e.safetensors"));
+  auto [fetched, fetch_code] =
+      Cli("fetch --server " + address_ + " --model tiny --layer 0 --expert 3 --out " +
+          dir.File("e.safetensors"));
   EXPECT_EQ(fetch_code, 0) << fetched;
   EXPECT_THAT(fetched, HasSubstr("checksums verified"));
   auto header = ReadSafetensorsHeader(dir.File("e.safetensors"));
@@ -84,7 +87,8 @@ TEST_F(ClientTest, CliCommands) {
 }
 
 TEST_F(ClientTest, CliPrefetch) {
-  auto [queued, code] = Cli("prefetch --server " + address_ + " --model tiny --layer 1 --experts 6,7");
+  auto [queued, code] =
+      Cli("prefetch --server " + address_ + " --model tiny --layer 1 --experts 6,7");
   EXPECT_EQ(code, 0) << queued;
   EXPECT_THAT(queued, HasSubstr("queued            6 7\n"));
   EXPECT_THAT(queued, HasSubstr("already resident  -\n"));
@@ -104,15 +108,16 @@ TEST_F(ClientTest, CliReplayThroughServer) {
   for (int token = 0; token < 5; ++token) {
     for (int layer = 0; layer < 2; ++layer) {
       jsonl += absl::StrFormat(
-          R"({"dataset":"t","problem_id":0,"layer":%d,"experts":[%d,%d],"token_idx":%d})""\n",
+          R"({"dataset":"t","problem_id":0,"layer":%d,"experts":[%d,%d],"token_idx":%d})"
+          "\n",
           layer, (token + layer) % 8, 7 - token % 3, token);
     }
   }
   ASSERT_TRUE(WriteFileAtomically(dir.File("t.jsonl"), jsonl).ok());
   uint64_t resident = 0;
   for (const char* via : {"", " --stream"}) {
-    auto [out, code] = Cli("replay --server " + address_ + " --model tiny --json " +
-                           dir.File("t.jsonl") + via);
+    auto [out, code] =
+        Cli("replay --server " + address_ + " --model tiny --json " + dir.File("t.jsonl") + via);
     ASSERT_EQ(code, 0) << out;
     const nlohmann::json report = nlohmann::json::parse(out);
     EXPECT_EQ(report["steps"], 10);
@@ -129,9 +134,11 @@ TEST_F(ClientTest, CliReplayThroughServer) {
 
   ASSERT_TRUE(WriteFileAtomically(dir.File("deep.jsonl"),
                                   R"({"dataset":"t","problem_id":0,"layer":2,"experts":[1,2],)"
-                                  R"("token_idx":0})""\n")
+                                  R"("token_idx":0})"
+                                  "\n")
                   .ok());
-  auto [deep, deep_code] = Cli("replay --server " + address_ + " --model tiny " + dir.File("deep.jsonl"));
+  auto [deep, deep_code] =
+      Cli("replay --server " + address_ + " --model tiny " + dir.File("deep.jsonl"));
   EXPECT_EQ(deep_code, 1);
   EXPECT_THAT(deep, HasSubstr("the trace needs at least 3 layers"));
   auto [local, local_code] =
@@ -144,8 +151,9 @@ TEST_F(ClientTest, CliReplayThroughServer) {
 TEST_F(ClientTest, CliLoadgenCountsWhatTheServerRouted) {
   uint64_t tokens = 0;
   for (const char* via : {"", " --stream"}) {
-    auto [out, code] = Cli("loadgen --server " + address_ +
-                           " --model tiny --concurrency 3 --batch 4 --duration 0.2 --warmup 0 --json" + via);
+    auto [out, code] =
+        Cli("loadgen --server " + address_ +
+            " --model tiny --concurrency 3 --batch 4 --duration 0.2 --warmup 0 --json" + via);
     ASSERT_EQ(code, 0) << out;
     const nlohmann::json report = nlohmann::json::parse(out);
     EXPECT_GT(report["calls"].get<uint64_t>(), 0u);
@@ -184,8 +192,8 @@ TEST(CliSweepTest, RowsPerGuardAndBonusAndPlots) {
     EXPECT_THAT(*svg, HasSubstr("<svg"));
     EXPECT_THAT(*svg, HasSubstr("protected 1, max rank 8, mass &gt;= 0.7"));
   }
-  const testing::CommandResult bad = testing::RunCommand(
-      std::string(MOE_ROUTER_CLI_PATH) + " sweep --guard 1");
+  const testing::CommandResult bad =
+      testing::RunCommand(std::string(MOE_ROUTER_CLI_PATH) + " sweep --guard 1");
   EXPECT_EQ(bad.exit_code, 2);
   EXPECT_THAT(bad.output, HasSubstr("bad --guard '1'"));
 }

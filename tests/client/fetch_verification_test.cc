@@ -1,12 +1,12 @@
 // The client's FetchExpert verification against a server that lies: an
 // in-process MoeRouter service relays the real server's stream for an expert
 // larger than one chunk, altered on the way.
+#include <grpcpp/grpcpp.h>
+
 #include <filesystem>
 #include <functional>
 #include <string>
 #include <vector>
-
-#include <grpcpp/grpcpp.h>
 
 #include "client/client.h"
 #include "core/checksum.h"
@@ -61,9 +61,8 @@ class FetchVerificationTest : public ::testing::Test {
     server_ = *std::move(server);
     ASSERT_TRUE(
         server_->registry().Register(testing::SyntheticSpec("big", 2, kExpertBytes, 4)).ok());
-    service_ = std::make_unique<TamperingService>(
-        grpc::CreateChannel("127.0.0.1:" + std::to_string(server_->port()),
-                            grpc::InsecureChannelCredentials()));
+    service_ = std::make_unique<TamperingService>(grpc::CreateChannel(
+        "127.0.0.1:" + std::to_string(server_->port()), grpc::InsecureChannelCredentials()));
     grpc::ServerBuilder builder;
     int port = 0;
     builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
@@ -132,10 +131,10 @@ TEST_F(FetchVerificationTest, EveryAlteredStreamIsDataLossSayingWhat) {
          c.push_back(extra);
        },
        "runs past the"},
-      {"total size understated",
-       [](Chunks& c) { c[0].set_total_bytes(c[0].total_bytes() - 1); }, "runs past the"},
-      {"total size overstated",
-       [](Chunks& c) { c[0].set_total_bytes(uint64_t{1} << 62); }, "received"},
+      {"total size understated", [](Chunks& c) { c[0].set_total_bytes(c[0].total_bytes() - 1); },
+       "runs past the"},
+      {"total size overstated", [](Chunks& c) { c[0].set_total_bytes(uint64_t{1} << 62); },
+       "received"},
       {"tensor sizes shifted, sum kept",
        [](Chunks& c) {
          auto* t = c[0].mutable_tensors();
@@ -143,16 +142,16 @@ TEST_F(FetchVerificationTest, EveryAlteredStreamIsDataLossSayingWhat) {
          t->Mutable(1)->set_size_bytes(t->Get(1).size_bytes() - 2);
        },
        "arrived with a different checksum"},
-      {"a tensor left out",
-       [](Chunks& c) { c[0].mutable_tensors()->RemoveLast(); }, "the tensors cover"},
+      {"a tensor left out", [](Chunks& c) { c[0].mutable_tensors()->RemoveLast(); },
+       "the tensors cover"},
       {"data and tensor checksum both changed",
        [](Chunks& c) {
          // Consistent per tensor: only the expert checksum can tell.
          (*c[0].mutable_data())[0] ^= 1;
          v1::TensorHeader* first = c[0].mutable_tensors(0);
          const std::string& data = c[0].data();
-         first->set_xxh3(Xxh3({reinterpret_cast<const uint8_t*>(data.data()),
-                               first->size_bytes()}));
+         first->set_xxh3(
+             Xxh3({reinterpret_cast<const uint8_t*>(data.data()), first->size_bytes()}));
        },
        "the expert's checksum does not match its tensors"},
       {"a tensor renamed", [](Chunks& c) { c[0].mutable_tensors(1)->set_name("evil"); },

@@ -29,8 +29,8 @@ TEST(InteropTest, PythonClientRoutesLikeTheCppClient) {
   auto cpp = client->Route("tiny", 0, logits);
   ASSERT_TRUE(cpp.ok()) << cpp.status();
 
-  std::string command = absl::StrCat("/usr/bin/python3 ", PY_CLIENT, " ", PY_STUB_DIR, " ",
-                                     address, " tiny 0");
+  std::string command =
+      absl::StrCat("/usr/bin/python3 ", PY_CLIENT, " ", PY_STUB_DIR, " ", address, " tiny 0");
   // %.9g round-trips a float exactly, so both clients send the same bits.
   for (float x : logits) absl::StrAppend(&command, absl::StrFormat(" %.9g", x));
   const testing::CommandResult python = testing::RunCommand(command);

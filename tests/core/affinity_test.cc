@@ -69,7 +69,7 @@ TEST(AffinityTest, RankingsAndFrequencies) {
   };
   route({2, 4}, 10);  // oldest
   route({5}, 4);
-  route({1}, 3);      // most recent
+  route({1}, 3);  // most recent
   EXPECT_THAT(affinity.TopByFrequency(3), ElementsAre(2u, 4u, 5u));
   EXPECT_EQ(affinity.TopByAffinity(1)[0], 2u);  // 10 boosts outweigh recency here
   EXPECT_EQ(affinity.LeastAffine(std::vector<uint32_t>{5, 1, 0}), 0u);

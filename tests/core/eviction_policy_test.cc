@@ -3,7 +3,6 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
-
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -31,7 +30,8 @@ TEST(EvictionPolicyTest, FactoryKnowsTheOnlinePoliciesOnly) {
   }
   for (const char* name : {"belady", "mru", ""}) {
     const absl::Status s = CheckEvictionPolicyName(name);
-    EXPECT_THAT(std::string(s.message()), HasSubstr(absl::StrCat("unknown eviction policy '", name, "'")));
+    EXPECT_THAT(std::string(s.message()),
+                HasSubstr(absl::StrCat("unknown eviction policy '", name, "'")));
     EXPECT_THAT(std::string(s.message()),
                 HasSubstr("expected one of: lru, lfu, affinity, adaptive, layer_reuse"));
     EXPECT_EQ(MakeEvictionPolicy(name, {}).status(), s);
@@ -63,8 +63,8 @@ TEST(EvictionPolicyTest, AdaptiveSwitchesOnTheSkewOfTheCandidates) {
   EvictionPolicyOptions options;
   options.adaptive_skew = 2.0;
   auto adaptive = Make("adaptive", options);
-  const std::vector<EntryView> skewed = {a, b, {.key = {0, 3}, .accesses = 1},
-                                         {.key = {0, 4}, .accesses = 1}};
+  const std::vector<EntryView> skewed = {
+      a, b, {.key = {0, 3}, .accesses = 1}, {.key = {0, 4}, .accesses = 1}};
   adaptive->Prepare(skewed, clock);  // max 9 x 4 entries >= 2 x sum 13
   EXPECT_GT(adaptive->Keep(a, clock), adaptive->Keep(b, clock));
   const std::vector<EntryView> flat = {{.key = {0, 1}, .accesses = 3},

@@ -50,9 +50,8 @@ bool Use(ExpertCache& cache, ExpertKey key, uint64_t size = 100) {
 
 // The policy factory's own errors are tested in eviction_policy_test.
 TEST(ExpertCacheTest, RejectsBadConfig) {
-  EXPECT_FALSE(ExpertCache::Create(CacheConfig{.budget_bytes = 0},
-                                   *MakeEvictionPolicy("lru", {}))
-                   .ok());
+  EXPECT_FALSE(
+      ExpertCache::Create(CacheConfig{.budget_bytes = 0}, *MakeEvictionPolicy("lru", {})).ok());
 }
 
 TEST(ExpertCacheTest, LruEvictsLeastRecentlyUsed) {
@@ -162,7 +161,7 @@ TEST(ExpertCacheTest, ReservationRules) {
   ASSERT_TRUE(cache->Reserve({0, 1}, 100, Priority::kUrgent).ok());
   EXPECT_TRUE(absl::IsAlreadyExists(cache->Reserve({0, 1}, 100, Priority::kUrgent)));
   EXPECT_EQ(cache->Stats().loading_bytes, 100u);
-  EXPECT_FALSE(cache->IsResident({0, 1}));  // not until committed
+  EXPECT_FALSE(cache->IsResident({0, 1}));             // not until committed
   EXPECT_FALSE(cache->Commit(Data({0, 1}, 99)).ok());  // size must match the booking
   cache->Abort({0, 1});
   EXPECT_EQ(cache->Stats().loading_bytes, 0u);
@@ -201,9 +200,9 @@ TEST(ExpertCacheTest, PrefetchAccounting) {
 
 TEST(ExpertCacheTest, ReplacementNeedsFreeRoomAndSwapsAtOnce) {
   std::vector<ExpertKey> evicted;
-  auto cache = *ExpertCache::Create(CacheConfig{.num_layers = 1, .num_experts = 4, .budget_bytes = 300},
-                                    *MakeEvictionPolicy("lru", {}),
-                                    [&](ExpertKey k) { evicted.push_back(k); });
+  auto cache = *ExpertCache::Create(
+      CacheConfig{.num_layers = 1, .num_experts = 4, .budget_bytes = 300},
+      *MakeEvictionPolicy("lru", {}), [&](ExpertKey k) { evicted.push_back(k); });
   Use(*cache, {0, 0}, 100);
   Use(*cache, {0, 1}, 100);
   EXPECT_TRUE(absl::IsResourceExhausted(cache->ReserveReplacement({0, 0}, 150)));
@@ -280,9 +279,9 @@ TEST(ExpertCacheTest, BudgetHoldsUnderConcurrency) {
 // evictable entries: a pinned expert is never a candidate.
 TEST(ExpertCacheTest, EvictsThePolicysLowestRankedAmongTheUnpinned) {
   auto state = std::make_shared<testing::FixedRankPolicy::State>();
-  auto cache = *ExpertCache::Create(CacheConfig{.num_layers = 1, .num_experts = 8,
-                                                .budget_bytes = 300},
-                                    std::make_unique<testing::FixedRankPolicy>(state));
+  auto cache =
+      *ExpertCache::Create(CacheConfig{.num_layers = 1, .num_experts = 8, .budget_bytes = 300},
+                           std::make_unique<testing::FixedRankPolicy>(state));
   for (uint32_t e = 0; e < 3; ++e) Use(*cache, {0, e});
   state->keep = {{{0, 0}, 1.0}, {{0, 1}, 5.0}, {{0, 2}, 3.0}};
   ASSERT_TRUE(cache->Pin({0, 0}));  // the lowest ranked, but pinned

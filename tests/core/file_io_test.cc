@@ -79,25 +79,28 @@ TEST(FileIoTest, AFailedWriteKeepsThePreviousFileAndLeavesNoTemporary) {
   EXPECT_THAT(Listing(dir.path()), ::testing::UnorderedElementsAre("state.json", "taken"));
   // The directory does not exist: nothing is created.
   s = WriteFileAtomically(dir.File("absent/state.json"), "data");
-  EXPECT_THAT(std::string(s.message()), HasSubstr("cannot create " + dir.File("absent/state.json")));
+  EXPECT_THAT(std::string(s.message()),
+              HasSubstr("cannot create " + dir.File("absent/state.json")));
 }
 
 TEST(FileIoTest, PathInDirectoryKeepsEveryNameInside) {
   EXPECT_EQ(*PathInDirectory("/var/state", "m.state.json"), "/var/state/m.state.json");
   EXPECT_EQ(*PathInDirectory("/var/state", "..m"), "/var/state/..m");
-  for (const std::string& name : {std::string(""), std::string("."), std::string(".."),
-                                  std::string("../m"), std::string("a/b"), std::string("/etc"),
-                                  std::string("a\0b", 3)}) {
+  for (const std::string& name :
+       {std::string(""), std::string("."), std::string(".."), std::string("../m"),
+        std::string("a/b"), std::string("/etc"), std::string("a\0b", 3)}) {
     const auto path = PathInDirectory("/var/state", name);
     EXPECT_TRUE(absl::IsInvalidArgument(path.status())) << name;
-    EXPECT_THAT(std::string(path.status().message()), HasSubstr("not a file name inside /var/state"));
+    EXPECT_THAT(std::string(path.status().message()),
+                HasSubstr("not a file name inside /var/state"));
   }
 }
 
 TEST(FileIoTest, ReadFileNamesAMissingFile) {
   testing::TempDir dir;
   const auto missing = ReadFile(dir.File("nope"));
-  EXPECT_THAT(std::string(missing.status().message()), HasSubstr("cannot open " + dir.File("nope")));
+  EXPECT_THAT(std::string(missing.status().message()),
+              HasSubstr("cannot open " + dir.File("nope")));
 }
 
 }  // namespace

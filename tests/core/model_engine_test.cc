@@ -28,8 +28,8 @@ ModelConfig SmallModel(uint32_t layers = 4) {
 }
 
 std::shared_ptr<const ExpertStore> Store(uint32_t layers = 4,
-                                         std::vector<std::pair<std::string, uint64_t>> variants =
-                                             {{"default", kExpertBytes}}) {
+                                         std::vector<std::pair<std::string, uint64_t>> variants = {
+                                             {"default", kExpertBytes}}) {
   return std::shared_ptr<const ExpertStore>(*SyntheticStore::Create(
       {.num_layers = layers, .num_experts = 8, .variants = std::move(variants)}));
 }
@@ -198,11 +198,13 @@ TEST(ModelEngineTest, ColdExpertsUseLowerPrecisionAndArePagedAgainWhenHot) {
   config.precision.warmup_tokens = 4;
   config.budget_bytes = 8 * kExpertBytes;
   auto model = *ModelEngine::Create(
-      config, Store(1, {{"Q4_K", kExpertBytes}, {"Q3_K", kExpertBytes / 2}, {"Q2_K", kExpertBytes / 4}}));
+      config,
+      Store(1, {{"Q4_K", kExpertBytes}, {"Q3_K", kExpertBytes / 2}, {"Q2_K", kExpertBytes / 4}}));
   // Warm-up: everything hot.
   EXPECT_EQ((*model->Fetch({0, 7}, absl::Now() + absl::Seconds(30)))->precision, "Q4_K");
   // Make expert 0 and 1 busy, 7 never used.
-  for (int i = 0; i < 10; ++i) ASSERT_TRUE(model->Route(0, std::vector<float>{5, 4, 0, 0, 0, 0, 0, 0}).ok());
+  for (int i = 0; i < 10; ++i)
+    ASSERT_TRUE(model->Route(0, std::vector<float>{5, 4, 0, 0, 0, 0, 0, 0}).ok());
   Drain(*model);
   // 7 is resident at Q4_K but now cold: the re-page brings the Q2_K variant.
   for (int i = 0; i < 100 && model->cache().ResidentPrecision({0, 7}) != "Q2_K"; ++i) {

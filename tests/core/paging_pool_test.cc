@@ -24,12 +24,12 @@ struct Rig {
   explicit Rig(std::shared_ptr<const ExpertStore> s, uint64_t budget, uint32_t threads = 1,
                const std::string& policy = "lru")
       : store(std::move(s)), metrics(4) {
-    cache = *ExpertCache::Create(
-        CacheConfig{.num_layers = 4, .num_experts = 8, .budget_bytes = budget},
-        *MakeEvictionPolicy(policy, {}));
-    auto p = PagingPool::Create(
-        cache.get(), store, [this](ExpertKey) { return store->Precisions().front(); }, &metrics,
-        {.threads = threads});
+    cache =
+        *ExpertCache::Create(CacheConfig{.num_layers = 4, .num_experts = 8, .budget_bytes = budget},
+                             *MakeEvictionPolicy(policy, {}));
+    auto p = PagingPool::Create(cache.get(), store,
+                                [this](ExpertKey) { return store->Precisions().front(); }, &metrics,
+                                {.threads = threads});
     EXPECT_TRUE(p.ok()) << p.status();
     pool = *std::move(p);
   }
@@ -44,8 +44,8 @@ void Wait(const std::shared_ptr<const PageTicket>& t) {
 }
 
 TEST(PagingPoolTest, PagesInAndRecordsLatencyAndBytes) {
-  auto store = std::shared_ptr<const ExpertStore>(
-      *SyntheticStore::Create({.num_layers = 4, .num_experts = 8, .variants = {{"default", 4096}}}));
+  auto store = std::shared_ptr<const ExpertStore>(*SyntheticStore::Create(
+      {.num_layers = 4, .num_experts = 8, .variants = {{"default", 4096}}}));
   Rig rig(store, 1 << 20, 2);
   auto t = rig.pool->PageIn({2, 5}, Priority::kUrgent);
   Wait(t);
@@ -197,9 +197,11 @@ TEST(PagingPoolTest, AnExpertIsInvisibleUntilItsLoadCompletes) {
 
 TEST(PagingPoolTest, RejectsBadOptions) {
   auto store = std::shared_ptr<const ExpertStore>(*SyntheticStore::Create({}));
-  auto cache = *ExpertCache::Create(CacheConfig{.budget_bytes = 10}, *MakeEvictionPolicy("lru", {}));
-  EXPECT_FALSE(PagingPool::Create(cache.get(), store, [](ExpertKey) { return std::string("default"); },
-                                  nullptr, {.threads = 0})
+  auto cache =
+      *ExpertCache::Create(CacheConfig{.budget_bytes = 10}, *MakeEvictionPolicy("lru", {}));
+  EXPECT_FALSE(PagingPool::Create(cache.get(), store,
+                                  [](ExpertKey) { return std::string("default"); }, nullptr,
+                                  {.threads = 0})
                    .ok());
   EXPECT_FALSE(PagingPool::Create(nullptr, store, nullptr, nullptr, {}).ok());
 }

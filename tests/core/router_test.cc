@@ -123,7 +123,8 @@ TEST(RouterConfigTest, RejectsBadFieldsByName) {
   c = {};
   c.num_experts = 256;
   c.max_rank = 65;
-  EXPECT_THAT(error_of(c), HasSubstr("max_rank (65) must be 0 or in [top_k, min(num_experts, 64)]"));
+  EXPECT_THAT(error_of(c),
+              HasSubstr("max_rank (65) must be 0 or in [top_k, min(num_experts, 64)]"));
   c.max_rank = 64;
   EXPECT_TRUE(c.Validate().ok());
   c.top_k = 65;
@@ -171,9 +172,8 @@ struct BonusCase {
 
 std::string CaseName(const ::testing::TestParamInfo<BonusCase>& info) {
   const BonusCase& c = info.param;
-  return absl::StrFormat("e%d_k%d_p%d_r%d_b%d_m%d", c.experts, c.top_k, c.protected_top,
-                         c.max_rank, static_cast<int>(c.bonus * 10),
-                         static_cast<int>(c.min_gate_mass * 10));
+  return absl::StrFormat("e%d_k%d_p%d_r%d_b%d_m%d", c.experts, c.top_k, c.protected_top, c.max_rank,
+                         static_cast<int>(c.bonus * 10), static_cast<int>(c.min_gate_mass * 10));
 }
 
 class RouterBonusTest : public ::testing::TestWithParam<BonusCase> {};
@@ -220,18 +220,15 @@ TEST_P(RouterBonusTest, MatchesReferenceAndKeepsTheGuard) {
   EXPECT_LE(out.gate_mass_min, 1.0);
 }
 
-INSTANTIATE_TEST_SUITE_P(Cases, RouterBonusTest,
-                         ::testing::Values(BonusCase{8, 2, 1, 4, 1.0, 0}, BonusCase{8, 2, 0, 8, 3.0, 0},
-                                           BonusCase{8, 2, 2, 4, 5.0, 0},
-                                           BonusCase{8, 2, 1, 8, 3.0, 0.7},
-                                           BonusCase{64, 6, 1, 12, 1.5, 0},
-                                           BonusCase{64, 6, 1, 12, 1.5, 0.8},
-                                           BonusCase{256, 8, 2, 10, 1.0, 0},
-                                           BonusCase{128, 8, 1, 0, 0.8, 0.9},
-                                           // The widest candidate mask.
-                                           BonusCase{128, 8, 0, 64, 2.0, 0},
-                                           BonusCase{64, 64, 1, 64, 1.0, 0}),
-                         CaseName);
+INSTANTIATE_TEST_SUITE_P(
+    Cases, RouterBonusTest,
+    ::testing::Values(BonusCase{8, 2, 1, 4, 1.0, 0}, BonusCase{8, 2, 0, 8, 3.0, 0},
+                      BonusCase{8, 2, 2, 4, 5.0, 0}, BonusCase{8, 2, 1, 8, 3.0, 0.7},
+                      BonusCase{64, 6, 1, 12, 1.5, 0}, BonusCase{64, 6, 1, 12, 1.5, 0.8},
+                      BonusCase{256, 8, 2, 10, 1.0, 0}, BonusCase{128, 8, 1, 0, 0.8, 0.9},
+                      // The widest candidate mask.
+                      BonusCase{128, 8, 0, 64, 2.0, 0}, BonusCase{64, 64, 1, 64, 1.0, 0}),
+    CaseName);
 
 TEST(RouterTest, BonusOnlyReroutesAndWeightsStayOriginal) {
   RouterConfig config;
@@ -379,7 +376,8 @@ TEST(RouterTest, CacheAwareTiesGoToTheLowerExpertId) {
   const std::vector<float> b = {4, -1, 2, -2, -3, -4, 3, -5};
   // 16 tokens, so the batched selection path runs too.
   std::vector<float> logits;
-  for (int t = 0; t < 16; ++t) logits.insert(logits.end(), (t % 2 ? b : a).begin(), (t % 2 ? b : a).end());
+  for (int t = 0; t < 16; ++t)
+    logits.insert(logits.end(), (t % 2 ? b : a).begin(), (t % 2 ? b : a).end());
   RouteResult out;
   ASSERT_TRUE(router.Route(logits, res.get(), &out).ok());
   for (uint32_t t = 0; t < 16; ++t) {

@@ -72,8 +72,9 @@ TEST(SafetensorsHeaderTest, MalformedFilesAreClearErrorsNamingTheFile) {
   EXPECT_THAT(error(), HasSubstr("data_offsets must be two unsigned integers"));
   WriteRaw(path, R"({"t":{"dtype":"U8","shape":[-1],"data_offsets":[0,1]}})", "a");
   EXPECT_THAT(error(), HasSubstr("non-integer dimension"));
-  EXPECT_THAT(std::string(ReadSafetensorsHeader(dir.File("missing.safetensors")).status().message()),
-              HasSubstr("missing.safetensors"));
+  EXPECT_THAT(
+      std::string(ReadSafetensorsHeader(dir.File("missing.safetensors")).status().message()),
+      HasSubstr("missing.safetensors"));
 }
 
 class SafetensorsStoreTest : public ::testing::Test {
@@ -85,8 +86,8 @@ class SafetensorsStoreTest : public ::testing::Test {
                                                      uint32_t rows = 16) {
     std::filesystem::create_directories(directory);
     std::map<std::string, std::string> written;
-    for (auto& t :
-         testing::WriteExpertShard(directory + "/model-00001.safetensors", 2, 4, rows, 1, pattern)) {
+    for (auto& t : testing::WriteExpertShard(directory + "/model-00001.safetensors", 2, 4, rows, 1,
+                                             pattern)) {
       written[t.name] = std::move(t.bytes);
     }
     // The second shard holds layer 2 only: write layers 0..2 then drop 0..1.
@@ -222,11 +223,11 @@ TEST_F(SafetensorsStoreTest, QwenPresetAndPrecisionVariants) {
   // Mixtral names do not match the Qwen pattern.
   TempDir other;
   WriteCheckpoint(other.path(), kMixtralExpertPattern);
-  EXPECT_THAT(std::string(SafetensorsStore::Open({.directory = other.path(),
-                                                  .expert_pattern = *pattern})
-                              .status()
-                              .message()),
-              HasSubstr("no expert tensors matching"));
+  EXPECT_THAT(
+      std::string(SafetensorsStore::Open({.directory = other.path(), .expert_pattern = *pattern})
+                      .status()
+                      .message()),
+      HasSubstr("no expert tensors matching"));
 }
 
 TEST_F(SafetensorsStoreTest, DuplicateTensorAcrossShardsIsAnError) {

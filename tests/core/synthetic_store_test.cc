@@ -34,8 +34,8 @@ TEST(SyntheticStoreTest, DeterministicVerifiableExperts) {
 // its checksum), and two stores agree: workers and servers in different
 // processes see the same bytes.
 TEST(SyntheticStoreTest, ExpertsDifferInEveryPageAndAcrossStores) {
-  const SyntheticStoreOptions options{.num_layers = 2, .num_experts = 2,
-                                      .variants = {{"Q4_K", 5 * 4096}, {"Q2_K", 5 * 4096}}};
+  const SyntheticStoreOptions options{
+      .num_layers = 2, .num_experts = 2, .variants = {{"Q4_K", 5 * 4096}, {"Q2_K", 5 * 4096}}};
   auto store = SyntheticStore::Create(options);
   auto other = SyntheticStore::Create(options);
   ASSERT_TRUE(store.ok() && other.ok());

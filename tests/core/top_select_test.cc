@@ -62,8 +62,8 @@ TEST_P(TopSelectorTest, MatchesBruteForceOnBothPaths) {
       selector.Select(row.data(), ids.data(), values.data(), &lowest);
       const std::vector<uint32_t> expected = Ranked(row.data(), n);
       for (uint32_t p = 0; p < r; ++p) {
-        ASSERT_EQ(ids[p], expected[p]) << "n=" << n << " r=" << r << " seed=" << seed
-                                       << " rank " << p << " portable=" << portable;
+        ASSERT_EQ(ids[p], expected[p]) << "n=" << n << " r=" << r << " seed=" << seed << " rank "
+                                       << p << " portable=" << portable;
         ASSERT_EQ(values[p], row[expected[p]]);
       }
       ASSERT_EQ(lowest, *std::min_element(row.begin(), row.end()));
@@ -92,7 +92,8 @@ TEST_P(TopSelectorTest, SelectRowsMatchesBruteForce) {
     selector.set_portable(portable);
     for (uint64_t seed = 0; seed < 40; ++seed) {
       const uint32_t tokens = 1 + static_cast<uint32_t>(seed * 7 % 29);  // partial groups too
-      std::vector<float> rows = testing::RandomLogits(tokens, n, seed, seed % 5 == 0 ? 30.0f : 2.0f);
+      std::vector<float> rows =
+          testing::RandomLogits(tokens, n, seed, seed % 5 == 0 ? 30.0f : 2.0f);
       // Some rows tie inside their top r, some only at its boundary.
       for (uint32_t t = 0; t < tokens; t += 3) {
         for (uint32_t e = 0; e < n; ++e) rows[t * n + e] = std::round(rows[t * n + e]);
@@ -104,9 +105,9 @@ TEST_P(TopSelectorTest, SelectRowsMatchesBruteForce) {
         const float* row = rows.data() + size_t{t} * n;
         const std::vector<uint32_t> expected = Ranked(row, n);
         for (uint32_t p = 0; p < r; ++p) {
-          ASSERT_EQ(ids[t * r + p], expected[p]) << "n=" << n << " r=" << r << " seed=" << seed
-                                                 << " token " << t << " rank " << p
-                                                 << " portable=" << portable;
+          ASSERT_EQ(ids[t * r + p], expected[p])
+              << "n=" << n << " r=" << r << " seed=" << seed << " token " << t << " rank " << p
+              << " portable=" << portable;
           ASSERT_EQ(values[t * r + p], row[expected[p]]);
         }
         ASSERT_EQ(lowest[t], *std::min_element(row, row + n));
@@ -123,8 +124,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, TopSelectorTest,
                                            Shape{257, 9}, Shape{64, 17}, Shape{20, 16},
                                            // Every padded column width of the
                                            // batched merge: 1, 2, 4, 8, 16.
-                                           Shape{16, 2}, Shape{24, 5}, Shape{40, 13},
-                                           Shape{33, 1}),
+                                           Shape{16, 2}, Shape{24, 5}, Shape{40, 13}, Shape{33, 1}),
                          [](const ::testing::TestParamInfo<Shape>& info) {
                            return absl::StrCat("n", info.param.n, "_r", info.param.r);
                          });
@@ -137,8 +137,7 @@ TEST(AllFiniteTest, FindsNanAndInfinityAnywhere) {
   x[6] = std::numeric_limits<float>::lowest();
   EXPECT_TRUE(AllFinite(x.data(), x.size()));
   EXPECT_TRUE(AllFinite(x.data(), 0));
-  for (float bad : {std::numeric_limits<float>::quiet_NaN(),
-                    std::numeric_limits<float>::infinity(),
+  for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
                     -std::numeric_limits<float>::infinity()}) {
     for (size_t at : {size_t{0}, size_t{7}, size_t{8}, size_t{31}, size_t{36}}) {
       std::vector<float> y = x;

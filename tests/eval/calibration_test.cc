@@ -1,8 +1,8 @@
 #include "eval/calibration.h"
 
 #include "eval/workload.h"
-#include "tests/testing/test_util.h"
 #include "gtest/gtest.h"
+#include "tests/testing/test_util.h"
 
 namespace moe_router {
 namespace {
@@ -20,8 +20,7 @@ TEST(CalibrationTest, MixtralPresetMatchesTheRealTraceAtAFixedSeed) {
   ASSERT_TRUE(rows.ok()) << rows.status();
   ASSERT_EQ(rows->size(), 9u);
   for (const CalibrationRow& row : *rows) {
-    EXPECT_TRUE(row.ok()) << row.metric << ": generated " << row.generated << ", real "
-                          << row.real;
+    EXPECT_TRUE(row.ok()) << row.metric << ": generated " << row.generated << ", real " << row.real;
   }
 }
 

@@ -6,9 +6,9 @@
 #include <set>
 
 #include "eval/workload.h"
-#include "tests/testing/test_util.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/testing/test_util.h"
 
 namespace moe_router {
 namespace {
@@ -158,7 +158,8 @@ TEST(ReplayTest, CacheAwareRoutingTradesGateMassForHits) {
   EXPECT_EQ(plain->rows[0].changed_fraction, 0.0);
   EXPECT_DOUBLE_EQ(plain->rows[0].gate_mass_mean, 1.0);
   // Unchanged routing through the router is the trace's own top-k.
-  EXPECT_DOUBLE_EQ(plain->rows[0].hit_rate, HitRate(trace, BudgetMode::kGlobalSlots, 128, "layer_reuse"));
+  EXPECT_DOUBLE_EQ(plain->rows[0].hit_rate,
+                   HitRate(trace, BudgetMode::kGlobalSlots, 128, "layer_reuse"));
   EXPECT_GT(aware->rows[0].hit_rate, plain->rows[0].hit_rate);
   EXPECT_GT(aware->rows[0].changed_fraction, 0.0);
   EXPECT_LT(aware->rows[0].gate_mass_mean, 1.0);

@@ -21,8 +21,9 @@ absl::StatusOr<RoutingTrace> ReadText(const testing::TempDir& dir, const std::st
 TEST(TraceTest, ReadsSparseJsonlInTokenThenLayerOrder) {
   testing::TempDir dir;
   // Lines out of order, token_pos naming, an extra field, a missing step.
-  auto trace = ReadText(dir,
-                        R"({"dataset":"d","problem_id":0,"layer":1,"experts":[3,1],"token_pos":0,"x":1}
+  auto trace =
+      ReadText(dir,
+               R"({"dataset":"d","problem_id":0,"layer":1,"experts":[3,1],"token_pos":0,"x":1}
 {"dataset":"d","problem_id":0,"layer":0,"experts":[2,0],"token_pos":0}
 {"dataset":"d","problem_id":0,"layer":0,"experts":[1,2],"token_pos":1}
 
@@ -52,7 +53,8 @@ TEST(TraceTest, MalformedLinesNameTheLine) {
   };
   EXPECT_THAT(error("{\"layer\":0,\"experts\":[1],\"token_idx\":0}\nnot json\n"),
               HasSubstr("t.jsonl:2: not a JSON object"));
-  EXPECT_THAT(error("{\"experts\":[1],\"token_idx\":0}\n"), HasSubstr(":1: missing or bad 'layer'"));
+  EXPECT_THAT(error("{\"experts\":[1],\"token_idx\":0}\n"),
+              HasSubstr(":1: missing or bad 'layer'"));
   EXPECT_THAT(error("{\"layer\":0,\"experts\":[1]}\n"), HasSubstr("'token_idx' / 'token_pos'"));
   EXPECT_THAT(error("{\"layer\":0,\"experts\":[1,2],\"token_idx\":0}\n"
                     "{\"layer\":1,\"experts\":[1],\"token_idx\":0}\n"),

@@ -9,12 +9,23 @@ namespace {
 // Every canonical code survives the trip through gRPC and back, with its
 // message, and has gRPC's name.
 TEST(GrpcStatusTest, EveryCodeRoundTripsWithItsMessageAndName) {
-  const char* kGrpcNames[] = {"OK",           "CANCELLED",          "UNKNOWN",
-                              "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-                              "ALREADY_EXISTS", "PERMISSION_DENIED",  "RESOURCE_EXHAUSTED",
-                              "FAILED_PRECONDITION", "ABORTED",        "OUT_OF_RANGE",
-                              "UNIMPLEMENTED", "INTERNAL",            "UNAVAILABLE",
-                              "DATA_LOSS",    "UNAUTHENTICATED"};
+  const char* kGrpcNames[] = {"OK",
+                              "CANCELLED",
+                              "UNKNOWN",
+                              "INVALID_ARGUMENT",
+                              "DEADLINE_EXCEEDED",
+                              "NOT_FOUND",
+                              "ALREADY_EXISTS",
+                              "PERMISSION_DENIED",
+                              "RESOURCE_EXHAUSTED",
+                              "FAILED_PRECONDITION",
+                              "ABORTED",
+                              "OUT_OF_RANGE",
+                              "UNIMPLEMENTED",
+                              "INTERNAL",
+                              "UNAVAILABLE",
+                              "DATA_LOSS",
+                              "UNAUTHENTICATED"};
   ASSERT_EQ(kStatusCodeCount, 17);
   for (int c = 0; c < kStatusCodeCount; ++c) {
     const auto code = static_cast<absl::StatusCode>(c);

@@ -1,5 +1,6 @@
 // moe-routerd as a real process: serves the embedded default, drains on
 // SIGTERM with exit 0, and leaves its learned state behind.
+#include <grpcpp/grpcpp.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -10,16 +11,14 @@
 #include <optional>
 #include <string>
 
-#include <grpcpp/grpcpp.h>
-
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
+#include "core/file_io.h"
 #include "gmock/gmock.h"
 #include "grpc/health/v1/health.grpc.pb.h"
-#include "gtest/gtest.h"
 #include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
+#include "gtest/gtest.h"
 #include "moe_router/v1/moe_router.grpc.pb.h"
-#include "core/file_io.h"
 #include "tests/testing/test_util.h"
 
 namespace moe_router {
@@ -111,11 +110,11 @@ class Daemon {
 
 TEST(DaemonTest, ServesTheDefaultAndDrainsOnSigterm) {
   testing::TempDir dir;
-  Daemon d({"--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0",
-            "--health_listen=127.0.0.1:0", "--state_dir=" + dir.path(), "--drain_timeout=5s"});
+  Daemon d({"--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0", "--health_listen=127.0.0.1:0",
+            "--state_dir=" + dir.path(), "--drain_timeout=5s"});
   ASSERT_GT(d.port(), 0);
-  auto stub = v1::MoeRouter::NewStub(
-      grpc::CreateChannel(d.address(), grpc::InsecureChannelCredentials()));
+  auto stub =
+      v1::MoeRouter::NewStub(grpc::CreateChannel(d.address(), grpc::InsecureChannelCredentials()));
   grpc::ClientContext ctx;
   v1::RouteTokensRequest request;
   request.set_model("mixtral-8x7b");
@@ -139,7 +138,8 @@ TEST(DaemonTest, ServesTheDefaultAndDrainsOnSigterm) {
   ASSERT_TRUE(stream->Read(&listed));
   std::vector<std::string> services;
   for (const auto& s : listed.list_services_response().service()) services.push_back(s.name());
-  EXPECT_THAT(services, ::testing::IsSupersetOf({"moe_router.v1.MoeRouter", "grpc.health.v1.Health"}));
+  EXPECT_THAT(services,
+              ::testing::IsSupersetOf({"moe_router.v1.MoeRouter", "grpc.health.v1.Health"}));
   EXPECT_TRUE(stream->Finish().ok());
 
   ASSERT_EQ(kill(d.pid(), SIGTERM), 0);

@@ -2,22 +2,21 @@
 #include "server/server.h"
 
 #include <arpa/inet.h>
+#include <grpcpp/grpcpp.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <filesystem>
 
-#include <grpcpp/grpcpp.h>
-
 #include "absl/strings/str_cat.h"
-#include "gmock/gmock.h"
-#include "grpc/health/v1/health.grpc.pb.h"
-#include "gtest/gtest.h"
 #include "core/checksum.h"
 #include "core/file_io.h"
 #include "core/resource_name.h"
 #include "core/safetensors.h"
+#include "gmock/gmock.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "gtest/gtest.h"
 #include "moe_router/v1/moe_router.grpc.pb.h"
 #include "tests/testing/test_specs.h"
 #include "tests/testing/test_util.h"
@@ -253,9 +252,9 @@ TEST(ServerNamesTest, ModelNamesOutsideTheRuleAreRefusedAndStateStaysInItsDirect
   auto stub = v1::MoeRouter::NewStub(grpc::CreateChannel(
       "127.0.0.1:" + std::to_string((*server)->port()), grpc::InsecureChannelCredentials()));
   const std::string kLong(1 << 20, 'a');
-  for (const std::string& name : {std::string("../escape"), std::string(".."), std::string("."),
-                                  std::string(".hidden"), std::string("a/b"), std::string("a b"),
-                                  std::string("nul\0x", 5), std::string(""), kLong}) {
+  for (const std::string& name :
+       {std::string("../escape"), std::string(".."), std::string("."), std::string(".hidden"),
+        std::string("a/b"), std::string("a b"), std::string("nul\0x", 5), std::string(""), kLong}) {
     grpc::ClientContext ctx;
     v1::RegisterModelRequest request;
     *request.mutable_spec() = SmallSpec(name);
@@ -315,9 +314,9 @@ Fetched Fetch(v1::MoeRouter::Stub& stub, const std::string& model, uint32_t laye
 TEST_F(ServerTest, FetchExpertStreamsVerifiedBytesFromSafetensors) {
   testing::TempDir dir;
   // 2 layers x 4 experts; rows big enough for several 1 MiB chunks.
-  const std::vector<SafetensorsWriteTensor> written = testing::WriteExpertShard(
-      dir.File("model.safetensors"), 2, 4, 40000, 3,
-      "model.layers.{layer}.block_sparse_moe.experts.{expert}.");
+  const std::vector<SafetensorsWriteTensor> written =
+      testing::WriteExpertShard(dir.File("model.safetensors"), 2, 4, 40000, 3,
+                                "model.layers.{layer}.block_sparse_moe.experts.{expert}.");
   v1::ModelSpec spec = SmallSpec("st");
   spec.set_num_layers(2);
   spec.set_num_experts(4);
@@ -348,7 +347,8 @@ TEST_F(ServerTest, FetchExpertStreamsVerifiedBytesFromSafetensors) {
   uint64_t offset = 0;
   std::vector<std::pair<std::string, uint64_t>> digests;
   for (const v1::TensorHeader& t : f.header.tensors()) {
-    const uint64_t sum = Xxh3({reinterpret_cast<const uint8_t*>(f.bytes.data()) + offset, t.size_bytes()});
+    const uint64_t sum =
+        Xxh3({reinterpret_cast<const uint8_t*>(f.bytes.data()) + offset, t.size_bytes()});
     EXPECT_EQ(sum, t.xxh3());
     digests.emplace_back(t.name(), sum);
     offset += t.size_bytes();
@@ -384,14 +384,16 @@ TEST_F(ServerTest, MetricsScrapePassesPromtoolAndCounts) {
   const std::string body = HttpGet(server_->metrics_port(), "/metrics");
   EXPECT_THAT(body, HasSubstr("moe_router_routed_tokens_total{model=\"tiny\"} 3"));
   EXPECT_THAT(body, HasSubstr("moe_router_route_requests_total{model=\"tiny\",code=\"OK\"} 1"));
-  EXPECT_THAT(body, HasSubstr(
-      "moe_router_route_requests_total{model=\"tiny\",code=\"INVALID_ARGUMENT\"} 1"));
-  EXPECT_THAT(body, HasSubstr(
-      "moe_router_route_requests_total{model=\"_unknown_\",code=\"NOT_FOUND\"} 1"));
+  EXPECT_THAT(
+      body,
+      HasSubstr("moe_router_route_requests_total{model=\"tiny\",code=\"INVALID_ARGUMENT\"} 1"));
+  EXPECT_THAT(
+      body, HasSubstr("moe_router_route_requests_total{model=\"_unknown_\",code=\"NOT_FOUND\"} 1"));
   EXPECT_THAT(body, HasSubstr("moe_router_cache_misses_total{model=\"tiny\"} 6"));
   EXPECT_THAT(body, HasSubstr("moe_router_cache_budget_bytes{model=\"tiny\"} 65536"));
   EXPECT_THAT(body, HasSubstr("moe_router_page_ins_total{model=\"tiny\",priority=\"urgent\"}"));
-  EXPECT_THAT(body, HasSubstr("moe_router_route_duration_seconds_bucket{model=\"tiny\",le=\"+Inf\"} 1"));
+  EXPECT_THAT(body,
+              HasSubstr("moe_router_route_duration_seconds_bucket{model=\"tiny\",le=\"+Inf\"} 1"));
   EXPECT_THAT(body, HasSubstr("moe_router_build_info{version="));
   // Debian's promtool must accept the exposition.
   testing::TempDir dir;

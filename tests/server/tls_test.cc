@@ -74,7 +74,8 @@ TEST_F(TlsTest, MutualTlsRequiresAClientCertificateItsCaSigned) {
   EXPECT_TRUE(absl::IsUnavailable(RouteWith(
       *server, {.ca = pki_.ca, .cert = pki_.rogue_client_cert, .key = pki_.rogue_client_key})));
   // The model saw exactly the one authenticated call.
-  EXPECT_EQ(server->registry().Find("tiny").value()->engine->Stats().metrics.total.routed_tokens, 1u);
+  EXPECT_EQ(server->registry().Find("tiny").value()->engine->Stats().metrics.total.routed_tokens,
+            1u);
 }
 
 TEST_F(TlsTest, HealthPortStaysPlaintextForProbes) {
@@ -120,10 +121,11 @@ TEST_F(TlsTest, BadTlsFilesAreClearErrors) {
 TEST_F(TlsTest, CliSpeaksMutualTls) {
   auto server = StartServer(ServerFiles(/*mutual=*/true));
   ASSERT_NE(server, nullptr);
-  const std::string base = std::string(MOE_ROUTER_CLI_PATH) + " models --server 127.0.0.1:" +
-                           std::to_string(server->port()) + " --tls_ca " + pki_.ca;
-  const testing::CommandResult ok =
-      testing::RunCommand(base + " --tls_cert " + pki_.client_cert + " --tls_key " + pki_.client_key);
+  const std::string base = std::string(MOE_ROUTER_CLI_PATH) +
+                           " models --server 127.0.0.1:" + std::to_string(server->port()) +
+                           " --tls_ca " + pki_.ca;
+  const testing::CommandResult ok = testing::RunCommand(base + " --tls_cert " + pki_.client_cert +
+                                                        " --tls_key " + pki_.client_key);
   EXPECT_EQ(ok.exit_code, 0) << ok.output;
   EXPECT_THAT(ok.output, HasSubstr("tiny"));
   const testing::CommandResult refused = testing::RunCommand(base);

@@ -12,19 +12,19 @@ constexpr char kNewKey[] = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -no
 
 // A self-signed CA certificate.
 std::string MakeCa(const std::string& dir, const std::string& name) {
-  return "openssl req -x509 " + std::string(kNewKey) + " -days 2 -subj /CN=" + name +
-         " -keyout " + dir + "/" + name + ".key -out " + dir + "/" + name + ".pem";
+  return "openssl req -x509 " + std::string(kNewKey) + " -days 2 -subj /CN=" + name + " -keyout " +
+         dir + "/" + name + ".key -out " + dir + "/" + name + ".pem";
 }
 
 // A certificate for `name` with the given extensions, signed by `ca`.
 std::string Issue(const std::string& dir, const std::string& name, const std::string& common_name,
                   const std::string& extensions, const std::string& ca) {
   const std::string base = dir + "/" + name;
-  return "openssl req " + std::string(kNewKey) + " -subj /CN=" + common_name + " -keyout " +
-         base + ".key -out " + base + ".csr && printf '" + extensions + "' > " + base +
+  return "openssl req " + std::string(kNewKey) + " -subj /CN=" + common_name + " -keyout " + base +
+         ".key -out " + base + ".csr && printf '" + extensions + "' > " + base +
          ".ext && openssl x509 -req -days 2 -in " + base + ".csr -CA " + dir + "/" + ca +
-         ".pem -CAkey " + dir + "/" + ca + ".key -CAcreateserial -extfile " + base +
-         ".ext -out " + base + ".pem";
+         ".pem -CAkey " + dir + "/" + ca + ".key -CAcreateserial -extfile " + base + ".ext -out " +
+         base + ".pem";
 }
 
 }  // namespace

@@ -34,9 +34,8 @@ std::string RandomBytes(size_t n, uint64_t seed) {
   return out;
 }
 
-std::vector<SafetensorsWriteTensor> WriteExpertShard(const std::string& path,
-                                                     uint32_t layers, uint32_t experts,
-                                                     uint32_t rows, uint64_t seed,
+std::vector<SafetensorsWriteTensor> WriteExpertShard(const std::string& path, uint32_t layers,
+                                                     uint32_t experts, uint32_t rows, uint64_t seed,
                                                      const std::string& pattern) {
   std::vector<SafetensorsWriteTensor> tensors;
   tensors.push_back({"model.embed_tokens.weight", "BF16", {4, 8}, RandomBytes(64, seed)});
@@ -45,7 +44,9 @@ std::vector<SafetensorsWriteTensor> WriteExpertShard(const std::string& path,
       const std::string prefix = absl::StrReplaceAll(
           pattern, {{"{layer}", absl::StrCat(l)}, {"{expert}", absl::StrCat(e)}});
       for (const char* w : {"w1", "w2", "w3"}) {
-        tensors.push_back({prefix + w + ".weight", "BF16", {rows, 8},
+        tensors.push_back({prefix + w + ".weight",
+                           "BF16",
+                           {rows, 8},
                            RandomBytes(size_t{rows} * 8 * 2, seed + l * 1000 + e * 10 + w[1])});
       }
     }

@@ -30,9 +30,8 @@ std::string RandomBytes(size_t n, uint64_t seed);
 /// Writes a Mixtral-style checkpoint shard: for each layer and expert, w1,
 /// w2 and w3 tensors (BF16, shape {rows, 8}) under `pattern`, plus a dense
 /// attention tensor that is not an expert. Returns the tensors written.
-std::vector<SafetensorsWriteTensor> WriteExpertShard(const std::string& path,
-                                                     uint32_t layers, uint32_t experts,
-                                                     uint32_t rows, uint64_t seed,
+std::vector<SafetensorsWriteTensor> WriteExpertShard(const std::string& path, uint32_t layers,
+                                                     uint32_t experts, uint32_t rows, uint64_t seed,
                                                      const std::string& pattern);
 
 /// Flips one byte of a file in place at `offset`.
