@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -15,6 +16,45 @@ double DecayReuse(double reuse, uint64_t from, uint64_t to) {
 double CurrentReuse(const EntryView& entry, const CacheClock& clock) {
   if (entry.key.layer >= clock.layer_visits.size()) return entry.reuse;
   return DecayReuse(entry.reuse, entry.reuse_visit, clock.layer_visits[entry.key.layer]);
+}
+
+double ReuseAfterUse(double reuse, uint64_t last_visit, uint64_t visit) {
+  return DecayReuse(reuse, last_visit, visit) * (1 - kReuseRate) + kReuseRate;
+}
+
+EntryView AsIfUsedNow(EntryView entry, const CacheClock& clock) {
+  entry.reuse = CurrentReuse(entry, clock) * (1 - kReuseRate) + kReuseRate;
+  if (entry.key.layer < clock.layer_visits.size()) {
+    entry.reuse_visit = clock.layer_visits[entry.key.layer];
+  }
+  entry.last_access = clock.now + 1;
+  entry.accesses += 1;
+  return entry;
+}
+
+EvictionPlan PlanEviction(EvictionPolicy& policy, absl::Span<const EntryView> candidates,
+                          absl::Span<const uint64_t> bytes, const CacheClock& clock, uint64_t need,
+                          const EntryView* incoming) {
+  policy.Prepare(candidates, clock);
+  std::vector<std::tuple<double, uint64_t, ExpertKey, size_t>> order;
+  order.reserve(candidates.size());
+  for (size_t i = 0; i < candidates.size(); ++i) {
+    const EntryView& v = candidates[i];
+    order.emplace_back(policy.Keep(v, clock), v.last_access, v.key, i);
+  }
+  std::sort(order.begin(), order.end());
+  const double incoming_keep = incoming != nullptr ? policy.Keep(*incoming, clock) : 0;
+  EvictionPlan plan;
+  for (size_t t = 0; t < order.size() && plan.freed < need; ++t) {
+    const auto& [keep, last, key, i] = order[t];
+    if (incoming != nullptr && keep >= incoming_keep) {
+      plan.valued_more = key;
+      return plan;
+    }
+    plan.freed += bytes[i];
+    plan.victims.push_back(key);
+  }
+  return plan;
 }
 
 namespace {

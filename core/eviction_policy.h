@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -55,6 +56,29 @@ inline constexpr double kReuseRate = 0.3;
 double DecayReuse(double reuse, uint64_t from, uint64_t to);
 /// Current reuse estimate of an entry, as of its layer's latest visit.
 double CurrentReuse(const EntryView& entry, const CacheClock& clock);
+/// The reuse EMA after a use at visit `visit` of the entry's layer, the
+/// previous use being at `last_visit`: idle visits decay it, this use adds.
+double ReuseAfterUse(double reuse, uint64_t last_visit, uint64_t visit);
+/// How a prefetched expert is judged: as if it were used now, since that is
+/// the prediction that made it worth loading.
+EntryView AsIfUsedNow(EntryView entry, const CacheClock& clock);
+
+/// Which entries to evict, in order, so that `need` more bytes fit.
+struct EvictionPlan {
+  std::vector<ExpertKey> victims;
+  uint64_t freed = 0;  // < need: the evictable entries are not enough
+  /// A prefetch stops at the first entry the policy values at least as much
+  /// as the incoming expert; that entry, when it did.
+  std::optional<ExpertKey> valued_more;
+};
+
+/// The one eviction order every cache uses: lowest Keep() first, ties to
+/// the least recently accessed, then the lowest key. `candidates` are the
+/// evictable entries, `bytes[i]` the size of candidates[i]. For a prefetch,
+/// `incoming` is the prefetched expert (see AsIfUsedNow); null for demand.
+EvictionPlan PlanEviction(EvictionPolicy& policy, absl::Span<const EntryView> candidates,
+                          absl::Span<const uint64_t> bytes, const CacheClock& clock, uint64_t need,
+                          const EntryView* incoming);
 
 struct EvictionPolicyOptions {
   /// For "affinity": the expert's affinity score.

@@ -1,7 +1,6 @@
 #include "core/expert_cache.h"
 
 #include <algorithm>
-#include <tuple>
 
 #include "absl/strings/str_format.h"
 
@@ -92,9 +91,7 @@ bool ExpertCache::Access(ExpertKey key) {
   const uint64_t visit = layer_visits_[key.layer].load(std::memory_order_relaxed);
   const uint64_t last_visit = u.reuse_visit.load(std::memory_order_relaxed);
   if (visit != last_visit || u.accesses.load(std::memory_order_relaxed) == 1) {
-    // EMA step for this visit: earlier idle visits decay it, this use adds.
-    const double before = u.reuse.load(std::memory_order_relaxed);
-    u.reuse.store(DecayReuse(before, last_visit, visit) * (1 - kReuseRate) + kReuseRate,
+    u.reuse.store(ReuseAfterUse(u.reuse.load(std::memory_order_relaxed), last_visit, visit),
                   std::memory_order_relaxed);
     u.reuse_visit.store(visit, std::memory_order_relaxed);
   }
@@ -199,50 +196,34 @@ absl::StatusOr<std::vector<size_t>> ExpertCache::PlanEvictionLocked(ExpertKey ke
   const uint64_t need = used + bytes - config_.budget_bytes;
   const CacheClock clock = Clock();
   std::vector<EntryView> views;
+  std::vector<uint64_t> sizes;
   views.reserve(resident_list_.size());
+  sizes.reserve(resident_list_.size());
   for (size_t i : resident_list_) {
     if (usage_[i].pins.load(std::memory_order_relaxed) == 0 && entries_[i].replacement_bytes == 0) {
       views.push_back(View(i));
+      sizes.push_back(entries_[i].bytes);
     }
   }
-  policy_->Prepare(views, clock);
-  std::vector<std::tuple<double, uint64_t, size_t>> order;
-  order.reserve(views.size());
-  for (const EntryView& v : views) {
-    order.emplace_back(policy_->Keep(v, clock), v.last_access, Index(v.key));
+  EntryView incoming;
+  if (priority == Priority::kPrefetch) incoming = AsIfUsedNow(View(index), clock);
+  const EvictionPlan plan = PlanEviction(*policy_, views, sizes, clock, need,
+                                         priority == Priority::kPrefetch ? &incoming : nullptr);
+  if (plan.valued_more) {
+    return absl::ResourceExhaustedError(
+        absl::StrFormat("prefetch of %s dropped: making room would evict %s, which the %s policy "
+                        "values more",
+                        key.ToString(), plan.valued_more->ToString(), policy_->name()));
   }
-  std::sort(order.begin(), order.end());
-
-  double incoming_keep = 0;
-  if (priority == Priority::kPrefetch) {
-    // Judge the prefetched expert as if it were used now: that is the
-    // prediction that made us prefetch it.
-    EntryView incoming = View(index);
-    incoming.reuse = CurrentReuse(incoming, clock) * (1 - kReuseRate) + kReuseRate;
-    incoming.reuse_visit = clock.layer_visits[key.layer];
-    incoming.last_access = clock.now + 1;
-    incoming.accesses += 1;
-    incoming_keep = policy_->Keep(incoming, clock);
-  }
-  std::vector<size_t> victims;
-  uint64_t freed = 0;
-  for (size_t t = 0; t < order.size() && freed < need; ++t) {
-    const auto& [keep, last, i] = order[t];
-    if (priority == Priority::kPrefetch && keep >= incoming_keep) {
-      return absl::ResourceExhaustedError(
-          absl::StrFormat("prefetch of %s dropped: making room would evict %s, which the %s policy "
-                          "values more",
-                          key.ToString(), KeyOf(i).ToString(), policy_->name()));
-    }
-    freed += entries_[i].bytes;
-    victims.push_back(i);
-  }
-  if (freed < need) {
+  if (plan.freed < need) {
     return absl::ResourceExhaustedError(absl::StrFormat(
         "cache budget of %d bytes cannot admit %s (%d bytes): %d bytes are resident "
         "or loading and only %d of them are evictable (the rest pinned or loading)",
-        config_.budget_bytes, key.ToString(), bytes, used, freed));
+        config_.budget_bytes, key.ToString(), bytes, used, plan.freed));
   }
+  std::vector<size_t> victims;
+  victims.reserve(plan.victims.size());
+  for (const ExpertKey& victim : plan.victims) victims.push_back(Index(victim));
   return victims;
 }
 

@@ -1,6 +1,7 @@
 #include "core/metrics.h"
 
 #include <algorithm>
+#include <iterator>
 
 #include "absl/strings/str_format.h"
 
@@ -93,13 +94,39 @@ std::string TargetsSummary::ToString() const {
                          route_overhead_ok ? "meets target" : "over target");
 }
 
+namespace {
+
+// The fields of WorkerCacheCounters, so that copying, subtracting and
+// exporting them is written once.
+constexpr uint64_t WorkerCacheCounters::*kWorkerCounterFields[] = {
+    &WorkerCacheCounters::routed_tokens,  &WorkerCacheCounters::hits,
+    &WorkerCacheCounters::misses,         &WorkerCacheCounters::urgent_loads,
+    &WorkerCacheCounters::prefetch_loads, &WorkerCacheCounters::evictions,
+    &WorkerCacheCounters::load_bytes,     &WorkerCacheCounters::unplaced};
+
+}  // namespace
+
+WorkerCacheCounters WorkerCacheCounters::Minus(const WorkerCacheCounters& before) const {
+  WorkerCacheCounters delta;
+  for (auto field : kWorkerCounterFields) delta.*field = this->*field - before.*field;
+  return delta;
+}
+
+void ModelMetrics::RecordWorkerCall(const WorkerCacheCounters& delta) {
+  static_assert(std::size(kWorkerCounterFields) == std::size(decltype(workers_){}));
+  for (size_t i = 0; i < std::size(kWorkerCounterFields); ++i) {
+    Inc(workers_[i], delta.*kWorkerCounterFields[i]);
+  }
+}
+
 ModelMetrics::ModelMetrics(uint32_t num_layers, Targets targets)
     : num_layers_(num_layers),
       targets_(targets),
       layers_(new LayerCounters[num_layers]),
       route_seconds_(LatencyBuckets()),
       page_in_seconds_(LatencyBuckets()),
-      gate_mass_(GateMassBuckets()) {}
+      gate_mass_(GateMassBuckets()),
+      fetch_from_memory_seconds_(LatencyBuckets()) {}
 
 void ModelMetrics::RecordRoute(uint32_t layer, uint32_t tokens, uint64_t hits, uint64_t misses,
                                uint32_t changed, double gate_mass_sum, double gate_mass_min,
@@ -163,6 +190,10 @@ MetricsSnapshot ModelMetrics::Snapshot() const {
   s.route_seconds = route_seconds_.Read();
   s.page_in_seconds = page_in_seconds_.Read();
   s.gate_mass = gate_mass_.Read();
+  s.fetch_from_memory_seconds = fetch_from_memory_seconds_.Read();
+  for (size_t i = 0; i < std::size(kWorkerCounterFields); ++i) {
+    s.workers.*kWorkerCounterFields[i] = Load(workers_[i]);
+  }
   s.targets.hit_rate = s.total.HitRate();
   s.targets.route_us_per_token =
       s.total.routed_tokens == 0 ? 0 : s.route_seconds.sum * 1e6 / s.total.routed_tokens;

@@ -88,6 +88,26 @@ struct TargetsSummary {
   std::string ToString() const;
 };
 
+/// What worker caches were told, summed over a cache's life or over all
+/// the caches of a model.
+struct WorkerCacheCounters {
+  uint64_t routed_tokens = 0;
+  uint64_t hits = 0;    // chosen experts the worker held when routed
+  uint64_t misses = 0;  // chosen experts it had to load
+  uint64_t urgent_loads = 0;
+  uint64_t prefetch_loads = 0;
+  uint64_t evictions = 0;
+  uint64_t load_bytes = 0;
+  /// Chosen experts that could not be placed at all: the call's own experts
+  /// already filled the budget. The worker streams them without keeping them.
+  uint64_t unplaced = 0;
+  double HitRate() const {
+    const uint64_t n = hits + misses;
+    return n == 0 ? 0 : static_cast<double>(hits) / n;
+  }
+  WorkerCacheCounters Minus(const WorkerCacheCounters& before) const;
+};
+
 struct MetricsSnapshot {
   std::vector<LayerTotals> layers;
   LayerTotals total;
@@ -98,6 +118,9 @@ struct MetricsSnapshot {
   Histogram::Snapshot route_seconds;
   Histogram::Snapshot page_in_seconds;
   Histogram::Snapshot gate_mass;  // per batch: mean over its tokens
+  /// FetchExpert calls served from the server's memory (no page-in).
+  Histogram::Snapshot fetch_from_memory_seconds;
+  WorkerCacheCounters workers;
   TargetsSummary targets;
 };
 
@@ -117,6 +140,10 @@ class ModelMetrics {
   void RecordPageOut(ExpertKey key);
   void RecordRepage(ExpertKey key);
   void RecordPrefetch(ExpertKey key, bool dropped);
+  /// One worker-cache call: what it added to that cache's counters.
+  void RecordWorkerCall(const WorkerCacheCounters& delta);
+  /// A FetchExpert served from the server's memory, start to last byte.
+  void RecordFetchFromMemory(double seconds) { fetch_from_memory_seconds_.Observe(seconds); }
 
   MetricsSnapshot Snapshot() const;
 
@@ -131,6 +158,9 @@ class ModelMetrics {
   Histogram route_seconds_;
   Histogram page_in_seconds_;
   Histogram gate_mass_;
+  Histogram fetch_from_memory_seconds_;
+  // One per field of WorkerCacheCounters, in kWorkerCounterFields order.
+  std::atomic<uint64_t> workers_[8] = {};
 };
 
 }  // namespace moe_router

@@ -69,6 +69,12 @@ absl::StatusOr<std::unique_ptr<ModelEngine>> ModelEngine::Create(
       metrics, config.paging);
   if (!pool.ok()) return pool.status();
   model->pool_ = *std::move(pool);
+  auto sizes = ExpertSizeTable::Build(*model->store_, config.num_layers, config.router.num_experts);
+  if (!sizes.ok()) return sizes.status();
+  model->sizes_ = *std::move(sizes);
+  model->worker_caches_ = std::make_unique<WorkerCacheSet>(
+      config.name, config.num_layers, config.router.num_experts, model->sizes_,
+      config.worker_caches, config.eviction_policy, options);
   return model;
 }
 
@@ -118,31 +124,38 @@ void ModelEngine::QueuePrefetch(uint32_t layer, absl::Span<const uint32_t> exper
   }
 }
 
-absl::StatusOr<RouteOutcome> ModelEngine::Route(uint32_t layer, absl::Span<const float> logits) {
+absl::StatusOr<RouteOutcome> ModelEngine::Route(uint32_t layer, absl::Span<const float> logits,
+                                                const std::string& cache) {
   if (absl::Status s = CheckLayer(layer); !s.ok()) return s;
+  std::shared_ptr<WorkerCacheView> view;
+  if (!cache.empty()) {
+    auto found = FindCache(cache);
+    if (!found.ok()) return found.status();
+    view = *std::move(found);
+  }
   const auto start = std::chrono::steady_clock::now();
   RouteOutcome out;
-  absl::StatusOr<bool> reclassify = RouteAndLearn(layer, logits, &out.batch);
-  if (!reclassify.ok()) return reclassify.status();
-
-  // Paging actions, with no layer lock held. Chosen experts stay pinned
-  // while this route is in flight.
-  const uint32_t n = config_.router.num_experts;
-  std::vector<uint32_t> uses_by_expert(n, 0);
-  std::vector<uint32_t> chosen;
-  for (uint32_t e : out.batch.experts) {
-    if (uses_by_expert[e]++ == 0) chosen.push_back(e);
-  }
-  for (uint32_t e : chosen) {
-    const ExpertKey key{layer, e};
-    if (!cache_->Pin(key)) {
-      pool_->PageIn(key, Priority::kUrgent);
-      out.urgent.push_back(key);
+  absl::StatusOr<bool> reclassify = false;
+  const auto chosen_of = [&] {
+    std::vector<uint8_t> seen(config_.router.num_experts, 0);
+    std::vector<uint32_t> chosen;
+    for (uint32_t e : out.batch.experts) {
+      if (seen[e]++ == 0) chosen.push_back(e);
     }
+    return chosen;
+  };
+  if (view == nullptr) {
+    reclassify = RouteAndLearn(layer, logits, nullptr, &out.batch);
+    if (!reclassify.ok()) return reclassify.status();
+    PageForServer(layer, chosen_of(), &out);
+  } else {
+    absl::MutexLock lock(&view->mu());
+    view->Touch(absl::Now());
+    reclassify = RouteAndLearn(layer, logits, view.get(), &out.batch);
+    if (!reclassify.ok()) return reclassify.status();
+    PageForWorker(*view, layer, chosen_of(), &out);
   }
-  QueuePrefetch(layer, out.batch.prefetch, &out.prefetch);
-  PrefetchNextLayer(layer, uses_by_expert, &out.prefetch);
-  for (uint32_t e : chosen) cache_->Unpin({layer, e});
+  if (view != nullptr) StageForWorker(out.urgent), StageForWorker(out.prefetch);
   if (*reclassify) RepageChangedClasses(layer);
 
   const double seconds =
@@ -153,33 +166,109 @@ absl::StatusOr<RouteOutcome> ModelEngine::Route(uint32_t layer, absl::Span<const
   return out;
 }
 
+void ModelEngine::PageForServer(uint32_t layer, absl::Span<const uint32_t> chosen,
+                                RouteOutcome* out) {
+  // No layer lock held. Chosen experts stay pinned while this route is in
+  // flight.
+  for (uint32_t e : chosen) {
+    const ExpertKey key{layer, e};
+    if (!cache_->Pin(key)) {
+      pool_->PageIn(key, Priority::kUrgent);
+      out->urgent.push_back(key);
+    }
+  }
+  QueuePrefetch(layer, out->batch.prefetch, &out->prefetch);
+  if (layer + 1 < config_.num_layers) {
+    QueuePrefetch(layer + 1, PredictNextLayer(layer, UsesByExpert(out->batch.experts)),
+                  &out->prefetch);
+  }
+  for (uint32_t e : chosen) cache_->Unpin({layer, e});
+}
+
+void ModelEngine::PageForWorker(WorkerCacheView& view, uint32_t layer,
+                                absl::Span<const uint32_t> chosen, RouteOutcome* out) {
+  const WorkerCacheCounters before = view.counters();
+  view.NoteRoutedTokens(out->batch.tokens);
+  // As the offline replay does: the batch's experts are pinned, each use is
+  // recorded in order and a miss is loaded before the next use.
+  view.BeginStep(layer);
+  for (uint32_t e : chosen) view.Pin(e);
+  for (uint32_t e : out->batch.experts) {
+    const ExpertKey key{layer, e};
+    if (!view.Access(key) && !view.Admit(key, VariantFor(key), Priority::kUrgent).ok()) {
+      view.NoteUnplaced();
+    }
+  }
+  const auto prefetch = [&](ExpertKey key) {
+    if (!view.IsResident(key)) view.Admit(key, VariantFor(key), Priority::kPrefetch).IgnoreError();
+  };
+  for (uint32_t e : out->batch.prefetch) prefetch({layer, e});
+  if (layer + 1 < config_.num_layers) {
+    for (uint32_t e : PredictNextLayer(layer, UsesByExpert(out->batch.experts))) {
+      prefetch({layer + 1, e});
+    }
+  }
+  CacheInstructions instructions = view.EndCall();
+  out->urgent = std::move(instructions.urgent);
+  out->prefetch = std::move(instructions.prefetch);
+  out->evictions = std::move(instructions.evictions);
+  metrics_->RecordWorkerCall(view.counters().Minus(before));
+}
+
+void ModelEngine::StageForWorker(absl::Span<const ExpertKey> loads) {
+  for (const ExpertKey& key : loads) {
+    if (!cache_->IsResident(key)) pool_->PageIn(key, Priority::kPrefetch);
+  }
+}
+
+std::vector<uint32_t> ModelEngine::UsesByExpert(absl::Span<const uint32_t> experts) const {
+  std::vector<uint32_t> uses(config_.router.num_experts, 0);
+  for (uint32_t e : experts) ++uses[e];
+  return uses;
+}
+
+uint8_t ModelEngine::VariantFor(ExpertKey key) const {
+  return multi_precision_ ? sizes_->VariantIndex(PrecisionFor(key)) : 0;
+}
+
 absl::StatusOr<bool> ModelEngine::RouteAndLearn(uint32_t layer, absl::Span<const float> logits,
-                                                RouteResult* result) {
+                                                WorkerCacheView* view, RouteResult* result) {
   const uint32_t n = config_.router.num_experts;
   const uint32_t k = config_.router.top_k;
-  // The previous layer's last batch, to learn co-activation when this batch
+  // The same caller's previous batch, to learn co-activation when this batch
   // is the same tokens one layer on. Copied so no two layer locks nest.
+  const size_t expected = logits.size() / n * k;
   std::vector<uint32_t> prev;
-  if (layer > 0) {
+  if (view != nullptr) {
+    if (layer > 0 && view->last_layer() == layer - 1 && view->last_choices().size() == expected) {
+      prev = view->last_choices();
+    }
+  } else if (layer > 0) {
     Layer& before = *layers_[layer - 1];
     absl::MutexLock lock(&before.mu);
-    if (before.last_choices.size() == logits.size() / n * k) prev = before.last_choices;
+    if (before.last_choices.size() == expected) prev = before.last_choices;
   }
   Layer& here = *layers_[layer];
   absl::MutexLock lock(&here.mu);
-  if (absl::Status s = here.router->Route(logits, cache_->ResidentFlags(layer), result); !s.ok()) {
+  const std::atomic<uint8_t>* resident =
+      view != nullptr ? view->ResidentFlags(layer) : cache_->ResidentFlags(layer);
+  if (absl::Status s = here.router->Route(logits, resident, result); !s.ok()) {
     metrics_->RecordRouteError();
     return s;
   }
-  cache_->BeginStep(layer);
-  for (uint32_t e : result->experts) cache_->Access({layer, e});
+  if (view != nullptr) {
+    view->SetLastBatch(layer, result->experts);
+  } else {
+    cache_->BeginStep(layer);
+    for (uint32_t e : result->experts) cache_->Access({layer, e});
+    here.last_choices = result->experts;
+  }
   if (here.from_previous != nullptr && prev.size() == result->experts.size()) {
     for (uint32_t t = 0; t < result->tokens; ++t) {
       here.from_previous->Update(absl::MakeConstSpan(prev).subspan(size_t{t} * k, k),
                                  result->TokenExperts(t));
     }
   }
-  here.last_choices = result->experts;
   here.tokens_since_reclassify += result->tokens;
   if (multi_precision_ && here.tokens_since_reclassify >= config_.precision.warmup_tokens) {
     here.tokens_since_reclassify = 0;
@@ -188,17 +277,13 @@ absl::StatusOr<bool> ModelEngine::RouteAndLearn(uint32_t layer, absl::Span<const
   return false;
 }
 
-void ModelEngine::PrefetchNextLayer(uint32_t layer, absl::Span<const uint32_t> uses_by_expert,
-                                    std::vector<ExpertKey>* queued) {
-  if (layer + 1 >= config_.num_layers || config_.prefetch_next_layer == 0) return;
+std::vector<uint32_t> ModelEngine::PredictNextLayer(uint32_t layer,
+                                                    absl::Span<const uint32_t> uses_by_expert) {
+  if (layer + 1 >= config_.num_layers || config_.prefetch_next_layer == 0) return {};
   const std::vector<double> weights(uses_by_expert.begin(), uses_by_expert.end());
-  std::vector<uint32_t> predicted;
-  {
-    Layer& next = *layers_[layer + 1];
-    absl::MutexLock lock(&next.mu);
-    predicted = next.from_previous->PredictWeighted(weights, config_.prefetch_next_layer);
-  }
-  QueuePrefetch(layer + 1, predicted, queued);
+  Layer& next = *layers_[layer + 1];
+  absl::MutexLock lock(&next.mu);
+  return next.from_previous->PredictWeighted(weights, config_.prefetch_next_layer);
 }
 
 void ModelEngine::RepageChangedClasses(uint32_t layer) {
@@ -209,36 +294,30 @@ void ModelEngine::RepageChangedClasses(uint32_t layer) {
   }
 }
 
-absl::StatusOr<PrefetchOutcome> ModelEngine::Prefetch(uint32_t layer,
-                                                      absl::Span<const uint32_t> experts,
-                                                      uint32_t budget) {
+absl::StatusOr<PrefetchOutcome> ModelEngine::Prefetch(const PrefetchQuery& query) {
+  const uint32_t layer = query.layer;
   if (absl::Status s = CheckLayer(layer); !s.ok()) return s;
   const uint32_t n = config_.router.num_experts;
-  for (uint32_t e : experts) {
+  for (uint32_t e : query.experts) {
     if (absl::Status s = CheckExpert({layer, e}); !s.ok()) return s;
   }
-  std::vector<uint32_t> candidates(experts.begin(), experts.end());
-  if (candidates.empty()) {
-    // Co-activation with the previous layer's last batch first, then the
-    // layer's own affinity.
-    if (layer > 0) {
-      std::vector<double> weights(n, 0);
-      {
-        Layer& before = *layers_[layer - 1];
-        absl::MutexLock lock(&before.mu);
-        for (uint32_t e : before.last_choices) weights[e] += 1;
-      }
-      Layer& here = *layers_[layer];
-      absl::MutexLock lock(&here.mu);
-      candidates = here.from_previous->PredictWeighted(weights, budget);
-    }
-    for (uint32_t e : layers_[layer]->affinity->TopByAffinity(budget)) {
-      if (candidates.size() >= budget) break;
-      if (std::find(candidates.begin(), candidates.end(), e) == candidates.end()) {
-        candidates.push_back(e);
-      }
-    }
+  if (!query.gate_logits.empty() && query.gate_logits.size() != n) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("prefetch gate_logits has %d values; model '%s' has %d experts per layer",
+                        query.gate_logits.size(), config_.name, n));
   }
+  std::shared_ptr<WorkerCacheView> view;
+  if (!query.cache.empty()) {
+    auto found = FindCache(query.cache);
+    if (!found.ok()) return found.status();
+    view = *std::move(found);
+  }
+  if (view != nullptr) {
+    absl::MutexLock lock(&view->mu());
+    view->Touch(absl::Now());
+    return PrefetchForWorker(*view, layer, PrefetchCandidates(query, view.get()));
+  }
+  std::vector<uint32_t> candidates = PrefetchCandidates(query, nullptr);
   PrefetchOutcome out;
   std::vector<uint8_t> seen(n, 0);
   for (uint32_t e : candidates) {
@@ -261,6 +340,136 @@ absl::StatusOr<PrefetchOutcome> ModelEngine::Prefetch(uint32_t layer,
     out.queued.push_back(e);
   }
   return out;
+}
+
+std::vector<uint32_t> ModelEngine::PrefetchCandidates(const PrefetchQuery& query,
+                                                      WorkerCacheView* view) {
+  const uint32_t n = config_.router.num_experts;
+  const uint32_t layer = query.layer;
+  const uint32_t budget = std::min(query.budget, n);
+  if (!query.experts.empty()) return {query.experts.begin(), query.experts.end()};
+  if (!query.gate_logits.empty()) {
+    // The worker's guess of the gate: its top experts, ties to the lower id.
+    std::vector<uint32_t> order(n);
+    for (uint32_t e = 0; e < n; ++e) order[e] = e;
+    const uint32_t take = budget != 0 ? budget : config_.router.top_k;
+    std::partial_sort(order.begin(), order.begin() + take, order.end(),
+                      [&](uint32_t a, uint32_t b) {
+                        return query.gate_logits[a] > query.gate_logits[b] ||
+                               (query.gate_logits[a] == query.gate_logits[b] && a < b);
+                      });
+    order.resize(take);
+    return order;
+  }
+  // Co-activation with the same caller's previous batch first, then the
+  // layer's own affinity.
+  std::vector<uint32_t> candidates;
+  if (layer > 0) {
+    std::vector<double> weights(n, 0);
+    if (view != nullptr) {
+      if (view->last_layer() == layer - 1) {
+        for (uint32_t e : view->last_choices()) weights[e] += 1;
+      }
+    } else {
+      Layer& before = *layers_[layer - 1];
+      absl::MutexLock lock(&before.mu);
+      for (uint32_t e : before.last_choices) weights[e] += 1;
+    }
+    Layer& here = *layers_[layer];
+    absl::MutexLock lock(&here.mu);
+    candidates = here.from_previous->PredictWeighted(weights, budget);
+  }
+  for (uint32_t e : layers_[layer]->affinity->TopByAffinity(budget)) {
+    if (candidates.size() >= budget) break;
+    if (std::find(candidates.begin(), candidates.end(), e) == candidates.end()) {
+      candidates.push_back(e);
+    }
+  }
+  return candidates;
+}
+
+absl::StatusOr<PrefetchOutcome> ModelEngine::PrefetchForWorker(
+    WorkerCacheView& view, uint32_t layer, absl::Span<const uint32_t> candidates) {
+  const WorkerCacheCounters before = view.counters();
+  PrefetchOutcome out;
+  std::vector<uint8_t> seen(config_.router.num_experts, 0);
+  std::vector<uint32_t> tried;
+  for (uint32_t e : candidates) {
+    if (seen[e]++) continue;
+    const ExpertKey key{layer, e};
+    if (view.IsResident(key)) {
+      out.already_resident.push_back(e);
+      continue;
+    }
+    view.Admit(key, VariantFor(key), Priority::kPrefetch).IgnoreError();
+    tried.push_back(e);
+  }
+  CacheInstructions instructions = view.EndCall();
+  // An expert admitted and then displaced by a later one of the same call
+  // was never the worker's to load: it counts as dropped.
+  for (uint32_t e : tried) {
+    const bool loaded = std::binary_search(instructions.prefetch.begin(),
+                                           instructions.prefetch.end(), ExpertKey{layer, e});
+    (loaded ? out.queued : out.dropped).push_back(e);
+  }
+  out.evictions = std::move(instructions.evictions);
+  metrics_->RecordWorkerCall(view.counters().Minus(before));
+  StageForWorker(instructions.prefetch);
+  return out;
+}
+
+absl::StatusOr<std::shared_ptr<WorkerCacheView>> ModelEngine::FindCache(
+    const std::string& cache) const {
+  return worker_caches_->Find(cache);
+}
+
+absl::StatusOr<WorkerCacheInfo> ModelEngine::OpenCache(const std::string& cache,
+                                                       uint64_t budget_bytes,
+                                                       const std::string& policy) {
+  return worker_caches_->Open(cache, budget_bytes, policy, absl::Now());
+}
+
+absl::Status ModelEngine::CloseCache(const std::string& cache) {
+  return worker_caches_->Close(cache);
+}
+
+size_t ModelEngine::CloseIdleCaches(absl::Time now) { return worker_caches_->CloseIdle(now); }
+
+absl::StatusOr<WorkerCacheInfo> ModelEngine::SyncCache(const std::string& cache,
+                                                       absl::Span<const ExpertKey> resident) {
+  for (const ExpertKey& key : resident) {
+    if (absl::Status s = CheckExpert(key); !s.ok()) return s;
+  }
+  auto view = FindCache(cache);
+  if (!view.ok()) return view.status();
+  absl::MutexLock lock(&(*view)->mu());
+  (*view)->Touch(absl::Now());
+  // An expert the view holds keeps its variant; others are taken to be in
+  // the variant the server would have asked for.
+  std::vector<std::pair<ExpertKey, uint8_t>> held;
+  held.reserve(resident.size());
+  for (const ExpertKey& key : resident) {
+    held.emplace_back(key,
+                      (*view)->IsResident(key) ? (*view)->ResidentVariant(key) : VariantFor(key));
+  }
+  if (absl::Status s = (*view)->Adopt(held); !s.ok()) return s;
+  return DescribeCache(**view);
+}
+
+absl::StatusOr<WorkerCacheStats> ModelEngine::CacheStats(const std::string& cache) const {
+  auto view = FindCache(cache);
+  if (!view.ok()) return view.status();
+  WorkerCacheView& v = **view;
+  absl::MutexLock lock(&v.mu());
+  WorkerCacheStats stats{.cache = v.name(),
+                         .policy = v.policy_name(),
+                         .budget_bytes = v.budget_bytes(),
+                         .resident_bytes = v.resident_bytes(),
+                         .counters = v.counters(),
+                         .resident_by_layer = std::vector<uint32_t>(config_.num_layers, 0),
+                         .memory_bytes = v.MemoryBytes()};
+  for (const ExpertKey& key : v.ResidentKeys()) ++stats.resident_by_layer[key.layer];
+  return stats;
 }
 
 absl::Status ModelEngine::CheckExpert(ExpertKey key) const {
@@ -348,6 +557,10 @@ ModelStats ModelEngine::Stats() const {
   }
   for (int p = 0; p < kNumPriorities; ++p) {
     stats.queue_depth[p] = pool_->QueueDepth(static_cast<Priority>(p));
+  }
+  for (const auto& view : worker_caches_->All()) {
+    ++stats.open_caches;
+    stats.worker_cache_memory_bytes += view->MemoryBytes();
   }
   return stats;
 }

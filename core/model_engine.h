@@ -19,6 +19,7 @@
 #include "core/paging_pool.h"
 #include "core/precision.h"
 #include "core/router.h"
+#include "core/worker_cache.h"
 
 namespace moe_router {
 
@@ -37,21 +38,48 @@ struct ModelConfig {
   /// predicted by co-activation (0: none).
   uint32_t prefetch_next_layer = 2;
   Targets targets;
+  WorkerCacheLimits worker_caches;
 
   absl::Status Validate() const;
 };
 
-/// What one RouteTokens call produced and queued.
+/// What one RouteTokens call produced and queued. For a worker cache, the
+/// page-ins and evictions are the worker's to carry out (evictions first);
+/// otherwise they are queued on the server's own cache.
 struct RouteOutcome {
   RouteResult batch;
-  std::vector<ExpertKey> urgent;    // page-ins queued for chosen, absent experts
-  std::vector<ExpertKey> prefetch;  // prefetches queued
+  std::vector<ExpertKey> urgent;    // page-ins for chosen, absent experts
+  std::vector<ExpertKey> prefetch;  // prefetches
+  std::vector<ExpertKey> evictions;
+};
+
+/// A Prefetch call: explicit experts, or the worker's guess of the layer's
+/// gate (the top `budget` by logit), or else the server's prediction.
+struct PrefetchQuery {
+  uint32_t layer = 0;
+  absl::Span<const uint32_t> experts = {};
+  /// Experts to choose when `experts` is empty (0 with gate logits: top_k).
+  uint32_t budget = 0;
+  absl::Span<const float> gate_logits = {};  // empty or one row of the layer's experts
+  std::string cache = {};                    // empty: the server's own cache
 };
 
 struct PrefetchOutcome {
   std::vector<uint32_t> queued;
   std::vector<uint32_t> already_resident;
-  std::vector<uint32_t> dropped;  // the cache would not admit them now
+  std::vector<uint32_t> dropped;     // the cache would not admit them now
+  std::vector<ExpertKey> evictions;  // for a worker cache: to drop first
+};
+
+/// One worker cache, for GetModelStats.
+struct WorkerCacheStats {
+  std::string cache;
+  std::string policy;
+  uint64_t budget_bytes = 0;
+  uint64_t resident_bytes = 0;
+  WorkerCacheCounters counters;
+  std::vector<uint32_t> resident_by_layer;
+  uint64_t memory_bytes = 0;  // what the server holds for it
 };
 
 struct LayerStats {
@@ -71,12 +99,17 @@ struct ModelStats {
   std::map<std::string, uint64_t> resident_by_precision;
   uint64_t resident_by_class[kNumPrecisionClasses] = {};
   uint64_t queue_depth[kNumPriorities] = {};
+  uint64_t open_caches = 0;
+  uint64_t worker_cache_memory_bytes = 0;
 };
 
 /// One hosted model: a router and affinity per layer, next-layer
-/// co-activation, one expert cache under one byte budget, and the paging
-/// pool that fills it from the store. Thread-safe; routing locks only the
-/// layer it routes (and briefly its neighbours, never two at once).
+/// co-activation, one expert cache under one byte budget, the paging pool
+/// that fills it from the store, and the worker caches: views of the
+/// callers' own memories. What is learned is shared by every caller.
+/// Thread-safe; routing locks only the layer it routes (and briefly its
+/// neighbours, never two at once), and with a worker cache that cache
+/// first, for the whole call.
 ///
 ///   auto model = ModelEngine::Create(config, store);
 ///   auto routed = (*model)->Route(/*layer=*/0, logits);
@@ -90,13 +123,26 @@ class ModelEngine {
 
   /// Routes a batch of one layer (tokens x num_experts logits), queues
   /// urgent page-ins for chosen experts that are absent and prefetches for
-  /// strong runners-up and the predicted next-layer experts.
-  absl::StatusOr<RouteOutcome> Route(uint32_t layer, absl::Span<const float> logits);
-  /// Prefetches explicit experts of `layer`, or, if `experts` is empty, up to
-  /// `budget` experts chosen by co-activation with the previous layer's last
-  /// batch and by affinity.
-  absl::StatusOr<PrefetchOutcome> Prefetch(uint32_t layer, absl::Span<const uint32_t> experts,
-                                           uint32_t budget);
+  /// strong runners-up and the predicted next-layer experts. With `cache`,
+  /// against that worker cache: residency, page-ins and evictions are the
+  /// worker's, and what it must load is prefetched into the server's cache.
+  absl::StatusOr<RouteOutcome> Route(uint32_t layer, absl::Span<const float> logits,
+                                     const std::string& cache = "");
+  /// Prefetches explicit experts, the top of the worker's gate guess, or up
+  /// to `budget` experts chosen by co-activation with the previous layer's
+  /// last batch (of the same worker cache) and by affinity.
+  absl::StatusOr<PrefetchOutcome> Prefetch(const PrefetchQuery& query);
+
+  /// Worker caches (see WorkerCacheSet). Sync adopts what the worker states
+  /// it holds, in the variants it was told to load.
+  absl::StatusOr<WorkerCacheInfo> OpenCache(const std::string& cache, uint64_t budget_bytes,
+                                            const std::string& policy);
+  absl::Status CloseCache(const std::string& cache);
+  absl::StatusOr<WorkerCacheInfo> SyncCache(const std::string& cache,
+                                            absl::Span<const ExpertKey> resident);
+  absl::StatusOr<WorkerCacheStats> CacheStats(const std::string& cache) const;
+  /// Closes caches idle past the limit; how many.
+  size_t CloseIdleCaches(absl::Time now);
   /// The expert, paged in first if needed, pinned while the handle lives.
   /// Waits, retrying while the budget is momentarily full of pinned
   /// experts, until `deadline`.
@@ -107,6 +153,8 @@ class ModelEngine {
   void FetchAsync(ExpertKey key, FetchCallback done);
 
   ModelStats Stats() const;
+  /// A FetchExpert served from this server's memory took `seconds`.
+  void RecordFetchFromMemory(double seconds) { metrics_->RecordFetchFromMemory(seconds); }
 
   /// Learned state (affinity, co-activation, logit range) as JSON, and back.
   /// Import checks everything before changing anything.
@@ -141,12 +189,29 @@ class ModelEngine {
   // Routes under the layer's lock and learns from it: cache bookkeeping and
   // co-activation from the previous layer's last batch. Whether the layer's
   // precision classes are due for another look.
+  // With a worker cache, against its view and its previous batch (the
+  // caller holds the view's lock); without, against the server's cache.
   absl::StatusOr<bool> RouteAndLearn(uint32_t layer, absl::Span<const float> logits,
-                                     RouteResult* result);
-  // Prefetches the experts co-activation predicts for layer + 1, given how
-  // often this batch used each expert of `layer`.
-  void PrefetchNextLayer(uint32_t layer, absl::Span<const uint32_t> uses_by_expert,
-                         std::vector<ExpertKey>* queued);
+                                     WorkerCacheView* view, RouteResult* result);
+  // The experts co-activation predicts for layer + 1, given how often this
+  // batch used each expert of `layer`.
+  std::vector<uint32_t> PredictNextLayer(uint32_t layer, absl::Span<const uint32_t> uses_by_expert);
+  // Route's paging, on the server's cache or on a worker's view.
+  void PageForServer(uint32_t layer, absl::Span<const uint32_t> chosen, RouteOutcome* out);
+  void PageForWorker(WorkerCacheView& view, uint32_t layer, absl::Span<const uint32_t> chosen,
+                     RouteOutcome* out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(view.mu());
+  // The worker must load these: page them into the server's cache too, so
+  // that its FetchExpert is served from memory.
+  void StageForWorker(absl::Span<const ExpertKey> loads);
+  // Candidates of a Prefetch without explicit experts.
+  std::vector<uint32_t> PrefetchCandidates(const PrefetchQuery& query, WorkerCacheView* view);
+  absl::StatusOr<PrefetchOutcome> PrefetchForWorker(WorkerCacheView& view, uint32_t layer,
+                                                    absl::Span<const uint32_t> candidates)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(view.mu());
+  absl::StatusOr<std::shared_ptr<WorkerCacheView>> FindCache(const std::string& cache) const;
+  std::vector<uint32_t> UsesByExpert(absl::Span<const uint32_t> experts) const;
+  // The precision variant a worker is told to load an expert in.
+  uint8_t VariantFor(ExpertKey key) const;
   void QueuePrefetch(uint32_t layer, absl::Span<const uint32_t> experts,
                      std::vector<ExpertKey>* queued);
   void RepageChangedClasses(uint32_t layer);
@@ -160,6 +225,8 @@ class ModelEngine {
   std::unique_ptr<ExpertCache> cache_;
   std::unique_ptr<PagingPool> pool_;
   std::vector<std::unique_ptr<Layer>> layers_;
+  std::shared_ptr<const ExpertSizeTable> sizes_;
+  std::unique_ptr<WorkerCacheSet> worker_caches_;
 };
 
 }  // namespace moe_router

@@ -23,6 +23,7 @@ void ToProto(const RouteOutcome& routed, v1::RouteTokensResponse* out) {
   out->set_tokens(batch.tokens);
   out->set_changed_tokens(batch.changed_tokens);
   out->set_gate_mass_retained(batch.tokens ? batch.gate_mass_sum / batch.tokens : 1.0);
+  for (const ExpertKey& key : routed.evictions) AddRef(key, out->mutable_evictions());
 }
 
 void ToProto(const PrefetchOutcome& outcome, v1::PrefetchResponse* out) {
@@ -30,6 +31,62 @@ void ToProto(const PrefetchOutcome& outcome, v1::PrefetchResponse* out) {
   out->mutable_already_resident()->Add(outcome.already_resident.begin(),
                                        outcome.already_resident.end());
   out->mutable_dropped()->Add(outcome.dropped.begin(), outcome.dropped.end());
+  for (const ExpertKey& key : outcome.evictions) AddRef(key, out->mutable_evictions());
+}
+
+void ToProto(const std::string& model, const WorkerCacheInfo& info, v1::CacheInfo* out) {
+  out->set_model(model);
+  out->set_cache(info.cache);
+  out->set_budget_bytes(info.budget_bytes);
+  for (const ExpertKey& key : info.resident) AddRef(key, out->mutable_resident());
+  out->set_created(info.created);
+  for (const ExpertKey& key : info.evictions) AddRef(key, out->mutable_evictions());
+  out->set_eviction_policy(info.policy);
+}
+
+namespace {
+
+void ToProto(const WorkerCacheCounters& c, uint64_t memory_bytes, v1::WorkerCacheTotals* out) {
+  out->set_routed_tokens(c.routed_tokens);
+  out->set_hits(c.hits);
+  out->set_misses(c.misses);
+  out->set_urgent_loads(c.urgent_loads);
+  out->set_prefetch_loads(c.prefetch_loads);
+  out->set_evictions(c.evictions);
+  out->set_load_bytes(c.load_bytes);
+  out->set_unplaced(c.unplaced);
+  out->set_memory_bytes(memory_bytes);
+}
+
+void AddTier(const char* tier, const Histogram::Snapshot& seconds, v1::ModelStats* out) {
+  v1::TierEstimate* estimate = out->add_tiers();
+  estimate->set_tier(tier);
+  estimate->set_page_in_seconds(seconds.Mean());
+  estimate->set_samples(seconds.count);
+}
+
+}  // namespace
+
+void ToProto(const std::string& model, const WorkerCacheStats& s, v1::ModelStats* out) {
+  const WorkerCacheCounters& c = s.counters;
+  out->set_model(model);
+  out->set_cache(s.cache);
+  out->set_eviction_policy(s.policy);
+  out->set_open_caches(1);
+  out->set_hit_rate(c.HitRate());
+  out->set_routed_tokens(c.routed_tokens);
+  out->set_page_ins_urgent(c.urgent_loads);
+  out->set_page_ins_prefetch(c.prefetch_loads);
+  out->set_paged_bytes(c.load_bytes);
+  out->set_evictions(c.evictions);
+  out->set_resident_bytes(s.resident_bytes);
+  out->set_budget_bytes(s.budget_bytes);
+  ToProto(c, s.memory_bytes, out->mutable_workers());
+  for (uint32_t l = 0; l < s.resident_by_layer.size(); ++l) {
+    v1::LayerStats* layer = out->add_layers();
+    layer->set_layer(l);
+    layer->set_resident_experts(s.resident_by_layer[l]);
+  }
 }
 
 void ToProto(const ModelStats& s, v1::ModelStats* out) {
@@ -61,6 +118,12 @@ void ToProto(const ModelStats& s, v1::ModelStats* out) {
   out->set_route_seconds_per_token(m.targets.route_us_per_token * 1e-6);
   out->set_meets_targets(m.targets.ok());
   out->set_targets_summary(m.targets.ToString());
+  out->set_eviction_policy(s.cache.policy);
+  out->set_open_caches(s.open_caches);
+  ToProto(m.workers, s.worker_cache_memory_bytes, out->mutable_workers());
+  AddTier("worker", Histogram::Snapshot{}, out);
+  AddTier("server", m.fetch_from_memory_seconds, out);
+  AddTier("store", m.page_in_seconds, out);
   for (uint32_t l = 0; l < m.layers.size(); ++l) {
     const LayerTotals& t = m.layers[l];
     v1::LayerStats* layer = out->add_layers();

@@ -14,6 +14,9 @@ namespace moe_router {
 void ToProto(const RouteOutcome& routed, v1::RouteTokensResponse* out);
 void ToProto(const PrefetchOutcome& outcome, v1::PrefetchResponse* out);
 void ToProto(const ModelStats& stats, v1::ModelStats* out);
+/// One worker cache's figures, in the fields GetModelStats documents.
+void ToProto(const std::string& model, const WorkerCacheStats& stats, v1::ModelStats* out);
+void ToProto(const std::string& model, const WorkerCacheInfo& info, v1::CacheInfo* out);
 /// The description a FetchExpert stream opens with (no data).
 void ToProtoHeader(const ExpertData& expert, v1::ExpertChunk* out);
 

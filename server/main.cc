@@ -27,6 +27,10 @@ ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
 ABSL_FLAG(std::string, tls_client_ca, "",
           "PEM CA bundle; clients must present a certificate it signed (mutual TLS)");
 ABSL_FLAG(uint32_t, max_tokens_per_request, 65536, "tokens in one RouteTokens request");
+ABSL_FLAG(uint32_t, max_caches_per_model, 1024,
+          "worker caches open at once per model (OpenCache past it: RESOURCE_EXHAUSTED)");
+ABSL_FLAG(absl::Duration, cache_idle_timeout, absl::Minutes(10),
+          "a worker cache unused for this long is closed");
 ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(10),
           "how long in-flight calls may finish after SIGTERM/SIGINT");
 
@@ -59,6 +63,8 @@ int main(int argc, char** argv) {
   options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   options.health_listen = absl::GetFlag(FLAGS_health_listen);
   options.paging_threads = absl::GetFlag(FLAGS_paging_threads);
+  options.worker_caches = {.max_caches = absl::GetFlag(FLAGS_max_caches_per_model),
+                           .idle_timeout = absl::GetFlag(FLAGS_cache_idle_timeout)};
   options.tls = {.cert = absl::GetFlag(FLAGS_tls_cert),
                  .key = absl::GetFlag(FLAGS_tls_key),
                  .client_ca = absl::GetFlag(FLAGS_tls_client_ca)};

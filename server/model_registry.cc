@@ -26,6 +26,7 @@ absl::StatusOr<bool> ModelRegistry::Register(const v1::ModelSpec& spec) {
   auto config = ConfigFromSpec(spec);
   if (!config.ok()) return config.status();
   config->paging.threads = paging_threads_;
+  config->worker_caches = worker_caches_;
   auto store = StoreFromSpec(spec);
   if (!store.ok()) return store.status();
   auto engine = ModelEngine::Create(*config, *std::move(store));
@@ -103,6 +104,12 @@ std::vector<std::shared_ptr<const HostedModel>> ModelRegistry::List() const {
   std::vector<std::shared_ptr<const HostedModel>> out;
   for (const auto& [name, model] : models_) out.push_back(model);
   return out;
+}
+
+size_t ModelRegistry::CloseIdleCaches(absl::Time now) const {
+  size_t closed = 0;
+  for (const auto& model : List()) closed += model->engine->CloseIdleCaches(now);
+  return closed;
 }
 
 }  // namespace moe_router

@@ -33,8 +33,11 @@ class ModelRegistry {
   /// learned state (`<dir>/<model>.state.json`) if one is there, and
   /// SaveStates() writes them. A torn or corrupt state file is logged to
   /// stderr and ignored.
-  explicit ModelRegistry(std::string state_dir = "", uint32_t paging_threads = 2)
-      : state_dir_(std::move(state_dir)), paging_threads_(paging_threads) {}
+  explicit ModelRegistry(std::string state_dir = "", uint32_t paging_threads = 2,
+                         WorkerCacheLimits worker_caches = {})
+      : state_dir_(std::move(state_dir)),
+        paging_threads_(paging_threads),
+        worker_caches_(worker_caches) {}
   /// Writes every model's learned state atomically; returns the first error.
   absl::Status SaveStates() const;
 
@@ -46,6 +49,9 @@ class ModelRegistry {
   /// NOT_FOUND for an unknown name, INVALID_ARGUMENT for an empty one.
   absl::StatusOr<std::shared_ptr<const HostedModel>> Find(const std::string& name) const;
   std::vector<std::shared_ptr<const HostedModel>> List() const;
+  /// Closes every model's worker caches idle past the timeout; how many.
+  size_t CloseIdleCaches(absl::Time now) const;
+  const WorkerCacheLimits& worker_cache_limits() const { return worker_caches_; }
   /// RouteTokens calls naming no hosted model, by status code (one label
   /// value for all of them keeps metric labels bounded).
   std::atomic<uint64_t>* unknown_route_requests() const { return unknown_route_requests_.get(); }
@@ -56,6 +62,7 @@ class ModelRegistry {
 
   const std::string state_dir_;
   const uint32_t paging_threads_;
+  const WorkerCacheLimits worker_caches_;
   std::unique_ptr<std::atomic<uint64_t>[]> unknown_route_requests_ =
       std::make_unique<std::atomic<uint64_t>[]>(kStatusCodeCount);
   mutable absl::Mutex mu_;

@@ -14,13 +14,13 @@ absl::StatusOr<ModelConfig> ConfigFromSpec(const v1::ModelSpec& spec) {
   c.router.top_k = spec.top_k();
   c.budget_bytes = spec.budget_bytes();
   if (!spec.eviction_policy().empty()) c.eviction_policy = spec.eviction_policy();
-  if (spec.prefetch_next_layer() != 0) c.prefetch_next_layer = spec.prefetch_next_layer();
+  if (spec.has_prefetch_next_layer()) c.prefetch_next_layer = spec.prefetch_next_layer();
   if (spec.has_router()) {
     const v1::RouterSettings& r = spec.router();
     if (r.cache_bonus() != 0) c.router.cache_bonus = r.cache_bonus();
     if (r.absolute_bonus()) c.router.bonus_mode = BonusMode::kAbsolute;
     c.router.memory_aware = !r.disable_memory_aware();
-    if (r.prefetch_threshold() != 0) c.router.prefetch_threshold = r.prefetch_threshold();
+    if (r.has_prefetch_threshold()) c.router.prefetch_threshold = r.prefetch_threshold();
     if (r.protected_top() != 0) c.router.protected_top = r.protected_top();
     c.router.max_rank = r.max_rank();
     if (r.min_gate_mass() != 0) c.router.min_gate_mass = r.min_gate_mass();

@@ -3,6 +3,7 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
 
+#include <algorithm>
 #include <cstdio>
 
 #include "absl/strings/str_format.h"
@@ -46,7 +47,19 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const ServerOp
       s->GetHealthCheckService()->SetServingStatus(name, true);
     }
   }
+  server->sweeper_ = std::thread([raw = server.get()] { raw->SweepIdleCaches(); });
   return server;
+}
+
+void RouterServer::SweepIdleCaches() {
+  // A cache lives at least its timeout and at most a quarter more.
+  const absl::Duration period = std::clamp(registry_.worker_cache_limits().idle_timeout / 4,
+                                           absl::Milliseconds(10), absl::Minutes(1));
+  while (!stop_sweeping_.WaitForNotificationWithTimeout(period)) {
+    if (const size_t closed = registry_.CloseIdleCaches(absl::Now()); closed > 0) {
+      std::fprintf(stderr, "moe-router: closed %zu idle worker cache(s)\n", closed);
+    }
+  }
 }
 
 void RouterServer::SetReady(bool ready) {
@@ -63,6 +76,8 @@ RouterServer::~RouterServer() { Shutdown(absl::Now()); }
 void RouterServer::Shutdown(absl::Time deadline) {
   if (stopped_) return;
   stopped_ = true;
+  stop_sweeping_.Notify();
+  if (sweeper_.joinable()) sweeper_.join();
   server_->Shutdown(absl::ToChronoTime(deadline));
   server_->Wait();
   if (health_server_ != nullptr) {

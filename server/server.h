@@ -5,8 +5,10 @@
 
 #include <memory>
 #include <string>
+#include <thread>
 
 #include "absl/status/statusor.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "server/metrics_exporter.h"
 #include "server/model_registry.h"
@@ -33,6 +35,8 @@ struct ServerOptions {
   std::string health_listen;
   /// Paging worker threads per model.
   uint32_t paging_threads = 2;
+  /// Per model: open worker caches, and how long an idle one lives.
+  WorkerCacheLimits worker_caches;
 };
 
 /// A running moe-router gRPC server with its models, health service
@@ -61,8 +65,10 @@ class RouterServer {
 
  private:
   explicit RouterServer(const ServerOptions& options)
-      : registry_(options.state_dir, options.paging_threads),
+      : registry_(options.state_dir, options.paging_threads, options.worker_caches),
         service_(&registry_, options.limits) {}
+  // Closes idle worker caches until shutdown.
+  void SweepIdleCaches();
 
   ModelRegistry registry_;
   MoeRouterService service_;
@@ -72,6 +78,8 @@ class RouterServer {
   std::unique_ptr<MetricsExporter> metrics_;
   int port_ = 0;
   bool stopped_ = false;
+  absl::Notification stop_sweeping_;
+  std::thread sweeper_;
 };
 
 }  // namespace moe_router

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "proto/grpc_status.h"
 #include "server/core_to_proto.h"
 #include "server/route_stream_reactor.h"
@@ -48,7 +49,7 @@ absl::Status MoeRouterService::RouteModel(const HostedModel& model,
     return absl::ResourceExhaustedError(absl::StrFormat(
         "%d tokens in one request, over the limit of %d", tokens, limits_.max_tokens_per_request));
   }
-  auto routed = engine.Route(request.layer(), request.gate_logits());
+  auto routed = engine.Route(request.layer(), request.gate_logits(), request.cache());
   if (!routed.ok()) return routed.status();
   ToProto(*routed, response);
   return absl::OkStatus();
@@ -66,8 +67,11 @@ grpc::ServerUnaryReactor* MoeRouterService::Prefetch(grpc::CallbackServerContext
   return Unary(context, [&]() -> absl::Status {
     auto model = registry_->Find(request->model());
     if (!model.ok()) return model.status();
-    auto outcome =
-        (*model)->engine->Prefetch(request->layer(), request->experts(), request->budget());
+    auto outcome = (*model)->engine->Prefetch({.layer = request->layer(),
+                                               .experts = request->experts(),
+                                               .budget = request->budget(),
+                                               .gate_logits = request->gate_logits(),
+                                               .cache = request->cache()});
     if (!outcome.ok()) return outcome.status();
     ToProto(*outcome, response);
     return absl::OkStatus();
@@ -111,11 +115,59 @@ grpc::ServerUnaryReactor* MoeRouterService::ListModels(grpc::CallbackServerConte
   });
 }
 
-absl::Status MoeRouterService::Stats(const std::string& name, v1::ModelStats* out) {
-  auto model = registry_->Find(name);
+absl::Status MoeRouterService::Stats(const v1::GetModelStatsRequest& request, v1::ModelStats* out) {
+  auto model = registry_->Find(request.model());
   if (!model.ok()) return model.status();
-  ToProto((*model)->engine->Stats(), out);
+  if (request.cache().empty()) {
+    ToProto((*model)->engine->Stats(), out);
+    return absl::OkStatus();
+  }
+  auto stats = (*model)->engine->CacheStats(request.cache());
+  if (!stats.ok()) return stats.status();
+  ToProto(request.model(), *stats, out);
   return absl::OkStatus();
+}
+
+grpc::ServerUnaryReactor* MoeRouterService::OpenCache(grpc::CallbackServerContext* context,
+                                                      const v1::OpenCacheRequest* request,
+                                                      v1::CacheInfo* response) {
+  return Unary(context, [&]() -> absl::Status {
+    auto model = registry_->Find(request->model());
+    if (!model.ok()) return model.status();
+    auto info = (*model)->engine->OpenCache(request->cache(), request->budget_bytes(),
+                                            request->eviction_policy());
+    if (!info.ok()) return info.status();
+    ToProto(request->model(), *info, response);
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* MoeRouterService::CloseCache(grpc::CallbackServerContext* context,
+                                                       const v1::CloseCacheRequest* request,
+                                                       v1::CloseCacheResponse*) {
+  return Unary(context, [&]() -> absl::Status {
+    auto model = registry_->Find(request->model());
+    if (!model.ok()) return model.status();
+    return (*model)->engine->CloseCache(request->cache());
+  });
+}
+
+grpc::ServerUnaryReactor* MoeRouterService::SyncCache(grpc::CallbackServerContext* context,
+                                                      const v1::SyncCacheRequest* request,
+                                                      v1::CacheInfo* response) {
+  return Unary(context, [&]() -> absl::Status {
+    auto model = registry_->Find(request->model());
+    if (!model.ok()) return model.status();
+    std::vector<ExpertKey> resident;
+    resident.reserve(request->resident_size());
+    for (const v1::ExpertRef& ref : request->resident()) {
+      resident.push_back({ref.layer(), ref.expert()});
+    }
+    auto info = (*model)->engine->SyncCache(request->cache(), resident);
+    if (!info.ok()) return info.status();
+    ToProto(request->model(), *info, response);
+    return absl::OkStatus();
+  });
 }
 
 grpc::ServerBidiReactor<v1::RouteTokensRequest, v1::RouteTokensResponse>*
@@ -134,7 +186,9 @@ MoeRouterService::RouteStream(grpc::CallbackServerContext*) {
 class FetchExpertReactor final : public grpc::ServerWriteReactor<v1::ExpertChunk> {
  public:
   FetchExpertReactor(std::shared_ptr<const HostedModel> model, ExpertKey key)
-      : model_(std::move(model)) {
+      : model_(std::move(model)),
+        start_(absl::Now()),
+        from_memory_(model_->engine->cache().IsResident(key)) {
     model_->engine->FetchAsync(key, [this](absl::StatusOr<PinnedExpert> expert) {
       if (!expert.ok()) return Finish(ToGrpcStatus(expert.status()));
       {
@@ -163,7 +217,12 @@ class FetchExpertReactor final : public grpc::ServerWriteReactor<v1::ExpertChunk
  private:
   void WriteNext() {
     const ExpertData& e = *expert_;
-    if (header_sent_ && offset_ >= e.size) return Finish(grpc::Status::OK);
+    if (header_sent_ && offset_ >= e.size) {
+      if (from_memory_) {
+        model_->engine->RecordFetchFromMemory(absl::ToDoubleSeconds(absl::Now() - start_));
+      }
+      return Finish(grpc::Status::OK);
+    }
     chunk_.Clear();
     if (!header_sent_) {
       header_sent_ = true;
@@ -177,6 +236,8 @@ class FetchExpertReactor final : public grpc::ServerWriteReactor<v1::ExpertChunk
   }
 
   const std::shared_ptr<const HostedModel> model_;  // keeps the engine alive
+  const absl::Time start_;
+  const bool from_memory_;  // resident when asked: the server tier served it
   absl::Mutex mu_;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   PinnedExpert expert_;
@@ -203,7 +264,7 @@ grpc::ServerWriteReactor<v1::ExpertChunk>* MoeRouterService::FetchExpert(
 grpc::ServerUnaryReactor* MoeRouterService::GetModelStats(grpc::CallbackServerContext* context,
                                                           const v1::GetModelStatsRequest* request,
                                                           v1::ModelStats* response) {
-  return Unary(context, [&] { return Stats(request->model(), response); });
+  return Unary(context, [&] { return Stats(*request, response); });
 }
 
 }  // namespace moe_router

@@ -51,12 +51,21 @@ class MoeRouterService final : public v1::MoeRouter::CallbackService {
       grpc::CallbackServerContext* context) override;
   grpc::ServerWriteReactor<v1::ExpertChunk>* FetchExpert(
       grpc::CallbackServerContext* context, const v1::FetchExpertRequest* request) override;
+  grpc::ServerUnaryReactor* OpenCache(grpc::CallbackServerContext* context,
+                                      const v1::OpenCacheRequest* request,
+                                      v1::CacheInfo* response) override;
+  grpc::ServerUnaryReactor* CloseCache(grpc::CallbackServerContext* context,
+                                       const v1::CloseCacheRequest* request,
+                                       v1::CloseCacheResponse* response) override;
+  grpc::ServerUnaryReactor* SyncCache(grpc::CallbackServerContext* context,
+                                      const v1::SyncCacheRequest* request,
+                                      v1::CacheInfo* response) override;
 
  private:
   absl::Status Route(const v1::RouteTokensRequest& request, v1::RouteTokensResponse* response);
   absl::Status RouteModel(const HostedModel& model, const v1::RouteTokensRequest& request,
                           v1::RouteTokensResponse* response);
-  absl::Status Stats(const std::string& model, v1::ModelStats* response);
+  absl::Status Stats(const v1::GetModelStatsRequest& request, v1::ModelStats* response);
 
   ModelRegistry* const registry_;
   const ServiceLimits limits_;

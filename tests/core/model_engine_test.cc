@@ -94,8 +94,10 @@ TEST(ModelEngineTest, BadRequestsAreClearAndChangeNothing) {
   EXPECT_EQ(stats.metrics.total.routed_tokens, 0u);
   EXPECT_EQ(stats.metrics.route_errors, 1u);
   EXPECT_EQ(stats.cache.resident_experts + stats.cache.loading_bytes, 0u);
-  EXPECT_THAT(std::string(model->Prefetch(0, std::vector<uint32_t>{8}, 0).status().message()),
-              HasSubstr("expert 8 is out of range"));
+  EXPECT_THAT(
+      std::string(
+          model->Prefetch({.layer = 0, .experts = std::vector<uint32_t>{8}}).status().message()),
+      HasSubstr("expert 8 is out of range"));
   EXPECT_TRUE(absl::IsInvalidArgument(model->Fetch({0, 9}, absl::Now()).status()));
 }
 
@@ -128,18 +130,18 @@ TEST(ModelEngineTest, LearnsCoActivationAndPrefetchesTheNextLayer) {
 
 TEST(ModelEngineTest, ExplicitAndChosenPrefetch) {
   auto model = *ModelEngine::Create(SmallModel(), Store());
-  auto explicit_hints = model->Prefetch(2, std::vector<uint32_t>{3, 3, 5}, 0);
+  auto explicit_hints = model->Prefetch({.layer = 2, .experts = std::vector<uint32_t>{3, 3, 5}});
   ASSERT_TRUE(explicit_hints.ok());
   EXPECT_THAT(explicit_hints->queued, ::testing::ElementsAre(3u, 5u));
   Drain(*model);
-  auto again = model->Prefetch(2, std::vector<uint32_t>{3, 4}, 0);
+  auto again = model->Prefetch({.layer = 2, .experts = std::vector<uint32_t>{3, 4}});
   EXPECT_THAT(again->already_resident, ::testing::ElementsAre(3u));
   EXPECT_THAT(again->queued, ::testing::ElementsAre(4u));
   // Server's choice: affinity of a layer that routed {1, 2}.
   ASSERT_TRUE(model->Route(3, std::vector<float>{0, 5, 4, 0, 0, 0, 0, 0}).ok());
   Drain(*model);
   ASSERT_TRUE(model->cache().Evict({3, 1}).ok());
-  auto chosen = model->Prefetch(3, {}, 2);
+  auto chosen = model->Prefetch({.layer = 3, .budget = 2});
   ASSERT_TRUE(chosen.ok());
   EXPECT_THAT(chosen->queued, ::testing::ElementsAre(1u));
   EXPECT_THAT(chosen->already_resident, ::testing::ElementsAre(2u));

@@ -1,0 +1,373 @@
+#include "core/worker_cache.h"
+
+#include <algorithm>
+#include <limits>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "core/resource_name.h"
+
+namespace moe_router {
+
+absl::StatusOr<std::shared_ptr<const ExpertSizeTable>> ExpertSizeTable::Build(
+    const ExpertStore& store, uint32_t num_layers, uint32_t num_experts) {
+  auto table = std::shared_ptr<ExpertSizeTable>(new ExpertSizeTable());
+  table->variants_ = store.Precisions();
+  if (table->variants_.empty() || table->variants_.size() > 254) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("store %s has %d precision variants; 1 to 254 are supported",
+                        store.Describe(), table->variants_.size()));
+  }
+  table->num_experts_ = num_experts;
+  table->slots_ = size_t{num_layers} * num_experts;
+  table->bytes_.assign(table->slots_ * table->variants_.size(), 0);
+  table->smallest_ = std::numeric_limits<uint64_t>::max();
+  for (size_t v = 0; v < table->variants_.size(); ++v) {
+    for (uint32_t l = 0; l < num_layers; ++l) {
+      for (uint32_t e = 0; e < num_experts; ++e) {
+        absl::StatusOr<ExpertInfo> info = store.Info({l, e}, table->variants_[v]);
+        if (!info.ok()) continue;
+        table->bytes_[v * table->slots_ + size_t{l} * num_experts + e] = info->bytes;
+        table->smallest_ = std::min(table->smallest_, info->bytes);
+      }
+    }
+  }
+  if (table->smallest_ == std::numeric_limits<uint64_t>::max()) {
+    return absl::NotFoundError(absl::StrCat("store ", store.Describe(), " holds no expert"));
+  }
+  return std::shared_ptr<const ExpertSizeTable>(std::move(table));
+}
+
+uint8_t ExpertSizeTable::VariantIndex(const std::string& precision) const {
+  const auto it = std::find(variants_.begin(), variants_.end(), precision);
+  return it == variants_.end() ? 0 : static_cast<uint8_t>(it - variants_.begin());
+}
+
+WorkerCacheView::WorkerCacheView(std::string name, uint32_t num_layers, uint32_t num_experts,
+                                 uint64_t budget_bytes, std::unique_ptr<EvictionPolicy> policy,
+                                 std::shared_ptr<const ExpertSizeTable> sizes, uint64_t tick_limit)
+    : name_(std::move(name)),
+      num_layers_(num_layers),
+      num_experts_(num_experts),
+      slots_(size_t{num_layers} * num_experts),
+      tick_limit_(std::clamp<uint64_t>(tick_limit, 4, kDefaultTickLimit)),
+      sizes_(std::move(sizes)),
+      policy_(std::move(policy)),
+      budget_bytes_(budget_bytes),
+      flags_(new std::atomic<uint8_t>[slots_]),
+      usage_(new Usage[slots_]),
+      layer_visits_(num_layers, 0),
+      pinned_(num_experts, 0) {
+  for (size_t i = 0; i < slots_; ++i) flags_[i].store(0, std::memory_order_relaxed);
+}
+
+uint64_t WorkerCacheView::MemoryBytes() const {
+  return sizeof(*this) + slots_ * (sizeof(Usage) + 1) + num_layers_ * sizeof(uint64_t) +
+         num_experts_ + name_.capacity();
+}
+
+void WorkerCacheView::BeginStep(uint32_t layer) {
+  std::fill(pinned_.begin(), pinned_.end(), 0);
+  current_layer_ = layer;
+  ++layer_visits_[layer];
+}
+
+void WorkerCacheView::Pin(uint32_t expert) { pinned_[expert] = 1; }
+
+bool WorkerCacheView::Access(ExpertKey key) {
+  if (++tick_ - tick_base_ >= tick_limit_) RebaseTicks();
+  Usage& u = usage_[Index(key)];
+  u.last_access = static_cast<uint32_t>(tick_ - tick_base_);
+  if (u.accesses != std::numeric_limits<uint32_t>::max()) ++u.accesses;
+  const uint64_t visit = layer_visits_[key.layer];
+  const uint64_t last_visit = View(Index(key)).reuse_visit;
+  if (visit != last_visit || u.accesses == 1) {
+    u.reuse = static_cast<float>(ReuseAfterUse(u.reuse, last_visit, visit));
+    u.reuse_visit = static_cast<uint32_t>(visit);
+  }
+  const bool hit = IsResident(key);
+  ++(hit ? counters_.hits : counters_.misses);
+  return hit;
+}
+
+void WorkerCacheView::RebaseTicks() {
+  // Keep the last half of the range exact; older accesses tie as the oldest.
+  const uint64_t shift = tick_ - tick_limit_ / 2 - tick_base_;
+  for (size_t i = 0; i < slots_; ++i) {
+    uint32_t& last = usage_[i].last_access;
+    if (last != 0) last = last > shift ? static_cast<uint32_t>(last - shift) : 1;
+  }
+  tick_base_ += shift;
+}
+
+EntryView WorkerCacheView::View(size_t index) const {
+  const Usage& u = usage_[index];
+  const ExpertKey key = KeyOf(index);
+  const uint64_t visits = layer_visits_[key.layer];
+  return EntryView{
+      .key = key,
+      .last_access = u.last_access == 0 ? 0 : tick_base_ + u.last_access,
+      .accesses = u.accesses,
+      .reuse = u.reuse,
+      .reuse_visit = visits - static_cast<uint32_t>(static_cast<uint32_t>(visits) - u.reuse_visit)};
+}
+
+CacheClock WorkerCacheView::Clock() const {
+  return CacheClock{.now = tick_,
+                    .current_layer = current_layer_,
+                    .num_layers = num_layers_,
+                    .layer_visits = layer_visits_};
+}
+
+uint64_t WorkerCacheView::SlotBytes(size_t index) const {
+  return sizes_->Bytes(KeyOf(index), flags_[index].load(std::memory_order_relaxed) - 1);
+}
+
+void WorkerCacheView::Note(size_t index) {
+  touched_.try_emplace(index, Touched{.was_resident = flags_[index] != 0});
+}
+
+void WorkerCacheView::Remove(size_t index) {
+  Note(index);
+  resident_bytes_ -= SlotBytes(index);
+  flags_[index].store(0, std::memory_order_relaxed);
+}
+
+absl::Status WorkerCacheView::MakeRoom(uint64_t need, const EntryView* incoming) {
+  std::vector<EntryView> candidates;
+  std::vector<uint64_t> bytes;
+  for (size_t i = 0; i < slots_; ++i) {
+    if (flags_[i].load(std::memory_order_relaxed) == 0) continue;
+    const ExpertKey key = KeyOf(i);
+    if (key.layer == current_layer_ && pinned_[key.expert] != 0) continue;
+    candidates.push_back(View(i));
+    bytes.push_back(SlotBytes(i));
+  }
+  const EvictionPlan plan = PlanEviction(*policy_, candidates, bytes, Clock(), need, incoming);
+  if (plan.valued_more) {
+    return absl::ResourceExhaustedError(
+        absl::StrFormat("making room would evict %s, which the %s policy values more",
+                        plan.valued_more->ToString(), policy_->name()));
+  }
+  if (plan.freed < need) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "only %d of the %d bytes needed can be freed (the rest is this call's experts)", plan.freed,
+        need));
+  }
+  for (const ExpertKey& victim : plan.victims) Remove(Index(victim));
+  return absl::OkStatus();
+}
+
+absl::Status WorkerCacheView::Admit(ExpertKey key, uint8_t variant, Priority priority) {
+  const size_t index = Index(key);
+  if (IsResident(key)) {
+    return absl::AlreadyExistsError(absl::StrFormat("expert %s is resident", key.ToString()));
+  }
+  const uint64_t bytes = sizes_->Bytes(key, variant);
+  if (bytes > budget_bytes_) {
+    return absl::ResourceExhaustedError(
+        absl::StrFormat("expert %s needs %d bytes, more than the cache's whole budget of %d bytes",
+                        key.ToString(), bytes, budget_bytes_));
+  }
+  if (resident_bytes_ + bytes > budget_bytes_) {
+    const EntryView incoming = AsIfUsedNow(View(index), Clock());
+    if (absl::Status s = MakeRoom(resident_bytes_ + bytes - budget_bytes_,
+                                  priority == Priority::kPrefetch ? &incoming : nullptr);
+        !s.ok()) {
+      return absl::ResourceExhaustedError(
+          absl::StrFormat("cache '%s' cannot take %s: %s", name_, key.ToString(), s.message()));
+    }
+  }
+  Note(index);
+  touched_[index].admitted = priority;
+  flags_[index].store(variant + 1, std::memory_order_relaxed);
+  resident_bytes_ += bytes;
+  return absl::OkStatus();
+}
+
+void WorkerCacheView::Resize(uint64_t budget_bytes) {
+  budget_bytes_ = budget_bytes;
+  // Nothing is pinned outside a call, so this always succeeds.
+  if (resident_bytes_ > budget_bytes_)
+    MakeRoom(resident_bytes_ - budget_bytes_, nullptr).IgnoreError();
+}
+
+absl::Status WorkerCacheView::Adopt(absl::Span<const std::pair<ExpertKey, uint8_t>> resident) {
+  uint64_t total = 0;
+  std::vector<uint8_t> seen(slots_, 0);
+  for (const auto& [key, variant] : resident) {
+    if (seen[Index(key)]++ == 0) total += sizes_->Bytes(key, variant);
+  }
+  if (total > budget_bytes_) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("cache '%s' would hold %d bytes, over its budget of %d bytes", name_, total,
+                        budget_bytes_));
+  }
+  for (size_t i = 0; i < slots_; ++i) flags_[i].store(0, std::memory_order_relaxed);
+  for (const auto& [key, variant] : resident) {
+    flags_[Index(key)].store(variant + 1, std::memory_order_relaxed);
+  }
+  resident_bytes_ = total;
+  touched_.clear();
+  return absl::OkStatus();
+}
+
+void WorkerCacheView::SetPolicy(std::unique_ptr<EvictionPolicy> policy) {
+  policy_ = std::move(policy);
+}
+
+CacheInstructions WorkerCacheView::EndCall() {
+  std::fill(pinned_.begin(), pinned_.end(), 0);
+  CacheInstructions out;
+  for (const auto& [index, touched] : touched_) {
+    const bool now_resident = flags_[index].load(std::memory_order_relaxed) != 0;
+    if (touched.was_resident == now_resident) continue;
+    if (!now_resident) {
+      out.evictions.push_back(KeyOf(index));
+      continue;
+    }
+    (touched.admitted == Priority::kPrefetch ? out.prefetch : out.urgent).push_back(KeyOf(index));
+    out.load_bytes += SlotBytes(index);
+  }
+  touched_.clear();
+  for (auto* keys : {&out.evictions, &out.urgent, &out.prefetch})
+    std::sort(keys->begin(), keys->end());
+  counters_.urgent_loads += out.urgent.size();
+  counters_.prefetch_loads += out.prefetch.size();
+  counters_.evictions += out.evictions.size();
+  counters_.load_bytes += out.load_bytes;
+  return out;
+}
+
+void WorkerCacheView::SetLastBatch(uint32_t layer, absl::Span<const uint32_t> experts) {
+  last_layer_ = layer;
+  last_choices_.assign(experts.begin(), experts.end());
+}
+
+std::vector<ExpertKey> WorkerCacheView::ResidentKeys() const {
+  std::vector<ExpertKey> keys;
+  for (size_t i = 0; i < slots_; ++i) {
+    if (flags_[i].load(std::memory_order_relaxed) != 0) keys.push_back(KeyOf(i));
+  }
+  return keys;
+}
+
+WorkerCacheInfo DescribeCache(WorkerCacheView& view) {
+  WorkerCacheInfo info;
+  info.cache = view.name();
+  info.budget_bytes = view.budget_bytes();
+  info.resident = view.ResidentKeys();
+  info.policy = view.policy_name();
+  return info;
+}
+
+WorkerCacheSet::WorkerCacheSet(std::string model, uint32_t num_layers, uint32_t num_experts,
+                               std::shared_ptr<const ExpertSizeTable> sizes,
+                               WorkerCacheLimits limits, std::string default_policy,
+                               EvictionPolicyOptions policy_options)
+    : model_(std::move(model)),
+      num_layers_(num_layers),
+      num_experts_(num_experts),
+      sizes_(std::move(sizes)),
+      limits_(limits),
+      default_policy_(std::move(default_policy)),
+      policy_options_(std::move(policy_options)) {}
+
+absl::StatusOr<std::unique_ptr<EvictionPolicy>> WorkerCacheSet::MakePolicy(
+    const std::string& name) const {
+  const std::string& chosen = name.empty() ? default_policy_ : name;
+  if (absl::Status s = CheckEvictionPolicyName(chosen); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("cache eviction_policy: ", s.message()));
+  }
+  return MakeEvictionPolicy(chosen, policy_options_);
+}
+
+absl::StatusOr<WorkerCacheInfo> WorkerCacheSet::Open(const std::string& name, uint64_t budget_bytes,
+                                                     const std::string& policy, absl::Time now) {
+  if (absl::Status s = CheckResourceName("cache", name); !s.ok()) return s;
+  if (budget_bytes < sizes_->smallest()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "cache budget_bytes (%d) is smaller than one expert of model '%s' (%d bytes)", budget_bytes,
+        model_, sizes_->smallest()));
+  }
+  absl::StatusOr<std::unique_ptr<EvictionPolicy>> made = MakePolicy(policy);
+  if (!made.ok()) return made.status();
+  std::shared_ptr<WorkerCacheView> view;
+  bool created = false;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = caches_.find(name);
+    if (it != caches_.end()) {
+      view = it->second;
+    } else {
+      if (caches_.size() >= limits_.max_caches) {
+        return absl::ResourceExhaustedError(absl::StrFormat(
+            "model '%s' has %d open caches, the limit (--max_caches_per_model); close one or "
+            "let idle ones expire",
+            model_, caches_.size()));
+      }
+      view = std::make_shared<WorkerCacheView>(name, num_layers_, num_experts_, budget_bytes,
+                                               *std::move(made), sizes_);
+      caches_.emplace(name, view);
+      created = true;
+    }
+  }
+  absl::MutexLock lock(&view->mu());
+  view->Touch(now);
+  std::vector<ExpertKey> evictions;
+  if (!created) {
+    if (!policy.empty() && policy != view->policy_name()) view->SetPolicy(*std::move(made));
+    if (budget_bytes != view->budget_bytes()) {
+      view->Resize(budget_bytes);
+      evictions = view->EndCall().evictions;
+    }
+  }
+  WorkerCacheInfo info = DescribeCache(*view);
+  info.created = created;
+  info.evictions = std::move(evictions);
+  return info;
+}
+
+absl::Status WorkerCacheSet::Close(const std::string& name) {
+  absl::MutexLock lock(&mu_);
+  if (caches_.erase(name) == 0) {
+    return absl::NotFoundError(
+        absl::StrFormat("model '%s' has no open cache '%s'", model_, name.substr(0, 128)));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<WorkerCacheView>> WorkerCacheSet::Find(
+    const std::string& name) const {
+  absl::ReaderMutexLock lock(&mu_);
+  const auto it = caches_.find(name);
+  if (it == caches_.end()) {
+    return absl::NotFoundError(absl::StrFormat(
+        "model '%s' has no open cache '%s': open it with OpenCache first (caches idle for %s "
+        "are closed)",
+        model_, name.substr(0, 128), absl::FormatDuration(limits_.idle_timeout)));
+  }
+  return it->second;
+}
+
+size_t WorkerCacheSet::CloseIdle(absl::Time now) {
+  absl::MutexLock lock(&mu_);
+  return absl::erase_if(caches_, [&](const auto& entry) {
+    return now - entry.second->last_used() > limits_.idle_timeout;
+  });
+}
+
+size_t WorkerCacheSet::size() const {
+  absl::ReaderMutexLock lock(&mu_);
+  return caches_.size();
+}
+
+std::vector<std::shared_ptr<WorkerCacheView>> WorkerCacheSet::All() const {
+  absl::ReaderMutexLock lock(&mu_);
+  std::vector<std::shared_ptr<WorkerCacheView>> all;
+  all.reserve(caches_.size());
+  for (const auto& [name, view] : caches_) all.push_back(view);
+  return all;
+}
+
+}  // namespace moe_router

@@ -1,0 +1,272 @@
+#ifndef MOE_ROUTER_CORE_WORKER_CACHE_H_
+#define MOE_ROUTER_CORE_WORKER_CACHE_H_
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "core/eviction_policy.h"
+#include "core/expert_store.h"
+#include "core/metrics.h"
+#include "core/types.h"
+
+namespace moe_router {
+
+/// The size of every expert in every precision variant of a store, read
+/// once, so that worker-cache bookkeeping never calls the store.
+class ExpertSizeTable {
+ public:
+  /// At most 254 variants. An expert a variant lacks has size 0 there.
+  static absl::StatusOr<std::shared_ptr<const ExpertSizeTable>> Build(const ExpertStore& store,
+                                                                      uint32_t num_layers,
+                                                                      uint32_t num_experts);
+  uint64_t Bytes(ExpertKey key, uint8_t variant) const {
+    return bytes_[variant * slots_ + size_t{key.layer} * num_experts_ + key.expert];
+  }
+  /// The variant's index, or the default variant (0) for a name the store lacks.
+  uint8_t VariantIndex(const std::string& precision) const;
+  const std::string& VariantName(uint8_t variant) const { return variants_[variant]; }
+  /// The smallest expert of any variant: a budget below it holds nothing.
+  uint64_t smallest() const { return smallest_; }
+
+ private:
+  ExpertSizeTable() = default;
+  uint32_t num_experts_ = 0;
+  size_t slots_ = 0;
+  std::vector<std::string> variants_;
+  std::vector<uint64_t> bytes_;  // [variant][layer][expert]
+  uint64_t smallest_ = 0;
+};
+
+/// What one call tells the worker: drop `evictions` first, then load the
+/// rest. Net over the call: nothing is both dropped and loaded.
+struct CacheInstructions {
+  std::vector<ExpertKey> evictions;
+  std::vector<ExpertKey> urgent;    // chosen experts to load before computing
+  std::vector<ExpertKey> prefetch;  // predicted experts to load ahead
+  uint64_t load_bytes = 0;
+};
+
+/// The server's exact view of one inference worker's expert memory: which
+/// experts it holds (and in which precision variant), under its byte
+/// budget, and the eviction policy's per-expert state. No expert bytes.
+///
+/// Bookkeeping follows ExpertCache step for step (the same ticks, reuse EMA
+/// and PlanEviction), so a trace replayed through a view pages exactly like
+/// the offline replay through an ExpertCache. Per expert it keeps 17 bytes:
+/// access ages in 32 bits are rebased every 2^31 accesses (entries idle for
+/// longer tie as the oldest).
+///
+/// Not thread-safe on its own: the owner holds mu() for a whole call, which
+/// orders the calls on one cache.
+class WorkerCacheView {
+ public:
+  static constexpr uint64_t kDefaultTickLimit = uint64_t{1} << 32;
+
+  WorkerCacheView(std::string name, uint32_t num_layers, uint32_t num_experts,
+                  uint64_t budget_bytes, std::unique_ptr<EvictionPolicy> policy,
+                  std::shared_ptr<const ExpertSizeTable> sizes,
+                  uint64_t tick_limit = kDefaultTickLimit);
+
+  const std::string& name() const { return name_; }
+  absl::Mutex& mu() ABSL_LOCK_RETURNED(mu_) { return mu_; }
+
+  /// Last call, for idle expiry (readable without mu()).
+  absl::Time last_used() const {
+    return absl::FromUnixNanos(last_used_ns_.load(std::memory_order_relaxed));
+  }
+  void Touch(absl::Time now) {
+    last_used_ns_.store(absl::ToUnixNanos(now), std::memory_order_relaxed);
+  }
+
+  /// One flag per expert of `layer`, nonzero while the worker holds it.
+  const std::atomic<uint8_t>* ResidentFlags(uint32_t layer) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return &flags_[size_t{layer} * num_experts_];
+  }
+  bool IsResident(ExpertKey key) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return flags_[Index(key)].load(std::memory_order_relaxed) != 0;
+  }
+
+  /// A step of `layer` begins; the previous step's pins are released.
+  void BeginStep(uint32_t layer) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  /// Keeps an expert of the current step's layer from eviction until the
+  /// next step.
+  void Pin(uint32_t expert) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  /// Records a use of a chosen expert; whether the worker held it.
+  bool Access(ExpertKey key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  /// Records that a chosen expert could not be placed.
+  void NoteUnplaced() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { ++counters_.unplaced; }
+  void NoteRoutedTokens(uint64_t tokens) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    counters_.routed_tokens += tokens;
+  }
+
+  /// Makes the expert resident in `variant`, evicting by policy. A prefetch
+  /// evicts only entries the policy values less than the incoming expert.
+  /// RESOURCE_EXHAUSTED when it does not fit; ALREADY_EXISTS if resident.
+  absl::Status Admit(ExpertKey key, uint8_t variant, Priority priority)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  /// A new budget; evicts by policy down to it (the evictions are the next
+  /// instructions).
+  void Resize(uint64_t budget_bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  /// Replaces the residency with what the worker states it holds. Over the
+  /// budget is INVALID_ARGUMENT naming both numbers, and changes nothing.
+  /// The policy's state (access history) is kept.
+  absl::Status Adopt(absl::Span<const std::pair<ExpertKey, uint8_t>> resident)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void SetPolicy(std::unique_ptr<EvictionPolicy> policy) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  /// Ends a call: releases its pins and returns its net changes, counted
+  /// in counters().
+  CacheInstructions EndCall() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  /// The last routed batch, so that co-activation pairs this worker's
+  /// consecutive layers and no one else's.
+  std::optional<uint32_t> last_layer() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return last_layer_;
+  }
+  const std::vector<uint32_t>& last_choices() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return last_choices_;
+  }
+  void SetLastBatch(uint32_t layer, absl::Span<const uint32_t> experts)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  std::vector<ExpertKey> ResidentKeys() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  /// The variant the worker holds an expert in (only while resident).
+  uint8_t ResidentVariant(ExpertKey key) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return flags_[Index(key)].load(std::memory_order_relaxed) - 1;
+  }
+  uint64_t budget_bytes() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return budget_bytes_; }
+  uint64_t resident_bytes() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return resident_bytes_; }
+  std::string policy_name() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return policy_->name(); }
+  const WorkerCacheCounters& counters() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return counters_;
+  }
+  /// Heap bytes this view holds (for the memory accounting of open caches).
+  uint64_t MemoryBytes() const;
+
+ private:
+  // Per expert, 16 bytes: the policy's state in 32-bit fields.
+  struct Usage {
+    uint32_t last_access = 0;  // tick - tick_base_; 0: never
+    uint32_t accesses = 0;     // saturates
+    float reuse = 0;
+    uint32_t reuse_visit = 0;  // low 32 bits of the layer's visit count
+  };
+  // How a slot stood when the current call first changed it.
+  struct Touched {
+    bool was_resident = false;
+    Priority admitted = Priority::kUrgent;
+  };
+
+  size_t Index(ExpertKey key) const { return size_t{key.layer} * num_experts_ + key.expert; }
+  ExpertKey KeyOf(size_t index) const {
+    return {static_cast<uint32_t>(index / num_experts_),
+            static_cast<uint32_t>(index % num_experts_)};
+  }
+  EntryView View(size_t index) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  CacheClock Clock() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  uint64_t SlotBytes(size_t index) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Evicts by policy until `need` bytes are free; RESOURCE_EXHAUSTED (and
+  // no change) if the evictable entries are not enough or, for a prefetch
+  // of `incoming`, are valued more.
+  absl::Status MakeRoom(uint64_t need, const EntryView* incoming)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Note(size_t index) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Remove(size_t index) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RebaseTicks() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const std::string name_;
+  const uint32_t num_layers_;
+  const uint32_t num_experts_;
+  const size_t slots_;
+  const uint64_t tick_limit_;
+  const std::shared_ptr<const ExpertSizeTable> sizes_;
+  std::atomic<int64_t> last_used_ns_{0};
+
+  absl::Mutex mu_;
+  std::unique_ptr<EvictionPolicy> policy_ ABSL_GUARDED_BY(mu_);
+  uint64_t budget_bytes_ ABSL_GUARDED_BY(mu_);
+  uint64_t resident_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  // 0: absent; else 1 + the variant held. Atomic only for the router's
+  // signature: every access is under mu_.
+  std::unique_ptr<std::atomic<uint8_t>[]> flags_ ABSL_GUARDED_BY(mu_);
+  std::unique_ptr<Usage[]> usage_ ABSL_GUARDED_BY(mu_);
+  std::vector<uint64_t> layer_visits_ ABSL_GUARDED_BY(mu_);
+  uint64_t tick_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t tick_base_ ABSL_GUARDED_BY(mu_) = 0;
+  uint32_t current_layer_ ABSL_GUARDED_BY(mu_) = 0;
+  std::vector<uint8_t> pinned_ ABSL_GUARDED_BY(mu_);  // experts of current_layer_
+  absl::flat_hash_map<size_t, Touched> touched_ ABSL_GUARDED_BY(mu_);
+  WorkerCacheCounters counters_ ABSL_GUARDED_BY(mu_);
+  std::optional<uint32_t> last_layer_ ABSL_GUARDED_BY(mu_);
+  std::vector<uint32_t> last_choices_ ABSL_GUARDED_BY(mu_);
+};
+
+/// What OpenCache and SyncCache answer.
+struct WorkerCacheInfo {
+  std::string cache;
+  uint64_t budget_bytes = 0;
+  std::vector<ExpertKey> resident;
+  bool created = false;
+  std::vector<ExpertKey> evictions;  // to carry out after a shrinking resize
+  std::string policy;
+};
+
+struct WorkerCacheLimits {
+  uint32_t max_caches = 1024;
+  absl::Duration idle_timeout = absl::Minutes(10);
+};
+
+/// The worker caches of one model, by name. Lookups take a reader lock only
+/// to copy a pointer; each cache's calls are then ordered by its own mutex.
+class WorkerCacheSet {
+ public:
+  WorkerCacheSet(std::string model, uint32_t num_layers, uint32_t num_experts,
+                 std::shared_ptr<const ExpertSizeTable> sizes, WorkerCacheLimits limits,
+                 std::string default_policy, EvictionPolicyOptions policy_options);
+
+  /// Opens (or finds) a cache. An existing one with another budget is
+  /// resized, with another policy switched to it; an empty policy is the
+  /// model's. INVALID_ARGUMENT for a bad name, policy or a budget below one
+  /// expert; RESOURCE_EXHAUSTED past the limit of caches.
+  absl::StatusOr<WorkerCacheInfo> Open(const std::string& name, uint64_t budget_bytes,
+                                       const std::string& policy, absl::Time now);
+  absl::Status Close(const std::string& name);
+  /// NOT_FOUND, saying to open it, for an unknown cache.
+  absl::StatusOr<std::shared_ptr<WorkerCacheView>> Find(const std::string& name) const;
+  /// Closes the caches idle past the timeout; how many.
+  size_t CloseIdle(absl::Time now);
+  size_t size() const;
+  std::vector<std::shared_ptr<WorkerCacheView>> All() const;
+
+ private:
+  absl::StatusOr<std::unique_ptr<EvictionPolicy>> MakePolicy(const std::string& name) const;
+
+  const std::string model_;
+  const uint32_t num_layers_;
+  const uint32_t num_experts_;
+  const std::shared_ptr<const ExpertSizeTable> sizes_;
+  const WorkerCacheLimits limits_;
+  const std::string default_policy_;
+  const EvictionPolicyOptions policy_options_;
+  mutable absl::Mutex mu_;
+  absl::flat_hash_map<std::string, std::shared_ptr<WorkerCacheView>> caches_ ABSL_GUARDED_BY(mu_);
+};
+
+/// A summary of a view under its lock, for the resident list of CacheInfo.
+WorkerCacheInfo DescribeCache(WorkerCacheView& view) ABSL_EXCLUSIVE_LOCKS_REQUIRED(view.mu());
+
+}  // namespace moe_router
+
+#endif  // MOE_ROUTER_CORE_WORKER_CACHE_H_
