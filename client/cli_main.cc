@@ -35,6 +35,8 @@ const Command kCommands[] = {
      moe_router::FetchCommand},
     {"loadgen", "closed-loop load on RouteTokens/RouteStream: tokens/s and latency percentiles",
      moe_router::LoadgenCommand},
+    {"worker", "play inference workers with their own caches over a trace, moving the bytes",
+     moe_router::WorkerCommand},
 };
 
 int Usage(FILE* out) {

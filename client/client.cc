@@ -33,10 +33,11 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> CredentialsFor(const C
 }
 
 v1::RouteTokensRequest RouteRequest(const std::string& model, uint32_t layer,
-                                    absl::Span<const float> logits) {
+                                    absl::Span<const float> logits, const std::string& cache) {
   v1::RouteTokensRequest request;
   request.set_model(model);
   request.set_layer(layer);
+  request.set_cache(cache);
   request.mutable_gate_logits()->Add(logits.begin(), logits.end());
   return request;
 }
@@ -72,9 +73,10 @@ RouteStream::~RouteStream() {
 }
 
 absl::StatusOr<v1::RouteTokensResponse> RouteStream::Route(const std::string& model, uint32_t layer,
-                                                           absl::Span<const float> logits) {
+                                                           absl::Span<const float> logits,
+                                                           const std::string& cache) {
   v1::RouteTokensResponse response;
-  if (finished_ || !stream_->Write(RouteRequest(model, layer, logits)) ||
+  if (finished_ || !stream_->Write(RouteRequest(model, layer, logits, cache)) ||
       !stream_->Read(&response)) {
     // The server ended the call: its status says why.
     absl::Status s = Finish();
@@ -90,32 +92,61 @@ absl::Status RouteStream::Finish() {
   return FromGrpcStatus(stream_->Finish());
 }
 
-absl::StatusOr<v1::RouteTokensResponse> Client::Route(const std::string& model, uint32_t layer,
-                                                      absl::Span<const float> logits) {
+template <typename Request, typename Response>
+absl::StatusOr<Response> Client::Call(
+    grpc::Status (v1::MoeRouter::Stub::*method)(grpc::ClientContext*, const Request&, Response*),
+    const std::string& model, const Request& request) {
   grpc::ClientContext context;
   Prepare(&context, model);
-  const v1::RouteTokensRequest request = RouteRequest(model, layer, logits);
-  v1::RouteTokensResponse response;
-  if (absl::Status s = FromGrpcStatus(stub_->RouteTokens(&context, request, &response)); !s.ok()) {
+  Response response;
+  if (absl::Status s = FromGrpcStatus((stub_.get()->*method)(&context, request, &response));
+      !s.ok()) {
     return s;
   }
   return response;
 }
 
+absl::StatusOr<v1::RouteTokensResponse> Client::Route(const std::string& model, uint32_t layer,
+                                                      absl::Span<const float> logits,
+                                                      const std::string& cache) {
+  return Call(&v1::MoeRouter::Stub::RouteTokens, model, RouteRequest(model, layer, logits, cache));
+}
+
+absl::StatusOr<v1::PrefetchResponse> Client::Prefetch(const v1::PrefetchRequest& request) {
+  return Call(&v1::MoeRouter::Stub::Prefetch, request.model(), request);
+}
+
+absl::StatusOr<v1::CacheInfo> Client::OpenCache(const std::string& model, const std::string& cache,
+                                                uint64_t budget_bytes,
+                                                const std::string& eviction_policy) {
+  v1::OpenCacheRequest request;
+  request.set_model(model);
+  request.set_cache(cache);
+  request.set_budget_bytes(budget_bytes);
+  request.set_eviction_policy(eviction_policy);
+  return Call(&v1::MoeRouter::Stub::OpenCache, model, request);
+}
+
+absl::Status Client::CloseCache(const std::string& model, const std::string& cache) {
+  v1::CloseCacheRequest request;
+  request.set_model(model);
+  request.set_cache(cache);
+  return Call(&v1::MoeRouter::Stub::CloseCache, model, request).status();
+}
+
+absl::StatusOr<v1::CacheInfo> Client::SyncCache(const v1::SyncCacheRequest& request) {
+  return Call(&v1::MoeRouter::Stub::SyncCache, request.model(), request);
+}
+
 absl::StatusOr<v1::PrefetchResponse> Client::Prefetch(const std::string& model, uint32_t layer,
                                                       absl::Span<const uint32_t> experts,
                                                       uint32_t budget) {
-  grpc::ClientContext context;
-  Prepare(&context, model);
   v1::PrefetchRequest request;
   request.set_model(model);
   request.set_layer(layer);
   request.mutable_experts()->Add(experts.begin(), experts.end());
   request.set_budget(budget);
-  v1::PrefetchResponse response;
-  if (absl::Status s = FromGrpcStatus(stub_->Prefetch(&context, request, &response)); !s.ok())
-    return s;
-  return response;
+  return Prefetch(request);
 }
 
 absl::StatusOr<v1::ModelInfo> Client::Register(const v1::ModelSpec& spec) {
@@ -159,16 +190,11 @@ absl::StatusOr<v1::ModelSpec> Client::FindModel(const std::string& name) {
   return absl::NotFoundError(absl::StrFormat("the server has no model named '%s'", name));
 }
 
-absl::StatusOr<v1::ModelStats> Client::Stats(const std::string& model) {
-  grpc::ClientContext context;
-  Prepare(&context, model);
+absl::StatusOr<v1::ModelStats> Client::Stats(const std::string& model, const std::string& cache) {
   v1::GetModelStatsRequest request;
   request.set_model(model);
-  v1::ModelStats stats;
-  if (absl::Status s = FromGrpcStatus(stub_->GetModelStats(&context, request, &stats)); !s.ok()) {
-    return s;
-  }
-  return stats;
+  request.set_cache(cache);
+  return Call(&v1::MoeRouter::Stub::GetModelStats, model, request);
 }
 
 absl::StatusOr<FetchedExpert> Client::Fetch(const std::string& model, uint32_t layer,

@@ -45,8 +45,10 @@ class RouteStream {
   /// `model` (if any) goes in the call's x-moe-model header.
   RouteStream(v1::MoeRouter::Stub& stub, const std::string& model);
   ~RouteStream();
+  /// With `cache`, against that worker cache (see WorkerCache).
   absl::StatusOr<v1::RouteTokensResponse> Route(const std::string& model, uint32_t layer,
-                                                absl::Span<const float> logits);
+                                                absl::Span<const float> logits,
+                                                const std::string& cache = "");
   /// Half-closes and returns the call's final status.
   absl::Status Finish();
 
@@ -77,7 +79,8 @@ class Client {
   void set_timeout(absl::Duration timeout) { timeout_ = timeout; }
 
   absl::StatusOr<v1::RouteTokensResponse> Route(const std::string& model, uint32_t layer,
-                                                absl::Span<const float> logits);
+                                                absl::Span<const float> logits,
+                                                const std::string& cache = "");
   /// A stream for routing many batches of `model`; it has no deadline.
   std::unique_ptr<RouteStream> OpenRouteStream(const std::string& model) {
     return std::make_unique<RouteStream>(*stub_, model);
@@ -85,12 +88,19 @@ class Client {
   absl::StatusOr<v1::PrefetchResponse> Prefetch(const std::string& model, uint32_t layer,
                                                 absl::Span<const uint32_t> experts,
                                                 uint32_t budget);
+  absl::StatusOr<v1::PrefetchResponse> Prefetch(const v1::PrefetchRequest& request);
   absl::StatusOr<v1::ModelInfo> Register(const v1::ModelSpec& spec);
   absl::Status Unregister(const std::string& model);
   absl::StatusOr<std::vector<v1::ModelInfo>> ListModels();
   /// The spec of the model named `name`; NOT_FOUND if the server has none.
   absl::StatusOr<v1::ModelSpec> FindModel(const std::string& name);
-  absl::StatusOr<v1::ModelStats> Stats(const std::string& model);
+  /// With `cache`, that worker cache's figures.
+  absl::StatusOr<v1::ModelStats> Stats(const std::string& model, const std::string& cache = "");
+  absl::StatusOr<v1::CacheInfo> OpenCache(const std::string& model, const std::string& cache,
+                                          uint64_t budget_bytes,
+                                          const std::string& eviction_policy = "");
+  absl::Status CloseCache(const std::string& model, const std::string& cache);
+  absl::StatusOr<v1::CacheInfo> SyncCache(const v1::SyncCacheRequest& request);
   /// Streams an expert and verifies it (VerifyExpert); a chunk out of order
   /// or past the size announced, or a mismatch, is DATA_LOSS saying which.
   absl::StatusOr<FetchedExpert> Fetch(const std::string& model, uint32_t layer, uint32_t expert);
@@ -102,6 +112,12 @@ class Client {
       : channel_(std::move(channel)), stub_(v1::MoeRouter::NewStub(channel_)) {}
   /// Sets the deadline, and names the model in metadata.
   void Prepare(grpc::ClientContext* context, const std::string& model) const;
+  /// One unary call of `method` about `model`, errors as absl::Status.
+  template <typename Request, typename Response>
+  absl::StatusOr<Response> Call(grpc::Status (v1::MoeRouter::Stub::*method)(grpc::ClientContext*,
+                                                                           const Request&,
+                                                                           Response*),
+                                const std::string& model, const Request& request);
 
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::MoeRouter::Stub> stub_;

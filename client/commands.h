@@ -21,6 +21,7 @@ int PrefetchCommand(const std::vector<std::string>& args);
 int StatsCommand(const std::vector<std::string>& args);
 int FetchCommand(const std::vector<std::string>& args);
 int LoadgenCommand(const std::vector<std::string>& args);
+int WorkerCommand(const std::vector<std::string>& args);
 
 }  // namespace moe_router
 

@@ -6,11 +6,7 @@
 #include "absl/strings/str_format.h"
 
 namespace moe_router {
-namespace {
 
-// Logits whose top-k is the recorded choice, in its order, with the rest so
-// far below that no cache bonus can make up the gate mass a reroute would
-// lose: the server's guard keeps the recorded routing.
 void LogitsForChoice(absl::Span<const uint32_t> experts, std::vector<float>& logits) {
   std::fill(logits.begin(), logits.end(), -30.0f);
   for (size_t rank = 0; rank < experts.size(); ++rank) {
@@ -33,7 +29,13 @@ absl::Status CheckModelFitsTrace(Client& client, const std::string& model,
   return absl::OkStatus();
 }
 
-}  // namespace
+absl::Span<const float> StepLogitsForServer(const RoutingTrace& trace, const RoutingTrace::Run& run,
+                                            size_t step, std::vector<float>& scratch) {
+  if (trace.has_logits()) return trace.StepLogits(run, step);
+  scratch.resize(trace.num_experts);
+  LogitsForChoice(trace.StepExperts(run, step), scratch);
+  return scratch;
+}
 
 absl::StatusOr<ServerReplayReport> ReplayThroughServer(
     Client& client, const std::string& model, const RoutingTrace& trace, bool stream,
@@ -47,13 +49,7 @@ absl::StatusOr<ServerReplayReport> ReplayThroughServer(
   for (const RoutingTrace::Run& run : trace.runs) {
     for (size_t i = 0; i < run.steps.size(); ++i) {
       const uint32_t layer = run.steps[i].layer;
-      absl::Span<const float> step_logits;
-      if (trace.has_logits()) {
-        step_logits = trace.StepLogits(run, i);
-      } else {
-        LogitsForChoice(trace.StepExperts(run, i), logits);
-        step_logits = logits;
-      }
+      const absl::Span<const float> step_logits = StepLogitsForServer(trace, run, i, logits);
       auto routed = stream ? route_stream->Route(model, layer, step_logits)
                            : client.Route(model, layer, step_logits);
       if (!routed.ok()) {

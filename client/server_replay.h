@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "client/client.h"
@@ -23,6 +24,19 @@ struct ServerReplayReport {
   double seconds = 0;
   double HitRate() const { return accesses == 0 ? 0 : static_cast<double>(resident) / accesses; }
 };
+
+/// Logits whose top-k is the recorded choice, in its order, with the rest so
+/// far below that no cache bonus can make up the gate mass a reroute would
+/// lose: the server's guard keeps the recorded routing.
+void LogitsForChoice(absl::Span<const uint32_t> experts, std::vector<float>& logits);
+/// What to send for a step: a logits trace's logits, or LogitsForChoice of
+/// a routing trace's choice (in `scratch`).
+absl::Span<const float> StepLogitsForServer(const RoutingTrace& trace, const RoutingTrace::Run& run,
+                                            size_t step, std::vector<float>& scratch);
+/// INVALID_ARGUMENT unless the server's `model` has the trace's experts and
+/// top-k and at least its layers.
+absl::Status CheckModelFitsTrace(Client& client, const std::string& model,
+                                 const RoutingTrace& trace);
 
 /// Routes every step of `trace` through `model` on the server, in the
 /// trace's order (token, then layer), one request per step as an inference

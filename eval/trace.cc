@@ -226,4 +226,30 @@ TraceStats ComputeTraceStats(const RoutingTrace& trace) {
   return s;
 }
 
+RoutingTrace SplitRoundRobin(const RoutingTrace& trace, uint32_t workers, uint32_t index) {
+  RoutingTrace part = trace;
+  part.runs.clear();
+  for (size_t r = index; workers > 0 && r < trace.runs.size(); r += workers) {
+    part.runs.push_back(trace.runs[r]);
+  }
+  return part;
+}
+
+RoutingTrace Concatenated(const RoutingTrace& trace) {
+  RoutingTrace whole = trace;
+  whole.runs.assign(1, RoutingTrace::Run());
+  RoutingTrace::Run& out = whole.runs[0];
+  out.name = "concatenated";
+  for (const RoutingTrace::Run& run : trace.runs) {
+    for (RoutingTrace::Step step : run.steps) {
+      step.token += out.tokens;
+      out.steps.push_back(step);
+    }
+    out.experts.insert(out.experts.end(), run.experts.begin(), run.experts.end());
+    out.logits.insert(out.logits.end(), run.logits.begin(), run.logits.end());
+    out.tokens += run.tokens;
+  }
+  return whole;
+}
+
 }  // namespace moe_router

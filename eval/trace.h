@@ -69,6 +69,13 @@ absl::StatusOr<RoutingTrace> ReadTrace(const std::string& path);
 /// Written atomically.
 absl::Status WriteLogitsTrace(const std::string& path, const RoutingTrace& trace);
 
+/// The runs of worker `index` of `workers` (runs index, index + workers,
+/// ...), as inference workers sharing a trace round-robin would get them.
+RoutingTrace SplitRoundRobin(const RoutingTrace& trace, uint32_t workers, uint32_t index);
+/// The runs back to back as one run (tokens renumbered), as one long-lived
+/// worker's cache sees them: replaying it carries the cache across runs.
+RoutingTrace Concatenated(const RoutingTrace& trace);
+
 /// Plain top-k of every step's logits (ties to the lower id) into experts.
 void FillTopKFromLogits(RoutingTrace& trace);
 

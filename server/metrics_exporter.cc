@@ -64,6 +64,36 @@ void AddRouteRequests(Families& f, const std::string& model, const std::atomic<u
   }
 }
 
+// Worker caches, summed per model: the set of caches is unbounded, so no
+// per-cache label.
+void AddWorkerCaches(Families& f, const std::vector<ClientMetric::Label>& labels,
+                     const ModelStats& s) {
+  const WorkerCacheCounters& w = s.metrics.workers;
+  f.Gauge("moe_router_worker_caches_open", "Worker caches open.", labels,
+          static_cast<double>(s.open_caches));
+  f.Gauge("moe_router_worker_cache_memory_bytes", "Server memory held for worker cache views.",
+          labels, static_cast<double>(s.worker_cache_memory_bytes));
+  f.Counter("moe_router_worker_cache_hits_total",
+            "Chosen experts the calling worker held, over all worker caches.", labels,
+            static_cast<double>(w.hits));
+  f.Counter("moe_router_worker_cache_misses_total",
+            "Chosen experts the calling worker had to load, over all worker caches.", labels,
+            static_cast<double>(w.misses));
+  for (const auto& [priority, n] : {std::pair{"urgent", w.urgent_loads},
+                                    std::pair{"prefetch", w.prefetch_loads}}) {
+    f.Counter("moe_router_worker_page_in_instructions_total",
+              "Experts workers were told to load, by priority.",
+              {labels.front(), {"priority", priority}}, static_cast<double>(n));
+  }
+  f.Counter("moe_router_worker_eviction_instructions_total", "Experts workers were told to drop.",
+            labels, static_cast<double>(w.evictions));
+  f.Counter("moe_router_worker_load_bytes_total", "Bytes workers were told to load.", labels,
+            static_cast<double>(w.load_bytes));
+  f.Counter("moe_router_worker_unplaced_total",
+            "Chosen experts that did not fit beside their batch's others in a worker's budget.",
+            labels, static_cast<double>(w.unplaced));
+}
+
 }  // namespace
 
 std::vector<MetricFamily> CollectMetrics(const ModelRegistry& registry) {
@@ -114,6 +144,7 @@ std::vector<MetricFamily> CollectMetrics(const ModelRegistry& registry) {
     f.Histogram("moe_router_gate_mass_retained",
                 "Per request: mean share of the original top-k probability kept.", labels,
                 m.gate_mass);
+    AddWorkerCaches(f, labels, s);
   }
   AddRouteRequests(f, "_unknown_", registry.unknown_route_requests());
   return f.Take();

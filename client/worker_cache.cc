@@ -1,0 +1,175 @@
+#include "client/worker_cache.h"
+
+#include <chrono>
+
+#include "absl/strings/str_format.h"
+
+namespace moe_router {
+namespace {
+
+class ServerSource final : public ExpertSource {
+ public:
+  ServerSource(Client& client, std::string model) : client_(client), model_(std::move(model)) {}
+  absl::StatusOr<HeldExpert> Load(ExpertKey key) override {
+    absl::StatusOr<FetchedExpert> fetched = client_.Fetch(model_, key.layer, key.expert);
+    if (!fetched.ok()) return fetched.status();
+    auto owner = std::make_shared<const std::string>(std::move(fetched->bytes));
+    const auto* data = reinterpret_cast<const uint8_t*>(owner->data());
+    return HeldExpert{.bytes = std::shared_ptr<const uint8_t>(owner, data), .size = owner->size()};
+  }
+
+ private:
+  Client& client_;
+  const std::string model_;
+};
+
+class StoreSource final : public ExpertSource {
+ public:
+  explicit StoreSource(std::shared_ptr<const ExpertStore> store) : store_(std::move(store)) {}
+  absl::StatusOr<HeldExpert> Load(ExpertKey key) override {
+    auto data = store_->Load(key, store_->Precisions().front());
+    if (!data.ok()) return data.status();
+    const uint8_t* bytes = (*data)->bytes.get();
+    const uint64_t size = (*data)->size;
+    return HeldExpert{.bytes = std::shared_ptr<const uint8_t>(*std::move(data), bytes),
+                      .size = size};
+  }
+
+ private:
+  const std::shared_ptr<const ExpertStore> store_;
+};
+
+double SecondsSince(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+void AppendKeys(const google::protobuf::RepeatedPtrField<v1::ExpertRef>& refs,
+                std::vector<ExpertKey>* keys) {
+  for (const v1::ExpertRef& ref : refs) keys->push_back({ref.layer(), ref.expert()});
+}
+
+}  // namespace
+
+std::unique_ptr<ExpertSource> ServerExpertSource(Client& client, std::string model) {
+  return std::make_unique<ServerSource>(client, std::move(model));
+}
+
+std::unique_ptr<ExpertSource> StoreExpertSource(std::shared_ptr<const ExpertStore> store) {
+  return std::make_unique<StoreSource>(std::move(store));
+}
+
+absl::StatusOr<std::unique_ptr<WorkerCache>> WorkerCache::Open(
+    Client& client, const Options& options, std::unique_ptr<ExpertSource> source) {
+  if (source == nullptr) return absl::InvalidArgumentError("a worker cache needs an expert source");
+  auto info =
+      client.OpenCache(options.model, options.cache, options.budget_bytes, options.eviction_policy);
+  if (!info.ok()) return info.status();
+  auto cache = std::unique_ptr<WorkerCache>(new WorkerCache(client, options, std::move(source)));
+  cache->policy_ = info->eviction_policy();
+  // A restarted worker holds nothing, whatever its cache remembers.
+  if (info->resident_size() > 0) {
+    if (absl::Status s = cache->Resync(); !s.ok()) return s;
+  }
+  return cache;
+}
+
+absl::Status WorkerCache::CarryOut(
+    const google::protobuf::RepeatedPtrField<v1::ExpertRef>& evictions,
+    const std::vector<ExpertKey>& loads) {
+  for (const v1::ExpertRef& ref : evictions) {
+    if (held_.count({ref.layer(), ref.expert()}) > 0) ++report_.evictions;
+    Drop({ref.layer(), ref.expert()});
+  }
+  const auto start = std::chrono::steady_clock::now();
+  for (const ExpertKey& key : loads) {
+    absl::StatusOr<HeldExpert> expert = source_->Load(key);
+    if (!expert.ok()) {
+      report_.load_seconds += SecondsSince(start);
+      if (absl::Status s = Resync(); !s.ok()) return s;
+      return absl::Status(expert.status().code(),
+                          absl::StrFormat("loading %s for cache '%s': %s", key.ToString(),
+                                          options_.cache, expert.status().message()));
+    }
+    held_bytes_ += expert->size;
+    report_.loaded_bytes += expert->size;
+    ++report_.loads;
+    held_[key] = *std::move(expert);
+  }
+  report_.load_seconds += SecondsSince(start);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::RouteTokensResponse> WorkerCache::Route(uint32_t layer,
+                                                           absl::Span<const float> logits) {
+  const auto start = std::chrono::steady_clock::now();
+  auto routed = client_.Route(options_.model, layer, logits, options_.cache);
+  report_.route_seconds += SecondsSince(start);
+  if (!routed.ok()) return routed.status();
+  ++report_.route_calls;
+  report_.tokens += routed->tokens();
+  report_.accesses += routed->resident_size();
+  for (bool resident : routed->resident()) report_.hits += resident;
+  std::vector<ExpertKey> loads;
+  AppendKeys(routed->urgent_page_ins(), &loads);
+  AppendKeys(routed->prefetches(), &loads);
+  if (absl::Status s = CarryOut(routed->evictions(), loads); !s.ok()) return s;
+  return routed;
+}
+
+absl::StatusOr<v1::PrefetchResponse> WorkerCache::Prefetch(uint32_t layer,
+                                                           absl::Span<const float> gate_logits,
+                                                           uint32_t budget) {
+  v1::PrefetchRequest request;
+  request.set_model(options_.model);
+  request.set_cache(options_.cache);
+  request.set_layer(layer);
+  request.set_budget(budget);
+  request.mutable_gate_logits()->Add(gate_logits.begin(), gate_logits.end());
+  const auto start = std::chrono::steady_clock::now();
+  auto answer = client_.Prefetch(request);
+  report_.route_seconds += SecondsSince(start);
+  if (!answer.ok()) return answer.status();
+  std::vector<ExpertKey> loads;
+  for (uint32_t e : answer->queued()) loads.push_back({layer, e});
+  if (absl::Status s = CarryOut(answer->evictions(), loads); !s.ok()) return s;
+  return answer;
+}
+
+absl::StatusOr<HeldExpert> WorkerCache::Get(ExpertKey key) {
+  if (const auto it = held_.find(key); it != held_.end()) return it->second;
+  const auto start = std::chrono::steady_clock::now();
+  absl::StatusOr<HeldExpert> expert = source_->Load(key);
+  report_.load_seconds += SecondsSince(start);
+  if (expert.ok()) ++report_.streamed;
+  return expert;
+}
+
+void WorkerCache::Drop(ExpertKey key) {
+  const auto it = held_.find(key);
+  if (it == held_.end()) return;
+  held_bytes_ -= it->second.size;
+  held_.erase(it);
+}
+
+absl::Status WorkerCache::Resync() {
+  v1::SyncCacheRequest request;
+  request.set_model(options_.model);
+  request.set_cache(options_.cache);
+  for (const auto& [key, expert] : held_) {
+    v1::ExpertRef* ref = request.add_resident();
+    ref->set_layer(key.layer);
+    ref->set_expert(key.expert);
+  }
+  return client_.SyncCache(request).status();
+}
+
+absl::Status WorkerCache::Close() { return client_.CloseCache(options_.model, options_.cache); }
+
+std::vector<ExpertKey> WorkerCache::Held() const {
+  std::vector<ExpertKey> keys;
+  keys.reserve(held_.size());
+  for (const auto& [key, expert] : held_) keys.push_back(key);
+  return keys;
+}
+
+}  // namespace moe_router

@@ -1,0 +1,124 @@
+#ifndef MOE_ROUTER_CLIENT_WORKER_CACHE_H_
+#define MOE_ROUTER_CLIENT_WORKER_CACHE_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "client/client.h"
+#include "core/expert_store.h"
+#include "core/types.h"
+
+namespace moe_router {
+
+/// An expert in the worker's memory: its bytes, kept alive by `bytes`.
+struct HeldExpert {
+  std::shared_ptr<const uint8_t> bytes;
+  uint64_t size = 0;
+};
+
+/// Where a worker gets the experts it is told to load. Not thread-safe.
+class ExpertSource {
+ public:
+  virtual ~ExpertSource() = default;
+  virtual absl::StatusOr<HeldExpert> Load(ExpertKey key) = 0;
+};
+
+/// From moe-routerd's FetchExpert, verified (Client::Fetch): served from the
+/// server's memory when it staged the expert, else paged from its store.
+std::unique_ptr<ExpertSource> ServerExpertSource(Client& client, std::string model);
+/// From a store on this machine (a safetensors directory is read and
+/// checked against its manifest), in its default precision.
+std::unique_ptr<ExpertSource> StoreExpertSource(std::shared_ptr<const ExpertStore> store);
+
+/// What a WorkerCache did.
+struct WorkerCacheReport {
+  uint64_t route_calls = 0;
+  uint64_t tokens = 0;
+  uint64_t accesses = 0;  // chosen experts
+  uint64_t hits = 0;      // of those, held when routed
+  uint64_t loads = 0;
+  uint64_t evictions = 0;
+  uint64_t streamed = 0;  // chosen experts used without being kept
+  uint64_t loaded_bytes = 0;
+  double route_seconds = 0;  // in routing and prefetch calls
+  double load_seconds = 0;   // in loading experts from the source
+  double HitRate() const { return accesses == 0 ? 0 : static_cast<double>(hits) / accesses; }
+};
+
+/// An inference worker's own expert memory, managed by moe-routerd: the
+/// server keeps an exact view of what this worker holds, routes against it,
+/// and says what to drop and what to load; this class carries that out on
+/// its own copies of the expert bytes. One per worker (not thread-safe).
+///
+///   auto cache = WorkerCache::Open(client, {.model = "mixtral-8x7b",
+///                                           .cache = "pod-7/gpu0",
+///                                           .budget_bytes = 8 << 30},
+///                                  ServerExpertSource(client, "mixtral-8x7b"));
+///   // per layer of a forward pass:
+///   auto routed = (*cache)->Route(layer, gate_logits);   // drops and loads done
+///   for (each chosen expert e) compute with (*cache)->Get({layer, e});
+class WorkerCache {
+ public:
+  struct Options {
+    std::string model;
+    /// Stable across restarts of this worker (e.g. pod name and device), so
+    /// that it finds its cache again.
+    std::string cache;
+    uint64_t budget_bytes = 0;
+    std::string eviction_policy = {};  // empty: the model's
+  };
+
+  /// Opens the cache on the server (or finds it again). It holds nothing
+  /// yet, so a cache the server remembers as holding experts is synced to
+  /// empty.
+  static absl::StatusOr<std::unique_ptr<WorkerCache>> Open(Client& client, const Options& options,
+                                                           std::unique_ptr<ExpertSource> source);
+
+  /// Routes one layer's batch against this cache, then drops what the server
+  /// said to drop and loads what it said to load (urgent, then prefetches).
+  /// A load that fails resyncs the server's view before returning the error.
+  absl::StatusOr<v1::RouteTokensResponse> Route(uint32_t layer, absl::Span<const float> logits);
+  /// Prefetches into this cache by a guess of the layer's gate (its top
+  /// `budget`, top_k if 0), and carries out the answer.
+  absl::StatusOr<v1::PrefetchResponse> Prefetch(uint32_t layer, absl::Span<const float> gate_logits,
+                                                uint32_t budget);
+  /// An expert to compute with: held, or else loaded from the source for
+  /// this use only (an expert that did not fit beside the batch's others).
+  absl::StatusOr<HeldExpert> Get(ExpertKey key);
+  /// Drops an expert on the worker's own initiative; Resync() tells the server.
+  void Drop(ExpertKey key);
+  /// States to the server what this worker holds.
+  absl::Status Resync();
+  absl::Status Close();
+
+  std::vector<ExpertKey> Held() const;
+  uint64_t held_bytes() const { return held_bytes_; }
+  uint64_t budget_bytes() const { return options_.budget_bytes; }
+  /// The eviction policy the server runs for this cache.
+  const std::string& policy() const { return policy_; }
+  const WorkerCacheReport& report() const { return report_; }
+
+ private:
+  WorkerCache(Client& client, Options options, std::unique_ptr<ExpertSource> source)
+      : client_(client), options_(std::move(options)), source_(std::move(source)) {}
+  // Drops, then loads; on a failed load, resyncs and returns the error.
+  absl::Status CarryOut(const google::protobuf::RepeatedPtrField<v1::ExpertRef>& evictions,
+                        const std::vector<ExpertKey>& loads);
+
+  Client& client_;
+  const Options options_;
+  std::unique_ptr<ExpertSource> source_;
+  std::string policy_;
+  std::map<ExpertKey, HeldExpert> held_;
+  uint64_t held_bytes_ = 0;
+  WorkerCacheReport report_;
+};
+
+}  // namespace moe_router
+
+#endif  // MOE_ROUTER_CLIENT_WORKER_CACHE_H_

@@ -1,0 +1,262 @@
+#include "core/worker_cache.h"
+
+#include <random>
+
+#include "core/expert_cache.h"
+#include "core/synthetic_store.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace moe_router {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+
+constexpr uint32_t kLayers = 4;
+constexpr uint32_t kExperts = 8;
+constexpr uint64_t kBytes = 1000;
+
+std::shared_ptr<const ExpertSizeTable> Sizes(
+    std::vector<std::pair<std::string, uint64_t>> variants = {{"default", kBytes}}) {
+  auto store = SyntheticStore::Create(
+      {.num_layers = kLayers, .num_experts = kExperts, .variants = std::move(variants)});
+  EXPECT_TRUE(store.ok()) << store.status();
+  auto sizes = ExpertSizeTable::Build(**store, kLayers, kExperts);
+  EXPECT_TRUE(sizes.ok()) << sizes.status();
+  return *sizes;
+}
+
+std::unique_ptr<EvictionPolicy> Policy(const std::string& name) {
+  auto policy = MakeEvictionPolicy(name, {});
+  EXPECT_TRUE(policy.ok()) << policy.status();
+  return *std::move(policy);
+}
+
+std::unique_ptr<WorkerCacheView> View(const std::string& policy, uint64_t budget_experts,
+                                      uint64_t tick_limit = WorkerCacheView::kDefaultTickLimit) {
+  return std::make_unique<WorkerCacheView>("w", kLayers, kExperts, budget_experts * kBytes,
+                                           Policy(policy), Sizes(), tick_limit);
+}
+
+// One step as the engine runs it (and the replay): pin the step's experts,
+// use each in order, load a miss at once.
+void Step(WorkerCacheView& view, uint32_t layer, const std::vector<uint32_t>& experts)
+    ABSL_EXCLUSIVE_LOCKS_REQUIRED(view.mu()) {
+  view.BeginStep(layer);
+  for (uint32_t e : experts) view.Pin(e);
+  for (uint32_t e : experts) {
+    if (!view.Access({layer, e})) {
+      ASSERT_TRUE(view.Admit({layer, e}, 0, Priority::kUrgent).ok());
+    }
+  }
+}
+
+// The same step on an ExpertCache, with loads committed at once.
+void Step(ExpertCache& cache, uint32_t layer, const std::vector<uint32_t>& experts) {
+  cache.BeginStep(layer);
+  for (uint32_t e : experts) cache.Pin({layer, e});
+  for (uint32_t e : experts) {
+    if (cache.Access({layer, e})) continue;
+    ASSERT_TRUE(cache.Reserve({layer, e}, kBytes, Priority::kUrgent).ok());
+    auto data = std::make_shared<ExpertData>();
+    data->key = {layer, e};
+    data->size = kBytes;
+    ASSERT_TRUE(cache.Commit(std::move(data)).ok());
+  }
+  for (uint32_t e : experts) cache.Unpin({layer, e});
+}
+
+class ViewMatchesCacheTest : public ::testing::TestWithParam<std::string> {};
+
+// The view pages exactly like the server's own cache, step for step: the
+// guarantee that a worker's hit rate equals the offline replay's.
+TEST_P(ViewMatchesCacheTest, SameResidencyAfterEveryStep) {
+  {
+    auto view = View(GetParam(), 9);
+    auto policy = Policy(GetParam());
+    auto cache = *ExpertCache::Create(
+        {.num_layers = kLayers, .num_experts = kExperts, .budget_bytes = 9 * kBytes},
+        std::move(policy));
+    std::mt19937 rng(7);
+    // Skewed choices, layers in order: a forward pass per token.
+    std::discrete_distribution<uint32_t> pick({8, 5, 3, 2, 1, 1, 1, 1});
+    absl::MutexLock lock(&view->mu());
+    for (int token = 0; token < 300; ++token) {
+      for (uint32_t layer = 0; layer < kLayers; ++layer) {
+        uint32_t a = pick(rng), b = pick(rng);
+        if (a == b) b = (a + 1) % kExperts;
+        Step(*view, layer, {a, b});
+        view->EndCall();
+        Step(*cache, layer, {a, b});
+        ASSERT_EQ(view->ResidentKeys(), cache->ResidentKeys())
+            << "token " << token << " layer " << layer;
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Policies, ViewMatchesCacheTest,
+                         ::testing::Values("lru", "lfu", "layer_reuse", "adaptive"));
+
+TEST(WorkerCacheViewTest, EndCallReportsNetLoadsAndDrops) {
+  auto view = View("lru", 2);
+  absl::MutexLock lock(&view->mu());
+  Step(*view, 0, {1});
+  Step(*view, 0, {2});
+  CacheInstructions first = view->EndCall();
+  EXPECT_THAT(first.urgent, ElementsAre(ExpertKey{0, 1}, ExpertKey{0, 2}));
+  EXPECT_THAT(first.evictions, IsEmpty());
+  EXPECT_EQ(first.load_bytes, 2 * kBytes);
+  // 3 evicts 1 (least recent); then 4 evicts 2: the worker drops 1 and 2.
+  Step(*view, 1, {3});
+  Step(*view, 1, {4});
+  CacheInstructions second = view->EndCall();
+  EXPECT_THAT(second.urgent, ElementsAre(ExpertKey{1, 3}, ExpertKey{1, 4}));
+  EXPECT_THAT(second.evictions, ElementsAre(ExpertKey{0, 1}, ExpertKey{0, 2}));
+  // Loaded and dropped again within one call: nothing to tell.
+  Step(*view, 2, {5});
+  Step(*view, 2, {6});
+  Step(*view, 2, {7});
+  CacheInstructions third = view->EndCall();
+  EXPECT_THAT(third.urgent, ElementsAre(ExpertKey{2, 6}, ExpertKey{2, 7}));
+  EXPECT_THAT(third.evictions, ElementsAre(ExpertKey{1, 3}, ExpertKey{1, 4}));
+  EXPECT_EQ(view->counters().urgent_loads, 6u);
+  EXPECT_EQ(view->counters().evictions, 4u);
+  EXPECT_EQ(view->resident_bytes(), 2 * kBytes);
+}
+
+TEST(WorkerCacheViewTest, PinnedExpertsAreNeverEvictedAndOverflowIsRefused) {
+  auto view = View("lru", 2);
+  absl::MutexLock lock(&view->mu());
+  view->BeginStep(0);
+  for (uint32_t e : {0u, 1u, 2u}) view->Pin(e);
+  EXPECT_TRUE(view->Admit({0, 0}, 0, Priority::kUrgent).ok());
+  EXPECT_TRUE(view->Admit({0, 1}, 0, Priority::kUrgent).ok());
+  absl::Status third = view->Admit({0, 2}, 0, Priority::kUrgent);
+  EXPECT_TRUE(absl::IsResourceExhausted(third)) << third;
+  EXPECT_THAT(third.message(), HasSubstr("this call's experts"));
+  EXPECT_THAT(view->ResidentKeys(), ElementsAre(ExpertKey{0, 0}, ExpertKey{0, 1}));
+}
+
+TEST(WorkerCacheViewTest, PrefetchEvictsOnlyWhatThePolicyValuesLess) {
+  auto view = View("lfu", 1);
+  absl::MutexLock lock(&view->mu());
+  for (int i = 0; i < 3; ++i) {
+    Step(*view, 0, {0});
+    view->EndCall();
+  }
+  // Expert 1 was never used: LFU values it below expert 0, used 3 times.
+  absl::Status dropped = view->Admit({0, 1}, 0, Priority::kPrefetch);
+  EXPECT_TRUE(absl::IsResourceExhausted(dropped)) << dropped;
+  EXPECT_THAT(dropped.message(), HasSubstr("values more"));
+  EXPECT_THAT(view->ResidentKeys(), ElementsAre(ExpertKey{0, 0}));
+  // On demand it goes in.
+  EXPECT_TRUE(view->Admit({0, 1}, 0, Priority::kUrgent).ok());
+  EXPECT_THAT(view->EndCall().evictions, ElementsAre(ExpertKey{0, 0}));
+}
+
+TEST(WorkerCacheViewTest, ResizeEvictsByPolicyDownToTheBudget) {
+  auto view = View("lru", 4);
+  absl::MutexLock lock(&view->mu());
+  for (uint32_t e : {0u, 1u, 2u, 3u}) Step(*view, 0, {e});
+  view->EndCall();
+  view->Resize(2 * kBytes);
+  EXPECT_THAT(view->EndCall().evictions, ElementsAre(ExpertKey{0, 0}, ExpertKey{0, 1}));
+  EXPECT_THAT(view->ResidentKeys(), ElementsAre(ExpertKey{0, 2}, ExpertKey{0, 3}));
+  EXPECT_EQ(view->resident_bytes(), 2 * kBytes);
+}
+
+TEST(WorkerCacheViewTest, AdoptOverBudgetNamesTheNumbersAndChangesNothing) {
+  auto view = View("lru", 2);
+  absl::MutexLock lock(&view->mu());
+  Step(*view, 0, {5});
+  view->EndCall();
+  const std::vector<std::pair<ExpertKey, uint8_t>> three = {
+      {{1, 0}, 0}, {{1, 1}, 0}, {{1, 2}, 0}};
+  absl::Status over = view->Adopt(three);
+  EXPECT_TRUE(absl::IsInvalidArgument(over)) << over;
+  EXPECT_THAT(over.message(), HasSubstr("3000 bytes, over its budget of 2000"));
+  EXPECT_THAT(view->ResidentKeys(), ElementsAre(ExpertKey{0, 5}));
+  // Duplicates count once.
+  ASSERT_TRUE(view->Adopt({{{1, 0}, 0}, {{1, 0}, 0}, {{2, 3}, 0}}).ok());
+  EXPECT_THAT(view->ResidentKeys(), ElementsAre(ExpertKey{1, 0}, ExpertKey{2, 3}));
+  EXPECT_EQ(view->resident_bytes(), 2 * kBytes);
+}
+
+TEST(WorkerCacheViewTest, VariantsAreAccountedAtTheirOwnSize) {
+  auto view = std::make_unique<WorkerCacheView>(
+      "w", kLayers, kExperts, 3000, Policy("lru"),
+      Sizes({{"bf16", 2000}, {"fp8", 1000}}));
+  absl::MutexLock lock(&view->mu());
+  view->BeginStep(0);
+  ASSERT_TRUE(view->Admit({0, 0}, /*variant=*/0, Priority::kUrgent).ok());
+  ASSERT_TRUE(view->Admit({0, 1}, /*variant=*/1, Priority::kUrgent).ok());
+  EXPECT_EQ(view->resident_bytes(), 3000u);
+  EXPECT_EQ(view->ResidentVariant({0, 1}), 1);
+  EXPECT_EQ(view->EndCall().load_bytes, 3000u);
+}
+
+// Ages are kept in 32 bits; past the limit they are rebased and the recent
+// order survives. A limit of 16 accesses exercises what 2^32 would.
+TEST(WorkerCacheViewTest, RebasedTicksKeepTheRecentOrder) {
+  auto rebased = View("lru", 3, /*tick_limit=*/16);
+  auto exact = View("lru", 3);
+  absl::MutexLock lock_rebased(&rebased->mu());
+  absl::MutexLock lock_exact(&exact->mu());
+  const uint32_t order[] = {0, 1, 2, 0, 3, 1, 4, 0, 2, 5, 1, 0, 6, 2, 7, 0, 1, 3, 0, 2};
+  for (int round = 0; round < 5; ++round) {
+    for (uint32_t e : order) {
+      Step(*rebased, 0, {e});
+      Step(*exact, 0, {e});
+      ASSERT_EQ(rebased->ResidentKeys(), exact->ResidentKeys()) << "round " << round;
+    }
+  }
+}
+
+TEST(WorkerCacheSetTest, OpenFindResizeCloseAndLimits) {
+  WorkerCacheSet set("m", kLayers, kExperts, Sizes(), {.max_caches = 2}, "lru", {});
+  const absl::Time now = absl::Now();
+  auto a = set.Open("a", 4 * kBytes, "", now);
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_TRUE(a->created);
+  EXPECT_EQ(a->policy, "lru");
+  auto again = set.Open("a", 4 * kBytes, "lfu", now);
+  ASSERT_TRUE(again.ok());
+  EXPECT_FALSE(again->created);
+  EXPECT_EQ(again->policy, "lfu");
+  ASSERT_TRUE(set.Open("b", kBytes, "", now).ok());
+
+  absl::Status third = set.Open("c", kBytes, "", now).status();
+  EXPECT_TRUE(absl::IsResourceExhausted(third)) << third;
+  EXPECT_THAT(third.message(), HasSubstr("--max_caches_per_model"));
+  absl::Status small = set.Open("d", kBytes - 1, "", now).status();
+  EXPECT_TRUE(absl::IsInvalidArgument(small)) << small;
+  EXPECT_THAT(small.message(), HasSubstr("smaller than one expert"));
+  EXPECT_TRUE(absl::IsInvalidArgument(set.Open("../x", kBytes, "", now).status()));
+  EXPECT_TRUE(absl::IsInvalidArgument(set.Open("e", kBytes, "mru", now).status()));
+
+  absl::Status unknown = set.Find("zz").status();
+  EXPECT_TRUE(absl::IsNotFound(unknown));
+  EXPECT_THAT(unknown.message(), HasSubstr("open it with OpenCache"));
+  EXPECT_TRUE(set.Close("b").ok());
+  EXPECT_TRUE(absl::IsNotFound(set.Close("b")));
+  EXPECT_EQ(set.size(), 1u);
+}
+
+TEST(WorkerCacheSetTest, IdleCachesAreClosed) {
+  WorkerCacheSet set("m", kLayers, kExperts, Sizes(), {.idle_timeout = absl::Minutes(10)}, "lru",
+                     {});
+  const absl::Time start = absl::Now();
+  ASSERT_TRUE(set.Open("old", kBytes, "", start).ok());
+  ASSERT_TRUE(set.Open("busy", kBytes, "", start).ok());
+  (*set.Find("busy"))->Touch(start + absl::Minutes(8));
+  EXPECT_EQ(set.CloseIdle(start + absl::Minutes(9)), 0u);
+  EXPECT_EQ(set.CloseIdle(start + absl::Minutes(11)), 1u);
+  EXPECT_TRUE(set.Find("busy").ok());
+  EXPECT_TRUE(absl::IsNotFound(set.Find("old").status()));
+}
+
+}  // namespace
+}  // namespace moe_router
