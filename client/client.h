@@ -115,8 +115,8 @@ class Client {
   /// One unary call of `method` about `model`, errors as absl::Status.
   template <typename Request, typename Response>
   absl::StatusOr<Response> Call(grpc::Status (v1::MoeRouter::Stub::*method)(grpc::ClientContext*,
-                                                                           const Request&,
-                                                                           Response*),
+                                                                            const Request&,
+                                                                            Response*),
                                 const std::string& model, const Request& request);
 
   std::shared_ptr<grpc::Channel> channel_;

@@ -65,7 +65,8 @@ int WorkerCommand(const std::vector<std::string>& args) {
        "where workers load experts: server (FetchExpert, the default) or a checkpoint DIR"},
       {"workers", true, false, "concurrent workers; runs go round-robin (default 1)"},
       {"policy", true, false, "eviction policy of the workers' caches (default: the model's)"},
-      {"cache-prefix", true, false, "cache names are this plus the worker index (default host-pid-)"},
+      {"cache-prefix", true, false,
+       "cache names are this plus the worker index (default host-pid-)"},
       {"compare", false, false, "beside each worker, the offline replay of its runs"},
       {"shared", false, false,
        "no worker caches: route against the server's one cache, as before (hit rates only)"},
@@ -73,7 +74,8 @@ int WorkerCommand(const std::vector<std::string>& args) {
   });
   const char* usage = "TRACE --cache-bytes B [flags]";
   auto cl = CommandLine::Parse(args, flags);
-  if (!cl.ok() || cl->positional().size() != 1) return CommandUsage("worker", usage, cl.status(), flags);
+  if (!cl.ok() || cl->positional().size() != 1)
+    return CommandUsage("worker", usage, cl.status(), flags);
   auto cache_bytes = cl->Count("cache-bytes", 0);
   auto workers = cl->Count("workers", 1);
   for (const absl::Status& s : {cache_bytes.status(), workers.status()}) {
@@ -100,8 +102,8 @@ int WorkerCommand(const std::vector<std::string>& args) {
     };
   }
   ProgressBar bar("worker", trace->Steps());
-  auto results = PlayWorkers(**client, *trace, options,
-                             [&](uint64_t done, uint64_t) { bar.Update(done); });
+  auto results =
+      PlayWorkers(**client, *trace, options, [&](uint64_t done, uint64_t) { bar.Update(done); });
   bar.Finish();
   if (!results.ok()) return CommandError("worker", results.status());
 
@@ -120,13 +122,20 @@ int WorkerCommand(const std::vector<std::string>& args) {
       offline = *rate;
     }
     if (cl->Has("json")) {
-      nlohmann::json row = {{"cache", w.cache},        {"runs", w.part.runs.size()},
-                            {"tokens", r.tokens},      {"accesses", r.accesses},
-                            {"hit_rate", r.HitRate()}, {"loads", r.loads},
-                            {"evictions", r.evictions}, {"streamed", r.streamed},
-                            {"loaded_bytes", r.loaded_bytes}, {"route_seconds", r.route_seconds},
-                            {"fetch_seconds", r.load_seconds}, {"seconds", w.seconds},
-                            {"tokens_per_second", w.TokensPerSecond()}, {"policy", w.policy}};
+      nlohmann::json row = {{"cache", w.cache},
+                            {"runs", w.part.runs.size()},
+                            {"tokens", r.tokens},
+                            {"accesses", r.accesses},
+                            {"hit_rate", r.HitRate()},
+                            {"loads", r.loads},
+                            {"evictions", r.evictions},
+                            {"streamed", r.streamed},
+                            {"loaded_bytes", r.loaded_bytes},
+                            {"route_seconds", r.route_seconds},
+                            {"fetch_seconds", r.load_seconds},
+                            {"seconds", w.seconds},
+                            {"tokens_per_second", w.TokensPerSecond()},
+                            {"policy", w.policy}};
       if (offline) row["replay_hit_rate"] = *offline;
       rows.push_back(std::move(row));
       continue;
@@ -134,8 +143,8 @@ int WorkerCommand(const std::vector<std::string>& args) {
     std::printf("%-22s %5zu %7llu %8.3f %7llu %9llu %10.1f %8.2f %8.2f %9.0f%s\n", w.cache.c_str(),
                 w.part.runs.size(), static_cast<unsigned long long>(r.tokens), r.HitRate(),
                 static_cast<unsigned long long>(r.loads),
-                static_cast<unsigned long long>(r.evictions), r.loaded_bytes / 1e6,
-                r.route_seconds, r.load_seconds, w.TokensPerSecond(),
+                static_cast<unsigned long long>(r.evictions), r.loaded_bytes / 1e6, r.route_seconds,
+                r.load_seconds, w.TokensPerSecond(),
                 offline ? absl::StrFormat(" %8.3f", *offline).c_str() : "");
   }
   if (cl->Has("json")) {

@@ -79,8 +79,8 @@ void AddWorkerCaches(Families& f, const std::vector<ClientMetric::Label>& labels
   f.Counter("moe_router_worker_cache_misses_total",
             "Chosen experts the calling worker had to load, over all worker caches.", labels,
             static_cast<double>(w.misses));
-  for (const auto& [priority, n] : {std::pair{"urgent", w.urgent_loads},
-                                    std::pair{"prefetch", w.prefetch_loads}}) {
+  for (const auto& [priority, n] :
+       {std::pair{"urgent", w.urgent_loads}, std::pair{"prefetch", w.prefetch_loads}}) {
     f.Counter("moe_router_worker_page_in_instructions_total",
               "Experts workers were told to load, by priority.",
               {labels.front(), {"priority", priority}}, static_cast<double>(n));

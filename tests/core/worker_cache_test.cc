@@ -173,8 +173,7 @@ TEST(WorkerCacheViewTest, AdoptOverBudgetNamesTheNumbersAndChangesNothing) {
   absl::MutexLock lock(&view->mu());
   Step(*view, 0, {5});
   view->EndCall();
-  const std::vector<std::pair<ExpertKey, uint8_t>> three = {
-      {{1, 0}, 0}, {{1, 1}, 0}, {{1, 2}, 0}};
+  const std::vector<std::pair<ExpertKey, uint8_t>> three = {{{1, 0}, 0}, {{1, 1}, 0}, {{1, 2}, 0}};
   absl::Status over = view->Adopt(three);
   EXPECT_TRUE(absl::IsInvalidArgument(over)) << over;
   EXPECT_THAT(over.message(), HasSubstr("3000 bytes, over its budget of 2000"));
@@ -186,9 +185,8 @@ TEST(WorkerCacheViewTest, AdoptOverBudgetNamesTheNumbersAndChangesNothing) {
 }
 
 TEST(WorkerCacheViewTest, VariantsAreAccountedAtTheirOwnSize) {
-  auto view = std::make_unique<WorkerCacheView>(
-      "w", kLayers, kExperts, 3000, Policy("lru"),
-      Sizes({{"bf16", 2000}, {"fp8", 1000}}));
+  auto view = std::make_unique<WorkerCacheView>("w", kLayers, kExperts, 3000, Policy("lru"),
+                                                Sizes({{"bf16", 2000}, {"fp8", 1000}}));
   absl::MutexLock lock(&view->mu());
   view->BeginStep(0);
   ASSERT_TRUE(view->Admit({0, 0}, /*variant=*/0, Priority::kUrgent).ok());

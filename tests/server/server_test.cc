@@ -1,10 +1,7 @@
 // The real server on 127.0.0.1:0, called through real channels.
 #include "server/server.h"
 
-#include <arpa/inet.h>
 #include <grpcpp/grpcpp.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -28,28 +25,6 @@ using ::testing::HasSubstr;
 
 v1::ModelSpec SmallSpec(const std::string& name) {
   return testing::SyntheticSpec(name, /*layers=*/4, /*expert_bytes=*/4096, /*budget_experts=*/16);
-}
-
-// GET http://127.0.0.1:port/path over a plain socket; the response body.
-std::string HttpGet(int port, const std::string& path) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  // A server that never answers fails the read after 30 s, not the suite.
-  const timeval timeout{.tv_sec = 30, .tv_usec = 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  EXPECT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
-  const std::string request = "GET " + path + " HTTP/1.0\r\nHost: localhost\r\n\r\n";
-  EXPECT_EQ(write(fd, request.data(), request.size()), static_cast<ssize_t>(request.size()));
-  std::string response;
-  char buf[4096];
-  ssize_t n;
-  while ((n = read(fd, buf, sizeof buf)) > 0) response.append(buf, n);
-  close(fd);
-  const size_t body = response.find("\r\n\r\n");
-  return body == std::string::npos ? "" : response.substr(body + 4);
 }
 
 class ServerTest : public ::testing::Test {
@@ -381,7 +356,7 @@ TEST_F(ServerTest, MetricsScrapePassesPromtoolAndCounts) {
   ASSERT_FALSE(Route("tiny", 0, std::vector<float>(5, 0.0f), &routed).ok());
   ASSERT_FALSE(Route("ghost", 0, std::vector<float>(8, 0.0f), &routed).ok());
   ASSERT_GT(server_->metrics_port(), 0);
-  const std::string body = HttpGet(server_->metrics_port(), "/metrics");
+  const std::string body = testing::HttpGet(server_->metrics_port(), "/metrics");
   EXPECT_THAT(body, HasSubstr("moe_router_routed_tokens_total{model=\"tiny\"} 3"));
   EXPECT_THAT(body, HasSubstr("moe_router_route_requests_total{model=\"tiny\",code=\"OK\"} 1"));
   EXPECT_THAT(

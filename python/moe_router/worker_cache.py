@@ -1,0 +1,116 @@
+"""An inference worker's own expert memory, managed by moe-routerd.
+
+The same contract as the C++ moe_router::WorkerCache (client/worker_cache.h):
+the server keeps an exact view of what this worker holds, routes against
+it, and answers with what to drop and what to load; this class carries that
+out on its own copies of the expert bytes.
+
+    channel = grpc.insecure_channel("moe-router:50051")
+    cache = WorkerCache(channel, "mixtral-8x7b", "pod-7.gpu0", 8 << 30)
+    for layer in range(num_layers):                # per forward pass
+        routed = cache.route(layer, gate_logits)   # drops and loads done
+        for e in set(routed.experts):
+            weights = cache.get(layer, e)          # bytes to compute with
+"""
+
+from moe_router.v1 import moe_router_pb2 as pb
+from moe_router.v1 import moe_router_pb2_grpc as pb_grpc
+
+
+def fetch_expert(stub, model, layer, expert, timeout=60):
+    """The expert's bytes from FetchExpert. Checks that the chunks are in
+    order and add up to the size announced (the XXH3 checksums are checked
+    by the C++ client; Debian's Python has no XXH3)."""
+    data = bytearray()
+    total = None
+    for chunk in stub.FetchExpert(
+        pb.FetchExpertRequest(model=model, layer=layer, expert=expert), timeout=timeout
+    ):
+        if total is None:
+            total = chunk.total_bytes
+        if chunk.offset != len(data) or len(data) + len(chunk.data) > total:
+            raise ValueError(f"expert L{layer}/E{expert}: chunk at {chunk.offset} out of order")
+        data += chunk.data
+    if total is None or len(data) != total:
+        raise ValueError(f"expert L{layer}/E{expert}: {len(data)} bytes of {total}")
+    return bytes(data)
+
+
+class WorkerCache:
+    """One worker's cache on the server, and the experts it holds.
+
+    `load(layer, expert) -> bytes` is where experts come from; by default
+    FetchExpert from the same server (served from its memory when it staged
+    the expert). Not thread-safe: one per worker.
+    """
+
+    def __init__(self, channel, model, cache, budget_bytes, eviction_policy="", load=None,
+                 timeout=10):
+        self.stub = pb_grpc.MoeRouterStub(channel)
+        self.model, self.cache, self.budget_bytes = model, cache, budget_bytes
+        self.timeout = timeout
+        self._load = load or (lambda layer, expert: fetch_expert(self.stub, model, layer, expert))
+        self.held = {}  # (layer, expert) -> bytes
+        info = self.stub.OpenCache(
+            pb.OpenCacheRequest(model=model, cache=cache, budget_bytes=budget_bytes,
+                                eviction_policy=eviction_policy),
+            timeout=timeout)
+        self.policy = info.eviction_policy
+        # A restarted worker holds nothing, whatever its cache remembers.
+        if info.resident:
+            self.resync()
+
+    @property
+    def held_bytes(self):
+        return sum(len(b) for b in self.held.values())
+
+    def route(self, layer, gate_logits):
+        """Routes one layer's batch (tokens x experts floats, row-major),
+        drops what the server said, then loads what it said to load."""
+        routed = self.stub.RouteTokens(
+            pb.RouteTokensRequest(model=self.model, layer=layer, gate_logits=gate_logits,
+                                  cache=self.cache),
+            timeout=self.timeout)
+        loads = [(r.layer, r.expert) for r in list(routed.urgent_page_ins) + list(routed.prefetches)]
+        self._carry_out(routed.evictions, loads)
+        return routed
+
+    def prefetch(self, layer, gate_logits, budget=0):
+        """Prefetches by a guess of the layer's gate (its top `budget`)."""
+        answer = self.stub.Prefetch(
+            pb.PrefetchRequest(model=self.model, layer=layer, budget=budget, cache=self.cache,
+                               gate_logits=gate_logits),
+            timeout=self.timeout)
+        self._carry_out(answer.evictions, [(layer, e) for e in answer.queued])
+        return answer
+
+    def get(self, layer, expert):
+        """An expert to compute with: held, or loaded for this use only."""
+        held = self.held.get((layer, expert))
+        return held if held is not None else self._load(layer, expert)
+
+    def drop(self, layer, expert):
+        """Drops an expert on the worker's own initiative; resync() tells the server."""
+        self.held.pop((layer, expert), None)
+
+    def resync(self):
+        """States to the server what this worker holds."""
+        return self.stub.SyncCache(
+            pb.SyncCacheRequest(model=self.model, cache=self.cache,
+                                resident=[pb.ExpertRef(layer=l, expert=e) for l, e in self.held]),
+            timeout=self.timeout)
+
+    def close(self):
+        self.stub.CloseCache(pb.CloseCacheRequest(model=self.model, cache=self.cache),
+                             timeout=self.timeout)
+
+    def _carry_out(self, evictions, loads):
+        for ref in evictions:
+            self.held.pop((ref.layer, ref.expert), None)
+        for key in loads:
+            try:
+                self.held[key] = self._load(*key)
+            except Exception:
+                # Keep the server's view exact before reporting the failure.
+                self.resync()
+                raise
