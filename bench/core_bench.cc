@@ -7,7 +7,9 @@
 #include <random>
 #include <vector>
 
+#include "core/model_engine.h"
 #include "core/router.h"
+#include "core/synthetic_store.h"
 #include "core/top_select.h"
 
 namespace moe_router {
@@ -83,6 +85,55 @@ void BM_SelectTopR(benchmark::State& state) {
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * kBatchTokens);
 }
 BENCHMARK(BM_SelectTopR)->Args({8, 4})->Args({64, 8})->Args({128, 10})->Args({256, 10});
+
+// ModelEngine::Route over the layers in turn, 64-token batches, with the
+// server's cache holding every expert (no paging), without a worker cache
+// (cache = 0) or against one of half the experts (cache = 1): what a worker
+// cache adds to a call. Args: layers, experts, top_k, cache.
+void BM_EngineRoute(benchmark::State& state) {
+  const uint32_t layers = static_cast<uint32_t>(state.range(0));
+  const uint32_t experts = static_cast<uint32_t>(state.range(1));
+  const bool with_cache = state.range(3) != 0;
+  constexpr uint64_t kExpertBytes = 1 << 10;
+  ModelConfig config;
+  config.name = "bench";
+  config.num_layers = layers;
+  config.router.num_experts = experts;
+  config.router.top_k = static_cast<uint32_t>(state.range(2));
+  config.budget_bytes = uint64_t{layers} * experts * kExpertBytes;
+  auto store = SyntheticStore::Create(
+      {.num_layers = layers, .num_experts = experts, .variants = {{"default", kExpertBytes}}});
+  auto engine = ModelEngine::Create(config, *std::move(store));
+  if (!engine.ok()) {
+    state.SkipWithError(std::string(engine.status().message()).c_str());
+    return;
+  }
+  std::vector<std::vector<float>> batches;
+  for (uint32_t b = 0; b < 8; ++b) batches.push_back(MakeLogits(kBatchTokens, experts, b));
+  // Warm the server's cache so that no call pages.
+  for (uint32_t l = 0; l < layers; ++l) {
+    for (uint32_t e = 0; e < experts; ++e) (*engine)->pool().PageIn({l, e}, Priority::kUrgent);
+  }
+  (*engine)->pool().WaitIdle(absl::InfiniteFuture());
+  std::string cache;
+  if (with_cache) {
+    cache = "worker";
+    (void)(*engine)->OpenCache(cache, config.budget_bytes / 2, "");
+  }
+  size_t i = 0;
+  for (auto _ : state) {
+    auto routed =
+        (*engine)->Route(static_cast<uint32_t>(i % layers), batches[i % batches.size()], cache);
+    ++i;
+    benchmark::DoNotOptimize(routed);
+  }
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * kBatchTokens);
+}
+BENCHMARK(BM_EngineRoute)
+    ->Args({32, 8, 2, 0})
+    ->Args({32, 8, 2, 1})
+    ->Args({58, 256, 8, 0})
+    ->Args({58, 256, 8, 1});
 
 }  // namespace
 }  // namespace moe_router

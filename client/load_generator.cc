@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 
@@ -54,6 +55,17 @@ void RunWorker(Client& client, const LoadOptions& options, const v1::ModelSpec& 
     b.resize(size_t{options.batch_tokens} * spec.num_experts());
     for (float& x : b) x = noise(rng);
   }
+  std::string cache;
+  if (options.cache_bytes > 0) {
+    cache = absl::StrCat(options.cache_prefix, w);
+    if (absl::Status s = client.OpenCache(options.model, cache, options.cache_bytes).status();
+        !s.ok()) {
+      result.first_error = s.ToString();
+      ++result.errors[absl::StatusCodeToString(s.code())];
+      failed_hard = true;
+      return;
+    }
+  }
   std::unique_ptr<RouteStream> stream =
       options.stream ? client.OpenRouteStream(options.model) : nullptr;
   // Workers start on different layers, as workers of a pipeline would.
@@ -61,8 +73,8 @@ void RunWorker(Client& client, const LoadOptions& options, const v1::ModelSpec& 
   for (Clock::time_point now = Clock::now(); now < window.stop && !failed_hard; ++call) {
     const uint32_t layer = static_cast<uint32_t>(call % spec.num_layers());
     const std::vector<float>& logits = batches[call % kBatchesPerWorker];
-    auto routed = stream != nullptr ? stream->Route(options.model, layer, logits)
-                                    : client.Route(options.model, layer, logits);
+    auto routed = stream != nullptr ? stream->Route(options.model, layer, logits, cache)
+                                    : client.Route(options.model, layer, logits, cache);
     const Clock::time_point done = Clock::now();
     if (!routed.ok()) {
       ++result.errors[absl::StatusCodeToString(routed.status().code())];
@@ -82,6 +94,7 @@ void RunWorker(Client& client, const LoadOptions& options, const v1::ModelSpec& 
   }
   result.last_done = Clock::now();
   if (stream != nullptr) stream->Finish().IgnoreError();
+  if (!cache.empty()) client.CloseCache(options.model, cache).IgnoreError();
 }
 
 // The workers' results as one report: counts, percentiles, and the rate

@@ -25,6 +25,10 @@ struct LoadOptions {
   /// One RouteStream per worker instead of unary RouteTokens.
   bool stream = false;
   uint64_t seed = 1;
+  /// Each worker routes against a worker cache of its own of this many
+  /// bytes (named cache_prefix + index, closed at the end); 0: none.
+  uint64_t cache_bytes = 0;
+  std::string cache_prefix = "loadgen-";
 };
 
 struct LoadReport {

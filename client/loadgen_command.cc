@@ -1,7 +1,10 @@
 // moe-router loadgen: closed-loop load on a server's RouteTokens or
 // RouteStream; prints tokens/s and latency percentiles.
+#include <unistd.h>
+
 #include <cstdio>
 
+#include "absl/strings/str_cat.h"
 #include "client/command_line.h"
 #include "client/commands.h"
 #include "client/load_generator.h"
@@ -20,6 +23,8 @@ int LoadgenCommand(const std::vector<std::string>& args) {
       {"warmup", true, false, "seconds of calls before measuring (default 1)"},
       {"stream", false, false, "one RouteStream per worker instead of unary RouteTokens"},
       {"seed", true, false, "seed of the random logits (default 1)"},
+      {"cache-bytes", true, false,
+       "each worker routes against a worker cache of its own of B bytes (default: none)"},
       {"json", false, false, "print one JSON object"},
   });
   auto cl = CommandLine::Parse(args, flags);
@@ -33,8 +38,9 @@ int LoadgenCommand(const std::vector<std::string>& args) {
   auto duration = cl->Number("duration", 10);
   auto warmup = cl->Number("warmup", 1);
   auto seed = cl->Count("seed", options.seed);
-  for (const absl::Status& s :
-       {concurrency.status(), batch.status(), duration.status(), warmup.status(), seed.status()}) {
+  auto cache_bytes = cl->Count("cache-bytes", 0);
+  for (const absl::Status& s : {concurrency.status(), batch.status(), duration.status(),
+                                warmup.status(), seed.status(), cache_bytes.status()}) {
     if (!s.ok()) return CommandUsage("loadgen", "[flags]", s, flags);
   }
   options.concurrency = static_cast<uint32_t>(*concurrency);
@@ -42,6 +48,8 @@ int LoadgenCommand(const std::vector<std::string>& args) {
   options.duration = absl::Seconds(*duration);
   options.warmup = absl::Seconds(std::max(0.0, *warmup));
   options.seed = *seed;
+  options.cache_bytes = *cache_bytes;
+  options.cache_prefix = absl::StrCat("loadgen-", getpid(), "-");
   auto client = ConnectToServer(*cl);
   if (!client.ok()) return CommandError("loadgen", client.status());
   ProgressBar bar("loadgen", 1000);
@@ -56,6 +64,7 @@ int LoadgenCommand(const std::vector<std::string>& args) {
   const char* via = options.stream ? "RouteStream" : "RouteTokens";
   if (cl->Has("json")) {
     const nlohmann::json out = {{"via", via},
+                                {"cache_bytes", options.cache_bytes},
                                 {"concurrency", options.concurrency},
                                 {"batch_tokens", options.batch_tokens},
                                 {"calls", r.calls},

@@ -1,7 +1,9 @@
 #include "core/eviction_policy.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
+#include <functional>
 #include <tuple>
 
 #include "absl/strings/str_format.h"
@@ -10,7 +12,19 @@
 namespace moe_router {
 
 double DecayReuse(double reuse, uint64_t from, uint64_t to) {
-  return to > from ? reuse * std::pow(1.0 - kReuseRate, static_cast<double>(to - from)) : reuse;
+  // Rankings decay every entry: the powers of short gaps come from a table
+  // of the very values std::pow gives, so results are bit-identical.
+  static const auto* const powers = [] {
+    auto* table = new std::array<double, 256>();
+    for (size_t n = 0; n < table->size(); ++n) {
+      (*table)[n] = std::pow(1.0 - kReuseRate, static_cast<double>(n));
+    }
+    return table;
+  }();
+  if (to <= from) return reuse;
+  const uint64_t gap = to - from;
+  return reuse * (gap < powers->size() ? (*powers)[gap]
+                                       : std::pow(1.0 - kReuseRate, static_cast<double>(gap)));
 }
 
 double CurrentReuse(const EntryView& entry, const CacheClock& clock) {
@@ -32,29 +46,53 @@ EntryView AsIfUsedNow(EntryView entry, const CacheClock& clock) {
   return entry;
 }
 
+void EvictionQueue::Rank(EvictionPolicy& policy, absl::Span<const EntryView> candidates,
+                         absl::Span<const uint64_t> bytes, const CacheClock& clock) {
+  policy.Prepare(candidates, clock);
+  heap_.clear();
+  heap_.reserve(candidates.size());
+  bytes_ = 0;
+  for (size_t i = 0; i < candidates.size(); ++i) {
+    const EntryView& v = candidates[i];
+    heap_.push_back({policy.Keep(v, clock), v.last_access, v.key, bytes[i]});
+    bytes_ += bytes[i];
+  }
+  std::make_heap(heap_.begin(), heap_.end(), After);
+}
+
+EvictionPlan EvictionQueue::Take(uint64_t need, std::optional<double> incoming_keep) {
+  EvictionPlan plan;
+  if (bytes_ < need) {
+    plan.freed = bytes_;
+    return plan;
+  }
+  auto end = heap_.end();
+  while (plan.freed < need) {
+    std::pop_heap(heap_.begin(), end, After);
+    --end;
+    if (incoming_keep && end->keep >= *incoming_keep) {
+      // Dropped: put back what was taken.
+      plan.valued_more = end->key;
+      for (; end != heap_.end(); ++end) std::push_heap(heap_.begin(), end + 1, After);
+      plan.victims.clear();
+      plan.freed = 0;
+      return plan;
+    }
+    plan.freed += end->bytes;
+    plan.victims.push_back(end->key);
+  }
+  bytes_ -= plan.freed;
+  heap_.erase(end, heap_.end());
+  return plan;
+}
+
 EvictionPlan PlanEviction(EvictionPolicy& policy, absl::Span<const EntryView> candidates,
                           absl::Span<const uint64_t> bytes, const CacheClock& clock, uint64_t need,
                           const EntryView* incoming) {
-  policy.Prepare(candidates, clock);
-  std::vector<std::tuple<double, uint64_t, ExpertKey, size_t>> order;
-  order.reserve(candidates.size());
-  for (size_t i = 0; i < candidates.size(); ++i) {
-    const EntryView& v = candidates[i];
-    order.emplace_back(policy.Keep(v, clock), v.last_access, v.key, i);
-  }
-  std::sort(order.begin(), order.end());
-  const double incoming_keep = incoming != nullptr ? policy.Keep(*incoming, clock) : 0;
-  EvictionPlan plan;
-  for (size_t t = 0; t < order.size() && plan.freed < need; ++t) {
-    const auto& [keep, last, key, i] = order[t];
-    if (incoming != nullptr && keep >= incoming_keep) {
-      plan.valued_more = key;
-      return plan;
-    }
-    plan.freed += bytes[i];
-    plan.victims.push_back(key);
-  }
-  return plan;
+  EvictionQueue queue;
+  queue.Rank(policy, candidates, bytes, clock);
+  return queue.Take(
+      need, incoming != nullptr ? std::optional(policy.Keep(*incoming, clock)) : std::nullopt);
 }
 
 namespace {
@@ -105,6 +143,7 @@ class AdaptivePolicy final : public EvictionPolicy {
     return use_lfu_ ? lfu_.Keep(e, clock) : lru_.Keep(e, clock);
   }
   bool using_lfu() const { return use_lfu_; }
+  bool RanksByPopulation() const override { return true; }
 
  private:
   const double skew_;

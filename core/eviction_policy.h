@@ -6,6 +6,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -46,6 +47,9 @@ class EvictionPolicy {
   /// Keep() is asked of each (lets a policy look at the population).
   virtual void Prepare(absl::Span<const EntryView> /*candidates*/, const CacheClock& /*clock*/) {}
   virtual double Keep(const EntryView& entry, const CacheClock& clock) const = 0;
+  /// Whether Keep() depends on which entries Prepare() was shown, so that
+  /// a ranking goes stale as soon as one of them is evicted.
+  virtual bool RanksByPopulation() const { return false; }
 };
 
 /// The decay of the layer-aware reuse EMA per visit of the layer.
@@ -72,9 +76,36 @@ struct EvictionPlan {
   std::optional<ExpertKey> valued_more;
 };
 
-/// The one eviction order every cache uses: lowest Keep() first, ties to
-/// the least recently accessed, then the lowest key. `candidates` are the
-/// evictable entries, `bytes[i]` the size of candidates[i]. For a prefetch,
+/// The evictable entries of a cache in the one eviction order every cache
+/// uses: lowest Keep() first, ties to the least recently accessed, then the
+/// lowest key. Ranked once and taken lowest first, so a booking that evicts
+/// one entry sorts nothing, and several bookings can share one ranking.
+class EvictionQueue {
+ public:
+  /// Ranks `candidates` (the size of candidates[i] in bytes[i]).
+  void Rank(EvictionPolicy& policy, absl::Span<const EntryView> candidates,
+            absl::Span<const uint64_t> bytes, const CacheClock& clock);
+  /// Takes the lowest-ranked entries until `need` bytes are freed. Takes
+  /// nothing if the queue cannot free that much (freed is then what it
+  /// holds) or, for a prefetch judged at `incoming_keep`, if an entry the
+  /// policy values at least as much would go first (valued_more).
+  EvictionPlan Take(uint64_t need, std::optional<double> incoming_keep);
+
+ private:
+  struct Ranked {
+    double keep;
+    uint64_t last_access;
+    ExpertKey key;
+    uint64_t bytes;
+  };
+  static bool After(const Ranked& a, const Ranked& b) {
+    return std::tie(a.keep, a.last_access, a.key) > std::tie(b.keep, b.last_access, b.key);
+  }
+  std::vector<Ranked> heap_;  // a min-heap under After
+  uint64_t bytes_ = 0;        // held by the entries in heap_
+};
+
+/// One booking's plan: EvictionQueue ranked and taken once. For a prefetch,
 /// `incoming` is the prefetched expert (see AsIfUsedNow); null for demand.
 EvictionPlan PlanEviction(EvictionPolicy& policy, absl::Span<const EntryView> candidates,
                           absl::Span<const uint64_t> bytes, const CacheClock& clock, uint64_t need,

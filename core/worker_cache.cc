@@ -61,12 +61,18 @@ WorkerCacheView::WorkerCacheView(std::string name, uint32_t num_layers, uint32_t
   for (size_t i = 0; i < slots_; ++i) flags_[i].store(0, std::memory_order_relaxed);
 }
 
+uint64_t WorkerCacheView::NextId() {
+  static std::atomic<uint64_t> next{1};
+  return next.fetch_add(1, std::memory_order_relaxed);
+}
+
 uint64_t WorkerCacheView::MemoryBytes() const {
   return sizeof(*this) + slots_ * (sizeof(Usage) + 1) + num_layers_ * sizeof(uint64_t) +
          num_experts_ + name_.capacity();
 }
 
 void WorkerCacheView::BeginStep(uint32_t layer) {
+  ++ranking_generation_;
   std::fill(pinned_.begin(), pinned_.end(), 0);
   current_layer_ = layer;
   ++layer_visits_[layer];
@@ -80,12 +86,14 @@ bool WorkerCacheView::Access(ExpertKey key) {
   u.last_access = static_cast<uint32_t>(tick_ - tick_base_);
   if (u.accesses != std::numeric_limits<uint32_t>::max()) ++u.accesses;
   const uint64_t visit = layer_visits_[key.layer];
-  const uint64_t last_visit = View(Index(key)).reuse_visit;
+  const uint64_t last_visit = FullVisit(visit, u.reuse_visit);
   if (visit != last_visit || u.accesses == 1) {
     u.reuse = static_cast<float>(ReuseAfterUse(u.reuse, last_visit, visit));
     u.reuse_visit = static_cast<uint32_t>(visit);
   }
   const bool hit = IsResident(key);
+  // A use of an evictable entry changes its rank.
+  if (hit && (key.layer != current_layer_ || pinned_[key.expert] == 0)) ++ranking_generation_;
   ++(hit ? counters_.hits : counters_.misses);
   return hit;
 }
@@ -104,12 +112,11 @@ EntryView WorkerCacheView::View(size_t index) const {
   const Usage& u = usage_[index];
   const ExpertKey key = KeyOf(index);
   const uint64_t visits = layer_visits_[key.layer];
-  return EntryView{
-      .key = key,
-      .last_access = u.last_access == 0 ? 0 : tick_base_ + u.last_access,
-      .accesses = u.accesses,
-      .reuse = u.reuse,
-      .reuse_visit = visits - static_cast<uint32_t>(static_cast<uint32_t>(visits) - u.reuse_visit)};
+  return EntryView{.key = key,
+                   .last_access = u.last_access == 0 ? 0 : tick_base_ + u.last_access,
+                   .accesses = u.accesses,
+                   .reuse = u.reuse,
+                   .reuse_visit = FullVisit(visits, u.reuse_visit)};
 }
 
 CacheClock WorkerCacheView::Clock() const {
@@ -133,17 +140,40 @@ void WorkerCacheView::Remove(size_t index) {
   flags_[index].store(0, std::memory_order_relaxed);
 }
 
-absl::Status WorkerCacheView::MakeRoom(uint64_t need, const EntryView* incoming) {
+namespace {
+
+// The ranking of one view's evictable entries, shared by the bookings of a
+// call (ranking per booking would cost a scan and a heap each). Per thread,
+// not per view: a thousand idle views must not each keep one.
+struct CallRanking {
+  uint64_t view = 0;
+  uint64_t generation = 0;
+  EvictionQueue queue;
   std::vector<EntryView> candidates;
   std::vector<uint64_t> bytes;
-  for (size_t i = 0; i < slots_; ++i) {
-    if (flags_[i].load(std::memory_order_relaxed) == 0) continue;
-    const ExpertKey key = KeyOf(i);
-    if (key.layer == current_layer_ && pinned_[key.expert] != 0) continue;
-    candidates.push_back(View(i));
-    bytes.push_back(SlotBytes(i));
+};
+thread_local CallRanking call_ranking;
+
+}  // namespace
+
+absl::Status WorkerCacheView::MakeRoom(uint64_t need, const EntryView* incoming) {
+  CallRanking& ranking = call_ranking;
+  if (ranking.view != id_ || ranking.generation != ranking_generation_) {
+    ranking.candidates.clear();
+    ranking.bytes.clear();
+    for (size_t i = 0; i < slots_; ++i) {
+      if (flags_[i].load(std::memory_order_relaxed) == 0) continue;
+      const ExpertKey key = KeyOf(i);
+      if (key.layer == current_layer_ && pinned_[key.expert] != 0) continue;
+      ranking.candidates.push_back(View(i));
+      ranking.bytes.push_back(SlotBytes(i));
+    }
+    ranking.queue.Rank(*policy_, ranking.candidates, ranking.bytes, Clock());
+    ranking.view = id_;
+    ranking.generation = ranking_generation_;
   }
-  const EvictionPlan plan = PlanEviction(*policy_, candidates, bytes, Clock(), need, incoming);
+  const EvictionPlan plan = ranking.queue.Take(
+      need, incoming != nullptr ? std::optional(policy_->Keep(*incoming, Clock())) : std::nullopt);
   if (plan.valued_more) {
     return absl::ResourceExhaustedError(
         absl::StrFormat("making room would evict %s, which the %s policy values more",
@@ -155,6 +185,7 @@ absl::Status WorkerCacheView::MakeRoom(uint64_t need, const EntryView* incoming)
         need));
   }
   for (const ExpertKey& victim : plan.victims) Remove(Index(victim));
+  if (policy_->RanksByPopulation()) ++ranking_generation_;
   return absl::OkStatus();
 }
 
@@ -170,9 +201,10 @@ absl::Status WorkerCacheView::Admit(ExpertKey key, uint8_t variant, Priority pri
                         key.ToString(), bytes, budget_bytes_));
   }
   if (resident_bytes_ + bytes > budget_bytes_) {
-    const EntryView incoming = AsIfUsedNow(View(index), Clock());
-    if (absl::Status s = MakeRoom(resident_bytes_ + bytes - budget_bytes_,
-                                  priority == Priority::kPrefetch ? &incoming : nullptr);
+    std::optional<EntryView> incoming;
+    if (priority == Priority::kPrefetch) incoming = AsIfUsedNow(View(index), Clock());
+    if (absl::Status s =
+            MakeRoom(resident_bytes_ + bytes - budget_bytes_, incoming ? &*incoming : nullptr);
         !s.ok()) {
       return absl::ResourceExhaustedError(
           absl::StrFormat("cache '%s' cannot take %s: %s", name_, key.ToString(), s.message()));
@@ -186,6 +218,7 @@ absl::Status WorkerCacheView::Admit(ExpertKey key, uint8_t variant, Priority pri
 }
 
 void WorkerCacheView::Resize(uint64_t budget_bytes) {
+  ++ranking_generation_;
   budget_bytes_ = budget_bytes;
   // Nothing is pinned outside a call, so this always succeeds.
   if (resident_bytes_ > budget_bytes_)
@@ -203,6 +236,7 @@ absl::Status WorkerCacheView::Adopt(absl::Span<const std::pair<ExpertKey, uint8_
         absl::StrFormat("cache '%s' would hold %d bytes, over its budget of %d bytes", name_, total,
                         budget_bytes_));
   }
+  ++ranking_generation_;
   for (size_t i = 0; i < slots_; ++i) flags_[i].store(0, std::memory_order_relaxed);
   for (const auto& [key, variant] : resident) {
     flags_[Index(key)].store(variant + 1, std::memory_order_relaxed);
@@ -213,10 +247,12 @@ absl::Status WorkerCacheView::Adopt(absl::Span<const std::pair<ExpertKey, uint8_
 }
 
 void WorkerCacheView::SetPolicy(std::unique_ptr<EvictionPolicy> policy) {
+  ++ranking_generation_;
   policy_ = std::move(policy);
 }
 
 CacheInstructions WorkerCacheView::EndCall() {
+  ++ranking_generation_;
   std::fill(pinned_.begin(), pinned_.end(), 0);
   CacheInstructions out;
   for (const auto& [index, touched] : touched_) {

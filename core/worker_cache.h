@@ -175,18 +175,27 @@ class WorkerCacheView {
             static_cast<uint32_t>(index % num_experts_)};
   }
   EntryView View(size_t index) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A visit count from its low 32 bits, given the layer's count now.
+  static uint64_t FullVisit(uint64_t visits, uint32_t low) {
+    return visits - static_cast<uint32_t>(static_cast<uint32_t>(visits) - low);
+  }
   CacheClock Clock() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   uint64_t SlotBytes(size_t index) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Evicts by policy until `need` bytes are free; RESOURCE_EXHAUSTED (and
   // no change) if the evictable entries are not enough or, for a prefetch
-  // of `incoming`, are valued more.
+  // of `incoming`, are valued more. The bookings of one step share one
+  // ranking: the entries they may evict do not change in between.
   absl::Status MakeRoom(uint64_t need, const EntryView* incoming)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Note(size_t index) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Remove(size_t index) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RebaseTicks() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  static uint64_t NextId();
 
   const std::string name_;
+  // Unique per view ever made, unlike its address, which a later view may
+  // reuse: what a thread's cached ranking is keyed by.
+  const uint64_t id_ = NextId();
   const uint32_t num_layers_;
   const uint32_t num_experts_;
   const size_t slots_;
@@ -206,6 +215,10 @@ class WorkerCacheView {
   uint64_t tick_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t tick_base_ ABSL_GUARDED_BY(mu_) = 0;
   uint32_t current_layer_ ABSL_GUARDED_BY(mu_) = 0;
+  // Changes whenever the eviction ranking may have (a step, a use of an
+  // evictable entry, a new budget, residency or policy), so that bookings
+  // within one step share one ranking.
+  uint64_t ranking_generation_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<uint8_t> pinned_ ABSL_GUARDED_BY(mu_);  // experts of current_layer_
   absl::flat_hash_map<size_t, Touched> touched_ ABSL_GUARDED_BY(mu_);
   WorkerCacheCounters counters_ ABSL_GUARDED_BY(mu_);
