@@ -124,7 +124,8 @@ int WorkerCommand(const std::vector<std::string>& args) {
     if (cl->Has("json")) {
       nlohmann::json row = {{"cache", w.cache},
                             {"runs", w.part.runs.size()},
-                            {"tokens", r.tokens},
+                            {"tokens", w.part.Tokens()},
+                            {"routed_steps", r.route_calls},
                             {"accesses", r.accesses},
                             {"hit_rate", r.HitRate()},
                             {"loads", r.loads},
@@ -141,7 +142,7 @@ int WorkerCommand(const std::vector<std::string>& args) {
       continue;
     }
     std::printf("%-22s %5zu %7llu %8.3f %7llu %9llu %10.1f %8.2f %8.2f %9.0f%s\n", w.cache.c_str(),
-                w.part.runs.size(), static_cast<unsigned long long>(r.tokens), r.HitRate(),
+                w.part.runs.size(), static_cast<unsigned long long>(w.part.Tokens()), r.HitRate(),
                 static_cast<unsigned long long>(r.loads),
                 static_cast<unsigned long long>(r.evictions), r.loaded_bytes / 1e6, r.route_seconds,
                 r.load_seconds, w.TokensPerSecond(),

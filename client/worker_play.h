@@ -35,7 +35,8 @@ struct WorkerPlayResult {
   WorkerCacheReport report;
   std::string policy;
   double seconds = 0;  // wall time of its whole part
-  double TokensPerSecond() const { return seconds > 0 ? report.tokens / seconds : 0; }
+  /// Tokens of its runs through all layers, per second.
+  double TokensPerSecond() const { return seconds > 0 ? part.Tokens() / seconds : 0; }
 };
 
 /// Plays inference workers over a trace: runs go round-robin to `workers`
