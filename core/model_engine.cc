@@ -153,7 +153,7 @@ absl::StatusOr<RouteOutcome> ModelEngine::Route(uint32_t layer, absl::Span<const
     view->Touch(absl::Now());
     reclassify = RouteAndLearn(layer, logits, view.get(), &out.batch);
     if (!reclassify.ok()) return reclassify.status();
-    PageForWorker(*view, layer, chosen_of(), &out);
+    PageForWorker(*view, layer, &out);
   }
   if (view != nullptr) StageForWorker(out.urgent), StageForWorker(out.prefetch);
   if (*reclassify) RepageChangedClasses(layer);
@@ -185,19 +185,14 @@ void ModelEngine::PageForServer(uint32_t layer, absl::Span<const uint32_t> chose
   for (uint32_t e : chosen) cache_->Unpin({layer, e});
 }
 
-void ModelEngine::PageForWorker(WorkerCacheView& view, uint32_t layer,
-                                absl::Span<const uint32_t> chosen, RouteOutcome* out) {
+void ModelEngine::PageForWorker(WorkerCacheView& view, uint32_t layer, RouteOutcome* out) {
   const WorkerCacheCounters before = view.counters();
   view.NoteRoutedTokens(out->batch.tokens);
   // As the offline replay does: the batch's experts are pinned, each use is
-  // recorded in order and a miss is loaded before the next use.
-  view.BeginStep(layer);
-  for (uint32_t e : chosen) view.Pin(e);
-  for (uint32_t e : out->batch.experts) {
-    const ExpertKey key{layer, e};
-    if (!view.Access(key) && !view.Admit(key, VariantFor(key), Priority::kUrgent).ok()) {
-      view.NoteUnplaced();
-    }
+  // recorded in order and a miss is loaded at its first use.
+  for (const WorkerCacheView::Miss& miss : view.BeginStep(layer, out->batch.experts)) {
+    const ExpertKey key{layer, miss.expert};
+    view.NoteMiss(miss, view.Admit(key, VariantFor(key), Priority::kUrgent).ok());
   }
   const auto prefetch = [&](ExpertKey key) {
     if (!view.IsResident(key)) view.Admit(key, VariantFor(key), Priority::kPrefetch).IgnoreError();

@@ -71,31 +71,57 @@ uint64_t WorkerCacheView::MemoryBytes() const {
          num_experts_ + name_.capacity();
 }
 
-void WorkerCacheView::BeginStep(uint32_t layer) {
+std::vector<WorkerCacheView::Miss> WorkerCacheView::BeginStep(uint32_t layer,
+                                                              absl::Span<const uint32_t> experts) {
   ++ranking_generation_;
   std::fill(pinned_.begin(), pinned_.end(), 0);
   current_layer_ = layer;
-  ++layer_visits_[layer];
+  const uint64_t visit = ++layer_visits_[layer];
+  // Per expert, its uses and the tick of its last use: what a use at a time
+  // would leave, with the reuse EMA stepped once per visit as it would be.
+  thread_local std::vector<uint32_t> uses;
+  thread_local std::vector<uint64_t> last_tick;
+  thread_local std::vector<uint32_t> first_use_order;
+  uses.assign(num_experts_, 0);
+  last_tick.resize(num_experts_);
+  first_use_order.clear();
+  for (uint32_t e : experts) {
+    if (uses[e]++ == 0) first_use_order.push_back(e);
+    last_tick[e] = ++tick_;
+  }
+  if (tick_ - tick_base_ >= tick_limit_) RebaseTicks();
+  std::vector<Miss> misses;
+  for (uint32_t e : first_use_order) {
+    const ExpertKey key{layer, e};
+    Usage& u = usage_[Index(key)];
+    u.last_access =
+        last_tick[e] > tick_base_ ? static_cast<uint32_t>(last_tick[e] - tick_base_) : 1;
+    const uint32_t before = u.accesses;
+    u.accesses = static_cast<uint32_t>(
+        std::min<uint64_t>(uint64_t{before} + uses[e], std::numeric_limits<uint32_t>::max()));
+    const uint64_t last_visit = FullVisit(visit, u.reuse_visit);
+    if (visit != last_visit || before == 0) {
+      u.reuse = static_cast<float>(ReuseAfterUse(u.reuse, last_visit, visit));
+      u.reuse_visit = static_cast<uint32_t>(visit);
+    }
+    pinned_[e] = 1;
+    if (IsResident(key)) {
+      counters_.hits += uses[e];
+    } else {
+      misses.push_back({e, uses[e]});
+    }
+  }
+  return misses;
 }
 
-void WorkerCacheView::Pin(uint32_t expert) { pinned_[expert] = 1; }
-
-bool WorkerCacheView::Access(ExpertKey key) {
-  if (++tick_ - tick_base_ >= tick_limit_) RebaseTicks();
-  Usage& u = usage_[Index(key)];
-  u.last_access = static_cast<uint32_t>(tick_ - tick_base_);
-  if (u.accesses != std::numeric_limits<uint32_t>::max()) ++u.accesses;
-  const uint64_t visit = layer_visits_[key.layer];
-  const uint64_t last_visit = FullVisit(visit, u.reuse_visit);
-  if (visit != last_visit || u.accesses == 1) {
-    u.reuse = static_cast<float>(ReuseAfterUse(u.reuse, last_visit, visit));
-    u.reuse_visit = static_cast<uint32_t>(visit);
+void WorkerCacheView::NoteMiss(const Miss& miss, bool placed) {
+  if (placed) {
+    counters_.misses += 1;
+    counters_.hits += miss.uses - 1;
+  } else {
+    counters_.misses += miss.uses;
+    counters_.unplaced += miss.uses;
   }
-  const bool hit = IsResident(key);
-  // A use of an evictable entry changes its rank.
-  if (hit && (key.layer != current_layer_ || pinned_[key.expert] == 0)) ++ranking_generation_;
-  ++(hit ? counters_.hits : counters_.misses);
-  return hit;
 }
 
 void WorkerCacheView::RebaseTicks() {

@@ -98,15 +98,21 @@ class WorkerCacheView {
     return flags_[Index(key)].load(std::memory_order_relaxed) != 0;
   }
 
-  /// A step of `layer` begins; the previous step's pins are released.
-  void BeginStep(uint32_t layer) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  /// Keeps an expert of the current step's layer from eviction until the
-  /// next step.
-  void Pin(uint32_t expert) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  /// Records a use of a chosen expert; whether the worker held it.
-  bool Access(ExpertKey key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  /// Records that a chosen expert could not be placed.
-  void NoteUnplaced() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { ++counters_.unplaced; }
+  /// A chosen expert the worker lacked at the start of a step, and how many
+  /// uses the step makes of it.
+  struct Miss {
+    uint32_t expert = 0;
+    uint32_t uses = 0;
+  };
+  /// A step of `layer` begins with its chosen experts in order of use
+  /// (tokens x top_k): pins them until the call ends and records every use
+  /// as the offline replay does, one expert at a time. Returns the experts
+  /// the worker lacks, in order of first use: Admit each, then NoteMiss.
+  std::vector<Miss> BeginStep(uint32_t layer, absl::Span<const uint32_t> experts)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  /// How a miss ended: loaded for its first use and held for the rest, or
+  /// not placed at all (the step's own experts filled the budget).
+  void NoteMiss(const Miss& miss, bool placed) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void NoteRoutedTokens(uint64_t tokens) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     counters_.routed_tokens += tokens;
   }

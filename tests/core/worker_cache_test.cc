@@ -40,32 +40,36 @@ std::unique_ptr<WorkerCacheView> View(const std::string& policy, uint64_t budget
                                            Policy(policy), Sizes(), tick_limit);
 }
 
-// One step as the engine runs it (and the replay): pin the step's experts,
-// use each in order, load a miss at once.
+// One step as the engine runs it (and the replay): the step's experts
+// pinned, each use recorded in order, a miss loaded at its first use.
 void Step(WorkerCacheView& view, uint32_t layer, const std::vector<uint32_t>& experts)
     ABSL_EXCLUSIVE_LOCKS_REQUIRED(view.mu()) {
-  view.BeginStep(layer);
-  for (uint32_t e : experts) view.Pin(e);
-  for (uint32_t e : experts) {
-    if (!view.Access({layer, e})) {
-      ASSERT_TRUE(view.Admit({layer, e}, 0, Priority::kUrgent).ok());
-    }
+  for (const WorkerCacheView::Miss& miss : view.BeginStep(layer, experts)) {
+    const bool placed = view.Admit({layer, miss.expert}, 0, Priority::kUrgent).ok();
+    ASSERT_TRUE(placed);
+    view.NoteMiss(miss, placed);
   }
 }
 
-// The same step on an ExpertCache, with loads committed at once.
-void Step(ExpertCache& cache, uint32_t layer, const std::vector<uint32_t>& experts) {
+// The same step on an ExpertCache, a use at a time, with loads committed at
+// once; the hits.
+uint64_t Step(ExpertCache& cache, uint32_t layer, const std::vector<uint32_t>& experts) {
   cache.BeginStep(layer);
   for (uint32_t e : experts) cache.Pin({layer, e});
+  uint64_t hits = 0;
   for (uint32_t e : experts) {
-    if (cache.Access({layer, e})) continue;
-    ASSERT_TRUE(cache.Reserve({layer, e}, kBytes, Priority::kUrgent).ok());
+    if (cache.Access({layer, e})) {
+      ++hits;
+      continue;
+    }
+    EXPECT_TRUE(cache.Reserve({layer, e}, kBytes, Priority::kUrgent).ok());
     auto data = std::make_shared<ExpertData>();
     data->key = {layer, e};
     data->size = kBytes;
-    ASSERT_TRUE(cache.Commit(std::move(data)).ok());
+    EXPECT_TRUE(cache.Commit(std::move(data)).ok());
   }
   for (uint32_t e : experts) cache.Unpin({layer, e});
+  return hits;
 }
 
 class ViewMatchesCacheTest : public ::testing::TestWithParam<std::string> {};
@@ -130,23 +134,46 @@ TEST(WorkerCacheViewTest, EndCallReportsNetLoadsAndDrops) {
 TEST(WorkerCacheViewTest, PinnedExpertsAreNeverEvictedAndOverflowIsRefused) {
   auto view = View("lru", 2);
   absl::MutexLock lock(&view->mu());
-  view->BeginStep(0);
-  for (uint32_t e : {0u, 1u, 2u}) view->Pin(e);
+  EXPECT_EQ(view->BeginStep(0, {0, 1, 2, 2}).size(), 3u);
   EXPECT_TRUE(view->Admit({0, 0}, 0, Priority::kUrgent).ok());
   EXPECT_TRUE(view->Admit({0, 1}, 0, Priority::kUrgent).ok());
   absl::Status third = view->Admit({0, 2}, 0, Priority::kUrgent);
   EXPECT_TRUE(absl::IsResourceExhausted(third)) << third;
   EXPECT_THAT(third.message(), HasSubstr("this call's experts"));
   EXPECT_THAT(view->ResidentKeys(), ElementsAre(ExpertKey{0, 0}, ExpertKey{0, 1}));
+  view->NoteMiss({.expert = 2, .uses = 2}, /*placed=*/false);
+  EXPECT_EQ(view->counters().unplaced, 2u);
+  EXPECT_EQ(view->counters().misses, 2u);
+}
+
+// A batch (several tokens' uses, repeats included) is recorded per expert,
+// and pages as the same uses one at a time through an ExpertCache.
+TEST_P(ViewMatchesCacheTest, ABatchPagesLikeItsUsesOneByOne) {
+  auto view = View(GetParam(), 7);
+  auto cache = *ExpertCache::Create(
+      {.num_layers = kLayers, .num_experts = kExperts, .budget_bytes = 7 * kBytes},
+      Policy(GetParam()));
+  absl::MutexLock lock(&view->mu());
+  std::mt19937 rng(3);
+  uint64_t cache_hits = 0;
+  for (int step = 0; step < 400; ++step) {
+    const uint32_t layer = step % kLayers;
+    std::vector<uint32_t> experts;
+    for (int use = 0; use < 6; ++use) experts.push_back(rng() % 3 + (rng() % 2) * 4);
+    Step(*view, layer, experts);
+    view->EndCall();
+    cache_hits += Step(*cache, layer, experts);
+    ASSERT_EQ(view->ResidentKeys(), cache->ResidentKeys()) << "step " << step;
+  }
+  EXPECT_EQ(view->counters().hits, cache_hits);
+  EXPECT_EQ(view->counters().hits + view->counters().misses, 400u * 6);
 }
 
 TEST(WorkerCacheViewTest, PrefetchEvictsOnlyWhatThePolicyValuesLess) {
   auto view = View("lfu", 1);
   absl::MutexLock lock(&view->mu());
-  for (int i = 0; i < 3; ++i) {
-    Step(*view, 0, {0});
-    view->EndCall();
-  }
+  Step(*view, 0, {0, 0, 0});
+  view->EndCall();
   // Expert 1 was never used: LFU values it below expert 0, used 3 times.
   absl::Status dropped = view->Admit({0, 1}, 0, Priority::kPrefetch);
   EXPECT_TRUE(absl::IsResourceExhausted(dropped)) << dropped;
@@ -188,7 +215,7 @@ TEST(WorkerCacheViewTest, VariantsAreAccountedAtTheirOwnSize) {
   auto view = std::make_unique<WorkerCacheView>("w", kLayers, kExperts, 3000, Policy("lru"),
                                                 Sizes({{"bf16", 2000}, {"fp8", 1000}}));
   absl::MutexLock lock(&view->mu());
-  view->BeginStep(0);
+  view->BeginStep(0, {0, 1});
   ASSERT_TRUE(view->Admit({0, 0}, /*variant=*/0, Priority::kUrgent).ok());
   ASSERT_TRUE(view->Admit({0, 1}, /*variant=*/1, Priority::kUrgent).ok());
   EXPECT_EQ(view->resident_bytes(), 3000u);
