@@ -446,5 +446,41 @@ TEST_F(WorkerCacheTest, WorkerCommandMatchesTheOfflineReplay) {
   EXPECT_EQ(stats->open_caches(), 0u);
 }
 
+// --fetch DIR: workers load from their own copy of the checkpoint, checked
+// against its manifest, and never call FetchExpert.
+TEST_F(WorkerCacheTest, WorkerCommandLoadsFromALocalCheckpoint) {
+  testing::TempDir dir;
+  constexpr uint32_t kRows = 100;
+  constexpr uint64_t kBytes = 3 * kRows * 8 * 2;  // w1, w2, w3 of BF16 {rows, 8}
+  testing::WriteExpertShard(dir.File("model.safetensors"), 4, 4, kRows, 5,
+                            "model.layers.{layer}.block_sparse_moe.experts.{expert}.");
+  v1::ModelSpec spec = testing::SyntheticSpec("st", 4, kBytes, 16);
+  spec.set_num_experts(4);
+  spec.mutable_safetensors()->set_directory(dir.path());
+  spec.mutable_safetensors()->set_name_preset("mixtral");
+  spec.set_prefetch_next_layer(0);
+  ASSERT_TRUE(client_->Register(spec).ok());
+  const std::string trace_path = dir.File("trace.bin");
+  ASSERT_TRUE(
+      WriteLogitsTrace(trace_path,
+                       GenerateTrace({.num_layers = 4, .num_experts = 4, .top_k = 2}, 2, 20, 7))
+          .ok());
+  const testing::CommandResult run = testing::RunCommand(absl::StrCat(
+      MOE_ROUTER_CLI_PATH, " worker ", trace_path, " --server 127.0.0.1:", server_->port(),
+      " --model st --cache-bytes ", 5 * kBytes, " --fetch ", dir.path(), " --json"));
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  const nlohmann::json out = nlohmann::json::parse(run.output.substr(run.output.find('{')));
+  const auto& w = out["workers"][0];
+  EXPECT_GT(w["loads"].get<uint64_t>(), 0u);
+  EXPECT_EQ(w["loaded_bytes"].get<uint64_t>(), w["loads"].get<uint64_t>() * kBytes);
+  auto stats = client_->Stats("st");
+  ASSERT_TRUE(stats.ok());
+  for (const v1::TierEstimate& tier : stats->tiers()) {
+    if (tier.tier() == "server") {
+      EXPECT_EQ(tier.samples(), 0u);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace moe_router
