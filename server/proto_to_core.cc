@@ -17,25 +17,25 @@ absl::StatusOr<ModelConfig> ConfigFromSpec(const v1::ModelSpec& spec) {
   if (spec.has_prefetch_next_layer()) c.prefetch_next_layer = spec.prefetch_next_layer();
   if (spec.has_router()) {
     const v1::RouterSettings& r = spec.router();
-    if (r.cache_bonus() != 0) c.router.cache_bonus = r.cache_bonus();
+    if (r.has_cache_bonus()) c.router.cache_bonus = r.cache_bonus();
     if (r.absolute_bonus()) c.router.bonus_mode = BonusMode::kAbsolute;
     c.router.memory_aware = !r.disable_memory_aware();
     if (r.has_prefetch_threshold()) c.router.prefetch_threshold = r.prefetch_threshold();
-    if (r.protected_top() != 0) c.router.protected_top = r.protected_top();
+    if (r.has_protected_top()) c.router.protected_top = r.protected_top();
     c.router.max_rank = r.max_rank();
-    if (r.min_gate_mass() != 0) c.router.min_gate_mass = r.min_gate_mass();
+    if (r.has_min_gate_mass()) c.router.min_gate_mass = r.min_gate_mass();
   }
   if (spec.has_affinity()) {
     const v1::AffinitySettings& a = spec.affinity();
     if (a.decay() != 0) c.affinity.decay = a.decay();
-    if (a.boost() != 0) c.affinity.boost = a.boost();
+    if (a.has_boost()) c.affinity.boost = a.boost();
     if (a.max_score() != 0) c.affinity.max_score = a.max_score();
     if (a.coactivation_decay() != 0) c.affinity.coactivation_decay = a.coactivation_decay();
   }
   if (spec.has_precision()) {
     const v1::PrecisionSettings& p = spec.precision();
-    if (p.hot_threshold() != 0) c.precision.hot_threshold = p.hot_threshold();
-    if (p.warm_threshold() != 0) c.precision.warm_threshold = p.warm_threshold();
+    if (p.has_hot_threshold()) c.precision.hot_threshold = p.hot_threshold();
+    if (p.has_warm_threshold()) c.precision.warm_threshold = p.warm_threshold();
     if (!p.hot_precision().empty()) c.precision.hot_precision = p.hot_precision();
     if (!p.warm_precision().empty()) c.precision.warm_precision = p.warm_precision();
     if (!p.cold_precision().empty()) c.precision.cold_precision = p.cold_precision();

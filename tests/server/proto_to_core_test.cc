@@ -2,8 +2,11 @@
 // field: a setting the conversion forgets fails its own row.
 #include "server/proto_to_core.h"
 
+#include <google/protobuf/util/json_util.h>
+
 #include <functional>
 #include <string>
+#include <tuple>
 #include <variant>
 
 #include "gmock/gmock.h"
@@ -121,6 +124,47 @@ TEST(ModelSpecTest, UnsetSettingsKeepTheCoreDefaults) {
     EXPECT_EQ(c.get(*config), c.get(defaults)) << c.field;
   }
   EXPECT_EQ(config->name, "m");
+}
+
+// Settings whose 0 means "off" can be set to 0 (proto3 presence), and an
+// unset one still takes the default.
+TEST(ModelSpecTest, ZeroTurnsASettingOff) {
+  v1::ModelSpec spec = BaseSpec();
+  spec.set_prefetch_next_layer(0);
+  spec.mutable_router()->set_cache_bonus(0);
+  spec.mutable_router()->set_prefetch_threshold(0);
+  spec.mutable_router()->set_protected_top(0);
+  spec.mutable_router()->set_min_gate_mass(0);
+  spec.mutable_affinity()->set_boost(0);
+  spec.mutable_precision()->set_warm_threshold(0);
+  auto config = ConfigFromSpec(spec);
+  ASSERT_TRUE(config.ok()) << config.status();
+  const ModelConfig defaults;
+  for (auto [field, value, default_value] :
+       {std::tuple{"prefetch_next_layer", static_cast<double>(config->prefetch_next_layer),
+                   static_cast<double>(defaults.prefetch_next_layer)},
+        std::tuple{"cache_bonus", config->router.cache_bonus, defaults.router.cache_bonus},
+        std::tuple{"prefetch_threshold", config->router.prefetch_threshold,
+                   defaults.router.prefetch_threshold},
+        std::tuple{"protected_top", static_cast<double>(config->router.protected_top),
+                   static_cast<double>(defaults.router.protected_top)},
+        std::tuple{"min_gate_mass", config->router.min_gate_mass, defaults.router.min_gate_mass},
+        std::tuple{"boost", config->affinity.boost, defaults.affinity.boost},
+        std::tuple{"warm_threshold", config->precision.warm_threshold,
+                   defaults.precision.warm_threshold}}) {
+    EXPECT_EQ(value, 0.0) << field;
+    EXPECT_NE(default_value, 0.0) << field << ": the default is 0 already";
+  }
+  // The config file says the same in protobuf JSON.
+  v1::ModelSpec from_json;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(
+                  R"({"name":"m","numLayers":2,"numExperts":8,"topK":2,"budgetBytes":"4000",)"
+                  R"("prefetchNextLayer":0,"router":{"cacheBonus":0},"synthetic":{}})",
+                  &from_json)
+                  .ok());
+  EXPECT_TRUE(from_json.has_prefetch_next_layer());
+  EXPECT_TRUE(from_json.router().has_cache_bonus());
+  EXPECT_FALSE(from_json.router().has_min_gate_mass());
 }
 
 // The paging threads come from the server (--paging_threads), not the spec.
