@@ -55,6 +55,55 @@ absl::StatusOr<double> OfflineHitRate(const WorkerPlayResult& worker, uint64_t c
   return report->rows.front().hit_rate;
 }
 
+void PrintTable(const std::vector<WorkerPlayResult>& results,
+                const std::vector<std::optional<double>>& offline, bool compare) {
+  std::printf("%-22s %5s %7s %8s %7s %9s %10s %8s %8s %9s%s\n", "worker", "runs", "tokens",
+              "hit rate", "loads", "evictions", "MB moved", "route s", "fetch s", "tokens/s",
+              compare ? "   replay" : "");
+  for (size_t i = 0; i < results.size(); ++i) {
+    const WorkerPlayResult& w = results[i];
+    const WorkerCacheReport& r = w.report;
+    std::printf("%-22s %5zu %7llu %8.3f %7llu %9llu %10.1f %8.2f %8.2f %9.0f%s\n", w.cache.c_str(),
+                w.part.runs.size(), static_cast<unsigned long long>(w.part.Tokens()), r.HitRate(),
+                static_cast<unsigned long long>(r.loads),
+                static_cast<unsigned long long>(r.evictions), r.loaded_bytes / 1e6, r.route_seconds,
+                r.load_seconds, w.TokensPerSecond(),
+                offline[i] ? absl::StrFormat(" %8.3f", *offline[i]).c_str() : "");
+  }
+}
+
+void PrintJson(const WorkerPlayOptions& options, const std::vector<WorkerPlayResult>& results,
+               const std::vector<std::optional<double>>& offline) {
+  nlohmann::json rows = nlohmann::json::array();
+  for (size_t i = 0; i < results.size(); ++i) {
+    const WorkerPlayResult& w = results[i];
+    const WorkerCacheReport& r = w.report;
+    nlohmann::json row = {{"cache", w.cache},
+                          {"runs", w.part.runs.size()},
+                          {"tokens", w.part.Tokens()},
+                          {"routed_steps", r.route_calls},
+                          {"accesses", r.accesses},
+                          {"hit_rate", r.HitRate()},
+                          {"loads", r.loads},
+                          {"evictions", r.evictions},
+                          {"streamed", r.streamed},
+                          {"loaded_bytes", r.loaded_bytes},
+                          {"route_seconds", r.route_seconds},
+                          {"fetch_seconds", r.load_seconds},
+                          {"seconds", w.seconds},
+                          {"tokens_per_second", w.TokensPerSecond()},
+                          {"policy", w.policy}};
+    if (offline[i]) row["replay_hit_rate"] = *offline[i];
+    rows.push_back(std::move(row));
+  }
+  std::printf("%s\n", nlohmann::json({{"model", options.model},
+                                      {"cache_bytes", options.cache_bytes},
+                                      {"shared_server_cache", options.shared_server_cache},
+                                      {"workers", rows}})
+                          .dump(2)
+                          .c_str());
+}
+
 }  // namespace
 
 int WorkerCommand(const std::vector<std::string>& args) {
@@ -107,54 +156,18 @@ int WorkerCommand(const std::vector<std::string>& args) {
   bar.Finish();
   if (!results.ok()) return CommandError("worker", results.status());
 
-  nlohmann::json rows = nlohmann::json::array();
-  if (!cl->Has("json")) {
-    std::printf("%-22s %5s %7s %8s %7s %9s %10s %8s %8s %9s%s\n", "worker", "runs", "tokens",
-                "hit rate", "loads", "evictions", "MB moved", "route s", "fetch s", "tokens/s",
-                cl->Has("compare") ? "   replay" : "");
-  }
-  for (const WorkerPlayResult& w : *results) {
-    const WorkerCacheReport& r = w.report;
-    std::optional<double> offline;
-    if (cl->Has("compare") && !options.shared_server_cache) {
-      auto rate = OfflineHitRate(w, options.cache_bytes);
+  std::vector<std::optional<double>> offline(results->size());
+  if (cl->Has("compare") && !options.shared_server_cache) {
+    for (size_t w = 0; w < results->size(); ++w) {
+      auto rate = OfflineHitRate((*results)[w], options.cache_bytes);
       if (!rate.ok()) return CommandError("worker", rate.status());
-      offline = *rate;
+      offline[w] = *rate;
     }
-    if (cl->Has("json")) {
-      nlohmann::json row = {{"cache", w.cache},
-                            {"runs", w.part.runs.size()},
-                            {"tokens", w.part.Tokens()},
-                            {"routed_steps", r.route_calls},
-                            {"accesses", r.accesses},
-                            {"hit_rate", r.HitRate()},
-                            {"loads", r.loads},
-                            {"evictions", r.evictions},
-                            {"streamed", r.streamed},
-                            {"loaded_bytes", r.loaded_bytes},
-                            {"route_seconds", r.route_seconds},
-                            {"fetch_seconds", r.load_seconds},
-                            {"seconds", w.seconds},
-                            {"tokens_per_second", w.TokensPerSecond()},
-                            {"policy", w.policy}};
-      if (offline) row["replay_hit_rate"] = *offline;
-      rows.push_back(std::move(row));
-      continue;
-    }
-    std::printf("%-22s %5zu %7llu %8.3f %7llu %9llu %10.1f %8.2f %8.2f %9.0f%s\n", w.cache.c_str(),
-                w.part.runs.size(), static_cast<unsigned long long>(w.part.Tokens()), r.HitRate(),
-                static_cast<unsigned long long>(r.loads),
-                static_cast<unsigned long long>(r.evictions), r.loaded_bytes / 1e6, r.route_seconds,
-                r.load_seconds, w.TokensPerSecond(),
-                offline ? absl::StrFormat(" %8.3f", *offline).c_str() : "");
   }
   if (cl->Has("json")) {
-    std::printf("%s\n", nlohmann::json({{"model", options.model},
-                                        {"cache_bytes", options.cache_bytes},
-                                        {"shared_server_cache", options.shared_server_cache},
-                                        {"workers", rows}})
-                            .dump(2)
-                            .c_str());
+    PrintJson(options, *results, offline);
+  } else {
+    PrintTable(*results, offline, cl->Has("compare"));
   }
   return 0;
 }

@@ -136,18 +136,10 @@ absl::StatusOr<RouteOutcome> ModelEngine::Route(uint32_t layer, absl::Span<const
   const auto start = std::chrono::steady_clock::now();
   RouteOutcome out;
   absl::StatusOr<bool> reclassify = false;
-  const auto chosen_of = [&] {
-    std::vector<uint8_t> seen(config_.router.num_experts, 0);
-    std::vector<uint32_t> chosen;
-    for (uint32_t e : out.batch.experts) {
-      if (seen[e]++ == 0) chosen.push_back(e);
-    }
-    return chosen;
-  };
   if (view == nullptr) {
     reclassify = RouteAndLearn(layer, logits, nullptr, &out.batch);
     if (!reclassify.ok()) return reclassify.status();
-    PageForServer(layer, chosen_of(), &out);
+    PageForServer(layer, &out);
   } else {
     absl::MutexLock lock(&view->mu());
     view->Touch(absl::Now());
@@ -155,7 +147,6 @@ absl::StatusOr<RouteOutcome> ModelEngine::Route(uint32_t layer, absl::Span<const
     if (!reclassify.ok()) return reclassify.status();
     PageForWorker(*view, layer, &out);
   }
-  if (view != nullptr) StageForWorker(out.urgent), StageForWorker(out.prefetch);
   if (*reclassify) RepageChangedClasses(layer);
 
   const double seconds =
@@ -166,8 +157,12 @@ absl::StatusOr<RouteOutcome> ModelEngine::Route(uint32_t layer, absl::Span<const
   return out;
 }
 
-void ModelEngine::PageForServer(uint32_t layer, absl::Span<const uint32_t> chosen,
-                                RouteOutcome* out) {
+void ModelEngine::PageForServer(uint32_t layer, RouteOutcome* out) {
+  std::vector<uint8_t> seen(config_.router.num_experts, 0);
+  std::vector<uint32_t> chosen;
+  for (uint32_t e : out->batch.experts) {
+    if (seen[e]++ == 0) chosen.push_back(e);
+  }
   // No layer lock held. Chosen experts stay pinned while this route is in
   // flight.
   for (uint32_t e : chosen) {
@@ -208,6 +203,8 @@ void ModelEngine::PageForWorker(WorkerCacheView& view, uint32_t layer, RouteOutc
   out->prefetch = std::move(instructions.prefetch);
   out->evictions = std::move(instructions.evictions);
   metrics_->RecordWorkerCall(view.counters().Minus(before));
+  StageForWorker(out->urgent);
+  StageForWorker(out->prefetch);
 }
 
 void ModelEngine::StageForWorker(absl::Span<const ExpertKey> loads) {

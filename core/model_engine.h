@@ -197,7 +197,7 @@ class ModelEngine {
   // batch used each expert of `layer`.
   std::vector<uint32_t> PredictNextLayer(uint32_t layer, absl::Span<const uint32_t> uses_by_expert);
   // Route's paging, on the server's cache or on a worker's view.
-  void PageForServer(uint32_t layer, absl::Span<const uint32_t> chosen, RouteOutcome* out);
+  void PageForServer(uint32_t layer, RouteOutcome* out);
   void PageForWorker(WorkerCacheView& view, uint32_t layer, RouteOutcome* out)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(view.mu());
   // The worker must load these: page them into the server's cache too, so

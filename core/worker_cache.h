@@ -35,7 +35,6 @@ class ExpertSizeTable {
   }
   /// The variant's index, or the default variant (0) for a name the store lacks.
   uint8_t VariantIndex(const std::string& precision) const;
-  const std::string& VariantName(uint8_t variant) const { return variants_[variant]; }
   /// The smallest expert of any variant: a budget below it holds nothing.
   uint64_t smallest() const { return smallest_; }
 
