@@ -13,6 +13,7 @@
 #include "client/commands.h"
 #include "client/server_connection.h"
 #include "core/file_io.h"
+#include "core/model_footprint.h"
 #include "core/safetensors.h"
 
 namespace moe_router {
@@ -26,12 +27,13 @@ int ModelsCommand(const std::vector<std::string>& args) {
   auto client = ConnectToServer(*cl);
   auto models = client.ok() ? (*client)->ListModels() : client.status();
   if (!models.ok()) return CommandError("models", models.status());
-  std::printf("%-20s %7s %8s %6s %14s %-12s %s\n", "model", "layers", "experts", "top_k",
-              "budget_bytes", "policy", "store");
+  std::printf("%-20s %7s %8s %6s %14s %10s %-12s %s\n", "model", "layers", "experts", "top_k",
+              "budget_bytes", "memory", "policy", "store");
   for (const v1::ModelInfo& m : *models) {
     const v1::ModelSpec& s = m.spec();
-    std::printf("%-20s %7u %8u %6u %14llu %-12s %s\n", s.name().c_str(), s.num_layers(),
+    std::printf("%-20s %7u %8u %6u %14llu %10s %-12s %s\n", s.name().c_str(), s.num_layers(),
                 s.num_experts(), s.top_k(), static_cast<unsigned long long>(s.budget_bytes()),
+                FormatBytes(m.memory_bytes()).c_str(),
                 s.eviction_policy().empty() ? "layer_reuse" : s.eviction_policy().c_str(),
                 m.store().c_str());
   }

@@ -84,7 +84,9 @@ class ExpertCache {
   const std::atomic<uint8_t>* ResidentFlags(uint32_t layer) const {
     return &resident_[size_t{layer} * config_.num_experts];
   }
+  /// A key outside the model is not resident.
   bool IsResident(ExpertKey key) const {
+    if (key.layer >= config_.num_layers || key.expert >= config_.num_experts) return false;
     return resident_[Index(key)].load(std::memory_order_acquire) != 0;
   }
 

@@ -8,6 +8,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
+#include "core/model_footprint.h"
 #include "core/resource_name.h"
 #include "nlohmann/json.hpp"
 
@@ -15,7 +16,14 @@ namespace moe_router {
 
 absl::Status ModelConfig::Validate() const {
   if (absl::Status s = CheckResourceName("model.name", name); !s.ok()) return s;
-  if (num_layers == 0) return absl::InvalidArgumentError("model.num_layers must be > 0");
+  if (num_layers == 0 || num_layers > kMaxModelLayers) {
+    return absl::InvalidArgumentError(absl::StrFormat("model.num_layers must be in [1, %d], got %d",
+                                                      kMaxModelLayers, num_layers));
+  }
+  if (router.num_experts > kMaxModelExperts) {
+    return absl::InvalidArgumentError(absl::StrFormat("model.num_experts must be <= %d, got %d",
+                                                      kMaxModelExperts, router.num_experts));
+  }
   if (budget_bytes == 0) return absl::InvalidArgumentError("model.budget_bytes must be > 0");
   if (absl::Status s = router.Validate(); !s.ok()) return s;
   if (absl::Status s = affinity.Validate(); !s.ok()) return s;
@@ -72,6 +80,11 @@ absl::StatusOr<std::unique_ptr<ModelEngine>> ModelEngine::Create(
   auto sizes = ExpertSizeTable::Build(*model->store_, config.num_layers, config.router.num_experts);
   if (!sizes.ok()) return sizes.status();
   model->sizes_ = *std::move(sizes);
+  if (const uint64_t largest = model->sizes_->largest(); largest > config.budget_bytes) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "model.budget_bytes (%d) is smaller than the largest expert of the store (%d bytes)",
+        config.budget_bytes, largest));
+  }
   model->worker_caches_ = std::make_unique<WorkerCacheSet>(
       config.name, config.num_layers, config.router.num_experts, model->sizes_,
       config.worker_caches, config.eviction_policy, options);

@@ -57,6 +57,10 @@ uint32_t RouterConfig::EffectiveMaxRank() const {
 }
 
 absl::Status ValidateLogits(absl::Span<const float> logits, uint32_t num_experts) {
+  if (logits.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("gate_logits is empty: send one row of %d logits per token", num_experts));
+  }
   if (num_experts == 0 || logits.size() % num_experts != 0) {
     return absl::InvalidArgumentError(
         absl::StrFormat("gate_logits has %d values, not a multiple of num_experts (%d)",

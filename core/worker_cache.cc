@@ -29,6 +29,7 @@ absl::StatusOr<std::shared_ptr<const ExpertSizeTable>> ExpertSizeTable::Build(
         if (!info.ok()) continue;
         table->bytes_[v * table->slots_ + size_t{l} * num_experts + e] = info->bytes;
         table->smallest_ = std::min(table->smallest_, info->bytes);
+        table->largest_ = std::max(table->largest_, info->bytes);
       }
     }
   }
@@ -67,8 +68,16 @@ uint64_t WorkerCacheView::NextId() {
 }
 
 uint64_t WorkerCacheView::MemoryBytes() const {
-  return sizeof(*this) + slots_ * (sizeof(Usage) + 1) + num_layers_ * sizeof(uint64_t) +
-         num_experts_ + name_.capacity();
+  return FootprintBytes(num_layers_, num_experts_, name_.capacity());
+}
+
+uint64_t WorkerCacheView::FootprintBytes(uint32_t num_layers, uint32_t num_experts,
+                                         size_t name_bytes) {
+  const uint64_t slots = uint64_t{num_layers} * num_experts;
+  // Flags and usage per slot, visits per layer, pins and last choices per
+  // expert.
+  return sizeof(WorkerCacheView) + slots * (sizeof(Usage) + 1) + num_layers * sizeof(uint64_t) +
+         num_experts * (1 + sizeof(uint32_t)) + name_bytes;
 }
 
 std::vector<WorkerCacheView::Miss> WorkerCacheView::BeginStep(uint32_t layer,

@@ -37,6 +37,7 @@ class ExpertSizeTable {
   uint8_t VariantIndex(const std::string& precision) const;
   /// The smallest expert of any variant: a budget below it holds nothing.
   uint64_t smallest() const { return smallest_; }
+  uint64_t largest() const { return largest_; }
 
  private:
   ExpertSizeTable() = default;
@@ -45,6 +46,7 @@ class ExpertSizeTable {
   std::vector<std::string> variants_;
   std::vector<uint64_t> bytes_;  // [variant][layer][expert]
   uint64_t smallest_ = 0;
+  uint64_t largest_ = 0;
 };
 
 /// What one call tells the worker: drop `evictions` first, then load the
@@ -159,6 +161,9 @@ class WorkerCacheView {
   }
   /// Heap bytes this view holds (for the memory accounting of open caches).
   uint64_t MemoryBytes() const;
+  /// What a view of a model of this shape holds, before it exists: what the
+  /// server reserves for each worker cache a model may open.
+  static uint64_t FootprintBytes(uint32_t num_layers, uint32_t num_experts, size_t name_bytes);
 
  private:
   // Per expert, 16 bytes: the policy's state in 32-bit fields.

@@ -1,13 +1,16 @@
 // moe-routerd: the moe-router gRPC service.
 #include <google/protobuf/util/json_util.h>
 
+#include <algorithm>
 #include <cstdio>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/time/clock.h"
 #include "core/file_io.h"
+#include "core/model_footprint.h"
 #include "server/core_to_proto.h"
+#include "server/memory_limit.h"
 #include "server/server.h"
 #include "server/termination_signals.h"
 
@@ -27,6 +30,16 @@ ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
 ABSL_FLAG(std::string, tls_client_ca, "",
           "PEM CA bundle; clients must present a certificate it signed (mutual TLS)");
 ABSL_FLAG(uint32_t, max_tokens_per_request, 65536, "tokens in one RouteTokens request");
+ABSL_FLAG(moe_router::ByteSize, memory_limit, {},
+          "memory all models together may reserve (budgets, learned state, worker cache "
+          "views), like 20GiB; past it RegisterModel is RESOURCE_EXHAUSTED. Default: the "
+          "cgroup's memory limit, else physical memory, less 512 MiB for the server itself");
+ABSL_FLAG(uint32_t, max_models, 64, "models hosted at once");
+ABSL_FLAG(moe_router::ByteSize, max_message_bytes, {64 << 20},
+          "largest request or response message");
+ABSL_FLAG(uint32_t, max_concurrent_streams, 256, "calls open at once on one client connection");
+ABSL_FLAG(absl::Duration, snapshot_interval, absl::Minutes(1),
+          "how often learned state is saved to --state_dir while serving");
 ABSL_FLAG(uint32_t, max_caches_per_model, 1024,
           "worker caches open at once per model (OpenCache past it: RESOURCE_EXHAUSTED)");
 ABSL_FLAG(absl::Duration, cache_idle_timeout, absl::Minutes(10),
@@ -59,12 +72,27 @@ int main(int argc, char** argv) {
   moe_router::ServerOptions options;
   options.listen = absl::GetFlag(FLAGS_listen);
   options.limits.max_tokens_per_request = absl::GetFlag(FLAGS_max_tokens_per_request);
-  options.state_dir = absl::GetFlag(FLAGS_state_dir);
   options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   options.health_listen = absl::GetFlag(FLAGS_health_listen);
-  options.paging_threads = absl::GetFlag(FLAGS_paging_threads);
-  options.worker_caches = {.max_caches = absl::GetFlag(FLAGS_max_caches_per_model),
-                           .idle_timeout = absl::GetFlag(FLAGS_cache_idle_timeout)};
+  const uint64_t message_bytes = absl::GetFlag(FLAGS_max_message_bytes).bytes;
+  if (message_bytes < 4096 || message_bytes > (1u << 30)) {
+    return Fatal("--max_message_bytes must be in [4KiB, 1GiB]");
+  }
+  options.max_message_bytes = static_cast<int>(message_bytes);
+  options.max_concurrent_streams =
+      static_cast<int>(std::min<uint32_t>(absl::GetFlag(FLAGS_max_concurrent_streams), 1 << 20));
+  options.snapshot_interval = absl::GetFlag(FLAGS_snapshot_interval);
+  moe_router::MemoryLimit memory_limit = {.bytes = absl::GetFlag(FLAGS_memory_limit).bytes,
+                                          .source = "--memory_limit"};
+  if (memory_limit.bytes == 0) memory_limit = moe_router::DefaultMemoryLimit();
+  options.registry = {.state_dir = absl::GetFlag(FLAGS_state_dir),
+                      .paging_threads = absl::GetFlag(FLAGS_paging_threads),
+                      .worker_caches = {.max_caches = absl::GetFlag(FLAGS_max_caches_per_model),
+                                        .idle_timeout = absl::GetFlag(FLAGS_cache_idle_timeout)},
+                      .memory_limit_bytes = memory_limit.bytes,
+                      .max_models = absl::GetFlag(FLAGS_max_models)};
+  std::fprintf(stderr, "moe-routerd: models may reserve %s (%s)\n",
+               moe_router::FormatBytes(memory_limit.bytes).c_str(), memory_limit.source.c_str());
   options.tls = {.cert = absl::GetFlag(FLAGS_tls_cert),
                  .key = absl::GetFlag(FLAGS_tls_key),
                  .client_ca = absl::GetFlag(FLAGS_tls_client_ca)};

@@ -100,12 +100,24 @@ std::vector<MetricFamily> CollectMetrics(const ModelRegistry& registry) {
   Families f;
   f.Gauge("moe_router_build_info", "Build of the running moe-routerd.",
           {{"version", MOE_ROUTER_VERSION}}, 1);
+  f.Gauge("moe_router_memory_limit_bytes", "What all models together may reserve (--memory_limit).",
+          {}, static_cast<double>(registry.memory_limit_bytes()));
+  f.Gauge("moe_router_memory_committed_bytes",
+          "What the hosted models reserve: budgets, learned state, worker cache views.", {},
+          static_cast<double>(registry.committed_bytes()));
+  f.Counter("moe_router_state_snapshot_failures_total",
+            "Saves of learned state to --state_dir that failed (the previous snapshot stays).", {},
+            static_cast<double>(registry.snapshot_failures()));
+  f.Gauge("moe_router_state_snapshot_timestamp_seconds",
+          "When learned state was last saved (0: not yet).", {}, registry.last_snapshot_seconds());
   for (const auto& model : registry.List()) {
     const std::string& name = model->spec.name();
     const ModelStats s = model->engine->Stats();
     const MetricsSnapshot& m = s.metrics;
     const std::vector<ClientMetric::Label> labels = {{"model", name}};
     AddRouteRequests(f, name, model->route_requests.get());
+    f.Gauge("moe_router_model_memory_bytes", "What the model reserves of --memory_limit.", labels,
+            static_cast<double>(model->footprint.Total()));
     f.Counter("moe_router_routed_tokens_total", "Tokens routed.", labels,
               static_cast<double>(m.total.routed_tokens));
     f.Counter("moe_router_cache_hits_total", "Chosen experts that were resident.", labels,

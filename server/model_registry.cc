@@ -6,6 +6,7 @@
 #include <filesystem>
 
 #include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
 #include "core/file_io.h"
 #include "server/proto_to_core.h"
 
@@ -22,16 +23,61 @@ absl::StatusOr<bool> ModelRegistry::Register(const v1::ModelSpec& spec) {
           "model '%s' is registered with a different spec; unregister it first", spec.name()));
     }
   }
-  // Build outside the lock: opening a safetensors store reads files.
   auto config = ConfigFromSpec(spec);
   if (!config.ok()) return config.status();
-  config->paging.threads = paging_threads_;
-  config->worker_caches = worker_caches_;
+  config->paging.threads = options_.paging_threads;
+  config->worker_caches = options_.worker_caches;
+  const ModelFootprint footprint =
+      EstimateFootprint(*config, spec.has_synthetic() ? spec.synthetic().expert_bytes() : 0);
+  if (absl::Status s = Reserve(spec.name(), footprint); !s.ok()) return s;
+  // Build outside the lock: opening a safetensors store reads files.
+  absl::StatusOr<std::shared_ptr<HostedModel>> hosted = Build(spec, *config);
+  absl::MutexLock lock(&mu_);
+  --registrations_under_way_;
+  if (!hosted.ok()) {
+    committed_bytes_ -= footprint.Total();
+    return hosted.status();
+  }
+  (*hosted)->footprint = footprint;
+  const auto [it, inserted] = models_.emplace(spec.name(), *std::move(hosted));
+  if (!inserted) {
+    // Lost a race with another registration of the same name.
+    committed_bytes_ -= footprint.Total();
+    if (google::protobuf::util::MessageDifferencer::Equals(it->second->spec, spec)) return false;
+    return absl::AlreadyExistsError(
+        absl::StrFormat("model '%s' is registered with a different spec", spec.name()));
+  }
+  return true;
+}
+
+absl::Status ModelRegistry::Reserve(const std::string& name, const ModelFootprint& footprint) {
+  absl::MutexLock lock(&mu_);
+  const size_t models = models_.size() + registrations_under_way_;
+  if (models >= options_.max_models) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "cannot register model '%s': the server hosts %d models, its limit (--max_models)", name,
+        models));
+  }
+  const uint64_t limit = options_.memory_limit_bytes;
+  if (footprint.Total() > limit || committed_bytes_ > limit - footprint.Total()) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "cannot register model '%s': it needs %s, and %s of the server's memory limit of %s "
+        "(--memory_limit) is committed to %d other models; lower its budget_bytes, or unregister "
+        "a model",
+        name, footprint.ToString(), FormatBytes(committed_bytes_), FormatBytes(limit), models));
+  }
+  committed_bytes_ += footprint.Total();
+  ++registrations_under_way_;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<HostedModel>> ModelRegistry::Build(const v1::ModelSpec& spec,
+                                                                  const ModelConfig& config) {
   auto store = StoreFromSpec(spec);
   if (!store.ok()) return store.status();
-  auto engine = ModelEngine::Create(*config, *std::move(store));
+  auto engine = ModelEngine::Create(config, *std::move(store));
   if (!engine.ok()) return engine.status();
-  if (!state_dir_.empty()) {
+  if (!options_.state_dir.empty()) {
     absl::StatusOr<std::string> path = StatePath(spec.name());
     if (!path.ok()) return path.status();
     if (std::filesystem::exists(*path)) {
@@ -46,31 +92,33 @@ absl::StatusOr<bool> ModelRegistry::Register(const v1::ModelSpec& spec) {
   auto hosted = std::make_shared<HostedModel>();
   hosted->spec = spec;
   hosted->engine = std::shared_ptr<ModelEngine>(*std::move(engine));
-  absl::MutexLock lock(&mu_);
-  const auto [it, inserted] = models_.emplace(spec.name(), std::move(hosted));
-  if (!inserted) {
-    // Lost a race with another registration of the same name.
-    if (google::protobuf::util::MessageDifferencer::Equals(it->second->spec, spec)) return false;
-    return absl::AlreadyExistsError(
-        absl::StrFormat("model '%s' is registered with a different spec", spec.name()));
-  }
-  return true;
+  return hosted;
+}
+
+uint64_t ModelRegistry::committed_bytes() const {
+  absl::ReaderMutexLock lock(&mu_);
+  return committed_bytes_;
 }
 
 absl::StatusOr<std::string> ModelRegistry::StatePath(const std::string& model) const {
-  return PathInDirectory(state_dir_, model + ".state.json");
+  return PathInDirectory(options_.state_dir, model + ".state.json");
 }
 
 absl::Status ModelRegistry::SaveStates() const {
-  if (state_dir_.empty()) return absl::OkStatus();
+  if (options_.state_dir.empty()) return absl::OkStatus();
   std::error_code ec;
-  std::filesystem::create_directories(state_dir_, ec);
+  std::filesystem::create_directories(options_.state_dir, ec);
   absl::Status first = absl::OkStatus();
   for (const auto& model : List()) {
     absl::StatusOr<std::string> path = StatePath(model->spec.name());
     absl::Status s =
         path.ok() ? WriteFileAtomically(*path, model->engine->ExportState()) : path.status();
     if (first.ok()) first = s;
+  }
+  if (first.ok()) {
+    last_snapshot_seconds_.store(absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch()));
+  } else {
+    snapshot_failures_.fetch_add(1);
   }
   return first;
 }
@@ -85,6 +133,7 @@ absl::Status ModelRegistry::Unregister(const std::string& name) {
     }
     removed = std::move(it->second);
     models_.erase(it);
+    committed_bytes_ -= removed->footprint.Total();
   }
   removed->engine->Shutdown();
   return absl::OkStatus();

@@ -7,6 +7,7 @@
 #include <cstdio>
 
 #include "absl/strings/str_format.h"
+#include "server/memory_limit.h"
 
 namespace moe_router {
 
@@ -20,6 +21,10 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const ServerOp
   builder.AddListeningPort(options.listen, *credentials, &server->port_);
   builder.SetMaxReceiveMessageSize(options.max_message_bytes);
   builder.SetMaxSendMessageSize(options.max_message_bytes);
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, options.max_concurrent_streams);
+  // gRPC's own buffers come out of the server's headroom, not the models'.
+  grpc::ResourceQuota quota("moe-routerd");
+  builder.SetResourceQuota(quota.Resize(kServerHeadroomBytes / 2));
   builder.RegisterService(&server->service_);
   server->server_ = builder.BuildAndStart();
   if (server->server_ == nullptr || server->port_ == 0) {
@@ -47,18 +52,32 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const ServerOp
       s->GetHealthCheckService()->SetServingStatus(name, true);
     }
   }
-  server->sweeper_ = std::thread([raw = server.get()] { raw->SweepIdleCaches(); });
+  server->housekeeper_ = std::thread([raw = server.get()] { raw->Housekeep(); });
   return server;
 }
 
-void RouterServer::SweepIdleCaches() {
+void RouterServer::Housekeep() {
   // A cache lives at least its timeout and at most a quarter more.
   const absl::Duration period = std::clamp(registry_.worker_cache_limits().idle_timeout / 4,
                                            absl::Milliseconds(10), absl::Minutes(1));
-  while (!stop_sweeping_.WaitForNotificationWithTimeout(period)) {
+  absl::Time next_snapshot = absl::Now() + snapshot_interval_;
+  while (!stop_housekeeping_.WaitForNotificationWithTimeout(
+      std::min(period, next_snapshot - absl::Now()))) {
     if (const size_t closed = registry_.CloseIdleCaches(absl::Now()); closed > 0) {
       std::fprintf(stderr, "moe-router: closed %zu idle worker cache(s)\n", closed);
     }
+    if (absl::Now() >= next_snapshot) {
+      SaveStates();
+      next_snapshot = absl::Now() + snapshot_interval_;
+    }
+  }
+}
+
+void RouterServer::SaveStates() {
+  // A failure is counted by the registry and leaves the previous snapshot.
+  if (absl::Status s = registry_.SaveStates(); !s.ok()) {
+    std::fprintf(stderr, "moe-router: saving learned state failed: %s\n",
+                 std::string(s.message()).c_str());
   }
 }
 
@@ -76,18 +95,15 @@ RouterServer::~RouterServer() { Shutdown(absl::Now()); }
 void RouterServer::Shutdown(absl::Time deadline) {
   if (stopped_) return;
   stopped_ = true;
-  stop_sweeping_.Notify();
-  if (sweeper_.joinable()) sweeper_.join();
+  stop_housekeeping_.Notify();
+  if (housekeeper_.joinable()) housekeeper_.join();
   server_->Shutdown(absl::ToChronoTime(deadline));
   server_->Wait();
   if (health_server_ != nullptr) {
     health_server_->Shutdown(absl::ToChronoTime(absl::Now()));
     health_server_->Wait();
   }
-  if (absl::Status s = registry_.SaveStates(); !s.ok()) {
-    std::fprintf(stderr, "moe-router: saving learned state failed: %s\n",
-                 std::string(s.message()).c_str());
-  }
+  SaveStates();
   for (const auto& model : registry_.List()) model->engine->Shutdown();
 }
 

@@ -25,18 +25,22 @@ struct ServerOptions {
   /// neither port carries model data.
   TlsFiles tls;
   ServiceLimits limits;
+  /// Largest request or response message.
   int max_message_bytes = 64 << 20;
-  /// Where learned state is kept across restarts ("" keeps none).
-  std::string state_dir;
+  /// Calls open at once on one client connection (HTTP/2 streams).
+  int max_concurrent_streams = 256;
+  /// Where learned state is kept ("" keeps none), the models' memory
+  /// limit, paging threads and worker-cache limits.
+  RegistryOptions registry;
+  /// How often learned state is saved to the state directory while
+  /// serving, so a crash loses at most this much learning (it is also saved
+  /// at shutdown).
+  absl::Duration snapshot_interval = absl::Minutes(1);
   /// Prometheus /metrics (host:port, port 0 picks one; "" serves none).
   std::string metrics_listen;
   /// The health service alone on its own port too, so probes do not share
   /// the data path's port ("" for none).
   std::string health_listen;
-  /// Paging worker threads per model.
-  uint32_t paging_threads = 2;
-  /// Per model: open worker caches, and how long an idle one lives.
-  WorkerCacheLimits worker_caches;
 };
 
 /// A running moe-router gRPC server with its models, health service
@@ -65,10 +69,13 @@ class RouterServer {
 
  private:
   explicit RouterServer(const ServerOptions& options)
-      : registry_(options.state_dir, options.paging_threads, options.worker_caches),
-        service_(&registry_, options.limits) {}
-  // Closes idle worker caches until shutdown.
-  void SweepIdleCaches();
+      : registry_(options.registry),
+        service_(&registry_, options.limits),
+        snapshot_interval_(options.snapshot_interval) {}
+  // Until shutdown: closes idle worker caches and saves learned state.
+  void Housekeep();
+  // Saves learned state, logging a failure.
+  void SaveStates();
 
   ModelRegistry registry_;
   MoeRouterService service_;
@@ -78,8 +85,9 @@ class RouterServer {
   std::unique_ptr<MetricsExporter> metrics_;
   int port_ = 0;
   bool stopped_ = false;
-  absl::Notification stop_sweeping_;
-  std::thread sweeper_;
+  const absl::Duration snapshot_interval_;
+  absl::Notification stop_housekeeping_;
+  std::thread housekeeper_;
 };
 
 }  // namespace moe_router

@@ -24,6 +24,12 @@ grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* context, Body body)
   return reactor;
 }
 
+void ToProto(const HostedModel& model, v1::ModelInfo* out) {
+  *out->mutable_spec() = model.spec;
+  out->set_store(model.engine->store().Describe());
+  out->set_memory_bytes(model.footprint.Total());
+}
+
 }  // namespace
 
 absl::Status MoeRouterService::Route(const v1::RouteTokensRequest& request,
@@ -86,8 +92,7 @@ grpc::ServerUnaryReactor* MoeRouterService::RegisterModel(grpc::CallbackServerCo
     if (!created.ok()) return created.status();
     auto model = registry_->Find(request->spec().name());
     if (!model.ok()) return model.status();
-    *response->mutable_spec() = (*model)->spec;
-    response->set_store((*model)->engine->store().Describe());
+    ToProto(**model, response);
     response->set_created(*created);
     return absl::OkStatus();
   });
@@ -106,11 +111,9 @@ grpc::ServerUnaryReactor* MoeRouterService::ListModels(grpc::CallbackServerConte
                                                        const v1::ListModelsRequest*,
                                                        v1::ListModelsResponse* response) {
   return Unary(context, [&] {
-    for (const auto& model : registry_->List()) {
-      v1::ModelInfo* info = response->add_models();
-      *info->mutable_spec() = model->spec;
-      info->set_store(model->engine->store().Describe());
-    }
+    for (const auto& model : registry_->List()) ToProto(*model, response->add_models());
+    response->set_memory_limit_bytes(registry_->memory_limit_bytes());
+    response->set_memory_committed_bytes(registry_->committed_bytes());
     return absl::OkStatus();
   });
 }

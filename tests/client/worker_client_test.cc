@@ -58,7 +58,7 @@ class WorkerCacheTest : public ::testing::Test {
     options.listen = "127.0.0.1:0";
     options.metrics_listen = "127.0.0.1:0";
     options.health_listen = "";
-    options.worker_caches = limits;
+    options.registry.worker_caches = limits;
     auto server = RouterServer::Start(options);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);

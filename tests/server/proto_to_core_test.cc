@@ -169,7 +169,7 @@ TEST(ModelSpecTest, ZeroTurnsASettingOff) {
 
 // The paging threads come from the server (--paging_threads), not the spec.
 TEST(ModelSpecTest, RegistryGivesEachModelTheServersPagingThreads) {
-  ModelRegistry registry(/*state_dir=*/"", /*paging_threads=*/3);
+  ModelRegistry registry({.paging_threads = 3});
   ASSERT_TRUE(registry.Register(BaseSpec()).ok());
   EXPECT_EQ((*registry.Find("m"))->engine->config().paging.threads, 3u);
   EXPECT_EQ(registry.Unregister("m"), absl::OkStatus());

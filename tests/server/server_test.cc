@@ -221,7 +221,7 @@ TEST(ServerNamesTest, ModelNamesOutsideTheRuleAreRefusedAndStateStaysInItsDirect
   testing::TempDir dir;
   ServerOptions options;
   options.listen = "127.0.0.1:0";
-  options.state_dir = dir.File("state");
+  options.registry.state_dir = dir.File("state");
   auto server = RouterServer::Start(options);
   ASSERT_TRUE(server.ok()) << server.status();
   auto stub = v1::MoeRouter::NewStub(grpc::CreateChannel(
@@ -439,7 +439,7 @@ TEST(ServerStateTest, LearnedStateSurvivesARestartAndCorruptionIsIgnored) {
   testing::TempDir dir;
   ServerOptions options;
   options.listen = "127.0.0.1:0";
-  options.state_dir = dir.path() + "/state";
+  options.registry.state_dir = dir.path() + "/state";
   std::string learned;
   {
     auto server = *RouterServer::Start(options);
@@ -474,7 +474,7 @@ TEST(ServerStateTest, LearnedStateSurvivesARestartAndCorruptionIsIgnored) {
     fresh = (*stateless.Find("tiny"))->engine->ExportState();
   }
   ASSERT_NE(fresh, learned);
-  const std::string path = options.state_dir + "/tiny.state.json";
+  const std::string path = options.registry.state_dir + "/tiny.state.json";
   ASSERT_TRUE(WriteFileAtomically(path, learned.substr(0, learned.size() / 3)).ok());
   auto server = *RouterServer::Start(options);
   ::testing::internal::CaptureStderr();
@@ -483,6 +483,37 @@ TEST(ServerStateTest, LearnedStateSurvivesARestartAndCorruptionIsIgnored) {
   ASSERT_TRUE(registered.ok()) << registered.status();
   EXPECT_THAT(log, HasSubstr("ignoring saved state " + path));
   EXPECT_EQ((*server->registry().Find("tiny"))->engine->ExportState(), fresh);
+}
+
+// While serving, learned state is saved every snapshot interval, so a crash
+// loses at most that much. A save that fails (here: the temporary file's
+// name is taken by a directory, which fails even for root) is counted in
+// /metrics and leaves the previous snapshot as it was.
+TEST(ServerStateTest, SnapshotsWhileServingAndAFailedOneKeepsThePrevious) {
+  testing::TempDir dir;
+  ServerOptions options;
+  options.listen = "127.0.0.1:0";
+  options.metrics_listen = "127.0.0.1:0";
+  options.registry.state_dir = dir.path();
+  options.snapshot_interval = absl::Milliseconds(20);
+  auto server = *RouterServer::Start(options);
+  ASSERT_TRUE(server->registry().Register(SmallSpec("tiny")).ok());
+  auto engine = (*server->registry().Find("tiny"))->engine;
+  ASSERT_TRUE(engine->Route(1, testing::RandomLogits(8, 8, 1)).ok());
+  const std::string learned = engine->ExportState();
+  const std::string path = dir.File("tiny.state.json");
+  ASSERT_TRUE(testing::WaitFor([&] {
+    const absl::StatusOr<std::string> saved = ReadFile(path);
+    return saved.ok() && *saved == learned && server->registry().last_snapshot_seconds() > 0;
+  }));
+
+  std::filesystem::create_directory(absl::StrCat(path, ".tmp.", getpid()));
+  ASSERT_TRUE(engine->Route(1, testing::RandomLogits(8, 8, 2)).ok());
+  ASSERT_NE(engine->ExportState(), learned);
+  ASSERT_TRUE(testing::WaitFor([&] { return server->registry().snapshot_failures() >= 2; }));
+  EXPECT_EQ(*ReadFile(path), learned);
+  EXPECT_THAT(testing::HttpGet(server->metrics_port(), "/metrics"),
+              ::testing::ContainsRegex("moe_router_state_snapshot_failures_total [1-9]"));
 }
 
 }  // namespace
