@@ -4,6 +4,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+
 #include "absl/strings/str_format.h"
 #include "core/file_io.h"
 #include "nlohmann/json.hpp"
@@ -137,6 +139,22 @@ absl::StatusOr<SafetensorsHeader> ReadSafetensorsHeader(const std::string& path)
         ParseTensor(path, name, value, header.data_start, file_size - header.data_start);
     if (!tensor.ok()) return tensor.status();
     header.tensors.push_back(*std::move(tensor));
+  }
+  // Two tensors sharing bytes would each verify, and serve, the other's.
+  std::vector<const SafetensorsTensor*> by_offset;
+  for (const SafetensorsTensor& t : header.tensors) {
+    if (t.end > t.begin) by_offset.push_back(&t);
+  }
+  std::sort(by_offset.begin(), by_offset.end(),
+            [](const auto* a, const auto* b) { return a->begin < b->begin; });
+  for (size_t i = 1; i < by_offset.size(); ++i) {
+    const SafetensorsTensor& a = *by_offset[i - 1];
+    const SafetensorsTensor& b = *by_offset[i];
+    if (b.begin < a.end) {
+      return Malformed(path, absl::StrFormat("tensors '%s' and '%s' overlap in the file's bytes "
+                                             "[%d, %d) and [%d, %d)",
+                                             a.name, b.name, a.begin, a.end, b.begin, b.end));
+    }
   }
   return header;
 }

@@ -1,6 +1,7 @@
 #include "core/safetensors_store.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -85,8 +86,9 @@ absl::StatusOr<std::string> ExpertPatternPreset(absl::string_view preset) {
 }
 
 absl::StatusOr<SafetensorsStore::Variant> SafetensorsStore::IndexVariant(
-    const std::string& name, const std::string& directory, const std::string& pattern,
-    bool write_manifest, bool rewrite_manifest) {
+    const std::string& name, const std::string& directory, const SafetensorsStoreOptions& options,
+    bool publish) {
+  const std::string& pattern = options.expert_pattern;
   absl::StatusOr<ExpertPattern> compiled = ExpertPattern::Compile(pattern);
   if (!compiled.ok()) return compiled.status();
   Variant v;
@@ -107,12 +109,34 @@ absl::StatusOr<SafetensorsStore::Variant> SafetensorsStore::IndexVariant(
         absl::StrFormat("no expert tensors matching '%s' in the %d safetensors file(s) of %s",
                         pattern, v.files.size(), directory));
   }
-  const std::string manifest_path = (fs::path(directory) / kManifestFileName).string();
-  absl::Status checksums =
-      !rewrite_manifest && fs::exists(manifest_path)
-          ? ReadManifest(manifest_path, &v)
-          : HashTensors(&v, write_manifest || rewrite_manifest ? manifest_path : "", pattern);
-  if (!checksums.ok()) return checksums;
+  const std::string published = (fs::path(directory) / kManifestFileName).string();
+  std::error_code ec;
+  if (publish) {
+    if (absl::Status s = HashTensors(options.interrupted, &v); !s.ok()) return s;
+    if (absl::Status s = WriteManifest(published, pattern, v); !s.ok()) return s;
+  } else if (fs::exists(published, ec)) {
+    if (absl::Status s = ReadManifest(published, pattern, /*check_mtime=*/false, &v); !s.ok()) {
+      return s;
+    }
+  } else {
+    // Keyed by the directory's absolute path: one cache serves many
+    // checkpoints.
+    const std::string absolute = fs::absolute(directory, ec).string();
+    const uint64_t key = Xxh3({reinterpret_cast<const uint8_t*>(absolute.data()), absolute.size()});
+    const std::string cached =
+        options.manifest_cache_dir.empty()
+            ? ""
+            : (fs::path(options.manifest_cache_dir) / (Hex(key) + ".manifest.json")).string();
+    if (cached.empty() || !fs::exists(cached, ec) ||
+        !ReadManifest(cached, pattern, /*check_mtime=*/true, &v).ok()) {
+      if (absl::Status s = HashTensors(options.interrupted, &v); !s.ok()) return s;
+      if (!cached.empty()) {
+        fs::create_directories(options.manifest_cache_dir, ec);
+        // A cache that cannot be written costs the next start a re-hash.
+        WriteManifest(cached, pattern, v).IgnoreError();
+      }
+    }
+  }
   closer.keep = true;
   return v;
 }
@@ -134,6 +158,10 @@ absl::Status SafetensorsStore::FindExpertTensors(const ExpertPattern& pattern, V
     const int fd = open(v->files[f].c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) return ErrnoError("cannot open", v->files[f]);
     v->fds.push_back(fd);
+    struct stat st;
+    if (fstat(fd, &st) != 0) return ErrnoError("cannot stat", v->files[f]);
+    v->stamps.push_back({.bytes = static_cast<uint64_t>(st.st_size),
+                         .mtime_ns = int64_t{st.st_mtim.tv_sec} * 1000000000 + st.st_mtim.tv_nsec});
     for (SafetensorsTensor& t : header->tensors) {
       const std::optional<ExpertKey> key = pattern.Match(t.name);
       if (!key) continue;
@@ -156,13 +184,49 @@ absl::Status SafetensorsStore::FindExpertTensors(const ExpertPattern& pattern, V
   return absl::OkStatus();
 }
 
-absl::Status SafetensorsStore::ReadManifest(const std::string& manifest_path, Variant* v) {
+absl::Status SafetensorsStore::ReadManifest(const std::string& manifest_path,
+                                            const std::string& pattern, bool check_mtime,
+                                            Variant* v) {
   absl::StatusOr<std::string> text = ReadFile(manifest_path);
   if (!text.ok()) return text.status();
   const nlohmann::json json = nlohmann::json::parse(*text, nullptr, false);
-  if (json.is_discarded() || !json.contains("tensors") || !json["tensors"].is_object()) {
+  if (json.is_discarded() || !json.is_object() || !json.contains("tensors") ||
+      !json["tensors"].is_object()) {
     return absl::DataLossError(absl::StrFormat(
         "manifest %s is corrupt; rebuild it with 'moe-router index'", manifest_path));
+  }
+  const auto disagrees = [&](const std::string& what) {
+    return absl::DataLossError(
+        absl::StrFormat("manifest %s disagrees with the data: %s; rebuild it with 'moe-router "
+                        "index' if the files are the ones to serve",
+                        manifest_path, what));
+  };
+  if (json.contains("pattern") && json["pattern"] != pattern) {
+    return disagrees(absl::StrFormat("it indexes tensors named like '%s', the store '%s'",
+                                     json["pattern"].dump(), pattern));
+  }
+  // Manifests of format 1 predate the file list; they are checked by
+  // tensor name only.
+  if (const auto files = json.find("files"); files != json.end()) {
+    if (!files->is_object() || files->size() != v->files.size()) {
+      return disagrees(absl::StrFormat("it lists %d files, the directory holds %d",
+                                       files->is_object() ? files->size() : 0, v->files.size()));
+    }
+    for (size_t f = 0; f < v->files.size(); ++f) {
+      const std::string base = fs::path(v->files[f]).filename().string();
+      const auto entry = files->find(base);
+      if (entry == files->end() || !entry->is_object()) {
+        return disagrees(absl::StrFormat("file %s is not in it", base));
+      }
+      const uint64_t bytes = entry->value("bytes", uint64_t{0});
+      if (bytes != v->stamps[f].bytes) {
+        return disagrees(absl::StrFormat("file %s is %d bytes, the manifest says %d", base,
+                                         v->stamps[f].bytes, bytes));
+      }
+      if (check_mtime && entry->value("mtime_ns", int64_t{0}) != v->stamps[f].mtime_ns) {
+        return disagrees(absl::StrFormat("file %s changed since it was indexed", base));
+      }
+    }
   }
   const nlohmann::json& sums = json["tensors"];
   for (auto& [key, refs] : v->experts) {
@@ -182,11 +246,13 @@ absl::Status SafetensorsStore::ReadManifest(const std::string& manifest_path, Va
   return absl::OkStatus();
 }
 
-absl::Status SafetensorsStore::HashTensors(Variant* v, const std::string& manifest_path,
-                                           const std::string& pattern) {
-  nlohmann::json sums = nlohmann::json::object();
+absl::Status SafetensorsStore::HashTensors(const std::function<absl::Status()>& interrupted,
+                                           Variant* v) {
   for (auto& [key, refs] : v->experts) {
     for (TensorRef& ref : refs) {
+      if (interrupted != nullptr) {
+        if (absl::Status s = interrupted(); !s.ok()) return s;
+      }
       absl::StatusOr<uint64_t> sum = ReadAndHash(v->fds[ref.file], ref.tensor, nullptr);
       if (!sum.ok()) {
         return absl::DataLossError(absl::StrFormat("cannot read tensor '%s' of file %s: %s",
@@ -194,12 +260,26 @@ absl::Status SafetensorsStore::HashTensors(Variant* v, const std::string& manife
                                                    sum.status().message()));
       }
       ref.checksum = *sum;
-      sums[ref.tensor.name] = Hex(*sum);
     }
   }
-  if (manifest_path.empty()) return absl::OkStatus();
-  const nlohmann::json manifest = {
-      {"format", "moe-router-manifest/1"}, {"pattern", pattern}, {"tensors", sums}};
+  return absl::OkStatus();
+}
+
+absl::Status SafetensorsStore::WriteManifest(const std::string& manifest_path,
+                                             const std::string& pattern, const Variant& v) {
+  nlohmann::json files = nlohmann::json::object();
+  for (size_t f = 0; f < v.files.size(); ++f) {
+    files[fs::path(v.files[f]).filename().string()] = {{"bytes", v.stamps[f].bytes},
+                                                       {"mtime_ns", v.stamps[f].mtime_ns}};
+  }
+  nlohmann::json sums = nlohmann::json::object();
+  for (const auto& [key, refs] : v.experts) {
+    for (const TensorRef& ref : refs) sums[ref.tensor.name] = Hex(ref.checksum);
+  }
+  const nlohmann::json manifest = {{"format", "moe-router-manifest/2"},
+                                   {"pattern", pattern},
+                                   {"files", files},
+                                   {"tensors", sums}};
   return WriteFileAtomically(manifest_path, manifest.dump(1));
 }
 
@@ -248,8 +328,7 @@ absl::StatusOr<std::unique_ptr<SafetensorsStore>> SafetensorsStore::Open(
   auto store = std::unique_ptr<SafetensorsStore>(new SafetensorsStore());
   store->options_ = options;
   for (const auto& [name, dir] : *variants) {
-    absl::StatusOr<Variant> v = IndexVariant(name, dir, options.expert_pattern,
-                                             options.write_manifest, /*rewrite_manifest=*/false);
+    absl::StatusOr<Variant> v = IndexVariant(name, dir, options, /*publish=*/false);
     if (!v.ok()) return v.status();
     store->variants_.push_back(*std::move(v));
   }
@@ -261,8 +340,7 @@ absl::StatusOr<size_t> SafetensorsStore::WriteManifests(const SafetensorsStoreOp
   if (!variants.ok()) return variants.status();
   size_t tensors = 0;
   for (const auto& [name, dir] : *variants) {
-    absl::StatusOr<Variant> v = IndexVariant(name, dir, options.expert_pattern,
-                                             /*write_manifest=*/true, /*rewrite_manifest=*/true);
+    absl::StatusOr<Variant> v = IndexVariant(name, dir, options, /*publish=*/true);
     if (!v.ok()) return v.status();
     for (const auto& [key, refs] : v->experts) tensors += refs.size();
     for (int fd : v->fds) close(fd);

@@ -1,6 +1,7 @@
 #ifndef MOE_ROUTER_CORE_SAFETENSORS_STORE_H_
 #define MOE_ROUTER_CORE_SAFETENSORS_STORE_H_
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -23,13 +24,26 @@ absl::StatusOr<std::string> ExpertPatternPreset(absl::string_view preset);
 /// Name of the sidecar checksum manifest in each variant directory.
 inline constexpr char kManifestFileName[] = "moe_router_manifest.json";
 
+/// Where each tensor's checksum comes from, in this order:
+/// - a manifest published beside the weights (`moe-router index DIR`,
+///   kManifestFileName): used and checked against the files (pattern, names
+///   and sizes), so corruption that predates the first start is caught;
+/// - else one this store computed before and cached in manifest_cache_dir,
+///   if the files are unchanged (same names, sizes and modification times);
+/// - else hashing every expert tensor now, cached when there is a cache
+///   directory. Nothing is ever written beside the weights by opening, so
+///   read-only checkpoints (as Kubernetes mounts them) open.
 struct SafetensorsStoreOptions {
   /// A directory of *.safetensors files, or of one subdirectory per
   /// precision variant (e.g. Q4_K/, Q2_K/), each holding such files.
   std::string directory;
   std::string expert_pattern = kMixtralExpertPattern;
-  /// Write the manifest when a variant has none (the first indexing).
-  bool write_manifest = true;
+  /// Where computed manifests are kept across starts ("" keeps them in
+  /// memory only). A cache that cannot be written is not an error.
+  std::string manifest_cache_dir = {};
+  /// Asked between tensors while hashing: a status other than OK (a
+  /// deadline, a cancellation) stops the open with it.
+  std::function<absl::Status()> interrupted = nullptr;
 };
 
 struct ExpertPattern;  // a compiled expert_pattern (safetensors_store.cc)
@@ -43,8 +57,9 @@ class SafetensorsStore final : public ExpertStore {
  public:
   static absl::StatusOr<std::unique_ptr<SafetensorsStore>> Open(
       const SafetensorsStoreOptions& options);
-  /// (Re)computes and atomically writes the manifest of every variant from
-  /// the files as they are now. Returns the number of tensors indexed.
+  /// (Re)computes and atomically writes the published manifest of every
+  /// variant, beside its weights, from the files as they are now
+  /// (`moe-router index`). Returns the number of tensors indexed.
   static absl::StatusOr<size_t> WriteManifests(const SafetensorsStoreOptions& options);
   ~SafetensorsStore() override;
 
@@ -63,6 +78,10 @@ class SafetensorsStore final : public ExpertStore {
   static constexpr char kDefaultVariant[] = "default";
 
  private:
+  struct FileStamp {
+    uint64_t bytes = 0;
+    int64_t mtime_ns = 0;
+  };
   struct TensorRef {
     int file = 0;
     SafetensorsTensor tensor;
@@ -73,19 +92,23 @@ class SafetensorsStore final : public ExpertStore {
     std::string directory;
     std::vector<std::string> files;
     std::vector<int> fds;
+    std::vector<FileStamp> stamps;  // per file, when indexed
     std::map<ExpertKey, std::vector<TensorRef>> experts;
   };
   SafetensorsStore() = default;
+  // Indexes one variant: its files and expert tensors, then checksums as
+  // the options describe; `publish` hashes and writes the published
+  // manifest instead.
   static absl::StatusOr<Variant> IndexVariant(const std::string& name, const std::string& directory,
-                                              const std::string& pattern, bool write_manifest,
-                                              bool rewrite_manifest);
-  // The steps of IndexVariant: the directory's files and their expert
-  // tensors; then each tensor's checksum, from the manifest, or by hashing
-  // the data (writing the manifest when `manifest_path` is not empty).
+                                              const SafetensorsStoreOptions& options, bool publish);
   static absl::Status FindExpertTensors(const ExpertPattern& pattern, Variant* v);
-  static absl::Status ReadManifest(const std::string& manifest_path, Variant* v);
-  static absl::Status HashTensors(Variant* v, const std::string& manifest_path,
-                                  const std::string& pattern);
+  // Checksums from a manifest that must match the files: their sizes, and
+  // with `check_mtime` their modification times too.
+  static absl::Status ReadManifest(const std::string& manifest_path, const std::string& pattern,
+                                   bool check_mtime, Variant* v);
+  static absl::Status HashTensors(const std::function<absl::Status()>& interrupted, Variant* v);
+  static absl::Status WriteManifest(const std::string& manifest_path, const std::string& pattern,
+                                    const Variant& v);
   const Variant* FindVariant(const std::string& precision) const;
 
   SafetensorsStoreOptions options_;

@@ -12,7 +12,8 @@
 
 namespace moe_router {
 
-absl::StatusOr<bool> ModelRegistry::Register(const v1::ModelSpec& spec) {
+absl::StatusOr<bool> ModelRegistry::Register(const v1::ModelSpec& spec,
+                                             const std::function<absl::Status()>& interrupted) {
   // The name is checked by ConfigFromSpec: an invalid one matches no model.
   {
     absl::ReaderMutexLock lock(&mu_);
@@ -31,7 +32,7 @@ absl::StatusOr<bool> ModelRegistry::Register(const v1::ModelSpec& spec) {
       EstimateFootprint(*config, spec.has_synthetic() ? spec.synthetic().expert_bytes() : 0);
   if (absl::Status s = Reserve(spec.name(), footprint); !s.ok()) return s;
   // Build outside the lock: opening a safetensors store reads files.
-  absl::StatusOr<std::shared_ptr<HostedModel>> hosted = Build(spec, *config);
+  absl::StatusOr<std::shared_ptr<HostedModel>> hosted = Build(spec, *config, interrupted);
   absl::MutexLock lock(&mu_);
   --registrations_under_way_;
   if (!hosted.ok()) {
@@ -71,9 +72,11 @@ absl::Status ModelRegistry::Reserve(const std::string& name, const ModelFootprin
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::shared_ptr<HostedModel>> ModelRegistry::Build(const v1::ModelSpec& spec,
-                                                                  const ModelConfig& config) {
-  auto store = StoreFromSpec(spec);
+absl::StatusOr<std::shared_ptr<HostedModel>> ModelRegistry::Build(
+    const v1::ModelSpec& spec, const ModelConfig& config,
+    const std::function<absl::Status()>& interrupted) {
+  const std::string manifests = options_.state_dir.empty() ? "" : options_.state_dir + "/manifests";
+  auto store = StoreFromSpec(spec, manifests, interrupted);
   if (!store.ok()) return store.status();
   auto engine = ModelEngine::Create(config, *std::move(store));
   if (!engine.ok()) return engine.status();
@@ -88,6 +91,10 @@ absl::StatusOr<std::shared_ptr<HostedModel>> ModelRegistry::Build(const v1::Mode
                      std::string(loaded.message()).c_str());
       }
     }
+  }
+  // The caller may have gone while the store opened.
+  if (interrupted != nullptr) {
+    if (absl::Status s = interrupted(); !s.ok()) return s;
   }
   auto hosted = std::make_shared<HostedModel>();
   hosted->spec = spec;

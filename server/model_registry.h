@@ -2,6 +2,7 @@
 #define MOE_ROUTER_SERVER_MODEL_REGISTRY_H_
 
 #include <atomic>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -31,7 +32,8 @@ struct RegistryOptions {
   /// With a state directory, a registered model starts from its saved
   /// learned state (`<dir>/<model>.state.json`) if one is there, and
   /// SaveStates() writes them. A torn or corrupt state file is logged to
-  /// stderr and ignored.
+  /// stderr and ignored. Checksum manifests computed for checkpoints that
+  /// publish none are kept in `<dir>/manifests`.
   std::string state_dir = {};
   /// Paging worker threads per model.
   uint32_t paging_threads = 2;
@@ -63,7 +65,11 @@ class ModelRegistry {
   /// are INVALID_ARGUMENT naming the field; a model past the memory limit
   /// or the model limit is RESOURCE_EXHAUSTED naming the numbers. Neither
   /// changes anything.
-  absl::StatusOr<bool> Register(const v1::ModelSpec& spec);
+  /// `interrupted` is asked between the slow steps (indexing a checkpoint):
+  /// a status other than OK (the call's deadline or cancellation) abandons
+  /// the registration with it.
+  absl::StatusOr<bool> Register(const v1::ModelSpec& spec,
+                                const std::function<absl::Status()>& interrupted = nullptr);
   absl::Status Unregister(const std::string& name);
   /// NOT_FOUND for an unknown name, INVALID_ARGUMENT for an empty one.
   absl::StatusOr<std::shared_ptr<const HostedModel>> Find(const std::string& name) const;
@@ -84,8 +90,9 @@ class ModelRegistry {
   absl::StatusOr<std::string> StatePath(const std::string& model) const;
   /// Reserves a registration's footprint and model slot, or says why not.
   absl::Status Reserve(const std::string& name, const ModelFootprint& footprint);
-  absl::StatusOr<std::shared_ptr<HostedModel>> Build(const v1::ModelSpec& spec,
-                                                     const ModelConfig& config);
+  absl::StatusOr<std::shared_ptr<HostedModel>> Build(
+      const v1::ModelSpec& spec, const ModelConfig& config,
+      const std::function<absl::Status()>& interrupted);
 
   const RegistryOptions options_;
   std::unique_ptr<std::atomic<uint64_t>[]> unknown_route_requests_ =

@@ -44,7 +44,9 @@ absl::StatusOr<ModelConfig> ConfigFromSpec(const v1::ModelSpec& spec) {
   return c;
 }
 
-absl::StatusOr<std::shared_ptr<const ExpertStore>> StoreFromSpec(const v1::ModelSpec& spec) {
+absl::StatusOr<std::shared_ptr<const ExpertStore>> StoreFromSpec(
+    const v1::ModelSpec& spec, const std::string& manifest_cache_dir,
+    const std::function<absl::Status()>& interrupted) {
   switch (spec.store_case()) {
     case v1::ModelSpec::kSynthetic: {
       auto store =
@@ -56,7 +58,9 @@ absl::StatusOr<std::shared_ptr<const ExpertStore>> StoreFromSpec(const v1::Model
     }
     case v1::ModelSpec::kSafetensors: {
       const v1::SafetensorsStoreSpec& st = spec.safetensors();
-      SafetensorsStoreOptions options{.directory = st.directory()};
+      SafetensorsStoreOptions options{.directory = st.directory(),
+                                      .manifest_cache_dir = manifest_cache_dir,
+                                      .interrupted = interrupted};
       if (!st.pattern().empty()) {
         options.expert_pattern = st.pattern();
       } else if (!st.name_preset().empty()) {

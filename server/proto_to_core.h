@@ -1,6 +1,7 @@
 #ifndef MOE_ROUTER_SERVER_PROTO_TO_CORE_H_
 #define MOE_ROUTER_SERVER_PROTO_TO_CORE_H_
 
+#include <functional>
 #include <memory>
 
 #include "absl/status/statusor.h"
@@ -18,8 +19,12 @@ namespace moe_router {
 absl::StatusOr<ModelConfig> ConfigFromSpec(const v1::ModelSpec& spec);
 
 /// Opens the spec's store (synthetic, or a safetensors directory) and checks
-/// it covers the model's shape.
-absl::StatusOr<std::shared_ptr<const ExpertStore>> StoreFromSpec(const v1::ModelSpec& spec);
+/// it covers the model's shape. A safetensors store keeps the manifests it
+/// computes in `manifest_cache_dir` ("": memory only) and stops hashing when
+/// `interrupted` says so (see SafetensorsStoreOptions).
+absl::StatusOr<std::shared_ptr<const ExpertStore>> StoreFromSpec(
+    const v1::ModelSpec& spec, const std::string& manifest_cache_dir = "",
+    const std::function<absl::Status()>& interrupted = nullptr);
 
 }  // namespace moe_router
 

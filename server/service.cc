@@ -14,14 +14,49 @@ namespace {
 
 // Runs `body` unless the caller already gave up, and finishes the call.
 template <typename Body>
-grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* context, Body body) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+void FinishUnary(grpc::CallbackServerContext* context, grpc::ServerUnaryReactor* reactor,
+                 Body body) {
   if (context->IsCancelled()) {
     reactor->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the caller"));
   } else {
     reactor->Finish(ToGrpcStatus(body()));
   }
+}
+
+template <typename Body>
+grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* context, Body body) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  FinishUnary(context, reactor, body);
   return reactor;
+}
+
+// The same for a body that may block: it runs on the pool, and the
+// callback thread returns at once.
+template <typename Body>
+grpc::ServerUnaryReactor* Blocking(BlockingCallPool& pool, grpc::CallbackServerContext* context,
+                                   Body body) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (!pool.Submit([context, reactor, body] { FinishUnary(context, reactor, body); })) {
+    reactor->Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                                 absl::StrFormat("%d model registrations and removals are queued "
+                                                 "already; retry later",
+                                                 kMaxQueuedBlockingCalls)));
+  }
+  return reactor;
+}
+
+// Whether a blocking call should stop: its caller went away or its
+// deadline passed (gRPC also cancels calls at server shutdown).
+std::function<absl::Status()> Interrupted(grpc::CallbackServerContext* context) {
+  return [context]() -> absl::Status {
+    if (absl::FromChrono(context->deadline()) < absl::Now()) {
+      return absl::DeadlineExceededError("the call's deadline passed before it was done");
+    }
+    if (context->IsCancelled()) {
+      return absl::CancelledError("the call was cancelled before it was done");
+    }
+    return absl::OkStatus();
+  };
 }
 
 void ToProto(const HostedModel& model, v1::ModelInfo* out) {
@@ -87,8 +122,8 @@ grpc::ServerUnaryReactor* MoeRouterService::Prefetch(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* MoeRouterService::RegisterModel(grpc::CallbackServerContext* context,
                                                           const v1::RegisterModelRequest* request,
                                                           v1::ModelInfo* response) {
-  return Unary(context, [&]() -> absl::Status {
-    auto created = registry_->Register(request->spec());
+  return Blocking(blocking_calls_, context, [=, this]() -> absl::Status {
+    auto created = registry_->Register(request->spec(), Interrupted(context));
     if (!created.ok()) return created.status();
     auto model = registry_->Find(request->spec().name());
     if (!model.ok()) return model.status();
@@ -101,7 +136,7 @@ grpc::ServerUnaryReactor* MoeRouterService::RegisterModel(grpc::CallbackServerCo
 grpc::ServerUnaryReactor* MoeRouterService::UnregisterModel(
     grpc::CallbackServerContext* context, const v1::UnregisterModelRequest* request,
     v1::UnregisterModelResponse*) {
-  return Unary(context, [&] {
+  return Blocking(blocking_calls_, context, [=, this] {
     return request->model().empty() ? absl::InvalidArgumentError("model name must not be empty")
                                     : registry_->Unregister(request->model());
   });

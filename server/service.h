@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "moe_router/v1/moe_router.grpc.pb.h"
+#include "server/blocking_call_pool.h"
 #include "server/model_registry.h"
 
 namespace moe_router {
@@ -13,17 +14,22 @@ struct ServiceLimits {
   uint32_t max_tokens_per_request = 65536;
 };
 
+/// RegisterModel and UnregisterModel calls waiting for a thread; more are
+/// RESOURCE_EXHAUSTED.
+inline constexpr size_t kMaxQueuedBlockingCalls = 64;
+
 /// Largest data payload of one FetchExpert chunk.
 inline constexpr uint64_t kExpertChunkBytes = 1 << 20;
 
 /// The MoeRouter gRPC service: thin handlers over the core engine, with
 /// absl::Status turned into grpc::Status at the edge. Unary handlers run
-/// inline on the callback threads. Routing, prefetch and stats are
+/// inline on the callback threads: routing, prefetch and stats are
 /// microseconds of CPU and never wait on I/O (paging happens on the engine's
 /// pool; FetchExpert completes from it). RegisterModel and UnregisterModel
-/// do block their callback thread today: registering opens the store (and
-/// hashes a new checkpoint), unregistering waits for the model's paging
-/// workers.
+/// block (registering opens the store and may hash a checkpoint,
+/// unregistering waits for the model's paging workers), so they run on
+/// threads of their own, and a registration stops at the call's deadline or
+/// cancellation.
 class MoeRouterService final : public v1::MoeRouter::CallbackService {
  public:
   MoeRouterService(ModelRegistry* registry, const ServiceLimits& limits)
@@ -69,6 +75,7 @@ class MoeRouterService final : public v1::MoeRouter::CallbackService {
 
   ModelRegistry* const registry_;
   const ServiceLimits limits_;
+  BlockingCallPool blocking_calls_{/*threads=*/2, kMaxQueuedBlockingCalls};
 };
 
 }  // namespace moe_router

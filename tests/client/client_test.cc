@@ -212,7 +212,7 @@ TEST(CliIndexTest, RebuildsTheManifestTheStoreAsksFor) {
       testing::RunCommand(std::string(MOE_ROUTER_CLI_PATH) + " index " + dir.path());
   EXPECT_EQ(indexed.exit_code, 0) << indexed.output;
   EXPECT_THAT(indexed.output, HasSubstr("indexed 24 tensors in " + dir.path()));
-  EXPECT_TRUE(SafetensorsStore::Open({.directory = dir.path(), .write_manifest = false}).ok());
+  EXPECT_TRUE(SafetensorsStore::Open({.directory = dir.path()}).ok());
 
   const testing::CommandResult missing =
       testing::RunCommand(std::string(MOE_ROUTER_CLI_PATH) + " index " + dir.File("absent"));

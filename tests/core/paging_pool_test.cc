@@ -106,7 +106,7 @@ TEST(PagingPoolTest, QueuedPrefetchCanBeCancelled) {
 TEST(PagingPoolTest, ChecksumFailureLeavesExpertAbsentAndCounts) {
   testing::TempDir dir;
   testing::WriteExpertShard(dir.File("m.safetensors"), 4, 8, 8, 9, kMixtralExpertPattern);
-  ASSERT_TRUE(SafetensorsStore::Open({.directory = dir.path()}).ok());
+  ASSERT_TRUE(SafetensorsStore::WriteManifests({.directory = dir.path()}).ok());  // published
   auto header = ReadSafetensorsHeader(dir.File("m.safetensors"));
   for (const auto& t : header->tensors) {
     if (t.name == "model.layers.3.block_sparse_moe.experts.1.w2.weight") {

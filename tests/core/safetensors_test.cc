@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <set>
 
 #include "absl/strings/str_replace.h"
 #include "core/checksum.h"
@@ -72,6 +73,11 @@ TEST(SafetensorsHeaderTest, MalformedFilesAreClearErrorsNamingTheFile) {
   EXPECT_THAT(error(), HasSubstr("data_offsets must be two unsigned integers"));
   WriteRaw(path, R"({"t":{"dtype":"U8","shape":[-1],"data_offsets":[0,1]}})", "a");
   EXPECT_THAT(error(), HasSubstr("non-integer dimension"));
+  WriteRaw(path,
+           R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},)"
+           R"("b":{"dtype":"U8","shape":[4],"data_offsets":[2,6]}})",
+           "abcdef");
+  EXPECT_THAT(error(), HasSubstr("tensors 'a' and 'b' overlap in the file's bytes"));
   EXPECT_THAT(
       std::string(ReadSafetensorsHeader(dir.File("missing.safetensors")).status().message()),
       HasSubstr("missing.safetensors"));
@@ -134,7 +140,8 @@ TEST_F(SafetensorsStoreTest, LoadsExpertsWithDtypesShapesAndChecksums) {
   EXPECT_EQ((*store)->Precisions(), std::vector<std::string>{"default"});
   EXPECT_EQ((*store)->ExpertCount("default"), 12u);
   EXPECT_EQ((*store)->Extent(), (ExpertKey{3, 4}));
-  EXPECT_TRUE(std::filesystem::exists(dir_.File(kManifestFileName)));
+  // Opening writes nothing beside the weights: they may be read-only.
+  EXPECT_FALSE(std::filesystem::exists(dir_.File(kManifestFileName)));
 
   auto info = (*store)->Info({2, 3}, "default");
   ASSERT_TRUE(info.ok());
@@ -161,7 +168,7 @@ TEST_F(SafetensorsStoreTest, LoadsExpertsWithDtypesShapesAndChecksums) {
 
 TEST_F(SafetensorsStoreTest, CorruptionAfterIndexingIsDataLossNamingFileAndTensor) {
   WriteCheckpoint(dir_.path(), kMixtralExpertPattern);
-  ASSERT_TRUE(SafetensorsStore::Open({.directory = dir_.path()}).ok());  // writes manifest
+  ASSERT_TRUE(SafetensorsStore::WriteManifests({.directory = dir_.path()}).ok());  // published
   const std::string shard = dir_.path() + "/model-00001.safetensors";
   auto header = ReadSafetensorsHeader(shard);
   ASSERT_TRUE(header.ok());
@@ -169,7 +176,7 @@ TEST_F(SafetensorsStoreTest, CorruptionAfterIndexingIsDataLossNamingFileAndTenso
   for (const auto& t : header->tensors) {
     if (t.name == victim) testing::CorruptByte(shard, t.begin + 5);
   }
-  // A new open trusts the manifest, so the corruption is caught at load.
+  // An open trusts the published manifest, so the corruption is caught at load.
   auto store = SafetensorsStore::Open({.directory = dir_.path()});
   ASSERT_TRUE(store.ok());
   auto expert = (*store)->Load({1, 2}, "default");
@@ -182,6 +189,94 @@ TEST_F(SafetensorsStoreTest, CorruptionAfterIndexingIsDataLossNamingFileAndTenso
   ASSERT_TRUE(indexed.ok());
   EXPECT_EQ(*indexed, 36u);
   EXPECT_TRUE((*SafetensorsStore::Open({.directory = dir_.path()}))->Load({1, 2}, "default").ok());
+}
+
+// A checksum computed at a start is kept in the cache directory, keyed by
+// the files' sizes and modification times, so bytes that rot later (same
+// size and time) are caught at load after a restart, as with a published
+// manifest. Without a cache, each start hashes afresh.
+TEST_F(SafetensorsStoreTest, ComputedManifestIsCachedOutsideTheCheckpoint) {
+  WriteCheckpoint(dir_.path(), kMixtralExpertPattern);
+  const auto listing = [&] {
+    std::set<std::string> names;
+    for (const auto& e : std::filesystem::directory_iterator(dir_.path())) {
+      names.insert(e.path().filename().string());
+    }
+    return names;
+  };
+  const std::set<std::string> before = listing();
+  TempDir cache;
+  const SafetensorsStoreOptions options{.directory = dir_.path(),
+                                        .manifest_cache_dir = cache.File("manifests")};
+  ASSERT_TRUE(SafetensorsStore::Open(options).ok());
+  EXPECT_EQ(listing(), before);
+  ASSERT_EQ(std::distance(std::filesystem::directory_iterator(cache.File("manifests")),
+                          std::filesystem::directory_iterator()),
+            1);
+
+  const std::string shard = dir_.path() + "/model-00001.safetensors";
+  const auto mtime = std::filesystem::last_write_time(shard);
+  auto header = ReadSafetensorsHeader(shard);
+  ASSERT_TRUE(header.ok());
+  for (const auto& t : header->tensors) {
+    if (t.name == "model.layers.0.block_sparse_moe.experts.1.w2.weight") {
+      testing::CorruptByte(shard, t.begin);
+    }
+  }
+  std::filesystem::last_write_time(shard, mtime);  // rot keeps the time
+  auto cached = SafetensorsStore::Open(options);
+  ASSERT_TRUE(cached.ok());
+  size_t data_loss = 0;
+  for (uint32_t l = 0; l < 2; ++l) {
+    for (uint32_t e = 0; e < 4; ++e) {
+      data_loss += absl::IsDataLoss((*cached)->Load({l, e}, "default").status());
+    }
+  }
+  EXPECT_EQ(data_loss, 1u);
+  EXPECT_TRUE(absl::IsDataLoss((*cached)->Load({0, 1}, "default").status()));
+  auto uncached = SafetensorsStore::Open({.directory = dir_.path()});
+  ASSERT_TRUE(uncached.ok());
+  EXPECT_TRUE((*uncached)->Load({0, 1}, "default").ok());
+}
+
+TEST_F(SafetensorsStoreTest, PublishedManifestThatDisagreesWithTheDataIsRefused) {
+  WriteCheckpoint(dir_.path(), kMixtralExpertPattern);
+  ASSERT_TRUE(SafetensorsStore::WriteManifests({.directory = dir_.path()}).ok());
+  // Another shard appears beside the indexed ones.
+  testing::WriteExpertShard(dir_.File("model-00003.safetensors"), 1, 1, 4, 9,
+                            "other.{layer}.{expert}.");
+  auto store = SafetensorsStore::Open({.directory = dir_.path()});
+  EXPECT_TRUE(absl::IsDataLoss(store.status()));
+  EXPECT_THAT(std::string(store.status().message()),
+              HasSubstr("disagrees with the data: it lists 2 files, the directory holds 3"));
+  std::filesystem::remove(dir_.File("model-00003.safetensors"));
+  // A shard of another size.
+  const std::string shard = dir_.File("model-00002.safetensors");
+  const std::string bytes = *ReadFile(shard);
+  ASSERT_TRUE(WriteFileAtomically(shard, bytes + "tail").ok());
+  store = SafetensorsStore::Open({.directory = dir_.path()});
+  EXPECT_THAT(std::string(store.status().message()),
+              HasSubstr("file model-00002.safetensors is " + std::to_string(bytes.size() + 4) +
+                        " bytes, the manifest says " + std::to_string(bytes.size())));
+  ASSERT_TRUE(WriteFileAtomically(shard, bytes).ok());
+  // Another naming pattern.
+  store = SafetensorsStore::Open(
+      {.directory = dir_.path(),
+       .expert_pattern = "model.layers.{layer}.block_sparse_moe.experts.{expert}.w"});
+  EXPECT_THAT(std::string(store.status().message()), HasSubstr("indexes tensors named like"));
+  EXPECT_TRUE(SafetensorsStore::Open({.directory = dir_.path()}).ok());
+}
+
+TEST_F(SafetensorsStoreTest, HashingStopsWhenInterrupted) {
+  WriteCheckpoint(dir_.path(), kMixtralExpertPattern);
+  int asked = 0;
+  auto store = SafetensorsStore::Open(
+      {.directory = dir_.path(), .interrupted = [&]() -> absl::Status {
+         return ++asked > 3 ? absl::DeadlineExceededError("the call's deadline passed")
+                            : absl::OkStatus();
+       }});
+  EXPECT_TRUE(absl::IsDeadlineExceeded(store.status()));
+  EXPECT_EQ(asked, 4);
 }
 
 TEST_F(SafetensorsStoreTest, TruncatedFileIsAnErrorNotACrash) {

@@ -1,16 +1,20 @@
 // The real server on 127.0.0.1:0, called through real channels.
 #include "server/server.h"
 
+#include <fcntl.h>
 #include <grpcpp/grpcpp.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <filesystem>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "core/checksum.h"
 #include "core/file_io.h"
 #include "core/resource_name.h"
 #include "core/safetensors.h"
+#include "core/safetensors_store.h"
 #include "gmock/gmock.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "gtest/gtest.h"
@@ -284,6 +288,55 @@ Fetched Fetch(v1::MoeRouter::Stub& stub, const std::string& model, uint32_t laye
   }
   out.status = reader->Finish();
   return out;
+}
+
+// Registration runs off gRPC's callback threads: while one blocks reading
+// its checkpoint's manifest (a FIFO no one writes yet), other calls are
+// answered; and its deadline is honoured: when the data finally arrives the
+// registration is abandoned, not completed behind the caller's back, and
+// its memory reservation is returned.
+TEST_F(ServerTest, RegistrationRunsOffCallbackThreadsAndHonoursItsDeadline) {
+  v1::ModelInfo info;
+  ASSERT_TRUE(Register(SmallSpec("tiny"), &info).ok());
+  const uint64_t committed = server_->registry().committed_bytes();
+  testing::TempDir dir;
+  testing::WriteExpertShard(dir.File("model.safetensors"), 4, 8, 8, 3, kMixtralExpertPattern);
+  ASSERT_TRUE(SafetensorsStore::WriteManifests({.directory = dir.path()}).ok());
+  const std::string manifest_path = dir.File(kManifestFileName);
+  const std::string manifest = *ReadFile(manifest_path);
+  std::filesystem::remove(manifest_path);
+  ASSERT_EQ(mkfifo(manifest_path.c_str(), 0600), 0);
+
+  v1::ModelSpec spec = SmallSpec("st");
+  spec.mutable_safetensors()->set_directory(dir.path());
+  grpc::Status registered;
+  std::thread caller([&] {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
+    v1::RegisterModelRequest request;
+    *request.mutable_spec() = spec;
+    v1::ModelInfo ignored;
+    registered = stub_->RegisterModel(&ctx, request, &ignored);
+  });
+  // The server is blocked reading the manifest once the FIFO has a reader.
+  int fifo = -1;
+  ASSERT_TRUE(testing::WaitFor([&] {
+    fifo = open(manifest_path.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+    return fifo >= 0;
+  }));
+  v1::RouteTokensResponse routed;
+  EXPECT_TRUE(Route("tiny", 0, std::vector<float>(8, 1.0f), &routed).ok());
+  grpc::ClientContext list_ctx;
+  v1::ListModelsResponse list;
+  ASSERT_TRUE(stub_->ListModels(&list_ctx, v1::ListModelsRequest(), &list).ok());
+  EXPECT_EQ(list.models_size(), 1);
+  caller.join();
+  EXPECT_EQ(registered.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+
+  ASSERT_EQ(write(fifo, manifest.data(), manifest.size()), static_cast<ssize_t>(manifest.size()));
+  close(fifo);
+  ASSERT_TRUE(testing::WaitFor([&] { return server_->registry().committed_bytes() == committed; }));
+  EXPECT_TRUE(absl::IsNotFound(server_->registry().Find("st").status()));
 }
 
 TEST_F(ServerTest, FetchExpertStreamsVerifiedBytesFromSafetensors) {
