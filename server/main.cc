@@ -29,6 +29,12 @@ ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain of the data port (en
 ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
 ABSL_FLAG(std::string, tls_client_ca, "",
           "PEM CA bundle; clients must present a certificate it signed (mutual TLS)");
+ABSL_FLAG(std::string, admin_client_ca, "",
+          "PEM CA bundle: RegisterModel and UnregisterModel only for clients presenting a "
+          "certificate it signed (needs --tls_cert/--tls_key); others get PERMISSION_DENIED");
+ABSL_FLAG(bool, disable_model_management, false,
+          "refuse RegisterModel and UnregisterModel (PERMISSION_DENIED): models come from "
+          "--config only");
 ABSL_FLAG(uint32_t, max_tokens_per_request, 65536, "tokens in one RouteTokens request");
 ABSL_FLAG(moe_router::ByteSize, memory_limit, {},
           "memory all models together may reserve (budgets, learned state, worker cache "
@@ -95,7 +101,9 @@ int main(int argc, char** argv) {
                moe_router::FormatBytes(memory_limit.bytes).c_str(), memory_limit.source.c_str());
   options.tls = {.cert = absl::GetFlag(FLAGS_tls_cert),
                  .key = absl::GetFlag(FLAGS_tls_key),
-                 .client_ca = absl::GetFlag(FLAGS_tls_client_ca)};
+                 .client_ca = absl::GetFlag(FLAGS_tls_client_ca),
+                 .admin_client_ca = absl::GetFlag(FLAGS_admin_client_ca)};
+  options.disable_model_management = absl::GetFlag(FLAGS_disable_model_management);
   auto server = moe_router::RouterServer::Start(options);
   if (!server.ok()) return Fatal(std::string(server.status().message()));
   for (const auto& spec : config.models()) {
@@ -109,6 +117,14 @@ int main(int argc, char** argv) {
   const char* security = options.tls.client_ca.empty()
                              ? (options.tls.cert.empty() ? "plaintext" : "TLS")
                              : "mutual TLS";
+  if (options.tls.cert.empty() && !moe_router::IsLoopback(options.listen)) {
+    std::fprintf(stderr,
+                 "moe-routerd: WARNING: serving plaintext on %s, which other machines can reach: "
+                 "anyone who can connect may route, fetch experts%s. Use --tls_cert and --tls_key "
+                 "(and --tls_client_ca), or listen on 127.0.0.1 behind a TLS proxy\n",
+                 options.listen.c_str(),
+                 options.disable_model_management ? "" : " and register or remove models");
+  }
   std::fprintf(stderr, "moe-routerd: listening on port %d (%s)\n", (*server)->port(), security);
 
   const int signal_number = moe_router::WaitForTerminationSignal(signals);

@@ -16,7 +16,10 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const ServerOp
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   auto credentials = ServerCredentialsFor(options.tls);
   if (!credentials.ok()) return credentials.status();
-  auto server = std::unique_ptr<RouterServer>(new RouterServer(options));
+  auto admin = AdminAccess::Create({.disable_model_management = options.disable_model_management,
+                                    .admin_client_ca = options.tls.admin_client_ca});
+  if (!admin.ok()) return admin.status();
+  auto server = std::unique_ptr<RouterServer>(new RouterServer(options, *std::move(admin)));
   grpc::ServerBuilder builder;
   builder.AddListeningPort(options.listen, *credentials, &server->port_);
   builder.SetMaxReceiveMessageSize(options.max_message_bytes);

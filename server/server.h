@@ -10,6 +10,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
+#include "server/admin_access.h"
 #include "server/metrics_exporter.h"
 #include "server/model_registry.h"
 #include "server/service.h"
@@ -24,6 +25,9 @@ struct ServerOptions {
   /// plaintext: kubelet gRPC probes and most scrapers speak no TLS, and
   /// neither port carries model data.
   TlsFiles tls;
+  /// Model management off, or for admin certificates only
+  /// (tls.admin_client_ca).
+  bool disable_model_management = false;
   ServiceLimits limits;
   /// Largest request or response message.
   int max_message_bytes = 64 << 20;
@@ -68,9 +72,10 @@ class RouterServer {
   void Shutdown(absl::Time deadline);
 
  private:
-  explicit RouterServer(const ServerOptions& options)
+  RouterServer(const ServerOptions& options, std::unique_ptr<AdminAccess> admin)
       : registry_(options.registry),
-        service_(&registry_, options.limits),
+        admin_(std::move(admin)),
+        service_(&registry_, admin_.get(), options.limits),
         snapshot_interval_(options.snapshot_interval) {}
   // Until shutdown: closes idle worker caches and saves learned state.
   void Housekeep();
@@ -78,6 +83,7 @@ class RouterServer {
   void SaveStates();
 
   ModelRegistry registry_;
+  std::unique_ptr<AdminAccess> admin_;
   MoeRouterService service_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<grpc::Server> health_server_;

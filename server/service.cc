@@ -122,6 +122,9 @@ grpc::ServerUnaryReactor* MoeRouterService::Prefetch(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* MoeRouterService::RegisterModel(grpc::CallbackServerContext* context,
                                                           const v1::RegisterModelRequest* request,
                                                           v1::ModelInfo* response) {
+  if (absl::Status s = admin_->Check(*context, "RegisterModel"); !s.ok()) {
+    return Unary(context, [&] { return s; });
+  }
   return Blocking(blocking_calls_, context, [=, this]() -> absl::Status {
     auto created = registry_->Register(request->spec(), Interrupted(context));
     if (!created.ok()) return created.status();
@@ -136,6 +139,9 @@ grpc::ServerUnaryReactor* MoeRouterService::RegisterModel(grpc::CallbackServerCo
 grpc::ServerUnaryReactor* MoeRouterService::UnregisterModel(
     grpc::CallbackServerContext* context, const v1::UnregisterModelRequest* request,
     v1::UnregisterModelResponse*) {
+  if (absl::Status s = admin_->Check(*context, "UnregisterModel"); !s.ok()) {
+    return Unary(context, [&] { return s; });
+  }
   return Blocking(blocking_calls_, context, [=, this] {
     return request->model().empty() ? absl::InvalidArgumentError("model name must not be empty")
                                     : registry_->Unregister(request->model());

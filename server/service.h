@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "moe_router/v1/moe_router.grpc.pb.h"
+#include "server/admin_access.h"
 #include "server/blocking_call_pool.h"
 #include "server/model_registry.h"
 
@@ -32,8 +33,9 @@ inline constexpr uint64_t kExpertChunkBytes = 1 << 20;
 /// cancellation.
 class MoeRouterService final : public v1::MoeRouter::CallbackService {
  public:
-  MoeRouterService(ModelRegistry* registry, const ServiceLimits& limits)
-      : registry_(registry), limits_(limits) {}
+  /// `admin` decides who may register and unregister models.
+  MoeRouterService(ModelRegistry* registry, const AdminAccess* admin, const ServiceLimits& limits)
+      : registry_(registry), admin_(admin), limits_(limits) {}
 
   grpc::ServerUnaryReactor* RouteTokens(grpc::CallbackServerContext* context,
                                         const v1::RouteTokensRequest* request,
@@ -74,6 +76,7 @@ class MoeRouterService final : public v1::MoeRouter::CallbackService {
   absl::Status Stats(const v1::GetModelStatsRequest& request, v1::ModelStats* response);
 
   ModelRegistry* const registry_;
+  const AdminAccess* const admin_;
   const ServiceLimits limits_;
   BlockingCallPool blocking_calls_{/*threads=*/2, kMaxQueuedBlockingCalls};
 };

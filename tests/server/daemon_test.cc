@@ -24,6 +24,9 @@
 namespace moe_router {
 namespace {
 
+using ::testing::HasSubstr;
+using ::testing::Not;
+
 // A moe-routerd child process. The destructor kills it if it still runs,
 // so a failed test never leaves it behind or hangs on it.
 class Daemon {
@@ -48,6 +51,7 @@ class Daemon {
     const absl::Time deadline = absl::Now() + absl::Seconds(30);
     std::string line;
     while (port_ == 0 && ReadLine(deadline, &line)) {
+      log_ += line + "\n";
       std::sscanf(line.c_str(), "moe-routerd: health on port %d", &health_port_);
       std::sscanf(line.c_str(), "moe-routerd: listening on port %d", &port_);
     }
@@ -62,6 +66,8 @@ class Daemon {
 
   int port() const { return port_; }
   int health_port() const { return health_port_; }
+  // What it printed up to the port line.
+  const std::string& startup_log() const { return log_; }
   pid_t pid() const { return pid_; }
   std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
 
@@ -106,6 +112,7 @@ class Daemon {
   int health_port_ = 0;
   int err_ = -1;
   std::string pending_;
+  std::string log_;
 };
 
 TEST(DaemonTest, ServesTheDefaultAndDrainsOnSigterm) {
@@ -237,6 +244,64 @@ TEST(DaemonTest, SigtermDrainsOpenCallsThenExits) {
   EXPECT_EQ(WEXITSTATUS(*status), 0);
   // The calls ended by finishing: the daemon did not sit out its timeout.
   EXPECT_LT(absl::Now() - sigterm, kDrainTimeout);
+}
+
+TEST(DaemonTest, PlaintextReachableFromOtherMachinesIsWarnedAbout) {
+  Daemon exposed({"--listen=0.0.0.0:0", "--metrics_listen=", "--health_listen="});
+  ASSERT_GT(exposed.port(), 0);
+  EXPECT_THAT(exposed.startup_log(),
+              HasSubstr("WARNING: serving plaintext on 0.0.0.0:0, which other machines can reach"));
+  Daemon local({"--listen=127.0.0.1:0", "--metrics_listen=", "--health_listen="});
+  ASSERT_GT(local.port(), 0);
+  EXPECT_THAT(local.startup_log(), Not(HasSubstr("WARNING")));
+  EXPECT_THAT(local.startup_log(), HasSubstr("models may reserve"));
+}
+
+// kill -9 while routing: what the restarted daemon learned from is the
+// last snapshot taken while serving (saved every --snapshot_interval), not
+// a fresh start; and it serves again.
+TEST(DaemonTest, KillNineThenRestartLoadsTheLastSnapshot) {
+  testing::TempDir dir;
+  const std::vector<std::string> args = {
+      "--listen=127.0.0.1:0", "--metrics_listen=", "--health_listen=", "--state_dir=" + dir.path(),
+      "--snapshot_interval=50ms"};
+  const std::string state = dir.File("mixtral-8x7b.state.json");
+  std::string snapshot;
+  {
+    Daemon d(args);
+    ASSERT_GT(d.port(), 0);
+    auto stub = v1::MoeRouter::NewStub(
+        grpc::CreateChannel(d.address(), grpc::InsecureChannelCredentials()));
+    const auto route = [&](uint32_t layer, uint64_t seed) {
+      grpc::ClientContext ctx;
+      v1::RouteTokensRequest request;
+      request.set_model("mixtral-8x7b");
+      request.set_layer(layer);
+      const std::vector<float> logits = testing::RandomLogits(16, 8, seed);
+      request.mutable_gate_logits()->Add(logits.begin(), logits.end());
+      v1::RouteTokensResponse response;
+      return stub->RouteTokens(&ctx, request, &response).ok();
+    };
+    for (uint32_t i = 0; i < 64; ++i) ASSERT_TRUE(route(i % 32, i));
+    // A snapshot holding that learning lands; then more routing, and kill -9
+    // with whatever is in flight.
+    ASSERT_TRUE(testing::WaitFor([&] {
+      const absl::StatusOr<std::string> saved = ReadFile(state);
+      // Every layer has learned (a layer's object ends with its token count).
+      return saved.ok() && saved->find("\"tokens\":0}") == std::string::npos;
+    }));
+    for (uint32_t i = 0; i < 64; ++i) ASSERT_TRUE(route(i % 32, 100 + i));
+    ASSERT_EQ(kill(d.pid(), SIGKILL), 0);
+    ASSERT_TRUE(d.WaitForExit(absl::Seconds(30)).has_value());
+    snapshot = *ReadFile(state);
+  }
+  Daemon restarted(args);
+  ASSERT_GT(restarted.port(), 0);
+  EXPECT_THAT(restarted.startup_log(), Not(HasSubstr("ignoring saved state")));
+  // Saved again at once on SIGTERM with no traffic: what it loaded.
+  ASSERT_EQ(kill(restarted.pid(), SIGTERM), 0);
+  ASSERT_TRUE(restarted.WaitForExit(absl::Seconds(30)).has_value());
+  EXPECT_EQ(*ReadFile(state), snapshot);
 }
 
 TEST(DaemonTest, BadConfigIsFatalWithTheReason) {

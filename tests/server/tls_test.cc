@@ -23,11 +23,13 @@ class TlsTest : public ::testing::Test {
   void SetUp() override { pki_ = testing::MakeTestCertificates(dir_.path()); }
 
   // A server on loopback with the given TLS files and one small model.
-  std::unique_ptr<RouterServer> StartServer(const TlsFiles& tls) {
+  std::unique_ptr<RouterServer> StartServer(const TlsFiles& tls,
+                                            bool disable_model_management = false) {
     ServerOptions options;
     options.listen = "127.0.0.1:0";
     options.health_listen = "127.0.0.1:0";
     options.tls = tls;
+    options.disable_model_management = disable_model_management;
     auto server = RouterServer::Start(options);
     EXPECT_TRUE(server.ok()) << server.status();
     if (!server.ok()) return nullptr;
@@ -43,6 +45,15 @@ class TlsTest : public ::testing::Test {
     if (!routed.ok()) return routed.status();
     EXPECT_THAT(routed->experts(), ::testing::ElementsAre(2u, 5u));
     return absl::OkStatus();
+  }
+
+  // Registers and then unregisters a model through a client with `tls`.
+  absl::Status ManageWith(const RouterServer& server, const ClientTls& tls) {
+    auto client = Client::Connect("127.0.0.1:" + std::to_string(server.port()), tls);
+    if (!client.ok()) return client.status();
+    auto registered = (*client)->Register(testing::SyntheticSpec("extra", 2, 1000, 8));
+    if (!registered.ok()) return registered.status();
+    return (*client)->Unregister("extra");
   }
 
   TlsFiles ServerFiles(bool mutual) const {
@@ -76,6 +87,64 @@ TEST_F(TlsTest, MutualTlsRequiresAClientCertificateItsCaSigned) {
   // The model saw exactly the one authenticated call.
   EXPECT_EQ(server->registry().Find("tiny").value()->engine->Stats().metrics.total.routed_tokens,
             1u);
+}
+
+// With mutual TLS and an admin CA: every client certificate the client CA
+// signed may route, only those the admin CA signed may manage models.
+TEST_F(TlsTest, AdminCaAloneMayManageModelsUnderMutualTls) {
+  TlsFiles files = ServerFiles(/*mutual=*/true);
+  files.admin_client_ca = pki_.admin_ca;
+  auto server = StartServer(files);
+  ASSERT_NE(server, nullptr);
+  const ClientTls worker = {.ca = pki_.ca, .cert = pki_.client_cert, .key = pki_.client_key};
+  const ClientTls admin = {.ca = pki_.ca, .cert = pki_.admin_cert, .key = pki_.admin_key};
+  EXPECT_TRUE(RouteWith(*server, worker).ok());
+  const absl::Status refused = ManageWith(*server, worker);
+  EXPECT_TRUE(absl::IsPermissionDenied(refused)) << refused;
+  EXPECT_THAT(refused.message(), HasSubstr("RegisterModel needs a client certificate signed by "
+                                           "the admin CA (--admin_client_ca)"));
+  const absl::Status managed = ManageWith(*server, admin);
+  EXPECT_TRUE(managed.ok()) << managed;
+  EXPECT_TRUE(absl::IsUnavailable(RouteWith(
+      *server, {.ca = pki_.ca, .cert = pki_.rogue_client_cert, .key = pki_.rogue_client_key})));
+  EXPECT_EQ(server->registry().List().size(), 1u);
+}
+
+// With TLS but no client CA, clients need no certificate to route, and an
+// admin certificate to manage models.
+TEST_F(TlsTest, AdminCaWithoutMutualTls) {
+  TlsFiles files = ServerFiles(/*mutual=*/false);
+  files.admin_client_ca = pki_.admin_ca;
+  auto server = StartServer(files);
+  ASSERT_NE(server, nullptr);
+  EXPECT_TRUE(RouteWith(*server, {.ca = pki_.ca}).ok());
+  const absl::Status refused = ManageWith(*server, {.ca = pki_.ca});
+  EXPECT_TRUE(absl::IsPermissionDenied(refused)) << refused;
+  EXPECT_THAT(refused.message(), HasSubstr("presented none"));
+  EXPECT_TRUE(
+      ManageWith(*server, {.ca = pki_.ca, .cert = pki_.admin_cert, .key = pki_.admin_key}).ok());
+}
+
+TEST_F(TlsTest, ModelManagementCanBeTurnedOff) {
+  auto server = StartServer({}, /*disable_model_management=*/true);
+  ASSERT_NE(server, nullptr);
+  EXPECT_TRUE(RouteWith(*server, {}).ok());
+  const absl::Status refused = ManageWith(*server, {});
+  EXPECT_TRUE(absl::IsPermissionDenied(refused)) << refused;
+  EXPECT_THAT(refused.message(), HasSubstr("--disable_model_management"));
+  auto client = Client::Connect("127.0.0.1:" + std::to_string(server->port()), {});
+  ASSERT_TRUE(client.ok());
+  EXPECT_TRUE(absl::IsPermissionDenied((*client)->Unregister("tiny")));
+  EXPECT_TRUE(server->registry().Find("tiny").ok());
+}
+
+TEST(ListenAddressTest, LoopbackIsTellable) {
+  for (const char* local : {"127.0.0.1:50051", "localhost:1", "[::1]:50051", "unix:/tmp/s"}) {
+    EXPECT_TRUE(IsLoopback(local)) << local;
+  }
+  for (const char* exposed : {"0.0.0.0:50051", "[::]:50051", "10.0.0.5:1", "router.local:1"}) {
+    EXPECT_FALSE(IsLoopback(exposed)) << exposed;
+  }
 }
 
 TEST_F(TlsTest, HealthPortStaysPlaintextForProbes) {

@@ -31,7 +31,9 @@ std::string Issue(const std::string& dir, const std::string& name, const std::st
 
 TestCertificates MakeTestCertificates(const std::string& dir) {
   const std::string script =
-      MakeCa(dir, "ca") + " && " + MakeCa(dir, "rogue_ca") + " && " +
+      MakeCa(dir, "ca") + " && " + MakeCa(dir, "rogue_ca") + " && " + MakeCa(dir, "admin_ca") +
+      " && " + Issue(dir, "admin", "operator", "extendedKeyUsage=clientAuth\\n", "admin_ca") +
+      " && " +
       Issue(dir, "server", "localhost",
             "subjectAltName=DNS:localhost,IP:127.0.0.1\\nextendedKeyUsage=serverAuth\\n", "ca") +
       " && " + Issue(dir, "client", "worker", "extendedKeyUsage=clientAuth\\n", "ca") + " && " +
@@ -50,7 +52,10 @@ TestCertificates MakeTestCertificates(const std::string& dir) {
           .client_key = key("client"),
           .rogue_ca = pem("rogue_ca"),
           .rogue_client_cert = pem("rogue_client"),
-          .rogue_client_key = key("rogue_client")};
+          .rogue_client_key = key("rogue_client"),
+          .admin_ca = pem("admin_ca"),
+          .admin_cert = pem("admin"),
+          .admin_key = key("admin")};
 }
 
 }  // namespace moe_router::testing

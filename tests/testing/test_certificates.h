@@ -14,6 +14,9 @@ struct TestCertificates {
   std::string client_cert, client_key;
   std::string rogue_ca;
   std::string rogue_client_cert, rogue_client_key;
+  /// A separate CA for operators, and a client certificate it signed.
+  std::string admin_ca;
+  std::string admin_cert, admin_key;
 };
 
 /// Generates the PKI in `dir` with Debian's openssl (valid for two days);
