@@ -46,7 +46,9 @@ MemoryLimit DefaultMemoryLimit() {
 bool AbslParseFlag(absl::string_view text, ByteSize* size, std::string* error) {
   absl::string_view number = absl::StripAsciiWhitespace(text);
   uint64_t multiplier = 1;
-  absl::ConsumeSuffix(&number, "iB") || absl::ConsumeSuffix(&number, "B");
+  // "20GiB", "20GB", and Kubernetes' "20Gi".
+  absl::ConsumeSuffix(&number, "iB") || absl::ConsumeSuffix(&number, "B") ||
+      absl::ConsumeSuffix(&number, "i");
   if (!number.empty()) {
     const char unit = absl::ascii_toupper(number.back());
     const size_t shift = unit == 'K'   ? 10

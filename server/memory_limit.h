@@ -24,8 +24,8 @@ MemoryLimit DefaultMemoryLimit();
 /// The same from a cgroup root and physical memory given (for tests).
 MemoryLimit MemoryLimitFrom(const std::string& cgroup_root, uint64_t physical_bytes);
 
-/// A byte count for flags: "512", "64M", "20GiB", "1.5G" (K, M, G and T are
-/// binary multiples, with or without "iB").
+/// A byte count for flags: "512", "64M", "20GiB", "256Mi", "1.5G" (K, M, G
+/// and T are binary multiples, with or without "iB" or Kubernetes' "i").
 struct ByteSize {
   uint64_t bytes = 0;
 };

@@ -43,6 +43,19 @@ def flag_values(container):
     return out
 
 
+# server/memory_limit.h: kServerHeadroomBytes.
+SERVER_HEADROOM_BYTES = 512 << 20
+
+
+def quantity_bytes(text):
+    """A Kubernetes memory quantity ("768Mi", "2Gi", "1000000") in bytes."""
+    units = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40}
+    for suffix, factor in units.items():
+        if text.endswith(suffix):
+            return int(text[:-len(suffix)]) * factor
+    return int(text)
+
+
 def port_of(address):
     return int(address.rsplit(":", 1)[1])
 
@@ -64,9 +77,13 @@ class DeployTest(unittest.TestCase):
         with tempfile.NamedTemporaryFile("w", suffix=".json") as config:
             config.write(configmap["data"]["models.json"])
             config.flush()
+            # The models must fit the manifest's memory limit: the server
+            # refuses to start otherwise.
+            _, container = router_container()
             server = subprocess.Popen(
                 [ROUTERD, "--listen=127.0.0.1:0", "--health_listen=",
-                 "--metrics_listen=127.0.0.1:0", f"--config={config.name}"],
+                 "--metrics_listen=127.0.0.1:0", f"--config={config.name}",
+                 f"--memory_limit={flag_values(container)['memory_limit']}"],
                 stderr=subprocess.PIPE, text=True)
             try:
                 metrics_port = None
@@ -133,6 +150,29 @@ class DeployTest(unittest.TestCase):
         self.assertIn(address["address"], services)
         self.assertEqual(cluster["health_checks"][0]["grpc_health_check"]["service_name"],
                          "readiness")
+
+        # The container's memory limit is what the models may reserve plus the
+        # server's own headroom, so the OOM killer never acts before
+        # RegisterModel refuses.
+        resources = container["resources"]
+        self.assertEqual(quantity_bytes(resources["limits"]["memory"]),
+                         quantity_bytes(flags["memory_limit"]) + SERVER_HEADROOM_BYTES)
+        self.assertLessEqual(quantity_bytes(resources["requests"]["memory"]),
+                             quantity_bytes(resources["limits"]["memory"]))
+
+        # The ServiceMonitor scrapes the Service in front of the replicas, on
+        # the port that serves /metrics.
+        (monitor,) = load_yaml_docs("kubernetes", "servicemonitor.yaml")
+        self.assertEqual(monitor["kind"], "ServiceMonitor")
+        selected = [d for d in services.values()
+                    if all(d["metadata"]["labels"].get(k) == v
+                           for k, v in monitor["spec"]["selector"]["matchLabels"].items())]
+        self.assertEqual([d["metadata"]["name"] for d in selected],
+                         [statefulset["spec"]["serviceName"]])
+        (endpoint,) = monitor["spec"]["endpoints"]
+        self.assertEqual(endpoint["path"], "/metrics")
+        (service_port,) = [p for p in selected[0]["spec"]["ports"] if p["name"] == endpoint["port"]]
+        self.assertEqual(service_port["targetPort"], "metrics")
 
         (prometheus,) = load_yaml_docs("prometheus", "prometheus.yml")
         sd = prometheus["scrape_configs"][0]["dns_sd_configs"][0]

@@ -50,6 +50,8 @@ TEST(ByteSizeFlagTest, ParsesUnitsAndRefusesNonsense) {
   EXPECT_EQ(size.bytes, uint64_t{64} << 20);
   ASSERT_TRUE(AbslParseFlag("20GiB", &size, &error));
   EXPECT_EQ(size.bytes, 20 * kGiB);
+  ASSERT_TRUE(AbslParseFlag("256Mi", &size, &error));
+  EXPECT_EQ(size.bytes, uint64_t{256} << 20);
   ASSERT_TRUE(AbslParseFlag("1.5g", &size, &error));
   EXPECT_EQ(size.bytes, 3 * kGiB / 2);
   ASSERT_TRUE(AbslParseFlag("18446744073709551615", &size, &error));
