@@ -37,6 +37,8 @@ const Command kCommands[] = {
      moe_router::LoadgenCommand},
     {"worker", "play inference workers with their own caches over a trace, moving the bytes",
      moe_router::WorkerCommand},
+    {"soak", "drive a server hard for a while, checking budgets, queues and memory throughout",
+     moe_router::SoakCommand},
 };
 
 int Usage(FILE* out) {

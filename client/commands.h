@@ -22,6 +22,7 @@ int StatsCommand(const std::vector<std::string>& args);
 int FetchCommand(const std::vector<std::string>& args);
 int LoadgenCommand(const std::vector<std::string>& args);
 int WorkerCommand(const std::vector<std::string>& args);
+int SoakCommand(const std::vector<std::string>& args);
 
 }  // namespace moe_router
 

@@ -20,6 +20,14 @@ std::vector<FlagSpec> WithServerFlags(std::vector<FlagSpec> flags) {
   return flags;
 }
 
+std::string ServerHost(const CommandLine& cl) {
+  const std::string server = cl.Value("server", "localhost:50051");
+  const size_t colon = server.rfind(':');
+  std::string host = server.substr(0, colon == std::string::npos ? server.size() : colon);
+  if (host.size() >= 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
+  return host;
+}
+
 absl::StatusOr<std::unique_ptr<Client>> ConnectToServer(const CommandLine& cl) {
   return Client::Connect(cl.Value("server", "localhost:50051"),
                          {.ca = cl.Value("tls_ca"),

@@ -20,6 +20,9 @@ FlagSpec ModelFlag(const std::string& help = "model");
 /// The model --model names, or the embedded default's.
 std::string ModelName(const CommandLine& cl);
 
+/// The host part of --server ("localhost" by default).
+std::string ServerHost(const CommandLine& cl);
+
 /// A client for the server those flags name.
 absl::StatusOr<std::unique_ptr<Client>> ConnectToServer(const CommandLine& cl);
 

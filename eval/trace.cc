@@ -106,6 +106,24 @@ absl::StatusOr<RoutingTrace> ReadLogitsTrace(const std::string& path, std::ifstr
       trace.top_k > trace.num_experts) {
     return bad("logits trace header has an impossible shape");
   }
+  // The records the header promises must be in the file before anything is
+  // sized from it: a header alone cannot make the reader allocate.
+  const std::streampos records_start = in.tellg();
+  in.seekg(0, std::ios::end);
+  const uint64_t record_bytes = static_cast<uint64_t>(in.tellg() - records_start);
+  in.seekg(records_start);
+  const uint64_t step_bytes = uint64_t{trace.num_experts} * sizeof(float);
+  uint64_t promised = 0;
+  for (const RoutingTrace::Run& run : trace.runs) {
+    const uint64_t steps = uint64_t{run.tokens} * trace.num_layers;  // < 2^64: both 32-bit
+    if (steps > record_bytes / step_bytes || promised > record_bytes - steps * step_bytes) {
+      return bad(absl::StrFormat(
+          "logits of run %s are truncated: the header promises more than the file's %d "
+          "bytes of records hold",
+          run.name, record_bytes));
+    }
+    promised += steps * step_bytes;
+  }
   for (RoutingTrace::Run& run : trace.runs) {
     for (uint32_t t = 0; t < run.tokens; ++t) {
       for (uint32_t l = 0; l < trace.num_layers; ++l) run.steps.push_back({t, l});

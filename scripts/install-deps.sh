@@ -12,6 +12,7 @@ packages=(
   libssl-dev  # verifying admin client certificates
   openssl  # test certificates for the TLS tests
   clang-format  # the format check (tests/format)
+  clang-14 libclang-rt-14-dev  # the sanitizer build and its libFuzzer targets
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -109,6 +109,11 @@ void ToProto(const ModelStats& s, v1::ModelStats* out) {
   out->set_evictions(s.cache.evictions);
   out->set_resident_bytes(s.cache.resident_bytes);
   out->set_budget_bytes(s.cache.budget_bytes);
+  out->set_loading_bytes(s.cache.loading_bytes);
+  out->set_peak_bytes(s.cache.peak_bytes);
+  uint64_t queued = 0;
+  for (uint64_t depth : s.queue_depth) queued += depth;
+  out->set_paging_queue_depth(queued);
   for (const auto& [precision, count] : s.resident_by_precision) {
     (*out->mutable_resident_by_precision())[precision] = count;
   }

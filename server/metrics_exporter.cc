@@ -1,5 +1,9 @@
 #include "server/metrics_exporter.h"
 
+#include <unistd.h>
+
+#include <cstdio>
+
 #include "absl/strings/str_format.h"
 #include "proto/grpc_status.h"
 
@@ -94,12 +98,24 @@ void AddWorkerCaches(Families& f, const std::vector<ClientMetric::Label>& labels
             labels, static_cast<double>(w.unplaced));
 }
 
+// The process's resident set, from /proc/self/statm (0 where unreadable).
+uint64_t ResidentMemoryBytes() {
+  std::FILE* f = std::fopen("/proc/self/statm", "r");
+  if (f == nullptr) return 0;
+  unsigned long long size = 0, resident = 0;
+  const int read = std::fscanf(f, "%llu %llu", &size, &resident);
+  std::fclose(f);
+  return read == 2 ? resident * static_cast<uint64_t>(sysconf(_SC_PAGESIZE)) : 0;
+}
+
 }  // namespace
 
 std::vector<MetricFamily> CollectMetrics(const ModelRegistry& registry) {
   Families f;
   f.Gauge("moe_router_build_info", "Build of the running moe-routerd.",
           {{"version", MOE_ROUTER_VERSION}}, 1);
+  f.Gauge("process_resident_memory_bytes", "Resident memory of moe-routerd.", {},
+          static_cast<double>(ResidentMemoryBytes()));
   f.Gauge("moe_router_memory_limit_bytes", "What all models together may reserve (--memory_limit).",
           {}, static_cast<double>(registry.memory_limit_bytes()));
   f.Gauge("moe_router_memory_committed_bytes",

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "client/http_get.h"
 #include "client/server_replay.h"
 #include "client/worker_cache.h"
 #include "client/worker_play.h"
@@ -156,7 +157,7 @@ TEST_F(WorkerCacheTest, ConcurrentWorkersEachMatchTheirOwnOfflineReplay) {
   EXPECT_EQ(totals->open_caches(), 2u);
   EXPECT_EQ(totals->workers().hits() + totals->workers().misses(), trace.Accesses());
   // Prometheus: per model, no per-cache label.
-  const std::string metrics = testing::HttpGet(server_->metrics_port(), "/metrics");
+  const std::string metrics = HttpGet("127.0.0.1", server_->metrics_port(), "/metrics").value();
   EXPECT_THAT(metrics, HasSubstr("moe_router_worker_caches_open{model=\"m\"} 2"));
   EXPECT_THAT(metrics, HasSubstr(absl::StrCat("moe_router_worker_cache_hits_total{model=\"m\"} ",
                                               totals->workers().hits())));

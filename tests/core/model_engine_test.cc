@@ -4,10 +4,12 @@
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "core/synthetic_store.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/testing/gated_store.h"
 #include "tests/testing/test_util.h"
 
 namespace moe_router {
@@ -249,6 +251,47 @@ TEST(ModelEngineTest, ConcurrentWorkersOnManyLayers) {
   EXPECT_EQ(stats.metrics.total.routed_tokens, 4u * 200 * 16);
   EXPECT_EQ(stats.metrics.total.hits + stats.metrics.total.misses, 4u * 200 * 16 * 2);
   EXPECT_LE(stats.cache.peak_bytes, config.budget_bytes);
+}
+
+// A store that does not answer (a slow disk, a hung network volume) holds
+// only the paging workers: routing queues its page-ins and answers at once,
+// with the experts reported absent, and urgent page-ins are served before
+// the prefetches queued earlier once the store answers.
+TEST(ModelEngineTest, RoutingNeverWaitsForASlowStore) {
+  auto store = std::make_shared<testing::GatedStore>(kExpertBytes);
+  ModelConfig config = SmallModel(4);
+  config.paging.threads = 1;
+  auto model = *ModelEngine::Create(config, store);
+  absl::Notification routed;
+  std::vector<RouteOutcome> outcomes;
+  std::thread caller([&] {
+    for (uint32_t i = 0; i < 8; ++i)
+      outcomes.push_back(*model->Route(i % 4, testing::RandomLogits(4, 8, i)));
+    routed.Notify();
+  });
+  const bool answered = routed.WaitForNotificationWithTimeout(absl::Seconds(30));
+  store->Open();  // whatever happened, let the caller finish
+  caller.join();
+  ASSERT_TRUE(answered) << "Route waited for the store";
+  ASSERT_GT(store->loaded().size(), 0u);
+  for (const RouteOutcome& o : outcomes) {
+    EXPECT_THAT(o.batch.resident, ::testing::Each(0)) << "nothing could have been loaded";
+  }
+  // The first load was taken while the gate was closed; after it, every
+  // urgent page-in queued by routing ran before any prefetch.
+  Drain(*model);
+  std::vector<ExpertKey> urgent;
+  for (const RouteOutcome& o : outcomes)
+    urgent.insert(urgent.end(), o.urgent.begin(), o.urgent.end());
+  const std::vector<ExpertKey> loaded = store->loaded();
+  size_t first_prefetch = loaded.size();
+  for (size_t i = 1; i < loaded.size(); ++i) {
+    if (std::find(urgent.begin(), urgent.end(), loaded[i]) == urgent.end()) {
+      first_prefetch = std::min(first_prefetch, i);
+    } else {
+      EXPECT_LT(i, first_prefetch) << "an urgent page-in ran after a prefetch";
+    }
+  }
 }
 
 }  // namespace

@@ -97,6 +97,23 @@ TEST(TraceTest, LogitsTraceRoundTripsAndRecomputesTopK) {
               HasSubstr("run seq1 are truncated"));
 }
 
+// A header alone cannot make the reader allocate: what it promises must be
+// in the file.
+TEST(TraceTest, LogitsTraceHeaderPromisingMoreThanTheFileIsRefused) {
+  testing::TempDir dir;
+  const std::string header =
+      R"({"format":"moe-router-logits/1","num_layers":4000000000,"num_experts":4000000000,)"
+      R"("top_k":1,"runs":[{"name":"huge","tokens":4000000000}]})";
+  for (const std::string& records : {std::string(), std::string(64, '\0')}) {
+    const auto trace = ReadText(dir, header + "\n" + records);
+    ASSERT_FALSE(trace.ok());
+    EXPECT_THAT(std::string(trace.status().message()),
+                HasSubstr("logits of run huge are truncated: the header promises more than the "
+                          "file's " +
+                          std::to_string(records.size()) + " bytes of records hold"));
+  }
+}
+
 TEST(TraceTest, StatsOfAKnownTrace) {
   testing::TempDir dir;
   // One layer, three tokens: {0,1} -> {1,2} -> {3,2}.

@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "client/http_get.h"
 #include "core/checksum.h"
 #include "core/file_io.h"
 #include "core/resource_name.h"
@@ -409,7 +410,7 @@ TEST_F(ServerTest, MetricsScrapePassesPromtoolAndCounts) {
   ASSERT_FALSE(Route("tiny", 0, std::vector<float>(5, 0.0f), &routed).ok());
   ASSERT_FALSE(Route("ghost", 0, std::vector<float>(8, 0.0f), &routed).ok());
   ASSERT_GT(server_->metrics_port(), 0);
-  const std::string body = testing::HttpGet(server_->metrics_port(), "/metrics");
+  const std::string body = HttpGet("127.0.0.1", server_->metrics_port(), "/metrics").value();
   EXPECT_THAT(body, HasSubstr("moe_router_routed_tokens_total{model=\"tiny\"} 3"));
   EXPECT_THAT(body, HasSubstr("moe_router_route_requests_total{model=\"tiny\",code=\"OK\"} 1"));
   EXPECT_THAT(
@@ -565,7 +566,7 @@ TEST(ServerStateTest, SnapshotsWhileServingAndAFailedOneKeepsThePrevious) {
   ASSERT_NE(engine->ExportState(), learned);
   ASSERT_TRUE(testing::WaitFor([&] { return server->registry().snapshot_failures() >= 2; }));
   EXPECT_EQ(*ReadFile(path), learned);
-  EXPECT_THAT(testing::HttpGet(server->metrics_port(), "/metrics"),
+  EXPECT_THAT(HttpGet("127.0.0.1", server->metrics_port(), "/metrics").value(),
               ::testing::ContainsRegex("moe_router_state_snapshot_failures_total [1-9]"));
 }
 

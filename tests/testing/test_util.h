@@ -50,9 +50,6 @@ struct CommandResult {
 /// test instead of hanging it.
 CommandResult RunCommand(const std::string& command);
 
-/// GET http://127.0.0.1:port/path over a plain socket; the response body.
-std::string HttpGet(int port, const std::string& path);
-
 /// Polls `condition` until it holds or `timeout` passes; whether it held.
 /// For waits on another thread's progress that must not hang a test.
 bool WaitFor(const std::function<bool()>& condition, absl::Duration timeout = absl::Seconds(30));
