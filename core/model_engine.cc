@@ -28,6 +28,15 @@ absl::Status ModelConfig::Validate() const {
   if (absl::Status s = router.Validate(); !s.ok()) return s;
   if (absl::Status s = affinity.Validate(); !s.ok()) return s;
   if (absl::Status s = precision.Validate(); !s.ok()) return s;
+  if (!(targets.min_hit_rate >= 0 && targets.min_hit_rate <= 1)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "model.targets.min_hit_rate must be in [0, 1], got %g", targets.min_hit_rate));
+  }
+  if (!(targets.max_route_us_per_token >= 0) || !std::isfinite(targets.max_route_us_per_token)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("model.targets.max_route_us_per_token must be finite and >= 0, got %g",
+                        targets.max_route_us_per_token));
+  }
   if (prefetch_next_layer > router.num_experts) {
     return absl::InvalidArgumentError(
         absl::StrFormat("model.prefetch_next_layer (%d) must be <= num_experts (%d)",

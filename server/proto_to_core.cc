@@ -24,6 +24,7 @@ absl::StatusOr<ModelConfig> ConfigFromSpec(const v1::ModelSpec& spec) {
     if (r.has_protected_top()) c.router.protected_top = r.protected_top();
     c.router.max_rank = r.max_rank();
     if (r.has_min_gate_mass()) c.router.min_gate_mass = r.min_gate_mass();
+    if (r.has_range_ema_alpha()) c.router.range_ema_alpha = r.range_ema_alpha();
   }
   if (spec.has_affinity()) {
     const v1::AffinitySettings& a = spec.affinity();
@@ -39,6 +40,14 @@ absl::StatusOr<ModelConfig> ConfigFromSpec(const v1::ModelSpec& spec) {
     if (!p.hot_precision().empty()) c.precision.hot_precision = p.hot_precision();
     if (!p.warm_precision().empty()) c.precision.warm_precision = p.warm_precision();
     if (!p.cold_precision().empty()) c.precision.cold_precision = p.cold_precision();
+    if (p.has_warmup_tokens()) c.precision.warmup_tokens = p.warmup_tokens();
+  }
+  if (spec.has_targets()) {
+    const v1::TargetSettings& t = spec.targets();
+    if (t.has_min_hit_rate()) c.targets.min_hit_rate = t.min_hit_rate();
+    if (t.has_max_route_us_per_token()) {
+      c.targets.max_route_us_per_token = t.max_route_us_per_token();
+    }
   }
   if (absl::Status s = c.Validate(); !s.ok()) return s;
   return c;

@@ -137,6 +137,8 @@ TEST(ModelSpecTest, ZeroTurnsASettingOff) {
   spec.mutable_router()->set_min_gate_mass(0);
   spec.mutable_affinity()->set_boost(0);
   spec.mutable_precision()->set_warm_threshold(0);
+  spec.mutable_precision()->set_warmup_tokens(0);
+  spec.mutable_targets()->set_min_hit_rate(0);
   auto config = ConfigFromSpec(spec);
   ASSERT_TRUE(config.ok()) << config.status();
   const ModelConfig defaults;
@@ -151,7 +153,10 @@ TEST(ModelSpecTest, ZeroTurnsASettingOff) {
         std::tuple{"min_gate_mass", config->router.min_gate_mass, defaults.router.min_gate_mass},
         std::tuple{"boost", config->affinity.boost, defaults.affinity.boost},
         std::tuple{"warm_threshold", config->precision.warm_threshold,
-                   defaults.precision.warm_threshold}}) {
+                   defaults.precision.warm_threshold},
+        std::tuple{"warmup_tokens", static_cast<double>(config->precision.warmup_tokens),
+                   static_cast<double>(defaults.precision.warmup_tokens)},
+        std::tuple{"min_hit_rate", config->targets.min_hit_rate, defaults.targets.min_hit_rate}}) {
     EXPECT_EQ(value, 0.0) << field;
     EXPECT_NE(default_value, 0.0) << field << ": the default is 0 already";
   }
@@ -165,6 +170,28 @@ TEST(ModelSpecTest, ZeroTurnsASettingOff) {
   EXPECT_TRUE(from_json.has_prefetch_next_layer());
   EXPECT_TRUE(from_json.router().has_cache_bonus());
   EXPECT_FALSE(from_json.router().has_min_gate_mass());
+}
+
+// The settings that had no field: set through the spec, checked by name.
+TEST(ModelSpecTest, TargetsWarmupAndRangeEmaAreSettable) {
+  v1::ModelSpec spec = BaseSpec();
+  spec.mutable_router()->set_range_ema_alpha(0.25);
+  spec.mutable_precision()->set_warmup_tokens(1000);
+  spec.mutable_targets()->set_min_hit_rate(0.5);
+  spec.mutable_targets()->set_max_route_us_per_token(3);
+  auto config = ConfigFromSpec(spec);
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->router.range_ema_alpha, 0.25);
+  EXPECT_EQ(config->precision.warmup_tokens, 1000u);
+  EXPECT_EQ(config->targets.min_hit_rate, 0.5);
+  EXPECT_EQ(config->targets.max_route_us_per_token, 3.0);
+  spec.mutable_router()->set_range_ema_alpha(0);
+  EXPECT_THAT(std::string(ConfigFromSpec(spec).status().message()),
+              ::testing::HasSubstr("router.range_ema_alpha must be in (0, 1]"));
+  spec = BaseSpec();
+  spec.mutable_targets()->set_min_hit_rate(1.5);
+  EXPECT_THAT(std::string(ConfigFromSpec(spec).status().message()),
+              ::testing::HasSubstr("model.targets.min_hit_rate must be in [0, 1]"));
 }
 
 // The paging threads come from the server (--paging_threads), not the spec.

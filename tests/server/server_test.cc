@@ -114,6 +114,28 @@ TEST_F(ServerTest, RegistersRoutesAndReportsStats) {
   EXPECT_EQ(list.models(0).spec().name(), "tiny");
 }
 
+// ListModels answers with the spec as registered: a setting given as 0
+// stays given (not dropped as a default), so a client can tell.
+TEST_F(ServerTest, ListModelsEchoesTheSpecAsRegistered) {
+  v1::ModelSpec spec = SmallSpec("zeroes");
+  spec.set_prefetch_next_layer(0);
+  spec.mutable_router()->set_min_gate_mass(0);
+  spec.mutable_precision()->set_warmup_tokens(0);
+  spec.mutable_targets()->set_min_hit_rate(0);
+  v1::ModelInfo info;
+  ASSERT_TRUE(Register(spec, &info).ok());
+  grpc::ClientContext ctx;
+  v1::ListModelsResponse list;
+  ASSERT_TRUE(stub_->ListModels(&ctx, v1::ListModelsRequest(), &list).ok());
+  ASSERT_EQ(list.models_size(), 1);
+  const v1::ModelSpec& echoed = list.models(0).spec();
+  EXPECT_EQ(echoed.SerializeAsString(), spec.SerializeAsString());
+  EXPECT_TRUE(echoed.has_prefetch_next_layer());
+  EXPECT_TRUE(echoed.router().has_min_gate_mass());
+  EXPECT_TRUE(echoed.targets().has_min_hit_rate());
+  EXPECT_FALSE(echoed.router().has_cache_bonus());
+}
+
 TEST_F(ServerTest, ErrorsAreClearStatuses) {
   v1::ModelInfo info;
   ASSERT_TRUE(Register(SmallSpec("tiny"), &info).ok());
