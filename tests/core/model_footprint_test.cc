@@ -32,8 +32,12 @@ uint64_t HeapInUse() {
 class FootprintBoundsTest : public ::testing::TestWithParam<std::array<uint32_t, 3>> {};
 
 TEST_P(FootprintBoundsTest, BoundsWhatCreateAndAWorkerCacheAllocate) {
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(__SANITIZE_ADDRESS__)  // GCC
   GTEST_SKIP() << "AddressSanitizer's allocator is not seen by mallinfo2";
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)  // clang
+  GTEST_SKIP() << "AddressSanitizer's allocator is not seen by mallinfo2";
+#endif
 #endif
   const auto [layers, experts, top_k] = GetParam();
   ModelConfig config = Shape(layers, experts, top_k);

@@ -44,7 +44,8 @@ void Handle(ModelEngine& engine, uint8_t kind, const std::string& payload) {
     case 0: {
       v1::RouteTokensRequest r;
       if (!r.ParseFromString(payload)) return;
-      if (r.gate_logits_size() / 8 > kMaxTokens) return;  // the service refuses these first
+      // The service refuses these first.
+      if (static_cast<uint32_t>(r.gate_logits_size()) / 8 > kMaxTokens) return;
       Check(engine.Route(r.layer(), r.gate_logits(), r.cache()).status());
       return;
     }
