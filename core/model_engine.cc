@@ -496,27 +496,27 @@ absl::Status ModelEngine::CheckExpert(ExpertKey key) const {
   return absl::OkStatus();
 }
 
-void ModelEngine::FetchAsync(ExpertKey key, FetchCallback done) {
+void ModelEngine::FetchAsync(ExpertKey key, absl::Time deadline, FetchCallback done) {
   if (absl::Status s = CheckExpert(key); !s.ok()) return done(s);
-  // An expert can be evicted between its page-in and our pin: a few tries
-  // settle that without looping forever under a thrashing budget.
-  constexpr int kAttempts = 4;
-  FetchAttempt(key, std::move(done), kAttempts);
+  FetchAttempt(key, deadline, std::move(done), 0);
 }
 
-void ModelEngine::FetchAttempt(ExpertKey key, FetchCallback done, int attempts_left) {
+void ModelEngine::FetchAttempt(ExpertKey key, absl::Time deadline, FetchCallback done,
+                               int attempt) {
   absl::StatusOr<PinnedExpert> pinned = cache_->Get(key);
   if (pinned.ok()) return done(std::move(pinned));
-  if (attempts_left == 0) {
-    return done(absl::UnavailableError(absl::StrFormat(
-        "expert %s was evicted again right after each page-in: the budget is too small for "
-        "the load",
-        key.ToString())));
+  // Evicted again between its page-in and this pin: under a thrashing
+  // budget that can repeat, so retry as long as the caller waits.
+  if (attempt > 0 && absl::Now() >= deadline) {
+    return done(absl::DeadlineExceededError(absl::StrFormat(
+        "expert %s was evicted again right after each of %d page-ins before the deadline: the "
+        "budget is too small for the load",
+        key.ToString(), attempt)));
   }
   pool_->PageIn(key, Priority::kUrgent)
-      ->OnDone([this, key, done = std::move(done), attempts_left](const absl::Status& s) {
+      ->OnDone([this, key, deadline, done = std::move(done), attempt](const absl::Status& s) {
         if (!s.ok()) return done(s);
-        FetchAttempt(key, std::move(done), attempts_left - 1);
+        FetchAttempt(key, deadline, std::move(done), attempt + 1);
       });
 }
 
@@ -531,7 +531,7 @@ absl::StatusOr<PinnedExpert> ModelEngine::Fetch(ExpertKey key, absl::Time deadli
       absl::StatusOr<PinnedExpert> value;
     };
     auto result = std::make_shared<Result>();
-    FetchAsync(key, [result](absl::StatusOr<PinnedExpert> r) {
+    FetchAsync(key, deadline, [result](absl::StatusOr<PinnedExpert> r) {
       result->value = std::move(r);
       result->ready.Notify();
     });

@@ -149,8 +149,10 @@ class ModelEngine {
   absl::StatusOr<PinnedExpert> Fetch(ExpertKey key, absl::Time deadline);
   /// The same without blocking: `done` runs once, on this thread or a
   /// paging worker. A budget full of pinned experts is RESOURCE_EXHAUSTED.
+  /// An expert evicted between its page-in and the pin (a thrashing
+  /// budget) is paged in again until `deadline`, then DEADLINE_EXCEEDED.
   using FetchCallback = std::function<void(absl::StatusOr<PinnedExpert>)>;
-  void FetchAsync(ExpertKey key, FetchCallback done);
+  void FetchAsync(ExpertKey key, absl::Time deadline, FetchCallback done);
 
   ModelStats Stats() const;
   /// A FetchExpert served from this server's memory took `seconds`.
@@ -216,7 +218,7 @@ class ModelEngine {
                      std::vector<ExpertKey>* queued);
   void RepageChangedClasses(uint32_t layer);
   absl::Status CheckExpert(ExpertKey key) const;
-  void FetchAttempt(ExpertKey key, FetchCallback done, int attempts_left);
+  void FetchAttempt(ExpertKey key, absl::Time deadline, FetchCallback done, int attempt);
 
   const ModelConfig config_;
   const std::shared_ptr<const ExpertStore> store_;

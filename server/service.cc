@@ -229,11 +229,11 @@ MoeRouterService::RouteStream(grpc::CallbackServerContext*) {
 // never sees a deleted reactor.
 class FetchExpertReactor final : public grpc::ServerWriteReactor<v1::ExpertChunk> {
  public:
-  FetchExpertReactor(std::shared_ptr<const HostedModel> model, ExpertKey key)
+  FetchExpertReactor(std::shared_ptr<const HostedModel> model, ExpertKey key, absl::Time deadline)
       : model_(std::move(model)),
         start_(absl::Now()),
         from_memory_(model_->engine->cache().IsResident(key)) {
-    model_->engine->FetchAsync(key, [this](absl::StatusOr<PinnedExpert> expert) {
+    model_->engine->FetchAsync(key, deadline, [this](absl::StatusOr<PinnedExpert> expert) {
       if (!expert.ok()) return Finish(ToGrpcStatus(expert.status()));
       {
         absl::MutexLock lock(&mu_);
@@ -291,7 +291,7 @@ class FetchExpertReactor final : public grpc::ServerWriteReactor<v1::ExpertChunk
 };
 
 grpc::ServerWriteReactor<v1::ExpertChunk>* MoeRouterService::FetchExpert(
-    grpc::CallbackServerContext*, const v1::FetchExpertRequest* request) {
+    grpc::CallbackServerContext* context, const v1::FetchExpertRequest* request) {
   auto model = registry_->Find(request->model());
   if (!model.ok()) {
     // A reactor that only reports the error.
@@ -302,7 +302,11 @@ grpc::ServerWriteReactor<v1::ExpertChunk>* MoeRouterService::FetchExpert(
     };
     return new Failed(model.status());
   }
-  return new FetchExpertReactor(*std::move(model), {request->layer(), request->expert()});
+  // Retries under a thrashing budget stop at the call's deadline, or after
+  // a minute for a call without one.
+  const absl::Time deadline =
+      std::min(absl::FromChrono(context->deadline()), absl::Now() + absl::Minutes(1));
+  return new FetchExpertReactor(*std::move(model), {request->layer(), request->expert()}, deadline);
 }
 
 grpc::ServerUnaryReactor* MoeRouterService::GetModelStats(grpc::CallbackServerContext* context,
