@@ -62,15 +62,18 @@ def main():
 
             start = time.monotonic()
             server = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-            stub = pb_grpc.MoeRouterStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
             request = pb.RouteTokensRequest(model="mixtral-8x7b", layer=0,
                                             gate_logits=[0.0] * 8)
             while True:
-                try:
-                    stub.RouteTokens(request, timeout=1)
-                    break
-                except grpc.RpcError:
-                    time.sleep(0.005)
+                # A fresh channel per try: a failed one would wait out gRPC's
+                # reconnect backoff (1 s and up), which is not the server's.
+                with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                    try:
+                        pb_grpc.MoeRouterStub(channel).RouteTokens(request, timeout=1)
+                        break
+                    except grpc.RpcError:
+                        pass
+                time.sleep(0.005)
             ready = time.monotonic() - start
             server.send_signal(signal.SIGTERM)
             log = server.communicate(timeout=60)[1]

@@ -608,9 +608,15 @@ absl::Status ModelEngine::ImportState(absl::string_view text) {
         absl::StrFormat("state of model '%s' is unusable: %s", config_.name, why));
   };
   if (json.is_discarded() || !json.is_object()) return bad("not a JSON object");
-  if (json.value("format", "") != "moe-router-state/1") return bad("unknown format");
-  if (json.value("num_layers", 0u) != config_.num_layers ||
-      json.value("num_experts", 0u) != config_.router.num_experts) {
+  // Comparisons, not value<T>(): a field of another type must be a refusal,
+  // not a type_error thrown through the server.
+  const auto field_is = [&](const char* name, const nlohmann::json& expected) {
+    const auto it = json.find(name);
+    return it != json.end() && *it == expected;
+  };
+  if (!field_is("format", "moe-router-state/1")) return bad("unknown format");
+  if (!field_is("num_layers", config_.num_layers) ||
+      !field_is("num_experts", config_.router.num_experts)) {
     return bad("it was saved for another model shape");
   }
   const auto layers = json.find("layers");

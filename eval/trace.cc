@@ -157,7 +157,10 @@ absl::StatusOr<RoutingTrace> ReadTrace(const std::string& path) {
   std::string first;
   std::getline(in, first);
   const nlohmann::json header = nlohmann::json::parse(first, nullptr, false);
-  if (!header.is_discarded() && header.is_object() && header.value("format", "") == kLogitsFormat) {
+  // A comparison, not value<T>(): a "format" of another type is then a
+  // JSONL line, refused as such, not a type_error (found by fuzzing).
+  if (!header.is_discarded() && header.is_object() && header.contains("format") &&
+      header["format"] == kLogitsFormat) {
     return ReadLogitsTrace(path, in, header);
   }
   in.clear();

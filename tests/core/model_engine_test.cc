@@ -193,6 +193,13 @@ TEST(ModelEngineTest, StateSurvivesExportAndImport) {
   broken["layers"][1]["mean_logit_range"] = -1.0;
   EXPECT_THAT(std::string(b->ImportState(broken.dump()).message()),
               HasSubstr("layer 1: mean_logit_range -1 is not a finite range"));
+  // Fields of another type are refusals, not exceptions (as the trace
+  // reader's were, found by fuzzing).
+  for (const char* field : {"format", "num_layers", "num_experts"}) {
+    broken = nlohmann::json::parse(state);
+    broken[field] = nlohmann::json::array({0, 3});
+    EXPECT_FALSE(b->ImportState(broken.dump()).ok()) << field;
+  }
   EXPECT_EQ(b->ExportState(), state);
   EXPECT_EQ(c->ExportState(), before);
 }

@@ -114,6 +114,14 @@ TEST(TraceTest, LogitsTraceHeaderPromisingMoreThanTheFileIsRefused) {
   }
 }
 
+// Found by trace_reader_fuzz: a first line whose "format" is not a string
+// threw nlohmann's type_error out of ReadTrace.
+TEST(TraceTest, FormatOfAnotherTypeIsAnErrorNotAnException) {
+  testing::TempDir dir;
+  const auto trace = ReadText(dir, "{\"format\": [0, 3]}\n");
+  EXPECT_FALSE(trace.ok());
+}
+
 TEST(TraceTest, StatsOfAKnownTrace) {
   testing::TempDir dir;
   // One layer, three tokens: {0,1} -> {1,2} -> {3,2}.
