@@ -38,7 +38,9 @@ void Check(const absl::Status& status) {
   if (!status.ok() && status.message().empty()) std::abort();
 }
 
-void Handle(ModelEngine& engine, uint8_t kind, const std::string& payload) {
+// `opened` collects the caches OpenCache was asked for, to check at the end.
+void Handle(ModelEngine& engine, uint8_t kind, const std::string& payload,
+            std::vector<std::string>* opened) {
   namespace v1 = moe_router::v1;
   switch (kind % 7) {
     case 0: {
@@ -65,6 +67,7 @@ void Handle(ModelEngine& engine, uint8_t kind, const std::string& payload) {
       v1::OpenCacheRequest r;
       if (!r.ParseFromString(payload)) return;
       Check(engine.OpenCache(r.cache(), r.budget_bytes(), r.eviction_policy()).status());
+      opened->push_back(r.cache());
       return;
     }
     case 3: {
@@ -110,11 +113,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const size_t length = std::min<size_t>(data[at + 1] | (data[at + 2] << 8), size - at - 3);
     const std::string payload(reinterpret_cast<const char*>(data + at + 3), length);
     at += 3 + length;
-    Handle(*engine, kind, payload);
-    if (kind % 7 == 2) {
-      moe_router::v1::OpenCacheRequest r;
-      if (r.ParseFromString(payload)) caches.push_back(r.cache());
-    }
+    Handle(*engine, kind, payload, &caches);
   }
   const moe_router::ModelStats stats = engine->Stats();
   if (stats.cache.resident_bytes > stats.cache.budget_bytes) std::abort();
