@@ -60,11 +60,14 @@ void EvictionQueue::Rank(EvictionPolicy& policy, absl::Span<const EntryView> can
   std::make_heap(heap_.begin(), heap_.end(), After);
 }
 
-EvictionPlan EvictionQueue::Take(uint64_t need, std::optional<double> incoming_keep) {
-  EvictionPlan plan;
+void EvictionQueue::Take(uint64_t need, std::optional<double> incoming_keep, EvictionPlan* out) {
+  EvictionPlan& plan = *out;
+  plan.victims.clear();
+  plan.freed = 0;
+  plan.valued_more.reset();
   if (bytes_ < need) {
     plan.freed = bytes_;
-    return plan;
+    return;
   }
   auto end = heap_.end();
   while (plan.freed < need) {
@@ -76,14 +79,13 @@ EvictionPlan EvictionQueue::Take(uint64_t need, std::optional<double> incoming_k
       for (; end != heap_.end(); ++end) std::push_heap(heap_.begin(), end + 1, After);
       plan.victims.clear();
       plan.freed = 0;
-      return plan;
+      return;
     }
     plan.freed += end->bytes;
     plan.victims.push_back(end->key);
   }
   bytes_ -= plan.freed;
   heap_.erase(end, heap_.end());
-  return plan;
 }
 
 EvictionPlan PlanEviction(EvictionPolicy& policy, absl::Span<const EntryView> candidates,
@@ -91,8 +93,10 @@ EvictionPlan PlanEviction(EvictionPolicy& policy, absl::Span<const EntryView> ca
                           const EntryView* incoming) {
   EvictionQueue queue;
   queue.Rank(policy, candidates, bytes, clock);
-  return queue.Take(
-      need, incoming != nullptr ? std::optional(policy.Keep(*incoming, clock)) : std::nullopt);
+  EvictionPlan plan;
+  queue.Take(need, incoming != nullptr ? std::optional(policy.Keep(*incoming, clock)) : std::nullopt,
+             &plan);
+  return plan;
 }
 
 namespace {

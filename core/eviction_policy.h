@@ -88,8 +88,9 @@ class EvictionQueue {
   /// Takes the lowest-ranked entries until `need` bytes are freed. Takes
   /// nothing if the queue cannot free that much (freed is then what it
   /// holds) or, for a prefetch judged at `incoming_keep`, if an entry the
-  /// policy values at least as much would go first (valued_more).
-  EvictionPlan Take(uint64_t need, std::optional<double> incoming_keep);
+  /// policy values at least as much would go first (valued_more). Writes
+  /// into `plan`, reusing its buffer.
+  void Take(uint64_t need, std::optional<double> incoming_keep, EvictionPlan* plan);
 
  private:
   struct Ranked {

@@ -57,8 +57,9 @@ WorkerCacheView::WorkerCacheView(std::string name, uint32_t num_layers, uint32_t
       budget_bytes_(budget_bytes),
       flags_(new std::atomic<uint8_t>[slots_]),
       usage_(new Usage[slots_]),
-      layer_visits_(num_layers, 0),
-      pinned_(num_experts, 0) {
+      clock_{.num_layers = num_layers, .layer_visits = std::vector<uint64_t>(num_layers, 0)},
+      pinned_(num_experts, 0),
+      touch_(slots_, 0) {
   for (size_t i = 0; i < slots_; ++i) flags_[i].store(0, std::memory_order_relaxed);
 }
 
@@ -74,18 +75,18 @@ uint64_t WorkerCacheView::MemoryBytes() const {
 uint64_t WorkerCacheView::FootprintBytes(uint32_t num_layers, uint32_t num_experts,
                                          size_t name_bytes) {
   const uint64_t slots = uint64_t{num_layers} * num_experts;
-  // Flags and usage per slot, visits per layer, pins and last choices per
-  // expert.
-  return sizeof(WorkerCacheView) + slots * (sizeof(Usage) + 1) + num_layers * sizeof(uint64_t) +
+  // Flags, touch bits and usage per slot, visits per layer, pins and last
+  // choices per expert.
+  return sizeof(WorkerCacheView) + slots * (sizeof(Usage) + 2) + num_layers * sizeof(uint64_t) +
          num_experts * (1 + sizeof(uint32_t)) + name_bytes;
 }
 
-std::vector<WorkerCacheView::Miss> WorkerCacheView::BeginStep(uint32_t layer,
-                                                              absl::Span<const uint32_t> experts) {
+absl::Span<const WorkerCacheView::Miss> WorkerCacheView::BeginStep(
+    uint32_t layer, absl::Span<const uint32_t> experts) {
   ++ranking_generation_;
   std::fill(pinned_.begin(), pinned_.end(), 0);
-  current_layer_ = layer;
-  const uint64_t visit = ++layer_visits_[layer];
+  clock_.current_layer = layer;
+  const uint64_t visit = ++clock_.layer_visits[layer];
   // Per expert, its uses and the tick of its last use: what a use at a time
   // would leave, with the reuse EMA stepped once per visit as it would be.
   thread_local std::vector<uint32_t> uses;
@@ -96,10 +97,10 @@ std::vector<WorkerCacheView::Miss> WorkerCacheView::BeginStep(uint32_t layer,
   first_use_order.clear();
   for (uint32_t e : experts) {
     if (uses[e]++ == 0) first_use_order.push_back(e);
-    last_tick[e] = ++tick_;
+    last_tick[e] = ++clock_.now;
   }
-  if (tick_ - tick_base_ >= tick_limit_) RebaseTicks();
-  std::vector<Miss> misses;
+  if (clock_.now - tick_base_ >= tick_limit_) RebaseTicks();
+  misses_.clear();
   for (uint32_t e : first_use_order) {
     const ExpertKey key{layer, e};
     Usage& u = usage_[Index(key)];
@@ -117,10 +118,10 @@ std::vector<WorkerCacheView::Miss> WorkerCacheView::BeginStep(uint32_t layer,
     if (IsResident(key)) {
       counters_.hits += uses[e];
     } else {
-      misses.push_back({e, uses[e]});
+      misses_.push_back({e, uses[e]});
     }
   }
-  return misses;
+  return misses_;
 }
 
 void WorkerCacheView::NoteMiss(const Miss& miss, bool placed) {
@@ -135,7 +136,7 @@ void WorkerCacheView::NoteMiss(const Miss& miss, bool placed) {
 
 void WorkerCacheView::RebaseTicks() {
   // Keep the last half of the range exact; older accesses tie as the oldest.
-  const uint64_t shift = tick_ - tick_limit_ / 2 - tick_base_;
+  const uint64_t shift = clock_.now - tick_limit_ / 2 - tick_base_;
   for (size_t i = 0; i < slots_; ++i) {
     uint32_t& last = usage_[i].last_access;
     if (last != 0) last = last > shift ? static_cast<uint32_t>(last - shift) : 1;
@@ -146,7 +147,7 @@ void WorkerCacheView::RebaseTicks() {
 EntryView WorkerCacheView::View(size_t index) const {
   const Usage& u = usage_[index];
   const ExpertKey key = KeyOf(index);
-  const uint64_t visits = layer_visits_[key.layer];
+  const uint64_t visits = clock_.layer_visits[key.layer];
   return EntryView{.key = key,
                    .last_access = u.last_access == 0 ? 0 : tick_base_ + u.last_access,
                    .accesses = u.accesses,
@@ -154,19 +155,14 @@ EntryView WorkerCacheView::View(size_t index) const {
                    .reuse_visit = FullVisit(visits, u.reuse_visit)};
 }
 
-CacheClock WorkerCacheView::Clock() const {
-  return CacheClock{.now = tick_,
-                    .current_layer = current_layer_,
-                    .num_layers = num_layers_,
-                    .layer_visits = layer_visits_};
-}
-
 uint64_t WorkerCacheView::SlotBytes(size_t index) const {
   return sizes_->Bytes(KeyOf(index), flags_[index].load(std::memory_order_relaxed) - 1);
 }
 
 void WorkerCacheView::Note(size_t index) {
-  touched_.try_emplace(index, Touched{.was_resident = flags_[index] != 0});
+  if (touch_[index] != 0) return;
+  touch_[index] = kTouched | (flags_[index].load(std::memory_order_relaxed) != 0 ? kWasResident : 0);
+  touched_.push_back(index);
 }
 
 void WorkerCacheView::Remove(size_t index) {
@@ -186,6 +182,7 @@ struct CallRanking {
   EvictionQueue queue;
   std::vector<EntryView> candidates;
   std::vector<uint64_t> bytes;
+  EvictionPlan plan;
 };
 thread_local CallRanking call_ranking;
 
@@ -199,7 +196,7 @@ absl::Status WorkerCacheView::MakeRoom(uint64_t need, const EntryView* incoming)
     for (size_t i = 0; i < slots_; ++i) {
       if (flags_[i].load(std::memory_order_relaxed) == 0) continue;
       const ExpertKey key = KeyOf(i);
-      if (key.layer == current_layer_ && pinned_[key.expert] != 0) continue;
+      if (key.layer == clock_.current_layer && pinned_[key.expert] != 0) continue;
       ranking.candidates.push_back(View(i));
       ranking.bytes.push_back(SlotBytes(i));
     }
@@ -207,8 +204,10 @@ absl::Status WorkerCacheView::MakeRoom(uint64_t need, const EntryView* incoming)
     ranking.view = id_;
     ranking.generation = ranking_generation_;
   }
-  const EvictionPlan plan = ranking.queue.Take(
-      need, incoming != nullptr ? std::optional(policy_->Keep(*incoming, Clock())) : std::nullopt);
+  EvictionPlan& plan = ranking.plan;
+  ranking.queue.Take(
+      need, incoming != nullptr ? std::optional(policy_->Keep(*incoming, Clock())) : std::nullopt,
+      &plan);
   if (plan.valued_more) {
     return absl::ResourceExhaustedError(
         absl::StrFormat("making room would evict %s, which the %s policy values more",
@@ -246,7 +245,8 @@ absl::Status WorkerCacheView::Admit(ExpertKey key, uint8_t variant, Priority pri
     }
   }
   Note(index);
-  touched_[index].admitted = priority;
+  touch_[index] = (touch_[index] & ~kAdmittedForPrefetch) |
+                  (priority == Priority::kPrefetch ? kAdmittedForPrefetch : 0);
   flags_[index].store(variant + 1, std::memory_order_relaxed);
   resident_bytes_ += bytes;
   return absl::OkStatus();
@@ -277,6 +277,7 @@ absl::Status WorkerCacheView::Adopt(absl::Span<const std::pair<ExpertKey, uint8_
     flags_[Index(key)].store(variant + 1, std::memory_order_relaxed);
   }
   resident_bytes_ = total;
+  for (size_t index : touched_) touch_[index] = 0;
   touched_.clear();
   return absl::OkStatus();
 }
@@ -286,18 +287,24 @@ void WorkerCacheView::SetPolicy(std::unique_ptr<EvictionPolicy> policy) {
   policy_ = std::move(policy);
 }
 
-CacheInstructions WorkerCacheView::EndCall() {
+void WorkerCacheView::EndCall(CacheInstructions* instructions) {
   ++ranking_generation_;
   std::fill(pinned_.begin(), pinned_.end(), 0);
-  CacheInstructions out;
-  for (const auto& [index, touched] : touched_) {
+  CacheInstructions& out = *instructions;
+  out.evictions.clear();
+  out.urgent.clear();
+  out.prefetch.clear();
+  out.load_bytes = 0;
+  for (size_t index : touched_) {
+    const uint8_t touch = touch_[index];
+    touch_[index] = 0;
     const bool now_resident = flags_[index].load(std::memory_order_relaxed) != 0;
-    if (touched.was_resident == now_resident) continue;
+    if (((touch & kWasResident) != 0) == now_resident) continue;
     if (!now_resident) {
       out.evictions.push_back(KeyOf(index));
       continue;
     }
-    (touched.admitted == Priority::kPrefetch ? out.prefetch : out.urgent).push_back(KeyOf(index));
+    ((touch & kAdmittedForPrefetch) != 0 ? out.prefetch : out.urgent).push_back(KeyOf(index));
     out.load_bytes += SlotBytes(index);
   }
   touched_.clear();
@@ -307,7 +314,6 @@ CacheInstructions WorkerCacheView::EndCall() {
   counters_.prefetch_loads += out.prefetch.size();
   counters_.evictions += out.evictions.size();
   counters_.load_bytes += out.load_bytes;
-  return out;
 }
 
 void WorkerCacheView::SetLastBatch(uint32_t layer, absl::Span<const uint32_t> experts) {

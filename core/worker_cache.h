@@ -64,7 +64,8 @@ struct CacheInstructions {
 ///
 /// Bookkeeping follows ExpertCache step for step (the same ticks, reuse EMA
 /// and PlanEviction), so a trace replayed through a view pages exactly like
-/// the offline replay through an ExpertCache. Per expert it keeps 17 bytes:
+/// the offline replay through an ExpertCache. A call allocates nothing once
+/// its buffers have grown to the workload. Per expert it keeps 18 bytes:
 /// access ages in 32 bits are rebased every 2^31 accesses (entries idle for
 /// longer tie as the oldest).
 ///
@@ -109,7 +110,8 @@ class WorkerCacheView {
   /// (tokens x top_k): pins them until the call ends and records every use
   /// as the offline replay does, one expert at a time. Returns the experts
   /// the worker lacks, in order of first use: Admit each, then NoteMiss.
-  std::vector<Miss> BeginStep(uint32_t layer, absl::Span<const uint32_t> experts)
+  /// The span lives until the next BeginStep.
+  absl::Span<const Miss> BeginStep(uint32_t layer, absl::Span<const uint32_t> experts)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   /// How a miss ended: loaded for its first use and held for the rest, or
   /// not placed at all (the step's own experts filled the budget).
@@ -133,9 +135,14 @@ class WorkerCacheView {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void SetPolicy(std::unique_ptr<EvictionPolicy> policy) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  /// Ends a call: releases its pins and returns its net changes, counted
-  /// in counters().
-  CacheInstructions EndCall() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  /// Ends a call: releases its pins and writes its net changes into `out`
+  /// (its buffers reused), counted in counters().
+  void EndCall(CacheInstructions* out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  CacheInstructions EndCall() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    CacheInstructions out;
+    EndCall(&out);
+    return out;
+  }
 
   /// The last routed batch, so that co-activation pairs this worker's
   /// consecutive layers and no one else's.
@@ -173,11 +180,9 @@ class WorkerCacheView {
     float reuse = 0;
     uint32_t reuse_visit = 0;  // low 32 bits of the layer's visit count
   };
-  // How a slot stood when the current call first changed it.
-  struct Touched {
-    bool was_resident = false;
-    Priority admitted = Priority::kUrgent;
-  };
+  // How a slot stood when the current call first changed it, one byte per
+  // slot (a dense array, so a call allocates nothing).
+  enum TouchBits : uint8_t { kTouched = 1, kWasResident = 2, kAdmittedForPrefetch = 4 };
 
   size_t Index(ExpertKey key) const { return size_t{key.layer} * num_experts_ + key.expert; }
   ExpertKey KeyOf(size_t index) const {
@@ -189,7 +194,7 @@ class WorkerCacheView {
   static uint64_t FullVisit(uint64_t visits, uint32_t low) {
     return visits - static_cast<uint32_t>(static_cast<uint32_t>(visits) - low);
   }
-  CacheClock Clock() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  const CacheClock& Clock() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return clock_; }
   uint64_t SlotBytes(size_t index) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Evicts by policy until `need` bytes are free; RESOURCE_EXHAUSTED (and
   // no change) if the evictable entries are not enough or, for a prefetch
@@ -221,16 +226,18 @@ class WorkerCacheView {
   // signature: every access is under mu_.
   std::unique_ptr<std::atomic<uint8_t>[]> flags_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<Usage[]> usage_ ABSL_GUARDED_BY(mu_);
-  std::vector<uint64_t> layer_visits_ ABSL_GUARDED_BY(mu_);
-  uint64_t tick_ ABSL_GUARDED_BY(mu_) = 0;
+  // The tick, the current layer and the visits per layer, as the policy
+  // sees them.
+  CacheClock clock_ ABSL_GUARDED_BY(mu_);
   uint64_t tick_base_ ABSL_GUARDED_BY(mu_) = 0;
-  uint32_t current_layer_ ABSL_GUARDED_BY(mu_) = 0;
   // Changes whenever the eviction ranking may have (a step, a use of an
   // evictable entry, a new budget, residency or policy), so that bookings
   // within one step share one ranking.
   uint64_t ranking_generation_ ABSL_GUARDED_BY(mu_) = 0;
-  std::vector<uint8_t> pinned_ ABSL_GUARDED_BY(mu_);  // experts of current_layer_
-  absl::flat_hash_map<size_t, Touched> touched_ ABSL_GUARDED_BY(mu_);
+  std::vector<uint8_t> pinned_ ABSL_GUARDED_BY(mu_);  // experts of the current layer
+  std::vector<uint8_t> touch_ ABSL_GUARDED_BY(mu_);   // TouchBits per slot
+  std::vector<size_t> touched_ ABSL_GUARDED_BY(mu_);  // slots with touch_ set
+  std::vector<Miss> misses_ ABSL_GUARDED_BY(mu_);
   WorkerCacheCounters counters_ ABSL_GUARDED_BY(mu_);
   std::optional<uint32_t> last_layer_ ABSL_GUARDED_BY(mu_);
   std::vector<uint32_t> last_choices_ ABSL_GUARDED_BY(mu_);
