@@ -82,6 +82,34 @@ void ExpertAffinity::UpdateTokens(absl::Span<const uint32_t> activated, uint32_t
   updates_.store(updates_.load(std::memory_order_relaxed) + tokens, std::memory_order_relaxed);
 }
 
+void ExpertAffinity::FoldActivations(uint64_t tokens, absl::Span<const uint32_t> activations) {
+  if (tokens == 0) return;
+  const double d = config_.decay;
+  const double factor = std::pow(d, static_cast<double>(tokens));
+  // The mean of d^i over the run's tokens: what one boost is worth at its end.
+  const double spread = d == 1.0 ? 1.0 : (1.0 - factor) / (static_cast<double>(tokens) * (1.0 - d));
+  const double scale = scale_.load(std::memory_order_relaxed) * factor;
+  scale_.store(scale, std::memory_order_relaxed);
+  inv_scale_ /= factor;
+  if (scale < kMinScale) {
+    Renormalize();
+    inv_scale_ = 1.0;
+  }
+  const double cap = config_.max_score * inv_scale_;
+  uint64_t max_count = max_count_.load(std::memory_order_relaxed);
+  for (uint32_t e = 0; e < num_experts_ && e < activations.size(); ++e) {
+    if (activations[e] == 0) continue;
+    const double v = raw_[e].load(std::memory_order_relaxed) +
+                     config_.boost * activations[e] * spread * inv_scale_;
+    raw_[e].store(v < cap ? v : cap, std::memory_order_relaxed);
+    const uint64_t c = counts_[e].load(std::memory_order_relaxed) + activations[e];
+    counts_[e].store(c, std::memory_order_relaxed);
+    max_count = std::max(max_count, c);
+  }
+  max_count_.store(max_count, std::memory_order_relaxed);
+  updates_.store(updates_.load(std::memory_order_relaxed) + tokens, std::memory_order_relaxed);
+}
+
 void ExpertAffinity::Renormalize() {
   const double scale = scale_.load(std::memory_order_relaxed);
   for (uint32_t e = 0; e < num_experts_; ++e) {
@@ -210,6 +238,41 @@ void CoActivation::Update(absl::Span<const uint32_t> prev, absl::Span<const uint
     }
     const double add = 1.0 / scale;
     for (uint32_t j : next) row[j] += add;
+  }
+}
+
+void CoActivation::FoldPairs(absl::Span<const uint32_t> index, absl::Span<const uint32_t> count,
+                             uint32_t per_token) {
+  // Tokens each row led: its pairs over the pairs a token makes per row.
+  thread_local std::vector<uint64_t> led;
+  led.assign(from_, 0);
+  for (size_t i = 0; i < index.size(); ++i) led[index[i] / to_] += count[i];
+  for (uint32_t row = 0; row < from_; ++row) {
+    if (led[row] == 0) continue;
+    double& scale = row_scale_[row];
+    scale *= std::pow(decay_, static_cast<double>(led[row] / std::max<uint32_t>(per_token, 1)));
+    if (scale < kMinScale) {
+      for (uint32_t j = 0; j < to_; ++j) raw_[size_t{row} * to_ + j] *= scale;
+      scale = 1.0;
+    }
+  }
+  for (size_t i = 0; i < index.size(); ++i) {
+    raw_[index[i]] += count[i] / row_scale_[index[i] / to_];
+  }
+}
+
+void CoActivation::TopPerRow(uint32_t n, std::vector<uint32_t>* ids,
+                             std::vector<float>* weights) const {
+  n = std::min(n, to_);
+  ids->assign(size_t{from_} * n, 0);
+  weights->assign(size_t{from_} * n, 0.0f);
+  for (uint32_t row = 0; row < from_; ++row) {
+    const std::vector<uint32_t> top = internal::TopN(
+        to_, n, [&](uint32_t j) { return Value(row, j); }, 0.0);
+    for (size_t i = 0; i < top.size(); ++i) {
+      (*ids)[size_t{row} * n + i] = top[i];
+      (*weights)[size_t{row} * n + i] = static_cast<float>(Value(row, top[i]));
+    }
   }
 }
 

@@ -69,6 +69,13 @@ class ExpertAffinity {
   /// `expert`, in [0, 1).
   double FrequencyPercentile(uint32_t expert) const;
 
+  /// Folds in `tokens` tokens routed elsewhere that chose each expert
+  /// `activations[e]` times. With decay 1 this equals routing them here;
+  /// otherwise their boosts are taken as spread evenly over the tokens (the
+  /// order within the run is not known), and the cap applies once at the
+  /// end. One writer at a time, as UpdateTokens.
+  void FoldActivations(uint64_t tokens, absl::Span<const uint32_t> activations);
+
   /// Learned state, for persisting across restarts.
   struct State {
     std::vector<double> scores;
@@ -118,6 +125,18 @@ class CoActivation {
   double Top1Accuracy() const;
   double Top2Accuracy() const;
   uint64_t scored_tokens() const { return scored_; }
+
+  /// Folds in pairs counted elsewhere (index from * to_experts + to, each
+  /// next-layer token contributing `per_token` pairs per previous expert):
+  /// each row decays once per token it led, then gains its counts. Equal
+  /// to the tokens' own updates with decay 1; otherwise the run's order is
+  /// not known and the gains are taken as arriving last. The accuracy
+  /// figures are not scored for them.
+  void FoldPairs(absl::Span<const uint32_t> index, absl::Span<const uint32_t> count,
+                 uint32_t per_token);
+  /// Per row, its `n` largest entries (ties: lower id), weight 0 padding a
+  /// row with fewer: row-major from_experts x n.
+  void TopPerRow(uint32_t n, std::vector<uint32_t>* ids, std::vector<float>* weights) const;
 
   std::vector<double> ExportMatrix() const;
   absl::Status ImportMatrix(absl::Span<const double> matrix);

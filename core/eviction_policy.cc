@@ -94,7 +94,8 @@ EvictionPlan PlanEviction(EvictionPolicy& policy, absl::Span<const EntryView> ca
   EvictionQueue queue;
   queue.Rank(policy, candidates, bytes, clock);
   EvictionPlan plan;
-  queue.Take(need, incoming != nullptr ? std::optional(policy.Keep(*incoming, clock)) : std::nullopt,
+  queue.Take(need,
+             incoming != nullptr ? std::optional(policy.Keep(*incoming, clock)) : std::nullopt,
              &plan);
   return plan;
 }

@@ -131,13 +131,25 @@ ModelMetrics::ModelMetrics(uint32_t num_layers, Targets targets)
 void ModelMetrics::RecordRoute(uint32_t layer, uint32_t tokens, uint64_t hits, uint64_t misses,
                                uint32_t changed, double gate_mass_sum, double gate_mass_min,
                                double seconds) {
+  CountRoute(layer, tokens, hits, misses, changed, gate_mass_sum, gate_mass_min);
+  Inc(route_batches_);
+  route_seconds_.Observe(seconds);
+}
+
+void ModelMetrics::RecordReportedRoute(uint32_t layer, uint64_t tokens, uint64_t hits,
+                                       uint64_t misses, uint64_t changed, double gate_mass_sum,
+                                       double gate_mass_min) {
+  CountRoute(layer, tokens, hits, misses, changed, gate_mass_sum, gate_mass_min);
+  Inc(reported_tokens_, tokens);
+}
+
+void ModelMetrics::CountRoute(uint32_t layer, uint64_t tokens, uint64_t hits, uint64_t misses,
+                              uint64_t changed, double gate_mass_sum, double gate_mass_min) {
   LayerCounters& c = layers_[layer];
   Inc(c.routed_tokens, tokens);
   Inc(c.hits, hits);
   Inc(c.misses, misses);
   Inc(c.changed_tokens, changed);
-  Inc(route_batches_);
-  route_seconds_.Observe(seconds);
   if (tokens > 0) {
     gate_mass_.Observe(gate_mass_sum / tokens);
     AtomicMin(gate_mass_min_, gate_mass_min);
@@ -184,6 +196,7 @@ MetricsSnapshot ModelMetrics::Snapshot() const {
     s.layers.push_back(t);
   }
   s.route_batches = Load(route_batches_);
+  s.reported_tokens = Load(reported_tokens_);
   s.route_errors = Load(route_errors_);
   s.checksum_failures = Load(checksum_failures_);
   s.gate_mass_min = gate_mass_min_.load(std::memory_order_relaxed);
@@ -195,8 +208,8 @@ MetricsSnapshot ModelMetrics::Snapshot() const {
     s.workers.*kWorkerCounterFields[i] = Load(workers_[i]);
   }
   s.targets.hit_rate = s.total.HitRate();
-  s.targets.route_us_per_token =
-      s.total.routed_tokens == 0 ? 0 : s.route_seconds.sum * 1e6 / s.total.routed_tokens;
+  const uint64_t routed_here = s.total.routed_tokens - s.reported_tokens;
+  s.targets.route_us_per_token = routed_here == 0 ? 0 : s.route_seconds.sum * 1e6 / routed_here;
   s.targets.hit_rate_ok = s.targets.hit_rate >= targets_.min_hit_rate;
   s.targets.route_overhead_ok = s.targets.route_us_per_token < targets_.max_route_us_per_token;
   return s;

@@ -112,6 +112,7 @@ struct MetricsSnapshot {
   std::vector<LayerTotals> layers;
   LayerTotals total;
   uint64_t route_batches = 0;
+  uint64_t reported_tokens = 0;  // of total.routed_tokens, routed by workers themselves
   uint64_t route_errors = 0;
   uint64_t checksum_failures = 0;
   double gate_mass_min = 1;
@@ -134,6 +135,10 @@ class ModelMetrics {
 
   void RecordRoute(uint32_t layer, uint32_t tokens, uint64_t hits, uint64_t misses,
                    uint32_t changed, double gate_mass_sum, double gate_mass_min, double seconds);
+  /// Tokens a worker routed in its own process and reported: counted as
+  /// routed, but their time is the worker's, not this server's.
+  void RecordReportedRoute(uint32_t layer, uint64_t tokens, uint64_t hits, uint64_t misses,
+                           uint64_t changed, double gate_mass_sum, double gate_mass_min);
   void RecordRouteError() { route_errors_.fetch_add(1, std::memory_order_relaxed); }
   void RecordPageIn(ExpertKey key, Priority priority, uint64_t bytes, double seconds);
   void RecordPageInFailure(ExpertKey key, const absl::Status& status);
@@ -148,10 +153,14 @@ class ModelMetrics {
   MetricsSnapshot Snapshot() const;
 
  private:
+  void CountRoute(uint32_t layer, uint64_t tokens, uint64_t hits, uint64_t misses, uint64_t changed,
+                  double gate_mass_sum, double gate_mass_min);
+
   const uint32_t num_layers_;
   const Targets targets_;
   std::unique_ptr<LayerCounters[]> layers_;
   std::atomic<uint64_t> route_batches_{0};
+  std::atomic<uint64_t> reported_tokens_{0};
   std::atomic<uint64_t> route_errors_{0};
   std::atomic<uint64_t> checksum_failures_{0};
   std::atomic<double> gate_mass_min_{1};

@@ -204,23 +204,10 @@ void ModelEngine::PageForServer(uint32_t layer, RouteOutcome* out) {
 
 void ModelEngine::PageForWorker(WorkerCacheView& view, uint32_t layer, RouteOutcome* out) {
   const WorkerCacheCounters before = view.counters();
-  view.NoteRoutedTokens(out->batch.tokens);
-  // As the offline replay does: the batch's experts are pinned, each use is
-  // recorded in order and a miss is loaded at its first use.
-  for (const WorkerCacheView::Miss& miss : view.BeginStep(layer, out->batch.experts)) {
-    const ExpertKey key{layer, miss.expert};
-    view.NoteMiss(miss, view.Admit(key, VariantFor(key), Priority::kUrgent).ok());
-  }
-  const auto prefetch = [&](ExpertKey key) {
-    if (!view.IsResident(key)) view.Admit(key, VariantFor(key), Priority::kPrefetch).IgnoreError();
-  };
-  for (uint32_t e : out->batch.prefetch) prefetch({layer, e});
-  if (layer + 1 < config_.num_layers) {
-    for (uint32_t e : PredictNextLayer(layer, UsesByExpert(out->batch.experts))) {
-      prefetch({layer + 1, e});
-    }
-  }
-  CacheInstructions instructions = view.EndCall();
+  CacheInstructions instructions;
+  PageRoutedBatch(
+      view, layer, out->batch, PredictNextLayer(layer, UsesByExpert(out->batch.experts)),
+      [this](ExpertKey key) { return VariantFor(key); }, &instructions);
   out->urgent = std::move(instructions.urgent);
   out->prefetch = std::move(instructions.prefetch);
   out->evictions = std::move(instructions.evictions);
@@ -545,6 +532,71 @@ absl::StatusOr<PinnedExpert> ModelEngine::Fetch(ExpertKey key, absl::Time deadli
   return absl::DeadlineExceededError(
       absl::StrFormat("expert %s was not paged in before the deadline%s", key.ToString(),
                       last.ok() ? "" : absl::StrCat(" (last attempt: ", last.message(), ")")));
+}
+
+absl::Status ModelEngine::FoldReport(const std::string& cache, const RoutingReport& report) {
+  if (absl::Status s = ValidateReport(report, config_.num_layers, config_.router.num_experts,
+                                      config_.router.top_k, sizes_->variants().size());
+      !s.ok()) {
+    return s;
+  }
+  auto view = FindCache(cache);
+  if (!view.ok()) return view.status();
+  {
+    WorkerCacheView& v = **view;
+    absl::MutexLock lock(&v.mu());
+    v.Touch(absl::Now());
+    if (!report.residency_in_sync && !(report.loaded.empty() && report.dropped.empty())) {
+      std::vector<std::pair<ExpertKey, uint8_t>> held;
+      for (const ExpertKey& key : v.ResidentKeys()) {
+        if (!std::binary_search(report.dropped.begin(), report.dropped.end(), key)) {
+          held.emplace_back(key, v.ResidentVariant(key));
+        }
+      }
+      for (size_t i = 0; i < report.loaded.size(); ++i) {
+        if (!v.IsResident(report.loaded[i])) {
+          held.emplace_back(report.loaded[i], report.loaded_variants[i]);
+        }
+      }
+      if (absl::Status s = v.Adopt(held); !s.ok()) return s;
+    }
+    v.AddCounters(report.counters);
+  }
+  metrics_->RecordWorkerCall(report.counters);
+  for (uint32_t l = 0; l < config_.num_layers; ++l) {
+    const LayerReport& r = report.layers[l];
+    if (r.empty()) continue;
+    Layer& layer = *layers_[l];
+    absl::MutexLock lock(&layer.mu);
+    layer.router->mutable_affinity().FoldActivations(r.tokens, r.activations);
+    layer.router->ApplyRangeChange(r.range);
+    if (layer.from_previous != nullptr) {
+      layer.from_previous->FoldPairs(r.pair_index, r.pair_count, config_.router.top_k);
+    }
+    layer.tokens_since_reclassify += r.tokens;
+    metrics_->RecordReportedRoute(l, r.tokens, r.hits, r.misses, r.changed_tokens, r.gate_mass_sum,
+                                  r.gate_mass_min);
+  }
+  return absl::OkStatus();
+}
+
+LayerLearnedState ModelEngine::ExportLayerState(uint32_t l, uint32_t row_top) const {
+  const Layer& layer = *layers_[l];
+  absl::MutexLock lock(&layer.mu);
+  ExpertAffinity::State a = layer.router->affinity().Export();
+  LayerLearnedState state{.layer = l,
+                          .affinity = std::move(a.scores),
+                          .activations = std::move(a.counts),
+                          .tokens = a.updates,
+                          .mean_logit_range = layer.router->mean_logit_range(),
+                          .row_top = 0,
+                          .successor_ids = {},
+                          .successor_weights = {}};
+  if (layer.from_previous != nullptr) {
+    state.row_top = std::min(row_top, config_.router.num_experts);
+    layer.from_previous->TopPerRow(state.row_top, &state.successor_ids, &state.successor_weights);
+  }
+  return state;
 }
 
 ModelStats ModelEngine::Stats() const {

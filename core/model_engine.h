@@ -15,6 +15,7 @@
 #include "core/affinity.h"
 #include "core/expert_cache.h"
 #include "core/expert_store.h"
+#include "core/learned_state.h"
 #include "core/metrics.h"
 #include "core/paging_pool.h"
 #include "core/precision.h"
@@ -153,6 +154,19 @@ class ModelEngine {
   /// budget) is paged in again until `deadline`, then DEADLINE_EXCEEDED.
   using FetchCallback = std::function<void(absl::StatusOr<PinnedExpert>)>;
   void FetchAsync(ExpertKey key, absl::Time deadline, FetchCallback done);
+
+  /// Folds a report of a worker that routes in its own process against
+  /// `cache`, as if its tokens had been routed here with that cache: the
+  /// learned state, the metrics, the view's residency and counters. Checks
+  /// everything first; a bad report changes nothing.
+  absl::Status FoldReport(const std::string& cache, const RoutingReport& report);
+  /// What the fleet learned of one layer, compactly: co-activation as each
+  /// row's `row_top` strongest successors.
+  LayerLearnedState ExportLayerState(uint32_t layer, uint32_t row_top) const;
+  /// Tokens a layer has learned from so far: a layer whose count moved has
+  /// state worth sending again.
+  uint64_t LayerTokens(uint32_t layer) const { return layers_[layer]->affinity->updates(); }
+  const std::shared_ptr<const ExpertSizeTable>& sizes() const { return sizes_; }
 
   ModelStats Stats() const;
   /// A FetchExpert served from this server's memory took `seconds`.

@@ -120,8 +120,8 @@ float LayerRouter::BatchBonus(absl::Span<const float> logits) {
   return static_cast<float>(config_.cache_bonus * range_ema_);
 }
 
-void LayerRouter::UpdateRange(double range_sum, uint32_t tokens) {
-  if (tokens == 0) return;
+RangeChange LayerRouter::UpdateRange(double range_sum, uint32_t tokens, bool seen_before) {
+  if (tokens == 0) return {};
   // Equivalent to one EMA step per token towards the batch's mean range.
   // Batches mostly repeat one size, so the weight is computed once per size.
   if (tokens != range_weight_tokens_) {
@@ -132,6 +132,18 @@ void LayerRouter::UpdateRange(double range_sum, uint32_t tokens) {
   const double mean = range_sum / tokens;
   range_ema_ = range_seen_ ? range_ema_ + weight * (mean - range_ema_) : mean;
   range_seen_ = true;
+  // A first batch sets the range to its mean (BatchBonus may have seeded it).
+  return seen_before ? RangeChange{1.0 - weight, weight * mean} : RangeChange{0.0, range_ema_};
+}
+
+void LayerRouter::ApplyRangeChange(const RangeChange& change) {
+  if (range_seen_) {
+    range_ema_ = range_ema_ * change.keep + change.add;
+  } else if (change.keep < 1) {
+    // The change's fixed point: the level its batches pull towards.
+    range_ema_ = change.add / (1 - change.keep);
+    range_seen_ = true;
+  }
 }
 
 uint64_t LayerRouter::ChooseWithBonus(float bonus, uint64_t res_mask, const uint32_t* id,
@@ -313,10 +325,11 @@ absl::Status LayerRouter::Route(absl::Span<const float> logits,
   // tokens do not wait on each other. With max_rank == top_k the bonus has
   // nothing to choose between.
   const bool can_reroute = resident != nullptr && max_rank_ > k;
+  const bool range_seen = range_seen_;
   const float bonus = can_reroute ? BatchBonus(logits) : 0.0f;
   // Phase 1, per token: the candidates (original top-r), which are
   // resident, and the tentative choice.
-  UpdateRange(SelectAndChoose(logits, resident, bonus), tokens);
+  out->range_change = UpdateRange(SelectAndChoose(logits, resident, bonus), tokens, range_seen);
   // Phase 2, over the batch (vectorised): each candidate's original
   // probability relative to the top expert's. Only the original top-r are
   // exponentiated, never a softmax over all experts.

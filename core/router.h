@@ -57,6 +57,19 @@ struct RouterConfig {
   uint32_t EffectiveMaxRank() const;
 };
 
+/// The running logit range's change over a run of batches, as an affine map
+/// (EMA steps compose): range <- range * keep + add. The first batch of a
+/// router that had no range is keep 0, add its mean range.
+struct RangeChange {
+  double keep = 1;
+  double add = 0;
+  /// `next` applied after this.
+  void Then(const RangeChange& next) {
+    keep *= next.keep;
+    add = add * next.keep + next.add;
+  }
+};
+
 /// What one routed batch produced. Buffers are reused across calls.
 struct RouteResult {
   uint32_t tokens = 0;
@@ -78,6 +91,8 @@ struct RouteResult {
   /// Chosen experts that were resident / not resident.
   uint64_t hits = 0;
   uint64_t misses = 0;
+  /// What the batch did to the router's running logit range.
+  RangeChange range_change;
 
   absl::Span<const uint32_t> TokenExperts(uint32_t t) const {
     return absl::MakeConstSpan(experts).subspan(size_t{t} * top_k, top_k);
@@ -114,6 +129,9 @@ class LayerRouter {
     range_ema_ = range;
     range_seen_ = range > 0;
   }
+  /// Applies batches routed elsewhere (another process's router of the same
+  /// layer). A router with no range yet takes the change's own level.
+  void ApplyRangeChange(const RangeChange& change);
 
  private:
   LayerRouter(const RouterConfig& config, const AffinityConfig& affinity);
@@ -123,8 +141,9 @@ class LayerRouter {
   std::unique_ptr<ExpertAffinity> affinity_;
   // The selection bonus for a batch (from the running range).
   float BatchBonus(absl::Span<const float> logits);
-  // Folds a batch's per-token ranges into the running mean range.
-  void UpdateRange(double range_sum, uint32_t tokens);
+  // Folds a batch's per-token ranges into the running mean range; returns
+  // the change, as seen from before the batch.
+  RangeChange UpdateRange(double range_sum, uint32_t tokens, bool seen_before);
   // Phase 1 of Route: selects each token's candidates into the batch
   // scratch (logits relative to the token's top), which of them are
   // resident, and the tentative choice; the sum of the tokens' logit ranges.

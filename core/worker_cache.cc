@@ -11,30 +11,54 @@ namespace moe_router {
 
 absl::StatusOr<std::shared_ptr<const ExpertSizeTable>> ExpertSizeTable::Build(
     const ExpertStore& store, uint32_t num_layers, uint32_t num_experts) {
-  auto table = std::shared_ptr<ExpertSizeTable>(new ExpertSizeTable());
-  table->variants_ = store.Precisions();
-  if (table->variants_.empty() || table->variants_.size() > 254) {
+  std::vector<std::string> variants = store.Precisions();
+  if (variants.empty() || variants.size() > 254) {
     return absl::InvalidArgumentError(
         absl::StrFormat("store %s has %d precision variants; 1 to 254 are supported",
-                        store.Describe(), table->variants_.size()));
+                        store.Describe(), variants.size()));
   }
-  table->num_experts_ = num_experts;
-  table->slots_ = size_t{num_layers} * num_experts;
-  table->bytes_.assign(table->slots_ * table->variants_.size(), 0);
-  table->smallest_ = std::numeric_limits<uint64_t>::max();
-  for (size_t v = 0; v < table->variants_.size(); ++v) {
+  const size_t slots = size_t{num_layers} * num_experts;
+  std::vector<uint64_t> bytes(slots * variants.size(), 0);
+  for (size_t v = 0; v < variants.size(); ++v) {
     for (uint32_t l = 0; l < num_layers; ++l) {
       for (uint32_t e = 0; e < num_experts; ++e) {
-        absl::StatusOr<ExpertInfo> info = store.Info({l, e}, table->variants_[v]);
-        if (!info.ok()) continue;
-        table->bytes_[v * table->slots_ + size_t{l} * num_experts + e] = info->bytes;
-        table->smallest_ = std::min(table->smallest_, info->bytes);
-        table->largest_ = std::max(table->largest_, info->bytes);
+        absl::StatusOr<ExpertInfo> info = store.Info({l, e}, variants[v]);
+        if (info.ok()) bytes[v * slots + size_t{l} * num_experts + e] = info->bytes;
       }
     }
   }
-  if (table->smallest_ == std::numeric_limits<uint64_t>::max()) {
+  auto built = FromSizes(std::move(variants), num_layers, num_experts, std::move(bytes));
+  if (absl::IsNotFound(built.status())) {
     return absl::NotFoundError(absl::StrCat("store ", store.Describe(), " holds no expert"));
+  }
+  return built;
+}
+
+absl::StatusOr<std::shared_ptr<const ExpertSizeTable>> ExpertSizeTable::FromSizes(
+    std::vector<std::string> variants, uint32_t num_layers, uint32_t num_experts,
+    std::vector<uint64_t> bytes) {
+  auto table = std::shared_ptr<ExpertSizeTable>(new ExpertSizeTable());
+  if (variants.empty() || variants.size() > 254) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%d precision variants; 1 to 254 are supported", variants.size()));
+  }
+  table->num_experts_ = num_experts;
+  table->slots_ = size_t{num_layers} * num_experts;
+  if (bytes.size() != table->slots_ * variants.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%d expert sizes for %d variants of %d layers x %d experts", bytes.size(),
+                        variants.size(), num_layers, num_experts));
+  }
+  table->variants_ = std::move(variants);
+  table->bytes_ = std::move(bytes);
+  table->smallest_ = std::numeric_limits<uint64_t>::max();
+  for (uint64_t b : table->bytes_) {
+    if (b == 0) continue;  // the variant lacks that expert
+    table->smallest_ = std::min(table->smallest_, b);
+    table->largest_ = std::max(table->largest_, b);
+  }
+  if (table->smallest_ == std::numeric_limits<uint64_t>::max()) {
+    return absl::NotFoundError("no expert has a size");
   }
   return std::shared_ptr<const ExpertSizeTable>(std::move(table));
 }
@@ -134,6 +158,17 @@ void WorkerCacheView::NoteMiss(const Miss& miss, bool placed) {
   }
 }
 
+void WorkerCacheView::AddCounters(const WorkerCacheCounters& delta) {
+  counters_.routed_tokens += delta.routed_tokens;
+  counters_.hits += delta.hits;
+  counters_.misses += delta.misses;
+  counters_.urgent_loads += delta.urgent_loads;
+  counters_.prefetch_loads += delta.prefetch_loads;
+  counters_.evictions += delta.evictions;
+  counters_.load_bytes += delta.load_bytes;
+  counters_.unplaced += delta.unplaced;
+}
+
 void WorkerCacheView::RebaseTicks() {
   // Keep the last half of the range exact; older accesses tie as the oldest.
   const uint64_t shift = clock_.now - tick_limit_ / 2 - tick_base_;
@@ -161,7 +196,8 @@ uint64_t WorkerCacheView::SlotBytes(size_t index) const {
 
 void WorkerCacheView::Note(size_t index) {
   if (touch_[index] != 0) return;
-  touch_[index] = kTouched | (flags_[index].load(std::memory_order_relaxed) != 0 ? kWasResident : 0);
+  touch_[index] =
+      kTouched | (flags_[index].load(std::memory_order_relaxed) != 0 ? kWasResident : 0);
   touched_.push_back(index);
 }
 
@@ -188,7 +224,7 @@ thread_local CallRanking call_ranking;
 
 }  // namespace
 
-absl::Status WorkerCacheView::MakeRoom(uint64_t need, const EntryView* incoming) {
+WorkerCacheView::Admission WorkerCacheView::MakeRoom(uint64_t need, const EntryView* incoming) {
   CallRanking& ranking = call_ranking;
   if (ranking.view != id_ || ranking.generation != ranking_generation_) {
     ranking.candidates.clear();
@@ -208,56 +244,64 @@ absl::Status WorkerCacheView::MakeRoom(uint64_t need, const EntryView* incoming)
   ranking.queue.Take(
       need, incoming != nullptr ? std::optional(policy_->Keep(*incoming, Clock())) : std::nullopt,
       &plan);
-  if (plan.valued_more) {
-    return absl::ResourceExhaustedError(
-        absl::StrFormat("making room would evict %s, which the %s policy values more",
-                        plan.valued_more->ToString(), policy_->name()));
-  }
-  if (plan.freed < need) {
-    return absl::ResourceExhaustedError(absl::StrFormat(
-        "only %d of the %d bytes needed can be freed (the rest is this call's experts)", plan.freed,
-        need));
-  }
+  if (plan.valued_more) return Admission::kValuedMore;
+  if (plan.freed < need) return Admission::kNoRoom;
   for (const ExpertKey& victim : plan.victims) Remove(Index(victim));
   if (policy_->RanksByPopulation()) ++ranking_generation_;
-  return absl::OkStatus();
+  return Admission::kAdmitted;
 }
 
-absl::Status WorkerCacheView::Admit(ExpertKey key, uint8_t variant, Priority priority) {
+WorkerCacheView::Admission WorkerCacheView::TryAdmit(ExpertKey key, uint8_t variant,
+                                                     Priority priority) {
   const size_t index = Index(key);
-  if (IsResident(key)) {
-    return absl::AlreadyExistsError(absl::StrFormat("expert %s is resident", key.ToString()));
-  }
+  if (IsResident(key)) return Admission::kResident;
   const uint64_t bytes = sizes_->Bytes(key, variant);
-  if (bytes > budget_bytes_) {
-    return absl::ResourceExhaustedError(
-        absl::StrFormat("expert %s needs %d bytes, more than the cache's whole budget of %d bytes",
-                        key.ToString(), bytes, budget_bytes_));
-  }
+  if (bytes > budget_bytes_) return Admission::kTooLarge;
   if (resident_bytes_ + bytes > budget_bytes_) {
     std::optional<EntryView> incoming;
     if (priority == Priority::kPrefetch) incoming = AsIfUsedNow(View(index), Clock());
-    if (absl::Status s =
-            MakeRoom(resident_bytes_ + bytes - budget_bytes_, incoming ? &*incoming : nullptr);
-        !s.ok()) {
-      return absl::ResourceExhaustedError(
-          absl::StrFormat("cache '%s' cannot take %s: %s", name_, key.ToString(), s.message()));
-    }
+    const Admission room =
+        MakeRoom(resident_bytes_ + bytes - budget_bytes_, incoming ? &*incoming : nullptr);
+    if (room != Admission::kAdmitted) return room;
   }
   Note(index);
   touch_[index] = (touch_[index] & ~kAdmittedForPrefetch) |
                   (priority == Priority::kPrefetch ? kAdmittedForPrefetch : 0);
   flags_[index].store(variant + 1, std::memory_order_relaxed);
   resident_bytes_ += bytes;
-  return absl::OkStatus();
+  return Admission::kAdmitted;
+}
+
+absl::Status WorkerCacheView::Admit(ExpertKey key, uint8_t variant, Priority priority) {
+  const uint64_t need = resident_bytes_ + sizes_->Bytes(key, variant) - budget_bytes_;
+  const EvictionPlan& plan = call_ranking.plan;
+  switch (TryAdmit(key, variant, priority)) {
+    case Admission::kAdmitted:
+      return absl::OkStatus();
+    case Admission::kResident:
+      return absl::AlreadyExistsError(absl::StrFormat("expert %s is resident", key.ToString()));
+    case Admission::kTooLarge:
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "expert %s needs %d bytes, more than the cache's whole budget of %d bytes",
+          key.ToString(), sizes_->Bytes(key, variant), budget_bytes_));
+    case Admission::kValuedMore:
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "cache '%s' cannot take %s: making room would evict %s, which the %s policy values more",
+          name_, key.ToString(), plan.valued_more->ToString(), policy_->name()));
+    case Admission::kNoRoom:
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "cache '%s' cannot take %s: only %d of the %d bytes needed can be freed (the rest is "
+          "this call's experts)",
+          name_, key.ToString(), plan.freed, need));
+  }
+  return absl::InternalError("unknown admission");
 }
 
 void WorkerCacheView::Resize(uint64_t budget_bytes) {
   ++ranking_generation_;
   budget_bytes_ = budget_bytes;
   // Nothing is pinned outside a call, so this always succeeds.
-  if (resident_bytes_ > budget_bytes_)
-    MakeRoom(resident_bytes_ - budget_bytes_, nullptr).IgnoreError();
+  if (resident_bytes_ > budget_bytes_) MakeRoom(resident_bytes_ - budget_bytes_, nullptr);
 }
 
 absl::Status WorkerCacheView::Adopt(absl::Span<const std::pair<ExpertKey, uint8_t>> resident) {
@@ -327,6 +371,25 @@ std::vector<ExpertKey> WorkerCacheView::ResidentKeys() const {
     if (flags_[i].load(std::memory_order_relaxed) != 0) keys.push_back(KeyOf(i));
   }
   return keys;
+}
+
+void PageRoutedBatch(WorkerCacheView& view, uint32_t layer, const RouteResult& batch,
+                     absl::Span<const uint32_t> next_layer,
+                     absl::FunctionRef<uint8_t(ExpertKey)> variant_for, CacheInstructions* out) {
+  view.NoteRoutedTokens(batch.tokens);
+  // As the offline replay does: the batch's experts are pinned, each use is
+  // recorded in order and a miss is loaded at its first use.
+  for (const WorkerCacheView::Miss& miss : view.BeginStep(layer, batch.experts)) {
+    const ExpertKey key{layer, miss.expert};
+    view.NoteMiss(miss, view.TryAdmit(key, variant_for(key), Priority::kUrgent) ==
+                            WorkerCacheView::Admission::kAdmitted);
+  }
+  const auto prefetch = [&](ExpertKey key) {
+    view.TryAdmit(key, variant_for(key), Priority::kPrefetch);
+  };
+  for (uint32_t e : batch.prefetch) prefetch({layer, e});
+  for (uint32_t e : next_layer) prefetch({layer + 1, e});
+  view.EndCall(out);
 }
 
 WorkerCacheInfo DescribeCache(WorkerCacheView& view) {

@@ -11,6 +11,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
@@ -18,6 +19,7 @@
 #include "core/eviction_policy.h"
 #include "core/expert_store.h"
 #include "core/metrics.h"
+#include "core/router.h"
 #include "core/types.h"
 
 namespace moe_router {
@@ -30,6 +32,13 @@ class ExpertSizeTable {
   static absl::StatusOr<std::shared_ptr<const ExpertSizeTable>> Build(const ExpertStore& store,
                                                                       uint32_t num_layers,
                                                                       uint32_t num_experts);
+  /// From sizes received from the service: `bytes` is [variant][layer][expert].
+  static absl::StatusOr<std::shared_ptr<const ExpertSizeTable>> FromSizes(
+      std::vector<std::string> variants, uint32_t num_layers, uint32_t num_experts,
+      std::vector<uint64_t> bytes);
+  const std::vector<std::string>& variants() const { return variants_; }
+  /// [variant][layer][expert], as FromSizes takes it.
+  const std::vector<uint64_t>& bytes() const { return bytes_; }
   uint64_t Bytes(ExpertKey key, uint8_t variant) const {
     return bytes_[variant * slots_ + size_t{key.layer} * num_experts_ + key.expert];
   }
@@ -119,11 +128,17 @@ class WorkerCacheView {
   void NoteRoutedTokens(uint64_t tokens) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     counters_.routed_tokens += tokens;
   }
+  /// Counts what the worker did on its own (it routes in its process).
+  void AddCounters(const WorkerCacheCounters& delta) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   /// Makes the expert resident in `variant`, evicting by policy. A prefetch
   /// evicts only entries the policy values less than the incoming expert.
   /// RESOURCE_EXHAUSTED when it does not fit; ALREADY_EXISTS if resident.
   absl::Status Admit(ExpertKey key, uint8_t variant, Priority priority)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  /// The same without a message, so the routing path allocates nothing.
+  enum class Admission : uint8_t { kAdmitted, kResident, kTooLarge, kValuedMore, kNoRoom };
+  Admission TryAdmit(ExpertKey key, uint8_t variant, Priority priority)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   /// A new budget; evicts by policy down to it (the evictions are the next
   /// instructions).
@@ -196,12 +211,11 @@ class WorkerCacheView {
   }
   const CacheClock& Clock() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return clock_; }
   uint64_t SlotBytes(size_t index) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Evicts by policy until `need` bytes are free; RESOURCE_EXHAUSTED (and
-  // no change) if the evictable entries are not enough or, for a prefetch
-  // of `incoming`, are valued more. The bookings of one step share one
+  // Evicts by policy until `need` bytes are free; kNoRoom (and no change)
+  // if the evictable entries are not enough or, for a prefetch of
+  // `incoming`, kValuedMore if they are valued more. The bookings of one step share one
   // ranking: the entries they may evict do not change in between.
-  absl::Status MakeRoom(uint64_t need, const EntryView* incoming)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  Admission MakeRoom(uint64_t need, const EntryView* incoming) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Note(size_t index) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Remove(size_t index) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RebaseTicks() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -242,6 +256,16 @@ class WorkerCacheView {
   std::optional<uint32_t> last_layer_ ABSL_GUARDED_BY(mu_);
   std::vector<uint32_t> last_choices_ ABSL_GUARDED_BY(mu_);
 };
+
+/// Pages one routed batch of `layer` against a worker's view, the one way
+/// the service and the in-process engine both do it: each miss loaded at its
+/// first use (the batch's experts pinned), then the batch's runners-up and
+/// `next_layer` (experts predicted for layer + 1) prefetched, each evicting
+/// only what the policy values less. Ends the call into `out`.
+void PageRoutedBatch(WorkerCacheView& view, uint32_t layer, const RouteResult& batch,
+                     absl::Span<const uint32_t> next_layer,
+                     absl::FunctionRef<uint8_t(ExpertKey)> variant_for, CacheInstructions* out)
+    ABSL_EXCLUSIVE_LOCKS_REQUIRED(view.mu());
 
 /// What OpenCache and SyncCache answer.
 struct WorkerCacheInfo {
