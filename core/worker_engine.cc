@@ -244,9 +244,16 @@ absl::Status WorkerEngine::Adopt(absl::Span<const ExpertKey> held) {
   return absl::OkStatus();
 }
 
-void WorkerEngine::TakeReport(RoutingReport* out) {
+void WorkerEngine::TakeReport(RoutingReport* out,
+                              std::vector<std::pair<ExpertKey, uint8_t>>* residency) {
   absl::MutexLock lock(&mu_);
   absl::MutexLock view_lock(&view_->mu());
+  if (residency != nullptr) {
+    residency->clear();
+    for (const ExpertKey& key : view_->ResidentKeys()) {
+      residency->emplace_back(key, view_->ResidentVariant(key));
+    }
+  }
   const uint32_t n = model_.router.num_experts;
   report_.sequence = next_sequence_++;
   // Pairs: the dense counts become the report's list, and are zeroed.

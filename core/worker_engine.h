@@ -75,8 +75,10 @@ class WorkerEngine {
   // The control plane, from any thread.
 
   /// Moves what was routed since the last report into `out` (its buffers
-  /// reused), numbered one past the previous.
-  void TakeReport(RoutingReport* out);
+  /// reused), numbered one past the previous; with `residency`, also what
+  /// the worker holds as of that report, in the same step.
+  void TakeReport(RoutingReport* out,
+                  std::vector<std::pair<ExpertKey, uint8_t>>* residency = nullptr);
   /// What the worker holds now, in the variants it holds them.
   std::vector<std::pair<ExpertKey, uint8_t>> Residency();
   /// The fleet's state of some layers, folded in by the service up to this

@@ -8,7 +8,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "core/file_io.h"
-#include "server/proto_to_core.h"
+#include "proto/proto_to_core.h"
 
 namespace moe_router {
 

@@ -7,6 +7,7 @@
 #include "absl/time/clock.h"
 #include "proto/grpc_status.h"
 #include "server/core_to_proto.h"
+#include "server/learn_reactor.h"
 #include "server/route_stream_reactor.h"
 
 namespace moe_router {
@@ -212,6 +213,11 @@ grpc::ServerUnaryReactor* MoeRouterService::SyncCache(grpc::CallbackServerContex
     ToProto(request->model(), *info, response);
     return absl::OkStatus();
   });
+}
+
+grpc::ServerBidiReactor<v1::WorkerReport, v1::FleetUpdate>* MoeRouterService::Learn(
+    grpc::CallbackServerContext*) {
+  return new LearnReactor(registry_, LearnStreamOptions{});
 }
 
 grpc::ServerBidiReactor<v1::RouteTokensRequest, v1::RouteTokensResponse>*

@@ -68,6 +68,8 @@ class MoeRouterService final : public v1::MoeRouter::CallbackService {
   grpc::ServerUnaryReactor* SyncCache(grpc::CallbackServerContext* context,
                                       const v1::SyncCacheRequest* request,
                                       v1::CacheInfo* response) override;
+  grpc::ServerBidiReactor<v1::WorkerReport, v1::FleetUpdate>* Learn(
+      grpc::CallbackServerContext* context) override;
 
  private:
   absl::Status Route(const v1::RouteTokensRequest& request, v1::RouteTokensResponse* response);

@@ -1,6 +1,6 @@
 // ModelSpec (the API and config file) to ModelConfig (the core), field by
 // field: a setting the conversion forgets fails its own row.
-#include "server/proto_to_core.h"
+#include "proto/proto_to_core.h"
 
 #include <google/protobuf/util/json_util.h>
 

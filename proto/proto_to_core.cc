@@ -1,4 +1,4 @@
-#include "server/proto_to_core.h"
+#include "proto/proto_to_core.h"
 
 #include "absl/strings/str_format.h"
 #include "core/safetensors_store.h"

@@ -1,5 +1,5 @@
-#ifndef MOE_ROUTER_SERVER_PROTO_TO_CORE_H_
-#define MOE_ROUTER_SERVER_PROTO_TO_CORE_H_
+#ifndef MOE_ROUTER_PROTO_PROTO_TO_CORE_H_
+#define MOE_ROUTER_PROTO_PROTO_TO_CORE_H_
 
 #include <functional>
 #include <memory>
@@ -28,4 +28,4 @@ absl::StatusOr<std::shared_ptr<const ExpertStore>> StoreFromSpec(
 
 }  // namespace moe_router
 
-#endif  // MOE_ROUTER_SERVER_PROTO_TO_CORE_H_
+#endif  // MOE_ROUTER_PROTO_PROTO_TO_CORE_H_

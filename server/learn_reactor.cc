@@ -1,0 +1,95 @@
+#include "server/learn_reactor.h"
+
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "proto/control_stream_proto.h"
+#include "proto/grpc_status.h"
+#include "server/core_to_proto.h"
+
+namespace moe_router {
+
+LearnReactor::LearnReactor(const ModelRegistry* registry, LearnStreamOptions options)
+    : registry_(registry), options_(options) {
+  StartRead(&report_);
+}
+
+void LearnReactor::OnReadDone(bool ok) {
+  if (!ok) {  // the worker finished sending
+    Finish(grpc::Status::OK);
+    return;
+  }
+  update_.Clear();
+  const absl::Status status = model_ == nullptr ? Hello(report_.hello()) : Fold(report_);
+  if (!status.ok()) {
+    Finish(ToGrpcStatus(status));
+    return;
+  }
+  StartWrite(&update_);
+}
+
+void LearnReactor::OnWriteDone(bool ok) {
+  if (!ok) {
+    Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the worker went away"));
+    return;
+  }
+  StartRead(&report_);
+}
+
+absl::Status LearnReactor::Hello(const v1::WorkerHello& hello) {
+  if (hello.model().empty()) {
+    return absl::InvalidArgumentError(
+        "the first message of a Learn stream must carry hello with the model and cache");
+  }
+  auto model = registry_->Find(hello.model());
+  if (!model.ok()) return model.status();
+  ModelEngine& engine = *(*model)->engine;
+  auto opened = engine.OpenCache(hello.cache(), hello.budget_bytes(), hello.eviction_policy());
+  if (!opened.ok()) return opened.status();
+  std::vector<ExpertKey> resident;
+  resident.reserve(hello.resident_size());
+  for (const v1::ExpertRef& ref : hello.resident()) resident.push_back({ref.layer(), ref.expert()});
+  auto synced = engine.SyncCache(hello.cache(), resident);
+  if (!synced.ok()) return synced.status();
+  model_ = *std::move(model);
+  cache_ = hello.cache();
+  acknowledged_ = hello.first_sequence() > 0 ? hello.first_sequence() - 1 : 0;
+  sent_tokens_.assign(engine.config().num_layers, 0);
+  *update_.mutable_spec() = model_->spec;
+  ToProto(*engine.sizes(), &update_);
+  ToProto(model_->spec.name(), *synced, update_.mutable_cache());
+  update_.set_acknowledged(acknowledged_);
+  AddChangedLayers(~uint64_t{0});
+  return absl::OkStatus();
+}
+
+absl::Status LearnReactor::Fold(const v1::WorkerReport& report) {
+  ModelEngine& engine = *model_->engine;
+  const ModelConfig& config = engine.config();
+  auto parsed = ReportFromProto(report, config.num_layers, config.router.num_experts);
+  if (!parsed.ok()) return parsed.status();
+  if (absl::Status s = engine.FoldReport(cache_, *parsed); !s.ok()) return s;
+  acknowledged_ = std::max(acknowledged_, report.sequence());
+  update_.set_acknowledged(acknowledged_);
+  const absl::Time now = absl::Now();
+  if (now - last_push_ >= options_.min_push_interval) AddChangedLayers(options_.max_update_bytes);
+  return absl::OkStatus();
+}
+
+void LearnReactor::AddChangedLayers(uint64_t max_bytes) {
+  const ModelEngine& engine = *model_->engine;
+  const uint32_t layers = engine.config().num_layers;
+  uint64_t bytes = 0;
+  for (uint32_t i = 0; i < layers && bytes < max_bytes; ++i) {
+    const uint32_t l = (cursor_ + i) % layers;
+    const uint64_t tokens = engine.LayerTokens(l);
+    if (tokens == sent_tokens_[l]) continue;
+    v1::LayerLearnedState* state = update_.add_layers();
+    ToProto(engine.ExportLayerState(l, options_.successors_per_row), state);
+    bytes += state->ByteSizeLong();
+    sent_tokens_[l] = tokens;
+    cursor_ = (l + 1) % layers;
+  }
+  if (update_.layers_size() > 0) last_push_ = absl::Now();
+}
+
+}  // namespace moe_router

@@ -1,0 +1,224 @@
+// In-process routing end to end: the real server on 127.0.0.1:0, workers
+// routing in this process and learning over the Learn stream.
+#include "client/in_process_worker.h"
+
+#include "absl/strings/str_cat.h"
+#include "client/server_replay.h"
+#include "client/worker_cache.h"
+#include "core/synthetic_store.h"
+#include "eval/trace.h"
+#include "eval/workload.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "proto/proto_to_core.h"
+#include "server/server.h"
+#include "tests/testing/test_specs.h"
+#include "tests/testing/test_util.h"
+
+namespace moe_router {
+namespace {
+
+constexpr uint64_t kExpertBytes = 4096;
+
+std::unique_ptr<RouterServer> StartServer(const std::string& listen) {
+  ServerOptions options;
+  options.listen = listen;
+  options.metrics_listen = "";
+  options.health_listen = "";
+  auto server = RouterServer::Start(options);
+  EXPECT_TRUE(server.ok()) << server.status();
+  return server.ok() ? *std::move(server) : nullptr;
+}
+
+v1::ModelSpec Spec(const std::string& name, uint32_t layers, bool prefetch) {
+  v1::ModelSpec spec = testing::SyntheticSpec(name, layers, kExpertBytes, /*budget_experts=*/256);
+  if (!prefetch) {
+    spec.set_prefetch_next_layer(0);
+    spec.mutable_router()->set_prefetch_threshold(0);
+  }
+  return spec;
+}
+
+std::shared_ptr<grpc::Channel> Channel(int port) {
+  return grpc::CreateChannel(absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials());
+}
+
+std::vector<ExpertKey> Keys(const google::protobuf::RepeatedPtrField<v1::ExpertRef>& refs) {
+  std::vector<ExpertKey> keys;
+  for (const v1::ExpertRef& r : refs) keys.push_back({r.layer(), r.expert()});
+  std::sort(keys.begin(), keys.end());
+  return keys;
+}
+
+// Over the shared Mixtral trace, prefetch off: an in-process worker decides,
+// step by step, as a WorkerCache routing remotely with the same budget.
+TEST(InProcessWorkerTest, DecidesAsRemoteRoutingOverTheSharedTrace) {
+  const std::string path = testing::SharedTracePath();
+  if (path.empty()) GTEST_SKIP() << "the shared trace is absent";
+  auto trace = ReadTrace(path);
+  ASSERT_TRUE(trace.ok()) << trace.status();
+  trace->runs.resize(std::min<size_t>(trace->runs.size(), 6));
+  auto server = StartServer("127.0.0.1:0");
+  auto client = Client::Connect(absl::StrCat("127.0.0.1:", server->port()));
+  ASSERT_TRUE(client.ok());
+  ASSERT_TRUE((*client)->Register(Spec("remote", trace->num_layers, false)).ok());
+  ASSERT_TRUE((*client)->Register(Spec("local", trace->num_layers, false)).ok());
+  const uint64_t budget = uint64_t{trace->num_layers} * trace->num_experts / 4 * kExpertBytes;
+  auto remote =
+      WorkerCache::Open(**client, {.model = "remote", .cache = "w", .budget_bytes = budget},
+                        ServerExpertSource(**client, "remote"));
+  ASSERT_TRUE(remote.ok()) << remote.status();
+  auto local =
+      InProcessWorker::Start(Channel(server->port()), {.model = "local",
+                                                       .cache = "w",
+                                                       .budget_bytes = budget,
+                                                       .report_interval = absl::Milliseconds(20)});
+  ASSERT_TRUE(local.ok()) << local.status();
+  std::vector<float> scratch;
+  WorkerStep step;
+  uint64_t steps = 0, evictions = 0;
+  for (const RoutingTrace::Run& run : trace->runs) {
+    for (size_t i = 0; i < run.steps.size(); ++i) {
+      const uint32_t layer = run.steps[i].layer;
+      const absl::Span<const float> logits = StepLogitsForServer(*trace, run, i, scratch);
+      auto routed = (*remote)->Route(layer, logits);
+      ASSERT_TRUE(routed.ok()) << routed.status();
+      ASSERT_TRUE((*local)->engine().Route(layer, logits, &step).ok());
+      ASSERT_THAT(step.batch.experts, ::testing::ElementsAreArray(routed->experts()))
+          << run.name << " step " << i;
+      ASSERT_THAT(step.batch.resident, ::testing::ElementsAreArray(routed->resident()));
+      ASSERT_EQ(step.cache.evictions, Keys(routed->evictions()));
+      ASSERT_EQ(step.cache.urgent, Keys(routed->urgent_page_ins()));
+      evictions += step.cache.evictions.size();
+      ++steps;
+    }
+  }
+  EXPECT_GT(evictions, 0u);
+  // The service folded every step in, and its view of the worker is exact.
+  ASSERT_TRUE((*local)->Flush(absl::Seconds(30)));
+  auto stats = (*client)->Stats("local", "w");
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_EQ(stats->routed_tokens(), steps);
+  auto view = (*client)->OpenCache("local", "w", budget);
+  ASSERT_TRUE(view.ok());
+  std::vector<ExpertKey> held;
+  for (const auto& [key, variant] : (*local)->engine().Residency()) held.push_back(key);
+  EXPECT_EQ(Keys(view->resident()), held);
+  EXPECT_GT((*local)->control_stats().updates_received, 1u);
+}
+
+// Two in-process workers on one model: the service learns from both, and
+// each receives what the fleet learned.
+TEST(InProcessWorkerTest, TheFleetLearnsFromEveryWorker) {
+  auto server = StartServer("127.0.0.1:0");
+  auto client = Client::Connect(absl::StrCat("127.0.0.1:", server->port()));
+  ASSERT_TRUE(client.ok());
+  const uint32_t layers = 4;
+  ASSERT_TRUE((*client)->Register(Spec("m", layers, true)).ok());
+  std::vector<std::unique_ptr<InProcessWorker>> workers;
+  for (int w = 0; w < 2; ++w) {
+    auto worker = InProcessWorker::Start(Channel(server->port()),
+                                         {.model = "m",
+                                          .cache = absl::StrCat("w", w),
+                                          .budget_bytes = 8 * kExpertBytes,
+                                          .report_interval = absl::Milliseconds(10)});
+    ASSERT_TRUE(worker.ok()) << worker.status();
+    workers.push_back(*std::move(worker));
+  }
+  WorkerStep step;
+  uint64_t tokens = 0;
+  for (int b = 0; b < 50; ++b) {
+    for (int w = 0; w < 2; ++w) {
+      for (uint32_t l = 0; l < layers; ++l) {
+        const std::vector<float> logits = testing::RandomLogits(3, 8, b * 100 + w * 10 + l);
+        ASSERT_TRUE(workers[w]->engine().Route(l, logits, &step).ok());
+        tokens += 3;
+      }
+    }
+  }
+  for (auto& worker : workers) ASSERT_TRUE(worker->Flush(absl::Seconds(30)));
+  auto stats = (*client)->Stats("m");
+  ASSERT_TRUE(stats.ok());
+  EXPECT_EQ(stats->routed_tokens(), tokens);
+  EXPECT_EQ(stats->open_caches(), 2u);
+  // Each worker heard of the other's tokens: its layer-0 router learned
+  // from more tokens than it routed itself.
+  for (auto& worker : workers) {
+    ASSERT_TRUE(testing::WaitFor([&] {
+      for (uint32_t l = 0; l < layers; ++l) {
+        EXPECT_TRUE(worker->engine().Route(l, testing::RandomLogits(1, 8, l), &step).ok());
+      }
+      return worker->engine().state_updates_applied() >= layers;
+    }));
+  }
+}
+
+// The service absent at start, then started; killed mid-run and restarted:
+// routing never fails, the worker reconnects and resyncs its view.
+TEST(InProcessWorkerTest, RoutesThroughAbsentAndRestartedService) {
+  // A free port: start a server to learn one, then stop it.
+  int port = 0;
+  {
+    auto probe = StartServer("127.0.0.1:0");
+    port = probe->port();
+  }
+  const std::string listen = absl::StrCat("127.0.0.1:", port);
+  const uint32_t layers = 4;
+  auto config = ConfigFromSpec(Spec("m", layers, true));
+  ASSERT_TRUE(config.ok());
+  auto store = SyntheticStore::Create(
+      {.num_layers = layers, .num_experts = 8, .variants = {{"default", kExpertBytes}}});
+  ASSERT_TRUE(store.ok());
+  auto sizes = ExpertSizeTable::Build(**store, layers, 8);
+  ASSERT_TRUE(sizes.ok());
+  auto worker = InProcessWorker::Start(Channel(port), {.model = "m",
+                                                       .cache = "w",
+                                                       .budget_bytes = 8 * kExpertBytes,
+                                                       .report_interval = absl::Milliseconds(10),
+                                                       .connect_timeout = absl::Milliseconds(200),
+                                                       .max_backoff = absl::Milliseconds(200),
+                                                       .local_model = *config,
+                                                       .local_sizes = *sizes});
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  EXPECT_TRUE((*worker)->control_stats().started_without_service);
+  WorkerStep step;
+  const auto route_some = [&](int seed) {
+    for (int b = 0; b < 20; ++b) {
+      for (uint32_t l = 0; l < layers; ++l) {
+        ASSERT_TRUE((*worker)
+                        ->engine()
+                        .Route(l, testing::RandomLogits(2, 8, seed * 1000 + b * 10 + l), &step)
+                        .ok());
+      }
+    }
+  };
+  route_some(1);
+  for (int round = 0; round < 2; ++round) {
+    auto server = StartServer(listen);
+    ASSERT_NE(server, nullptr);
+    auto client = Client::Connect(listen);
+    ASSERT_TRUE(client.ok());
+    ASSERT_TRUE((*client)->Register(Spec("m", layers, true)).ok());
+    const uint64_t connects = (*worker)->control_stats().connects;
+    ASSERT_TRUE(testing::WaitFor([&] { return (*worker)->control_stats().connects > connects; }));
+    route_some(2 + round);
+    ASSERT_TRUE((*worker)->Flush(absl::Seconds(30)));
+    // The new server's view is what the worker holds.
+    auto view = (*client)->OpenCache("m", "w", 8 * kExpertBytes);
+    ASSERT_TRUE(view.ok());
+    std::vector<ExpertKey> held;
+    for (const auto& [key, variant] : (*worker)->engine().Residency()) held.push_back(key);
+    EXPECT_EQ(Keys(view->resident()), held);
+    // The reports sent while it was away were folded in here: every token.
+    auto stats = (*client)->Stats("m");
+    ASSERT_TRUE(stats.ok());
+    EXPECT_GT(stats->routed_tokens(), 0u);
+    server->Shutdown(absl::Now());  // gone mid-run: the worker routes on
+    server.reset();
+    route_some(10 + round);
+  }
+  EXPECT_EQ((*worker)->control_stats().reports_dropped, 0u);
+}
+
+}  // namespace
+}  // namespace moe_router
