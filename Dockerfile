@@ -19,7 +19,7 @@ RUN apt-get update \
       libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 libcivetweb1 ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /var/lib/moe-router --create-home moe-router
-COPY --from=build /src/build/server/moe-routerd /src/build/client/moe-router /usr/local/bin/
+COPY --from=build /src/build/server/moe-routerd /src/build/cli/moe-router /usr/local/bin/
 USER 10001
 # gRPC, the health-only port (probes), Prometheus /metrics.
 EXPOSE 50051 50052 9464

@@ -75,7 +75,7 @@ def main():
     ap.add_argument("--duration", type=float, default=10)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    cli = os.path.join(args.build, "client/moe-router")
+    cli = os.path.join(args.build, "cli/moe-router")
     routerd = os.path.join(args.build, "server/moe-routerd")
     null = os.path.join(args.build, "bench/moe-null-routerd")
     common = ["--listen=127.0.0.1:0", "--health_listen=", "--metrics_listen="]

@@ -3,7 +3,7 @@
 #include "client/in_process_worker.h"
 
 #include "absl/strings/str_cat.h"
-#include "client/server_replay.h"
+#include "cli/server_replay.h"
 #include "client/worker_cache.h"
 #include "core/synthetic_store.h"
 #include "eval/trace.h"

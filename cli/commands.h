@@ -1,5 +1,5 @@
-#ifndef MOE_ROUTER_CLIENT_COMMANDS_H_
-#define MOE_ROUTER_CLIENT_COMMANDS_H_
+#ifndef MOE_ROUTER_CLI_COMMANDS_H_
+#define MOE_ROUTER_CLI_COMMANDS_H_
 
 #include <string>
 #include <vector>
@@ -26,4 +26,4 @@ int SoakCommand(const std::vector<std::string>& args);
 
 }  // namespace moe_router
 
-#endif  // MOE_ROUTER_CLIENT_COMMANDS_H_
+#endif  // MOE_ROUTER_CLI_COMMANDS_H_

@@ -1,4 +1,4 @@
-#include "client/server_connection.h"
+#include "cli/server_connection.h"
 
 #include "core/defaults.h"
 

@@ -4,7 +4,7 @@
 #include <string>
 #include <vector>
 
-#include "client/commands.h"
+#include "cli/commands.h"
 
 namespace {
 

@@ -3,9 +3,9 @@
 #include <cstdio>
 
 #include "absl/strings/str_format.h"
-#include "client/command_line.h"
-#include "client/commands.h"
-#include "client/progress.h"
+#include "cli/command_line.h"
+#include "cli/commands.h"
+#include "cli/progress.h"
 #include "eval/calibration.h"
 #include "eval/workload.h"
 

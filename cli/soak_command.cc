@@ -4,11 +4,11 @@
 #include <algorithm>
 #include <cstdio>
 
-#include "client/command_line.h"
-#include "client/commands.h"
-#include "client/progress.h"
-#include "client/server_connection.h"
-#include "client/soak.h"
+#include "cli/command_line.h"
+#include "cli/commands.h"
+#include "cli/progress.h"
+#include "cli/server_connection.h"
+#include "cli/soak.h"
 
 namespace moe_router {
 

@@ -1,4 +1,4 @@
-#include "client/load_generator.h"
+#include "cli/load_generator.h"
 
 #include <algorithm>
 #include <atomic>

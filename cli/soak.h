@@ -1,5 +1,5 @@
-#ifndef MOE_ROUTER_CLIENT_SOAK_H_
-#define MOE_ROUTER_CLIENT_SOAK_H_
+#ifndef MOE_ROUTER_CLI_SOAK_H_
+#define MOE_ROUTER_CLI_SOAK_H_
 
 #include <cstdint>
 #include <functional>
@@ -68,4 +68,4 @@ absl::StatusOr<SoakReport> RunSoak(Client& client, const SoakOptions& options,
 
 }  // namespace moe_router
 
-#endif  // MOE_ROUTER_CLIENT_SOAK_H_
+#endif  // MOE_ROUTER_CLI_SOAK_H_

@@ -1,4 +1,4 @@
-#include "client/server_replay.h"
+#include "cli/server_replay.h"
 
 #include <chrono>
 #include <vector>

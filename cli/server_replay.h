@@ -1,5 +1,5 @@
-#ifndef MOE_ROUTER_CLIENT_SERVER_REPLAY_H_
-#define MOE_ROUTER_CLIENT_SERVER_REPLAY_H_
+#ifndef MOE_ROUTER_CLI_SERVER_REPLAY_H_
+#define MOE_ROUTER_CLI_SERVER_REPLAY_H_
 
 #include <cstdint>
 #include <functional>
@@ -50,4 +50,4 @@ absl::StatusOr<ServerReplayReport> ReplayThroughServer(
 
 }  // namespace moe_router
 
-#endif  // MOE_ROUTER_CLIENT_SERVER_REPLAY_H_
+#endif  // MOE_ROUTER_CLI_SERVER_REPLAY_H_

@@ -1,4 +1,4 @@
-#include "client/soak.h"
+#include "cli/soak.h"
 
 #include <unistd.h>
 

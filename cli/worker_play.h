@@ -1,5 +1,5 @@
-#ifndef MOE_ROUTER_CLIENT_WORKER_PLAY_H_
-#define MOE_ROUTER_CLIENT_WORKER_PLAY_H_
+#ifndef MOE_ROUTER_CLI_WORKER_PLAY_H_
+#define MOE_ROUTER_CLI_WORKER_PLAY_H_
 
 #include <cstdint>
 #include <functional>
@@ -50,4 +50,4 @@ absl::StatusOr<std::vector<WorkerPlayResult>> PlayWorkers(
 
 }  // namespace moe_router
 
-#endif  // MOE_ROUTER_CLIENT_WORKER_PLAY_H_
+#endif  // MOE_ROUTER_CLI_WORKER_PLAY_H_

@@ -1,4 +1,4 @@
-#include "client/worker_play.h"
+#include "cli/worker_play.h"
 
 #include <atomic>
 #include <chrono>
@@ -6,7 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "client/server_replay.h"
+#include "cli/server_replay.h"
 
 namespace moe_router {
 namespace {

@@ -5,11 +5,11 @@
 #include <cstdio>
 
 #include "absl/strings/str_cat.h"
-#include "client/command_line.h"
-#include "client/commands.h"
-#include "client/load_generator.h"
-#include "client/progress.h"
-#include "client/server_connection.h"
+#include "cli/command_line.h"
+#include "cli/commands.h"
+#include "cli/load_generator.h"
+#include "cli/progress.h"
+#include "cli/server_connection.h"
 #include "nlohmann/json.hpp"
 
 namespace moe_router {

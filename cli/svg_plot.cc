@@ -1,4 +1,4 @@
-#include "client/svg_plot.h"
+#include "cli/svg_plot.h"
 
 #include <cmath>
 

@@ -1,5 +1,5 @@
-#ifndef MOE_ROUTER_CLIENT_PROGRESS_H_
-#define MOE_ROUTER_CLIENT_PROGRESS_H_
+#ifndef MOE_ROUTER_CLI_PROGRESS_H_
+#define MOE_ROUTER_CLI_PROGRESS_H_
 
 #include <chrono>
 #include <cstdint>
@@ -34,4 +34,4 @@ class ProgressBar {
 
 }  // namespace moe_router
 
-#endif  // MOE_ROUTER_CLIENT_PROGRESS_H_
+#endif  // MOE_ROUTER_CLI_PROGRESS_H_

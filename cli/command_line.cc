@@ -1,4 +1,4 @@
-#include "client/command_line.h"
+#include "cli/command_line.h"
 
 #include <cstdio>
 

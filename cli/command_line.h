@@ -1,5 +1,5 @@
-#ifndef MOE_ROUTER_CLIENT_COMMAND_LINE_H_
-#define MOE_ROUTER_CLIENT_COMMAND_LINE_H_
+#ifndef MOE_ROUTER_CLI_COMMAND_LINE_H_
+#define MOE_ROUTER_CLI_COMMAND_LINE_H_
 
 #include <cstdint>
 #include <map>
@@ -50,4 +50,4 @@ int CommandUsage(const std::string& command, const std::string& synopsis,
 
 }  // namespace moe_router
 
-#endif  // MOE_ROUTER_CLIENT_COMMAND_LINE_H_
+#endif  // MOE_ROUTER_CLI_COMMAND_LINE_H_

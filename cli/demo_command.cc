@@ -5,9 +5,9 @@
 
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
-#include "client/command_line.h"
-#include "client/commands.h"
-#include "client/progress.h"
+#include "cli/command_line.h"
+#include "cli/commands.h"
+#include "cli/progress.h"
 #include "core/defaults.h"
 #include "eval/workload.h"
 

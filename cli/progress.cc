@@ -1,4 +1,4 @@
-#include "client/progress.h"
+#include "cli/progress.h"
 
 #include <unistd.h>
 

@@ -1,5 +1,5 @@
-#ifndef MOE_ROUTER_CLIENT_LOAD_GENERATOR_H_
-#define MOE_ROUTER_CLIENT_LOAD_GENERATOR_H_
+#ifndef MOE_ROUTER_CLI_LOAD_GENERATOR_H_
+#define MOE_ROUTER_CLI_LOAD_GENERATOR_H_
 
 #include <cstdint>
 #include <functional>
@@ -54,4 +54,4 @@ absl::StatusOr<LoadReport> GenerateLoad(
 
 }  // namespace moe_router
 
-#endif  // MOE_ROUTER_CLIENT_LOAD_GENERATOR_H_
+#endif  // MOE_ROUTER_CLI_LOAD_GENERATOR_H_

@@ -4,8 +4,8 @@
 // read. Run it offline after a checkpoint changes.
 #include <cstdio>
 
-#include "client/command_line.h"
-#include "client/commands.h"
+#include "cli/command_line.h"
+#include "cli/commands.h"
 #include "core/safetensors_store.h"
 
 namespace moe_router {

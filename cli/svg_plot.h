@@ -1,5 +1,5 @@
-#ifndef MOE_ROUTER_CLIENT_SVG_PLOT_H_
-#define MOE_ROUTER_CLIENT_SVG_PLOT_H_
+#ifndef MOE_ROUTER_CLI_SVG_PLOT_H_
+#define MOE_ROUTER_CLI_SVG_PLOT_H_
 
 #include <string>
 #include <vector>
@@ -26,4 +26,4 @@ std::string RenderSvg(const Plot& plot);
 
 }  // namespace moe_router
 
-#endif  // MOE_ROUTER_CLIENT_SVG_PLOT_H_
+#endif  // MOE_ROUTER_CLI_SVG_PLOT_H_

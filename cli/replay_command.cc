@@ -4,11 +4,11 @@
 #include <cstdio>
 
 #include "absl/strings/str_format.h"
-#include "client/command_line.h"
-#include "client/commands.h"
-#include "client/progress.h"
-#include "client/server_connection.h"
-#include "client/server_replay.h"
+#include "cli/command_line.h"
+#include "cli/commands.h"
+#include "cli/progress.h"
+#include "cli/server_connection.h"
+#include "cli/server_replay.h"
 #include "core/eviction_policy.h"
 #include "eval/belady_policy.h"
 #include "eval/replay.h"

@@ -1,12 +1,12 @@
-#ifndef MOE_ROUTER_CLIENT_SERVER_CONNECTION_H_
-#define MOE_ROUTER_CLIENT_SERVER_CONNECTION_H_
+#ifndef MOE_ROUTER_CLI_SERVER_CONNECTION_H_
+#define MOE_ROUTER_CLI_SERVER_CONNECTION_H_
 
 #include <memory>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "client/client.h"
-#include "client/command_line.h"
+#include "cli/command_line.h"
 
 namespace moe_router {
 
@@ -28,4 +28,4 @@ absl::StatusOr<std::unique_ptr<Client>> ConnectToServer(const CommandLine& cl);
 
 }  // namespace moe_router
 
-#endif  // MOE_ROUTER_CLIENT_SERVER_CONNECTION_H_
+#endif  // MOE_ROUTER_CLI_SERVER_CONNECTION_H_
