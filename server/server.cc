@@ -25,6 +25,10 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const ServerOp
   builder.SetMaxReceiveMessageSize(options.max_message_bytes);
   builder.SetMaxSendMessageSize(options.max_message_bytes);
   builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, options.max_concurrent_streams);
+  // A port is one replica's: a second server started on it by mistake must
+  // fail, not silently take half the workers (and their cache views).
+  // gRPC shares ports (SO_REUSEPORT) unless told not to.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   // gRPC's own buffers come out of the server's headroom, not the models'.
   grpc::ResourceQuota quota("moe-routerd");
   builder.SetResourceQuota(quota.Resize(kServerHeadroomBytes / 2));
@@ -38,6 +42,7 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const ServerOp
     grpc::ServerBuilder health_builder;
     health_builder.AddListeningPort(options.health_listen, grpc::InsecureServerCredentials(),
                                     &server->health_port_);
+    health_builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
     server->health_server_ = health_builder.BuildAndStart();
     if (server->health_server_ == nullptr || server->health_port_ == 0) {
       return absl::UnavailableError(
@@ -100,8 +105,11 @@ void RouterServer::Shutdown(absl::Time deadline) {
   stopped_ = true;
   stop_housekeeping_.Notify();
   if (housekeeper_.joinable()) housekeeper_.join();
-  server_->Shutdown(absl::ToChronoTime(deadline));
-  server_->Wait();
+  // A server that failed to start may have no gRPC server.
+  if (server_ != nullptr) {
+    server_->Shutdown(absl::ToChronoTime(deadline));
+    server_->Wait();
+  }
   if (health_server_ != nullptr) {
     health_server_->Shutdown(absl::ToChronoTime(absl::Now()));
     health_server_->Wait();

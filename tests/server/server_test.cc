@@ -116,6 +116,20 @@ TEST_F(ServerTest, RegistersRoutesAndReportsStats) {
 
 // ListModels answers with the spec as registered: a setting given as 0
 // stays given (not dropped as a default), so a client can tell.
+// A replica's port is its own: a second server on it fails to start
+// instead of sharing its traffic (gRPC would share it by SO_REUSEPORT).
+TEST_F(ServerTest, ASecondServerOnTheSamePortFailsToStart) {
+  for (int port : {server_->port(), server_->health_port()}) {
+    ServerOptions options;
+    options.listen = port == server_->port() ? absl::StrCat("127.0.0.1:", port) : "127.0.0.1:0";
+    options.metrics_listen = "";
+    options.health_listen = port == server_->port() ? "" : absl::StrCat("127.0.0.1:", port);
+    auto second = RouterServer::Start(options);
+    ASSERT_FALSE(second.ok());
+    EXPECT_THAT(std::string(second.status().message()), HasSubstr(absl::StrCat(":", port)));
+  }
+}
+
 TEST_F(ServerTest, ListModelsEchoesTheSpecAsRegistered) {
   v1::ModelSpec spec = SmallSpec("zeroes");
   spec.set_prefetch_next_layer(0);
