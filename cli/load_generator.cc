@@ -28,12 +28,6 @@ struct WorkerResult {
   std::string first_error;
 };
 
-double Percentile(const std::vector<double>& sorted, double q) {
-  if (sorted.empty()) return 0;
-  const size_t i = std::min(sorted.size() - 1, static_cast<size_t>(q * sorted.size()));
-  return sorted[i];
-}
-
 using Clock = std::chrono::steady_clock;
 
 // The window calls are measured in: after the warm-up, for the duration.
@@ -124,6 +118,12 @@ LoadReport Merge(std::vector<WorkerResult>& results, const LoadOptions& options,
 }
 
 }  // namespace
+
+double Percentile(const std::vector<double>& sorted, double q) {
+  if (sorted.empty()) return 0;
+  const size_t i = std::min(sorted.size() - 1, static_cast<size_t>(q * sorted.size()));
+  return sorted[i];
+}
 
 absl::StatusOr<LoadReport> GenerateLoad(
     Client& client, const LoadOptions& options,

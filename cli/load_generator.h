@@ -13,6 +13,9 @@
 
 namespace moe_router {
 
+/// The q-quantile of ascending `sorted` (0 when empty).
+double Percentile(const std::vector<double>& sorted, double q);
+
 struct LoadOptions {
   std::string model = kDefaultModelName;
   /// Closed loop: this many workers, each with one call outstanding.

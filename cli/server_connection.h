@@ -5,8 +5,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "client/client.h"
 #include "cli/command_line.h"
+#include "client/client.h"
 
 namespace moe_router {
 

@@ -11,15 +11,30 @@
 namespace moe_router {
 namespace {
 
-// One worker over its runs; errors name the run, token and layer.
-absl::Status PlayOne(Client& client, const WorkerPlayOptions& options, WorkerPlayResult& result,
-                     std::atomic<uint64_t>& steps_done, const std::function<void()>& step_done) {
+absl::Status StepError(const WorkerPlayResult& result, const RoutingTrace::Run& run, size_t i,
+                       const absl::Status& status) {
+  return absl::Status(status.code(),
+                      absl::StrFormat("%s: run %s, token %u, layer %u: %s", result.cache, run.name,
+                                      run.steps[i].token, run.steps[i].layer, status.message()));
+}
+
+double SecondsSince(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+absl::StatusOr<std::unique_ptr<ExpertSource>> MakeSource(Client& client,
+                                                         const WorkerPlayOptions& options) {
+  if (options.make_source) return options.make_source();
+  return ServerExpertSource(client, options.model);
+}
+
+// One worker routing remotely (or, shared, against the server's cache);
+// errors name the run, token and layer.
+absl::Status PlayRemote(Client& client, const WorkerPlayOptions& options, WorkerPlayResult& result,
+                        std::atomic<uint64_t>& steps_done, const std::function<void()>& step_done) {
   std::unique_ptr<WorkerCache> cache;
   if (!options.shared_server_cache) {
-    absl::StatusOr<std::unique_ptr<ExpertSource>> source =
-        options.make_source ? options.make_source()
-                            : absl::StatusOr<std::unique_ptr<ExpertSource>>(
-                                  ServerExpertSource(client, options.model));
+    auto source = MakeSource(client, options);
     if (!source.ok()) return source.status();
     auto opened = WorkerCache::Open(client,
                                     {.model = options.model,
@@ -31,6 +46,7 @@ absl::Status PlayOne(Client& client, const WorkerPlayOptions& options, WorkerPla
     cache = *std::move(opened);
     result.policy = cache->policy();
   }
+  result.mode = "remote";
   const RoutingTrace& trace = result.part;
   std::vector<float> scratch;
   WorkerCacheReport shared;  // without a cache: the server cache's residency
@@ -40,7 +56,9 @@ absl::Status PlayOne(Client& client, const WorkerPlayOptions& options, WorkerPla
       const absl::Span<const float> logits = StepLogitsForServer(trace, run, i, scratch);
       absl::Status status;
       if (cache != nullptr) {
+        const double before = cache->report().route_seconds;
         auto routed = cache->Route(layer, logits);
+        result.route_us.push_back((cache->report().route_seconds - before) * 1e6);
         for (int c = 0; routed.ok() && c < routed->experts_size(); ++c) {
           status.Update(cache->Get({layer, routed->experts(c)}).status());
         }
@@ -48,8 +66,9 @@ absl::Status PlayOne(Client& client, const WorkerPlayOptions& options, WorkerPla
       } else {
         const auto start = std::chrono::steady_clock::now();
         auto routed = client.Route(options.model, layer, logits);
-        shared.route_seconds +=
-            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        const double seconds = SecondsSince(start);
+        shared.route_seconds += seconds;
+        result.route_us.push_back(seconds * 1e6);
         if (routed.ok()) {
           ++shared.route_calls;
           shared.tokens += routed->tokens();
@@ -58,11 +77,7 @@ absl::Status PlayOne(Client& client, const WorkerPlayOptions& options, WorkerPla
         }
         status = routed.status();
       }
-      if (!status.ok()) {
-        return absl::Status(status.code(),
-                            absl::StrFormat("%s: run %s, token %u, layer %u: %s", result.cache,
-                                            run.name, run.steps[i].token, layer, status.message()));
-      }
+      if (!status.ok()) return StepError(result, run, i, status);
       steps_done.fetch_add(1, std::memory_order_relaxed);
       step_done();
     }
@@ -73,6 +88,62 @@ absl::Status PlayOne(Client& client, const WorkerPlayOptions& options, WorkerPla
   }
   result.report = cache->report();
   return cache->Close();
+}
+
+// One worker routing in this process: the engine decides, this worker's
+// bytes follow, the Learn stream reports in the background.
+absl::Status PlayInProcess(Client& client, const WorkerPlayOptions& options,
+                           WorkerPlayResult& result, std::atomic<uint64_t>& steps_done,
+                           const std::function<void()>& step_done) {
+  auto source = MakeSource(client, options);
+  if (!source.ok()) return source.status();
+  HeldExperts held(*std::move(source));
+  auto worker = InProcessWorker::Start(options.in_process_channel,
+                                       {.model = options.model,
+                                        .cache = result.cache,
+                                        .budget_bytes = options.cache_bytes,
+                                        .eviction_policy = options.eviction_policy});
+  if (!worker.ok()) return worker.status();
+  WorkerEngine& engine = (*worker)->engine();
+  result.mode = "in_process";
+  result.policy = engine.policy_name();
+  WorkerCacheReport& report = result.report;
+  const RoutingTrace& trace = result.part;
+  std::vector<float> scratch;
+  WorkerStep step;
+  std::vector<ExpertKey> loads;
+  for (const RoutingTrace::Run& run : trace.runs) {
+    for (size_t i = 0; i < run.steps.size(); ++i) {
+      const uint32_t layer = run.steps[i].layer;
+      const absl::Span<const float> logits = StepLogitsForServer(trace, run, i, scratch);
+      const auto start = std::chrono::steady_clock::now();
+      absl::Status status = engine.Route(layer, logits, &step);
+      const double seconds = SecondsSince(start);
+      if (!status.ok()) return StepError(result, run, i, status);
+      report.route_seconds += seconds;
+      result.route_us.push_back(seconds * 1e6);
+      ++report.route_calls;
+      report.tokens += step.batch.tokens;
+      report.accesses += step.batch.experts.size();
+      for (uint8_t r : step.batch.resident) report.hits += r;
+      loads = step.cache.urgent;
+      loads.insert(loads.end(), step.cache.prefetch.begin(), step.cache.prefetch.end());
+      status = held.CarryOut(step.cache.evictions, loads, &report);
+      if (!status.ok()) {
+        // The engine's view must be what the worker really holds.
+        engine.Adopt(held.Keys()).IgnoreError();
+        return StepError(result, run, i, status);
+      }
+      for (uint32_t e : step.batch.experts) status.Update(held.Get({layer, e}, &report).status());
+      if (!status.ok()) return StepError(result, run, i, status);
+      steps_done.fetch_add(1, std::memory_order_relaxed);
+      step_done();
+    }
+  }
+  (*worker)->Flush(absl::Seconds(10));
+  result.control = (*worker)->control_stats();
+  worker->reset();
+  return client.CloseCache(options.model, result.cache);
 }
 
 }  // namespace
@@ -97,9 +168,12 @@ absl::StatusOr<std::vector<WorkerPlayResult>> PlayWorkers(
   for (uint32_t w = 0; w < options.workers; ++w) {
     threads.emplace_back([&, w] {
       const auto start = std::chrono::steady_clock::now();
-      statuses[w] = PlayOne(client, options, results[w], done, [&] {
+      const auto step_done = [&] {
         if (progress && w == 0) progress(done.load(std::memory_order_relaxed), total);
-      });
+      };
+      statuses[w] = options.in_process_channel != nullptr
+                        ? PlayInProcess(client, options, results[w], done, step_done)
+                        : PlayRemote(client, options, results[w], done, step_done);
       results[w].seconds =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     });

@@ -9,6 +9,7 @@
 
 #include "absl/status/statusor.h"
 #include "client/client.h"
+#include "client/in_process_worker.h"
 #include "client/worker_cache.h"
 #include "eval/trace.h"
 
@@ -26,6 +27,9 @@ struct WorkerPlayOptions {
   /// Workers route without a cache of their own, against the server's
   /// (what every worker shared before worker caches): no bytes move.
   bool shared_server_cache = false;
+  /// Workers route in this process (InProcessWorker over this channel, the
+  /// server's), learning over the Learn stream, instead of RouteTokens.
+  std::shared_ptr<grpc::Channel> in_process_channel = nullptr;
 };
 
 /// One worker's part of a trace and what it saw.
@@ -34,7 +38,10 @@ struct WorkerPlayResult {
   RoutingTrace part;  // its runs (round-robin)
   WorkerCacheReport report;
   std::string policy;
-  double seconds = 0;  // wall time of its whole part
+  std::string mode;              // "remote" or "in_process"
+  std::vector<double> route_us;  // each layer call's routing time
+  ControlStats control;          // in process: its Learn stream
+  double seconds = 0;            // wall time of its whole part
   /// Tokens of its runs through all layers, per second.
   double TokensPerSecond() const { return seconds > 0 ? part.Tokens() / seconds : 0; }
 };

@@ -73,6 +73,8 @@ class Client {
  public:
   /// Reading a TLS file that is missing is an error naming it; the
   /// connection itself is made lazily, on the first call.
+  /// The channel, for other stubs over the same connection (InProcessWorker).
+  std::shared_ptr<grpc::Channel> channel() const { return channel_; }
   static absl::StatusOr<std::unique_ptr<Client>> Connect(const std::string& target,
                                                          const ClientTls& tls = {});
   /// Deadline of every call (default 10 s).

@@ -76,26 +76,12 @@ absl::StatusOr<std::unique_ptr<WorkerCache>> WorkerCache::Open(
 absl::Status WorkerCache::CarryOut(
     const google::protobuf::RepeatedPtrField<v1::ExpertRef>& evictions,
     const std::vector<ExpertKey>& loads) {
-  for (const v1::ExpertRef& ref : evictions) {
-    if (held_.count({ref.layer(), ref.expert()}) > 0) ++report_.evictions;
-    Drop({ref.layer(), ref.expert()});
+  std::vector<ExpertKey> drops;
+  AppendKeys(evictions, &drops);
+  if (absl::Status s = held_.CarryOut(drops, loads, &report_); !s.ok()) {
+    if (absl::Status synced = Resync(); !synced.ok()) return synced;
+    return absl::Status(s.code(), absl::StrFormat("cache '%s': %s", options_.cache, s.message()));
   }
-  const auto start = std::chrono::steady_clock::now();
-  for (const ExpertKey& key : loads) {
-    absl::StatusOr<HeldExpert> expert = source_->Load(key);
-    if (!expert.ok()) {
-      report_.load_seconds += SecondsSince(start);
-      if (absl::Status s = Resync(); !s.ok()) return s;
-      return absl::Status(expert.status().code(),
-                          absl::StrFormat("loading %s for cache '%s': %s", key.ToString(),
-                                          options_.cache, expert.status().message()));
-    }
-    held_bytes_ += expert->size;
-    report_.loaded_bytes += expert->size;
-    ++report_.loads;
-    held_[key] = *std::move(expert);
-  }
-  report_.load_seconds += SecondsSince(start);
   return absl::OkStatus();
 }
 
@@ -135,27 +121,15 @@ absl::StatusOr<v1::PrefetchResponse> WorkerCache::Prefetch(uint32_t layer,
   return answer;
 }
 
-absl::StatusOr<HeldExpert> WorkerCache::Get(ExpertKey key) {
-  if (const auto it = held_.find(key); it != held_.end()) return it->second;
-  const auto start = std::chrono::steady_clock::now();
-  absl::StatusOr<HeldExpert> expert = source_->Load(key);
-  report_.load_seconds += SecondsSince(start);
-  if (expert.ok()) ++report_.streamed;
-  return expert;
-}
+absl::StatusOr<HeldExpert> WorkerCache::Get(ExpertKey key) { return held_.Get(key, &report_); }
 
-void WorkerCache::Drop(ExpertKey key) {
-  const auto it = held_.find(key);
-  if (it == held_.end()) return;
-  held_bytes_ -= it->second.size;
-  held_.erase(it);
-}
+void WorkerCache::Drop(ExpertKey key) { held_.Drop(key); }
 
 absl::Status WorkerCache::Resync() {
   v1::SyncCacheRequest request;
   request.set_model(options_.model);
   request.set_cache(options_.cache);
-  for (const auto& [key, expert] : held_) {
+  for (const ExpertKey& key : held_.Keys()) {
     v1::ExpertRef* ref = request.add_resident();
     ref->set_layer(key.layer);
     ref->set_expert(key.expert);
@@ -165,11 +139,6 @@ absl::Status WorkerCache::Resync() {
 
 absl::Status WorkerCache::Close() { return client_.CloseCache(options_.model, options_.cache); }
 
-std::vector<ExpertKey> WorkerCache::Held() const {
-  std::vector<ExpertKey> keys;
-  keys.reserve(held_.size());
-  for (const auto& [key, expert] : held_) keys.push_back(key);
-  return keys;
-}
+std::vector<ExpertKey> WorkerCache::Held() const { return held_.Keys(); }
 
 }  // namespace moe_router

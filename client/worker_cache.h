@@ -10,23 +10,11 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "client/client.h"
+#include "client/held_experts.h"
 #include "core/expert_store.h"
 #include "core/types.h"
 
 namespace moe_router {
-
-/// An expert in the worker's memory: its bytes, kept alive by `bytes`.
-struct HeldExpert {
-  std::shared_ptr<const uint8_t> bytes;
-  uint64_t size = 0;
-};
-
-/// Where a worker gets the experts it is told to load. Not thread-safe.
-class ExpertSource {
- public:
-  virtual ~ExpertSource() = default;
-  virtual absl::StatusOr<HeldExpert> Load(ExpertKey key) = 0;
-};
 
 /// From moe-routerd's FetchExpert, verified (Client::Fetch): served from the
 /// server's memory when it staged the expert, else paged from its store.
@@ -34,21 +22,6 @@ std::unique_ptr<ExpertSource> ServerExpertSource(Client& client, std::string mod
 /// From a store on this machine (a safetensors directory is read and
 /// checked against its manifest), in its default precision.
 std::unique_ptr<ExpertSource> StoreExpertSource(std::shared_ptr<const ExpertStore> store);
-
-/// What a WorkerCache did.
-struct WorkerCacheReport {
-  uint64_t route_calls = 0;
-  uint64_t tokens = 0;
-  uint64_t accesses = 0;  // chosen experts
-  uint64_t hits = 0;      // of those, held when routed
-  uint64_t loads = 0;
-  uint64_t evictions = 0;
-  uint64_t streamed = 0;  // chosen experts used without being kept
-  uint64_t loaded_bytes = 0;
-  double route_seconds = 0;  // in routing and prefetch calls
-  double load_seconds = 0;   // in loading experts from the source
-  double HitRate() const { return accesses == 0 ? 0 : static_cast<double>(hits) / accesses; }
-};
 
 /// An inference worker's own expert memory, managed by moe-routerd: the
 /// server keeps an exact view of what this worker holds, routes against it,
@@ -97,7 +70,7 @@ class WorkerCache {
   absl::Status Close();
 
   std::vector<ExpertKey> Held() const;
-  uint64_t held_bytes() const { return held_bytes_; }
+  uint64_t held_bytes() const { return held_.bytes(); }
   uint64_t budget_bytes() const { return options_.budget_bytes; }
   /// The eviction policy the server runs for this cache.
   const std::string& policy() const { return policy_; }
@@ -105,17 +78,15 @@ class WorkerCache {
 
  private:
   WorkerCache(Client& client, Options options, std::unique_ptr<ExpertSource> source)
-      : client_(client), options_(std::move(options)), source_(std::move(source)) {}
+      : client_(client), options_(std::move(options)), held_(std::move(source)) {}
   // Drops, then loads; on a failed load, resyncs and returns the error.
   absl::Status CarryOut(const google::protobuf::RepeatedPtrField<v1::ExpertRef>& evictions,
                         const std::vector<ExpertKey>& loads);
 
   Client& client_;
   const Options options_;
-  std::unique_ptr<ExpertSource> source_;
+  HeldExperts held_;
   std::string policy_;
-  std::map<ExpertKey, HeldExpert> held_;
-  uint64_t held_bytes_ = 0;
   WorkerCacheReport report_;
 };
 

@@ -4,10 +4,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "client/http_get.h"
 #include "cli/server_replay.h"
-#include "client/worker_cache.h"
 #include "cli/worker_play.h"
+#include "client/http_get.h"
+#include "client/worker_cache.h"
 #include "core/file_io.h"
 #include "eval/replay.h"
 #include "eval/workload.h"
@@ -445,6 +445,51 @@ TEST_F(WorkerCacheTest, WorkerCommandMatchesTheOfflineReplay) {
   auto stats = client_->Stats("m");
   ASSERT_TRUE(stats.ok());
   EXPECT_EQ(stats->open_caches(), 0u);
+}
+
+// --in-process --compare: the same workers routing remotely and in this
+// process. Without prefetch and with the router unchanged, both modes make
+// the same decisions, so their figures agree exactly; only the in-process
+// rows have control traffic, and the replay says what it models.
+TEST_F(WorkerCacheTest, WorkerCommandComparesInProcessWithRemoteRouting) {
+  v1::ModelSpec spec = NoPrefetchSpec("m");
+  spec.mutable_router()->set_disable_memory_aware(false);
+  ASSERT_TRUE(client_->Register(spec).ok());
+  testing::TempDir dir;
+  const std::string trace_path = dir.path() + "/trace.bin";
+  ASSERT_TRUE(WriteLogitsTrace(trace_path, SmallTrace(2, 9)).ok());
+  const testing::CommandResult run = testing::RunCommand(
+      absl::StrCat(MOE_ROUTER_CLI_PATH, " worker ", trace_path,
+                   " --server 127.0.0.1:", server_->port(), " --model m --cache-bytes ",
+                   10 * kExpertBytes, " --workers 2 --in-process --compare --json"));
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  const nlohmann::json out = nlohmann::json::parse(run.output.substr(run.output.find('{')));
+  EXPECT_EQ(out["replay"], "demand only");
+  ASSERT_EQ(out["workers"].size(), 4u);
+  for (int w = 0; w < 2; ++w) {
+    const nlohmann::json& remote = out["workers"][w];
+    const nlohmann::json& local = out["workers"][w + 2];
+    EXPECT_EQ(remote["mode"], "remote");
+    EXPECT_EQ(local["mode"], "in_process");
+    for (const char* field : {"hit_rate", "loads", "evictions", "accesses", "tokens"}) {
+      EXPECT_EQ(local[field], remote[field]) << field;
+    }
+    EXPECT_GT(local["route_us_p50"].get<double>(), 0);
+    EXPECT_GE(local["route_us_p99"].get<double>(), local["route_us_p50"].get<double>());
+    EXPECT_GT(local["control_bytes_up_per_second"].get<double>(), 0);
+    EXPECT_GT(local["control_bytes_down_per_second"].get<double>(), 0);
+    EXPECT_EQ(remote["control_bytes_up_per_second"].get<double>(), 0);
+    // The replay routes plain top-k; these workers route with the bonus.
+    EXPECT_TRUE(local.contains("replay_hit_rate"));
+  }
+  auto stats = client_->Stats("m");
+  ASSERT_TRUE(stats.ok());
+  EXPECT_EQ(stats->open_caches(), 0u);
+  // Both modes' tokens reached the model's learned state (top-2: two
+  // accesses a token).
+  uint64_t tokens = 0;
+  for (const auto& w : out["workers"]) tokens += w["accesses"].get<uint64_t>() / 2;
+  EXPECT_EQ(stats->routed_tokens(), tokens);
 }
 
 // --fetch DIR: workers load from their own copy of the checkpoint, checked
