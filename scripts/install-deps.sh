@@ -9,6 +9,7 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   prometheus-cpp-dev prometheus
   python3-grpcio python3-protobuf python3-yaml
+  pybind11-dev python3-dev python3-numpy  # the native in-process engine for Python
   libssl-dev  # verifying admin client certificates
   openssl  # test certificates for the TLS tests
   clang-format  # the format check (tests/format)

@@ -1,0 +1,197 @@
+// moe_router._engine: the in-process worker engine for Python inference
+// engines. The same C++ InProcessWorker (client/in_process_worker.h): routing
+// runs without the GIL, the Learn stream on C++ threads.
+#include <grpcpp/grpcpp.h>
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <stdexcept>
+
+#include "client/in_process_worker.h"
+
+namespace py = pybind11;
+
+namespace moe_router {
+namespace {
+
+void Check(const absl::Status& status) {
+  if (!status.ok()) throw std::runtime_error(std::string(status.ToString()));
+}
+
+// A numpy view of a step's buffer, alive as long as the step is: no copy.
+template <typename T>
+py::array View(std::vector<T>& buffer, std::vector<py::ssize_t> shape, py::handle owner) {
+  return py::array_t<T>(shape, buffer.data(), owner);
+}
+
+py::array Keys(std::vector<ExpertKey>& keys, py::handle owner) {
+  static_assert(sizeof(ExpertKey) == 2 * sizeof(uint32_t));
+  return py::array_t<uint32_t>({static_cast<py::ssize_t>(keys.size()), py::ssize_t{2}},
+                               reinterpret_cast<uint32_t*>(keys.data()), owner);
+}
+
+class PyWorker {
+ public:
+  PyWorker(const std::string& target, const std::string& model, const std::string& cache,
+           uint64_t budget_bytes, const std::string& eviction_policy, double report_interval_s,
+           double connect_timeout_s) {
+    InProcessWorker::Options options{.model = model,
+                                     .cache = cache,
+                                     .budget_bytes = budget_bytes,
+                                     .eviction_policy = eviction_policy,
+                                     .report_interval = absl::Seconds(report_interval_s),
+                                     .connect_timeout = absl::Seconds(connect_timeout_s)};
+    auto channel = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
+    absl::StatusOr<std::unique_ptr<InProcessWorker>> worker;
+    {
+      py::gil_scoped_release unlocked;
+      worker = InProcessWorker::Start(std::move(channel), options);
+    }
+    Check(worker.status());
+    worker_ = *std::move(worker);
+  }
+
+  // Routes one layer's batch into `step`; logits: float32, C-contiguous,
+  // tokens x num_experts (or one row), read in place.
+  void Route(uint32_t layer, py::array_t<float, py::array::c_style> logits, WorkerStep& step) {
+    const py::buffer_info in = logits.request();
+    const absl::Span<const float> values(static_cast<const float*>(in.ptr),
+                                         static_cast<size_t>(in.size));
+    absl::Status status;
+    {
+      py::gil_scoped_release unlocked;
+      status = worker_->engine().Route(layer, values, &step);
+    }
+    Check(status);
+  }
+
+  void Prefetch(uint32_t layer, py::array_t<float, py::array::c_style> guess, uint32_t budget,
+                WorkerStep& step) {
+    const py::buffer_info in = guess.request();
+    const absl::Span<const float> values(static_cast<const float*>(in.ptr),
+                                         static_cast<size_t>(in.size));
+    absl::Status status;
+    {
+      py::gil_scoped_release unlocked;
+      status = worker_->engine().Prefetch(layer, values, budget, &step.cache);
+    }
+    Check(status);
+  }
+
+  void Adopt(const std::vector<std::pair<uint32_t, uint32_t>>& held) {
+    std::vector<ExpertKey> keys;
+    keys.reserve(held.size());
+    for (const auto& [layer, expert] : held) keys.push_back({layer, expert});
+    Check(worker_->engine().Adopt(keys));
+  }
+
+  std::vector<std::pair<uint32_t, uint32_t>> Residency() {
+    std::vector<std::pair<uint32_t, uint32_t>> held;
+    for (const auto& [key, variant] : worker_->engine().Residency()) {
+      held.emplace_back(key.layer, key.expert);
+    }
+    return held;
+  }
+
+  bool Flush(double timeout_s) {
+    py::gil_scoped_release unlocked;
+    return worker_->Flush(absl::Seconds(timeout_s));
+  }
+
+  py::dict ControlStatsDict() const {
+    const ControlStats s = worker_->control_stats();
+    py::dict d;
+    d["connected"] = s.connected;
+    d["started_without_service"] = s.started_without_service;
+    d["connects"] = s.connects;
+    d["reports_sent"] = s.reports_sent;
+    d["reports_dropped"] = s.reports_dropped;
+    d["updates_received"] = s.updates_received;
+    d["bytes_up"] = s.bytes_up;
+    d["bytes_down"] = s.bytes_down;
+    d["acknowledged"] = s.acknowledged;
+    return d;
+  }
+
+  void Close() {
+    py::gil_scoped_release unlocked;
+    worker_.reset();
+  }
+
+ private:
+  InProcessWorker& worker() {
+    if (worker_ == nullptr) throw std::runtime_error("the worker is closed");
+    return *worker_;
+  }
+  std::unique_ptr<InProcessWorker> worker_;
+};
+
+}  // namespace
+}  // namespace moe_router
+
+PYBIND11_MODULE(_engine, m) {
+  using moe_router::PyWorker;
+  using moe_router::WorkerStep;
+  m.doc() =
+      "The in-process worker engine: routing in the worker's process against its own memory, "
+      "learning from the fleet over a background stream (C++ InProcessWorker).";
+  py::class_<WorkerStep>(m, "Step",
+                         "One layer call's answer. Its arrays are views of buffers the next "
+                         "call with this step overwrites: copy what must outlive it.")
+      .def(py::init<>())
+      .def_property_readonly("tokens", [](const WorkerStep& s) { return s.batch.tokens; })
+      .def_property_readonly(
+          "experts",
+          [](py::object self) {
+            auto& s = self.cast<WorkerStep&>();
+            return moe_router::View(s.batch.experts, {s.batch.tokens, s.batch.top_k}, self);
+          })
+      .def_property_readonly(
+          "weights",
+          [](py::object self) {
+            auto& s = self.cast<WorkerStep&>();
+            return moe_router::View(s.batch.weights, {s.batch.tokens, s.batch.top_k}, self);
+          })
+      .def_property_readonly(
+          "resident",
+          [](py::object self) {
+            auto& s = self.cast<WorkerStep&>();
+            return moe_router::View(s.batch.resident, {s.batch.tokens, s.batch.top_k}, self);
+          })
+      .def_property_readonly(
+          "evictions",
+          [](py::object self) {
+            return moe_router::Keys(self.cast<WorkerStep&>().cache.evictions, self);
+          },
+          "(n, 2) layer, expert: drop these first")
+      .def_property_readonly(
+          "urgent",
+          [](py::object self) {
+            return moe_router::Keys(self.cast<WorkerStep&>().cache.urgent, self);
+          },
+          "(n, 2): load before computing the layer")
+      .def_property_readonly(
+          "prefetch",
+          [](py::object self) {
+            return moe_router::Keys(self.cast<WorkerStep&>().cache.prefetch, self);
+          },
+          "(n, 2): load ahead");
+  py::class_<PyWorker>(m, "InProcessWorker")
+      .def(py::init<const std::string&, const std::string&, const std::string&, uint64_t,
+                    const std::string&, double, double>(),
+           py::arg("target"), py::arg("model"), py::arg("cache"), py::arg("budget_bytes"),
+           py::arg("eviction_policy") = "", py::arg("report_interval_s") = 0.1,
+           py::arg("connect_timeout_s") = 2.0)
+      .def("route", &PyWorker::Route, py::arg("layer"), py::arg("logits"), py::arg("step"),
+           "Routes one layer's float32 (tokens, num_experts) logits into step, without copying "
+           "them and without the GIL.")
+      .def("prefetch", &PyWorker::Prefetch, py::arg("layer"), py::arg("gate_guess"),
+           py::arg("budget"), py::arg("step"))
+      .def("adopt", &PyWorker::Adopt, py::arg("held"),
+           "The worker holds exactly these (layer, expert) pairs.")
+      .def("residency", &PyWorker::Residency)
+      .def("flush", &PyWorker::Flush, py::arg("timeout_s") = 10.0)
+      .def("control_stats", &PyWorker::ControlStatsDict)
+      .def("close", &PyWorker::Close);
+}
