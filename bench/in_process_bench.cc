@@ -12,6 +12,7 @@
 #include "core/model_engine.h"
 #include "core/synthetic_store.h"
 #include "core/worker_engine.h"
+#include "proto/control_stream_proto.h"
 #include "server/server.h"
 
 namespace moe_router {
@@ -109,6 +110,62 @@ void BM_RemoteRoute(benchmark::State& state) {
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * kBatchTokens);
 }
 BENCHMARK(BM_RemoteRoute)->Args({32, 8, 2})->Args({58, 256, 8})->UseRealTime();
+
+// The service's cost of folding one worker's report, and the Learn stream's
+// bytes: a report of 100 ms of decode at 20 steps/s (two steps of
+// `range(3)` tokens through every layer) and the state updates that follow.
+// Counters: report_bytes and update_bytes per report (serialized), so
+// bytes/s each way are ten times those at the default interval.
+void BM_FoldReport(benchmark::State& state) {
+  ModelConfig config = Config(state);
+  const uint32_t tokens = static_cast<uint32_t>(state.range(3));
+  auto store = SyntheticStore::Create({.num_layers = config.num_layers,
+                                       .num_experts = config.router.num_experts,
+                                       .variants = {{"default", kExpertBytes}}});
+  auto service = ModelEngine::Create(config, *std::move(store));
+  if (!service.ok()) return state.SkipWithError(std::string(service.status().message()).c_str());
+  (void)(*service)->OpenCache("w", QuarterBudget(config), "");
+  auto worker = WorkerEngine::Create(config, (*service)->sizes(),
+                                     {.cache = "w", .budget_bytes = QuarterBudget(config)});
+  std::mt19937 rng(1);
+  std::normal_distribution<float> noise(0.0f, 1.5f);
+  std::vector<float> logits(size_t{tokens} * config.router.num_experts);
+  WorkerStep step;
+  RoutingReport report;
+  std::vector<RoutingReport> reports;
+  for (int r = 0; r < 8; ++r) {
+    for (int s = 0; s < 2; ++s) {
+      for (float& x : logits) x = noise(rng);
+      for (uint32_t l = 0; l < config.num_layers; ++l) (void)(*worker)->Route(l, logits, &step);
+    }
+    (*worker)->TakeReport(&report);
+    reports.push_back(report);
+  }
+  v1::WorkerReport wire;
+  ToProto(reports.back(), &wire);
+  size_t i = 0;
+  for (auto _ : state) {
+    // Fold reports of the same worker in turn (their residency changes are
+    // skipped: they were taken in sequence once).
+    RoutingReport& r = reports[i++ % reports.size()];
+    r.residency_in_sync = true;
+    benchmark::DoNotOptimize((*service)->FoldReport("w", r));
+  }
+  // What goes down after a report: changed layers, 64 KiB at the most.
+  v1::FleetUpdate update;
+  uint64_t update_bytes = 0;
+  for (uint32_t l = 0; l < config.num_layers && update_bytes < (64 << 10); ++l) {
+    v1::LayerLearnedState* layer = update.add_layers();
+    ToProto((*service)->ExportLayerState(l, kDefaultSuccessorsPerRow), layer);
+    update_bytes += layer->ByteSizeLong();
+  }
+  state.counters["report_bytes"] = static_cast<double>(wire.ByteSizeLong());
+  state.counters["update_bytes"] = static_cast<double>(update.ByteSizeLong());
+  state.counters["full_state_bytes_per_layer"] =
+      static_cast<double>(update.ByteSizeLong()) / update.layers_size();
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations()));
+}
+BENCHMARK(BM_FoldReport)->Args({32, 8, 2, 1})->Args({58, 256, 8, 1})->Args({58, 256, 8, 64});
 
 }  // namespace
 }  // namespace moe_router

@@ -43,8 +43,12 @@ absl::StatusOr<std::unique_ptr<WorkerEngine>> WorkerEngine::Create(
     if (!router.ok()) return router.status();
     Layer& layer = engine->layers_[l];
     layer.router = std::make_unique<LayerRouter>(*std::move(router));
-    if (l > 0)
-      layer.pair_counts.assign(size_t{model.router.num_experts} * model.router.num_experts, 0);
+  }
+  // Dense pair counts into each layer past the first, two buffers each.
+  const size_t pairs = size_t{model.router.num_experts} * model.router.num_experts;
+  for (std::vector<PairCounts>& buffer : engine->pairs_) {
+    buffer.resize(model.num_layers);
+    for (uint32_t l = 1; l < model.num_layers; ++l) buffer[l].counts.assign(pairs, 0);
   }
   return engine;
 }
@@ -116,7 +120,7 @@ void WorkerEngine::CountPairs(uint32_t layer, const RouteResult& batch) {
       view_->last_choices().size() != batch.experts.size()) {
     return;
   }
-  Layer& here = layers_[layer];
+  PairCounts& here = pairs_[active_pairs_][layer];
   const uint32_t n = model_.router.num_experts;
   const uint32_t k = batch.top_k;
   const uint32_t* prev = view_->last_choices().data();
@@ -125,9 +129,7 @@ void WorkerEngine::CountPairs(uint32_t layer, const RouteResult& batch) {
     for (uint32_t i = 0; i < k; ++i) {
       const size_t row = size_t{prev[size_t{t} * k + i]} * n;
       for (uint32_t j : next) {
-        if (here.pair_counts[row + j]++ == 0) {
-          here.pairs_touched.push_back(static_cast<uint32_t>(row + j));
-        }
+        if (here.counts[row + j]++ == 0) here.touched.push_back(static_cast<uint32_t>(row + j));
       }
     }
   }
@@ -246,7 +248,46 @@ absl::Status WorkerEngine::Adopt(absl::Span<const ExpertKey> held) {
 
 void WorkerEngine::TakeReport(RoutingReport* out,
                               std::vector<std::pair<ExpertKey, uint8_t>>* residency) {
-  absl::MutexLock lock(&mu_);
+  absl::MutexLock take_lock(&take_mu_);
+  int taken = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    taken = active_pairs_;
+    active_pairs_ = 1 - active_pairs_;
+    SwapOutReport(out, residency);
+  }
+  // Routing counts into the other buffer now: this one is the taker's.
+  for (uint32_t l = 1; l < model_.num_layers; ++l) ListPairs(pairs_[taken][l], &out->layers[l]);
+}
+
+void WorkerEngine::ListPairs(PairCounts& pairs, LayerReport* out) {
+  std::vector<uint32_t>& touched = pairs.touched;
+  const uint32_t cap = options_.max_pairs_per_layer;
+  if (cap != 0 && touched.size() > cap) {
+    // The strongest pairs, ties to the lower index.
+    const auto stronger = [&](uint32_t a, uint32_t b) {
+      return pairs.counts[a] > pairs.counts[b] || (pairs.counts[a] == pairs.counts[b] && a < b);
+    };
+    std::nth_element(touched.begin(), touched.begin() + cap, touched.end(), stronger);
+    uint64_t dropped = 0;
+    for (auto it = touched.begin() + cap; it != touched.end(); ++it) {
+      dropped += pairs.counts[*it];
+      pairs.counts[*it] = 0;
+    }
+    pairs_dropped_.fetch_add(dropped, std::memory_order_relaxed);
+    touched.resize(cap);
+  }
+  std::sort(touched.begin(), touched.end());
+  for (uint32_t index : touched) {
+    out->pair_index.push_back(index);
+    out->pair_count.push_back(pairs.counts[index]);
+    pairs.counts[index] = 0;
+  }
+  touched.clear();
+}
+
+void WorkerEngine::SwapOutReport(RoutingReport* out,
+                                 std::vector<std::pair<ExpertKey, uint8_t>>* residency) {
   absl::MutexLock view_lock(&view_->mu());
   if (residency != nullptr) {
     residency->clear();
@@ -256,18 +297,6 @@ void WorkerEngine::TakeReport(RoutingReport* out,
   }
   const uint32_t n = model_.router.num_experts;
   report_.sequence = next_sequence_++;
-  // Pairs: the dense counts become the report's list, and are zeroed.
-  for (uint32_t l = 1; l < model_.num_layers; ++l) {
-    Layer& layer = layers_[l];
-    LayerReport& r = report_.layers[l];
-    std::sort(layer.pairs_touched.begin(), layer.pairs_touched.end());
-    for (uint32_t index : layer.pairs_touched) {
-      r.pair_index.push_back(index);
-      r.pair_count.push_back(layer.pair_counts[index]);
-      layer.pair_counts[index] = 0;
-    }
-    layer.pairs_touched.clear();
-  }
   // Residency: net changes since the last report.
   std::sort(residency_touched_.begin(), residency_touched_.end());
   for (size_t slot : residency_touched_) {

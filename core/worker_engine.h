@@ -34,6 +34,10 @@ struct WorkerEngineOptions {
   /// Reports kept for resending and for re-applying this worker's own
   /// learning on top of fleet state that has not folded it in yet.
   uint32_t max_unacknowledged_reports = 64;
+  /// Co-activation pairs a report carries per layer: the most frequent
+  /// (0: all). Bounds a report of 64-token steps at 58 x 256 to about 60 KB;
+  /// the strong pairs are the ones the fleet's successors are made of.
+  uint32_t max_pairs_per_layer = 128;
 };
 
 /// The data plane of an inference worker that routes in its own process:
@@ -76,7 +80,9 @@ class WorkerEngine {
 
   /// Moves what was routed since the last report into `out` (its buffers
   /// reused), numbered one past the previous; with `residency`, also what
-  /// the worker holds as of that report, in the same step.
+  /// the worker holds as of that report, in the same step. The routing
+  /// thread waits only while the report is swapped out: the pairs are
+  /// listed after, from a buffer routing no longer writes.
   void TakeReport(RoutingReport* out,
                   std::vector<std::pair<ExpertKey, uint8_t>>* residency = nullptr);
   /// What the worker holds now, in the variants it holds them.
@@ -97,6 +103,8 @@ class WorkerEngine {
   }
   /// The sequence number of the last report taken.
   uint64_t last_sequence();
+  /// Co-activation pair counts left out of reports by max_pairs_per_layer.
+  uint64_t pairs_dropped() const { return pairs_dropped_.load(std::memory_order_relaxed); }
 
  private:
   struct Layer {
@@ -106,9 +114,13 @@ class WorkerEngine {
     uint32_t row_top = 0;
     std::vector<uint32_t> successor_ids;
     std::vector<float> successor_weights;
-    // Pairs counted since the last report: dense from x to, and which.
-    std::vector<uint32_t> pair_counts;
-    std::vector<uint32_t> pairs_touched;
+  };
+  // Pairs counted since the last report, per layer: dense from x to, and
+  // which are set. Two of them: routing counts into one while the report
+  // taken last is listed from the other.
+  struct PairCounts {
+    std::vector<uint32_t> counts;
+    std::vector<uint32_t> touched;
   };
   // A layer's offered state, waiting for the routing thread.
   struct Inbox {
@@ -137,6 +149,12 @@ class WorkerEngine {
   void CountPairs(uint32_t layer, const RouteResult& batch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void NoteResidencyChanges(const CacheInstructions& changes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ApplyOffer(uint32_t layer) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Lists a taken buffer's pairs into the report (the strongest, in index
+  // order) and zeroes it.
+  void ListPairs(PairCounts& pairs, LayerReport* out);
+  // The report's part taken under the lock: all but the pairs.
+  void SwapOutReport(RoutingReport* out, std::vector<std::pair<ExpertKey, uint8_t>>* residency)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const ModelConfig model_;
   const WorkerEngineOptions options_;
@@ -145,6 +163,10 @@ class WorkerEngine {
   std::unique_ptr<WorkerCacheView> view_;
   std::vector<std::unique_ptr<Inbox>> inboxes_;
   std::atomic<uint64_t> state_updates_applied_{0};
+  std::atomic<uint64_t> pairs_dropped_{0};
+  // One TakeReport at a time: it owns the taken pair buffers.
+  absl::Mutex take_mu_;
+  std::vector<PairCounts> pairs_[2];  // per layer; [active_pairs_] under mu_
 
   // Orders the data plane and guards everything below; taken before the
   // view's own mutex.
@@ -156,6 +178,7 @@ class WorkerEngine {
   std::vector<uint8_t> residency_at_report_ ABSL_GUARDED_BY(mu_);
   std::vector<size_t> residency_touched_ ABSL_GUARDED_BY(mu_);
   std::deque<Learning> unacknowledged_ ABSL_GUARDED_BY(mu_);
+  int active_pairs_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t next_sequence_ ABSL_GUARDED_BY(mu_) = 1;
   // Per-call scratch.
   std::vector<double> successor_sums_ ABSL_GUARDED_BY(mu_);

@@ -340,6 +340,47 @@ TEST(WorkerEngineTest, RouteAllocatesNothingOnceWarm) {
   }
 }
 
+// A report carries each layer's strongest pairs up to the cap, and counts
+// the rest as dropped.
+TEST(WorkerEngineTest, ReportsKeepTheStrongestPairsUpToTheCap) {
+  const Shape shape{2, 8, 2};
+  const ModelConfig config = Config(shape, false);
+  auto store = Store(shape);
+  auto sizes = ExpertSizeTable::Build(*store, 2, 8);
+  ASSERT_TRUE(sizes.ok());
+  auto worker = WorkerEngine::Create(
+      config, *sizes, {.cache = "w", .budget_bytes = 16 * kExpertBytes, .max_pairs_per_layer = 2});
+  ASSERT_TRUE(worker.ok());
+  WorkerStep step;
+  // Token 0 goes 0,1 -> 2,3 three times; token 1 goes 4,5 -> 6,7 once.
+  const auto row = [](uint32_t a, uint32_t b) {
+    std::vector<float> logits(8, 0.0f);
+    logits[a] = 5;
+    logits[b] = 4;
+    return logits;
+  };
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE((*worker)->Route(0, row(0, 1), &step).ok());
+    ASSERT_TRUE((*worker)->Route(1, row(2, 3), &step).ok());
+  }
+  ASSERT_TRUE((*worker)->Route(0, row(4, 5), &step).ok());
+  ASSERT_TRUE((*worker)->Route(1, row(6, 7), &step).ok());
+  RoutingReport report;
+  (*worker)->TakeReport(&report);
+  // Pairs 0->2 and 0->3 (3 each) are kept: ties between the four count-3
+  // pairs go to the lower index; the other two of them and the four
+  // single pairs are dropped.
+  EXPECT_THAT(report.layers[1].pair_index, ::testing::ElementsAre(0 * 8 + 2, 0 * 8 + 3));
+  EXPECT_THAT(report.layers[1].pair_count, ::testing::ElementsAre(3, 3));
+  EXPECT_EQ((*worker)->pairs_dropped(), 2u * 3 + 4);
+  // The next report starts from zero in the other buffer, and so on.
+  ASSERT_TRUE((*worker)->Route(0, row(4, 5), &step).ok());
+  ASSERT_TRUE((*worker)->Route(1, row(6, 7), &step).ok());
+  (*worker)->TakeReport(&report);
+  EXPECT_THAT(report.layers[1].pair_index, ::testing::ElementsAre(4 * 8 + 6, 4 * 8 + 7));
+  EXPECT_THAT(report.layers[1].pair_count, ::testing::ElementsAre(1, 1));
+}
+
 TEST(WorkerEngineTest, RefusesBadCallsWithoutChangingState) {
   const Shape shape{2, 8, 2};
   Pair pair = Make(Config(shape, true), shape, 4 * kExpertBytes);
