@@ -13,6 +13,8 @@
 
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
+#include "client/client.h"
+#include "client/in_process_worker.h"
 #include "core/file_io.h"
 #include "gmock/gmock.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -324,6 +326,82 @@ TEST(DaemonTest, UnreadableTlsFilesAreFatalWithTheReason) {
       "--tls_cert=" + dir.File("absent.pem") + " --tls_key=" + dir.File("absent.key"));
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.output, ::testing::HasSubstr("--tls_cert: cannot open " + dir.File("absent.pem")));
+}
+
+// An in-process worker against moe-routerd as a real process: stopped
+// (SIGSTOP), then killed (SIGKILL) and restarted on its port. No routing
+// call fails or waits; after each, every token reaches the service and its
+// view of the worker is what the worker holds.
+TEST(DaemonTest, InProcessWorkerRoutesThroughAStalledAndAKilledDaemon) {
+  auto d = std::make_unique<Daemon>(
+      std::vector<std::string>{"--listen=127.0.0.1:0", "--health_listen=", "--metrics_listen="});
+  ASSERT_GT(d->port(), 0) << d->startup_log();
+  const std::string address = d->address();
+  auto client = Client::Connect(address);
+  ASSERT_TRUE(client.ok());
+  auto spec = (*client)->FindModel("mixtral-8x7b");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  const uint64_t budget = 16 * spec->synthetic().expert_bytes();
+  auto worker =
+      InProcessWorker::Start(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()),
+                             {.model = "mixtral-8x7b",
+                              .cache = "w",
+                              .budget_bytes = budget,
+                              .report_interval = absl::Milliseconds(20),
+                              .connect_timeout = absl::Milliseconds(500),
+                              .max_backoff = absl::Milliseconds(200)});
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  WorkerStep step;
+  uint64_t tokens = 0;
+  const auto route_some = [&](uint64_t seed) {
+    for (uint32_t b = 0; b < 40; ++b) {
+      for (uint32_t l = 0; l < spec->num_layers(); ++l) {
+        const std::vector<float> logits = testing::RandomLogits(2, 8, seed + b * 64 + l);
+        ASSERT_TRUE((*worker)->engine().Route(l, logits, &step).ok());
+        tokens += 2;
+      }
+    }
+  };
+  const auto service_sees_the_worker = [&](Client& service) {
+    ASSERT_TRUE((*worker)->Flush(absl::Seconds(30)));
+    auto view = service.OpenCache("mixtral-8x7b", "w", budget);
+    ASSERT_TRUE(view.ok()) << view.status();
+    std::vector<std::pair<uint32_t, uint32_t>> held, seen;
+    for (const auto& [key, variant] : (*worker)->engine().Residency()) {
+      held.emplace_back(key.layer, key.expert);
+    }
+    for (const v1::ExpertRef& r : view->resident()) seen.emplace_back(r.layer(), r.expert());
+    std::sort(seen.begin(), seen.end());
+    EXPECT_EQ(seen, held);
+  };
+  route_some(1);
+  // Stalled: the worker routes on; its reports wait.
+  ASSERT_EQ(kill(d->pid(), SIGSTOP), 0);
+  route_some(1000);
+  ASSERT_EQ(kill(d->pid(), SIGCONT), 0);
+  service_sees_the_worker(**client);
+  auto stats = (*client)->Stats("mixtral-8x7b");
+  ASSERT_TRUE(stats.ok());
+  EXPECT_EQ(stats->routed_tokens(), tokens);
+
+  // Killed: the worker routes on, then finds the restarted daemon, states
+  // what it holds and resends what was not acknowledged.
+  const int port = d->port();
+  ASSERT_EQ(kill(d->pid(), SIGKILL), 0);
+  d.reset();
+  route_some(2000);
+  const uint64_t connects = (*worker)->control_stats().connects;
+  Daemon restarted(
+      {absl::StrFormat("--listen=127.0.0.1:%d", port), "--health_listen=", "--metrics_listen="});
+  ASSERT_EQ(restarted.port(), port) << restarted.startup_log();
+  ASSERT_TRUE(testing::WaitFor([&] { return (*worker)->control_stats().connects > connects; }));
+  auto again = Client::Connect(address);
+  ASSERT_TRUE(again.ok());
+  service_sees_the_worker(**again);
+  auto after = (*again)->Stats("mixtral-8x7b");
+  ASSERT_TRUE(after.ok());
+  EXPECT_GT(after->routed_tokens(), 0u);
+  EXPECT_EQ((*worker)->control_stats().reports_dropped, 0u);
 }
 
 }  // namespace
