@@ -10,6 +10,7 @@
 #include "eval/workload.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
 #include "proto/proto_to_core.h"
 #include "server/server.h"
 #include "tests/testing/test_specs.h"
@@ -105,6 +106,125 @@ TEST(InProcessWorkerTest, DecidesAsRemoteRoutingOverTheSharedTrace) {
   for (const auto& [key, variant] : (*local)->engine().Residency()) held.push_back(key);
   EXPECT_EQ(Keys(view->resident()), held);
   EXPECT_GT((*local)->control_stats().updates_received, 1u);
+}
+
+// Prefetch on, over the shared trace, each mode on a model of its own: the
+// in-process worker predicts the next layer from the fleet's strongest
+// successors as last sent, the service from its whole matrix as of the
+// call; their hit rates stay within 0.01.
+TEST(InProcessWorkerTest, PrefetchingHitRateMatchesRemoteRoutingOverTheSharedTrace) {
+  const std::string path = testing::SharedTracePath();
+  if (path.empty()) GTEST_SKIP() << "the shared trace is absent";
+  auto trace = ReadTrace(path);
+  ASSERT_TRUE(trace.ok()) << trace.status();
+  auto server = StartServer("127.0.0.1:0");
+  auto client = Client::Connect(absl::StrCat("127.0.0.1:", server->port()));
+  ASSERT_TRUE(client.ok());
+  ASSERT_TRUE((*client)->Register(Spec("remote", trace->num_layers, true)).ok());
+  ASSERT_TRUE((*client)->Register(Spec("local", trace->num_layers, true)).ok());
+  const uint64_t budget = uint64_t{trace->num_layers} * trace->num_experts / 4 * kExpertBytes;
+  auto remote =
+      WorkerCache::Open(**client, {.model = "remote", .cache = "w", .budget_bytes = budget},
+                        ServerExpertSource(**client, "remote"));
+  ASSERT_TRUE(remote.ok()) << remote.status();
+  auto local =
+      InProcessWorker::Start(Channel(server->port()), {.model = "local",
+                                                       .cache = "w",
+                                                       .budget_bytes = budget,
+                                                       .report_interval = absl::Milliseconds(20)});
+  ASSERT_TRUE(local.ok()) << local.status();
+  std::vector<float> scratch;
+  WorkerStep step;
+  uint64_t hits = 0, accesses = 0, prefetched = 0;
+  for (const RoutingTrace::Run& run : trace->runs) {
+    for (size_t i = 0; i < run.steps.size(); ++i) {
+      const uint32_t layer = run.steps[i].layer;
+      const absl::Span<const float> logits = StepLogitsForServer(*trace, run, i, scratch);
+      ASSERT_TRUE((*remote)->Route(layer, logits).ok());
+      ASSERT_TRUE((*local)->engine().Route(layer, logits, &step).ok());
+      for (uint8_t r : step.batch.resident) hits += r;
+      accesses += step.batch.resident.size();
+      prefetched += step.cache.prefetch.size();
+    }
+  }
+  EXPECT_GT(prefetched, 0u);
+  const double local_rate = static_cast<double>(hits) / accesses;
+  EXPECT_NEAR(local_rate, (*remote)->report().HitRate(), 0.01)
+      << "in process " << local_rate << ", remote " << (*remote)->report().HitRate();
+}
+
+// Two in-process workers and one remote worker on one model learn what the
+// same calls, all remote, teach another: with decay 1 and routing that does
+// not depend on what was learned (plain top-k), affinity, activation counts
+// and co-activation agree exactly. (With decay below 1 the fold spreads a
+// report's boosts over its window and folds its pairs at its end, so the
+// values differ by the decay within one report interval, about 1 - decay^T
+// for T tokens per report.) Each in-process worker takes the fleet's state.
+TEST(InProcessWorkerTest, MixedFleetLearnsWhatAllRemoteRoutingLearns) {
+  auto server = StartServer("127.0.0.1:0");
+  auto client = Client::Connect(absl::StrCat("127.0.0.1:", server->port()));
+  ASSERT_TRUE(client.ok());
+  const uint32_t layers = 4;
+  for (const char* name : {"mixed", "remote"}) {
+    v1::ModelSpec spec = Spec(name, layers, false);
+    spec.mutable_router()->set_disable_memory_aware(true);
+    spec.mutable_affinity()->set_decay(1);
+    spec.mutable_affinity()->set_coactivation_decay(1);
+    spec.mutable_affinity()->set_max_score(1e12);
+    ASSERT_TRUE((*client)->Register(spec).ok());
+  }
+  const uint64_t budget = 8 * kExpertBytes;
+  std::vector<std::unique_ptr<InProcessWorker>> local;
+  for (int w = 0; w < 2; ++w) {
+    auto worker = InProcessWorker::Start(Channel(server->port()),
+                                         {.model = "mixed",
+                                          .cache = absl::StrCat("w", w),
+                                          .budget_bytes = budget,
+                                          .report_interval = absl::Milliseconds(10)});
+    ASSERT_TRUE(worker.ok()) << worker.status();
+    local.push_back(*std::move(worker));
+  }
+  std::vector<std::unique_ptr<WorkerCache>> remote;
+  for (const auto& [model, cache] : std::vector<std::pair<std::string, std::string>>{
+           {"mixed", "w2"}, {"remote", "w0"}, {"remote", "w1"}, {"remote", "w2"}}) {
+    auto worker =
+        WorkerCache::Open(**client, {.model = model, .cache = cache, .budget_bytes = budget},
+                          ServerExpertSource(**client, model));
+    ASSERT_TRUE(worker.ok()) << worker.status();
+    remote.push_back(*std::move(worker));
+  }
+  WorkerStep step;
+  for (int b = 0; b < 30; ++b) {
+    for (int w = 0; w < 3; ++w) {
+      for (uint32_t l = 0; l < layers; ++l) {
+        const std::vector<float> logits = testing::RandomLogits(3, 8, b * 100 + w * 10 + l);
+        if (w < 2) {
+          ASSERT_TRUE(local[w]->engine().Route(l, logits, &step).ok());
+        } else {
+          ASSERT_TRUE(remote[0]->Route(l, logits).ok());
+        }
+        ASSERT_TRUE(remote[1 + w]->Route(l, logits).ok());
+      }
+    }
+  }
+  for (auto& worker : local) ASSERT_TRUE(worker->Flush(absl::Seconds(30)));
+  const auto state = [&](const std::string& model) {
+    auto hosted = server->registry().Find(model);
+    EXPECT_TRUE(hosted.ok());
+    return nlohmann::json::parse((*hosted)->engine->ExportState());
+  };
+  const nlohmann::json mixed = state("mixed");
+  const nlohmann::json all_remote = state("remote");
+  for (uint32_t l = 0; l < layers; ++l) {
+    SCOPED_TRACE(l);
+    for (const char* field : {"affinity_scores", "activation_counts", "tokens"}) {
+      EXPECT_EQ(mixed["layers"][l][field], all_remote["layers"][l][field]) << field;
+    }
+    if (l > 0) {
+      EXPECT_EQ(mixed["layers"][l]["coactivation"], all_remote["layers"][l]["coactivation"]);
+    }
+  }
+  for (auto& worker : local) EXPECT_GE(worker->engine().state_updates_applied(), layers);
 }
 
 // Two in-process workers on one model: the service learns from both, and
