@@ -227,6 +227,33 @@ TEST(InProcessWorkerTest, MixedFleetLearnsWhatAllRemoteRoutingLearns) {
   for (auto& worker : local) EXPECT_GE(worker->engine().state_updates_applied(), layers);
 }
 
+// Reports keep a worker's view open; once the worker is gone, its view
+// closes after the idle timeout like any other.
+TEST(InProcessWorkerTest, ReportsKeepTheViewOpenUntilTheWorkerGoes) {
+  ServerOptions options;
+  options.listen = "127.0.0.1:0";
+  options.metrics_listen = "";
+  options.health_listen = "";
+  options.registry.worker_caches.idle_timeout = absl::Milliseconds(300);
+  auto server = RouterServer::Start(options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = Client::Connect(absl::StrCat("127.0.0.1:", (*server)->port()));
+  ASSERT_TRUE(client.ok());
+  ASSERT_TRUE((*client)->Register(Spec("m", 4, true)).ok());
+  auto worker = InProcessWorker::Start(Channel((*server)->port()),
+                                       {.model = "m",
+                                        .cache = "w",
+                                        .budget_bytes = 8 * kExpertBytes,
+                                        .report_interval = absl::Milliseconds(20)});
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  // Three idle timeouts with nothing routed: the empty reports still count.
+  absl::SleepFor(absl::Milliseconds(900));
+  EXPECT_TRUE((*client)->Stats("m", "w").ok());
+  worker->reset();
+  EXPECT_TRUE(
+      testing::WaitFor([&] { return absl::IsNotFound((*client)->Stats("m", "w").status()); }));
+}
+
 // Two in-process workers on one model: the service learns from both, and
 // each receives what the fleet learned.
 TEST(InProcessWorkerTest, TheFleetLearnsFromEveryWorker) {
