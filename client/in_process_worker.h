@@ -42,8 +42,11 @@ struct ControlStats {
 /// network, whether the service is slow, gone or restarting. On a broken
 /// stream it keeps routing with the last state it had, reconnects with
 /// backoff, states what it holds (as SyncCache) and resends what the
-/// service had not acknowledged, up to a bound past which the oldest reports
-/// are dropped and counted.
+/// service had not acknowledged. While no stream is open, what it routes
+/// gathers in the engine's next report, whose size the model's shape bounds:
+/// nothing is lost. Reports written but not yet acknowledged (a stalled
+/// service) are kept for resending up to max_pending_reports; past that the
+/// oldest are dropped and counted, and are lost if the stream then breaks.
 ///
 ///   auto worker = InProcessWorker::Start(channel, {.model = "mixtral-8x7b",
 ///                                                  .cache = "pod-7/gpu0",

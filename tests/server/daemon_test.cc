@@ -404,5 +404,64 @@ TEST(DaemonTest, InProcessWorkerRoutesThroughAStalledAndAKilledDaemon) {
   EXPECT_EQ((*worker)->control_stats().reports_dropped, 0u);
 }
 
+// Reports written to a stalled daemon and never acknowledged are kept for
+// resending up to the bound; past it the oldest are dropped and counted,
+// and when the stalled daemon is then killed they are lost: the restarted
+// one gets the kept ones and everything after, not all.
+TEST(DaemonTest, InProcessWorkerDropsTheOldestUnacknowledgedReportsPastTheBound) {
+  auto d = std::make_unique<Daemon>(
+      std::vector<std::string>{"--listen=127.0.0.1:0", "--health_listen=", "--metrics_listen="});
+  ASSERT_GT(d->port(), 0) << d->startup_log();
+  const std::string address = d->address();
+  const int port = d->port();
+  auto client = Client::Connect(address);
+  ASSERT_TRUE(client.ok());
+  auto spec = (*client)->FindModel("mixtral-8x7b");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  const uint64_t budget = 16 * spec->synthetic().expert_bytes();
+  auto worker =
+      InProcessWorker::Start(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()),
+                             {.model = "mixtral-8x7b",
+                              .cache = "w",
+                              .budget_bytes = budget,
+                              .report_interval = absl::Milliseconds(5),
+                              .connect_timeout = absl::Milliseconds(500),
+                              .max_backoff = absl::Milliseconds(200),
+                              .max_pending_reports = 2});
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  WorkerStep step;
+  uint64_t tokens = 0;
+  const auto route = [&] {
+    for (uint32_t l = 0; l < spec->num_layers(); ++l) {
+      EXPECT_TRUE(
+          (*worker)->engine().Route(l, testing::RandomLogits(1, 8, tokens * 64 + l), &step).ok());
+    }
+    ++tokens;
+  };
+  ASSERT_EQ(kill(d->pid(), SIGSTOP), 0);
+  ASSERT_TRUE(testing::WaitFor([&] {
+    route();
+    absl::SleepFor(absl::Milliseconds(1));
+    return (*worker)->control_stats().reports_dropped >= 3;
+  }));
+  const uint64_t stalled_tokens = tokens;
+  ASSERT_EQ(kill(d->pid(), SIGKILL), 0);
+  d.reset();
+  for (int i = 0; i < 20; ++i) route();
+  Daemon restarted(
+      {absl::StrFormat("--listen=127.0.0.1:%d", port), "--health_listen=", "--metrics_listen="});
+  ASSERT_EQ(restarted.port(), port) << restarted.startup_log();
+  ASSERT_TRUE((*worker)->Flush(absl::Seconds(30)));
+  auto again = Client::Connect(address);
+  ASSERT_TRUE(again.ok());
+  auto stats = (*again)->Stats("mixtral-8x7b");
+  ASSERT_TRUE(stats.ok());
+  // Routed tokens count each token once per layer.
+  const uint64_t layers = spec->num_layers();
+  EXPECT_GE(stats->routed_tokens(), (tokens - stalled_tokens) * layers);
+  EXPECT_LT(stats->routed_tokens(), tokens * layers);
+  EXPECT_GE((*worker)->control_stats().reports_dropped, 3u);
+}
+
 }  // namespace
 }  // namespace moe_router
