@@ -37,6 +37,8 @@ absl::StatusOr<std::unique_ptr<WorkerEngine>> WorkerEngine::Create(
   auto engine = std::unique_ptr<WorkerEngine>(
       new WorkerEngine(model, options, std::move(sizes), std::move(view)));
   *owner = engine.get();
+  // take_mu_ before mu_, as TakeReport takes them.
+  absl::MutexLock take_lock(&engine->take_mu_);
   absl::MutexLock lock(&engine->mu_);
   for (uint32_t l = 0; l < model.num_layers; ++l) {
     auto router = LayerRouter::Create(model.router, model.affinity);
@@ -44,12 +46,11 @@ absl::StatusOr<std::unique_ptr<WorkerEngine>> WorkerEngine::Create(
     Layer& layer = engine->layers_[l];
     layer.router = std::make_unique<LayerRouter>(*std::move(router));
   }
-  // Dense pair counts into each layer past the first, two buffers each.
+  // Dense pair counts into each layer past the first, for the taker.
   const size_t pairs = size_t{model.router.num_experts} * model.router.num_experts;
-  for (std::vector<PairCounts>& buffer : engine->pairs_) {
-    buffer.resize(model.num_layers);
-    for (uint32_t l = 1; l < model.num_layers; ++l) buffer[l].counts.assign(pairs, 0);
-  }
+  engine->pair_counts_.resize(model.num_layers);
+  for (uint32_t l = 1; l < model.num_layers; ++l) engine->pair_counts_[l].counts.assign(pairs, 0);
+  for (std::vector<uint32_t>& log : engine->pair_logs_) log.reserve(options.pair_log_entries);
   return engine;
 }
 
@@ -70,6 +71,7 @@ WorkerEngine::WorkerEngine(const ModelConfig& model, const WorkerEngineOptions& 
   for (LayerReport& layer : report_.layers) layer.activations.assign(n, 0);
   residency_at_report_.assign(size_t{model.num_layers} * n, 0);
   successor_sums_.assign(n, 0);
+  uses_.assign(n, 0);
 }
 
 absl::Status WorkerEngine::CheckLayer(uint32_t layer) const {
@@ -102,7 +104,7 @@ absl::Status WorkerEngine::Route(uint32_t layer, absl::Span<const float> logits,
       !s.ok()) {
     return s;
   }
-  CountPairs(layer, batch);
+  LogPairs(layer, batch);
   view_->SetLastBatch(layer, batch.experts);
   PredictNextLayer(layer, batch.experts);
   PageRoutedBatch(
@@ -113,26 +115,49 @@ absl::Status WorkerEngine::Route(uint32_t layer, absl::Span<const float> logits,
   return absl::OkStatus();
 }
 
-void WorkerEngine::CountPairs(uint32_t layer, const RouteResult& batch) {
+void WorkerEngine::LogPairs(uint32_t layer, const RouteResult& batch) {
   // The same tokens one layer on: this worker's previous call was the layer
   // before, with as many choices.
   if (layer == 0 || view_->last_layer() != layer - 1 ||
       view_->last_choices().size() != batch.experts.size()) {
     return;
   }
-  PairCounts& here = pairs_[active_pairs_][layer];
+  std::vector<uint32_t>& log = pair_logs_[active_log_];
+  const size_t choices = batch.experts.size();
+  if (log.size() + 3 + 2 * choices > log.capacity()) {
+    pairs_dropped_.fetch_add(choices * batch.top_k, std::memory_order_relaxed);
+    return;
+  }
+  // Sequential appends within the reserved room: no counting (and its
+  // cache misses over E x E counts per layer) on the routing thread.
+  log.push_back(layer);
+  log.push_back(batch.tokens);
+  log.push_back(batch.top_k);
+  log.insert(log.end(), view_->last_choices().begin(), view_->last_choices().end());
+  log.insert(log.end(), batch.experts.begin(), batch.experts.end());
+}
+
+void WorkerEngine::CountLoggedPairs(std::vector<uint32_t>& log) {
   const uint32_t n = model_.router.num_experts;
-  const uint32_t k = batch.top_k;
-  const uint32_t* prev = view_->last_choices().data();
-  for (uint32_t t = 0; t < batch.tokens; ++t) {
-    const absl::Span<const uint32_t> next = batch.TokenExperts(t);
-    for (uint32_t i = 0; i < k; ++i) {
-      const size_t row = size_t{prev[size_t{t} * k + i]} * n;
-      for (uint32_t j : next) {
-        if (here.counts[row + j]++ == 0) here.touched.push_back(static_cast<uint32_t>(row + j));
+  for (size_t at = 0; at + 3 <= log.size();) {
+    const uint32_t layer = log[at];
+    const uint32_t tokens = log[at + 1];
+    const uint32_t k = log[at + 2];
+    const uint32_t* prev = &log[at + 3];
+    const uint32_t* next = prev + size_t{tokens} * k;
+    PairCounts& here = pair_counts_[layer];
+    for (uint32_t t = 0; t < tokens; ++t) {
+      for (uint32_t i = 0; i < k; ++i) {
+        const size_t row = size_t{prev[size_t{t} * k + i]} * n;
+        for (uint32_t j = 0; j < k; ++j) {
+          const size_t index = row + next[size_t{t} * k + j];
+          if (here.counts[index]++ == 0) here.touched.push_back(static_cast<uint32_t>(index));
+        }
       }
     }
+    at += 3 + 2 * size_t{tokens} * k;
   }
+  log.clear();
 }
 
 void WorkerEngine::PredictNextLayer(uint32_t layer, absl::Span<const uint32_t> experts) {
@@ -141,17 +166,24 @@ void WorkerEngine::PredictNextLayer(uint32_t layer, absl::Span<const uint32_t> e
   if (layer + 1 >= model_.num_layers || want == 0) return;
   const Layer& next = layers_[layer + 1];
   if (next.row_top == 0) return;  // no fleet state yet
-  // Weighted by this batch's uses of each expert, as the service predicts.
+  // Weighted by this batch's uses of each expert, as the service predicts:
+  // each used expert's row is read once.
   for (uint32_t e : experts) {
+    if (uses_[e]++ == 0) used_experts_.push_back(e);
+  }
+  for (uint32_t e : used_experts_) {
+    const double uses = uses_[e];
+    uses_[e] = 0;
     const size_t row = size_t{e} * next.row_top;
     for (uint32_t i = 0; i < next.row_top; ++i) {
       const float w = next.successor_weights[row + i];
       if (w <= 0) break;  // rows are sorted, zero pads
       const uint32_t id = next.successor_ids[row + i];
       if (successor_sums_[id] == 0) predicted_.push_back(id);
-      successor_sums_[id] += w;
+      successor_sums_[id] += uses * w;
     }
   }
+  used_experts_.clear();
   const auto better = [&](uint32_t a, uint32_t b) {
     return successor_sums_[a] > successor_sums_[b] ||
            (successor_sums_[a] == successor_sums_[b] && a < b);
@@ -252,12 +284,13 @@ void WorkerEngine::TakeReport(RoutingReport* out,
   int taken = 0;
   {
     absl::MutexLock lock(&mu_);
-    taken = active_pairs_;
-    active_pairs_ = 1 - active_pairs_;
+    taken = active_log_;
+    active_log_ = 1 - active_log_;
     SwapOutReport(out, residency);
   }
-  // Routing counts into the other buffer now: this one is the taker's.
-  for (uint32_t l = 1; l < model_.num_layers; ++l) ListPairs(pairs_[taken][l], &out->layers[l]);
+  // Routing logs into the other buffer now: this one is the taker's.
+  CountLoggedPairs(pair_logs_[taken]);
+  for (uint32_t l = 1; l < model_.num_layers; ++l) ListPairs(pair_counts_[l], &out->layers[l]);
 }
 
 void WorkerEngine::ListPairs(PairCounts& pairs, LayerReport* out) {

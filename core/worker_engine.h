@@ -38,6 +38,11 @@ struct WorkerEngineOptions {
   /// (0: all). Bounds a report of 64-token steps at 58 x 256 to about 60 KB;
   /// the strong pairs are the ones the fleet's successors are made of.
   uint32_t max_pairs_per_layer = 128;
+  /// Room for the choices a layer call logs for pair counting off the
+  /// routing thread, in 32-bit entries, per log (there are two: one fills
+  /// while a report counts the other). A full log drops a batch's pairs and
+  /// counts them; 2^20 holds about 100 ms of 64-token steps at 58 x 256.
+  uint32_t pair_log_entries = 1 << 20;
 };
 
 /// The data plane of an inference worker that routes in its own process:
@@ -103,7 +108,8 @@ class WorkerEngine {
   }
   /// The sequence number of the last report taken.
   uint64_t last_sequence();
-  /// Co-activation pair counts left out of reports by max_pairs_per_layer.
+  /// Co-activation pairs left out of reports: past max_pairs_per_layer, or
+  /// logged while the log was full.
   uint64_t pairs_dropped() const { return pairs_dropped_.load(std::memory_order_relaxed); }
 
  private:
@@ -115,9 +121,7 @@ class WorkerEngine {
     std::vector<uint32_t> successor_ids;
     std::vector<float> successor_weights;
   };
-  // Pairs counted since the last report, per layer: dense from x to, and
-  // which are set. Two of them: routing counts into one while the report
-  // taken last is listed from the other.
+  // A layer's pairs counted from a log, dense from x to, and which are set.
   struct PairCounts {
     std::vector<uint32_t> counts;
     std::vector<uint32_t> touched;
@@ -140,18 +144,22 @@ class WorkerEngine {
   absl::Status CheckLayer(uint32_t layer) const;
   uint8_t VariantFor(ExpertKey key) const;
   // The experts of layer + 1 the fleet's co-activation predicts from this
-  // batch's uses, into predicted_.
+  // batch's uses of each expert, into predicted_.
   void PredictNextLayer(uint32_t layer, absl::Span<const uint32_t> experts)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Adds the batch to the report being gathered.
   void Record(uint32_t layer, const RouteResult& batch, const CacheInstructions& changes)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void CountPairs(uint32_t layer, const RouteResult& batch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Logs the batch's and the previous layer's choices when they are the
+  // same tokens one layer on: [layer, tokens, top_k, previous, this].
+  void LogPairs(uint32_t layer, const RouteResult& batch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Counts a taken log into pair_counts_.
+  void CountLoggedPairs(std::vector<uint32_t>& log) ABSL_EXCLUSIVE_LOCKS_REQUIRED(take_mu_);
   void NoteResidencyChanges(const CacheInstructions& changes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ApplyOffer(uint32_t layer) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Lists a taken buffer's pairs into the report (the strongest, in index
-  // order) and zeroes it.
-  void ListPairs(PairCounts& pairs, LayerReport* out);
+  // Lists a layer's counted pairs into the report (the strongest, in index
+  // order) and zeroes them.
+  void ListPairs(PairCounts& pairs, LayerReport* out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(take_mu_);
   // The report's part taken under the lock: all but the pairs.
   void SwapOutReport(RoutingReport* out, std::vector<std::pair<ExpertKey, uint8_t>>* residency)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -164,9 +172,10 @@ class WorkerEngine {
   std::vector<std::unique_ptr<Inbox>> inboxes_;
   std::atomic<uint64_t> state_updates_applied_{0};
   std::atomic<uint64_t> pairs_dropped_{0};
-  // One TakeReport at a time: it owns the taken pair buffers.
+  // One TakeReport at a time: it owns the taken log and the counts.
   absl::Mutex take_mu_;
-  std::vector<PairCounts> pairs_[2];  // per layer; [active_pairs_] under mu_
+  std::vector<uint32_t> pair_logs_[2];  // [active_log_] under mu_, the other the taker's
+  std::vector<PairCounts> pair_counts_ ABSL_GUARDED_BY(take_mu_);  // per layer
 
   // Orders the data plane and guards everything below; taken before the
   // view's own mutex.
@@ -178,10 +187,12 @@ class WorkerEngine {
   std::vector<uint8_t> residency_at_report_ ABSL_GUARDED_BY(mu_);
   std::vector<size_t> residency_touched_ ABSL_GUARDED_BY(mu_);
   std::deque<Learning> unacknowledged_ ABSL_GUARDED_BY(mu_);
-  int active_pairs_ ABSL_GUARDED_BY(mu_) = 0;
+  int active_log_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t next_sequence_ ABSL_GUARDED_BY(mu_) = 1;
   // Per-call scratch.
   std::vector<double> successor_sums_ ABSL_GUARDED_BY(mu_);
+  std::vector<uint32_t> uses_ ABSL_GUARDED_BY(mu_);  // per expert
+  std::vector<uint32_t> used_experts_ ABSL_GUARDED_BY(mu_);
   std::vector<uint32_t> predicted_ ABSL_GUARDED_BY(mu_);
   std::vector<uint32_t> guess_ ABSL_GUARDED_BY(mu_);
 };

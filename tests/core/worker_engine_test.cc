@@ -9,6 +9,7 @@
 #include "eval/workload.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/testing/test_util.h"
 
 // Counts the allocations of the thread that asks, to check that the
 // per-layer path allocates nothing once warmed up. (GCC takes the replaced
@@ -379,6 +380,33 @@ TEST(WorkerEngineTest, ReportsKeepTheStrongestPairsUpToTheCap) {
   (*worker)->TakeReport(&report);
   EXPECT_THAT(report.layers[1].pair_index, ::testing::ElementsAre(4 * 8 + 6, 4 * 8 + 7));
   EXPECT_THAT(report.layers[1].pair_count, ::testing::ElementsAre(1, 1));
+}
+
+// A layer call never grows the pair log: with no room left the batch's
+// pairs are dropped and counted, and routing goes on.
+TEST(WorkerEngineTest, AFullPairLogDropsTheBatchsPairs) {
+  const Shape shape{2, 8, 2};
+  auto store = Store(shape);
+  auto sizes = ExpertSizeTable::Build(*store, 2, 8);
+  ASSERT_TRUE(sizes.ok());
+  // One 2-token top-2 batch logs 3 + 2 x 4 entries.
+  auto worker = WorkerEngine::Create(
+      Config(shape, false), *sizes,
+      {.cache = "w", .budget_bytes = 16 * kExpertBytes, .pair_log_entries = 11});
+  ASSERT_TRUE(worker.ok());
+  WorkerStep step;
+  const std::vector<float> logits = ::moe_router::testing::RandomLogits(2, 8, 3);
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_TRUE((*worker)->Route(0, logits, &step).ok());
+    ASSERT_TRUE((*worker)->Route(1, logits, &step).ok());
+  }
+  EXPECT_EQ((*worker)->pairs_dropped(), 2u * 2 * 2);  // the second batch's
+  RoutingReport report;
+  (*worker)->TakeReport(&report);
+  uint64_t pairs = 0;
+  for (uint32_t c : report.layers[1].pair_count) pairs += c;
+  EXPECT_EQ(pairs, 2u * 2 * 2);  // the first batch's
+  EXPECT_EQ(report.layers[1].tokens, 4u);
 }
 
 TEST(WorkerEngineTest, RefusesBadCallsWithoutChangingState) {
