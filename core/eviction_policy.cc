@@ -49,15 +49,17 @@ EntryView AsIfUsedNow(EntryView entry, const CacheClock& clock) {
 void EvictionQueue::Rank(EvictionPolicy& policy, absl::Span<const EntryView> candidates,
                          absl::Span<const uint64_t> bytes, const CacheClock& clock) {
   policy.Prepare(candidates, clock);
+  keeps_.resize(candidates.size());
+  policy.KeepEach(candidates, clock, absl::MakeSpan(keeps_));
   heap_.clear();
   heap_.reserve(candidates.size());
   bytes_ = 0;
   for (size_t i = 0; i < candidates.size(); ++i) {
     const EntryView& v = candidates[i];
-    heap_.push_back({policy.Keep(v, clock), v.last_access, v.key, bytes[i]});
+    heap_.push_back({keeps_[i], v.last_access, v.key, bytes[i]});
     bytes_ += bytes[i];
   }
-  std::make_heap(heap_.begin(), heap_.end(), After);
+  std::make_heap(heap_.begin(), heap_.end(), After());
 }
 
 void EvictionQueue::Take(uint64_t need, std::optional<double> incoming_keep, EvictionPlan* out) {
@@ -71,12 +73,12 @@ void EvictionQueue::Take(uint64_t need, std::optional<double> incoming_keep, Evi
   }
   auto end = heap_.end();
   while (plan.freed < need) {
-    std::pop_heap(heap_.begin(), end, After);
+    std::pop_heap(heap_.begin(), end, After());
     --end;
     if (incoming_keep && end->keep >= *incoming_keep) {
       // Dropped: put back what was taken.
       plan.valued_more = end->key;
-      for (; end != heap_.end(); ++end) std::push_heap(heap_.begin(), end + 1, After);
+      for (; end != heap_.end(); ++end) std::push_heap(heap_.begin(), end + 1, After());
       plan.victims.clear();
       plan.freed = 0;
       return;
@@ -177,6 +179,11 @@ class LayerReusePolicy final : public EvictionPolicy {
     const double p =
         std::max(kRecencyWeight * CurrentReuse(e, clock) + (1 - kRecencyWeight) * frequency, 1e-6);
     return -(distance + layers * (1.0 / p - 1.0));
+  }
+  // The default policy ranks every call of a worker cache: its Keep() inlined.
+  void KeepEach(absl::Span<const EntryView> entries, const CacheClock& clock,
+                absl::Span<double> out) const override {
+    for (size_t i = 0; i < entries.size(); ++i) out[i] = LayerReusePolicy::Keep(entries[i], clock);
   }
 
  private:

@@ -47,6 +47,12 @@ class EvictionPolicy {
   /// Keep() is asked of each (lets a policy look at the population).
   virtual void Prepare(absl::Span<const EntryView> /*candidates*/, const CacheClock& /*clock*/) {}
   virtual double Keep(const EntryView& entry, const CacheClock& clock) const = 0;
+  /// Keep() of each entry into `out` (its size): one virtual call for a whole
+  /// ranking, so a policy can inline its Keep() in the loop.
+  virtual void KeepEach(absl::Span<const EntryView> entries, const CacheClock& clock,
+                        absl::Span<double> out) const {
+    for (size_t i = 0; i < entries.size(); ++i) out[i] = Keep(entries[i], clock);
+  }
   /// Whether Keep() depends on which entries Prepare() was shown, so that
   /// a ranking goes stale as soon as one of them is evicted.
   virtual bool RanksByPopulation() const { return false; }
@@ -99,10 +105,14 @@ class EvictionQueue {
     ExpertKey key;
     uint64_t bytes;
   };
-  static bool After(const Ranked& a, const Ranked& b) {
-    return std::tie(a.keep, a.last_access, a.key) > std::tie(b.keep, b.last_access, b.key);
-  }
+  // A functor, not a function pointer, so the heap algorithms inline it.
+  struct After {
+    bool operator()(const Ranked& a, const Ranked& b) const {
+      return std::tie(a.keep, a.last_access, a.key) > std::tie(b.keep, b.last_access, b.key);
+    }
+  };
   std::vector<Ranked> heap_;  // a min-heap under After
+  std::vector<double> keeps_;  // scratch for KeepEach
   uint64_t bytes_ = 0;        // held by the entries in heap_
 };
 
