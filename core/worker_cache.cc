@@ -179,9 +179,8 @@ void WorkerCacheView::RebaseTicks() {
   tick_base_ += shift;
 }
 
-EntryView WorkerCacheView::View(size_t index) const {
-  const Usage& u = usage_[index];
-  const ExpertKey key = KeyOf(index);
+EntryView WorkerCacheView::View(ExpertKey key) const {
+  const Usage& u = usage_[Index(key)];
   const uint64_t visits = clock_.layer_visits[key.layer];
   return EntryView{.key = key,
                    .last_access = u.last_access == 0 ? 0 : tick_base_ + u.last_access,
@@ -190,8 +189,8 @@ EntryView WorkerCacheView::View(size_t index) const {
                    .reuse_visit = FullVisit(visits, u.reuse_visit)};
 }
 
-uint64_t WorkerCacheView::SlotBytes(size_t index) const {
-  return sizes_->Bytes(KeyOf(index), flags_[index].load(std::memory_order_relaxed) - 1);
+uint64_t WorkerCacheView::SlotBytes(ExpertKey key) const {
+  return sizes_->Bytes(key, flags_[Index(key)].load(std::memory_order_relaxed) - 1);
 }
 
 void WorkerCacheView::Note(size_t index) {
@@ -201,9 +200,10 @@ void WorkerCacheView::Note(size_t index) {
   touched_.push_back(index);
 }
 
-void WorkerCacheView::Remove(size_t index) {
+void WorkerCacheView::Remove(ExpertKey key) {
+  const size_t index = Index(key);
   Note(index);
-  resident_bytes_ -= SlotBytes(index);
+  resident_bytes_ -= SlotBytes(key);
   flags_[index].store(0, std::memory_order_relaxed);
 }
 
@@ -229,12 +229,16 @@ WorkerCacheView::Admission WorkerCacheView::MakeRoom(uint64_t need, const EntryV
   if (ranking.view != id_ || ranking.generation != ranking_generation_) {
     ranking.candidates.clear();
     ranking.bytes.clear();
-    for (size_t i = 0; i < slots_; ++i) {
-      if (flags_[i].load(std::memory_order_relaxed) == 0) continue;
-      const ExpertKey key = KeyOf(i);
-      if (key.layer == clock_.current_layer && pinned_[key.expert] != 0) continue;
-      ranking.candidates.push_back(View(i));
-      ranking.bytes.push_back(SlotBytes(i));
+    // Layer by layer: no division to find a slot's key.
+    for (uint32_t l = 0; l < num_layers_; ++l) {
+      const std::atomic<uint8_t>* flags = &flags_[size_t{l} * num_experts_];
+      const bool current = l == clock_.current_layer;
+      for (uint32_t e = 0; e < num_experts_; ++e) {
+        if (flags[e].load(std::memory_order_relaxed) == 0) continue;
+        if (current && pinned_[e] != 0) continue;
+        ranking.candidates.push_back(View({l, e}));
+        ranking.bytes.push_back(SlotBytes({l, e}));
+      }
     }
     ranking.queue.Rank(*policy_, ranking.candidates, ranking.bytes, Clock());
     ranking.view = id_;
@@ -246,7 +250,7 @@ WorkerCacheView::Admission WorkerCacheView::MakeRoom(uint64_t need, const EntryV
       &plan);
   if (plan.valued_more) return Admission::kValuedMore;
   if (plan.freed < need) return Admission::kNoRoom;
-  for (const ExpertKey& victim : plan.victims) Remove(Index(victim));
+  for (const ExpertKey& victim : plan.victims) Remove(victim);
   if (policy_->RanksByPopulation()) ++ranking_generation_;
   return Admission::kAdmitted;
 }
@@ -259,7 +263,7 @@ WorkerCacheView::Admission WorkerCacheView::TryAdmit(ExpertKey key, uint8_t vari
   if (bytes > budget_bytes_) return Admission::kTooLarge;
   if (resident_bytes_ + bytes > budget_bytes_) {
     std::optional<EntryView> incoming;
-    if (priority == Priority::kPrefetch) incoming = AsIfUsedNow(View(index), Clock());
+    if (priority == Priority::kPrefetch) incoming = AsIfUsedNow(View(key), Clock());
     const Admission room =
         MakeRoom(resident_bytes_ + bytes - budget_bytes_, incoming ? &*incoming : nullptr);
     if (room != Admission::kAdmitted) return room;
@@ -349,7 +353,7 @@ void WorkerCacheView::EndCall(CacheInstructions* instructions) {
       continue;
     }
     ((touch & kAdmittedForPrefetch) != 0 ? out.prefetch : out.urgent).push_back(KeyOf(index));
-    out.load_bytes += SlotBytes(index);
+    out.load_bytes += SlotBytes(KeyOf(index));
   }
   touched_.clear();
   for (auto* keys : {&out.evictions, &out.urgent, &out.prefetch})

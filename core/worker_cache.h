@@ -204,20 +204,20 @@ class WorkerCacheView {
     return {static_cast<uint32_t>(index / num_experts_),
             static_cast<uint32_t>(index % num_experts_)};
   }
-  EntryView View(size_t index) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  EntryView View(ExpertKey key) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // A visit count from its low 32 bits, given the layer's count now.
   static uint64_t FullVisit(uint64_t visits, uint32_t low) {
     return visits - static_cast<uint32_t>(static_cast<uint32_t>(visits) - low);
   }
   const CacheClock& Clock() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return clock_; }
-  uint64_t SlotBytes(size_t index) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  uint64_t SlotBytes(ExpertKey key) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Evicts by policy until `need` bytes are free; kNoRoom (and no change)
   // if the evictable entries are not enough or, for a prefetch of
   // `incoming`, kValuedMore if they are valued more. The bookings of one step share one
   // ranking: the entries they may evict do not change in between.
   Admission MakeRoom(uint64_t need, const EntryView* incoming) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Note(size_t index) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void Remove(size_t index) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Remove(ExpertKey key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RebaseTicks() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   static uint64_t NextId();
 
