@@ -12,6 +12,7 @@
 #include "core/model_engine.h"
 #include "core/synthetic_store.h"
 #include "core/worker_engine.h"
+#include "eval/workload.h"
 #include "proto/control_stream_proto.h"
 #include "server/server.h"
 
@@ -77,6 +78,70 @@ void BM_InProcessRoute(benchmark::State& state) {
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * kBatchTokens);
 }
 BENCHMARK(BM_InProcessRoute)->Args({32, 8, 2})->Args({58, 256, 8});
+
+// The same call on the calibrated workloads (eval/workload.h: skewed
+// experts, topics that persist across tokens), 64 concurrent sequences a
+// batch, each batch one decode step through every layer: what a worker's
+// cache sees, rather than i.i.d. logits that make every call evict.
+void BM_InProcessRouteCalibrated(benchmark::State& state, const std::string& preset_name) {
+  auto preset = GetWorkloadPreset(preset_name);
+  if (!preset.ok()) return state.SkipWithError(std::string(preset.status().message()).c_str());
+  const WorkloadShape& shape = preset->shape;
+  ModelConfig config;
+  config.name = "bench";
+  config.num_layers = shape.num_layers;
+  config.router.num_experts = shape.num_experts;
+  config.router.top_k = shape.top_k;
+  config.budget_bytes = uint64_t{shape.num_layers} * shape.num_experts * kExpertBytes;
+  auto store = SyntheticStore::Create({.num_layers = config.num_layers,
+                                       .num_experts = config.router.num_experts,
+                                       .variants = {{"default", kExpertBytes}}});
+  auto service = ModelEngine::Create(config, *std::move(store));
+  if (!service.ok()) return state.SkipWithError(std::string(service.status().message()).c_str());
+  // 64 sequences, 16 steps: per step and layer, 64 rows of logits.
+  const uint32_t n = shape.num_experts;
+  std::vector<SyntheticRouting> sequences;
+  for (uint32_t s = 0; s < kBatchTokens; ++s) {
+    sequences.emplace_back(shape, /*seed=*/s + 1);
+    sequences.back().StartSequence();
+  }
+  std::vector<std::vector<std::vector<float>>> steps(16);  // [step][layer]
+  for (auto& step : steps) {
+    step.assign(shape.num_layers, std::vector<float>(size_t{kBatchTokens} * n));
+    for (uint32_t s = 0; s < kBatchTokens; ++s) {
+      const std::vector<float>& token = sequences[s].NextToken();
+      for (uint32_t l = 0; l < shape.num_layers; ++l) {
+        std::copy(token.begin() + size_t{l} * n, token.begin() + size_t{l + 1} * n,
+                  step[l].begin() + size_t{s} * n);
+      }
+    }
+  }
+  for (const auto& step : steps) {
+    for (uint32_t l = 0; l < shape.num_layers; ++l) (void)(*service)->Route(l, step[l]);
+  }
+  auto worker = WorkerEngine::Create(config, (*service)->sizes(),
+                                     {.cache = "w", .budget_bytes = QuarterBudget(config)});
+  std::vector<LayerLearnedState> fleet;
+  for (uint32_t l = 0; l < config.num_layers; ++l) {
+    fleet.push_back((*service)->ExportLayerState(l, kDefaultSuccessorsPerRow));
+  }
+  (*worker)->Offer(std::move(fleet), 0);
+  WorkerStep step;
+  uint64_t evictions = 0, calls = 0;
+  size_t i = 0;
+  for (auto _ : state) {
+    const uint32_t layer = static_cast<uint32_t>(i % config.num_layers);
+    (void)(*worker)->Route(layer, steps[(i / config.num_layers) % steps.size()][layer], &step);
+    evictions += step.cache.evictions.size();
+    ++calls;
+    ++i;
+  }
+  state.counters["evictions_per_call"] =
+      static_cast<double>(evictions) / std::max<uint64_t>(calls, 1);
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * kBatchTokens);
+}
+BENCHMARK_CAPTURE(BM_InProcessRouteCalibrated, mixtral, std::string("mixtral"));
+BENCHMARK_CAPTURE(BM_InProcessRouteCalibrated, deepseek_v3, std::string("deepseek-v3"));
 
 void BM_RemoteRoute(benchmark::State& state) {
   const ModelConfig config = Config(state);
