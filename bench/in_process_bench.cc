@@ -42,16 +42,36 @@ ModelConfig Config(const benchmark::State& state) {
   return config;
 }
 
+// The service's engine for `config`, on a synthetic store.
+absl::StatusOr<std::unique_ptr<ModelEngine>> Service(const ModelConfig& config) {
+  auto store = SyntheticStore::Create({.num_layers = config.num_layers,
+                                       .num_experts = config.router.num_experts,
+                                       .variants = {{"default", kExpertBytes}}});
+  if (!store.ok()) return store.status();
+  return ModelEngine::Create(config, *std::move(store));
+}
+
 uint64_t QuarterBudget(const ModelConfig& config) {
   return uint64_t{config.num_layers} * config.router.num_experts / 4 * kExpertBytes;
 }
 
+// A worker with a quarter of the experts, given every layer's state as the
+// service learned it.
+std::unique_ptr<WorkerEngine> WorkerWithFleetState(const ModelConfig& config,
+                                                   const ModelEngine& service) {
+  auto worker = WorkerEngine::Create(config, service.sizes(),
+                                     {.cache = "w", .budget_bytes = QuarterBudget(config)});
+  std::vector<LayerLearnedState> fleet;
+  for (uint32_t l = 0; l < config.num_layers; ++l) {
+    fleet.push_back(service.ExportLayerState(l, kDefaultSuccessorsPerRow));
+  }
+  (*worker)->Offer(std::move(fleet), 0);
+  return *std::move(worker);
+}
+
 void BM_InProcessRoute(benchmark::State& state) {
   const ModelConfig config = Config(state);
-  auto store = SyntheticStore::Create({.num_layers = config.num_layers,
-                                       .num_experts = config.router.num_experts,
-                                       .variants = {{"default", kExpertBytes}}});
-  auto service = ModelEngine::Create(config, *std::move(store));
+  auto service = Service(config);
   if (!service.ok()) return state.SkipWithError(std::string(service.status().message()).c_str());
   const auto batches = Batches(config.router.num_experts);
   // The fleet learned co-activation from these batches; the worker has it.
@@ -60,18 +80,12 @@ void BM_InProcessRoute(benchmark::State& state) {
       (void)(*service)->Route(l, batches[(round + l) % batches.size()]);
     }
   }
-  auto worker = WorkerEngine::Create(config, (*service)->sizes(),
-                                     {.cache = "w", .budget_bytes = QuarterBudget(config)});
-  std::vector<LayerLearnedState> fleet;
-  for (uint32_t l = 0; l < config.num_layers; ++l) {
-    fleet.push_back((*service)->ExportLayerState(l, kDefaultSuccessorsPerRow));
-  }
-  (*worker)->Offer(std::move(fleet), 0);
+  auto worker = WorkerWithFleetState(config, **service);
   WorkerStep step;
   size_t i = 0;
   for (auto _ : state) {
     const uint32_t layer = static_cast<uint32_t>(i % config.num_layers);
-    (void)(*worker)->Route(layer, batches[(i / config.num_layers + layer) % batches.size()], &step);
+    (void)worker->Route(layer, batches[(i / config.num_layers + layer) % batches.size()], &step);
     ++i;
     benchmark::DoNotOptimize(step);
   }
@@ -93,10 +107,7 @@ void BM_InProcessRouteCalibrated(benchmark::State& state, const std::string& pre
   config.router.num_experts = shape.num_experts;
   config.router.top_k = shape.top_k;
   config.budget_bytes = uint64_t{shape.num_layers} * shape.num_experts * kExpertBytes;
-  auto store = SyntheticStore::Create({.num_layers = config.num_layers,
-                                       .num_experts = config.router.num_experts,
-                                       .variants = {{"default", kExpertBytes}}});
-  auto service = ModelEngine::Create(config, *std::move(store));
+  auto service = Service(config);
   if (!service.ok()) return state.SkipWithError(std::string(service.status().message()).c_str());
   // 64 sequences, 16 steps: per step and layer, 64 rows of logits.
   const uint32_t n = shape.num_experts;
@@ -119,19 +130,13 @@ void BM_InProcessRouteCalibrated(benchmark::State& state, const std::string& pre
   for (const auto& step : steps) {
     for (uint32_t l = 0; l < shape.num_layers; ++l) (void)(*service)->Route(l, step[l]);
   }
-  auto worker = WorkerEngine::Create(config, (*service)->sizes(),
-                                     {.cache = "w", .budget_bytes = QuarterBudget(config)});
-  std::vector<LayerLearnedState> fleet;
-  for (uint32_t l = 0; l < config.num_layers; ++l) {
-    fleet.push_back((*service)->ExportLayerState(l, kDefaultSuccessorsPerRow));
-  }
-  (*worker)->Offer(std::move(fleet), 0);
+  auto worker = WorkerWithFleetState(config, **service);
   WorkerStep step;
   uint64_t evictions = 0, calls = 0;
   size_t i = 0;
   for (auto _ : state) {
     const uint32_t layer = static_cast<uint32_t>(i % config.num_layers);
-    (void)(*worker)->Route(layer, steps[(i / config.num_layers) % steps.size()][layer], &step);
+    (void)worker->Route(layer, steps[(i / config.num_layers) % steps.size()][layer], &step);
     evictions += step.cache.evictions.size();
     ++calls;
     ++i;
@@ -184,10 +189,7 @@ BENCHMARK(BM_RemoteRoute)->Args({32, 8, 2})->Args({58, 256, 8})->UseRealTime();
 void BM_FoldReport(benchmark::State& state) {
   ModelConfig config = Config(state);
   const uint32_t tokens = static_cast<uint32_t>(state.range(3));
-  auto store = SyntheticStore::Create({.num_layers = config.num_layers,
-                                       .num_experts = config.router.num_experts,
-                                       .variants = {{"default", kExpertBytes}}});
-  auto service = ModelEngine::Create(config, *std::move(store));
+  auto service = Service(config);
   if (!service.ok()) return state.SkipWithError(std::string(service.status().message()).c_str());
   (void)(*service)->OpenCache("w", QuarterBudget(config), "");
   auto worker = WorkerEngine::Create(config, (*service)->sizes(),

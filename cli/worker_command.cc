@@ -157,6 +157,50 @@ void PrintJson(const WorkerPlayOptions& options, const std::vector<WorkerPlayRes
                           .c_str());
 }
 
+// The modes to play: remote, in process, or (--in-process --compare) both,
+// remote first, each with caches of its own; their rows in that order.
+absl::StatusOr<std::vector<WorkerPlayResult>> PlayModes(Client& client, const RoutingTrace& trace,
+                                                        const WorkerPlayOptions& options,
+                                                        bool in_process, bool compare) {
+  std::vector<WorkerPlayOptions> modes;
+  if (!in_process || compare) modes.push_back(options);
+  if (in_process) {
+    WorkerPlayOptions local = options;
+    local.in_process_channel = client.channel();
+    if (!modes.empty()) local.cache_prefix += "in-process-";
+    modes.push_back(std::move(local));
+  }
+  std::vector<WorkerPlayResult> results;
+  for (const WorkerPlayOptions& mode : modes) {
+    ProgressBar bar("worker", trace.Steps());
+    auto played =
+        PlayWorkers(client, trace, mode, [&](uint64_t done, uint64_t) { bar.Update(done); });
+    bar.Finish();
+    if (!played.ok()) return played.status();
+    results.insert(results.end(), played->begin(), played->end());
+  }
+  return results;
+}
+
+// The table or JSON, with the offline replays beside the rows for --compare.
+int Report(const CommandLine& cl, const WorkerPlayOptions& options,
+           const std::vector<WorkerPlayResult>& results, const ReplaySetting& setting) {
+  std::vector<std::optional<double>> offline(results.size());
+  if (cl.Has("compare") && !options.shared_server_cache) {
+    for (size_t w = 0; w < results.size(); ++w) {
+      auto rate = OfflineHitRate(results[w], options.cache_bytes, setting);
+      if (!rate.ok()) return CommandError("worker", rate.status());
+      offline[w] = *rate;
+    }
+  }
+  if (cl.Has("json")) {
+    PrintJson(options, results, offline, setting);
+  } else {
+    PrintTable(results, offline, cl.Has("compare"), setting);
+  }
+  return 0;
+}
+
 }  // namespace
 
 int WorkerCommand(const std::vector<std::string>& args) {
@@ -216,41 +260,9 @@ int WorkerCommand(const std::vector<std::string>& args) {
   auto spec = (*client)->FindModel(options.model);
   if (!spec.ok()) return CommandError("worker", spec.status());
   const ReplaySetting setting = ReplayFor(*spec);
-  // The modes to play: remote, in process, or (--in-process --compare) both,
-  // remote first, each with caches of its own.
-  std::vector<WorkerPlayOptions> modes;
-  const bool in_process = cl->Has("in-process");
-  if (!in_process || cl->Has("compare")) modes.push_back(options);
-  if (in_process) {
-    WorkerPlayOptions local = options;
-    local.in_process_channel = (*client)->channel();
-    if (!modes.empty()) local.cache_prefix += "in-process-";
-    modes.push_back(std::move(local));
-  }
-  std::vector<WorkerPlayResult> results;
-  for (const WorkerPlayOptions& mode : modes) {
-    ProgressBar bar("worker", trace->Steps());
-    auto played =
-        PlayWorkers(**client, *trace, mode, [&](uint64_t done, uint64_t) { bar.Update(done); });
-    bar.Finish();
-    if (!played.ok()) return CommandError("worker", played.status());
-    results.insert(results.end(), played->begin(), played->end());
-  }
-
-  std::vector<std::optional<double>> offline(results.size());
-  if (cl->Has("compare") && !options.shared_server_cache) {
-    for (size_t w = 0; w < results.size(); ++w) {
-      auto rate = OfflineHitRate(results[w], options.cache_bytes, setting);
-      if (!rate.ok()) return CommandError("worker", rate.status());
-      offline[w] = *rate;
-    }
-  }
-  if (cl->Has("json")) {
-    PrintJson(options, results, offline, setting);
-  } else {
-    PrintTable(results, offline, cl->Has("compare"), setting);
-  }
-  return 0;
+  auto results = PlayModes(**client, *trace, options, cl->Has("in-process"), cl->Has("compare"));
+  if (!results.ok()) return CommandError("worker", results.status());
+  return Report(*cl, options, *results, setting);
 }
 
 }  // namespace moe_router

@@ -182,12 +182,13 @@ bool InProcessWorker::WritePending() {
       if (it == pending_.end()) return true;
       next = it->message;
       written_ = it->sequence;
+      // Counted as it is handed to the stream: its acknowledgement may come
+      // back before Write returns.
+      ++stats_.reports_sent;
+      stats_.bytes_up += next.ByteSizeLong();
     }
     // Outside the lock: a slow service blocks this thread, never Route().
     if (!stream_->rw->Write(next)) return false;
-    absl::MutexLock lock(&mu_);
-    ++stats_.reports_sent;
-    stats_.bytes_up += next.ByteSizeLong();
   }
 }
 

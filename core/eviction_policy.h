@@ -111,9 +111,9 @@ class EvictionQueue {
       return std::tie(a.keep, a.last_access, a.key) > std::tie(b.keep, b.last_access, b.key);
     }
   };
-  std::vector<Ranked> heap_;  // a min-heap under After
+  std::vector<Ranked> heap_;   // a min-heap under After
   std::vector<double> keeps_;  // scratch for KeepEach
-  uint64_t bytes_ = 0;        // held by the entries in heap_
+  uint64_t bytes_ = 0;         // held by the entries in heap_
 };
 
 /// One booking's plan: EvictionQueue ranked and taken once. For a prefetch,

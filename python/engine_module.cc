@@ -19,6 +19,11 @@ void Check(const absl::Status& status) {
   if (!status.ok()) throw std::runtime_error(std::string(status.ToString()));
 }
 
+// A float32 C-contiguous array's values, read in place.
+absl::Span<const float> SpanOf(const py::array_t<float, py::array::c_style>& values) {
+  return {values.data(), static_cast<size_t>(values.size())};
+}
+
 // A numpy view of a step's buffer, alive as long as the step is: no copy.
 template <typename T>
 py::array View(std::vector<T>& buffer, std::vector<py::ssize_t> shape, py::handle owner) {
@@ -55,26 +60,24 @@ class PyWorker {
   // Routes one layer's batch into `step`; logits: float32, C-contiguous,
   // tokens x num_experts (or one row), read in place.
   void Route(uint32_t layer, py::array_t<float, py::array::c_style> logits, WorkerStep& step) {
-    const py::buffer_info in = logits.request();
-    const absl::Span<const float> values(static_cast<const float*>(in.ptr),
-                                         static_cast<size_t>(in.size));
+    const absl::Span<const float> values = SpanOf(logits);
+    WorkerEngine& engine = worker().engine();
     absl::Status status;
     {
       py::gil_scoped_release unlocked;
-      status = worker_->engine().Route(layer, values, &step);
+      status = engine.Route(layer, values, &step);
     }
     Check(status);
   }
 
   void Prefetch(uint32_t layer, py::array_t<float, py::array::c_style> guess, uint32_t budget,
                 WorkerStep& step) {
-    const py::buffer_info in = guess.request();
-    const absl::Span<const float> values(static_cast<const float*>(in.ptr),
-                                         static_cast<size_t>(in.size));
+    const absl::Span<const float> values = SpanOf(guess);
+    WorkerEngine& engine = worker().engine();
     absl::Status status;
     {
       py::gil_scoped_release unlocked;
-      status = worker_->engine().Prefetch(layer, values, budget, &step.cache);
+      status = engine.Prefetch(layer, values, budget, &step.cache);
     }
     Check(status);
   }
@@ -83,24 +86,25 @@ class PyWorker {
     std::vector<ExpertKey> keys;
     keys.reserve(held.size());
     for (const auto& [layer, expert] : held) keys.push_back({layer, expert});
-    Check(worker_->engine().Adopt(keys));
+    Check(worker().engine().Adopt(keys));
   }
 
   std::vector<std::pair<uint32_t, uint32_t>> Residency() {
     std::vector<std::pair<uint32_t, uint32_t>> held;
-    for (const auto& [key, variant] : worker_->engine().Residency()) {
+    for (const auto& [key, variant] : worker().engine().Residency()) {
       held.emplace_back(key.layer, key.expert);
     }
     return held;
   }
 
   bool Flush(double timeout_s) {
+    InProcessWorker& w = worker();
     py::gil_scoped_release unlocked;
-    return worker_->Flush(absl::Seconds(timeout_s));
+    return w.Flush(absl::Seconds(timeout_s));
   }
 
-  py::dict ControlStatsDict() const {
-    const ControlStats s = worker_->control_stats();
+  py::dict ControlStatsDict() {
+    const ControlStats s = worker().control_stats();
     py::dict d;
     d["connected"] = s.connected;
     d["started_without_service"] = s.started_without_service;

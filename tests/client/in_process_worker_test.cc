@@ -53,38 +53,62 @@ std::vector<ExpertKey> Keys(const google::protobuf::RepeatedPtrField<v1::ExpertR
 
 // Over the shared Mixtral trace, prefetch off: an in-process worker decides,
 // step by step, as a WorkerCache routing remotely with the same budget.
-TEST(InProcessWorkerTest, DecidesAsRemoteRoutingOverTheSharedTrace) {
-  const std::string path = testing::SharedTracePath();
-  if (path.empty()) GTEST_SKIP() << "the shared trace is absent";
-  auto trace = ReadTrace(path);
-  ASSERT_TRUE(trace.ok()) << trace.status();
-  trace->runs.resize(std::min<size_t>(trace->runs.size(), 6));
-  auto server = StartServer("127.0.0.1:0");
-  auto client = Client::Connect(absl::StrCat("127.0.0.1:", server->port()));
-  ASSERT_TRUE(client.ok());
-  ASSERT_TRUE((*client)->Register(Spec("remote", trace->num_layers, false)).ok());
-  ASSERT_TRUE((*client)->Register(Spec("local", trace->num_layers, false)).ok());
-  const uint64_t budget = uint64_t{trace->num_layers} * trace->num_experts / 4 * kExpertBytes;
-  auto remote =
-      WorkerCache::Open(**client, {.model = "remote", .cache = "w", .budget_bytes = budget},
-                        ServerExpertSource(**client, "remote"));
-  ASSERT_TRUE(remote.ok()) << remote.status();
-  auto local =
-      InProcessWorker::Start(Channel(server->port()), {.model = "local",
-                                                       .cache = "w",
-                                                       .budget_bytes = budget,
-                                                       .report_interval = absl::Milliseconds(20)});
-  ASSERT_TRUE(local.ok()) << local.status();
+// The shared trace and, on one server, models "remote" and "local" of its
+// shape: a WorkerCache routing remotely on the first, an InProcessWorker on
+// the second, each with a quarter of the experts as its budget.
+class SideBySideTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const std::string path = testing::SharedTracePath();
+    if (path.empty()) GTEST_SKIP() << "the shared trace is absent";
+    auto trace = ReadTrace(path);
+    ASSERT_TRUE(trace.ok()) << trace.status();
+    trace_ = *std::move(trace);
+  }
+
+  void Start(bool prefetch) {
+    server_ = StartServer("127.0.0.1:0");
+    auto client = Client::Connect(absl::StrCat("127.0.0.1:", server_->port()));
+    ASSERT_TRUE(client.ok());
+    client_ = *std::move(client);
+    ASSERT_TRUE(client_->Register(Spec("remote", trace_.num_layers, prefetch)).ok());
+    ASSERT_TRUE(client_->Register(Spec("local", trace_.num_layers, prefetch)).ok());
+    budget_ = uint64_t{trace_.num_layers} * trace_.num_experts / 4 * kExpertBytes;
+    auto remote =
+        WorkerCache::Open(*client_, {.model = "remote", .cache = "w", .budget_bytes = budget_},
+                          ServerExpertSource(*client_, "remote"));
+    ASSERT_TRUE(remote.ok()) << remote.status();
+    remote_ = *std::move(remote);
+    auto local = InProcessWorker::Start(Channel(server_->port()),
+                                        {.model = "local",
+                                         .cache = "w",
+                                         .budget_bytes = budget_,
+                                         .report_interval = absl::Milliseconds(20)});
+    ASSERT_TRUE(local.ok()) << local.status();
+    local_ = *std::move(local);
+  }
+
+  RoutingTrace trace_;
+  std::unique_ptr<RouterServer> server_;
+  std::unique_ptr<Client> client_;
+  uint64_t budget_ = 0;
+  std::unique_ptr<WorkerCache> remote_;
+  std::unique_ptr<InProcessWorker> local_;
+};
+
+TEST_F(SideBySideTest, DecidesAsRemoteRoutingOverTheSharedTrace) {
+  trace_.runs.resize(std::min<size_t>(trace_.runs.size(), 6));
+  ASSERT_NO_FATAL_FAILURE(Start(/*prefetch=*/false));
   std::vector<float> scratch;
   WorkerStep step;
   uint64_t steps = 0, evictions = 0;
-  for (const RoutingTrace::Run& run : trace->runs) {
+  for (const RoutingTrace::Run& run : trace_.runs) {
     for (size_t i = 0; i < run.steps.size(); ++i) {
       const uint32_t layer = run.steps[i].layer;
-      const absl::Span<const float> logits = StepLogitsForServer(*trace, run, i, scratch);
-      auto routed = (*remote)->Route(layer, logits);
+      const absl::Span<const float> logits = StepLogitsForServer(trace_, run, i, scratch);
+      auto routed = remote_->Route(layer, logits);
       ASSERT_TRUE(routed.ok()) << routed.status();
-      ASSERT_TRUE((*local)->engine().Route(layer, logits, &step).ok());
+      ASSERT_TRUE(local_->engine().Route(layer, logits, &step).ok());
       ASSERT_THAT(step.batch.experts, ::testing::ElementsAreArray(routed->experts()))
           << run.name << " step " << i;
       ASSERT_THAT(step.batch.resident, ::testing::ElementsAreArray(routed->resident()));
@@ -96,52 +120,33 @@ TEST(InProcessWorkerTest, DecidesAsRemoteRoutingOverTheSharedTrace) {
   }
   EXPECT_GT(evictions, 0u);
   // The service folded every step in, and its view of the worker is exact.
-  ASSERT_TRUE((*local)->Flush(absl::Seconds(30)));
-  auto stats = (*client)->Stats("local", "w");
+  ASSERT_TRUE(local_->Flush(absl::Seconds(30)));
+  auto stats = client_->Stats("local", "w");
   ASSERT_TRUE(stats.ok()) << stats.status();
   EXPECT_EQ(stats->routed_tokens(), steps);
-  auto view = (*client)->OpenCache("local", "w", budget);
+  auto view = client_->OpenCache("local", "w", budget_);
   ASSERT_TRUE(view.ok());
   std::vector<ExpertKey> held;
-  for (const auto& [key, variant] : (*local)->engine().Residency()) held.push_back(key);
+  for (const auto& [key, variant] : local_->engine().Residency()) held.push_back(key);
   EXPECT_EQ(Keys(view->resident()), held);
-  EXPECT_GT((*local)->control_stats().updates_received, 1u);
+  EXPECT_GT(local_->control_stats().updates_received, 1u);
 }
 
 // Prefetch on, over the shared trace, each mode on a model of its own: the
 // in-process worker predicts the next layer from the fleet's strongest
 // successors as last sent, the service from its whole matrix as of the
 // call; their hit rates stay within 0.01.
-TEST(InProcessWorkerTest, PrefetchingHitRateMatchesRemoteRoutingOverTheSharedTrace) {
-  const std::string path = testing::SharedTracePath();
-  if (path.empty()) GTEST_SKIP() << "the shared trace is absent";
-  auto trace = ReadTrace(path);
-  ASSERT_TRUE(trace.ok()) << trace.status();
-  auto server = StartServer("127.0.0.1:0");
-  auto client = Client::Connect(absl::StrCat("127.0.0.1:", server->port()));
-  ASSERT_TRUE(client.ok());
-  ASSERT_TRUE((*client)->Register(Spec("remote", trace->num_layers, true)).ok());
-  ASSERT_TRUE((*client)->Register(Spec("local", trace->num_layers, true)).ok());
-  const uint64_t budget = uint64_t{trace->num_layers} * trace->num_experts / 4 * kExpertBytes;
-  auto remote =
-      WorkerCache::Open(**client, {.model = "remote", .cache = "w", .budget_bytes = budget},
-                        ServerExpertSource(**client, "remote"));
-  ASSERT_TRUE(remote.ok()) << remote.status();
-  auto local =
-      InProcessWorker::Start(Channel(server->port()), {.model = "local",
-                                                       .cache = "w",
-                                                       .budget_bytes = budget,
-                                                       .report_interval = absl::Milliseconds(20)});
-  ASSERT_TRUE(local.ok()) << local.status();
+TEST_F(SideBySideTest, PrefetchingHitRateMatchesRemoteRoutingOverTheSharedTrace) {
+  ASSERT_NO_FATAL_FAILURE(Start(/*prefetch=*/true));
   std::vector<float> scratch;
   WorkerStep step;
   uint64_t hits = 0, accesses = 0, prefetched = 0;
-  for (const RoutingTrace::Run& run : trace->runs) {
+  for (const RoutingTrace::Run& run : trace_.runs) {
     for (size_t i = 0; i < run.steps.size(); ++i) {
       const uint32_t layer = run.steps[i].layer;
-      const absl::Span<const float> logits = StepLogitsForServer(*trace, run, i, scratch);
-      ASSERT_TRUE((*remote)->Route(layer, logits).ok());
-      ASSERT_TRUE((*local)->engine().Route(layer, logits, &step).ok());
+      const absl::Span<const float> logits = StepLogitsForServer(trace_, run, i, scratch);
+      ASSERT_TRUE(remote_->Route(layer, logits).ok());
+      ASSERT_TRUE(local_->engine().Route(layer, logits, &step).ok());
       for (uint8_t r : step.batch.resident) hits += r;
       accesses += step.batch.resident.size();
       prefetched += step.cache.prefetch.size();
@@ -149,8 +154,8 @@ TEST(InProcessWorkerTest, PrefetchingHitRateMatchesRemoteRoutingOverTheSharedTra
   }
   EXPECT_GT(prefetched, 0u);
   const double local_rate = static_cast<double>(hits) / accesses;
-  EXPECT_NEAR(local_rate, (*remote)->report().HitRate(), 0.01)
-      << "in process " << local_rate << ", remote " << (*remote)->report().HitRate();
+  EXPECT_NEAR(local_rate, remote_->report().HitRate(), 0.01)
+      << "in process " << local_rate << ", remote " << remote_->report().HitRate();
 }
 
 // Two in-process workers and one remote worker on one model learn what the

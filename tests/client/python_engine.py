@@ -34,3 +34,8 @@ assert worker.flush(30.0), "the service did not acknowledge the last report"
 print(json.dumps({"control": worker.control_stats(),
                   "residency": sorted(list(p) for p in worker.residency())}), flush=True)
 worker.close()
+try:
+    worker.route(0, np.zeros((1, 8), dtype=np.float32), step)
+    raise AssertionError("a closed worker routed")
+except RuntimeError as e:
+    assert "closed" in str(e), e

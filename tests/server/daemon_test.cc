@@ -328,46 +328,68 @@ TEST(DaemonTest, UnreadableTlsFilesAreFatalWithTheReason) {
   EXPECT_THAT(r.output, ::testing::HasSubstr("--tls_cert: cannot open " + dir.File("absent.pem")));
 }
 
+// moe-routerd as a real process serving its embedded default, and an
+// in-process worker routing against it with 16 experts' worth of budget.
+class InProcessDaemonTest : public ::testing::Test {
+ protected:
+  void Start(absl::Duration report_interval, uint32_t max_pending_reports) {
+    daemon_ = std::make_unique<Daemon>(
+        std::vector<std::string>{"--listen=127.0.0.1:0", "--health_listen=", "--metrics_listen="});
+    ASSERT_GT(daemon_->port(), 0) << daemon_->startup_log();
+    port_ = daemon_->port();
+    address_ = daemon_->address();
+    auto client = Client::Connect(address_);
+    ASSERT_TRUE(client.ok());
+    client_ = *std::move(client);
+    auto spec = client_->FindModel("mixtral-8x7b");
+    ASSERT_TRUE(spec.ok()) << spec.status();
+    spec_ = *spec;
+    budget_ = 16 * spec_.synthetic().expert_bytes();
+    auto worker =
+        InProcessWorker::Start(grpc::CreateChannel(address_, grpc::InsecureChannelCredentials()),
+                               {.model = "mixtral-8x7b",
+                                .cache = "w",
+                                .budget_bytes = budget_,
+                                .report_interval = report_interval,
+                                .connect_timeout = absl::Milliseconds(500),
+                                .max_backoff = absl::Milliseconds(200),
+                                .max_pending_reports = max_pending_reports});
+    ASSERT_TRUE(worker.ok()) << worker.status();
+    worker_ = *std::move(worker);
+  }
+
+  std::unique_ptr<Daemon> daemon_;
+  int port_ = 0;
+  std::string address_;
+  std::unique_ptr<Client> client_;
+  v1::ModelSpec spec_;
+  uint64_t budget_ = 0;
+  std::unique_ptr<InProcessWorker> worker_;
+};
+
 // An in-process worker against moe-routerd as a real process: stopped
 // (SIGSTOP), then killed (SIGKILL) and restarted on its port. No routing
 // call fails or waits; after each, every token reaches the service and its
 // view of the worker is what the worker holds.
-TEST(DaemonTest, InProcessWorkerRoutesThroughAStalledAndAKilledDaemon) {
-  auto d = std::make_unique<Daemon>(
-      std::vector<std::string>{"--listen=127.0.0.1:0", "--health_listen=", "--metrics_listen="});
-  ASSERT_GT(d->port(), 0) << d->startup_log();
-  const std::string address = d->address();
-  auto client = Client::Connect(address);
-  ASSERT_TRUE(client.ok());
-  auto spec = (*client)->FindModel("mixtral-8x7b");
-  ASSERT_TRUE(spec.ok()) << spec.status();
-  const uint64_t budget = 16 * spec->synthetic().expert_bytes();
-  auto worker =
-      InProcessWorker::Start(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()),
-                             {.model = "mixtral-8x7b",
-                              .cache = "w",
-                              .budget_bytes = budget,
-                              .report_interval = absl::Milliseconds(20),
-                              .connect_timeout = absl::Milliseconds(500),
-                              .max_backoff = absl::Milliseconds(200)});
-  ASSERT_TRUE(worker.ok()) << worker.status();
+TEST_F(InProcessDaemonTest, RoutesThroughAStalledAndAKilledDaemon) {
+  ASSERT_NO_FATAL_FAILURE(Start(absl::Milliseconds(20), 64));
   WorkerStep step;
   uint64_t tokens = 0;
   const auto route_some = [&](uint64_t seed) {
     for (uint32_t b = 0; b < 40; ++b) {
-      for (uint32_t l = 0; l < spec->num_layers(); ++l) {
+      for (uint32_t l = 0; l < spec_.num_layers(); ++l) {
         const std::vector<float> logits = testing::RandomLogits(2, 8, seed + b * 64 + l);
-        ASSERT_TRUE((*worker)->engine().Route(l, logits, &step).ok());
+        ASSERT_TRUE(worker_->engine().Route(l, logits, &step).ok());
         tokens += 2;
       }
     }
   };
   const auto service_sees_the_worker = [&](Client& service) {
-    ASSERT_TRUE((*worker)->Flush(absl::Seconds(30)));
-    auto view = service.OpenCache("mixtral-8x7b", "w", budget);
+    ASSERT_TRUE(worker_->Flush(absl::Seconds(30)));
+    auto view = service.OpenCache("mixtral-8x7b", "w", budget_);
     ASSERT_TRUE(view.ok()) << view.status();
     std::vector<std::pair<uint32_t, uint32_t>> held, seen;
-    for (const auto& [key, variant] : (*worker)->engine().Residency()) {
+    for (const auto& [key, variant] : worker_->engine().Residency()) {
       held.emplace_back(key.layer, key.expert);
     }
     for (const v1::ExpertRef& r : view->resident()) seen.emplace_back(r.layer(), r.expert());
@@ -376,91 +398,71 @@ TEST(DaemonTest, InProcessWorkerRoutesThroughAStalledAndAKilledDaemon) {
   };
   route_some(1);
   // Stalled: the worker routes on; its reports wait.
-  ASSERT_EQ(kill(d->pid(), SIGSTOP), 0);
+  ASSERT_EQ(kill(daemon_->pid(), SIGSTOP), 0);
   route_some(1000);
-  ASSERT_EQ(kill(d->pid(), SIGCONT), 0);
-  service_sees_the_worker(**client);
-  auto stats = (*client)->Stats("mixtral-8x7b");
+  ASSERT_EQ(kill(daemon_->pid(), SIGCONT), 0);
+  service_sees_the_worker(*client_);
+  auto stats = client_->Stats("mixtral-8x7b");
   ASSERT_TRUE(stats.ok());
   EXPECT_EQ(stats->routed_tokens(), tokens);
 
   // Killed: the worker routes on, then finds the restarted daemon, states
   // what it holds and resends what was not acknowledged.
-  const int port = d->port();
-  ASSERT_EQ(kill(d->pid(), SIGKILL), 0);
-  d.reset();
+  ASSERT_EQ(kill(daemon_->pid(), SIGKILL), 0);
+  daemon_.reset();
   route_some(2000);
-  const uint64_t connects = (*worker)->control_stats().connects;
+  const uint64_t connects = worker_->control_stats().connects;
   Daemon restarted(
-      {absl::StrFormat("--listen=127.0.0.1:%d", port), "--health_listen=", "--metrics_listen="});
-  ASSERT_EQ(restarted.port(), port) << restarted.startup_log();
-  ASSERT_TRUE(testing::WaitFor([&] { return (*worker)->control_stats().connects > connects; }));
-  auto again = Client::Connect(address);
+      {absl::StrFormat("--listen=127.0.0.1:%d", port_), "--health_listen=", "--metrics_listen="});
+  ASSERT_EQ(restarted.port(), port_) << restarted.startup_log();
+  ASSERT_TRUE(testing::WaitFor([&] { return worker_->control_stats().connects > connects; }));
+  auto again = Client::Connect(address_);
   ASSERT_TRUE(again.ok());
   service_sees_the_worker(**again);
   auto after = (*again)->Stats("mixtral-8x7b");
   ASSERT_TRUE(after.ok());
   EXPECT_GT(after->routed_tokens(), 0u);
-  EXPECT_EQ((*worker)->control_stats().reports_dropped, 0u);
+  EXPECT_EQ(worker_->control_stats().reports_dropped, 0u);
 }
 
 // Reports written to a stalled daemon and never acknowledged are kept for
 // resending up to the bound; past it the oldest are dropped and counted,
 // and when the stalled daemon is then killed they are lost: the restarted
 // one gets the kept ones and everything after, not all.
-TEST(DaemonTest, InProcessWorkerDropsTheOldestUnacknowledgedReportsPastTheBound) {
-  auto d = std::make_unique<Daemon>(
-      std::vector<std::string>{"--listen=127.0.0.1:0", "--health_listen=", "--metrics_listen="});
-  ASSERT_GT(d->port(), 0) << d->startup_log();
-  const std::string address = d->address();
-  const int port = d->port();
-  auto client = Client::Connect(address);
-  ASSERT_TRUE(client.ok());
-  auto spec = (*client)->FindModel("mixtral-8x7b");
-  ASSERT_TRUE(spec.ok()) << spec.status();
-  const uint64_t budget = 16 * spec->synthetic().expert_bytes();
-  auto worker =
-      InProcessWorker::Start(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()),
-                             {.model = "mixtral-8x7b",
-                              .cache = "w",
-                              .budget_bytes = budget,
-                              .report_interval = absl::Milliseconds(5),
-                              .connect_timeout = absl::Milliseconds(500),
-                              .max_backoff = absl::Milliseconds(200),
-                              .max_pending_reports = 2});
-  ASSERT_TRUE(worker.ok()) << worker.status();
+TEST_F(InProcessDaemonTest, DropsTheOldestUnacknowledgedReportsPastTheBound) {
+  ASSERT_NO_FATAL_FAILURE(Start(absl::Milliseconds(5), 2));
   WorkerStep step;
   uint64_t tokens = 0;
   const auto route = [&] {
-    for (uint32_t l = 0; l < spec->num_layers(); ++l) {
+    for (uint32_t l = 0; l < spec_.num_layers(); ++l) {
       EXPECT_TRUE(
-          (*worker)->engine().Route(l, testing::RandomLogits(1, 8, tokens * 64 + l), &step).ok());
+          worker_->engine().Route(l, testing::RandomLogits(1, 8, tokens * 64 + l), &step).ok());
     }
     ++tokens;
   };
-  ASSERT_EQ(kill(d->pid(), SIGSTOP), 0);
+  ASSERT_EQ(kill(daemon_->pid(), SIGSTOP), 0);
   ASSERT_TRUE(testing::WaitFor([&] {
     route();
     absl::SleepFor(absl::Milliseconds(1));
-    return (*worker)->control_stats().reports_dropped >= 3;
+    return worker_->control_stats().reports_dropped >= 3;
   }));
   const uint64_t stalled_tokens = tokens;
-  ASSERT_EQ(kill(d->pid(), SIGKILL), 0);
-  d.reset();
+  ASSERT_EQ(kill(daemon_->pid(), SIGKILL), 0);
+  daemon_.reset();
   for (int i = 0; i < 20; ++i) route();
   Daemon restarted(
-      {absl::StrFormat("--listen=127.0.0.1:%d", port), "--health_listen=", "--metrics_listen="});
-  ASSERT_EQ(restarted.port(), port) << restarted.startup_log();
-  ASSERT_TRUE((*worker)->Flush(absl::Seconds(30)));
-  auto again = Client::Connect(address);
+      {absl::StrFormat("--listen=127.0.0.1:%d", port_), "--health_listen=", "--metrics_listen="});
+  ASSERT_EQ(restarted.port(), port_) << restarted.startup_log();
+  ASSERT_TRUE(worker_->Flush(absl::Seconds(30)));
+  auto again = Client::Connect(address_);
   ASSERT_TRUE(again.ok());
   auto stats = (*again)->Stats("mixtral-8x7b");
   ASSERT_TRUE(stats.ok());
   // Routed tokens count each token once per layer.
-  const uint64_t layers = spec->num_layers();
+  const uint64_t layers = spec_.num_layers();
   EXPECT_GE(stats->routed_tokens(), (tokens - stalled_tokens) * layers);
   EXPECT_LT(stats->routed_tokens(), tokens * layers);
-  EXPECT_GE((*worker)->control_stats().reports_dropped, 3u);
+  EXPECT_GE(worker_->control_stats().reports_dropped, 3u);
 }
 
 }  // namespace
