@@ -1,10 +1,13 @@
 #include "server/metrics_exporter.h"
 
+#include <CivetServer.h>
+#include <civetweb.h>
 #include <unistd.h>
 
 #include <cstdio>
-
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
 #include "proto/grpc_status.h"
 
 namespace moe_router {
@@ -187,23 +190,76 @@ class MetricsExporter::Collector final : public prometheus::Collectable {
   const ModelRegistry* const registry_;
 };
 
+namespace {
+
+// The probe states of each exporter, by the port it listens on: civetweb's
+// request callback has no other way back to its exporter.
+absl::Mutex probes_mu(absl::kConstInit);
+absl::flat_hash_map<int, const ProbeStates*>& ProbesByPort()
+    ABSL_EXCLUSIVE_LOCKS_REQUIRED(probes_mu) {
+  static auto* probes = new absl::flat_hash_map<int, const ProbeStates*>();
+  return *probes;
+}
+
+// civetweb's begin_request: answers /readyz and /livez itself (a nonzero
+// return is the status it sent), leaves every other path to the Exposer.
+int AnswerProbe(mg_connection* connection) {
+  const mg_request_info* request = mg_get_request_info(connection);
+  if (request == nullptr || request->local_uri == nullptr) return 0;
+  const absl::string_view path = request->local_uri;
+  const bool readiness = path == "/readyz";
+  if (!readiness && path != "/livez") return 0;
+  bool up = false;
+  {
+    absl::MutexLock lock(&probes_mu);
+    const auto it = ProbesByPort().find(request->server_port);
+    if (it != ProbesByPort().end()) {
+      up = (readiness ? it->second->ready : it->second->live).load(std::memory_order_relaxed);
+    }
+  }
+  const std::string body = up ? "ok\n" : (readiness ? "not ready\n" : "not live\n");
+  const int code = up ? 200 : 503;
+  mg_printf(connection,
+            "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n"
+            "Cache-Control: no-store\r\nConnection: close\r\n\r\n%s",
+            code, up ? "OK" : "Service Unavailable", body.size(), body.c_str());
+  return code;
+}
+
+CivetCallbacks ProbeCallbacks() {
+  CivetCallbacks callbacks;  // its constructor clears every callback
+  callbacks.begin_request = &AnswerProbe;
+  return callbacks;
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<MetricsExporter>> MetricsExporter::Start(
-    const std::string& listen, const ModelRegistry* registry) {
+    const std::string& listen, const ModelRegistry* registry, const ProbeStates* probes) {
   auto exporter = std::unique_ptr<MetricsExporter>(new MetricsExporter());
+  static const CivetCallbacks callbacks = ProbeCallbacks();
   try {
-    exporter->exposer_ = std::make_unique<prometheus::Exposer>(listen);
+    exporter->exposer_ = std::make_unique<prometheus::Exposer>(listen, 2, &callbacks);
   } catch (const std::exception& e) {
     return absl::UnavailableError(
         absl::StrFormat("cannot serve metrics on %s: %s", listen, e.what()));
   }
   exporter->collector_ = std::make_shared<Collector>(registry);
   exporter->exposer_->RegisterCollectable(exporter->collector_, "/metrics");
+  const std::vector<int> ports = exporter->exposer_->GetListeningPorts();
+  exporter->port_ = ports.empty() ? 0 : ports.front();
+  absl::MutexLock lock(&probes_mu);
+  ProbesByPort()[exporter->port_] = probes;
   return exporter;
 }
 
-int MetricsExporter::port() const {
-  const std::vector<int> ports = exposer_->GetListeningPorts();
-  return ports.empty() ? 0 : ports.front();
+MetricsExporter::~MetricsExporter() {
+  // The server stops first, so no request is left to read the probes.
+  exposer_.reset();
+  absl::MutexLock lock(&probes_mu);
+  ProbesByPort().erase(port_);
 }
+
+int MetricsExporter::port() const { return port_; }
 
 }  // namespace moe_router

@@ -50,7 +50,8 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const ServerOp
     }
   }
   if (!options.metrics_listen.empty()) {
-    auto metrics = MetricsExporter::Start(options.metrics_listen, &server->registry_);
+    auto metrics =
+        MetricsExporter::Start(options.metrics_listen, &server->registry_, &server->probes_);
     if (!metrics.ok()) return metrics.status();
     server->metrics_ = *std::move(metrics);
   }
@@ -60,6 +61,8 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const ServerOp
       s->GetHealthCheckService()->SetServingStatus(name, true);
     }
   }
+  server->probes_.live.store(true, std::memory_order_relaxed);
+  server->probes_.ready.store(true, std::memory_order_relaxed);
   server->housekeeper_ = std::thread([raw = server.get()] { raw->Housekeep(); });
   return server;
 }
@@ -90,6 +93,7 @@ void RouterServer::SaveStates() {
 }
 
 void RouterServer::SetReady(bool ready) {
+  probes_.ready.store(ready, std::memory_order_relaxed);
   for (grpc::Server* s : {server_.get(), health_server_.get()}) {
     if (s == nullptr) continue;
     for (const char* name : {"", "readiness", "moe_router.v1.MoeRouter"}) {
@@ -103,6 +107,8 @@ RouterServer::~RouterServer() { Shutdown(absl::Now()); }
 void RouterServer::Shutdown(absl::Time deadline) {
   if (stopped_) return;
   stopped_ = true;
+  probes_.ready.store(false, std::memory_order_relaxed);
+  probes_.live.store(false, std::memory_order_relaxed);
   stop_housekeeping_.Notify();
   if (housekeeper_.joinable()) housekeeper_.join();
   // A server that failed to start may have no gRPC server.

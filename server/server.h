@@ -88,6 +88,8 @@ class RouterServer {
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<grpc::Server> health_server_;
   int health_port_ = 0;
+  // What /readyz and /livez answer; outlives metrics_, which reads it.
+  ProbeStates probes_;
   std::unique_ptr<MetricsExporter> metrics_;
   int port_ = 0;
   bool stopped_ = false;

@@ -130,6 +130,25 @@ TEST_F(ServerTest, ASecondServerOnTheSamePortFailsToStart) {
   }
 }
 
+// Plain HTTP probes on the metrics port, for load balancers that check over
+// HTTP: they follow readiness and liveness as the gRPC health service does.
+TEST_F(ServerTest, ReadyzAndLivezFollowTheHealthService) {
+  const int port = server_->metrics_port();
+  ASSERT_GT(port, 0);
+  EXPECT_THAT(HttpGet("127.0.0.1", port, "/readyz").value_or(""), "ok\n");
+  EXPECT_THAT(HttpGet("127.0.0.1", port, "/livez").value_or(""), "ok\n");
+  server_->SetReady(false);  // as at the start of a drain
+  const absl::StatusOr<std::string> draining = HttpGet("127.0.0.1", port, "/readyz");
+  ASSERT_FALSE(draining.ok());
+  EXPECT_THAT(std::string(draining.status().message()), HasSubstr("503 Service Unavailable"));
+  EXPECT_TRUE(HttpGet("127.0.0.1", port, "/livez").ok());
+  // /metrics is served as before.
+  EXPECT_THAT(HttpGet("127.0.0.1", port, "/metrics").value_or(""),
+              HasSubstr("moe_router_memory_limit_bytes"));
+  server_->SetReady(true);
+  EXPECT_TRUE(HttpGet("127.0.0.1", port, "/readyz").ok());
+}
+
 TEST_F(ServerTest, ListModelsEchoesTheSpecAsRegistered) {
   v1::ModelSpec spec = SmallSpec("zeroes");
   spec.set_prefetch_next_layer(0);
