@@ -23,9 +23,10 @@ double SecondsSince(std::chrono::steady_clock::time_point start) {
 }
 
 absl::StatusOr<std::unique_ptr<ExpertSource>> MakeSource(Client& client,
-                                                         const WorkerPlayOptions& options) {
+                                                         const WorkerPlayOptions& options,
+                                                         const std::string& cache) {
   if (options.make_source) return options.make_source();
-  return ServerExpertSource(client, options.model);
+  return ServerExpertSource(client, options.model, cache);
 }
 
 // One worker routing remotely (or, shared, against the server's cache);
@@ -34,7 +35,7 @@ absl::Status PlayRemote(Client& client, const WorkerPlayOptions& options, Worker
                         std::atomic<uint64_t>& steps_done, const std::function<void()>& step_done) {
   std::unique_ptr<WorkerCache> cache;
   if (!options.shared_server_cache) {
-    auto source = MakeSource(client, options);
+    auto source = MakeSource(client, options, result.cache);
     if (!source.ok()) return source.status();
     auto opened = WorkerCache::Open(client,
                                     {.model = options.model,
@@ -95,7 +96,7 @@ absl::Status PlayRemote(Client& client, const WorkerPlayOptions& options, Worker
 absl::Status PlayInProcess(Client& client, const WorkerPlayOptions& options,
                            WorkerPlayResult& result, std::atomic<uint64_t>& steps_done,
                            const std::function<void()>& step_done) {
-  auto source = MakeSource(client, options);
+  auto source = MakeSource(client, options, result.cache);
   if (!source.ok()) return source.status();
   HeldExperts held(*std::move(source));
   auto worker = InProcessWorker::Start(options.in_process_channel,

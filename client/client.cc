@@ -1,5 +1,6 @@
 #include "client/client.h"
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "core/checksum.h"
@@ -58,13 +59,21 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& targe
   return std::unique_ptr<Client>(new Client(std::move(channel)));
 }
 
-void Client::Prepare(grpc::ClientContext* context, const std::string& model) const {
-  context->set_deadline(absl::ToChronoTime(absl::Now() + timeout_));
+void AddRoutingHeaders(grpc::ClientContext* context, const std::string& model,
+                       const std::string& cache) {
   if (!model.empty()) context->AddMetadata(kModelHeader, model);
+  if (!cache.empty()) context->AddMetadata(kCacheHeader, absl::StrCat(model, "/", cache));
 }
 
-RouteStream::RouteStream(v1::MoeRouter::Stub& stub, const std::string& model) {
-  if (!model.empty()) context_.AddMetadata(kModelHeader, model);
+void Client::Prepare(grpc::ClientContext* context, const std::string& model,
+                     const std::string& cache) const {
+  context->set_deadline(absl::ToChronoTime(absl::Now() + timeout_));
+  AddRoutingHeaders(context, model, cache);
+}
+
+RouteStream::RouteStream(v1::MoeRouter::Stub& stub, const std::string& model,
+                         const std::string& cache) {
+  AddRoutingHeaders(&context_, model, cache);
   stream_ = stub.RouteStream(&context_);
 }
 
@@ -95,9 +104,9 @@ absl::Status RouteStream::Finish() {
 template <typename Request, typename Response>
 absl::StatusOr<Response> Client::Call(
     grpc::Status (v1::MoeRouter::Stub::*method)(grpc::ClientContext*, const Request&, Response*),
-    const std::string& model, const Request& request) {
+    const std::string& model, const Request& request, const std::string& cache) {
   grpc::ClientContext context;
-  Prepare(&context, model);
+  Prepare(&context, model, cache);
   Response response;
   if (absl::Status s = FromGrpcStatus((stub_.get()->*method)(&context, request, &response));
       !s.ok()) {
@@ -109,11 +118,12 @@ absl::StatusOr<Response> Client::Call(
 absl::StatusOr<v1::RouteTokensResponse> Client::Route(const std::string& model, uint32_t layer,
                                                       absl::Span<const float> logits,
                                                       const std::string& cache) {
-  return Call(&v1::MoeRouter::Stub::RouteTokens, model, RouteRequest(model, layer, logits, cache));
+  return Call(&v1::MoeRouter::Stub::RouteTokens, model, RouteRequest(model, layer, logits, cache),
+              cache);
 }
 
 absl::StatusOr<v1::PrefetchResponse> Client::Prefetch(const v1::PrefetchRequest& request) {
-  return Call(&v1::MoeRouter::Stub::Prefetch, request.model(), request);
+  return Call(&v1::MoeRouter::Stub::Prefetch, request.model(), request, request.cache());
 }
 
 absl::StatusOr<v1::CacheInfo> Client::OpenCache(const std::string& model, const std::string& cache,
@@ -124,18 +134,18 @@ absl::StatusOr<v1::CacheInfo> Client::OpenCache(const std::string& model, const 
   request.set_cache(cache);
   request.set_budget_bytes(budget_bytes);
   request.set_eviction_policy(eviction_policy);
-  return Call(&v1::MoeRouter::Stub::OpenCache, model, request);
+  return Call(&v1::MoeRouter::Stub::OpenCache, model, request, cache);
 }
 
 absl::Status Client::CloseCache(const std::string& model, const std::string& cache) {
   v1::CloseCacheRequest request;
   request.set_model(model);
   request.set_cache(cache);
-  return Call(&v1::MoeRouter::Stub::CloseCache, model, request).status();
+  return Call(&v1::MoeRouter::Stub::CloseCache, model, request, cache).status();
 }
 
 absl::StatusOr<v1::CacheInfo> Client::SyncCache(const v1::SyncCacheRequest& request) {
-  return Call(&v1::MoeRouter::Stub::SyncCache, request.model(), request);
+  return Call(&v1::MoeRouter::Stub::SyncCache, request.model(), request, request.cache());
 }
 
 absl::StatusOr<v1::PrefetchResponse> Client::Prefetch(const std::string& model, uint32_t layer,
@@ -194,13 +204,13 @@ absl::StatusOr<v1::ModelStats> Client::Stats(const std::string& model, const std
   v1::GetModelStatsRequest request;
   request.set_model(model);
   request.set_cache(cache);
-  return Call(&v1::MoeRouter::Stub::GetModelStats, model, request);
+  return Call(&v1::MoeRouter::Stub::GetModelStats, model, request, cache);
 }
 
 absl::StatusOr<FetchedExpert> Client::Fetch(const std::string& model, uint32_t layer,
-                                            uint32_t expert) {
+                                            uint32_t expert, const std::string& cache) {
   grpc::ClientContext context;
-  Prepare(&context, model);
+  Prepare(&context, model, cache);
   v1::FetchExpertRequest request;
   request.set_model(model);
   request.set_layer(layer);

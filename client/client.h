@@ -42,8 +42,9 @@ struct ClientTls {
 /// one stream per worker thread. Destroying it cancels the call.
 class RouteStream {
  public:
-  /// `model` (if any) goes in the call's x-moe-model header.
-  RouteStream(v1::MoeRouter::Stub& stub, const std::string& model);
+  /// `model` (if any) goes in the call's x-moe-model header, `cache` (if
+  /// any: the worker cache its requests route against) in x-moe-cache.
+  RouteStream(v1::MoeRouter::Stub& stub, const std::string& model, const std::string& cache = "");
   ~RouteStream();
   /// With `cache`, against that worker cache (see WorkerCache).
   absl::StatusOr<v1::RouteTokensResponse> Route(const std::string& model, uint32_t layer,
@@ -63,6 +64,12 @@ class RouteStream {
 /// can send all of a model's traffic to the replica that caches its experts
 /// (deploy/envoy hashes on it).
 inline constexpr char kModelHeader[] = "x-moe-model";
+/// On every call about a worker cache, "<model>/<cache>": what a proxy keeps
+/// one worker on one replica by (deploy/haproxy, deploy/envoy).
+inline constexpr char kCacheHeader[] = "x-moe-cache";
+/// Adds x-moe-model (if `model`) and x-moe-cache (if `cache`) to a call.
+void AddRoutingHeaders(grpc::ClientContext* context, const std::string& model,
+                       const std::string& cache);
 
 /// Typed calls to a moe-routerd. Errors come back as absl::Status with the
 /// server's code and message. Thread-safe (one channel, shared).
@@ -105,21 +112,24 @@ class Client {
   absl::StatusOr<v1::CacheInfo> SyncCache(const v1::SyncCacheRequest& request);
   /// Streams an expert and verifies it (VerifyExpert); a chunk out of order
   /// or past the size announced, or a mismatch, is DATA_LOSS saying which.
-  absl::StatusOr<FetchedExpert> Fetch(const std::string& model, uint32_t layer, uint32_t expert);
+  /// `cache`: the worker cache it is fetched for, so that a proxy sends the
+  /// call to the replica that staged it.
+  absl::StatusOr<FetchedExpert> Fetch(const std::string& model, uint32_t layer, uint32_t expert,
+                                      const std::string& cache = "");
 
   v1::MoeRouter::Stub& stub() { return *stub_; }
 
  private:
   explicit Client(std::shared_ptr<grpc::Channel> channel)
       : channel_(std::move(channel)), stub_(v1::MoeRouter::NewStub(channel_)) {}
-  /// Sets the deadline, and names the model in metadata.
-  void Prepare(grpc::ClientContext* context, const std::string& model) const;
+  /// Sets the deadline, and names the model and cache in metadata.
+  void Prepare(grpc::ClientContext* context, const std::string& model,
+               const std::string& cache = "") const;
   /// One unary call of `method` about `model`, errors as absl::Status.
   template <typename Request, typename Response>
-  absl::StatusOr<Response> Call(grpc::Status (v1::MoeRouter::Stub::*method)(grpc::ClientContext*,
-                                                                            const Request&,
-                                                                            Response*),
-                                const std::string& model, const Request& request);
+  absl::StatusOr<Response> Call(
+      grpc::Status (v1::MoeRouter::Stub::*method)(grpc::ClientContext*, const Request&, Response*),
+      const std::string& model, const Request& request, const std::string& cache = "");
 
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::MoeRouter::Stub> stub_;

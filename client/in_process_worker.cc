@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
+#include "client/client.h"
 #include "proto/control_stream_proto.h"
 #include "proto/grpc_status.h"
 #include "proto/proto_to_core.h"
@@ -78,6 +79,7 @@ absl::Status InProcessWorker::Connect(absl::Time deadline) {
     return absl::UnavailableError("could not connect to the service");
   }
   auto stream = std::make_unique<Stream>();
+  AddRoutingHeaders(&stream->context, options_.model, options_.cache);
   stream->rw = stub_->Learn(&stream->context);
   v1::WorkerReport hello_message;
   v1::WorkerHello* hello = hello_message.mutable_hello();

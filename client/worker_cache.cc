@@ -9,9 +9,10 @@ namespace {
 
 class ServerSource final : public ExpertSource {
  public:
-  ServerSource(Client& client, std::string model) : client_(client), model_(std::move(model)) {}
+  ServerSource(Client& client, std::string model, std::string cache)
+      : client_(client), model_(std::move(model)), cache_(std::move(cache)) {}
   absl::StatusOr<HeldExpert> Load(ExpertKey key) override {
-    absl::StatusOr<FetchedExpert> fetched = client_.Fetch(model_, key.layer, key.expert);
+    absl::StatusOr<FetchedExpert> fetched = client_.Fetch(model_, key.layer, key.expert, cache_);
     if (!fetched.ok()) return fetched.status();
     auto owner = std::make_shared<const std::string>(std::move(fetched->bytes));
     const auto* data = reinterpret_cast<const uint8_t*>(owner->data());
@@ -21,6 +22,7 @@ class ServerSource final : public ExpertSource {
  private:
   Client& client_;
   const std::string model_;
+  const std::string cache_;
 };
 
 class StoreSource final : public ExpertSource {
@@ -50,8 +52,9 @@ void AppendKeys(const google::protobuf::RepeatedPtrField<v1::ExpertRef>& refs,
 
 }  // namespace
 
-std::unique_ptr<ExpertSource> ServerExpertSource(Client& client, std::string model) {
-  return std::make_unique<ServerSource>(client, std::move(model));
+std::unique_ptr<ExpertSource> ServerExpertSource(Client& client, std::string model,
+                                                 std::string cache) {
+  return std::make_unique<ServerSource>(client, std::move(model), std::move(cache));
 }
 
 std::unique_ptr<ExpertSource> StoreExpertSource(std::shared_ptr<const ExpertStore> store) {

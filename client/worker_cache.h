@@ -18,7 +18,10 @@ namespace moe_router {
 
 /// From moe-routerd's FetchExpert, verified (Client::Fetch): served from the
 /// server's memory when it staged the expert, else paged from its store.
-std::unique_ptr<ExpertSource> ServerExpertSource(Client& client, std::string model);
+/// `cache`: the worker cache it loads for (its FetchExpert calls carry it in
+/// x-moe-cache, so a proxy sends them to the replica that staged the expert).
+std::unique_ptr<ExpertSource> ServerExpertSource(Client& client, std::string model,
+                                                 std::string cache = "");
 /// From a store on this machine (a safetensors directory is read and
 /// checked against its manifest), in its default precision.
 std::unique_ptr<ExpertSource> StoreExpertSource(std::shared_ptr<const ExpertStore> store);

@@ -7,6 +7,6 @@ worker's own expert memory with moe-routerd. Runs with Debian's
 python3-grpcio and python3-protobuf.
 """
 
-from moe_router.worker_cache import WorkerCache, fetch_expert
+from moe_router.worker_cache import WorkerCache, fetch_expert, routing_headers
 
-__all__ = ["WorkerCache", "fetch_expert"]
+__all__ = ["WorkerCache", "fetch_expert", "routing_headers"]

@@ -17,14 +17,24 @@ from moe_router.v1 import moe_router_pb2 as pb
 from moe_router.v1 import moe_router_pb2_grpc as pb_grpc
 
 
-def fetch_expert(stub, model, layer, expert, timeout=60):
-    """The expert's bytes from FetchExpert. Checks that the chunks are in
-    order and add up to the size announced (the XXH3 checksums are checked
-    by the C++ client; Debian's Python has no XXH3)."""
+def routing_headers(model, cache=""):
+    """The metadata a proxy keeps a worker on one replica by: x-moe-model on
+    every call, x-moe-cache "<model>/<cache>" on every call about a cache."""
+    headers = [("x-moe-model", model)]
+    if cache:
+        headers.append(("x-moe-cache", f"{model}/{cache}"))
+    return headers
+
+
+def fetch_expert(stub, model, layer, expert, timeout=60, cache=""):
+    """The expert's bytes from FetchExpert (for `cache`: the worker cache it
+    is fetched for). Checks that the chunks are in order and add up to the
+    size announced (the XXH3 checksums are checked by the C++ client)."""
     data = bytearray()
     total = None
     for chunk in stub.FetchExpert(
-        pb.FetchExpertRequest(model=model, layer=layer, expert=expert), timeout=timeout
+        pb.FetchExpertRequest(model=model, layer=layer, expert=expert), timeout=timeout,
+        metadata=routing_headers(model, cache),
     ):
         if total is None:
             total = chunk.total_bytes
@@ -49,12 +59,14 @@ class WorkerCache:
         self.stub = pb_grpc.MoeRouterStub(channel)
         self.model, self.cache, self.budget_bytes = model, cache, budget_bytes
         self.timeout = timeout
-        self._load = load or (lambda layer, expert: fetch_expert(self.stub, model, layer, expert))
+        self._headers = routing_headers(model, cache)
+        self._load = load or (
+            lambda layer, expert: fetch_expert(self.stub, model, layer, expert, cache=cache))
         self.held = {}  # (layer, expert) -> bytes
         info = self.stub.OpenCache(
             pb.OpenCacheRequest(model=model, cache=cache, budget_bytes=budget_bytes,
                                 eviction_policy=eviction_policy),
-            timeout=timeout)
+            timeout=timeout, metadata=self._headers)
         self.policy = info.eviction_policy
         # A restarted worker holds nothing, whatever its cache remembers.
         if info.resident:
@@ -70,7 +82,7 @@ class WorkerCache:
         routed = self.stub.RouteTokens(
             pb.RouteTokensRequest(model=self.model, layer=layer, gate_logits=gate_logits,
                                   cache=self.cache),
-            timeout=self.timeout)
+            timeout=self.timeout, metadata=self._headers)
         loads = [(r.layer, r.expert) for r in list(routed.urgent_page_ins) + list(routed.prefetches)]
         self._carry_out(routed.evictions, loads)
         return routed
@@ -80,7 +92,7 @@ class WorkerCache:
         answer = self.stub.Prefetch(
             pb.PrefetchRequest(model=self.model, layer=layer, budget=budget, cache=self.cache,
                                gate_logits=gate_logits),
-            timeout=self.timeout)
+            timeout=self.timeout, metadata=self._headers)
         self._carry_out(answer.evictions, [(layer, e) for e in answer.queued])
         return answer
 
@@ -98,11 +110,11 @@ class WorkerCache:
         return self.stub.SyncCache(
             pb.SyncCacheRequest(model=self.model, cache=self.cache,
                                 resident=[pb.ExpertRef(layer=l, expert=e) for l, e in self.held]),
-            timeout=self.timeout)
+            timeout=self.timeout, metadata=self._headers)
 
     def close(self):
         self.stub.CloseCache(pb.CloseCacheRequest(model=self.model, cache=self.cache),
-                             timeout=self.timeout)
+                             timeout=self.timeout, metadata=self._headers)
 
     def _carry_out(self, evictions, loads):
         for ref in evictions:
