@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
