@@ -37,6 +37,7 @@ struct WorkerCacheReport {
   uint64_t loaded_bytes = 0;
   double route_seconds = 0;  // in routing and prefetch calls
   double load_seconds = 0;   // in loading experts from the source
+  uint64_t reopens = 0;      // the server did not know the cache: reopened
   double HitRate() const { return accesses == 0 ? 0 : static_cast<double>(hits) / accesses; }
 };
 

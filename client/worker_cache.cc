@@ -88,10 +88,29 @@ absl::Status WorkerCache::CarryOut(
   return absl::OkStatus();
 }
 
+template <typename Call>
+auto WorkerCache::ReopeningIfUnknown(Call call) -> decltype(call()) {
+  auto result = call();
+  if (!absl::IsNotFound(result.status())) return result;
+  // NOT_FOUND for the model too: then reopening fails and says so.
+  if (absl::Status s = Reopen(); !s.ok()) return s;
+  return call();
+}
+
+absl::Status WorkerCache::Reopen() {
+  auto info = client_.OpenCache(options_.model, options_.cache, options_.budget_bytes,
+                                options_.eviction_policy);
+  if (!info.ok()) return info.status();
+  ++report_.reopens;
+  policy_ = info->eviction_policy();
+  return StateHeld().status();
+}
+
 absl::StatusOr<v1::RouteTokensResponse> WorkerCache::Route(uint32_t layer,
                                                            absl::Span<const float> logits) {
   const auto start = std::chrono::steady_clock::now();
-  auto routed = client_.Route(options_.model, layer, logits, options_.cache);
+  auto routed = ReopeningIfUnknown(
+      [&] { return client_.Route(options_.model, layer, logits, options_.cache); });
   report_.route_seconds += SecondsSince(start);
   if (!routed.ok()) return routed.status();
   ++report_.route_calls;
@@ -115,7 +134,7 @@ absl::StatusOr<v1::PrefetchResponse> WorkerCache::Prefetch(uint32_t layer,
   request.set_budget(budget);
   request.mutable_gate_logits()->Add(gate_logits.begin(), gate_logits.end());
   const auto start = std::chrono::steady_clock::now();
-  auto answer = client_.Prefetch(request);
+  auto answer = ReopeningIfUnknown([&] { return client_.Prefetch(request); });
   report_.route_seconds += SecondsSince(start);
   if (!answer.ok()) return answer.status();
   std::vector<ExpertKey> loads;
@@ -128,7 +147,7 @@ absl::StatusOr<HeldExpert> WorkerCache::Get(ExpertKey key) { return held_.Get(ke
 
 void WorkerCache::Drop(ExpertKey key) { held_.Drop(key); }
 
-absl::Status WorkerCache::Resync() {
+absl::StatusOr<v1::CacheInfo> WorkerCache::StateHeld() {
   v1::SyncCacheRequest request;
   request.set_model(options_.model);
   request.set_cache(options_.cache);
@@ -137,7 +156,11 @@ absl::Status WorkerCache::Resync() {
     ref->set_layer(key.layer);
     ref->set_expert(key.expert);
   }
-  return client_.SyncCache(request).status();
+  return client_.SyncCache(request);
+}
+
+absl::Status WorkerCache::Resync() {
+  return ReopeningIfUnknown([&] { return StateHeld(); }).status();
 }
 
 absl::Status WorkerCache::Close() { return client_.CloseCache(options_.model, options_.cache); }

@@ -58,6 +58,10 @@ class WorkerCache {
   /// Routes one layer's batch against this cache, then drops what the server
   /// said to drop and loads what it said to load (urgent, then prefetches).
   /// A load that fails resyncs the server's view before returning the error.
+  /// A server that does not know the cache (the worker moved to another
+  /// replica, or it expired) gets it reopened with what the worker holds,
+  /// and the call is repeated: the move costs the policy's history for the
+  /// cache, not the worker's bytes or a failed step.
   absl::StatusOr<v1::RouteTokensResponse> Route(uint32_t layer, absl::Span<const float> logits);
   /// Prefetches into this cache by a guess of the layer's gate (its top
   /// `budget`, top_k if 0), and carries out the answer.
@@ -82,6 +86,13 @@ class WorkerCache {
  private:
   WorkerCache(Client& client, Options options, std::unique_ptr<ExpertSource> source)
       : client_(client), options_(std::move(options)), held_(std::move(source)) {}
+  // Runs `call`; when the server does not know the cache, reopens it,
+  // states what the worker holds, and runs `call` once more.
+  template <typename Call>
+  auto ReopeningIfUnknown(Call call) -> decltype(call());
+  absl::Status Reopen();
+  // SyncCache with what the worker holds.
+  absl::StatusOr<v1::CacheInfo> StateHeld();
   // Drops, then loads; on a failed load, resyncs and returns the error.
   absl::Status CarryOut(const google::protobuf::RepeatedPtrField<v1::ExpertRef>& evictions,
                         const std::vector<ExpertKey>& loads);

@@ -13,6 +13,8 @@ out on its own copies of the expert bytes.
             weights = cache.get(layer, e)          # bytes to compute with
 """
 
+import grpc
+
 from moe_router.v1 import moe_router_pb2 as pb
 from moe_router.v1 import moe_router_pb2_grpc as pb_grpc
 
@@ -68,6 +70,8 @@ class WorkerCache:
                                 eviction_policy=eviction_policy),
             timeout=timeout, metadata=self._headers)
         self.policy = info.eviction_policy
+        self.eviction_policy = eviction_policy
+        self.reopens = 0
         # A restarted worker holds nothing, whatever its cache remembers.
         if info.resident:
             self.resync()
@@ -79,20 +83,20 @@ class WorkerCache:
     def route(self, layer, gate_logits):
         """Routes one layer's batch (tokens x experts floats, row-major),
         drops what the server said, then loads what it said to load."""
-        routed = self.stub.RouteTokens(
+        routed = self._reopening_if_unknown(lambda: self.stub.RouteTokens(
             pb.RouteTokensRequest(model=self.model, layer=layer, gate_logits=gate_logits,
                                   cache=self.cache),
-            timeout=self.timeout, metadata=self._headers)
+            timeout=self.timeout, metadata=self._headers))
         loads = [(r.layer, r.expert) for r in list(routed.urgent_page_ins) + list(routed.prefetches)]
         self._carry_out(routed.evictions, loads)
         return routed
 
     def prefetch(self, layer, gate_logits, budget=0):
         """Prefetches by a guess of the layer's gate (its top `budget`)."""
-        answer = self.stub.Prefetch(
+        answer = self._reopening_if_unknown(lambda: self.stub.Prefetch(
             pb.PrefetchRequest(model=self.model, layer=layer, budget=budget, cache=self.cache,
                                gate_logits=gate_logits),
-            timeout=self.timeout, metadata=self._headers)
+            timeout=self.timeout, metadata=self._headers))
         self._carry_out(answer.evictions, [(layer, e) for e in answer.queued])
         return answer
 
@@ -107,10 +111,32 @@ class WorkerCache:
 
     def resync(self):
         """States to the server what this worker holds."""
+        return self._reopening_if_unknown(self._state_held)
+
+    def _state_held(self):
         return self.stub.SyncCache(
             pb.SyncCacheRequest(model=self.model, cache=self.cache,
                                 resident=[pb.ExpertRef(layer=l, expert=e) for l, e in self.held]),
             timeout=self.timeout, metadata=self._headers)
+
+    def _reopening_if_unknown(self, call):
+        """Runs `call`; when the server does not know the cache (the worker
+        moved to another replica, or the cache expired), reopens it, states
+        what the worker holds and runs `call` once more."""
+        try:
+            return call()
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+        info = self.stub.OpenCache(
+            pb.OpenCacheRequest(model=self.model, cache=self.cache,
+                                budget_bytes=self.budget_bytes,
+                                eviction_policy=self.eviction_policy),
+            timeout=self.timeout, metadata=self._headers)
+        self.reopens += 1
+        self.policy = info.eviction_policy
+        self._state_held()
+        return call()
 
     def close(self):
         self.stub.CloseCache(pb.CloseCacheRequest(model=self.model, cache=self.cache),

@@ -492,6 +492,47 @@ TEST_F(WorkerCacheTest, WorkerCommandComparesInProcessWithRemoteRouting) {
   EXPECT_EQ(stats->routed_tokens(), tokens);
 }
 
+// A worker that reaches a replica which does not know its cache (it moved,
+// or the cache expired) reopens it, states what it holds and repeats the
+// call: the step does not fail and the new view is what the worker holds.
+// C++ WorkerCache and the Python package alike.
+TEST_F(WorkerCacheTest, AWorkerWhoseCacheIsUnknownReopensItAndCarriesOn) {
+  ASSERT_TRUE(client_->Register(NoPrefetchSpec("m")).ok());
+  auto cache = OpenWorker("m", "w", 6, "");
+  ASSERT_NE(cache, nullptr);
+  for (uint32_t l = 0; l < kLayers; ++l) {
+    ASSERT_TRUE(cache->Route(l, testing::RandomLogits(2, 8, l)).ok());
+  }
+  ASSERT_FALSE(cache->Held().empty());
+  ASSERT_TRUE(client_->CloseCache("m", "w").ok());  // as a replica that never saw it
+  auto routed = cache->Route(0, testing::RandomLogits(2, 8, 99));
+  ASSERT_TRUE(routed.ok()) << routed.status();
+  EXPECT_EQ(cache->report().reopens, 1u);
+  std::vector<ExpertKey> held = cache->Held();
+  std::sort(held.begin(), held.end());
+  EXPECT_EQ(ServerView("m", "w", 6 * kExpertBytes), held);
+
+  const std::string script = absl::StrCat(
+      "import sys; sys.path.insert(0, '", PY_PACKAGE_DIR, "')\n", "import grpc\n",
+      "from moe_router import WorkerCache\n", "from moe_router.v1 import moe_router_pb2 as pb\n",
+      "channel = grpc.insecure_channel('127.0.0.1:", server_->port(), "')\n",
+      "cache = WorkerCache(channel, 'm', 'py', ", 6 * kExpertBytes, ")\n",
+      "cache.route(0, [float(i) for i in range(16)])\n",
+      "cache.stub.CloseCache(pb.CloseCacheRequest(model='m', cache='py'))\n",
+      "cache.route(1, [float(i) for i in range(16)])\n",
+      "assert cache.reopens == 1, cache.reopens\n",
+      "info = cache.stub.OpenCache(pb.OpenCacheRequest(model='m', cache='py', budget_bytes=",
+      6 * kExpertBytes, "))\n",
+      "assert sorted((r.layer, r.expert) for r in info.resident) == sorted(cache.held), info\n",
+      "print('ok')\n");
+  testing::TempDir dir;
+  ASSERT_TRUE(WriteFileAtomically(dir.File("moved.py"), script).ok());
+  const testing::CommandResult run =
+      testing::RunCommand(absl::StrCat("/usr/bin/python3 ", dir.File("moved.py")));
+  EXPECT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_THAT(run.output, HasSubstr("ok"));
+}
+
 // --fetch DIR: workers load from their own copy of the checkpoint, checked
 // against its manifest, and never call FetchExpert.
 TEST_F(WorkerCacheTest, WorkerCommandLoadsFromALocalCheckpoint) {
