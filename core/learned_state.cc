@@ -17,13 +17,6 @@ void LayerReport::Clear() {
   range = {};
 }
 
-void LayerReport::AddLearning(const LayerReport& next) {
-  tokens += next.tokens;
-  if (activations.size() < next.activations.size()) activations.resize(next.activations.size());
-  for (size_t e = 0; e < next.activations.size(); ++e) activations[e] += next.activations[e];
-  range.Then(next.range);
-}
-
 namespace {
 
 absl::Status CheckKey(ExpertKey key, uint32_t num_layers, uint32_t num_experts, const char* what) {

@@ -37,9 +37,6 @@ struct LayerReport {
   bool empty() const { return tokens == 0; }
   /// Empties it, keeping its buffers.
   void Clear();
-  /// Adds what the router learned in `next` (routed after this): tokens,
-  /// activations and range; not the counters or pairs.
-  void AddLearning(const LayerReport& next);
 };
 
 /// One report of a worker: sequence numbers start at 1 per worker stream.

@@ -322,12 +322,7 @@ void WorkerEngine::ListPairs(PairCounts& pairs, LayerReport* out) {
 void WorkerEngine::SwapOutReport(RoutingReport* out,
                                  std::vector<std::pair<ExpertKey, uint8_t>>* residency) {
   absl::MutexLock view_lock(&view_->mu());
-  if (residency != nullptr) {
-    residency->clear();
-    for (const ExpertKey& key : view_->ResidentKeys()) {
-      residency->emplace_back(key, view_->ResidentVariant(key));
-    }
-  }
+  if (residency != nullptr) ListResidency(residency);
   const uint32_t n = model_.router.num_experts;
   report_.sequence = next_sequence_++;
   // Residency: net changes since the last report.
@@ -382,10 +377,15 @@ std::vector<std::pair<ExpertKey, uint8_t>> WorkerEngine::Residency() {
   absl::MutexLock lock(&mu_);
   absl::MutexLock view_lock(&view_->mu());
   std::vector<std::pair<ExpertKey, uint8_t>> held;
-  for (const ExpertKey& key : view_->ResidentKeys()) {
-    held.emplace_back(key, view_->ResidentVariant(key));
-  }
+  ListResidency(&held);
   return held;
+}
+
+void WorkerEngine::ListResidency(std::vector<std::pair<ExpertKey, uint8_t>>* out) {
+  out->clear();
+  for (const ExpertKey& key : view_->ResidentKeys()) {
+    out->emplace_back(key, view_->ResidentVariant(key));
+  }
 }
 
 void WorkerEngine::Offer(std::vector<LayerLearnedState> layers, uint64_t acknowledged) {

@@ -160,6 +160,9 @@ class WorkerEngine {
   // Lists a layer's counted pairs into the report (the strongest, in index
   // order) and zeroes them.
   void ListPairs(PairCounts& pairs, LayerReport* out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(take_mu_);
+  // What the view holds, with the variants (the caller holds its mutex).
+  void ListResidency(std::vector<std::pair<ExpertKey, uint8_t>>* out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(view_->mu());
   // The report's part taken under the lock: all but the pairs.
   void SwapOutReport(RoutingReport* out, std::vector<std::pair<ExpertKey, uint8_t>>* residency)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
