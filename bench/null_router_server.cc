@@ -68,8 +68,8 @@ class NullRouter final : public moe_router::v1::MoeRouter::CallbackService {
   grpc::ServerBidiReactor<moe_router::v1::RouteTokensRequest, moe_router::v1::RouteTokensResponse>*
   RouteStream(grpc::CallbackServerContext*) override {
     return new moe_router::RouteStreamReactor(
-        [this](const moe_router::v1::RouteTokensRequest& request,
-               moe_router::v1::RouteTokensResponse* response) {
+        /*gate=*/nullptr, [this](const moe_router::v1::RouteTokensRequest& request,
+                                 moe_router::v1::RouteTokensResponse* response) {
           Respond(request, response);
           return absl::OkStatus();
         });

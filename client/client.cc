@@ -43,6 +43,26 @@ v1::RouteTokensRequest RouteRequest(const std::string& model, uint32_t layer,
   return request;
 }
 
+// Adds one FetchExpert chunk to `out`; the first carries the header.
+absl::Status Append(const v1::ExpertChunk& chunk, bool first, FetchedExpert* out) {
+  if (first) {
+    out->header = chunk;
+    out->header.clear_data();
+  }
+  if (chunk.offset() != out->bytes.size()) {
+    return absl::DataLossError(
+        absl::StrFormat("chunk at offset %d, expected %d", chunk.offset(), out->bytes.size()));
+  }
+  if (chunk.data().size() > out->header.total_bytes() - out->bytes.size()) {
+    // Never hold more than the header announced.
+    return absl::DataLossError(
+        absl::StrFormat("chunk at offset %d runs past the %d bytes announced", chunk.offset(),
+                        out->header.total_bytes()));
+  }
+  out->bytes += chunk.data();
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& target,
@@ -65,10 +85,23 @@ void AddRoutingHeaders(grpc::ClientContext* context, const std::string& model,
   if (!cache.empty()) context->AddMetadata(kCacheHeader, absl::StrCat(model, "/", cache));
 }
 
-void Client::Prepare(grpc::ClientContext* context, const std::string& model,
-                     const std::string& cache) const {
-  context->set_deadline(absl::ToChronoTime(absl::Now() + timeout_));
-  AddRoutingHeaders(context, model, cache);
+template <typename Attempt>
+absl::Status Client::Attempts(const std::string& model, const std::string& cache,
+                              Attempt attempt) const {
+  const absl::Time deadline = absl::Now() + timeout_;
+  absl::Duration backoff = absl::Milliseconds(20);
+  while (true) {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(deadline));
+    AddRoutingHeaders(&context, model, cache);
+    const grpc::Status status = attempt(&context);
+    const bool refused = context.GetServerTrailingMetadata().count(kRefusedTrailer) > 0;
+    if (status.ok() || !refused || absl::Now() + backoff >= deadline) {
+      return FromGrpcStatus(status);
+    }
+    absl::SleepFor(backoff);
+    backoff = std::min(2 * backoff, absl::Milliseconds(500));
+  }
 }
 
 RouteStream::RouteStream(v1::MoeRouter::Stub& stub, const std::string& model,
@@ -105,13 +138,11 @@ template <typename Request, typename Response>
 absl::StatusOr<Response> Client::Call(
     grpc::Status (v1::MoeRouter::Stub::*method)(grpc::ClientContext*, const Request&, Response*),
     const std::string& model, const Request& request, const std::string& cache) {
-  grpc::ClientContext context;
-  Prepare(&context, model, cache);
   Response response;
-  if (absl::Status s = FromGrpcStatus((stub_.get()->*method)(&context, request, &response));
-      !s.ok()) {
-    return s;
-  }
+  absl::Status s = Attempts(model, cache, [&](grpc::ClientContext* context) {
+    return (stub_.get()->*method)(context, request, &response);
+  });
+  if (!s.ok()) return s;
   return response;
 }
 
@@ -160,35 +191,21 @@ absl::StatusOr<v1::PrefetchResponse> Client::Prefetch(const std::string& model, 
 }
 
 absl::StatusOr<v1::ModelInfo> Client::Register(const v1::ModelSpec& spec) {
-  grpc::ClientContext context;
-  Prepare(&context, spec.name());
   v1::RegisterModelRequest request;
   *request.mutable_spec() = spec;
-  v1::ModelInfo info;
-  if (absl::Status s = FromGrpcStatus(stub_->RegisterModel(&context, request, &info)); !s.ok())
-    return s;
-  return info;
+  return Call(&v1::MoeRouter::Stub::RegisterModel, spec.name(), request);
 }
 
 absl::Status Client::Unregister(const std::string& model) {
-  grpc::ClientContext context;
-  Prepare(&context, model);
   v1::UnregisterModelRequest request;
   request.set_model(model);
-  v1::UnregisterModelResponse response;
-  return FromGrpcStatus(stub_->UnregisterModel(&context, request, &response));
+  return Call(&v1::MoeRouter::Stub::UnregisterModel, model, request).status();
 }
 
 absl::StatusOr<std::vector<v1::ModelInfo>> Client::ListModels() {
-  grpc::ClientContext context;
-  Prepare(&context, "");
-  v1::ListModelsResponse response;
-  if (absl::Status s =
-          FromGrpcStatus(stub_->ListModels(&context, v1::ListModelsRequest(), &response));
-      !s.ok()) {
-    return s;
-  }
-  return std::vector<v1::ModelInfo>(response.models().begin(), response.models().end());
+  auto response = Call(&v1::MoeRouter::Stub::ListModels, "", v1::ListModelsRequest());
+  if (!response.ok()) return response.status();
+  return std::vector<v1::ModelInfo>(response->models().begin(), response->models().end());
 }
 
 absl::StatusOr<v1::ModelSpec> Client::FindModel(const std::string& name) {
@@ -209,41 +226,27 @@ absl::StatusOr<v1::ModelStats> Client::Stats(const std::string& model, const std
 
 absl::StatusOr<FetchedExpert> Client::Fetch(const std::string& model, uint32_t layer,
                                             uint32_t expert, const std::string& cache) {
-  grpc::ClientContext context;
-  Prepare(&context, model, cache);
   v1::FetchExpertRequest request;
   request.set_model(model);
   request.set_layer(layer);
   request.set_expert(expert);
-  auto reader = stub_->FetchExpert(&context, request);
   FetchedExpert out;
-  v1::ExpertChunk chunk;
-  absl::Status received = absl::OkStatus();
-  bool first = true;
-  // Read to the end even after a bad chunk, so the call's own status (which
-  // may explain it) comes first.
-  while (reader->Read(&chunk)) {
-    if (!received.ok()) continue;
-    if (first) {
-      first = false;
-      out.header = chunk;
-      out.header.clear_data();
+  absl::Status received;
+  absl::Status s = Attempts(model, cache, [&](grpc::ClientContext* context) {
+    auto reader = stub_->FetchExpert(context, request);
+    out = FetchedExpert();
+    received = absl::OkStatus();
+    v1::ExpertChunk chunk;
+    // Read to the end even after a bad chunk, so the call's own status
+    // (which may explain it) comes first.
+    for (bool first = true; reader->Read(&chunk); first = false) {
+      if (received.ok()) received = Append(chunk, first, &out);
     }
-    if (chunk.offset() != out.bytes.size()) {
-      received = absl::DataLossError(
-          absl::StrFormat("chunk at offset %d, expected %d", chunk.offset(), out.bytes.size()));
-    } else if (chunk.data().size() > out.header.total_bytes() - out.bytes.size()) {
-      // Never hold more than the header announced.
-      received =
-          absl::DataLossError(absl::StrFormat("chunk at offset %d runs past the %d bytes announced",
-                                              chunk.offset(), out.header.total_bytes()));
-    } else {
-      out.bytes += chunk.data();
-    }
-  }
-  if (absl::Status s = FromGrpcStatus(reader->Finish()); !s.ok()) return s;
+    return reader->Finish();
+  });
+  if (!s.ok()) return s;
   if (!received.ok()) return received;
-  if (absl::Status s = VerifyExpert(out); !s.ok()) return s;
+  if (absl::Status v = VerifyExpert(out); !v.ok()) return v;
   return out;
 }
 

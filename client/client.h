@@ -72,7 +72,8 @@ void AddRoutingHeaders(grpc::ClientContext* context, const std::string& model,
                        const std::string& cache);
 
 /// Typed calls to a moe-routerd. Errors come back as absl::Status with the
-/// server's code and message. Thread-safe (one channel, shared).
+/// server's code and message. A call a draining replica refuses is sent
+/// again until its deadline. Thread-safe (one channel, shared).
 ///
 ///   auto client = Client::Connect("localhost:50051");
 ///   auto routed = (*client)->Route("mixtral-8x7b", 0, logits);
@@ -122,9 +123,13 @@ class Client {
  private:
   explicit Client(std::shared_ptr<grpc::Channel> channel)
       : channel_(std::move(channel)), stub_(v1::MoeRouter::NewStub(channel_)) {}
-  /// Sets the deadline, and names the model and cache in metadata.
-  void Prepare(grpc::ClientContext* context, const std::string& model,
-               const std::string& cache = "") const;
+  /// Runs `attempt` (grpc::Status(grpc::ClientContext*)) with a context
+  /// that has the call's deadline and names the model and cache, again
+  /// while a draining replica refuses it (it says nothing was done: through
+  /// a proxy the next attempt reaches another replica), with backoff, until
+  /// the deadline.
+  template <typename Attempt>
+  absl::Status Attempts(const std::string& model, const std::string& cache, Attempt attempt) const;
   /// One unary call of `method` about `model`, errors as absl::Status.
   template <typename Request, typename Response>
   absl::StatusOr<Response> Call(

@@ -11,6 +11,11 @@ namespace moe_router {
 /// arrays indexed by code have this many entries.
 inline constexpr int kStatusCodeCount = static_cast<int>(absl::StatusCode::kUnauthenticated) + 1;
 
+/// Trailing metadata on a call a draining replica refused before doing any
+/// of it, so sending it again is safe (through a proxy it reaches another
+/// replica); the clients retry such calls.
+inline constexpr char kRefusedTrailer[] = "x-moe-refused";
+
 /// The one place absl::Status becomes grpc::Status: the server's handlers
 /// finish with it. Codes agree one to one; the message is kept.
 grpc::Status ToGrpcStatus(const absl::Status& status);

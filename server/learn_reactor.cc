@@ -8,34 +8,17 @@
 
 namespace moe_router {
 
-LearnReactor::LearnReactor(const ModelRegistry* registry, LearnStreamOptions options)
-    : registry_(registry), options_(options) {
-  StartRead(&report_);
+LearnReactor::LearnReactor(CallGate* gate, const ModelRegistry* registry,
+                           LearnStreamOptions options)
+    : AnsweringStream(gate), registry_(registry), options_(options) {
+  Start();
 }
 
-void LearnReactor::OnReadDone(bool ok) {
-  if (!ok) {  // the worker finished sending
-    Finish(grpc::Status::OK);
-    return;
-  }
-  update_.Clear();
-  const absl::Status status = model_ == nullptr ? Hello(report_.hello()) : Fold(report_);
-  if (!status.ok()) {
-    Finish(ToGrpcStatus(status));
-    return;
-  }
-  StartWrite(&update_);
+absl::Status LearnReactor::Answer(const v1::WorkerReport& report, v1::FleetUpdate* update) {
+  return model_ == nullptr ? Hello(report.hello(), update) : Fold(report, update);
 }
 
-void LearnReactor::OnWriteDone(bool ok) {
-  if (!ok) {
-    Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the worker went away"));
-    return;
-  }
-  StartRead(&report_);
-}
-
-absl::Status LearnReactor::Hello(const v1::WorkerHello& hello) {
+absl::Status LearnReactor::Hello(const v1::WorkerHello& hello, v1::FleetUpdate* update) {
   if (hello.model().empty()) {
     return absl::InvalidArgumentError(
         "the first message of a Learn stream must carry hello with the model and cache");
@@ -54,28 +37,29 @@ absl::Status LearnReactor::Hello(const v1::WorkerHello& hello) {
   cache_ = hello.cache();
   acknowledged_ = hello.first_sequence() > 0 ? hello.first_sequence() - 1 : 0;
   sent_tokens_.assign(engine.config().num_layers, 0);
-  *update_.mutable_spec() = model_->spec;
-  ToProto(*engine.sizes(), &update_);
-  ToProto(model_->spec.name(), *synced, update_.mutable_cache());
-  update_.set_acknowledged(acknowledged_);
-  AddChangedLayers(~uint64_t{0});
+  *update->mutable_spec() = model_->spec;
+  ToProto(*engine.sizes(), update);
+  ToProto(model_->spec.name(), *synced, update->mutable_cache());
+  update->set_acknowledged(acknowledged_);
+  AddChangedLayers(~uint64_t{0}, update);
   return absl::OkStatus();
 }
 
-absl::Status LearnReactor::Fold(const v1::WorkerReport& report) {
+absl::Status LearnReactor::Fold(const v1::WorkerReport& report, v1::FleetUpdate* update) {
   ModelEngine& engine = *model_->engine;
   const ModelConfig& config = engine.config();
   auto parsed = ReportFromProto(report, config.num_layers, config.router.num_experts);
   if (!parsed.ok()) return parsed.status();
   if (absl::Status s = engine.FoldReport(cache_, *parsed); !s.ok()) return s;
   acknowledged_ = std::max(acknowledged_, report.sequence());
-  update_.set_acknowledged(acknowledged_);
+  update->set_acknowledged(acknowledged_);
   const absl::Time now = absl::Now();
-  if (now - last_push_ >= options_.min_push_interval) AddChangedLayers(options_.max_update_bytes);
+  if (now - last_push_ >= options_.min_push_interval)
+    AddChangedLayers(options_.max_update_bytes, update);
   return absl::OkStatus();
 }
 
-void LearnReactor::AddChangedLayers(uint64_t max_bytes) {
+void LearnReactor::AddChangedLayers(uint64_t max_bytes, v1::FleetUpdate* update) {
   const ModelEngine& engine = *model_->engine;
   const uint32_t layers = engine.config().num_layers;
   uint64_t bytes = 0;
@@ -83,13 +67,13 @@ void LearnReactor::AddChangedLayers(uint64_t max_bytes) {
     const uint32_t l = (cursor_ + i) % layers;
     const uint64_t tokens = engine.LayerTokens(l);
     if (tokens == sent_tokens_[l]) continue;
-    v1::LayerLearnedState* state = update_.add_layers();
+    v1::LayerLearnedState* state = update->add_layers();
     ToProto(engine.ExportLayerState(l, options_.successors_per_row), state);
     bytes += state->ByteSizeLong();
     sent_tokens_[l] = tokens;
     cursor_ = (l + 1) % layers;
   }
-  if (update_.layers_size() > 0) last_push_ = absl::Now();
+  if (update->layers_size() > 0) last_push_ = absl::Now();
 }
 
 }  // namespace moe_router

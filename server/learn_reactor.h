@@ -10,6 +10,7 @@
 #include "absl/time/time.h"
 #include "core/learned_state.h"
 #include "moe_router/v1/moe_router.grpc.pb.h"
+#include "server/answering_stream.h"
 #include "server/model_registry.h"
 
 namespace moe_router {
@@ -29,21 +30,19 @@ struct LearnStreamOptions {
 /// every layer's state. Then per report: fold it, answer with the
 /// acknowledgement and the layers whose state moved, a few at a time in
 /// turn. One read or write at a time, so the worker's reports are folded in
-/// order. An error ends the stream with that status.
-class LearnReactor final : public grpc::ServerBidiReactor<v1::WorkerReport, v1::FleetUpdate> {
+/// order. An error ends the stream with that status; a drain ends it
+/// between reports (the worker resends what was not acknowledged).
+class LearnReactor final : public AnsweringStream<v1::WorkerReport, v1::FleetUpdate> {
  public:
-  LearnReactor(const ModelRegistry* registry, LearnStreamOptions options);
-
-  void OnReadDone(bool ok) override;
-  void OnWriteDone(bool ok) override;
-  void OnDone() override { delete this; }
+  LearnReactor(CallGate* gate, const ModelRegistry* registry, LearnStreamOptions options);
 
  private:
-  absl::Status Hello(const v1::WorkerHello& hello);
-  absl::Status Fold(const v1::WorkerReport& report);
+  absl::Status Answer(const v1::WorkerReport& report, v1::FleetUpdate* update) override;
+  absl::Status Hello(const v1::WorkerHello& hello, v1::FleetUpdate* update);
+  absl::Status Fold(const v1::WorkerReport& report, v1::FleetUpdate* update);
   // Adds the layers whose state moved since they were last sent, from the
   // cursor on, up to `max_bytes` (at least one).
-  void AddChangedLayers(uint64_t max_bytes);
+  void AddChangedLayers(uint64_t max_bytes, v1::FleetUpdate* update);
 
   const ModelRegistry* const registry_;
   const LearnStreamOptions options_;
@@ -53,8 +52,6 @@ class LearnReactor final : public grpc::ServerBidiReactor<v1::WorkerReport, v1::
   std::vector<uint64_t> sent_tokens_;  // per layer, as of its last push
   uint32_t cursor_ = 0;
   absl::Time last_push_ = absl::InfinitePast();
-  v1::WorkerReport report_;
-  v1::FleetUpdate update_;
 };
 
 }  // namespace moe_router

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -50,8 +51,14 @@ ABSL_FLAG(uint32_t, max_caches_per_model, 1024,
           "worker caches open at once per model (OpenCache past it: RESOURCE_EXHAUSTED)");
 ABSL_FLAG(absl::Duration, cache_idle_timeout, absl::Minutes(10),
           "a worker cache unused for this long is closed");
+ABSL_FLAG(absl::Duration, drain_notice, absl::ZeroDuration(),
+          "after SIGTERM/SIGINT, how long to keep serving while readiness (gRPC health, "
+          "/readyz) says not ready, so load balancers stop sending calls before the drain "
+          "refuses them; at least their check interval times their failure threshold "
+          "(deploy/haproxy: 2s). A second signal ends the notice at once");
 ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(10),
-          "how long in-flight calls may finish after SIGTERM/SIGINT");
+          "after the notice, how long calls in flight may take to complete (open streams end "
+          "at their next message); calls still open then are cancelled");
 
 namespace {
 
@@ -128,8 +135,22 @@ int main(int argc, char** argv) {
   std::fprintf(stderr, "moe-routerd: listening on port %d (%s)\n", (*server)->port(), security);
 
   const int signal_number = moe_router::WaitForTerminationSignal(signals);
-  std::fprintf(stderr, "moe-routerd: signal %d, draining\n", signal_number);
   (*server)->SetReady(false);
-  (*server)->Shutdown(absl::Now() + absl::GetFlag(FLAGS_drain_timeout));
-  return 0;
+  const absl::Duration notice = absl::GetFlag(FLAGS_drain_notice);
+  std::fprintf(stderr, "moe-routerd: signal %d, not ready; draining in %s\n", signal_number,
+               absl::FormatDuration(notice).c_str());
+  if (moe_router::WaitForTerminationSignalFor(signals, absl::ToInt64Milliseconds(notice))) {
+    std::fprintf(stderr, "moe-routerd: second signal, draining now\n");
+  }
+  const absl::Time drain_start = absl::Now();
+  (*server)->Shutdown(drain_start + absl::GetFlag(FLAGS_drain_timeout));
+  std::fprintf(
+      stderr, "moe-routerd: drained in %s, exiting\n",
+      absl::FormatDuration(absl::Trunc(absl::Now() - drain_start, absl::Milliseconds(1))).c_str());
+  // Everything is answered, saved and stopped. What destroying the server
+  // would add is gRPC's library teardown, which joins an executor thread
+  // that may sit in a poll with a 10 s deadline: the grace period's time,
+  // for nothing.
+  std::fflush(nullptr);
+  std::_Exit(0);
 }

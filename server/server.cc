@@ -113,7 +113,17 @@ void RouterServer::Shutdown(absl::Time deadline) {
   if (housekeeper_.joinable()) housekeeper_.join();
   // A server that failed to start may have no gRPC server.
   if (server_ != nullptr) {
-    server_->Shutdown(absl::ToChronoTime(deadline));
+    gate_.BeginDrain();
+    if (!gate_.AwaitIdle(deadline)) {
+      std::fprintf(stderr, "moe-router: %zu call(s) still open at the drain deadline: cancelled\n",
+                   gate_.in_flight());
+    }
+    // Every call is done now; what is left is gRPC's graceful GOAWAY, which
+    // waits for each connection to answer a ping. A client with a call in
+    // progress answers at once; an idle one only when gRPC's backup poller
+    // next reads its socket, up to 5 s later, and has nothing in flight to
+    // lose: so the GOAWAY gets a second, then connections are closed.
+    server_->Shutdown(absl::ToChronoTime(std::min(deadline, absl::Now() + absl::Seconds(1))));
     server_->Wait();
   }
   if (health_server_ != nullptr) {

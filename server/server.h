@@ -67,15 +67,19 @@ class RouterServer {
   /// Readiness ("readiness" and the service name) for load balancers;
   /// liveness stays SERVING until shutdown.
   void SetReady(bool ready);
-  /// Stops taking calls, lets in-flight ones finish until `deadline`, saves
-  /// the models' learned state (if a state_dir is set), and stops paging.
+  /// Drains and stops: refuses new calls (UNAVAILABLE, marked safe to
+  /// retry), ends open streams at their next message boundary, lets the
+  /// calls in flight complete until `deadline` (then cancels them), and only
+  /// then shuts gRPC's transports down, so nothing in flight is cut off.
+  /// Then saves the models' learned state (if a state_dir is set) and stops
+  /// paging. Readiness is off from the start.
   void Shutdown(absl::Time deadline);
 
  private:
   RouterServer(const ServerOptions& options, std::unique_ptr<AdminAccess> admin)
       : registry_(options.registry),
         admin_(std::move(admin)),
-        service_(&registry_, admin_.get(), options.limits),
+        service_(&registry_, admin_.get(), &gate_, options.limits),
         snapshot_interval_(options.snapshot_interval) {}
   // Until shutdown: closes idle worker caches and saves learned state.
   void Housekeep();
@@ -84,6 +88,7 @@ class RouterServer {
 
   ModelRegistry registry_;
   std::unique_ptr<AdminAccess> admin_;
+  CallGate gate_;
   MoeRouterService service_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<grpc::Server> health_server_;

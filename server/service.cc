@@ -24,9 +24,33 @@ void FinishUnary(grpc::CallbackServerContext* context, grpc::ServerUnaryReactor*
   }
 }
 
-template <typename Body>
-grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* context, Body body) {
+// A unary call admitted by the gate, which it leaves once its answer is
+// written.
+class GatedUnaryReactor final : public grpc::ServerUnaryReactor {
+ public:
+  explicit GatedUnaryReactor(CallGate* gate) : gate_(gate) {}
+  void OnDone() override {
+    gate_->Leave();
+    delete this;
+  }
+
+ private:
+  CallGate* const gate_;
+};
+
+// A call a draining replica takes no more: refused before any of it is
+// done, and marked so for the client's retry.
+grpc::ServerUnaryReactor* Refuse(grpc::CallbackServerContext* context) {
+  context->AddTrailingMetadata(kRefusedTrailer, "draining");
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(DrainingStatus());
+  return reactor;
+}
+
+template <typename Body>
+grpc::ServerUnaryReactor* Unary(CallGate& gate, grpc::CallbackServerContext* context, Body body) {
+  if (!gate.Enter()) return Refuse(context);
+  grpc::ServerUnaryReactor* reactor = new GatedUnaryReactor(&gate);
   FinishUnary(context, reactor, body);
   return reactor;
 }
@@ -34,9 +58,10 @@ grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* context, Body body)
 // The same for a body that may block: it runs on the pool, and the
 // callback thread returns at once.
 template <typename Body>
-grpc::ServerUnaryReactor* Blocking(BlockingCallPool& pool, grpc::CallbackServerContext* context,
-                                   Body body) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+grpc::ServerUnaryReactor* Blocking(CallGate& gate, BlockingCallPool& pool,
+                                   grpc::CallbackServerContext* context, Body body) {
+  if (!gate.Enter()) return Refuse(context);
+  grpc::ServerUnaryReactor* reactor = new GatedUnaryReactor(&gate);
   if (!pool.Submit([context, reactor, body] { FinishUnary(context, reactor, body); })) {
     reactor->Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                                  absl::StrFormat("%d model registrations and removals are queued "
@@ -100,13 +125,13 @@ absl::Status MoeRouterService::RouteModel(const HostedModel& model,
 grpc::ServerUnaryReactor* MoeRouterService::RouteTokens(grpc::CallbackServerContext* context,
                                                         const v1::RouteTokensRequest* request,
                                                         v1::RouteTokensResponse* response) {
-  return Unary(context, [&] { return Route(*request, response); });
+  return Unary(*gate_, context, [&] { return Route(*request, response); });
 }
 
 grpc::ServerUnaryReactor* MoeRouterService::Prefetch(grpc::CallbackServerContext* context,
                                                      const v1::PrefetchRequest* request,
                                                      v1::PrefetchResponse* response) {
-  return Unary(context, [&]() -> absl::Status {
+  return Unary(*gate_, context, [&]() -> absl::Status {
     auto model = registry_->Find(request->model());
     if (!model.ok()) return model.status();
     auto outcome = (*model)->engine->Prefetch({.layer = request->layer(),
@@ -124,9 +149,9 @@ grpc::ServerUnaryReactor* MoeRouterService::RegisterModel(grpc::CallbackServerCo
                                                           const v1::RegisterModelRequest* request,
                                                           v1::ModelInfo* response) {
   if (absl::Status s = admin_->Check(*context, "RegisterModel"); !s.ok()) {
-    return Unary(context, [&] { return s; });
+    return Unary(*gate_, context, [&] { return s; });
   }
-  return Blocking(blocking_calls_, context, [=, this]() -> absl::Status {
+  return Blocking(*gate_, blocking_calls_, context, [=, this]() -> absl::Status {
     auto created = registry_->Register(request->spec(), Interrupted(context));
     if (!created.ok()) return created.status();
     auto model = registry_->Find(request->spec().name());
@@ -141,9 +166,9 @@ grpc::ServerUnaryReactor* MoeRouterService::UnregisterModel(
     grpc::CallbackServerContext* context, const v1::UnregisterModelRequest* request,
     v1::UnregisterModelResponse*) {
   if (absl::Status s = admin_->Check(*context, "UnregisterModel"); !s.ok()) {
-    return Unary(context, [&] { return s; });
+    return Unary(*gate_, context, [&] { return s; });
   }
-  return Blocking(blocking_calls_, context, [=, this] {
+  return Blocking(*gate_, blocking_calls_, context, [=, this] {
     return request->model().empty() ? absl::InvalidArgumentError("model name must not be empty")
                                     : registry_->Unregister(request->model());
   });
@@ -152,7 +177,7 @@ grpc::ServerUnaryReactor* MoeRouterService::UnregisterModel(
 grpc::ServerUnaryReactor* MoeRouterService::ListModels(grpc::CallbackServerContext* context,
                                                        const v1::ListModelsRequest*,
                                                        v1::ListModelsResponse* response) {
-  return Unary(context, [&] {
+  return Unary(*gate_, context, [&] {
     for (const auto& model : registry_->List()) ToProto(*model, response->add_models());
     response->set_memory_limit_bytes(registry_->memory_limit_bytes());
     response->set_memory_committed_bytes(registry_->committed_bytes());
@@ -176,7 +201,7 @@ absl::Status MoeRouterService::Stats(const v1::GetModelStatsRequest& request, v1
 grpc::ServerUnaryReactor* MoeRouterService::OpenCache(grpc::CallbackServerContext* context,
                                                       const v1::OpenCacheRequest* request,
                                                       v1::CacheInfo* response) {
-  return Unary(context, [&]() -> absl::Status {
+  return Unary(*gate_, context, [&]() -> absl::Status {
     auto model = registry_->Find(request->model());
     if (!model.ok()) return model.status();
     auto info = (*model)->engine->OpenCache(request->cache(), request->budget_bytes(),
@@ -190,7 +215,7 @@ grpc::ServerUnaryReactor* MoeRouterService::OpenCache(grpc::CallbackServerContex
 grpc::ServerUnaryReactor* MoeRouterService::CloseCache(grpc::CallbackServerContext* context,
                                                        const v1::CloseCacheRequest* request,
                                                        v1::CloseCacheResponse*) {
-  return Unary(context, [&]() -> absl::Status {
+  return Unary(*gate_, context, [&]() -> absl::Status {
     auto model = registry_->Find(request->model());
     if (!model.ok()) return model.status();
     return (*model)->engine->CloseCache(request->cache());
@@ -200,7 +225,7 @@ grpc::ServerUnaryReactor* MoeRouterService::CloseCache(grpc::CallbackServerConte
 grpc::ServerUnaryReactor* MoeRouterService::SyncCache(grpc::CallbackServerContext* context,
                                                       const v1::SyncCacheRequest* request,
                                                       v1::CacheInfo* response) {
-  return Unary(context, [&]() -> absl::Status {
+  return Unary(*gate_, context, [&]() -> absl::Status {
     auto model = registry_->Find(request->model());
     if (!model.ok()) return model.status();
     std::vector<ExpertKey> resident;
@@ -217,13 +242,13 @@ grpc::ServerUnaryReactor* MoeRouterService::SyncCache(grpc::CallbackServerContex
 
 grpc::ServerBidiReactor<v1::WorkerReport, v1::FleetUpdate>* MoeRouterService::Learn(
     grpc::CallbackServerContext*) {
-  return new LearnReactor(registry_, LearnStreamOptions{});
+  return new LearnReactor(gate_, registry_, LearnStreamOptions{});
 }
 
 grpc::ServerBidiReactor<v1::RouteTokensRequest, v1::RouteTokensResponse>*
 MoeRouterService::RouteStream(grpc::CallbackServerContext*) {
   return new RouteStreamReactor(
-      [this](const v1::RouteTokensRequest& request, v1::RouteTokensResponse* response) {
+      gate_, [this](const v1::RouteTokensRequest& request, v1::RouteTokensResponse* response) {
         return Route(request, response);
       });
 }
@@ -235,8 +260,11 @@ MoeRouterService::RouteStream(grpc::CallbackServerContext*) {
 // never sees a deleted reactor.
 class FetchExpertReactor final : public grpc::ServerWriteReactor<v1::ExpertChunk> {
  public:
-  FetchExpertReactor(std::shared_ptr<const HostedModel> model, ExpertKey key, absl::Time deadline)
-      : model_(std::move(model)),
+  // Admitted by `gate`, which it leaves when done.
+  FetchExpertReactor(CallGate* gate, std::shared_ptr<const HostedModel> model, ExpertKey key,
+                     absl::Time deadline)
+      : gate_(gate),
+        model_(std::move(model)),
         start_(absl::Now()),
         from_memory_(model_->engine->cache().IsResident(key)) {
     model_->engine->FetchAsync(key, deadline, [this](absl::StatusOr<PinnedExpert> expert) {
@@ -262,7 +290,10 @@ class FetchExpertReactor final : public grpc::ServerWriteReactor<v1::ExpertChunk
     cancelled_ = true;
   }
 
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    gate_->Leave();
+    delete this;
+  }
 
  private:
   void WriteNext() {
@@ -285,6 +316,7 @@ class FetchExpertReactor final : public grpc::ServerWriteReactor<v1::ExpertChunk
     StartWrite(&chunk_);
   }
 
+  CallGate* const gate_;
   const std::shared_ptr<const HostedModel> model_;  // keeps the engine alive
   const absl::Time start_;
   const bool from_memory_;  // resident when asked: the server tier served it
@@ -298,27 +330,33 @@ class FetchExpertReactor final : public grpc::ServerWriteReactor<v1::ExpertChunk
 
 grpc::ServerWriteReactor<v1::ExpertChunk>* MoeRouterService::FetchExpert(
     grpc::CallbackServerContext* context, const v1::FetchExpertRequest* request) {
+  // A reactor that only reports an error.
+  class Failed final : public grpc::ServerWriteReactor<v1::ExpertChunk> {
+   public:
+    explicit Failed(const grpc::Status& s) { Finish(s); }
+    void OnDone() override { delete this; }
+  };
+  if (!gate_->Enter()) {
+    context->AddTrailingMetadata(kRefusedTrailer, "draining");
+    return new Failed(DrainingStatus());
+  }
   auto model = registry_->Find(request->model());
   if (!model.ok()) {
-    // A reactor that only reports the error.
-    class Failed final : public grpc::ServerWriteReactor<v1::ExpertChunk> {
-     public:
-      explicit Failed(const absl::Status& s) { Finish(ToGrpcStatus(s)); }
-      void OnDone() override { delete this; }
-    };
-    return new Failed(model.status());
+    gate_->Leave();
+    return new Failed(ToGrpcStatus(model.status()));
   }
   // Retries under a thrashing budget stop at the call's deadline, or after
   // a minute for a call without one.
   const absl::Time deadline =
       std::min(absl::FromChrono(context->deadline()), absl::Now() + absl::Minutes(1));
-  return new FetchExpertReactor(*std::move(model), {request->layer(), request->expert()}, deadline);
+  return new FetchExpertReactor(gate_, *std::move(model), {request->layer(), request->expert()},
+                                deadline);
 }
 
 grpc::ServerUnaryReactor* MoeRouterService::GetModelStats(grpc::CallbackServerContext* context,
                                                           const v1::GetModelStatsRequest* request,
                                                           v1::ModelStats* response) {
-  return Unary(context, [&] { return Stats(*request, response); });
+  return Unary(*gate_, context, [&] { return Stats(*request, response); });
 }
 
 }  // namespace moe_router

@@ -6,6 +6,7 @@
 #include "moe_router/v1/moe_router.grpc.pb.h"
 #include "server/admin_access.h"
 #include "server/blocking_call_pool.h"
+#include "server/call_gate.h"
 #include "server/model_registry.h"
 
 namespace moe_router {
@@ -33,9 +34,11 @@ inline constexpr uint64_t kExpertChunkBytes = 1 << 20;
 /// cancellation.
 class MoeRouterService final : public v1::MoeRouter::CallbackService {
  public:
-  /// `admin` decides who may register and unregister models.
-  MoeRouterService(ModelRegistry* registry, const AdminAccess* admin, const ServiceLimits& limits)
-      : registry_(registry), admin_(admin), limits_(limits) {}
+  /// `admin` decides who may register and unregister models; every call
+  /// passes `gate`, which a drain closes.
+  MoeRouterService(ModelRegistry* registry, const AdminAccess* admin, CallGate* gate,
+                   const ServiceLimits& limits)
+      : registry_(registry), admin_(admin), gate_(gate), limits_(limits) {}
 
   grpc::ServerUnaryReactor* RouteTokens(grpc::CallbackServerContext* context,
                                         const v1::RouteTokensRequest* request,
@@ -79,6 +82,7 @@ class MoeRouterService final : public v1::MoeRouter::CallbackService {
 
   ModelRegistry* const registry_;
   const AdminAccess* const admin_;
+  CallGate* const gate_;
   const ServiceLimits limits_;
   BlockingCallPool blocking_calls_{/*threads=*/2, kMaxQueuedBlockingCalls};
 };

@@ -4,6 +4,8 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <cerrno>
+
 namespace moe_router {
 
 /// Blocks SIGTERM and SIGINT in the calling thread and in every thread it
@@ -24,6 +26,16 @@ inline int WaitForTerminationSignal(const sigset_t& signals) {
   int signal_number = 0;
   sigwait(&signals, &signal_number);
   return signal_number;
+}
+
+/// Waits for one of them at most `timeout_ms` milliseconds; true if one
+/// came.
+inline bool WaitForTerminationSignalFor(const sigset_t& signals, long timeout_ms) {
+  const timespec timeout{.tv_sec = timeout_ms / 1000, .tv_nsec = (timeout_ms % 1000) * 1000000};
+  while (true) {
+    if (sigtimedwait(&signals, nullptr, &timeout) > 0) return true;
+    if (errno != EINTR) return false;  // EAGAIN: the time is up
+  }
 }
 
 }  // namespace moe_router

@@ -13,6 +13,8 @@ out on its own copies of the expert bytes.
             weights = cache.get(layer, e)          # bytes to compute with
 """
 
+import time
+
 import grpc
 
 from moe_router.v1 import moe_router_pb2 as pb
@@ -28,24 +30,48 @@ def routing_headers(model, cache=""):
     return headers
 
 
+# Trailing metadata of a call a draining replica refused before doing any of
+# it (proto/grpc_status.h kRefusedTrailer): safe to send again.
+REFUSED_TRAILER = "x-moe-refused"
+
+
+def retrying_refusals(call, timeout):
+    """`call(remaining_timeout)`, again while a draining replica refuses it
+    (through a proxy the next attempt reaches another replica), with
+    backoff, until `timeout` seconds have passed; as the C++ client does."""
+    deadline = time.monotonic() + timeout
+    backoff = 0.02
+    while True:
+        try:
+            return call(max(deadline - time.monotonic(), 0.001))
+        except grpc.RpcError as e:
+            refused = any(k == REFUSED_TRAILER for k, _ in (e.trailing_metadata() or ()))
+            if not refused or time.monotonic() + backoff >= deadline:
+                raise
+        time.sleep(backoff)
+        backoff = min(2 * backoff, 0.5)
+
+
 def fetch_expert(stub, model, layer, expert, timeout=60, cache=""):
     """The expert's bytes from FetchExpert (for `cache`: the worker cache it
     is fetched for). Checks that the chunks are in order and add up to the
     size announced (the XXH3 checksums are checked by the C++ client)."""
-    data = bytearray()
-    total = None
-    for chunk in stub.FetchExpert(
-        pb.FetchExpertRequest(model=model, layer=layer, expert=expert), timeout=timeout,
-        metadata=routing_headers(model, cache),
-    ):
-        if total is None:
-            total = chunk.total_bytes
-        if chunk.offset != len(data) or len(data) + len(chunk.data) > total:
-            raise ValueError(f"expert L{layer}/E{expert}: chunk at {chunk.offset} out of order")
-        data += chunk.data
-    if total is None or len(data) != total:
-        raise ValueError(f"expert L{layer}/E{expert}: {len(data)} bytes of {total}")
-    return bytes(data)
+    def attempt(remaining):
+        data = bytearray()
+        total = None
+        for chunk in stub.FetchExpert(
+            pb.FetchExpertRequest(model=model, layer=layer, expert=expert), timeout=remaining,
+            metadata=routing_headers(model, cache),
+        ):
+            if total is None:
+                total = chunk.total_bytes
+            if chunk.offset != len(data) or len(data) + len(chunk.data) > total:
+                raise ValueError(f"expert L{layer}/E{expert}: chunk at {chunk.offset} out of order")
+            data += chunk.data
+        if total is None or len(data) != total:
+            raise ValueError(f"expert L{layer}/E{expert}: {len(data)} bytes of {total}")
+        return bytes(data)
+    return retrying_refusals(attempt, timeout)
 
 
 class WorkerCache:
@@ -65,10 +91,8 @@ class WorkerCache:
         self._load = load or (
             lambda layer, expert: fetch_expert(self.stub, model, layer, expert, cache=cache))
         self.held = {}  # (layer, expert) -> bytes
-        info = self.stub.OpenCache(
-            pb.OpenCacheRequest(model=model, cache=cache, budget_bytes=budget_bytes,
-                                eviction_policy=eviction_policy),
-            timeout=timeout, metadata=self._headers)
+        info = self._call(self.stub.OpenCache, pb.OpenCacheRequest(
+            model=model, cache=cache, budget_bytes=budget_bytes, eviction_policy=eviction_policy))
         self.policy = info.eviction_policy
         self.eviction_policy = eviction_policy
         self.reopens = 0
@@ -83,20 +107,20 @@ class WorkerCache:
     def route(self, layer, gate_logits):
         """Routes one layer's batch (tokens x experts floats, row-major),
         drops what the server said, then loads what it said to load."""
-        routed = self._reopening_if_unknown(lambda: self.stub.RouteTokens(
+        routed = self._reopening_if_unknown(lambda: self._call(
+            self.stub.RouteTokens,
             pb.RouteTokensRequest(model=self.model, layer=layer, gate_logits=gate_logits,
-                                  cache=self.cache),
-            timeout=self.timeout, metadata=self._headers))
+                                  cache=self.cache)))
         loads = [(r.layer, r.expert) for r in list(routed.urgent_page_ins) + list(routed.prefetches)]
         self._carry_out(routed.evictions, loads)
         return routed
 
     def prefetch(self, layer, gate_logits, budget=0):
         """Prefetches by a guess of the layer's gate (its top `budget`)."""
-        answer = self._reopening_if_unknown(lambda: self.stub.Prefetch(
+        answer = self._reopening_if_unknown(lambda: self._call(
+            self.stub.Prefetch,
             pb.PrefetchRequest(model=self.model, layer=layer, budget=budget, cache=self.cache,
-                               gate_logits=gate_logits),
-            timeout=self.timeout, metadata=self._headers))
+                               gate_logits=gate_logits)))
         self._carry_out(answer.evictions, [(layer, e) for e in answer.queued])
         return answer
 
@@ -113,11 +137,17 @@ class WorkerCache:
         """States to the server what this worker holds."""
         return self._reopening_if_unknown(self._state_held)
 
+    def _call(self, method, request):
+        """One unary call about this cache: its deadline and routing
+        headers, and sent again while a draining replica refuses it."""
+        return retrying_refusals(
+            lambda remaining: method(request, timeout=remaining, metadata=self._headers),
+            self.timeout)
+
     def _state_held(self):
-        return self.stub.SyncCache(
-            pb.SyncCacheRequest(model=self.model, cache=self.cache,
-                                resident=[pb.ExpertRef(layer=l, expert=e) for l, e in self.held]),
-            timeout=self.timeout, metadata=self._headers)
+        return self._call(self.stub.SyncCache, pb.SyncCacheRequest(
+            model=self.model, cache=self.cache,
+            resident=[pb.ExpertRef(layer=l, expert=e) for l, e in self.held]))
 
     def _reopening_if_unknown(self, call):
         """Runs `call`; when the server does not know the cache (the worker
@@ -128,19 +158,16 @@ class WorkerCache:
         except grpc.RpcError as e:
             if e.code() != grpc.StatusCode.NOT_FOUND:
                 raise
-        info = self.stub.OpenCache(
-            pb.OpenCacheRequest(model=self.model, cache=self.cache,
-                                budget_bytes=self.budget_bytes,
-                                eviction_policy=self.eviction_policy),
-            timeout=self.timeout, metadata=self._headers)
+        info = self._call(self.stub.OpenCache, pb.OpenCacheRequest(
+            model=self.model, cache=self.cache, budget_bytes=self.budget_bytes,
+            eviction_policy=self.eviction_policy))
         self.reopens += 1
         self.policy = info.eviction_policy
         self._state_held()
         return call()
 
     def close(self):
-        self.stub.CloseCache(pb.CloseCacheRequest(model=self.model, cache=self.cache),
-                             timeout=self.timeout, metadata=self._headers)
+        self._call(self.stub.CloseCache, pb.CloseCacheRequest(model=self.model, cache=self.cache))
 
     def _carry_out(self, evictions, loads):
         for ref in evictions:

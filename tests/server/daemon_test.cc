@@ -21,6 +21,7 @@
 #include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
 #include "gtest/gtest.h"
 #include "moe_router/v1/moe_router.grpc.pb.h"
+#include "proto/grpc_status.h"
 #include "tests/testing/test_util.h"
 
 namespace moe_router {
@@ -170,9 +171,12 @@ grpc::health::v1::HealthCheckResponse::ServingStatus Readiness(
   return response.status();
 }
 
-// SIGTERM with a RouteStream and a FetchExpert open: readiness goes
-// NOT_SERVING, both calls finish normally, and the daemon exits 0 long before
-// the drain timeout (it waits for the calls, not for the timeout).
+// SIGTERM with a RouteStream and a FetchExpert open. During the notice
+// readiness is NOT_SERVING and everything is still served; a second SIGTERM
+// ends the notice. Then the drain: the idle stream ends with the draining
+// status, a new call is refused (marked safe to retry) while the fetch is
+// still streaming, the fetch completes in full, and the daemon exits 0 long
+// before its drain timeout (it waits for the calls, not for the timeout).
 TEST(DaemonTest, SigtermDrainsOpenCallsThenExits) {
   testing::TempDir dir;
   // 64 MiB experts: 64 chunks, far more than flow control lets the server
@@ -184,10 +188,10 @@ TEST(DaemonTest, SigtermDrainsOpenCallsThenExits) {
                                   R"("topK":2,"budgetBytes":%d,"synthetic":{"expertBytes":%d}}]})",
                                   2 * kExpertBytes, kExpertBytes))
                   .ok());
-  constexpr absl::Duration kDrainTimeout = absl::Seconds(120);
+  constexpr absl::Duration kTimeout = absl::Seconds(120);
   Daemon d({"--listen=127.0.0.1:0", "--metrics_listen=", "--health_listen=127.0.0.1:0",
-            "--config=" + dir.File("c.json"),
-            "--drain_timeout=" + absl::FormatDuration(kDrainTimeout)});
+            "--config=" + dir.File("c.json"), "--drain_notice=" + absl::FormatDuration(kTimeout),
+            "--drain_timeout=" + absl::FormatDuration(kTimeout)});
   ASSERT_GT(d.port(), 0);
   ASSERT_GT(d.health_port(), 0);
   auto channel = grpc::CreateChannel(d.address(), grpc::InsecureChannelCredentials());
@@ -219,7 +223,6 @@ TEST(DaemonTest, SigtermDrainsOpenCallsThenExits) {
   v1::ExpertChunk chunk;
   ASSERT_TRUE(reader->Read(&chunk));  // the expert is loaded and streaming
   uint64_t received = chunk.data().size();
-  ASSERT_LT(received, kExpertBytes);
 
   const absl::Time sigterm = absl::Now();
   ASSERT_EQ(kill(d.pid(), SIGTERM), 0);
@@ -228,24 +231,36 @@ TEST(DaemonTest, SigtermDrainsOpenCallsThenExits) {
     ASSERT_LT(absl::Now(), deadline) << "readiness never went NOT_SERVING";
     absl::SleepFor(absl::Milliseconds(10));
   }
-
-  // Both open calls carry on to their normal end.
+  // The notice: still serving everything.
   ASSERT_TRUE(stream->Write(route_request(1)));
   ASSERT_TRUE(stream->Read(&routed));
   EXPECT_EQ(routed.tokens(), 4u);
-  stream->WritesDone();
-  EXPECT_TRUE(stream->Finish().ok());
+  for (int i = 0; i < 8 && reader->Read(&chunk); ++i) received += chunk.data().size();
+
+  ASSERT_EQ(kill(d.pid(), SIGTERM), 0);  // the drain, now
+  EXPECT_FALSE(stream->Read(&routed));
+  const grpc::Status ended = stream->Finish();
+  EXPECT_EQ(ended.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_THAT(ended.error_message(), HasSubstr("draining"));
+
+  // The fetch keeps the process up; a new call is refused, marked for retry.
+  grpc::ClientContext refused_ctx;
+  v1::RouteTokensResponse unused;
+  const grpc::Status refused = stub->RouteTokens(&refused_ctx, route_request(0), &unused);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(refused_ctx.GetServerTrailingMetadata().count(kRefusedTrailer), 1u);
+
+  ASSERT_LT(received, kExpertBytes);  // the fetch spans the drain
   while (reader->Read(&chunk)) received += chunk.data().size();
   const grpc::Status fetched = reader->Finish();
   EXPECT_TRUE(fetched.ok()) << fetched.error_message();
   EXPECT_EQ(received, kExpertBytes);
 
-  const std::optional<int> status = d.WaitForExit(kDrainTimeout);
+  const std::optional<int> status = d.WaitForExit(kTimeout);
   ASSERT_TRUE(status.has_value()) << "still running after the drain timeout";
   EXPECT_TRUE(WIFEXITED(*status));
   EXPECT_EQ(WEXITSTATUS(*status), 0);
-  // The calls ended by finishing: the daemon did not sit out its timeout.
-  EXPECT_LT(absl::Now() - sigterm, kDrainTimeout);
+  EXPECT_LT(absl::Now() - sigterm, kTimeout);
 }
 
 TEST(DaemonTest, PlaintextReachableFromOtherMachinesIsWarnedAbout) {
