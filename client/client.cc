@@ -72,6 +72,14 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& targe
   if (!credentials.ok()) return credentials.status();
   grpc::ChannelArguments arguments;
   if (!tls.server_name.empty()) arguments.SetSslTargetNameOverride(tls.server_name);
+  // One Client, one connection: gRPC would share a connection between
+  // channels to the same target, and through HAProxy a stream one worker
+  // leaves unread stalls every call on its connection.
+  arguments.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  // Long-lived streams (RouteStream, Learn) through a proxy or NAT that
+  // drops idle connections: a ping every 30 s (the server accepts them).
+  arguments.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
+  arguments.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
   auto channel = grpc::CreateCustomChannel(target, *credentials, arguments);
   if (channel == nullptr) {
     return absl::UnavailableError(absl::StrFormat("cannot create a channel to %s", target));

@@ -8,6 +8,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   prometheus-cpp-dev prometheus
+  haproxy  # the scale-out test runs deploy/haproxy/haproxy.cfg
   libcivetweb-dev  # /readyz and /livez on the metrics port
   python3-grpcio python3-protobuf python3-yaml
   pybind11-dev python3-dev python3-numpy  # the native in-process engine for Python

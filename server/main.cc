@@ -142,6 +142,7 @@ int main(int argc, char** argv) {
   if (moe_router::WaitForTerminationSignalFor(signals, absl::ToInt64Milliseconds(notice))) {
     std::fprintf(stderr, "moe-routerd: second signal, draining now\n");
   }
+  std::fprintf(stderr, "moe-routerd: draining: new calls refused, open streams ending\n");
   const absl::Time drain_start = absl::Now();
   (*server)->Shutdown(drain_start + absl::GetFlag(FLAGS_drain_timeout));
   std::fprintf(

@@ -29,6 +29,10 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const ServerOp
   // fail, not silently take half the workers (and their cache views).
   // gRPC shares ports (SO_REUSEPORT) unless told not to.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  // Clients ping every 30 s (client/client.cc) to keep long streams alive
+  // through proxies; gRPC's default would count pings under 5 min apart as
+  // abuse and close the connection.
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 20000);
   // gRPC's own buffers come out of the server's headroom, not the models'.
   grpc::ResourceQuota quota("moe-routerd");
   builder.SetResourceQuota(quota.Resize(kServerHeadroomBytes / 2));

@@ -7,11 +7,18 @@
   metric the rules and the Grafana dashboard query is in its /metrics.
 - Every flag the StatefulSet passes is a flag moe-routerd has; the probes,
   Envoy's upstream and Prometheus' target use the ports those flags set.
+- HAProxy and Envoy follow the same rules: the same hash keys in the same
+  order (the headers the clients send), consistent hashing, /readyz on the
+  metrics port with the same interval and threshold (shorter than the
+  StatefulSet's drain notice), only retries of calls that reached no
+  replica, and timeouts that keep long streams open. HAProxy (Debian's)
+  accepts its file, and its servers are the StatefulSet's pods.
 
     deploy_test.py DEPLOY_DIR MOE_ROUTERD PROMTOOL
 """
 import json
 import os
+import shutil
 import re
 import subprocess
 import sys
@@ -41,6 +48,37 @@ def flag_values(container):
         name, _, value = arg.lstrip("-").partition("=")
         out[name] = value
     return out
+
+
+def haproxy_lines(*sections):
+    """deploy/haproxy/haproxy.cfg's statements in the named sections, e.g.
+    ("defaults",), ("backend", "moe_router"): stripped, comments dropped."""
+    out, current = [], None
+    with open(os.path.join(DEPLOY, "haproxy", "haproxy.cfg")) as f:
+        for raw in f:
+            line = raw.split("#", 1)[0].rstrip()
+            if not line:
+                continue
+            if not line.startswith(" "):
+                current = tuple(line.split())
+                continue
+            if current in sections:
+                out.append(line.strip())
+    return out
+
+
+def seconds(text):
+    """An HAProxy or Envoy duration ("1h", "3600s", "1s", "500ms") in seconds."""
+    for suffix, factor in (("ms", 1e-3), ("s", 1), ("m", 60), ("h", 3600)):
+        if text.endswith(suffix) and text[:-len(suffix)].isdigit():
+            return int(text[:-len(suffix)]) * factor
+    raise ValueError(text)
+
+
+def source_constant(relative, name):
+    """The string value of `inline constexpr char name[] = "...";`."""
+    with open(os.path.join(DEPLOY, "..", relative)) as f:
+        return re.search(name + r'\[\] = "([^"]+)"', f.read()).group(1)
 
 
 # server/memory_limit.h: kServerHeadroomBytes.
@@ -132,8 +170,8 @@ class DeployTest(unittest.TestCase):
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
             self.assertEqual(container[probe]["grpc"]["port"], ports["health"], probe)
         self.assertEqual(container["readinessProbe"]["grpc"]["service"], "readiness")
-        # The kubelet's SIGKILL must not cut the drain short.
-        drain = int(flags["drain_timeout"].rstrip("s"))
+        # The kubelet's SIGKILL must not cut the notice and drain short.
+        drain = seconds(flags["drain_notice"]) + seconds(flags["drain_timeout"])
         self.assertGreater(statefulset["spec"]["template"]["spec"]["terminationGracePeriodSeconds"],
                            drain)
         mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
@@ -148,8 +186,6 @@ class DeployTest(unittest.TestCase):
         services = {d["metadata"]["name"]: d for d in load_yaml_docs("kubernetes", "service.yaml")}
         self.assertEqual(address["address"], statefulset["spec"]["serviceName"])
         self.assertIn(address["address"], services)
-        self.assertEqual(cluster["health_checks"][0]["grpc_health_check"]["service_name"],
-                         "readiness")
 
         # The container's memory limit is what the models may reserve plus the
         # server's own headroom, so the OOM killer never acts before
@@ -178,6 +214,79 @@ class DeployTest(unittest.TestCase):
         sd = prometheus["scrape_configs"][0]["dns_sd_configs"][0]
         self.assertEqual(sd["port"], ports["metrics"])
         self.assertTrue(sd["names"][0].startswith(statefulset["spec"]["serviceName"] + "."))
+
+    def test_haproxy_and_envoy_follow_the_same_rules(self):
+        statefulset, container = router_container()
+        flags = flag_values(container)
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        model_header = source_constant("client/client.h", "kModelHeader")
+        cache_header = source_constant("client/client.h", "kCacheHeader")
+        refused_trailer = source_constant("proto/grpc_status.h", "kRefusedTrailer")
+
+        backend = haproxy_lines(("backend", "moe_router"))
+        defaults = haproxy_lines(("defaults",))
+        (envoy,) = load_yaml_docs("envoy", "envoy.yaml")
+        (cluster,) = envoy["static_resources"]["clusters"]
+        (listener,) = envoy["static_resources"]["listeners"]
+        manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        (route,) = [r["route"] for r in manager["route_config"]["virtual_hosts"][0]["routes"]
+                    if r["match"]["prefix"] == "/moe_router.v1.MoeRouter/"]
+
+        # Hash keys: the cache, else the model; consistently.
+        haproxy_keys = re.findall(r"set-var\(txn\.moe_key\) req\.hdr\(([a-z-]+)\)",
+                                  "\n".join(backend))
+        self.assertIn("balance hash var(txn.moe_key)", backend)
+        self.assertIn("hash-type consistent", backend)
+        envoy_keys = [p["header"]["header_name"] for p in route["hash_policy"]]
+        self.assertEqual(haproxy_keys, [cache_header, model_header])
+        self.assertEqual(envoy_keys, haproxy_keys)
+        self.assertTrue(route["hash_policy"][0].get("terminal"), "the cache alone when present")
+        self.assertIn(cluster["lb_policy"], ("RING_HASH", "MAGLEV"))
+
+        # Health: GET /readyz on the metrics port, same interval and threshold,
+        # shorter than the drain notice.
+        self.assertIn("http-check send meth GET uri /readyz", backend)
+        self.assertIn("http-check expect status 200", backend)
+        (default_server,) = [l for l in backend if l.startswith("default-server")]
+        words = default_server.split()
+        value = lambda key: words[words.index(key) + 1]
+        self.assertEqual(int(value("port")), ports["metrics"])
+        (check,) = cluster["health_checks"]
+        self.assertEqual(check["http_health_check"]["path"], "/readyz")
+        (endpoint,) = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+        self.assertEqual(endpoint["endpoint"]["health_check_config"]["port_value"],
+                         ports["metrics"])
+        self.assertEqual(seconds(value("inter")), seconds(check["interval"]))
+        self.assertEqual(int(value("fall")), check["unhealthy_threshold"])
+        self.assertEqual(int(value("rise")), check["healthy_threshold"])
+        self.assertLess(seconds(value("inter")) * int(value("fall")), seconds(flags["drain_notice"]))
+
+        # Retries: only what reached no replica.
+        self.assertIn("retry-on conn-failure", defaults)
+        self.assertIn("option redispatch 1", defaults)
+        retry = route["retry_policy"]
+        self.assertLessEqual(set(retry["retry_on"].split(",")),
+                             {"connect-failure", "refused-stream", "retriable-headers"})
+        self.assertEqual([h["name"] for h in retry["retriable_headers"]], [refused_trailer])
+
+        # Long streams stay open: an hour of idleness at least, no call timeout.
+        for line in ("timeout client", "timeout server"):
+            (timeout,) = [l for l in defaults if l.startswith(line + " ")]
+            self.assertGreaterEqual(seconds(timeout.split()[-1]), 3600, line)
+        self.assertGreaterEqual(seconds(manager["stream_idle_timeout"]), 3600)
+        self.assertEqual(route["timeout"], "0s")
+
+        # HAProxy's servers are the StatefulSet's pods on its gRPC port.
+        name, service = statefulset["metadata"]["name"], statefulset["spec"]["serviceName"]
+        servers = [l.split() for l in backend if l.startswith("server ")]
+        self.assertGreaterEqual(len(servers), statefulset["spec"]["replicas"])
+        for i, (_, server_name, address) in enumerate(servers):
+            self.assertEqual(server_name, f"{name}-{i}")
+            self.assertEqual(address, f"{name}-{i}.{service}:{ports['grpc']}")
+        checked = subprocess.run([shutil.which("haproxy") or "/usr/sbin/haproxy", "-c", "-f",
+                                  os.path.join(DEPLOY, "haproxy", "haproxy.cfg")],
+                                 capture_output=True, text=True)
+        self.assertEqual(checked.returncode, 0, checked.stdout + checked.stderr)
 
 
 if __name__ == "__main__":

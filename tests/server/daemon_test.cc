@@ -1,5 +1,7 @@
 // moe-routerd as a real process: serves the embedded default, drains on
 // SIGTERM with exit 0, and leaves its learned state behind.
+#include "tests/testing/daemon.h"
+
 #include <grpcpp/grpcpp.h>
 #include <poll.h>
 #include <signal.h>
@@ -30,92 +32,10 @@ namespace {
 using ::testing::HasSubstr;
 using ::testing::Not;
 
-// A moe-routerd child process. The destructor kills it if it still runs,
-// so a failed test never leaves it behind or hangs on it.
-class Daemon {
+// moe-routerd as a child process.
+class Daemon : public testing::Daemon {
  public:
-  // Starts moe-routerd with `args` and reads stderr up to its port line
-  // (30 s at most).
-  explicit Daemon(const std::vector<std::string>& args) {
-    int fds[2];
-    EXPECT_EQ(pipe(fds), 0);
-    pid_ = fork();
-    if (pid_ == 0) {
-      dup2(fds[1], STDERR_FILENO);
-      close(fds[0]);
-      std::vector<char*> argv = {const_cast<char*>(MOE_ROUTERD_PATH)};
-      for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-      argv.push_back(nullptr);
-      execv(MOE_ROUTERD_PATH, argv.data());
-      _exit(127);
-    }
-    close(fds[1]);
-    err_ = fds[0];
-    const absl::Time deadline = absl::Now() + absl::Seconds(30);
-    std::string line;
-    while (port_ == 0 && ReadLine(deadline, &line)) {
-      log_ += line + "\n";
-      std::sscanf(line.c_str(), "moe-routerd: health on port %d", &health_port_);
-      std::sscanf(line.c_str(), "moe-routerd: listening on port %d", &port_);
-    }
-  }
-  ~Daemon() {
-    if (pid_ > 0 && !exited_) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-    }
-    if (err_ >= 0) close(err_);
-  }
-
-  int port() const { return port_; }
-  int health_port() const { return health_port_; }
-  // What it printed up to the port line.
-  const std::string& startup_log() const { return log_; }
-  pid_t pid() const { return pid_; }
-  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
-
-  // The wait status once the process exits, or nullopt if it is still
-  // running after `timeout` (the destructor then kills it).
-  std::optional<int> WaitForExit(absl::Duration timeout) {
-    const absl::Time deadline = absl::Now() + timeout;
-    do {
-      int status = 0;
-      if (waitpid(pid_, &status, WNOHANG) == pid_) {
-        exited_ = true;
-        return status;
-      }
-      absl::SleepFor(absl::Milliseconds(10));
-    } while (absl::Now() < deadline);
-    return std::nullopt;
-  }
-
- private:
-  // The next line of the daemon's stderr, or false at its end or the
-  // deadline. Reads the pipe directly: stdio buffering would hide buffered
-  // lines from poll().
-  bool ReadLine(absl::Time deadline, std::string* line) {
-    size_t end;
-    while ((end = pending_.find('\n')) == std::string::npos) {
-      pollfd p{.fd = err_, .events = POLLIN, .revents = 0};
-      const int ms = static_cast<int>(absl::ToInt64Milliseconds(deadline - absl::Now()));
-      char buf[512];
-      if (ms <= 0 || poll(&p, 1, ms) != 1) return false;
-      const ssize_t n = read(err_, buf, sizeof buf);
-      if (n <= 0) return false;
-      pending_.append(buf, static_cast<size_t>(n));
-    }
-    *line = pending_.substr(0, end);
-    pending_.erase(0, end + 1);
-    return true;
-  }
-
-  pid_t pid_ = -1;
-  bool exited_ = false;
-  int port_ = 0;
-  int health_port_ = 0;
-  int err_ = -1;
-  std::string pending_;
-  std::string log_;
+  explicit Daemon(const std::vector<std::string>& args) : testing::Daemon(MOE_ROUTERD_PATH, args) {}
 };
 
 TEST(DaemonTest, ServesTheDefaultAndDrainsOnSigterm) {
@@ -266,12 +186,12 @@ TEST(DaemonTest, SigtermDrainsOpenCallsThenExits) {
 TEST(DaemonTest, PlaintextReachableFromOtherMachinesIsWarnedAbout) {
   Daemon exposed({"--listen=0.0.0.0:0", "--metrics_listen=", "--health_listen="});
   ASSERT_GT(exposed.port(), 0);
-  EXPECT_THAT(exposed.startup_log(),
+  EXPECT_THAT(exposed.log(),
               HasSubstr("WARNING: serving plaintext on 0.0.0.0:0, which other machines can reach"));
   Daemon local({"--listen=127.0.0.1:0", "--metrics_listen=", "--health_listen="});
   ASSERT_GT(local.port(), 0);
-  EXPECT_THAT(local.startup_log(), Not(HasSubstr("WARNING")));
-  EXPECT_THAT(local.startup_log(), HasSubstr("models may reserve"));
+  EXPECT_THAT(local.log(), Not(HasSubstr("WARNING")));
+  EXPECT_THAT(local.log(), HasSubstr("models may reserve"));
 }
 
 // kill -9 while routing: what the restarted daemon learned from is the
@@ -314,7 +234,7 @@ TEST(DaemonTest, KillNineThenRestartLoadsTheLastSnapshot) {
   }
   Daemon restarted(args);
   ASSERT_GT(restarted.port(), 0);
-  EXPECT_THAT(restarted.startup_log(), Not(HasSubstr("ignoring saved state")));
+  EXPECT_THAT(restarted.log(), Not(HasSubstr("ignoring saved state")));
   // Saved again at once on SIGTERM with no traffic: what it loaded.
   ASSERT_EQ(kill(restarted.pid(), SIGTERM), 0);
   ASSERT_TRUE(restarted.WaitForExit(absl::Seconds(30)).has_value());
@@ -350,7 +270,7 @@ class InProcessDaemonTest : public ::testing::Test {
   void Start(absl::Duration report_interval, uint32_t max_pending_reports) {
     daemon_ = std::make_unique<Daemon>(
         std::vector<std::string>{"--listen=127.0.0.1:0", "--health_listen=", "--metrics_listen="});
-    ASSERT_GT(daemon_->port(), 0) << daemon_->startup_log();
+    ASSERT_GT(daemon_->port(), 0) << daemon_->log();
     port_ = daemon_->port();
     address_ = daemon_->address();
     auto client = Client::Connect(address_);
@@ -429,7 +349,7 @@ TEST_F(InProcessDaemonTest, RoutesThroughAStalledAndAKilledDaemon) {
   const uint64_t connects = worker_->control_stats().connects;
   Daemon restarted(
       {absl::StrFormat("--listen=127.0.0.1:%d", port_), "--health_listen=", "--metrics_listen="});
-  ASSERT_EQ(restarted.port(), port_) << restarted.startup_log();
+  ASSERT_EQ(restarted.port(), port_) << restarted.log();
   ASSERT_TRUE(testing::WaitFor([&] { return worker_->control_stats().connects > connects; }));
   auto again = Client::Connect(address_);
   ASSERT_TRUE(again.ok());
@@ -467,7 +387,7 @@ TEST_F(InProcessDaemonTest, DropsTheOldestUnacknowledgedReportsPastTheBound) {
   for (int i = 0; i < 20; ++i) route();
   Daemon restarted(
       {absl::StrFormat("--listen=127.0.0.1:%d", port_), "--health_listen=", "--metrics_listen="});
-  ASSERT_EQ(restarted.port(), port_) << restarted.startup_log();
+  ASSERT_EQ(restarted.port(), port_) << restarted.log();
   ASSERT_TRUE(worker_->Flush(absl::Seconds(30)));
   auto again = Client::Connect(address_);
   ASSERT_TRUE(again.ok());

@@ -1,0 +1,362 @@
+// Scale-out behind HAProxy, as deployed: deploy/haproxy/haproxy.cfg (its
+// bind and server lines swapped for loopback ports, a stats socket added)
+// in front of real moe-routerd replicas, six WorkerCache workers through it.
+// Placement: each worker on exactly one replica, all replicas used. Drain:
+// SIGTERM one replica mid-trace; /readyz flips, HAProxy takes the replica
+// out before it exits, its workers move without a failed step and keep
+// their hit rate, a FetchExpert spanning the drain completes, the replica
+// exits 0 with its snapshot. A fourth replica then takes new caches.
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/algorithm/container.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "cli/worker_play.h"
+#include "client/client.h"
+#include "client/http_get.h"
+#include "core/file_io.h"
+#include "eval/workload.h"
+#include "gtest/gtest.h"
+#include "moe_router/v1/moe_router.grpc.pb.h"
+#include "tests/testing/daemon.h"
+#include "tests/testing/test_util.h"
+
+namespace moe_router {
+namespace {
+
+constexpr char kModel[] = "mixtral-8x7b";
+constexpr uint64_t kExpertBytes = 4096;  // bytes move, but not the test's time
+constexpr uint64_t kBigExpertBytes = 64ull << 20;
+constexpr int kWorkers = 6;
+// What a move may cost a worker's hit rate over the whole trace: its cache's
+// policy history, and the new replica's learning (state is per replica).
+constexpr double kHitRateBound = 0.05;
+
+// A free loopback port, for a process that cannot report the one it got.
+int FreePort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  EXPECT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  socklen_t len = sizeof addr;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+// Server name to status ("UP", "DOWN", ...) from HAProxy's stats socket.
+std::map<std::string, std::string> ServerStates(const std::string& socket_path) {
+  std::map<std::string, std::string> states;
+  const int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", socket_path.c_str());
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    close(fd);
+    return states;
+  }
+  const std::string command = "show stat\n";
+  EXPECT_EQ(write(fd, command.data(), command.size()), static_cast<ssize_t>(command.size()));
+  std::string csv;
+  char buf[4096];
+  for (ssize_t n; (n = read(fd, buf, sizeof buf)) > 0;) csv.append(buf, static_cast<size_t>(n));
+  close(fd);
+  for (absl::string_view line : absl::StrSplit(csv, '\n')) {
+    std::vector<std::string> f = absl::StrSplit(line, ',');
+    if (f.size() > 17 && f[0] == "moe_router") states[f[1]] = f[17];
+  }
+  return states;
+}
+
+// deploy/haproxy/haproxy.cfg with the test's front port and replicas.
+std::string HaproxyConfig(int port, const std::vector<std::pair<int, int>>& replicas,
+                          const std::string& stats_socket) {
+  auto deployed = ReadFile(std::string(DEPLOY_DIR) + "/haproxy/haproxy.cfg");
+  EXPECT_TRUE(deployed.ok()) << deployed.status();
+  std::string out;
+  bool servers_written = false;
+  for (absl::string_view line : absl::StrSplit(*deployed, '\n')) {
+    if (line == "global") {
+      out += absl::StrFormat("global\n  stats socket %s level admin\n", stats_socket);
+    } else if (line == "  bind :50051 proto h2") {
+      out += absl::StrFormat("  bind 127.0.0.1:%d proto h2\n", port);
+    } else if (absl::StartsWith(line, "  server moe-router-")) {
+      if (servers_written) continue;
+      servers_written = true;
+      for (size_t i = 0; i < replicas.size(); ++i) {
+        out += absl::StrFormat("  server r%d 127.0.0.1:%d port %d\n", i, replicas[i].first,
+                               replicas[i].second);
+      }
+    } else {
+      out += std::string(line) + "\n";
+    }
+  }
+  EXPECT_TRUE(servers_written) << "no server lines in deploy/haproxy/haproxy.cfg";
+  return out;
+}
+
+double RouteCalls(const testing::Daemon& replica) {
+  auto page = HttpGet("127.0.0.1", replica.metrics_port(), "/metrics", absl::Seconds(5));
+  if (!page.ok()) return -1;
+  return MetricValue(*page, "moe_router_route_requests_total").value_or(-1);
+}
+
+class ScaleOutTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(
+        WriteFileAtomically(
+            dir_.File("models.json"),
+            absl::StrFormat(R"({"models":[{"name":"%s","numLayers":32,"numExperts":8,"topK":2,)"
+                            R"("budgetBytes":%d,"synthetic":{"expertBytes":%d}},)"
+                            R"({"name":"big","numLayers":2,"numExperts":8,"topK":2,)"
+                            R"("budgetBytes":%d,"synthetic":{"expertBytes":%d}}]})",
+                            kModel, 256 * kExpertBytes, kExpertBytes, 2 * kBigExpertBytes,
+                            kBigExpertBytes))
+            .ok());
+    for (int i = 0; i < 4; ++i) ports_.push_back({FreePort(), FreePort()});
+    for (int i = 0; i < 3; ++i) StartReplica(i);
+    proxy_port_ = FreePort();
+    socket_ = dir_.File("haproxy.sock");
+    ASSERT_TRUE(
+        WriteFileAtomically(dir_.File("haproxy.cfg"), HaproxyConfig(proxy_port_, ports_, socket_))
+            .ok());
+    proxy_ = std::make_unique<testing::Daemon>(
+        HAPROXY_PATH, std::vector<std::string>{"-db", "-f", dir_.File("haproxy.cfg")},
+        /*wait_for_port=*/false);
+    ASSERT_TRUE(AwaitStates({{"r0", "UP"}, {"r1", "UP"}, {"r2", "UP"}}))
+        << proxy_->log() << ServerStatesText();
+    auto client = Client::Connect(absl::StrFormat("127.0.0.1:%d", proxy_port_));
+    ASSERT_TRUE(client.ok());
+    proxy_client_ = *std::move(client);
+  }
+
+  void StartReplica(int i) {
+    std::filesystem::create_directories(dir_.File(absl::StrFormat("state%d", i)));
+    replicas_[i] = std::make_unique<testing::Daemon>(
+        MOE_ROUTERD_PATH,
+        std::vector<std::string>{absl::StrFormat("--listen=127.0.0.1:%d", ports_[i].first),
+                                 absl::StrFormat("--metrics_listen=127.0.0.1:%d", ports_[i].second),
+                                 "--health_listen=", "--config=" + dir_.File("models.json"),
+                                 "--state_dir=" + dir_.File(absl::StrFormat("state%d", i)),
+                                 "--drain_notice=3s", "--drain_timeout=60s"});
+    ASSERT_EQ(replicas_[i]->port(), ports_[i].first) << replicas_[i]->log();
+    auto client = Client::Connect(replicas_[i]->address());
+    ASSERT_TRUE(client.ok());
+    direct_[i] = *std::move(client);
+    direct_[i]->set_timeout(absl::Seconds(2));  // a draining one refuses, and is retried
+  }
+
+  // Whether HAProxy reports these states within 30 s.
+  bool AwaitStates(const std::map<std::string, std::string>& want) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(30);
+    while (absl::Now() < deadline) {
+      const auto states = ServerStates(socket_);
+      bool all = true;
+      for (const auto& [name, state] : want)
+        all = all && states.count(name) && states.at(name) == state;
+      if (all) return true;
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+    return false;
+  }
+
+  std::string ServerStatesText() {
+    std::string out;
+    for (const auto& [name, state] : ServerStates(socket_)) out += " " + name + "=" + state;
+    return out;
+  }
+
+  // The replicas (of those running) that have `cache` of `model` open.
+  std::vector<int> Holders(const std::string& model, const std::string& cache) {
+    std::vector<int> out;
+    for (int i = 0; i < 4; ++i) {
+      if (direct_[i] != nullptr && direct_[i]->Stats(model, cache).ok()) out.push_back(i);
+    }
+    return out;
+  }
+
+  WorkerPlayOptions Play(const std::string& prefix) const {
+    WorkerPlayOptions options;
+    options.model = kModel;
+    options.workers = kWorkers;
+    options.cache_bytes = 64 * kExpertBytes;  // a quarter of each layer's experts
+    options.cache_prefix = prefix;
+    return options;
+  }
+
+  testing::TempDir dir_;
+  std::vector<std::pair<int, int>> ports_;  // data and metrics port per replica
+  std::unique_ptr<testing::Daemon> replicas_[4];
+  std::unique_ptr<Client> direct_[4];
+  int proxy_port_ = 0;
+  std::string socket_;
+  std::unique_ptr<testing::Daemon> proxy_;
+  std::unique_ptr<Client> proxy_client_;
+};
+
+TEST_F(ScaleOutTest, WorkersStickSpreadAndMoveWithoutAFailedStepWhenAReplicaDrains) {
+  const RoutingTrace trace =
+      GenerateTrace(GetWorkloadPreset("mixtral")->shape, /*sequences=*/2 * kWorkers,
+                    /*tokens=*/48, /*seed=*/7);
+  auto calm = PlayWorkers(*proxy_client_, trace, Play("calm-"));
+  ASSERT_TRUE(calm.ok()) << calm.status();
+
+  std::atomic<uint64_t> done{0}, total{0};
+  std::atomic<bool> finished{false};
+  absl::StatusOr<std::vector<WorkerPlayResult>> moved;
+  std::thread play([&] {
+    moved = PlayWorkers(*proxy_client_, trace, Play("moved-"), [&](uint64_t d, uint64_t t) {
+      total.store(t);
+      done.store(d);
+    });
+    finished.store(true);
+  });
+  while (!finished.load() && (total.load() == 0 || done.load() < total.load() / 3)) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+
+  // Placement: each worker's cache on exactly one replica, all three used.
+  std::map<int, std::vector<std::string>> caches_on;
+  for (int w = 0; w < kWorkers; ++w) {
+    const std::string cache = absl::StrFormat("moved-%d", w);
+    const std::vector<int> holders = Holders(kModel, cache);
+    ASSERT_EQ(holders.size(), 1u) << cache;
+    caches_on[holders[0]].push_back(cache);
+  }
+  EXPECT_EQ(caches_on.size(), 3u) << "the workers did not spread over all replicas";
+  int victim = caches_on.begin()->first;
+  for (const auto& [replica, caches] : caches_on) {
+    if (caches.size() > caches_on[victim].size()) victim = replica;
+  }
+
+  // A 64 MiB fetch through the proxy, for a cache the victim holds.
+  std::string fetch_cache;
+  for (int i = 0; fetch_cache.empty() && i < 64; ++i) {
+    const std::string name = absl::StrFormat("fetcher-%d", i);
+    ASSERT_TRUE(proxy_client_->OpenCache("big", name, kBigExpertBytes).ok());
+    if (Holders("big", name) == std::vector<int>{victim}) fetch_cache = name;
+  }
+  ASSERT_FALSE(fetch_cache.empty());
+  grpc::ClientContext fetch_ctx;
+  AddRoutingHeaders(&fetch_ctx, "big", fetch_cache);
+  v1::FetchExpertRequest fetch;
+  fetch.set_model("big");
+  fetch.set_layer(1);
+  fetch.set_expert(5);
+  // Another Client is another connection, as another worker's: a stream left
+  // unread stalls the calls sharing its connection through HAProxy
+  // (deploy/haproxy explains).
+  auto fetcher = Client::Connect(absl::StrFormat("127.0.0.1:%d", proxy_port_));
+  ASSERT_TRUE(fetcher.ok());
+  auto reader = (*fetcher)->stub().FetchExpert(&fetch_ctx, fetch);
+  v1::ExpertChunk chunk;
+  ASSERT_TRUE(reader->Read(&chunk));
+  uint64_t fetched = chunk.data().size();
+
+  double calls_before[3], calls_after[3];
+  for (int i = 0; i < 3; ++i) calls_before[i] = RouteCalls(*replicas_[i]);
+  const absl::Time sigterm = absl::Now();
+  ASSERT_EQ(kill(replicas_[victim]->pid(), SIGTERM), 0);
+  testing::Daemon& drained = *replicas_[victim];
+  while (HttpGet("127.0.0.1", drained.metrics_port(), "/readyz", absl::Seconds(5)).ok()) {
+    ASSERT_LT(absl::Now() - sigterm, absl::Seconds(30)) << "/readyz never went 503";
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  const std::string victim_name = absl::StrFormat("r%d", victim);
+  ASSERT_TRUE(AwaitStates({{victim_name, "DOWN"}})) << ServerStatesText();
+  const absl::Duration out_of_ring = absl::Now() - sigterm;
+  int status = 0;
+  EXPECT_EQ(waitpid(drained.pid(), &status, WNOHANG), 0) << "exited before HAProxy saw it go";
+
+  // Every moved worker has routed again, on another replica.
+  absl::Duration all_moved = absl::InfiniteDuration();
+  for (bool moved_all = false; !moved_all && !finished.load();) {
+    moved_all = true;
+    for (const std::string& cache : caches_on[victim]) {
+      const std::vector<int> holders = Holders(kModel, cache);
+      moved_all = moved_all && !holders.empty() && holders != std::vector<int>{victim};
+    }
+    if (moved_all) all_moved = absl::Now() - sigterm;
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+
+  // The fetch spans the drain: it is still open when the drain begins.
+  ASSERT_TRUE(drained.ReadUntil("moe-routerd: draining", absl::Seconds(30))) << drained.log();
+  calls_after[victim] = RouteCalls(drained);  // it takes no more from here on
+  ASSERT_LT(fetched, kBigExpertBytes);
+  while (reader->Read(&chunk)) fetched += chunk.data().size();
+  const grpc::Status fetch_status = reader->Finish();
+  EXPECT_TRUE(fetch_status.ok()) << fetch_status.error_message();
+  EXPECT_EQ(fetched, kBigExpertBytes);
+
+  const std::optional<int> exit = drained.WaitForExit(absl::Seconds(60));
+  ASSERT_TRUE(exit.has_value());
+  EXPECT_TRUE(WIFEXITED(*exit) && WEXITSTATUS(*exit) == 0) << drained.log();
+  const absl::Duration exited = absl::Now() - sigterm;
+  EXPECT_TRUE(
+      std::filesystem::exists(dir_.File(absl::StrFormat("state%d/%s.state.json", victim, kModel))));
+  direct_[victim] = nullptr;
+
+  play.join();
+  ASSERT_TRUE(moved.ok()) << "a step failed: " << moved.status();
+  for (int i = 0; i < 3; ++i) {
+    if (i != victim) calls_after[i] = RouteCalls(*replicas_[i]);
+  }
+  for (int w = 0; w < kWorkers; ++w) {
+    const WorkerCacheReport& m = (*moved)[w].report;
+    const WorkerCacheReport& c = (*calm)[w].report;
+    const bool on_victim = absl::c_linear_search(caches_on[victim], (*moved)[w].cache);
+    EXPECT_EQ(m.reopens > 0, on_victim) << (*moved)[w].cache;
+    EXPECT_NEAR(m.HitRate(), c.HitRate(), kHitRateBound) << (*moved)[w].cache;
+    std::fprintf(stderr, "worker %d: replica %s, hit rate %.3f undisturbed %.3f, reopens %llu\n", w,
+                 on_victim ? "drained" : "kept", m.HitRate(), c.HitRate(),
+                 static_cast<unsigned long long>(m.reopens));
+  }
+  std::fprintf(stderr,
+               "timeline: SIGTERM at 0; out of HAProxy's ring at %s; every moved worker routing "
+               "again at %s; replica exited at %s\n",
+               absl::FormatDuration(out_of_ring).c_str(), absl::FormatDuration(all_moved).c_str(),
+               absl::FormatDuration(exited).c_str());
+  for (int i = 0; i < 3; ++i) {
+    std::fprintf(stderr, "replica r%d: %.0f route calls at SIGTERM, %.0f at the end%s\n", i,
+                 calls_before[i], calls_after[i], i == victim ? " (drained; at its drain)" : "");
+  }
+
+  // A fourth replica joins the ring and takes its share of new caches.
+  StartReplica(3);
+  ASSERT_TRUE(AwaitStates({{"r3", "UP"}})) << ServerStatesText();
+  std::map<int, int> new_on;
+  for (int i = 0; i < 12; ++i) {
+    const std::string cache = absl::StrFormat("new-%d", i);
+    ASSERT_TRUE(proxy_client_->OpenCache(kModel, cache, 64 * kExpertBytes).ok());
+    const std::vector<int> holders = Holders(kModel, cache);
+    ASSERT_EQ(holders.size(), 1u);
+    ++new_on[holders[0]];
+  }
+  EXPECT_GT(new_on[3], 0) << "the new replica took none of 12 new caches";
+  EXPECT_EQ(new_on.count(victim), 0u);
+  for (const auto& [replica, n] : new_on)
+    std::fprintf(stderr, "new caches on r%d: %d\n", replica, n);
+}
+
+}  // namespace
+}  // namespace moe_router
