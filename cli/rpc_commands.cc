@@ -63,8 +63,12 @@ int RegisterCommand(const std::vector<std::string>& args) {
   for (const v1::ModelSpec& spec : config.models()) {
     auto info = (*client)->Register(spec);
     if (!info.ok()) return CommandError("register", info.status());
-    std::printf("%s: %s (%s)\n", spec.name().c_str(),
-                info->created() ? "registered" : "already registered", info->store().c_str());
+    // Through a proxy this is one replica of several: name it.
+    const std::string where =
+        info->replica().empty() ? "" : absl::StrFormat(" on replica '%s'", info->replica());
+    std::printf("%s: %s%s (%s)\n", spec.name().c_str(),
+                info->created() ? "registered" : "already registered", where.c_str(),
+                info->store().c_str());
   }
   return 0;
 }

@@ -24,6 +24,9 @@ ABSL_FLAG(std::string, metrics_listen, "0.0.0.0:9464",
 ABSL_FLAG(std::string, config, "",
           "JSON file {\"models\": [ModelSpec, ...]}; without it the embedded default "
           "(mixtral-8x7b on a synthetic store) is served");
+ABSL_FLAG(std::string, replica_name, "",
+          "this replica's name in answers and errors, so that a caller behind a proxy "
+          "knows which replica answered (default: $HOSTNAME, the pod's name)");
 ABSL_FLAG(std::string, state_dir, "",
           "directory where learned affinity and co-activation survive restarts");
 ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain of the data port (enables TLS)");
@@ -61,6 +64,12 @@ ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(10),
           "at their next message); calls still open then are cancelled");
 
 namespace {
+
+std::string ReplicaName() {
+  if (std::string flag = absl::GetFlag(FLAGS_replica_name); !flag.empty()) return flag;
+  const char* host = std::getenv("HOSTNAME");
+  return host != nullptr ? host : "";
+}
 
 int Fatal(const std::string& what) {
   std::fprintf(stderr, "moe-routerd: %s\n", what.c_str());
@@ -103,7 +112,8 @@ int main(int argc, char** argv) {
                       .worker_caches = {.max_caches = absl::GetFlag(FLAGS_max_caches_per_model),
                                         .idle_timeout = absl::GetFlag(FLAGS_cache_idle_timeout)},
                       .memory_limit_bytes = memory_limit.bytes,
-                      .max_models = absl::GetFlag(FLAGS_max_models)};
+                      .max_models = absl::GetFlag(FLAGS_max_models),
+                      .replica = ReplicaName()};
   std::fprintf(stderr, "moe-routerd: models may reserve %s (%s)\n",
                moe_router::FormatBytes(memory_limit.bytes).c_str(), memory_limit.source.c_str());
   options.tls = {.cert = absl::GetFlag(FLAGS_tls_cert),

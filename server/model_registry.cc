@@ -130,13 +130,23 @@ absl::Status ModelRegistry::SaveStates() const {
   return first;
 }
 
+absl::Status ModelRegistry::NoSuchModel(const std::string& name) const {
+  if (options_.replica.empty()) {
+    return absl::NotFoundError(absl::StrFormat("no model named '%s'", name));
+  }
+  return absl::NotFoundError(absl::StrFormat(
+      "no model named '%s' on replica '%s' (each replica needs it: in the --config file every "
+      "replica loads, or registered on each)",
+      name, options_.replica));
+}
+
 absl::Status ModelRegistry::Unregister(const std::string& name) {
   std::shared_ptr<const HostedModel> removed;  // shut down outside the lock
   {
     absl::MutexLock lock(&mu_);
     const auto it = models_.find(name);
     if (it == models_.end()) {
-      return absl::NotFoundError(absl::StrFormat("no model named '%s'", name));
+      return NoSuchModel(name);
     }
     removed = std::move(it->second);
     models_.erase(it);
@@ -151,7 +161,7 @@ absl::StatusOr<std::shared_ptr<const HostedModel>> ModelRegistry::Find(
   if (name.empty()) return absl::InvalidArgumentError("model name must not be empty");
   absl::ReaderMutexLock lock(&mu_);
   const auto it = models_.find(name);
-  if (it == models_.end()) return absl::NotFoundError(absl::StrFormat("no model named '%s'", name));
+  if (it == models_.end()) return NoSuchModel(name);
   return it->second;
 }
 

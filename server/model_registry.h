@@ -43,6 +43,10 @@ struct RegistryOptions {
   /// registration past it is RESOURCE_EXHAUSTED.
   uint64_t memory_limit_bytes = ~uint64_t{0};
   uint32_t max_models = 64;
+  /// This replica's name (the pod's), in ModelInfo and in "no model"
+  /// errors: through a proxy a call reaches one replica, and a model
+  /// registered there alone is missing on the others.
+  std::string replica = {};
 };
 
 /// The models a server hosts, by name. Lookups take a shared reader lock
@@ -78,6 +82,7 @@ class ModelRegistry {
   size_t CloseIdleCaches(absl::Time now) const;
   const WorkerCacheLimits& worker_cache_limits() const { return options_.worker_caches; }
   uint64_t memory_limit_bytes() const { return options_.memory_limit_bytes; }
+  const std::string& replica() const { return options_.replica; }
   /// The footprints of the hosted models and of registrations under way.
   uint64_t committed_bytes() const;
   /// RouteTokens calls naming no hosted model, by status code (one label
@@ -85,6 +90,8 @@ class ModelRegistry {
   std::atomic<uint64_t>* unknown_route_requests() const { return unknown_route_requests_.get(); }
 
  private:
+  // NOT_FOUND for `name`, naming this replica when it has a name.
+  absl::Status NoSuchModel(const std::string& name) const;
   /// Where a model's state lives: never outside the state directory,
   /// whatever its name.
   absl::StatusOr<std::string> StatePath(const std::string& model) const;

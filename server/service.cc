@@ -85,8 +85,9 @@ std::function<absl::Status()> Interrupted(grpc::CallbackServerContext* context) 
   };
 }
 
-void ToProto(const HostedModel& model, v1::ModelInfo* out) {
+void ToProto(const HostedModel& model, const std::string& replica, v1::ModelInfo* out) {
   *out->mutable_spec() = model.spec;
+  out->set_replica(replica);
   out->set_store(model.engine->store().Describe());
   out->set_memory_bytes(model.footprint.Total());
 }
@@ -156,7 +157,7 @@ grpc::ServerUnaryReactor* MoeRouterService::RegisterModel(grpc::CallbackServerCo
     if (!created.ok()) return created.status();
     auto model = registry_->Find(request->spec().name());
     if (!model.ok()) return model.status();
-    ToProto(**model, response);
+    ToProto(**model, registry_->replica(), response);
     response->set_created(*created);
     return absl::OkStatus();
   });
@@ -178,7 +179,9 @@ grpc::ServerUnaryReactor* MoeRouterService::ListModels(grpc::CallbackServerConte
                                                        const v1::ListModelsRequest*,
                                                        v1::ListModelsResponse* response) {
   return Unary(*gate_, context, [&] {
-    for (const auto& model : registry_->List()) ToProto(*model, response->add_models());
+    for (const auto& model : registry_->List()) {
+      ToProto(*model, registry_->replica(), response->add_models());
+    }
     response->set_memory_limit_bytes(registry_->memory_limit_bytes());
     response->set_memory_committed_bytes(registry_->committed_bytes());
     return absl::OkStatus();

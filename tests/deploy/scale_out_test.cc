@@ -33,6 +33,7 @@
 #include "client/http_get.h"
 #include "core/file_io.h"
 #include "eval/workload.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "moe_router/v1/moe_router.grpc.pb.h"
 #include "tests/testing/daemon.h"
@@ -142,7 +143,8 @@ class ScaleOutTest : public ::testing::Test {
     proxy_ = std::make_unique<testing::Daemon>(
         HAPROXY_PATH, std::vector<std::string>{"-db", "-f", dir_.File("haproxy.cfg")},
         /*wait_for_port=*/false);
-    ASSERT_TRUE(AwaitStates({{"r0", "UP"}, {"r1", "UP"}, {"r2", "UP"}}))
+    // HAProxy starts with every server up: wait for the absent one's check.
+    ASSERT_TRUE(AwaitStates({{"r0", "UP"}, {"r1", "UP"}, {"r2", "UP"}, {"r3", "DOWN"}}))
         << proxy_->log() << ServerStatesText();
     auto client = Client::Connect(absl::StrFormat("127.0.0.1:%d", proxy_port_));
     ASSERT_TRUE(client.ok());
@@ -156,6 +158,7 @@ class ScaleOutTest : public ::testing::Test {
         std::vector<std::string>{absl::StrFormat("--listen=127.0.0.1:%d", ports_[i].first),
                                  absl::StrFormat("--metrics_listen=127.0.0.1:%d", ports_[i].second),
                                  "--health_listen=", "--config=" + dir_.File("models.json"),
+                                 absl::StrFormat("--replica_name=r%d", i),
                                  "--state_dir=" + dir_.File(absl::StrFormat("state%d", i)),
                                  "--drain_notice=3s", "--drain_timeout=60s"});
     ASSERT_EQ(replicas_[i]->port(), ports_[i].first) << replicas_[i]->log();
@@ -356,6 +359,44 @@ TEST_F(ScaleOutTest, WorkersStickSpreadAndMoveWithoutAFailedStepWhenAReplicaDrai
   EXPECT_EQ(new_on.count(victim), 0u);
   for (const auto& [replica, n] : new_on)
     std::fprintf(stderr, "new caches on r%d: %d\n", replica, n);
+}
+
+// Model management through the proxy reaches one replica, and says which;
+// the workers the others serve are told the model is missing there.
+TEST_F(ScaleOutTest, AModelRegisteredThroughTheProxyIsOnOneReplicaAndTheOthersSaySo) {
+  v1::ModelSpec spec;
+  spec.set_name("solo");
+  spec.set_num_layers(2);
+  spec.set_num_experts(8);
+  spec.set_top_k(2);
+  spec.set_budget_bytes(16 * kExpertBytes);
+  spec.mutable_synthetic()->set_expert_bytes(kExpertBytes);
+  auto info = proxy_client_->Register(spec);
+  ASSERT_TRUE(info.ok()) << info.status();
+  int registered_on = -1;
+  for (int i = 0; i < 3; ++i) {
+    auto models = direct_[i]->ListModels();
+    ASSERT_TRUE(models.ok());
+    for (const v1::ModelInfo& m : *models) {
+      EXPECT_EQ(m.replica(), absl::StrFormat("r%d", i));
+      if (m.spec().name() == "solo") registered_on = i;
+    }
+  }
+  EXPECT_EQ(info->replica(), absl::StrFormat("r%d", registered_on));
+
+  int refused = 0;
+  for (int i = 0; i < 12; ++i) {
+    auto opened = proxy_client_->OpenCache("solo", absl::StrFormat("w%d", i), 4 * kExpertBytes);
+    if (opened.ok()) continue;
+    ++refused;
+    EXPECT_EQ(opened.status().code(), absl::StatusCode::kNotFound);
+    EXPECT_THAT(std::string(opened.status().message()),
+                ::testing::MatchesRegex("no model named 'solo' on replica 'r[0-9]' .*--config.*"));
+    EXPECT_THAT(std::string(opened.status().message()),
+                ::testing::Not(::testing::HasSubstr(info->replica())));
+  }
+  EXPECT_GT(refused, 0) << "all 12 caches hashed to the one replica";
+  EXPECT_LT(refused, 12);
 }
 
 }  // namespace
