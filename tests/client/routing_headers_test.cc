@@ -14,6 +14,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "moe_router/v1/moe_router.grpc.pb.h"
+#include "proto/grpc_status.h"
 #include "tests/testing/test_util.h"
 
 namespace moe_router {
@@ -31,10 +32,34 @@ class RecordingService final : public v1::MoeRouter::CallbackService {
     return seen_;
   }
 
+  // The next `n` RouteTokens calls fail UNAVAILABLE, marked as a draining
+  // replica marks the calls it refused before doing any of them, or not.
+  void RefuseNextRoutes(int n, bool marked) {
+    absl::MutexLock lock(&mu_);
+    refusals_left_ = n;
+    refusals_marked_ = marked;
+  }
+  int route_calls() const {
+    absl::MutexLock lock(&mu_);
+    return route_calls_;
+  }
+
   grpc::ServerUnaryReactor* RouteTokens(grpc::CallbackServerContext* c,
                                         const v1::RouteTokensRequest*,
                                         v1::RouteTokensResponse*) override {
-    return Ok("RouteTokens", c);
+    bool refuse, marked;
+    {
+      absl::MutexLock lock(&mu_);
+      ++route_calls_;
+      refuse = refusals_left_ > 0;
+      refusals_left_ -= refuse;
+      marked = refusals_marked_;
+    }
+    if (!refuse) return Ok("RouteTokens", c);
+    if (marked) c->AddTrailingMetadata(kRefusedTrailer, "draining");
+    grpc::ServerUnaryReactor* reactor = c->DefaultReactor();
+    reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "refused"));
+    return reactor;
   }
   grpc::ServerUnaryReactor* Prefetch(grpc::CallbackServerContext* c, const v1::PrefetchRequest*,
                                      v1::PrefetchResponse*) override {
@@ -95,6 +120,9 @@ class RecordingService final : public v1::MoeRouter::CallbackService {
   }
   mutable absl::Mutex mu_;
   std::map<std::string, Seen> seen_ ABSL_GUARDED_BY(mu_);
+  int route_calls_ ABSL_GUARDED_BY(mu_) = 0;
+  int refusals_left_ ABSL_GUARDED_BY(mu_) = 0;
+  bool refusals_marked_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 class RoutingHeadersTest : public ::testing::Test {
@@ -160,6 +188,47 @@ TEST_F(RoutingHeadersTest, TheInProcessWorkersStreamNamesItsCache) {
   ASSERT_EQ(service_.seen().count("Learn"), 1u);
   EXPECT_EQ(service_.seen().at("Learn").model, "m");
   EXPECT_EQ(service_.seen().at("Learn").cache, "m/pod-2.gpu1");
+}
+
+// A call a draining replica refused (x-moe-refused) is sent again; any other
+// UNAVAILABLE is returned as it is: the call may have been carried out.
+TEST_F(RoutingHeadersTest, TheCppClientSendsAgainOnlyWhatADrainingReplicaRefused) {
+  auto client = Client::Connect(address_);
+  ASSERT_TRUE(client.ok());
+  service_.RefuseNextRoutes(2, /*marked=*/true);
+  EXPECT_TRUE((*client)->Route("m", 0, {0.0f, 1.0f}, "c").ok());
+  EXPECT_EQ(service_.route_calls(), 3);
+  service_.RefuseNextRoutes(1, /*marked=*/false);
+  EXPECT_EQ((*client)->Route("m", 0, {0.0f, 1.0f}, "c").status().code(),
+            absl::StatusCode::kUnavailable);
+  EXPECT_EQ(service_.route_calls(), 4);
+  // Refused until the deadline: the refusal is what comes back.
+  (*client)->set_timeout(absl::Milliseconds(300));
+  service_.RefuseNextRoutes(1000, /*marked=*/true);
+  EXPECT_EQ((*client)->Route("m", 0, {0.0f, 1.0f}, "c").status().code(),
+            absl::StatusCode::kUnavailable);
+  EXPECT_GT(service_.route_calls(), 5);
+}
+
+TEST_F(RoutingHeadersTest, ThePythonWorkerCacheSendsAgainOnlyWhatADrainingReplicaRefused) {
+  service_.RefuseNextRoutes(2, /*marked=*/true);
+  const std::string script = absl::StrCat(
+      "import sys; sys.path.insert(0, '", PY_PACKAGE_DIR, "')\n", "import grpc\n",
+      "from moe_router import WorkerCache\n", "cache = WorkerCache(grpc.insecure_channel('",
+      address_, "'), 'm', 'c', 100)\n", "cache.route(0, [0.0, 1.0])\n", "print('routed')\n");
+  testing::TempDir dir;
+  ASSERT_TRUE(
+      testing::RunCommand(absl::StrCat("cat > ", dir.File("retry.py"), " <<'EOF'\n", script, "EOF"))
+          .exit_code == 0);
+  testing::CommandResult run =
+      testing::RunCommand(absl::StrCat("/usr/bin/python3 ", dir.File("retry.py")));
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_EQ(service_.route_calls(), 3);
+  service_.RefuseNextRoutes(1, /*marked=*/false);
+  run = testing::RunCommand(absl::StrCat("/usr/bin/python3 ", dir.File("retry.py")));
+  EXPECT_NE(run.exit_code, 0);
+  EXPECT_THAT(run.output, ::testing::HasSubstr("UNAVAILABLE"));
+  EXPECT_EQ(service_.route_calls(), 4);
 }
 
 TEST_F(RoutingHeadersTest, ThePythonWorkerCacheNamesTheModelAndTheCache) {
