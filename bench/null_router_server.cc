@@ -10,6 +10,9 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "moe_router/v1/moe_router.grpc.pb.h"
 #include "server/route_stream_reactor.h"
 #include "server/termination_signals.h"
@@ -93,6 +96,15 @@ class NullRouter final : public moe_router::v1::MoeRouter::CallbackService {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // absl lists under --help the flags of files named like the program.
+  absl::FlagsUsageConfig usage;
+  usage.contains_helpshort_flags = usage.contains_help_flags = [](absl::string_view file) {
+    return absl::EndsWith(file, "null_router_server.cc");
+  };
+  absl::SetFlagsUsageConfig(usage);
+  absl::SetProgramUsageMessage(
+      "the null MoeRouter service loadgen compares moe-routerd against.\n"
+      "  moe-null-routerd [--listen=127.0.0.1:0] [flags]");
   absl::ParseCommandLine(argc, argv);
   const sigset_t signals = moe_router::BlockTerminationSignals();
   NullRouter service(absl::GetFlag(FLAGS_num_layers), absl::GetFlag(FLAGS_num_experts),

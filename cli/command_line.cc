@@ -6,12 +6,24 @@
 #include "absl/strings/str_format.h"
 
 namespace moe_router {
+namespace {
+
+// What Parse returns for --help: CommandUsage prints the usage on stdout and
+// exits 0.
+constexpr char kHelpRequested[] = "help requested";
+
+bool IsHelpRequest(const absl::Status& s) {
+  return s.code() == absl::StatusCode::kCancelled && s.message() == kHelpRequested;
+}
+
+}  // namespace
 
 absl::StatusOr<CommandLine> CommandLine::Parse(const std::vector<std::string>& args,
                                                const std::vector<FlagSpec>& spec) {
   CommandLine out;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& arg = args[i];
+    if (arg == "--help" || arg == "-h") return absl::CancelledError(kHelpRequested);
     if (arg.size() < 3 || arg.rfind("--", 0) != 0) {
       out.positional_.push_back(arg);
       continue;
@@ -93,10 +105,11 @@ int CommandError(const std::string& command, const absl::Status& status, int cod
 
 int CommandUsage(const std::string& command, const std::string& synopsis,
                  const absl::Status& parse_error, const std::vector<FlagSpec>& flags) {
-  if (!parse_error.ok()) CommandError(command, parse_error);
-  std::fprintf(stderr, "usage: moe-router %s %s\nflags:\n%s", command.c_str(), synopsis.c_str(),
-               CommandLine::Help(flags).c_str());
-  return 2;
+  const bool help = IsHelpRequest(parse_error);
+  if (!parse_error.ok() && !help) CommandError(command, parse_error);
+  std::fprintf(help ? stdout : stderr, "usage: moe-router %s %s\nflags:\n%s", command.c_str(),
+               synopsis.c_str(), CommandLine::Help(flags).c_str());
+  return help ? 0 : 2;
 }
 
 }  // namespace moe_router

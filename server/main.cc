@@ -7,6 +7,9 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "absl/time/clock.h"
 #include "core/file_io.h"
 #include "core/model_footprint.h"
@@ -71,6 +74,8 @@ std::string ReplicaName() {
   return host != nullptr ? host : "";
 }
 
+bool IsThisFile(absl::string_view file) { return absl::EndsWith(file, "server/main.cc"); }
+
 int Fatal(const std::string& what) {
   std::fprintf(stderr, "moe-routerd: %s\n", what.c_str());
   return 1;
@@ -79,6 +84,14 @@ int Fatal(const std::string& what) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // absl lists under --help the flags of files named like the program;
+  // these are in server/main.cc.
+  absl::FlagsUsageConfig usage;
+  usage.contains_helpshort_flags = usage.contains_help_flags = IsThisFile;
+  absl::SetFlagsUsageConfig(usage);
+  absl::SetProgramUsageMessage(
+      "the moe-router service (gRPC, health, Prometheus /metrics).\n"
+      "  moe-routerd [--config=models.json] [--listen=0.0.0.0:50051] [flags]");
   absl::ParseCommandLine(argc, argv);
   const sigset_t signals = moe_router::BlockTerminationSignals();
 

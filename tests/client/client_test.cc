@@ -15,6 +15,7 @@ namespace moe_router {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 class ClientTest : public ::testing::Test {
  protected:
@@ -84,6 +85,24 @@ TEST_F(ClientTest, CliCommands) {
   auto [bad, bad_code] = Cli("route --server " + address_ + " --model ghost");
   EXPECT_EQ(bad_code, 1);
   EXPECT_THAT(bad, HasSubstr("no model named 'ghost'"));
+}
+
+// Every command answers --help with its own flags, on stdout, exit 0, as
+// `moe-router --help` says; a wrong flag is still an error.
+TEST_F(ClientTest, CliCommandsAnswerHelp) {
+  for (const std::string command :
+       {"demo", "replay", "tracegen", "sweep", "index", "models", "register", "route", "prefetch",
+        "stats", "fetch", "loadgen", "worker", "soak"}) {
+    SCOPED_TRACE(command);
+    const auto [out, code] = Cli(command + " --help");
+    EXPECT_EQ(code, 0) << out;
+    EXPECT_THAT(out, HasSubstr("usage: moe-router " + command));
+    EXPECT_THAT(out, HasSubstr("flags:"));
+    EXPECT_THAT(out, Not(HasSubstr("unknown flag")));
+  }
+  const auto [out, code] = Cli("worker --no-such-flag");
+  EXPECT_EQ(code, 2);
+  EXPECT_THAT(out, HasSubstr("unknown flag --no-such-flag"));
 }
 
 TEST_F(ClientTest, CliPrefetch) {

@@ -241,6 +241,15 @@ TEST(DaemonTest, KillNineThenRestartLoadsTheLastSnapshot) {
   EXPECT_EQ(*ReadFile(state), snapshot);
 }
 
+TEST(DaemonTest, HelpListsItsOwnFlags) {
+  const testing::CommandResult r = testing::RunCommand(std::string(MOE_ROUTERD_PATH) + " --help");
+  // Abseil's --help exits 1 after printing, by its own convention.
+  EXPECT_THAT(r.output, HasSubstr("the moe-router service"));
+  EXPECT_THAT(r.output, HasSubstr("--drain_notice"));
+  EXPECT_THAT(r.output, HasSubstr("--listen"));
+  EXPECT_THAT(r.output, Not(HasSubstr("No flags matched")));
+}
+
 TEST(DaemonTest, BadConfigIsFatalWithTheReason) {
   testing::TempDir dir;
   ASSERT_TRUE(WriteFileAtomically(dir.File("c.json"),
