@@ -8,6 +8,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
+#include "core/json_number.h"
 #include "core/model_footprint.h"
 #include "core/resource_name.h"
 #include "nlohmann/json.hpp"
@@ -684,8 +685,14 @@ absl::Status ModelEngine::ImportState(absl::string_view text) {
     for (uint32_t l = 0; l < config_.num_layers; ++l) {
       const nlohmann::json& entry = (*layers)[l];
       affinity[l].scores = entry.at("affinity_scores").get<std::vector<double>>();
-      affinity[l].counts = entry.at("activation_counts").get<std::vector<uint64_t>>();
-      affinity[l].updates = entry.at("tokens").get<uint64_t>();
+      auto counts = JsonIntegers<uint64_t>(entry.at("activation_counts"),
+                                           absl::StrFormat("layer %d activation_counts", l));
+      if (!counts.ok()) return bad(std::string(counts.status().message()));
+      affinity[l].counts = *std::move(counts);
+      auto tokens =
+          JsonInteger<uint64_t>(entry.at("tokens"), absl::StrFormat("layer %d tokens", l));
+      if (!tokens.ok()) return bad(std::string(tokens.status().message()));
+      affinity[l].updates = *tokens;
       if (l > 0) coactivation[l] = entry.at("coactivation").get<std::vector<double>>();
       if (entry.contains("mean_logit_range")) {
         ranges[l] = entry.at("mean_logit_range").get<double>();

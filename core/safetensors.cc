@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_format.h"
 #include "core/file_io.h"
+#include "core/json_number.h"
 #include "nlohmann/json.hpp"
 
 namespace moe_router {
@@ -82,14 +83,18 @@ absl::StatusOr<SafetensorsTensor> ParseTensor(const std::string& path, const std
   if (elem == 0) return bad("unknown dtype '" + t.dtype + "'");
   uint64_t count = 1;
   for (const auto& d : *shape) {
-    if (!d.is_number_unsigned()) return bad("shape has a non-integer dimension");
-    const uint64_t dim = d.get<uint64_t>();
+    const absl::StatusOr<uint64_t> checked = JsonInteger<uint64_t>(d, "a shape dimension");
+    if (!checked.ok()) return bad("shape has a non-integer dimension");
+    const uint64_t dim = *checked;
     if (dim != 0 && count > (uint64_t{1} << 62) / dim) return bad("shape overflows");
     count *= dim;
     t.shape.push_back(static_cast<int64_t>(dim));
   }
-  const uint64_t begin = (*offsets)[0].get<uint64_t>();
-  const uint64_t end = (*offsets)[1].get<uint64_t>();
+  const absl::StatusOr<std::vector<uint64_t>> range =
+      JsonIntegers<uint64_t>(*offsets, "data_offsets");
+  if (!range.ok()) return bad(std::string(range.status().message()));
+  const uint64_t begin = (*range)[0];
+  const uint64_t end = (*range)[1];
   if (begin > end || end > data_len) {
     return bad(absl::StrFormat("data_offsets [%d, %d] lie outside the %d data bytes of the file",
                                begin, end, data_len));

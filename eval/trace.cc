@@ -3,11 +3,14 @@
 #include <algorithm>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <numeric>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "core/file_io.h"
+#include "core/json_number.h"
 #include "nlohmann/json.hpp"
 
 namespace moe_router {
@@ -35,18 +38,23 @@ absl::StatusOr<RoutingTrace> ReadRoutingJsonl(const std::string& path, std::ifst
     const auto experts = j.find("experts");
     auto token = j.find("token_idx");
     if (token == j.end()) token = j.find("token_pos");
-    if (layer == j.end() || !layer->is_number_unsigned()) return bad("missing or bad 'layer'");
-    if (token == j.end() || !token->is_number_unsigned()) {
-      return bad("missing or bad 'token_idx' / 'token_pos'");
-    }
+    if (layer == j.end()) return bad("missing 'layer'");
+    if (token == j.end()) return bad("missing 'token_idx' / 'token_pos'");
     if (experts == j.end() || !experts->is_array() || experts->empty()) {
       return bad("missing or bad 'experts'");
     }
-    std::vector<uint32_t> ids;
-    for (const auto& e : *experts) {
-      if (!e.is_number_unsigned()) return bad("'experts' holds a non-integer");
-      ids.push_back(e.get<uint32_t>());
-      max_expert = std::max(max_expert, ids.back());
+    const absl::StatusOr<uint32_t> layer_id = JsonInteger<uint32_t>(*layer, "'layer'");
+    if (!layer_id.ok()) return bad(std::string(layer_id.status().message()));
+    const absl::StatusOr<uint32_t> token_id = JsonInteger<uint32_t>(*token, "the token index");
+    if (!token_id.ok()) return bad(std::string(token_id.status().message()));
+    // The layer count is one more than the largest layer.
+    if (*layer_id == std::numeric_limits<uint32_t>::max()) return bad("'layer' is too large");
+    absl::StatusOr<std::vector<uint32_t>> parsed = JsonIntegers<uint32_t>(*experts, "'experts'");
+    if (!parsed.ok()) return bad(std::string(parsed.status().message()));
+    std::vector<uint32_t> ids = *std::move(parsed);
+    for (uint32_t id : ids) {
+      if (id == std::numeric_limits<uint32_t>::max()) return bad("an expert id is too large");
+      max_expert = std::max(max_expert, id);
     }
     if (trace.top_k == 0) trace.top_k = static_cast<uint32_t>(ids.size());
     if (ids.size() != trace.top_k) {
@@ -57,13 +65,13 @@ absl::StatusOr<RoutingTrace> ReadRoutingJsonl(const std::string& path, std::ifst
     if (j.contains("dataset")) name += j["dataset"].dump();
     if (j.contains("problem_id")) name += "/" + j["problem_id"].dump();
     if (!runs.count(name)) run_order.push_back(name);
-    auto& slot = runs[name][token->get<uint32_t>()][layer->get<uint32_t>()];
+    auto& slot = runs[name][*token_id][*layer_id];
     if (!slot.empty()) {
-      return bad(absl::StrFormat("token %d layer %d of run %s appears twice",
-                                 token->get<uint32_t>(), layer->get<uint32_t>(), name));
+      return bad(
+          absl::StrFormat("token %d layer %d of run %s appears twice", *token_id, *layer_id, name));
     }
     slot = std::move(ids);
-    trace.num_layers = std::max(trace.num_layers, layer->get<uint32_t>() + 1);
+    trace.num_layers = std::max(trace.num_layers, *layer_id + 1);
   }
   if (in.bad()) return ErrnoError("cannot read", path);
   if (runs.empty()) return absl::InvalidArgumentError(absl::StrFormat("%s: no trace lines", path));
@@ -90,13 +98,19 @@ absl::StatusOr<RoutingTrace> ReadLogitsTrace(const std::string& path, std::ifstr
     return absl::InvalidArgumentError(absl::StrFormat("%s: %s", path, why));
   };
   try {
-    trace.num_layers = header.at("num_layers").get<uint32_t>();
-    trace.num_experts = header.at("num_experts").get<uint32_t>();
-    trace.top_k = header.at("top_k").get<uint32_t>();
+    for (auto [field, out] :
+         {std::pair{"num_layers", &trace.num_layers}, std::pair{"num_experts", &trace.num_experts},
+          std::pair{"top_k", &trace.top_k}}) {
+      auto v = JsonInteger<uint32_t>(header.at(field), absl::StrCat("header '", field, "'"));
+      if (!v.ok()) return bad(std::string(v.status().message()));
+      *out = *v;
+    }
     for (const auto& r : header.at("runs")) {
       RoutingTrace::Run run;
       run.name = r.at("name").get<std::string>();
-      run.tokens = r.at("tokens").get<uint32_t>();
+      auto tokens = JsonInteger<uint32_t>(r.at("tokens"), "a run's 'tokens'");
+      if (!tokens.ok()) return bad(std::string(tokens.status().message()));
+      run.tokens = *tokens;
       trace.runs.push_back(std::move(run));
     }
   } catch (const nlohmann::json::exception& e) {

@@ -53,8 +53,7 @@ TEST(TraceTest, MalformedLinesNameTheLine) {
   };
   EXPECT_THAT(error("{\"layer\":0,\"experts\":[1],\"token_idx\":0}\nnot json\n"),
               HasSubstr("t.jsonl:2: not a JSON object"));
-  EXPECT_THAT(error("{\"experts\":[1],\"token_idx\":0}\n"),
-              HasSubstr(":1: missing or bad 'layer'"));
+  EXPECT_THAT(error("{\"experts\":[1],\"token_idx\":0}\n"), HasSubstr(":1: missing 'layer'"));
   EXPECT_THAT(error("{\"layer\":0,\"experts\":[1]}\n"), HasSubstr("'token_idx' / 'token_pos'"));
   EXPECT_THAT(error("{\"layer\":0,\"experts\":[1,2],\"token_idx\":0}\n"
                     "{\"layer\":1,\"experts\":[1],\"token_idx\":0}\n"),
@@ -64,6 +63,44 @@ TEST(TraceTest, MalformedLinesNameTheLine) {
               HasSubstr(":2: token 0 layer 0"));
   EXPECT_THAT(error(""), HasSubstr("no trace lines"));
   EXPECT_FALSE(ReadTrace(dir.File("missing.jsonl")).ok());
+}
+
+// Every id is range-checked before it is narrowed: nlohmann's get<uint32_t>
+// would take 2^32 as 0, and a float as whatever the conversion gives.
+TEST(TraceTest, IdsOutOfRangeAreRefusedNotTruncated) {
+  testing::TempDir dir;
+  const auto error = [&](const std::string& line) {
+    auto t = ReadText(dir, line + "\n");
+    EXPECT_FALSE(t.ok()) << line;
+    return std::string(t.status().message());
+  };
+  EXPECT_THAT(
+      error(R"({"layer":0,"experts":[4294967296],"token_idx":0})"),
+      HasSubstr(":1: 'experts'[0] must be an integer from 0 to 4294967295, got 4294967296"));
+  EXPECT_THAT(error(R"({"layer":4294967296,"experts":[1],"token_idx":0})"),
+              HasSubstr("'layer' must be an integer from 0 to 4294967295"));
+  EXPECT_THAT(error(R"({"layer":-1,"experts":[1],"token_idx":0})"),
+              HasSubstr("'layer' must be an integer"));
+  EXPECT_THAT(error(R"({"layer":0,"experts":[1],"token_idx":1.5})"),
+              HasSubstr("the token index must be an integer from 0 to 4294967295, got 1.5"));
+  EXPECT_THAT(error(R"({"layer":0,"experts":[true],"token_idx":0})"),
+              HasSubstr("'experts'[0] must be an integer"));
+  EXPECT_THAT(error(R"({"layer":4294967295,"experts":[1],"token_idx":0})"),
+              HasSubstr("'layer' is too large"));
+}
+
+// What a longer fuzzing run found: a header number beyond every integer
+// type reached a float-to-uint32 conversion inside nlohmann (undefined
+// behaviour; UBSan aborted). Now it is a clear error.
+TEST(TraceTest, AHugeLogitsHeaderNumberIsAnError) {
+  testing::TempDir dir;
+  const auto trace = ReadText(
+      dir, R"({"format": "moe-router-logits/1", "num_layers": 99999999999999999999999999999992, )"
+           R"("num_experts": 8, "top_k": 2, "runs": []})"
+           "\n");
+  ASSERT_FALSE(trace.ok());
+  EXPECT_THAT(std::string(trace.status().message()),
+              HasSubstr("header 'num_layers' must be an integer from 0 to 4294967295, got 1e+32"));
 }
 
 TEST(TraceTest, LogitsTraceRoundTripsAndRecomputesTopK) {
