@@ -4,9 +4,11 @@
 proto/moe_router/v1/moe_router.proto (the build writes them beside this
 file: cmake --build build --target moe_python); `WorkerCache` manages a
 worker's own expert memory with moe-routerd. Runs with Debian's
-python3-grpcio and python3-protobuf.
+python3-grpcio, python3-protobuf and python3-xxhash (fetched experts are
+verified by their XXH3-64 checksums, as the C++ client does).
 """
 
-from moe_router.worker_cache import WorkerCache, fetch_expert, routing_headers
+from moe_router.worker_cache import (ExpertDataLoss, WorkerCache, fetch_expert, routing_headers,
+                                     verify_expert)
 
-__all__ = ["WorkerCache", "fetch_expert", "routing_headers"]
+__all__ = ["ExpertDataLoss", "WorkerCache", "fetch_expert", "routing_headers", "verify_expert"]

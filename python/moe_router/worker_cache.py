@@ -13,9 +13,11 @@ out on its own copies of the expert bytes.
             weights = cache.get(layer, e)          # bytes to compute with
 """
 
+import struct
 import time
 
 import grpc
+import xxhash
 
 from moe_router.v1 import moe_router_pb2 as pb
 from moe_router.v1 import moe_router_pb2_grpc as pb_grpc
@@ -52,26 +54,72 @@ def retrying_refusals(call, timeout):
         backoff = min(2 * backoff, 0.5)
 
 
+class ExpertDataLoss(ValueError):
+    """An expert that arrived other than the server's store holds it
+    (DATA_LOSS in the C++ client): the message says which tensor or chunk."""
+
+
+def _xxh3(data):
+    return xxhash.xxh3_64_intdigest(data)
+
+
+def verify_expert(header, data, what):
+    """Checks `data` (the expert's bytes) against its header chunk as the C++
+    client's VerifyExpert does: XXH3-64 per tensor, the tensors covering the
+    bytes exactly, and the expert checksum over names and tensor digests
+    (proto/moe_router/v1/moe_router.proto, ExpertChunk.expert_xxh3)."""
+    if header is None or not header.tensors:
+        raise ExpertDataLoss(f"DATA_LOSS: {what} arrived without tensors")
+    if len(data) != header.total_bytes:
+        raise ExpertDataLoss(f"DATA_LOSS: {what}: received {len(data)} of {header.total_bytes} bytes")
+    view = memoryview(data)
+    expert = xxhash.xxh3_64()
+    offset = 0
+    for t in header.tensors:
+        if t.size_bytes > len(data) - offset:
+            raise ExpertDataLoss(f"DATA_LOSS: {what}: tensor '{t.name}' runs past the data")
+        digest = _xxh3(view[offset:offset + t.size_bytes])
+        if digest != t.xxh3:
+            raise ExpertDataLoss(
+                f"DATA_LOSS: {what}: tensor '{t.name}' arrived with a different checksum")
+        expert.update(t.name.encode())
+        expert.update(struct.pack("<Q", digest))
+        offset += t.size_bytes
+    if offset != len(data):
+        raise ExpertDataLoss(
+            f"DATA_LOSS: {what}: the tensors cover {offset} of the {len(data)} bytes received")
+    if expert.intdigest() != header.expert_xxh3:
+        raise ExpertDataLoss(f"DATA_LOSS: {what}: the expert's checksum does not match its tensors")
+
+
 def fetch_expert(stub, model, layer, expert, timeout=60, cache=""):
     """The expert's bytes from FetchExpert (for `cache`: the worker cache it
-    is fetched for). Checks that the chunks are in order and add up to the
-    size announced (the XXH3 checksums are checked by the C++ client)."""
+    is fetched for), verified: chunks in order and within the size
+    announced, and every checksum (verify_expert). ExpertDataLoss says what
+    did not match."""
+    what = f"expert L{layer}/E{expert}"
+
     def attempt(remaining):
         data = bytearray()
-        total = None
+        header = None
         for chunk in stub.FetchExpert(
             pb.FetchExpertRequest(model=model, layer=layer, expert=expert), timeout=remaining,
             metadata=routing_headers(model, cache),
         ):
-            if total is None:
-                total = chunk.total_bytes
-            if chunk.offset != len(data) or len(data) + len(chunk.data) > total:
-                raise ValueError(f"expert L{layer}/E{expert}: chunk at {chunk.offset} out of order")
+            if header is None:
+                header = chunk
+            if chunk.offset != len(data):
+                raise ExpertDataLoss(
+                    f"DATA_LOSS: {what}: chunk at offset {chunk.offset}, expected {len(data)}")
+            if len(chunk.data) > header.total_bytes - len(data):
+                raise ExpertDataLoss(f"DATA_LOSS: {what}: chunk at offset {chunk.offset} runs past "
+                                     f"the {header.total_bytes} bytes announced")
             data += chunk.data
-        if total is None or len(data) != total:
-            raise ValueError(f"expert L{layer}/E{expert}: {len(data)} bytes of {total}")
-        return bytes(data)
-    return retrying_refusals(attempt, timeout)
+        return header, data
+
+    header, data = retrying_refusals(attempt, timeout)
+    verify_expert(header, data, what)
+    return bytes(data)
 
 
 class WorkerCache:

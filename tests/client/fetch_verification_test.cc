@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "client/client.h"
 #include "core/checksum.h"
 #include "core/synthetic_store.h"
@@ -171,6 +173,47 @@ TEST_F(FetchVerificationTest, EveryAlteredStreamIsDataLossSayingWhat) {
   ASSERT_GE(honest[0].tensors_size(), 2);
   EXPECT_GE(honest[0].tensors(0).size_bytes(), 4096u);
   EXPECT_EQ(honest[0].data().size(), honest[1].data().size());
+}
+
+// The Python client verifies as the C++ one does: an honest stream arrives
+// as the store holds it, each lie is ExpertDataLoss naming what.
+TEST_F(FetchVerificationTest, ThePythonClientVerifiesTooAndSaysWhat) {
+  testing::TempDir dir;
+  const std::string script = absl::StrCat(
+      "import sys; sys.path.insert(0, '", PY_PACKAGE_DIR, "')\n", "import grpc, xxhash\n",
+      "from moe_router import ExpertDataLoss, fetch_expert\n",
+      "from moe_router.v1 import moe_router_pb2_grpc as pbg\n",
+      "stub = pbg.MoeRouterStub(grpc.insecure_channel('", liar_address_, "'))\n", "try:\n",
+      "    data = fetch_expert(stub, 'big', 1, 3)\n",
+      "    print('ok', len(data), xxhash.xxh3_64_hexdigest(data))\n",
+      "except ExpertDataLoss as e:\n", "    print('lost', e)\n");
+  ASSERT_TRUE(testing::RunCommand(
+                  absl::StrCat("cat > ", dir.File("fetch.py"), " <<'EOF'\n", script, "EOF"))
+                  .exit_code == 0);
+  const auto run = [&](std::function<void(Chunks&)> tamper) {
+    service_->set_tamper(std::move(tamper));
+    const testing::CommandResult r =
+        testing::RunCommand(absl::StrCat("/usr/bin/python3 ", dir.File("fetch.py")));
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    return r.output;
+  };
+  auto honest = client_->Fetch("big", 1, 3);
+  ASSERT_TRUE(honest.ok());
+  EXPECT_THAT(run(nullptr),
+              HasSubstr(absl::StrFormat(
+                  "ok %d %016x", kExpertBytes,
+                  Xxh3({reinterpret_cast<const uint8_t*>(honest->bytes.data()), kExpertBytes}))));
+  const std::string first = honest->header.tensors(0).name();
+  EXPECT_THAT(run([](Chunks& c) { (*c[1].mutable_data())[1000] ^= 1; }),
+              HasSubstr("lost DATA_LOSS: expert L1/E3: tensor '"));
+  EXPECT_THAT(run([](Chunks& c) { (*c[0].mutable_data())[0] ^= 1; }),
+              HasSubstr("tensor '" + first + "' arrived with a different checksum"));
+  EXPECT_THAT(run([](Chunks& c) { c[0].mutable_tensors(1)->set_name("evil"); }),
+              HasSubstr("the expert's checksum does not match its tensors"));
+  EXPECT_THAT(run([](Chunks& c) { c.pop_back(); }), HasSubstr("received"));
+  EXPECT_THAT(run([](Chunks& c) { std::swap(c[1], c[2]); }), HasSubstr("chunk at offset"));
+  EXPECT_THAT(run([](Chunks& c) { c[0].mutable_tensors()->RemoveLast(); }),
+              HasSubstr("the tensors cover"));
 }
 
 // The CLI says "verified" only for what was: a lying server makes it fail.
