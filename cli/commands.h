@@ -11,6 +11,7 @@ namespace moe_router {
 int DemoCommand(const std::vector<std::string>& args);
 int ReplayCommand(const std::vector<std::string>& args);
 int TracegenCommand(const std::vector<std::string>& args);
+int TraceCommand(const std::vector<std::string>& args);
 int SweepCommand(const std::vector<std::string>& args);
 int IndexCommand(const std::vector<std::string>& args);
 // Client commands, calling a running moe-routerd (--server ADDR).

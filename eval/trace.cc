@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <limits>
 #include <map>
 #include <numeric>
@@ -221,7 +222,8 @@ absl::Status WriteLogitsTrace(const std::string& path, const RoutingTrace& trace
 TraceStats ComputeTraceStats(const RoutingTrace& trace) {
   TraceStats s;
   const uint32_t layers = trace.num_layers;
-  std::vector<uint64_t> overlap(layers, 0), pairs(layers, 0);
+  std::vector<uint64_t> overlap(layers, 0), pairs(layers, 0), reused(layers, 0),
+      paired_accesses(layers, 0);
   uint64_t recur = 0, recur_pairs = 0;
   std::vector<std::vector<uint64_t>> uses(layers, std::vector<uint64_t>(trace.num_experts, 0));
   for (const auto& run : trace.runs) {
@@ -237,9 +239,11 @@ TraceStats ComputeTraceStats(const RoutingTrace& trace) {
       if (t == 0 || at[size_t{t - 1} * layers + l] < 0) continue;
       const auto before =
           trace.StepExperts(run, static_cast<size_t>(at[size_t{t - 1} * layers + l]));
-      bool shared = false;
-      for (uint32_t e : now) shared |= std::find(before.begin(), before.end(), e) != before.end();
-      overlap[l] += shared;
+      uint64_t shared = 0;
+      for (uint32_t e : now) shared += std::find(before.begin(), before.end(), e) != before.end();
+      overlap[l] += shared > 0;
+      reused[l] += shared;
+      paired_accesses[l] += now.size();
       ++pairs[l];
       recur += now[0] == before[0];
       ++recur_pairs;
@@ -256,6 +260,19 @@ TraceStats ComputeTraceStats(const RoutingTrace& trace) {
     s.skew_min = std::min(s.skew_min, skew);
     s.skew_max = std::max(s.skew_max, skew);
     s.skew_mean += skew / layers;
+    std::vector<uint64_t> sorted = uses[l];
+    const size_t tenth = std::max<size_t>(1, (sorted.size() + 9) / 10);
+    std::partial_sort(sorted.begin(), sorted.begin() + tenth, sorted.end(), std::greater<>());
+    const uint64_t top = std::accumulate(sorted.begin(), sorted.begin() + tenth, uint64_t{0});
+    const auto share = [](uint64_t part, uint64_t whole) {
+      return whole ? static_cast<double>(part) / whole : 0.0;
+    };
+    s.reuse_by_layer.push_back(share(reused[l], paired_accesses[l]));
+    s.busiest_share_by_layer.push_back(share(busiest, total));
+    s.top_tenth_share_by_layer.push_back(share(top, total));
+    s.reuse_mean += s.reuse_by_layer.back() / layers;
+    s.busiest_share_mean += s.busiest_share_by_layer.back() / layers;
+    s.top_tenth_share_mean += s.top_tenth_share_by_layer.back() / layers;
   }
   s.first_choice_recurrence = recur_pairs ? static_cast<double>(recur) / recur_pairs : 0;
   return s;

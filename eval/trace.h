@@ -90,6 +90,13 @@ struct TraceStats {
   /// Busiest expert's share of a layer's uses over the mean share: min,
   /// mean and max over layers.
   double skew_min = 0, skew_mean = 0, skew_max = 0;
+  /// Per layer: the share of a token's experts the previous token used too
+  /// (what a cache of one token's experts would hit); the busiest expert's
+  /// share of the layer's accesses; the share the most used tenth of the
+  /// experts (at least one) take.
+  std::vector<double> reuse_by_layer, busiest_share_by_layer, top_tenth_share_by_layer;
+  /// Means over layers.
+  double reuse_mean = 0, busiest_share_mean = 0, top_tenth_share_mean = 0;
 };
 TraceStats ComputeTraceStats(const RoutingTrace& trace);
 

@@ -91,8 +91,8 @@ TEST_F(ClientTest, CliCommands) {
 // `moe-router --help` says; a wrong flag is still an error.
 TEST_F(ClientTest, CliCommandsAnswerHelp) {
   for (const std::string command :
-       {"demo", "replay", "tracegen", "sweep", "index", "models", "register", "route", "prefetch",
-        "stats", "fetch", "loadgen", "worker", "soak"}) {
+       {"demo", "replay", "trace stats", "tracegen", "sweep", "index", "models", "register",
+        "route", "prefetch", "stats", "fetch", "loadgen", "worker", "soak"}) {
     SCOPED_TRACE(command);
     const auto [out, code] = Cli(command + " --help");
     EXPECT_EQ(code, 0) << out;
@@ -103,6 +103,28 @@ TEST_F(ClientTest, CliCommandsAnswerHelp) {
   const auto [out, code] = Cli("worker --no-such-flag");
   EXPECT_EQ(code, 2);
   EXPECT_THAT(out, HasSubstr("unknown flag --no-such-flag"));
+}
+
+TEST_F(ClientTest, CliTraceStats) {
+  testing::TempDir dir;
+  // One layer, three tokens: {0,1} -> {1,2} -> {3,2}.
+  ASSERT_TRUE(WriteFileAtomically(dir.File("t.jsonl"),
+                                  "{\"layer\":0,\"experts\":[0,1],\"token_idx\":0}\n"
+                                  "{\"layer\":0,\"experts\":[1,2],\"token_idx\":1}\n"
+                                  "{\"layer\":0,\"experts\":[3,2],\"token_idx\":2}\n")
+                  .ok());
+  const auto [table, code] = Cli("trace stats " + dir.File("t.jsonl"));
+  EXPECT_EQ(code, 0) << table;
+  EXPECT_THAT(table, HasSubstr("1 runs, 3 tokens, 1 layers x 4 experts, top-2"));
+  EXPECT_THAT(table, HasSubstr("     0    0.500    0.333      0.333"));
+  const auto [json, json_code] = Cli("trace stats --json " + dir.File("t.jsonl"));
+  ASSERT_EQ(json_code, 0) << json;
+  const nlohmann::json stats = nlohmann::json::parse(json);
+  EXPECT_DOUBLE_EQ(stats["reuse_mean"].get<double>(), 0.5);
+  EXPECT_DOUBLE_EQ(stats["busiest_share_mean"].get<double>(), 2.0 / 6);
+  const auto [missing, missing_code] = Cli("trace stats " + dir.File("none.jsonl"));
+  EXPECT_EQ(missing_code, 1);
+  EXPECT_THAT(missing, HasSubstr("none.jsonl"));
 }
 
 TEST_F(ClientTest, CliPrefetch) {

@@ -172,6 +172,12 @@ TEST(TraceTest, StatsOfAKnownTrace) {
   EXPECT_DOUBLE_EQ(s.first_choice_recurrence, 0.0);
   // Uses: 0:1, 1:2, 2:2, 3:1 of 6; busiest share 2/6 over mean 1/4.
   EXPECT_DOUBLE_EQ(s.skew_mean, (2.0 / 6) / (1.0 / 4));
+  // Token 1 reuses 1 of its 2 experts, token 2 reuses 1 of 2.
+  EXPECT_DOUBLE_EQ(s.reuse_mean, 0.5);
+  EXPECT_DOUBLE_EQ(s.busiest_share_mean, 2.0 / 6);
+  // A tenth of 4 experts is one: the busiest.
+  EXPECT_DOUBLE_EQ(s.top_tenth_share_mean, 2.0 / 6);
+  ASSERT_EQ(s.reuse_by_layer.size(), 1u);
 }
 
 }  // namespace
