@@ -1,15 +1,25 @@
 // moe-router replay TRACE (--per-layer C | --global-slots S | --global-bytes B)
 //   [--policy P]... [--prefetch-budget N] [--json] [routing flags for logits traces]
+// moe-router replay TRACE --budgets 32,64 | 10%,25% [--plot OUT.svg] [--as-one-run] [...]
 // moe-router replay --server ADDR TRACE [--model M] [--stream] [--json]
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
+#include <map>
+#include <tuple>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "cli/command_line.h"
 #include "cli/commands.h"
 #include "cli/progress.h"
 #include "cli/server_connection.h"
 #include "cli/server_replay.h"
+#include "cli/svg_plot.h"
 #include "core/eviction_policy.h"
+#include "core/file_io.h"
 #include "eval/belady_policy.h"
 #include "eval/replay.h"
 #include "nlohmann/json.hpp"
@@ -22,6 +32,11 @@ namespace {
 const std::vector<FlagSpec>& LocalReplayFlags() {
   static const std::vector<FlagSpec> flags = {
       {"per-layer", true, false, "C experts cached per layer"},
+      {"budgets", true, false,
+       "global slot budgets to sweep in one run: 32,64,128, or percentages of the experts: "
+       "10%,25%,50%"},
+      {"plot", true, false, "with --budgets: write the hit rate against budget as an SVG"},
+      {"as-one-run", false, false, "play the trace's runs back to back, as one worker's cache"},
       {"global-slots", true, false, "S expert slots shared by all layers"},
       {"global-bytes", true, false, "B bytes shared by all layers"},
       {"expert-bytes", true, false, "bytes per expert (default 1048576)"},
@@ -102,6 +117,89 @@ int ReplayThroughServerCommand(const CommandLine& cl, const RoutingTrace& trace)
   return 0;
 }
 
+// --budgets: slots, or percentages of the model's experts (all layers).
+absl::StatusOr<std::vector<uint64_t>> ParseBudgets(const std::string& list,
+                                                   const RoutingTrace& trace) {
+  const uint64_t experts = uint64_t{trace.num_layers} * trace.num_experts;
+  std::vector<uint64_t> out;
+  for (absl::string_view item : absl::StrSplit(list, ',')) {
+    const bool percent = absl::ConsumeSuffix(&item, "%");
+    double v = 0;
+    if (!absl::SimpleAtod(item, &v) || !(v > 0) || (percent && v > 100)) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("--budgets: '%s' is not a slot count or a percentage in (0, 100]", item));
+    }
+    const uint64_t slots =
+        percent ? static_cast<uint64_t>(std::ceil(v / 100 * experts)) : static_cast<uint64_t>(v);
+    if (!percent && (v != std::floor(v) || slots > experts)) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "--budgets: %s slots: a whole number up to the trace's %d experts", item, experts));
+    }
+    out.push_back(slots);
+  }
+  return out;
+}
+
+// --budgets: every policy at each budget, as a table or JSON, and a plot.
+int ReplayBudgets(const CommandLine& cl, const RoutingTrace& trace, ReplayOptions options) {
+  auto budgets = ParseBudgets(cl.Value("budgets"), trace);
+  if (!budgets.ok()) return CommandError("replay", budgets.status(), 2);
+  const bool prefetch = options.prefetch_budget > 0;
+  std::map<std::string, PlotSeries> hit, ready;
+  nlohmann::json rows = nlohmann::json::array();
+  ProgressBar bar("replay", budgets->size());
+  for (size_t b = 0; b < budgets->size(); ++b) {
+    options.amount = (*budgets)[b];
+    auto report = Replay(trace, options);
+    if (!report.ok()) return CommandError("replay", report.status());
+    for (const ReplayRow& r : report->rows) {
+      nlohmann::json row = {
+          {"policy", r.policy}, {"budget_slots", options.amount}, {"hit_rate", r.hit_rate}};
+      if (prefetch) row["ready_rate"] = r.ready_rate;
+      rows.push_back(row);
+      for (auto [series, value, suffix] :
+           {std::tuple{&hit, r.hit_rate, ""}, std::tuple{&ready, r.ready_rate, " ready"}}) {
+        PlotSeries& s = (*series)[r.policy];
+        s.name = r.policy + suffix;
+        s.x.push_back(static_cast<double>(options.amount));
+        s.y.push_back(value);
+      }
+    }
+    bar.Update(b + 1);
+  }
+  bar.Finish();
+  if (cl.Has("json")) {
+    std::printf("%s\n", nlohmann::json{{"rows", rows}}.dump(2).c_str());
+  } else {
+    std::printf("%-12s %12s %9s%s\n", "policy", "budget_slots", "hit_rate",
+                prefetch ? " ready_rate" : "");
+    for (const nlohmann::json& row : rows) {
+      std::printf("%-12s %12llu %9.3f", row["policy"].get<std::string>().c_str(),
+                  static_cast<unsigned long long>(row["budget_slots"].get<uint64_t>()),
+                  row["hit_rate"].get<double>());
+      if (prefetch) std::printf(" %10.3f", row["ready_rate"].get<double>());
+      std::printf("\n");
+    }
+  }
+  if (cl.Has("plot")) {
+    Plot plot;
+    plot.title = absl::StrFormat("hit rate against budget (%d experts in all)",
+                                 uint64_t{trace.num_layers} * trace.num_experts);
+    plot.x_label = "budget (expert slots, all layers)";
+    plot.y_label = prefetch ? "hit rate, and ready rate with prefetch" : "hit rate";
+    plot.x_max = static_cast<double>(*std::max_element(budgets->begin(), budgets->end()));
+    for (auto& [name, s] : hit) plot.series.push_back(s);
+    if (prefetch) {
+      for (auto& [name, s] : ready) plot.series.push_back(s);
+    }
+    if (absl::Status s = WriteFileAtomically(cl.Value("plot"), RenderSvg(plot)); !s.ok()) {
+      return CommandError("replay", s);
+    }
+    std::fprintf(stderr, "replay: plot written to %s\n", cl.Value("plot").c_str());
+  }
+  return 0;
+}
+
 }  // namespace
 
 absl::StatusOr<ReplayOptions> ParseReplayOptions(const CommandLine& cl, const RoutingTrace& trace) {
@@ -117,9 +215,12 @@ absl::StatusOr<ReplayOptions> ParseReplayOptions(const CommandLine& cl, const Ro
     if (!amount.ok()) return amount.status();
     options.amount = *amount;
   }
-  if (modes != 1) {
+  if (cl.Has("budgets")) {
+    if (modes != 0) return absl::InvalidArgumentError("--budgets replaces the single budget flags");
+    options.mode = BudgetMode::kGlobalSlots;  // each budget's amount is set per replay
+  } else if (modes != 1) {
     return absl::InvalidArgumentError(
-        "give exactly one of --per-layer C, --global-slots S or --global-bytes B");
+        "give exactly one of --per-layer C, --global-slots S, --global-bytes B or --budgets LIST");
   }
   auto expert_bytes = cl.Count("expert-bytes", 1 << 20);
   auto prefetch = cl.Count("prefetch-budget", 0);
@@ -206,8 +307,12 @@ int ReplayCommand(const std::vector<std::string>& args) {
   auto trace = ReadTrace(cl->positional()[0]);
   if (!trace.ok()) return CommandError("replay", trace.status());
   if (cl->Has("server")) return ReplayThroughServerCommand(*cl, *trace);
+  if (cl->Has("as-one-run")) *trace = Concatenated(*trace);
   auto options = ParseReplayOptions(*cl, *trace);
   if (!options.ok()) return CommandError("replay", options.status(), 2);
+  if (cl->Has("budgets")) return ReplayBudgets(*cl, *trace, *std::move(options));
+  if (cl->Has("plot"))
+    return CommandError("replay", absl::InvalidArgumentError("--plot needs --budgets"), 2);
   ProgressBar bar("replay", 1);
   auto report = Replay(*trace, *options, [&](uint64_t done, uint64_t total) {
     if (done == 1) bar = ProgressBar("replay", total);

@@ -1,6 +1,7 @@
 // The C++ client and the moe-router CLI against a real server on port 0.
 #include "client/client.h"
 
+#include "absl/strings/str_format.h"
 #include "core/file_io.h"
 #include "core/safetensors.h"
 #include "core/safetensors_store.h"
@@ -125,6 +126,49 @@ TEST_F(ClientTest, CliTraceStats) {
   const auto [missing, missing_code] = Cli("trace stats " + dir.File("none.jsonl"));
   EXPECT_EQ(missing_code, 1);
   EXPECT_THAT(missing, HasSubstr("none.jsonl"));
+}
+
+// replay --budgets gives, per budget, what a single replay at that budget
+// gives, and plots it.
+TEST_F(ClientTest, CliReplayBudgetsMatchSingleReplays) {
+  testing::TempDir dir;
+  std::string text;
+  for (int t = 0; t < 12; ++t) {
+    for (int l = 0; l < 2; ++l) {
+      text += absl::StrFormat(R"({"layer":%d,"experts":[%d,%d],"token_idx":%d})", l, (t * 3) % 8,
+                              (t + l) % 8 == (t * 3) % 8 ? (t + l + 1) % 8 : (t + l) % 8, t) +
+              "\n";
+    }
+  }
+  ASSERT_TRUE(WriteFileAtomically(dir.File("t.jsonl"), text).ok());
+  const std::string trace = dir.File("t.jsonl");
+  // 25% of 16 experts is 4 slots.
+  const auto [swept, code] =
+      Cli("replay " + trace + " --budgets 25%,8 --json --plot " + dir.File("p.svg"));
+  ASSERT_EQ(code, 0) << swept;
+  const nlohmann::json swept_report = nlohmann::json::parse(swept.substr(swept.find('{')));
+  const nlohmann::json& rows = swept_report["rows"];
+  int compared = 0;
+  for (int slots : {4, 8}) {
+    const auto [single, single_code] =
+        Cli("replay " + trace + " --global-slots " + std::to_string(slots) + " --json");
+    ASSERT_EQ(single_code, 0) << single;
+    const nlohmann::json single_report = nlohmann::json::parse(single.substr(single.find('{')));
+    for (const nlohmann::json& r : single_report["rows"]) {
+      for (const nlohmann::json& s : rows) {
+        if (s["policy"] != r["policy"] || s["budget_slots"].get<int>() != slots) continue;
+        EXPECT_DOUBLE_EQ(s["hit_rate"].get<double>(), r["hit_rate"].get<double>()) << s;
+        ++compared;
+      }
+    }
+  }
+  EXPECT_GE(compared, 10);  // every policy, and Belady, at both budgets
+  auto svg = ReadFile(dir.File("p.svg"));
+  ASSERT_TRUE(svg.ok());
+  EXPECT_THAT(*svg, HasSubstr("<svg"));
+  EXPECT_THAT(*svg, HasSubstr("belady"));
+  EXPECT_EQ(Cli("replay " + trace + " --budgets 0").second, 2);
+  EXPECT_EQ(Cli("replay " + trace + " --budgets 10 --global-slots 4").second, 2);
 }
 
 TEST_F(ClientTest, CliPrefetch) {

@@ -179,17 +179,17 @@ TEST_F(FetchVerificationTest, EveryAlteredStreamIsDataLossSayingWhat) {
 // as the store holds it, each lie is ExpertDataLoss naming what.
 TEST_F(FetchVerificationTest, ThePythonClientVerifiesTooAndSaysWhat) {
   testing::TempDir dir;
-  const std::string script = absl::StrCat(
-      "import sys; sys.path.insert(0, '", PY_PACKAGE_DIR, "')\n", "import grpc, xxhash\n",
-      "from moe_router import ExpertDataLoss, fetch_expert\n",
-      "from moe_router.v1 import moe_router_pb2_grpc as pbg\n",
-      "stub = pbg.MoeRouterStub(grpc.insecure_channel('", liar_address_, "'))\n", "try:\n",
-      "    data = fetch_expert(stub, 'big', 1, 3)\n",
-      "    print('ok', len(data), xxhash.xxh3_64_hexdigest(data))\n",
-      "except ExpertDataLoss as e:\n", "    print('lost', e)\n");
-  ASSERT_TRUE(testing::RunCommand(
-                  absl::StrCat("cat > ", dir.File("fetch.py"), " <<'EOF'\n", script, "EOF"))
-                  .exit_code == 0);
+  const std::string script =
+      absl::StrCat("import sys; sys.path.insert(0, '", PY_PACKAGE_DIR, "')\n",
+                   "import grpc, xxhash\n", "from moe_router import ExpertDataLoss, fetch_expert\n",
+                   "from moe_router.v1 import moe_router_pb2_grpc as pbg\n",
+                   "stub = pbg.MoeRouterStub(grpc.insecure_channel('", liar_address_, "'))\n",
+                   "try:\n", "    data = fetch_expert(stub, 'big', 1, 3)\n",
+                   "    print('ok', len(data), xxhash.xxh3_64_hexdigest(data))\n",
+                   "except ExpertDataLoss as e:\n", "    print('lost', e)\n");
+  ASSERT_TRUE(
+      testing::RunCommand(absl::StrCat("cat > ", dir.File("fetch.py"), " <<'EOF'\n", script, "EOF"))
+          .exit_code == 0);
   const auto run = [&](std::function<void(Chunks&)> tamper) {
     service_->set_tamper(std::move(tamper));
     const testing::CommandResult r =
