@@ -81,6 +81,44 @@ int Fatal(const std::string& what) {
   return 1;
 }
 
+// The ports (the last line, "listening on port", is what scripts and tests
+// wait for) and a warning about plaintext others can reach.
+void Announce(const moe_router::RouterServer& server, const moe_router::ServerOptions& options) {
+  std::fprintf(stderr, "moe-routerd: metrics on port %d\n", server.metrics_port());
+  std::fprintf(stderr, "moe-routerd: health on port %d\n", server.health_port());
+  const char* security = options.tls.client_ca.empty()
+                             ? (options.tls.cert.empty() ? "plaintext" : "TLS")
+                             : "mutual TLS";
+  if (options.tls.cert.empty() && !moe_router::IsLoopback(options.listen)) {
+    std::fprintf(stderr,
+                 "moe-routerd: WARNING: serving plaintext on %s, which other machines can reach: "
+                 "anyone who can connect may route, fetch experts%s. Use --tls_cert and --tls_key "
+                 "(and --tls_client_ca), or listen on 127.0.0.1 behind a TLS proxy\n",
+                 options.listen.c_str(),
+                 options.disable_model_management ? "" : " and register or remove models");
+  }
+  std::fprintf(stderr, "moe-routerd: listening on port %d (%s)\n", server.port(), security);
+}
+
+// SIGTERM or SIGINT: not ready for the notice (a second signal ends it),
+// then the drain (RouterServer::Shutdown).
+void Drain(moe_router::RouterServer& server, const sigset_t& signals) {
+  const int signal_number = moe_router::WaitForTerminationSignal(signals);
+  server.SetReady(false);
+  const absl::Duration notice = absl::GetFlag(FLAGS_drain_notice);
+  std::fprintf(stderr, "moe-routerd: signal %d, not ready; draining in %s\n", signal_number,
+               absl::FormatDuration(notice).c_str());
+  if (moe_router::WaitForTerminationSignalFor(signals, absl::ToInt64Milliseconds(notice))) {
+    std::fprintf(stderr, "moe-routerd: second signal, draining now\n");
+  }
+  std::fprintf(stderr, "moe-routerd: draining: new calls refused, open streams ending\n");
+  const absl::Time drain_start = absl::Now();
+  server.Shutdown(drain_start + absl::GetFlag(FLAGS_drain_timeout));
+  std::fprintf(
+      stderr, "moe-routerd: drained in %s, exiting\n",
+      absl::FormatDuration(absl::Trunc(absl::Now() - drain_start, absl::Milliseconds(1))).c_str());
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -142,35 +180,9 @@ int main(int argc, char** argv) {
     if (!created.ok()) return Fatal(std::string(created.status().message()));
     std::fprintf(stderr, "moe-routerd: serving model %s\n", spec.name().c_str());
   }
-  std::fprintf(stderr, "moe-routerd: metrics on port %d\n", (*server)->metrics_port());
-  std::fprintf(stderr, "moe-routerd: health on port %d\n", (*server)->health_port());
-  const char* security = options.tls.client_ca.empty()
-                             ? (options.tls.cert.empty() ? "plaintext" : "TLS")
-                             : "mutual TLS";
-  if (options.tls.cert.empty() && !moe_router::IsLoopback(options.listen)) {
-    std::fprintf(stderr,
-                 "moe-routerd: WARNING: serving plaintext on %s, which other machines can reach: "
-                 "anyone who can connect may route, fetch experts%s. Use --tls_cert and --tls_key "
-                 "(and --tls_client_ca), or listen on 127.0.0.1 behind a TLS proxy\n",
-                 options.listen.c_str(),
-                 options.disable_model_management ? "" : " and register or remove models");
-  }
-  std::fprintf(stderr, "moe-routerd: listening on port %d (%s)\n", (*server)->port(), security);
+  Announce(**server, options);
 
-  const int signal_number = moe_router::WaitForTerminationSignal(signals);
-  (*server)->SetReady(false);
-  const absl::Duration notice = absl::GetFlag(FLAGS_drain_notice);
-  std::fprintf(stderr, "moe-routerd: signal %d, not ready; draining in %s\n", signal_number,
-               absl::FormatDuration(notice).c_str());
-  if (moe_router::WaitForTerminationSignalFor(signals, absl::ToInt64Milliseconds(notice))) {
-    std::fprintf(stderr, "moe-routerd: second signal, draining now\n");
-  }
-  std::fprintf(stderr, "moe-routerd: draining: new calls refused, open streams ending\n");
-  const absl::Time drain_start = absl::Now();
-  (*server)->Shutdown(drain_start + absl::GetFlag(FLAGS_drain_timeout));
-  std::fprintf(
-      stderr, "moe-routerd: drained in %s, exiting\n",
-      absl::FormatDuration(absl::Trunc(absl::Now() - drain_start, absl::Milliseconds(1))).c_str());
+  Drain(**server, signals);
   // Everything is answered, saved and stopped. What destroying the server
   // would add is gRPC's library teardown, which joins an executor thread
   // that may sit in a poll with a 10 s deadline: the grace period's time,
