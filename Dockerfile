@@ -16,7 +16,7 @@ FROM debian:bookworm-slim
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       libabsl20220623 libgrpc++1.51 libgrpc29 libprotobuf32 \
-      libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 libcivetweb1 ca-certificates \
+      libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 libcivetweb1 libzip4 ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /var/lib/moe-router --create-home moe-router
 COPY --from=build /src/build/server/moe-routerd /src/build/cli/moe-router /usr/local/bin/

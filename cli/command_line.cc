@@ -2,7 +2,9 @@
 
 #include <cstdio>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 
 namespace moe_router {
@@ -24,11 +26,18 @@ absl::StatusOr<CommandLine> CommandLine::Parse(const std::vector<std::string>& a
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& arg = args[i];
     if (arg == "--help" || arg == "-h") return absl::CancelledError(kHelpRequested);
-    if (arg.size() < 3 || arg.rfind("--", 0) != 0) {
+    std::string name, value;
+    if (arg.size() == 2 && arg[0] == '-' && absl::ascii_isalpha(arg[1])) {
+      for (const FlagSpec& f : spec) {
+        if (f.short_name == arg[1]) name = f.name;
+      }
+      if (name.empty()) return absl::InvalidArgumentError(absl::StrFormat("unknown flag %s", arg));
+    } else if (arg.size() < 3 || arg.rfind("--", 0) != 0) {
       out.positional_.push_back(arg);
       continue;
+    } else {
+      name = arg.substr(2);
     }
-    std::string name = arg.substr(2), value;
     const size_t eq = name.find('=');
     const bool inline_value = eq != std::string::npos;
     if (inline_value) {
@@ -91,8 +100,10 @@ absl::StatusOr<uint64_t> CommandLine::Count(const std::string& name, uint64_t fa
 std::string CommandLine::Help(const std::vector<FlagSpec>& spec) {
   std::string out;
   for (const FlagSpec& f : spec) {
-    absl::StrAppendFormat(&out, "  --%-22s %s\n", f.takes_value ? f.name + " VALUE" : f.name,
-                          f.help);
+    const std::string shown =
+        absl::StrCat(f.short_name ? absl::StrFormat("-%c, ", f.short_name) : "", "--", f.name,
+                     f.takes_value ? " VALUE" : "");
+    absl::StrAppendFormat(&out, "  %-24s %s\n", shown, f.help);
   }
   return out;
 }

@@ -16,6 +16,7 @@ struct FlagSpec {
   bool takes_value = true;
   bool repeatable = false;
   std::string help;
+  char short_name = 0;  // e.g. 'o' for -o; 0: none
 };
 
 /// Parsed arguments of one subcommand: --name value, --name=value, bare

@@ -1,12 +1,18 @@
 // moe-router trace stats TRACE [--json]: the statistics that decide whether
 // offloading experts pays for a model, per layer and over all layers.
+// moe-router trace import FORMAT INPUT... -o OUT: the routing vLLM, SGLang or
+// Transformers recorded, as our routing JSONL or logits trace.
 #include <algorithm>
 #include <cstdio>
+#include <filesystem>
+#include <limits>
 
 #include "absl/strings/str_format.h"
 #include "cli/command_line.h"
 #include "cli/commands.h"
+#include "cli/progress.h"
 #include "eval/trace.h"
+#include "eval/trace_import.h"
 #include "nlohmann/json.hpp"
 
 namespace moe_router {
@@ -70,17 +76,139 @@ int StatsCommandOfTrace(const std::vector<std::string>& args) {
   return 0;
 }
 
+const std::vector<FlagSpec>& ImportFlags() {
+  static const std::vector<FlagSpec> flags = {
+      {"output", true, false, "the trace to write (required)", 'o'},
+      {"num-layers", true, false,
+       "the input's layer count, dense layers included (sglang: shapes the flat ids)"},
+      {"top-k", true, false, "experts per token (required for sglang's flat ids and for hf)"},
+      {"num-experts", true, false, "the model's experts per layer (default: largest id + 1)"},
+      {"first-moe-layer", true, false, "input layers below it are dense and dropped (default 0)"},
+      {"dense-layers", true, false,
+       "auto (default): drop layers that are all 0/-1 in every request; none: keep every layer"},
+      {"tokens", true, false,
+       "all (default), prompt or generated: which of a request's tokens to import"},
+  };
+  return flags;
+}
+
+constexpr char kImportSynopsis[] = "vllm|sglang|hf INPUT... -o OUT [flags]";
+
+absl::StatusOr<ImportOptions> ParseImportOptions(const CommandLine& cl) {
+  ImportOptions o;
+  for (auto [name, out] : {std::pair{"num-layers", &o.num_layers}, std::pair{"top-k", &o.top_k},
+                           std::pair{"num-experts", &o.num_experts},
+                           std::pair{"first-moe-layer", &o.first_moe_layer}}) {
+    absl::StatusOr<uint64_t> v = cl.Count(name, 0);
+    if (!v.ok()) return v.status();
+    if (*v > std::numeric_limits<uint32_t>::max()) {
+      return absl::InvalidArgumentError(absl::StrFormat("--%s %d is too large", name, *v));
+    }
+    *out = static_cast<uint32_t>(*v);
+  }
+  const std::string dense = cl.Value("dense-layers", "auto");
+  if (dense != "auto" && dense != "none") {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("--dense-layers is auto or none, not '%s'", dense));
+  }
+  o.drop_empty_layers = dense == "auto";
+  const std::string tokens = cl.Value("tokens", "all");
+  if (tokens == "prompt") {
+    o.tokens = ImportOptions::Tokens::kPrompt;
+  } else if (tokens == "generated") {
+    o.tokens = ImportOptions::Tokens::kGenerated;
+  } else if (tokens != "all") {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("--tokens is all, prompt or generated, not '%s'", tokens));
+  }
+  return o;
+}
+
+// Every input read by `read`, with a progress bar over their bytes.
+template <typename Request, typename Read>
+absl::StatusOr<std::vector<Request>> ReadInputs(const std::vector<std::string>& inputs, Read read) {
+  uint64_t total = 0;
+  std::error_code ignored;  // a missing file is reported by its reader
+  for (const std::string& path : inputs) total += std::filesystem::file_size(path, ignored);
+  ProgressBar bar("import", std::max<uint64_t>(total, 1));
+  std::vector<Request> out;
+  uint64_t done = 0;
+  for (const std::string& path : inputs) {
+    absl::StatusOr<std::vector<Request>> requests = read(path);
+    if (!requests.ok()) return requests.status();
+    for (Request& r : *requests) out.push_back(std::move(r));
+    done += std::filesystem::file_size(path, ignored);
+    bar.Update(done);
+  }
+  bar.Finish();
+  return out;
+}
+
+absl::StatusOr<ImportedTrace> Import(const std::string& format,
+                                     const std::vector<std::string>& inputs,
+                                     const ImportOptions& options) {
+  if (format == "vllm" || format == "sglang") {
+    auto requests = ReadInputs<RoutedRequest>(inputs, [&](const std::string& path) {
+      return format == "vllm" ? ReadVllmRouting(path, options) : ReadSglangRouting(path, options);
+    });
+    if (!requests.ok()) return requests.status();
+    return BuildRoutedTrace(*requests, options);
+  }
+  if (format == "hf") {
+    auto requests = ReadInputs<LogitsRequest>(
+        inputs, [&](const std::string& path) { return ReadTransformersLogits(path, options); });
+    if (!requests.ok()) return requests.status();
+    return BuildLogitsTrace(*requests, options);
+  }
+  return absl::InvalidArgumentError(
+      absl::StrFormat("unknown format '%s': vllm, sglang or hf", format));
+}
+
+int ImportCommandOfTrace(const std::vector<std::string>& args) {
+  auto cl = CommandLine::Parse(args, ImportFlags());
+  if (!cl.ok() || cl->positional().size() < 2 || !cl->Has("output")) {
+    return CommandUsage("trace import", kImportSynopsis, cl.status(), ImportFlags());
+  }
+  absl::StatusOr<ImportOptions> options = ParseImportOptions(*cl);
+  if (!options.ok()) return CommandError("trace import", options.status(), 2);
+  const std::string format = cl->positional()[0], output = cl->Value("output");
+  const std::vector<std::string> inputs(cl->positional().begin() + 1, cl->positional().end());
+  absl::StatusOr<ImportedTrace> imported = Import(format, inputs, *options);
+  if (!imported.ok()) return CommandError("trace import", imported.status());
+  const RoutingTrace& trace = imported->trace;
+  const absl::Status written =
+      trace.has_logits() ? WriteLogitsTrace(output, trace) : WriteRoutingJsonl(output, *imported);
+  if (!written.ok()) return CommandError("trace import", written);
+  std::fprintf(stderr,
+               "wrote %s: %zu runs, %llu tokens, %llu steps; %u MoE layers (input layers %u to "
+               "%u of %u) x %u experts, top-%u%s\n",
+               output.c_str(), trace.runs.size(), static_cast<unsigned long long>(trace.Tokens()),
+               static_cast<unsigned long long>(trace.Steps()), trace.num_layers,
+               imported->source_layers.front(), imported->source_layers.back(),
+               imported->dump_layers, trace.num_experts, trace.top_k,
+               trace.has_logits() ? ", with logits" : "");
+  for (const std::string& note : imported->notes) std::fprintf(stderr, "note: %s\n", note.c_str());
+  return 0;
+}
+
 }  // namespace
 
 int TraceCommand(const std::vector<std::string>& args) {
-  if (args.empty() || args[0] != "stats") {
-    std::fprintf(args.empty() || args[0] == "--help" ? stdout : stderr,
-                 "usage: moe-router trace stats TRACE [--json]\n"
-                 "  stats: reuse between consecutive tokens, the busiest expert's share and the\n"
-                 "         most used tenth's share, per layer\n");
-    return !args.empty() && args[0] == "--help" ? 0 : 2;
+  if (!args.empty() && args[0] == "stats")
+    return StatsCommandOfTrace({args.begin() + 1, args.end()});
+  if (!args.empty() && args[0] == "import") {
+    return ImportCommandOfTrace({args.begin() + 1, args.end()});
   }
-  return StatsCommandOfTrace({args.begin() + 1, args.end()});
+  const bool help = !args.empty() && (args[0] == "--help" || args[0] == "-h");
+  std::fprintf(help ? stdout : stderr,
+               "usage: moe-router trace stats TRACE [--json]\n"
+               "       moe-router trace import %s\n"
+               "  stats:  reuse between consecutive tokens, the busiest expert's share and the\n"
+               "          most used tenth's share, per layer\n"
+               "  import: the routing vLLM (.npy/.npz), SGLang (responses JSONL) or Transformers\n"
+               "          (router logits .npy/.npz) recorded, as a routing JSONL or logits trace\n",
+               kImportSynopsis);
+  return help ? 0 : 2;
 }
 
 }  // namespace moe_router

@@ -26,7 +26,7 @@ absl::StatusOr<RoutingTrace> ReadRoutingJsonl(const std::string& path, std::ifst
   RoutingTrace trace;
   std::string line;
   uint64_t line_no = 0;
-  uint32_t max_expert = 0;
+  uint32_t max_expert = 0, num_experts = 0;
   while (std::getline(in, line)) {
     ++line_no;
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
@@ -57,6 +57,16 @@ absl::StatusOr<RoutingTrace> ReadRoutingJsonl(const std::string& path, std::ifst
       if (id == std::numeric_limits<uint32_t>::max()) return bad("an expert id is too large");
       max_expert = std::max(max_expert, id);
     }
+    // Optional: the model's expert count, when some experts may go unused.
+    if (const auto declared = j.find("num_experts"); declared != j.end()) {
+      const absl::StatusOr<uint32_t> n = JsonInteger<uint32_t>(*declared, "'num_experts'");
+      if (!n.ok()) return bad(std::string(n.status().message()));
+      for (uint32_t id : ids) {
+        if (id >= *n)
+          return bad(absl::StrFormat("expert %d is not below 'num_experts' %d", id, *n));
+      }
+      num_experts = std::max(num_experts, *n);
+    }
     if (trace.top_k == 0) trace.top_k = static_cast<uint32_t>(ids.size());
     if (ids.size() != trace.top_k) {
       return bad(
@@ -76,7 +86,7 @@ absl::StatusOr<RoutingTrace> ReadRoutingJsonl(const std::string& path, std::ifst
   }
   if (in.bad()) return ErrnoError("cannot read", path);
   if (runs.empty()) return absl::InvalidArgumentError(absl::StrFormat("%s: no trace lines", path));
-  trace.num_experts = max_expert + 1;
+  trace.num_experts = std::max(num_experts, max_expert + 1);
   for (const std::string& name : run_order) {
     RoutingTrace::Run run;
     run.name = name;

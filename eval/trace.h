@@ -53,9 +53,10 @@ struct RoutingTrace {
 /// Reads a trace, recognising the format by its first line:
 /// - JSONL routing traces (see shared/traces/README.md): one object per
 ///   (run, layer, token) with `layer`, `experts`, and `token_idx` or
-///   `token_pos`; `dataset` and `problem_id` name the run; other fields are
-///   ignored. A step may be missing; a duplicate is an error. Errors name
-///   the line.
+///   `token_pos`; `dataset` and `problem_id` name the run; an optional
+///   `num_experts` gives the model's expert count (else the largest id + 1);
+///   other fields are ignored. A step may be missing; a duplicate is an
+///   error. Errors name the line.
 /// - logits traces: a JSON header line {"format": "moe-router-logits/1", ...}
 ///   then binary records (see WriteLogitsTrace).
 absl::StatusOr<RoutingTrace> ReadTrace(const std::string& path);

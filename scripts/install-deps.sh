@@ -11,6 +11,7 @@ packages=(
   haproxy  # the scale-out test runs deploy/haproxy/haproxy.cfg
   libcivetweb-dev  # /readyz and /livez on the metrics port
   python3-grpcio python3-protobuf python3-yaml
+  libzip-dev  # trace import reads numpy .npz archives (ZIP)
   python3-xxhash  # the Python client verifies fetched experts (XXH3-64)
   pybind11-dev python3-dev python3-numpy  # the native in-process engine for Python
   libssl-dev  # verifying admin client certificates

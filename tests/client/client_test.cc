@@ -1,6 +1,8 @@
 // The C++ client and the moe-router CLI against a real server on port 0.
 #include "client/client.h"
 
+#include <map>
+
 #include "absl/strings/str_format.h"
 #include "core/file_io.h"
 #include "core/safetensors.h"
@@ -169,6 +171,71 @@ TEST_F(ClientTest, CliReplayBudgetsMatchSingleReplays) {
   EXPECT_THAT(*svg, HasSubstr("belady"));
   EXPECT_EQ(Cli("replay " + trace + " --budgets 0").second, 2);
   EXPECT_EQ(Cli("replay " + trace + " --budgets 10 --global-slots 4").second, 2);
+}
+
+// --as-one-run plays the runs back to back through one cache: the same
+// hit rates as a trace that is one run of the same tokens, and more hits
+// than cold-started runs when the second run repeats the first.
+TEST_F(ClientTest, CliReplayAsOneRunCarriesTheCacheAcrossRuns) {
+  testing::TempDir dir;
+  std::string two_runs, one_run;
+  for (int run = 0; run < 2; ++run) {
+    for (int t = 0; t < 6; ++t) {
+      for (int l = 0; l < 2; ++l) {
+        const std::string experts = absl::StrFormat("[%d,%d]", (t + l) % 8, (t + l + 3) % 8);
+        two_runs += absl::StrFormat(R"({"problem_id":%d,"layer":%d,"experts":%s,"token_idx":%d})",
+                                    run, l, experts, t) +
+                    "\n";
+        one_run += absl::StrFormat(R"({"layer":%d,"experts":%s,"token_idx":%d})", l, experts,
+                                   run * 6 + t) +
+                   "\n";
+      }
+    }
+  }
+  ASSERT_TRUE(WriteFileAtomically(dir.File("two.jsonl"), two_runs).ok());
+  ASSERT_TRUE(WriteFileAtomically(dir.File("one.jsonl"), one_run).ok());
+  const auto rows = [&](const std::string& args) {
+    const auto [out, code] = Cli("replay " + args + " --budgets 12 --json");
+    EXPECT_EQ(code, 0) << out;
+    std::map<std::string, double> by_policy;
+    const nlohmann::json report = nlohmann::json::parse(out.substr(out.find('{')));
+    for (const nlohmann::json& r : report["rows"]) {
+      by_policy[r["policy"].get<std::string>()] = r["hit_rate"].get<double>();
+    }
+    return by_policy;
+  };
+  const auto carried = rows(dir.File("two.jsonl") + " --as-one-run");
+  const auto cold = rows(dir.File("two.jsonl"));
+  EXPECT_EQ(carried, rows(dir.File("one.jsonl")));
+  ASSERT_TRUE(carried.count("lru"));
+  EXPECT_GT(carried.at("lru"), cold.at("lru"));
+}
+
+// trace import on a file numpy writes, and a malformed one.
+TEST_F(ClientTest, CliTraceImport) {
+  testing::TempDir dir;
+  const testing::CommandResult made = testing::RunCommand(
+      absl::StrFormat("/usr/bin/python3 -c \"import numpy as np; "
+                      "np.save('%s', np.array([[[0, 0], [1, 5]], [[0, 0], [5, 2]]], dtype='>i4')); "
+                      "open('%s', 'wb').write(b'not npy')\" 2>&1",
+                      dir.File("r.npy"), dir.File("bad.npy")));
+  ASSERT_EQ(made.exit_code, 0) << made.output;
+  const auto [out, code] =
+      Cli("trace import vllm " + dir.File("r.npy") + " -o " + dir.File("t.jsonl"));
+  ASSERT_EQ(code, 0) << out;
+  EXPECT_THAT(out, HasSubstr("1 runs, 2 tokens, 2 steps; 1 MoE layers (input layers 1 to 1 of 2) "
+                             "x 6 experts, top-2"));
+  EXPECT_THAT(out, HasSubstr("note: input layer 0 holds no routing in any request (dense)"));
+  const auto [stats, stats_code] = Cli("trace stats " + dir.File("t.jsonl") + " --json");
+  ASSERT_EQ(stats_code, 0) << stats;
+  EXPECT_THAT(stats, HasSubstr("\"tokens\": 2"));
+  const auto [bad, bad_code] =
+      Cli("trace import vllm " + dir.File("bad.npy") + " -o " + dir.File("u.jsonl"));
+  EXPECT_EQ(bad_code, 1);
+  EXPECT_THAT(bad, HasSubstr("bad.npy: not an .npy file"));
+  EXPECT_EQ(Cli("trace import csv " + dir.File("r.npy") + " -o x").second, 1);
+  EXPECT_EQ(Cli("trace import vllm " + dir.File("r.npy")).second, 2);  // no -o
+  EXPECT_EQ(Cli("trace import vllm " + dir.File("r.npy") + " -o x --tokens some").second, 2);
 }
 
 TEST_F(ClientTest, CliPrefetch) {
