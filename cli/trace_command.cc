@@ -8,6 +8,8 @@
 #include <limits>
 
 #include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "cli/command_line.h"
 #include "cli/commands.h"
 #include "cli/progress.h"
@@ -173,20 +175,23 @@ int ImportCommandOfTrace(const std::vector<std::string>& args) {
   if (!options.ok()) return CommandError("trace import", options.status(), 2);
   const std::string format = cl->positional()[0], output = cl->Value("output");
   const std::vector<std::string> inputs(cl->positional().begin() + 1, cl->positional().end());
+  const absl::Time start = absl::Now();
   absl::StatusOr<ImportedTrace> imported = Import(format, inputs, *options);
   if (!imported.ok()) return CommandError("trace import", imported.status());
+  const absl::Time read = absl::Now();
   const RoutingTrace& trace = imported->trace;
   const absl::Status written =
       trace.has_logits() ? WriteLogitsTrace(output, trace) : WriteRoutingJsonl(output, *imported);
   if (!written.ok()) return CommandError("trace import", written);
   std::fprintf(stderr,
                "wrote %s: %zu runs, %llu tokens, %llu steps; %u MoE layers (input layers %u to "
-               "%u of %u) x %u experts, top-%u%s\n",
+               "%u of %u) x %u experts, top-%u%s; read and checked in %.2f s, written in %.2f s\n",
                output.c_str(), trace.runs.size(), static_cast<unsigned long long>(trace.Tokens()),
                static_cast<unsigned long long>(trace.Steps()), trace.num_layers,
                imported->source_layers.front(), imported->source_layers.back(),
                imported->dump_layers, trace.num_experts, trace.top_k,
-               trace.has_logits() ? ", with logits" : "");
+               trace.has_logits() ? ", with logits" : "", absl::ToDoubleSeconds(read - start),
+               absl::ToDoubleSeconds(absl::Now() - read));
   for (const std::string& note : imported->notes) std::fprintf(stderr, "note: %s\n", note.c_str());
   return 0;
 }

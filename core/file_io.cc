@@ -31,43 +31,75 @@ absl::Status PreadExact(int fd, void* buf, size_t n, uint64_t offset) {
   return absl::OkStatus();
 }
 
-absl::Status WriteFileAtomically(const std::string& path, absl::string_view contents) {
-  const std::string tmp = absl::StrFormat("%s.tmp.%d", path, getpid());
-  const int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return ErrnoError("cannot create", tmp);
-  const char* p = contents.data();
-  size_t left = contents.size();
+absl::StatusOr<AtomicFileWriter> AtomicFileWriter::Create(const std::string& path) {
+  AtomicFileWriter w;
+  w.path_ = path;
+  w.tmp_ = absl::StrFormat("%s.tmp.%d", path, getpid());
+  w.fd_ = open(w.tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (w.fd_ < 0) return ErrnoError("cannot create", w.tmp_);
+  return w;
+}
+
+AtomicFileWriter::AtomicFileWriter(AtomicFileWriter&& other) noexcept
+    : path_(std::move(other.path_)), tmp_(std::move(other.tmp_)), fd_(other.fd_) {
+  other.fd_ = -1;
+}
+
+AtomicFileWriter::~AtomicFileWriter() { Discard(); }
+
+void AtomicFileWriter::Discard() {
+  if (fd_ < 0) return;
+  close(fd_);
+  unlink(tmp_.c_str());
+  fd_ = -1;
+}
+
+absl::Status AtomicFileWriter::Append(absl::string_view data) {
+  if (fd_ < 0) return absl::FailedPreconditionError(absl::StrCat(path_, " is already written"));
+  const char* p = data.data();
+  size_t left = data.size();
   while (left > 0) {
-    const ssize_t n = write(fd, p, left);
+    const ssize_t n = write(fd_, p, left);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
-      absl::Status s = ErrnoError("cannot write", tmp);
-      close(fd);
-      unlink(tmp.c_str());
+      absl::Status s = ErrnoError("cannot write", tmp_);
+      Discard();
       return s;
     }
     p += n;
     left -= static_cast<size_t>(n);
   }
-  if (fsync(fd) != 0) {
-    absl::Status s = ErrnoError("cannot fsync", tmp);
-    close(fd);
-    unlink(tmp.c_str());
+  return absl::OkStatus();
+}
+
+absl::Status AtomicFileWriter::Commit() {
+  if (fd_ < 0) return absl::FailedPreconditionError(absl::StrCat(path_, " is already written"));
+  if (fsync(fd_) != 0) {
+    absl::Status s = ErrnoError("cannot fsync", tmp_);
+    Discard();
     return s;
   }
-  close(fd);
-  if (rename(tmp.c_str(), path.c_str()) != 0) {
-    absl::Status s = ErrnoError("cannot rename into", path);
-    unlink(tmp.c_str());
+  close(fd_);
+  fd_ = -1;
+  if (rename(tmp_.c_str(), path_.c_str()) != 0) {
+    absl::Status s = ErrnoError("cannot rename into", path_);
+    unlink(tmp_.c_str());
     return s;
   }
-  const std::string dir = std::filesystem::path(path).parent_path().string();
+  const std::string dir = std::filesystem::path(path_).parent_path().string();
   const int dfd = open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd >= 0) {
     fsync(dfd);
     close(dfd);
   }
   return absl::OkStatus();
+}
+
+absl::Status WriteFileAtomically(const std::string& path, absl::string_view contents) {
+  absl::StatusOr<AtomicFileWriter> w = AtomicFileWriter::Create(path);
+  if (!w.ok()) return w.status();
+  if (absl::Status s = w->Append(contents); !s.ok()) return s;
+  return w->Commit();
 }
 
 absl::StatusOr<std::string> PathInDirectory(const std::string& directory,

@@ -21,6 +21,26 @@ absl::Status PreadExact(int fd, void* buf, size_t n, uint64_t offset);
 /// rename, fsync of the directory. A reader sees the old or the new file.
 absl::Status WriteFileAtomically(const std::string& path, absl::string_view contents);
 
+/// The same, for contents written piece by piece (too large to hold whole):
+/// Append to the temp file, then Commit renames it into place. A writer
+/// destroyed or failed before Commit removes its temp file and leaves
+/// `path` as it was.
+class AtomicFileWriter {
+ public:
+  static absl::StatusOr<AtomicFileWriter> Create(const std::string& path);
+  AtomicFileWriter(AtomicFileWriter&& other) noexcept;
+  AtomicFileWriter& operator=(AtomicFileWriter&&) = delete;
+  ~AtomicFileWriter();
+  absl::Status Append(absl::string_view data);
+  absl::Status Commit();
+
+ private:
+  AtomicFileWriter() = default;
+  void Discard();
+  std::string path_, tmp_;
+  int fd_ = -1;
+};
+
 /// `directory/file_name`. A file name that is not one plain path component
 /// (empty, ".", "..", or holding '/' or a NUL) is INVALID_ARGUMENT, so no
 /// name reaches outside the directory whatever rule made it.

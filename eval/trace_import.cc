@@ -1,6 +1,7 @@
 #include "eval/trace_import.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <cstring>
 #include <fstream>
@@ -391,19 +392,19 @@ bool Unrouted(absl::Span<const int32_t> row) {
   return all_minus_one || (all_zero && row.size() > 1);
 }
 
-absl::Status CheckRow(absl::Span<const int32_t> row, uint32_t num_experts,
-                      absl::string_view where) {
+// What is wrong with a routed row, or "" (the common case, so no string is
+// built for it).
+std::string RowError(absl::Span<const int32_t> row, uint32_t num_experts) {
   for (size_t i = 0; i < row.size(); ++i) {
     if (row[i] < 0 || static_cast<uint32_t>(row[i]) >= num_experts) {
-      return Bad(where, absl::StrFormat("expert id %d is out of range (the model has %d experts%s)",
-                                        row[i], num_experts,
-                                        row[i] < 0 ? "; -1 marks a slot no expert took" : ""));
+      return absl::StrFormat("expert id %d is out of range (the model has %d experts%s)", row[i],
+                             num_experts, row[i] < 0 ? "; -1 marks a slot no expert took" : "");
     }
     for (size_t j = 0; j < i; ++j) {
-      if (row[j] == row[i]) return Bad(where, absl::StrFormat("expert %d appears twice", row[i]));
+      if (row[j] == row[i]) return absl::StrFormat("expert %d appears twice", row[i]);
     }
   }
-  return absl::OkStatus();
+  return "";
 }
 
 // The shape every request must share, and the trace's expert count.
@@ -448,6 +449,8 @@ absl::StatusOr<RoutingTrace::Run> RoutedRun(const RoutedRequest& r,
   }
   RoutingTrace::Run run;
   run.name = name;
+  run.steps.reserve(uint64_t{end - first} * kept.size());
+  run.experts.reserve(run.steps.capacity() * r.top_k);
   for (uint32_t t = first; t < end; ++t) {
     for (uint32_t i = 0; i < kept.size(); ++i) {
       const auto row =
@@ -456,11 +459,9 @@ absl::StatusOr<RoutingTrace::Run> RoutedRun(const RoutedRequest& r,
         ++unrouted;
         continue;
       }
-      if (absl::Status s = CheckRow(
-              row, num_experts,
-              absl::StrFormat("%s token %d layer %d (input layer %d)", name, t, i, kept[i]));
-          !s.ok()) {
-        return s;
+      if (const std::string error = RowError(row, num_experts); !error.empty()) {
+        return Bad(absl::StrFormat("%s token %d layer %d (input layer %d)", name, t, i, kept[i]),
+                   error);
       }
       run.steps.push_back({t - first, i});
       run.experts.insert(run.experts.end(), row.begin(), row.end());
@@ -694,9 +695,48 @@ absl::StatusOr<ImportedTrace> BuildLogitsTrace(const std::vector<LogitsRequest>&
   return out;
 }
 
+namespace {
+
+// Millions of lines: formatted straight into a buffer with std::to_chars
+// and written to the file a megabyte at a time, so the trace is never held
+// whole as text.
+class LineWriter {
+ public:
+  explicit LineWriter(AtomicFileWriter& file) : file_(file) {}
+  // Room for `n` more bytes.
+  absl::Status Reserve(size_t n) {
+    if (end_ + n > buf_.size()) {
+      if (absl::Status s = Flush(); !s.ok()) return s;
+    }
+    if (n > buf_.size()) buf_.resize(n);
+    return absl::OkStatus();
+  }
+  void Text(absl::string_view s) {
+    std::memcpy(buf_.data() + end_, s.data(), s.size());
+    end_ += s.size();
+  }
+  void Number(uint32_t v) {
+    end_ = std::to_chars(buf_.data() + end_, buf_.data() + buf_.size(), v).ptr - buf_.data();
+  }
+  absl::Status Flush() {
+    const size_t n = end_;
+    end_ = 0;
+    return file_.Append(absl::string_view(buf_.data(), n));
+  }
+
+ private:
+  AtomicFileWriter& file_;
+  std::vector<char> buf_ = std::vector<char>(1 << 20);
+  size_t end_ = 0;
+};
+
+}  // namespace
+
 absl::Status WriteRoutingJsonl(const std::string& path, const ImportedTrace& imported) {
   const RoutingTrace& trace = imported.trace;
-  std::string out;
+  absl::StatusOr<AtomicFileWriter> file = AtomicFileWriter::Create(path);
+  if (!file.ok()) return file.status();
+  LineWriter w(*file);
   for (size_t r = 0; r < trace.runs.size(); ++r) {
     const RoutingTrace::Run& run = trace.runs[r];
     const ImportedTrace::Origin& origin = imported.origins[r];
@@ -704,19 +744,28 @@ absl::Status WriteRoutingJsonl(const std::string& path, const ImportedTrace& imp
                                             ",\"problem_id\":", json(origin.id).dump(),
                                             ",\"num_experts\":", trace.num_experts, ",\"layer\":");
     const int64_t prompt = origin.prompt_tokens;
+    // The prefix, the numbers (10 digits at most) and the longest tail.
+    const size_t longest = prefix.size() + 11 * (2 + trace.top_k) + 48;
     for (size_t i = 0; i < run.steps.size(); ++i) {
       const RoutingTrace::Step step = run.steps[i];
-      absl::StrAppend(&out, prefix, step.layer, ",\"token_idx\":", step.token, ",\"experts\":[",
-                      absl::StrJoin(trace.StepExperts(run, i), ","), "]");
-      if (prompt >= 0) {
-        absl::StrAppend(
-            &out, step.token < prompt ? ",\"phase\":\"prompt\"}\n" : ",\"phase\":\"generated\"}\n");
-      } else {
-        out += "}\n";
+      if (absl::Status s = w.Reserve(longest); !s.ok()) return s;
+      w.Text(prefix);
+      w.Number(step.layer);
+      w.Text(",\"token_idx\":");
+      w.Number(step.token);
+      w.Text(",\"experts\":[");
+      const auto experts = trace.StepExperts(run, i);
+      for (size_t k = 0; k < experts.size(); ++k) {
+        if (k > 0) w.Text(",");
+        w.Number(experts[k]);
       }
+      w.Text(prompt < 0            ? "]}\n"
+             : step.token < prompt ? "],\"phase\":\"prompt\"}\n"
+                                   : "],\"phase\":\"generated\"}\n");
     }
   }
-  return WriteFileAtomically(path, out);
+  if (absl::Status s = w.Flush(); !s.ok()) return s;
+  return file->Commit();
 }
 
 }  // namespace moe_router

@@ -83,6 +83,29 @@ TEST(FileIoTest, AFailedWriteKeepsThePreviousFileAndLeavesNoTemporary) {
               HasSubstr("cannot create " + dir.File("absent/state.json")));
 }
 
+// Piece by piece: nothing at the path until Commit; a writer dropped
+// before it leaves the previous file and no temporary.
+TEST(FileIoTest, AtomicFileWriterShowsNothingUntilCommit) {
+  testing::TempDir dir;
+  const std::string path = dir.File("trace.jsonl");
+  ASSERT_TRUE(WriteFileAtomically(path, "previous").ok());
+  {
+    absl::StatusOr<AtomicFileWriter> w = AtomicFileWriter::Create(path);
+    ASSERT_TRUE(w.ok()) << w.status();
+    ASSERT_TRUE(w->Append("half").ok());
+    EXPECT_EQ(*ReadFile(path), "previous");
+  }
+  EXPECT_EQ(*ReadFile(path), "previous");
+  EXPECT_THAT(Listing(dir.path()), ::testing::ElementsAre("trace.jsonl"));
+  absl::StatusOr<AtomicFileWriter> w = AtomicFileWriter::Create(path);
+  ASSERT_TRUE(w.ok()) << w.status();
+  for (const char* piece : {"one ", "two ", "three"}) ASSERT_TRUE(w->Append(piece).ok());
+  ASSERT_TRUE(w->Commit().ok());
+  EXPECT_EQ(*ReadFile(path), "one two three");
+  EXPECT_THAT(Listing(dir.path()), ::testing::ElementsAre("trace.jsonl"));
+  EXPECT_TRUE(absl::IsFailedPrecondition(w->Append("more")));
+}
+
 TEST(FileIoTest, PathInDirectoryKeepsEveryNameInside) {
   EXPECT_EQ(*PathInDirectory("/var/state", "m.state.json"), "/var/state/m.state.json");
   EXPECT_EQ(*PathInDirectory("/var/state", "..m"), "/var/state/..m");
