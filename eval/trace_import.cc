@@ -633,6 +633,10 @@ absl::StatusOr<ImportedTrace> BuildLogitsTrace(const std::vector<LogitsRequest>&
                                                const ImportOptions& options) {
   if (requests.empty()) return absl::InvalidArgumentError("no requests to import");
   const LogitsRequest& first = requests[0];
+  if (options.tokens != ImportOptions::Tokens::kAll) {
+    return absl::InvalidArgumentError(
+        "router logits do not say where a prompt ends: import them with --tokens all");
+  }
   if (options.top_k == 0 || options.top_k > first.num_experts) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "router logits do not say how many experts a token takes: give --top-k from 1 to %d",

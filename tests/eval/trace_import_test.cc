@@ -306,6 +306,10 @@ TEST_F(TraceImportTest, TransformersLogitsBecomeALogitsTrace) {
   options.num_experts = 8;
   EXPECT_THAT(ErrorOf(Hf("logits.npy", options)),
               HasSubstr("the input has 4 experts, --num-experts says 8"));
+  options.num_experts = 0;
+  options.tokens = ImportOptions::Tokens::kGenerated;
+  EXPECT_THAT(ErrorOf(Hf("logits.npy", options)),
+              HasSubstr("router logits do not say where a prompt ends"));
 }
 
 // What the importer writes, ReadTrace reads back to the same trace; the
