@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <limits>
 
 #include "absl/strings/str_format.h"
@@ -126,7 +127,8 @@ absl::StatusOr<ImportOptions> ParseImportOptions(const CommandLine& cl) {
   return o;
 }
 
-// Every input read by `read`, with a progress bar over their bytes.
+// Every input read by `read`, with a progress bar over their bytes; `read`
+// may report its progress within a file.
 template <typename Request, typename Read>
 absl::StatusOr<std::vector<Request>> ReadInputs(const std::vector<std::string>& inputs, Read read) {
   uint64_t total = 0;
@@ -136,7 +138,8 @@ absl::StatusOr<std::vector<Request>> ReadInputs(const std::vector<std::string>& 
   std::vector<Request> out;
   uint64_t done = 0;
   for (const std::string& path : inputs) {
-    absl::StatusOr<std::vector<Request>> requests = read(path);
+    absl::StatusOr<std::vector<Request>> requests =
+        read(path, [&](uint64_t in_file) { bar.Update(done + in_file); });
     if (!requests.ok()) return requests.status();
     for (Request& r : *requests) out.push_back(std::move(r));
     done += std::filesystem::file_size(path, ignored);
@@ -150,15 +153,19 @@ absl::StatusOr<ImportedTrace> Import(const std::string& format,
                                      const std::vector<std::string>& inputs,
                                      const ImportOptions& options) {
   if (format == "vllm" || format == "sglang") {
-    auto requests = ReadInputs<RoutedRequest>(inputs, [&](const std::string& path) {
-      return format == "vllm" ? ReadVllmRouting(path, options) : ReadSglangRouting(path, options);
-    });
+    auto requests = ReadInputs<RoutedRequest>(
+        inputs, [&](const std::string& path, const std::function<void(uint64_t)>& progress) {
+          return format == "vllm" ? ReadVllmRouting(path, options)
+                                  : ReadSglangRouting(path, options, progress);
+        });
     if (!requests.ok()) return requests.status();
     return BuildRoutedTrace(*requests, options);
   }
   if (format == "hf") {
     auto requests = ReadInputs<LogitsRequest>(
-        inputs, [&](const std::string& path) { return ReadTransformersLogits(path, options); });
+        inputs, [&](const std::string& path, const std::function<void(uint64_t)>&) {
+          return ReadTransformersLogits(path, options);
+        });
     if (!requests.ok()) return requests.status();
     return BuildLogitsTrace(*requests, options);
   }

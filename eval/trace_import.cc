@@ -329,13 +329,17 @@ absl::StatusOr<std::vector<RoutedRequest>> ParseSglangLine(absl::string_view lin
   return out;
 }
 
-absl::StatusOr<std::vector<RoutedRequest>> ReadSglangRouting(const std::string& path,
-                                                             const ImportOptions& options) {
+absl::StatusOr<std::vector<RoutedRequest>> ReadSglangRouting(
+    const std::string& path, const ImportOptions& options,
+    const std::function<void(uint64_t)>& bytes_read) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return ErrnoError("cannot open", path);
   std::vector<RoutedRequest> out;
   std::string line;
+  uint64_t bytes = 0;
   for (uint64_t line_no = 1; std::getline(in, line); ++line_no) {
+    bytes += line.size() + 1;
+    if (bytes_read) bytes_read(bytes);
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
     absl::StatusOr<std::vector<RoutedRequest>> requests =
         ParseSglangLine(line, absl::StrCat(path, ":", line_no), Stem(path), options);

@@ -2,6 +2,7 @@
 #define MOE_ROUTER_EVAL_TRACE_IMPORT_H_
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -101,9 +102,11 @@ absl::StatusOr<std::vector<RoutedRequest>> ParseSglangLine(absl::string_view lin
                                                            absl::string_view where,
                                                            absl::string_view source,
                                                            const ImportOptions& options);
-/// Every line of an SGLang responses file.
-absl::StatusOr<std::vector<RoutedRequest>> ReadSglangRouting(const std::string& path,
-                                                             const ImportOptions& options);
+/// Every line of an SGLang responses file; `bytes_read`, if given, is told
+/// how far into the file it is after each line (one file can be gigabytes).
+absl::StatusOr<std::vector<RoutedRequest>> ReadSglangRouting(
+    const std::string& path, const ImportOptions& options,
+    const std::function<void(uint64_t)>& bytes_read = nullptr);
 /// The requests of one Transformers logits file: an .npy of (layers,
 /// tokens, num_experts), an .npz of per-layer (tokens, num_experts) arrays
 /// (numpy.savez(path, *router_logits): one request), or an .npz of 3-D
