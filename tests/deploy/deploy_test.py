@@ -13,8 +13,10 @@
   StatefulSet's drain notice), only retries of calls that reached no
   replica, and timeouts that keep long streams open. HAProxy (Debian's)
   accepts its file, and its servers are the StatefulSet's pods.
+- The Dockerfile's runtime stage installs (itself or through what apt pulls
+  in) every shared library the two binaries it copies load.
 
-    deploy_test.py DEPLOY_DIR MOE_ROUTERD PROMTOOL
+    deploy_test.py DEPLOY_DIR MOE_ROUTERD PROMTOOL MOE_ROUTER_CLI
 """
 import json
 import os
@@ -28,7 +30,7 @@ import urllib.request
 
 import yaml
 
-DEPLOY, ROUTERD, PROMTOOL = sys.argv[1:4]
+DEPLOY, ROUTERD, PROMTOOL, CLI = sys.argv[1:5]
 
 
 def load_yaml_docs(*parts):
@@ -287,6 +289,35 @@ class DeployTest(unittest.TestCase):
                                   os.path.join(DEPLOY, "haproxy", "haproxy.cfg")],
                                  capture_output=True, text=True)
         self.assertEqual(checked.returncode, 0, checked.stdout + checked.stderr)
+
+    def test_the_image_installs_every_library_the_binaries_load(self):
+        with open(os.path.join(os.path.dirname(DEPLOY), "Dockerfile")) as f:
+            runtime_stage = f.read().rsplit("\nFROM ", 1)[1]
+        install = re.search(r"apt-get install((?:[^&]|&(?!&))*)&&", runtime_stage).group(1)
+        listed = [w for w in install.split() if not w.startswith("-") and w != "\\"]
+        depends = subprocess.run(
+            ["apt-cache", "depends", "--recurse", "--no-recommends", "--no-suggests",
+             "--no-conflicts", "--no-breaks", "--no-replaces", "--no-enhances"] + listed,
+            capture_output=True, text=True, check=True).stdout
+        installed = {line.strip().split(":")[0] for line in depends.splitlines()
+                     if line and not line[0].isspace()}
+        needed = {}
+        for binary in (ROUTERD, CLI):
+            ldd = subprocess.run(["ldd", binary], capture_output=True, text=True, check=True)
+            for path in re.findall(r"=> (/\S+)", ldd.stdout):
+                # dpkg names files by their /usr path (merged /usr).
+                real = os.path.realpath(path)
+                owner = subprocess.run(["dpkg", "-S", real], capture_output=True, text=True)
+                if owner.returncode != 0:
+                    owner = subprocess.run(["dpkg", "-S", path.replace("/usr/lib/", "/lib/")],
+                                           capture_output=True, text=True)
+                self.assertEqual(owner.returncode, 0, f"no package owns {path} ({binary})")
+                needed[owner.stdout.split(":")[0]] = path
+        base = {p for p in needed if subprocess.run(
+            ["dpkg-query", "-W", "-f=${Priority}", p], capture_output=True,
+            text=True).stdout == "required"}
+        missing = {p: lib for p, lib in needed.items() if p not in installed and p not in base}
+        self.assertEqual(missing, {}, "the runtime stage of the Dockerfile lacks these packages")
 
 
 if __name__ == "__main__":
