@@ -87,6 +87,24 @@ TEST(TraceTest, IdsOutOfRangeAreRefusedNotTruncated) {
               HasSubstr("'experts'[0] must be an integer"));
   EXPECT_THAT(error(R"({"layer":4294967295,"experts":[1],"token_idx":0})"),
               HasSubstr("'layer' is too large"));
+  EXPECT_THAT(error(R"({"layer":0,"experts":[9],"token_idx":0,"num_experts":8})"),
+              HasSubstr(":1: expert 9 is not below 'num_experts' 8"));
+  EXPECT_THAT(error(R"({"layer":0,"experts":[1],"token_idx":0,"num_experts":-8})"),
+              HasSubstr("'num_experts' must be an integer"));
+}
+
+// An optional num_experts gives the model's expert count when the trace
+// does not use them all.
+TEST(TraceTest, NumExpertsOfAJsonlLineCountsExpertsNeverUsed) {
+  testing::TempDir dir;
+  auto t = ReadText(dir,
+                    "{\"layer\":0,\"experts\":[1],\"token_idx\":0,\"num_experts\":64}\n"
+                    "{\"layer\":0,\"experts\":[3],\"token_idx\":1}\n");
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ(t->num_experts, 64u);
+  t = ReadText(dir, "{\"layer\":0,\"experts\":[3],\"token_idx\":0}\n");
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ(t->num_experts, 4u);
 }
 
 // What a longer fuzzing run found: a header number beyond every integer
