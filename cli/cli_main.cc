@@ -19,7 +19,7 @@ const Command kCommands[] = {
      moe_router::DemoCommand},
     {"replay", "replay a routing trace through the expert cache: hit rates per policy",
      moe_router::ReplayCommand},
-    {"trace", "a trace's statistics: token-to-token reuse and skew, per layer (trace stats)",
+    {"trace", "a trace's statistics (trace stats); an engine's routing into a trace (trace import)",
      moe_router::TraceCommand},
     {"tracegen", "write a synthetic gate-logit trace; --compare checks it against a real one",
      moe_router::TracegenCommand},

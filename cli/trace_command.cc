@@ -75,7 +75,8 @@ int StatsCommandOfTrace(const std::vector<std::string>& args) {
                               {"reuse_by_layer", s.reuse_by_layer},
                               {"busiest_share_by_layer", s.busiest_share_by_layer},
                               {"top_tenth_share_by_layer", s.top_tenth_share_by_layer}};
-  std::printf("%s\n", out.dump(2).c_str());
+  // The path need not be UTF-8; dump() would throw on it.
+  std::printf("%s\n", out.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
   return 0;
 }
 

@@ -41,6 +41,13 @@ absl::StatusOr<uint32_t> Dimension(uint64_t dim, absl::string_view what, absl::s
   return static_cast<uint32_t>(dim);
 }
 
+// A JSON string literal. File and archive member names need not be UTF-8:
+// invalid bytes become U+FFFD (where dump() would throw), on writing and in
+// RunName alike, so the names still match.
+std::string JsonString(absl::string_view s) {
+  return json(std::string(s)).dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
 std::string ShapeText(const std::vector<uint64_t>& shape) {
   return absl::StrCat("(", absl::StrJoin(shape, ", "), ")");
 }
@@ -87,7 +94,7 @@ absl::StatusOr<RoutedRequest> RoutedFromArray(const NpyArray& array, std::string
 }  // namespace
 
 std::string RunName(absl::string_view source, absl::string_view id) {
-  return absl::StrCat(json(std::string(source)).dump(), "/", json(std::string(id)).dump());
+  return absl::StrCat(JsonString(source), "/", JsonString(id));
 }
 
 absl::StatusOr<std::vector<RoutedRequest>> ReadVllmRouting(const std::string& path,
@@ -748,8 +755,8 @@ absl::Status WriteRoutingJsonl(const std::string& path, const ImportedTrace& imp
   for (size_t r = 0; r < trace.runs.size(); ++r) {
     const RoutingTrace::Run& run = trace.runs[r];
     const ImportedTrace::Origin& origin = imported.origins[r];
-    const std::string prefix = absl::StrCat("{\"dataset\":", json(origin.source).dump(),
-                                            ",\"problem_id\":", json(origin.id).dump(),
+    const std::string prefix = absl::StrCat("{\"dataset\":", JsonString(origin.source),
+                                            ",\"problem_id\":", JsonString(origin.id),
                                             ",\"num_experts\":", trace.num_experts, ",\"layer\":");
     const int64_t prompt = origin.prompt_tokens;
     // The prefix, the numbers (10 digits at most) and the longest tail.

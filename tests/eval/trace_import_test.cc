@@ -343,5 +343,21 @@ TEST_F(TraceImportTest, WrittenTracesReadBackTheSame) {
                                R"("token_idx":0,"experts":[3,4]})"));
 }
 
+// A file name need not be UTF-8 (JSON strings must be): its invalid bytes
+// are replaced, and the written trace reads back under the same name.
+TEST_F(TraceImportTest, ANameThatIsNotUtf8IsWrittenAndReadBackTheSame) {
+  const std::string name = "req-\xff";
+  ASSERT_EQ(
+      testing::RunCommand("cp '" + File("req-0.npy") + "' '" + File(name + ".npy") + "'").exit_code,
+      0);
+  absl::StatusOr<ImportedTrace> t = Vllm({name + ".npy"});
+  ASSERT_TRUE(t.ok()) << t.status();
+  ASSERT_TRUE(WriteRoutingJsonl(File("utf8.jsonl"), *t).ok());
+  absl::StatusOr<RoutingTrace> back = ReadTrace(File("utf8.jsonl"));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->runs[0].name, t->trace.runs[0].name);
+  EXPECT_EQ(back->runs[0].name, "\"req-\xef\xbf\xbd\"/\"req-\xef\xbf\xbd\"");  // U+FFFD
+}
+
 }  // namespace
 }  // namespace moe_router
