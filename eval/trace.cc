@@ -19,70 +19,95 @@ namespace {
 
 constexpr char kLogitsFormat[] = "moe-router-logits/1";
 
+// One line of a routing JSONL trace.
+struct RoutingLine {
+  std::string run;
+  uint32_t token = 0, layer = 0;
+  std::vector<uint32_t> experts;
+  uint32_t declared_experts = 0;  // its num_experts, 0 when absent
+};
+
+// A line's fields, range-checked; an error says what is wrong (the caller
+// names the line).
+absl::StatusOr<RoutingLine> ParseRoutingLine(const std::string& text) {
+  const nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return absl::InvalidArgumentError("not a JSON object");
+  const auto layer = j.find("layer");
+  const auto experts = j.find("experts");
+  auto token = j.find("token_idx");
+  if (token == j.end()) token = j.find("token_pos");
+  if (layer == j.end()) return absl::InvalidArgumentError("missing 'layer'");
+  if (token == j.end()) return absl::InvalidArgumentError("missing 'token_idx' / 'token_pos'");
+  if (experts == j.end() || !experts->is_array() || experts->empty()) {
+    return absl::InvalidArgumentError("missing or bad 'experts'");
+  }
+  RoutingLine out;
+  const absl::StatusOr<uint32_t> layer_id = JsonInteger<uint32_t>(*layer, "'layer'");
+  if (!layer_id.ok()) return layer_id.status();
+  const absl::StatusOr<uint32_t> token_id = JsonInteger<uint32_t>(*token, "the token index");
+  if (!token_id.ok()) return token_id.status();
+  // The layer count is one more than the largest layer.
+  if (*layer_id == std::numeric_limits<uint32_t>::max()) {
+    return absl::InvalidArgumentError("'layer' is too large");
+  }
+  out.layer = *layer_id;
+  out.token = *token_id;
+  absl::StatusOr<std::vector<uint32_t>> ids = JsonIntegers<uint32_t>(*experts, "'experts'");
+  if (!ids.ok()) return ids.status();
+  out.experts = *std::move(ids);
+  for (uint32_t id : out.experts) {
+    if (id == std::numeric_limits<uint32_t>::max()) {
+      return absl::InvalidArgumentError("an expert id is too large");
+    }
+  }
+  // Optional: the model's expert count, when some experts may go unused.
+  if (const auto declared = j.find("num_experts"); declared != j.end()) {
+    const absl::StatusOr<uint32_t> n = JsonInteger<uint32_t>(*declared, "'num_experts'");
+    if (!n.ok()) return n.status();
+    for (uint32_t id : out.experts) {
+      if (id >= *n) {
+        return absl::InvalidArgumentError(
+            absl::StrFormat("expert %d is not below 'num_experts' %d", id, *n));
+      }
+    }
+    out.declared_experts = *n;
+  }
+  if (j.contains("dataset")) out.run += j["dataset"].dump();
+  if (j.contains("problem_id")) out.run += "/" + j["problem_id"].dump();
+  return out;
+}
+
 absl::StatusOr<RoutingTrace> ReadRoutingJsonl(const std::string& path, std::ifstream& in) {
   // run name -> token -> layer -> experts
   std::map<std::string, std::map<uint32_t, std::map<uint32_t, std::vector<uint32_t>>>> runs;
   std::vector<std::string> run_order;
   RoutingTrace trace;
-  std::string line;
+  std::string text;
   uint64_t line_no = 0;
   uint32_t max_expert = 0, num_experts = 0;
-  while (std::getline(in, line)) {
+  while (std::getline(in, text)) {
     ++line_no;
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    const auto bad = [&](const std::string& why) {
+    if (text.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const auto bad = [&](absl::string_view why) {
       return absl::InvalidArgumentError(absl::StrFormat("%s:%d: %s", path, line_no, why));
     };
-    const nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
-    if (j.is_discarded() || !j.is_object()) return bad("not a JSON object");
-    const auto layer = j.find("layer");
-    const auto experts = j.find("experts");
-    auto token = j.find("token_idx");
-    if (token == j.end()) token = j.find("token_pos");
-    if (layer == j.end()) return bad("missing 'layer'");
-    if (token == j.end()) return bad("missing 'token_idx' / 'token_pos'");
-    if (experts == j.end() || !experts->is_array() || experts->empty()) {
-      return bad("missing or bad 'experts'");
+    absl::StatusOr<RoutingLine> line = ParseRoutingLine(text);
+    if (!line.ok()) return bad(line.status().message());
+    for (uint32_t id : line->experts) max_expert = std::max(max_expert, id);
+    num_experts = std::max(num_experts, line->declared_experts);
+    if (trace.top_k == 0) trace.top_k = static_cast<uint32_t>(line->experts.size());
+    if (line->experts.size() != trace.top_k) {
+      return bad(absl::StrFormat("%d experts where earlier lines have %d", line->experts.size(),
+                                 trace.top_k));
     }
-    const absl::StatusOr<uint32_t> layer_id = JsonInteger<uint32_t>(*layer, "'layer'");
-    if (!layer_id.ok()) return bad(std::string(layer_id.status().message()));
-    const absl::StatusOr<uint32_t> token_id = JsonInteger<uint32_t>(*token, "the token index");
-    if (!token_id.ok()) return bad(std::string(token_id.status().message()));
-    // The layer count is one more than the largest layer.
-    if (*layer_id == std::numeric_limits<uint32_t>::max()) return bad("'layer' is too large");
-    absl::StatusOr<std::vector<uint32_t>> parsed = JsonIntegers<uint32_t>(*experts, "'experts'");
-    if (!parsed.ok()) return bad(std::string(parsed.status().message()));
-    std::vector<uint32_t> ids = *std::move(parsed);
-    for (uint32_t id : ids) {
-      if (id == std::numeric_limits<uint32_t>::max()) return bad("an expert id is too large");
-      max_expert = std::max(max_expert, id);
-    }
-    // Optional: the model's expert count, when some experts may go unused.
-    if (const auto declared = j.find("num_experts"); declared != j.end()) {
-      const absl::StatusOr<uint32_t> n = JsonInteger<uint32_t>(*declared, "'num_experts'");
-      if (!n.ok()) return bad(std::string(n.status().message()));
-      for (uint32_t id : ids) {
-        if (id >= *n)
-          return bad(absl::StrFormat("expert %d is not below 'num_experts' %d", id, *n));
-      }
-      num_experts = std::max(num_experts, *n);
-    }
-    if (trace.top_k == 0) trace.top_k = static_cast<uint32_t>(ids.size());
-    if (ids.size() != trace.top_k) {
-      return bad(
-          absl::StrFormat("%d experts where earlier lines have %d", ids.size(), trace.top_k));
-    }
-    std::string name;
-    if (j.contains("dataset")) name += j["dataset"].dump();
-    if (j.contains("problem_id")) name += "/" + j["problem_id"].dump();
-    if (!runs.count(name)) run_order.push_back(name);
-    auto& slot = runs[name][*token_id][*layer_id];
+    if (!runs.count(line->run)) run_order.push_back(line->run);
+    auto& slot = runs[line->run][line->token][line->layer];
     if (!slot.empty()) {
-      return bad(
-          absl::StrFormat("token %d layer %d of run %s appears twice", *token_id, *layer_id, name));
+      return bad(absl::StrFormat("token %d layer %d of run %s appears twice", line->token,
+                                 line->layer, line->run));
     }
-    slot = std::move(ids);
-    trace.num_layers = std::max(trace.num_layers, *layer_id + 1);
+    slot = std::move(line->experts);
+    trace.num_layers = std::max(trace.num_layers, line->layer + 1);
   }
   if (in.bad()) return ErrnoError("cannot read", path);
   if (runs.empty()) return absl::InvalidArgumentError(absl::StrFormat("%s: no trace lines", path));
