@@ -7,10 +7,10 @@
 #include <random>
 #include <vector>
 
-#include "core/model_engine.h"
-#include "core/router.h"
-#include "core/synthetic_store.h"
-#include "core/top_select.h"
+#include "core/engine/model_engine.h"
+#include "core/routing/router.h"
+#include "core/routing/top_select.h"
+#include "core/store/synthetic_store.h"
 
 namespace moe_router {
 namespace {

@@ -9,9 +9,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "client/client.h"
-#include "core/model_engine.h"
-#include "core/synthetic_store.h"
-#include "core/worker_engine.h"
+#include "core/engine/model_engine.h"
+#include "core/store/synthetic_store.h"
+#include "core/worker/worker_engine.h"
 #include "eval/workload.h"
 #include "proto/control_stream_proto.h"
 #include "server/server.h"

@@ -13,10 +13,10 @@
 #include <vector>
 
 #include "absl/strings/str_replace.h"
-#include "core/checksum.h"
-#include "core/model_engine.h"
-#include "core/safetensors.h"
-#include "core/safetensors_store.h"
+#include "core/engine/model_engine.h"
+#include "core/store/checksum.h"
+#include "core/store/safetensors.h"
+#include "core/store/safetensors_store.h"
 
 namespace moe_router {
 namespace {

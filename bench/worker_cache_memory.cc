@@ -11,8 +11,8 @@
 #include <fstream>
 #include <string>
 
-#include "core/model_engine.h"
-#include "core/synthetic_store.h"
+#include "core/engine/model_engine.h"
+#include "core/store/synthetic_store.h"
 
 namespace {
 

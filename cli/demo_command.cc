@@ -8,7 +8,7 @@
 #include "cli/command_line.h"
 #include "cli/commands.h"
 #include "cli/progress.h"
-#include "core/defaults.h"
+#include "core/engine/defaults.h"
 #include "eval/workload.h"
 
 namespace moe_router {

@@ -6,7 +6,7 @@
 
 #include "cli/command_line.h"
 #include "cli/commands.h"
-#include "core/safetensors_store.h"
+#include "core/store/safetensors_store.h"
 
 namespace moe_router {
 

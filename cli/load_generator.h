@@ -9,7 +9,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "client/client.h"
-#include "core/defaults.h"
+#include "core/engine/defaults.h"
 
 namespace moe_router {
 

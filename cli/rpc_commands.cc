@@ -12,9 +12,9 @@
 #include "cli/commands.h"
 #include "cli/server_connection.h"
 #include "client/client.h"
-#include "core/file_io.h"
-#include "core/model_footprint.h"
-#include "core/safetensors.h"
+#include "core/base/file_io.h"
+#include "core/engine/model_footprint.h"
+#include "core/store/safetensors.h"
 
 namespace moe_router {
 namespace {}  // namespace

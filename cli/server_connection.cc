@@ -1,6 +1,6 @@
 #include "cli/server_connection.h"
 
-#include "core/defaults.h"
+#include "core/engine/defaults.h"
 
 namespace moe_router {
 

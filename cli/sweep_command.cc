@@ -10,7 +10,7 @@
 #include "cli/commands.h"
 #include "cli/progress.h"
 #include "cli/svg_plot.h"
-#include "core/file_io.h"
+#include "core/base/file_io.h"
 #include "eval/replay.h"
 #include "eval/workload.h"
 #include "nlohmann/json.hpp"

@@ -14,7 +14,7 @@
 #include "cli/progress.h"
 #include "cli/server_connection.h"
 #include "cli/worker_play.h"
-#include "core/safetensors_store.h"
+#include "core/store/safetensors_store.h"
 #include "eval/replay.h"
 #include "nlohmann/json.hpp"
 

@@ -3,8 +3,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
-#include "core/checksum.h"
-#include "core/file_io.h"
+#include "core/base/file_io.h"
+#include "core/store/checksum.h"
 #include "proto/grpc_status.h"
 
 namespace moe_router {

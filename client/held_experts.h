@@ -8,7 +8,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
-#include "core/types.h"
+#include "core/base/types.h"
 
 namespace moe_router {
 

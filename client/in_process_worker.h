@@ -15,7 +15,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "core/worker_engine.h"
+#include "core/worker/worker_engine.h"
 #include "moe_router/v1/moe_router.grpc.pb.h"
 
 namespace moe_router {

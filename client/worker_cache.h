@@ -11,8 +11,8 @@
 #include "absl/types/span.h"
 #include "client/client.h"
 #include "client/held_experts.h"
-#include "core/expert_store.h"
-#include "core/types.h"
+#include "core/base/types.h"
+#include "core/store/expert_store.h"
 
 namespace moe_router {
 

@@ -5,7 +5,7 @@
 #include <functional>
 #include <memory>
 
-#include "core/eviction_policy.h"
+#include "core/cache/eviction_policy.h"
 
 namespace moe_router {
 

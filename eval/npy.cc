@@ -19,7 +19,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
-#include "core/file_io.h"
+#include "core/base/file_io.h"
 
 namespace moe_router {
 namespace {

@@ -5,8 +5,8 @@
 #include <memory>
 
 #include "absl/strings/str_format.h"
-#include "core/affinity.h"
-#include "core/expert_cache.h"
+#include "core/cache/expert_cache.h"
+#include "core/routing/affinity.h"
 #include "eval/belady_policy.h"
 
 namespace moe_router {

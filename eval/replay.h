@@ -9,7 +9,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "core/router.h"
+#include "core/routing/router.h"
 #include "eval/trace.h"
 
 namespace moe_router {

@@ -10,8 +10,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "core/file_io.h"
-#include "core/json_number.h"
+#include "core/base/file_io.h"
+#include "core/base/json_number.h"
 #include "nlohmann/json.hpp"
 
 namespace moe_router {

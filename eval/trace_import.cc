@@ -12,8 +12,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "core/file_io.h"
-#include "core/json_number.h"
+#include "core/base/file_io.h"
+#include "core/base/json_number.h"
 #include "eval/npy.h"
 #include "nlohmann/json.hpp"
 

@@ -4,8 +4,8 @@
 #include <memory>
 
 #include "absl/status/statusor.h"
-#include "core/learned_state.h"
-#include "core/worker_cache.h"
+#include "core/cache/worker_cache_set.h"
+#include "core/model/learned_state.h"
 #include "moe_router/v1/moe_router.pb.h"
 
 namespace moe_router {

@@ -1,8 +1,8 @@
 #include "proto/proto_to_core.h"
 
 #include "absl/strings/str_format.h"
-#include "core/safetensors_store.h"
-#include "core/synthetic_store.h"
+#include "core/store/safetensors_store.h"
+#include "core/store/synthetic_store.h"
 
 namespace moe_router {
 

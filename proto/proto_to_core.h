@@ -5,8 +5,8 @@
 #include <memory>
 
 #include "absl/status/statusor.h"
-#include "core/expert_store.h"
-#include "core/model_engine.h"
+#include "core/engine/model_engine.h"
+#include "core/store/expert_store.h"
 #include "moe_router/v1/moe_router.pb.h"
 
 namespace moe_router {

@@ -1,6 +1,6 @@
 #include "server/core_to_proto.h"
 
-#include "core/defaults.h"
+#include "core/engine/defaults.h"
 
 namespace moe_router {
 namespace {

@@ -1,8 +1,8 @@
 #ifndef MOE_ROUTER_SERVER_CORE_TO_PROTO_H_
 #define MOE_ROUTER_SERVER_CORE_TO_PROTO_H_
 
-#include "core/expert_store.h"
-#include "core/model_engine.h"
+#include "core/engine/model_engine.h"
+#include "core/store/expert_store.h"
 #include "moe_router/v1/moe_router.pb.h"
 
 namespace moe_router {

@@ -8,7 +8,7 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
-#include "core/learned_state.h"
+#include "core/model/learned_state.h"
 #include "moe_router/v1/moe_router.grpc.pb.h"
 #include "server/answering_stream.h"
 #include "server/model_registry.h"

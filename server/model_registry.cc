@@ -7,7 +7,7 @@
 
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
-#include "core/file_io.h"
+#include "core/base/file_io.h"
 #include "proto/proto_to_core.h"
 
 namespace moe_router {

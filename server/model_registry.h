@@ -11,8 +11,8 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
-#include "core/model_engine.h"
-#include "core/model_footprint.h"
+#include "core/engine/model_engine.h"
+#include "core/engine/model_footprint.h"
 #include "moe_router/v1/moe_router.pb.h"
 #include "proto/grpc_status.h"
 

@@ -4,7 +4,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_format.h"
-#include "core/file_io.h"
+#include "core/base/file_io.h"
 
 namespace moe_router {
 namespace {

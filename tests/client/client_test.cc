@@ -4,9 +4,9 @@
 #include <map>
 
 #include "absl/strings/str_format.h"
-#include "core/file_io.h"
-#include "core/safetensors.h"
-#include "core/safetensors_store.h"
+#include "core/base/file_io.h"
+#include "core/store/safetensors.h"
+#include "core/store/safetensors_store.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"

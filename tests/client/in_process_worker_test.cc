@@ -5,7 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "cli/server_replay.h"
 #include "client/worker_cache.h"
-#include "core/synthetic_store.h"
+#include "core/store/synthetic_store.h"
 #include "eval/trace.h"
 #include "eval/workload.h"
 #include "gmock/gmock.h"

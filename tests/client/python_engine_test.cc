@@ -5,7 +5,7 @@
 #include "absl/strings/str_split.h"
 #include "client/client.h"
 #include "client/in_process_worker.h"
-#include "core/file_io.h"
+#include "core/base/file_io.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "server/server.h"

@@ -8,7 +8,7 @@
 #include "cli/worker_play.h"
 #include "client/http_get.h"
 #include "client/worker_cache.h"
-#include "core/file_io.h"
+#include "core/base/file_io.h"
 #include "eval/replay.h"
 #include "eval/workload.h"
 #include "gmock/gmock.h"

@@ -1,4 +1,4 @@
-#include "core/affinity.h"
+#include "core/routing/affinity.h"
 
 #include <cmath>
 #include <random>

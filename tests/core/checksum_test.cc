@@ -1,8 +1,8 @@
-#include "core/checksum.h"
+#include "core/store/checksum.h"
 
 #include <xxhash.h>
 
-#include "core/checksum_impl_internal.h"
+#include "core/store/checksum_impl_internal.h"
 #include "gtest/gtest.h"
 #include "tests/testing/test_util.h"
 

@@ -1,4 +1,4 @@
-#include "core/eviction_policy.h"
+#include "core/cache/eviction_policy.h"
 
 #include <cmath>
 

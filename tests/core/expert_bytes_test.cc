@@ -1,4 +1,4 @@
-#include "core/expert_bytes.h"
+#include "core/store/expert_bytes.h"
 
 #include <cstring>
 #include <vector>

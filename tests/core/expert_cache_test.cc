@@ -1,4 +1,4 @@
-#include "core/expert_cache.h"
+#include "core/cache/expert_cache.h"
 
 #include <atomic>
 #include <random>

@@ -1,4 +1,4 @@
-#include "core/file_io.h"
+#include "core/base/file_io.h"
 
 #include <signal.h>
 #include <sys/resource.h>

@@ -1,11 +1,11 @@
-#include "core/model_engine.h"
+#include "core/engine/model_engine.h"
 
 #include <thread>
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
-#include "core/synthetic_store.h"
+#include "core/store/synthetic_store.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"

@@ -1,8 +1,8 @@
-#include "core/model_footprint.h"
+#include "core/engine/model_footprint.h"
 
 #include <malloc.h>
 
-#include "core/synthetic_store.h"
+#include "core/store/synthetic_store.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 

@@ -1,12 +1,12 @@
-#include "core/paging_pool.h"
+#include "core/paging/paging_pool.h"
 
 #include <thread>
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
-#include "core/checksum.h"
-#include "core/safetensors_store.h"
-#include "core/synthetic_store.h"
+#include "core/store/checksum.h"
+#include "core/store/safetensors_store.h"
+#include "core/store/synthetic_store.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/gated_store.h"

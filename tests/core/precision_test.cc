@@ -1,4 +1,4 @@
-#include "core/precision.h"
+#include "core/model/precision.h"
 
 #include "gtest/gtest.h"
 

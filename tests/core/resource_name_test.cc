@@ -1,4 +1,4 @@
-#include "core/resource_name.h"
+#include "core/base/resource_name.h"
 
 #include <string>
 

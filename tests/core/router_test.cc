@@ -1,4 +1,4 @@
-#include "core/router.h"
+#include "core/routing/router.h"
 
 #include <algorithm>
 #include <cmath>

@@ -1,4 +1,4 @@
-#include "core/safetensors.h"
+#include "core/store/safetensors.h"
 
 #include <filesystem>
 #include <fstream>
@@ -6,9 +6,9 @@
 #include <set>
 
 #include "absl/strings/str_replace.h"
-#include "core/checksum.h"
-#include "core/file_io.h"
-#include "core/safetensors_store.h"
+#include "core/base/file_io.h"
+#include "core/store/checksum.h"
+#include "core/store/safetensors_store.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"

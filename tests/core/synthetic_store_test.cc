@@ -1,6 +1,6 @@
-#include "core/synthetic_store.h"
+#include "core/store/synthetic_store.h"
 
-#include "core/checksum.h"
+#include "core/store/checksum.h"
 #include "gtest/gtest.h"
 
 namespace moe_router {

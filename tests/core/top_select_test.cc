@@ -1,4 +1,4 @@
-#include "core/top_select.h"
+#include "core/routing/top_select.h"
 
 #include <algorithm>
 #include <cmath>

@@ -1,9 +1,10 @@
-#include "core/worker_cache.h"
-
 #include <random>
 
-#include "core/expert_cache.h"
-#include "core/synthetic_store.h"
+#include "core/cache/expert_cache.h"
+#include "core/cache/worker_cache_set.h"
+#include "core/cache/worker_cache_view.h"
+#include "core/model/page_routed_batch.h"
+#include "core/store/synthetic_store.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 

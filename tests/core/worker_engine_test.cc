@@ -1,11 +1,11 @@
-#include "core/worker_engine.h"
+#include "core/worker/worker_engine.h"
 
 #include <atomic>
 #include <cstdlib>
 #include <new>
 
-#include "core/model_engine.h"
-#include "core/synthetic_store.h"
+#include "core/engine/model_engine.h"
+#include "core/store/synthetic_store.h"
 #include "eval/workload.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"

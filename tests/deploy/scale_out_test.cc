@@ -31,7 +31,7 @@
 #include "cli/worker_play.h"
 #include "client/client.h"
 #include "client/http_get.h"
-#include "core/file_io.h"
+#include "core/base/file_io.h"
 #include "eval/workload.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"

@@ -1,6 +1,6 @@
 #include "eval/trace.h"
 
-#include "core/file_io.h"
+#include "core/base/file_io.h"
 #include "eval/workload.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"

@@ -8,8 +8,8 @@
 #include <vector>
 
 #include "absl/time/clock.h"
-#include "core/model_engine.h"
-#include "core/synthetic_store.h"
+#include "core/engine/model_engine.h"
+#include "core/store/synthetic_store.h"
 #include "moe_router/v1/moe_router.pb.h"
 
 namespace {

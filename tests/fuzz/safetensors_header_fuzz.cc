@@ -3,7 +3,7 @@
 // not checked against the file; what it accepts is self-consistent.
 #include <cstdlib>
 
-#include "core/safetensors.h"
+#include "core/store/safetensors.h"
 #include "tests/fuzz/fuzz_util.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

@@ -3,8 +3,8 @@
 // loads again to the same state.
 #include <cstdlib>
 
-#include "core/model_engine.h"
-#include "core/synthetic_store.h"
+#include "core/engine/model_engine.h"
+#include "core/store/synthetic_store.h"
 
 namespace {
 

@@ -17,7 +17,7 @@
 #include "absl/time/clock.h"
 #include "client/client.h"
 #include "client/in_process_worker.h"
-#include "core/file_io.h"
+#include "core/base/file_io.h"
 #include "gmock/gmock.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpc/reflection/v1alpha/reflection.grpc.pb.h"

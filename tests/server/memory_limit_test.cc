@@ -2,7 +2,7 @@
 
 #include <filesystem>
 
-#include "core/file_io.h"
+#include "core/base/file_io.h"
 #include "gtest/gtest.h"
 #include "tests/testing/test_util.h"
 

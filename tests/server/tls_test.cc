@@ -4,7 +4,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "client/client.h"
-#include "core/file_io.h"
+#include "core/base/file_io.h"
 #include "gmock/gmock.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "gtest/gtest.h"

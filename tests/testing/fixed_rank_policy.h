@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "core/eviction_policy.h"
+#include "core/cache/eviction_policy.h"
 
 namespace moe_router::testing {
 

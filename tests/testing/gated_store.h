@@ -7,8 +7,8 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
-#include "core/expert_store.h"
-#include "core/synthetic_store.h"
+#include "core/store/expert_store.h"
+#include "core/store/synthetic_store.h"
 
 namespace moe_router::testing {
 

@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "absl/time/time.h"
-#include "core/safetensors.h"
+#include "core/store/safetensors.h"
 
 namespace moe_router::testing {
 

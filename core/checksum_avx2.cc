@@ -1,4 +1,0 @@
-// Compiled with -mavx2 (see CMakeLists.txt); used only where the CPU has it.
-#include "core/checksum_impl_internal.h"
-#define XXH3_IMPL_NAME Xxh3Avx2
-#include "core/checksum_impl.inc"

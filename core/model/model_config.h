@@ -1,0 +1,46 @@
+#ifndef MOE_ROUTER_CORE_MODEL_MODEL_CONFIG_H_
+#define MOE_ROUTER_CORE_MODEL_MODEL_CONFIG_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "core/cache/worker_cache_set.h"
+#include "core/metrics/metrics.h"
+#include "core/model/precision.h"
+#include "core/paging/paging_options.h"
+#include "core/routing/affinity.h"
+#include "core/routing/router.h"
+
+namespace moe_router {
+
+/// Limits on a model's shape, checked by ModelConfig::Validate. They hold the
+/// largest MoE models released (58 MoE layers x 256 experts, 61 x 384,
+/// 94 x 128) many times over; what a shape within them costs is then
+/// weighed against the server's memory limit.
+inline constexpr uint32_t kMaxModelLayers = 1024;
+inline constexpr uint32_t kMaxModelExperts = 4096;
+
+/// Everything that defines one hosted model.
+struct ModelConfig {
+  std::string name;
+  uint32_t num_layers = 32;
+  /// num_experts and top_k live here.
+  RouterConfig router;
+  AffinityConfig affinity;
+  uint64_t budget_bytes = 0;
+  std::string eviction_policy = "layer_reuse";
+  PrecisionConfig precision;
+  PagingPoolOptions paging;
+  /// After routing layer l, prefetch this many experts of layer l+1
+  /// predicted by co-activation (0: none).
+  uint32_t prefetch_next_layer = 2;
+  Targets targets;
+  WorkerCacheLimits worker_caches;
+
+  absl::Status Validate() const;
+};
+
+}  // namespace moe_router
+
+#endif  // MOE_ROUTER_CORE_MODEL_MODEL_CONFIG_H_

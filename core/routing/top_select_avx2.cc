@@ -1,0 +1,528 @@
+// The AVX2 selection kernels. This file is compiled with -mavx2 -mpopcnt
+// -mbmi and kept out of LTO (see CMakeLists.txt); top_select.cc calls it
+// only where the CPU has those. Everything but the functions of
+// top_select_internal.h has internal linkage, and no standard-library
+// template is used, so no AVX2 code can be linked in for a portable caller.
+#include <immintrin.h>
+
+#include <limits>
+
+#include "core/routing/top_select.h"
+#include "core/routing/top_select_internal.h"
+
+namespace moe_router::internal {
+namespace {
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+#define MOE_INLINE [[gnu::always_inline]] inline
+
+MOE_INLINE float Min(float a, float b) { return b < a ? b : a; }
+MOE_INLINE float Max(float a, float b) { return a < b ? b : a; }
+MOE_INLINE uint32_t Popcount(int mask) {
+  return static_cast<uint32_t>(_mm_popcnt_u32(static_cast<unsigned>(mask)));
+}
+
+// For each 8-bit mask, the lane permutation that packs the set lanes left.
+struct LeftPackTable {
+  alignas(32) uint32_t perm[256][8];
+  // rotate[r]: lane l takes lane (l + r) % 8. wrapped[r]: lanes l whose
+  // partner (l + r) % 8 comes before l.
+  alignas(32) uint32_t rotate[8][8];
+  alignas(32) uint32_t wrapped[8][8];
+  LeftPackTable() {
+    for (int r = 0; r < 8; ++r) {
+      for (int l = 0; l < 8; ++l) {
+        rotate[r][l] = static_cast<uint32_t>((l + r) % 8);
+        wrapped[r][l] = (l + r) % 8 < l ? 0xffffffffu : 0u;
+      }
+    }
+    for (int m = 0; m < 256; ++m) {
+      int out = 0;
+      for (int lane = 0; lane < 8; ++lane) {
+        if (m & (1 << lane)) perm[m][out++] = static_cast<uint32_t>(lane);
+      }
+      while (out < 8) perm[m][out++] = 0;
+    }
+  }
+};
+const LeftPackTable& PackTable() {
+  static const LeftPackTable table;
+  return table;
+}
+
+MOE_INLINE __m256i Rotation(const LeftPackTable& table, int rot) {
+  return _mm256_load_si256(reinterpret_cast<const __m256i*>(table.rotate[rot]));
+}
+
+// ---- One row, any n ----
+
+// The row's largest and smallest value.
+MOE_INLINE void MaxAndMin(const float* row, uint32_t n, float* top, float* lowest) {
+  const uint32_t full = n & ~7u;
+  __m256 vmax = _mm256_set1_ps(-kInf), vmin = _mm256_set1_ps(kInf);
+  for (uint32_t i = 0; i < full; i += 8) {
+    const __m256 x = _mm256_loadu_ps(row + i);
+    vmax = _mm256_max_ps(vmax, x);
+    vmin = _mm256_min_ps(vmin, x);
+  }
+  alignas(32) float lanes_max[8], lanes_min[8];
+  _mm256_store_ps(lanes_max, vmax);
+  _mm256_store_ps(lanes_min, vmin);
+  *top = -kInf;
+  *lowest = kInf;
+  for (int l = 0; l < 8; ++l) {
+    *top = Max(*top, lanes_max[l]);
+    *lowest = Min(*lowest, lanes_min[l]);
+  }
+  for (uint32_t i = full; i < n; ++i) {
+    *top = Max(*top, row[i]);
+    *lowest = Min(*lowest, row[i]);
+  }
+}
+
+// Left-packs the values of the row >= threshold, with their ids, into the
+// scratch; how many.
+MOE_INLINE uint32_t PackAtLeast(const float* row, uint32_t n, float threshold,
+                                const RowScratch& s) {
+  const LeftPackTable& table = PackTable();
+  const uint32_t full = n & ~7u;
+  const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256 vt = _mm256_set1_ps(threshold);
+  uint32_t c = 0;
+  for (uint32_t i = 0; i < full; i += 8) {
+    const __m256 x = _mm256_loadu_ps(row + i);
+    const int mask = _mm256_movemask_ps(_mm256_cmp_ps(x, vt, _CMP_GE_OQ));
+    const __m256i perm = _mm256_load_si256(reinterpret_cast<const __m256i*>(table.perm[mask]));
+    _mm256_storeu_ps(&s.value[c], _mm256_permutevar8x32_ps(x, perm));
+    const __m256i id = _mm256_add_epi32(iota, _mm256_set1_epi32(static_cast<int>(i)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(&s.id[c]),
+                        _mm256_permutevar8x32_epi32(id, perm));
+    c += Popcount(mask);
+  }
+  for (uint32_t i = full; i < n; ++i) {
+    s.value[c] = row[i];
+    s.id[c] = i;
+    c += row[i] >= threshold;
+  }
+  return c;
+}
+
+// The candidates: values >= top - gap, the gap widened and the packing
+// retried (up to three times, the last taking every value) while fewer
+// than r qualify.
+MOE_INLINE uint32_t PackCandidates(const float* row, uint32_t n, uint32_t r, float top, float gap,
+                                   const RowScratch& s) {
+  constexpr float kWiden[] = {1.0f, 1.3f, 2.0f, kInf};
+  uint32_t c = 0;
+  for (float widen : kWiden) {
+    c = PackAtLeast(row, n, top - gap * widen, s);
+    if (c >= r) break;
+  }
+  return c;
+}
+
+// Pads the candidates to whole vectors with -inf (which never outranks a
+// real candidate) and id n; the padded count.
+MOE_INLINE uint32_t PadToVectors(uint32_t count, uint32_t n, const RowScratch& s) {
+  const uint32_t padded = (count + 7) & ~7u;
+  for (uint32_t i = count; i < padded; ++i) {
+    s.value[i] = -kInf;
+    s.id[i] = n;
+  }
+  return padded;
+}
+
+// How many of values[0, padded) are >= t.
+MOE_INLINE uint32_t CountAtLeast(const float* values, uint32_t padded, float t) {
+  const __m256 vt = _mm256_set1_ps(t);
+  uint32_t count = 0;
+  for (uint32_t i = 0; i < padded; i += 8) {
+    count +=
+        Popcount(_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(values + i), vt, _CMP_GE_OQ)));
+  }
+  return count;
+}
+
+// Ranking is quadratic in the candidates, so when the threshold let in many
+// more than r, bisect it on the packed candidates (cheap counts) and pack
+// again in place; the new count.
+MOE_INLINE uint32_t NarrowCandidates(uint32_t r, float top, uint32_t c, uint32_t padded,
+                                     const RowScratch& s) {
+  constexpr uint32_t kSlack = 4;
+  if (c <= r + kSlack) return c;
+  // Invariant: count(>= lo) >= r.
+  float lo = s.value[0], hi = top;
+  for (uint32_t i = 1; i < c; ++i) lo = Min(lo, s.value[i]);
+  for (int step = 0; step < 8; ++step) {
+    const float mid = 0.5f * (lo + hi);
+    const uint32_t count = CountAtLeast(s.value, padded, mid);
+    if (count < r) {
+      hi = mid;
+    } else {
+      lo = mid;
+      if (count <= r + kSlack) break;
+    }
+  }
+  const LeftPackTable& table = PackTable();
+  const __m256 vt = _mm256_set1_ps(lo);
+  uint32_t kept = 0;
+  for (uint32_t i = 0; i < padded; i += 8) {
+    const __m256 x = _mm256_loadu_ps(&s.value[i]);
+    const __m256i id = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&s.id[i]));
+    const int mask = _mm256_movemask_ps(_mm256_cmp_ps(x, vt, _CMP_GE_OQ));
+    const __m256i perm = _mm256_load_si256(reinterpret_cast<const __m256i*>(table.perm[mask]));
+    // In place is safe: kept <= i, and each store lands before the next load.
+    _mm256_storeu_ps(&s.value[kept], _mm256_permutevar8x32_ps(x, perm));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(&s.id[kept]),
+                        _mm256_permutevar8x32_epi32(id, perm));
+    kept += Popcount(mask);
+  }
+  return kept;
+}
+
+// Ranks the c candidates (padded to whole vectors): a candidate's rank is
+// how many beat it (greater, or equal and earlier, so ties go to the lower
+// index), for 8 at once by comparing their vector with every rotation of
+// every candidate vector. The top r land in ranked_id/ranked_value[0, r).
+MOE_INLINE void RankCandidates(uint32_t r, uint32_t c, uint32_t padded, const RowScratch& s) {
+  const LeftPackTable& table = PackTable();
+  const uint32_t blocks = padded / 8;
+  for (uint32_t a = 0; a < blocks; ++a) {
+    const __m256 va = _mm256_loadu_ps(&s.value[a * 8]);
+    __m256i rank = _mm256_setzero_si256();
+    for (uint32_t b = 0; b < blocks; ++b) {
+      const __m256 vb = _mm256_loadu_ps(&s.value[b * 8]);
+      for (int rot = 0; rot < 8; ++rot) {
+        if (a == b && rot == 0) continue;
+        const __m256 rb = _mm256_permutevar8x32_ps(vb, Rotation(table, rot));
+        // An earlier partner beats an equal value, a later one must be
+        // greater. Earlier: its block is earlier, or same block, wrapped.
+        const __m256 ge = _mm256_cmp_ps(rb, va, _CMP_GE_OQ);
+        const __m256 gt = _mm256_cmp_ps(rb, va, _CMP_GT_OQ);
+        const __m256 beats =
+            b < a ? ge
+            : b > a
+                ? gt
+                : _mm256_blendv_ps(
+                      gt, ge, _mm256_load_ps(reinterpret_cast<const float*>(table.wrapped[rot])));
+        rank = _mm256_sub_epi32(rank, _mm256_castps_si256(beats));
+      }
+    }
+    alignas(32) uint32_t ranks[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(ranks), rank);
+    const uint32_t lanes = c - a * 8 < 8 ? c - a * 8 : 8;
+    for (uint32_t l = 0; l < lanes; ++l) {
+      // Ranks past r land in one spill slot instead of branching.
+      const uint32_t slot = ranks[l] < r ? ranks[l] : r;
+      s.ranked_id[slot] = s.id[a * 8 + l];
+      s.ranked_value[slot] = s.value[a * 8 + l];
+    }
+  }
+}
+
+// Tracks the gap as the ~91st percentile of what rows need (up 5% on a
+// miss, down 0.5% otherwise): few candidates, and rare retries.
+MOE_INLINE void UpdateGap(float needed, float* gap) {
+  if (!(*gap < kInf)) {
+    *gap = needed * 1.1f + 1e-6f;
+  } else if (needed > *gap) {
+    *gap *= 1.05f;
+  } else {
+    *gap *= 0.995f;
+  }
+}
+
+// ---- 8 rows at once, one per lane ----
+
+// Transposes 8 vectors: out[j] lane i = in[i] lane j.
+MOE_INLINE void Transpose8x8(const __m256 (&r)[8], __m256 (&out)[8]) {
+  const __m256 a0 = _mm256_unpacklo_ps(r[0], r[1]), a1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 a2 = _mm256_unpacklo_ps(r[2], r[3]), a3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 a4 = _mm256_unpacklo_ps(r[4], r[5]), a5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 a6 = _mm256_unpacklo_ps(r[6], r[7]), a7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 b0 = _mm256_shuffle_ps(a0, a2, 0x44), b1 = _mm256_shuffle_ps(a0, a2, 0xee);
+  const __m256 b2 = _mm256_shuffle_ps(a1, a3, 0x44), b3 = _mm256_shuffle_ps(a1, a3, 0xee);
+  const __m256 b4 = _mm256_shuffle_ps(a4, a6, 0x44), b5 = _mm256_shuffle_ps(a4, a6, 0xee);
+  const __m256 b6 = _mm256_shuffle_ps(a5, a7, 0x44), b7 = _mm256_shuffle_ps(a5, a7, 0xee);
+  out[0] = _mm256_permute2f128_ps(b0, b4, 0x20);
+  out[1] = _mm256_permute2f128_ps(b1, b5, 0x20);
+  out[2] = _mm256_permute2f128_ps(b2, b6, 0x20);
+  out[3] = _mm256_permute2f128_ps(b3, b7, 0x20);
+  out[4] = _mm256_permute2f128_ps(b0, b4, 0x31);
+  out[5] = _mm256_permute2f128_ps(b1, b5, 0x31);
+  out[6] = _mm256_permute2f128_ps(b2, b6, 0x31);
+  out[7] = _mm256_permute2f128_ps(b3, b7, 0x31);
+}
+
+// The column of 8 rows x 8 experts starting at rows + col, transposed: out[e]
+// holds expert col + e of rows 0..7 (lane = row).
+MOE_INLINE void LoadTransposed(const float* rows, uint32_t n, uint32_t col, __m256 (&out)[8]) {
+  __m256 r[8];
+  for (uint32_t t = 0; t < 8; ++t) r[t] = _mm256_loadu_ps(rows + size_t{t} * n + col);
+  Transpose8x8(r, out);
+}
+
+// One expert's values for 8 rows sink down the sorted columns: each level
+// keeps the larger of it and the incoming value and passes the smaller on.
+template <int R>
+MOE_INLINE void Sink(__m256 x, __m256* top, __m256& vmin) {
+  vmin = _mm256_min_ps(vmin, x);
+  for (int j = 0; j < R; ++j) {
+    const __m256 hi = _mm256_max_ps(top[j], x);
+    x = _mm256_min_ps(top[j], x);
+    top[j] = hi;
+  }
+}
+
+// Orders a and b per lane: the larger in a.
+MOE_INLINE void CompareSwap(__m256& a, __m256& b) {
+  const __m256 hi = _mm256_max_ps(a, b);
+  b = _mm256_min_ps(a, b);
+  a = hi;
+}
+
+// Sorts 8 vectors per lane, descending: an optimal 19-comparator network.
+MOE_INLINE void Sort8(__m256 (&x)[8]) {
+  constexpr int kPairs[19][2] = {{0, 2}, {1, 3}, {4, 6}, {5, 7}, {0, 4}, {1, 5}, {2, 6},
+                                 {3, 7}, {0, 1}, {2, 3}, {4, 5}, {6, 7}, {2, 4}, {3, 5},
+                                 {1, 4}, {3, 6}, {1, 2}, {3, 4}, {5, 6}};
+#pragma GCC unroll 19
+  for (const auto& pair : kPairs) CompareSwap(x[pair[0]], x[pair[1]]);
+}
+
+// Merges the sorted x[0, 8) into the sorted top[0, R) per lane, keeping the
+// top R. The column is padded to L, a power of two: pairing top[j] with
+// x[L-1-j] leaves the L largest as one bitonic sequence, which log2(L)
+// half-cleaners sort. Only top[0, R) is read afterwards, so the compiler
+// drops the comparisons that feed only the padding.
+template <int R, int L>
+MOE_INLINE void MergeTop(const __m256 (&x)[8], __m256 (&top)[L]) {
+#pragma GCC unroll 16
+  for (int j = 0; j < L; ++j) {
+    const int q = L - 1 - j;
+    if (j >= R) {
+      top[j] = q < 8 ? x[q] : _mm256_set1_ps(-kInf);
+    } else if (q < 8) {
+      top[j] = _mm256_max_ps(top[j], x[q]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int half = L / 2; half >= 1; half /= 2) {
+#pragma GCC unroll 16
+    for (int i = 0; i < L; ++i) {
+      if ((i & half) == 0) CompareSwap(top[i], top[i + half]);
+    }
+  }
+}
+
+// Pass 1 over 8 rows: the sorted top L >= R values of each lane, and its
+// minimum. Each block of 8 experts is sorted by a network and merged in;
+// the last few experts sink in one at a time.
+template <int R, int L>
+MOE_INLINE void SortedTops(const float* rows, uint32_t n, __m256 (&top)[L], __m256& vmin) {
+  const uint32_t full = n & ~7u;
+  for (int j = 0; j < L; ++j) top[j] = _mm256_set1_ps(-kInf);
+  vmin = _mm256_set1_ps(kInf);
+  for (uint32_t col = 0; col < full; col += 8) {
+    __m256 x[8];
+    LoadTransposed(rows, n, col, x);
+    Sort8(x);
+    vmin = _mm256_min_ps(vmin, x[7]);
+    if (col == 0) {
+      for (int j = 0; j < R && j < 8; ++j) top[j] = x[j];
+    } else {
+      MergeTop<R, L>(x, top);
+    }
+  }
+  for (uint32_t e = full; e < n; ++e) {
+    alignas(32) float lane[8];
+    for (uint32_t t = 0; t < 8; ++t) lane[t] = rows[size_t{t} * n + e];
+    Sink<R>(_mm256_load_ps(lane), top, vmin);
+  }
+}
+
+// Stores expert e of a row at its rank: how many of the row's sorted top R
+// values (top_lo, then top_hi past 8; -inf padded) beat its value.
+template <int R>
+MOE_INLINE void PlaceByRank(const float* row, uint32_t e, __m256 top_lo, __m256 top_hi,
+                            uint32_t* out_id) {
+  const __m256 v = _mm256_broadcast_ss(row + e);
+  unsigned beaten_by =
+      static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(top_lo, v, _CMP_GT_OQ)));
+  if constexpr (R > 8) {
+    beaten_by |= static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(top_hi, v, _CMP_GT_OQ)))
+                 << 8;
+  }
+  out_id[_mm_popcnt_u32(beaten_by)] = e;
+}
+
+// Bit e - begin set for each expert e in [begin, end), end - begin <= 64,
+// whose value is >= threshold; experts below `full` are compared 8 at once.
+MOE_INLINE uint64_t CandidateMask(const float* row, uint32_t begin, uint32_t end, uint32_t full,
+                                  float threshold) {
+  const __m256 vt = _mm256_set1_ps(threshold);
+  const uint32_t vector_end = end < full ? end : full;
+  uint64_t mask = 0;
+  uint32_t i = begin;
+  for (; i < vector_end; i += 8) {
+    const int bits = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(row + i), vt, _CMP_GE_OQ));
+    mask |= uint64_t{static_cast<uint32_t>(bits)} << (i - begin);
+  }
+  for (; i < end; ++i) mask |= uint64_t{row[i] >= threshold} << (i - begin);
+  return mask;
+}
+
+// Pass 2 for one row: places the ids of its values >= its R-th (the
+// threshold) by rank; how many there were (R unless a value outside the top
+// R equals the R-th). The candidates of each 64 experts are one mask: no
+// stores to read back (packed candidates stalled on store forwarding). A
+// candidate's rank is below R even on ties, so placing stays in bounds
+// before the count is checked. Up to 64 experts (most models) one mask
+// needs no chunk loop: the loop costs about 8% more instructions per routed
+// token at 8/2.
+template <int R>
+MOE_INLINE uint32_t PlaceCandidates(const float* row, uint32_t n, float threshold, __m256 top_lo,
+                                    __m256 top_hi, uint32_t* out_id) {
+  const uint32_t full = n & ~7u;
+  uint32_t found = 0;
+  if (n <= 64) {
+    uint64_t mask = CandidateMask(row, 0, n, full, threshold);
+    found = static_cast<uint32_t>(_mm_popcnt_u64(mask));
+    for (; mask != 0; mask &= mask - 1) {
+      PlaceByRank<R>(row, static_cast<uint32_t>(__builtin_ctzll(mask)), top_lo, top_hi, out_id);
+    }
+    return found;
+  }
+  for (uint32_t base = 0; base < n; base += 64) {
+    uint64_t mask = CandidateMask(row, base, n < base + 64 ? n : base + 64, full, threshold);
+    found += static_cast<uint32_t>(_mm_popcnt_u64(mask));
+    for (; mask != 0; mask &= mask - 1) {
+      PlaceByRank<R>(row, base + static_cast<uint32_t>(__builtin_ctzll(mask)), top_lo, top_hi,
+                     out_id);
+    }
+  }
+  return found;
+}
+
+// The padded column of the bitonic merge: r rounded up to a power of two.
+constexpr int ColumnFor(int r) { return r <= 1 ? 1 : 2 * ColumnFor((r + 1) / 2); }
+
+template <int R>
+void SelectEightRows(const float* rows, uint32_t n, uint32_t* ids, float* values, float* lowest) {
+  constexpr int L = ColumnFor(R);
+  __m256 top[L];
+  __m256 vmin;
+  SortedTops<R, L>(rows, n, top, vmin);
+  // Rows with equal values among their top R need the tie-aware path.
+  int tied = 0;
+  for (int j = 0; j + 1 < R; ++j) {
+    tied |= _mm256_movemask_ps(_mm256_cmp_ps(top[j], top[j + 1], _CMP_EQ_OQ));
+  }
+  alignas(32) float sorted[R][8];
+  for (int j = 0; j < R; ++j) _mm256_store_ps(sorted[j], top[j]);
+  alignas(32) float mins[8];
+  _mm256_store_ps(mins, vmin);
+  // Each row's sorted values as vectors (lane j: the j-th largest; -inf
+  // past R), to rank its candidates in registers.
+  __m256 row_top[2][8];
+  for (int half = 0; half * 8 < R; ++half) {
+    __m256 column[8];
+    for (int j = 0; j < 8; ++j) {
+      column[j] = half * 8 + j < R ? top[half * 8 + j] : _mm256_set1_ps(-kInf);
+    }
+    Transpose8x8(column, row_top[half]);
+  }
+  for (uint32_t t = 0; t < 8; ++t) {
+    const float* row = rows + size_t{t} * n;
+    uint32_t* out_id = ids + size_t{t} * R;
+    float* out_value = values + size_t{t} * R;
+    lowest[t] = mins[t];
+    const __m256 top_hi = R > 8 ? row_top[1][t] : _mm256_set1_ps(-kInf);
+    if ((tied & (1 << t)) || PlaceCandidates<R>(row, n, sorted[R - 1][t], row_top[0][t], top_hi,
+                                                out_id) != static_cast<uint32_t>(R)) {
+      SelectRowPortable(row, n, R, out_id, out_value);
+      continue;
+    }
+    for (int j = 0; j < R; ++j) out_value[j] = sorted[j][t];
+  }
+}
+
+}  // namespace
+
+bool AllFiniteAvx2(const float* x, size_t n) { return AllFiniteLoop(x, n); }
+
+void ExpBatchAvx2(float* x, size_t n) {
+  for (size_t i = 0; i < n; ++i) x[i] = ExpNonPositive(x[i]);
+}
+
+float SelectUpTo8Avx2(const float* row, uint32_t n, uint32_t r, uint32_t* ids, float* values) {
+  const LeftPackTable& table = PackTable();
+  alignas(32) float lanes[8];
+  for (uint32_t i = 0; i < 8; ++i) lanes[i] = i < n ? row[i] : -kInf;
+  const __m256 v = _mm256_load_ps(lanes);
+  __m256i rank = _mm256_setzero_si256();
+  for (int rot = 1; rot < 8; ++rot) {
+    const __m256 rv = _mm256_permutevar8x32_ps(v, Rotation(table, rot));
+    const __m256 beats =
+        _mm256_blendv_ps(_mm256_cmp_ps(rv, v, _CMP_GT_OQ), _mm256_cmp_ps(rv, v, _CMP_GE_OQ),
+                         _mm256_load_ps(reinterpret_cast<const float*>(table.wrapped[rot])));
+    rank = _mm256_sub_epi32(rank, _mm256_castps_si256(beats));
+  }
+  // Padding lanes rank last, so ranks 0..n-1 belong to real experts.
+  for (uint32_t p = 0; p < r; ++p) {
+    const int mask = _mm256_movemask_ps(
+        _mm256_castsi256_ps(_mm256_cmpeq_epi32(rank, _mm256_set1_epi32(static_cast<int>(p)))));
+    const uint32_t lane = static_cast<uint32_t>(__builtin_ctz(static_cast<unsigned>(mask)));
+    ids[p] = lane;
+    values[p] = lanes[lane];
+  }
+  const int last = _mm256_movemask_ps(
+      _mm256_castsi256_ps(_mm256_cmpeq_epi32(rank, _mm256_set1_epi32(static_cast<int>(n - 1)))));
+  return lanes[__builtin_ctz(static_cast<unsigned>(last))];
+}
+
+float SelectRowAvx2(const float* row, uint32_t n, uint32_t r, float* gap, const RowScratch& scratch,
+                    uint32_t* ids, float* values) {
+  float top, lowest;
+  MaxAndMin(row, n, &top, &lowest);
+  uint32_t c = PackCandidates(row, n, r, top, *gap, scratch);
+  uint32_t padded = PadToVectors(c, n, scratch);
+  if (const uint32_t kept = NarrowCandidates(r, top, c, padded, scratch); kept != c) {
+    c = kept;
+    padded = PadToVectors(c, n, scratch);
+  }
+  RankCandidates(r, c, padded, scratch);
+  for (uint32_t p = 0; p < r; ++p) {
+    ids[p] = scratch.ranked_id[p];
+    values[p] = scratch.ranked_value[p];
+  }
+  UpdateGap(top - values[r - 1], gap);
+  return lowest;
+}
+
+EightRowsKernel EightRowsKernelAvx2(uint32_t r) {
+  // One instantiation per r: the merge column is sized at compile time.
+  static constexpr EightRowsKernel kKernels[] = {
+      nullptr,
+      &SelectEightRows<1>,
+      &SelectEightRows<2>,
+      &SelectEightRows<3>,
+      &SelectEightRows<4>,
+      &SelectEightRows<5>,
+      &SelectEightRows<6>,
+      &SelectEightRows<7>,
+      &SelectEightRows<8>,
+      &SelectEightRows<9>,
+      &SelectEightRows<10>,
+      &SelectEightRows<11>,
+      &SelectEightRows<12>,
+      &SelectEightRows<13>,
+      &SelectEightRows<14>,
+      &SelectEightRows<15>,
+      &SelectEightRows<16>,
+  };
+  return r < sizeof kKernels / sizeof kKernels[0] ? kKernels[r] : nullptr;
+}
+
+}  // namespace moe_router::internal
