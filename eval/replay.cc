@@ -152,6 +152,7 @@ class RunReplayer {
     }
     EvictionPolicyOptions options;
     options.affinity = [this](ExpertKey k) { return affinity_[k.layer]->Score(k.expert); };
+    options.affinity_version = [this](uint32_t layer) { return affinity_[layer]->version(); };
     return MakeEvictionPolicy(policy_, options);
   }
 

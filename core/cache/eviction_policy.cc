@@ -46,60 +46,15 @@ EntryView AsIfUsedNow(EntryView entry, const CacheClock& clock) {
   return entry;
 }
 
-void EvictionQueue::Rank(EvictionPolicy& policy, absl::Span<const EntryView> candidates,
-                         absl::Span<const uint64_t> bytes, const CacheClock& clock) {
-  policy.Prepare(candidates, clock);
-  keeps_.resize(candidates.size());
-  policy.KeepEach(candidates, clock, absl::MakeSpan(keeps_));
-  heap_.clear();
-  heap_.reserve(candidates.size());
-  bytes_ = 0;
-  for (size_t i = 0; i < candidates.size(); ++i) {
-    const EntryView& v = candidates[i];
-    heap_.push_back({keeps_[i], v.last_access, v.key, bytes[i]});
-    bytes_ += bytes[i];
+void EvictionPolicy::Prepare(absl::Span<const EntryView> candidates) {
+  if (!RanksByPopulation()) return;
+  PopulationStats stats;
+  stats.count = candidates.size();
+  for (const EntryView& e : candidates) {
+    stats.max_accesses = std::max(stats.max_accesses, e.accesses);
+    stats.sum_accesses += e.accesses;
   }
-  std::make_heap(heap_.begin(), heap_.end(), After());
-}
-
-void EvictionQueue::Take(uint64_t need, std::optional<double> incoming_keep, EvictionPlan* out) {
-  EvictionPlan& plan = *out;
-  plan.victims.clear();
-  plan.freed = 0;
-  plan.valued_more.reset();
-  if (bytes_ < need) {
-    plan.freed = bytes_;
-    return;
-  }
-  auto end = heap_.end();
-  while (plan.freed < need) {
-    std::pop_heap(heap_.begin(), end, After());
-    --end;
-    if (incoming_keep && end->keep >= *incoming_keep) {
-      // Dropped: put back what was taken.
-      plan.valued_more = end->key;
-      for (; end != heap_.end(); ++end) std::push_heap(heap_.begin(), end + 1, After());
-      plan.victims.clear();
-      plan.freed = 0;
-      return;
-    }
-    plan.freed += end->bytes;
-    plan.victims.push_back(end->key);
-  }
-  bytes_ -= plan.freed;
-  heap_.erase(end, heap_.end());
-}
-
-EvictionPlan PlanEviction(EvictionPolicy& policy, absl::Span<const EntryView> candidates,
-                          absl::Span<const uint64_t> bytes, const CacheClock& clock, uint64_t need,
-                          const EntryView* incoming) {
-  EvictionQueue queue;
-  queue.Rank(policy, candidates, bytes, clock);
-  EvictionPlan plan;
-  queue.Take(need,
-             incoming != nullptr ? std::optional(policy.Keep(*incoming, clock)) : std::nullopt,
-             &plan);
-  return plan;
+  PrepareFromStats(stats);
 }
 
 namespace {
@@ -120,15 +75,23 @@ class LfuPolicy final : public EvictionPolicy {
   }
 };
 
+// A layer's scores move together as it routes: the index re-keys a layer
+// when its version moves.
 class AffinityPolicy final : public EvictionPolicy {
  public:
-  explicit AffinityPolicy(std::function<double(ExpertKey)> affinity)
-      : affinity_(std::move(affinity)) {}
+  AffinityPolicy(std::function<double(ExpertKey)> affinity,
+                 std::function<uint64_t(uint32_t)> version)
+      : affinity_(std::move(affinity)), version_(std::move(version)) {}
   std::string name() const override { return "affinity"; }
   double Keep(const EntryView& e, const CacheClock&) const override { return affinity_(e.key); }
+  KeyScope key_scope() const override { return KeyScope::kLayer; }
+  uint64_t LayerStamp(uint32_t layer, const CacheClock&) const override {
+    return version_ ? version_(layer) : 0;
+  }
 
  private:
   std::function<double(ExpertKey)> affinity_;
+  std::function<uint64_t(uint32_t)> version_;
 };
 
 // LFU while the access counts of the evictable entries are skewed (a few
@@ -137,20 +100,19 @@ class AdaptivePolicy final : public EvictionPolicy {
  public:
   explicit AdaptivePolicy(double skew) : skew_(skew) {}
   std::string name() const override { return "adaptive"; }
-  void Prepare(absl::Span<const EntryView> candidates, const CacheClock&) override {
-    uint64_t max = 0, sum = 0;
-    for (const EntryView& e : candidates) {
-      max = std::max(max, e.accesses);
-      sum += e.accesses;
-    }
-    use_lfu_ = !candidates.empty() && sum > 0 &&
-               static_cast<double>(max) * candidates.size() >= skew_ * sum;
+  void PrepareFromStats(const PopulationStats& stats) override {
+    use_lfu_ = stats.count != 0 && stats.sum_accesses > 0 &&
+               static_cast<double>(stats.max_accesses) * stats.count >= skew_ * stats.sum_accesses;
   }
   double Keep(const EntryView& e, const CacheClock& clock) const override {
-    return use_lfu_ ? lfu_.Keep(e, clock) : lru_.Keep(e, clock);
+    return OrderKeep(ActiveOrder(), e, clock);
   }
-  bool using_lfu() const { return use_lfu_; }
   bool RanksByPopulation() const override { return true; }
+  size_t NumOrders() const override { return 2; }
+  double OrderKeep(size_t order, const EntryView& e, const CacheClock& clock) const override {
+    return order == 1 ? lfu_.Keep(e, clock) : lru_.Keep(e, clock);
+  }
+  size_t ActiveOrder() const override { return use_lfu_ ? 1 : 0; }
 
  private:
   const double skew_;
@@ -170,20 +132,40 @@ class LayerReusePolicy final : public EvictionPolicy {
  public:
   std::string name() const override { return "layer_reuse"; }
   double Keep(const EntryView& e, const CacheClock& clock) const override {
+    return CombineLayerKey(e.key.layer, LayerKey(e, clock), clock);
+  }
+  // The default policy ranks every call of a worker cache: its Keep() inlined.
+  void KeepEach(absl::Span<const EntryView> entries, const CacheClock& clock,
+                absl::Span<double> out) const override {
+    for (size_t i = 0; i < entries.size(); ++i) out[i] = LayerReusePolicy::Keep(entries[i], clock);
+  }
+  // A layer's entries are ordered by their expected visits to the next use,
+  // which moves only when the layer is visited (or the entry used); the
+  // distance to the layer's next visit is common to the layer and moves
+  // every step.
+  KeyScope key_scope() const override { return KeyScope::kLayer; }
+  double LayerKey(const EntryView& e, const CacheClock& clock) const override {
     const uint32_t layers = std::max<uint32_t>(clock.num_layers, 1);
-    const uint32_t distance = (e.key.layer + layers - clock.current_layer - 1) % layers + 1;
     const uint64_t visits =
         e.key.layer < clock.layer_visits.size() ? clock.layer_visits[e.key.layer] : 0;
     const double frequency =
         visits == 0 ? 0.0 : std::min(1.0, static_cast<double>(e.accesses) / visits);
     const double p =
         std::max(kRecencyWeight * CurrentReuse(e, clock) + (1 - kRecencyWeight) * frequency, 1e-6);
-    return -(distance + layers * (1.0 / p - 1.0));
+    // Negated (exactly) so that a lower key goes first.
+    return -(layers * (1.0 / p - 1.0));
   }
-  // The default policy ranks every call of a worker cache: its Keep() inlined.
-  void KeepEach(absl::Span<const EntryView> entries, const CacheClock& clock,
-                absl::Span<double> out) const override {
-    for (size_t i = 0; i < entries.size(); ++i) out[i] = LayerReusePolicy::Keep(entries[i], clock);
+  double CombineLayerKey(uint32_t layer, double key, const CacheClock& clock) const override {
+    const uint32_t layers = std::max<uint32_t>(clock.num_layers, 1);
+    const uint32_t distance = (layer + layers - clock.current_layer - 1) % layers + 1;
+    return -(distance + -key);
+  }
+  bool CombinesByIdentity() const override { return false; }
+  uint64_t LayerStamp(uint32_t layer, const CacheClock& clock) const override {
+    return layer < clock.layer_visits.size() ? clock.layer_visits[layer] : 0;
+  }
+  uint64_t CombineStamp(const CacheClock& clock) const override {
+    return (uint64_t{clock.num_layers} << 32) | clock.current_layer;
   }
 
  private:
@@ -212,7 +194,7 @@ absl::StatusOr<std::unique_ptr<EvictionPolicy>> MakeEvictionPolicy(
     if (!options.affinity) {
       return absl::InvalidArgumentError("eviction policy 'affinity' needs affinity scores");
     }
-    return std::make_unique<AffinityPolicy>(options.affinity);
+    return std::make_unique<AffinityPolicy>(options.affinity, options.affinity_version);
   }
   return UnknownPolicyError(name);
 }

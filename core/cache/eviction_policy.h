@@ -35,6 +35,26 @@ struct CacheClock {
   std::vector<uint64_t> layer_visits;  // visits so far, per layer
 };
 
+/// The evictable entries' number and access counts: what a policy that
+/// ranks by its population (adaptive) decides by.
+struct PopulationStats {
+  size_t count = 0;
+  uint64_t max_accesses = 0;
+  uint64_t sum_accesses = 0;
+};
+
+/// When a policy's Keep() of an entry changes, which tells an EvictionIndex
+/// how to keep the order between decisions instead of ranking every entry.
+enum class KeyScope : uint8_t {
+  /// Only when that entry is accessed (lru, lfu, belady).
+  kEntry,
+  /// Keep() = CombineLayerKey(layer, LayerKey(entry)): LayerKey changes when
+  /// the entry is accessed or its layer's LayerStamp() moves, and
+  /// CombineLayerKey, non-decreasing in the key, when CombineStamp() moves
+  /// (affinity, layer_reuse).
+  kLayer,
+};
+
 /// Ranks cache entries for eviction: the entry with the lowest Keep() goes
 /// first (ties: least recently accessed, then lowest key). The cache owns
 /// the per-entry bookkeeping and hands it to the policy as EntryView; a
@@ -43,9 +63,6 @@ class EvictionPolicy {
  public:
   virtual ~EvictionPolicy() = default;
   virtual std::string name() const = 0;
-  /// Called once per eviction decision with the evictable entries, before
-  /// Keep() is asked of each (lets a policy look at the population).
-  virtual void Prepare(absl::Span<const EntryView> /*candidates*/, const CacheClock& /*clock*/) {}
   virtual double Keep(const EntryView& entry, const CacheClock& clock) const = 0;
   /// Keep() of each entry into `out` (its size): one virtual call for a whole
   /// ranking, so a policy can inline its Keep() in the loop.
@@ -53,9 +70,40 @@ class EvictionPolicy {
                         absl::Span<double> out) const {
     for (size_t i = 0; i < entries.size(); ++i) out[i] = Keep(entries[i], clock);
   }
-  /// Whether Keep() depends on which entries Prepare() was shown, so that
-  /// a ranking goes stale as soon as one of them is evicted.
+  /// Whether Keep() depends on which entries are evictable (see
+  /// PrepareFromStats), so that a ranking goes stale as soon as one of them
+  /// is evicted.
   virtual bool RanksByPopulation() const { return false; }
+  /// Called once per eviction decision, before Keep() is asked, with the
+  /// evictable entries' statistics; only when RanksByPopulation().
+  virtual void PrepareFromStats(const PopulationStats& /*stats*/) {}
+  /// PrepareFromStats with the statistics of `candidates`.
+  void Prepare(absl::Span<const EntryView> candidates);
+
+  // How an EvictionIndex keeps the order (see KeyScope).
+  virtual KeyScope key_scope() const { return KeyScope::kEntry; }
+  virtual double LayerKey(const EntryView& entry, const CacheClock& clock) const {
+    return Keep(entry, clock);
+  }
+  virtual double CombineLayerKey(uint32_t /*layer*/, double key,
+                                 const CacheClock& /*clock*/) const {
+    return key;
+  }
+  /// Whether CombineLayerKey returns the key itself (no two keys of a layer
+  /// combine into one).
+  virtual bool CombinesByIdentity() const { return true; }
+  virtual uint64_t LayerStamp(uint32_t /*layer*/, const CacheClock& /*clock*/) const { return 0; }
+  virtual uint64_t CombineStamp(const CacheClock& /*clock*/) const { return 0; }
+  /// The orders a RanksByPopulation policy picks from per decision
+  /// (adaptive: lru and lfu), each kEntry: after PrepareFromStats,
+  /// Keep() is OrderKeep(ActiveOrder(), ...). With two, the second is the
+  /// access count, from which the index keeps the population's statistics.
+  virtual size_t NumOrders() const { return 1; }
+  virtual double OrderKeep(size_t /*order*/, const EntryView& entry,
+                           const CacheClock& clock) const {
+    return Keep(entry, clock);
+  }
+  virtual size_t ActiveOrder() const { return 0; }
 };
 
 /// The decay of the layer-aware reuse EMA per visit of the layer.
@@ -82,49 +130,11 @@ struct EvictionPlan {
   std::optional<ExpertKey> valued_more;
 };
 
-/// The evictable entries of a cache in the one eviction order every cache
-/// uses: lowest Keep() first, ties to the least recently accessed, then the
-/// lowest key. Ranked once and taken lowest first, so a booking that evicts
-/// one entry sorts nothing, and several bookings can share one ranking.
-class EvictionQueue {
- public:
-  /// Ranks `candidates` (the size of candidates[i] in bytes[i]).
-  void Rank(EvictionPolicy& policy, absl::Span<const EntryView> candidates,
-            absl::Span<const uint64_t> bytes, const CacheClock& clock);
-  /// Takes the lowest-ranked entries until `need` bytes are freed. Takes
-  /// nothing if the queue cannot free that much (freed is then what it
-  /// holds) or, for a prefetch judged at `incoming_keep`, if an entry the
-  /// policy values at least as much would go first (valued_more). Writes
-  /// into `plan`, reusing its buffer.
-  void Take(uint64_t need, std::optional<double> incoming_keep, EvictionPlan* plan);
-
- private:
-  struct Ranked {
-    double keep;
-    uint64_t last_access;
-    ExpertKey key;
-    uint64_t bytes;
-  };
-  // A functor, not a function pointer, so the heap algorithms inline it.
-  struct After {
-    bool operator()(const Ranked& a, const Ranked& b) const {
-      return std::tie(a.keep, a.last_access, a.key) > std::tie(b.keep, b.last_access, b.key);
-    }
-  };
-  std::vector<Ranked> heap_;   // a min-heap under After
-  std::vector<double> keeps_;  // scratch for KeepEach
-  uint64_t bytes_ = 0;         // held by the entries in heap_
-};
-
-/// One booking's plan: EvictionQueue ranked and taken once. For a prefetch,
-/// `incoming` is the prefetched expert (see AsIfUsedNow); null for demand.
-EvictionPlan PlanEviction(EvictionPolicy& policy, absl::Span<const EntryView> candidates,
-                          absl::Span<const uint64_t> bytes, const CacheClock& clock, uint64_t need,
-                          const EntryView* incoming);
-
 struct EvictionPolicyOptions {
-  /// For "affinity": the expert's affinity score.
+  /// For "affinity": the expert's affinity score, and a number that moves
+  /// whenever the scores of a layer may have changed (absent: they never do).
   std::function<double(ExpertKey)> affinity;
+  std::function<uint64_t(uint32_t layer)> affinity_version;
   /// For "adaptive": LFU when max/mean access count of the evictable entries
   /// is at least this, else LRU.
   double adaptive_skew = 2.0;

@@ -57,7 +57,10 @@ ExpertCache::ExpertCache(const CacheConfig& config, std::unique_ptr<EvictionPoli
       layer_visits_(new std::atomic<uint64_t>[config.num_layers]),
       policy_(std::move(policy)),
       entries_(slots_),
+      changed_(slots_),
+      index_(config.num_layers, config.num_experts),
       prefetched_unused_(new std::atomic<uint8_t>[slots_]) {
+  index_.Reset(policy_.get());
   for (size_t i = 0; i < slots_; ++i) {
     resident_[i].store(0, std::memory_order_relaxed);
     prefetched_unused_[i].store(0, std::memory_order_relaxed);
@@ -95,6 +98,7 @@ bool ExpertCache::Access(ExpertKey key) {
                   std::memory_order_relaxed);
     u.reuse_visit.store(visit, std::memory_order_relaxed);
   }
+  changed_.Mark(i);
   const bool hit = resident_[i].load(std::memory_order_acquire) != 0;
   if (hit && prefetched_unused_[i].exchange(0, std::memory_order_relaxed) != 0) {
     prefetch_used_.fetch_add(1, std::memory_order_relaxed);
@@ -105,11 +109,14 @@ bool ExpertCache::Access(ExpertKey key) {
 bool ExpertCache::Pin(ExpertKey key) {
   const size_t i = Index(key);
   usage_[i].pins.fetch_add(1, std::memory_order_seq_cst);
+  changed_.Mark(i);
   return resident_[i].load(std::memory_order_seq_cst) != 0;
 }
 
 void ExpertCache::Unpin(ExpertKey key) {
-  usage_[Index(key)].pins.fetch_sub(1, std::memory_order_seq_cst);
+  const size_t i = Index(key);
+  usage_[i].pins.fetch_sub(1, std::memory_order_seq_cst);
+  changed_.Mark(i);
 }
 
 absl::StatusOr<PinnedExpert> ExpertCache::Get(ExpertKey key) {
@@ -120,6 +127,7 @@ absl::StatusOr<PinnedExpert> ExpertCache::Get(ExpertKey key) {
     return absl::NotFoundError(absl::StrFormat("expert %s is not resident", key.ToString()));
   }
   usage_[Index(key)].pins.fetch_add(1, std::memory_order_seq_cst);
+  changed_.Mark(Index(key));
   return PinnedExpert(this, e.data);
 }
 
@@ -132,16 +140,46 @@ EntryView ExpertCache::View(size_t index) const {
                    .reuse_visit = u.reuse_visit.load(std::memory_order_relaxed)};
 }
 
-CacheClock ExpertCache::Clock() const {
-  CacheClock clock;
-  clock.now = tick_.load(std::memory_order_relaxed);
-  clock.current_layer = current_layer_.load(std::memory_order_relaxed);
-  clock.num_layers = config_.num_layers;
-  clock.layer_visits.resize(config_.num_layers);
+void ExpertCache::FillClock(CacheClock* clock) const {
+  clock->now = tick_.load(std::memory_order_relaxed);
+  clock->current_layer = current_layer_.load(std::memory_order_relaxed);
+  clock->num_layers = config_.num_layers;
+  clock->layer_visits.resize(config_.num_layers);
   for (uint32_t l = 0; l < config_.num_layers; ++l) {
-    clock.layer_visits[l] = layer_visits_[l].load(std::memory_order_relaxed);
+    clock->layer_visits[l] = layer_visits_[l].load(std::memory_order_relaxed);
   }
-  return clock;
+}
+
+// What the index reads of an entry, under the cache lock.
+class ExpertCache::IndexSource final : public EvictionIndex::Source {
+ public:
+  explicit IndexSource(const ExpertCache& cache) : cache_(cache) {}
+  EntryView View(size_t slot) const override { return cache_.View(slot); }
+  uint64_t Bytes(size_t slot) const override ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    return cache_.entries_[slot].bytes;
+  }
+
+ private:
+  const ExpertCache& cache_;
+};
+
+bool ExpertCache::EvictableLocked(size_t index) const {
+  const Entry& e = entries_[index];
+  return e.state == State::kResident && e.replacement_bytes == 0 &&
+         usage_[index].pins.load(std::memory_order_relaxed) == 0;
+}
+
+void ExpertCache::SyncIndexLocked() const {
+  changed_.Drain([this](size_t index) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    const bool evictable = EvictableLocked(index);
+    if (!index_.Contains(index)) {
+      if (evictable) index_.Insert(index, entries_[index].bytes, View(index), clock_);
+    } else if (evictable) {
+      index_.Rekey(index, View(index), clock_);
+    } else {
+      index_.Erase(index, entries_[index].bytes);
+    }
+  });
 }
 
 void ExpertCache::NotePeakLocked() {
@@ -160,6 +198,7 @@ bool ExpertCache::TryEvictLocked(size_t index,
     return false;
   }
   Entry& e = entries_[index];
+  if (index_.Contains(index)) index_.Erase(index, e.bytes);
   resident_bytes_ -= e.bytes;
   const size_t last = resident_list_.back();
   resident_list_[e.list_pos] = last;
@@ -177,8 +216,9 @@ bool ExpertCache::TryEvictLocked(size_t index,
   return true;
 }
 
-absl::StatusOr<std::vector<size_t>> ExpertCache::PlanEvictionLocked(ExpertKey key, uint64_t bytes,
-                                                                    Priority priority) const {
+absl::Status ExpertCache::PlanEvictionLocked(ExpertKey key, uint64_t bytes,
+                                             Priority priority) const {
+  plan_.victims.clear();
   const size_t index = Index(key);
   const Entry& entry = entries_[index];
   if (entry.state != State::kAbsent) {
@@ -192,58 +232,48 @@ absl::StatusOr<std::vector<size_t>> ExpertCache::PlanEvictionLocked(ExpertKey ke
                         key.ToString(), bytes, config_.budget_bytes));
   }
   const uint64_t used = resident_bytes_ + loading_bytes_;
-  if (used + bytes <= config_.budget_bytes) return std::vector<size_t>{};
+  if (used + bytes <= config_.budget_bytes) return absl::OkStatus();
   const uint64_t need = used + bytes - config_.budget_bytes;
-  const CacheClock clock = Clock();
-  std::vector<EntryView> views;
-  std::vector<uint64_t> sizes;
-  views.reserve(resident_list_.size());
-  sizes.reserve(resident_list_.size());
-  for (size_t i : resident_list_) {
-    if (usage_[i].pins.load(std::memory_order_relaxed) == 0 && entries_[i].replacement_bytes == 0) {
-      views.push_back(View(i));
-      sizes.push_back(entries_[i].bytes);
-    }
-  }
+  FillClock(&clock_);
+  SyncIndexLocked();
   EntryView incoming;
-  if (priority == Priority::kPrefetch) incoming = AsIfUsedNow(View(index), clock);
-  const EvictionPlan plan = PlanEviction(*policy_, views, sizes, clock, need,
-                                         priority == Priority::kPrefetch ? &incoming : nullptr);
-  if (plan.valued_more) {
-    return absl::ResourceExhaustedError(
-        absl::StrFormat("prefetch of %s dropped: making room would evict %s, which the %s policy "
-                        "values more",
-                        key.ToString(), plan.valued_more->ToString(), policy_->name()));
+  if (priority == Priority::kPrefetch) incoming = AsIfUsedNow(View(index), clock_);
+  switch (index_.Take(need, priority == Priority::kPrefetch ? &incoming : nullptr,
+                      IndexSource(*this), clock_, &plan_)) {
+    case EvictionIndex::Outcome::kTaken:
+      return absl::OkStatus();
+    case EvictionIndex::Outcome::kValuedMore:
+      plan_.victims.clear();
+      return absl::ResourceExhaustedError(
+          absl::StrFormat("prefetch of %s dropped: making room would evict %s, which the %s policy "
+                          "values more",
+                          key.ToString(), plan_.valued_more->ToString(), policy_->name()));
+    case EvictionIndex::Outcome::kNoRoom:
+      break;
   }
-  if (plan.freed < need) {
-    return absl::ResourceExhaustedError(absl::StrFormat(
-        "cache budget of %d bytes cannot admit %s (%d bytes): %d bytes are resident "
-        "or loading and only %d of them are evictable (the rest pinned or loading)",
-        config_.budget_bytes, key.ToString(), bytes, used, plan.freed));
-  }
-  std::vector<size_t> victims;
-  victims.reserve(plan.victims.size());
-  for (const ExpertKey& victim : plan.victims) victims.push_back(Index(victim));
-  return victims;
+  plan_.victims.clear();
+  return absl::ResourceExhaustedError(
+      absl::StrFormat("cache budget of %d bytes cannot admit %s (%d bytes): %d bytes are resident "
+                      "or loading and only %d of them are evictable (the rest pinned or loading)",
+                      config_.budget_bytes, key.ToString(), bytes, used, plan_.freed));
 }
 
 absl::Status ExpertCache::CanAdmit(ExpertKey key, uint64_t bytes, Priority priority) const {
   if (absl::Status s = CheckKey(key); !s.ok()) return s;
   absl::MutexLock lock(&mu_);
-  return PlanEvictionLocked(key, bytes, priority).status();
+  return PlanEvictionLocked(key, bytes, priority);
 }
 
 absl::Status ExpertCache::Reserve(ExpertKey key, uint64_t bytes, Priority priority) {
   if (absl::Status s = CheckKey(key); !s.ok()) return s;
   std::vector<std::shared_ptr<const ExpertData>> released;  // dropped after unlocking
   absl::MutexLock lock(&mu_);
-  absl::StatusOr<std::vector<size_t>> victims = PlanEvictionLocked(key, bytes, priority);
-  if (!victims.ok()) return victims.status();
-  for (size_t i : *victims) {
-    if (!TryEvictLocked(i, &released)) {
+  if (absl::Status s = PlanEvictionLocked(key, bytes, priority); !s.ok()) return s;
+  for (const ExpertKey& victim : plan_.victims) {
+    if (!TryEvictLocked(Index(victim), &released)) {
       return absl::ResourceExhaustedError(absl::StrFormat(
           "cache budget of %d bytes cannot admit %s: %s was pinned while making room",
-          config_.budget_bytes, key.ToString(), KeyOf(i).ToString()));
+          config_.budget_bytes, key.ToString(), victim.ToString()));
     }
   }
   Entry& entry = entries_[Index(key)];
@@ -271,6 +301,7 @@ absl::Status ExpertCache::ReserveReplacement(ExpertKey key, uint64_t bytes) {
     return absl::ResourceExhaustedError(absl::StrFormat(
         "no free room to re-page %s (%d bytes) without evicting", key.ToString(), bytes));
   }
+  if (index_.Contains(Index(key))) index_.Erase(Index(key), entry.bytes);
   entry.replacement_bytes = bytes;
   loading_bytes_ += bytes;
   NotePeakLocked();
@@ -295,6 +326,7 @@ absl::Status ExpertCache::Commit(std::shared_ptr<const ExpertData> data) {
     entry.bytes = data->size;
     entry.replacement_bytes = 0;
     replaced = std::exchange(entry.data, std::move(data));
+    changed_.Mark(index);
     NoteRoom();
     return absl::OkStatus();
   }
@@ -317,6 +349,7 @@ absl::Status ExpertCache::Commit(std::shared_ptr<const ExpertData> data) {
     prefetched_unused_[index].store(1, std::memory_order_relaxed);
   }
   resident_[index].store(1, std::memory_order_release);
+  changed_.Mark(index);
   NoteRoom();
   return absl::OkStatus();
 }
@@ -332,6 +365,7 @@ void ExpertCache::Abort(ExpertKey key) {
   } else if (entry.state == State::kResident && entry.replacement_bytes != 0) {
     loading_bytes_ -= entry.replacement_bytes;
     entry.replacement_bytes = 0;
+    changed_.Mark(Index(key));
   }
   NoteRoom();
 }

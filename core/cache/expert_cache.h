@@ -14,6 +14,8 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "core/base/types.h"
+#include "core/cache/changed_slots.h"
+#include "core/cache/eviction_index.h"
 #include "core/cache/eviction_policy.h"
 #include "core/store/expert_store.h"
 
@@ -153,11 +155,15 @@ class ExpertCache {
 
   ExpertCache(const CacheConfig& config, std::unique_ptr<EvictionPolicy> policy,
               EvictionListener on_evict);
-  // The entries to evict, in order, so that `bytes` more fit; the error says
-  // why they cannot (too big, all pinned, or a prefetch not worth it).
-  absl::StatusOr<std::vector<size_t>> PlanEvictionLocked(ExpertKey key, uint64_t bytes,
-                                                         Priority priority) const
+  // The entries to evict, in order, so that `bytes` more fit, in plan_; the
+  // error says why they cannot (too big, all pinned, or a prefetch not
+  // worth it).
+  absl::Status PlanEvictionLocked(ExpertKey key, uint64_t bytes, Priority priority) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Brings the eviction index up to the slots changed since it last looked:
+  // an entry is in it while resident, unpinned and not being re-paged.
+  void SyncIndexLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool EvictableLocked(size_t index) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   size_t Index(ExpertKey key) const { return size_t{key.layer} * config_.num_experts + key.expert; }
   ExpertKey KeyOf(size_t index) const {
     return {static_cast<uint32_t>(index / config_.num_experts),
@@ -165,7 +171,8 @@ class ExpertCache {
   }
   absl::Status CheckKey(ExpertKey key) const;
   EntryView View(size_t index) const;
-  CacheClock Clock() const;
+  void FillClock(CacheClock* clock) const;
+  class IndexSource;
   // Removes a resident, unpinned entry; false if a pin raced in. The data
   // goes to `released`, for the caller to drop after unlocking: freeing
   // megabytes (munmap) must not stall everyone waiting on the lock.
@@ -189,6 +196,13 @@ class ExpertCache {
   std::unique_ptr<EvictionPolicy> policy_ ABSL_GUARDED_BY(mu_);
   std::vector<Entry> entries_ ABSL_GUARDED_BY(mu_);
   std::vector<size_t> resident_list_ ABSL_GUARDED_BY(mu_);
+  // What the routing path changed (accesses, pins), for the index.
+  mutable ChangedSlots changed_;
+  // Evictable entries in the policy's order; kept up to date lazily by the
+  // decisions, hence mutable.
+  mutable EvictionIndex index_ ABSL_GUARDED_BY(mu_);
+  mutable CacheClock clock_ ABSL_GUARDED_BY(mu_);  // of the decision in progress
+  mutable EvictionPlan plan_ ABSL_GUARDED_BY(mu_);
   uint64_t resident_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t loading_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t peak_bytes_ ABSL_GUARDED_BY(mu_) = 0;

@@ -21,15 +21,28 @@ WorkerCacheView::WorkerCacheView(std::string name, uint32_t num_layers, uint32_t
       flags_(new std::atomic<uint8_t>[slots_]),
       usage_(new Usage[slots_]),
       clock_{.num_layers = num_layers, .layer_visits = std::vector<uint64_t>(num_layers, 0)},
+      index_(num_layers, num_experts),
       pinned_(num_experts, 0),
       touch_(slots_, 0) {
   for (size_t i = 0; i < slots_; ++i) flags_[i].store(0, std::memory_order_relaxed);
+  absl::MutexLock lock(&mu_);
+  index_.Reset(policy_.get());
 }
 
-uint64_t WorkerCacheView::NextId() {
-  static std::atomic<uint64_t> next{1};
-  return next.fetch_add(1, std::memory_order_relaxed);
-}
+// What the index reads of an entry, under the view's lock.
+class WorkerCacheView::IndexSource final : public EvictionIndex::Source {
+ public:
+  explicit IndexSource(const WorkerCacheView& view) : view_(view) {}
+  EntryView View(size_t slot) const override ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    return view_.View(view_.KeyOf(slot));
+  }
+  uint64_t Bytes(size_t slot) const override ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    return view_.SlotBytes(view_.KeyOf(slot));
+  }
+
+ private:
+  const WorkerCacheView& view_;
+};
 
 uint64_t WorkerCacheView::MemoryBytes() const {
   return FootprintBytes(num_layers_, num_experts_, name_.capacity());
@@ -38,16 +51,16 @@ uint64_t WorkerCacheView::MemoryBytes() const {
 uint64_t WorkerCacheView::FootprintBytes(uint32_t num_layers, uint32_t num_experts,
                                          size_t name_bytes) {
   const uint64_t slots = uint64_t{num_layers} * num_experts;
-  // Flags, touch bits and usage per slot, visits per layer, pins and last
-  // choices per expert.
-  return sizeof(WorkerCacheView) + slots * (sizeof(Usage) + 2) + num_layers * sizeof(uint64_t) +
-         num_experts * (1 + sizeof(uint32_t)) + name_bytes;
+  // Flags, touch bits, usage and the index per slot (at most: adaptive's
+  // two orders), visits per layer, pins and last choices per expert.
+  return sizeof(WorkerCacheView) + slots * (sizeof(Usage) + 2 + EvictionIndex::kMaxBytesPerSlot) +
+         num_layers * sizeof(uint64_t) + num_experts * (1 + 2 * sizeof(uint32_t)) + name_bytes;
 }
 
 absl::Span<const WorkerCacheView::Miss> WorkerCacheView::BeginStep(
     uint32_t layer, absl::Span<const uint32_t> experts) {
-  ++ranking_generation_;
-  std::fill(pinned_.begin(), pinned_.end(), 0);
+  EndSnapshot();
+  ReleasePins();
   clock_.current_layer = layer;
   const uint64_t visit = ++clock_.layer_visits[layer];
   // Per expert, its uses and the tick of its last use: what a use at a time
@@ -78,6 +91,8 @@ absl::Span<const WorkerCacheView::Miss> WorkerCacheView::BeginStep(
       u.reuse_visit = static_cast<uint32_t>(visit);
     }
     pinned_[e] = 1;
+    pinned_list_.push_back(e);
+    if (index_.Contains(Index(key))) index_.Erase(Index(key), SlotBytes(key));
     if (IsResident(key)) {
       counters_.hits += uses[e];
     } else {
@@ -116,6 +131,7 @@ void WorkerCacheView::RebaseTicks() {
     if (last != 0) last = last > shift ? static_cast<uint32_t>(last - shift) : 1;
   }
   tick_base_ += shift;
+  index_.RekeyAll(IndexSource(*this), clock_);
 }
 
 EntryView WorkerCacheView::View(ExpertKey key) const {
@@ -143,54 +159,53 @@ void WorkerCacheView::Remove(ExpertKey key) {
   const size_t index = Index(key);
   Note(index);
   resident_bytes_ -= SlotBytes(key);
+  if (index_.Contains(index)) index_.Erase(index, SlotBytes(key));
   flags_[index].store(0, std::memory_order_relaxed);
 }
 
-namespace {
+void WorkerCacheView::EndSnapshot() {
+  snapshot_open_ = false;
+  for (size_t index : deferred_) {
+    if (IsResident(KeyOf(index)) && !index_.Contains(index) && !IsPinned(index)) {
+      index_.Insert(index, SlotBytes(KeyOf(index)), View(KeyOf(index)), clock_);
+    }
+  }
+  deferred_.clear();
+}
 
-// The ranking of one view's evictable entries, shared by the bookings of a
-// call (ranking per booking would cost a scan and a heap each). Per thread,
-// not per view: a thousand idle views must not each keep one.
-struct CallRanking {
-  uint64_t view = 0;
-  uint64_t generation = 0;
-  EvictionQueue queue;
-  std::vector<EntryView> candidates;
-  std::vector<uint64_t> bytes;
-  EvictionPlan plan;
-};
-thread_local CallRanking call_ranking;
+void WorkerCacheView::ReleasePins() {
+  for (uint32_t e : pinned_list_) {
+    pinned_[e] = 0;
+    const ExpertKey key{clock_.current_layer, e};
+    if (IsResident(key) && !index_.Contains(Index(key))) {
+      index_.Insert(Index(key), SlotBytes(key), View(key), clock_);
+    }
+  }
+  pinned_list_.clear();
+}
 
-}  // namespace
+void WorkerCacheView::RebuildIndex() {
+  index_.Reset(policy_.get());
+  snapshot_open_ = false;
+  deferred_.clear();
+  for (size_t i = 0; i < slots_; ++i) {
+    if (IsResident(KeyOf(i)) && !IsPinned(i))
+      index_.Insert(i, SlotBytes(KeyOf(i)), View(KeyOf(i)), clock_);
+  }
+}
 
 WorkerCacheView::Admission WorkerCacheView::MakeRoom(uint64_t need, const EntryView* incoming) {
-  CallRanking& ranking = call_ranking;
-  if (ranking.view != id_ || ranking.generation != ranking_generation_) {
-    ranking.candidates.clear();
-    ranking.bytes.clear();
-    // Layer by layer: no division to find a slot's key.
-    for (uint32_t l = 0; l < num_layers_; ++l) {
-      const std::atomic<uint8_t>* flags = &flags_[size_t{l} * num_experts_];
-      const bool current = l == clock_.current_layer;
-      for (uint32_t e = 0; e < num_experts_; ++e) {
-        if (flags[e].load(std::memory_order_relaxed) == 0) continue;
-        if (current && pinned_[e] != 0) continue;
-        ranking.candidates.push_back(View({l, e}));
-        ranking.bytes.push_back(SlotBytes({l, e}));
-      }
-    }
-    ranking.queue.Rank(*policy_, ranking.candidates, ranking.bytes, Clock());
-    ranking.view = id_;
-    ranking.generation = ranking_generation_;
+  snapshot_open_ = true;
+  switch (index_.Take(need, incoming, IndexSource(*this), clock_, &plan_)) {
+    case EvictionIndex::Outcome::kTaken:
+      break;
+    case EvictionIndex::Outcome::kValuedMore:
+      return Admission::kValuedMore;
+    case EvictionIndex::Outcome::kNoRoom:
+      return Admission::kNoRoom;
   }
-  EvictionPlan& plan = ranking.plan;
-  ranking.queue.Take(
-      need, incoming != nullptr ? std::optional(policy_->Keep(*incoming, Clock())) : std::nullopt,
-      &plan);
-  if (plan.valued_more) return Admission::kValuedMore;
-  if (plan.freed < need) return Admission::kNoRoom;
-  for (const ExpertKey& victim : plan.victims) Remove(victim);
-  if (policy_->RanksByPopulation()) ++ranking_generation_;
+  for (const ExpertKey& victim : plan_.victims) Remove(victim);
+  if (policy_->RanksByPopulation()) EndSnapshot();
   return Admission::kAdmitted;
 }
 
@@ -212,12 +227,17 @@ WorkerCacheView::Admission WorkerCacheView::TryAdmit(ExpertKey key, uint8_t vari
                   (priority == Priority::kPrefetch ? kAdmittedForPrefetch : 0);
   flags_[index].store(variant + 1, std::memory_order_relaxed);
   resident_bytes_ += bytes;
+  if (snapshot_open_) {
+    deferred_.push_back(index);
+  } else if (!IsPinned(index)) {
+    index_.Insert(index, bytes, View(key), clock_);
+  }
   return Admission::kAdmitted;
 }
 
 absl::Status WorkerCacheView::Admit(ExpertKey key, uint8_t variant, Priority priority) {
   const uint64_t need = resident_bytes_ + sizes_->Bytes(key, variant) - budget_bytes_;
-  const EvictionPlan& plan = call_ranking.plan;
+  const EvictionPlan& plan = plan_;
   switch (TryAdmit(key, variant, priority)) {
     case Admission::kAdmitted:
       return absl::OkStatus();
@@ -241,7 +261,7 @@ absl::Status WorkerCacheView::Admit(ExpertKey key, uint8_t variant, Priority pri
 }
 
 void WorkerCacheView::Resize(uint64_t budget_bytes) {
-  ++ranking_generation_;
+  EndSnapshot();
   budget_bytes_ = budget_bytes;
   // Nothing is pinned outside a call, so this always succeeds.
   if (resident_bytes_ > budget_bytes_) MakeRoom(resident_bytes_ - budget_bytes_, nullptr);
@@ -258,7 +278,6 @@ absl::Status WorkerCacheView::Adopt(absl::Span<const std::pair<ExpertKey, uint8_
         absl::StrFormat("cache '%s' would hold %d bytes, over its budget of %d bytes", name_, total,
                         budget_bytes_));
   }
-  ++ranking_generation_;
   for (size_t i = 0; i < slots_; ++i) flags_[i].store(0, std::memory_order_relaxed);
   for (const auto& [key, variant] : resident) {
     flags_[Index(key)].store(variant + 1, std::memory_order_relaxed);
@@ -266,17 +285,18 @@ absl::Status WorkerCacheView::Adopt(absl::Span<const std::pair<ExpertKey, uint8_
   resident_bytes_ = total;
   for (size_t index : touched_) touch_[index] = 0;
   touched_.clear();
+  RebuildIndex();
   return absl::OkStatus();
 }
 
 void WorkerCacheView::SetPolicy(std::unique_ptr<EvictionPolicy> policy) {
-  ++ranking_generation_;
   policy_ = std::move(policy);
+  RebuildIndex();
 }
 
 void WorkerCacheView::EndCall(CacheInstructions* instructions) {
-  ++ranking_generation_;
-  std::fill(pinned_.begin(), pinned_.end(), 0);
+  EndSnapshot();
+  ReleasePins();
   CacheInstructions& out = *instructions;
   out.evictions.clear();
   out.urgent.clear();

@@ -15,6 +15,7 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "core/base/types.h"
+#include "core/cache/eviction_index.h"
 #include "core/cache/eviction_policy.h"
 #include "core/cache/expert_size_table.h"
 #include "core/metrics/metrics.h"
@@ -37,9 +38,11 @@ struct CacheInstructions {
 /// Bookkeeping follows ExpertCache step for step (the same ticks, reuse EMA
 /// and PlanEviction), so a trace replayed through a view pages exactly like
 /// the offline replay through an ExpertCache. A call allocates nothing once
-/// its buffers have grown to the workload. Per expert it keeps 18 bytes:
-/// access ages in 32 bits are rebased every 2^31 accesses (entries idle for
-/// longer tie as the oldest).
+/// its buffers have grown to the workload, and costs O(log n) per eviction:
+/// the evictable entries are kept in the policy's order (EvictionIndex),
+/// not ranked per call. Per expert it keeps 18 bytes of state (access ages
+/// in 32 bits are rebased every 2^31 accesses; entries idle for longer tie
+/// as the oldest) and the index's 25 (65 for adaptive).
 ///
 /// Not thread-safe on its own: the owner holds mu() for a whole call, which
 /// orders the calls on one cache.
@@ -179,15 +182,25 @@ class WorkerCacheView {
   // `incoming`, kValuedMore if they are valued more. The bookings of one step share one
   // ranking: the entries they may evict do not change in between.
   Admission MakeRoom(uint64_t need, const EntryView* incoming) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The bookings of one call share one ranking, as a ranking of all
+  // candidates at the call's first booking would: entries admitted after it
+  // join the order only when the snapshot ends (the call ends, or an
+  // eviction changes an adaptive policy's population).
+  void EndSnapshot() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The step's experts leave the order while pinned; back in at the end of
+  // the call, re-keyed by their uses.
+  void ReleasePins() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool IsPinned(size_t index) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return index / num_experts_ == clock_.current_layer && pinned_[index % num_experts_] != 0;
+  }
+  // Refills the index with every resident entry not pinned (a new policy,
+  // an adopted residency).
+  void RebuildIndex() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  class IndexSource;
   void Note(size_t index) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Remove(ExpertKey key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RebaseTicks() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  static uint64_t NextId();
-
   const std::string name_;
-  // Unique per view ever made, unlike its address, which a later view may
-  // reuse: what a thread's cached ranking is keyed by.
-  const uint64_t id_ = NextId();
   const uint32_t num_layers_;
   const uint32_t num_experts_;
   const size_t slots_;
@@ -207,13 +220,14 @@ class WorkerCacheView {
   // sees them.
   CacheClock clock_ ABSL_GUARDED_BY(mu_);
   uint64_t tick_base_ ABSL_GUARDED_BY(mu_) = 0;
-  // Changes whenever the eviction ranking may have (a step, a use of an
-  // evictable entry, a new budget, residency or policy), so that bookings
-  // within one step share one ranking.
-  uint64_t ranking_generation_ ABSL_GUARDED_BY(mu_) = 0;
-  std::vector<uint8_t> pinned_ ABSL_GUARDED_BY(mu_);  // experts of the current layer
-  std::vector<uint8_t> touch_ ABSL_GUARDED_BY(mu_);   // TouchBits per slot
-  std::vector<size_t> touched_ ABSL_GUARDED_BY(mu_);  // slots with touch_ set
+  EvictionIndex index_ ABSL_GUARDED_BY(mu_);
+  EvictionPlan plan_ ABSL_GUARDED_BY(mu_);  // the last booking's
+  bool snapshot_open_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<size_t> deferred_ ABSL_GUARDED_BY(mu_);       // admitted while the snapshot is open
+  std::vector<uint8_t> pinned_ ABSL_GUARDED_BY(mu_);        // experts of the current layer
+  std::vector<uint32_t> pinned_list_ ABSL_GUARDED_BY(mu_);  // the same, listed
+  std::vector<uint8_t> touch_ ABSL_GUARDED_BY(mu_);         // TouchBits per slot
+  std::vector<size_t> touched_ ABSL_GUARDED_BY(mu_);        // slots with touch_ set
   std::vector<Miss> misses_ ABSL_GUARDED_BY(mu_);
   WorkerCacheCounters counters_ ABSL_GUARDED_BY(mu_);
   std::optional<uint32_t> last_layer_ ABSL_GUARDED_BY(mu_);

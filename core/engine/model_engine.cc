@@ -37,6 +37,9 @@ absl::StatusOr<std::unique_ptr<ModelEngine>> ModelEngine::Create(
   options.affinity = [self](ExpertKey key) {
     return self->layers_[key.layer]->affinity->Score(key.expert);
   };
+  options.affinity_version = [self](uint32_t layer) {
+    return self->layers_[layer]->affinity->version();
+  };
   auto policy = MakeEvictionPolicy(config.eviction_policy, options);
   if (!policy.ok()) return policy.status();
   ModelMetrics* metrics = model->metrics_.get();

@@ -80,6 +80,7 @@ void ExpertAffinity::UpdateTokens(absl::Span<const uint32_t> activated, uint32_t
   }
   max_count_.store(max_count, std::memory_order_relaxed);
   updates_.store(updates_.load(std::memory_order_relaxed) + tokens, std::memory_order_relaxed);
+  version_.store(version_.load(std::memory_order_relaxed) + 1, std::memory_order_release);
 }
 
 void ExpertAffinity::FoldActivations(uint64_t tokens, absl::Span<const uint32_t> activations) {
@@ -108,6 +109,7 @@ void ExpertAffinity::FoldActivations(uint64_t tokens, absl::Span<const uint32_t>
   }
   max_count_.store(max_count, std::memory_order_relaxed);
   updates_.store(updates_.load(std::memory_order_relaxed) + tokens, std::memory_order_relaxed);
+  version_.store(version_.load(std::memory_order_relaxed) + 1, std::memory_order_release);
 }
 
 void ExpertAffinity::Renormalize() {
@@ -187,6 +189,7 @@ absl::Status ExpertAffinity::Import(const State& state) {
   inv_scale_ = 1.0;
   max_count_.store(max_count, std::memory_order_relaxed);
   updates_.store(state.updates, std::memory_order_relaxed);
+  version_.store(version_.load(std::memory_order_relaxed) + 1, std::memory_order_release);
   return absl::OkStatus();
 }
 

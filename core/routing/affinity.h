@@ -54,6 +54,9 @@ class ExpertAffinity {
   uint64_t Count(uint32_t expert) const { return counts_[expert].load(std::memory_order_relaxed); }
   uint64_t MaxCount() const { return max_count_.load(std::memory_order_relaxed); }
   uint64_t updates() const { return updates_.load(std::memory_order_relaxed); }
+  /// Moves whenever any score may have changed: eviction orders by score
+  /// re-rank the layer then.
+  uint64_t version() const { return version_.load(std::memory_order_relaxed); }
 
   /// The k experts with the highest affinity (ties: lower id first).
   std::vector<uint32_t> TopByAffinity(uint32_t k) const;
@@ -99,6 +102,7 @@ class ExpertAffinity {
   std::unique_ptr<std::atomic<uint64_t>[]> counts_;
   std::atomic<uint64_t> max_count_{0};
   std::atomic<uint64_t> updates_{0};
+  std::atomic<uint64_t> version_{0};
 };
 
 /// EMA of how often expert i of layer l is followed by expert j of layer l+1

@@ -29,6 +29,9 @@ absl::StatusOr<std::unique_ptr<WorkerEngine>> WorkerEngine::Create(
   policy_options.affinity = [owner](ExpertKey key) ABSL_NO_THREAD_SAFETY_ANALYSIS {
     return (*owner)->layers_[key.layer].router->affinity().Score(key.expert);
   };
+  policy_options.affinity_version = [owner](uint32_t layer) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    return (*owner)->layers_[layer].router->affinity().version();
+  };
   auto policy = MakeEvictionPolicy(policy_name, policy_options);
   if (!policy.ok()) return policy.status();
   auto view =

@@ -65,11 +65,11 @@ TEST(EvictionPolicyTest, AdaptiveSwitchesOnTheSkewOfTheCandidates) {
   auto adaptive = Make("adaptive", options);
   const std::vector<EntryView> skewed = {
       a, b, {.key = {0, 3}, .accesses = 1}, {.key = {0, 4}, .accesses = 1}};
-  adaptive->Prepare(skewed, clock);  // max 9 x 4 entries >= 2 x sum 13
+  adaptive->Prepare(skewed);  // max 9 x 4 entries >= 2 x sum 13
   EXPECT_GT(adaptive->Keep(a, clock), adaptive->Keep(b, clock));
   const std::vector<EntryView> flat = {{.key = {0, 1}, .accesses = 3},
                                        {.key = {0, 2}, .accesses = 3}};
-  adaptive->Prepare(flat, clock);
+  adaptive->Prepare(flat);
   EXPECT_LT(adaptive->Keep(a, clock), adaptive->Keep(b, clock));
 }
 

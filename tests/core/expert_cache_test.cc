@@ -9,6 +9,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/fixed_rank_policy.h"
+#include "tests/testing/ranking_oracle.h"
 
 namespace moe_router {
 namespace {
@@ -282,19 +283,21 @@ TEST(ExpertCacheTest, EvictsThePolicysLowestRankedAmongTheUnpinned) {
   auto cache =
       *ExpertCache::Create(CacheConfig{.num_layers = 1, .num_experts = 8, .budget_bytes = 300},
                            std::make_unique<testing::FixedRankPolicy>(state));
+  state->keep = {{{0, 0}, 1.0}, {{0, 1}, 5.0}, {{0, 2}, 3.0}, {{0, 3}, 10.0}};
   for (uint32_t e = 0; e < 3; ++e) Use(*cache, {0, e});
-  state->keep = {{{0, 0}, 1.0}, {{0, 1}, 5.0}, {{0, 2}, 3.0}};
+  testing::RankingOracle oracle(/*keep_members=*/true);
   ASSERT_TRUE(cache->Pin({0, 0}));  // the lowest ranked, but pinned
   Use(*cache, {0, 3});
   cache->Unpin({0, 0});
-  ASSERT_EQ(state->offered.size(), 1u);
-  EXPECT_THAT(state->offered[0], ::testing::UnorderedElementsAre(ExpertKey{0, 1}, ExpertKey{0, 2}));
+  ASSERT_EQ(oracle.decisions(), 1u);
+  EXPECT_THAT(oracle.members()[0],
+              ::testing::UnorderedElementsAre(ExpertKey{0, 1}, ExpertKey{0, 2}));
   EXPECT_FALSE(cache->IsResident({0, 2}));  // ranked 3.0, below 5.0
   EXPECT_TRUE(cache->IsResident({0, 0}));
   EXPECT_TRUE(cache->IsResident({0, 1}));
   // Unpinned, the lowest ranked goes next.
-  state->keep[{0, 3}] = 10.0;
   Use(*cache, {0, 4});
+  EXPECT_EQ(oracle.differences(), 0u);
   EXPECT_FALSE(cache->IsResident({0, 0}));
 }
 

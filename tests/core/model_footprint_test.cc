@@ -63,23 +63,24 @@ INSTANTIATE_TEST_SUITE_P(
                       std::array<uint32_t, 3>{61, 384, 8}, std::array<uint32_t, 3>{94, 128, 8},
                       std::array<uint32_t, 3>{8, 1024, 8}, std::array<uint32_t, 3>{400, 16, 2}));
 
-TEST(FootprintTest, LargestRealModelsFitInAFewHundredMegabytes) {
+TEST(FootprintTest, LargestRealModelsFitInAFewGigabytes) {
   for (const auto& [layers, experts] : {std::pair{58u, 256u}, {61u, 384u}, {94u, 128u}}) {
     const ModelConfig config = Shape(layers, experts, 8);
     ASSERT_TRUE(config.Validate().ok());
     const ModelFootprint f = EstimateFootprint(config, 0);
-    // 1024 worker caches of 17 bytes per expert, plus learned state.
+    // 1024 worker caches of 67 bytes per expert at most, plus learned state.
     EXPECT_LT(f.learned_state_bytes, uint64_t{128} << 20) << layers << "x" << experts;
-    EXPECT_LT(f.worker_views_bytes, uint64_t{512} << 20) << layers << "x" << experts;
+    EXPECT_LT(f.worker_views_bytes, uint64_t{2} << 30) << layers << "x" << experts;
   }
 }
 
-TEST(FootprintTest, WorkerCacheViewsCostEighteenBytesPerExpert) {
+// 18 bytes of state and, at most (adaptive), 49 of eviction index.
+TEST(FootprintTest, WorkerCacheViewsCostSixtySevenBytesPerExpertAtMost) {
   ModelConfig config = Shape(58, 256, 8);
   config.worker_caches.max_caches = 1;
   const uint64_t one = EstimateFootprint(config, 0).worker_views_bytes;
-  EXPECT_GE(one, 18u * 58 * 256);
-  EXPECT_LT(one, 19u * 58 * 256);
+  EXPECT_GE(one, 67u * 58 * 256);
+  EXPECT_LT(one, 68u * 58 * 256);
   config.worker_caches.max_caches = 1000;
   EXPECT_EQ(EstimateFootprint(config, 0).worker_views_bytes, 1000 * one);
 }

@@ -1,0 +1,259 @@
+#include "core/cache/eviction_index.h"
+
+#include <atomic>
+#include <optional>
+
+namespace moe_router {
+namespace {
+
+std::atomic<EvictionIndex::Auditor*> auditor{nullptr};
+
+}  // namespace
+
+void EvictionIndex::SetAuditorForTesting(Auditor* a) { auditor.store(a); }
+
+EvictionIndex::EvictionIndex(uint32_t num_layers, uint32_t num_experts)
+    : num_layers_(num_layers), num_experts_(num_experts) {}
+
+void EvictionIndex::Reset(EvictionPolicy* policy) {
+  policy_ = policy;
+  layer_keys_ = policy->key_scope() == KeyScope::kLayer;
+  identity_combine_ = !layer_keys_ || policy->CombinesByIdentity();
+  const size_t slots = size_t{num_layers_} * num_experts_;
+  orders_.clear();
+  orders_.resize(layer_keys_ ? 1 : policy->NumOrders());
+  for (Order& o : orders_) {
+    o.keys.assign(slots, Key{});
+    o.groups.clear();
+    o.groups.reserve(num_layers_);
+    for (uint32_t g = 0; g < num_layers_; ++g) {
+      o.groups.emplace_back(num_experts_, ByKey{o.keys.data() + size_t{g} * num_experts_});
+    }
+    o.heads.assign(num_layers_, Head{});
+    o.layers = IndexedHeap<ByHead>(num_layers_, ByHead{o.heads.data()});
+    o.stale_head.assign(num_layers_, 0);
+    o.stale_heads.clear();
+    o.stale_heads.reserve(num_layers_);
+  }
+  member_.assign(slots, 0);
+  size_ = 0;
+  bytes_ = 0;
+  layer_stamps_.assign(num_layers_, 0);
+  stamps_valid_ = false;
+  // Adaptive decides by the lfu order's keys, which are access counts.
+  track_population_ = policy->RanksByPopulation() && orders_.size() == 2;
+  busiest_ = IndexedHeap<ByAccessesDesc>(track_population_ ? static_cast<uint32_t>(slots) : 0,
+                                         ByAccessesDesc{orders_.back().keys.data()});
+  sum_accesses_ = 0;
+}
+
+uint64_t EvictionIndex::AccessesOf(size_t slot) const {
+  return static_cast<uint64_t>(orders_[1].keys[slot].k);
+}
+
+EvictionIndex::Key EvictionIndex::KeyOf(size_t order, const EntryView& view,
+                                        const CacheClock& clock) const {
+  return {layer_keys_ ? policy_->LayerKey(view, clock) : policy_->OrderKeep(order, view, clock),
+          view.last_access};
+}
+
+void EvictionIndex::MarkStale(Order& order, uint32_t group) {
+  if (order.stale_head[group] != 0) return;
+  order.stale_head[group] = 1;
+  order.stale_heads.push_back(group);
+}
+
+void EvictionIndex::Insert(size_t slot, uint64_t bytes, const EntryView& view,
+                           const CacheClock& clock) {
+  member_[slot] = 1;
+  ++size_;
+  bytes_ += bytes;
+  const uint32_t group = GroupOf(slot);
+  for (size_t i = 0; i < orders_.size(); ++i) {
+    Order& o = orders_[i];
+    o.keys[slot] = KeyOf(i, view, clock);
+    o.groups[group].Push(LocalOf(slot));
+    MarkStale(o, group);
+  }
+  if (track_population_) {
+    sum_accesses_ += AccessesOf(slot);
+    busiest_.Push(static_cast<uint32_t>(slot));
+  }
+}
+
+void EvictionIndex::Erase(size_t slot, uint64_t bytes) {
+  member_[slot] = 0;
+  --size_;
+  bytes_ -= bytes;
+  const uint32_t group = GroupOf(slot);
+  for (Order& o : orders_) {
+    o.groups[group].Erase(LocalOf(slot));
+    MarkStale(o, group);
+  }
+  if (track_population_) {
+    sum_accesses_ -= AccessesOf(slot);
+    busiest_.Erase(static_cast<uint32_t>(slot));
+  }
+}
+
+void EvictionIndex::Rekey(size_t slot, const EntryView& view, const CacheClock& clock) {
+  if (member_[slot] == 0) return;
+  if (track_population_) sum_accesses_ -= AccessesOf(slot);
+  const uint32_t group = GroupOf(slot);
+  for (size_t i = 0; i < orders_.size(); ++i) {
+    Order& o = orders_[i];
+    o.keys[slot] = KeyOf(i, view, clock);
+    o.groups[group].Update(LocalOf(slot));
+    MarkStale(o, group);
+  }
+  if (track_population_) {
+    sum_accesses_ += AccessesOf(slot);
+    busiest_.Update(static_cast<uint32_t>(slot));
+  }
+}
+
+void EvictionIndex::RekeyAll(const Source& source, const CacheClock& clock) {
+  for (size_t i = 0; i < orders_.size(); ++i) {
+    Order& o = orders_[i];
+    for (uint32_t g = 0; g < num_layers_; ++g) {
+      for (uint32_t local : o.groups[g].items()) {
+        const size_t slot = SlotOf(g, local);
+        o.keys[slot] = KeyOf(i, source.View(slot), clock);
+      }
+      o.groups[g].Heapify();
+      MarkStale(o, g);
+    }
+  }
+  if (track_population_) {
+    sum_accesses_ = 0;
+    ForEach([this](size_t slot) { sum_accesses_ += AccessesOf(slot); });
+    busiest_.Heapify();
+  }
+}
+
+void EvictionIndex::Sync(const Source& source, const CacheClock& clock) {
+  if (layer_keys_) {
+    Order& o = orders_[0];
+    const uint64_t combine = policy_->CombineStamp(clock);
+    const bool combine_moved = !stamps_valid_ || combine != combine_stamp_;
+    for (uint32_t g = 0; g < num_layers_; ++g) {
+      const uint64_t stamp = policy_->LayerStamp(g, clock);
+      if (stamps_valid_ && stamp == layer_stamps_[g]) {
+        if (combine_moved && !o.groups[g].empty()) MarkStale(o, g);
+        continue;
+      }
+      layer_stamps_[g] = stamp;
+      IndexedHeap<ByKey, uint16_t>& heap = o.groups[g];
+      if (heap.empty()) continue;
+      for (uint32_t local : heap.items()) {
+        const size_t slot = SlotOf(g, local);
+        o.keys[slot] = KeyOf(0, source.View(slot), clock);
+      }
+      heap.Heapify();
+      MarkStale(o, g);
+    }
+    combine_stamp_ = combine;
+    stamps_valid_ = true;
+  }
+  for (Order& o : orders_) {
+    for (uint32_t g : o.stale_heads) RefreshHead(o, g, clock);
+    o.stale_heads.clear();
+  }
+}
+
+void EvictionIndex::RefreshHead(Order& order, uint32_t group, const CacheClock& clock) {
+  order.stale_head[group] = 0;
+  const IndexedHeap<ByKey, uint16_t>& heap = order.groups[group];
+  if (heap.empty()) {
+    if (order.layers.Contains(group)) order.layers.Erase(group);
+    return;
+  }
+  const Key* keys = heap.less().keys;
+  const uint32_t top = heap.Top();
+  Head head{keys[top].k, keys[top].last, top};
+  if (!identity_combine_) {
+    head.keep = policy_->CombineLayerKey(group, keys[top].k, clock);
+    // Keys that round into the same Keep() as the top's sit at the top of
+    // the heap (the combination is monotone): among them the least recently
+    // accessed, then the lowest, goes first, as in a ranking of all.
+    const absl::Span<const uint16_t> items = heap.items();
+    walk_.clear();
+    walk_.push_back(0);
+    while (!walk_.empty()) {
+      const uint32_t at = walk_.back();
+      walk_.pop_back();
+      for (uint32_t child = 2 * at + 1; child <= 2 * at + 2 && child < items.size(); ++child) {
+        const uint32_t id = items[child];
+        if (policy_->CombineLayerKey(group, keys[id].k, clock) != head.keep) continue;
+        if (keys[id].last < head.last || (keys[id].last == head.last && id < head.local)) {
+          head.last = keys[id].last;
+          head.local = id;
+        }
+        walk_.push_back(child);
+      }
+    }
+  }
+  order.heads[group] = head;
+  if (order.layers.Contains(group)) {
+    order.layers.Update(group);
+  } else {
+    order.layers.Push(group);
+  }
+}
+
+EvictionIndex::Outcome EvictionIndex::Take(uint64_t need, const EntryView* incoming,
+                                           const Source& source, const CacheClock& clock,
+                                           EvictionPlan* plan) {
+  plan->victims.clear();
+  plan->freed = 0;
+  plan->valued_more.reset();
+  Sync(source, clock);
+  if (track_population_) {
+    policy_->PrepareFromStats({.count = size_,
+                               .max_accesses = size_ == 0 ? 0 : AccessesOf(busiest_.Top()),
+                               .sum_accesses = sum_accesses_});
+  }
+  std::optional<double> incoming_keep;
+  if (incoming != nullptr) incoming_keep = policy_->Keep(*incoming, clock);
+  Outcome outcome = Outcome::kTaken;
+  if (bytes_ < need) {
+    plan->freed = bytes_;
+    outcome = Outcome::kNoRoom;
+  } else {
+    // Walk the order by taking the first entry out, and put back what was
+    // taken: the owner erases the victims it evicts.
+    Order& o = orders_[policy_->ActiveOrder()];
+    taken_.clear();
+    while (plan->freed < need) {
+      const uint32_t group = o.layers.Top();
+      const Head& head = o.heads[group];
+      const size_t slot = SlotOf(group, head.local);
+      const ExpertKey key{static_cast<uint32_t>(slot / num_experts_),
+                          static_cast<uint32_t>(slot % num_experts_)};
+      if (incoming_keep && head.keep >= *incoming_keep) {
+        plan->valued_more = key;
+        outcome = Outcome::kValuedMore;
+        break;
+      }
+      plan->victims.push_back(key);
+      plan->freed += source.Bytes(slot);
+      taken_.push_back(slot);
+      o.groups[group].Erase(head.local);
+      RefreshHead(o, group, clock);
+    }
+    for (size_t slot : taken_) {
+      o.groups[GroupOf(slot)].Push(LocalOf(slot));
+      MarkStale(o, GroupOf(slot));
+    }
+    if (outcome == Outcome::kValuedMore) {
+      plan->victims.clear();
+      plan->freed = 0;
+    }
+  }
+  if (Auditor* a = auditor.load(std::memory_order_relaxed); a != nullptr) {
+    a->Check(*this, source, clock, *policy_, need, incoming, outcome, *plan);
+  }
+  return outcome;
+}
+
+}  // namespace moe_router
