@@ -7,6 +7,7 @@
 #include "core/store/synthetic_store.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/testing/ranking_oracle.h"
 
 namespace moe_router {
 namespace {
@@ -104,6 +105,63 @@ TEST_P(ViewMatchesCacheTest, SameResidencyAfterEveryStep) {
 
 INSTANTIATE_TEST_SUITE_P(Policies, ViewMatchesCacheTest,
                          ::testing::Values("lru", "lfu", "layer_reuse", "adaptive"));
+
+class ViewDecisionsTest : public ::testing::TestWithParam<std::string> {};
+
+// Batches paged as the service and the in-process engine page them (misses
+// at first use, runners-up and next-layer predictions prefetched), in two
+// variants of different sizes, with ticks rebased every 64 accesses, resized,
+// adopted and switched policies in between: every eviction decision of the
+// view's index equals a ranking of all its evictable entries.
+TEST_P(ViewDecisionsTest, EveryEvictionEqualsARankingOfAllEvictableEntries) {
+  std::vector<double> scores(kLayers * kExperts, 0.0);
+  std::vector<uint64_t> versions(kLayers, 0);
+  EvictionPolicyOptions options;
+  options.affinity = [&](ExpertKey k) { return scores[k.layer * kExperts + k.expert]; };
+  options.affinity_version = [&](uint32_t layer) { return versions[layer]; };
+  WorkerCacheView view("w", kLayers, kExperts, 10 * kBytes,
+                       *MakeEvictionPolicy(GetParam(), options),
+                       Sizes({{"default", kBytes}, {"small", kBytes / 2}}), /*tick_limit=*/64);
+  testing::RankingOracle oracle;
+  std::mt19937 rng(5);
+  std::discrete_distribution<uint32_t> pick({8, 5, 3, 2, 1, 1, 1, 1});
+  absl::MutexLock lock(&view.mu());
+  CacheInstructions out;
+  for (int call = 0; call < 3000; ++call) {
+    const uint32_t layer = call % kLayers;
+    RouteResult batch;
+    batch.top_k = 2;
+    batch.tokens = 1 + rng() % 4;
+    for (uint32_t t = 0; t < batch.tokens; ++t) {
+      const uint32_t a = pick(rng);
+      batch.experts.push_back(a);
+      batch.experts.push_back((a + 1 + rng() % (kExperts - 1)) % kExperts);
+    }
+    if (rng() % 2 == 0) batch.prefetch = {static_cast<uint32_t>(rng() % kExperts)};
+    std::vector<uint32_t> next;
+    if (layer + 1 < kLayers) next = {pick(rng), static_cast<uint32_t>(rng() % kExperts)};
+    PageRoutedBatch(
+        view, layer, batch, next, [](ExpertKey k) -> uint8_t { return k.expert % 3 == 0; }, &out);
+    for (uint32_t e : batch.experts) scores[layer * kExperts + e] += 1;
+    ++versions[layer];
+    if (call % 97 == 0) {
+      view.Resize((6 + rng() % 8) * kBytes);
+      view.EndCall(&out);
+    }
+    if (call % 331 == 0) {
+      std::vector<std::pair<ExpertKey, uint8_t>> held;
+      for (uint32_t e = 0; e < 4; ++e) held.push_back({{e % kLayers, e}, 0});
+      ASSERT_TRUE(view.Adopt(held).ok());
+    }
+    if (call % 1000 == 999) view.SetPolicy(*MakeEvictionPolicy(GetParam(), options));
+  }
+  EXPECT_GT(oracle.decisions(), 1000u);
+  EXPECT_GT(oracle.victims(), 1000u);
+  EXPECT_EQ(oracle.differences(), 0u) << ::testing::PrintToString(oracle.first_differences());
+}
+
+INSTANTIATE_TEST_SUITE_P(Policies, ViewDecisionsTest,
+                         ::testing::Values("lru", "lfu", "affinity", "layer_reuse", "adaptive"));
 
 TEST(WorkerCacheViewTest, EndCallReportsNetLoadsAndDrops) {
   auto view = View("lru", 2);
