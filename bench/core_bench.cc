@@ -60,11 +60,21 @@ void RouteTokens(benchmark::State& state, bool memory_aware) {
 // Random logits against a half-resident cache reroute most tokens: the
 // costly case for the cache-aware path.
 void BM_RouteToken(benchmark::State& state) { RouteTokens(state, /*memory_aware=*/true); }
-BENCHMARK(BM_RouteToken)->Args({8, 2})->Args({64, 6})->Args({128, 8})->Args({256, 8});
+BENCHMARK(BM_RouteToken)
+    ->Args({8, 2})
+    ->Args({64, 6})
+    ->Args({128, 8})
+    ->Args({256, 8})
+    ->Args({384, 8});
 
 // Plain top-k with the affinity update, for comparison.
 void BM_RouteTokenPlain(benchmark::State& state) { RouteTokens(state, /*memory_aware=*/false); }
-BENCHMARK(BM_RouteTokenPlain)->Args({8, 2})->Args({64, 6})->Args({128, 8})->Args({256, 8});
+BENCHMARK(BM_RouteTokenPlain)
+    ->Args({8, 2})
+    ->Args({64, 6})
+    ->Args({128, 8})
+    ->Args({256, 8})
+    ->Args({384, 8});
 
 // Selection alone (the original top max_rank of each token), the largest
 // part of routing: items are tokens.

@@ -2,7 +2,7 @@
 // budget of a quarter of the experts: remote RouteTokens against the
 // worker's cache (moe-routerd in this process, a real channel on loopback)
 // beside the in-process WorkerEngine with the fleet's state. Args: layers,
-// experts, top_k.
+// experts, top_k (and for BM_InProcessRoute, tokens per call).
 #include <benchmark/benchmark.h>
 
 #include <random>
@@ -22,10 +22,10 @@ namespace {
 constexpr uint32_t kBatchTokens = 64;
 constexpr uint64_t kExpertBytes = 1 << 10;
 
-std::vector<std::vector<float>> Batches(uint32_t experts) {
+std::vector<std::vector<float>> Batches(uint32_t experts, uint32_t tokens = kBatchTokens) {
   std::mt19937 rng(1);
   std::normal_distribution<float> noise(0.0f, 1.5f);
-  std::vector<std::vector<float>> batches(8, std::vector<float>(size_t{kBatchTokens} * experts));
+  std::vector<std::vector<float>> batches(8, std::vector<float>(size_t{tokens} * experts));
   for (auto& batch : batches) {
     for (float& x : batch) x = noise(rng);
   }
@@ -71,9 +71,10 @@ std::unique_ptr<WorkerEngine> WorkerWithFleetState(const ModelConfig& config,
 
 void BM_InProcessRoute(benchmark::State& state) {
   const ModelConfig config = Config(state);
+  const uint32_t tokens = static_cast<uint32_t>(state.range(3));
   auto service = Service(config);
   if (!service.ok()) return state.SkipWithError(std::string(service.status().message()).c_str());
-  const auto batches = Batches(config.router.num_experts);
+  const auto batches = Batches(config.router.num_experts, tokens);
   // The fleet learned co-activation from these batches; the worker has it.
   for (int round = 0; round < 4; ++round) {
     for (uint32_t l = 0; l < config.num_layers; ++l) {
@@ -89,9 +90,12 @@ void BM_InProcessRoute(benchmark::State& state) {
     ++i;
     benchmark::DoNotOptimize(step);
   }
-  state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * kBatchTokens);
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * tokens);
 }
-BENCHMARK(BM_InProcessRoute)->Args({32, 8, 2})->Args({58, 256, 8});
+BENCHMARK(BM_InProcessRoute)
+    ->ArgsProduct({{32}, {8}, {2}, {1, 8, 64}})
+    ->ArgsProduct({{58}, {256}, {8}, {1, 8, 64}})
+    ->ArgsProduct({{60}, {384}, {8}, {1, 8, 64}});
 
 // The same call on the calibrated workloads (eval/workload.h: skewed
 // experts, topics that persist across tokens), 64 concurrent sequences a
@@ -147,6 +151,7 @@ void BM_InProcessRouteCalibrated(benchmark::State& state, const std::string& pre
 }
 BENCHMARK_CAPTURE(BM_InProcessRouteCalibrated, mixtral, std::string("mixtral"));
 BENCHMARK_CAPTURE(BM_InProcessRouteCalibrated, deepseek_v3, std::string("deepseek-v3"));
+BENCHMARK_CAPTURE(BM_InProcessRouteCalibrated, kimi_k2, std::string("kimi-k2"));
 
 void BM_RemoteRoute(benchmark::State& state) {
   const ModelConfig config = Config(state);

@@ -14,7 +14,9 @@ namespace {
 
 const std::vector<FlagSpec>& TracegenFlags() {
   static const std::vector<FlagSpec> flags = {
-      {"preset", true, false, "mixtral | qwen3-30b-a3b | deepseek-v3 (default mixtral)"},
+      {"preset", true, false,
+       "mixtral | qwen3-30b-a3b | qwen3-235b-a22b | gpt-oss-120b | deepseek-v3 | kimi-k2 (default "
+       "mixtral)"},
       {"out", true, false, "logits trace to write"},
       {"sequences", true, false, "sequences (runs) to generate (preset default)"},
       {"tokens", true, false, "tokens per sequence (preset default)"},

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 
 namespace moe_router {
 
@@ -73,9 +74,9 @@ struct PresetShape {
 // The generator parameters are WorkloadShape's defaults (calibrated on
 // Mixtral); the larger presets take Mixtral's dynamics at their own shape.
 constexpr PresetShape kPresets[] = {
-    {"mixtral", 32, 8, 2, 124},
-    {"qwen3-30b-a3b", 48, 128, 8, 256},
-    {"deepseek-v3", 58, 256, 8, 256},
+    {"mixtral", 32, 8, 2, 124},        {"qwen3-30b-a3b", 48, 128, 8, 256},
+    {"deepseek-v3", 58, 256, 8, 256},  {"qwen3-235b-a22b", 94, 128, 8, 256},
+    {"gpt-oss-120b", 36, 128, 4, 256}, {"kimi-k2", 60, 384, 8, 256},
 };
 
 }  // namespace
@@ -90,8 +91,9 @@ absl::StatusOr<WorkloadPreset> GetWorkloadPreset(absl::string_view name) {
     preset.tokens = p.tokens;
     return preset;
   }
-  return absl::InvalidArgumentError(absl::StrFormat(
-      "unknown workload preset '%s' (expected mixtral, qwen3-30b-a3b or deepseek-v3)", name));
+  return absl::InvalidArgumentError(
+      absl::StrFormat("unknown workload preset '%s' (expected one of: %s)", name,
+                      absl::StrJoin(WorkloadPresetNames(), ", ")));
 }
 
 std::vector<std::string> WorkloadPresetNames() {

@@ -76,8 +76,9 @@ struct WorkloadPreset {
 };
 
 /// mixtral (32 layers, 8 experts, top-2; calibrated to the real Mixtral
-/// trace), qwen3-30b-a3b (48, 128, top-8), deepseek-v3 (58 MoE layers, 256,
-/// top-8).
+/// trace), qwen3-30b-a3b (48, 128, top-8), qwen3-235b-a22b (94, 128, top-8),
+/// gpt-oss-120b (36, 128, top-4), deepseek-v3 (58 MoE layers, 256, top-8),
+/// kimi-k2 (60 MoE layers, 384, top-8).
 absl::StatusOr<WorkloadPreset> GetWorkloadPreset(absl::string_view name);
 std::vector<std::string> WorkloadPresetNames();
 

@@ -17,7 +17,12 @@ TEST(WorkloadTest, PresetsAreValidAndUnknownNamesAreErrors) {
   }
   EXPECT_EQ(GetWorkloadPreset("deepseek-v3")->shape.num_experts, 256u);
   EXPECT_EQ(GetWorkloadPreset("qwen3-30b-a3b")->shape.num_layers, 48u);
-  EXPECT_FALSE(GetWorkloadPreset("gpt-4").ok());
+  EXPECT_EQ(GetWorkloadPreset("qwen3-235b-a22b")->shape.num_layers, 94u);
+  EXPECT_EQ(GetWorkloadPreset("gpt-oss-120b")->shape.top_k, 4u);
+  EXPECT_EQ(GetWorkloadPreset("kimi-k2")->shape.num_experts, 384u);
+  EXPECT_THAT(std::string(GetWorkloadPreset("gpt-4").status().message()),
+              ::testing::HasSubstr("expected one of: mixtral, qwen3-30b-a3b, deepseek-v3, "
+                                   "qwen3-235b-a22b, gpt-oss-120b, kimi-k2"));
 }
 
 TEST(WorkloadTest, BadShapesNameTheField) {
