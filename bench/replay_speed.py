@@ -59,7 +59,7 @@ def main():
               " ".join(f"{name + ' acc/s':>14}" for name, _ in binaries) + "  hit rate")
         for experts in args.experts.split(","):
             trace = generate(binaries[-1][1], directory, experts)
-            with open(trace) as f:
+            with open(trace, "rb") as f:  # a JSON header line, then binary logits
                 header = json.loads(f.readline())
             slots_total = header["num_layers"] * header["num_experts"]
             for policy in args.policies.split(","):
