@@ -106,10 +106,7 @@ class RoundingPolicy final : public EvictionPolicy {
 class FakeCache final : public EvictionIndex::Source {
  public:
   FakeCache(uint32_t layers, uint32_t experts)
-      : layers_(layers),
-        experts_(experts),
-        views_(size_t{layers} * experts),
-        bytes_(views_.size()) {
+      : views_(size_t{layers} * experts), bytes_(views_.size()) {
     for (size_t i = 0; i < views_.size(); ++i) {
       views_[i].key = {static_cast<uint32_t>(i / experts), static_cast<uint32_t>(i % experts)};
     }
@@ -125,8 +122,6 @@ class FakeCache final : public EvictionIndex::Source {
   size_t slots() const { return views_.size(); }
 
  private:
-  const uint32_t layers_;
-  const uint32_t experts_;
   std::vector<EntryView> views_;
   std::vector<uint64_t> bytes_;
   CacheClock clock_;
