@@ -1,6 +1,7 @@
 #include "core/cache/eviction_index.h"
 
 #include <atomic>
+#include <limits>
 #include <optional>
 
 namespace moe_router {
@@ -29,6 +30,7 @@ void EvictionIndex::Reset(EvictionPolicy* policy) {
     for (uint32_t g = 0; g < num_layers_; ++g) {
       o.groups.emplace_back(num_experts_, ByKey{o.keys.data() + size_t{g} * num_experts_});
     }
+    o.next_keys.assign(num_layers_, NextKey{});
     o.heads.assign(num_layers_, Head{});
     o.layers = IndexedHeap<ByHead>(num_layers_, ByHead{o.heads.data()});
     o.stale_head.assign(num_layers_, 0);
@@ -39,6 +41,7 @@ void EvictionIndex::Reset(EvictionPolicy* policy) {
   size_ = 0;
   bytes_ = 0;
   layer_stamps_.assign(num_layers_, 0);
+  stamps_now_.assign(num_layers_, 0);
   stamps_valid_ = false;
   // Adaptive decides by the lfu order's keys, which are access counts.
   track_population_ = policy->RanksByPopulation() && orders_.size() == 2;
@@ -72,7 +75,7 @@ void EvictionIndex::Insert(size_t slot, uint64_t bytes, const EntryView& view,
   for (size_t i = 0; i < orders_.size(); ++i) {
     Order& o = orders_[i];
     o.keys[slot] = KeyOf(i, view, clock);
-    o.groups[group].Push(LocalOf(slot));
+    PushToGroup(o, group, LocalOf(slot));
     MarkStale(o, group);
   }
   if (track_population_) {
@@ -87,7 +90,7 @@ void EvictionIndex::Erase(size_t slot, uint64_t bytes) {
   bytes_ -= bytes;
   const uint32_t group = GroupOf(slot);
   for (Order& o : orders_) {
-    o.groups[group].Erase(LocalOf(slot));
+    EraseFromGroup(o, group, LocalOf(slot));
     MarkStale(o, group);
   }
   if (track_population_) {
@@ -102,8 +105,9 @@ void EvictionIndex::Rekey(size_t slot, const EntryView& view, const CacheClock& 
   const uint32_t group = GroupOf(slot);
   for (size_t i = 0; i < orders_.size(); ++i) {
     Order& o = orders_[i];
+    EraseFromGroup(o, group, LocalOf(slot));
     o.keys[slot] = KeyOf(i, view, clock);
-    o.groups[group].Update(LocalOf(slot));
+    PushToGroup(o, group, LocalOf(slot));
     MarkStale(o, group);
   }
   if (track_population_) {
@@ -121,6 +125,7 @@ void EvictionIndex::RekeyAll(const Source& source, const CacheClock& clock) {
         o.keys[slot] = KeyOf(i, source.View(slot), clock);
       }
       o.groups[g].Heapify();
+      o.next_keys[g].valid = false;
       MarkStale(o, g);
     }
   }
@@ -136,8 +141,9 @@ void EvictionIndex::Sync(const Source& source, const CacheClock& clock) {
     Order& o = orders_[0];
     const uint64_t combine = policy_->CombineStamp(clock);
     const bool combine_moved = !stamps_valid_ || combine != combine_stamp_;
+    policy_->LayerStamps(clock, absl::MakeSpan(stamps_now_));
     for (uint32_t g = 0; g < num_layers_; ++g) {
-      const uint64_t stamp = policy_->LayerStamp(g, clock);
+      const uint64_t stamp = stamps_now_[g];
       if (stamps_valid_ && stamp == layer_stamps_[g]) {
         if (combine_moved && !o.groups[g].empty()) MarkStale(o, g);
         continue;
@@ -150,6 +156,7 @@ void EvictionIndex::Sync(const Source& source, const CacheClock& clock) {
         o.keys[slot] = KeyOf(0, source.View(slot), clock);
       }
       heap.Heapify();
+      o.next_keys[g].valid = false;
       MarkStale(o, g);
     }
     combine_stamp_ = combine;
@@ -173,23 +180,33 @@ void EvictionIndex::RefreshHead(Order& order, uint32_t group, const CacheClock& 
   Head head{keys[top].k, keys[top].last, top};
   if (!identity_combine_) {
     head.keep = policy_->CombineLayerKey(group, keys[top].k, clock);
-    // Keys that round into the same Keep() as the top's sit at the top of
-    // the heap (the combination is monotone): among them the least recently
-    // accessed, then the lowest, goes first, as in a ranking of all.
-    const absl::Span<const uint16_t> items = heap.items();
-    walk_.clear();
-    walk_.push_back(0);
-    while (!walk_.empty()) {
-      const uint32_t at = walk_.back();
-      walk_.pop_back();
-      for (uint32_t child = 2 * at + 1; child <= 2 * at + 2 && child < items.size(); ++child) {
-        const uint32_t id = items[child];
-        if (policy_->CombineLayerKey(group, keys[id].k, clock) != head.keep) continue;
-        if (keys[id].last < head.last || (keys[id].last == head.last && id < head.local)) {
-          head.last = keys[id].last;
-          head.local = id;
+    NextKey& next = order.next_keys[group];
+    if (!next.valid || next.smallest != keys[top].k) {
+      next = {keys[top].k, NextLargerKey(order, group, keys[top].k), true};
+    }
+    // Only when a larger key rounds into the same Keep() (rare) must the
+    // entries that do be compared by last access and key: they sit at the
+    // top of the heap, the combination being monotone.
+    if (next.next != std::numeric_limits<double>::infinity() &&
+        policy_->CombineLayerKey(group, next.next, clock) == head.keep) {
+      const absl::Span<const uint16_t> items = heap.items();
+      walk_.clear();
+      walk_.push_back(0);
+      while (!walk_.empty()) {
+        const uint32_t at = walk_.back();
+        walk_.pop_back();
+        for (uint32_t child = 2 * at + 1; child <= 2 * at + 2 && child < items.size(); ++child) {
+          const uint32_t id = items[child];
+          if (keys[id].k != keys[top].k &&
+              policy_->CombineLayerKey(group, keys[id].k, clock) != head.keep) {
+            continue;
+          }
+          if (keys[id].last < head.last || (keys[id].last == head.last && id < head.local)) {
+            head.last = keys[id].last;
+            head.local = id;
+          }
+          walk_.push_back(child);
         }
-        walk_.push_back(child);
       }
     }
   }
@@ -199,6 +216,50 @@ void EvictionIndex::RefreshHead(Order& order, uint32_t group, const CacheClock& 
   } else {
     order.layers.Push(group);
   }
+}
+
+void EvictionIndex::PushToGroup(Order& order, uint32_t group, uint32_t local) {
+  order.groups[group].Push(local);
+  NextKey& next = order.next_keys[group];
+  if (!next.valid) return;
+  const double key = order.keys[SlotOf(group, local)].k;
+  if (key < next.smallest) {
+    next.next = next.smallest;
+    next.smallest = key;
+  } else if (key > next.smallest && key < next.next) {
+    next.next = key;
+  }
+}
+
+void EvictionIndex::EraseFromGroup(Order& order, uint32_t group, uint32_t local) {
+  order.groups[group].Erase(local);
+  NextKey& next = order.next_keys[group];
+  // NextKey.next only errs low (a key gone), which costs a needless walk but
+  // never a wrong head; forgetting it here saves those walks. The smallest
+  // is checked against the heap's top when it is used.
+  if (next.valid && order.keys[SlotOf(group, local)].k == next.next) next.valid = false;
+}
+
+double EvictionIndex::NextLargerKey(const Order& order, uint32_t group, double smallest) {
+  const IndexedHeap<ByKey, uint16_t>& heap = order.groups[group];
+  const Key* keys = heap.less().keys;
+  const absl::Span<const uint16_t> items = heap.items();
+  double next = std::numeric_limits<double>::infinity();
+  walk_.clear();
+  walk_.push_back(0);
+  while (!walk_.empty()) {
+    const uint32_t at = walk_.back();
+    walk_.pop_back();
+    for (uint32_t child = 2 * at + 1; child <= 2 * at + 2 && child < items.size(); ++child) {
+      const double key = keys[items[child]].k;
+      if (key == smallest) {
+        walk_.push_back(child);
+      } else if (key < next) {
+        next = key;
+      }
+    }
+  }
+  return next;
 }
 
 EvictionIndex::Outcome EvictionIndex::Take(uint64_t need, const EntryView* incoming,
@@ -224,6 +285,15 @@ EvictionIndex::Outcome EvictionIndex::Take(uint64_t need, const EntryView* incom
     // taken: the owner erases the victims it evicts.
     Order& o = orders_[policy_->ActiveOrder()];
     taken_.clear();
+    // Most bookings evict one entry: the first head decides them without
+    // taking anything out.
+    const uint32_t first = o.layers.Top();
+    const size_t first_slot = SlotOf(first, o.heads[first].local);
+    if ((!incoming_keep || o.heads[first].keep < *incoming_keep) &&
+        source.Bytes(first_slot) >= need) {
+      plan->victims.push_back({first, o.heads[first].local});
+      plan->freed = source.Bytes(first_slot);
+    }
     while (plan->freed < need) {
       const uint32_t group = o.layers.Top();
       const Head& head = o.heads[group];
@@ -238,11 +308,11 @@ EvictionIndex::Outcome EvictionIndex::Take(uint64_t need, const EntryView* incom
       plan->victims.push_back(key);
       plan->freed += source.Bytes(slot);
       taken_.push_back(slot);
-      o.groups[group].Erase(head.local);
+      EraseFromGroup(o, group, head.local);
       RefreshHead(o, group, clock);
     }
     for (size_t slot : taken_) {
-      o.groups[GroupOf(slot)].Push(LocalOf(slot));
+      PushToGroup(o, GroupOf(slot), LocalOf(slot));
       MarkStale(o, GroupOf(slot));
     }
     if (outcome == Outcome::kValuedMore) {

@@ -133,9 +133,18 @@ class EvictionIndex {
     }
   };
   // One ranking of the members.
+  // A layer's smallest key and the next larger one, kept while valid, so
+  // that telling whether keys round together does not walk the (often
+  // large) group of equal smallest keys at every victim.
+  struct NextKey {
+    double smallest = 0;
+    double next = 0;  // +inf: no larger key
+    bool valid = false;
+  };
   struct Order {
     std::vector<Key> keys;                             // per slot
     std::vector<IndexedHeap<ByKey, uint16_t>> groups;  // per layer, by expert
+    std::vector<NextKey> next_keys;                    // per layer
     std::vector<Head> heads;                           // per layer
     IndexedHeap<ByHead> layers;                        // layers with members, by head
     std::vector<uint8_t> stale_head;                   // per layer
@@ -160,6 +169,12 @@ class EvictionIndex {
   // heads recomputed.
   void Sync(const Source& source, const CacheClock& clock);
   void RefreshHead(Order& order, uint32_t group, const CacheClock& clock);
+  // A layer's heap changes, keeping its NextKey: `key` joins, or leaves.
+  void PushToGroup(Order& order, uint32_t group, uint32_t local);
+  void EraseFromGroup(Order& order, uint32_t group, uint32_t local);
+  // The smallest key of the layer above `smallest` (+inf if none): a walk of
+  // the entries with the smallest key.
+  double NextLargerKey(const Order& order, uint32_t group, double smallest);
 
   const uint32_t num_layers_;
   const uint32_t num_experts_;
@@ -170,9 +185,10 @@ class EvictionIndex {
   std::vector<uint8_t> member_;  // per slot
   size_t size_ = 0;
   uint64_t bytes_ = 0;
-  // Per layer, the LayerStamp its keys were made at; the CombineStamp of
-  // the heads.
+  // Per layer, the stamp its keys were made at, and the stamps now
+  // (scratch); the CombineStamp of the heads.
   std::vector<uint64_t> layer_stamps_;
+  std::vector<uint64_t> stamps_now_;
   uint64_t combine_stamp_ = 0;
   bool stamps_valid_ = false;
   // For RanksByPopulation policies with a count order (adaptive).

@@ -85,8 +85,8 @@ class AffinityPolicy final : public EvictionPolicy {
   std::string name() const override { return "affinity"; }
   double Keep(const EntryView& e, const CacheClock&) const override { return affinity_(e.key); }
   KeyScope key_scope() const override { return KeyScope::kLayer; }
-  uint64_t LayerStamp(uint32_t layer, const CacheClock&) const override {
-    return version_ ? version_(layer) : 0;
+  void LayerStamps(const CacheClock&, absl::Span<uint64_t> out) const override {
+    for (size_t l = 0; l < out.size(); ++l) out[l] = version_ ? version_(l) : 0;
   }
 
  private:
@@ -161,8 +161,10 @@ class LayerReusePolicy final : public EvictionPolicy {
     return -(distance + -key);
   }
   bool CombinesByIdentity() const override { return false; }
-  uint64_t LayerStamp(uint32_t layer, const CacheClock& clock) const override {
-    return layer < clock.layer_visits.size() ? clock.layer_visits[layer] : 0;
+  void LayerStamps(const CacheClock& clock, absl::Span<uint64_t> out) const override {
+    for (size_t l = 0; l < out.size(); ++l) {
+      out[l] = l < clock.layer_visits.size() ? clock.layer_visits[l] : 0;
+    }
   }
   uint64_t CombineStamp(const CacheClock& clock) const override {
     return (uint64_t{clock.num_layers} << 32) | clock.current_layer;

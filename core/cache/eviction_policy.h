@@ -1,6 +1,7 @@
 #ifndef MOE_ROUTER_CORE_CACHE_EVICTION_POLICY_H_
 #define MOE_ROUTER_CORE_CACHE_EVICTION_POLICY_H_
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -49,7 +50,7 @@ enum class KeyScope : uint8_t {
   /// Only when that entry is accessed (lru, lfu, belady).
   kEntry,
   /// Keep() = CombineLayerKey(layer, LayerKey(entry)): LayerKey changes when
-  /// the entry is accessed or its layer's LayerStamp() moves, and
+  /// the entry is accessed or its layer's stamp (LayerStamps()) moves, and
   /// CombineLayerKey, non-decreasing in the key, when CombineStamp() moves
   /// (affinity, layer_reuse).
   kLayer,
@@ -92,7 +93,10 @@ class EvictionPolicy {
   /// Whether CombineLayerKey returns the key itself (no two keys of a layer
   /// combine into one).
   virtual bool CombinesByIdentity() const { return true; }
-  virtual uint64_t LayerStamp(uint32_t /*layer*/, const CacheClock& /*clock*/) const { return 0; }
+  /// Each layer's stamp into `out` (one per layer): one call per decision.
+  virtual void LayerStamps(const CacheClock& /*clock*/, absl::Span<uint64_t> out) const {
+    std::fill(out.begin(), out.end(), 0);
+  }
   virtual uint64_t CombineStamp(const CacheClock& /*clock*/) const { return 0; }
   /// The orders a RanksByPopulation policy picks from per decision
   /// (adaptive: lru and lfu), each kEntry: after PrepareFromStats,

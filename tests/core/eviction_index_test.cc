@@ -93,8 +93,8 @@ class RoundingPolicy final : public EvictionPolicy {
     return std::floor(key) + 0.5 * ((layer + clock.current_layer) % 3);
   }
   bool CombinesByIdentity() const override { return false; }
-  uint64_t LayerStamp(uint32_t layer, const CacheClock&) const override {
-    return (*versions_)[layer];
+  void LayerStamps(const CacheClock&, absl::Span<uint64_t> out) const override {
+    for (size_t l = 0; l < out.size(); ++l) out[l] = (*versions_)[l];
   }
   uint64_t CombineStamp(const CacheClock& clock) const override { return clock.current_layer; }
 
