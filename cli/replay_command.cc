@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <map>
+#include <thread>
 #include <tuple>
 
 #include "absl/strings/numbers.h"
@@ -44,6 +45,7 @@ const std::vector<FlagSpec>& LocalReplayFlags() {
        "eviction policy, repeatable (default: all); lru, lfu and belady "
        "are always reported (belady not with --bonus)"},
       {"prefetch-budget", true, false, "experts prefetched per step (default 0)"},
+      {"threads", true, false, "policies replayed at once (default: the machine's cores)"},
       {"bonus", true, false, "logits traces: reroute with this relative cache bonus"},
       {"protected-top", true, false, "logits traces: experts the bonus may not displace (1)"},
       {"max-rank", true, false,
@@ -228,6 +230,10 @@ absl::StatusOr<ReplayOptions> ParseReplayOptions(const CommandLine& cl, const Ro
   if (!prefetch.ok()) return prefetch.status();
   options.expert_bytes = *expert_bytes;
   options.prefetch_budget = static_cast<uint32_t>(*prefetch);
+  auto threads = cl.Count("threads", std::max(1u, std::thread::hardware_concurrency()));
+  if (!threads.ok()) return threads.status();
+  if (*threads == 0) return absl::InvalidArgumentError("--threads must be at least 1");
+  options.threads = static_cast<uint32_t>(std::min<uint64_t>(*threads, 256));
   std::vector<std::string> policies = cl.Values("policy");
   for (const std::string& p : policies) {
     if (absl::Status s = CheckReplayPolicyName(p); !s.ok()) return s;

@@ -1,10 +1,13 @@
 #include "eval/replay.h"
 
 #include <algorithm>
+#include <atomic>
 #include <limits>
 #include <memory>
+#include <thread>
 
 #include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
 #include "core/cache/expert_cache.h"
 #include "core/routing/affinity.h"
 #include "eval/belady_policy.h"
@@ -28,6 +31,7 @@ absl::Status ReplayOptions::Validate() const {
   if (amount == 0) return absl::InvalidArgumentError("replay budget must be > 0");
   if (expert_bytes == 0) return absl::InvalidArgumentError("replay expert size must be > 0");
   if (policies.empty()) return absl::InvalidArgumentError("replay needs at least one policy");
+  if (threads == 0) return absl::InvalidArgumentError("replay threads must be > 0");
   for (const std::string& policy : policies) {
     if (absl::Status s = CheckReplayPolicyName(policy); !s.ok()) return s;
   }
@@ -217,6 +221,56 @@ class RunReplayer {
   RunTotals totals_;
 };
 
+// One policy's row: each run from a cold cache, demand paging and, with a
+// prefetch budget, again with prefetch.
+absl::StatusOr<ReplayRow> ReplayPolicy(const RoutingTrace& trace, const ReplayOptions& options,
+                                       const std::string& policy,
+                                       const std::function<void()>& step_done) {
+  const bool with_prefetch = options.prefetch_budget > 0;
+  ReplayRow row;
+  row.policy = policy;
+  row.accesses = trace.Accesses();
+  row.tokens = trace.Tokens();
+  for (int pass = 0; pass < (with_prefetch ? 2 : 1); ++pass) {
+    const uint32_t budget = pass == 1 ? options.prefetch_budget : 0;
+    RunTotals sum;
+    for (const RoutingTrace::Run& run : trace.runs) {
+      RunReplayer replayer(trace, run, options, policy, budget);
+      absl::StatusOr<RunTotals> totals = replayer.Run(step_done);
+      if (!totals.ok()) return totals.status();
+      sum.hits += totals->hits;
+      sum.loads += totals->loads;
+      sum.prefetch_loads += totals->prefetch_loads;
+      sum.prefetch_used += totals->prefetch_used;
+      sum.changed += totals->changed;
+      sum.routed += totals->routed;
+      sum.gate_sum += totals->gate_sum;
+      sum.gate_min = std::min(sum.gate_min, totals->gate_min);
+    }
+    const double accesses = static_cast<double>(row.accesses);
+    const double tokens = static_cast<double>(row.tokens);
+    if (pass == 0) {
+      row.demand_hits = sum.hits;
+      row.demand_loads = sum.loads;
+      row.hit_rate = sum.hits / accesses;
+      row.demand_loads_per_token = sum.loads / tokens;
+      if (sum.routed > 0) {
+        row.changed_fraction = static_cast<double>(sum.changed) / sum.routed;
+        row.gate_mass_mean = sum.gate_sum / sum.routed;
+        row.gate_mass_min = sum.gate_min;
+      }
+    }
+    if (pass == 1 || !with_prefetch) {
+      row.ready_hits = sum.hits;
+      row.prefetch_loads = sum.prefetch_loads;
+      row.prefetch_used = sum.prefetch_used;
+      row.ready_rate = sum.hits / accesses;
+      row.loads_per_token = (sum.loads + sum.prefetch_loads) / tokens;
+    }
+  }
+  return row;
+}
+
 }  // namespace
 
 absl::StatusOr<ReplayReport> Replay(const RoutingTrace& trace, const ReplayOptions& options,
@@ -245,55 +299,34 @@ absl::StatusOr<ReplayReport> Replay(const RoutingTrace& trace, const ReplayOptio
   report.tokens = trace.Tokens();
   report.accesses = trace.Accesses();
   const bool with_prefetch = options.prefetch_budget > 0;
-  const uint64_t steps_per_pass = trace.Steps();
-  const uint64_t total = steps_per_pass * options.policies.size() * (with_prefetch ? 2 : 1);
-  uint64_t done = 0;
+  const uint64_t total = trace.Steps() * options.policies.size() * (with_prefetch ? 2 : 1);
+  std::atomic<uint64_t> done{0};
+  absl::Mutex progress_mu;
   const auto step_done = [&] {
-    if (progress) progress(++done, total);
-  };
-  for (const std::string& policy : options.policies) {
-    ReplayRow row;
-    row.policy = policy;
-    row.accesses = report.accesses;
-    row.tokens = report.tokens;
-    for (int pass = 0; pass < (with_prefetch ? 2 : 1); ++pass) {
-      const uint32_t budget = pass == 1 ? options.prefetch_budget : 0;
-      RunTotals sum;
-      for (const RoutingTrace::Run& run : trace.runs) {
-        RunReplayer replayer(trace, run, options, policy, budget);
-        absl::StatusOr<RunTotals> totals = replayer.Run(step_done);
-        if (!totals.ok()) return totals.status();
-        sum.hits += totals->hits;
-        sum.loads += totals->loads;
-        sum.prefetch_loads += totals->prefetch_loads;
-        sum.prefetch_used += totals->prefetch_used;
-        sum.changed += totals->changed;
-        sum.routed += totals->routed;
-        sum.gate_sum += totals->gate_sum;
-        sum.gate_min = std::min(sum.gate_min, totals->gate_min);
-      }
-      const double accesses = static_cast<double>(report.accesses);
-      const double tokens = static_cast<double>(report.tokens);
-      if (pass == 0) {
-        row.demand_hits = sum.hits;
-        row.demand_loads = sum.loads;
-        row.hit_rate = sum.hits / accesses;
-        row.demand_loads_per_token = sum.loads / tokens;
-        if (sum.routed > 0) {
-          row.changed_fraction = static_cast<double>(sum.changed) / sum.routed;
-          row.gate_mass_mean = sum.gate_sum / sum.routed;
-          row.gate_mass_min = sum.gate_min;
-        }
-      }
-      if (pass == 1 || !with_prefetch) {
-        row.ready_hits = sum.hits;
-        row.prefetch_loads = sum.prefetch_loads;
-        row.prefetch_used = sum.prefetch_used;
-        row.ready_rate = sum.hits / accesses;
-        row.loads_per_token = (sum.loads + sum.prefetch_loads) / tokens;
-      }
+    const uint64_t d = done.fetch_add(1, std::memory_order_relaxed) + 1;
+    if (progress && (d % 4096 == 0 || d == total)) {
+      absl::MutexLock lock(&progress_mu);
+      progress(d, total);
     }
-    report.rows.push_back(std::move(row));
+  };
+  std::vector<absl::StatusOr<ReplayRow>> rows(options.policies.size(),
+                                              absl::UnknownError("not replayed"));
+  std::atomic<size_t> next{0};
+  const auto work = [&] {
+    while (true) {
+      const size_t i = next.fetch_add(1);
+      if (i >= options.policies.size()) return;
+      rows[i] = ReplayPolicy(trace, options, options.policies[i], step_done);
+    }
+  };
+  std::vector<std::thread> threads;
+  const size_t extra = std::min<size_t>(options.threads, options.policies.size()) - 1;
+  for (size_t t = 0; t < extra; ++t) threads.emplace_back(work);
+  work();
+  for (std::thread& t : threads) t.join();
+  for (absl::StatusOr<ReplayRow>& row : rows) {
+    if (!row.ok()) return row.status();
+    report.rows.push_back(*std::move(row));
   }
   return report;
 }

@@ -33,6 +33,9 @@ struct ReplayOptions {
   /// it has a bonus) against the cache being replayed, instead of taking
   /// the trace's plain top-k.
   std::optional<RouterConfig> router;
+  /// Policies replayed at once, each on a thread of its own (they share
+  /// nothing but the trace); the rows keep the order of `policies`.
+  uint32_t threads = 1;
 
   absl::Status Validate() const;
 };
@@ -76,7 +79,8 @@ absl::Status CheckReplayPolicyName(absl::string_view name);
 /// Replays a trace through the real expert cache: each run (sequence) from
 /// a cold cache, steps in token then layer order, the experts of a step in
 /// their listed order and pinned while it is served; hit rate = hits /
-/// accesses summed over runs. `progress(done, total)` is called per step.
+/// accesses summed over runs. `progress(done, total)` is called every few
+/// thousand steps and at the end, from one thread at a time.
 absl::StatusOr<ReplayReport> Replay(const RoutingTrace& trace, const ReplayOptions& options,
                                     const std::function<void(uint64_t, uint64_t)>& progress = {});
 

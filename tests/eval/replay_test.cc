@@ -167,6 +167,37 @@ TEST(ReplayTest, CacheAwareRoutingTradesGateMassForHits) {
   EXPECT_FALSE(Replay(trace, options).ok());
 }
 
+// Policies replayed on several threads give the rows one thread gives, in
+// the order asked, and the progress ends at the total.
+TEST(ReplayTest, ThreadsChangeNothingButTheTime) {
+  const RoutingTrace trace = GenerateTrace(GetWorkloadPreset("mixtral")->shape, 2, 40, 6);
+  ReplayOptions options;
+  options.amount = 96;
+  options.prefetch_budget = 2;
+  options.policies = {"layer_reuse", "belady", "lru", "affinity", "adaptive", "lfu"};
+  auto one = Replay(trace, options);
+  options.threads = 3;
+  uint64_t last = 0, total = 0;
+  auto three = Replay(trace, options, [&](uint64_t done, uint64_t all) {
+    EXPECT_GT(done, last);
+    last = done;
+    total = all;
+  });
+  ASSERT_TRUE(one.ok() && three.ok());
+  ASSERT_EQ(three->rows.size(), options.policies.size());
+  for (size_t i = 0; i < options.policies.size(); ++i) {
+    EXPECT_EQ(three->rows[i].policy, options.policies[i]);
+    EXPECT_EQ(three->rows[i].demand_hits, one->rows[i].demand_hits) << options.policies[i];
+    EXPECT_EQ(three->rows[i].ready_hits, one->rows[i].ready_hits) << options.policies[i];
+    EXPECT_EQ(three->rows[i].prefetch_loads, one->rows[i].prefetch_loads) << options.policies[i];
+  }
+  EXPECT_EQ(last, total);
+  EXPECT_EQ(total, trace.Steps() * options.policies.size() * 2);
+  options.threads = 0;
+  EXPECT_THAT(std::string(Replay(trace, options).status().message()),
+              ::testing::HasSubstr("threads"));
+}
+
 TEST(ReplayTest, RejectsImpossibleOptions) {
   const RoutingTrace trace = GenerateTrace(WorkloadShape{}, 1, 2, 1);
   ReplayOptions options;
