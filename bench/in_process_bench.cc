@@ -5,6 +5,7 @@
 // experts, top_k (and for BM_InProcessRoute, tokens per call).
 #include <benchmark/benchmark.h>
 
+#include <cstring>
 #include <random>
 
 #include "absl/strings/str_cat.h"
@@ -96,6 +97,37 @@ BENCHMARK(BM_InProcessRoute)
     ->ArgsProduct({{32}, {8}, {2}, {1, 8, 64}})
     ->ArgsProduct({{58}, {256}, {8}, {1, 8, 64}})
     ->ArgsProduct({{60}, {384}, {8}, {1, 8, 64}});
+
+// One-token calls of the Mixtral shape as a worker loop makes them: between
+// calls the worker moves an expert's bytes (range(0) KiB copied, timing
+// paused), which leaves the call's code and data out of the CPU's caches.
+void BM_InProcessRouteBetweenCopies(benchmark::State& state) {
+  ModelConfig config;
+  config.name = "bench";
+  config.num_layers = 32;
+  config.router.num_experts = 8;
+  config.router.top_k = 2;
+  config.budget_bytes = uint64_t{32} * 8 * kExpertBytes;
+  auto service = Service(config);
+  if (!service.ok()) return state.SkipWithError(std::string(service.status().message()).c_str());
+  const auto batches = Batches(config.router.num_experts, 1);
+  auto worker = WorkerWithFleetState(config, **service);
+  const size_t copy_bytes = static_cast<size_t>(state.range(0)) << 10;
+  std::vector<char> from(copy_bytes, 1), to(copy_bytes);
+  WorkerStep step;
+  size_t i = 0;
+  for (auto _ : state) {
+    state.PauseTiming();
+    std::memcpy(to.data(), from.data(), copy_bytes);
+    benchmark::ClobberMemory();
+    state.ResumeTiming();
+    const uint32_t layer = static_cast<uint32_t>(i % config.num_layers);
+    (void)worker->Route(layer, batches[(i / config.num_layers + layer) % batches.size()], &step);
+    ++i;
+    benchmark::DoNotOptimize(step);
+  }
+}
+BENCHMARK(BM_InProcessRouteBetweenCopies)->Arg(0)->Arg(2048)->Arg(32768);
 
 // The same call on the calibrated workloads (eval/workload.h: skewed
 // experts, topics that persist across tokens), 64 concurrent sequences a

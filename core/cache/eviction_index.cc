@@ -101,19 +101,9 @@ void EvictionIndex::Erase(size_t slot, uint64_t bytes) {
 
 void EvictionIndex::Rekey(size_t slot, const EntryView& view, const CacheClock& clock) {
   if (member_[slot] == 0) return;
-  if (track_population_) sum_accesses_ -= AccessesOf(slot);
-  const uint32_t group = GroupOf(slot);
-  for (size_t i = 0; i < orders_.size(); ++i) {
-    Order& o = orders_[i];
-    EraseFromGroup(o, group, LocalOf(slot));
-    o.keys[slot] = KeyOf(i, view, clock);
-    PushToGroup(o, group, LocalOf(slot));
-    MarkStale(o, group);
-  }
-  if (track_population_) {
-    sum_accesses_ += AccessesOf(slot);
-    busiest_.Update(static_cast<uint32_t>(slot));
-  }
+  // Out and back in with its new key; its bytes stay as they were.
+  Erase(slot, 0);
+  Insert(slot, 0, view, clock);
 }
 
 void EvictionIndex::RekeyAll(const Source& source, const CacheClock& clock) {
