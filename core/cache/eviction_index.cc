@@ -126,8 +126,8 @@ void EvictionIndex::RekeyAll(const Source& source, const CacheClock& clock) {
   }
 }
 
-void EvictionIndex::Sync(const Source& source, const CacheClock& clock) {
-  if (layer_keys_) {
+void EvictionIndex::Sync(const Source& source, const CacheClock& clock, bool clock_moved) {
+  if (layer_keys_ && (clock_moved || !stamps_valid_)) {
     Order& o = orders_[0];
     const uint64_t combine = policy_->CombineStamp(clock);
     const bool combine_moved = !stamps_valid_ || combine != combine_stamp_;
@@ -254,11 +254,11 @@ double EvictionIndex::NextLargerKey(const Order& order, uint32_t group, double s
 
 EvictionIndex::Outcome EvictionIndex::Take(uint64_t need, const EntryView* incoming,
                                            const Source& source, const CacheClock& clock,
-                                           EvictionPlan* plan) {
+                                           EvictionPlan* plan, bool clock_moved) {
   plan->victims.clear();
   plan->freed = 0;
   plan->valued_more.reset();
-  Sync(source, clock);
+  Sync(source, clock, clock_moved);
   if (track_population_) {
     policy_->PrepareFromStats({.count = size_,
                                .max_accesses = size_ == 0 ? 0 : AccessesOf(busiest_.Top()),

@@ -72,9 +72,12 @@ class EvictionIndex {
   /// members hold less than `need` (plan->freed is what they hold); for a
   /// prefetch of `incoming`, kValuedMore when a member the policy values at
   /// least as much would go first (plan->valued_more).
+  /// `clock_moved` false: the clock and the policy's stamps are as at the
+  /// previous Take (the bookings of one call share its first one's
+  /// ranking), so layers are not looked at for re-keying.
   enum class Outcome : uint8_t { kTaken, kNoRoom, kValuedMore };
   Outcome Take(uint64_t need, const EntryView* incoming, const Source& source,
-               const CacheClock& clock, EvictionPlan* plan);
+               const CacheClock& clock, EvictionPlan* plan, bool clock_moved = true);
 
   /// Calls f(slot) for each member, in no particular order.
   template <typename F>
@@ -167,7 +170,7 @@ class EvictionIndex {
   void MarkStale(Order& order, uint32_t group);
   // Brings the orders up to date with the clock: stale layers re-keyed,
   // heads recomputed.
-  void Sync(const Source& source, const CacheClock& clock);
+  void Sync(const Source& source, const CacheClock& clock, bool clock_moved);
   void RefreshHead(Order& order, uint32_t group, const CacheClock& clock);
   // A layer's heap changes, keeping its NextKey: `key` joins, or leaves.
   void PushToGroup(Order& order, uint32_t group, uint32_t local);

@@ -195,8 +195,11 @@ void WorkerCacheView::RebuildIndex() {
 }
 
 WorkerCacheView::Admission WorkerCacheView::MakeRoom(uint64_t need, const EntryView* incoming) {
+  // The call's first booking ranks at the clock and scores of that moment;
+  // the others share its ranking, as they always have.
+  const bool first = !snapshot_open_;
   snapshot_open_ = true;
-  switch (index_.Take(need, incoming, IndexSource(*this), clock_, &plan_)) {
+  switch (index_.Take(need, incoming, IndexSource(*this), clock_, &plan_, first)) {
     case EvictionIndex::Outcome::kTaken:
       break;
     case EvictionIndex::Outcome::kValuedMore:
