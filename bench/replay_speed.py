@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Replay speed: accesses per second of `moe-router replay`, one policy and
-one budget a run (a single core), on calibrated traces of 8 to 384 experts.
+"""Replay speed: accesses per second of `moe-router replay` per policy, one
+budget a run, on one thread (replay always adds lru, lfu and belady; each
+policy's accesses count), on calibrated traces of 8 to 384 experts.
 Give several binaries (an old and a new build) to see them side by side in
 one run; each figure is the median of --repeat runs.
 
@@ -36,13 +37,20 @@ def generate(binary, directory, experts):
     return path
 
 
+def one_thread_flags(binary):
+    usage = subprocess.run([binary, "replay", "--help"], capture_output=True, text=True).stdout
+    return ["--threads", "1"] if "--threads" in usage else []
+
+
 def timed_replay(binary, trace, slots, policy):
     start = time.perf_counter()
     out = subprocess.run([binary, "replay", trace, "--global-slots", str(slots), "--policy", policy,
-                          "--json"], check=True, capture_output=True, text=True)
+                          "--json", *one_thread_flags(binary)],
+                         check=True, capture_output=True, text=True)
     seconds = time.perf_counter() - start
-    rows = [r for r in json.loads(out.stdout)["rows"] if r["policy"] == policy]
-    return seconds, rows[0]["accesses"], rows[0]["hit_rate"]
+    rows = json.loads(out.stdout)["rows"]
+    mine = [r for r in rows if r["policy"] == policy][0]
+    return seconds, sum(r["accesses"] for r in rows), mine["hit_rate"]
 
 
 def main():
