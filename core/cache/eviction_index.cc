@@ -153,18 +153,36 @@ void EvictionIndex::Sync(const Source& source, const CacheClock& clock, bool clo
     stamps_valid_ = true;
   }
   for (Order& o : orders_) {
-    for (uint32_t g : o.stale_heads) RefreshHead(o, g, clock);
+    if (o.stale_heads.size() > num_layers_ / 4) {
+      // Most heads moved (a step of a layer-keyed policy): one heapify of
+      // the layers instead of a sift per layer.
+      for (uint32_t g : o.stale_heads) ComputeHead(o, g, clock);
+      o.layers.Clear();
+      for (uint32_t g = 0; g < num_layers_; ++g) {
+        if (!o.groups[g].empty()) o.layers.Append(g);
+      }
+      o.layers.Heapify();
+    } else {
+      for (uint32_t g : o.stale_heads) RefreshHead(o, g, clock);
+    }
     o.stale_heads.clear();
   }
 }
 
 void EvictionIndex::RefreshHead(Order& order, uint32_t group, const CacheClock& clock) {
+  if (!ComputeHead(order, group, clock)) {
+    if (order.layers.Contains(group)) order.layers.Erase(group);
+  } else if (order.layers.Contains(group)) {
+    order.layers.Update(group);
+  } else {
+    order.layers.Push(group);
+  }
+}
+
+bool EvictionIndex::ComputeHead(Order& order, uint32_t group, const CacheClock& clock) {
   order.stale_head[group] = 0;
   const IndexedHeap<ByKey, uint16_t>& heap = order.groups[group];
-  if (heap.empty()) {
-    if (order.layers.Contains(group)) order.layers.Erase(group);
-    return;
-  }
+  if (heap.empty()) return false;
   const Key* keys = heap.less().keys;
   const uint32_t top = heap.Top();
   Head head{keys[top].k, keys[top].last, top};
@@ -201,11 +219,7 @@ void EvictionIndex::RefreshHead(Order& order, uint32_t group, const CacheClock& 
     }
   }
   order.heads[group] = head;
-  if (order.layers.Contains(group)) {
-    order.layers.Update(group);
-  } else {
-    order.layers.Push(group);
-  }
+  return true;
 }
 
 void EvictionIndex::PushToGroup(Order& order, uint32_t group, uint32_t local) {

@@ -172,6 +172,9 @@ class EvictionIndex {
   // heads recomputed.
   void Sync(const Source& source, const CacheClock& clock, bool clock_moved);
   void RefreshHead(Order& order, uint32_t group, const CacheClock& clock);
+  // The layer's head, without placing it among the layers; false if the
+  // layer has no member.
+  bool ComputeHead(Order& order, uint32_t group, const CacheClock& clock);
   // A layer's heap changes, keeping its NextKey: `key` joins, or leaves.
   void PushToGroup(Order& order, uint32_t group, uint32_t local);
   void EraseFromGroup(Order& order, uint32_t group, uint32_t local);

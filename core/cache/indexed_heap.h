@@ -49,6 +49,11 @@ class IndexedHeap {
     pos_[last] = static_cast<Id>(at);
     Resift(at);
   }
+  /// Adds without restoring the order: Heapify() after a batch of them.
+  void Append(uint32_t id) {
+    pos_[id] = static_cast<Id>(heap_.size());
+    heap_.push_back(static_cast<Id>(id));
+  }
   /// Restores the order after the key of `id` changed.
   void Update(uint32_t id) { Resift(pos_[id]); }
   /// Restores the order after any number of keys changed.
