@@ -1,13 +1,31 @@
 #include "core/cache/eviction_index.h"
 
+#include <algorithm>
 #include <atomic>
 #include <limits>
 #include <optional>
+#include <vector>
 
 namespace moe_router {
 namespace {
 
 std::atomic<EvictionIndex::Auditor*> auditor{nullptr};
+
+// Calls visit(id) for the entries of a heap (in heap order, `items`) below
+// its top, descending past those it returns true for. Entries whose keys
+// lie in a range that starts at the top's form such a subtree.
+template <typename Visit>
+void WalkBelowTop(absl::Span<const uint16_t> items, std::vector<uint32_t>& stack, Visit visit) {
+  stack.clear();
+  stack.push_back(0);
+  while (!stack.empty()) {
+    const uint32_t at = stack.back();
+    stack.pop_back();
+    for (uint32_t child = 2 * at + 1; child <= 2 * at + 2 && child < items.size(); ++child) {
+      if (visit(items[child])) stack.push_back(child);
+    }
+  }
+}
 
 }  // namespace
 
@@ -197,25 +215,17 @@ bool EvictionIndex::ComputeHead(Order& order, uint32_t group, const CacheClock& 
     // top of the heap, the combination being monotone.
     if (next.next != std::numeric_limits<double>::infinity() &&
         policy_->CombineLayerKey(group, next.next, clock) == head.keep) {
-      const absl::Span<const uint16_t> items = heap.items();
-      walk_.clear();
-      walk_.push_back(0);
-      while (!walk_.empty()) {
-        const uint32_t at = walk_.back();
-        walk_.pop_back();
-        for (uint32_t child = 2 * at + 1; child <= 2 * at + 2 && child < items.size(); ++child) {
-          const uint32_t id = items[child];
-          if (keys[id].k != keys[top].k &&
-              policy_->CombineLayerKey(group, keys[id].k, clock) != head.keep) {
-            continue;
-          }
-          if (keys[id].last < head.last || (keys[id].last == head.last && id < head.local)) {
-            head.last = keys[id].last;
-            head.local = id;
-          }
-          walk_.push_back(child);
+      WalkBelowTop(heap.items(), walk_, [&](uint32_t id) {
+        if (keys[id].k != keys[top].k &&
+            policy_->CombineLayerKey(group, keys[id].k, clock) != head.keep) {
+          return false;
         }
-      }
+        if (keys[id].last < head.last || (keys[id].last == head.last && id < head.local)) {
+          head.last = keys[id].last;
+          head.local = id;
+        }
+        return true;
+      });
     }
   }
   order.heads[group] = head;
@@ -247,22 +257,12 @@ void EvictionIndex::EraseFromGroup(Order& order, uint32_t group, uint32_t local)
 double EvictionIndex::NextLargerKey(const Order& order, uint32_t group, double smallest) {
   const IndexedHeap<ByKey, uint16_t>& heap = order.groups[group];
   const Key* keys = heap.less().keys;
-  const absl::Span<const uint16_t> items = heap.items();
   double next = std::numeric_limits<double>::infinity();
-  walk_.clear();
-  walk_.push_back(0);
-  while (!walk_.empty()) {
-    const uint32_t at = walk_.back();
-    walk_.pop_back();
-    for (uint32_t child = 2 * at + 1; child <= 2 * at + 2 && child < items.size(); ++child) {
-      const double key = keys[items[child]].k;
-      if (key == smallest) {
-        walk_.push_back(child);
-      } else if (key < next) {
-        next = key;
-      }
-    }
-  }
+  WalkBelowTop(heap.items(), walk_, [&](uint32_t id) {
+    if (keys[id].k == smallest) return true;
+    next = std::min(next, keys[id].k);
+    return false;
+  });
   return next;
 }
 

@@ -4,7 +4,6 @@
 #include <array>
 #include <cmath>
 #include <functional>
-#include <tuple>
 
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -133,11 +132,6 @@ class LayerReusePolicy final : public EvictionPolicy {
   std::string name() const override { return "layer_reuse"; }
   double Keep(const EntryView& e, const CacheClock& clock) const override {
     return CombineLayerKey(e.key.layer, LayerKey(e, clock), clock);
-  }
-  // The default policy ranks every call of a worker cache: its Keep() inlined.
-  void KeepEach(absl::Span<const EntryView> entries, const CacheClock& clock,
-                absl::Span<double> out) const override {
-    for (size_t i = 0; i < entries.size(); ++i) out[i] = LayerReusePolicy::Keep(entries[i], clock);
   }
   // A layer's entries are ordered by their expected visits to the next use,
   // which moves only when the layer is visited (or the entry used); the

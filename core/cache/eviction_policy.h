@@ -7,7 +7,6 @@
 #include <memory>
 #include <optional>
 #include <string>
-#include <tuple>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -65,12 +64,6 @@ class EvictionPolicy {
   virtual ~EvictionPolicy() = default;
   virtual std::string name() const = 0;
   virtual double Keep(const EntryView& entry, const CacheClock& clock) const = 0;
-  /// Keep() of each entry into `out` (its size): one virtual call for a whole
-  /// ranking, so a policy can inline its Keep() in the loop.
-  virtual void KeepEach(absl::Span<const EntryView> entries, const CacheClock& clock,
-                        absl::Span<double> out) const {
-    for (size_t i = 0; i < entries.size(); ++i) out[i] = Keep(entries[i], clock);
-  }
   /// Whether Keep() depends on which entries are evictable (see
   /// PrepareFromStats), so that a ranking goes stale as soon as one of them
   /// is evicted.

@@ -243,7 +243,6 @@ absl::Status ExpertCache::PlanEvictionLocked(ExpertKey key, uint64_t bytes,
     case EvictionIndex::Outcome::kTaken:
       return absl::OkStatus();
     case EvictionIndex::Outcome::kValuedMore:
-      plan_.victims.clear();
       return absl::ResourceExhaustedError(
           absl::StrFormat("prefetch of %s dropped: making room would evict %s, which the %s policy "
                           "values more",
@@ -251,7 +250,6 @@ absl::Status ExpertCache::PlanEvictionLocked(ExpertKey key, uint64_t bytes,
     case EvictionIndex::Outcome::kNoRoom:
       break;
   }
-  plan_.victims.clear();
   return absl::ResourceExhaustedError(
       absl::StrFormat("cache budget of %d bytes cannot admit %s (%d bytes): %d bytes are resident "
                       "or loading and only %d of them are evictable (the rest pinned or loading)",

@@ -38,12 +38,11 @@ EvictionIndex::Outcome RankAllAndTake(EvictionPolicy& policy,
                                       uint64_t need, const EntryView* incoming,
                                       EvictionPlan* plan) {
   policy.Prepare(candidates);
-  std::vector<double> keeps(candidates.size());
-  policy.KeepEach(candidates, clock, absl::MakeSpan(keeps));
   std::vector<Ranked> heap;
   uint64_t total = 0;
   for (size_t i = 0; i < candidates.size(); ++i) {
-    heap.push_back({keeps[i], candidates[i].last_access, candidates[i].key, bytes[i]});
+    heap.push_back({policy.Keep(candidates[i], clock), candidates[i].last_access, candidates[i].key,
+                    bytes[i]});
     total += bytes[i];
   }
   std::make_heap(heap.begin(), heap.end(), After());
