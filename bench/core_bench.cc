@@ -88,8 +88,9 @@ void BM_SelectTopR(benchmark::State& state) {
   std::vector<float> values(size_t{kBatchTokens} * r), lowest(kBatchTokens);
   size_t i = 0;
   for (auto _ : state) {
-    selector.SelectRows(batches[i++ % batches.size()].data(), kBatchTokens, ids.data(),
-                        values.data(), lowest.data());
+    const bool finite = selector.SelectRows(batches[i++ % batches.size()].data(), kBatchTokens,
+                                            ids.data(), values.data(), lowest.data());
+    benchmark::DoNotOptimize(finite);
     benchmark::DoNotOptimize(ids.data());
   }
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * kBatchTokens);

@@ -56,7 +56,7 @@ uint32_t RouterConfig::EffectiveMaxRank() const {
   return std::min({top_k + 2, num_experts, kMaxRank});
 }
 
-absl::Status ValidateLogits(absl::Span<const float> logits, uint32_t num_experts) {
+absl::Status ValidateLogitsShape(absl::Span<const float> logits, uint32_t num_experts) {
   if (logits.empty()) {
     return absl::InvalidArgumentError(
         absl::StrFormat("gate_logits is empty: send one row of %d logits per token", num_experts));
@@ -66,6 +66,11 @@ absl::Status ValidateLogits(absl::Span<const float> logits, uint32_t num_experts
         absl::StrFormat("gate_logits has %d values, not a multiple of num_experts (%d)",
                         logits.size(), num_experts));
   }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateLogits(absl::Span<const float> logits, uint32_t num_experts) {
+  if (absl::Status s = ValidateLogitsShape(logits, num_experts); !s.ok()) return s;
   // The common all-finite case is one vectorised scan; the search for the
   // culprit runs only on failure.
   if (AllFinite(logits.data(), logits.size())) return absl::OkStatus();
@@ -101,20 +106,14 @@ LayerRouter::LayerRouter(const RouterConfig& config, const AffinityConfig& affin
       unprotected_(LowBits(max_rank_) & ~protected_),
       prefetch_bits_((config.num_experts + 63) / 64, 0) {}
 
-float LayerRouter::BatchBonus(absl::Span<const float> logits) {
+float LayerRouter::BatchBonus(double range_sum, uint32_t tokens) {
   if (!config_.memory_aware || config_.cache_bonus <= 0) return 0;
   if (config_.bonus_mode == BonusMode::kAbsolute) {
     return static_cast<float>(config_.cache_bonus);
   }
   // The first batch seeds the running range from its own tokens.
   if (!range_seen_) {
-    const uint32_t n = config_.num_experts;
-    double sum = 0;
-    for (size_t t = 0; t < logits.size() / n; ++t) {
-      const auto row = logits.subspan(t * n, n);
-      sum += *std::max_element(row.begin(), row.end()) - *std::min_element(row.begin(), row.end());
-    }
-    range_ema_ = sum / (logits.size() / n);
+    range_ema_ = range_sum / tokens;
     range_seen_ = true;
   }
   return static_cast<float>(config_.cache_bonus * range_ema_);
@@ -277,8 +276,7 @@ void TakePrefetch(absl::Span<uint64_t> bits, std::vector<uint32_t>* out) {
 
 }  // namespace
 
-double LayerRouter::SelectAndChoose(absl::Span<const float> logits,
-                                    const std::atomic<uint8_t>* resident, float bonus) {
+bool LayerRouter::SelectCandidates(absl::Span<const float> logits) {
   const uint32_t r = max_rank_;
   const uint32_t tokens = static_cast<uint32_t>(logits.size() / config_.num_experts);
   batch_id_.resize(size_t{tokens} * r);
@@ -286,14 +284,22 @@ double LayerRouter::SelectAndChoose(absl::Span<const float> logits,
   batch_lowest_.resize(tokens);
   batch_res_.resize(tokens);
   batch_chosen_.resize(tokens);
-  selector_.SelectRows(logits.data(), tokens, batch_id_.data(), batch_relative_.data(),
-                       batch_lowest_.data());
-  double range_sum = 0;
+  return selector_.SelectRows(logits.data(), tokens, batch_id_.data(), batch_relative_.data(),
+                              batch_lowest_.data());
+}
+
+double LayerRouter::RangeSum(uint32_t tokens) const {
+  double sum = 0;
+  for (uint32_t t = 0; t < tokens; ++t)
+    sum += batch_relative_[size_t{t} * max_rank_] - batch_lowest_[t];
+  return sum;
+}
+
+void LayerRouter::Choose(uint32_t tokens, const std::atomic<uint8_t>* resident, float bonus) {
+  const uint32_t r = max_rank_;
   for (uint32_t t = 0; t < tokens; ++t) {
     const uint32_t* id = batch_id_.data() + size_t{t} * r;
     float* logit = batch_relative_.data() + size_t{t} * r;
-    const float top = logit[0];
-    range_sum += top - batch_lowest_[t];
     uint64_t res_mask = 0;
     if (resident != nullptr) {
       for (uint32_t p = 0; p < r; ++p) {
@@ -303,17 +309,20 @@ double LayerRouter::SelectAndChoose(absl::Span<const float> logits,
     batch_res_[t] = res_mask;
     batch_chosen_[t] = bonus > 0 ? ChooseWithBonus(bonus, res_mask, id, logit) : original_;
     // Logits relative to the top expert, exponentiated next.
+    const float top = logit[0];
     for (uint32_t p = 0; p < r; ++p) logit[p] -= top;
   }
-  return range_sum;
 }
 
 absl::Status LayerRouter::Route(absl::Span<const float> logits,
                                 const std::atomic<uint8_t>* resident, RouteResult* out) {
   const uint32_t n = config_.num_experts;
-  if (absl::Status s = ValidateLogits(logits, n); !s.ok()) return s;
+  if (absl::Status s = ValidateLogitsShape(logits, n); !s.ok()) return s;
   const uint32_t k = config_.top_k;
   const uint32_t tokens = static_cast<uint32_t>(logits.size() / n);
+  // Phase 1, per token: the candidates (original top-r), every logit
+  // checked on the way. Nothing has changed yet if one is not finite.
+  if (!SelectCandidates(logits)) return ValidateLogits(logits, n);
   out->tokens = tokens;
   out->top_k = k;
   out->experts.resize(size_t{tokens} * k);
@@ -326,10 +335,11 @@ absl::Status LayerRouter::Route(absl::Span<const float> logits,
   // nothing to choose between.
   const bool can_reroute = resident != nullptr && max_rank_ > k;
   const bool range_seen = range_seen_;
-  const float bonus = can_reroute ? BatchBonus(logits) : 0.0f;
-  // Phase 1, per token: the candidates (original top-r), which are
-  // resident, and the tentative choice.
-  out->range_change = UpdateRange(SelectAndChoose(logits, resident, bonus), tokens, range_seen);
+  const double range_sum = RangeSum(tokens);
+  const float bonus = can_reroute ? BatchBonus(range_sum, tokens) : 0.0f;
+  // Per token: which candidates are resident, and the tentative choice.
+  Choose(tokens, resident, bonus);
+  out->range_change = UpdateRange(range_sum, tokens, range_seen);
   // Phase 2, over the batch (vectorised): each candidate's original
   // probability relative to the top expert's. Only the original top-r are
   // exponentiated, never a softmax over all experts.

@@ -139,16 +139,20 @@ class LayerRouter {
   RouterConfig config_;
   uint32_t max_rank_;
   std::unique_ptr<ExpertAffinity> affinity_;
-  // The selection bonus for a batch (from the running range).
-  float BatchBonus(absl::Span<const float> logits);
+  // The selection bonus for a batch (from the running range; the first
+  // batch seeds it from its tokens' ranges, summed in `range_sum`).
+  float BatchBonus(double range_sum, uint32_t tokens);
   // Folds a batch's per-token ranges into the running mean range; returns
   // the change, as seen from before the batch.
   RangeChange UpdateRange(double range_sum, uint32_t tokens, bool seen_before);
   // Phase 1 of Route: selects each token's candidates into the batch
-  // scratch (logits relative to the token's top), which of them are
-  // resident, and the tentative choice; the sum of the tokens' logit ranges.
-  double SelectAndChoose(absl::Span<const float> logits, const std::atomic<uint8_t>* resident,
-                         float bonus);
+  // scratch; false when a logit is NaN or infinite.
+  bool SelectCandidates(absl::Span<const float> logits);
+  // The sum over the batch's tokens of their logit range (top - lowest).
+  double RangeSum(uint32_t tokens) const;
+  // Per token: which candidates are resident, the tentative choice, and the
+  // candidates' logits made relative to the token's top.
+  void Choose(uint32_t tokens, const std::atomic<uint8_t>* resident, float bonus);
   // The chosen candidate positions (a mask over the original ranks) with the
   // bonus applied to the resident candidates in `res_mask`.
   uint64_t ChooseWithBonus(float bonus, uint64_t res_mask, const uint32_t* id,
@@ -178,6 +182,10 @@ class LayerRouter {
   std::vector<uint64_t> batch_res_;
   std::vector<uint64_t> batch_chosen_;
 };
+
+/// Checks a batch of logits' length only: a non-empty multiple of
+/// num_experts.
+absl::Status ValidateLogitsShape(absl::Span<const float> logits, uint32_t num_experts);
 
 /// Checks a batch of logits without routing it: the length is a multiple of
 /// num_experts and every value is finite; the error names the first bad token.

@@ -1,5 +1,6 @@
 #include "core/routing/top_select.h"
 
+#include <algorithm>
 #include <limits>
 
 #include "core/routing/top_select_internal.h"
@@ -67,7 +68,7 @@ TopSelector::TopSelector(uint32_t n, uint32_t r)
       r_(r),
       portable_(!VectorPathAvailable()),
       gap_(std::numeric_limits<float>::infinity()),
-      eight_rows_(portable_ ? nullptr : internal::EightRowsKernelAvx2(r)),
+      eight_rows_(portable_ ? nullptr : internal::EightRowsKernelAvx2(n, r)),
       cand_value_(n + 16),
       cand_id_(n + 16),
       ranked_id_(n + 16),
@@ -85,18 +86,31 @@ void TopSelector::Select(const float* row, uint32_t* ids, float* values, float* 
   }
 }
 
-void TopSelector::SelectRows(const float* rows, uint32_t tokens, uint32_t* ids, float* values,
+bool TopSelector::SelectRows(const float* rows, uint32_t tokens, uint32_t* ids, float* values,
                              float* lowest) {
+  bool finite = true;
   uint32_t t = 0;
   if (eight_rows_ != nullptr && !portable_) {
     for (; t + 8 <= tokens; t += 8) {
-      eight_rows_(rows + size_t{t} * n_, n_, ids + size_t{t} * r_, values + size_t{t} * r_,
-                  lowest + t);
+      finite &= eight_rows_(rows + size_t{t} * n_, n_, ids + size_t{t} * r_,
+                            values + size_t{t} * r_, lowest + t);
     }
   }
   for (; t < tokens; ++t) {
-    Select(rows + size_t{t} * n_, ids + size_t{t} * r_, values + size_t{t} * r_, &lowest[t]);
+    const float* row = rows + size_t{t} * n_;
+    uint32_t* row_ids = ids + size_t{t} * r_;
+    float* row_values = values + size_t{t} * r_;
+    // The one-row paths assume finite values (a NaN defeats their ranks).
+    if (!AllFinite(row, n_)) {
+      finite = false;
+      std::fill_n(row_ids, r_, 0u);
+      std::fill_n(row_values, r_, 0.0f);
+      lowest[t] = 0;
+      continue;
+    }
+    Select(row, row_ids, row_values, &lowest[t]);
   }
+  return finite;
 }
 
 }  // namespace moe_router

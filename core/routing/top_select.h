@@ -25,17 +25,22 @@ class TopSelector {
   void Select(const float* row, uint32_t* ids, float* values, float* lowest);
 
   /// Select for each of `tokens` rows (row-major, n floats each): ids and
-  /// values tokens x r, and each row's minimum. Identical results to Select
-  /// row by row. With AVX2 and r <= 16 it works on 8 rows at once, one per
-  /// lane: each block of 8 experts is sorted by a comparator network and
-  /// merged into a sorted column of r registers (a bitonic merge: max/min
-  /// only, no branches and no ids yet), which yields each row's r-th value;
-  /// one pass over the row then finds the ids at or above it (a 64-bit mask
-  /// per 64 experts) and ranks each against the row's sorted values held in
-  /// registers. Rows whose top r hold equal values are redone by the
+  /// values tokens x r, and each row's minimum; also checks every value:
+  /// false when some row holds a NaN or an infinity (the outputs are then
+  /// unspecified). Identical results to Select row by row. With AVX2 and
+  /// r <= 16 it works on 8 rows at once, one per lane: a bitonic merge of
+  /// sorted columns (max/min only, no branches and no ids) yields each
+  /// row's sorted top r values, and one pass over the row then finds the
+  /// ids at or above the r-th and ranks each against those values held in
+  /// registers. Past 128 experts the merge sorts only candidates: one read of
+  /// each row takes its minimum, checks it and keeps the maxima of 32 groups
+  /// of its experts, whose r-th largest bounds the row's r-th from below, so
+  /// the experts at or above it (about r + 2) hold the top r. Rows whose top
+  /// r hold equal values, or with too many candidates, are redone by the
   /// portable path; the rows past the last whole group of 8 go through
   /// Select.
-  void SelectRows(const float* rows, uint32_t tokens, uint32_t* ids, float* values, float* lowest);
+  [[nodiscard]] bool SelectRows(const float* rows, uint32_t tokens, uint32_t* ids, float* values,
+                                float* lowest);
 
   /// Whether this CPU runs the vector path (AVX2, POPCNT and BMI1).
   static bool VectorPathAvailable();
@@ -44,7 +49,7 @@ class TopSelector {
   void set_portable(bool portable) { portable_ = portable; }
 
  private:
-  using EightRowsKernel = void (*)(const float* rows, uint32_t n, uint32_t* ids, float* values,
+  using EightRowsKernel = bool (*)(const float* rows, uint32_t n, uint32_t* ids, float* values,
                                    float* lowest);
 
   const uint32_t n_;

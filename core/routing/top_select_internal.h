@@ -47,11 +47,12 @@ float SelectUpTo8Avx2(const float* row, uint32_t n, uint32_t r, uint32_t* ids, f
 /// adapts to the rows seen.
 float SelectRowAvx2(const float* row, uint32_t n, uint32_t r, float* gap, const RowScratch& scratch,
                     uint32_t* ids, float* values);
-/// 8 rows at once, one per lane (r <= 16).
-using EightRowsKernel = void (*)(const float* rows, uint32_t n, uint32_t* ids, float* values,
+/// 8 rows at once, one per lane (r <= 16); false when a row holds a NaN or
+/// an infinity (its outputs are then unspecified).
+using EightRowsKernel = bool (*)(const float* rows, uint32_t n, uint32_t* ids, float* values,
                                  float* lowest);
-/// The kernel for r, or nullptr past 16.
-EightRowsKernel EightRowsKernelAvx2(uint32_t r);
+/// The kernel for rows of n experts and r, or nullptr past r = 16.
+EightRowsKernel EightRowsKernelAvx2(uint32_t n, uint32_t r);
 
 }  // namespace moe_router::internal
 

@@ -22,6 +22,23 @@ std::vector<uint32_t> Ranked(const float* row, uint32_t n) {
   return ids;
 }
 
+// Each row's ids and values are its top r by brute force, and its minimum.
+void ExpectRanked(const std::vector<float>& rows, uint32_t n, uint32_t r,
+                  const std::vector<uint32_t>& ids, const std::vector<float>& values,
+                  const std::vector<float>& lowest, uint64_t seed, bool portable) {
+  for (uint32_t t = 0; t < lowest.size(); ++t) {
+    const float* row = rows.data() + size_t{t} * n;
+    const std::vector<uint32_t> expected = Ranked(row, n);
+    for (uint32_t p = 0; p < r; ++p) {
+      ASSERT_EQ(ids[t * r + p], expected[p])
+          << "n=" << n << " r=" << r << " seed=" << seed << " token " << t << " rank " << p
+          << " portable=" << portable;
+      ASSERT_EQ(values[t * r + p], row[expected[p]]);
+    }
+    ASSERT_EQ(lowest[t], *std::min_element(row, row + n));
+  }
+}
+
 struct Shape {
   uint32_t n, r;
 };
@@ -100,17 +117,89 @@ TEST_P(TopSelectorTest, SelectRowsMatchesBruteForce) {
       }
       std::vector<uint32_t> ids(size_t{tokens} * r);
       std::vector<float> values(size_t{tokens} * r), lowest(tokens);
-      selector.SelectRows(rows.data(), tokens, ids.data(), values.data(), lowest.data());
-      for (uint32_t t = 0; t < tokens; ++t) {
-        const float* row = rows.data() + size_t{t} * n;
-        const std::vector<uint32_t> expected = Ranked(row, n);
-        for (uint32_t p = 0; p < r; ++p) {
-          ASSERT_EQ(ids[t * r + p], expected[p])
-              << "n=" << n << " r=" << r << " seed=" << seed << " token " << t << " rank " << p
-              << " portable=" << portable;
-          ASSERT_EQ(values[t * r + p], row[expected[p]]);
+      ASSERT_TRUE(
+          selector.SelectRows(rows.data(), tokens, ids.data(), values.data(), lowest.data()));
+      ExpectRanked(rows, n, r, ids, values, lowest, seed, portable);
+    }
+  }
+  SkipIfVectorHalfUnavailable();
+}
+
+// Rows built against the bound of the wide path (the maxima of 32 groups of
+// experts): the top r all in one group, in one vector, in the tail, rising
+// and falling rows, and rows where far more than r experts equal the bound
+// (the candidates overflow and the row is redone).
+TEST_P(TopSelectorTest, SelectRowsMatchesBruteForceOnAdversarialRows) {
+  const auto [n, r] = GetParam();
+  for (bool portable : Paths()) {
+    TopSelector selector(n, r);
+    selector.set_portable(portable);
+    constexpr uint32_t kTokens = 16;
+    for (uint64_t seed = 0; seed < 6; ++seed) {
+      std::vector<float> rows = testing::RandomLogits(kTokens, n, seed, 1.0f);
+      for (uint32_t t = 0; t < kTokens; ++t) {
+        float* row = rows.data() + size_t{t} * n;
+        for (uint32_t e = 0; e < n; ++e) {
+          switch ((t + seed) % 8) {
+            case 0:  // the largest all in one group (lane 0 of every 4th vector)
+              row[e] = e % 32 == 0 ? 10.0f + static_cast<float>(e) : row[e];
+              break;
+            case 1:  // rising
+              row[e] = static_cast<float>(e) * 0.25f;
+              break;
+            case 2:  // falling
+              row[e] = -static_cast<float>(e);
+              break;
+            case 3:  // r - 1 high values, every other one equal
+              row[e] = e < r - 1 ? 5.0f + static_cast<float>(e) : 1.0f;
+              break;
+            case 4:  // the largest values in the last partial vector
+              row[e] = e + 8 >= n ? 100.0f - static_cast<float>(n - e) : row[e];
+              break;
+            case 5:  // two levels only
+              row[e] = (e * 7919) % 5 == 0 ? 2.0f : -2.0f;
+              break;
+            case 6:  // -0 and +0 among small values
+              row[e] = e % 3 == 0 ? -0.0f : (e % 3 == 1 ? 0.0f : row[e] - 10.0f);
+              break;
+            default:
+              break;
+          }
         }
-        ASSERT_EQ(lowest[t], *std::min_element(row, row + n));
+      }
+      std::vector<uint32_t> ids(size_t{kTokens} * r);
+      std::vector<float> values(size_t{kTokens} * r), lowest(kTokens);
+      ASSERT_TRUE(
+          selector.SelectRows(rows.data(), kTokens, ids.data(), values.data(), lowest.data()));
+      ExpectRanked(rows, n, r, ids, values, lowest, seed, portable);
+    }
+  }
+  SkipIfVectorHalfUnavailable();
+}
+
+// A NaN or an infinity anywhere (a row of a whole group of 8, a row past
+// the groups, the last partial vector) makes SelectRows say so.
+TEST_P(TopSelectorTest, SelectRowsReportsNonFiniteValues) {
+  const auto [n, r] = GetParam();
+  constexpr uint32_t kTokens = 11;  // one group of 8 and 3 rows past it
+  const float bad[] = {std::numeric_limits<float>::quiet_NaN(),
+                       std::numeric_limits<float>::infinity(),
+                       -std::numeric_limits<float>::infinity()};
+  for (bool portable : Paths()) {
+    TopSelector selector(n, r);
+    selector.set_portable(portable);
+    std::vector<uint32_t> ids(size_t{kTokens} * r);
+    std::vector<float> values(size_t{kTokens} * r), lowest(kTokens);
+    for (uint32_t t : {0u, 5u, 7u, 8u, 10u}) {
+      for (uint32_t e : {0u, n / 2, n - 1}) {
+        for (float x : bad) {
+          std::vector<float> rows = testing::RandomLogits(kTokens, n, t * 31 + e, 2.0f);
+          rows[size_t{t} * n + e] = x;
+          EXPECT_FALSE(
+              selector.SelectRows(rows.data(), kTokens, ids.data(), values.data(), lowest.data()))
+              << "token " << t << " expert " << e << " value " << x << " portable=" << portable;
+          for (uint32_t id : ids) ASSERT_LT(id, n);
+        }
       }
     }
   }
@@ -124,7 +213,12 @@ INSTANTIATE_TEST_SUITE_P(Shapes, TopSelectorTest,
                                            Shape{257, 9}, Shape{64, 17}, Shape{20, 16},
                                            // Every padded column width of the
                                            // batched merge: 1, 2, 4, 8, 16.
-                                           Shape{16, 2}, Shape{24, 5}, Shape{40, 13}, Shape{33, 1}),
+                                           Shape{16, 2}, Shape{24, 5}, Shape{40, 13}, Shape{33, 1},
+                                           // The bounded path: just past 128,
+                                           // tails, the widest models.
+                                           Shape{136, 3}, Shape{130, 8}, Shape{300, 12},
+                                           Shape{384, 10}, Shape{512, 10}, Shape{512, 16},
+                                           Shape{96, 3}),
                          [](const ::testing::TestParamInfo<Shape>& info) {
                            return absl::StrCat("n", info.param.n, "_r", info.param.r);
                          });
