@@ -1,24 +1,42 @@
 #!/usr/bin/env bash
-# Installs the Debian bookworm packages moe-router builds and tests with.
-# Idempotent: installs only what is missing.
+# Installs the Debian bookworm packages moe-router needs, as root or with
+# sudo. Idempotent: installs only what is missing.
+#   install-deps.sh         building and running the daemon, the CLI and the
+#                           Python package (the README's run command)
+#   install-deps.sh --test  that, and what the test suite and the
+#                           benchmarks need (scripts/test.sh)
 set -euo pipefail
 packages=(
   cmake ninja-build g++ pkg-config
   libabsl-dev libxxhash-dev nlohmann-json3-dev
-  libgtest-dev libgmock-dev libbenchmark-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  prometheus-cpp-dev prometheus
-  haproxy  # the scale-out test runs deploy/haproxy/haproxy.cfg
+  prometheus-cpp-dev
   libcivetweb-dev  # /readyz and /livez on the metrics port
-  python3-grpcio python3-protobuf python3-yaml
   libzip-dev  # trace import reads numpy .npz archives (ZIP)
+  libssl-dev  # verifying admin client certificates
+  python3-grpcio python3-protobuf  # the Python package's client
   python3-xxhash  # the Python client verifies fetched experts (XXH3-64)
   pybind11-dev python3-dev python3-numpy  # the native in-process engine for Python
-  libssl-dev  # verifying admin client certificates
-  openssl  # test certificates for the TLS tests
-  clang-format  # the format check (tests/format)
-  clang-14 libclang-rt-14-dev  # the sanitizer build and its libFuzzer targets
 )
+case "${1:-}" in
+  "") ;;
+  --test)
+    packages+=(
+      libgtest-dev libgmock-dev libbenchmark-dev
+      prometheus  # promtool checks the deploy's alert and recording rules
+      haproxy  # the scale-out test runs deploy/haproxy/haproxy.cfg
+      python3-yaml  # the deploy manifests' test
+      openssl  # test certificates for the TLS tests
+      clang-format  # the format check (tests/format)
+      clang-14 libclang-rt-14-dev  # the sanitizer build and its libFuzzer targets
+      valgrind  # bench/route_cost.py counts instructions
+    )
+    ;;
+  *)
+    echo "usage: $0 [--test]" >&2
+    exit 2
+    ;;
+esac
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

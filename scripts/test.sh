@@ -8,8 +8,9 @@
 #    suites, and each libFuzzer target for a few seconds from its seeds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install-deps.sh
-cmake -S . -B build-test -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_INTERPROCEDURAL_OPTIMIZATION=OFF
+bash scripts/install-deps.sh --test
+cmake -S . -B build-test -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_INTERPROCEDURAL_OPTIMIZATION=OFF \
+  -DMOE_ROUTER_TESTS=ON -DMOE_ROUTER_BENCH=ON
 cmake --build build-test
 ctest --test-dir build-test --output-on-failure -j2
 
