@@ -1,6 +1,8 @@
 #include "client/in_process_worker.h"
 
+#include <algorithm>
 #include <iostream>
+#include <random>
 
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
@@ -10,11 +12,23 @@
 #include "proto/proto_to_core.h"
 
 namespace moe_router {
+namespace {
+
+// Random and non-zero (0 means "not given" to the service).
+uint64_t NewWorkerId() {
+  std::random_device device;
+  uint64_t id = 0;
+  while (id == 0) id = (uint64_t{device()} << 32) | device();
+  return id;
+}
+
+}  // namespace
 
 InProcessWorker::InProcessWorker(std::shared_ptr<grpc::Channel> channel, Options options)
     : channel_(std::move(channel)),
       stub_(v1::MoeRouter::NewStub(channel_)),
-      options_(std::move(options)) {}
+      options_(std::move(options)),
+      worker_id_(NewWorkerId()) {}
 
 absl::StatusOr<std::unique_ptr<InProcessWorker>> InProcessWorker::Start(
     std::shared_ptr<grpc::Channel> channel, const Options& options) {
@@ -78,15 +92,19 @@ absl::Status InProcessWorker::Connect(absl::Time deadline) {
   if (!channel_->WaitForConnected(absl::ToChronoTime(deadline))) {
     return absl::UnavailableError("could not connect to the service");
   }
-  auto stream = std::make_unique<Stream>();
+  stream_ = std::make_unique<Stream>();
+  Stream* stream = stream_.get();
+  stream->handshake_deadline = deadline;
   AddRoutingHeaders(&stream->context, options_.model, options_.cache);
   stream->rw = stub_->Learn(&stream->context);
+  stream->watchdog = std::thread([this, stream] { Watch(stream); });
   v1::WorkerReport hello_message;
   v1::WorkerHello* hello = hello_message.mutable_hello();
   hello->set_model(options_.model);
   hello->set_cache(options_.cache);
   hello->set_budget_bytes(options_.budget_bytes);
   hello->set_eviction_policy(options_.eviction_policy);
+  hello->set_worker_id(worker_id_);
   if (engine_ != nullptr) {
     // What the worker holds as of a report taken now: the pending reports
     // before it need not carry their residency changes again.
@@ -107,13 +125,21 @@ absl::Status InProcessWorker::Connect(absl::Time deadline) {
   }
   v1::FleetUpdate first;
   if (!stream->rw->Write(hello_message) || !stream->rw->Read(&first)) {
-    return FromGrpcStatus(stream->rw->Finish());
+    const absl::Status finished = FromGrpcStatus(stream->rw->Finish());
+    Disconnect();
+    // Cancelled by the watchdog: the service took the stream and never
+    // answered (a stalled replica), as unreachable as one that refuses.
+    if (absl::IsCancelled(finished)) {
+      return absl::DeadlineExceededError("the service did not answer the stream's hello in time");
+    }
+    return finished;
   }
   if (engine_ == nullptr) {
     auto engine = EngineFromUpdate(first);
     if (!engine.ok()) {
       stream->context.TryCancel();
       stream->rw->Finish().ok();
+      Disconnect();
       return engine.status();
     }
     engine_ = *std::move(engine);
@@ -124,20 +150,51 @@ absl::Status InProcessWorker::Connect(absl::Time deadline) {
     stats_.connected = true;
     stats_.bytes_up += hello_message.ByteSizeLong();
   }
+  stream->handshake_done.store(true);
   Apply(first);
-  stream->reader = std::thread([this, s = stream.get()] { ReadUpdates(s); });
-  stream_ = std::move(stream);
+  stream->reader = std::thread([this, stream] { ReadUpdates(stream); });
   if (!WritePending()) return absl::UnavailableError("the stream broke while resending reports");
   return absl::OkStatus();
 }
 
 void InProcessWorker::Disconnect() {
   if (stream_ == nullptr) return;
+  {
+    absl::MutexLock lock(&mu_);
+    closing_stream_ = true;
+  }
   stream_->context.TryCancel();
   if (stream_->reader.joinable()) stream_->reader.join();
+  if (stream_->watchdog.joinable()) stream_->watchdog.join();
   stream_.reset();
   absl::MutexLock lock(&mu_);
+  closing_stream_ = false;
   stats_.connected = false;
+}
+
+void InProcessWorker::Watch(Stream* stream) {
+  // Checked a few times per ack_timeout.
+  const absl::Duration tick = std::min(options_.ack_timeout / 4, absl::Milliseconds(100));
+  while (true) {
+    {
+      absl::MutexLock lock(&mu_);
+      const auto closing = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return closing_stream_; };
+      if (mu_.AwaitWithTimeout(absl::Condition(&closing), tick)) return;
+      const absl::Time now = absl::Now();
+      bool stalled;
+      if (!stream->handshake_done.load()) {
+        stalled = now > stream->handshake_deadline;
+      } else {
+        // The oldest report written on this stream and not acknowledged.
+        stalled = !pending_.empty() && pending_.front().sequence <= written_ &&
+                  now - pending_.front().written_at > options_.ack_timeout;
+      }
+      if (!stalled) continue;
+      ++stats_.stalls;
+    }
+    stream->context.TryCancel();
+    return;
+  }
 }
 
 void InProcessWorker::Apply(const v1::FleetUpdate& update) {
@@ -184,6 +241,7 @@ bool InProcessWorker::WritePending() {
       if (it == pending_.end()) return true;
       next = it->message;
       written_ = it->sequence;
+      it->written_at = absl::Now();
       // Counted as it is handed to the stream: its acknowledgement may come
       // back before Write returns.
       ++stats_.reports_sent;

@@ -33,6 +33,10 @@ struct ControlStats {
   uint64_t bytes_up = 0;  // serialized messages
   uint64_t bytes_down = 0;
   uint64_t acknowledged = 0;  // the last report the service folded in
+  // Streams given up because the service stopped answering on them (a
+  // stalled replica: no acknowledgement within ack_timeout, or no first
+  // update within connect_timeout).
+  uint64_t stalls = 0;
 };
 
 /// An inference worker that routes in its own process: a WorkerEngine (the
@@ -47,6 +51,9 @@ struct ControlStats {
 /// nothing is lost. Reports written but not yet acknowledged (a stalled
 /// service) are kept for resending up to max_pending_reports; past that the
 /// oldest are dropped and counted, and are lost if the stream then breaks.
+/// A service that stops answering without breaking the stream (a stalled
+/// replica behind a proxy) is given up after ack_timeout and the stream
+/// reopened, where the proxy now sends it.
 ///
 ///   auto worker = InProcessWorker::Start(channel, {.model = "mixtral-8x7b",
 ///                                                  .cache = "pod-7/gpu0",
@@ -65,6 +72,10 @@ class InProcessWorker {
     /// How long Start waits for the service before routing on its own.
     absl::Duration connect_timeout = absl::Seconds(2);
     absl::Duration max_backoff = absl::Seconds(5);
+    /// A report written but not acknowledged by then means the service
+    /// stalled: the stream is given up and reopened. The service folds a
+    /// report in milliseconds; 2 s is 20 report intervals.
+    absl::Duration ack_timeout = absl::Seconds(2);
     uint32_t max_pending_reports = 64;
     /// To route with when the service is unreachable at start: the model's
     /// config and expert sizes (e.g. from a local checkpoint). Without them
@@ -88,13 +99,17 @@ class InProcessWorker {
   struct Pending {
     uint64_t sequence = 0;
     v1::WorkerReport message;
+    absl::Time written_at = absl::InfinitePast();  // on the current stream
   };
   // One open stream.
   struct Stream {
     grpc::ClientContext context;
     std::unique_ptr<grpc::ClientReaderWriter<v1::WorkerReport, v1::FleetUpdate>> rw;
     std::thread reader;
+    std::thread watchdog;
     std::atomic<bool> broken{false};
+    std::atomic<bool> handshake_done{false};
+    absl::Time handshake_deadline;
   };
 
   InProcessWorker(std::shared_ptr<grpc::Channel> channel, Options options);
@@ -108,6 +123,10 @@ class InProcessWorker {
   WorkerEngineOptions EngineOptions() const;
   void Run();
   void ReadUpdates(Stream* stream);
+  // Cancels `stream` when the service stops answering on it: no first
+  // update by its handshake deadline, or a written report unacknowledged
+  // past ack_timeout. A stalled peer never breaks the stream itself.
+  void Watch(Stream* stream);
   void Apply(const v1::FleetUpdate& update);
   // Takes the engine's report into the pending queue (oldest dropped past
   // the bound); with `residency`, also what the worker holds, in one step.
@@ -117,6 +136,9 @@ class InProcessWorker {
   const std::shared_ptr<grpc::Channel> channel_;
   const std::unique_ptr<v1::MoeRouter::Stub> stub_;
   const Options options_;
+  // This run of the worker, in every hello: the service folds each report
+  // of it once, however often a broken stream makes it resend.
+  const uint64_t worker_id_;
   std::unique_ptr<WorkerEngine> engine_;
   std::unique_ptr<Stream> stream_;  // the control thread's
   std::thread control_;
@@ -127,6 +149,7 @@ class InProcessWorker {
   uint64_t written_ ABSL_GUARDED_BY(mu_) = 0;  // the last sequence written on this stream
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool flush_ ABSL_GUARDED_BY(mu_) = false;
+  bool closing_stream_ ABSL_GUARDED_BY(mu_) = false;  // stops the watchdog
   ControlStats stats_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -1,5 +1,7 @@
 #include "server/learn_reactor.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "proto/control_stream_proto.h"
@@ -35,7 +37,11 @@ absl::Status LearnReactor::Hello(const v1::WorkerHello& hello, v1::FleetUpdate* 
   if (!synced.ok()) return synced.status();
   model_ = *std::move(model);
   cache_ = hello.cache();
-  acknowledged_ = hello.first_sequence() > 0 ? hello.first_sequence() - 1 : 0;
+  worker_id_ = hello.worker_id();
+  // Reports folded on an earlier stream whose acknowledgement was lost
+  // count as acknowledged: the worker drops them instead of resending.
+  acknowledged_ = std::max(hello.first_sequence() > 0 ? hello.first_sequence() - 1 : 0,
+                           engine.LastFolded(hello.cache(), worker_id_));
   sent_tokens_.assign(engine.config().num_layers, 0);
   *update->mutable_spec() = model_->spec;
   ToProto(*engine.sizes(), update);
@@ -50,7 +56,7 @@ absl::Status LearnReactor::Fold(const v1::WorkerReport& report, v1::FleetUpdate*
   const ModelConfig& config = engine.config();
   auto parsed = ReportFromProto(report, config.num_layers, config.router.num_experts);
   if (!parsed.ok()) return parsed.status();
-  if (absl::Status s = engine.FoldReport(cache_, *parsed); !s.ok()) return s;
+  if (absl::Status s = engine.FoldReport(cache_, *parsed, worker_id_); !s.ok()) return s;
   acknowledged_ = std::max(acknowledged_, report.sequence());
   update->set_acknowledged(acknowledged_);
   const absl::Time now = absl::Now();

@@ -49,6 +49,7 @@ class LearnReactor final : public AnsweringStream<v1::WorkerReport, v1::FleetUpd
   std::shared_ptr<const HostedModel> model_;
   std::string cache_;
   uint64_t acknowledged_ = 0;
+  uint64_t worker_id_ = 0;             // from the hello
   std::vector<uint64_t> sent_tokens_;  // per layer, as of its last push
   uint32_t cursor_ = 0;
   absl::Time last_push_ = absl::InfinitePast();

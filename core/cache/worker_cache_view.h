@@ -96,6 +96,19 @@ class WorkerCacheView {
   }
   /// Counts what the worker did on its own (it routes in its process).
   void AddCounters(const WorkerCacheCounters& delta) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  /// The last report folded for this cache: which run of its worker sent
+  /// it (0: none) and its sequence number. A report resent after a broken
+  /// stream is then told from a new one.
+  struct FoldedReport {
+    uint64_t worker = 0;
+    uint64_t sequence = 0;
+  };
+  const FoldedReport& last_folded() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return last_folded_;
+  }
+  void set_last_folded(FoldedReport folded) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    last_folded_ = folded;
+  }
 
   /// Makes the expert resident in `variant`, evicting by policy. A prefetch
   /// evicts only entries the policy values less than the incoming expert.
@@ -212,6 +225,7 @@ class WorkerCacheView {
   std::unique_ptr<EvictionPolicy> policy_ ABSL_GUARDED_BY(mu_);
   uint64_t budget_bytes_ ABSL_GUARDED_BY(mu_);
   uint64_t resident_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  FoldedReport last_folded_ ABSL_GUARDED_BY(mu_);
   // 0: absent; else 1 + the variant held. Atomic only for the router's
   // signature: every access is under mu_.
   std::unique_ptr<std::atomic<uint8_t>[]> flags_ ABSL_GUARDED_BY(mu_);

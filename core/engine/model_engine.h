@@ -139,8 +139,15 @@ class ModelEngine {
   /// Folds a report of a worker that routes in its own process against
   /// `cache`, as if its tokens had been routed here with that cache: the
   /// learned state, the metrics, the view's residency and counters. Checks
-  /// everything first; a bad report changes nothing.
-  absl::Status FoldReport(const std::string& cache, const RoutingReport& report);
+  /// everything first; a bad report changes nothing. `worker` names the run
+  /// of the worker that sent it (0: unnamed): a report of that run no newer
+  /// than the last one folded for the cache is a resend and is skipped, so
+  /// each report is folded once across broken streams.
+  absl::Status FoldReport(const std::string& cache, const RoutingReport& report,
+                          uint64_t worker = 0);
+  /// The sequence of the last report of `worker` folded for `cache`; 0 if
+  /// none (another run's, or an unknown cache).
+  uint64_t LastFolded(const std::string& cache, uint64_t worker) const;
   /// What the fleet learned of one layer, compactly: co-activation as each
   /// row's `row_top` strongest successors.
   LayerLearnedState ExportLayerState(uint32_t layer, uint32_t row_top) const;

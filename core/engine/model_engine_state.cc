@@ -10,7 +10,8 @@
 
 namespace moe_router {
 
-absl::Status ModelEngine::FoldReport(const std::string& cache, const RoutingReport& report) {
+absl::Status ModelEngine::FoldReport(const std::string& cache, const RoutingReport& report,
+                                     uint64_t worker) {
   if (absl::Status s = ValidateReport(report, config_.num_layers, config_.router.num_experts,
                                       config_.router.top_k, sizes_->variants().size());
       !s.ok()) {
@@ -22,6 +23,10 @@ absl::Status ModelEngine::FoldReport(const std::string& cache, const RoutingRepo
     WorkerCacheView& v = **view;
     absl::MutexLock lock(&v.mu());
     v.Touch(absl::Now());
+    if (worker != 0 && v.last_folded().worker == worker &&
+        report.sequence <= v.last_folded().sequence) {
+      return absl::OkStatus();  // folded already; its acknowledgement was lost
+    }
     if (!report.residency_in_sync && !(report.loaded.empty() && report.dropped.empty())) {
       std::vector<std::pair<ExpertKey, uint8_t>> held;
       for (const ExpertKey& key : v.ResidentKeys()) {
@@ -37,6 +42,8 @@ absl::Status ModelEngine::FoldReport(const std::string& cache, const RoutingRepo
       if (absl::Status s = v.Adopt(held); !s.ok()) return s;
     }
     v.AddCounters(report.counters);
+    // Recorded under the view's lock: the rest of the fold cannot fail.
+    v.set_last_folded({.worker = worker, .sequence = report.sequence});
   }
   metrics_->RecordWorkerCall(report.counters);
   for (uint32_t l = 0; l < config_.num_layers; ++l) {
@@ -54,6 +61,14 @@ absl::Status ModelEngine::FoldReport(const std::string& cache, const RoutingRepo
                                   r.gate_mass_min);
   }
   return absl::OkStatus();
+}
+
+uint64_t ModelEngine::LastFolded(const std::string& cache, uint64_t worker) const {
+  auto view = FindCache(cache);
+  if (!view.ok() || worker == 0) return 0;
+  absl::MutexLock lock(&(*view)->mu());
+  const WorkerCacheView::FoldedReport& last = (*view)->last_folded();
+  return last.worker == worker ? last.sequence : 0;
 }
 
 LayerLearnedState ModelEngine::ExportLayerState(uint32_t l, uint32_t row_top) const {

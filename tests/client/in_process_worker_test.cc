@@ -13,6 +13,7 @@
 #include "nlohmann/json.hpp"
 #include "proto/proto_to_core.h"
 #include "server/server.h"
+#include "tests/testing/tcp_relay.h"
 #include "tests/testing/test_specs.h"
 #include "tests/testing/test_util.h"
 
@@ -371,6 +372,121 @@ TEST(InProcessWorkerTest, RoutesThroughAbsentAndRestartedService) {
     server.reset();
     route_some(10 + round);
   }
+  EXPECT_EQ((*worker)->control_stats().reports_dropped, 0u);
+}
+
+// Routes `batches` batches of 2 tokens through every layer;
+// the tokens routed (over all layers).
+uint64_t RouteBatches(InProcessWorker& worker, uint32_t layers, int batches, int seed) {
+  WorkerStep step;
+  uint64_t tokens = 0;
+  for (int b = 0; b < batches; ++b) {
+    for (uint32_t l = 0; l < layers; ++l) {
+      EXPECT_TRUE(worker.engine()
+                      .Route(l, testing::RandomLogits(2, 8, seed * 1000 + b * 10 + l), &step)
+                      .ok());
+      tokens += 2;
+    }
+  }
+  return tokens;
+}
+
+uint64_t FoldedTokens(Client& client) {
+  auto stats = client.Stats("m");
+  EXPECT_TRUE(stats.ok()) << stats.status();
+  return stats.ok() ? stats->routed_tokens() : 0;
+}
+
+// The service lives on while the worker's stream breaks after the service
+// folded reports whose acknowledgements never arrived (the relay swallowed
+// them): the worker offers them again on its next stream, and the service
+// folds each report once.
+TEST(InProcessWorkerTest, ReportsResentToAServiceThatLivedOnAreFoldedOnce) {
+  auto server = StartServer("127.0.0.1:0");
+  auto client = Client::Connect(absl::StrCat("127.0.0.1:", server->port()));
+  ASSERT_TRUE(client.ok());
+  const uint32_t layers = 4;
+  ASSERT_TRUE((*client)->Register(Spec("m", layers, false)).ok());
+  testing::TcpRelay relay(server->port());
+  auto worker = InProcessWorker::Start(Channel(relay.port()),
+                                       {.model = "m",
+                                        .cache = "w",
+                                        .budget_bytes = 8 * kExpertBytes,
+                                        .report_interval = absl::Milliseconds(10),
+                                        .max_backoff = absl::Milliseconds(200),
+                                        // The cut, not the watchdog, breaks the stream.
+                                        .ack_timeout = absl::Minutes(5)});
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  uint64_t routed = RouteBatches(**worker, layers, 10, 1);
+  ASSERT_TRUE((*worker)->Flush(absl::Seconds(30)));
+  ASSERT_EQ(FoldedTokens(**client), routed);
+
+  relay.SwallowReplies(true);
+  routed += RouteBatches(**worker, layers, 10, 2);
+  // Folded, but the worker never hears of it.
+  ASSERT_TRUE(testing::WaitFor([&] { return FoldedTokens(**client) == routed; }));
+  EXPECT_LT((*worker)->control_stats().acknowledged, (*worker)->engine().last_sequence());
+  const uint64_t connects = (*worker)->control_stats().connects;
+  relay.CutAll();
+  ASSERT_TRUE(testing::WaitFor([&] { return (*worker)->control_stats().connects > connects; }));
+
+  routed += RouteBatches(**worker, layers, 10, 3);
+  ASSERT_TRUE((*worker)->Flush(absl::Seconds(30)));
+  EXPECT_EQ(FoldedTokens(**client), routed);
+  EXPECT_EQ((*worker)->control_stats().reports_dropped, 0u);
+}
+
+// Reports the worker sent that never reached the service (the relay
+// swallowed them) before the service went down: the worker sends them again
+// to the service's next run, which folds each once, and nothing acknowledged
+// before is sent again.
+TEST(InProcessWorkerTest, ReportsAServiceNeverGotAreFoldedOnceByItsNextRun) {
+  int port = 0;
+  {
+    auto probe = StartServer("127.0.0.1:0");
+    port = probe->port();
+  }
+  const std::string listen = absl::StrCat("127.0.0.1:", port);
+  const uint32_t layers = 4;
+  auto server = StartServer(listen);
+  ASSERT_NE(server, nullptr);
+  auto client = Client::Connect(listen);
+  ASSERT_TRUE(client.ok());
+  ASSERT_TRUE((*client)->Register(Spec("m", layers, false)).ok());
+  testing::TcpRelay relay(port);
+  auto worker =
+      InProcessWorker::Start(Channel(relay.port()), {.model = "m",
+                                                     .cache = "w",
+                                                     .budget_bytes = 8 * kExpertBytes,
+                                                     .report_interval = absl::Milliseconds(10),
+                                                     .connect_timeout = absl::Milliseconds(500),
+                                                     .max_backoff = absl::Milliseconds(200),
+                                                     .ack_timeout = absl::Minutes(5)});
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  const uint64_t acknowledged_run = RouteBatches(**worker, layers, 10, 1);
+  ASSERT_TRUE((*worker)->Flush(absl::Seconds(30)));
+  ASSERT_EQ(FoldedTokens(**client), acknowledged_run);
+
+  relay.SwallowRequests(true);
+  const uint64_t sent = (*worker)->control_stats().reports_sent;
+  const uint64_t unacknowledged = RouteBatches(**worker, layers, 10, 2);
+  // Handed to the stream, never seen by the service.
+  ASSERT_TRUE(testing::WaitFor([&] {
+    const ControlStats c = (*worker)->control_stats();
+    return c.reports_sent > sent + 1 && c.acknowledged < (*worker)->engine().last_sequence();
+  }));
+  EXPECT_EQ(FoldedTokens(**client), acknowledged_run);
+  server->Shutdown(absl::Now());
+  server.reset();
+  relay.CutAll();
+
+  server = StartServer(listen);
+  ASSERT_NE(server, nullptr);
+  ASSERT_TRUE((*client)->Register(Spec("m", layers, false)).ok());
+  ASSERT_TRUE((*worker)->Flush(absl::Seconds(30)));
+  // The new run learned from the unacknowledged reports once each, and
+  // from nothing acknowledged before.
+  EXPECT_EQ(FoldedTokens(**client), unacknowledged);
   EXPECT_EQ((*worker)->control_stats().reports_dropped, 0u);
 }
 
