@@ -87,6 +87,13 @@ class Client {
                                                          const ClientTls& tls = {});
   /// Deadline of every call (default 10 s).
   void set_timeout(absl::Duration timeout) { timeout_ = timeout; }
+  /// A client on the same channel whose calls have `timeout` as deadline:
+  /// for one caller's own deadlines without touching this client's.
+  std::unique_ptr<Client> WithTimeout(absl::Duration timeout) const {
+    auto client = std::unique_ptr<Client>(new Client(channel_));
+    client->timeout_ = timeout;
+    return client;
+  }
 
   absl::StatusOr<v1::RouteTokensResponse> Route(const std::string& model, uint32_t layer,
                                                 absl::Span<const float> logits,

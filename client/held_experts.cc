@@ -21,7 +21,7 @@ absl::Status HeldExperts::CarryOut(absl::Span<const ExpertKey> evictions,
   }
   const auto start = std::chrono::steady_clock::now();
   for (const ExpertKey& key : loads) {
-    absl::StatusOr<HeldExpert> expert = source_->Load(key);
+    absl::StatusOr<HeldExpert> expert = Load(key, report);
     if (!expert.ok()) {
       report->load_seconds += SecondsSince(start);
       return absl::Status(expert.status().code(), absl::StrFormat("loading %s: %s", key.ToString(),
@@ -39,9 +39,15 @@ absl::Status HeldExperts::CarryOut(absl::Span<const ExpertKey> evictions,
 absl::StatusOr<HeldExpert> HeldExperts::Get(ExpertKey key, WorkerCacheReport* report) {
   if (const auto it = held_.find(key); it != held_.end()) return it->second;
   const auto start = std::chrono::steady_clock::now();
-  absl::StatusOr<HeldExpert> expert = source_->Load(key);
+  absl::StatusOr<HeldExpert> expert = Load(key, report);
   report->load_seconds += SecondsSince(start);
   if (expert.ok()) ++report->streamed;
+  return expert;
+}
+
+absl::StatusOr<HeldExpert> HeldExperts::Load(ExpertKey key, WorkerCacheReport* report) {
+  absl::StatusOr<HeldExpert> expert = source_->Load(key);
+  report->failovers += source_->TakeRepeats();
   return expert;
 }
 

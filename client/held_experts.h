@@ -23,6 +23,9 @@ class ExpertSource {
  public:
   virtual ~ExpertSource() = default;
   virtual absl::StatusOr<HeldExpert> Load(ExpertKey key) = 0;
+  /// Loads repeated since the last call because the replica serving them
+  /// was lost (a server source); counted into the report's failovers.
+  virtual uint64_t TakeRepeats() { return 0; }
 };
 
 /// What a worker's memory did.
@@ -38,6 +41,9 @@ struct WorkerCacheReport {
   double route_seconds = 0;  // in routing and prefetch calls
   double load_seconds = 0;   // in loading experts from the source
   uint64_t reopens = 0;      // the server did not know the cache: reopened
+  // Calls repeated because the replica died or stalled with them in flight
+  // (each after restating what the worker holds), and fetches repeated.
+  uint64_t failovers = 0;
   double HitRate() const { return accesses == 0 ? 0 : static_cast<double>(hits) / accesses; }
 };
 
@@ -58,6 +64,9 @@ class HeldExperts {
   uint64_t bytes() const { return bytes_; }
 
  private:
+  // The source's Load, its repeats counted.
+  absl::StatusOr<HeldExpert> Load(ExpertKey key, WorkerCacheReport* report);
+
   std::unique_ptr<ExpertSource> source_;
   std::map<ExpertKey, HeldExpert> held_;
   uint64_t bytes_ = 0;

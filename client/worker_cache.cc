@@ -1,28 +1,53 @@
 #include "client/worker_cache.h"
 
+#include <algorithm>
 #include <chrono>
+#include <utility>
 
 #include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
 
 namespace moe_router {
 namespace {
 
+// Backoff between the attempts of a call whose replica was lost: the
+// proxy needs a moment to take it out.
+absl::Duration NextBackoff(absl::Duration backoff) {
+  return std::min(2 * backoff, absl::Milliseconds(500));
+}
+constexpr absl::Duration kFirstBackoff = absl::Milliseconds(20);
+
 class ServerSource final : public ExpertSource {
  public:
-  ServerSource(Client& client, std::string model, std::string cache)
-      : client_(client), model_(std::move(model)), cache_(std::move(cache)) {}
+  ServerSource(Client& client, std::string model, std::string cache,
+               const FailoverOptions& failover)
+      : client_(client.WithTimeout(failover.fetch_attempt_timeout)),
+        model_(std::move(model)),
+        cache_(std::move(cache)),
+        call_deadline_(failover.call_deadline) {}
   absl::StatusOr<HeldExpert> Load(ExpertKey key) override {
-    absl::StatusOr<FetchedExpert> fetched = client_.Fetch(model_, key.layer, key.expert, cache_);
+    const absl::Time deadline = absl::Now() + call_deadline_;
+    absl::StatusOr<FetchedExpert> fetched;
+    for (absl::Duration backoff = kFirstBackoff;; backoff = NextBackoff(backoff)) {
+      fetched = client_->Fetch(model_, key.layer, key.expert, cache_);
+      if (!ReplicaLost(fetched.status()) || absl::Now() + backoff >= deadline) break;
+      ++repeats_;
+      absl::SleepFor(backoff);
+    }
     if (!fetched.ok()) return fetched.status();
     auto owner = std::make_shared<const std::string>(std::move(fetched->bytes));
     const auto* data = reinterpret_cast<const uint8_t*>(owner->data());
     return HeldExpert{.bytes = std::shared_ptr<const uint8_t>(owner, data), .size = owner->size()};
   }
 
+  uint64_t TakeRepeats() override { return std::exchange(repeats_, 0); }
+
  private:
-  Client& client_;
+  const std::unique_ptr<Client> client_;
   const std::string model_;
   const std::string cache_;
+  const absl::Duration call_deadline_;
+  uint64_t repeats_ = 0;
 };
 
 class StoreSource final : public ExpertSource {
@@ -52,9 +77,14 @@ void AppendKeys(const google::protobuf::RepeatedPtrField<v1::ExpertRef>& refs,
 
 }  // namespace
 
+bool ReplicaLost(const absl::Status& status) {
+  return absl::IsUnavailable(status) || absl::IsDeadlineExceeded(status);
+}
+
 std::unique_ptr<ExpertSource> ServerExpertSource(Client& client, std::string model,
-                                                 std::string cache) {
-  return std::make_unique<ServerSource>(client, std::move(model), std::move(cache));
+                                                 std::string cache,
+                                                 const FailoverOptions& failover) {
+  return std::make_unique<ServerSource>(client, std::move(model), std::move(cache), failover);
 }
 
 std::unique_ptr<ExpertSource> StoreExpertSource(std::shared_ptr<const ExpertStore> store) {
@@ -89,28 +119,57 @@ absl::Status WorkerCache::CarryOut(
 }
 
 template <typename Call>
-auto WorkerCache::ReopeningIfUnknown(Call call) -> decltype(call()) {
-  auto result = call();
-  if (!absl::IsNotFound(result.status())) return result;
-  // NOT_FOUND for the model too: then reopening fails and says so.
-  if (absl::Status s = Reopen(); !s.ok()) return s;
-  return call();
+auto WorkerCache::Reliably(Call call) -> decltype(call()) {
+  const absl::Time deadline = absl::Now() + options_.failover.call_deadline;
+  absl::Duration backoff = kFirstBackoff;
+  bool reopened = false;
+  while (true) {
+    auto result = call();
+    if (absl::IsNotFound(result.status()) && !reopened) {
+      // Moved or expired: reopened once (NOT_FOUND for the model too: then
+      // reopening fails and says so).
+      reopened = true;
+    } else if (ReplicaLost(result.status()) && absl::Now() + backoff < deadline) {
+      // The replica may have applied the call before it was lost: the
+      // view is restated before the call is repeated, wherever it lands.
+      ++report_.failovers;
+      absl::SleepFor(backoff);
+      backoff = NextBackoff(backoff);
+    } else {
+      return result;
+    }
+    absl::Status restated = Reopen();
+    while (ReplicaLost(restated) && absl::Now() + backoff < deadline) {
+      ++report_.failovers;
+      absl::SleepFor(backoff);
+      backoff = NextBackoff(backoff);
+      restated = Reopen();
+    }
+    if (!restated.ok()) return restated;
+  }
 }
 
 absl::Status WorkerCache::Reopen() {
-  auto info = client_.OpenCache(options_.model, options_.cache, options_.budget_bytes,
-                                options_.eviction_policy);
+  auto info = client_->OpenCache(options_.model, options_.cache, options_.budget_bytes,
+                                 options_.eviction_policy);
   if (!info.ok()) return info.status();
   ++report_.reopens;
   policy_ = info->eviction_policy();
-  return StateHeld().status();
+  absl::Status stated = StateHeld().status();
+  if (absl::IsNotFound(stated)) {
+    // Opened on one replica, gone on the next call: the proxy moved the
+    // cache between the two (a replica just left its ring). Another try.
+    return absl::UnavailableError(absl::StrFormat(
+        "cache '%s' moved between OpenCache and SyncCache: %s", options_.cache, stated.message()));
+  }
+  return stated;
 }
 
 absl::StatusOr<v1::RouteTokensResponse> WorkerCache::Route(uint32_t layer,
                                                            absl::Span<const float> logits) {
   const auto start = std::chrono::steady_clock::now();
-  auto routed = ReopeningIfUnknown(
-      [&] { return client_.Route(options_.model, layer, logits, options_.cache); });
+  auto routed =
+      Reliably([&] { return client_->Route(options_.model, layer, logits, options_.cache); });
   report_.route_seconds += SecondsSince(start);
   if (!routed.ok()) return routed.status();
   ++report_.route_calls;
@@ -134,7 +193,7 @@ absl::StatusOr<v1::PrefetchResponse> WorkerCache::Prefetch(uint32_t layer,
   request.set_budget(budget);
   request.mutable_gate_logits()->Add(gate_logits.begin(), gate_logits.end());
   const auto start = std::chrono::steady_clock::now();
-  auto answer = ReopeningIfUnknown([&] { return client_.Prefetch(request); });
+  auto answer = Reliably([&] { return client_->Prefetch(request); });
   report_.route_seconds += SecondsSince(start);
   if (!answer.ok()) return answer.status();
   std::vector<ExpertKey> loads;
@@ -156,14 +215,14 @@ absl::StatusOr<v1::CacheInfo> WorkerCache::StateHeld() {
     ref->set_layer(key.layer);
     ref->set_expert(key.expert);
   }
-  return client_.SyncCache(request);
+  return client_->SyncCache(request);
 }
 
 absl::Status WorkerCache::Resync() {
-  return ReopeningIfUnknown([&] { return StateHeld(); }).status();
+  return Reliably([&] { return StateHeld(); }).status();
 }
 
-absl::Status WorkerCache::Close() { return client_.CloseCache(options_.model, options_.cache); }
+absl::Status WorkerCache::Close() { return client_->CloseCache(options_.model, options_.cache); }
 
 std::vector<ExpertKey> WorkerCache::Held() const { return held_.Keys(); }
 

@@ -54,6 +54,20 @@ def retrying_refusals(call, timeout):
         backoff = min(2 * backoff, 0.5)
 
 
+# Failures of a replica lost with the call in flight (died, or stalled past
+# the attempt's deadline), as opposed to the server's answer.
+_REPLICA_LOST = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def replica_lost(error):
+    """Whether an RpcError is that of a lost replica (as the C++ ReplicaLost)."""
+    return isinstance(error, grpc.RpcError) and error.code() in _REPLICA_LOST
+
+
+def _next_backoff(backoff):
+    return min(2 * backoff, 0.5)
+
+
 class ExpertDataLoss(ValueError):
     """An expert that arrived other than the server's store holds it
     (DATA_LOSS in the C++ client): the message says which tensor or chunk."""
@@ -92,11 +106,14 @@ def verify_expert(header, data, what):
         raise ExpertDataLoss(f"DATA_LOSS: {what}: the expert's checksum does not match its tensors")
 
 
-def fetch_expert(stub, model, layer, expert, timeout=60, cache=""):
+def fetch_expert(stub, model, layer, expert, timeout=60, cache="", attempt_timeout=None,
+                 on_repeat=None):
     """The expert's bytes from FetchExpert (for `cache`: the worker cache it
     is fetched for), verified: chunks in order and within the size
     announced, and every checksum (verify_expert). ExpertDataLoss says what
-    did not match."""
+    did not match. An attempt that fails as a lost replica does (or runs
+    past `attempt_timeout` seconds) is repeated until `timeout`: a fetch
+    changes nothing on the server. `on_repeat()` is called for each repeat."""
     what = f"expert L{layer}/E{expert}"
 
     def attempt(remaining):
@@ -117,7 +134,21 @@ def fetch_expert(stub, model, layer, expert, timeout=60, cache=""):
             data += chunk.data
         return header, data
 
-    header, data = retrying_refusals(attempt, timeout)
+    deadline = time.monotonic() + timeout
+    backoff = 0.02
+    while True:
+        remaining = max(deadline - time.monotonic(), 0.001)
+        try:
+            header, data = retrying_refusals(
+                attempt, min(remaining, attempt_timeout or remaining))
+            break
+        except grpc.RpcError as e:
+            if not replica_lost(e) or time.monotonic() + backoff >= deadline:
+                raise
+        if on_repeat:
+            on_repeat()
+        time.sleep(backoff)
+        backoff = _next_backoff(backoff)
     verify_expert(header, data, what)
     return bytes(data)
 
@@ -128,19 +159,31 @@ class WorkerCache:
     `load(layer, expert) -> bytes` is where experts come from; by default
     FetchExpert from the same server (served from its memory when it staged
     the expert). Not thread-safe: one per worker.
+
+    A replica that dies or stalls with a call in flight (it may have applied
+    it) costs no step: the call is repeated where the proxy now sends it,
+    after the cache is reopened there with what the worker holds, until
+    `timeout` seconds; an attempt not answered within `attempt_timeout`
+    seconds counts as stalled (1 s: a routing call answers in well under a
+    millisecond, tens under heavy load). `failovers` counts the repeats,
+    fetches' included. As the C++ WorkerCache's FailoverOptions.
     """
 
     def __init__(self, channel, model, cache, budget_bytes, eviction_policy="", load=None,
-                 timeout=10):
+                 timeout=10, attempt_timeout=1.0, fetch_attempt_timeout=5.0):
         self.stub = pb_grpc.MoeRouterStub(channel)
         self.model, self.cache, self.budget_bytes = model, cache, budget_bytes
         self.timeout = timeout
+        self.attempt_timeout = attempt_timeout
         self._headers = routing_headers(model, cache)
-        self._load = load or (
-            lambda layer, expert: fetch_expert(self.stub, model, layer, expert, cache=cache))
+        self._load = load or (lambda layer, expert: fetch_expert(
+            self.stub, model, layer, expert, timeout=timeout, cache=cache,
+            attempt_timeout=fetch_attempt_timeout, on_repeat=self._count_failover))
+        self.failovers = 0
         self.held = {}  # (layer, expert) -> bytes
         info = self._call(self.stub.OpenCache, pb.OpenCacheRequest(
-            model=model, cache=cache, budget_bytes=budget_bytes, eviction_policy=eviction_policy))
+            model=model, cache=cache, budget_bytes=budget_bytes, eviction_policy=eviction_policy),
+            timeout=timeout)
         self.policy = info.eviction_policy
         self.eviction_policy = eviction_policy
         self.reopens = 0
@@ -155,7 +198,7 @@ class WorkerCache:
     def route(self, layer, gate_logits):
         """Routes one layer's batch (tokens x experts floats, row-major),
         drops what the server said, then loads what it said to load."""
-        routed = self._reopening_if_unknown(lambda: self._call(
+        routed = self._reliably(lambda: self._call(
             self.stub.RouteTokens,
             pb.RouteTokensRequest(model=self.model, layer=layer, gate_logits=gate_logits,
                                   cache=self.cache)))
@@ -165,7 +208,7 @@ class WorkerCache:
 
     def prefetch(self, layer, gate_logits, budget=0):
         """Prefetches by a guess of the layer's gate (its top `budget`)."""
-        answer = self._reopening_if_unknown(lambda: self._call(
+        answer = self._reliably(lambda: self._call(
             self.stub.Prefetch,
             pb.PrefetchRequest(model=self.model, layer=layer, budget=budget, cache=self.cache,
                                gate_logits=gate_logits)))
@@ -183,39 +226,79 @@ class WorkerCache:
 
     def resync(self):
         """States to the server what this worker holds."""
-        return self._reopening_if_unknown(self._state_held)
+        return self._reliably(self._state_held)
 
-    def _call(self, method, request):
-        """One unary call about this cache: its deadline and routing
-        headers, and sent again while a draining replica refuses it."""
+    def _call(self, method, request, timeout=None):
+        """One attempt of a unary call about this cache (deadline `timeout`,
+        else the attempt's), with its routing headers, and sent again while
+        a draining replica refuses it."""
         return retrying_refusals(
             lambda remaining: method(request, timeout=remaining, metadata=self._headers),
-            self.timeout)
+            timeout or self.attempt_timeout)
 
     def _state_held(self):
         return self._call(self.stub.SyncCache, pb.SyncCacheRequest(
             model=self.model, cache=self.cache,
             resident=[pb.ExpertRef(layer=l, expert=e) for l, e in self.held]))
 
-    def _reopening_if_unknown(self, call):
+    def _reliably(self, call):
         """Runs `call`; when the server does not know the cache (the worker
         moved to another replica, or the cache expired), reopens it, states
-        what the worker holds and runs `call` once more."""
-        try:
-            return call()
-        except grpc.RpcError as e:
-            if e.code() != grpc.StatusCode.NOT_FOUND:
-                raise
+        what the worker holds and runs `call` once more; when the replica
+        was lost with the call in flight, does the same where the proxy now
+        sends it, until the call's deadline."""
+        deadline = time.monotonic() + self.timeout
+        backoff = 0.02
+        reopened = False
+        while True:
+            try:
+                return call()
+            except grpc.RpcError as e:
+                if e.code() == grpc.StatusCode.NOT_FOUND and not reopened:
+                    reopened = True
+                elif replica_lost(e) and time.monotonic() + backoff < deadline:
+                    self.failovers += 1
+                    time.sleep(backoff)
+                    backoff = _next_backoff(backoff)
+                else:
+                    raise
+            while True:
+                try:
+                    if self._reopen():
+                        break
+                except grpc.RpcError as e:
+                    if not replica_lost(e) or time.monotonic() + backoff >= deadline:
+                        raise
+                if time.monotonic() + backoff >= deadline:
+                    raise TimeoutError(f"cache '{self.cache}' kept moving between replicas "
+                                       f"until the call's deadline")
+                self.failovers += 1
+                time.sleep(backoff)
+                backoff = _next_backoff(backoff)
+
+    def _count_failover(self):
+        self.failovers += 1
+
+    def _reopen(self):
+        """Opens the cache and states what the worker holds; False when the
+        cache was gone by the second call (the proxy moved it between the
+        two: a replica just left its ring)."""
         info = self._call(self.stub.OpenCache, pb.OpenCacheRequest(
             model=self.model, cache=self.cache, budget_bytes=self.budget_bytes,
             eviction_policy=self.eviction_policy))
         self.reopens += 1
         self.policy = info.eviction_policy
-        self._state_held()
-        return call()
+        try:
+            self._state_held()
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+            return False
+        return True
 
     def close(self):
-        self._call(self.stub.CloseCache, pb.CloseCacheRequest(model=self.model, cache=self.cache))
+        self._call(self.stub.CloseCache, pb.CloseCacheRequest(model=self.model, cache=self.cache),
+                   timeout=self.timeout)
 
     def _carry_out(self, evictions, loads):
         for ref in evictions:

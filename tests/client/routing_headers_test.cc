@@ -210,12 +210,35 @@ TEST_F(RoutingHeadersTest, TheCppClientSendsAgainOnlyWhatADrainingReplicaRefused
   EXPECT_GT(service_.route_calls(), 5);
 }
 
-TEST_F(RoutingHeadersTest, ThePythonWorkerCacheSendsAgainOnlyWhatADrainingReplicaRefused) {
+// A WorkerCache sends a refused call again as it is (nothing was done);
+// any other UNAVAILABLE may have been carried out by a replica now lost, so
+// it reopens its cache, states what it holds (SyncCache), and then repeats
+// the call, counting the failover.
+TEST_F(RoutingHeadersTest, TheCppWorkerCacheRestatesWhatItHoldsBeforeRepeatingALostCall) {
+  auto client = Client::Connect(address_);
+  ASSERT_TRUE(client.ok());
+  auto cache = WorkerCache::Open(**client, {.model = "m", .cache = "c", .budget_bytes = 100},
+                                 ServerExpertSource(**client, "m", "c"));
+  ASSERT_TRUE(cache.ok()) << cache.status();
   service_.RefuseNextRoutes(2, /*marked=*/true);
-  const std::string script = absl::StrCat(
-      "import sys; sys.path.insert(0, '", PY_PACKAGE_DIR, "')\n", "import grpc\n",
-      "from moe_router import WorkerCache\n", "cache = WorkerCache(grpc.insecure_channel('",
-      address_, "'), 'm', 'c', 100)\n", "cache.route(0, [0.0, 1.0])\n", "print('routed')\n");
+  ASSERT_TRUE((*cache)->Route(0, {0.0f, 1.0f}).ok());
+  EXPECT_EQ(service_.route_calls(), 3);
+  EXPECT_EQ((*cache)->report().failovers, 0u);
+  EXPECT_EQ(service_.seen().count("SyncCache"), 0u);
+  service_.RefuseNextRoutes(1, /*marked=*/false);
+  ASSERT_TRUE((*cache)->Route(0, {0.0f, 1.0f}).ok());
+  EXPECT_EQ(service_.route_calls(), 5);
+  EXPECT_EQ((*cache)->report().failovers, 1u);
+  EXPECT_EQ(service_.seen().count("SyncCache"), 1u);
+}
+
+TEST_F(RoutingHeadersTest, ThePythonWorkerCacheRestatesWhatItHoldsBeforeRepeatingALostCall) {
+  service_.RefuseNextRoutes(2, /*marked=*/true);
+  const std::string script =
+      absl::StrCat("import sys; sys.path.insert(0, '", PY_PACKAGE_DIR, "')\n", "import grpc\n",
+                   "from moe_router import WorkerCache\n",
+                   "cache = WorkerCache(grpc.insecure_channel('", address_, "'), 'm', 'c', 100)\n",
+                   "cache.route(0, [0.0, 1.0])\n", "print('routed, failovers', cache.failovers)\n");
   testing::TempDir dir;
   ASSERT_TRUE(
       testing::RunCommand(absl::StrCat("cat > ", dir.File("retry.py"), " <<'EOF'\n", script, "EOF"))
@@ -223,12 +246,15 @@ TEST_F(RoutingHeadersTest, ThePythonWorkerCacheSendsAgainOnlyWhatADrainingReplic
   testing::CommandResult run =
       testing::RunCommand(absl::StrCat("/usr/bin/python3 ", dir.File("retry.py")));
   ASSERT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_THAT(run.output, ::testing::HasSubstr("routed, failovers 0"));
   EXPECT_EQ(service_.route_calls(), 3);
+  EXPECT_EQ(service_.seen().count("SyncCache"), 0u);
   service_.RefuseNextRoutes(1, /*marked=*/false);
   run = testing::RunCommand(absl::StrCat("/usr/bin/python3 ", dir.File("retry.py")));
-  EXPECT_NE(run.exit_code, 0);
-  EXPECT_THAT(run.output, ::testing::HasSubstr("UNAVAILABLE"));
-  EXPECT_EQ(service_.route_calls(), 4);
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_THAT(run.output, ::testing::HasSubstr("routed, failovers 1"));
+  EXPECT_EQ(service_.route_calls(), 5);
+  EXPECT_EQ(service_.seen().count("SyncCache"), 1u);
 }
 
 TEST_F(RoutingHeadersTest, ThePythonWorkerCacheNamesTheModelAndTheCache) {

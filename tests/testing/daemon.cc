@@ -54,6 +54,12 @@ bool Daemon::ReadUntil(const std::string& text, absl::Duration timeout) {
   return false;
 }
 
+void Daemon::ReadAvailable() {
+  std::string line;
+  while (ReadLine(absl::Now(), &line)) {
+  }
+}
+
 std::optional<int> Daemon::WaitForExit(absl::Duration timeout) {
   const absl::Time deadline = absl::Now() + timeout;
   do {
@@ -75,7 +81,8 @@ bool Daemon::ReadLine(absl::Time deadline, std::string* line) {
     pollfd p{.fd = err_, .events = POLLIN, .revents = 0};
     const int ms = static_cast<int>(absl::ToInt64Milliseconds(deadline - absl::Now()));
     char buf[512];
-    if (ms <= 0 || poll(&p, 1, ms) != 1) return false;
+    // Past the deadline it still takes what is there already.
+    if (ms < 0 || poll(&p, 1, ms) != 1) return false;
     const ssize_t n = read(err_, buf, sizeof buf);
     if (n <= 0) return false;
     pending_.append(buf, static_cast<size_t>(n));

@@ -35,6 +35,8 @@ class Daemon {
   /// Reads stderr until a line containing `text`, its end, or `timeout`;
   /// whether the line came.
   bool ReadUntil(const std::string& text, absl::Duration timeout);
+  /// Reads the whole lines it has printed so far, without waiting.
+  void ReadAvailable();
   /// The wait status once the process exits, or nullopt if it is still
   /// running after `timeout` (the destructor then kills it).
   std::optional<int> WaitForExit(absl::Duration timeout);
