@@ -134,6 +134,8 @@ absl::Status InProcessWorker::Connect(absl::Time deadline) {
     }
     return finished;
   }
+  // Answered: from here only acknowledgements are watched.
+  stream->handshake_done.store(true);
   if (engine_ == nullptr) {
     auto engine = EngineFromUpdate(first);
     if (!engine.ok()) {
@@ -150,7 +152,6 @@ absl::Status InProcessWorker::Connect(absl::Time deadline) {
     stats_.connected = true;
     stats_.bytes_up += hello_message.ByteSizeLong();
   }
-  stream->handshake_done.store(true);
   Apply(first);
   stream->reader = std::thread([this, stream] { ReadUpdates(stream); });
   if (!WritePending()) return absl::UnavailableError("the stream broke while resending reports");

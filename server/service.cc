@@ -245,7 +245,7 @@ grpc::ServerUnaryReactor* MoeRouterService::SyncCache(grpc::CallbackServerContex
 
 grpc::ServerBidiReactor<v1::WorkerReport, v1::FleetUpdate>* MoeRouterService::Learn(
     grpc::CallbackServerContext*) {
-  return new LearnReactor(gate_, registry_, LearnStreamOptions{});
+  return new LearnReactor(gate_, registry_, limits_.learn_stream);
 }
 
 grpc::ServerBidiReactor<v1::RouteTokensRequest, v1::RouteTokensResponse>*

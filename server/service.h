@@ -7,6 +7,7 @@
 #include "server/admin_access.h"
 #include "server/blocking_call_pool.h"
 #include "server/call_gate.h"
+#include "server/learn_reactor.h"
 #include "server/model_registry.h"
 
 namespace moe_router {
@@ -14,6 +15,8 @@ namespace moe_router {
 struct ServiceLimits {
   /// Tokens in one RouteTokens request; more is RESOURCE_EXHAUSTED.
   uint32_t max_tokens_per_request = 65536;
+  /// How each Learn stream pushes fleet state down.
+  LearnStreamOptions learn_stream = {};
 };
 
 /// RegisterModel and UnregisterModel calls waiting for a thread; more are

@@ -442,6 +442,11 @@ void WorkerEngine::ApplyOffer(uint32_t l) {
   state_updates_applied_.fetch_add(1, std::memory_order_relaxed);
 }
 
+ExpertAffinity::State WorkerEngine::LayerAffinity(uint32_t layer) {
+  absl::MutexLock lock(&mu_);
+  return layers_[layer].router->affinity().Export();
+}
+
 std::string WorkerEngine::policy_name() {
   absl::MutexLock view_lock(&view_->mu());
   return view_->policy_name();

@@ -110,6 +110,9 @@ class WorkerEngine {
   }
   /// The sequence number of the last report taken.
   uint64_t last_sequence();
+  /// A layer's affinity as its router holds it now, the fleet's state and
+  /// this worker's own learning together: for tests and diagnostics.
+  ExpertAffinity::State LayerAffinity(uint32_t layer);
   /// Co-activation pairs left out of reports: past max_pairs_per_layer, or
   /// logged while the log was full.
   uint64_t pairs_dropped() const { return pairs_dropped_.load(std::memory_order_relaxed); }

@@ -490,5 +490,66 @@ TEST(InProcessWorkerTest, ReportsAServiceNeverGotAreFoldedOnceByItsNextRun) {
   EXPECT_EQ((*worker)->control_stats().reports_dropped, 0u);
 }
 
+// A fleet update that arrives while some of the worker's reports are
+// unacknowledged (here the hello's answer on a new stream, acknowledging
+// only the reports before them) keeps the worker's own learning since then:
+// the unacknowledged reports' activation counts are re-applied over the
+// fleet's. The service pushes no state after the hello, so that update is
+// the one the layer takes.
+TEST(InProcessWorkerTest, AFleetUpdateKeepsTheWorkersUnacknowledgedLearning) {
+  ServerOptions options;
+  options.listen = "127.0.0.1:0";
+  options.metrics_listen = "";
+  options.health_listen = "";
+  options.limits.learn_stream.min_push_interval = absl::Hours(1);
+  auto server = RouterServer::Start(options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = Client::Connect(absl::StrCat("127.0.0.1:", (*server)->port()));
+  ASSERT_TRUE(client.ok());
+  ASSERT_TRUE((*client)->Register(Spec("m", 4, false)).ok());
+  testing::TcpRelay relay((*server)->port());
+  auto worker =
+      InProcessWorker::Start(Channel(relay.port()), {.model = "m",
+                                                     .cache = "w",
+                                                     .budget_bytes = 8 * kExpertBytes,
+                                                     // Reports go only when flushed.
+                                                     .report_interval = absl::Hours(1),
+                                                     .max_backoff = absl::Milliseconds(200),
+                                                     .ack_timeout = absl::Minutes(5)});
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  WorkerEngine& engine = (*worker)->engine();
+  WorkerStep step;
+  auto route_layer0 = [&](int seed) {
+    for (int b = 0; b < 20; ++b) {
+      ASSERT_TRUE(engine.Route(0, testing::RandomLogits(2, 8, seed * 100 + b), &step).ok());
+    }
+  };
+  route_layer0(1);
+  ASSERT_TRUE((*worker)->Flush(absl::Seconds(30)));  // report 1, folded and acknowledged
+
+  relay.SwallowRequests(true);
+  route_layer0(2);
+  const uint64_t sent = (*worker)->control_stats().reports_sent;
+  EXPECT_FALSE((*worker)->Flush(absl::Milliseconds(200)));  // report 2 never arrives
+  ASSERT_TRUE(testing::WaitFor([&] { return (*worker)->control_stats().reports_sent > sent; }));
+  const std::vector<uint64_t> before = engine.LayerAffinity(0).counts;
+  const uint64_t applied = engine.state_updates_applied();
+  const uint64_t connects = (*worker)->control_stats().connects;
+  relay.CutAll();
+  // The new stream's hello is answered with the fleet's state as of report 1
+  // (a flush wakes the control thread, which sleeps a report interval).
+  ASSERT_TRUE(testing::WaitFor([&] {
+    (*worker)->Flush(absl::Milliseconds(10));
+    return (*worker)->control_stats().connects > connects;
+  }));
+
+  ASSERT_TRUE(engine.Route(0, testing::RandomLogits(2, 8, 999), &step).ok());
+  ASSERT_GT(engine.state_updates_applied(), applied) << "the update was not taken";
+  std::vector<uint64_t> expected = before;
+  for (uint32_t e : step.batch.experts) ++expected[e];
+  EXPECT_EQ(engine.LayerAffinity(0).counts, expected)
+      << "the learning of the unacknowledged report was lost to the update";
+}
+
 }  // namespace
 }  // namespace moe_router
