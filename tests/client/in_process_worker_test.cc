@@ -22,12 +22,17 @@ namespace {
 
 constexpr uint64_t kExpertBytes = 4096;
 
-std::unique_ptr<RouterServer> StartServer(const std::string& listen) {
+// A server on `listen` without its metrics and health ports.
+ServerOptions LocalOptions(const std::string& listen) {
   ServerOptions options;
   options.listen = listen;
   options.metrics_listen = "";
   options.health_listen = "";
-  auto server = RouterServer::Start(options);
+  return options;
+}
+
+std::unique_ptr<RouterServer> StartServer(const std::string& listen) {
+  auto server = RouterServer::Start(LocalOptions(listen));
   EXPECT_TRUE(server.ok()) << server.status();
   return server.ok() ? *std::move(server) : nullptr;
 }
@@ -236,10 +241,7 @@ TEST(InProcessWorkerTest, MixedFleetLearnsWhatAllRemoteRoutingLearns) {
 // Reports keep a worker's view open; once the worker is gone, its view
 // closes after the idle timeout like any other.
 TEST(InProcessWorkerTest, ReportsKeepTheViewOpenUntilTheWorkerGoes) {
-  ServerOptions options;
-  options.listen = "127.0.0.1:0";
-  options.metrics_listen = "";
-  options.health_listen = "";
+  ServerOptions options = LocalOptions("127.0.0.1:0");
   options.registry.worker_caches.idle_timeout = absl::Milliseconds(300);
   auto server = RouterServer::Start(options);
   ASSERT_TRUE(server.ok()) << server.status();
@@ -497,10 +499,7 @@ TEST(InProcessWorkerTest, ReportsAServiceNeverGotAreFoldedOnceByItsNextRun) {
 // fleet's. The service pushes no state after the hello, so that update is
 // the one the layer takes.
 TEST(InProcessWorkerTest, AFleetUpdateKeepsTheWorkersUnacknowledgedLearning) {
-  ServerOptions options;
-  options.listen = "127.0.0.1:0";
-  options.metrics_listen = "";
-  options.health_listen = "";
+  ServerOptions options = LocalOptions("127.0.0.1:0");
   options.limits.learn_stream.min_push_interval = absl::Hours(1);
   auto server = RouterServer::Start(options);
   ASSERT_TRUE(server.ok()) << server.status();
