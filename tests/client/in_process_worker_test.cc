@@ -37,6 +37,10 @@ std::unique_ptr<RouterServer> StartServer(const std::string& listen) {
   return server.ok() ? *std::move(server) : nullptr;
 }
 
+// A loopback port nothing listens on: a server started on port 0 says which
+// port is free, then stops.
+int FreePort() { return StartServer("127.0.0.1:0")->port(); }
+
 v1::ModelSpec Spec(const std::string& name, uint32_t layers, bool prefetch) {
   v1::ModelSpec spec = testing::SyntheticSpec(name, layers, kExpertBytes, /*budget_experts=*/256);
   if (!prefetch) {
@@ -311,12 +315,7 @@ TEST(InProcessWorkerTest, TheFleetLearnsFromEveryWorker) {
 // The service absent at start, then started; killed mid-run and restarted:
 // routing never fails, the worker reconnects and resyncs its view.
 TEST(InProcessWorkerTest, RoutesThroughAbsentAndRestartedService) {
-  // A free port: start a server to learn one, then stop it.
-  int port = 0;
-  {
-    auto probe = StartServer("127.0.0.1:0");
-    port = probe->port();
-  }
+  const int port = FreePort();
   const std::string listen = absl::StrCat("127.0.0.1:", port);
   const uint32_t layers = 4;
   auto config = ConfigFromSpec(Spec("m", layers, true));
@@ -443,11 +442,7 @@ TEST(InProcessWorkerTest, ReportsResentToAServiceThatLivedOnAreFoldedOnce) {
 // to the service's next run, which folds each once, and nothing acknowledged
 // before is sent again.
 TEST(InProcessWorkerTest, ReportsAServiceNeverGotAreFoldedOnceByItsNextRun) {
-  int port = 0;
-  {
-    auto probe = StartServer("127.0.0.1:0");
-    port = probe->port();
-  }
+  const int port = FreePort();
   const std::string listen = absl::StrCat("127.0.0.1:", port);
   const uint32_t layers = 4;
   auto server = StartServer(listen);
