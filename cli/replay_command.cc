@@ -1,11 +1,13 @@
 // moe-router replay TRACE (--per-layer C | --global-slots S | --global-bytes B)
-//   [--policy P]... [--prefetch-budget N] [--json] [routing flags for logits traces]
+//   [--policy P]... [--peers] [--prefetch-budget N] [--json] [routing flags for logits traces]
 // moe-router replay TRACE --budgets 32,64 | 10%,25% [--plot OUT.svg] [--as-one-run] [...]
 // moe-router replay --server ADDR TRACE [--model M] [--stream] [--json]
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <map>
+#include <optional>
+#include <string>
 #include <thread>
 #include <tuple>
 
@@ -21,6 +23,7 @@
 #include "cli/svg_plot.h"
 #include "core/base/file_io.h"
 #include "core/cache/eviction_policy.h"
+#include "core/cache/peer_policies.h"
 #include "eval/belady_policy.h"
 #include "eval/replay.h"
 #include "nlohmann/json.hpp"
@@ -42,8 +45,11 @@ const std::vector<FlagSpec>& LocalReplayFlags() {
       {"global-bytes", true, false, "B bytes shared by all layers"},
       {"expert-bytes", true, false, "bytes per expert (default 1048576)"},
       {"policy", true, true,
-       "eviction policy, repeatable (default: all); lru, lfu and belady "
+       "eviction policy, repeatable (default: all of ours); lru, lfu and belady "
        "are always reported (belady not with --bonus)"},
+      {"peers", false, false,
+       "add the engines' own caches (llama_cpp, sglang, vllm_lfru, least_stale; no prefetch, "
+       "no bonus) and set every policy against the best of them and belady"},
       {"prefetch-budget", true, false, "experts prefetched per step (default 0)"},
       {"threads", true, false, "policies replayed at once (default: the machine's cores)"},
       {"bonus", true, false, "logits traces: reroute with this relative cache bonus"},
@@ -142,11 +148,41 @@ absl::StatusOr<std::vector<uint64_t>> ParseBudgets(const std::string& list,
   return out;
 }
 
+// With --peers, a row set against the others of its budget: how far below
+// belady it is, and how much of the best peer's distance to belady it
+// closes (1: all of it; negative: it trails that peer).
+struct PeerComparison {
+  double to_belady = NAN;
+  double gap_closed = NAN;
+};
+
+std::string FormatShare(double value) {
+  return std::isnan(value) ? "-" : absl::StrFormat("%.3f", value);
+}
+std::string FormatShare(const nlohmann::json& value) {
+  return value.is_number() ? FormatShare(value.get<double>()) : "-";
+}
+
+PeerComparison CompareWithPeers(const ReplayReport& report, const ReplayRow& row) {
+  std::optional<double> belady, best_peer;
+  for (const ReplayRow& r : report.rows) {
+    if (r.policy == kBeladyPolicyName) belady = r.hit_rate;
+    if (IsPeerPolicy(r.policy)) best_peer = std::max(best_peer.value_or(0.0), r.hit_rate);
+  }
+  PeerComparison out;
+  if (belady) out.to_belady = *belady - row.hit_rate;
+  if (belady && best_peer && *belady > *best_peer) {
+    out.gap_closed = (row.hit_rate - *best_peer) / (*belady - *best_peer);
+  }
+  return out;
+}
+
 // --budgets: every policy at each budget, as a table or JSON, and a plot.
 int ReplayBudgets(const CommandLine& cl, const RoutingTrace& trace, ReplayOptions options) {
   auto budgets = ParseBudgets(cl.Value("budgets"), trace);
   if (!budgets.ok()) return CommandError("replay", budgets.status(), 2);
   const bool prefetch = options.prefetch_budget > 0;
+  const bool peers = cl.Has("peers");
   std::map<std::string, PlotSeries> hit, ready;
   nlohmann::json rows = nlohmann::json::array();
   ProgressBar bar("replay", budgets->size());
@@ -158,11 +194,18 @@ int ReplayBudgets(const CommandLine& cl, const RoutingTrace& trace, ReplayOption
       nlohmann::json row = {
           {"policy", r.policy}, {"budget_slots", options.amount}, {"hit_rate", r.hit_rate}};
       if (prefetch) row["ready_rate"] = r.ready_rate;
+      if (peers) {
+        const PeerComparison c = CompareWithPeers(*report, r);
+        row["peer"] = IsPeerPolicy(r.policy);
+        row["to_belady"] = c.to_belady;
+        row["gap_closed"] = c.gap_closed;
+      }
       rows.push_back(row);
       for (auto [series, value, suffix] :
            {std::tuple{&hit, r.hit_rate, ""}, std::tuple{&ready, r.ready_rate, " ready"}}) {
         PlotSeries& s = (*series)[r.policy];
         s.name = r.policy + suffix;
+        s.dashed = IsPeerPolicy(r.policy);
         s.x.push_back(static_cast<double>(options.amount));
         s.y.push_back(value);
       }
@@ -173,13 +216,17 @@ int ReplayBudgets(const CommandLine& cl, const RoutingTrace& trace, ReplayOption
   if (cl.Has("json")) {
     std::printf("%s\n", nlohmann::json{{"rows", rows}}.dump(2).c_str());
   } else {
-    std::printf("%-12s %12s %9s%s\n", "policy", "budget_slots", "hit_rate",
-                prefetch ? " ready_rate" : "");
+    std::printf("%-12s %12s %9s%s%s\n", "policy", "budget_slots", "hit_rate",
+                prefetch ? " ready_rate" : "", peers ? " to_belady gap_closed" : "");
     for (const nlohmann::json& row : rows) {
       std::printf("%-12s %12llu %9.3f", row["policy"].get<std::string>().c_str(),
                   static_cast<unsigned long long>(row["budget_slots"].get<uint64_t>()),
                   row["hit_rate"].get<double>());
       if (prefetch) std::printf(" %10.3f", row["ready_rate"].get<double>());
+      if (peers) {
+        std::printf(" %9s %10s", FormatShare(row["to_belady"]).c_str(),
+                    FormatShare(row["gap_closed"]).c_str());
+      }
       std::printf("\n");
     }
   }
@@ -238,7 +285,16 @@ absl::StatusOr<ReplayOptions> ParseReplayOptions(const CommandLine& cl, const Ro
   for (const std::string& p : policies) {
     if (absl::Status s = CheckReplayPolicyName(p); !s.ok()) return s;
   }
-  if (policies.empty()) policies = ReplayPolicyNames();
+  if (policies.empty()) {
+    for (const std::string& p : ReplayPolicyNames()) {
+      if (!IsPeerPolicy(p)) policies.push_back(p);
+    }
+  }
+  if (cl.Has("peers")) {
+    for (const std::string& p : PeerPolicyNames()) {
+      if (std::find(policies.begin(), policies.end(), p) == policies.end()) policies.push_back(p);
+    }
+  }
   // The reference rows come first.
   const std::vector<std::string> references = ReferencePolicyNames();
   for (auto it = references.rbegin(); it != references.rend(); ++it) {
@@ -269,35 +325,47 @@ absl::StatusOr<ReplayOptions> ParseReplayOptions(const CommandLine& cl, const Ro
   return options;
 }
 
-void PrintReplayTable(const ReplayReport& report, const ReplayOptions& options) {
+void PrintReplayTable(const ReplayReport& report, const ReplayOptions& options, bool peers) {
   std::printf("%-12s %9s %10s %11s %13s %10s", "policy", "hit_rate", "ready_rate", "loads/token",
               "prefetch_used", "accesses");
   if (options.router) std::printf(" %8s %9s", "changed", "gate_mass");
+  if (peers) std::printf(" %9s %10s", "to_belady", "gap_closed");
   std::printf("\n");
   for (const ReplayRow& r : report.rows) {
     std::printf("%-12s %9.3f %10.3f %11.3f %13llu %10llu", r.policy.c_str(), r.hit_rate,
                 r.ready_rate, r.loads_per_token, static_cast<unsigned long long>(r.prefetch_used),
                 static_cast<unsigned long long>(r.accesses));
     if (options.router) std::printf(" %8.3f %9.4f", r.changed_fraction, r.gate_mass_mean);
+    if (peers) {
+      const PeerComparison c = CompareWithPeers(report, r);
+      std::printf(" %9s %10s", FormatShare(c.to_belady).c_str(), FormatShare(c.gap_closed).c_str());
+    }
     std::printf("\n");
   }
 }
 
-nlohmann::json ReplayJson(const ReplayReport& report) {
+nlohmann::json ReplayJson(const ReplayReport& report, bool peers) {
   nlohmann::json rows = nlohmann::json::array();
   for (const ReplayRow& r : report.rows) {
-    rows.push_back({{"policy", r.policy},
-                    {"hit_rate", r.hit_rate},
-                    {"ready_rate", r.ready_rate},
-                    {"loads_per_token", r.loads_per_token},
-                    {"demand_loads_per_token", r.demand_loads_per_token},
-                    {"prefetch_loads", r.prefetch_loads},
-                    {"prefetch_used", r.prefetch_used},
-                    {"accesses", r.accesses},
-                    {"tokens", r.tokens},
-                    {"changed_fraction", r.changed_fraction},
-                    {"gate_mass_mean", r.gate_mass_mean},
-                    {"gate_mass_min", r.gate_mass_min}});
+    nlohmann::json& row = rows.emplace_back();
+    if (peers) {
+      const PeerComparison c = CompareWithPeers(report, r);
+      row["peer"] = IsPeerPolicy(r.policy);
+      row["to_belady"] = c.to_belady;
+      row["gap_closed"] = c.gap_closed;
+    }
+    row.update({{"policy", r.policy},
+                {"hit_rate", r.hit_rate},
+                {"ready_rate", r.ready_rate},
+                {"loads_per_token", r.loads_per_token},
+                {"demand_loads_per_token", r.demand_loads_per_token},
+                {"prefetch_loads", r.prefetch_loads},
+                {"prefetch_used", r.prefetch_used},
+                {"accesses", r.accesses},
+                {"tokens", r.tokens},
+                {"changed_fraction", r.changed_fraction},
+                {"gate_mass_mean", r.gate_mass_mean},
+                {"gate_mass_min", r.gate_mass_min}});
   }
   return {{"tokens", report.tokens}, {"accesses", report.accesses}, {"rows", rows}};
 }
@@ -327,9 +395,9 @@ int ReplayCommand(const std::vector<std::string>& args) {
   bar.Finish();
   if (!report.ok()) return CommandError("replay", report.status());
   if (cl->Has("json")) {
-    std::printf("%s\n", ReplayJson(*report).dump(2).c_str());
+    std::printf("%s\n", ReplayJson(*report, cl->Has("peers")).dump(2).c_str());
   } else {
-    PrintReplayTable(*report, *options);
+    PrintReplayTable(*report, *options, cl->Has("peers"));
   }
   return 0;
 }

@@ -78,10 +78,11 @@ std::string RenderSvg(const Plot& p) {
     for (size_t i = 0; i < series.x.size(); ++i) {
       absl::StrAppendFormat(&points, "%.1f,%.1f ", sx(series.x[i]), sy(series.y[i]));
     }
+    const char* dash = series.dashed ? " stroke-dasharray=\"7,4\"" : "";
     absl::StrAppendFormat(&svg,
                           "<polyline points=\"%s\" fill=\"none\" stroke=\"%s\" "
-                          "stroke-width=\"2\"/>\n",
-                          points, color);
+                          "stroke-width=\"2\"%s/>\n",
+                          points, color, dash);
     for (size_t i = 0; i < series.x.size(); ++i) {
       absl::StrAppendFormat(&svg, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3.5\" fill=\"%s\"/>\n",
                             sx(series.x[i]), sy(series.y[i]), color);
@@ -94,9 +95,9 @@ std::string RenderSvg(const Plot& p) {
     const double ly = kTop + 10 + 20 * static_cast<double>(s);
     absl::StrAppendFormat(&svg,
                           "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\" "
-                          "stroke-width=\"3\"/><text x=\"%.1f\" y=\"%.1f\">%s</text>\n",
-                          kLeft + w + 14, ly, kLeft + w + 34, ly, color, kLeft + w + 40, ly + 4,
-                          Escape(series.name));
+                          "stroke-width=\"3\"%s/><text x=\"%.1f\" y=\"%.1f\">%s</text>\n",
+                          kLeft + w + 14, ly, kLeft + w + 34, ly, color, dash, kLeft + w + 40,
+                          ly + 4, Escape(series.name));
   }
   svg += "</svg>\n";
   return svg;

@@ -12,6 +12,7 @@ struct PlotSeries {
   std::string name;
   std::vector<double> x, y;
   std::vector<std::string> labels;  // per point, may be empty
+  bool dashed = false;              // set apart (e.g. the peers' policies)
 };
 
 struct Plot {

@@ -9,6 +9,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "core/cache/expert_cache.h"
+#include "core/cache/peer_policies.h"
 #include "core/routing/affinity.h"
 #include "eval/belady_policy.h"
 
@@ -60,7 +61,7 @@ class RunReplayer {
 
   absl::StatusOr<RunTotals> Run(const std::function<void()>& step_done) {
     if (absl::Status s = Setup(); !s.ok()) return s;
-    std::vector<uint32_t> prev, experts;
+    std::vector<uint32_t> prev, experts, missed;
     RouteResult batch;
     for (size_t i = 0; i < run_.steps.size(); ++i) {
       const auto [t, l] = run_.steps[i];
@@ -81,13 +82,22 @@ class RunReplayer {
         totals_.gate_sum += batch.gate_mass_sum;
         totals_.gate_min = std::min(totals_.gate_min, batch.gate_mass_min);
       }
-      // The step's experts are pinned while it is served.
+      ArrangeStep(cache.step_order(), experts, [&](uint32_t e) {
+        return cache.IsResident({l, e});
+      });
+      // The step's experts are pinned while it is served; every use is
+      // recorded before the misses load, as an engine routes a layer and
+      // then pages it.
       for (uint32_t e : experts) cache.Pin({l, e});
+      missed.clear();
       for (uint32_t e : experts) {
         if (cache.Access({l, e})) {
           ++totals_.hits;
-          continue;
+        } else {
+          missed.push_back(e);
         }
+      }
+      for (uint32_t e : missed) {
         ++totals_.loads;
         if (absl::Status s = Load(cache, {l, e}, Priority::kUrgent); !s.ok()) return s;
       }
@@ -117,7 +127,8 @@ class RunReplayer {
       affinity_.push_back(std::make_unique<ExpertAffinity>(n, AffinityConfig{}));
       coactivation_.push_back(
           std::make_unique<CoActivation>(n, n, AffinityConfig{}.coactivation_decay));
-      if (options_.router) {
+      // The peers route as their engines do: plain top-k, the trace's.
+      if (options_.router && !IsPeerPolicy(policy_)) {
         auto router = LayerRouter::Create(*options_.router, AffinityConfig{});
         if (!router.ok()) return router.status();
         routers_.push_back(std::make_unique<LayerRouter>(*std::move(router)));
@@ -221,12 +232,18 @@ class RunReplayer {
   RunTotals totals_;
 };
 
+// Whether `policy` is replayed a second time with prefetch: the peers'
+// engines do not prefetch, so their ready figures are their demand ones.
+bool PrefetchPass(const ReplayOptions& options, const std::string& policy) {
+  return options.prefetch_budget > 0 && !IsPeerPolicy(policy);
+}
+
 // One policy's row: each run from a cold cache, demand paging and, with a
 // prefetch budget, again with prefetch.
 absl::StatusOr<ReplayRow> ReplayPolicy(const RoutingTrace& trace, const ReplayOptions& options,
                                        const std::string& policy,
                                        const std::function<void()>& step_done) {
-  const bool with_prefetch = options.prefetch_budget > 0;
+  const bool with_prefetch = PrefetchPass(options, policy);
   ReplayRow row;
   row.policy = policy;
   row.accesses = trace.Accesses();
@@ -298,8 +315,10 @@ absl::StatusOr<ReplayReport> Replay(const RoutingTrace& trace, const ReplayOptio
   ReplayReport report;
   report.tokens = trace.Tokens();
   report.accesses = trace.Accesses();
-  const bool with_prefetch = options.prefetch_budget > 0;
-  const uint64_t total = trace.Steps() * options.policies.size() * (with_prefetch ? 2 : 1);
+  uint64_t total = 0;
+  for (const std::string& policy : options.policies) {
+    total += trace.Steps() * (PrefetchPass(options, policy) ? 2 : 1);
+  }
   std::atomic<uint64_t> done{0};
   absl::Mutex progress_mu;
   const auto step_done = [&] {

@@ -75,7 +75,7 @@ uint64_t EvictionIndex::AccessesOf(size_t slot) const {
 EvictionIndex::Key EvictionIndex::KeyOf(size_t order, const EntryView& view,
                                         const CacheClock& clock) const {
   return {layer_keys_ ? policy_->LayerKey(view, clock) : policy_->OrderKeep(order, view, clock),
-          view.last_access};
+          policy_->Tie(view)};
 }
 
 void EvictionIndex::MarkStale(Order& order, uint32_t group) {

@@ -16,17 +16,18 @@ namespace moe_router {
 /// ranking of every entry. Shared by ExpertCache and WorkerCacheView.
 ///
 /// The order is the one every cache uses: lowest Keep() first, ties to the
-/// least recently accessed, then the lowest key. The owner tells the index
+/// lower Tie() (the least recently accessed, unless the policy says), then
+/// the lowest key. The owner tells the index
 /// which entries are evictable (Insert, Erase) and when an entry's key may
 /// have changed (Rekey: an access); what moves with the clock the index
 /// follows itself through the policy's stamps (see KeyScope): a layer whose
 /// stamp moved is re-keyed at the next decision, O(its members).
 ///
 /// A heap per layer orders its members by key (Keep(), or for kLayer
-/// policies LayerKey), then last access, then expert; a heap of the layers
+/// policies LayerKey), then Tie(), then expert; a heap of the layers
 /// orders them by their first entry's exact Keep(). For kLayer policies
 /// keys of a layer that combine into one Keep() (rounding) are told apart by
-/// last access and key, as a full ranking would.
+/// Tie() and key, as a full ranking would.
 ///
 /// Slots are layer * num_experts + expert. Not thread-safe: the owner
 /// serialises every call. Per slot it keeps 20 bytes for each order the

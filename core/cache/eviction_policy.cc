@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "core/cache/peer_policies.h"
 
 namespace moe_router {
 
@@ -40,9 +41,34 @@ EntryView AsIfUsedNow(EntryView entry, const CacheClock& clock) {
   if (entry.key.layer < clock.layer_visits.size()) {
     entry.reuse_visit = clock.layer_visits[entry.key.layer];
   }
+  if (entry.key.layer < clock.layer_accesses.size()) {
+    entry.layer_access = clock.layer_accesses[entry.key.layer] + 1;
+  }
   entry.last_access = clock.now + 1;
   entry.accesses += 1;
+  entry.resident_accesses += 1;
   return entry;
+}
+
+void ArrangeStep(StepOrder order, std::vector<uint32_t>& experts,
+                 absl::FunctionRef<bool(uint32_t)> resident) {
+  if (order == StepOrder::kAsRouted) return;
+  // Distinct experts at their first appearance: sorted by (expert, place),
+  // the first of each kept, back in place order. Steps are small (tokens x
+  // top_k), and the scratch is reused.
+  thread_local std::vector<std::pair<uint32_t, uint32_t>> firsts;
+  firsts.clear();
+  for (uint32_t i = 0; i < experts.size(); ++i) firsts.push_back({experts[i], i});
+  std::sort(firsts.begin(), firsts.end());
+  firsts.erase(std::unique(firsts.begin(), firsts.end(),
+                           [](const auto& a, const auto& b) { return a.first == b.first; }),
+               firsts.end());
+  std::sort(firsts.begin(), firsts.end(),
+            [](const auto& a, const auto& b) { return a.second < b.second; });
+  experts.clear();
+  for (const auto& [expert, place] : firsts) experts.push_back(expert);
+  const auto misses = std::stable_partition(experts.begin(), experts.end(), resident);
+  std::sort(misses, experts.end());
 }
 
 void EvictionPolicy::Prepare(absl::Span<const EntryView> candidates) {
@@ -177,7 +203,9 @@ absl::Status UnknownPolicyError(absl::string_view name) {
 }  // namespace
 
 std::vector<std::string> EvictionPolicyNames() {
-  return {"lru", "lfu", "affinity", "adaptive", "layer_reuse"};
+  std::vector<std::string> names = {"lru", "lfu", "affinity", "adaptive", "layer_reuse"};
+  for (std::string& peer : PeerPolicyNames()) names.push_back(std::move(peer));
+  return names;
 }
 
 absl::StatusOr<std::unique_ptr<EvictionPolicy>> MakeEvictionPolicy(
@@ -186,6 +214,7 @@ absl::StatusOr<std::unique_ptr<EvictionPolicy>> MakeEvictionPolicy(
   if (name == "lfu") return std::make_unique<LfuPolicy>();
   if (name == "adaptive") return std::make_unique<AdaptivePolicy>(options.adaptive_skew);
   if (name == "layer_reuse") return std::make_unique<LayerReusePolicy>();
+  if (std::unique_ptr<EvictionPolicy> peer = MakePeerPolicy(name)) return peer;
   if (name == "affinity") {
     if (!options.affinity) {
       return absl::InvalidArgumentError("eviction policy 'affinity' needs affinity scores");

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
@@ -25,6 +26,13 @@ struct EntryView {
   /// "this expert was used in that visit", as of `reuse_visit`.
   double reuse = 0;
   uint64_t reuse_visit = 0;
+  /// Accesses since it last left the cache (vllm_lfru's frequency, which an
+  /// eviction resets).
+  uint64_t resident_accesses = 0;
+  /// Its layer's access count (CacheClock::layer_accesses) at its last access.
+  uint64_t layer_access = 0;
+  /// Cache tick at which it last became resident (0: never).
+  uint64_t admitted = 0;
 };
 
 /// What a policy may know of the cache as a whole.
@@ -32,7 +40,17 @@ struct CacheClock {
   uint64_t now = 0;            // current tick
   uint32_t current_layer = 0;  // layer of the step being served
   uint32_t num_layers = 1;
-  std::vector<uint64_t> layer_visits;  // visits so far, per layer
+  std::vector<uint64_t> layer_visits;    // visits so far, per layer
+  std::vector<uint64_t> layer_accesses;  // accesses so far, per layer
+  /// The tick before the first access of the current forward pass: a pass
+  /// begins at a step whose layer does not follow the previous step's.
+  uint64_t pass_start = 0;
+};
+
+/// The order in which a step touches its experts, which sets their recency.
+enum class StepOrder : uint8_t {
+  kAsRouted,            // the order the router lists them (ours)
+  kHitsThenMissesById,  // resident ones as listed, then missing ones by id
 };
 
 /// The evictable entries' number and access counts: what a policy that
@@ -56,7 +74,8 @@ enum class KeyScope : uint8_t {
 };
 
 /// Ranks cache entries for eviction: the entry with the lowest Keep() goes
-/// first (ties: least recently accessed, then lowest key). The cache owns
+/// first (ties: the lower Tie(), by default the least recently accessed,
+/// then the lowest key). The cache owns
 /// the per-entry bookkeeping and hands it to the policy as EntryView; a
 /// policy may keep state of its own about the population (adaptive does).
 class EvictionPolicy {
@@ -101,7 +120,18 @@ class EvictionPolicy {
     return Keep(entry, clock);
   }
   virtual size_t ActiveOrder() const { return 0; }
+
+  /// What breaks a tie of Keep(): the lower value goes first.
+  virtual uint64_t Tie(const EntryView& entry) const { return entry.last_access; }
+  virtual StepOrder step_order() const { return StepOrder::kAsRouted; }
 };
+
+/// Puts a step's experts in the order `order` touches them; `resident`
+/// says which the cache holds at the start of the step. kHitsThenMissesById
+/// also keeps each expert once (at its first appearance): a batch's
+/// distinct experts count once each.
+void ArrangeStep(StepOrder order, std::vector<uint32_t>& experts,
+                 absl::FunctionRef<bool(uint32_t)> resident);
 
 /// The decay of the layer-aware reuse EMA per visit of the layer.
 inline constexpr double kReuseRate = 0.3;
@@ -138,13 +168,14 @@ struct EvictionPolicyOptions {
 };
 
 /// The online policies, the names MakeEvictionPolicy accepts, for help
-/// texts. (The offline optimum lives in eval/belady_policy.h.)
+/// texts: ours, then the peers' (core/cache/peer_policies.h). (The offline
+/// optimum lives in eval/belady_policy.h.)
 std::vector<std::string> EvictionPolicyNames();
 
 /// INVALID_ARGUMENT naming the policies there are, unless `name` is one.
 absl::Status CheckEvictionPolicyName(absl::string_view name);
 
-/// lru | lfu | affinity | adaptive | layer_reuse. An unknown name, or a
+/// lru | lfu | affinity | adaptive | layer_reuse, or a peer's. An unknown name, or a
 /// policy missing the function it needs, is INVALID_ARGUMENT.
 absl::StatusOr<std::unique_ptr<EvictionPolicy>> MakeEvictionPolicy(
     absl::string_view name, const EvictionPolicyOptions& options);

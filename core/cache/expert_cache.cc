@@ -52,9 +52,11 @@ ExpertCache::ExpertCache(const CacheConfig& config, std::unique_ptr<EvictionPoli
     : config_(config),
       slots_(size_t{config.num_layers} * config.num_experts),
       on_evict_(std::move(on_evict)),
+      step_order_(policy->step_order()),
       resident_(new std::atomic<uint8_t>[slots_]),
       usage_(new Usage[slots_]),
       layer_visits_(new std::atomic<uint64_t>[config.num_layers]),
+      layer_accesses_(new std::atomic<uint64_t>[config.num_layers]),
       policy_(std::move(policy)),
       entries_(slots_),
       changed_(slots_),
@@ -67,6 +69,7 @@ ExpertCache::ExpertCache(const CacheConfig& config, std::unique_ptr<EvictionPoli
   }
   for (uint32_t l = 0; l < config.num_layers; ++l) {
     layer_visits_[l].store(0, std::memory_order_relaxed);
+    layer_accesses_[l].store(0, std::memory_order_relaxed);
   }
 }
 
@@ -82,7 +85,9 @@ absl::Status ExpertCache::CheckKey(ExpertKey key) const {
 }
 
 void ExpertCache::BeginStep(uint32_t layer) {
-  current_layer_.store(layer, std::memory_order_relaxed);
+  if (layer <= current_layer_.exchange(layer, std::memory_order_relaxed)) {
+    pass_start_.store(tick_.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  }
   layer_visits_[layer].fetch_add(1, std::memory_order_relaxed);
 }
 
@@ -91,6 +96,12 @@ bool ExpertCache::Access(ExpertKey key) {
   Usage& u = usage_[i];
   u.last_access.store(tick_.fetch_add(1, std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   u.accesses.store(u.accesses.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  u.resident_accesses.store(u.resident_accesses.load(std::memory_order_relaxed) + 1,
+                            std::memory_order_relaxed);
+  std::atomic<uint64_t>& layer_accesses = layer_accesses_[key.layer];
+  const uint64_t layer_access = layer_accesses.load(std::memory_order_relaxed) + 1;
+  layer_accesses.store(layer_access, std::memory_order_relaxed);
+  u.layer_access.store(layer_access, std::memory_order_relaxed);
   const uint64_t visit = layer_visits_[key.layer].load(std::memory_order_relaxed);
   const uint64_t last_visit = u.reuse_visit.load(std::memory_order_relaxed);
   if (visit != last_visit || u.accesses.load(std::memory_order_relaxed) == 1) {
@@ -137,16 +148,22 @@ EntryView ExpertCache::View(size_t index) const {
                    .last_access = u.last_access.load(std::memory_order_relaxed),
                    .accesses = u.accesses.load(std::memory_order_relaxed),
                    .reuse = u.reuse.load(std::memory_order_relaxed),
-                   .reuse_visit = u.reuse_visit.load(std::memory_order_relaxed)};
+                   .reuse_visit = u.reuse_visit.load(std::memory_order_relaxed),
+                   .resident_accesses = u.resident_accesses.load(std::memory_order_relaxed),
+                   .layer_access = u.layer_access.load(std::memory_order_relaxed),
+                   .admitted = u.admitted.load(std::memory_order_relaxed)};
 }
 
 void ExpertCache::FillClock(CacheClock* clock) const {
   clock->now = tick_.load(std::memory_order_relaxed);
   clock->current_layer = current_layer_.load(std::memory_order_relaxed);
   clock->num_layers = config_.num_layers;
+  clock->pass_start = pass_start_.load(std::memory_order_relaxed);
   clock->layer_visits.resize(config_.num_layers);
+  clock->layer_accesses.resize(config_.num_layers);
   for (uint32_t l = 0; l < config_.num_layers; ++l) {
     clock->layer_visits[l] = layer_visits_[l].load(std::memory_order_relaxed);
+    clock->layer_accesses[l] = layer_accesses_[l].load(std::memory_order_relaxed);
   }
 }
 
@@ -206,6 +223,7 @@ bool ExpertCache::TryEvictLocked(size_t index,
   resident_list_.pop_back();
   e.state = State::kAbsent;
   e.bytes = 0;
+  usage_[index].resident_accesses.store(0, std::memory_order_relaxed);
   released->push_back(std::move(e.data));
   ++evictions_;
   if (prefetched_unused_[index].exchange(0, std::memory_order_relaxed) != 0) {
@@ -340,6 +358,7 @@ absl::Status ExpertCache::Commit(std::shared_ptr<const ExpertData> data) {
   resident_bytes_ += entry.bytes;
   entry.state = State::kResident;
   entry.data = std::move(data);
+  usage_[index].admitted.store(tick_.load(std::memory_order_relaxed), std::memory_order_relaxed);
   entry.list_pos = resident_list_.size();
   resident_list_.push_back(index);
   if (entry.loading_priority == Priority::kPrefetch) {

@@ -81,6 +81,9 @@ class ExpertCache {
   ~ExpertCache();
 
   const CacheConfig& config() const { return config_; }
+  /// The order in which the policy's engine touches a step's experts: the
+  /// caller arranges a step with ArrangeStep before its Access calls.
+  StepOrder step_order() const { return step_order_; }
 
   /// One flag per expert of `layer`, 1 while resident; read by the router.
   const std::atomic<uint8_t>* ResidentFlags(uint32_t layer) const {
@@ -150,6 +153,9 @@ class ExpertCache {
     std::atomic<uint64_t> accesses{0};
     std::atomic<double> reuse{0};
     std::atomic<uint64_t> reuse_visit{0};
+    std::atomic<uint64_t> resident_accesses{0};
+    std::atomic<uint64_t> layer_access{0};
+    std::atomic<uint64_t> admitted{0};
     std::atomic<uint32_t> pins{0};
   };
 
@@ -185,9 +191,12 @@ class ExpertCache {
   const CacheConfig config_;
   const size_t slots_;
   const EvictionListener on_evict_;
+  const StepOrder step_order_;
   std::unique_ptr<std::atomic<uint8_t>[]> resident_;
   std::unique_ptr<Usage[]> usage_;
   std::unique_ptr<std::atomic<uint64_t>[]> layer_visits_;
+  std::unique_ptr<std::atomic<uint64_t>[]> layer_accesses_;
+  std::atomic<uint64_t> pass_start_{0};
   std::atomic<uint32_t> current_layer_{0};
   std::atomic<uint64_t> tick_{0};
   std::atomic<uint64_t> prefetch_used_{0};

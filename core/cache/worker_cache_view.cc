@@ -20,7 +20,9 @@ WorkerCacheView::WorkerCacheView(std::string name, uint32_t num_layers, uint32_t
       budget_bytes_(budget_bytes),
       flags_(new std::atomic<uint8_t>[slots_]),
       usage_(new Usage[slots_]),
-      clock_{.num_layers = num_layers, .layer_visits = std::vector<uint64_t>(num_layers, 0)},
+      clock_{.num_layers = num_layers,
+             .layer_visits = std::vector<uint64_t>(num_layers, 0),
+             .layer_accesses = std::vector<uint64_t>(num_layers, 0)},
       index_(num_layers, num_experts),
       pinned_(num_experts, 0),
       touch_(slots_, 0) {
@@ -52,36 +54,54 @@ uint64_t WorkerCacheView::FootprintBytes(uint32_t num_layers, uint32_t num_exper
                                          size_t name_bytes) {
   const uint64_t slots = uint64_t{num_layers} * num_experts;
   // Flags, touch bits, usage and the index per slot (at most: adaptive's
-  // two orders), visits per layer, pins and last choices per expert.
+  // two orders), visits and accesses per layer, pins and last choices per
+  // expert.
   return sizeof(WorkerCacheView) + slots * (sizeof(Usage) + 2 + EvictionIndex::kMaxBytesPerSlot) +
-         num_layers * sizeof(uint64_t) + num_experts * (1 + 2 * sizeof(uint32_t)) + name_bytes;
+         num_layers * 2 * sizeof(uint64_t) + num_experts * (1 + 2 * sizeof(uint32_t)) + name_bytes;
 }
 
 absl::Span<const WorkerCacheView::Miss> WorkerCacheView::BeginStep(
     uint32_t layer, absl::Span<const uint32_t> experts) {
   EndSnapshot();
   ReleasePins();
+  if (layer <= clock_.current_layer) clock_.pass_start = clock_.now;
   clock_.current_layer = layer;
   const uint64_t visit = ++clock_.layer_visits[layer];
-  // Per expert, its uses and the tick of its last use: what a use at a time
-  // would leave, with the reuse EMA stepped once per visit as it would be.
+  // Per expert, its uses and the ticks (global and the layer's) of its last
+  // use: what a use at a time would leave, with the reuse EMA stepped once
+  // per visit as it would be.
   thread_local std::vector<uint32_t> uses;
-  thread_local std::vector<uint64_t> last_tick;
+  thread_local std::vector<uint64_t> last_tick, last_layer_access;
   thread_local std::vector<uint32_t> first_use_order;
   uses.assign(num_experts_, 0);
   last_tick.resize(num_experts_);
+  last_layer_access.resize(num_experts_);
   first_use_order.clear();
   for (uint32_t e : experts) {
     if (uses[e]++ == 0) first_use_order.push_back(e);
+  }
+  const auto touch = [&](uint32_t e) {
     last_tick[e] = ++clock_.now;
+    last_layer_access[e] = ++clock_.layer_accesses[layer];
+  };
+  if (policy_->step_order() == StepOrder::kAsRouted) {
+    for (uint32_t e : experts) touch(e);
+  } else {
+    // Each distinct expert touched once, in the policy's order.
+    ArrangeStep(policy_->step_order(), first_use_order, [&](uint32_t e) {
+      return IsResident({layer, e});
+    });
+    for (uint32_t e : first_use_order) touch(e);
   }
   if (clock_.now - tick_base_ >= tick_limit_) RebaseTicks();
   misses_.clear();
   for (uint32_t e : first_use_order) {
     const ExpertKey key{layer, e};
     Usage& u = usage_[Index(key)];
-    u.last_access =
-        last_tick[e] > tick_base_ ? static_cast<uint32_t>(last_tick[e] - tick_base_) : 1;
+    u.last_access = Relative(last_tick[e]);
+    u.layer_access = static_cast<uint32_t>(last_layer_access[e]);
+    u.resident_accesses = static_cast<uint32_t>(std::min<uint64_t>(
+        uint64_t{u.resident_accesses} + uses[e], std::numeric_limits<uint32_t>::max()));
     const uint32_t before = u.accesses;
     u.accesses = static_cast<uint32_t>(
         std::min<uint64_t>(uint64_t{before} + uses[e], std::numeric_limits<uint32_t>::max()));
@@ -127,8 +147,9 @@ void WorkerCacheView::RebaseTicks() {
   // Keep the last half of the range exact; older accesses tie as the oldest.
   const uint64_t shift = clock_.now - tick_limit_ / 2 - tick_base_;
   for (size_t i = 0; i < slots_; ++i) {
-    uint32_t& last = usage_[i].last_access;
-    if (last != 0) last = last > shift ? static_cast<uint32_t>(last - shift) : 1;
+    for (uint32_t* tick : {&usage_[i].last_access, &usage_[i].admitted}) {
+      if (*tick != 0) *tick = *tick > shift ? static_cast<uint32_t>(*tick - shift) : 1;
+    }
   }
   tick_base_ += shift;
   index_.RekeyAll(IndexSource(*this), clock_);
@@ -141,7 +162,10 @@ EntryView WorkerCacheView::View(ExpertKey key) const {
                    .last_access = u.last_access == 0 ? 0 : tick_base_ + u.last_access,
                    .accesses = u.accesses,
                    .reuse = u.reuse,
-                   .reuse_visit = FullVisit(visits, u.reuse_visit)};
+                   .reuse_visit = FullVisit(visits, u.reuse_visit),
+                   .resident_accesses = u.resident_accesses,
+                   .layer_access = FullVisit(clock_.layer_accesses[key.layer], u.layer_access),
+                   .admitted = u.admitted == 0 ? 0 : tick_base_ + u.admitted};
 }
 
 uint64_t WorkerCacheView::SlotBytes(ExpertKey key) const {
@@ -161,6 +185,7 @@ void WorkerCacheView::Remove(ExpertKey key) {
   resident_bytes_ -= SlotBytes(key);
   if (index_.Contains(index)) index_.Erase(index, SlotBytes(key));
   flags_[index].store(0, std::memory_order_relaxed);
+  usage_[index].resident_accesses = 0;
 }
 
 void WorkerCacheView::EndSnapshot() {
@@ -229,6 +254,7 @@ WorkerCacheView::Admission WorkerCacheView::TryAdmit(ExpertKey key, uint8_t vari
   touch_[index] = (touch_[index] & ~kAdmittedForPrefetch) |
                   (priority == Priority::kPrefetch ? kAdmittedForPrefetch : 0);
   flags_[index].store(variant + 1, std::memory_order_relaxed);
+  usage_[index].admitted = Relative(clock_.now);
   resident_bytes_ += bytes;
   if (snapshot_open_) {
     deferred_.push_back(index);

@@ -40,9 +40,9 @@ struct CacheInstructions {
 /// the offline replay through an ExpertCache. A call allocates nothing once
 /// its buffers have grown to the workload, and costs O(log n) per eviction:
 /// the evictable entries are kept in the policy's order (EvictionIndex),
-/// not ranked per call. Per expert it keeps 18 bytes of state (access ages
+/// not ranked per call. Per expert it keeps 30 bytes of state (access ages
 /// in 32 bits are rebased every 2^31 accesses; entries idle for longer tie
-/// as the oldest) and the index's 25 (65 for adaptive).
+/// as the oldest) and the index's 21 (49 for adaptive).
 ///
 /// Not thread-safe on its own: the owner holds mu() for a whole call, which
 /// orders the calls on one cache.
@@ -167,12 +167,15 @@ class WorkerCacheView {
   static uint64_t FootprintBytes(uint32_t num_layers, uint32_t num_experts, size_t name_bytes);
 
  private:
-  // Per expert, 16 bytes: the policy's state in 32-bit fields.
+  // Per expert, 28 bytes: the policy's state in 32-bit fields.
   struct Usage {
     uint32_t last_access = 0;  // tick - tick_base_; 0: never
     uint32_t accesses = 0;     // saturates
     float reuse = 0;
-    uint32_t reuse_visit = 0;  // low 32 bits of the layer's visit count
+    uint32_t reuse_visit = 0;        // low 32 bits of the layer's visit count
+    uint32_t resident_accesses = 0;  // since it last left; saturates
+    uint32_t layer_access = 0;       // low 32 bits of the layer's access count
+    uint32_t admitted = 0;           // tick - tick_base_, as last_access
   };
   // How a slot stood when the current call first changed it, one byte per
   // slot (a dense array, so a call allocates nothing).
@@ -184,9 +187,14 @@ class WorkerCacheView {
             static_cast<uint32_t>(index % num_experts_)};
   }
   EntryView View(ExpertKey key) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // A visit count from its low 32 bits, given the layer's count now.
+  // A visit (or access) count from its low 32 bits, given the layer's count
+  // now.
   static uint64_t FullVisit(uint64_t visits, uint32_t low) {
     return visits - static_cast<uint32_t>(static_cast<uint32_t>(visits) - low);
+  }
+  // A tick relative to tick_base_ (1: rebased away, the oldest).
+  uint32_t Relative(uint64_t tick) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return tick > tick_base_ ? static_cast<uint32_t>(tick - tick_base_) : 1;
   }
   const CacheClock& Clock() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return clock_; }
   uint64_t SlotBytes(ExpertKey key) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

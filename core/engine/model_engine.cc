@@ -230,7 +230,12 @@ absl::StatusOr<bool> ModelEngine::RouteAndLearn(uint32_t layer, absl::Span<const
     view->SetLastBatch(layer, result->experts);
   } else {
     cache_->BeginStep(layer);
-    for (uint32_t e : result->experts) cache_->Access({layer, e});
+    thread_local std::vector<uint32_t> touched;
+    touched.assign(result->experts.begin(), result->experts.end());
+    ArrangeStep(cache_->step_order(), touched, [&](uint32_t e) {
+      return cache_->IsResident({layer, e});
+    });
+    for (uint32_t e : touched) cache_->Access({layer, e});
     here.last_choices = result->experts;
   }
   if (here.from_previous != nullptr && prev.size() == result->experts.size()) {

@@ -19,7 +19,8 @@ std::unique_ptr<EvictionPolicy> Make(const std::string& name, EvictionPolicyOpti
 
 TEST(EvictionPolicyTest, FactoryKnowsTheOnlinePoliciesOnly) {
   EXPECT_THAT(EvictionPolicyNames(),
-              ::testing::ElementsAre("lru", "lfu", "affinity", "adaptive", "layer_reuse"));
+              ::testing::ElementsAre("lru", "lfu", "affinity", "adaptive", "layer_reuse",
+                                     "llama_cpp", "sglang", "vllm_lfru", "least_stale"));
   for (const std::string& name : EvictionPolicyNames()) {
     EXPECT_TRUE(CheckEvictionPolicyName(name).ok()) << name;
     EvictionPolicyOptions options;
@@ -33,7 +34,8 @@ TEST(EvictionPolicyTest, FactoryKnowsTheOnlinePoliciesOnly) {
     EXPECT_THAT(std::string(s.message()),
                 HasSubstr(absl::StrCat("unknown eviction policy '", name, "'")));
     EXPECT_THAT(std::string(s.message()),
-                HasSubstr("expected one of: lru, lfu, affinity, adaptive, layer_reuse"));
+                HasSubstr("expected one of: lru, lfu, affinity, adaptive, layer_reuse, "
+                          "llama_cpp, sglang, vllm_lfru, least_stale"));
     EXPECT_EQ(MakeEvictionPolicy(name, {}).status(), s);
   }
   EXPECT_THAT(std::string(MakeEvictionPolicy("affinity", {}).status().message()),

@@ -7,6 +7,7 @@
 #include "core/store/synthetic_store.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/testing/cache_steps.h"
 #include "tests/testing/ranking_oracle.h"
 
 namespace moe_router {
@@ -53,25 +54,10 @@ void Step(WorkerCacheView& view, uint32_t layer, const std::vector<uint32_t>& ex
   }
 }
 
-// The same step on an ExpertCache, a use at a time, with loads committed at
-// once; the hits.
+// The same step on an ExpertCache, a use at a time, then its misses loaded;
+// the hits.
 uint64_t Step(ExpertCache& cache, uint32_t layer, const std::vector<uint32_t>& experts) {
-  cache.BeginStep(layer);
-  for (uint32_t e : experts) cache.Pin({layer, e});
-  uint64_t hits = 0;
-  for (uint32_t e : experts) {
-    if (cache.Access({layer, e})) {
-      ++hits;
-      continue;
-    }
-    EXPECT_TRUE(cache.Reserve({layer, e}, kBytes, Priority::kUrgent).ok());
-    auto data = std::make_shared<ExpertData>();
-    data->key = {layer, e};
-    data->size = kBytes;
-    EXPECT_TRUE(cache.Commit(std::move(data)).ok());
-  }
-  for (uint32_t e : experts) cache.Unpin({layer, e});
-  return hits;
+  return testing::ServeStep(cache, layer, experts, kBytes);
 }
 
 class ViewMatchesCacheTest : public ::testing::TestWithParam<std::string> {};
@@ -104,7 +90,8 @@ TEST_P(ViewMatchesCacheTest, SameResidencyAfterEveryStep) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Policies, ViewMatchesCacheTest,
-                         ::testing::Values("lru", "lfu", "layer_reuse", "adaptive"));
+                         ::testing::Values("lru", "lfu", "layer_reuse", "adaptive", "llama_cpp",
+                                           "sglang", "vllm_lfru", "least_stale"));
 
 class ViewDecisionsTest : public ::testing::TestWithParam<std::string> {};
 
@@ -161,7 +148,8 @@ TEST_P(ViewDecisionsTest, EveryEvictionEqualsARankingOfAllEvictableEntries) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Policies, ViewDecisionsTest,
-                         ::testing::Values("lru", "lfu", "affinity", "layer_reuse", "adaptive"));
+                         ::testing::Values("lru", "lfu", "affinity", "layer_reuse", "adaptive",
+                                           "llama_cpp", "sglang", "vllm_lfru", "least_stale"));
 
 TEST(WorkerCacheViewTest, EndCallReportsNetLoadsAndDrops) {
   auto view = View("lru", 2);
@@ -208,6 +196,9 @@ TEST(WorkerCacheViewTest, PinnedExpertsAreNeverEvictedAndOverflowIsRefused) {
 // A batch (several tokens' uses, repeats included) is recorded per expert,
 // and pages as the same uses one at a time through an ExpertCache.
 TEST_P(ViewMatchesCacheTest, ABatchPagesLikeItsUsesOneByOne) {
+  if (Policy(GetParam())->step_order() != StepOrder::kAsRouted) {
+    GTEST_SKIP() << GetParam() << " touches a batch's distinct experts once each, not its uses";
+  }
   auto view = View(GetParam(), 7);
   auto cache = *ExpertCache::Create(
       {.num_layers = kLayers, .num_experts = kExperts, .budget_bytes = 7 * kBytes},

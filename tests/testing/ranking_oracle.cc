@@ -12,13 +12,13 @@ namespace {
 
 struct Ranked {
   double keep;
-  uint64_t last_access;
+  uint64_t tie;
   ExpertKey key;
   uint64_t bytes;
 };
 struct After {
   bool operator()(const Ranked& a, const Ranked& b) const {
-    return std::tie(a.keep, a.last_access, a.key) > std::tie(b.keep, b.last_access, b.key);
+    return std::tie(a.keep, a.tie, a.key) > std::tie(b.keep, b.tie, b.key);
   }
 };
 
@@ -41,7 +41,7 @@ EvictionIndex::Outcome RankAllAndTake(EvictionPolicy& policy,
   std::vector<Ranked> heap;
   uint64_t total = 0;
   for (size_t i = 0; i < candidates.size(); ++i) {
-    heap.push_back({policy.Keep(candidates[i], clock), candidates[i].last_access, candidates[i].key,
+    heap.push_back({policy.Keep(candidates[i], clock), policy.Tie(candidates[i]), candidates[i].key,
                     bytes[i]});
     total += bytes[i];
   }

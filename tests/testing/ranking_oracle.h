@@ -14,7 +14,7 @@ namespace moe_router::testing {
 
 /// The eviction decision as every cache made it before the index: all
 /// evictable entries ranked per decision (the policy prepared over them,
-/// Keep() of each, a heap by keep, last access and key), the lowest taken
+/// Keep() of each, a heap by keep, Tie() and key), the lowest taken
 /// until `need` is freed, a prefetch dropped at the first entry valued at
 /// least as much as `incoming`. The oracle the index is compared with.
 EvictionIndex::Outcome RankAllAndTake(EvictionPolicy& policy,

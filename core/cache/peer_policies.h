@@ -1,0 +1,30 @@
+#ifndef MOE_ROUTER_CORE_CACHE_PEER_POLICIES_H_
+#define MOE_ROUTER_CORE_CACHE_PEER_POLICIES_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/string_view.h"
+#include "core/cache/eviction_policy.h"
+
+namespace moe_router {
+
+/// The expert caches of the engines users already run, rebuilt from their
+/// documented behaviour so that a replay can set ours beside them:
+///   llama_cpp    llama.cpp's --moe-cache-mib
+///   sglang       SGLang's expert_pack cache
+///   vllm_lfru    vLLM pull request #37190 (--moe-expert-cache-size)
+///   least_stale  Least-Stale (SpecMD, arXiv 2602.03921)
+/// Each policy's comment says how its rules map onto this cache (one byte
+/// budget over all layers, steps of one layer). Peers neither prefetch nor
+/// route with a cache bonus.
+std::vector<std::string> PeerPolicyNames();
+bool IsPeerPolicy(absl::string_view name);
+
+/// The peer named `name`; null if it is not one.
+std::unique_ptr<EvictionPolicy> MakePeerPolicy(absl::string_view name);
+
+}  // namespace moe_router
+
+#endif  // MOE_ROUTER_CORE_CACHE_PEER_POLICIES_H_

@@ -1,0 +1,208 @@
+// The engines' own expert caches (core/cache/peer_policies.h), each against
+// a trace worked by hand from its documented rules, through the real cache.
+#include "core/cache/peer_policies.h"
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/cache/expert_cache.h"
+#include "eval/replay.h"
+#include "eval/workload.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/testing/cache_steps.h"
+
+namespace moe_router {
+namespace {
+
+using ::testing::ElementsAre;
+
+constexpr uint64_t kBytes = 1000;
+
+std::unique_ptr<ExpertCache> Cache(const std::string& policy, uint32_t layers, uint32_t experts,
+                                   uint64_t slots) {
+  auto made = MakeEvictionPolicy(policy, {});
+  EXPECT_TRUE(made.ok()) << made.status();
+  auto cache = ExpertCache::Create(
+      {.num_layers = layers, .num_experts = experts, .budget_bytes = slots * kBytes},
+      *std::move(made));
+  EXPECT_TRUE(cache.ok()) << cache.status();
+  return *std::move(cache);
+}
+
+uint64_t Serve(ExpertCache& cache, uint32_t layer, std::vector<uint32_t> experts) {
+  return testing::ServeStep(cache, layer, std::move(experts), kBytes);
+}
+
+TEST(PeerPoliciesTest, NamesAreSelectableAndSetApart) {
+  for (const std::string& name : PeerPolicyNames()) {
+    EXPECT_TRUE(IsPeerPolicy(name));
+    auto policy = MakeEvictionPolicy(name, {});
+    ASSERT_TRUE(policy.ok()) << name;
+    EXPECT_EQ((*policy)->name(), name);
+  }
+  EXPECT_FALSE(IsPeerPolicy("lru"));
+  EXPECT_FALSE(IsPeerPolicy("layer_reuse"));
+}
+
+// llama.cpp: one LRU over all layers; in a step, hits become most recent in
+// the order listed, then misses in expert-id order. Plain LRU touches them
+// as listed, and evicts differently at each check below.
+TEST(PeerPoliciesTest, LlamaCppTouchesHitsThenMissesById) {
+  auto cache = Cache("llama_cpp", 2, 4, 3);
+  Serve(*cache, 0, {3, 1});  // misses, touched 1 then 3
+  Serve(*cache, 1, {2, 0});  // (1,0) fills the third slot; (1,2) evicts (0,1), not (0,3)
+  EXPECT_THAT(cache->ResidentKeys(),
+              ElementsAre(ExpertKey{0, 3}, ExpertKey{1, 0}, ExpertKey{1, 2}));
+  EXPECT_EQ(Serve(*cache, 0, {1, 3}), 1u);  // hit 3 touched first, then miss 1 evicts (1,0)
+  EXPECT_THAT(cache->ResidentKeys(),
+              ElementsAre(ExpertKey{0, 1}, ExpertKey{0, 3}, ExpertKey{1, 2}));
+  // Two misses: the least recent are (1,2), then (0,3) (touched before (0,1)).
+  Serve(*cache, 1, {3, 1});
+  EXPECT_THAT(cache->ResidentKeys(),
+              ElementsAre(ExpertKey{0, 1}, ExpertKey{1, 1}, ExpertKey{1, 3}));
+}
+
+TEST(PeerPoliciesTest, LlamaCppCountsABatchsDistinctExpertsOnce) {
+  std::vector<uint32_t> batch = {5, 2, 5, 7, 2, 1, 7};
+  ArrangeStep(StepOrder::kHitsThenMissesById, batch, [](uint32_t e) { return e == 7 || e == 2; });
+  EXPECT_THAT(batch, ElementsAre(2, 7, 1, 5));
+  std::vector<uint32_t> routed = {5, 2, 5};
+  ArrangeStep(StepOrder::kAsRouted, routed, [](uint32_t) { return false; });
+  EXPECT_THAT(routed, ElementsAre(5, 2, 5));
+}
+
+// SGLang: the lowest count goes; a count kept across evictions; ties to the
+// least recently used.
+TEST(PeerPoliciesTest, SglangKeepsCountsAcrossEvictionsAndTiesToLeastRecent) {
+  auto cache = Cache("sglang", 1, 4, 2);
+  for (int i = 0; i < 3; ++i) Serve(*cache, 0, {0});
+  for (int i = 0; i < 4; ++i) Serve(*cache, 0, {1});
+  Serve(*cache, 0, {2});  // counts 0:3 1:4: 0 goes
+  EXPECT_THAT(cache->ResidentKeys(), ElementsAre(ExpertKey{0, 1}, ExpertKey{0, 2}));
+  Serve(*cache, 0, {0});  // 0 comes back with 4 (its 3 kept); 2 (1) goes
+  EXPECT_THAT(cache->ResidentKeys(), ElementsAre(ExpertKey{0, 0}, ExpertKey{0, 1}));
+  // 0 and 1 both at 4: the least recently used, 1, goes. (Had the count
+  // been reset, 0 would have gone.)
+  Serve(*cache, 0, {3});
+  EXPECT_THAT(cache->ResidentKeys(), ElementsAre(ExpertKey{0, 0}, ExpertKey{0, 3}));
+}
+
+TEST(PeerPoliciesTest, SglangCountsSaturateAt255) {
+  auto cache = Cache("sglang", 1, 4, 2);
+  for (int i = 0; i < 300; ++i) Serve(*cache, 0, {0});
+  for (int i = 0; i < 256; ++i) Serve(*cache, 0, {1});
+  // Both counts are 255: the least recently used goes, the busier 0.
+  Serve(*cache, 0, {2});
+  EXPECT_THAT(cache->ResidentKeys(), ElementsAre(ExpertKey{0, 1}, ExpertKey{0, 2}));
+}
+
+// vLLM's LFRU: the lowest freq / (clock - last + 1), the clock its layer's
+// access count (the miss's own access counted first).
+TEST(PeerPoliciesTest, VllmLfruWeighsFrequencyByAgeAndResetsOnEviction) {
+  auto cache = Cache("vllm_lfru", 1, 4, 2);
+  for (int i = 0; i < 3; ++i) Serve(*cache, 0, {0});  // 0: freq 3, last 3
+  Serve(*cache, 0, {1});                              // 1: freq 1, last 4
+  // Clock 5: 0 scores 3/3, 1 scores 1/2: 1 goes, though 0 is less recent.
+  Serve(*cache, 0, {2});
+  EXPECT_THAT(cache->ResidentKeys(), ElementsAre(ExpertKey{0, 0}, ExpertKey{0, 2}));
+  Serve(*cache, 0, {2});  // 2: freq 2, last 6
+  // Clock 7: 0 scores 3/5, 2 scores 2/2: 0 goes, though used more often.
+  Serve(*cache, 0, {1});  // 1 re-enters with freq 1, last 7
+  EXPECT_THAT(cache->ResidentKeys(), ElementsAre(ExpertKey{0, 1}, ExpertKey{0, 2}));
+  // Clock 8: 1 scores 1/2, 2 scores 2/3: 1 goes. Had its count been kept
+  // across its eviction (2 uses), it would score 2/2 and 2 would go.
+  Serve(*cache, 0, {3});
+  EXPECT_THAT(cache->ResidentKeys(), ElementsAre(ExpertKey{0, 2}, ExpertKey{0, 3}));
+}
+
+TEST(PeerPoliciesTest, VllmLfruClocksEachLayerAndTiesToEarliestInserted) {
+  auto cache = Cache("vllm_lfru", 2, 3, 3);
+  Serve(*cache, 0, {0});  // A = (0,0) inserted first; layer 0 clock 1
+  Serve(*cache, 1, {0});  // B = (1,0); layer 1 clock 1
+  Serve(*cache, 1, {0});  // B: freq 2, last 2 (least recently used from here)
+  Serve(*cache, 0, {0});  // A: freq 2, last 2
+  Serve(*cache, 0, {1});  // C = (0,1): freq 1, last 3; full
+  // D = (1,1): layer 1 clock 3, layer 0 clock 3. A 2/2, B 2/2, C 1/1: all
+  // tie at 1, and the earliest inserted, A, goes (least recent would be B).
+  Serve(*cache, 1, {1});
+  EXPECT_THAT(cache->ResidentKeys(),
+              ElementsAre(ExpertKey{0, 1}, ExpertKey{1, 0}, ExpertKey{1, 1}));
+}
+
+// Least-Stale: an entry touched in an earlier pass is stale and goes before
+// any fresh one; a hit makes it fresh again.
+TEST(PeerPoliciesTest, LeastStaleFlipsFreshToStaleAtEachPass) {
+  auto policy = MakePeerPolicy("least_stale");
+  CacheClock clock;
+  clock.num_layers = 2;
+  clock.pass_start = 10;  // this pass's accesses are ticks 11 on
+  const EntryView stale_recent{.key = {1, 0}, .last_access = 9};
+  const EntryView stale_old{.key = {0, 0}, .last_access = 3};
+  const EntryView fresh{.key = {0, 1}, .last_access = 11};
+  EXPECT_LT(policy->Keep(stale_old, clock), policy->Keep(stale_recent, clock));
+  EXPECT_LT(policy->Keep(stale_recent, clock), policy->Keep(fresh, clock));
+  // A hit on the stale entry (tick 12) makes it fresh, above the other.
+  EntryView hit = stale_old;
+  hit.last_access = 12;
+  EXPECT_GT(policy->Keep(hit, clock), policy->Keep(fresh, clock));
+  // At the next pass every one of them is stale, oldest first.
+  clock.pass_start = 20;
+  EXPECT_LT(policy->Keep(fresh, clock), policy->Keep(hit, clock));
+  EXPECT_LT(policy->Keep(hit, clock), 20.0);
+
+  // Through the cache: a pass is a step whose layer does not follow the
+  // previous one's.
+  auto cache = Cache("least_stale", 2, 4, 3);
+  Serve(*cache, 0, {0});
+  Serve(*cache, 1, {0});  // pass 1: (0,0), (1,0)
+  Serve(*cache, 0, {1});  // pass 2 begins: (0,0) and (1,0) are stale
+  Serve(*cache, 1, {1});  // the oldest stale, (0,0), goes
+  EXPECT_THAT(cache->ResidentKeys(),
+              ElementsAre(ExpertKey{0, 1}, ExpertKey{1, 0}, ExpertKey{1, 1}));
+}
+
+// Every fresh entry was touched after every stale one, so in one-token
+// decode Least-Stale decides as LRU does: the same hits and loads on a
+// calibrated workload, at every budget.
+TEST(PeerPoliciesTest, LeastStaleDecidesAsLruInOneTokenDecode) {
+  const RoutingTrace trace =
+      GenerateTrace(GetWorkloadPreset("mixtral")->shape, /*sequences=*/2, /*tokens=*/60,
+                    /*seed=*/3);
+  for (uint64_t slots : {26u, 64u, 128u, 192u}) {
+    ReplayOptions options;
+    options.amount = slots;
+    options.policies = {"lru", "least_stale"};
+    auto report = Replay(trace, options);
+    ASSERT_TRUE(report.ok()) << report.status();
+    EXPECT_EQ(report->rows[0].demand_hits, report->rows[1].demand_hits) << slots;
+    EXPECT_EQ(report->rows[0].demand_loads, report->rows[1].demand_loads) << slots;
+  }
+}
+
+// The peers route plain top-k and do not prefetch: their ready figures are
+// their demand ones, whatever the replay asks of ours.
+TEST(PeerPoliciesTest, ReplayRunsPeersWithoutPrefetchOrBonus) {
+  const RoutingTrace trace =
+      GenerateTrace(GetWorkloadPreset("mixtral")->shape, /*sequences=*/2, /*tokens=*/40,
+                    /*seed=*/5);
+  ReplayOptions options;
+  options.amount = 64;
+  options.prefetch_budget = 2;
+  options.policies = PeerPolicyNames();
+  options.policies.push_back("layer_reuse");
+  auto report = Replay(trace, options);
+  ASSERT_TRUE(report.ok()) << report.status();
+  for (const ReplayRow& row : report->rows) {
+    if (!IsPeerPolicy(row.policy)) {
+      EXPECT_GT(row.prefetch_loads, 0u) << row.policy;
+      continue;
+    }
+    EXPECT_EQ(row.prefetch_loads, 0u) << row.policy;
+    EXPECT_EQ(row.ready_hits, row.demand_hits) << row.policy;
+  }
+}
+
+}  // namespace
+}  // namespace moe_router
