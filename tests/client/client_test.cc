@@ -173,6 +173,46 @@ TEST_F(ClientTest, CliReplayBudgetsMatchSingleReplays) {
   EXPECT_EQ(Cli("replay " + trace + " --budgets 10 --global-slots 4").second, 2);
 }
 
+// --peers adds the engines' policies to ours, marks them, and sets every
+// row against belady and the best peer of its budget; the plot dashes the
+// peers.
+TEST_F(ClientTest, CliReplayPeersSetsOursBesideTheEnginesCaches) {
+  const std::string shared = testing::SharedTracePath();
+  if (shared.empty()) GTEST_SKIP() << "shared trace not present";
+  testing::TempDir dir;
+  const auto [out, code] =
+      Cli("replay " + shared + " --budgets 50% --peers --json --plot " + dir.File("p.svg"));
+  ASSERT_EQ(code, 0) << out;
+  const nlohmann::json report = nlohmann::json::parse(out.substr(out.find('{')));
+  std::map<std::string, nlohmann::json> by_policy;
+  for (const nlohmann::json& r : report["rows"]) by_policy[r["policy"].get<std::string>()] = r;
+  for (const char* peer : {"llama_cpp", "sglang", "vllm_lfru", "least_stale"}) {
+    ASSERT_TRUE(by_policy.count(peer)) << peer;
+    EXPECT_TRUE(by_policy[peer]["peer"].get<bool>());
+  }
+  ASSERT_TRUE(by_policy.count("layer_reuse") && by_policy.count("belady"));
+  EXPECT_FALSE(by_policy["layer_reuse"]["peer"].get<bool>());
+  double best_peer = 0;
+  for (const auto& [name, r] : by_policy) {
+    if (r["peer"].get<bool>()) best_peer = std::max(best_peer, r["hit_rate"].get<double>());
+  }
+  const double belady = by_policy["belady"]["hit_rate"].get<double>();
+  const nlohmann::json& ours = by_policy["layer_reuse"];
+  EXPECT_NEAR(ours["to_belady"].get<double>(), belady - ours["hit_rate"].get<double>(), 1e-12);
+  EXPECT_NEAR(ours["gap_closed"].get<double>(),
+              (ours["hit_rate"].get<double>() - best_peer) / (belady - best_peer), 1e-12);
+  EXPECT_DOUBLE_EQ(by_policy["belady"]["gap_closed"].get<double>(), 1.0);
+  auto svg = ReadFile(dir.File("p.svg"));
+  ASSERT_TRUE(svg.ok());
+  EXPECT_THAT(*svg, HasSubstr("sglang"));
+  EXPECT_THAT(*svg, HasSubstr("stroke-dasharray=\"7,4\""));
+  // Without --peers, ours only.
+  const auto [plain, plain_code] = Cli("replay " + shared + " --global-slots 128");
+  ASSERT_EQ(plain_code, 0) << plain;
+  EXPECT_THAT(plain, ::testing::Not(HasSubstr("sglang")));
+  EXPECT_THAT(plain, ::testing::Not(HasSubstr("gap_closed")));
+}
+
 // --as-one-run plays the runs back to back through one cache: the same
 // hit rates as a trace that is one run of the same tokens, and more hits
 // than cold-started runs when the second run repeats the first.
