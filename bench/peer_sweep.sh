@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Hit rate at 10/25/50/75% of the experts for our policies, the engines'
+# own caches (--peers) and Belady: on the shared Mixtral trace (cold runs,
+# and back to back as one worker's cache) and on calibrated synthetic
+# workloads of 8, 60, 128 and 256 experts. Tables to stdout, plots to
+# docs/replay-peers-*.svg.
+#   bench/peer_sweep.sh [SHARED_TRACE]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=${MOE_ROUTER_BIN:-build/cli/moe-router}
+shared=${1:-../shared/traces/mixtral-8x7b-gsm8k.jsonl}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+budgets=10%,25%,50%,75%
+
+sweep() {  # name trace [replay flags]
+  local name=$1 trace=$2
+  shift 2
+  echo "== $name"
+  "$bin" replay "$trace" --budgets "$budgets" --peers --plot "docs/replay-peers-$name.svg" "$@"
+}
+
+sweep mixtral-shared "$shared"
+sweep mixtral-shared-one-run "$shared" --as-one-run
+# name: tracegen flags (4 sequences of 256 tokens each)
+while read -r name flags; do
+  # shellcheck disable=SC2086
+  "$bin" tracegen $flags --sequences 4 --tokens 256 --seed 7 --out "$work/$name.trace" 2>/dev/null
+  sweep "$name" "$work/$name.trace"
+done <<'WORKLOADS'
+synthetic-8 --preset mixtral
+synthetic-60 --preset qwen3-30b-a3b --layers 24 --experts 60 --top-k 4
+synthetic-128 --preset qwen3-30b-a3b
+synthetic-256 --preset deepseek-v3
+WORKLOADS
