@@ -82,8 +82,8 @@ class RunReplayer {
         totals_.gate_sum += batch.gate_mass_sum;
         totals_.gate_min = std::min(totals_.gate_min, batch.gate_mass_min);
       }
-      ArrangeStep(cache.step_order(), experts, [&](uint32_t e) {
-        return cache.IsResident({l, e});
+      ArrangeStep(cache.step_order(), experts, [&cache, layer = l](uint32_t e) {
+        return cache.IsResident({layer, e});
       });
       // The step's experts are pinned while it is served; every use is
       // recorded before the misses load, as an engine routes a layer and
