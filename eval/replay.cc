@@ -123,12 +123,13 @@ class RunReplayer {
     uint64_t budget = options_.amount;
     if (options_.mode != BudgetMode::kGlobalBytes) budget *= options_.expert_bytes;
     const uint32_t caches = options_.mode == BudgetMode::kPerLayer ? layers : 1;
+    // The peers route as their engines do: plain top-k, the trace's.
+    const bool reroute = options_.router && !IsPeerPolicy(policy_);
     for (uint32_t l = 0; l < layers; ++l) {
       affinity_.push_back(std::make_unique<ExpertAffinity>(n, AffinityConfig{}));
       coactivation_.push_back(
           std::make_unique<CoActivation>(n, n, AffinityConfig{}.coactivation_decay));
-      // The peers route as their engines do: plain top-k, the trace's.
-      if (options_.router && !IsPeerPolicy(policy_)) {
+      if (reroute) {
         auto router = LayerRouter::Create(*options_.router, AffinityConfig{});
         if (!router.ok()) return router.status();
         routers_.push_back(std::make_unique<LayerRouter>(*std::move(router)));

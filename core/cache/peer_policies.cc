@@ -1,6 +1,7 @@
 #include "core/cache/peer_policies.h"
 
 #include <algorithm>
+#include <iterator>
 
 namespace moe_router {
 namespace {
@@ -112,11 +113,15 @@ class LeastStalePolicy final : public EvictionPolicy {
 
 }  // namespace
 
+constexpr absl::string_view kPeerNames[] = {"llama_cpp", "sglang", "vllm_lfru", "least_stale"};
+
 std::vector<std::string> PeerPolicyNames() {
-  return {"llama_cpp", "sglang", "vllm_lfru", "least_stale"};
+  return std::vector<std::string>(std::begin(kPeerNames), std::end(kPeerNames));
 }
 
-bool IsPeerPolicy(absl::string_view name) { return MakePeerPolicy(name) != nullptr; }
+bool IsPeerPolicy(absl::string_view name) {
+  return std::find(std::begin(kPeerNames), std::end(kPeerNames), name) != std::end(kPeerNames);
+}
 
 std::unique_ptr<EvictionPolicy> MakePeerPolicy(absl::string_view name) {
   if (name == "llama_cpp") return std::make_unique<LlamaCppPolicy>();

@@ -230,11 +230,16 @@ absl::StatusOr<bool> ModelEngine::RouteAndLearn(uint32_t layer, absl::Span<const
     view->SetLastBatch(layer, result->experts);
   } else {
     cache_->BeginStep(layer);
-    thread_local std::vector<uint32_t> touched;
-    touched.assign(result->experts.begin(), result->experts.end());
-    ArrangeStep(cache_->step_order(), touched, [&](uint32_t e) {
-      return cache_->IsResident({layer, e});
-    });
+    // Copied only for a policy that touches a step in an order of its own.
+    absl::Span<const uint32_t> touched = result->experts;
+    if (cache_->step_order() != StepOrder::kAsRouted) {
+      thread_local std::vector<uint32_t> arranged;
+      arranged.assign(result->experts.begin(), result->experts.end());
+      ArrangeStep(cache_->step_order(), arranged, [&](uint32_t e) {
+        return cache_->IsResident({layer, e});
+      });
+      touched = arranged;
+    }
     for (uint32_t e : touched) cache_->Access({layer, e});
     here.last_choices = result->experts;
   }
