@@ -46,7 +46,7 @@ const std::vector<FlagSpec>& LocalReplayFlags() {
       {"expert-bytes", true, false, "bytes per expert (default 1048576)"},
       {"policy", true, true,
        "eviction policy, repeatable (default: all of ours); lru, lfu and belady "
-       "are always reported (belady not with --bonus)"},
+       "are always reported (with --bonus, belady pages the trace's own routing)"},
       {"peers", false, false,
        "add the engines' own caches (llama_cpp, sglang, vllm_lfru, least_stale; no prefetch, "
        "no bonus) and set every policy against the best of them and belady"},
@@ -183,6 +183,7 @@ int ReplayBudgets(const CommandLine& cl, const RoutingTrace& trace, ReplayOption
   if (!budgets.ok()) return CommandError("replay", budgets.status(), 2);
   const bool prefetch = options.prefetch_budget > 0;
   const bool peers = cl.Has("peers");
+  const bool rerouted = options.router.has_value();
   std::map<std::string, PlotSeries> hit, ready;
   nlohmann::json rows = nlohmann::json::array();
   ProgressBar bar("replay", budgets->size());
@@ -194,6 +195,7 @@ int ReplayBudgets(const CommandLine& cl, const RoutingTrace& trace, ReplayOption
       nlohmann::json row = {
           {"policy", r.policy}, {"budget_slots", options.amount}, {"hit_rate", r.hit_rate}};
       if (prefetch) row["ready_rate"] = r.ready_rate;
+      if (rerouted) row["gate_mass"] = r.gate_mass_mean;
       if (peers) {
         const PeerComparison c = CompareWithPeers(*report, r);
         row["peer"] = IsPeerPolicy(r.policy);
@@ -216,13 +218,15 @@ int ReplayBudgets(const CommandLine& cl, const RoutingTrace& trace, ReplayOption
   if (cl.Has("json")) {
     std::printf("%s\n", nlohmann::json{{"rows", rows}}.dump(2).c_str());
   } else {
-    std::printf("%-12s %12s %9s%s%s\n", "policy", "budget_slots", "hit_rate",
-                prefetch ? " ready_rate" : "", peers ? " to_belady gap_closed" : "");
+    std::printf("%-12s %12s %9s%s%s%s\n", "policy", "budget_slots", "hit_rate",
+                prefetch ? " ready_rate" : "", rerouted ? " gate_mass" : "",
+                peers ? " to_belady gap_closed" : "");
     for (const nlohmann::json& row : rows) {
       std::printf("%-12s %12llu %9.3f", row["policy"].get<std::string>().c_str(),
                   static_cast<unsigned long long>(row["budget_slots"].get<uint64_t>()),
                   row["hit_rate"].get<double>());
       if (prefetch) std::printf(" %10.3f", row["ready_rate"].get<double>());
+      if (rerouted) std::printf(" %9.4f", row["gate_mass"].get<double>());
       if (peers) {
         std::printf(" %9s %10s", FormatShare(row["to_belady"]).c_str(),
                     FormatShare(row["gap_closed"]).c_str());
@@ -319,8 +323,6 @@ absl::StatusOr<ReplayOptions> ParseReplayOptions(const CommandLine& cl, const Ro
     router.max_rank = static_cast<uint32_t>(*rank);
     router.min_gate_mass = *mass;
     options.router = router;
-    // Belady needs the accesses in advance, which rerouting changes.
-    std::erase(options.policies, kBeladyPolicyName);
   }
   return options;
 }

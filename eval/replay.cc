@@ -123,8 +123,9 @@ class RunReplayer {
     uint64_t budget = options_.amount;
     if (options_.mode != BudgetMode::kGlobalBytes) budget *= options_.expert_bytes;
     const uint32_t caches = options_.mode == BudgetMode::kPerLayer ? layers : 1;
-    // The peers route as their engines do: plain top-k, the trace's.
-    const bool reroute = options_.router && !IsPeerPolicy(policy_);
+    // The peers route as their engines do: plain top-k, the trace's; belady
+    // pages that routing, since it needs the accesses in advance.
+    const bool reroute = options_.router && !IsPeerPolicy(policy_) && policy_ != kBeladyPolicyName;
     for (uint32_t l = 0; l < layers; ++l) {
       affinity_.push_back(std::make_unique<ExpertAffinity>(n, AffinityConfig{}));
       coactivation_.push_back(
@@ -135,14 +136,7 @@ class RunReplayer {
         routers_.push_back(std::make_unique<LayerRouter>(*std::move(router)));
       }
     }
-    if (policy_ == kBeladyPolicyName) {
-      if (options_.router) {
-        return absl::InvalidArgumentError(
-            "belady needs the accesses in advance, which rerouting changes; replay it "
-            "without a router");
-      }
-      BuildFutureAccesses(caches);
-    }
+    if (policy_ == kBeladyPolicyName) BuildFutureAccesses(caches);
     for (uint32_t c = 0; c < caches; ++c) {
       auto policy = MakePolicy(c);
       if (!policy.ok()) return policy.status();

@@ -31,7 +31,8 @@ struct ReplayOptions {
   uint32_t prefetch_budget = 0;
   /// For logits traces: route every step with this router (cache-aware if
   /// it has a bonus) against the cache being replayed, instead of taking
-  /// the trace's plain top-k.
+  /// the trace's plain top-k. Belady and the peers' policies keep the
+  /// trace's routing.
   std::optional<RouterConfig> router;
   /// Policies replayed at once, each on a thread of its own (they share
   /// nothing but the trace); the rows keep the order of `policies`.

@@ -213,6 +213,29 @@ TEST_F(ClientTest, CliReplayPeersSetsOursBesideTheEnginesCaches) {
   EXPECT_THAT(plain, ::testing::Not(HasSubstr("gap_closed")));
 }
 
+// With --bonus our policies reroute against their cache while belady and
+// the peers page the trace's own routing, so every row is still set against
+// both, and the rerouted rows show the gate mass they kept.
+TEST_F(ClientTest, CliReplayPeersBesideCacheAwareRouting) {
+  testing::TempDir dir;
+  const std::string trace = dir.File("t.jsonl");
+  const auto [gen, gen_code] =
+      Cli("tracegen --preset mixtral --sequences 2 --tokens 40 --seed 3 --out " + trace);
+  ASSERT_EQ(gen_code, 0) << gen;
+  const auto [out, code] = Cli("replay " + trace + " --budgets 50% --peers --bonus 0.3 --json");
+  ASSERT_EQ(code, 0) << out;
+  const nlohmann::json report = nlohmann::json::parse(out.substr(out.find('{')));
+  std::map<std::string, nlohmann::json> by_policy;
+  for (const nlohmann::json& r : report["rows"]) by_policy[r["policy"].get<std::string>()] = r;
+  ASSERT_TRUE(by_policy.count("belady") && by_policy.count("llama_cpp") &&
+              by_policy.count("layer_reuse"));
+  EXPECT_DOUBLE_EQ(by_policy["belady"]["gate_mass"].get<double>(), 1.0);
+  EXPECT_DOUBLE_EQ(by_policy["llama_cpp"]["gate_mass"].get<double>(), 1.0);
+  EXPECT_LT(by_policy["layer_reuse"]["gate_mass"].get<double>(), 1.0);
+  EXPECT_TRUE(by_policy["layer_reuse"]["gap_closed"].is_number());
+  EXPECT_DOUBLE_EQ(by_policy["belady"]["gap_closed"].get<double>(), 1.0);
+}
+
 // --as-one-run plays the runs back to back through one cache: the same
 // hit rates as a trace that is one run of the same tokens, and more hits
 // than cold-started runs when the second run repeats the first.
