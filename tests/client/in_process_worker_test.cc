@@ -6,6 +6,7 @@
 #include "cli/server_replay.h"
 #include "client/worker_cache.h"
 #include "core/store/synthetic_store.h"
+#include "eval/replay.h"
 #include "eval/trace.h"
 #include "eval/workload.h"
 #include "gmock/gmock.h"
@@ -76,13 +77,17 @@ class SideBySideTest : public ::testing::Test {
     trace_ = *std::move(trace);
   }
 
-  void Start(bool prefetch) {
+  // `policy`: the models' eviction policy (empty: the default).
+  void Start(bool prefetch, const std::string& policy = "") {
     server_ = StartServer("127.0.0.1:0");
     auto client = Client::Connect(absl::StrCat("127.0.0.1:", server_->port()));
     ASSERT_TRUE(client.ok());
     client_ = *std::move(client);
-    ASSERT_TRUE(client_->Register(Spec("remote", trace_.num_layers, prefetch)).ok());
-    ASSERT_TRUE(client_->Register(Spec("local", trace_.num_layers, prefetch)).ok());
+    for (const char* model : {"remote", "local"}) {
+      v1::ModelSpec spec = Spec(model, trace_.num_layers, prefetch);
+      if (!policy.empty()) spec.set_eviction_policy(policy);
+      ASSERT_TRUE(client_->Register(spec).ok());
+    }
     budget_ = uint64_t{trace_.num_layers} * trace_.num_experts / 4 * kExpertBytes;
     auto remote =
         WorkerCache::Open(*client_, {.model = "remote", .cache = "w", .budget_bytes = budget_},
@@ -98,37 +103,45 @@ class SideBySideTest : public ::testing::Test {
     local_ = *std::move(local);
   }
 
+  // Routes the whole trace through both workers and asserts that every
+  // step decides the same; counts what they did.
+  void RouteBothAlike() {
+    std::vector<float> scratch;
+    WorkerStep step;
+    for (const RoutingTrace::Run& run : trace_.runs) {
+      for (size_t i = 0; i < run.steps.size(); ++i) {
+        const uint32_t layer = run.steps[i].layer;
+        const absl::Span<const float> logits = StepLogitsForServer(trace_, run, i, scratch);
+        auto routed = remote_->Route(layer, logits);
+        ASSERT_TRUE(routed.ok()) << routed.status();
+        ASSERT_TRUE(local_->engine().Route(layer, logits, &step).ok());
+        ASSERT_THAT(step.batch.experts, ::testing::ElementsAreArray(routed->experts()))
+            << run.name << " step " << i;
+        ASSERT_THAT(step.batch.resident, ::testing::ElementsAreArray(routed->resident()));
+        ASSERT_EQ(step.cache.evictions, Keys(routed->evictions()));
+        ASSERT_EQ(step.cache.urgent, Keys(routed->urgent_page_ins()));
+        evictions_ += step.cache.evictions.size();
+        for (uint8_t r : step.batch.resident) hits_ += r;
+        ++steps_;
+      }
+    }
+  }
+
   RoutingTrace trace_;
   std::unique_ptr<RouterServer> server_;
   std::unique_ptr<Client> client_;
   uint64_t budget_ = 0;
   std::unique_ptr<WorkerCache> remote_;
   std::unique_ptr<InProcessWorker> local_;
+  uint64_t steps_ = 0, evictions_ = 0, hits_ = 0;
 };
 
 TEST_F(SideBySideTest, DecidesAsRemoteRoutingOverTheSharedTrace) {
   trace_.runs.resize(std::min<size_t>(trace_.runs.size(), 6));
   ASSERT_NO_FATAL_FAILURE(Start(/*prefetch=*/false));
-  std::vector<float> scratch;
-  WorkerStep step;
-  uint64_t steps = 0, evictions = 0;
-  for (const RoutingTrace::Run& run : trace_.runs) {
-    for (size_t i = 0; i < run.steps.size(); ++i) {
-      const uint32_t layer = run.steps[i].layer;
-      const absl::Span<const float> logits = StepLogitsForServer(trace_, run, i, scratch);
-      auto routed = remote_->Route(layer, logits);
-      ASSERT_TRUE(routed.ok()) << routed.status();
-      ASSERT_TRUE(local_->engine().Route(layer, logits, &step).ok());
-      ASSERT_THAT(step.batch.experts, ::testing::ElementsAreArray(routed->experts()))
-          << run.name << " step " << i;
-      ASSERT_THAT(step.batch.resident, ::testing::ElementsAreArray(routed->resident()));
-      ASSERT_EQ(step.cache.evictions, Keys(routed->evictions()));
-      ASSERT_EQ(step.cache.urgent, Keys(routed->urgent_page_ins()));
-      evictions += step.cache.evictions.size();
-      ++steps;
-    }
-  }
-  EXPECT_GT(evictions, 0u);
+  ASSERT_NO_FATAL_FAILURE(RouteBothAlike());
+  EXPECT_GT(evictions_, 0u);
+  const uint64_t steps = steps_;
   // The service folded every step in, and its view of the worker is exact.
   ASSERT_TRUE(local_->Flush(absl::Seconds(30)));
   auto stats = client_->Stats("local", "w");
@@ -141,6 +154,30 @@ TEST_F(SideBySideTest, DecidesAsRemoteRoutingOverTheSharedTrace) {
   EXPECT_EQ(Keys(view->resident()), held);
   EXPECT_GT(local_->control_stats().updates_received, 1u);
 }
+
+// The engines' own policies in the service: a model registered with a
+// peer's policy decides for a remote worker as for an in-process one, step
+// by step, and hits exactly as the offline replay of the same trace, back
+// to back through one cache of the same budget.
+class PeerSideBySideTest : public SideBySideTest,
+                           public ::testing::WithParamInterface<const char*> {};
+
+TEST_P(PeerSideBySideTest, ServiceAndInProcessWorkerHitAsTheReplay) {
+  ASSERT_NO_FATAL_FAILURE(Start(/*prefetch=*/false, GetParam()));
+  ASSERT_NO_FATAL_FAILURE(RouteBothAlike());
+  EXPECT_GT(evictions_, 0u);
+  ReplayOptions options;
+  options.amount = budget_ / kExpertBytes;
+  options.expert_bytes = kExpertBytes;
+  options.policies = {GetParam()};
+  auto replay = Replay(Concatenated(trace_), options);
+  ASSERT_TRUE(replay.ok()) << replay.status();
+  EXPECT_EQ(hits_, replay->rows[0].demand_hits);
+  EXPECT_EQ(remote_->report().hits, hits_);
+}
+
+INSTANTIATE_TEST_SUITE_P(Peers, PeerSideBySideTest,
+                         ::testing::Values("llama_cpp", "sglang", "vllm_lfru", "least_stale"));
 
 // Prefetch on, over the shared trace, each mode on a model of its own: the
 // in-process worker predicts the next layer from the fleet's strongest
