@@ -133,8 +133,10 @@ class EvictionPolicy {
 void ArrangeStep(StepOrder order, std::vector<uint32_t>& experts,
                  absl::FunctionRef<bool(uint32_t)> resident);
 
-/// The decay of the layer-aware reuse EMA per visit of the layer.
-inline constexpr double kReuseRate = 0.3;
+/// The decay of the layer-aware reuse EMA per visit of the layer. Fast, so
+/// that the EMA says mostly whether the latest visits used the expert; the
+/// long run is layer_reuse's frequency term (README, "Eviction policies").
+inline constexpr double kReuseRate = 0.9;
 
 /// The reuse EMA recorded at visit `from`, decayed to visit `to`: the visits
 /// in between had no use.

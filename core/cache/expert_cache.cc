@@ -105,7 +105,8 @@ bool ExpertCache::Access(ExpertKey key) {
   const uint64_t visit = layer_visits_[key.layer].load(std::memory_order_relaxed);
   const uint64_t last_visit = u.reuse_visit.load(std::memory_order_relaxed);
   if (visit != last_visit || u.accesses.load(std::memory_order_relaxed) == 1) {
-    u.reuse.store(ReuseAfterUse(u.reuse.load(std::memory_order_relaxed), last_visit, visit),
+    u.reuse.store(static_cast<float>(
+                      ReuseAfterUse(u.reuse.load(std::memory_order_relaxed), last_visit, visit)),
                   std::memory_order_relaxed);
     u.reuse_visit.store(visit, std::memory_order_relaxed);
   }

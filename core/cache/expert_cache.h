@@ -151,7 +151,7 @@ class ExpertCache {
   struct Usage {
     std::atomic<uint64_t> last_access{0};
     std::atomic<uint64_t> accesses{0};
-    std::atomic<double> reuse{0};
+    std::atomic<float> reuse{0};  // float, as a worker view keeps it: both rank alike
     std::atomic<uint64_t> reuse_visit{0};
     std::atomic<uint64_t> resident_accesses{0};
     std::atomic<uint64_t> layer_access{0};

@@ -450,10 +450,14 @@ TEST_F(WorkerCacheTest, WorkerCommandMatchesTheOfflineReplay) {
 // --in-process --compare: the same workers routing remotely and in this
 // process. Without prefetch and with the router unchanged, both modes make
 // the same decisions, so their figures agree exactly; only the in-process
-// rows have control traffic, and the replay says what it models.
+// rows have control traffic, and the replay says what it models. The bonus
+// is absolute: a relative one follows the model's running logit range, which
+// concurrent workers move in an order the threads decide.
 TEST_F(WorkerCacheTest, WorkerCommandComparesInProcessWithRemoteRouting) {
   v1::ModelSpec spec = NoPrefetchSpec("m");
   spec.mutable_router()->set_disable_memory_aware(false);
+  spec.mutable_router()->set_absolute_bonus(true);
+  spec.mutable_router()->set_cache_bonus(1.0);
   ASSERT_TRUE(client_->Register(spec).ok());
   testing::TempDir dir;
   const std::string trace_path = dir.path() + "/trace.bin";
