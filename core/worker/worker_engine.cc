@@ -110,6 +110,7 @@ absl::Status WorkerEngine::Route(uint32_t layer, absl::Span<const float> logits,
   LogPairs(layer, batch);
   view_->SetLastBatch(layer, batch.experts);
   PredictNextLayer(layer, batch.experts);
+  ReserveInstructions(out->cache);
   PageRoutedBatch(
       *view_, layer, batch, predicted_,
       [this](ExpertKey key) ABSL_NO_THREAD_SAFETY_ANALYSIS { return VariantFor(key); },
@@ -248,9 +249,20 @@ absl::Status WorkerEngine::Prefetch(uint32_t layer, absl::Span<const float> gate
     const ExpertKey key{layer, guess_[i]};
     view_->TryAdmit(key, VariantFor(key), Priority::kPrefetch);
   }
+  ReserveInstructions(*out);
   view_->EndCall(out);
   NoteResidencyChanges(*out);
   return absl::OkStatus();
+}
+
+void WorkerEngine::ReserveInstructions(CacheInstructions& out) const {
+  // No call drops or loads more experts than the model has: once the
+  // caller's buffers hold that many, no later call allocates, however many
+  // experts one step happens to move.
+  const size_t experts = size_t{model_.num_layers} * model_.router.num_experts;
+  for (std::vector<ExpertKey>* keys : {&out.evictions, &out.urgent, &out.prefetch}) {
+    keys->reserve(experts);
+  }
 }
 
 absl::Status WorkerEngine::Adopt(absl::Span<const ExpertKey> held) {

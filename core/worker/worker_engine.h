@@ -160,6 +160,7 @@ class WorkerEngine {
   void LogPairs(uint32_t layer, const RouteResult& batch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Counts a taken log into pair_counts_.
   void CountLoggedPairs(std::vector<uint32_t>& log) ABSL_EXCLUSIVE_LOCKS_REQUIRED(take_mu_);
+  void ReserveInstructions(CacheInstructions& out) const;
   void NoteResidencyChanges(const CacheInstructions& changes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ApplyOffer(uint32_t layer) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Lists a layer's counted pairs into the report (the strongest, in index
