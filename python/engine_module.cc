@@ -9,6 +9,8 @@
 #include <stdexcept>
 
 #include "client/in_process_worker.h"
+#include "core/cache/expert_size_table.h"
+#include "core/model/model_config.h"
 
 namespace py = pybind11;
 
@@ -36,7 +38,58 @@ py::array Keys(std::vector<ExpertKey>& keys, py::handle owner) {
                                reinterpret_cast<uint32_t*>(keys.data()), owner);
 }
 
-class PyWorker {
+// The per-layer calls, on whichever engine a subclass holds.
+class PyEngine {
+ public:
+  virtual ~PyEngine() = default;
+
+  // Routes one layer's batch into `step`; logits: float32, C-contiguous,
+  // tokens x num_experts (or one row), read in place.
+  void Route(uint32_t layer, py::array_t<float, py::array::c_style> logits, WorkerStep& step) {
+    const absl::Span<const float> values = SpanOf(logits);
+    WorkerEngine& e = engine();
+    absl::Status status;
+    {
+      py::gil_scoped_release unlocked;
+      status = e.Route(layer, values, &step);
+    }
+    Check(status);
+  }
+
+  void Prefetch(uint32_t layer, py::array_t<float, py::array::c_style> guess, uint32_t budget,
+                WorkerStep& step) {
+    const absl::Span<const float> values = SpanOf(guess);
+    WorkerEngine& e = engine();
+    absl::Status status;
+    {
+      py::gil_scoped_release unlocked;
+      status = e.Prefetch(layer, values, budget, &step.cache);
+    }
+    Check(status);
+  }
+
+  void Adopt(const std::vector<std::pair<uint32_t, uint32_t>>& held) {
+    std::vector<ExpertKey> keys;
+    keys.reserve(held.size());
+    for (const auto& [layer, expert] : held) keys.push_back({layer, expert});
+    Check(engine().Adopt(keys));
+  }
+
+  std::vector<std::pair<uint32_t, uint32_t>> Residency() {
+    std::vector<std::pair<uint32_t, uint32_t>> held;
+    for (const auto& [key, variant] : engine().Residency()) {
+      held.emplace_back(key.layer, key.expert);
+    }
+    return held;
+  }
+
+ protected:
+  virtual WorkerEngine& engine() = 0;
+};
+
+// A worker of a model that moe-routerd serves: settings and the fleet's
+// learning come over the Learn stream.
+class PyWorker : public PyEngine {
  public:
   PyWorker(const std::string& target, const std::string& model, const std::string& cache,
            uint64_t budget_bytes, const std::string& eviction_policy, double report_interval_s,
@@ -55,46 +108,6 @@ class PyWorker {
     }
     Check(worker.status());
     worker_ = *std::move(worker);
-  }
-
-  // Routes one layer's batch into `step`; logits: float32, C-contiguous,
-  // tokens x num_experts (or one row), read in place.
-  void Route(uint32_t layer, py::array_t<float, py::array::c_style> logits, WorkerStep& step) {
-    const absl::Span<const float> values = SpanOf(logits);
-    WorkerEngine& engine = worker().engine();
-    absl::Status status;
-    {
-      py::gil_scoped_release unlocked;
-      status = engine.Route(layer, values, &step);
-    }
-    Check(status);
-  }
-
-  void Prefetch(uint32_t layer, py::array_t<float, py::array::c_style> guess, uint32_t budget,
-                WorkerStep& step) {
-    const absl::Span<const float> values = SpanOf(guess);
-    WorkerEngine& engine = worker().engine();
-    absl::Status status;
-    {
-      py::gil_scoped_release unlocked;
-      status = engine.Prefetch(layer, values, budget, &step.cache);
-    }
-    Check(status);
-  }
-
-  void Adopt(const std::vector<std::pair<uint32_t, uint32_t>>& held) {
-    std::vector<ExpertKey> keys;
-    keys.reserve(held.size());
-    for (const auto& [layer, expert] : held) keys.push_back({layer, expert});
-    Check(worker().engine().Adopt(keys));
-  }
-
-  std::vector<std::pair<uint32_t, uint32_t>> Residency() {
-    std::vector<std::pair<uint32_t, uint32_t>> held;
-    for (const auto& [key, variant] : worker().engine().Residency()) {
-      held.emplace_back(key.layer, key.expert);
-    }
-    return held;
   }
 
   bool Flush(double timeout_s) {
@@ -123,6 +136,9 @@ class PyWorker {
     worker_.reset();
   }
 
+ protected:
+  WorkerEngine& engine() override { return worker().engine(); }
+
  private:
   InProcessWorker& worker() {
     if (worker_ == nullptr) throw std::runtime_error("the worker is closed");
@@ -131,10 +147,59 @@ class PyWorker {
   std::unique_ptr<InProcessWorker> worker_;
 };
 
+// A worker on its own, without moe-routerd: the model's shape and router
+// settings given here, every expert of one size, nothing learned from a
+// fleet (prefetch from the router's runners-up and gate guesses only).
+class PyLocalEngine : public PyEngine {
+ public:
+  PyLocalEngine(uint32_t num_layers, uint32_t num_experts, uint32_t top_k, uint64_t expert_bytes,
+                uint64_t budget_bytes, double cache_bonus, const std::string& eviction_policy,
+                double prefetch_threshold, uint32_t protected_top, uint32_t max_rank,
+                double min_gate_mass) {
+    ModelConfig model;
+    model.name = "local";
+    model.num_layers = num_layers;
+    model.router.num_experts = num_experts;
+    model.router.top_k = top_k;
+    model.router.memory_aware = cache_bonus > 0;
+    model.router.cache_bonus = cache_bonus;
+    model.router.prefetch_threshold = prefetch_threshold;
+    model.router.protected_top = protected_top;
+    model.router.max_rank = max_rank;
+    model.router.min_gate_mass = min_gate_mass;
+    model.budget_bytes = budget_bytes;
+    if (!eviction_policy.empty()) model.eviction_policy = eviction_policy;
+    model.prefetch_next_layer = 0;  // co-activation comes from a fleet
+    Check(model.Validate());
+    if (expert_bytes == 0) throw std::invalid_argument("expert_bytes must be positive");
+    auto sizes = ExpertSizeTable::FromSizes(
+        {"default"}, num_layers, num_experts,
+        std::vector<uint64_t>(size_t{num_layers} * num_experts, expert_bytes));
+    Check(sizes.status());
+    auto engine = WorkerEngine::Create(model, *std::move(sizes),
+                                       {.cache = "local", .budget_bytes = budget_bytes});
+    Check(engine.status());
+    engine_ = *std::move(engine);
+  }
+
+  void Close() { engine_.reset(); }
+
+ protected:
+  WorkerEngine& engine() override {
+    if (engine_ == nullptr) throw std::runtime_error("the engine is closed");
+    return *engine_;
+  }
+
+ private:
+  std::unique_ptr<WorkerEngine> engine_;
+};
+
 }  // namespace
 }  // namespace moe_router
 
 PYBIND11_MODULE(_engine, m) {
+  using moe_router::PyEngine;
+  using moe_router::PyLocalEngine;
   using moe_router::PyWorker;
   using moe_router::WorkerStep;
   m.doc() =
@@ -181,21 +246,34 @@ PYBIND11_MODULE(_engine, m) {
             return moe_router::Keys(self.cast<WorkerStep&>().cache.prefetch, self);
           },
           "(n, 2): load ahead");
-  py::class_<PyWorker>(m, "InProcessWorker")
+  py::class_<PyEngine>(m, "Engine", "The per-layer calls every engine answers.")
+      .def("route", &PyEngine::Route, py::arg("layer"), py::arg("logits"), py::arg("step"),
+           "Routes one layer's float32 (tokens, num_experts) logits into step, without copying "
+           "them and without the GIL.")
+      .def("prefetch", &PyEngine::Prefetch, py::arg("layer"), py::arg("gate_guess"),
+           py::arg("budget"), py::arg("step"))
+      .def("adopt", &PyEngine::Adopt, py::arg("held"),
+           "The worker holds exactly these (layer, expert) pairs.")
+      .def("residency", &PyEngine::Residency);
+  py::class_<PyWorker, PyEngine>(m, "InProcessWorker")
       .def(py::init<const std::string&, const std::string&, const std::string&, uint64_t,
                     const std::string&, double, double>(),
            py::arg("target"), py::arg("model"), py::arg("cache"), py::arg("budget_bytes"),
            py::arg("eviction_policy") = "", py::arg("report_interval_s") = 0.1,
            py::arg("connect_timeout_s") = 2.0)
-      .def("route", &PyWorker::Route, py::arg("layer"), py::arg("logits"), py::arg("step"),
-           "Routes one layer's float32 (tokens, num_experts) logits into step, without copying "
-           "them and without the GIL.")
-      .def("prefetch", &PyWorker::Prefetch, py::arg("layer"), py::arg("gate_guess"),
-           py::arg("budget"), py::arg("step"))
-      .def("adopt", &PyWorker::Adopt, py::arg("held"),
-           "The worker holds exactly these (layer, expert) pairs.")
-      .def("residency", &PyWorker::Residency)
       .def("flush", &PyWorker::Flush, py::arg("timeout_s") = 10.0)
       .def("control_stats", &PyWorker::ControlStatsDict)
       .def("close", &PyWorker::Close);
+  moe_router::RouterConfig defaults;
+  py::class_<PyLocalEngine, PyEngine>(m, "LocalEngine")
+      .def(py::init<uint32_t, uint32_t, uint32_t, uint64_t, uint64_t, double, const std::string&,
+                    double, uint32_t, uint32_t, double>(),
+           py::arg("num_layers"), py::arg("num_experts"), py::arg("top_k"), py::arg("expert_bytes"),
+           py::arg("budget_bytes"), py::arg("cache_bonus") = defaults.cache_bonus,
+           py::arg("eviction_policy") = "",
+           py::arg("prefetch_threshold") = defaults.prefetch_threshold,
+           py::arg("protected_top") = defaults.protected_top,
+           py::arg("max_rank") = defaults.max_rank,
+           py::arg("min_gate_mass") = defaults.min_gate_mass)
+      .def("close", &PyLocalEngine::Close);
 }
