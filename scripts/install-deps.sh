@@ -3,6 +3,7 @@
 # sudo. Idempotent: installs only what is missing.
 #   install-deps.sh         building and running the daemon, the CLI and the
 #                           Python package (the README's run command)
+#   install-deps.sh --torch that, and Debian's PyTorch for moe_router.torch
 #   install-deps.sh --test  that, and what the test suite and the
 #                           benchmarks need (scripts/test.sh)
 set -euo pipefail
@@ -18,10 +19,13 @@ packages=(
   python3-xxhash  # the Python client verifies fetched experts (XXH3-64)
   pybind11-dev python3-dev python3-numpy  # the native in-process engine for Python
 )
+torch=(python3-torch)  # moe_router.torch (Debian's 1.13)
 case "${1:-}" in
   "") ;;
+  --torch) packages+=("${torch[@]}") ;;
   --test)
-    packages+=(
+    packages+=("${torch[@]}"
+      python3-pytest  # moe_router.torch's tests
       libgtest-dev libgmock-dev libbenchmark-dev
       prometheus  # promtool checks the deploy's alert and recording rules
       haproxy  # the scale-out test runs deploy/haproxy/haproxy.cfg
@@ -33,7 +37,7 @@ case "${1:-}" in
     )
     ;;
   *)
-    echo "usage: $0 [--test]" >&2
+    echo "usage: $0 [--torch | --test]" >&2
     exit 2
     ;;
 esac

@@ -1,0 +1,310 @@
+"""offload_experts: a PyTorch MoE model whose experts moe-router pages."""
+
+import json
+import os
+from typing import List, Optional
+
+import numpy as np
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from moe_router import _engine
+from moe_router.torch.blocks import MoeBlock, UnsupportedModel, find_moe_blocks
+from moe_router.torch.pool import DevicePool, ExpertLoadError, HostStore
+
+PREFETCH_MODES = ("gate_guess", "coactivation", None)
+
+
+class _Recorder:
+    """The routing the model ran, as the routing JSONL `moe-router replay`
+    and `trace stats` read: one line per (token, layer)."""
+
+    def __init__(self, path: str, num_experts: int):
+        self._file = open(path, "w", encoding="utf-8")
+        self._num_experts = num_experts
+        self._tokens = {}  # layer -> tokens seen
+
+    def write(self, layer: int, experts: np.ndarray, weights: np.ndarray) -> None:
+        first = self._tokens.get(layer, 0)
+        for row in range(experts.shape[0]):
+            self._file.write(json.dumps({
+                "dataset": "moe_router.torch", "problem_id": 0, "layer": layer,
+                "token_idx": first + row, "num_experts": self._num_experts,
+                "experts": [int(e) for e in experts[row]],
+                "gating_probs": [round(float(w), 6) for w in weights[row]]}) + "\n")
+        self._tokens[layer] = first + experts.shape[0]
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class _OffloadedBlock(nn.Module):
+    """Stands in for one MoE block: routes with the engine, pages, computes."""
+
+    def __init__(self, runtime: "Offload", layer: int):
+        super().__init__()
+        self._runtime = [runtime]  # not a submodule: its parameters stay its own
+        self.layer = layer
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+        return self._runtime[0].forward_block(self.layer, hidden_states)
+
+
+class Offload:
+    """What offload_experts returns: the model now pages its experts; stats()
+    says how, close() puts the original blocks and tensors back."""
+
+    def __init__(self, model: nn.Module, blocks: List[MoeBlock], budget_bytes: int,
+                 device: torch.device, server: Optional[str], bonus: Optional[float],
+                 prefetch: Optional[str], record: Optional[str], eviction_policy: str,
+                 model_name: str):
+        self.model = model
+        self.blocks = blocks
+        self.device = device
+        self.prefetch_mode = prefetch
+        first = blocks[0]
+        self.num_experts, self.top_k = first.num_experts, first.top_k
+        self._moved = self._move_experts_to_host()
+        self.store = self._build_store()
+        self.expert_bytes = sum(int(np.prod(s)) for s in self.store.shapes) * \
+            torch.empty((), dtype=self.store.dtype).element_size()
+        slots = min(budget_bytes // self.expert_bytes, len(blocks) * self.num_experts)
+        if slots < self.top_k:
+            raise ValueError(
+                f"budget {budget_bytes} bytes holds {slots} experts of {self.expert_bytes} "
+                f"bytes; a layer needs {self.top_k}")
+        self.pool = DevicePool(self.store, slots, device)
+        self.engine_budget = slots * self.expert_bytes
+        self.cache_name = f"torch-{os.getpid()}-{id(self):x}"
+        self.engine = self._make_engine(server, bonus, eviction_policy, model_name,
+                                        self.engine_budget)
+        self._step = _engine.Step()
+        self._prefetch_step = _engine.Step()
+        self._recorder = _Recorder(record, self.num_experts) if record else None
+        self._counts = dict(hits=0, misses=0, ready=0, accesses=0, tokens=0, layer_calls=0,
+                            guesses=0, guesses_right=0)
+        self._guessed = {}  # layer -> experts the gate guess prefetched for it
+        self._originals = []
+        for layer, block in enumerate(blocks):
+            parent, child = self._parent_of(block.name)
+            self._originals.append((parent, child, block.module))
+            setattr(parent, child, _OffloadedBlock(self, layer))
+        self._closed = False
+
+    # -- setup ---------------------------------------------------------------
+
+    def _parent_of(self, name: str):
+        parent_name, _, child = name.rpartition(".")
+        parent = self.model.get_submodule(parent_name) if parent_name else self.model
+        return parent, child
+
+    def _move_experts_to_host(self):
+        """On an accelerator the experts move to host memory (pinned), and
+        back at close; on the CPU they stay where they are, the host store."""
+        moved = []
+        if self.device.type == "cpu":
+            return moved
+        for block in self.blocks:
+            for module, attr in block.expert_parameters:
+                param = getattr(module, attr)
+                moved.append((param, param.data.device))
+                param.data = param.data.to("cpu").pin_memory()
+        return moved
+
+    def _build_store(self) -> HostStore:
+        first = [t.detach() for t in self.blocks[0].expert_tensors(0)]
+        store = HostStore([t.shape for t in first], first[0].dtype)
+        for layer, block in enumerate(self.blocks):
+            for e in range(block.num_experts):
+                tensors = [t.detach() for t in block.expert_tensors(e)]
+                if [t.shape for t in tensors] != store.shapes:
+                    raise UnsupportedModel(
+                        f"{block.name}: expert {e}'s tensors {[tuple(t.shape) for t in tensors]} "
+                        f"differ from the first block's; every expert must have one size")
+                store.put((layer, e), tensors)
+        return store
+
+    def _make_engine(self, server, bonus, eviction_policy, model_name, budget):
+        layers = len(self.blocks)
+        threshold = 0.5 if self.prefetch_mode is not None else 0.0
+        if server is None:
+            defaults = {} if bonus is None else {"cache_bonus": float(bonus)}
+            return _engine.LocalEngine(layers, self.num_experts, self.top_k, self.expert_bytes,
+                                       budget, eviction_policy=eviction_policy or "",
+                                       prefetch_threshold=threshold, **defaults)
+        from moe_router.torch.fleet import register_model
+        register_model(server, model_name, layers, self.num_experts, self.top_k,
+                       self.expert_bytes, bonus=bonus,
+                       prefetch_next_layer=2 if self.prefetch_mode == "coactivation" else 0,
+                       prefetch_threshold=threshold)
+        return _engine.InProcessWorker(server, model_name, self.cache_name, budget,
+                                       eviction_policy=eviction_policy or "")
+
+    # -- the per-layer path ----------------------------------------------------
+
+    def forward_block(self, layer: int, hidden_states: torch.Tensor):
+        block = self.blocks[layer]
+        shape = hidden_states.shape
+        x = hidden_states.reshape(-1, shape[-1])
+        router_logits = F.linear(x, block.gate_weight)
+        logits = router_logits.detach().float().cpu().numpy()
+        step = self._step
+        self.engine.route(layer, logits, step)
+        chosen = torch.from_numpy(np.array(step.experts, dtype=np.int64))
+        resident = np.array(step.resident, dtype=bool)
+        self._count(layer, chosen, resident)
+        # Ready: in the pool and done loading before this layer asked.
+        self._counts["ready"] += sum(self.pool.ready((layer, int(e))) for e in chosen.unique())
+        try:
+            self._carry_out(step, wait_for_urgent=True)
+            out = self._compute(block, layer, x, router_logits, chosen.to(x.device))
+        except ExpertLoadError:
+            self.engine.adopt(self.pool.holds())  # the view follows what the pool holds
+            raise
+        if self._recorder is not None:
+            probs = torch.softmax(router_logits.detach().float(), dim=-1).gather(1, chosen)
+            self._recorder.write(layer, chosen.numpy(), probs.cpu().numpy())
+        if self.prefetch_mode == "gate_guess" and layer + 1 < len(self.blocks):
+            self._guess_next(layer + 1, x)
+        out = out.reshape(shape)
+        return (out, router_logits) if block.returns_logits else out
+
+    def _count(self, layer, chosen, resident):
+        # An access is one expert a layer call needs, however many of the
+        # batch's tokens chose it: what has to be in memory, as an engine's
+        # cache counts it.
+        c = self._counts
+        experts, first = np.unique(chosen.numpy(), return_index=True)
+        held = resident.reshape(-1)[first]
+        c["layer_calls"] += 1
+        c["accesses"] += experts.size
+        c["hits"] += int(held.sum())
+        c["misses"] += int(experts.size - held.sum())
+        if layer == 0:
+            c["tokens"] += chosen.shape[0]
+        guessed = self._guessed.pop(layer, None)
+        if guessed is not None:
+            c["guesses"] += experts.size
+            c["guesses_right"] += int(np.isin(experts, guessed).sum())
+
+    def _carry_out(self, step, wait_for_urgent: bool) -> None:
+        for layer, expert in np.array(step.evictions):
+            self.pool.evict((int(layer), int(expert)))
+        for layer, expert in np.array(step.urgent):
+            self.pool.load((int(layer), int(expert)), wait=wait_for_urgent)
+        for layer, expert in np.array(step.prefetch):
+            self.pool.load((int(layer), int(expert)), wait=False)
+
+    def _compute(self, block: MoeBlock, layer: int, x, router_logits, chosen):
+        # The original block's arithmetic, in its order: weights from the
+        # softmax of the gate logits at the chosen experts, experts taken in
+        # id order, their rows in (top-k position, token) order.
+        weights = torch.softmax(router_logits, dim=-1, dtype=torch.float).gather(1, chosen)
+        if block.normalize:
+            weights /= weights.sum(dim=-1, keepdim=True)
+        if block.weights_in_hidden_dtype:
+            weights = weights.to(x.dtype)
+        out = torch.zeros_like(x)
+        mask = F.one_hot(chosen, num_classes=block.num_experts).permute(2, 1, 0)
+        for expert in torch.greater(mask.sum(dim=(-1, -2)), 0).nonzero():
+            position, token = torch.where(mask[expert].squeeze(0))
+            key = (layer, int(expert))
+            tensors = self.pool.tensors(key) if key in self.pool else self.pool.stream(key)
+            y = block.compute(x[token], tensors, block.act_fn) * weights[token, position, None]
+            out.index_add_(0, token, y.to(x.dtype))
+        if block.shared is not None:
+            expert, gate = block.shared
+            out = out + torch.sigmoid(gate(x)) * expert(x)
+        return out
+
+    def _guess_next(self, layer: int, x) -> None:
+        # The next layer's gate on this layer's input: its likely experts,
+        # loaded while this layer's output goes through the next attention.
+        guess_logits = F.linear(x, self.blocks[layer].gate_weight).detach().float()
+        guess = torch.softmax(guess_logits, dim=-1).mean(dim=0).cpu().numpy()
+        budget = min(self.top_k * guess_logits.shape[0], self.num_experts)
+        self.engine.prefetch(layer, np.ascontiguousarray(guess, dtype=np.float32), budget,
+                             self._prefetch_step)
+        self._guessed[layer] = np.argsort(-guess)[:budget]
+        try:
+            self._carry_out(self._prefetch_step, wait_for_urgent=False)
+        except ExpertLoadError:
+            self.engine.adopt(self.pool.holds())
+            raise
+
+    # -- the handle --------------------------------------------------------------
+
+    def stats(self) -> dict:
+        c = self._counts
+        accesses = max(c["accesses"], 1)
+        return {
+            "hits": c["hits"], "misses": c["misses"], "accesses": c["accesses"],
+            "hit_rate": c["hits"] / accesses, "ready_rate": c["ready"] / accesses,
+            "loads": self.pool.loads, "evictions": self.pool.evictions,
+            "streamed": self.pool.streamed,
+            "bytes_moved": self.pool.bytes_moved, "load_wait_s": self.pool.load_wait_s,
+            "tokens": c["tokens"], "slots": self.pool.slots, "expert_bytes": self.expert_bytes,
+            "gate_guess_accuracy": c["guesses_right"] / c["guesses"] if c["guesses"] else None,
+        }
+
+    def holds(self):
+        """The (layer, expert) pairs the device pool holds."""
+        return self.pool.holds()
+
+    def engine_view(self):
+        """The (layer, expert) pairs the engine believes resident."""
+        return sorted(tuple(k) for k in self.engine.residency())
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """With a server: sends what was routed and waits until the service
+        folded it in; whether it did. Alone: nothing to send."""
+        return self.engine.flush(timeout_s) if hasattr(self.engine, "flush") else True
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for parent, child, original in self._originals:
+            setattr(parent, child, original)
+        self.pool.close()
+        for param, device in self._moved:
+            param.data = param.data.to(device)
+        if self._recorder is not None:
+            self._recorder.close()
+        self.engine.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def offload_experts(model: nn.Module, budget_bytes: int, device="cpu", server: Optional[str] = None,
+                    bonus: Optional[float] = None, prefetch: Optional[str] = "gate_guess",
+                    record: Optional[str] = None, eviction_policy: str = "",
+                    model_name: Optional[str] = None) -> Offload:
+    """Pages `model`'s experts through a device pool of `budget_bytes`.
+
+    bonus: the cache bonus (None: the model's setting, moe-router's default
+    without a server; 0 routes exactly as the model does). prefetch:
+    "gate_guess" (the next layer's gate on this layer's input, and the
+    router's runners-up), "coactivation" (what the fleet learned follows;
+    needs a server) or None. server: a moe-routerd address to learn with
+    over the Learn stream (the model registered as `model_name`); without
+    one the worker runs alone. record: a path to write the routing to, as a
+    trace `moe-router replay` reads.
+    """
+    if prefetch not in PREFETCH_MODES:
+        raise ValueError(f"prefetch must be one of {PREFETCH_MODES}, not {prefetch!r}")
+    if prefetch == "coactivation" and server is None:
+        raise ValueError("prefetch='coactivation' needs a server: co-activation is learned by "
+                         "the fleet")
+    if model.training:
+        raise UnsupportedModel("the model is in training mode; offloading serves inference "
+                               "(call model.eval())")
+    blocks = find_moe_blocks(model)
+    name = model_name or type(model).__name__.replace("ForCausalLM", "").lower() or "model"
+    return Offload(model, blocks, int(budget_bytes), torch.device(device), server, bonus,
+                   prefetch, record, eviction_policy, name)

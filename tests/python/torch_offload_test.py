@@ -1,0 +1,204 @@
+"""moe_router.torch on Debian's PyTorch: small models the tests build in each
+supported layout, offloaded with the native engine.
+
+Run by CTest (tests/python/CMakeLists.txt) with the built package on
+PYTHONPATH; the fleet test also gets MOE_ROUTER_SERVER, a moe-routerd the
+C++ wrapper started on port 0.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from moe_router.torch import ExpertLoadError, UnsupportedModel, offload_experts
+from moe_router.torch.tiny import TinyMoeLM
+
+LAYOUTS = ["mixtral", "qwen", "qwen2", "mixtral_fused"]
+
+
+def make_model(layout, seed=0, layers=4, experts=8, top_k=2):
+    torch.manual_seed(seed)
+    return TinyMoeLM(layout, layers=layers, experts=experts, top_k=top_k).eval()
+
+
+def expert_bytes(model):
+    # Two or three (inner x hidden) matrices of float32 per expert.
+    return 3 * 128 * 64 * 4
+
+
+def blocks_of(model):
+    return [layer.block_sparse_moe for layer in model.layers]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_bonus_zero_without_prefetch_computes_exactly_what_the_blocks_compute(layout):
+    model = make_model(layout)
+    originals = blocks_of(model)
+    inputs = [torch.randn(batch, tokens, 64, generator=torch.Generator().manual_seed(batch))
+              for batch, tokens in ((1, 1), (2, 5), (4, 16))]
+    with torch.no_grad():
+        expected = [[block(x) for block in originals] for x in inputs]
+        prompt = torch.tensor([[3, 1, 4, 1, 5]])
+        tokens, _ = model.generate(prompt, 12)
+    handle = offload_experts(model, budget_bytes=12 * expert_bytes(model), bonus=0,
+                             prefetch=None)
+    try:
+        with torch.no_grad():
+            for x, want in zip(inputs, expected):
+                for layer, block in enumerate(blocks_of(model)):
+                    got = block(x)
+                    if isinstance(want[layer], tuple):
+                        assert torch.equal(got[0], want[layer][0])
+                        assert torch.equal(got[1], want[layer][1])
+                    else:
+                        assert torch.equal(got, want[layer])
+            offloaded_tokens, _ = model.generate(prompt, 12)
+        assert torch.equal(offloaded_tokens, tokens)
+        stats = handle.stats()
+        assert stats["misses"] > 0 and stats["evictions"] > 0  # it did page
+    finally:
+        handle.close()
+    assert blocks_of(model) == originals  # close() put them back
+
+
+def test_the_pool_stays_in_budget_and_equals_the_engine_view_after_every_layer():
+    model = make_model("mixtral", layers=6)
+    budget = 10 * expert_bytes(model) + 100  # not a whole number of experts
+    handle = offload_experts(model, budget_bytes=budget, prefetch="gate_guess")
+    checked = []
+
+    def check(layer):
+        def hook(module, args, output):
+            assert len(handle.holds()) * handle.expert_bytes <= budget
+            assert handle.holds() == handle.engine_view()
+            checked.append(layer)
+        return hook
+
+    hooks = [b.register_forward_hook(check(i)) for i, b in enumerate(blocks_of(model))]
+    try:
+        model.generate(torch.tensor([[7, 8, 9]]), 20)
+    finally:
+        for h in hooks:
+            h.remove()
+        stats = handle.stats()
+        handle.close()
+    assert len(checked) == 6 * 21
+    assert stats["slots"] == 10 and stats["loads"] > 10
+    assert stats["bytes_moved"] == stats["loads"] * stats["expert_bytes"]
+    assert 0 < stats["hit_rate"] < 1 and stats["gate_guess_accuracy"] is not None
+
+
+def test_a_chosen_expert_is_loaded_before_its_layer_computes_and_never_dropped_first():
+    model = make_model("qwen2", layers=4)
+    handle = offload_experts(model, budget_bytes=5 * expert_bytes(model), prefetch="gate_guess")
+    runtime_compute = handle._compute
+    seen = []
+
+    def compute(block, layer, x, logits, chosen):
+        for e in chosen.unique().tolist():
+            assert (layer, e) in handle.holds(), f"layer {layer} expert {e} not held"
+        seen.append(layer)
+        return runtime_compute(block, layer, x, logits, chosen)
+
+    handle._compute = compute
+    try:
+        model.generate(torch.tensor([[1, 2]]), 15)
+    finally:
+        handle.close()
+    assert len(seen) == 4 * 16
+
+
+def test_a_failed_load_fails_the_step_by_name_and_leaves_pool_and_view_alike():
+    model = make_model("mixtral", layers=3)
+    handle = offload_experts(model, budget_bytes=4 * expert_bytes(model), bonus=0, prefetch=None)
+    try:
+        with torch.no_grad():
+            model(torch.tensor([[1, 2, 3]]))
+            missing = next((layer, e) for layer in range(3) for e in range(8)
+                           if (layer, e) not in handle.holds())
+            handle.store.pop(missing)  # a missing tensor
+            with pytest.raises(ExpertLoadError, match=re.escape(str(missing))):
+                for _ in range(40):
+                    model(torch.randint(0, 256, (1, 4)))
+            assert handle.holds() == handle.engine_view()
+            assert missing not in handle.holds()
+    finally:
+        handle.close()
+
+
+def test_unsupported_blocks_and_models_are_refused_by_name():
+    with pytest.raises(UnsupportedModel, match="no sparse-MoE block"):
+        offload_experts(nn.Sequential(nn.Linear(4, 4)).eval(), 1 << 20)
+    model = make_model("mixtral")
+    model.layers[1].block_sparse_moe.gate = nn.Linear(64, 8, bias=True)
+    with pytest.raises(UnsupportedModel, match="layers.1.block_sparse_moe: the gate has a bias"):
+        offload_experts(model, 1 << 20)
+    model = make_model("qwen")
+    model.layers[0].block_sparse_moe.e_score_correction_bias = torch.zeros(8)
+    with pytest.raises(UnsupportedModel, match="e_score_correction_bias"):
+        offload_experts(model, 1 << 20)
+    model = make_model("qwen")
+    del model.layers[2].block_sparse_moe.norm_topk_prob
+    with pytest.raises(UnsupportedModel, match="norm_topk_prob"):
+        offload_experts(model, 1 << 20)
+    model = make_model("mixtral")
+    model.layers[0].block_sparse_moe.experts[3] = nn.Linear(64, 64)
+    with pytest.raises(UnsupportedModel, match="none of the known layouts|not nn.Linear"):
+        offload_experts(model, 1 << 20)
+    model = make_model("mixtral")
+    with pytest.raises(ValueError, match="a layer needs 2"):
+        offload_experts(model, expert_bytes(model))
+    with pytest.raises(UnsupportedModel, match="training mode"):
+        offload_experts(make_model("mixtral").train(), 1 << 20)
+
+
+def test_recorded_routing_is_a_trace_the_replay_reads(tmp_path):
+    model = make_model("mixtral", layers=4)
+    trace = tmp_path / "routing.jsonl"
+    handle = offload_experts(model, budget_bytes=8 * expert_bytes(model), bonus=0, prefetch=None,
+                             record=str(trace))
+    model.generate(torch.tensor([[5, 6, 7]]), 10)
+    handle.close()
+    lines = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert len(lines) == 4 * (3 + 10)  # prompt tokens, then one per step, per layer
+    assert {line["layer"] for line in lines} == {0, 1, 2, 3}
+    assert all(len(line["experts"]) == 2 for line in lines)
+    cli = os.environ.get("MOE_ROUTER_CLI")
+    if cli:
+        out = subprocess.run([cli, "trace", "stats", str(trace), "--json"], capture_output=True,
+                             text=True, check=True).stdout
+        stats = json.loads(out)
+        assert stats["num_layers"] == 4 and stats["tokens"] == 13 and stats["top_k"] == 2
+        replay = subprocess.run([cli, "replay", str(trace), "--global-slots", "8", "--json"],
+                                capture_output=True, text=True, check=True).stdout
+        assert json.loads(replay)["accesses"] == 4 * 13 * 2
+
+
+def test_two_processes_learn_through_the_server():
+    server = os.environ.get("MOE_ROUTER_SERVER")
+    if not server:
+        pytest.skip("MOE_ROUTER_SERVER not set (the C++ wrapper starts one)")
+    script = os.path.join(os.path.dirname(__file__), "torch_fleet_worker.py")
+    runs = [subprocess.run([sys.executable, script, server, str(seed)], capture_output=True,
+                           text=True, timeout=120) for seed in (1, 2)]
+    for run in runs:
+        assert run.returncode == 0, run.stdout + run.stderr
+    views = [json.loads(run.stdout.splitlines()[-1]) for run in runs]
+    for view in views:
+        assert view["flushed"]
+        assert view["pool"] == view["server_view"]  # the service's view of each pool is exact
+    # The model learned from every token of both: each layer call reported.
+    import grpc
+    from moe_router.v1 import moe_router_pb2 as pb
+    from moe_router.v1 import moe_router_pb2_grpc as pb_grpc
+    with grpc.insecure_channel(server) as channel:
+        stats = pb_grpc.MoeRouterStub(channel).GetModelStats(
+            pb.GetModelStatsRequest(model="tiny-fleet"))
+    assert stats.routed_tokens == sum(view["tokens"] for view in views) * 4
