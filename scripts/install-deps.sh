@@ -26,6 +26,7 @@ case "${1:-}" in
   --test)
     packages+=("${torch[@]}"
       python3-pytest  # moe_router.torch's tests
+      python3-venv  # pip install ./python into a fresh venv (tests/python)
       libgtest-dev libgmock-dev libbenchmark-dev
       prometheus  # promtool checks the deploy's alert and recording rules
       haproxy  # the scale-out test runs deploy/haproxy/haproxy.cfg
