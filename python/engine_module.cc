@@ -6,20 +6,15 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <stdexcept>
-
 #include "client/in_process_worker.h"
 #include "core/cache/expert_size_table.h"
 #include "core/model/model_config.h"
+#include "python/binding_util.h"
 
 namespace py = pybind11;
 
 namespace moe_router {
 namespace {
-
-void Check(const absl::Status& status) {
-  if (!status.ok()) throw std::runtime_error(std::string(status.ToString()));
-}
 
 // A float32 C-contiguous array's values, read in place.
 absl::Span<const float> SpanOf(const py::array_t<float, py::array::c_style>& values) {
@@ -276,4 +271,5 @@ PYBIND11_MODULE(_engine, m) {
            py::arg("max_rank") = defaults.max_rank,
            py::arg("min_gate_mass") = defaults.min_gate_mass)
       .def("close", &PyLocalEngine::Close);
+  moe_router::BindCheckpointStore(m);
 }

@@ -367,8 +367,8 @@ const SafetensorsStore::Variant* SafetensorsStore::FindVariant(const std::string
   return nullptr;
 }
 
-absl::StatusOr<ExpertInfo> SafetensorsStore::Info(ExpertKey key,
-                                                  const std::string& precision) const {
+absl::StatusOr<const std::vector<SafetensorsStore::TensorRef>*> SafetensorsStore::FindExpert(
+    ExpertKey key, const std::string& precision) const {
   const Variant* v = FindVariant(precision);
   if (v == nullptr) {
     return absl::NotFoundError(
@@ -380,9 +380,34 @@ absl::StatusOr<ExpertInfo> SafetensorsStore::Info(ExpertKey key,
                                                key.ToString(), v->directory,
                                                options_.expert_pattern));
   }
+  return &it->second;
+}
+
+absl::StatusOr<ExpertInfo> SafetensorsStore::Info(ExpertKey key,
+                                                  const std::string& precision) const {
+  absl::StatusOr<const std::vector<TensorRef>*> refs = FindExpert(key, precision);
+  if (!refs.ok()) return refs.status();
   ExpertInfo info;
-  for (const TensorRef& ref : it->second) info.bytes += ref.tensor.size();
+  for (const TensorRef& ref : **refs) info.bytes += ref.tensor.size();
   return info;
+}
+
+absl::StatusOr<std::vector<TensorData>> SafetensorsStore::Tensors(
+    ExpertKey key, const std::string& precision) const {
+  absl::StatusOr<const std::vector<TensorRef>*> refs = FindExpert(key, precision);
+  if (!refs.ok()) return refs.status();
+  std::vector<TensorData> tensors;
+  uint64_t offset = 0;
+  for (const TensorRef& ref : **refs) {
+    tensors.push_back(TensorData{.name = ref.tensor.name,
+                                 .dtype = ref.tensor.dtype,
+                                 .shape = ref.tensor.shape,
+                                 .offset = offset,
+                                 .size = ref.tensor.size(),
+                                 .checksum = ref.checksum});
+    offset += ref.tensor.size();
+  }
+  return tensors;
 }
 
 absl::StatusOr<std::shared_ptr<const ExpertData>> SafetensorsStore::Load(

@@ -69,6 +69,11 @@ class SafetensorsStore final : public ExpertStore {
       ExpertKey key, const std::string& precision) const override;
   std::string Describe() const override;
 
+  /// An expert's tensors as Load gives them (names, dtypes, shapes, sizes,
+  /// offsets, the manifest's checksums), without reading: for checking a
+  /// checkpoint against the model that will compute with it.
+  absl::StatusOr<std::vector<TensorData>> Tensors(ExpertKey key,
+                                                  const std::string& precision) const;
   /// Experts found, per variant (for checking a store against a model).
   size_t ExpertCount(const std::string& precision) const;
   /// Highest layer and expert id found plus one, over all variants.
@@ -110,6 +115,8 @@ class SafetensorsStore final : public ExpertStore {
   static absl::Status WriteManifest(const std::string& manifest_path, const std::string& pattern,
                                     const Variant& v);
   const Variant* FindVariant(const std::string& precision) const;
+  absl::StatusOr<const std::vector<TensorRef>*> FindExpert(ExpertKey key,
+                                                           const std::string& precision) const;
 
   SafetensorsStoreOptions options_;
   std::vector<Variant> variants_;

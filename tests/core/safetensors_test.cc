@@ -162,6 +162,20 @@ TEST_F(SafetensorsStoreTest, LoadsExpertsWithDtypesShapesAndChecksums) {
     digests.emplace_back(t.name, t.checksum);
   }
   EXPECT_EQ(e.checksum, ExpertChecksum(digests));
+  // Tensors describes what Load gives, without reading.
+  auto described = (*store)->Tensors({2, 3}, "default");
+  ASSERT_TRUE(described.ok()) << described.status();
+  ASSERT_EQ(described->size(), e.tensors.size());
+  for (size_t i = 0; i < e.tensors.size(); ++i) {
+    const TensorData& d = (*described)[i];
+    EXPECT_EQ(d.name, e.tensors[i].name);
+    EXPECT_EQ(d.dtype, e.tensors[i].dtype);
+    EXPECT_EQ(d.shape, e.tensors[i].shape);
+    EXPECT_EQ(d.offset, e.tensors[i].offset);
+    EXPECT_EQ(d.size, e.tensors[i].size);
+    EXPECT_EQ(d.checksum, e.tensors[i].checksum);
+  }
+  EXPECT_TRUE(absl::IsNotFound((*store)->Tensors({3, 0}, "default").status()));
   EXPECT_TRUE(absl::IsNotFound((*store)->Load({3, 0}, "default").status()));
   EXPECT_TRUE(absl::IsNotFound((*store)->Load({0, 0}, "Q2_K").status()));
 }

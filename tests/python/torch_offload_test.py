@@ -9,6 +9,7 @@ C++ wrapper started on port 0.
 import json
 import os
 import re
+import struct
 import subprocess
 import sys
 
@@ -157,6 +158,100 @@ def test_unsupported_blocks_and_models_are_refused_by_name():
         offload_experts(model, expert_bytes(model))
     with pytest.raises(UnsupportedModel, match="training mode"):
         offload_experts(make_model("mixtral").train(), 1 << 20)
+
+
+def experts_of(model):
+    return {name: t for name, t in model.state_dict().items() if ".experts." in name}
+
+
+def write_safetensors(path, tensors):
+    """A safetensors file as the format specifies: the header's length, the
+    JSON header, the tensors' bytes; returns each tensor's data offset."""
+    names = {torch.float32: "F32", torch.float16: "F16"}
+    header, blobs, offset = {}, [], 0
+    for name, tensor in tensors.items():
+        data = tensor.detach().contiguous().numpy().tobytes()
+        header[name] = {"dtype": names[tensor.dtype], "shape": list(tensor.shape),
+                        "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    encoded = json.dumps(header).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(encoded)) + encoded + b"".join(blobs))
+    return {name: 8 + len(encoded) + h["data_offsets"][0] for name, h in header.items()}
+
+
+def test_experts_read_from_a_checkpoint_compute_what_the_model_does(tmp_path):
+    source = make_model("qwen", layers=3)
+    write_safetensors(tmp_path / "model.safetensors", experts_of(source))
+    prompt = torch.tensor([[9, 8, 7]])
+    tokens, _ = source.generate(prompt, 10)
+    model = make_model("qwen", layers=3)  # the same weights, then its experts wiped
+    with torch.no_grad():
+        for name, tensor in experts_of(model).items():
+            tensor.zero_()
+    handle = offload_experts(model, budget_bytes=5 * expert_bytes(model), bonus=0,
+                             prefetch="gate_guess", checkpoint=str(tmp_path))
+    try:
+        offloaded, _ = model.generate(prompt, 10)
+        stats = handle.stats()
+    finally:
+        handle.close()
+    assert torch.equal(offloaded, tokens)  # computed with the checkpoint's experts
+    assert stats["loads"] > 5 and stats["failed_loads"] == 0
+
+
+def test_a_mismatched_checkpoint_is_refused_by_name(tmp_path):
+    model = make_model("mixtral", layers=2)
+    prefix = "layers.1.block_sparse_moe.experts."
+    cases = [
+        ("missing", lambda t: t.pop(prefix + "3.w2.weight"),
+         f"no tensor '{prefix}3.w2.weight'"),
+        ("shape", lambda t: t.update({prefix + "5.w1.weight": torch.zeros(64, 64)}),
+         re.escape(f"tensor '{prefix}5.w1.weight' is F32 [64, 64], the model's is "
+                   f"torch.float32 [128, 64]")),
+        ("dtype", lambda t: t.update({prefix + "0.w3.weight": t[prefix + "0.w3.weight"].half()}),
+         f"tensor '{prefix}0.w3.weight' is F16"),
+        ("extra", lambda t: t.update({prefix + "2.w1.bias": torch.zeros(128)}),
+         "does not compute with.*" + re.escape(prefix + "2.w1.bias")),
+        ("expert", lambda t: [t.pop(n) for n in list(t) if n.startswith(prefix + "7.")],
+         "not found"),
+    ]
+    for case, change, message in cases:
+        directory = tmp_path / case
+        directory.mkdir()
+        tensors = experts_of(model)
+        change(tensors)
+        write_safetensors(directory / "model.safetensors", tensors)
+        with pytest.raises(UnsupportedModel, match=message):
+            offload_experts(model, 1 << 20, checkpoint=str(directory))
+    with pytest.raises(UnsupportedModel, match="fused expert tensors cannot be read"):
+        offload_experts(make_model("mixtral_fused"), 1 << 20, checkpoint=str(tmp_path / "shape"))
+    with pytest.raises(UnsupportedModel, match="checkpoint .*nowhere"):
+        offload_experts(model, 1 << 20, checkpoint=str(tmp_path / "nowhere"))
+
+
+def test_a_checkpoint_corrupted_after_opening_fails_the_load_by_tensor(tmp_path):
+    model = make_model("mixtral", layers=2)
+    path = tmp_path / "model.safetensors"
+    offsets = write_safetensors(path, experts_of(model))
+    handle = offload_experts(model, budget_bytes=4 * expert_bytes(model), bonus=0,
+                             prefetch=None, checkpoint=str(tmp_path))
+    try:
+        with open(path, "r+b") as f:  # a byte of every layer-1 expert's w2 flips on disk
+            for e in range(8):
+                f.seek(offsets[f"layers.1.block_sparse_moe.experts.{e}.w2.weight"])
+                byte = f.read(1)[0]
+                f.seek(-1, os.SEEK_CUR)
+                f.write(bytes([byte ^ 0xFF]))
+        with pytest.raises(ExpertLoadError, match=r"checksum mismatch .*experts\.\d\.w2\.weight"):
+            with torch.no_grad():
+                model(torch.tensor([[1, 2, 3]]))
+        assert handle.holds() == handle.engine_view()
+        assert all(layer == 0 for layer, _ in handle.holds())
+    finally:
+        handle.close()
 
 
 def test_recorded_routing_is_a_trace_the_replay_reads(tmp_path):

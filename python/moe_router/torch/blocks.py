@@ -57,6 +57,10 @@ class MoeBlock:
     shared: Optional[Tuple[nn.Module, nn.Module]] = None
     # Parameters that hold the experts, to move to host memory and back.
     expert_parameters: List[Tuple[nn.Module, str]] = field(default_factory=list)
+    # Per expert, the checkpoint names of its tensors relative to the block,
+    # in expert_tensors' order; None where a checkpoint's names do not map
+    # one to one (fused tensors, which Transformers fuses when loading).
+    checkpoint_names: Optional[Callable[[int], List[str]]] = None
 
 
 def _glu(x, tensors, act_fn):
@@ -123,7 +127,8 @@ def _per_expert_block(name, module):
         num_experts=len(experts), top_k=int(module.top_k), normalize=normalize,
         weights_in_hidden_dtype=True, returns_logits=True,
         expert_tensors=lambda e: [getattr(experts[e], n).weight for n in names],
-        compute=_glu, act_fn=first.act_fn, shared=shared, expert_parameters=params)
+        compute=_glu, act_fn=first.act_fn, shared=shared, expert_parameters=params,
+        checkpoint_names=lambda e: [f"experts.{e}.{n}.weight" for n in names])
 
 
 def _fused_block(name, module):

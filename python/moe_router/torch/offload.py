@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from moe_router import _engine
 from moe_router.torch.blocks import MoeBlock, UnsupportedModel, find_moe_blocks
+from moe_router.torch.checkpoint import CheckpointStore
 from moe_router.torch.pool import DevicePool, ExpertLoadError, HostStore
 
 PREFETCH_MODES = ("gate_guess", "coactivation", None)
@@ -58,15 +59,19 @@ class Offload:
     def __init__(self, model: nn.Module, blocks: List[MoeBlock], budget_bytes: int,
                  device: torch.device, server: Optional[str], bonus: Optional[float],
                  prefetch: Optional[str], record: Optional[str], eviction_policy: str,
-                 model_name: str):
+                 model_name: str, checkpoint: Optional[str]):
         self.model = model
         self.blocks = blocks
         self.device = device
         self.prefetch_mode = prefetch
         first = blocks[0]
         self.num_experts, self.top_k = first.num_experts, first.top_k
-        self._moved = self._move_experts_to_host()
-        self.store = self._build_store()
+        if checkpoint is None:
+            self._moved = self._move_experts_to_host()
+            self.store = self._build_store()
+        else:  # the model's expert tensors are not read
+            self._moved = []
+            self.store = CheckpointStore(checkpoint, blocks)
         self.expert_bytes = sum(int(np.prod(s)) for s in self.store.shapes) * \
             torch.empty((), dtype=self.store.dtype).element_size()
         slots = min(budget_bytes // self.expert_bytes, len(blocks) * self.num_experts)
@@ -242,7 +247,7 @@ class Offload:
             "hits": c["hits"], "misses": c["misses"], "accesses": c["accesses"],
             "hit_rate": c["hits"] / accesses, "ready_rate": c["ready"] / accesses,
             "loads": self.pool.loads, "evictions": self.pool.evictions,
-            "streamed": self.pool.streamed,
+            "streamed": self.pool.streamed, "failed_loads": self.pool.failed_loads,
             "bytes_moved": self.pool.bytes_moved, "load_wait_s": self.pool.load_wait_s,
             "tokens": c["tokens"], "slots": self.pool.slots, "expert_bytes": self.expert_bytes,
             "gate_guess_accuracy": c["guesses_right"] / c["guesses"] if c["guesses"] else None,
@@ -284,7 +289,7 @@ class Offload:
 def offload_experts(model: nn.Module, budget_bytes: int, device="cpu", server: Optional[str] = None,
                     bonus: Optional[float] = None, prefetch: Optional[str] = "gate_guess",
                     record: Optional[str] = None, eviction_policy: str = "",
-                    model_name: Optional[str] = None) -> Offload:
+                    model_name: Optional[str] = None, checkpoint: Optional[str] = None) -> Offload:
     """Pages `model`'s experts through a device pool of `budget_bytes`.
 
     bonus: the cache bonus (None: the model's setting, moe-router's default
@@ -294,7 +299,10 @@ def offload_experts(model: nn.Module, budget_bytes: int, device="cpu", server: O
     needs a server) or None. server: a moe-routerd address to learn with
     over the Learn stream (the model registered as `model_name`); without
     one the worker runs alone. record: a path to write the routing to, as a
-    trace `moe-router replay` reads.
+    trace `moe-router replay` reads. checkpoint: a directory of safetensors
+    files to read the experts from (checksum-verified, on each load) instead
+    of the model's own expert tensors, which are then never read; it must
+    match the model's names, shapes and dtype.
     """
     if prefetch not in PREFETCH_MODES:
         raise ValueError(f"prefetch must be one of {PREFETCH_MODES}, not {prefetch!r}")
@@ -307,4 +315,4 @@ def offload_experts(model: nn.Module, budget_bytes: int, device="cpu", server: O
     blocks = find_moe_blocks(model)
     name = model_name or type(model).__name__.replace("ForCausalLM", "").lower() or "model"
     return Offload(model, blocks, int(budget_bytes), torch.device(device), server, bonus,
-                   prefetch, record, eviction_policy, name)
+                   prefetch, record, eviction_policy, name, checkpoint)

@@ -37,17 +37,18 @@ class HostStore:
                 f"do not match the pool's {[tuple(s) for s in self.shapes]} {self.dtype}")
         self._tensors[key] = tensors
 
-    def get(self, key: Key) -> List[torch.Tensor]:
-        tensors = self._tensors.get(key)
-        if tensors is None:
+    def check(self, key: Key) -> None:
+        """Raises ExpertLoadError if `key` cannot be read; cheap."""
+        if key not in self._tensors:
             raise ExpertLoadError(f"expert {key} is not in the host store")
-        return tensors
+
+    def read(self, key: Key) -> List[torch.Tensor]:
+        """The expert's tensors (on the loading thread for a load)."""
+        self.check(key)
+        return self._tensors[key]
 
     def pop(self, key: Key) -> List[torch.Tensor]:
         return self._tensors.pop(key)
-
-    def keys(self):
-        return self._tensors.keys()
 
 
 class DevicePool:
@@ -76,6 +77,7 @@ class DevicePool:
         self.loads = 0
         self.streamed = 0
         self.evictions = 0
+        self.failed_loads = 0
         self.bytes_moved = 0
         self.load_wait_s = 0.0
 
@@ -89,8 +91,12 @@ class DevicePool:
         slot = self._slot_of.pop(key, None)
         if slot is None:
             return
-        self._settle(slot)  # a load still writing it must finish first
-        self._free.append(slot)
+        try:
+            self._settle(slot)  # a load still writing it must finish first
+        except Exception:  # a prefetch that failed: dropped all the same
+            self.failed_loads += 1
+        finally:
+            self._free.append(slot)
         self.evictions += 1
 
     def load(self, key: Key, wait: bool) -> None:
@@ -98,14 +104,14 @@ class DevicePool:
         is there. A load that fails leaves the key absent and its slot free."""
         if key in self._slot_of:
             return
-        tensors = self.store.get(key)  # fails before a slot is taken
+        self.store.check(key)  # fails before a slot is taken
         if not self._free:
             raise ExpertLoadError(f"no free slot for expert {key}: the pool holds {self.slots}")
         slot = self._free.pop()
         self._slot_of[key] = slot
         self.loads += 1
         self.bytes_moved += self.slot_bytes
-        future = self._loader.submit(self._copy, slot, tensors)
+        future = self._loader.submit(self._copy, slot, key)
         self._pending[slot] = future
         if wait:
             self._settle_or_drop(key, slot)
@@ -122,7 +128,7 @@ class DevicePool:
         """An expert used once without being kept (a batch wanting more
         experts than the pool holds): a copy of its host tensors on the
         device, or the host tensors themselves on the CPU."""
-        tensors = self.store.get(key)
+        tensors = self.store.read(key)
         self.streamed += 1
         self.bytes_moved += self.slot_bytes
         if self.device.type == "cpu":
@@ -138,7 +144,8 @@ class DevicePool:
         self._loader.shutdown(wait=True)
         self._pending.clear()
 
-    def _copy(self, slot: int, tensors: List[torch.Tensor]):
+    def _copy(self, slot: int, key: Key):
+        tensors = self.store.read(key)  # a checkpoint's read happens here, off the model's thread
         if self._cuda:
             with torch.cuda.stream(self._stream):
                 for part, source in zip(self._parts, tensors):
@@ -166,6 +173,7 @@ class DevicePool:
         try:
             self._settle(slot)
         except Exception as error:
+            self.failed_loads += 1
             self._slot_of.pop(key, None)
             self._free.append(slot)
             raise ExpertLoadError(f"loading expert {key} failed: {error}") from error
