@@ -276,24 +276,85 @@ def test_recorded_routing_is_a_trace_the_replay_reads(tmp_path):
         assert json.loads(replay)["accesses"] == 4 * 13 * 2
 
 
-def test_two_processes_learn_through_the_server():
-    server = os.environ.get("MOE_ROUTER_SERVER")
-    if not server:
-        pytest.skip("MOE_ROUTER_SERVER not set (the C++ wrapper starts one)")
+def fleet_runs(server, mode, seeds, tmp_path=None):
     script = os.path.join(os.path.dirname(__file__), "torch_fleet_worker.py")
-    runs = [subprocess.run([sys.executable, script, server, str(seed)], capture_output=True,
-                           text=True, timeout=120) for seed in (1, 2)]
-    for run in runs:
+    views = []
+    for seed in seeds:  # one after the other: the second starts from what the first taught
+        extra = [str(tmp_path / f"calls{seed}.npz")] if tmp_path else []
+        run = subprocess.run([sys.executable, script, server, str(seed), mode] + extra,
+                             capture_output=True, text=True, timeout=120)
         assert run.returncode == 0, run.stdout + run.stderr
-    views = [json.loads(run.stdout.splitlines()[-1]) for run in runs]
+        views.append(json.loads(run.stdout.splitlines()[-1]))
     for view in views:
         assert view["flushed"]
         assert view["pool"] == view["server_view"]  # the service's view of each pool is exact
-    # The model learned from every token of both: each layer call reported.
+    return views
+
+
+def model_stats(server, model):
     import grpc
     from moe_router.v1 import moe_router_pb2 as pb
     from moe_router.v1 import moe_router_pb2_grpc as pb_grpc
     with grpc.insecure_channel(server) as channel:
-        stats = pb_grpc.MoeRouterStub(channel).GetModelStats(
-            pb.GetModelStatsRequest(model="tiny-fleet"))
+        return pb_grpc.MoeRouterStub(channel).GetModelStats(pb.GetModelStatsRequest(model=model))
+
+
+def server_address():
+    server = os.environ.get("MOE_ROUTER_SERVER")
+    if not server:
+        pytest.skip("MOE_ROUTER_SERVER not set (the C++ wrapper starts one)")
+    return server
+
+
+def test_two_processes_learn_through_the_server():
+    server = server_address()
+    views = fleet_runs(server, "coactivation", (1, 2))
+    # The model learned from every token of both: each layer call reported.
+    stats = model_stats(server, "tiny-fleet")
     assert stats.routed_tokens == sum(view["tokens"] for view in views) * 4
+
+
+def test_offloaded_workers_teach_the_model_what_the_same_tokens_routed_remotely_do(tmp_path):
+    import grpc
+    from moe_router.torch.fleet import register_model
+    from moe_router.v1 import moe_router_pb2 as pb
+    from moe_router.v1 import moe_router_pb2_grpc as pb_grpc
+    from moe_router.torch.fleet import model_spec
+    server = server_address()
+    # Two models of one spec, learning without decay: folding a report is
+    # then exactly routing its tokens (with decay, the order of the tokens
+    # within a report, which it does not carry, moves the scores a little).
+    for name in ("tiny-taught", "tiny-remote"):
+        spec = model_spec(name, 4, 8, 2, expert_bytes(None), bonus=0, prefetch_next_layer=0,
+                          prefetch_threshold=0.0)
+        spec.affinity.decay = 1.0
+        spec.affinity.coactivation_decay = 1.0
+        register_model(server, spec)
+    views = fleet_runs(server, "taught", (3, 4), tmp_path)  # the workers use "tiny-taught"
+    # The same gate logits, call by call, routed by the service for worker
+    # caches of the same budgets on "tiny-remote".
+    with grpc.insecure_channel(server) as channel:
+        stub = pb_grpc.MoeRouterStub(channel)
+        for seed, view in zip((3, 4), views):
+            cache = f"remote-{seed}"
+            stub.OpenCache(pb.OpenCacheRequest(model="tiny-remote", cache=cache,
+                                               budget_bytes=view["budget"]))
+            calls = np.load(tmp_path / f"calls{seed}.npz")
+            for i, layer in enumerate(calls["layers"]):
+                stub.RouteTokens(pb.RouteTokensRequest(
+                    model="tiny-remote", layer=int(layer), cache=cache,
+                    gate_logits=calls[f"logits{i}"].ravel().tolist()))
+            remote = stub.OpenCache(pb.OpenCacheRequest(model="tiny-remote", cache=cache,
+                                                        budget_bytes=view["budget"]))
+            assert sorted([r.layer, r.expert] for r in remote.resident) == view["pool"]
+    taught, routed = model_stats(server, "tiny-taught"), model_stats(server, "tiny-remote")
+    assert taught.routed_tokens == routed.routed_tokens == sum(v["tokens"] for v in views) * 4
+    assert len(taught.layers) == len(routed.layers) == 4
+    for a, b in zip(taught.layers, routed.layers):
+        assert (a.routed_tokens, a.hits, a.misses) == (b.routed_tokens, b.hits, b.misses)
+    # The learned state itself (affinity, co-activation, the logit range) is
+    # compared by the C++ wrapper, which reads both models' state.
+    with pytest.raises(RuntimeError, match=re.escape("has (layers, experts, top_k) (4, 8, 2); "
+                                                     "this model's are (3, 8, 2)")):
+        offload_experts(make_model("mixtral", layers=3), 1 << 20, server=server,
+                        model_name="tiny-taught", prefetch=None)

@@ -138,10 +138,10 @@ def main(argv=None):
           f"after a {prompt.shape[1]}-token prompt, greedy, CPU")
     header = (f"{'budget':>7} {'mode':<14} {'tokens/s':>9} {'vs all':>7} {'hit':>6} "
               f"{'ready':>6} {'MiB/token':>10} {'wait ms/tok':>11} {'same tokens':>11} "
-              f"{'max logit diff':>14}")
+              f"{'max logit diff':>14} {'guess acc':>9}")
     print(header)
     print(f"{'-':>7} {'all resident':<14} {args.tokens / base_seconds:9.1f} {1:7.2f} "
-          f"{1:6.3f} {1:6.3f} {0:10.2f} {0:11.2f} {1:11.3f} {0:14.2e}")
+          f"{1:6.3f} {1:6.3f} {0:10.2f} {0:11.2f} {1:11.3f} {0:14.2e} {'-':>9}")
     modes = [("lru paging", dict(bonus=0, prefetch=None, eviction_policy="lru")),
              ("moe-router", dict(prefetch="gate_guess"))]
     for share in (25, 50, 100):
@@ -154,13 +154,16 @@ def main(argv=None):
             agree = int((new != base_tokens[0, prompt.shape[1]:]).nonzero()[0]) \
                 if same < 1 else args.tokens
             diff = float((logits[:agree] - base_logits[:agree]).abs().max()) if agree else 0.0
+            guess = stats["gate_guess_accuracy"]
             print(f"{share:>6}% {name:<14} {args.tokens / seconds:9.1f} "
                   f"{base_seconds / seconds:7.2f} {stats['hit_rate']:6.3f} "
                   f"{stats['ready_rate']:6.3f} "
                   f"{stats['bytes_moved'] / stats['tokens'] / 2**20:10.2f} "
                   f"{stats['load_wait_s'] * 1e3 / stats['tokens']:11.2f} {same:11.3f} "
-                  f"{diff:14.2e}")
-    print("max logit diff: over the steps before the first different token")
+                  f"{diff:14.2e} {'-' if guess is None else f'{guess:.3f}':>9}")
+    print("hit and ready: of the distinct experts each layer call needs; max logit diff: over "
+          "the steps before the first different token; guess acc: the share of a layer's "
+          "experts its gate guess (the layer's gate on the previous layer's input) named")
 
 
 if __name__ == "__main__":

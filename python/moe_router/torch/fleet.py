@@ -9,13 +9,12 @@ from moe_router.v1 import moe_router_pb2 as pb
 from moe_router.v1 import moe_router_pb2_grpc as pb_grpc
 
 
-def register_model(server: str, name: str, num_layers: int, num_experts: int, top_k: int,
-                   expert_bytes: int, bonus: Optional[float], prefetch_next_layer: int,
-                   prefetch_threshold: float, timeout: float = 10.0) -> None:
-    """Registers the model's shape at `server` (the same spec again is a
-    no-op; another spec under the name is an error naming it). The service
-    holds no expert bytes for it: the workers bring their own, so its store
-    is synthetic and its budget one layer's top-k."""
+def model_spec(name: str, num_layers: int, num_experts: int, top_k: int, expert_bytes: int,
+               bonus: Optional[float], prefetch_next_layer: int,
+               prefetch_threshold: float) -> pb.ModelSpec:
+    """The spec an offloaded model registers with: the service holds no
+    expert bytes for it (the workers bring their own), so its store is
+    synthetic and its budget one layer's top-k."""
     spec = pb.ModelSpec(name=name, num_layers=num_layers, num_experts=num_experts, top_k=top_k,
                         budget_bytes=expert_bytes * top_k,
                         prefetch_next_layer=prefetch_next_layer)
@@ -23,10 +22,28 @@ def register_model(server: str, name: str, num_layers: int, num_experts: int, to
     spec.router.prefetch_threshold = prefetch_threshold
     if bonus is not None:
         spec.router.cache_bonus = float(bonus)
+    return spec
+
+
+def register_model(server: str, spec: pb.ModelSpec, timeout: float = 10.0) -> None:
+    """Registers `spec` at `server`, unless a model of that name is there
+    already: then the operator's model is used as it is (its router and
+    learning settings), provided its shape is the spec's; another shape is
+    an error naming both."""
     with grpc.insecure_channel(server) as channel:
+        stub = pb_grpc.MoeRouterStub(channel)
         try:
-            pb_grpc.MoeRouterStub(channel).RegisterModel(pb.RegisterModelRequest(spec=spec),
-                                                         timeout=timeout)
+            listed = stub.ListModels(pb.ListModelsRequest(), timeout=timeout)
+            existing = next((m.spec for m in listed.models if m.spec.name == spec.name), None)
+            if existing is None:
+                stub.RegisterModel(pb.RegisterModelRequest(spec=spec), timeout=timeout)
+                return
         except grpc.RpcError as error:
-            raise RuntimeError(f"registering model '{name}' at {server}: {error.details()}") \
-                from error
+            raise RuntimeError(f"registering model '{spec.name}' at {server}: "
+                               f"{error.details()}") from error
+    shape = (spec.num_layers, spec.num_experts, spec.top_k)
+    theirs = (existing.num_layers, existing.num_experts, existing.top_k)
+    if theirs != shape:
+        raise RuntimeError(
+            f"model '{spec.name}' at {server} has (layers, experts, top_k) {theirs}; this "
+            f"model's are {shape}")

@@ -81,6 +81,7 @@ class Offload:
                 f"bytes; a layer needs {self.top_k}")
         self.pool = DevicePool(self.store, slots, device)
         self.engine_budget = slots * self.expert_bytes
+        self.model_name = model_name  # at the server, when there is one
         self.cache_name = f"torch-{os.getpid()}-{id(self):x}"
         self.engine = self._make_engine(server, bonus, eviction_policy, model_name,
                                         self.engine_budget)
@@ -138,11 +139,11 @@ class Offload:
             return _engine.LocalEngine(layers, self.num_experts, self.top_k, self.expert_bytes,
                                        budget, eviction_policy=eviction_policy or "",
                                        prefetch_threshold=threshold, **defaults)
-        from moe_router.torch.fleet import register_model
-        register_model(server, model_name, layers, self.num_experts, self.top_k,
-                       self.expert_bytes, bonus=bonus,
-                       prefetch_next_layer=2 if self.prefetch_mode == "coactivation" else 0,
-                       prefetch_threshold=threshold)
+        from moe_router.torch.fleet import model_spec, register_model
+        register_model(server, model_spec(
+            model_name, layers, self.num_experts, self.top_k, self.expert_bytes, bonus=bonus,
+            prefetch_next_layer=2 if self.prefetch_mode == "coactivation" else 0,
+            prefetch_threshold=threshold))
         return _engine.InProcessWorker(server, model_name, self.cache_name, budget,
                                        eviction_policy=eviction_policy or "")
 
@@ -156,11 +157,14 @@ class Offload:
         logits = router_logits.detach().float().cpu().numpy()
         step = self._step
         self.engine.route(layer, logits, step)
-        chosen = torch.from_numpy(np.array(step.experts, dtype=np.int64))
-        resident = np.array(step.resident, dtype=bool)
-        self._count(layer, chosen, resident)
+        chosen_np = np.array(step.experts, dtype=np.int64)  # the step's buffer is reused
+        chosen = torch.from_numpy(chosen_np)
+        # The distinct experts the call needs, each with whether it was held
+        # before the call (a resident flag is the same for every token).
+        needed = dict(zip(chosen_np.ravel().tolist(), np.asarray(step.resident).ravel().tolist()))
+        self._count(layer, needed, chosen_np.shape[0])
         # Ready: in the pool and done loading before this layer asked.
-        self._counts["ready"] += sum(self.pool.ready((layer, int(e))) for e in chosen.unique())
+        self._counts["ready"] += sum(self.pool.ready((layer, e)) for e in needed)
         try:
             self._carry_out(step, wait_for_urgent=True)
             out = self._compute(block, layer, x, router_logits, chosen.to(x.device))
@@ -175,23 +179,22 @@ class Offload:
         out = out.reshape(shape)
         return (out, router_logits) if block.returns_logits else out
 
-    def _count(self, layer, chosen, resident):
+    def _count(self, layer, needed, tokens):
         # An access is one expert a layer call needs, however many of the
         # batch's tokens chose it: what has to be in memory, as an engine's
         # cache counts it.
         c = self._counts
-        experts, first = np.unique(chosen.numpy(), return_index=True)
-        held = resident.reshape(-1)[first]
+        hits = sum(needed.values())
         c["layer_calls"] += 1
-        c["accesses"] += experts.size
-        c["hits"] += int(held.sum())
-        c["misses"] += int(experts.size - held.sum())
+        c["accesses"] += len(needed)
+        c["hits"] += hits
+        c["misses"] += len(needed) - hits
         if layer == 0:
-            c["tokens"] += chosen.shape[0]
+            c["tokens"] += tokens
         guessed = self._guessed.pop(layer, None)
         if guessed is not None:
-            c["guesses"] += experts.size
-            c["guesses_right"] += int(np.isin(experts, guessed).sum())
+            c["guesses"] += len(needed)
+            c["guesses_right"] += sum(e in guessed for e in needed)
 
     def _carry_out(self, step, wait_for_urgent: bool) -> None:
         for layer, expert in np.array(step.evictions):
@@ -231,7 +234,7 @@ class Offload:
         budget = min(self.top_k * guess_logits.shape[0], self.num_experts)
         self.engine.prefetch(layer, np.ascontiguousarray(guess, dtype=np.float32), budget,
                              self._prefetch_step)
-        self._guessed[layer] = np.argsort(-guess)[:budget]
+        self._guessed[layer] = set(np.argsort(-guess)[:budget].tolist())
         try:
             self._carry_out(self._prefetch_step, wait_for_urgent=False)
         except ExpertLoadError:
@@ -297,8 +300,9 @@ def offload_experts(model: nn.Module, budget_bytes: int, device="cpu", server: O
     "gate_guess" (the next layer's gate on this layer's input, and the
     router's runners-up), "coactivation" (what the fleet learned follows;
     needs a server) or None. server: a moe-routerd address to learn with
-    over the Learn stream (the model registered as `model_name`); without
-    one the worker runs alone. record: a path to write the routing to, as a
+    over the Learn stream (the model registered as `model_name`, or the one
+    of that name already there, with its settings, if its shape matches);
+    without one the worker runs alone. record: a path to write the routing to, as a
     trace `moe-router replay` reads. checkpoint: a directory of safetensors
     files to read the experts from (checksum-verified, on each load) instead
     of the model's own expert tensors, which are then never read; it must

@@ -1,0 +1,72 @@
+"""What moe_router.torch adds to a layer whose experts are all resident: the
+offloaded block's forward (gate, engine routing, bookkeeping, the experts
+from the pool) against the original block's, on the same inputs,
+interleaved call by call, medians.
+
+    PYTHONPATH=build-test/python /usr/bin/python3 bench/torch_overhead.py [--repeat 400]
+
+Shapes: the tiny demo block (hidden 64) where the bookkeeping is nearly all
+there is, and a block a quarter of Mixtral's width (hidden 1024, inner
+3584), each at batch 1 and 16 tokens, prefetch off and by gate guess.
+"""
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from moe_router.torch import offload_experts
+from moe_router.torch.tiny import TinyMoeLM
+
+SHAPES = [("tiny 64x128", 64, 128), ("quarter-Mixtral 1024x3584", 1024, 3584)]
+
+
+def median_us(samples):
+    return statistics.median(samples) * 1e6
+
+
+def measure(hidden, inner, batch, prefetch, repeat):
+    torch.manual_seed(0)
+    model = TinyMoeLM("mixtral", layers=2, experts=8, top_k=2, hidden=hidden, heads=4,
+                      inner=inner, vocab=256).eval()
+    original = model.layers[0].block_sparse_moe
+    x = torch.randn(1, batch, hidden)
+    handle = offload_experts(model, budget_bytes=1 << 40, prefetch=prefetch)
+    offloaded = model.layers[0].block_sparse_moe
+    with torch.no_grad():
+        for _ in range(3):  # loads what x needs; after this every call hits
+            offloaded(x)
+        before = handle.stats()["misses"]
+        plain, wrapped = [], []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            original(x)
+            plain.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            offloaded(x)
+            wrapped.append(time.perf_counter() - start)
+    stats = handle.stats()
+    handle.close()
+    assert stats["misses"] == before, "a measured call missed"
+    return median_us(plain), median_us(wrapped)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=400)
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; medians of "
+          f"{args.repeat} calls")
+    print(f"{'block':28} {'batch':>5} {'prefetch':>10} {'original us':>12} {'offloaded us':>13} "
+          f"{'added us':>9}")
+    for name, hidden, inner in SHAPES:
+        for batch in (1, 16):
+            for prefetch in (None, "gate_guess"):
+                plain, wrapped = measure(hidden, inner, batch, prefetch, args.repeat)
+                print(f"{name:28} {batch:5d} {str(prefetch):>10} {plain:12.1f} {wrapped:13.1f} "
+                      f"{wrapped - plain:9.1f}")
+
+
+if __name__ == "__main__":
+    main()
