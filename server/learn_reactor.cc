@@ -69,8 +69,12 @@ void LearnReactor::AddChangedLayers(uint64_t max_bytes, v1::FleetUpdate* update)
   const ModelEngine& engine = *model_->engine;
   const uint32_t layers = engine.config().num_layers;
   uint64_t bytes = 0;
+  // In turn from where the last update stopped; the cursor moves past each
+  // layer sent, but the turn is counted from where it began, so every layer
+  // is visited once.
+  const uint32_t start = cursor_;
   for (uint32_t i = 0; i < layers && bytes < max_bytes; ++i) {
-    const uint32_t l = (cursor_ + i) % layers;
+    const uint32_t l = (start + i) % layers;
     const uint64_t tokens = engine.LayerTokens(l);
     if (tokens == sent_tokens_[l]) continue;
     v1::LayerLearnedState* state = update->add_layers();

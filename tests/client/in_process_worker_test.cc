@@ -349,6 +349,40 @@ TEST(InProcessWorkerTest, TheFleetLearnsFromEveryWorker) {
   }
 }
 
+// A worker that joins after the fleet learned every layer starts from all
+// of it: the hello's update carries every layer the service learned (it
+// once skipped some, the turn's start moving as layers were added).
+TEST(InProcessWorkerTest, AWorkerJoiningLaterStartsFromEveryLayerTheFleetLearned) {
+  auto server = StartServer("127.0.0.1:0");
+  auto client = Client::Connect(absl::StrCat("127.0.0.1:", server->port()));
+  ASSERT_TRUE(client.ok());
+  const uint32_t layers = 6;
+  ASSERT_TRUE((*client)->Register(Spec("m", layers, false)).ok());
+  const auto start = [&](const std::string& cache) {
+    auto worker = InProcessWorker::Start(
+        Channel(server->port()), {.model = "m", .cache = cache, .budget_bytes = 8 * kExpertBytes});
+    EXPECT_TRUE(worker.ok()) << worker.status();
+    return worker.ok() ? *std::move(worker) : nullptr;
+  };
+  auto first = start("first");
+  ASSERT_NE(first, nullptr);
+  WorkerStep step;
+  for (int b = 0; b < 5; ++b) {
+    for (uint32_t l = 0; l < layers; ++l) {
+      ASSERT_TRUE(first->engine().Route(l, testing::RandomLogits(3, 8, b * 10 + l), &step).ok());
+    }
+  }
+  ASSERT_TRUE(first->Flush(absl::Seconds(30)));
+  auto later = start("later");
+  ASSERT_NE(later, nullptr);
+  for (uint32_t l = 0; l < layers; ++l) {
+    SCOPED_TRACE(absl::StrCat("layer ", l));
+    ASSERT_TRUE(later->engine().Route(l, testing::RandomLogits(1, 8, 100 + l), &step).ok());
+    // The fleet's 15 tokens, then its own one.
+    EXPECT_EQ(later->engine().LayerAffinity(l).updates, 16u);
+  }
+}
+
 // The service absent at start, then started; killed mid-run and restarted:
 // routing never fails, the worker reconnects and resyncs its view.
 TEST(InProcessWorkerTest, RoutesThroughAbsentAndRestartedService) {

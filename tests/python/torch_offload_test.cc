@@ -29,7 +29,8 @@ TEST(TorchOffloadTest, PytestSuitePasses) {
   // The fleet test taught "tiny-taught" through two offloaded models' Learn
   // streams and "tiny-remote" by routing the same gate logits remotely: the
   // model learned the same, exactly (both learn without decay; up to the
-  // rounding of summing in another order).
+  // rounding of summing in another order). The second worker starts at once
+  // after the first: it routes with what the fleet learned from the start.
   auto taught = (*server)->registry().Find("tiny-taught");
   auto remote = (*server)->registry().Find("tiny-remote");
   ASSERT_TRUE(taught.ok()) << taught.status();
@@ -54,13 +55,8 @@ TEST(TorchOffloadTest, PytestSuitePasses) {
       }
     };
     near(x["affinity_scores"], y["affinity_scores"], "affinity_scores");
-    // The running logit range of the last layer came out 2% apart when the
-    // second worker started right after the first (exact when it waited a
-    // second): not yet understood (README, Notes); bounded here.
-    const double range_taught = x["mean_logit_range"].get<double>();
-    const double range_remote = y["mean_logit_range"].get<double>();
-    EXPECT_GT(range_remote, 0);
-    EXPECT_NEAR(range_taught, range_remote, 0.05 * range_remote);
+    near(nlohmann::json::array({x["mean_logit_range"]}),
+         nlohmann::json::array({y["mean_logit_range"]}), "mean_logit_range");
     EXPECT_EQ(x.contains("coactivation"), y.contains("coactivation"));
     if (x.contains("coactivation")) near(x["coactivation"], y["coactivation"], "coactivation");
   }
