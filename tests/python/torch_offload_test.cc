@@ -23,8 +23,10 @@ TEST(TorchOffloadTest, PytestSuitePasses) {
   const testing::CommandResult run = testing::RunCommand(absl::StrCat(
       "cd ", TESTS_DIR, " && PYTHONPATH=", PY_PACKAGE_DIR,
       " MOE_ROUTER_SERVER=127.0.0.1:", (*server)->port(), " MOE_ROUTER_CLI=", CLI_PATH,
-      " /usr/bin/python3 -m pytest -q -p no:cacheprovider torch_offload_test.py 2>&1"));
+      " /usr/bin/python3 -m pytest -q -rs -p no:cacheprovider torch_offload_test.py 2>&1"));
   EXPECT_EQ(run.exit_code, 0) << run.output;
+  // With the server here, every test runs: none may skip.
+  EXPECT_EQ(run.output.find("skipped"), std::string::npos) << run.output;
 
   // The fleet test taught "tiny-taught" through two offloaded models' Learn
   // streams and "tiny-remote" by routing the same gate logits remotely: the

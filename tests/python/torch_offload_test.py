@@ -254,6 +254,102 @@ def test_a_checkpoint_corrupted_after_opening_fails_the_load_by_tensor(tmp_path)
         handle.close()
 
 
+def register_fetchable(server, name, directory, layers):
+    """A model registered at `server` on the checkpoint in `directory`, as
+    an operator would, so that FetchExpert serves its experts."""
+    import grpc
+    from moe_router.v1 import moe_router_pb2 as pb
+    from moe_router.v1 import moe_router_pb2_grpc as pb_grpc
+    spec = pb.ModelSpec(name=name, num_layers=layers, num_experts=8, top_k=2,
+                        budget_bytes=4 * expert_bytes(None))
+    spec.safetensors.directory = str(directory)
+    spec.safetensors.pattern = "layers.{layer}.block_sparse_moe.experts.{expert}."
+    with grpc.insecure_channel(server) as channel:
+        pb_grpc.MoeRouterStub(channel).RegisterModel(pb.RegisterModelRequest(spec=spec))
+
+
+def start_lying_relay(upstream, lie):
+    """A MoeRouter service that relays ListModels and FetchExpert from
+    `upstream`, passing each FetchExpert chunk through lie(request, chunk)."""
+    from concurrent.futures import ThreadPoolExecutor
+    import grpc
+    from moe_router.v1 import moe_router_pb2_grpc as pb_grpc
+
+    class Relay(pb_grpc.MoeRouterServicer):
+        def __init__(self):
+            self.stub = pb_grpc.MoeRouterStub(grpc.insecure_channel(upstream))
+
+        def ListModels(self, request, context):
+            return self.stub.ListModels(request)
+
+        def FetchExpert(self, request, context):
+            for chunk in self.stub.FetchExpert(request):
+                yield lie(request, chunk)
+
+    relay = grpc.server(ThreadPoolExecutor(max_workers=4))
+    pb_grpc.add_MoeRouterServicer_to_server(Relay(), relay)
+    port = relay.add_insecure_port("127.0.0.1:0")
+    relay.start()
+    return relay, f"127.0.0.1:{port}"
+
+
+def test_experts_fetched_from_the_server_compute_what_the_model_does(tmp_path):
+    server = server_address()
+    source = make_model("mixtral", layers=3)
+    write_safetensors(tmp_path / "model.safetensors", experts_of(source))
+    register_fetchable(server, "tiny-fetch", tmp_path, 3)
+    prompt = torch.tensor([[4, 5, 6]])
+    tokens, _ = source.generate(prompt, 10)
+    model = make_model("mixtral", layers=3)
+    with torch.no_grad():
+        for tensor in experts_of(model).values():
+            tensor.zero_()
+    handle = offload_experts(model, budget_bytes=5 * expert_bytes(model), bonus=0,
+                             prefetch="gate_guess", expert_server=server, model_name="tiny-fetch")
+    try:
+        offloaded, _ = model.generate(prompt, 10)
+        stats = handle.stats()
+    finally:
+        handle.close()
+    assert torch.equal(offloaded, tokens)  # computed with the fetched experts
+    assert stats["loads"] > 5 and stats["failed_loads"] == 0
+    with pytest.raises(UnsupportedModel, match="model 'tiny-absent' at .* is not registered"):
+        offload_experts(model, 1 << 20, expert_server=server, model_name="tiny-absent")
+    with pytest.raises(UnsupportedModel, match=re.escape(
+            "no tensor 'layers.0.block_sparse_moe.experts.0.gate_proj.weight'")):
+        offload_experts(make_model("qwen", layers=3), 1 << 20, expert_server=server,
+                        model_name="tiny-fetch")
+
+
+def test_a_lying_fetch_expert_fails_the_load_by_name_and_leaves_pool_and_view_alike(tmp_path):
+    server = server_address()
+    model = make_model("mixtral", layers=2)
+    write_safetensors(tmp_path / "model.safetensors", experts_of(model))
+    register_fetchable(server, "tiny-lied-about", tmp_path, 2)
+
+    def lie(request, chunk):  # a flipped byte in every layer-1 expert
+        if request.layer == 1 and chunk.data:
+            data = bytearray(chunk.data)
+            data[0] ^= 0xFF
+            chunk.data = bytes(data)
+        return chunk
+
+    relay, address = start_lying_relay(server, lie)
+    handle = offload_experts(model, budget_bytes=4 * expert_bytes(model), bonus=0,
+                             prefetch=None, expert_server=address, model_name="tiny-lied-about")
+    try:
+        with pytest.raises(ExpertLoadError,
+                           match=r"DATA_LOSS: expert L1/E\d: tensor '.*' arrived with a different "
+                                 r"checksum"):
+            with torch.no_grad():
+                model(torch.tensor([[1, 2, 3]]))
+        assert handle.holds() == handle.engine_view()
+        assert all(layer == 0 for layer, _ in handle.holds())
+    finally:
+        handle.close()
+        relay.stop(None)
+
+
 def test_recorded_routing_is_a_trace_the_replay_reads(tmp_path):
     model = make_model("mixtral", layers=4)
     trace = tmp_path / "routing.jsonl"

@@ -1,25 +1,36 @@
-"""Experts read from a safetensors checkpoint instead of the model's own
-tensors: the project's store (moe_router._engine.CheckpointStore, the C++
-SafetensorsStore moe-routerd serves from) reads exact byte ranges and
-verifies their XXH3 checksums on every load. The model's expert parameters
-are never read, so they may be left unmaterialised (on the meta device).
+"""Experts read from elsewhere than the model's own tensors, so that those
+are never read (they may stay unmaterialised, on the meta device):
 
-The checkpoint is checked against the model when it opens: every expert of
-every block must be there, with the model's tensor names (Transformers'
-checkpoint names, e.g. model.layers.3.block_sparse_moe.experts.5.w1.weight),
-shapes and dtype, and nothing else; what differs is refused by name.
+- CheckpointStore: a safetensors checkpoint through the project's store
+  (moe_router._engine.CheckpointStore, the C++ SafetensorsStore moe-routerd
+  serves from): exact byte ranges, XXH3 checksums verified on every load;
+- ServerStore: moe-routerd's FetchExpert for a model an operator
+  registered there on the model's checkpoint, verified as the Python
+  client verifies every fetch (per-tensor and expert checksums).
+
+Both name an expert's tensors as Transformers' checkpoints do (e.g.
+model.layers.3.block_sparse_moe.experts.5.w1.weight) and check them
+against the model: every tensor the model computes with, of its shape and
+dtype, and nothing else; what differs is refused by name.
 """
 
-from typing import List, Tuple
+from typing import Dict, List, Tuple
 
+import grpc
 import torch
 
 from moe_router import _engine
 from moe_router.torch.blocks import MoeBlock, UnsupportedModel
 from moe_router.torch.pool import ExpertLoadError, Key
+from moe_router.v1 import moe_router_pb2 as pb
+from moe_router.v1 import moe_router_pb2_grpc as pb_grpc
+from moe_router.worker_cache import ExpertDataLoss, fetch_described_expert
 
 DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
           "BF16": torch.bfloat16}
+
+# name -> (dtype name, shape): what a store says an expert's tensors are.
+Described = Dict[str, Tuple[str, Tuple[int, ...]]]
 
 
 def _expert_pattern(blocks: List[MoeBlock]) -> Tuple[str, List[int]]:
@@ -37,66 +48,145 @@ def _expert_pattern(blocks: List[MoeBlock]) -> Tuple[str, List[int]]:
         f"number, so the checkpoint's tensors cannot be named for them")
 
 
-class CheckpointStore:
-    """The host store of offload_experts(checkpoint=...): (layer, expert) as
-    the engine numbers them, read from the checkpoint on each load."""
+class ExpertNames:
+    """The checkpoint names of every block's experts' tensors, in the order
+    the blocks compute with them, and each block's layer number there."""
 
-    def __init__(self, directory: str, blocks: List[MoeBlock]):
+    def __init__(self, blocks: List[MoeBlock]):
         for block in blocks:
             if block.checkpoint_names is None:
                 raise UnsupportedModel(
-                    f"{block.name}: fused expert tensors cannot be read from a checkpoint here "
-                    f"(its per-expert tensors are fused by Transformers when loading)")
-        pattern, self._layers = _expert_pattern(blocks)
-        try:
-            self._store = _engine.CheckpointStore(directory, pattern)
-        except RuntimeError as error:
-            raise UnsupportedModel(f"checkpoint {directory}: {error}") from error
+                    f"{block.name}: fused expert tensors cannot be read from a checkpoint or a "
+                    f"server here (its per-expert tensors are fused by Transformers when loading)")
+        self.pattern, self.layers = _expert_pattern(blocks)
+        self._blocks = blocks
         first = blocks[0].expert_tensors(0)
         self.shapes = [t.shape for t in first]
         self.dtype = first[0].dtype
-        self._names = []  # per block, per expert: the full tensor names in compute order
-        for block, layer in zip(blocks, self._layers):
-            names = [[f"{block.name}.{n}" for n in block.checkpoint_names(e)]
-                     for e in range(block.num_experts)]
-            for e, expected in enumerate(names):
-                self._check(directory, layer, e, expected, block.expert_tensors(e))
-            self._names.append(names)
 
-    def _check(self, directory, layer, expert, expected, model_tensors):
+    def names(self, key: Key) -> List[str]:
+        block = self._blocks[key[0]]
+        return [f"{block.name}.{n}" for n in block.checkpoint_names(key[1])]
+
+    def contains(self, key: Key) -> bool:
+        layer, expert = key
+        return 0 <= layer < len(self._blocks) and 0 <= expert < self._blocks[layer].num_experts
+
+    def mismatch(self, key: Key, described: Described):
+        """What differs between the store's tensors of `key` and the model's,
+        or None."""
+        found = dict(described)
+        model = self._blocks[key[0]].expert_tensors(key[1])
+        for name, tensor in zip(self.names(key), model):
+            if name not in found:
+                return f"no tensor '{name}'"
+            dtype, shape = found.pop(name)
+            if DTYPES.get(dtype) != tensor.dtype or tuple(shape) != tuple(tensor.shape):
+                return (f"tensor '{name}' is {dtype} {list(shape)}, the model's is "
+                        f"{tensor.dtype} {list(tensor.shape)}")
+        if found:
+            return f"tensors the model does not compute with: {sorted(found)}"
+        return None
+
+    def tensors(self, key: Key, data: Dict[str, Tuple[str, Tuple[int, ...], object]]):
+        """The expert's tensors in compute order from name -> (dtype, shape,
+        a buffer of its bytes), without copying."""
+        return [torch.frombuffer(data[name][2], dtype=DTYPES[data[name][0]]).reshape(data[name][1])
+                for name in self.names(key)]
+
+
+class CheckpointStore:
+    """offload_experts(checkpoint=DIR): (layer, expert) as the engine numbers
+    them, read from the checkpoint on each load. Every expert is checked
+    against the model when it opens (the store describes them without
+    reading)."""
+
+    def __init__(self, directory: str, blocks: List[MoeBlock]):
+        self._names = ExpertNames(blocks)
+        self.shapes, self.dtype = self._names.shapes, self._names.dtype
         try:
-            found = {name: (dtype, tuple(shape))
-                     for name, dtype, shape in self._store.tensors(layer, expert)}
+            self._store = _engine.CheckpointStore(directory, self._names.pattern)
+            for layer, block in enumerate(blocks):
+                for expert in range(block.num_experts):
+                    described = {name: (dtype, tuple(shape)) for name, dtype, shape in
+                                 self._store.tensors(self._names.layers[layer], expert)}
+                    wrong = self._names.mismatch((layer, expert), described)
+                    if wrong:
+                        raise UnsupportedModel(f"checkpoint {directory}: {wrong}")
         except RuntimeError as error:
             raise UnsupportedModel(f"checkpoint {directory}: {error}") from error
-        for name, tensor in zip(expected, model_tensors):
-            if name not in found:
-                raise UnsupportedModel(f"checkpoint {directory} has no tensor '{name}'")
-            dtype, shape = found.pop(name)
-            if DTYPES.get(dtype) != tensor.dtype or shape != tuple(tensor.shape):
-                raise UnsupportedModel(
-                    f"checkpoint {directory}: tensor '{name}' is {dtype} {list(shape)}, the "
-                    f"model's is {tensor.dtype} {list(tensor.shape)}")
-        if found:
-            raise UnsupportedModel(
-                f"checkpoint {directory}: tensors the model does not compute with: "
-                f"{sorted(found)}")
 
     def check(self, key: Key) -> None:
-        layer, expert = key
-        if not (0 <= layer < len(self._names) and 0 <= expert < len(self._names[layer])):
+        if not self._names.contains(key):
             raise ExpertLoadError(f"expert {key} is not in the checkpoint")
 
     def read(self, key: Key) -> List[torch.Tensor]:
         self.check(key)
-        layer, expert = key
         try:
-            loaded = {name: (dtype, shape, data) for name, dtype, shape, data in
-                      self._store.load(self._layers[layer], expert)}
+            loaded = self._store.load(self._names.layers[key[0]], key[1])
         except RuntimeError as error:
             raise ExpertLoadError(f"expert {key}: {error}") from error
-        tensors = []
-        for name in self._names[layer][expert]:
-            dtype, shape, data = loaded[name]
-            tensors.append(torch.frombuffer(data, dtype=DTYPES[dtype]).reshape(shape))
-        return tensors
+        return self._names.tensors(key, {name: (dtype, shape, data)
+                                         for name, dtype, shape, data in loaded})
+
+
+class ServerStore:
+    """offload_experts(expert_server=ADDRESS): (layer, expert) fetched from
+    moe-routerd's FetchExpert on each load, for the model `model` an
+    operator registered there on this model's checkpoint. The model's shape
+    and its first expert are checked when it opens; an expert that turns out
+    different, or arrives altered, fails its load naming what."""
+
+    def __init__(self, address: str, model: str, blocks: List[MoeBlock], cache: str,
+                 timeout: float = 60.0):
+        self._names = ExpertNames(blocks)
+        self.shapes, self.dtype = self._names.shapes, self._names.dtype
+        self._where = f"model '{model}' at {address}"
+        self._model, self._cache, self._timeout = model, cache, timeout
+        self._channel = grpc.insecure_channel(address)
+        self._stub = pb_grpc.MoeRouterStub(self._channel)
+        try:
+            listed = self._stub.ListModels(pb.ListModelsRequest(), timeout=timeout)
+        except grpc.RpcError as error:
+            raise UnsupportedModel(f"{self._where}: {error.details()}") from error
+        spec = next((m.spec for m in listed.models if m.spec.name == model), None)
+        if spec is None:
+            raise UnsupportedModel(
+                f"{self._where} is not registered: FetchExpert serves a model registered there "
+                f"on its checkpoint")
+        shape = (len(blocks), blocks[0].num_experts, blocks[0].top_k)
+        if (spec.num_layers, spec.num_experts, spec.top_k) != shape:
+            raise UnsupportedModel(
+                f"{self._where} has (layers, experts, top_k) "
+                f"{(spec.num_layers, spec.num_experts, spec.top_k)}; this model's are {shape}")
+        try:
+            self.read((0, 0))
+        except ExpertLoadError as error:
+            raise UnsupportedModel(str(error)) from error
+
+    def check(self, key: Key) -> None:
+        if not self._names.contains(key):
+            raise ExpertLoadError(f"expert {key} is not in {self._where}")
+
+    def read(self, key: Key) -> List[torch.Tensor]:
+        self.check(key)
+        try:
+            header, data = fetch_described_expert(
+                self._stub, self._model, self._names.layers[key[0]], key[1],
+                timeout=self._timeout, cache=self._cache)
+        except (ExpertDataLoss, grpc.RpcError) as error:
+            details = error.details() if isinstance(error, grpc.RpcError) else str(error)
+            raise ExpertLoadError(f"expert {key} from {self._where}: {details}") from error
+        described, parts, offset = {}, {}, 0
+        view = memoryview(data)
+        for t in header.tensors:
+            described[t.name] = (t.dtype, tuple(t.shape))
+            parts[t.name] = (t.dtype, tuple(t.shape), view[offset:offset + t.size_bytes])
+            offset += t.size_bytes
+        wrong = self._names.mismatch(key, described)
+        if wrong:
+            raise ExpertLoadError(f"expert {key} from {self._where}: {wrong}")
+        return self._names.tensors(key, parts)
+
+    def close(self) -> None:
+        self._channel.close()

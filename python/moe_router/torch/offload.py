@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from moe_router import _engine
 from moe_router.torch.blocks import MoeBlock, UnsupportedModel, find_moe_blocks
-from moe_router.torch.checkpoint import CheckpointStore
+from moe_router.torch.checkpoint import CheckpointStore, ServerStore
 from moe_router.torch.pool import DevicePool, ExpertLoadError, HostStore
 
 PREFETCH_MODES = ("gate_guess", "coactivation", None)
@@ -59,19 +59,23 @@ class Offload:
     def __init__(self, model: nn.Module, blocks: List[MoeBlock], budget_bytes: int,
                  device: torch.device, server: Optional[str], bonus: Optional[float],
                  prefetch: Optional[str], record: Optional[str], eviction_policy: str,
-                 model_name: str, checkpoint: Optional[str]):
+                 model_name: str, checkpoint: Optional[str], expert_server: Optional[str]):
         self.model = model
         self.blocks = blocks
         self.device = device
         self.prefetch_mode = prefetch
         first = blocks[0]
         self.num_experts, self.top_k = first.num_experts, first.top_k
-        if checkpoint is None:
+        self.model_name = model_name  # at the server, when there is one
+        self.cache_name = f"torch-{os.getpid()}-{id(self):x}"
+        self._moved = []  # the model's expert tensors are not read from elsewhere
+        if checkpoint is not None:
+            self.store = CheckpointStore(checkpoint, blocks)
+        elif expert_server is not None:
+            self.store = ServerStore(expert_server, model_name, blocks, self.cache_name)
+        else:
             self._moved = self._move_experts_to_host()
             self.store = self._build_store()
-        else:  # the model's expert tensors are not read
-            self._moved = []
-            self.store = CheckpointStore(checkpoint, blocks)
         self.expert_bytes = sum(int(np.prod(s)) for s in self.store.shapes) * \
             torch.empty((), dtype=self.store.dtype).element_size()
         slots = min(budget_bytes // self.expert_bytes, len(blocks) * self.num_experts)
@@ -81,8 +85,6 @@ class Offload:
                 f"bytes; a layer needs {self.top_k}")
         self.pool = DevicePool(self.store, slots, device)
         self.engine_budget = slots * self.expert_bytes
-        self.model_name = model_name  # at the server, when there is one
-        self.cache_name = f"torch-{os.getpid()}-{id(self):x}"
         self.engine = self._make_engine(server, bonus, eviction_policy, model_name,
                                         self.engine_budget)
         self._step = _engine.Step()
@@ -276,6 +278,8 @@ class Offload:
         for parent, child, original in self._originals:
             setattr(parent, child, original)
         self.pool.close()
+        if hasattr(self.store, "close"):
+            self.store.close()
         for param, device in self._moved:
             param.data = param.data.to(device)
         if self._recorder is not None:
@@ -292,7 +296,8 @@ class Offload:
 def offload_experts(model: nn.Module, budget_bytes: int, device="cpu", server: Optional[str] = None,
                     bonus: Optional[float] = None, prefetch: Optional[str] = "gate_guess",
                     record: Optional[str] = None, eviction_policy: str = "",
-                    model_name: Optional[str] = None, checkpoint: Optional[str] = None) -> Offload:
+                    model_name: Optional[str] = None, checkpoint: Optional[str] = None,
+                    expert_server: Optional[str] = None) -> Offload:
     """Pages `model`'s experts through a device pool of `budget_bytes`.
 
     bonus: the cache bonus (None: the model's setting, moe-router's default
@@ -306,8 +311,12 @@ def offload_experts(model: nn.Module, budget_bytes: int, device="cpu", server: O
     trace `moe-router replay` reads. checkpoint: a directory of safetensors
     files to read the experts from (checksum-verified, on each load) instead
     of the model's own expert tensors, which are then never read; it must
-    match the model's names, shapes and dtype.
+    match the model's names, shapes and dtype. expert_server: a moe-routerd
+    address to fetch the experts from instead (FetchExpert, verified), where
+    an operator registered `model_name` on the model's checkpoint.
     """
+    if checkpoint is not None and expert_server is not None:
+        raise ValueError("the experts come from a checkpoint or from an expert_server, not both")
     if prefetch not in PREFETCH_MODES:
         raise ValueError(f"prefetch must be one of {PREFETCH_MODES}, not {prefetch!r}")
     if prefetch == "coactivation" and server is None:
@@ -319,4 +328,4 @@ def offload_experts(model: nn.Module, budget_bytes: int, device="cpu", server: O
     blocks = find_moe_blocks(model)
     name = model_name or type(model).__name__.replace("ForCausalLM", "").lower() or "model"
     return Offload(model, blocks, int(budget_bytes), torch.device(device), server, bonus,
-                   prefetch, record, eviction_policy, name, checkpoint)
+                   prefetch, record, eviction_policy, name, checkpoint, expert_server)
