@@ -114,14 +114,15 @@ def fetch_expert(stub, model, layer, expert, timeout=60, cache="", attempt_timeo
     did not match. An attempt that fails as a lost replica does (or runs
     past `attempt_timeout` seconds) is repeated until `timeout`: a fetch
     changes nothing on the server. `on_repeat()` is called for each repeat."""
-    return fetch_described_expert(stub, model, layer, expert, timeout, cache, attempt_timeout,
-                                  on_repeat)[1]
+    return bytes(fetch_described_expert(stub, model, layer, expert, timeout, cache,
+                                        attempt_timeout, on_repeat)[1])
 
 
 def fetch_described_expert(stub, model, layer, expert, timeout=60, cache="",
                            attempt_timeout=None, on_repeat=None):
-    """fetch_expert's bytes with the header chunk that describes them (the
-    tensors' names, dtypes, shapes and sizes, in order)."""
+    """fetch_expert's bytes, as a bytearray the caller owns (tensors can be
+    made over it without a copy), with the header chunk that describes them
+    (the tensors' names, dtypes, shapes and sizes, in order)."""
     what = f"expert L{layer}/E{expert}"
 
     def attempt(remaining):
@@ -158,7 +159,7 @@ def fetch_described_expert(stub, model, layer, expert, timeout=60, cache="",
         time.sleep(backoff)
         backoff = _next_backoff(backoff)
     verify_expert(header, data, what)
-    return header, bytes(data)
+    return header, data
 
 
 class WorkerCache:
