@@ -189,58 +189,45 @@ class PyLocalEngine : public PyEngine {
   std::unique_ptr<WorkerEngine> engine_;
 };
 
-}  // namespace
-}  // namespace moe_router
-
-PYBIND11_MODULE(_engine, m) {
-  using moe_router::PyEngine;
-  using moe_router::PyLocalEngine;
-  using moe_router::PyWorker;
-  using moe_router::WorkerStep;
-  m.doc() =
-      "The in-process worker engine: routing in the worker's process against its own memory, "
-      "learning from the fleet over a background stream (C++ InProcessWorker).";
+// Step: one layer call's answer, its buffers seen from numpy without a copy.
+void BindStep(py::module_& m) {
   py::class_<WorkerStep>(m, "Step",
                          "One layer call's answer. Its arrays are views of buffers the next "
                          "call with this step overwrites: copy what must outlive it.")
       .def(py::init<>())
       .def_property_readonly("tokens", [](const WorkerStep& s) { return s.batch.tokens; })
-      .def_property_readonly(
-          "experts",
-          [](py::object self) {
-            auto& s = self.cast<WorkerStep&>();
-            return moe_router::View(s.batch.experts, {s.batch.tokens, s.batch.top_k}, self);
-          })
-      .def_property_readonly(
-          "weights",
-          [](py::object self) {
-            auto& s = self.cast<WorkerStep&>();
-            return moe_router::View(s.batch.weights, {s.batch.tokens, s.batch.top_k}, self);
-          })
-      .def_property_readonly(
-          "resident",
-          [](py::object self) {
-            auto& s = self.cast<WorkerStep&>();
-            return moe_router::View(s.batch.resident, {s.batch.tokens, s.batch.top_k}, self);
-          })
+      .def_property_readonly("experts",
+                             [](py::object self) {
+                               auto& s = self.cast<WorkerStep&>();
+                               return View(s.batch.experts, {s.batch.tokens, s.batch.top_k}, self);
+                             })
+      .def_property_readonly("weights",
+                             [](py::object self) {
+                               auto& s = self.cast<WorkerStep&>();
+                               return View(s.batch.weights, {s.batch.tokens, s.batch.top_k}, self);
+                             })
+      .def_property_readonly("resident",
+                             [](py::object self) {
+                               auto& s = self.cast<WorkerStep&>();
+                               return View(s.batch.resident, {s.batch.tokens, s.batch.top_k}, self);
+                             })
       .def_property_readonly(
           "evictions",
-          [](py::object self) {
-            return moe_router::Keys(self.cast<WorkerStep&>().cache.evictions, self);
-          },
+          [](py::object self) { return Keys(self.cast<WorkerStep&>().cache.evictions, self); },
           "(n, 2) layer, expert: drop these first")
       .def_property_readonly(
           "urgent",
-          [](py::object self) {
-            return moe_router::Keys(self.cast<WorkerStep&>().cache.urgent, self);
-          },
+          [](py::object self) { return Keys(self.cast<WorkerStep&>().cache.urgent, self); },
           "(n, 2): load before computing the layer")
       .def_property_readonly(
           "prefetch",
-          [](py::object self) {
-            return moe_router::Keys(self.cast<WorkerStep&>().cache.prefetch, self);
-          },
+          [](py::object self) { return Keys(self.cast<WorkerStep&>().cache.prefetch, self); },
           "(n, 2): load ahead");
+}
+
+// The engines: the per-layer calls they share, the service-backed worker and
+// the engine on its own.
+void BindEngines(py::module_& m) {
   py::class_<PyEngine>(m, "Engine", "The per-layer calls every engine answers.")
       .def("route", &PyEngine::Route, py::arg("layer"), py::arg("logits"), py::arg("step"),
            "Routes one layer's float32 (tokens, num_experts) logits into step, without copying "
@@ -259,7 +246,7 @@ PYBIND11_MODULE(_engine, m) {
       .def("flush", &PyWorker::Flush, py::arg("timeout_s") = 10.0)
       .def("control_stats", &PyWorker::ControlStatsDict)
       .def("close", &PyWorker::Close);
-  moe_router::RouterConfig defaults;
+  RouterConfig defaults;
   py::class_<PyLocalEngine, PyEngine>(m, "LocalEngine")
       .def(py::init<uint32_t, uint32_t, uint32_t, uint64_t, uint64_t, double, const std::string&,
                     double, uint32_t, uint32_t, double>(),
@@ -271,5 +258,16 @@ PYBIND11_MODULE(_engine, m) {
            py::arg("max_rank") = defaults.max_rank,
            py::arg("min_gate_mass") = defaults.min_gate_mass)
       .def("close", &PyLocalEngine::Close);
+}
+
+}  // namespace
+}  // namespace moe_router
+
+PYBIND11_MODULE(_engine, m) {
+  m.doc() =
+      "The in-process worker engine: routing in the worker's process against its own memory, "
+      "learning from the fleet over a background stream (C++ InProcessWorker).";
+  moe_router::BindStep(m);
+  moe_router::BindEngines(m);
   moe_router::BindCheckpointStore(m);
 }

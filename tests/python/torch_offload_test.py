@@ -232,6 +232,17 @@ def test_a_mismatched_checkpoint_is_refused_by_name(tmp_path):
         offload_experts(model, 1 << 20, checkpoint=str(tmp_path / "nowhere"))
 
 
+def expect_layer_one_fails(model, handle, match):
+    """A forward pass whose layer-1 loads all fail: ExpertLoadError saying
+    `match`, and after it the pool and the engine's view alike, holding
+    layer 0's experts only."""
+    with pytest.raises(ExpertLoadError, match=match):
+        with torch.no_grad():
+            model(torch.tensor([[1, 2, 3]]))
+    assert handle.holds() == handle.engine_view()
+    assert all(layer == 0 for layer, _ in handle.holds())
+
+
 def test_a_checkpoint_corrupted_after_opening_fails_the_load_by_tensor(tmp_path):
     model = make_model("mixtral", layers=2)
     path = tmp_path / "model.safetensors"
@@ -245,11 +256,7 @@ def test_a_checkpoint_corrupted_after_opening_fails_the_load_by_tensor(tmp_path)
                 byte = f.read(1)[0]
                 f.seek(-1, os.SEEK_CUR)
                 f.write(bytes([byte ^ 0xFF]))
-        with pytest.raises(ExpertLoadError, match=r"checksum mismatch .*experts\.\d\.w2\.weight"):
-            with torch.no_grad():
-                model(torch.tensor([[1, 2, 3]]))
-        assert handle.holds() == handle.engine_view()
-        assert all(layer == 0 for layer, _ in handle.holds())
+        expect_layer_one_fails(model, handle, r"checksum mismatch .*experts\.\d\.w2\.weight")
     finally:
         handle.close()
 
@@ -338,13 +345,9 @@ def test_a_lying_fetch_expert_fails_the_load_by_name_and_leaves_pool_and_view_al
     handle = offload_experts(model, budget_bytes=4 * expert_bytes(model), bonus=0,
                              prefetch=None, expert_server=address, model_name="tiny-lied-about")
     try:
-        with pytest.raises(ExpertLoadError,
-                           match=r"DATA_LOSS: expert L1/E\d: tensor '.*' arrived with a different "
-                                 r"checksum"):
-            with torch.no_grad():
-                model(torch.tensor([[1, 2, 3]]))
-        assert handle.holds() == handle.engine_view()
-        assert all(layer == 0 for layer, _ in handle.holds())
+        expect_layer_one_fails(
+            model, handle,
+            r"DATA_LOSS: expert L1/E\d: tensor '.*' arrived with a different checksum")
     finally:
         handle.close()
         relay.stop(None)

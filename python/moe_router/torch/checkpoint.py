@@ -21,8 +21,8 @@ import torch
 
 from moe_router import _engine
 from moe_router.torch.blocks import MoeBlock, UnsupportedModel
+from moe_router.torch.fleet import registered_spec, shape_mismatch
 from moe_router.torch.pool import ExpertLoadError, Key
-from moe_router.v1 import moe_router_pb2 as pb
 from moe_router.v1 import moe_router_pb2_grpc as pb_grpc
 from moe_router.worker_cache import ExpertDataLoss, fetch_described_expert
 
@@ -68,9 +68,11 @@ class ExpertNames:
         block = self._blocks[key[0]]
         return [f"{block.name}.{n}" for n in block.checkpoint_names(key[1])]
 
-    def contains(self, key: Key) -> bool:
+    def check(self, key: Key, where: str) -> None:
+        """ExpertLoadError unless the model has expert `key`."""
         layer, expert = key
-        return 0 <= layer < len(self._blocks) and 0 <= expert < self._blocks[layer].num_experts
+        if not (0 <= layer < len(self._blocks) and 0 <= expert < self._blocks[layer].num_experts):
+            raise ExpertLoadError(f"expert {key} is not in {where}")
 
     def mismatch(self, key: Key, described: Described):
         """What differs between the store's tensors of `key` and the model's,
@@ -117,8 +119,7 @@ class CheckpointStore:
             raise UnsupportedModel(f"checkpoint {directory}: {error}") from error
 
     def check(self, key: Key) -> None:
-        if not self._names.contains(key):
-            raise ExpertLoadError(f"expert {key} is not in the checkpoint")
+        self._names.check(key, "the checkpoint")
 
     def read(self, key: Key) -> List[torch.Tensor]:
         self.check(key)
@@ -146,27 +147,23 @@ class ServerStore:
         self._channel = grpc.insecure_channel(address)
         self._stub = pb_grpc.MoeRouterStub(self._channel)
         try:
-            listed = self._stub.ListModels(pb.ListModelsRequest(), timeout=timeout)
+            spec = registered_spec(self._stub, model, timeout)
         except grpc.RpcError as error:
             raise UnsupportedModel(f"{self._where}: {error.details()}") from error
-        spec = next((m.spec for m in listed.models if m.spec.name == model), None)
         if spec is None:
             raise UnsupportedModel(
                 f"{self._where} is not registered: FetchExpert serves a model registered there "
                 f"on its checkpoint")
-        shape = (len(blocks), blocks[0].num_experts, blocks[0].top_k)
-        if (spec.num_layers, spec.num_experts, spec.top_k) != shape:
-            raise UnsupportedModel(
-                f"{self._where} has (layers, experts, top_k) "
-                f"{(spec.num_layers, spec.num_experts, spec.top_k)}; this model's are {shape}")
+        wrong = shape_mismatch(spec, (len(blocks), blocks[0].num_experts, blocks[0].top_k))
+        if wrong:
+            raise UnsupportedModel(f"{self._where} {wrong}")
         try:
             self.read((0, 0))
         except ExpertLoadError as error:
             raise UnsupportedModel(str(error)) from error
 
     def check(self, key: Key) -> None:
-        if not self._names.contains(key):
-            raise ExpertLoadError(f"expert {key} is not in {self._where}")
+        self._names.check(key, self._where)
 
     def read(self, key: Key) -> List[torch.Tensor]:
         self.check(key)

@@ -1,7 +1,7 @@
 """Registering an offloaded model with moe-routerd, so its workers learn
 together over the Learn stream."""
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import grpc
 
@@ -25,6 +25,21 @@ def model_spec(name: str, num_layers: int, num_experts: int, top_k: int, expert_
     return spec
 
 
+def registered_spec(stub, name: str, timeout: float) -> Optional[pb.ModelSpec]:
+    """The spec of the model `name` registered at the stub's server, or None."""
+    listed = stub.ListModels(pb.ListModelsRequest(), timeout=timeout)
+    return next((m.spec for m in listed.models if m.spec.name == name), None)
+
+
+def shape_mismatch(spec: pb.ModelSpec, shape: Tuple[int, int, int]) -> Optional[str]:
+    """How a registered model's (layers, experts, top_k) differs from
+    `shape`, or None."""
+    theirs = (spec.num_layers, spec.num_experts, spec.top_k)
+    if theirs == tuple(shape):
+        return None
+    return f"has (layers, experts, top_k) {theirs}; this model's are {tuple(shape)}"
+
+
 def register_model(server: str, spec: pb.ModelSpec, timeout: float = 10.0) -> None:
     """Registers `spec` at `server`, unless a model of that name is there
     already: then the operator's model is used as it is (its router and
@@ -33,17 +48,13 @@ def register_model(server: str, spec: pb.ModelSpec, timeout: float = 10.0) -> No
     with grpc.insecure_channel(server) as channel:
         stub = pb_grpc.MoeRouterStub(channel)
         try:
-            listed = stub.ListModels(pb.ListModelsRequest(), timeout=timeout)
-            existing = next((m.spec for m in listed.models if m.spec.name == spec.name), None)
+            existing = registered_spec(stub, spec.name, timeout)
             if existing is None:
                 stub.RegisterModel(pb.RegisterModelRequest(spec=spec), timeout=timeout)
                 return
         except grpc.RpcError as error:
             raise RuntimeError(f"registering model '{spec.name}' at {server}: "
                                f"{error.details()}") from error
-    shape = (spec.num_layers, spec.num_experts, spec.top_k)
-    theirs = (existing.num_layers, existing.num_experts, existing.top_k)
-    if theirs != shape:
-        raise RuntimeError(
-            f"model '{spec.name}' at {server} has (layers, experts, top_k) {theirs}; this "
-            f"model's are {shape}")
+    wrong = shape_mismatch(existing, (spec.num_layers, spec.num_experts, spec.top_k))
+    if wrong:
+        raise RuntimeError(f"model '{spec.name}' at {server} {wrong}")
