@@ -22,6 +22,7 @@ absl::Status RouterConfig::Validate() const {
     return absl::InvalidArgumentError(
         absl::StrFormat("router.top_k (%d) must be <= %d", top_k, kMaxRank));
   }
+  if (absl::Status s = rule.Validate(num_experts, top_k); !s.ok()) return s;
   if (!std::isfinite(cache_bonus) || cache_bonus < 0) {
     return absl::InvalidArgumentError(
         absl::StrFormat("router.cache_bonus must be finite and >= 0, got %g", cache_bonus));
@@ -87,19 +88,31 @@ absl::Status ValidateLogits(absl::Span<const float> logits, uint32_t num_experts
 namespace {
 // A mask of positions [0, n), n <= 64.
 inline uint64_t LowBits(uint32_t n) { return n >= 64 ? ~uint64_t{0} : (uint64_t{1} << n) - 1; }
+// Rows a rule with choice scores scores at once: its scratch stays
+// kScoreChunk x num_experts floats twice, whatever the batch.
+constexpr uint32_t kScoreChunk = 64;
 }  // namespace
 
 absl::StatusOr<LayerRouter> LayerRouter::Create(const RouterConfig& config,
-                                                const AffinityConfig& affinity) {
+                                                const AffinityConfig& affinity,
+                                                absl::Span<const float> choice_bias) {
   if (absl::Status s = config.Validate(); !s.ok()) return s;
   if (absl::Status s = affinity.Validate(); !s.ok()) return s;
-  return LayerRouter(config, affinity);
+  if (absl::Status s = ValidateChoiceBias(config.rule, choice_bias, 1, config.num_experts);
+      !s.ok()) {
+    return s;
+  }
+  return LayerRouter(config, affinity, choice_bias);
 }
 
-LayerRouter::LayerRouter(const RouterConfig& config, const AffinityConfig& affinity)
+LayerRouter::LayerRouter(const RouterConfig& config, const AffinityConfig& affinity,
+                         absl::Span<const float> choice_bias)
     : config_(config),
       max_rank_(config.EffectiveMaxRank()),
       affinity_(std::make_unique<ExpertAffinity>(config.num_experts, affinity)),
+      scorer_(config.rule.ChoosesOnLogits()
+                  ? nullptr
+                  : std::make_unique<ChoiceScorer>(config.rule, config.num_experts, choice_bias)),
       selector_(config.num_experts, max_rank_),
       original_(LowBits(config.top_k)),
       protected_(LowBits(config.protected_top)),
@@ -145,21 +158,21 @@ void LayerRouter::ApplyRangeChange(const RangeChange& change) {
   }
 }
 
-uint64_t LayerRouter::ChooseWithBonus(float bonus, uint64_t res_mask, const uint32_t* id,
-                                      const float* logit) const {
+uint64_t LayerRouter::ChooseWithBonus(float bonus, uint64_t res_mask, uint64_t eligible,
+                                      const uint32_t* id, const float* value) const {
   // Past the protected prefix, resident and absent candidates each stay in
-  // descending logit order, and the bonus shifts a whole list by the same
+  // descending choice order, and the bonus shifts a whole list by the same
   // amount: the best k - protect come from merging the two lists, taking
   // each list's lowest remaining position.
-  uint64_t resident = res_mask & unprotected_;
-  uint64_t absent = ~res_mask & unprotected_;
+  uint64_t resident = res_mask & eligible;
+  uint64_t absent = ~res_mask & eligible;
   uint64_t chosen = protected_;
   for (uint32_t s = config_.protected_top; s < config_.top_k; ++s) {
     // r >= k, so at most one list runs dry; a dry list never wins.
     const uint32_t pr = resident != 0 ? static_cast<uint32_t>(__builtin_ctzll(resident)) : 0;
     const uint32_t pa = absent != 0 ? static_cast<uint32_t>(__builtin_ctzll(absent)) : 0;
-    const float a = resident != 0 ? logit[pr] + bonus : -std::numeric_limits<float>::infinity();
-    const float b = absent != 0 ? logit[pa] : -std::numeric_limits<float>::infinity();
+    const float a = resident != 0 ? value[pr] + bonus : -std::numeric_limits<float>::infinity();
+    const float b = absent != 0 ? value[pa] : -std::numeric_limits<float>::infinity();
     const bool take_resident = a > b || (a == b && id[pr] < id[pa]);
     const uint64_t bit = take_resident ? resident & -resident : absent & -absent;
     chosen |= bit;
@@ -180,7 +193,36 @@ struct GuardSettings {
   uint64_t original;  // positions of the original top-k
   float min_mass;
   float prefetch_ratio;
+  // The rule's weights: the chosen unnormalised weights over the
+  // normalisation, times the scaling.
+  Normalization normalization;
+  float normalization_param;
+  float scaling;
 };
+
+// What a token's weights are divided by: `kept` is their sum.
+[[gnu::always_inline]] inline float WeightDenominator(const GuardSettings& g, const float* weight,
+                                                      uint64_t chosen, float kept) {
+  switch (g.normalization) {
+    case Normalization::kNone:
+      return 1.0f;
+    case Normalization::kSum:
+      return kept;
+    case Normalization::kSumPlusEpsilon:
+      return kept + g.normalization_param;
+    case Normalization::kSumClamped:
+      return kept > g.normalization_param ? kept : g.normalization_param;
+    case Normalization::kPNorm: {
+      if (g.normalization_param == 1.0f) return kept;
+      float sum = 0;
+      for (uint64_t m = chosen; m != 0; m &= m - 1) {
+        sum += std::pow(weight[__builtin_ctzll(m)], g.normalization_param);
+      }
+      return std::pow(sum, 1.0f / g.normalization_param);
+    }
+  }
+  return kept;
+}
 
 struct BatchTotals {
   uint64_t hits = 0;
@@ -212,14 +254,15 @@ struct BatchTotals {
   return chosen;
 }
 
-// Writes a token's chosen experts in ascending position (descending
-// original probability), whether each was resident, and their weights
-// renormalised over `kept`; returns the resident ones.
-[[gnu::always_inline]] inline uint32_t WriteToken(const uint32_t* id, const float* prob,
-                                                  uint64_t chosen, uint64_t res_mask, float kept,
-                                                  uint32_t* experts, uint8_t* resident,
-                                                  float* weights) {
-  const float inv = 1.0f / kept;
+// Writes a token's chosen experts in ascending position (the rule's
+// original order), whether each was resident, and their weights (the
+// unnormalised ones over the rule's denominator, scaled); returns the
+// resident ones.
+[[gnu::always_inline]] inline uint32_t WriteToken(const GuardSettings& g, const uint32_t* id,
+                                                  const float* prob, uint64_t chosen,
+                                                  uint64_t res_mask, float kept, uint32_t* experts,
+                                                  uint8_t* resident, float* weights) {
+  const float inv = 1.0f / WeightDenominator(g, prob, chosen, kept);
   uint32_t hits = 0;
   uint32_t i = 0;
   for (uint64_t m = chosen; m != 0; m &= m - 1, ++i) {
@@ -230,15 +273,18 @@ struct BatchTotals {
     hits += hit;
     weights[i] = prob[p] * inv;
   }
+  if (g.scaling != 1.0f) {
+    for (uint32_t j = 0; j < i; ++j) weights[j] *= g.scaling;
+  }
   return hits;
 }
 
-// Marks the token's strong unchosen runners-up (probability at least
-// `ratio` of the top's) in the batch's prefetch bits.
+// Marks the token's strong unchosen runners-up (unnormalised weight at
+// least `ratio` of the top candidate's) in the batch's prefetch bits.
 [[gnu::always_inline]] inline void MarkRunnersUp(const uint32_t* id, const float* prob, uint32_t r,
                                                  uint64_t chosen, float ratio,
                                                  uint64_t* prefetch_bits) {
-  const uint64_t strong = MaskAtLeast(prob, r, ratio) & ~uint64_t{1};
+  const uint64_t strong = MaskAtLeast(prob, r, ratio * prob[0]) & ~uint64_t{1};
   for (uint64_t m = strong & ~chosen; m != 0; m &= m - 1) {
     const uint32_t e = id[__builtin_ctzll(m)];
     prefetch_bits[e / 64] |= uint64_t{1} << (e % 64);
@@ -257,8 +303,9 @@ BatchTotals GuardAndWrite(const GuardSettings& g, uint32_t tokens, const uint32_
     const float* prob = probs + size_t{t} * g.r;
     float kept;
     const uint64_t chosen = GuardedChoice(prob, choices[t], g, &kept, &totals);
-    totals.hits += WriteToken(id, prob, chosen, res_masks[t], kept, out_experts + size_t{t} * g.k,
-                              out_resident + size_t{t} * g.k, out_weights + size_t{t} * g.k);
+    totals.hits +=
+        WriteToken(g, id, prob, chosen, res_masks[t], kept, out_experts + size_t{t} * g.k,
+                   out_resident + size_t{t} * g.k, out_weights + size_t{t} * g.k);
     if (g.prefetch_ratio > 0) MarkRunnersUp(id, prob, g.r, chosen, g.prefetch_ratio, prefetch_bits);
   }
   return totals;
@@ -284,12 +331,44 @@ bool LayerRouter::SelectCandidates(absl::Span<const float> logits) {
   batch_lowest_.resize(tokens);
   batch_res_.resize(tokens);
   batch_chosen_.resize(tokens);
-  return selector_.SelectRows(logits.data(), tokens, batch_id_.data(), batch_relative_.data(),
-                              batch_lowest_.data());
+  if (scorer_ == nullptr) {
+    return selector_.SelectRows(logits.data(), tokens, batch_id_.data(), batch_relative_.data(),
+                                batch_lowest_.data());
+  }
+  if (!AllFinite(logits.data(), logits.size())) return false;
+  SelectByChoiceScores(logits, tokens);
+  return true;
+}
+
+void LayerRouter::SelectByChoiceScores(absl::Span<const float> logits, uint32_t tokens) {
+  const uint32_t n = config_.num_experts, r = max_rank_;
+  batch_score_.resize(size_t{tokens} * r);
+  batch_range_.resize(tokens);
+  chunk_choice_.resize(size_t{std::min(tokens, kScoreChunk)} * n);
+  chunk_scores_.resize(chunk_choice_.size());
+  for (uint32_t first = 0; first < tokens; first += kScoreChunk) {
+    const uint32_t count = std::min(kScoreChunk, tokens - first);
+    scorer_->Score(logits.data() + size_t{first} * n, count, chunk_choice_.data(),
+                   chunk_scores_.data(), batch_range_.data() + first);
+    // Finite logits make finite choice scores.
+    const size_t at = size_t{first} * r;
+    (void)selector_.SelectRows(chunk_choice_.data(), count, batch_id_.data() + at,
+                               batch_relative_.data() + at, batch_lowest_.data() + first);
+    for (uint32_t t = 0; t < count; ++t) {
+      const uint32_t* id = batch_id_.data() + at + size_t{t} * r;
+      float* score = batch_score_.data() + at + size_t{t} * r;
+      const float* row = chunk_scores_.data() + size_t{t} * n;
+      for (uint32_t p = 0; p < r; ++p) score[p] = row[id[p]];
+    }
+  }
 }
 
 double LayerRouter::RangeSum(uint32_t tokens) const {
   double sum = 0;
+  if (scorer_ != nullptr) {
+    for (uint32_t t = 0; t < tokens; ++t) sum += batch_range_[t];
+    return sum;
+  }
   for (uint32_t t = 0; t < tokens; ++t)
     sum += batch_relative_[size_t{t} * max_rank_] - batch_lowest_[t];
   return sum;
@@ -297,9 +376,16 @@ double LayerRouter::RangeSum(uint32_t tokens) const {
 
 void LayerRouter::Choose(uint32_t tokens, const std::atomic<uint8_t>* resident, float bonus) {
   const uint32_t r = max_rank_;
+  // Experts of excluded groups can only be candidates past every real one;
+  // they are never taken for a bonus.
+  const bool exclusion = scorer_ != nullptr && config_.rule.HasGroups() &&
+                         config_.rule.masked_groups == MaskedGroups::kExcluded;
+  // A softmax's numerators are taken relative to the top logit.
+  const bool relative_logits =
+      scorer_ == nullptr && config_.rule.selection != Selection::kTopKThenSigmoid;
   for (uint32_t t = 0; t < tokens; ++t) {
     const uint32_t* id = batch_id_.data() + size_t{t} * r;
-    float* logit = batch_relative_.data() + size_t{t} * r;
+    float* value = batch_relative_.data() + size_t{t} * r;
     uint64_t res_mask = 0;
     if (resident != nullptr) {
       for (uint32_t p = 0; p < r; ++p) {
@@ -307,11 +393,43 @@ void LayerRouter::Choose(uint32_t tokens, const std::atomic<uint8_t>* resident, 
       }
     }
     batch_res_[t] = res_mask;
-    batch_chosen_[t] = bonus > 0 ? ChooseWithBonus(bonus, res_mask, id, logit) : original_;
-    // Logits relative to the top expert, exponentiated next.
-    const float top = logit[0];
-    for (uint32_t p = 0; p < r; ++p) logit[p] -= top;
+    if (bonus > 0) {
+      const uint64_t eligible =
+          exclusion ? unprotected_ & MaskAtLeast(value, r, scorer_->masked_value() * 0.5f)
+                    : unprotected_;
+      batch_chosen_[t] = ChooseWithBonus(bonus, res_mask, eligible, id, value);
+    } else {
+      batch_chosen_[t] = original_;
+    }
+    if (relative_logits) {
+      // Logits relative to the top expert, exponentiated next.
+      const float top = value[0];
+      for (uint32_t p = 0; p < r; ++p) value[p] -= top;
+    }
   }
+}
+
+const float* LayerRouter::UnnormalisedWeights(uint32_t tokens) {
+  if (scorer_ != nullptr) return batch_score_.data();
+  float* weight = batch_relative_.data();
+  const size_t count = batch_relative_.size();
+  if (config_.rule.selection == Selection::kTopKThenSigmoid) {
+    // The candidates' logits as selected (Choose left them as they are).
+    for (size_t i = 0; i < count; ++i) weight[i] = Sigmoid(weight[i]);
+    return weight;
+  }
+  // Softmax numerators relative to the top expert's, vectorised over the
+  // batch: only the original top-r are exponentiated, never all experts...
+  ExpNonPositiveBatch(weight, count);
+  if (config_.rule.NeedsSoftmaxDenominator()) {
+    // ...unless the weights are probabilities themselves.
+    const uint32_t r = max_rank_;
+    for (uint32_t t = 0; t < tokens; ++t) {
+      const float denominator = batch_denominator_[t];
+      for (uint32_t p = 0; p < r; ++p) weight[size_t{t} * r + p] /= denominator;
+    }
+  }
+  return weight;
 }
 
 absl::Status LayerRouter::Route(absl::Span<const float> logits,
@@ -320,8 +438,8 @@ absl::Status LayerRouter::Route(absl::Span<const float> logits,
   if (absl::Status s = ValidateLogitsShape(logits, n); !s.ok()) return s;
   const uint32_t k = config_.top_k;
   const uint32_t tokens = static_cast<uint32_t>(logits.size() / n);
-  // Phase 1, per token: the candidates (original top-r), every logit
-  // checked on the way. Nothing has changed yet if one is not finite.
+  // Phase 1, per token: the candidates (the rule's original top-r), every
+  // logit checked on the way. Nothing has changed yet if one is not finite.
   if (!SelectCandidates(logits)) return ValidateLogits(logits, n);
   out->tokens = tokens;
   out->top_k = k;
@@ -329,6 +447,13 @@ absl::Status LayerRouter::Route(absl::Span<const float> logits,
   out->weights.resize(size_t{tokens} * k);
   out->resident.resize(size_t{tokens} * k);
   out->prefetch.clear();
+  if (scorer_ == nullptr && config_.rule.NeedsSoftmaxDenominator()) {
+    batch_denominator_.resize(tokens);
+    for (uint32_t t = 0; t < tokens; ++t) {
+      batch_denominator_[t] = SoftmaxDenominator(logits.data() + size_t{t} * n, n,
+                                                 batch_relative_[size_t{t} * max_rank_]);
+    }
+  }
 
   // One bonus for the batch, from the running range as of its start, so
   // tokens do not wait on each other. With max_rank == top_k the bonus has
@@ -340,17 +465,21 @@ absl::Status LayerRouter::Route(absl::Span<const float> logits,
   // Per token: which candidates are resident, and the tentative choice.
   Choose(tokens, resident, bonus);
   out->range_change = UpdateRange(range_sum, tokens, range_seen);
-  // Phase 2, over the batch (vectorised): each candidate's original
-  // probability relative to the top expert's. Only the original top-r are
-  // exponentiated, never a softmax over all experts.
-  ExpNonPositiveBatch(batch_relative_.data(), batch_relative_.size());
+  // Phase 2, over the batch: each candidate's unnormalised weight.
+  const float* weights = UnnormalisedWeights(tokens);
   // Phase 3, per token: the mass guard and the outputs.
-  const GuardSettings guard{k, max_rank_, original_, static_cast<float>(config_.min_gate_mass),
-                            static_cast<float>(config_.prefetch_threshold)};
-  const BatchTotals totals =
-      GuardAndWrite(guard, tokens, batch_id_.data(), batch_relative_.data(), batch_res_.data(),
-                    batch_chosen_.data(), prefetch_bits_.data(), out->experts.data(),
-                    out->resident.data(), out->weights.data());
+  const RoutingRule& rule = config_.rule;
+  const GuardSettings guard{k,
+                            max_rank_,
+                            original_,
+                            static_cast<float>(config_.min_gate_mass),
+                            static_cast<float>(config_.prefetch_threshold),
+                            rule.normalization,
+                            static_cast<float>(rule.normalization_param),
+                            static_cast<float>(rule.scaling)};
+  const BatchTotals totals = GuardAndWrite(
+      guard, tokens, batch_id_.data(), weights, batch_res_.data(), batch_chosen_.data(),
+      prefetch_bits_.data(), out->experts.data(), out->resident.data(), out->weights.data());
   out->hits = totals.hits;
   out->misses = uint64_t{tokens} * k - totals.hits;
   out->changed_tokens = totals.changed_tokens;

@@ -9,6 +9,8 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "core/routing/affinity.h"
+#include "core/routing/choice_scores.h"
+#include "core/routing/routing_rule.h"
 #include "core/routing/top_select.h"
 
 namespace moe_router {
@@ -30,13 +32,19 @@ struct RouterConfig {
   uint32_t num_experts = 8;
   /// At most kMaxRank.
   uint32_t top_k = 2;
-  /// Favour resident experts by `cache_bonus` in the selection score.
+  /// How the model chooses and weighs its experts (routing_rule.h). The
+  /// bonus is added where the rule chooses (the logits, or the biased and
+  /// group-limited scores), the guard ranks by the rule's own original
+  /// order, and the weights are always the rule's for the chosen experts.
+  RoutingRule rule;
+  /// Favour resident experts by `cache_bonus` in the choice score.
   bool memory_aware = true;
   double cache_bonus = 0.75;
   BonusMode bonus_mode = BonusMode::kRelative;
-  /// Unchosen experts whose probability is at least this fraction of the top
-  /// expert's become prefetch requests (a ratio, so no softmax over all
-  /// experts is needed). 0 disables.
+  /// Unchosen candidates whose unnormalised weight (probability, or sigmoid
+  /// score) is at least this fraction of the top candidate's become prefetch
+  /// requests (a ratio, so no softmax over all experts is needed). 0
+  /// disables.
   double prefetch_threshold = 0.5;
   /// Quality guard: the original top `protected_top` experts are always
   /// chosen, whatever the bonus.
@@ -46,8 +54,10 @@ struct RouterConfig {
   /// [top_k, kMaxRank].
   uint32_t max_rank = 0;
   /// Quality guard: a token is rerouted only if its chosen experts keep at
-  /// least this fraction of the original top-k's probability; otherwise it
-  /// keeps its original top-k. 0 disables.
+  /// least this fraction of the original top-k's unnormalised weight (the
+  /// rule's weights before normalisation and scaling: probabilities, sigmoid
+  /// scores, or e^logit for a softmax over the chosen); otherwise it keeps
+  /// its original top-k. 0 disables.
   double min_gate_mass = 0.7;
   /// Weight of each token's range in the running mean range (folded in
   /// once per batch; the bonus of a batch uses the range as of its start).
@@ -74,9 +84,11 @@ struct RangeChange {
 struct RouteResult {
   uint32_t tokens = 0;
   uint32_t top_k = 0;
-  /// tokens x top_k, row-major; per token in descending original probability.
+  /// tokens x top_k, row-major; per token in the rule's original order
+  /// (descending choice score).
   std::vector<uint32_t> experts;
-  /// The original softmax probabilities of the chosen experts, renormalised.
+  /// The rule's weights of the chosen experts: their unbiased scores,
+  /// normalised and scaled as the rule says.
   std::vector<float> weights;
   /// Whether each chosen expert was resident when it was chosen.
   std::vector<uint8_t> resident;
@@ -84,8 +96,8 @@ struct RouteResult {
   std::vector<uint32_t> prefetch;
   /// Tokens whose chosen set differs from the original top-k.
   uint32_t changed_tokens = 0;
-  /// Sum and minimum over tokens of the gate mass retained: the original
-  /// probability of the chosen experts over that of the original top-k.
+  /// Sum and minimum over tokens of the gate mass retained: the unnormalised
+  /// weight of the chosen experts over that of the original top-k.
   double gate_mass_sum = 0;
   double gate_mass_min = 1;
   /// Chosen experts that were resident / not resident.
@@ -99,17 +111,19 @@ struct RouteResult {
   }
 };
 
-/// Routes the tokens of one MoE layer: top-k over gate logits with a
+/// Routes the tokens of one MoE layer by the model's rule, with a
 /// cache-residency bonus under a quality guard, and learns the layer's expert
 /// affinity. One caller at a time (the owner serialises per layer).
 ///
-///   auto router = LayerRouter::Create(config, {});
+///   auto router = LayerRouter::Create(config, {}, layer_choice_bias);
 ///   RouteResult out;
 ///   router->Route(logits, resident_flags, &out);
 class LayerRouter {
  public:
+  /// `choice_bias`: the layer's num_experts biases when the rule has them.
   static absl::StatusOr<LayerRouter> Create(const RouterConfig& config,
-                                            const AffinityConfig& affinity);
+                                            const AffinityConfig& affinity,
+                                            absl::Span<const float> choice_bias = {});
 
   /// Routes `logits` (tokens x num_experts, row-major). `resident` has one
   /// flag per expert (nullptr: none resident). On error (bad length, NaN or
@@ -121,7 +135,8 @@ class LayerRouter {
   const RouterConfig& config() const { return config_; }
   const ExpertAffinity& affinity() const { return *affinity_; }
   ExpertAffinity& mutable_affinity() { return *affinity_; }
-  /// Running mean of the per-token logit range (0 before the first token).
+  /// Running mean of the per-token range of the choice scores: the logits'
+  /// max - min, or the biased scores' (0 before the first token).
   double mean_logit_range() const { return range_ema_; }
   /// Restores a saved running range, so the relative bonus survives a
   /// restart; 0 means none was seen yet.
@@ -134,11 +149,15 @@ class LayerRouter {
   void ApplyRangeChange(const RangeChange& change);
 
  private:
-  LayerRouter(const RouterConfig& config, const AffinityConfig& affinity);
+  LayerRouter(const RouterConfig& config, const AffinityConfig& affinity,
+              absl::Span<const float> choice_bias);
 
   RouterConfig config_;
   uint32_t max_rank_;
   std::unique_ptr<ExpertAffinity> affinity_;
+  // The choice scores of a rule that does not choose on the logits; null
+  // when it does.
+  std::unique_ptr<ChoiceScorer> scorer_;
   // The selection bonus for a batch (from the running range; the first
   // batch seeds it from its tokens' ranges, summed in `range_sum`).
   float BatchBonus(double range_sum, uint32_t tokens);
@@ -148,15 +167,24 @@ class LayerRouter {
   // Phase 1 of Route: selects each token's candidates into the batch
   // scratch; false when a logit is NaN or infinite.
   bool SelectCandidates(absl::Span<const float> logits);
-  // The sum over the batch's tokens of their logit range (top - lowest).
+  // SelectCandidates for a rule with choice scores: a chunk of tokens at a
+  // time, each candidate's unbiased score kept for the weights.
+  void SelectByChoiceScores(absl::Span<const float> logits, uint32_t tokens);
+  // The sum over the batch's tokens of their range (top - lowest choice
+  // score).
   double RangeSum(uint32_t tokens) const;
-  // Per token: which candidates are resident, the tentative choice, and the
-  // candidates' logits made relative to the token's top.
+  // Per token: which candidates are resident and the tentative choice; on
+  // the logits, the candidates' logits are then made relative to the top's.
   void Choose(uint32_t tokens, const std::atomic<uint8_t>* resident, float bonus);
   // The chosen candidate positions (a mask over the original ranks) with the
-  // bonus applied to the resident candidates in `res_mask`.
-  uint64_t ChooseWithBonus(float bonus, uint64_t res_mask, const uint32_t* id,
-                           const float* logit) const;
+  // bonus applied to the resident candidates in `res_mask`; only `eligible`
+  // positions past the protected prefix may be taken.
+  uint64_t ChooseWithBonus(float bonus, uint64_t res_mask, uint64_t eligible, const uint32_t* id,
+                           const float* value) const;
+  // Each candidate's unnormalised weight, from the relative logits Choose
+  // left (softmax numerators, sigmoid) or the unbiased scores kept by
+  // SelectByChoiceScores; returns where they are.
+  const float* UnnormalisedWeights(uint32_t tokens);
 
   double range_ema_ = 0;
   bool range_seen_ = false;
@@ -172,15 +200,24 @@ class LayerRouter {
   // Experts to prefetch, one bit each, collected over a batch.
   std::vector<uint64_t> prefetch_bits_;
   // Per-batch scratch, reused (one caller at a time). tokens x max_rank:
-  // candidate ids, and each candidate's logit relative to the top's (turned
-  // into its probability relative to the top's in place). Per token: the
-  // row minimum, and masks over candidate positions of the resident and of
-  // the chosen.
+  // candidate ids, and each candidate's choice score (on the logits, made
+  // relative to the top's and turned into its probability relative to the
+  // top's in place). Per token: the row minimum, and masks over candidate
+  // positions of the resident and of the chosen.
   std::vector<uint32_t> batch_id_;
   std::vector<float> batch_relative_;
   std::vector<float> batch_lowest_;
   std::vector<uint64_t> batch_res_;
   std::vector<uint64_t> batch_chosen_;
+  // With choice scores: tokens x max_rank unbiased scores of the candidates,
+  // per token the range of its choice scores, and one chunk's rows of choice
+  // and unbiased scores. A softmax whose weights need it: per token its
+  // denominator.
+  std::vector<float> batch_score_;
+  std::vector<float> batch_range_;
+  std::vector<float> chunk_choice_;
+  std::vector<float> chunk_scores_;
+  std::vector<float> batch_denominator_;
 };
 
 /// Checks a batch of logits' length only: a non-empty multiple of
