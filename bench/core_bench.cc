@@ -26,17 +26,36 @@ std::vector<float> MakeLogits(uint32_t tokens, uint32_t experts, uint32_t seed) 
   return logits;
 }
 
+// The routing rules the benchmarks take as a third argument, by index: the
+// default (Mixtral's softmax) first.
+constexpr const char* kBenchRules[] = {"mixtral",     "deepseek_v3", "glm4_moe", "gpt_oss",
+                                       "llama4",      "minimax_m2",  "ernie4_5", "qwen_no_norm",
+                                       "deepseek_v2", "dbrx"};
+
+// Choice biases of the size DeepSeek-V3's corrections have next to sigmoid
+// scores: enough to change some choices.
+std::vector<float> MakeBias(uint32_t experts) {
+  std::mt19937 rng(99);
+  std::normal_distribution<float> noise(0.0f, 0.05f);
+  std::vector<float> bias(experts);
+  for (float& b : bias) b = noise(rng);
+  return bias;
+}
+
 // Routes one layer batch per iteration with the default config (memory
 // aware, relative bonus, quality guard) over a half-resident cache; the
-// affinity update is included. Items are tokens.
-void RouteTokens(benchmark::State& state, bool memory_aware) {
+// affinity update is included. Items are tokens. Args: experts, top_k.
+void RouteTokens(benchmark::State& state, bool memory_aware, const char* rule = "mixtral") {
   const uint32_t experts = static_cast<uint32_t>(state.range(0));
   const uint32_t top_k = static_cast<uint32_t>(state.range(1));
   RouterConfig config;
   config.num_experts = experts;
   config.top_k = top_k;
   config.memory_aware = memory_aware;
-  auto router = LayerRouter::Create(config, AffinityConfig{});
+  config.rule = *RoutingRulePreset(rule);
+  const std::vector<float> bias =
+      config.rule.choice_bias ? MakeBias(experts) : std::vector<float>{};
+  auto router = LayerRouter::Create(config, AffinityConfig{}, bias);
   if (!router.ok()) {
     state.SkipWithError(std::string(router.status().message()).c_str());
     return;
@@ -55,6 +74,14 @@ void RouteTokens(benchmark::State& state, bool memory_aware) {
   }
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * kBatchTokens);
   state.counters["rerouted"] = static_cast<double>(out.changed_tokens) / kBatchTokens;
+  if (const ChoiceScorer* scorer = router->choice_scorer(); scorer && scorer->shortlists()) {
+    // How many tokens the shortlist decided (the rest scored every expert).
+    state.counters["shortlisted"] =
+        static_cast<double>(scorer->shortlisted()) /
+        static_cast<double>(scorer->shortlisted() + scorer->full_rows());
+    state.counters["scored"] = static_cast<double>(scorer->shortlist_scored()) /
+                               static_cast<double>(scorer->shortlisted() + scorer->full_rows());
+  }
 }
 
 // Random logits against a half-resident cache reroute most tokens: the
@@ -66,6 +93,32 @@ BENCHMARK(BM_RouteToken)
     ->Args({128, 8})
     ->Args({256, 8})
     ->Args({384, 8});
+
+// The same under each family's rule, a third argument indexing kBenchRules
+// (0: the default at the same shape, for comparison); the name is kept.
+void BM_RouteTokenByRule(benchmark::State& state) {
+  const char* rule = kBenchRules[state.range(2)];
+  state.SetLabel(rule);
+  RouteTokens(state, /*memory_aware=*/true, rule);
+}
+const benchmark::internal::Benchmark* const kRouteTokenByRule =
+    benchmark::RegisterBenchmark("BM_RouteToken", BM_RouteTokenByRule)
+        ->Args({256, 8, 1})  // deepseek_v3: 8 groups keep 4
+        ->Args({384, 8, 2})  // kimi k2's shape with glm4_moe's rule (one group)
+        ->Args({160, 8, 0})
+        ->Args({160, 8, 2})  // glm4_moe
+        ->Args({128, 4, 0})
+        ->Args({128, 4, 3})  // gpt_oss
+        ->Args({128, 1, 0})
+        ->Args({128, 1, 4})  // llama4
+        ->Args({256, 8, 5})  // minimax_m2
+        ->Args({64, 6, 6})   // ernie4_5
+        ->Args({64, 6, 0})
+        ->Args({128, 8, 7})  // qwen_no_norm
+        ->Args({160, 6, 0})
+        ->Args({160, 6, 8})  // deepseek_v2
+        ->Args({16, 4, 0})
+        ->Args({16, 4, 9});  // dbrx
 
 // Plain top-k with the affinity update, for comparison.
 void BM_RouteTokenPlain(benchmark::State& state) { RouteTokens(state, /*memory_aware=*/false); }

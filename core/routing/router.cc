@@ -41,6 +41,11 @@ absl::Status RouterConfig::Validate() const {
         "router.max_rank (%d) must be 0 or in [top_k, min(num_experts, %d)] = [%d, %d]", max_rank,
         kMaxRank, top_k, rank_limit));
   }
+  if (max_rank > RankableExperts()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "router.max_rank (%d) is more than the %d experts the rule's kept groups hold", max_rank,
+        RankableExperts()));
+  }
   if (!(min_gate_mass >= 0 && min_gate_mass <= 1)) {
     return absl::InvalidArgumentError(
         absl::StrFormat("router.min_gate_mass must be in [0, 1], got %g", min_gate_mass));
@@ -54,7 +59,12 @@ absl::Status RouterConfig::Validate() const {
 
 uint32_t RouterConfig::EffectiveMaxRank() const {
   if (max_rank != 0) return max_rank;
-  return std::min({top_k + 2, num_experts, kMaxRank});
+  return std::min({top_k + 2, num_experts, kMaxRank, RankableExperts()});
+}
+
+uint32_t RouterConfig::RankableExperts() const {
+  if (rule.num_groups <= 1 || rule.masked_groups != MaskedGroups::kExcluded) return num_experts;
+  return num_experts / rule.num_groups * rule.kept_groups;
 }
 
 absl::Status ValidateLogitsShape(absl::Span<const float> logits, uint32_t num_experts) {
@@ -112,7 +122,8 @@ LayerRouter::LayerRouter(const RouterConfig& config, const AffinityConfig& affin
       affinity_(std::make_unique<ExpertAffinity>(config.num_experts, affinity)),
       scorer_(config.rule.ChoosesOnLogits()
                   ? nullptr
-                  : std::make_unique<ChoiceScorer>(config.rule, config.num_experts, choice_bias)),
+                  : std::make_unique<ChoiceScorer>(config.rule, config.num_experts, max_rank_,
+                                                   choice_bias)),
       selector_(config.num_experts, max_rank_),
       original_(LowBits(config.top_k)),
       protected_(LowBits(config.protected_top)),
@@ -158,14 +169,14 @@ void LayerRouter::ApplyRangeChange(const RangeChange& change) {
   }
 }
 
-uint64_t LayerRouter::ChooseWithBonus(float bonus, uint64_t res_mask, uint64_t eligible,
-                                      const uint32_t* id, const float* value) const {
+uint64_t LayerRouter::ChooseWithBonus(float bonus, uint64_t res_mask, const uint32_t* id,
+                                      const float* value) const {
   // Past the protected prefix, resident and absent candidates each stay in
   // descending choice order, and the bonus shifts a whole list by the same
   // amount: the best k - protect come from merging the two lists, taking
   // each list's lowest remaining position.
-  uint64_t resident = res_mask & eligible;
-  uint64_t absent = ~res_mask & eligible;
+  uint64_t resident = res_mask & unprotected_;
+  uint64_t absent = ~res_mask & unprotected_;
   uint64_t chosen = protected_;
   for (uint32_t s = config_.protected_top; s < config_.top_k; ++s) {
     // r >= k, so at most one list runs dry; a dry list never wins.
@@ -335,21 +346,20 @@ bool LayerRouter::SelectCandidates(absl::Span<const float> logits) {
     return selector_.SelectRows(logits.data(), tokens, batch_id_.data(), batch_relative_.data(),
                                 batch_lowest_.data());
   }
-  if (!AllFinite(logits.data(), logits.size())) return false;
-  SelectByChoiceScores(logits, tokens);
-  return true;
+  return SelectByChoiceScores(logits, tokens);
 }
 
-void LayerRouter::SelectByChoiceScores(absl::Span<const float> logits, uint32_t tokens) {
+bool LayerRouter::SelectByChoiceScores(absl::Span<const float> logits, uint32_t tokens) {
   const uint32_t n = config_.num_experts, r = max_rank_;
   batch_score_.resize(size_t{tokens} * r);
-  batch_range_.resize(tokens);
-  chunk_choice_.resize(size_t{std::min(tokens, kScoreChunk)} * n);
+  const uint32_t chunk = scorer_->shortlists() ? 1 : std::min(tokens, kScoreChunk);
+  chunk_choice_.resize(size_t{chunk} * n);
   chunk_scores_.resize(chunk_choice_.size());
-  for (uint32_t first = 0; first < tokens; first += kScoreChunk) {
-    const uint32_t count = std::min(kScoreChunk, tokens - first);
+  // The candidates of rows [first, first + count) from whole rows; `note`:
+  // the first one's token in the shortlist's chunk.
+  const auto whole_rows = [&](uint32_t first, uint32_t count, uint32_t note) {
     scorer_->Score(logits.data() + size_t{first} * n, count, chunk_choice_.data(),
-                   chunk_scores_.data(), batch_range_.data() + first);
+                   chunk_scores_.data(), note);
     // Finite logits make finite choice scores.
     const size_t at = size_t{first} * r;
     (void)selector_.SelectRows(chunk_choice_.data(), count, batch_id_.data() + at,
@@ -360,13 +370,44 @@ void LayerRouter::SelectByChoiceScores(absl::Span<const float> logits, uint32_t 
       const float* row = chunk_scores_.data() + size_t{t} * n;
       for (uint32_t p = 0; p < r; ++p) score[p] = row[id[p]];
     }
+  };
+  if (!scorer_->shortlists()) {
+    if (!AllFinite(logits.data(), logits.size())) return false;
+    for (uint32_t first = 0; first < tokens; first += kScoreChunk) {
+      whole_rows(first, std::min(kScoreChunk, tokens - first), 0);
+    }
+    return true;
   }
+  batch_needed_floor_.resize(tokens);
+  for (uint32_t first = 0; first < tokens; first += ChoiceScorer::kChunk) {
+    const uint32_t count = std::min(ChoiceScorer::kChunk, tokens - first);
+    const size_t at = size_t{first} * r;
+    if (!scorer_->Shortlist(logits.data() + size_t{first} * n, count, batch_id_.data() + at,
+                            batch_relative_.data() + at, batch_score_.data() + at,
+                            shortlist_decided_)) {
+      return false;
+    }
+    for (uint32_t t = 0; t < count; ++t) {
+      if (!shortlist_decided_[t]) whole_rows(first + t, 1, t);
+      batch_needed_floor_[first + t] =
+          scorer_->NeededFloor(t, batch_relative_[at + size_t{t} * r + r - 1]);
+    }
+  }
+  // Only once every logit is known finite: a refused batch leaves the
+  // shortlist as it was.
+  for (uint32_t t = 0; t < tokens; ++t) scorer_->Observe(batch_needed_floor_[t]);
+  return true;
 }
 
 double LayerRouter::RangeSum(uint32_t tokens) const {
   double sum = 0;
   if (scorer_ != nullptr) {
-    for (uint32_t t = 0; t < tokens; ++t) sum += batch_range_[t];
+    // Choice scores: the spread of the candidates, which both ways of
+    // finding them know.
+    for (uint32_t t = 0; t < tokens; ++t) {
+      sum += batch_relative_[size_t{t} * max_rank_] -
+             batch_relative_[size_t{t} * max_rank_ + max_rank_ - 1];
+    }
     return sum;
   }
   for (uint32_t t = 0; t < tokens; ++t)
@@ -376,10 +417,6 @@ double LayerRouter::RangeSum(uint32_t tokens) const {
 
 void LayerRouter::Choose(uint32_t tokens, const std::atomic<uint8_t>* resident, float bonus) {
   const uint32_t r = max_rank_;
-  // Experts of excluded groups can only be candidates past every real one;
-  // they are never taken for a bonus.
-  const bool exclusion = scorer_ != nullptr && config_.rule.HasGroups() &&
-                         config_.rule.masked_groups == MaskedGroups::kExcluded;
   // A softmax's numerators are taken relative to the top logit.
   const bool relative_logits =
       scorer_ == nullptr && config_.rule.selection != Selection::kTopKThenSigmoid;
@@ -393,14 +430,7 @@ void LayerRouter::Choose(uint32_t tokens, const std::atomic<uint8_t>* resident, 
       }
     }
     batch_res_[t] = res_mask;
-    if (bonus > 0) {
-      const uint64_t eligible =
-          exclusion ? unprotected_ & MaskAtLeast(value, r, scorer_->masked_value() * 0.5f)
-                    : unprotected_;
-      batch_chosen_[t] = ChooseWithBonus(bonus, res_mask, eligible, id, value);
-    } else {
-      batch_chosen_[t] = original_;
-    }
+    batch_chosen_[t] = bonus > 0 ? ChooseWithBonus(bonus, res_mask, id, value) : original_;
     if (relative_logits) {
       // Logits relative to the top expert, exponentiated next.
       const float top = value[0];

@@ -65,6 +65,9 @@ struct RouterConfig {
 
   absl::Status Validate() const;
   uint32_t EffectiveMaxRank() const;
+  /// The experts the rule may rank for a token: all of them, but for
+  /// excluded groups those of the kept groups.
+  uint32_t RankableExperts() const;
 };
 
 /// The running logit range's change over a run of batches, as an affine map
@@ -134,9 +137,12 @@ class LayerRouter {
 
   const RouterConfig& config() const { return config_; }
   const ExpertAffinity& affinity() const { return *affinity_; }
+  /// The rule's choice scorer; null when the rule chooses on the logits.
+  const ChoiceScorer* choice_scorer() const { return scorer_.get(); }
   ExpertAffinity& mutable_affinity() { return *affinity_; }
   /// Running mean of the per-token range of the choice scores: the logits'
-  /// max - min, or the biased scores' (0 before the first token).
+  /// max - min, or for choice scores the spread of the candidates (best
+  /// minus max_rank-th); 0 before the first token.
   double mean_logit_range() const { return range_ema_; }
   /// Restores a saved running range, so the relative bonus survives a
   /// restart; 0 means none was seen yet.
@@ -167,9 +173,10 @@ class LayerRouter {
   // Phase 1 of Route: selects each token's candidates into the batch
   // scratch; false when a logit is NaN or infinite.
   bool SelectCandidates(absl::Span<const float> logits);
-  // SelectCandidates for a rule with choice scores: a chunk of tokens at a
-  // time, each candidate's unbiased score kept for the weights.
-  void SelectByChoiceScores(absl::Span<const float> logits, uint32_t tokens);
+  // SelectCandidates for a rule with choice scores: by shortlist, or whole
+  // rows a chunk of tokens at a time; each candidate's unbiased score kept
+  // for the weights.
+  bool SelectByChoiceScores(absl::Span<const float> logits, uint32_t tokens);
   // The sum over the batch's tokens of their range (top - lowest choice
   // score).
   double RangeSum(uint32_t tokens) const;
@@ -177,9 +184,8 @@ class LayerRouter {
   // the logits, the candidates' logits are then made relative to the top's.
   void Choose(uint32_t tokens, const std::atomic<uint8_t>* resident, float bonus);
   // The chosen candidate positions (a mask over the original ranks) with the
-  // bonus applied to the resident candidates in `res_mask`; only `eligible`
-  // positions past the protected prefix may be taken.
-  uint64_t ChooseWithBonus(float bonus, uint64_t res_mask, uint64_t eligible, const uint32_t* id,
+  // bonus applied to the resident candidates in `res_mask`.
+  uint64_t ChooseWithBonus(float bonus, uint64_t res_mask, const uint32_t* id,
                            const float* value) const;
   // Each candidate's unnormalised weight, from the relative logits Choose
   // left (softmax numerators, sigmoid) or the unbiased scores kept by
@@ -209,12 +215,14 @@ class LayerRouter {
   std::vector<float> batch_lowest_;
   std::vector<uint64_t> batch_res_;
   std::vector<uint64_t> batch_chosen_;
-  // With choice scores: tokens x max_rank unbiased scores of the candidates,
-  // per token the range of its choice scores, and one chunk's rows of choice
-  // and unbiased scores. A softmax whose weights need it: per token its
-  // denominator.
+  // With choice scores: tokens x max_rank unbiased scores of the
+  // candidates, and one chunk's rows of choice and unbiased scores. A
+  // softmax whose weights need it: per token its denominator.
   std::vector<float> batch_score_;
-  std::vector<float> batch_range_;
+  // With a shortlist: per token the floor it needed, and per token of a
+  // chunk whether the shortlist decided it.
+  std::vector<float> batch_needed_floor_;
+  uint8_t shortlist_decided_[ChoiceScorer::kChunk];
   std::vector<float> chunk_choice_;
   std::vector<float> chunk_scores_;
   std::vector<float> batch_denominator_;

@@ -61,6 +61,21 @@ void ExpNonPositiveBatch(float* x, size_t n) {
   for (size_t i = 0; i < n; ++i) x[i] = ExpNonPositive(x[i]);
 }
 
+uint32_t PassThresholds(const float* x, const float* threshold, uint32_t n, uint32_t* ids,
+                        bool* finite, uint32_t* passed_by_eight) {
+  if (kHasSelectionIsa) {
+    return internal::PassThresholdsAvx2(x, threshold, n, ids, finite, passed_by_eight);
+  }
+  *finite = internal::AllFiniteLoop(x, n);
+  uint32_t count = 0;
+  for (uint32_t i = 0; i < n; ++i) {
+    ids[count] = i;
+    count += x[i] >= threshold[i];
+    if (passed_by_eight != nullptr && i % 8 == 7) passed_by_eight[i / 8] = count;
+  }
+  return count;
+}
+
 bool TopSelector::VectorPathAvailable() { return kHasSelectionIsa; }
 
 TopSelector::TopSelector(uint32_t n, uint32_t r)

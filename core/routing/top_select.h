@@ -102,6 +102,14 @@ inline uint64_t MaskAtLeast(const float* x, uint32_t n, float threshold) {
   return mask;
 }
 
+/// Writes the i with x[i] >= threshold[i] to ids, ascending; how many. ids
+/// holds n entries. *finite: whether every x[i] is finite (checked on the
+/// same pass). With passed_by_eight (n / 8 entries): how many passed among
+/// x[0, 8 (v + 1)) for each v, so groups of a multiple of 8 find their
+/// slices of ids.
+uint32_t PassThresholds(const float* x, const float* threshold, uint32_t n, uint32_t* ids,
+                        bool* finite, uint32_t* passed_by_eight = nullptr);
+
 /// True when no x[i] is NaN or infinite. A branch-free max over the
 /// magnitude bits, 8 lanes wide with AVX2: the router checks every logit it
 /// gets.

@@ -640,6 +640,38 @@ bool SelectEightRowsBounded(const float* rows, uint32_t n, uint32_t* ids, float*
 
 bool AllFiniteAvx2(const float* x, size_t n) { return AllFiniteLoop(x, n); }
 
+uint32_t PassThresholdsAvx2(const float* x, const float* threshold, uint32_t n, uint32_t* ids,
+                            bool* finite, uint32_t* passed_by_eight) {
+  const LeftPackTable& table = PackTable();
+  const uint32_t full = n & ~7u;
+  const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i magnitude_bits = _mm256_set1_epi32(0x7fffffff);
+  __m256i largest = _mm256_setzero_si256();
+  uint32_t c = 0;
+  for (uint32_t i = 0; i < full; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    largest = _mm256_max_epi32(largest, _mm256_and_si256(_mm256_castps_si256(v), magnitude_bits));
+    const int mask =
+        _mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_loadu_ps(threshold + i), _CMP_GE_OQ));
+    const __m256i perm = _mm256_load_si256(reinterpret_cast<const __m256i*>(table.perm[mask]));
+    const __m256i id = _mm256_add_epi32(iota, _mm256_set1_epi32(static_cast<int>(i)));
+    // Whole vectors are stored: ids has room, as c + 8 <= i + 8 <= n.
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(ids + c), _mm256_permutevar8x32_epi32(id, perm));
+    c += Popcount(mask);
+    if (passed_by_eight != nullptr) passed_by_eight[i / 8] = c;
+  }
+  alignas(32) int32_t lanes[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), largest);
+  bool ok = AllFiniteLoop(x + full, n - full);
+  for (int32_t lane : lanes) ok &= lane < 0x7f800000;
+  for (uint32_t i = full; i < n; ++i) {
+    ids[c] = i;
+    c += x[i] >= threshold[i];
+  }
+  *finite = ok;
+  return c;
+}
+
 void ExpBatchAvx2(float* x, size_t n) {
   for (size_t i = 0; i < n; ++i) x[i] = ExpNonPositive(x[i]);
 }
@@ -676,10 +708,10 @@ float SelectRowAvx2(const float* row, uint32_t n, uint32_t r, float* gap, const 
   MaxAndMin(row, n, &top, &lowest);
   uint32_t c = PackCandidates(row, n, r, top, *gap, scratch);
   uint32_t padded = PadToVectors(c, n, scratch);
-  if (const uint32_t kept = NarrowCandidates(r, top, c, padded, scratch); kept != c) {
-    c = kept;
-    padded = PadToVectors(c, n, scratch);
-  }
+  // Narrowing packs whole vectors in place, over the padding, even when it
+  // keeps every candidate (ties at the bisection's end): pad again.
+  c = NarrowCandidates(r, top, c, padded, scratch);
+  padded = PadToVectors(c, n, scratch);
   RankCandidates(r, c, padded, scratch);
   for (uint32_t p = 0; p < r; ++p) {
     ids[p] = scratch.ranked_id[p];

@@ -53,6 +53,9 @@ using EightRowsKernel = bool (*)(const float* rows, uint32_t n, uint32_t* ids, f
                                  float* lowest);
 /// The kernel for rows of n experts and r, or nullptr past r = 16.
 EightRowsKernel EightRowsKernelAvx2(uint32_t n, uint32_t r);
+/// PassThresholds, left-packing 8 at a time.
+uint32_t PassThresholdsAvx2(const float* x, const float* threshold, uint32_t n, uint32_t* ids,
+                            bool* finite, uint32_t* passed_by_eight);
 
 }  // namespace moe_router::internal
 

@@ -152,11 +152,15 @@ RouterConfig ConfigFor(const NamedTestRule& c) {
 class EveryRuleTest : public ::testing::TestWithParam<NamedTestRule> {};
 
 // At bonus 0, resident experts or not, the router's experts and weights are
-// the rule's, bit for bit, on rows with and without ties.
+// the rule's, bit for bit, on rows with and without ties. A sigmoid rule
+// routes enough tokens for its shortlist to take over from the whole rows
+// (after 64 tokens, and again after 1024): each of its decisions is checked
+// against the reference too.
 TEST_P(EveryRuleTest, ChoiceAndWeightsAreTheRulesAtBonusZero) {
   const NamedTestRule& c = GetParam();
   std::mt19937 rng(7);
   const uint32_t n = c.num_experts, k = c.top_k, tokens = 77;
+  const bool shortlists = c.rule.score == ScoreFunction::kSigmoid;
   const std::vector<float> bias = c.rule.choice_bias ? TestBias(rng, n) : std::vector<float>{};
   RouterConfig config = ConfigFor(c);
   config.cache_bonus = 0;
@@ -165,7 +169,8 @@ TEST_P(EveryRuleTest, ChoiceAndWeightsAreTheRulesAtBonusZero) {
   Residency resident(n);
   for (uint32_t e = 0; e < n; e += 3) resident.Set(e, true);
   uint32_t bias_decided = 0, ties_seen = 0;
-  for (bool ties : {false, true}) {
+  for (uint32_t batch = 0; batch < (shortlists ? 16u : 2u); ++batch) {
+    const bool ties = batch % 2 == 1;
     const std::vector<float> logits = RuleTestLogits(rng, tokens, n, ties);
     RouteResult out;
     ASSERT_TRUE(router->Route(logits, resident.get(), &out).ok());
@@ -175,10 +180,10 @@ TEST_P(EveryRuleTest, ChoiceAndWeightsAreTheRulesAtBonusZero) {
       const RuleChoice want = RouteByRule(c.rule, k, row, bias);
       ASSERT_THAT(std::vector<uint32_t>(out.TokenExperts(t).begin(), out.TokenExperts(t).end()),
                   ::testing::ElementsAreArray(want.experts))
-          << c.name << " token " << t << (ties ? " (ties)" : "");
+          << c.name << " batch " << batch << " token " << t << (ties ? " (ties)" : "");
       for (uint32_t i = 0; i < k; ++i) {
         ASSERT_EQ(out.weights[size_t{t} * k + i], want.weights[i])
-            << c.name << " token " << t << " weight " << i;
+            << c.name << " batch " << batch << " token " << t << " weight " << i;
       }
       if (c.rule.choice_bias) {
         RoutingRule unbiased = c.rule;
@@ -193,6 +198,20 @@ TEST_P(EveryRuleTest, ChoiceAndWeightsAreTheRulesAtBonusZero) {
     EXPECT_GT(bias_decided, 0u) << "no token where the bias decides";
   }
   EXPECT_GT(ties_seen, 0u);
+  if (shortlists) {
+    const ChoiceScorer* scorer = router->choice_scorer();
+    // With fewer experts kept than candidates, masked zeros are among them:
+    // no floor above 0 proves them, so the whole rows decide every token.
+    const bool zeros_ranked =
+        c.rule.num_groups > 1 &&
+        c.rule.kept_groups * (n / c.rule.num_groups) < config.EffectiveMaxRank();
+    if (zeros_ranked) {
+      EXPECT_EQ(scorer->shortlisted(), 0u);
+    } else {
+      EXPECT_GT(scorer->shortlisted(), 0u) << "the shortlist never decided";
+    }
+    EXPECT_GT(scorer->full_rows(), 0u);
+  }
 }
 
 // With a large bonus: the original top stays, nothing past the rule's own
@@ -278,6 +297,44 @@ TEST(RoutingRuleTest, MaskedZeroWinsWhenKeptScoresAreNegativeAsInTransformers) {
   for (uint32_t e : out.experts) EXPECT_TRUE(kept.allowed[e]) << e;
 }
 
+// The shortlist against the reference where ties are everywhere: a few
+// logit values, biases on a coarse grid, so equal choice scores meet at the
+// top-k boundary, between groups and at the floor.
+TEST(RoutingRuleTest, ShortlistBreaksTiesAsTheRuleDoes) {
+  const uint32_t n = 64, k = 6, tokens = 1500;
+  RoutingRule rule = *RoutingRulePreset("deepseek_v3");
+  for (uint32_t groups : {1u, 8u}) {
+    rule.num_groups = groups;
+    rule.kept_groups = groups > 1 ? 3 : 1;
+    std::mt19937 rng(groups);
+    std::uniform_int_distribution<int> level(-2, 3), step(-2, 2);
+    std::vector<float> bias(n);
+    for (float& b : bias) b = 0.125f * static_cast<float>(step(rng));
+    std::vector<float> logits(size_t{tokens} * n);
+    for (float& x : logits) x = static_cast<float>(level(rng));
+    RouterConfig config;
+    config.num_experts = n;
+    config.top_k = k;
+    config.rule = rule;
+    auto router = LayerRouter::Create(config, {}, bias);
+    ASSERT_TRUE(router.ok());
+    // Batches of 100: the floor is set between batches.
+    for (uint32_t first = 0; first < tokens; first += 100) {
+      const auto batch = absl::MakeConstSpan(logits).subspan(size_t{first} * n, size_t{100} * n);
+      RouteResult out;
+      ASSERT_TRUE(router->Route(batch, nullptr, &out).ok());
+      for (uint32_t t = 0; t < 100; ++t) {
+        const auto row = batch.subspan(size_t{t} * n, n);
+        const RuleChoice want = RouteByRule(rule, k, row, bias);
+        ASSERT_THAT(std::vector<uint32_t>(out.TokenExperts(t).begin(), out.TokenExperts(t).end()),
+                    ::testing::ElementsAreArray(want.experts))
+            << groups << " groups, token " << first + t;
+      }
+    }
+    EXPECT_GT(router->choice_scorer()->shortlisted(), 0u) << groups << " groups";
+  }
+}
+
 TEST(RoutingRuleTest, SigmoidIsCloseToExactAndFiniteEverywhere) {
   for (float x : {-100.0f, -87.5f, -20.0f, -1.5f, -1e-3f, 0.0f, 1e-3f, 0.7f, 3.0f, 20.0f, 100.0f}) {
     const double exact = 1.0 / (1.0 + std::exp(-static_cast<double>(x)));
@@ -288,6 +345,14 @@ TEST(RoutingRuleTest, SigmoidIsCloseToExactAndFiniteEverywhere) {
     }
   }
   EXPECT_EQ(Sigmoid(0.0f), 0.5f);
+  // The shortlist's thresholds assume 1e-6 relative: every float step of
+  // 2^-10 over the range that matters.
+  double worst = 0;
+  for (float x = -80.0f; x <= 40.0f; x += 1.0f / 1024) {
+    const double exact = 1.0 / (1.0 + std::exp(-static_cast<double>(x)));
+    worst = std::max(worst, std::fabs(Sigmoid(x) - exact) / exact);
+  }
+  EXPECT_LT(worst, 1e-6);
 }
 
 }  // namespace

@@ -94,6 +94,29 @@ TEST_P(TopSelectorTest, MatchesBruteForceOnBothPaths) {
   SkipIfVectorHalfUnavailable();
 }
 
+// Rows of a few values (as bf16 logits, or scores plus a coarse bias,
+// give): candidates tie where the narrowing stops, so it keeps all of them
+// and its in-place packing must leave the padding intact (it did not: ranks
+// then read leftover lanes as candidates and returned duplicates).
+TEST_P(TopSelectorTest, MatchesBruteForceOnRowsOfFewValues) {
+  const auto [n, r] = GetParam();
+  for (bool portable : Paths()) {
+    TopSelector selector(n, r);
+    selector.set_portable(portable);
+    std::vector<uint32_t> ids(r);
+    std::vector<float> values(r);
+    std::mt19937 rng(3);
+    std::uniform_int_distribution<int> level(-4, 9);
+    std::vector<float> row(n), lowest(1);
+    for (uint64_t t = 0; t < 1500; ++t) {
+      for (float& x : row) x = 0.125f * static_cast<float>(level(rng));
+      selector.Select(row.data(), ids.data(), values.data(), lowest.data());
+      ExpectRanked(row, n, r, ids, values, lowest, t, portable);
+    }
+  }
+  SkipIfVectorHalfUnavailable();
+}
+
 TEST_P(TopSelectorTest, AllEqualRowKeepsIndexOrder) {
   const auto [n, r] = GetParam();
   TopSelector selector(n, r);
