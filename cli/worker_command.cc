@@ -17,6 +17,7 @@
 #include "core/store/safetensors_store.h"
 #include "eval/replay.h"
 #include "nlohmann/json.hpp"
+#include "proto/proto_to_core.h"
 
 namespace moe_router {
 namespace {
@@ -29,13 +30,9 @@ absl::StatusOr<std::shared_ptr<const ExpertStore>> LocalStore(Client& client,
   if (!spec.ok()) return spec.status();
   SafetensorsStoreOptions options{.directory = directory};
   if (spec->has_safetensors()) {
-    if (!spec->safetensors().pattern().empty()) {
-      options.expert_pattern = spec->safetensors().pattern();
-    } else if (!spec->safetensors().name_preset().empty()) {
-      auto pattern = ExpertPatternPreset(spec->safetensors().name_preset());
-      if (!pattern.ok()) return pattern.status();
-      options.expert_pattern = *pattern;
-    }
+    auto pattern = ExpertPatternOf(spec->safetensors());
+    if (!pattern.ok()) return pattern.status();
+    options.expert_pattern = *pattern;
   }
   auto store = SafetensorsStore::Open(options);
   if (!store.ok()) return store.status();

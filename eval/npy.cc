@@ -20,6 +20,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "core/base/file_io.h"
+#include "core/base/float16.h"
 
 namespace moe_router {
 namespace {
@@ -201,21 +202,6 @@ absl::Status IntsToInt32(const NpyArray& array, std::vector<int32_t>& out) {
     }
   }
   return absl::OkStatus();
-}
-
-float HalfToFloat(uint16_t h) {
-  const int exponent = (h >> 10) & 0x1f;
-  const int mantissa = h & 0x3ff;
-  float magnitude;
-  if (exponent == 0) {
-    magnitude = std::ldexp(static_cast<float>(mantissa), -24);
-  } else if (exponent == 31) {
-    magnitude =
-        mantissa ? std::numeric_limits<float>::quiet_NaN() : std::numeric_limits<float>::infinity();
-  } else {
-    magnitude = std::ldexp(static_cast<float>(mantissa | 0x400), exponent - 25);
-  }
-  return (h & 0x8000) ? -magnitude : magnitude;
 }
 
 float DoubleToFloat(double d) {

@@ -15,8 +15,32 @@ namespace moe_router {
 // types. The other direction is core_to_proto.h.
 
 /// A ModelSpec turned into the core's config; unset settings keep the
-/// core defaults. Errors name the field.
+/// core defaults. Errors name the field. A rule with a choice bias needs
+/// routing.bias (see WithCheckpointBias).
 absl::StatusOr<ModelConfig> ConfigFromSpec(const v1::ModelSpec& spec);
+
+/// The routing rule a RoutingSettings describes: its preset (mixtral when
+/// unset), each field set changing one step. Errors name the field.
+absl::StatusOr<RoutingRule> RuleFromSettings(const v1::RoutingSettings& settings);
+
+/// A rule as RoutingSettings, every step spelled out (no preset), and its
+/// biases: what RuleFromSettings turns back into the same rule.
+v1::RoutingSettings SettingsFromRule(const RoutingRule& rule, absl::Span<const float> bias = {});
+
+/// The spec with routing.bias read from its safetensors checkpoint
+/// (routing.bias_tensor per layer) when its rule takes a choice bias and the
+/// spec gives none; otherwise the spec as it is. Reads the checkpoint's
+/// headers and those tensors.
+absl::StatusOr<v1::ModelSpec> WithCheckpointBias(const v1::ModelSpec& spec);
+
+/// The checkpoint tensor of a layer's choice biases when the spec does not
+/// name one.
+inline constexpr char kDefaultBiasTensor[] =
+    "model.layers.{layer}.mlp.gate.e_score_correction_bias";
+
+/// The expert tensor names of a safetensors spec: its pattern, its
+/// preset's, or Mixtral's.
+absl::StatusOr<std::string> ExpertPatternOf(const v1::SafetensorsStoreSpec& st);
 
 /// Opens the spec's store (synthetic, or a safetensors directory) and checks
 /// it covers the model's shape. A safetensors store keeps the manifests it

@@ -43,7 +43,7 @@ absl::Status LearnReactor::Hello(const v1::WorkerHello& hello, v1::FleetUpdate* 
   acknowledged_ = std::max(hello.first_sequence() > 0 ? hello.first_sequence() - 1 : 0,
                            engine.LastFolded(hello.cache(), worker_id_));
   sent_tokens_.assign(engine.config().num_layers, 0);
-  *update->mutable_spec() = model_->spec;
+  *update->mutable_spec() = model_->worker_spec;
   ToProto(*engine.sizes(), update);
   ToProto(model_->spec.name(), *synced, update->mutable_cache());
   update->set_acknowledged(acknowledged_);

@@ -24,7 +24,11 @@ absl::StatusOr<bool> ModelRegistry::Register(const v1::ModelSpec& spec,
           "model '%s' is registered with a different spec; unregister it first", spec.name()));
     }
   }
-  auto config = ConfigFromSpec(spec);
+  // A rule whose biases live in the checkpoint reads them first (headers and
+  // those tensors only).
+  auto worker_spec = WithCheckpointBias(spec);
+  if (!worker_spec.ok()) return worker_spec.status();
+  auto config = ConfigFromSpec(*worker_spec);
   if (!config.ok()) return config.status();
   config->paging.threads = options_.paging_threads;
   config->worker_caches = options_.worker_caches;
@@ -32,7 +36,8 @@ absl::StatusOr<bool> ModelRegistry::Register(const v1::ModelSpec& spec,
       EstimateFootprint(*config, spec.has_synthetic() ? spec.synthetic().expert_bytes() : 0);
   if (absl::Status s = Reserve(spec.name(), footprint); !s.ok()) return s;
   // Build outside the lock: opening a safetensors store reads files.
-  absl::StatusOr<std::shared_ptr<HostedModel>> hosted = Build(spec, *config, interrupted);
+  absl::StatusOr<std::shared_ptr<HostedModel>> hosted =
+      Build(spec, *worker_spec, *config, interrupted);
   absl::MutexLock lock(&mu_);
   --registrations_under_way_;
   if (!hosted.ok()) {
@@ -73,7 +78,7 @@ absl::Status ModelRegistry::Reserve(const std::string& name, const ModelFootprin
 }
 
 absl::StatusOr<std::shared_ptr<HostedModel>> ModelRegistry::Build(
-    const v1::ModelSpec& spec, const ModelConfig& config,
+    const v1::ModelSpec& spec, const v1::ModelSpec& worker_spec, const ModelConfig& config,
     const std::function<absl::Status()>& interrupted) {
   const std::string manifests = options_.state_dir.empty() ? "" : options_.state_dir + "/manifests";
   auto store = StoreFromSpec(spec, manifests, interrupted);
@@ -98,6 +103,7 @@ absl::StatusOr<std::shared_ptr<HostedModel>> ModelRegistry::Build(
   }
   auto hosted = std::make_shared<HostedModel>();
   hosted->spec = spec;
+  hosted->worker_spec = worker_spec;
   hosted->engine = std::shared_ptr<ModelEngine>(*std::move(engine));
   return hosted;
 }

@@ -22,6 +22,9 @@ namespace moe_router {
 /// RouteTokens calls by status code.
 struct HostedModel {
   v1::ModelSpec spec;
+  /// The spec as workers route by it: the checkpoint's choice biases filled
+  /// in where the spec left them to it (WithCheckpointBias).
+  v1::ModelSpec worker_spec;
   std::shared_ptr<ModelEngine> engine;
   ModelFootprint footprint;
   std::unique_ptr<std::atomic<uint64_t>[]> route_requests =
@@ -98,7 +101,7 @@ class ModelRegistry {
   /// Reserves a registration's footprint and model slot, or says why not.
   absl::Status Reserve(const std::string& name, const ModelFootprint& footprint);
   absl::StatusOr<std::shared_ptr<HostedModel>> Build(
-      const v1::ModelSpec& spec, const ModelConfig& config,
+      const v1::ModelSpec& spec, const v1::ModelSpec& worker_spec, const ModelConfig& config,
       const std::function<absl::Status()>& interrupted);
 
   const RegistryOptions options_;

@@ -20,7 +20,7 @@ absl::StatusOr<std::unique_ptr<ModelEngine>> ModelEngine::Create(
   if (store == nullptr) return absl::InvalidArgumentError("model needs an expert store");
   auto model = std::unique_ptr<ModelEngine>(new ModelEngine(config, std::move(store)));
   for (uint32_t l = 0; l < config.num_layers; ++l) {
-    auto router = LayerRouter::Create(config.router, config.affinity);
+    auto router = LayerRouter::Create(config.router, config.affinity, config.LayerChoiceBias(l));
     if (!router.ok()) return router.status();
     auto layer = std::make_unique<Layer>();
     absl::MutexLock lock(&layer->mu);

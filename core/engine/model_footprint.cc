@@ -26,6 +26,12 @@ constexpr uint64_t kBytesPerExpert = 192;
 constexpr uint64_t kBytesPerExpertPerVariant = 8;
 constexpr uint64_t kBytesPerLayer = 2048;
 constexpr uint64_t kBytesPerModel = 128 << 10;
+// A rule with choice scores: per expert its bias (the config's copy and the
+// router's), threshold and one token's scratch, and a 64-token chunk of
+// whole rows (two floats); per layer the shortlist's pools (64 x 32 of a
+// float, an id and a score) and counters.
+constexpr uint64_t kBytesPerExpertChoiceScores = 64 * 8 + 64;
+constexpr uint64_t kBytesPerLayerChoiceScores = 64 * 32 * 12 + 64 * 10 * 8 + 4096;
 
 }  // namespace
 
@@ -54,6 +60,10 @@ ModelFootprint EstimateFootprint(const ModelConfig& config, uint64_t store_bytes
   f.budget_bytes = config.budget_bytes;
   f.learned_state_bytes =
       coactivation + layers * experts * per_expert + layers * kBytesPerLayer + kBytesPerModel;
+  if (!config.router.rule.ChoosesOnLogits()) {
+    f.learned_state_bytes +=
+        layers * (experts * kBytesPerExpertChoiceScores + kBytesPerLayerChoiceScores);
+  }
   f.store_bytes = store_bytes;
   f.worker_views_bytes =
       SaturatingMul(config.worker_caches.max_caches,

@@ -20,6 +20,10 @@ absl::Status ModelConfig::Validate() const {
   }
   if (budget_bytes == 0) return absl::InvalidArgumentError("model.budget_bytes must be > 0");
   if (absl::Status s = router.Validate(); !s.ok()) return s;
+  if (absl::Status s = ValidateChoiceBias(router.rule, choice_bias, num_layers, router.num_experts);
+      !s.ok()) {
+    return s;
+  }
   if (absl::Status s = affinity.Validate(); !s.ok()) return s;
   if (absl::Status s = precision.Validate(); !s.ok()) return s;
   if (!(targets.min_hit_rate >= 0 && targets.min_hit_rate <= 1)) {

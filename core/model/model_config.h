@@ -3,8 +3,10 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
+#include "absl/types/span.h"
 #include "core/cache/worker_cache_set.h"
 #include "core/metrics/metrics.h"
 #include "core/model/precision.h"
@@ -25,8 +27,11 @@ inline constexpr uint32_t kMaxModelExperts = 4096;
 struct ModelConfig {
   std::string name;
   uint32_t num_layers = 32;
-  /// num_experts and top_k live here.
+  /// num_experts, top_k and the routing rule live here.
   RouterConfig router;
+  /// The rule's choice bias (router.rule.choice_bias): num_layers x
+  /// num_experts, row-major; empty when the rule has none.
+  std::vector<float> choice_bias;
   AffinityConfig affinity;
   uint64_t budget_bytes = 0;
   std::string eviction_policy = "layer_reuse";
@@ -39,6 +44,12 @@ struct ModelConfig {
   WorkerCacheLimits worker_caches;
 
   absl::Status Validate() const;
+  /// Layer `layer`'s choice biases (empty when the rule has none).
+  absl::Span<const float> LayerChoiceBias(uint32_t layer) const {
+    if (choice_bias.empty()) return {};
+    return absl::MakeConstSpan(choice_bias)
+        .subspan(size_t{layer} * router.num_experts, router.num_experts);
+  }
 };
 
 }  // namespace moe_router

@@ -6,13 +6,19 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cstring>
 #include <filesystem>
+#include <map>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
 #include "absl/strings/strip.h"
 #include "core/base/file_io.h"
+#include "core/base/float16.h"
 #include "core/store/checksum.h"
 #include "nlohmann/json.hpp"
 
@@ -346,6 +352,84 @@ absl::StatusOr<size_t> SafetensorsStore::WriteManifests(const SafetensorsStoreOp
     for (int fd : v->fds) close(fd);
   }
   return tensors;
+}
+
+absl::StatusOr<std::vector<float>> SafetensorsStore::ReadLayerVectors(
+    const SafetensorsStoreOptions& options, const std::string& layer_pattern, uint32_t num_layers,
+    uint32_t length) {
+  if (layer_pattern.find("{layer}") == std::string::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("layer tensor pattern '%s' must contain {layer}", layer_pattern));
+  }
+  absl::StatusOr<ExpertPattern> experts = ExpertPattern::Compile(options.expert_pattern);
+  if (!experts.ok()) return experts.status();
+  auto variants = DiscoverVariants(options.directory);
+  if (!variants.ok()) return variants.status();
+  const std::string& directory = variants->front().second;
+  // Every tensor by name, and the layers with experts.
+  struct Found {
+    std::string file;
+    SafetensorsTensor tensor;
+  };
+  std::map<std::string, Found> tensors;
+  std::vector<bool> has_experts(num_layers, false);
+  std::error_code ec;
+  std::vector<std::string> files;
+  for (const auto& entry : fs::directory_iterator(directory, ec)) {
+    if (entry.is_regular_file() && entry.path().extension() == ".safetensors") {
+      files.push_back(entry.path().string());
+    }
+  }
+  std::sort(files.begin(), files.end());
+  for (const std::string& file : files) {
+    absl::StatusOr<SafetensorsHeader> header = ReadSafetensorsHeader(file);
+    if (!header.ok()) return header.status();
+    for (SafetensorsTensor& t : header->tensors) {
+      if (const std::optional<ExpertKey> key = experts->Match(t.name);
+          key && key->layer < num_layers) {
+        has_experts[key->layer] = true;
+      }
+      std::string name = t.name;
+      tensors.emplace(std::move(name), Found{file, std::move(t)});
+    }
+  }
+  std::vector<float> out(size_t{num_layers} * length, 0.0f);
+  for (uint32_t l = 0; l < num_layers; ++l) {
+    const std::string name = absl::StrReplaceAll(layer_pattern, {{"{layer}", absl::StrCat(l)}});
+    const auto it = tensors.find(name);
+    if (it == tensors.end()) {
+      if (!has_experts[l]) continue;
+      return absl::NotFoundError(absl::StrFormat(
+          "tensor '%s' is not in the safetensors files of %s, and layer %d has experts", name,
+          directory, l));
+    }
+    const SafetensorsTensor& t = it->second.tensor;
+    const bool shape_ok = (t.shape.size() == 1 && t.shape[0] == int64_t{length}) ||
+                          (t.shape.size() == 2 && t.shape[0] == 1 && t.shape[1] == int64_t{length});
+    const size_t width = SafetensorsDtypeSize(t.dtype);
+    if (!shape_ok || !(t.dtype == "F32" || t.dtype == "BF16" || t.dtype == "F16")) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "tensor '%s' in %s is %s of shape [%s]; expected F32, BF16 or F16 of [%d] or [1, %d]",
+          name, it->second.file, t.dtype, absl::StrJoin(t.shape, ", "), length, length));
+    }
+    std::vector<uint8_t> bytes(size_t{length} * width);
+    const int fd = open(it->second.file.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return ErrnoError("cannot open", it->second.file);
+    const absl::Status read = PreadExact(fd, bytes.data(), bytes.size(), t.begin);
+    close(fd);
+    if (!read.ok()) return read;
+    float* row = out.data() + size_t{l} * length;
+    for (uint32_t i = 0; i < length; ++i) {
+      if (t.dtype == "F32") {
+        std::memcpy(&row[i], bytes.data() + size_t{i} * 4, 4);
+      } else {
+        uint16_t h;
+        std::memcpy(&h, bytes.data() + size_t{i} * 2, 2);
+        row[i] = t.dtype == "BF16" ? BFloat16ToFloat(h) : HalfToFloat(h);
+      }
+    }
+  }
+  return out;
 }
 
 SafetensorsStore::~SafetensorsStore() {

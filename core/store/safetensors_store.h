@@ -61,6 +61,16 @@ class SafetensorsStore final : public ExpertStore {
   /// variant, beside its weights, from the files as they are now
   /// (`moe-router index`). Returns the number of tensors indexed.
   static absl::StatusOr<size_t> WriteManifests(const SafetensorsStoreOptions& options);
+  /// For layers [0, num_layers): the `length` values of the tensor
+  /// `layer_pattern` names (its {layer} replaced), as float (F32, BF16 or
+  /// F16; shape [length] or [1, length]), row-major, from the first variant
+  /// (a router's biases are not quantised per variant). A layer without the
+  /// tensor reads as zeros when the checkpoint has no expert of it
+  /// (options.expert_pattern): a dense layer; else it is an error naming the
+  /// tensor. Reads headers and those tensors only.
+  static absl::StatusOr<std::vector<float>> ReadLayerVectors(const SafetensorsStoreOptions& options,
+                                                             const std::string& layer_pattern,
+                                                             uint32_t num_layers, uint32_t length);
   ~SafetensorsStore() override;
 
   std::vector<std::string> Precisions() const override;

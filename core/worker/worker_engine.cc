@@ -44,7 +44,7 @@ absl::StatusOr<std::unique_ptr<WorkerEngine>> WorkerEngine::Create(
   absl::MutexLock take_lock(&engine->take_mu_);
   absl::MutexLock lock(&engine->mu_);
   for (uint32_t l = 0; l < model.num_layers; ++l) {
-    auto router = LayerRouter::Create(model.router, model.affinity);
+    auto router = LayerRouter::Create(model.router, model.affinity, model.LayerChoiceBias(l));
     if (!router.ok()) return router.status();
     Layer& layer = engine->layers_[l];
     layer.router = std::make_unique<LayerRouter>(*std::move(router));

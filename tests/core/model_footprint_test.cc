@@ -63,6 +63,36 @@ INSTANTIATE_TEST_SUITE_P(
                       std::array<uint32_t, 3>{61, 384, 8}, std::array<uint32_t, 3>{94, 128, 8},
                       std::array<uint32_t, 3>{8, 1024, 8}, std::array<uint32_t, 3>{400, 16, 2}));
 
+// A rule with choice scores holds biases, thresholds and scratch per
+// expert, grown in full by a 64-token batch routed through every layer.
+TEST(FootprintTest, BoundsAChoiceScoreRuleAfterRouting) {
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "AddressSanitizer's allocator is not seen by mallinfo2";
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+  GTEST_SKIP() << "AddressSanitizer's allocator is not seen by mallinfo2";
+#endif
+#endif
+  const uint32_t layers = 58, experts = 256;
+  ModelConfig config = Shape(layers, experts, 8);
+  config.worker_caches.max_caches = 1;
+  config.router.rule = *RoutingRulePreset("deepseek_v3");
+  config.choice_bias.assign(size_t{layers} * experts, 0.01f);
+  const std::vector<float> logits(size_t{64} * experts, 0.5f);
+  const uint64_t before = HeapInUse();
+  auto store = SyntheticStore::Create(
+      {.num_layers = layers, .num_experts = experts, .variants = {{"default", 4096}}});
+  ASSERT_TRUE(store.ok());
+  auto engine = ModelEngine::Create(config, *std::move(store));
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  for (uint32_t l = 0; l < layers; ++l) ASSERT_TRUE((*engine)->Route(l, logits, "").ok());
+  (*engine)->pool().WaitIdle(absl::InfiniteFuture());
+  const uint64_t allocated = HeapInUse() - before;
+  const ModelFootprint f = EstimateFootprint(config, /*store_bytes=*/4096);
+  // The config's own biases are the caller's, outside the heap measured.
+  EXPECT_GE(f.Total() - f.budget_bytes, allocated) << f.ToString();
+}
+
 TEST(FootprintTest, LargestRealModelsFitInAFewGigabytes) {
   for (const auto& [layers, experts] : {std::pair{58u, 256u}, {61u, 384u}, {94u, 128u}}) {
     const ModelConfig config = Shape(layers, experts, 8);

@@ -4,11 +4,16 @@
 
 #include <google/protobuf/util/json_util.h>
 
+#include <cmath>
+#include <cstring>
+#include <filesystem>
 #include <functional>
 #include <string>
 #include <tuple>
 #include <variant>
 
+#include "absl/strings/str_format.h"
+#include "core/store/safetensors.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/model_registry.h"
@@ -86,6 +91,71 @@ const std::vector<FieldCase>& FieldCases() {
        [](v1::ModelSpec* s) { s->mutable_precision()->set_warm_precision("Q8_0"); },
        [](const ModelConfig& c) -> Value { return c.precision.warm_precision; },
        std::string("Q8_0")},
+      {"routing.preset", [](v1::ModelSpec* s) { s->mutable_routing()->set_preset("gpt_oss"); },
+       [](const ModelConfig& c) -> Value {
+         return std::string(SelectionName(c.router.rule.selection));
+       },
+       std::string("top_k_then_softmax")},
+      {"routing.score", [](v1::ModelSpec* s) { s->mutable_routing()->set_score("sigmoid"); },
+       [](const ModelConfig& c) -> Value {
+         return std::string(ScoreFunctionName(c.router.rule.score));
+       },
+       std::string("sigmoid")},
+      {"routing.choice_bias",
+       [](v1::ModelSpec* s) {
+         s->mutable_routing()->set_choice_bias(true);
+         for (int i = 0; i < 16; ++i) s->mutable_routing()->add_bias(0.25f * i);
+       },
+       [](const ModelConfig& c) -> Value {
+         return c.choice_bias.empty() ? 0.0 : static_cast<double>(c.LayerChoiceBias(1)[3]);
+       },
+       2.75},
+      {"routing.selection",
+       [](v1::ModelSpec* s) {
+         s->mutable_routing()->set_preset("gpt_oss");
+         s->mutable_routing()->set_selection("top_k_then_sigmoid");
+         s->mutable_routing()->set_normalization("none");
+       },
+       [](const ModelConfig& c) -> Value {
+         return std::string(SelectionName(c.router.rule.selection));
+       },
+       std::string("top_k_then_sigmoid")},
+      {"routing.num_groups", [](v1::ModelSpec* s) { s->mutable_routing()->set_num_groups(2); },
+       [](const ModelConfig& c) -> Value { return static_cast<double>(c.router.rule.num_groups); },
+       2.0},
+      {"routing.kept_groups",
+       [](v1::ModelSpec* s) {
+         s->mutable_routing()->set_num_groups(4);
+         s->mutable_routing()->set_kept_groups(2);
+       },
+       [](const ModelConfig& c) -> Value { return static_cast<double>(c.router.rule.kept_groups); },
+       2.0},
+      {"routing.group_score",
+       [](v1::ModelSpec* s) { s->mutable_routing()->set_group_score("max"); },
+       [](const ModelConfig& c) -> Value {
+         return std::string(GroupScoreName(c.router.rule.group_score));
+       },
+       std::string("max")},
+      {"routing.masked_groups",
+       [](v1::ModelSpec* s) { s->mutable_routing()->set_masked_groups("excluded"); },
+       [](const ModelConfig& c) -> Value {
+         return std::string(MaskedGroupsName(c.router.rule.masked_groups));
+       },
+       std::string("excluded")},
+      {"routing.normalization",
+       [](v1::ModelSpec* s) { s->mutable_routing()->set_normalization("sum_clamped"); },
+       [](const ModelConfig& c) -> Value {
+         return std::string(NormalizationName(c.router.rule.normalization));
+       },
+       std::string("sum_clamped")},
+      {"routing.normalization_param",
+       [](v1::ModelSpec* s) {
+         s->mutable_routing()->set_normalization("p_norm");
+         s->mutable_routing()->set_normalization_param(2);
+       },
+       [](const ModelConfig& c) -> Value { return c.router.rule.normalization_param; }, 2.0},
+      {"routing.scaling", [](v1::ModelSpec* s) { s->mutable_routing()->set_scaling(2.5); },
+       [](const ModelConfig& c) -> Value { return c.router.rule.scaling; }, 2.5},
       {"precision.cold_precision",
        [](v1::ModelSpec* s) { s->mutable_precision()->set_cold_precision("Q4_0"); },
        [](const ModelConfig& c) -> Value { return c.precision.cold_precision; },
@@ -211,6 +281,113 @@ TEST(ModelSpecTest, BadSettingsNameTheirField) {
   spec.set_eviction_policy("belady");
   EXPECT_THAT(std::string(ConfigFromSpec(spec).status().message()),
               ::testing::HasSubstr("model.eviction_policy: unknown eviction policy 'belady'"));
+}
+
+TEST(ModelSpecTest, BadRoutingSettingsNameTheirField) {
+  const auto error_of = [](const std::function<void(v1::RoutingSettings*)>& set) {
+    v1::ModelSpec spec = BaseSpec();
+    set(spec.mutable_routing());
+    return std::string(ConfigFromSpec(spec).status().message());
+  };
+  using ::testing::HasSubstr;
+  EXPECT_THAT(error_of([](auto* r) { r->set_preset("dense"); }),
+              HasSubstr("routing.preset 'dense' is not one of: mixtral"));
+  EXPECT_THAT(error_of([](auto* r) { r->set_preset("phimoe"); }), HasSubstr("sparsemixer"));
+  EXPECT_THAT(error_of([](auto* r) { r->set_score("tanh"); }),
+              HasSubstr("routing.score 'tanh' is not one of: softmax, sigmoid, logits"));
+  EXPECT_THAT(error_of([](auto* r) { r->set_num_groups(3); }),
+              HasSubstr("routing.num_groups (3) must divide num_experts (8)"));
+  EXPECT_THAT(error_of([](auto* r) {
+                r->set_num_groups(4);
+                r->set_kept_groups(5);
+              }),
+              HasSubstr("routing.kept_groups (5) must be in [1, num_groups (4)]"));
+  EXPECT_THAT(error_of([](auto* r) { r->set_scaling(std::nan("")); }),
+              HasSubstr("routing.scaling must be finite and > 0"));
+  // The bias: needed by the rule, counted, finite.
+  EXPECT_THAT(error_of([](auto* r) { r->set_preset("deepseek_v3"); }),
+              HasSubstr("routing.bias: the rule chooses with a bias per (layer, expert); send "
+                        "num_layers x num_experts = 16 values"));
+  EXPECT_THAT(error_of([](auto* r) {
+                r->set_preset("minimax_m2");
+                for (int i = 0; i < 15; ++i) r->add_bias(0);
+              }),
+              HasSubstr("routing.choice_bias has 15 values, the model needs num_layers x "
+                        "num_experts = 2 x 8 = 16"));
+  EXPECT_THAT(error_of([](auto* r) {
+                r->set_preset("minimax_m2");
+                for (int i = 0; i < 16; ++i) r->add_bias(i == 9 ? std::nanf("") : 0);
+              }),
+              HasSubstr("routing.choice_bias of layer 1, expert 1 is NaN"));
+  EXPECT_THAT(error_of([](auto* r) { r->add_bias(0.5f); }), HasSubstr("the rule takes none"));
+}
+
+// A DeepSeek-style model registered on its checkpoint reads each layer's
+// e_score_correction_bias from it: F32 [E] or BF16 [1, E]; a dense first
+// layer has none; a layer with experts but no bias is refused by name.
+TEST(ModelSpecTest, ChoiceBiasIsReadFromTheCheckpoint) {
+  const std::string dir = ::testing::TempDir() + "/bias_checkpoint";
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  const uint32_t layers = 3, experts = 8;
+  // Experts in layers 1 and 2 only (layer 0 is dense).
+  std::vector<SafetensorsWriteTensor> tensors;
+  for (uint32_t l = 1; l < layers; ++l) {
+    for (uint32_t e = 0; e < experts; ++e) {
+      tensors.push_back({absl::StrFormat("model.layers.%d.mlp.experts.%d.gate_proj.weight", l, e),
+                         "BF16",
+                         {2, 4},
+                         std::string(16, '\x01')});
+    }
+  }
+  std::vector<float> want(size_t{layers} * experts, 0.0f);
+  std::string f32, bf16;
+  for (uint32_t e = 0; e < experts; ++e) {
+    const float x = 0.125f * e - 0.5f;  // exact in bfloat16
+    want[experts + e] = x;
+    want[2 * experts + e] = -x;
+    f32.append(reinterpret_cast<const char*>(&x), 4);
+    const float y = -x;
+    uint32_t bits;
+    std::memcpy(&bits, &y, 4);
+    const uint16_t top = static_cast<uint16_t>(bits >> 16);
+    bf16.append(reinterpret_cast<const char*>(&top), 2);
+  }
+  tensors.push_back({"model.layers.1.mlp.gate.e_score_correction_bias", "F32", {8}, f32});
+  ASSERT_TRUE(WriteSafetensors(dir + "/a.safetensors", tensors).ok());
+  v1::ModelSpec spec = BaseSpec();
+  spec.set_num_layers(layers);
+  spec.mutable_safetensors()->set_directory(dir);
+  spec.mutable_safetensors()->set_name_preset("deepseek");
+  spec.mutable_routing()->set_preset("deepseek_v3");
+  spec.mutable_routing()->set_num_groups(2);
+  spec.mutable_routing()->set_kept_groups(1);
+  // Layer 2's bias is missing: refused, naming the tensor.
+  EXPECT_THAT(std::string(WithCheckpointBias(spec).status().message()),
+              ::testing::HasSubstr("routing.bias from the checkpoint: tensor "
+                                   "'model.layers.2.mlp.gate.e_score_correction_bias' is not in"));
+  ASSERT_TRUE(
+      WriteSafetensors(dir + "/b.safetensors",
+                       {{"model.layers.2.mlp.gate.e_score_correction_bias", "BF16", {1, 8}, bf16}})
+          .ok());
+  auto resolved = WithCheckpointBias(spec);
+  ASSERT_TRUE(resolved.ok()) << resolved.status();
+  EXPECT_THAT(
+      std::vector<float>(resolved->routing().bias().begin(), resolved->routing().bias().end()),
+      ::testing::ElementsAreArray(want));
+  // The registry routes by them, and hands them to workers; the spec it
+  // lists is the one registered.
+  ModelRegistry registry(RegistryOptions{});
+  ASSERT_TRUE(registry.Register(spec).ok());
+  auto hosted = registry.Find("m");
+  ASSERT_TRUE(hosted.ok());
+  EXPECT_THAT((*hosted)->engine->config().choice_bias, ::testing::ElementsAreArray(want));
+  EXPECT_EQ((*hosted)->worker_spec.routing().bias_size(), 24);
+  EXPECT_EQ((*hosted)->spec.routing().bias_size(), 0);
+  // A spec that gives its own biases keeps them.
+  for (int i = 0; i < 24; ++i) spec.mutable_routing()->add_bias(1.0f);
+  EXPECT_EQ(WithCheckpointBias(spec)->routing().bias(0), 1.0f);
+  EXPECT_EQ(registry.Unregister("m"), absl::OkStatus());
 }
 
 }  // namespace
