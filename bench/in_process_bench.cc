@@ -70,8 +70,9 @@ std::unique_ptr<WorkerEngine> WorkerWithFleetState(const ModelConfig& config,
   return *std::move(worker);
 }
 
-void BM_InProcessRoute(benchmark::State& state) {
-  const ModelConfig config = Config(state);
+// One layer call after another over the layers, the worker holding the
+// fleet's state: config's model, args layers, experts, top_k, tokens.
+void RouteInProcess(benchmark::State& state, const ModelConfig& config) {
   const uint32_t tokens = static_cast<uint32_t>(state.range(3));
   auto service = Service(config);
   if (!service.ok()) return state.SkipWithError(std::string(service.status().message()).c_str());
@@ -93,10 +94,30 @@ void BM_InProcessRoute(benchmark::State& state) {
   }
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * tokens);
 }
+
+void BM_InProcessRoute(benchmark::State& state) { RouteInProcess(state, Config(state)); }
 BENCHMARK(BM_InProcessRoute)
     ->ArgsProduct({{32}, {8}, {2}, {1, 8, 64}})
     ->ArgsProduct({{58}, {256}, {8}, {1, 8, 64}})
     ->ArgsProduct({{60}, {384}, {8}, {1, 8, 64}});
+
+// The same under DeepSeek-V3's rule (8 groups, 4 kept): the name is kept,
+// a fifth argument 1 says the rule.
+void BM_InProcessRouteDeepSeek(benchmark::State& state) {
+  ModelConfig config = Config(state);
+  config.router.rule = *RoutingRulePreset("deepseek_v3");
+  WorkloadShape shape;
+  shape.num_layers = config.num_layers;
+  shape.num_experts = config.router.num_experts;
+  shape.top_k = config.router.top_k;
+  shape.rule = config.router.rule;
+  config.choice_bias = BalancedChoiceBias(shape, 1);
+  state.SetLabel("deepseek_v3");
+  RouteInProcess(state, config);
+}
+const benchmark::internal::Benchmark* const kInProcessRouteDeepSeek =
+    benchmark::RegisterBenchmark("BM_InProcessRoute", BM_InProcessRouteDeepSeek)
+        ->ArgsProduct({{58}, {256}, {8}, {1, 8, 64}, {1}});
 
 // One-token calls of the Mixtral shape as a worker loop makes them: between
 // calls the worker moves an expert's bytes (range(0) KiB copied, timing

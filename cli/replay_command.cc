@@ -311,6 +311,7 @@ absl::StatusOr<ReplayOptions> ParseReplayOptions(const CommandLine& cl, const Ro
     RouterConfig router;
     router.num_experts = trace.num_experts;
     router.top_k = trace.top_k;
+    router.rule = trace.rule;
     auto bonus = cl.Number("bonus", router.cache_bonus);
     auto protect = cl.Count("protected-top", router.protected_top);
     auto rank = cl.Count("max-rank", router.max_rank);

@@ -1,6 +1,7 @@
 // moe-router sweep: cache-aware routing on a calibrated synthetic trace,
 // hit rate against gate mass retained and tokens changed, per cache bonus
 // and quality guard; a table, JSON, and SVG plots.
+#include <algorithm>
 #include <cstdio>
 
 #include "absl/strings/numbers.h"
@@ -28,8 +29,10 @@ const std::vector<FlagSpec>& SweepFlags() {
       {"budget-fraction", true, false, "global budget as a fraction of all experts (default 0.5)"},
       {"bonus", true, false, "comma-separated relative bonuses (default 0,0.05,...,1)"},
       {"guard", true, true,
-       "protected_top:max_rank[:min_gate_mass], repeatable (default "
-       "1:4 1:8 1:4:0.7 1:8:0.7)"},
+       "protected_top:max_rank[:min_gate_mass], repeatable (default, for top-k: P:k+2 P:k+6 "
+       "P:k+2:0.7 P:k+6:0.7, P = 1, or 0 for a top-1 model)"},
+      {"rule", true, false, "route by this rule instead of the preset's (e.g. mixtral: softmax)"},
+      {"groups", true, false, "the rule's group count (1: no group limit)"},
       {"svg", true, false, "write plots to PREFIX-gate-mass.svg and PREFIX-changed.svg"},
       {"json", false, false, "print JSON instead of a table"},
   };
@@ -62,8 +65,18 @@ struct SweepSpec {
   double budget_fraction = 0.5;
   std::string policy;
   std::vector<double> bonuses = {0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0};
-  std::vector<Guard> guards = {{1, 4, 0}, {1, 8, 0}, {1, 4, 0.7}, {1, 8, 0.7}};
+  std::vector<Guard> guards;
 };
+
+// The default guards for a top-k model: candidates up to k + 2 and k + 6,
+// without and with a gate-mass floor, the original top expert protected
+// unless it is the only one.
+std::vector<Guard> DefaultGuards(uint32_t top_k, uint32_t num_experts) {
+  const uint32_t protect = top_k > 1 ? 1 : 0;
+  const uint32_t narrow = std::min({top_k + 2, num_experts, kMaxRank});
+  const uint32_t wide = std::min({top_k + 6, num_experts, kMaxRank});
+  return {{protect, narrow, 0}, {protect, wide, 0}, {protect, narrow, 0.7}, {protect, wide, 0.7}};
+}
 
 absl::StatusOr<std::vector<double>> ParseBonuses(const std::string& text) {
   std::vector<double> bonuses;
@@ -95,6 +108,18 @@ absl::StatusOr<SweepSpec> ParseSweep(const CommandLine& cl) {
   auto preset = GetWorkloadPreset(spec.preset_name);
   if (!preset.ok()) return preset.status();
   spec.preset = *preset;
+  RoutingRule& rule = spec.preset.shape.rule;
+  if (cl.Has("rule")) {
+    auto named = RoutingRulePreset(cl.Value("rule"));
+    if (!named.ok()) return named.status();
+    rule = *named;
+  }
+  auto groups = cl.Count("groups", rule.num_groups);
+  if (!groups.ok()) return groups.status();
+  rule.num_groups = static_cast<uint32_t>(*groups);
+  rule.kept_groups = std::min(rule.kept_groups, rule.num_groups);
+  if (absl::Status s = spec.preset.shape.Validate(); !s.ok()) return s;
+  spec.guards = DefaultGuards(spec.preset.shape.top_k, spec.preset.shape.num_experts);
   auto sequences = cl.Count("sequences", spec.sequences);
   auto tokens = cl.Count("tokens", spec.tokens);
   auto seed = cl.Count("seed", spec.seed);
@@ -154,6 +179,7 @@ absl::StatusOr<SweepResult> RunSweep(const SweepSpec& spec) {
       RouterConfig router;
       router.num_experts = shape.num_experts;
       router.top_k = shape.top_k;
+      router.rule = shape.rule;
       router.cache_bonus = bonus;
       router.protected_top = guard.protected_top;
       router.max_rank = guard.max_rank;
@@ -169,7 +195,7 @@ absl::StatusOr<SweepResult> RunSweep(const SweepSpec& spec) {
   return result;
 }
 
-void PrintJson(const SweepResult& result) {
+void PrintJson(const SweepSpec& spec, const SweepResult& result) {
   nlohmann::json rows = nlohmann::json::array();
   for (const Point& p : result.points) {
     rows.push_back({{"protected_top", p.guard.protected_top},
@@ -181,7 +207,8 @@ void PrintJson(const SweepResult& result) {
                     {"gate_mass_min", p.row.gate_mass_min},
                     {"changed_fraction", p.row.changed_fraction}});
   }
-  const nlohmann::json out = {{"baseline_lru", result.baseline.rows[0].hit_rate},
+  const nlohmann::json out = {{"rule", DescribeRoutingRule(spec.preset.shape.rule)},
+                              {"baseline_lru", result.baseline.rows[0].hit_rate},
                               {"baseline_policy", result.baseline.rows[1].hit_rate},
                               {"rows", rows}};
   std::printf("%s\n", out.dump(2).c_str());
@@ -196,6 +223,7 @@ void PrintTable(const SweepSpec& spec, const SweepResult& result) {
       static_cast<unsigned long long>(spec.tokens), static_cast<unsigned long long>(spec.seed),
       static_cast<unsigned long long>(result.budget), shape.num_layers * shape.num_experts,
       spec.policy.c_str());
+  std::printf("routing rule: %s\n", DescribeRoutingRule(shape.rule).c_str());
   std::printf("routing unchanged: lru %.3f, %s %.3f\n\n", result.baseline.rows[0].hit_rate,
               spec.policy.c_str(), result.baseline.rows[1].hit_rate);
   std::printf("%9s %8s %9s %6s %9s %14s %13s %8s\n", "protected", "max_rank", "min_mass", "bonus",
@@ -211,8 +239,9 @@ void PrintTable(const SweepSpec& spec, const SweepResult& result) {
 // one series per guard.
 Plot SweepPlot(const SweepSpec& spec, const std::vector<Point>& points, bool by_mass) {
   Plot plot;
-  plot.title = absl::StrFormat("Cache-aware routing, %s preset, budget %.0f%% of experts",
-                               spec.preset_name, spec.budget_fraction * 100);
+  plot.title = absl::StrFormat("Cache-aware routing, %s preset (%s), budget %.0f%% of experts",
+                               spec.preset_name, DescribeRoutingRule(spec.preset.shape.rule),
+                               spec.budget_fraction * 100);
   plot.y_label = "cache hit rate";
   plot.x_label = by_mass ? "mean gate mass retained" : "fraction of tokens rerouted";
   plot.y_goal = 0.80;
@@ -259,7 +288,7 @@ int SweepCommand(const std::vector<std::string>& args) {
   auto result = RunSweep(*spec);
   if (!result.ok()) return CommandError("sweep", result.status(), 2);
   if (cl->Has("json")) {
-    PrintJson(*result);
+    PrintJson(*spec, *result);
   } else {
     PrintTable(*spec, *result);
   }

@@ -14,9 +14,11 @@
 #include "cli/command_line.h"
 #include "cli/commands.h"
 #include "cli/progress.h"
+#include "core/store/safetensors_store.h"
 #include "eval/trace.h"
 #include "eval/trace_import.h"
 #include "nlohmann/json.hpp"
+#include "proto/proto_to_core.h"
 
 namespace moe_router {
 namespace {
@@ -92,6 +94,14 @@ const std::vector<FlagSpec>& ImportFlags() {
        "auto (default): drop layers that are all 0/-1 in every request; none: keep every layer"},
       {"tokens", true, false,
        "all (default), prompt or generated: which of a request's tokens to import"},
+      {"rule", true, false,
+       "hf: the model's routing rule, which makes each step's experts from its logits "
+       "(mixtral by default; deepseek_v3, glm4_moe, ...)"},
+      {"bias-checkpoint", true, false,
+       "hf, a rule with a choice bias: the safetensors checkpoint holding each layer's bias"},
+      {"bias-tensor", true, false,
+       "the bias tensor's name with {layer} (default "
+       "model.layers.{layer}.mlp.gate.e_score_correction_bias)"},
   };
   return flags;
 }
@@ -116,6 +126,11 @@ absl::StatusOr<ImportOptions> ParseImportOptions(const CommandLine& cl) {
         absl::StrFormat("--dense-layers is auto or none, not '%s'", dense));
   }
   o.drop_empty_layers = dense == "auto";
+  if (cl.Has("rule")) {
+    absl::StatusOr<RoutingRule> rule = RoutingRulePreset(cl.Value("rule"));
+    if (!rule.ok()) return rule.status();
+    o.rule = *rule;
+  }
   const std::string tokens = cl.Value("tokens", "all");
   if (tokens == "prompt") {
     o.tokens = ImportOptions::Tokens::kPrompt;
@@ -151,8 +166,8 @@ absl::StatusOr<std::vector<Request>> ReadInputs(const std::vector<std::string>& 
 }
 
 absl::StatusOr<ImportedTrace> Import(const std::string& format,
-                                     const std::vector<std::string>& inputs,
-                                     const ImportOptions& options) {
+                                     const std::vector<std::string>& inputs, ImportOptions options,
+                                     const CommandLine& cl) {
   if (format == "vllm" || format == "sglang") {
     auto requests = ReadInputs<RoutedRequest>(
         inputs, [&](const std::string& path, const std::function<void(uint64_t)>& progress) {
@@ -168,6 +183,20 @@ absl::StatusOr<ImportedTrace> Import(const std::string& format,
           return ReadTransformersLogits(path, options);
         });
     if (!requests.ok()) return requests.status();
+    if (options.rule.choice_bias && !requests->empty()) {
+      // The dump's every layer, as the checkpoint numbers them (MoE
+      // layers' experts under model.layers.{layer}.mlp.experts.{expert}.).
+      if (!cl.Has("bias-checkpoint")) {
+        return absl::InvalidArgumentError(
+            "--rule chooses with a bias per (layer, expert): give --bias-checkpoint DIR");
+      }
+      auto bias = SafetensorsStore::ReadLayerVectors(
+          {.directory = cl.Value("bias-checkpoint"), .expert_pattern = kQwenMoeExpertPattern},
+          cl.Value("bias-tensor", kDefaultBiasTensor), requests->front().layers,
+          requests->front().num_experts);
+      if (!bias.ok()) return bias.status();
+      options.choice_bias = *std::move(bias);
+    }
     return BuildLogitsTrace(*requests, options);
   }
   return absl::InvalidArgumentError(
@@ -184,7 +213,7 @@ int ImportCommandOfTrace(const std::vector<std::string>& args) {
   const std::string format = cl->positional()[0], output = cl->Value("output");
   const std::vector<std::string> inputs(cl->positional().begin() + 1, cl->positional().end());
   const absl::Time start = absl::Now();
-  absl::StatusOr<ImportedTrace> imported = Import(format, inputs, *options);
+  absl::StatusOr<ImportedTrace> imported = Import(format, inputs, *options, *cl);
   if (!imported.ok()) return CommandError("trace import", imported.status());
   const absl::Time read = absl::Now();
   const RoutingTrace& trace = imported->trace;

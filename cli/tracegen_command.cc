@@ -1,5 +1,5 @@
-// moe-router tracegen --preset P --out FILE [--sequences S] [--tokens T]
-//   [--seed N] [--compare REAL.jsonl] [generator overrides]
+// moe-router tracegen --preset P --out FILE [--rule R] [--sequences S]
+//   [--tokens T] [--seed N] [--compare REAL.jsonl] [generator overrides]
 #include <cstdio>
 
 #include "absl/strings/str_format.h"
@@ -15,8 +15,10 @@ namespace {
 const std::vector<FlagSpec>& TracegenFlags() {
   static const std::vector<FlagSpec> flags = {
       {"preset", true, false,
-       "mixtral | qwen3-30b-a3b | qwen3-235b-a22b | gpt-oss-120b | deepseek-v3 | kimi-k2 (default "
-       "mixtral)"},
+       "mixtral | qwen3-30b-a3b | qwen3-235b-a22b | gpt-oss-120b | deepseek-v3 | kimi-k2 | glm-4.5 "
+       "| llama4-maverick (default mixtral)"},
+      {"rule", true, false,
+       "route by this rule instead of the preset's (mixtral, deepseek_v3, ...: routing_rule.h)"},
       {"out", true, false, "logits trace to write"},
       {"sequences", true, false, "sequences (runs) to generate (preset default)"},
       {"tokens", true, false, "tokens per sequence (preset default)"},
@@ -60,6 +62,14 @@ int TracegenCommand(const std::vector<std::string>& args) {
     else
       errors.push_back(v.status());
   };
+  if (cl->Has("rule")) {
+    auto rule = RoutingRulePreset(cl->Value("rule"));
+    if (rule.ok()) {
+      shape.rule = *rule;
+    } else {
+      errors.push_back(rule.status());
+    }
+  }
   count("layers", shape.num_layers);
   count("experts", shape.num_experts);
   count("top-k", shape.top_k);
@@ -82,9 +92,11 @@ int TracegenCommand(const std::vector<std::string>& args) {
   if (cl->Has("out")) {
     if (absl::Status s = WriteLogitsTrace(cl->Value("out"), trace); !s.ok())
       return CommandError("tracegen", s);
-    std::fprintf(stderr, "wrote %s: %d sequences x %d tokens, %d layers x %d experts, top-%d\n",
-                 cl->Value("out").c_str(), preset->sequences, preset->tokens, shape.num_layers,
-                 shape.num_experts, shape.top_k);
+    std::fprintf(
+        stderr,
+        "wrote %s: %d sequences x %d tokens, %d layers x %d experts, top-%d, routed by %s\n",
+        cl->Value("out").c_str(), preset->sequences, preset->tokens, shape.num_layers,
+        shape.num_experts, shape.top_k, DescribeRoutingRule(shape.rule).c_str());
   }
   if (cl->Has("compare")) {
     auto real = ReadTrace(cl->Value("compare"));

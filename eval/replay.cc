@@ -131,7 +131,10 @@ class RunReplayer {
       coactivation_.push_back(
           std::make_unique<CoActivation>(n, n, AffinityConfig{}.coactivation_decay));
       if (reroute) {
-        auto router = LayerRouter::Create(*options_.router, AffinityConfig{});
+        // The model's rule is the trace's.
+        RouterConfig config = *options_.router;
+        config.rule = trace_.rule;
+        auto router = LayerRouter::Create(config, AffinityConfig{}, trace_.LayerChoiceBias(l));
         if (!router.ok()) return router.status();
         routers_.push_back(std::make_unique<LayerRouter>(*std::move(router)));
       }

@@ -30,8 +30,9 @@ struct ReplayOptions {
   /// the next step (co-activation, then affinity). 0: demand paging only.
   uint32_t prefetch_budget = 0;
   /// For logits traces: route every step with this router (cache-aware if
-  /// it has a bonus) against the cache being replayed, instead of taking
-  /// the trace's plain top-k. Belady and the peers' policies keep the
+  /// it has a bonus) against the cache being replayed, by the trace's
+  /// routing rule and biases (this config's rule is not used), instead of
+  /// taking the rule's own top-k. Belady and the peers' policies keep the
   /// trace's routing.
   std::optional<RouterConfig> router;
   /// Policies replayed at once, each on a thread of its own (they share

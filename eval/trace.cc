@@ -12,6 +12,7 @@
 #include "absl/strings/str_format.h"
 #include "core/base/file_io.h"
 #include "core/base/json_number.h"
+#include "core/routing/router.h"
 #include "nlohmann/json.hpp"
 
 namespace moe_router {
@@ -153,8 +154,15 @@ absl::StatusOr<RoutingTrace> ReadLogitsTrace(const std::string& path, std::ifstr
     return bad(absl::StrFormat("bad logits trace header: %s", e.what()));
   }
   if (trace.num_layers == 0 || trace.num_experts == 0 || trace.top_k == 0 ||
-      trace.top_k > trace.num_experts) {
+      trace.top_k > trace.num_experts || trace.top_k > kMaxRank) {
     return bad("logits trace header has an impossible shape");
+  }
+  if (const auto routing = header.find("routing"); routing != header.end()) {
+    if (absl::Status s = RoutingRuleFromJson(*routing, trace.num_layers, trace.num_experts,
+                                             trace.top_k, &trace.rule, &trace.choice_bias);
+        !s.ok()) {
+      return bad(absl::StrCat("header 'routing': ", s.message()));
+    }
   }
   // The records the header promises must be in the file before anything is
   // sized from it: a header alone cannot make the reader allocate.
@@ -183,7 +191,7 @@ absl::StatusOr<RoutingTrace> ReadLogitsTrace(const std::string& path, std::ifstr
             static_cast<std::streamsize>(run.logits.size() * sizeof(float)));
     if (!in) return bad(absl::StrFormat("logits of run %s are truncated", run.name));
   }
-  FillTopKFromLogits(trace);
+  if (absl::Status s = FillTopKFromLogits(trace); !s.ok()) return bad(std::string(s.message()));
   return trace;
 }
 
@@ -218,30 +226,127 @@ absl::StatusOr<RoutingTrace> ReadTrace(const std::string& path) {
   return ReadRoutingJsonl(path, in);
 }
 
-void FillTopKFromLogits(RoutingTrace& trace) {
+absl::Status FillTopKFromLogits(RoutingTrace& trace) {
   const uint32_t n = trace.num_experts, k = trace.top_k;
-  std::vector<uint32_t> order(n);
+  // Per layer, a run's steps routed as one batch by the model's rule (no
+  // bonus, nothing resident).
+  RouterConfig config;
+  config.num_experts = n;
+  config.top_k = k;
+  config.rule = trace.rule;
+  config.memory_aware = false;
+  config.prefetch_threshold = 0;
+  std::vector<LayerRouter> routers;
+  for (uint32_t l = 0; l < trace.num_layers; ++l) {
+    auto router = LayerRouter::Create(config, AffinityConfig{}, trace.LayerChoiceBias(l));
+    if (!router.ok()) return router.status();
+    routers.push_back(*std::move(router));
+  }
+  std::vector<float> batch;
+  std::vector<size_t> at;
+  RouteResult out;
   for (RoutingTrace::Run& run : trace.runs) {
     run.experts.resize(run.steps.size() * k);
-    for (size_t i = 0; i < run.steps.size(); ++i) {
-      const auto logits = trace.StepLogits(run, i);
-      std::iota(order.begin(), order.end(), 0);
-      std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](uint32_t a, uint32_t b) {
-        return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
-      });
-      std::copy_n(order.begin(), k, run.experts.begin() + i * k);
+    for (uint32_t l = 0; l < trace.num_layers; ++l) {
+      batch.clear();
+      at.clear();
+      for (size_t i = 0; i < run.steps.size(); ++i) {
+        if (run.steps[i].layer != l) continue;
+        const auto logits = trace.StepLogits(run, i);
+        batch.insert(batch.end(), logits.begin(), logits.end());
+        at.push_back(i);
+      }
+      if (at.empty()) continue;
+      if (absl::Status s = routers[l].Route(batch, nullptr, &out); !s.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrFormat("run %s, layer %d: %s", run.name, l, s.message()));
+      }
+      for (size_t j = 0; j < at.size(); ++j) {
+        const auto chosen = out.TokenExperts(static_cast<uint32_t>(j));
+        std::copy(chosen.begin(), chosen.end(), run.experts.begin() + at[j] * k);
+      }
     }
   }
+  return absl::OkStatus();
+}
+
+nlohmann::json RoutingRuleToJson(const RoutingRule& rule, absl::Span<const float> bias) {
+  nlohmann::json j = {{"score", ScoreFunctionName(rule.score)},
+                      {"choiceBias", rule.choice_bias},
+                      {"selection", SelectionName(rule.selection)},
+                      {"numGroups", rule.num_groups},
+                      {"keptGroups", rule.kept_groups},
+                      {"groupScore", GroupScoreName(rule.group_score)},
+                      {"maskedGroups", MaskedGroupsName(rule.masked_groups)},
+                      {"normalization", NormalizationName(rule.normalization)},
+                      {"normalizationParam", rule.normalization_param},
+                      {"scaling", rule.scaling}};
+  if (!bias.empty()) j["bias"] = std::vector<float>(bias.begin(), bias.end());
+  return j;
+}
+
+absl::Status RoutingRuleFromJson(const nlohmann::json& json, uint32_t num_layers,
+                                 uint32_t num_experts, uint32_t top_k, RoutingRule* rule,
+                                 std::vector<float>* bias) {
+  if (!json.is_object()) return absl::InvalidArgumentError("routing must be an object");
+  RoutingRule r;
+  // Each named step, when present, parsed by the rule's own names.
+  const auto named = [&](const char* field, auto parse, auto* out) -> absl::Status {
+    const auto it = json.find(field);
+    if (it == json.end()) return absl::OkStatus();
+    if (!it->is_string()) return absl::InvalidArgumentError(absl::StrCat(field, " must be a name"));
+    auto value = parse(it->get<std::string>());
+    if (!value.ok()) return value.status();
+    *out = *value;
+    return absl::OkStatus();
+  };
+  for (absl::Status s : {named("score", ParseScoreFunction, &r.score),
+                         named("selection", ParseSelection, &r.selection),
+                         named("groupScore", ParseGroupScore, &r.group_score),
+                         named("maskedGroups", ParseMaskedGroups, &r.masked_groups),
+                         named("normalization", ParseNormalization, &r.normalization)}) {
+    if (!s.ok()) return s;
+  }
+  try {
+    if (json.contains("choiceBias")) r.choice_bias = json.at("choiceBias").get<bool>();
+    if (json.contains("numGroups")) r.num_groups = json.at("numGroups").get<uint32_t>();
+    if (json.contains("keptGroups")) r.kept_groups = json.at("keptGroups").get<uint32_t>();
+    if (json.contains("normalizationParam")) {
+      r.normalization_param = json.at("normalizationParam").get<double>();
+    }
+    if (json.contains("scaling")) r.scaling = json.at("scaling").get<double>();
+    std::vector<float> b;
+    if (json.contains("bias")) {
+      const nlohmann::json& values = json.at("bias");
+      // Counted before anything is sized from it.
+      if (!values.is_array() ||
+          values.size() != (r.choice_bias ? size_t{num_layers} * num_experts : 0)) {
+        return ValidateChoiceBias(r, std::vector<float>(values.is_array() ? values.size() : 1),
+                                  num_layers, num_experts);
+      }
+      b = values.get<std::vector<float>>();
+    }
+    if (absl::Status s = r.Validate(num_experts, top_k); !s.ok()) return s;
+    if (absl::Status s = ValidateChoiceBias(r, b, num_layers, num_experts); !s.ok()) return s;
+    *rule = r;
+    *bias = std::move(b);
+  } catch (const nlohmann::json::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat("bad routing: ", e.what()));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status WriteLogitsTrace(const std::string& path, const RoutingTrace& trace) {
   nlohmann::json runs = nlohmann::json::array();
   for (const auto& run : trace.runs) runs.push_back({{"name", run.name}, {"tokens", run.tokens}});
-  const nlohmann::json header = {{"format", kLogitsFormat},
-                                 {"num_layers", trace.num_layers},
-                                 {"num_experts", trace.num_experts},
-                                 {"top_k", trace.top_k},
-                                 {"runs", runs}};
+  nlohmann::json header = {{"format", kLogitsFormat},
+                           {"num_layers", trace.num_layers},
+                           {"num_experts", trace.num_experts},
+                           {"top_k", trace.top_k},
+                           {"runs", runs}};
+  if (!trace.rule.IsDefault() || !trace.choice_bias.empty()) {
+    header["routing"] = RoutingRuleToJson(trace.rule, trace.choice_bias);
+  }
   std::string out = header.dump() + "\n";
   for (const auto& run : trace.runs) {
     if (run.steps.size() != size_t{run.tokens} * trace.num_layers ||

@@ -7,6 +7,8 @@
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "core/routing/routing_rule.h"
+#include "nlohmann/json.hpp"
 
 namespace moe_router {
 
@@ -35,6 +37,12 @@ struct RoutingTrace {
   uint32_t num_layers = 0;
   uint32_t num_experts = 0;
   uint32_t top_k = 0;
+  /// How the model routes (logits traces): its experts are the rule's top-k
+  /// of the logits, and replay reroutes by it. Routing traces recorded what
+  /// the model chose, whatever its rule.
+  RoutingRule rule = {};
+  /// The rule's choice biases, num_layers x num_experts; empty without.
+  std::vector<float> choice_bias;
   std::vector<Run> runs;
 
   bool has_logits() const { return !runs.empty() && !runs[0].logits.empty(); }
@@ -47,6 +55,10 @@ struct RoutingTrace {
   }
   absl::Span<const float> StepLogits(const Run& run, size_t step) const {
     return absl::MakeConstSpan(run.logits).subspan(step * num_experts, num_experts);
+  }
+  absl::Span<const float> LayerChoiceBias(uint32_t layer) const {
+    if (choice_bias.empty()) return {};
+    return absl::MakeConstSpan(choice_bias).subspan(size_t{layer} * num_experts, num_experts);
   }
 };
 
@@ -63,10 +75,12 @@ absl::StatusOr<RoutingTrace> ReadTrace(const std::string& path);
 
 /// Writes a logits trace: the header line
 ///   {"format":"moe-router-logits/1","num_layers":L,"num_experts":E,
-///    "top_k":K,"runs":[{"name":...,"tokens":T},...]}\n
+///    "top_k":K,"runs":[{"name":...,"tokens":T},...],
+///    "routing":{"score":"sigmoid",...,"bias":[L x E floats]}}\n
 /// then, per run in order and per token, L x E little-endian float32 logits
-/// (every step present).
-/// The experts are recomputed from the logits (plain top-k) on reading.
+/// (every step present). "routing" (RoutingRuleToJson) is written unless
+/// the rule is the default, and read as the default when absent.
+/// The experts are recomputed from the logits by the rule on reading.
 /// Written atomically.
 absl::Status WriteLogitsTrace(const std::string& path, const RoutingTrace& trace);
 
@@ -77,8 +91,18 @@ RoutingTrace SplitRoundRobin(const RoutingTrace& trace, uint32_t workers, uint32
 /// worker's cache sees them: replaying it carries the cache across runs.
 RoutingTrace Concatenated(const RoutingTrace& trace);
 
-/// Plain top-k of every step's logits (ties to the lower id) into experts.
-void FillTopKFromLogits(RoutingTrace& trace);
+/// Every step's experts from its logits by the trace's rule and biases, as
+/// the model chooses (ties to the lower id). Errors: a rule or biases that
+/// do not fit the shape, a NaN or infinite logit (naming the run and layer).
+absl::Status FillTopKFromLogits(RoutingTrace& trace);
+
+/// A rule and its biases as the logits-trace header writes them (the
+/// ModelSpec's RoutingSettings names, every step spelled out), and back;
+/// errors name the field.
+nlohmann::json RoutingRuleToJson(const RoutingRule& rule, absl::Span<const float> bias);
+absl::Status RoutingRuleFromJson(const nlohmann::json& json, uint32_t num_layers,
+                                 uint32_t num_experts, uint32_t top_k, RoutingRule* rule,
+                                 std::vector<float>* bias);
 
 /// Statistics that characterise a trace, for calibrating synthetic ones.
 struct TraceStats {

@@ -685,6 +685,18 @@ absl::StatusOr<ImportedTrace> BuildLogitsTrace(const std::vector<LogitsRequest>&
   trace.num_layers = static_cast<uint32_t>(kept->size());
   trace.num_experts = e;
   trace.top_k = options.top_k;
+  trace.rule = options.rule;
+  if (absl::Status s = options.rule.Validate(e, options.top_k); !s.ok()) return s;
+  if (absl::Status s = ValidateChoiceBias(options.rule, options.choice_bias, first.layers, e);
+      !s.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the dump's ", first.layers, " layers: ", s.message()));
+  }
+  for (uint32_t source : *kept) {
+    if (options.choice_bias.empty()) break;
+    const auto row = absl::MakeConstSpan(options.choice_bias).subspan(size_t{source} * e, e);
+    trace.choice_bias.insert(trace.choice_bias.end(), row.begin(), row.end());
+  }
   for (const LogitsRequest& r : requests) {
     RoutingTrace::Run run;
     run.name = RunName(r.source, r.id);
@@ -706,7 +718,7 @@ absl::StatusOr<ImportedTrace> BuildLogitsTrace(const std::vector<LogitsRequest>&
     trace.runs.push_back(std::move(run));
     out.origins.push_back({r.source, r.id, -1});
   }
-  FillTopKFromLogits(trace);
+  if (absl::Status s = FillTopKFromLogits(trace); !s.ok()) return s;
   return out;
 }
 

@@ -48,6 +48,13 @@ struct ImportOptions {
   /// say where the prompt ends.
   enum class Tokens { kAll, kPrompt, kGenerated };
   Tokens tokens = Tokens::kAll;
+  /// Logits dumps: the model's routing rule, which makes each step's
+  /// experts from its logits, and its choice biases for every layer of the
+  /// dump (dump layers x num_experts, dense layers included; the kept
+  /// layers' rows go into the trace). Routing dumps record the choice
+  /// itself.
+  RoutingRule rule = {};
+  std::vector<float> choice_bias;
 };
 
 /// One request's routing as the engine recorded it.

@@ -1,9 +1,11 @@
 #include "eval/workload.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "core/routing/router.h"
 
 namespace moe_router {
 
@@ -26,7 +28,7 @@ absl::Status WorkloadShape::Validate() const {
     return absl::InvalidArgumentError(
         absl::StrFormat("workload persistence must be in [0, 1), got %g", persistence));
   }
-  return absl::OkStatus();
+  return rule.Validate(num_experts, top_k);
 }
 
 SyntheticRouting::SyntheticRouting(const WorkloadShape& shape, uint64_t seed)
@@ -70,13 +72,34 @@ namespace {
 struct PresetShape {
   const char* name;
   uint32_t layers, experts, top_k, tokens;
+  const char* rule;
+  // Overrides of the rule's preset where the model's config differs.
+  uint32_t num_groups = 0;  // 0: the preset's
+  double scaling = 0;       // 0: the preset's
 };
 // The generator parameters are WorkloadShape's defaults (calibrated on
-// Mixtral); the larger presets take Mixtral's dynamics at their own shape.
+// Mixtral); the larger presets take Mixtral's dynamics at their own shape
+// and route by their family's rule (core/routing/routing_rule.cc says where
+// each rule comes from). Shapes: the models' configs as Transformers'
+// configuration files, the release notes or the serving engines' pages
+// give them: DeepSeek-V3 61 layers of which the first 3 dense (58 MoE), 256
+// experts, top-8 (configuration_deepseek_v3.py); Kimi K2 61 layers, 1
+// dense, 384 experts, top-8, one group, scaling 2.827 (NVIDIA
+// Megatron-Bridge KimiK2Provider); GLM-4.5 92 layers, the first 3 dense,
+// 160 experts, top-8, scaling 2.5 (Megatron-Bridge's GLM 4.5 page); Llama 4
+// Maverick 48 layers with an MoE layer every second
+// (interleave_moe_layer_step 2), 128 experts, top-1 (its GGUF metadata as
+// ollama.com lists it); gpt-oss-120b 36 layers, 128 experts, top-4
+// (configuration_gpt_oss.py).
 constexpr PresetShape kPresets[] = {
-    {"mixtral", 32, 8, 2, 124},        {"qwen3-30b-a3b", 48, 128, 8, 256},
-    {"deepseek-v3", 58, 256, 8, 256},  {"qwen3-235b-a22b", 94, 128, 8, 256},
-    {"gpt-oss-120b", 36, 128, 4, 256}, {"kimi-k2", 60, 384, 8, 256},
+    {"mixtral", 32, 8, 2, 124, "mixtral"},
+    {"qwen3-30b-a3b", 48, 128, 8, 256, "qwen"},
+    {"deepseek-v3", 58, 256, 8, 256, "deepseek_v3"},
+    {"qwen3-235b-a22b", 94, 128, 8, 256, "qwen"},
+    {"gpt-oss-120b", 36, 128, 4, 256, "gpt_oss"},
+    {"kimi-k2", 60, 384, 8, 256, "deepseek_v3", /*num_groups=*/1, /*scaling=*/2.827},
+    {"glm-4.5", 89, 160, 8, 256, "glm4_moe"},
+    {"llama4-maverick", 24, 128, 1, 256, "llama4"},
 };
 
 }  // namespace
@@ -88,6 +111,12 @@ absl::StatusOr<WorkloadPreset> GetWorkloadPreset(absl::string_view name) {
     preset.shape.num_layers = p.layers;
     preset.shape.num_experts = p.experts;
     preset.shape.top_k = p.top_k;
+    preset.shape.rule = *RoutingRulePreset(p.rule);
+    if (p.num_groups != 0) {
+      preset.shape.rule.num_groups = p.num_groups;
+      preset.shape.rule.kept_groups = std::min(preset.shape.rule.kept_groups, p.num_groups);
+    }
+    if (p.scaling != 0) preset.shape.rule.scaling = p.scaling;
     preset.tokens = p.tokens;
     return preset;
   }
@@ -102,12 +131,56 @@ std::vector<std::string> WorkloadPresetNames() {
   return names;
 }
 
+std::vector<float> BalancedChoiceBias(const WorkloadShape& shape, uint64_t seed, uint32_t tokens,
+                                      uint32_t batch, float step) {
+  if (!shape.rule.choice_bias) return {};
+  const uint32_t layers = shape.num_layers, n = shape.num_experts;
+  std::vector<float> bias(size_t{layers} * n, 0.0f);
+  SyntheticRouting generator(shape, seed);
+  generator.ReseedTokens(seed ^ 0x9e3779b97f4a7c15ull);
+  RouterConfig config;
+  config.num_experts = n;
+  config.top_k = shape.top_k;
+  config.rule = shape.rule;
+  config.memory_aware = false;
+  config.prefetch_threshold = 0;
+  std::vector<std::vector<float>> rows(layers);
+  std::vector<uint32_t> load(n);
+  RouteResult out;
+  for (uint32_t t = 1; t <= tokens; ++t) {
+    // A new sequence every 256 tokens, as traces have.
+    if (t % 256 == 1) generator.StartSequence();
+    const std::vector<float>& logits = generator.NextToken();
+    for (uint32_t l = 0; l < layers; ++l) {
+      rows[l].insert(rows[l].end(), logits.begin() + size_t{l} * n,
+                     logits.begin() + size_t{l + 1} * n);
+    }
+    if (t % batch != 0) continue;
+    for (uint32_t l = 0; l < layers; ++l) {
+      const auto layer_bias = absl::MakeConstSpan(bias).subspan(size_t{l} * n, n);
+      auto router = LayerRouter::Create(config, AffinityConfig{}, layer_bias);
+      if (!router.ok() || !router->Route(rows[l], nullptr, &out).ok()) return {};
+      std::fill(load.begin(), load.end(), 0);
+      for (uint32_t e : out.experts) ++load[e];
+      const double mean = static_cast<double>(batch) * shape.top_k / n;
+      for (uint32_t e = 0; e < n; ++e) {
+        float& b = bias[size_t{l} * n + e];
+        b += load[e] < mean ? step : load[e] > mean ? -step : 0.0f;
+      }
+      rows[l].clear();
+    }
+  }
+  return bias;
+}
+
 RoutingTrace GenerateTrace(const WorkloadShape& shape, uint32_t sequences, uint32_t tokens,
                            uint64_t seed, const std::function<void(uint64_t, uint64_t)>& progress) {
   RoutingTrace trace;
   trace.num_layers = shape.num_layers;
   trace.num_experts = shape.num_experts;
   trace.top_k = shape.top_k;
+  trace.rule = shape.rule;
+  trace.choice_bias = BalancedChoiceBias(shape, seed);
   // One generator: the per-layer preferences are the model's, shared by
   // every sequence; each sequence starts a new topic.
   SyntheticRouting generator(shape, seed);
@@ -126,7 +199,8 @@ RoutingTrace GenerateTrace(const WorkloadShape& shape, uint32_t sequences, uint3
     }
     trace.runs.push_back(std::move(run));
   }
-  FillTopKFromLogits(trace);
+  // Finite logits and a validated rule route.
+  (void)FillTopKFromLogits(trace);
   return trace;
 }
 

@@ -6,6 +6,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <optional>
+
 #include "client/in_process_worker.h"
 #include "core/cache/expert_size_table.h"
 #include "core/model/model_config.h"
@@ -31,6 +33,55 @@ py::array Keys(std::vector<ExpertKey>& keys, py::handle owner) {
   static_assert(sizeof(ExpertKey) == 2 * sizeof(uint32_t));
   return py::array_t<uint32_t>({static_cast<py::ssize_t>(keys.size()), py::ssize_t{2}},
                                reinterpret_cast<uint32_t*>(keys.data()), owner);
+}
+
+// A routing rule from a dict of RoutingSettings' names ({"preset":
+// "deepseek_v3", "num_groups": 8, ...}); an unknown key is an error naming
+// it.
+RoutingRule RuleFromDict(const py::dict& settings) {
+  RoutingRule rule;
+  if (settings.contains("preset")) {
+    auto preset = RoutingRulePreset(settings["preset"].cast<std::string>());
+    Check(preset.status());
+    rule = *preset;
+  }
+  for (const auto& [key, value] : settings) {
+    const std::string name = key.cast<std::string>();
+    const auto text = [&] { return value.cast<std::string>(); };
+    const auto named = [&](auto parsed, auto* field) {
+      Check(parsed.status());
+      *field = *parsed;
+    };
+    if (name == "preset") {
+      continue;
+    } else if (name == "score") {
+      named(ParseScoreFunction(text()), &rule.score);
+    } else if (name == "selection") {
+      named(ParseSelection(text()), &rule.selection);
+    } else if (name == "group_score") {
+      named(ParseGroupScore(text()), &rule.group_score);
+    } else if (name == "masked_groups") {
+      named(ParseMaskedGroups(text()), &rule.masked_groups);
+    } else if (name == "normalization") {
+      named(ParseNormalization(text()), &rule.normalization);
+    } else if (name == "choice_bias") {
+      rule.choice_bias = value.cast<bool>();
+    } else if (name == "num_groups") {
+      rule.num_groups = value.cast<uint32_t>();
+    } else if (name == "kept_groups") {
+      rule.kept_groups = value.cast<uint32_t>();
+    } else if (name == "normalization_param") {
+      rule.normalization_param = value.cast<double>();
+    } else if (name == "scaling") {
+      rule.scaling = value.cast<double>();
+    } else {
+      throw std::invalid_argument("routing: unknown setting '" + name +
+                                  "' (preset, score, choice_bias, selection, num_groups, "
+                                  "kept_groups, group_score, masked_groups, normalization, "
+                                  "normalization_param, scaling)");
+    }
+  }
+  return rule;
 }
 
 // The per-layer calls, on whichever engine a subclass holds.
@@ -150,12 +201,18 @@ class PyLocalEngine : public PyEngine {
   PyLocalEngine(uint32_t num_layers, uint32_t num_experts, uint32_t top_k, uint64_t expert_bytes,
                 uint64_t budget_bytes, double cache_bonus, const std::string& eviction_policy,
                 double prefetch_threshold, uint32_t protected_top, uint32_t max_rank,
-                double min_gate_mass) {
+                double min_gate_mass, const py::dict& routing,
+                const std::optional<py::array_t<float, py::array::c_style>>& choice_bias) {
     ModelConfig model;
     model.name = "local";
     model.num_layers = num_layers;
     model.router.num_experts = num_experts;
     model.router.top_k = top_k;
+    model.router.rule = RuleFromDict(routing);
+    if (choice_bias) {
+      const absl::Span<const float> bias = SpanOf(*choice_bias);
+      model.choice_bias.assign(bias.begin(), bias.end());
+    }
     model.router.memory_aware = cache_bonus > 0;
     model.router.cache_bonus = cache_bonus;
     model.router.prefetch_threshold = prefetch_threshold;
@@ -249,14 +306,19 @@ void BindEngines(py::module_& m) {
   RouterConfig defaults;
   py::class_<PyLocalEngine, PyEngine>(m, "LocalEngine")
       .def(py::init<uint32_t, uint32_t, uint32_t, uint64_t, uint64_t, double, const std::string&,
-                    double, uint32_t, uint32_t, double>(),
+                    double, uint32_t, uint32_t, double, const py::dict&,
+                    const std::optional<py::array_t<float, py::array::c_style>>&>(),
            py::arg("num_layers"), py::arg("num_experts"), py::arg("top_k"), py::arg("expert_bytes"),
            py::arg("budget_bytes"), py::arg("cache_bonus") = defaults.cache_bonus,
            py::arg("eviction_policy") = "",
            py::arg("prefetch_threshold") = defaults.prefetch_threshold,
            py::arg("protected_top") = defaults.protected_top,
            py::arg("max_rank") = defaults.max_rank,
-           py::arg("min_gate_mass") = defaults.min_gate_mass)
+           py::arg("min_gate_mass") = defaults.min_gate_mass, py::arg("routing") = py::dict(),
+           py::arg("choice_bias") = std::nullopt,
+           "The worker engine alone. routing: the model's rule as a dict of RoutingSettings' "
+           "names ({'preset': 'deepseek_v3', 'num_groups': 8, ...}; default Mixtral's); "
+           "choice_bias: float32 (num_layers, num_experts) when the rule has a bias.")
       .def("close", &PyLocalEngine::Close);
 }
 

@@ -290,12 +290,12 @@ struct BatchTotals {
   return hits;
 }
 
-// Marks the token's strong unchosen runners-up (unnormalised weight at
-// least `ratio` of the top candidate's) in the batch's prefetch bits.
-[[gnu::always_inline]] inline void MarkRunnersUp(const uint32_t* id, const float* prob, uint32_t r,
-                                                 uint64_t chosen, float ratio,
+// Marks the token's strong unchosen runners-up (strength at least `ratio`
+// of the top candidate's) in the batch's prefetch bits.
+[[gnu::always_inline]] inline void MarkRunnersUp(const uint32_t* id, const float* strength,
+                                                 uint32_t r, uint64_t chosen, float ratio,
                                                  uint64_t* prefetch_bits) {
-  const uint64_t strong = MaskAtLeast(prob, r, ratio * prob[0]) & ~uint64_t{1};
+  const uint64_t strong = MaskAtLeast(strength, r, ratio * strength[0]) & ~uint64_t{1};
   for (uint64_t m = strong & ~chosen; m != 0; m &= m - 1) {
     const uint32_t e = id[__builtin_ctzll(m)];
     prefetch_bits[e / 64] |= uint64_t{1} << (e % 64);
@@ -305,9 +305,9 @@ struct BatchTotals {
 // Per token of the batch: the mass guard, then the outputs (tokens x k
 // experts, residency and weights) and the prefetch bits.
 BatchTotals GuardAndWrite(const GuardSettings& g, uint32_t tokens, const uint32_t* ids,
-                          const float* probs, const uint64_t* res_masks, const uint64_t* choices,
-                          uint64_t* prefetch_bits, uint32_t* out_experts, uint8_t* out_resident,
-                          float* out_weights) {
+                          const float* probs, const float* strengths, const uint64_t* res_masks,
+                          const uint64_t* choices, uint64_t* prefetch_bits, uint32_t* out_experts,
+                          uint8_t* out_resident, float* out_weights) {
   BatchTotals totals;
   for (uint32_t t = 0; t < tokens; ++t) {
     const uint32_t* id = ids + size_t{t} * g.r;
@@ -317,7 +317,9 @@ BatchTotals GuardAndWrite(const GuardSettings& g, uint32_t tokens, const uint32_
     totals.hits +=
         WriteToken(g, id, prob, chosen, res_masks[t], kept, out_experts + size_t{t} * g.k,
                    out_resident + size_t{t} * g.k, out_weights + size_t{t} * g.k);
-    if (g.prefetch_ratio > 0) MarkRunnersUp(id, prob, g.r, chosen, g.prefetch_ratio, prefetch_bits);
+    if (g.prefetch_ratio > 0) {
+      MarkRunnersUp(id, strengths + size_t{t} * g.r, g.r, chosen, g.prefetch_ratio, prefetch_bits);
+    }
   }
   return totals;
 }
@@ -462,6 +464,20 @@ const float* LayerRouter::UnnormalisedWeights(uint32_t tokens) {
   return weight;
 }
 
+const float* LayerRouter::PrefetchStrengths(const float* weights, uint32_t tokens) {
+  const RoutingRule& rule = config_.rule;
+  const bool sigmoid =
+      rule.score == ScoreFunction::kSigmoid || rule.selection == Selection::kTopKThenSigmoid;
+  if (!sigmoid) return weights;
+  // A sigmoid score's odds, s / (1 - s), are e^logit: their ratio is the
+  // softmax ratio of the logits, so one threshold means the same for every
+  // rule (sigmoid scores themselves are all near 1 at the top).
+  const size_t count = size_t{tokens} * max_rank_;
+  batch_strength_.resize(count);
+  for (size_t i = 0; i < count; ++i) batch_strength_[i] = weights[i] / (1.0f - weights[i]);
+  return batch_strength_.data();
+}
+
 absl::Status LayerRouter::Route(absl::Span<const float> logits,
                                 const std::atomic<uint8_t>* resident, RouteResult* out) {
   const uint32_t n = config_.num_experts;
@@ -507,8 +523,10 @@ absl::Status LayerRouter::Route(absl::Span<const float> logits,
                             rule.normalization,
                             static_cast<float>(rule.normalization_param),
                             static_cast<float>(rule.scaling)};
+  const float* strengths =
+      config_.prefetch_threshold > 0 ? PrefetchStrengths(weights, tokens) : weights;
   const BatchTotals totals = GuardAndWrite(
-      guard, tokens, batch_id_.data(), weights, batch_res_.data(), batch_chosen_.data(),
+      guard, tokens, batch_id_.data(), weights, strengths, batch_res_.data(), batch_chosen_.data(),
       prefetch_bits_.data(), out->experts.data(), out->resident.data(), out->weights.data());
   out->hits = totals.hits;
   out->misses = uint64_t{tokens} * k - totals.hits;

@@ -36,15 +36,15 @@ struct RouterConfig {
   /// bonus is added where the rule chooses (the logits, or the biased and
   /// group-limited scores), the guard ranks by the rule's own original
   /// order, and the weights are always the rule's for the chosen experts.
-  RoutingRule rule;
+  RoutingRule rule = {};
   /// Favour resident experts by `cache_bonus` in the choice score.
   bool memory_aware = true;
   double cache_bonus = 0.75;
   BonusMode bonus_mode = BonusMode::kRelative;
-  /// Unchosen candidates whose unnormalised weight (probability, or sigmoid
-  /// score) is at least this fraction of the top candidate's become prefetch
-  /// requests (a ratio, so no softmax over all experts is needed). 0
-  /// disables.
+  /// Unchosen candidates whose probability (for sigmoid scores: odds, which
+  /// compare as probabilities of the logits do) is at least this fraction of
+  /// the top candidate's become prefetch requests (a ratio, so no softmax
+  /// over all experts is needed). 0 disables.
   double prefetch_threshold = 0.5;
   /// Quality guard: the original top `protected_top` experts are always
   /// chosen, whatever the bonus.
@@ -191,6 +191,9 @@ class LayerRouter {
   // left (softmax numerators, sigmoid) or the unbiased scores kept by
   // SelectByChoiceScores; returns where they are.
   const float* UnnormalisedWeights(uint32_t tokens);
+  // What runners-up are compared by for prefetch: the unnormalised weights,
+  // or for sigmoid scores their odds.
+  const float* PrefetchStrengths(const float* weights, uint32_t tokens);
 
   double range_ema_ = 0;
   bool range_seen_ = false;
@@ -219,6 +222,7 @@ class LayerRouter {
   // candidates, and one chunk's rows of choice and unbiased scores. A
   // softmax whose weights need it: per token its denominator.
   std::vector<float> batch_score_;
+  std::vector<float> batch_strength_;
   // With a shortlist: per token the floor it needed, and per token of a
   // chunk whether the shortlist decided it.
   std::vector<float> batch_needed_floor_;

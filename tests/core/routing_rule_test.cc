@@ -335,6 +335,41 @@ TEST(RoutingRuleTest, ShortlistBreaksTiesAsTheRuleDoes) {
   }
 }
 
+// Runners-up are prefetched by how likely they are next to the top: for
+// sigmoid scores their odds (e^logit), not the scores themselves, which all
+// sit near 1 at the top.
+TEST(RoutingRuleTest, SigmoidRunnersUpArePrefetchedByTheirOdds) {
+  for (const char* preset : {"deepseek_v3", "llama4"}) {
+    RouterConfig config;
+    config.num_experts = 64;
+    config.top_k = 2;
+    config.max_rank = 12;
+    config.prefetch_threshold = 0.5;
+    config.rule = *RoutingRulePreset(preset);
+    if (config.rule.HasGroups()) config.rule.kept_groups = 2;
+    std::mt19937 rng(3);
+    std::vector<float> bias;
+    if (config.rule.choice_bias) bias = TestBias(rng, 64);
+    auto router = LayerRouter::Create(config, {}, bias);
+    ASSERT_TRUE(router.ok()) << router.status();
+    const std::vector<float> logits = RuleTestLogits(rng, 1, 64, false);
+    RouteResult out;
+    ASSERT_TRUE(router->Route(logits, nullptr, &out).ok());
+    const RuleChoice rule = RouteByRule(config.rule, 2, logits, bias);
+    const auto odds = [&](uint32_t e) {
+      const float s = Sigmoid(logits[e]);
+      return s / (1.0f - s);
+    };
+    std::vector<uint32_t> want;
+    for (uint32_t p = 2; p < 12; ++p) {
+      if (odds(rule.ranking[p]) >= 0.5f * odds(rule.ranking[0])) want.push_back(rule.ranking[p]);
+    }
+    std::sort(want.begin(), want.end());
+    EXPECT_THAT(out.prefetch, ::testing::ElementsAreArray(want)) << preset;
+    EXPECT_LT(out.prefetch.size(), 10u) << preset << ": every candidate prefetched";
+  }
+}
+
 TEST(RoutingRuleTest, SigmoidIsCloseToExactAndFiniteEverywhere) {
   for (float x : {-100.0f, -87.5f, -20.0f, -1.5f, -1e-3f, 0.0f, 1e-3f, 0.7f, 3.0f, 20.0f, 100.0f}) {
     const double exact = 1.0 / (1.0 + std::exp(-static_cast<double>(x)));

@@ -64,15 +64,18 @@ std::shared_ptr<const ExpertStore> Store(const Shape& shape) {
 }
 
 // Batches of `tokens` tokens, each routed through every layer in turn.
+WorkloadShape ShapeOf(const Shape& s) {
+  WorkloadShape shape;
+  shape.num_layers = s.layers;
+  shape.num_experts = s.experts;
+  shape.top_k = s.top_k;
+  return shape;
+}
+
 class Batches {
  public:
   Batches(const Shape& shape, uint32_t tokens)
-      : shape_(shape),
-        tokens_(tokens),
-        gen_(
-            WorkloadShape{
-                .num_layers = shape.layers, .num_experts = shape.experts, .top_k = shape.top_k},
-            /*seed=*/7) {
+      : shape_(shape), tokens_(tokens), gen_(ShapeOf(shape), /*seed=*/7) {
     gen_.StartSequence();
   }
   // The next batch: per layer, tokens x experts.

@@ -174,6 +174,38 @@ TEST(ReplayTest, CacheAwareRoutingTradesGateMassForHits) {
   EXPECT_EQ(references->rows[0].changed_fraction, 0.0);
 }
 
+// Each family's rule: rerouting through the router at bonus 0 pages exactly
+// the rule's own choices (the trace's), and the bonus trades gate mass for
+// hits under every rule.
+TEST(ReplayTest, EveryRuleReroutesByItselfAndTradesMassForHits) {
+  for (const char* name : {"deepseek-v3", "kimi-k2", "glm-4.5", "gpt-oss-120b"}) {
+    WorkloadShape shape = GetWorkloadPreset(name)->shape;
+    shape.num_layers = 4;
+    const RoutingTrace trace = GenerateTrace(shape, 2, 60, 4);
+    ReplayOptions options;
+    options.amount = uint64_t{trace.num_layers} * trace.num_experts / 4;
+    options.policies = {"layer_reuse", "lru"};
+    RouterConfig router;
+    router.num_experts = trace.num_experts;
+    router.top_k = trace.top_k;
+    router.cache_bonus = 0;
+    options.router = router;
+    auto plain = Replay(trace, options);
+    ASSERT_TRUE(plain.ok()) << name << ": " << plain.status();
+    for (size_t i = 0; i < 2; ++i) {
+      EXPECT_DOUBLE_EQ(plain->rows[i].hit_rate, HitRate(trace, BudgetMode::kGlobalSlots,
+                                                        options.amount, options.policies[i]))
+          << name << " " << options.policies[i];
+      EXPECT_EQ(plain->rows[i].changed_fraction, 0.0);
+    }
+    options.router->cache_bonus = 0.5;
+    auto aware = Replay(trace, options);
+    ASSERT_TRUE(aware.ok());
+    EXPECT_GT(aware->rows[0].hit_rate, plain->rows[0].hit_rate) << name;
+    EXPECT_LT(aware->rows[0].gate_mass_mean, 1.0) << name;
+  }
+}
+
 // Policies replayed on several threads give the rows one thread gives, in
 // the order asked, and the progress ends at the total.
 TEST(ReplayTest, ThreadsChangeNothingButTheTime) {

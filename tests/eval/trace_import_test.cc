@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "eval/npy.h"
 #include "eval/trace.h"
+#include "tests/testing/rule_reference.h"
 #include "tests/testing/test_util.h"
 
 namespace moe_router {
@@ -310,6 +311,31 @@ TEST_F(TraceImportTest, TransformersLogitsBecomeALogitsTrace) {
   options.tokens = ImportOptions::Tokens::kGenerated;
   EXPECT_THAT(ErrorOf(Hf("logits.npy", options)),
               HasSubstr("router logits do not say where a prompt ends"));
+}
+
+// A model routed by another rule: its steps' experts are that rule's, with
+// the kept layers' rows of the dump's biases.
+TEST_F(TraceImportTest, TransformersLogitsAreRoutedByTheModelsRule) {
+  ImportOptions options;
+  options.top_k = 2;
+  options.rule = *RoutingRulePreset("minimax_m2");
+  // Per dump layer (the dense layer 0 included): a bias that makes
+  // expert 2 win at layer 1.
+  options.choice_bias = {0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 0, 0};
+  absl::StatusOr<ImportedTrace> t = Hf("logits.npy", options);
+  ASSERT_TRUE(t.ok()) << t.status();
+  const RoutingTrace& trace = t->trace;
+  EXPECT_EQ(trace.rule, options.rule);
+  EXPECT_THAT(trace.choice_bias, ElementsAre(0, 0, 5, 0, 0, 0, 0, 0));
+  for (size_t s = 0; s < trace.runs[0].steps.size(); ++s) {
+    const auto want = testing::RouteByRule(trace.rule, 2, trace.StepLogits(trace.runs[0], s),
+                                           trace.LayerChoiceBias(trace.runs[0].steps[s].layer));
+    EXPECT_THAT(trace.StepExperts(trace.runs[0], s), ElementsAreArray(want.experts)) << s;
+  }
+  EXPECT_EQ(trace.StepExperts(trace.runs[0], 0)[0], 2u);
+  options.choice_bias.pop_back();
+  EXPECT_THAT(ErrorOf(Hf("logits.npy", options)),
+              HasSubstr("the dump's 3 layers: routing.choice_bias has 11 values"));
 }
 
 // What the importer writes, ReadTrace reads back to the same trace; the

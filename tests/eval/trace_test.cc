@@ -152,6 +152,50 @@ TEST(TraceTest, LogitsTraceRoundTripsAndRecomputesTopK) {
               HasSubstr("run seq1 are truncated"));
 }
 
+// A trace routed by a rule carries it, biases included, in its header; read
+// back, its experts are the rule's again. A header whose routing does not
+// fit is refused naming the field.
+TEST(TraceTest, LogitsTraceCarriesItsRoutingRule) {
+  WorkloadShape shape = GetWorkloadPreset("deepseek-v3")->shape;
+  shape.num_layers = 3;
+  shape.num_experts = 32;
+  const RoutingTrace trace = GenerateTrace(shape, 2, 20, 4);
+  ASSERT_EQ(trace.choice_bias.size(), 96u);
+  testing::TempDir dir;
+  ASSERT_TRUE(WriteLogitsTrace(dir.File("r.logits"), trace).ok());
+  auto back = ReadTrace(dir.File("r.logits"));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->rule, trace.rule);
+  EXPECT_EQ(back->choice_bias, trace.choice_bias);
+  EXPECT_EQ(back->runs[1].experts, trace.runs[1].experts);
+  // Routed as softmax, the same logits choose differently.
+  RoutingTrace softmax = *back;
+  softmax.rule = RoutingRule{};
+  softmax.choice_bias.clear();
+  ASSERT_TRUE(FillTopKFromLogits(softmax).ok());
+  EXPECT_NE(softmax.runs[1].experts, trace.runs[1].experts);
+  // A bias count that does not fit, or a rule the shape cannot take.
+  auto text = ReadFile(dir.File("r.logits"));
+  ASSERT_TRUE(text.ok());
+  const size_t newline = text->find('\n');
+  nlohmann::json header = nlohmann::json::parse(text->substr(0, newline));
+  nlohmann::json bad = header;
+  bad["routing"]["bias"].erase(0);
+  ASSERT_TRUE(WriteFileAtomically(dir.File("b.logits"), bad.dump() + text->substr(newline)).ok());
+  EXPECT_THAT(std::string(ReadTrace(dir.File("b.logits")).status().message()),
+              HasSubstr("header 'routing': routing.choice_bias has 95 values"));
+  bad = header;
+  bad["routing"]["numGroups"] = 5;
+  ASSERT_TRUE(WriteFileAtomically(dir.File("g.logits"), bad.dump() + text->substr(newline)).ok());
+  EXPECT_THAT(std::string(ReadTrace(dir.File("g.logits")).status().message()),
+              HasSubstr("routing.num_groups (5) must divide num_experts (32)"));
+  bad = header;
+  bad["routing"]["score"] = "relu";
+  ASSERT_TRUE(WriteFileAtomically(dir.File("s.logits"), bad.dump() + text->substr(newline)).ok());
+  EXPECT_THAT(std::string(ReadTrace(dir.File("s.logits")).status().message()),
+              HasSubstr("routing.score 'relu' is not one of"));
+}
+
 // A header alone cannot make the reader allocate: what it promises must be
 // in the file.
 TEST(TraceTest, LogitsTraceHeaderPromisingMoreThanTheFileIsRefused) {

@@ -5,6 +5,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/testing/rule_reference.h"
 
 namespace moe_router {
 namespace {
@@ -22,7 +23,70 @@ TEST(WorkloadTest, PresetsAreValidAndUnknownNamesAreErrors) {
   EXPECT_EQ(GetWorkloadPreset("kimi-k2")->shape.num_experts, 384u);
   EXPECT_THAT(std::string(GetWorkloadPreset("gpt-4").status().message()),
               ::testing::HasSubstr("expected one of: mixtral, qwen3-30b-a3b, deepseek-v3, "
-                                   "qwen3-235b-a22b, gpt-oss-120b, kimi-k2"));
+                                   "qwen3-235b-a22b, gpt-oss-120b, kimi-k2, glm-4.5, "
+                                   "llama4-maverick"));
+  // Each routes by its family's rule.
+  EXPECT_TRUE(GetWorkloadPreset("mixtral")->shape.rule.IsDefault());
+  EXPECT_EQ(GetWorkloadPreset("deepseek-v3")->shape.rule, *RoutingRulePreset("deepseek_v3"));
+  const RoutingRule kimi = GetWorkloadPreset("kimi-k2")->shape.rule;
+  EXPECT_EQ(kimi.num_groups, 1u);
+  EXPECT_EQ(kimi.scaling, 2.827);
+  EXPECT_EQ(GetWorkloadPreset("glm-4.5")->shape.num_experts, 160u);
+  EXPECT_EQ(GetWorkloadPreset("glm-4.5")->shape.rule, *RoutingRulePreset("glm4_moe"));
+  EXPECT_EQ(GetWorkloadPreset("llama4-maverick")->shape.top_k, 1u);
+  EXPECT_EQ(GetWorkloadPreset("llama4-maverick")->shape.rule.selection,
+            Selection::kTopKThenSigmoid);
+  EXPECT_EQ(GetWorkloadPreset("gpt-oss-120b")->shape.rule.selection, Selection::kTopKThenSoftmax);
+}
+
+// A rule with a choice bias gets biases that balance the experts' loads:
+// the busiest expert's share of choices falls, and the biases are the
+// trace's. The logits do not depend on the rule.
+TEST(WorkloadTest, BalancedBiasesEvenOutTheLoadAndLeaveTheLogitsAlone) {
+  WorkloadShape shape = GetWorkloadPreset("deepseek-v3")->shape;
+  shape.num_layers = 2;
+  shape.num_experts = 64;
+  shape.rule.num_groups = 8;
+  shape.skew = 1.5;  // a few experts far busier than the rest
+  const std::vector<float> bias = BalancedChoiceBias(shape, 3);
+  ASSERT_EQ(bias.size(), 128u);
+  const RoutingTrace balanced = GenerateTrace(shape, 2, 200, 3);
+  EXPECT_EQ(balanced.choice_bias, bias);
+  RoutingTrace unbalanced = balanced;
+  unbalanced.choice_bias.assign(bias.size(), 0.0f);
+  ASSERT_TRUE(FillTopKFromLogits(unbalanced).ok());
+  const auto busiest = [](const RoutingTrace& t) {
+    std::vector<uint64_t> uses(t.num_experts, 0);
+    for (const auto& run : t.runs) {
+      for (size_t s = 0; s < run.steps.size(); ++s) {
+        if (run.steps[s].layer != 0) continue;
+        for (uint32_t e : t.StepExperts(run, s)) ++uses[e];
+      }
+    }
+    return *std::max_element(uses.begin(), uses.end());
+  };
+  EXPECT_LT(busiest(balanced), busiest(unbalanced) * 3 / 4);
+  WorkloadShape softmax = shape;
+  softmax.rule = RoutingRule{};
+  EXPECT_EQ(GenerateTrace(softmax, 2, 200, 3).runs[1].logits, balanced.runs[1].logits);
+  EXPECT_TRUE(BalancedChoiceBias(softmax, 3).empty());
+}
+
+// A generated trace's experts are its rule's, step by step.
+TEST(WorkloadTest, TracesAreRoutedByTheirRule) {
+  for (const char* name : {"deepseek-v3", "glm-4.5", "llama4-maverick", "gpt-oss-120b"}) {
+    WorkloadShape shape = GetWorkloadPreset(name)->shape;
+    shape.num_layers = 2;
+    const RoutingTrace trace = GenerateTrace(shape, 1, 30, 9);
+    for (const auto& run : trace.runs) {
+      for (size_t s = 0; s < run.steps.size(); ++s) {
+        const auto want = testing::RouteByRule(trace.rule, trace.top_k, trace.StepLogits(run, s),
+                                               trace.LayerChoiceBias(run.steps[s].layer));
+        ASSERT_THAT(trace.StepExperts(run, s), ::testing::ElementsAreArray(want.experts))
+            << name << " step " << s;
+      }
+    }
+  }
 }
 
 TEST(WorkloadTest, BadShapesNameTheField) {
@@ -35,6 +99,9 @@ TEST(WorkloadTest, BadShapesNameTheField) {
   shape = WorkloadShape{};
   shape.noise = -1;
   EXPECT_THAT(std::string(shape.Validate().message()), ::testing::HasSubstr("noise"));
+  shape = WorkloadShape{};
+  shape.rule.num_groups = 3;
+  EXPECT_THAT(std::string(shape.Validate().message()), ::testing::HasSubstr("routing.num_groups"));
 }
 
 // A generated trace has every step of every run, in token then layer order,
