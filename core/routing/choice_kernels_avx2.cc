@@ -19,6 +19,10 @@ void ExpRelativeRowAvx2(const float* x, uint32_t n, float top, float* out) {
   for (uint32_t i = 0; i < n; ++i) out[i] = ExpNonPositive(x[i] - top);
 }
 
+float SoftmaxDenominatorAvx2(const float* row, uint32_t n, float top) {
+  return SoftmaxDenominatorLoop(row, n, top);
+}
+
 namespace {
 
 inline __m256 HorizontalMax(__m256 v) {

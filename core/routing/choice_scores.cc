@@ -85,14 +85,8 @@ float SumInBlocksOfEight(const float* x, uint32_t n) {
 }
 
 float SoftmaxDenominator(const float* row, uint32_t n, float top) {
-  float s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  uint32_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    for (uint32_t j = 0; j < 8; ++j) s[j] += ExpNonPositive(row[i + j] - top);
-  }
-  float total = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
-  for (; i < n; ++i) total += ExpNonPositive(row[i] - top);
-  return total;
+  if (kHasAvx2) return internal::SoftmaxDenominatorAvx2(row, n, top);
+  return internal::SoftmaxDenominatorLoop(row, n, top);
 }
 
 ChoiceScorer::ChoiceScorer(const RoutingRule& rule, uint32_t num_experts, uint32_t max_rank,

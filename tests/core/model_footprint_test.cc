@@ -21,6 +21,18 @@ ModelConfig Shape(uint32_t layers, uint32_t experts, uint32_t top_k) {
   return c;
 }
 
+#if defined(__SANITIZE_ADDRESS__)  // GCC
+constexpr bool kUnderAddressSanitizer = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)  // clang
+constexpr bool kUnderAddressSanitizer = true;
+#else
+constexpr bool kUnderAddressSanitizer = false;
+#endif
+#else
+constexpr bool kUnderAddressSanitizer = false;
+#endif
+
 uint64_t HeapInUse() {
   const struct mallinfo2 info = mallinfo2();
   return info.uordblks + info.hblkhd;
@@ -32,13 +44,8 @@ uint64_t HeapInUse() {
 class FootprintBoundsTest : public ::testing::TestWithParam<std::array<uint32_t, 3>> {};
 
 TEST_P(FootprintBoundsTest, BoundsWhatCreateAndAWorkerCacheAllocate) {
-#if defined(__SANITIZE_ADDRESS__)  // GCC
-  GTEST_SKIP() << "AddressSanitizer's allocator is not seen by mallinfo2";
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)  // clang
-  GTEST_SKIP() << "AddressSanitizer's allocator is not seen by mallinfo2";
-#endif
-#endif
+  if (kUnderAddressSanitizer)
+    GTEST_SKIP() << "AddressSanitizer's allocator is not seen by mallinfo2";
   const auto [layers, experts, top_k] = GetParam();
   ModelConfig config = Shape(layers, experts, top_k);
   config.worker_caches.max_caches = 1;
@@ -66,13 +73,8 @@ INSTANTIATE_TEST_SUITE_P(
 // A rule with choice scores holds biases, thresholds and scratch per
 // expert, grown in full by a 64-token batch routed through every layer.
 TEST(FootprintTest, BoundsAChoiceScoreRuleAfterRouting) {
-#if defined(__SANITIZE_ADDRESS__)
-  GTEST_SKIP() << "AddressSanitizer's allocator is not seen by mallinfo2";
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-  GTEST_SKIP() << "AddressSanitizer's allocator is not seen by mallinfo2";
-#endif
-#endif
+  if (kUnderAddressSanitizer)
+    GTEST_SKIP() << "AddressSanitizer's allocator is not seen by mallinfo2";
   const uint32_t layers = 58, experts = 256;
   ModelConfig config = Shape(layers, experts, 8);
   config.worker_caches.max_caches = 1;

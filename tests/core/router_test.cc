@@ -18,20 +18,7 @@ namespace {
 
 using ::testing::HasSubstr;
 
-class Residency {
- public:
-  explicit Residency(uint32_t n) : flags_(new std::atomic<uint8_t>[n]), n_(n) {
-    for (uint32_t e = 0; e < n; ++e) flags_[e].store(0);
-  }
-  void Set(uint32_t e, bool resident) { flags_[e].store(resident ? 1 : 0); }
-  bool Get(uint32_t e) const { return flags_[e].load() != 0; }
-  const std::atomic<uint8_t>* get() const { return flags_.get(); }
-  uint32_t size() const { return n_; }
-
- private:
-  std::unique_ptr<std::atomic<uint8_t>[]> flags_;
-  uint32_t n_;
-};
+using testing::Residency;
 
 LayerRouter MakeRouter(RouterConfig config) {
   auto router = LayerRouter::Create(config, AffinityConfig{});

@@ -15,6 +15,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/rule_reference.h"
+#include "tests/testing/test_util.h"
 
 namespace moe_router {
 namespace {
@@ -120,18 +121,7 @@ TEST(RoutingRuleTest, ChoiceBiasCountedAndChecked) {
   EXPECT_TRUE(LayerRouter::Create(config, {}, std::vector<float>(8, 0)).ok());
 }
 
-class Residency {
- public:
-  explicit Residency(uint32_t n) : flags_(new std::atomic<uint8_t>[n]), n_(n) {
-    for (uint32_t e = 0; e < n; ++e) flags_[e].store(0);
-  }
-  void Set(uint32_t e, bool r) { flags_[e].store(r ? 1 : 0); }
-  const std::atomic<uint8_t>* get() const { return flags_.get(); }
-
- private:
-  std::unique_ptr<std::atomic<uint8_t>[]> flags_;
-  uint32_t n_;
-};
+using testing::Residency;
 
 std::vector<float> TestBias(std::mt19937& rng, uint32_t n) {
   // Corrections as large as the scores, so the bias often decides.

@@ -1,8 +1,10 @@
 #ifndef MOE_ROUTER_TESTS_TESTING_TEST_UTIL_H_
 #define MOE_ROUTER_TESTS_TESTING_TEST_UTIL_H_
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -22,6 +24,22 @@ class TempDir {
 
  private:
   std::string path_;
+};
+
+/// Residency flags as a router reads them, one per expert, none set.
+class Residency {
+ public:
+  explicit Residency(uint32_t n) : flags_(new std::atomic<uint8_t>[n]), n_(n) {
+    for (uint32_t e = 0; e < n; ++e) flags_[e].store(0);
+  }
+  void Set(uint32_t e, bool resident) { flags_[e].store(resident ? 1 : 0); }
+  bool Get(uint32_t e) const { return flags_[e].load() != 0; }
+  const std::atomic<uint8_t>* get() const { return flags_.get(); }
+  uint32_t size() const { return n_; }
+
+ private:
+  std::unique_ptr<std::atomic<uint8_t>[]> flags_;
+  uint32_t n_;
 };
 
 /// Deterministic pseudo-random bytes.
