@@ -23,8 +23,27 @@ struct ByValue {
   }
 };
 
+// Every parent before its children, and each id where the heap says it is:
+// checked whole, so a sift that leaves a subtree out of order fails at once
+// instead of being repaired by a later heapify.
+template <typename Heap>
+::testing::AssertionResult InHeapOrder(const Heap& heap) {
+  const auto items = heap.items();
+  for (uint32_t i = 1; i < items.size(); ++i) {
+    if (heap.less()(items[i], items[(i - 1) / 2])) {
+      return ::testing::AssertionFailure() << "id " << items[i] << " at " << i
+                                           << " comes before its parent " << items[(i - 1) / 2];
+    }
+  }
+  for (uint32_t id : items) {
+    if (!heap.Contains(id)) return ::testing::AssertionFailure() << "id " << id << " unplaced";
+  }
+  return ::testing::AssertionSuccess();
+}
+
 // The heap against an ordered set under random pushes, erases and key
-// changes: the same first id after every operation, and the same contents.
+// changes: the same first id and heap order after every operation, and the
+// same contents.
 template <typename Id>
 void CheckHeapAgainstSet(uint32_t capacity, uint64_t seed) {
   std::mt19937_64 rng(seed);
@@ -52,6 +71,7 @@ void CheckHeapAgainstSet(uint32_t capacity, uint64_t seed) {
       reference.insert(id);
     }
     ASSERT_EQ(heap.size(), reference.size());
+    ASSERT_TRUE(InHeapOrder(heap)) << "step " << step;
     if (!reference.empty()) {
       ASSERT_EQ(heap.Top(), *reference.begin()) << "step " << step;
     }
@@ -59,6 +79,7 @@ void CheckHeapAgainstSet(uint32_t capacity, uint64_t seed) {
   // Any number of keys changed at once: Heapify restores the order.
   for (uint32_t id : heap.items()) values[id] = static_cast<double>(rng() % 5);
   heap.Heapify();
+  ASSERT_TRUE(InHeapOrder(heap));
   std::vector<uint32_t> popped;
   while (!heap.empty()) {
     popped.push_back(heap.Top());

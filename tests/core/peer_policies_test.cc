@@ -89,13 +89,23 @@ TEST(PeerPoliciesTest, SglangKeepsCountsAcrossEvictionsAndTiesToLeastRecent) {
   EXPECT_THAT(cache->ResidentKeys(), ElementsAre(ExpertKey{0, 0}, ExpertKey{0, 3}));
 }
 
+// Exactly 255, from both sides: 256 uses count as 255 (a tie the least
+// recently used loses), and 255 still beat 254 (which a limit of 254 would
+// make a tie).
 TEST(PeerPoliciesTest, SglangCountsSaturateAt255) {
   auto cache = Cache("sglang", 1, 4, 2);
-  for (int i = 0; i < 300; ++i) Serve(*cache, 0, {0});
-  for (int i = 0; i < 256; ++i) Serve(*cache, 0, {1});
-  // Both counts are 255: the least recently used goes, the busier 0.
+  for (int i = 0; i < 256; ++i) Serve(*cache, 0, {0});
+  for (int i = 0; i < 255; ++i) Serve(*cache, 0, {1});
+  // 255 each: the least recently used, 0, goes (at a limit above 255, 1).
   Serve(*cache, 0, {2});
   EXPECT_THAT(cache->ResidentKeys(), ElementsAre(ExpertKey{0, 1}, ExpertKey{0, 2}));
+  auto other = Cache("sglang", 1, 4, 2);
+  for (int i = 0; i < 255; ++i) Serve(*other, 0, {0});
+  for (int i = 0; i < 254; ++i) Serve(*other, 0, {1});
+  // 255 against 254: the busier 0 stays though less recent (at a limit
+  // below 255, a tie, and 0 would go).
+  Serve(*other, 0, {2});
+  EXPECT_THAT(other->ResidentKeys(), ElementsAre(ExpertKey{0, 0}, ExpertKey{0, 2}));
 }
 
 // vLLM's LFRU: the lowest freq / (clock - last + 1), the clock its layer's
