@@ -487,6 +487,26 @@ TEST_P(ReplicaFaultTest, NoStepFailsAndEveryViewMatchesItsWorker) {
     in_process = *std::move(started);
   }
   ASSERT_NE(in_process, nullptr);
+  // A Python worker that only routes, on that replica: the call the stop
+  // catches is a route, which its own attempt deadline must give up on
+  // well before the call's (a stall is not an error, so without it the
+  // step would wait out the call deadline and fail).
+  std::string route_only_cache;
+  for (int i = 0; route_only_cache.empty() && i < 64; ++i) {
+    const std::string cache = absl::StrFormat("py-route-only-%d", i);
+    ASSERT_TRUE(proxy_client_->OpenCache(kModel, cache, kBudget).ok());
+    if (holder_of(cache) == victim) route_only_cache = cache;
+  }
+  ASSERT_FALSE(route_only_cache.empty());
+  python.push_back(std::make_unique<testing::Daemon>(
+      "/usr/bin/python3",
+      std::vector<std::string>{FAILOVER_WORKER, PY_PACKAGE_DIR, proxy, kModel, route_only_cache,
+                               std::to_string(kBudget), std::to_string(kLayers),
+                               std::to_string(kExperts), stop_file, std::to_string(kPython),
+                               "route-only"},
+      /*wait_for_port=*/false));
+  ASSERT_TRUE(python.back()->ReadUntil("ready", absl::Seconds(30))) << python.back()->log();
+  placed[route_only_cache] = victim;
   WorkerStep step;
   auto route_in_process = [&](uint64_t seed) {
     for (uint32_t layer = 0; layer < kLayers; ++layer) {
@@ -511,9 +531,9 @@ TEST_P(ReplicaFaultTest, NoStepFailsAndEveryViewMatchesItsWorker) {
   };
   std::vector<uint64_t> cpp_at_stop, python_at_stop;
   for (const auto& w : cpp) cpp_at_stop.push_back(w->steps.load());
-  for (int w = 0; w < kPython; ++w) {
+  for (size_t w = 0; w < python.size(); ++w) {
     python[w]->ReadUntil("steps", absl::Seconds(5));
-    python_at_stop.push_back(python_steps(w));
+    python_at_stop.push_back(python_steps(static_cast<int>(w)));
   }
   const absl::Time stopped = absl::Now();
   const pid_t victim_pid = replicas_[victim]->pid();
@@ -530,7 +550,9 @@ TEST_P(ReplicaFaultTest, NoStepFailsAndEveryViewMatchesItsWorker) {
     for (int w = 0; w < kCpp; ++w) {
       all = all && (cpp[w]->steps.load() >= cpp_at_stop[w] + 3 || cpp[w]->failed.load());
     }
-    for (int w = 0; w < kPython; ++w) all = all && python_steps(w) >= python_at_stop[w] + 3;
+    for (size_t w = 0; w < python.size(); ++w) {
+      all = all && python_steps(static_cast<int>(w)) >= python_at_stop[w] + 3;
+    }
     if (all) {
       all_routing = absl::Now() - stopped;
       break;
@@ -572,7 +594,7 @@ TEST_P(ReplicaFaultTest, NoStepFailsAndEveryViewMatchesItsWorker) {
                  static_cast<unsigned long long>(failovers),
                  static_cast<unsigned long long>(cpp[w]->worker->report().reopens));
   }
-  for (int w = 0; w < kPython; ++w) {
+  for (size_t w = 0; w < python.size(); ++w) {
     const std::optional<int> exit = python[w]->WaitForExit(absl::Seconds(30));
     python[w]->ReadAvailable();
     ASSERT_TRUE(exit.has_value() && WIFEXITED(*exit) && WEXITSTATUS(*exit) == 0)
@@ -586,7 +608,7 @@ TEST_P(ReplicaFaultTest, NoStepFailsAndEveryViewMatchesItsWorker) {
     for (const auto& key : result["held"]) {
       held.insert({key[0].get<uint32_t>(), key[1].get<uint32_t>()});
     }
-    const std::string cache = absl::StrFormat("py-%d", w);
+    const std::string cache = w < kPython ? absl::StrFormat("py-%d", w) : route_only_cache;
     EXPECT_EQ(view_of(cache), held) << cache;
     const int failovers = result["failovers"].get<int>();
     if (placed[cache] == victim) {
