@@ -95,6 +95,9 @@ void AddWorkerCaches(Families& f, const std::vector<ClientMetric::Label>& labels
   }
   f.Counter("moe_router_worker_eviction_instructions_total", "Experts workers were told to drop.",
             labels, static_cast<double>(w.evictions));
+  f.Counter("moe_router_learn_reports_resent_total",
+            "Learn reports sent again after their acknowledgement was lost, not folded twice.",
+            labels, static_cast<double>(s.metrics.resent_reports));
   f.Counter("moe_router_worker_load_bytes_total", "Bytes workers were told to load.", labels,
             static_cast<double>(w.load_bytes));
   f.Counter("moe_router_worker_unplaced_total",

@@ -25,6 +25,7 @@ absl::Status ModelEngine::FoldReport(const std::string& cache, const RoutingRepo
     v.Touch(absl::Now());
     if (worker != 0 && v.last_folded().worker == worker &&
         report.sequence <= v.last_folded().sequence) {
+      metrics_->RecordResentReport();
       return absl::OkStatus();  // folded already; its acknowledgement was lost
     }
     if (!report.residency_in_sync && !(report.loaded.empty() && report.dropped.empty())) {

@@ -198,6 +198,7 @@ MetricsSnapshot ModelMetrics::Snapshot() const {
   s.route_batches = Load(route_batches_);
   s.reported_tokens = Load(reported_tokens_);
   s.route_errors = Load(route_errors_);
+  s.resent_reports = Load(resent_reports_);
   s.checksum_failures = Load(checksum_failures_);
   s.gate_mass_min = gate_mass_min_.load(std::memory_order_relaxed);
   s.route_seconds = route_seconds_.Read();

@@ -113,6 +113,9 @@ struct MetricsSnapshot {
   LayerTotals total;
   uint64_t route_batches = 0;
   uint64_t reported_tokens = 0;  // of total.routed_tokens, routed by workers themselves
+  /// Learn reports a worker sent again after their acknowledgement was
+  /// lost, recognised and not folded twice.
+  uint64_t resent_reports = 0;
   uint64_t route_errors = 0;
   uint64_t checksum_failures = 0;
   double gate_mass_min = 1;
@@ -140,6 +143,7 @@ class ModelMetrics {
   void RecordReportedRoute(uint32_t layer, uint64_t tokens, uint64_t hits, uint64_t misses,
                            uint64_t changed, double gate_mass_sum, double gate_mass_min);
   void RecordRouteError() { route_errors_.fetch_add(1, std::memory_order_relaxed); }
+  void RecordResentReport() { resent_reports_.fetch_add(1, std::memory_order_relaxed); }
   void RecordPageIn(ExpertKey key, Priority priority, uint64_t bytes, double seconds);
   void RecordPageInFailure(ExpertKey key, const absl::Status& status);
   void RecordPageOut(ExpertKey key);
@@ -162,6 +166,7 @@ class ModelMetrics {
   std::atomic<uint64_t> route_batches_{0};
   std::atomic<uint64_t> reported_tokens_{0};
   std::atomic<uint64_t> route_errors_{0};
+  std::atomic<uint64_t> resent_reports_{0};
   std::atomic<uint64_t> checksum_failures_{0};
   std::atomic<double> gate_mass_min_{1};
   Histogram route_seconds_;
