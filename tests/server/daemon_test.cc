@@ -95,8 +95,9 @@ grpc::health::v1::HealthCheckResponse::ServingStatus Readiness(
 // readiness is NOT_SERVING and everything is still served; a second SIGTERM
 // ends the notice. Then the drain: the idle stream ends with the draining
 // status, a new call is refused (marked safe to retry) while the fetch is
-// still streaming, the fetch completes in full, and the daemon exits 0 long
-// before its drain timeout (it waits for the calls, not for the timeout).
+// still streaming, the fetch, held unread for longer than the graceful
+// shutdown's second, completes in full, and the daemon exits 0 only then,
+// long before its drain timeout (it waits for the calls, not the timeout).
 TEST(DaemonTest, SigtermDrainsOpenCallsThenExits) {
   testing::TempDir dir;
   // 64 MiB experts: 64 chunks, far more than flow control lets the server
@@ -171,6 +172,12 @@ TEST(DaemonTest, SigtermDrainsOpenCallsThenExits) {
   EXPECT_EQ(refused_ctx.GetServerTrailingMetadata().count(kRefusedTrailer), 1u);
 
   ASSERT_LT(received, kExpertBytes);  // the fetch spans the drain
+  // Held open unread past the graceful shutdown's second: the drain waits
+  // for it, not for gRPC's grace (which would cancel it), and the daemon
+  // does not exit while it is open.
+  absl::SleepFor(absl::Seconds(2.5));
+  ASSERT_FALSE(d.WaitForExit(absl::ZeroDuration()).has_value())
+      << "the daemon exited with a call open";
   while (reader->Read(&chunk)) received += chunk.data().size();
   const grpc::Status fetched = reader->Finish();
   EXPECT_TRUE(fetched.ok()) << fetched.error_message();
