@@ -134,6 +134,45 @@ def test_a_failed_load_fails_the_step_by_name_and_leaves_pool_and_view_alike():
         handle.close()
 
 
+def damp_residual_updates(model, scale=1e-3):
+    """The attention's and the experts' outputs scaled down: each layer's
+    input is nearly the one before it, so a layer's gate applied to the
+    previous layer's input is nearly what it will see."""
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.out.weight.mul_(scale)
+            for expert in layer.block_sparse_moe.experts:
+                expert.w2.weight.mul_(scale)
+
+
+def test_the_gate_guess_prefetches_with_the_next_layers_gate():
+    model = make_model("mixtral", layers=6, seed=3)
+    damp_residual_updates(model)
+    blocks = blocks_of(model)
+    # Consecutive gates differ: on the same input they mostly choose apart.
+    x = torch.randn(64, 64)
+    same = [(torch.topk(blocks[l].gate(x), 2).indices.sort().values ==
+             torch.topk(blocks[l + 1].gate(x), 2).indices.sort().values).all(dim=1).float().mean()
+            for l in range(5)]
+    assert max(same) < 0.5
+    prompt = torch.tensor([[5, 6, 7]])
+    rates = {}
+    for prefetch in ("gate_guess", None):
+        handle = offload_experts(model, budget_bytes=24 * expert_bytes(model), bonus=0,
+                                 prefetch=prefetch)
+        try:
+            model.generate(prompt, 30)
+            stats = handle.stats()
+        finally:
+            handle.close()
+        rates[prefetch] = stats
+    # The guess is made with the next layer's own gate: nearly always right
+    # here (another layer's gate would be right about as often as chance),
+    # and its prefetches make experts ready before they are asked for.
+    assert rates["gate_guess"]["gate_guess_accuracy"] > 0.9
+    assert rates["gate_guess"]["ready_rate"] > rates[None]["ready_rate"] + 0.1
+
+
 def test_unsupported_blocks_and_models_are_refused_by_name():
     with pytest.raises(UnsupportedModel, match="no sparse-MoE block"):
         offload_experts(nn.Sequential(nn.Linear(4, 4)).eval(), 1 << 20)
@@ -249,14 +288,31 @@ def test_a_checkpoint_corrupted_after_opening_fails_the_load_by_tensor(tmp_path)
     offsets = write_safetensors(path, experts_of(model))
     handle = offload_experts(model, budget_bytes=4 * expert_bytes(model), bonus=0,
                              prefetch=None, checkpoint=str(tmp_path))
-    try:
-        with open(path, "r+b") as f:  # a byte of every layer-1 expert's w2 flips on disk
+
+    def flip_layer_one():  # a byte of every layer-1 expert's w2, on disk
+        with open(path, "r+b") as f:
             for e in range(8):
                 f.seek(offsets[f"layers.1.block_sparse_moe.experts.{e}.w2.weight"])
                 byte = f.read(1)[0]
                 f.seek(-1, os.SEEK_CUR)
                 f.write(bytes([byte ^ 0xFF]))
+
+    try:
+        flip_layer_one()
         expect_layer_one_fails(model, handle, r"checksum mismatch .*experts\.\d\.w2\.weight")
+        assert handle.stats()["failed_loads"] > 0
+        # Mended, the file loads again, and the failed loads gave their slots
+        # back: the pool fills its whole budget (a slot kept by each failure
+        # would leave it short, and its loads would find no free slot).
+        flip_layer_one()
+        most = 0
+        with torch.no_grad():
+            for seed in range(30):
+                torch.manual_seed(seed)
+                model(torch.randint(0, 256, (1, 4)))
+                most = max(most, len(handle.holds()))
+                assert handle.holds() == handle.engine_view()
+        assert most == handle.pool.slots == 4
     finally:
         handle.close()
 
