@@ -107,8 +107,11 @@ bool TopSelector::SelectRows(const float* rows, uint32_t tokens, uint32_t* ids, 
   uint32_t t = 0;
   if (eight_rows_ != nullptr && !portable_) {
     for (; t + 8 <= tokens; t += 8) {
+      uint32_t redone = 0;
       finite &= eight_rows_(rows + size_t{t} * n_, n_, ids + size_t{t} * r_,
-                            values + size_t{t} * r_, lowest + t);
+                            values + size_t{t} * r_, lowest + t, &redone);
+      rows_batched_ += 8;
+      rows_redone_ += redone;
     }
   }
   for (; t < tokens; ++t) {

@@ -42,6 +42,12 @@ class TopSelector {
   [[nodiscard]] bool SelectRows(const float* rows, uint32_t tokens, uint32_t* ids, float* values,
                                 float* lowest);
 
+  /// Rows SelectRows ranked 8 at a time, and those of them the kernel
+  /// handed back to the portable path: a speed figure (bench counters), not
+  /// a result.
+  uint64_t rows_batched() const { return rows_batched_; }
+  uint64_t rows_redone() const { return rows_redone_; }
+
   /// Whether this CPU runs the vector path (AVX2, POPCNT and BMI1).
   static bool VectorPathAvailable();
   /// Forces the portable path (tests compare both). Turning it off on a CPU
@@ -50,13 +56,15 @@ class TopSelector {
 
  private:
   using EightRowsKernel = bool (*)(const float* rows, uint32_t n, uint32_t* ids, float* values,
-                                   float* lowest);
+                                   float* lowest, uint32_t* redone);
 
   const uint32_t n_;
   const uint32_t r_;
   bool portable_;
   float gap_;                   // candidates are the values >= max - gap_
   EightRowsKernel eight_rows_;  // nullptr: no batched path for this r
+  uint64_t rows_batched_ = 0;
+  uint64_t rows_redone_ = 0;
   // Candidate scratch, padded to whole vectors.
   std::vector<float> cand_value_;
   std::vector<uint32_t> cand_id_;

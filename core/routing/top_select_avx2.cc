@@ -467,7 +467,8 @@ struct LaneTops {
 // Every column of the 8 rows sorted and merged: fewer instructions than the
 // bound below for rows of up to about 128 experts.
 template <int R>
-bool SelectEightRows(const float* rows, uint32_t n, uint32_t* ids, float* values, float* lowest) {
+bool SelectEightRows(const float* rows, uint32_t n, uint32_t* ids, float* values, float* lowest,
+                     uint32_t* redone) {
   constexpr int L = ColumnFor(R);
   __m256 top[L];
   __m256 vmin;
@@ -484,6 +485,7 @@ bool SelectEightRows(const float* rows, uint32_t n, uint32_t* ids, float* values
         PlaceCandidates<R>(row, n, tops.Threshold(t), tops.Lo(t), tops.Hi(t), out_id) !=
             static_cast<uint32_t>(R)) {
       SelectRowPortable(row, n, R, out_id, out_value);
+      ++*redone;
       continue;
     }
     tops.WriteValues(t, out_value);
@@ -589,7 +591,7 @@ MOE_INLINE bool PackAtLeast(const float* row, uint32_t n, float bound, float* va
 
 template <int R>
 bool SelectEightRowsBounded(const float* rows, uint32_t n, uint32_t* ids, float* values,
-                            float* lowest) {
+                            float* lowest, uint32_t* redone) {
   constexpr int L = ColumnFor(R);
   // Candidates kept per row, whole vectors: the bound lets in R + 6 or
   // fewer on all but about 1% of Gaussian rows; the rest take the
@@ -625,6 +627,7 @@ bool SelectEightRowsBounded(const float* rows, uint32_t n, uint32_t* ids, float*
     // Fewer or more than R at or above the R-th value: a tie at the edge.
     if (_mm_popcnt_u64(mask) != R) {
       SelectRowPortable(rows + size_t{t} * n, n, R, out_id, out_value);
+      ++*redone;
       continue;
     }
     for (; mask != 0; mask &= mask - 1) {

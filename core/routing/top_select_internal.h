@@ -48,9 +48,11 @@ float SelectUpTo8Avx2(const float* row, uint32_t n, uint32_t r, uint32_t* ids, f
 float SelectRowAvx2(const float* row, uint32_t n, uint32_t r, float* gap, const RowScratch& scratch,
                     uint32_t* ids, float* values);
 /// 8 rows at once, one per lane (r <= 16); false when a row holds a NaN or
-/// an infinity (its outputs are then unspecified).
+/// an infinity (its outputs are then unspecified). Rows the kernel hands to
+/// the portable path (ties at the r-th value, too many candidates) are
+/// added to *redone.
 using EightRowsKernel = bool (*)(const float* rows, uint32_t n, uint32_t* ids, float* values,
-                                 float* lowest);
+                                 float* lowest, uint32_t* redone);
 /// The kernel for rows of n experts and r, or nullptr past r = 16.
 EightRowsKernel EightRowsKernelAvx2(uint32_t n, uint32_t r);
 /// PassThresholds, left-packing 8 at a time.
