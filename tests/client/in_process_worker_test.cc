@@ -14,6 +14,7 @@
 #include "nlohmann/json.hpp"
 #include "proto/proto_to_core.h"
 #include "server/server.h"
+#include "tests/testing/local_server.h"
 #include "tests/testing/tcp_relay.h"
 #include "tests/testing/test_specs.h"
 #include "tests/testing/test_util.h"
@@ -23,19 +24,8 @@ namespace {
 
 constexpr uint64_t kExpertBytes = 4096;
 
-// A server on `listen` without its metrics and health ports.
-ServerOptions LocalOptions(const std::string& listen) {
-  ServerOptions options;
-  options.listen = listen;
-  options.metrics_listen = "";
-  options.health_listen = "";
-  return options;
-}
-
 std::unique_ptr<RouterServer> StartServer(const std::string& listen) {
-  auto server = RouterServer::Start(LocalOptions(listen));
-  EXPECT_TRUE(server.ok()) << server.status();
-  return server.ok() ? *std::move(server) : nullptr;
+  return testing::StartLocalServer(testing::LocalServerOptions(listen));
 }
 
 // A loopback port nothing listens on: a server started on port 0 says which
@@ -282,7 +272,7 @@ TEST(InProcessWorkerTest, MixedFleetLearnsWhatAllRemoteRoutingLearns) {
 // Reports keep a worker's view open; once the worker is gone, its view
 // closes after the idle timeout like any other.
 TEST(InProcessWorkerTest, ReportsKeepTheViewOpenUntilTheWorkerGoes) {
-  ServerOptions options = LocalOptions("127.0.0.1:0");
+  ServerOptions options = testing::LocalServerOptions();
   options.registry.worker_caches.idle_timeout = absl::Milliseconds(300);
   auto server = RouterServer::Start(options);
   ASSERT_TRUE(server.ok()) << server.status();
@@ -565,7 +555,7 @@ TEST(InProcessWorkerTest, ReportsAServiceNeverGotAreFoldedOnceByItsNextRun) {
 // fleet's. The service pushes no state after the hello, so that update is
 // the one the layer takes.
 TEST(InProcessWorkerTest, AFleetUpdateKeepsTheWorkersUnacknowledgedLearning) {
-  ServerOptions options = LocalOptions("127.0.0.1:0");
+  ServerOptions options = testing::LocalServerOptions();
   options.limits.learn_stream.min_push_interval = absl::Hours(1);
   auto server = RouterServer::Start(options);
   ASSERT_TRUE(server.ok()) << server.status();

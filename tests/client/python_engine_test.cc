@@ -12,6 +12,7 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "server/server.h"
+#include "tests/testing/local_server.h"
 #include "tests/testing/rule_reference.h"
 #include "tests/testing/test_specs.h"
 #include "tests/testing/test_util.h"
@@ -29,19 +30,15 @@ nlohmann::json KeysJson(const std::vector<ExpertKey>& keys) {
 }
 
 TEST(PythonEngineTest, NativeModuleDecidesAsTheCppEngineAndReportsOverItsStream) {
-  ServerOptions options;
-  options.listen = "127.0.0.1:0";
-  options.metrics_listen = "";
-  options.health_listen = "";
-  auto server = RouterServer::Start(options);
-  ASSERT_TRUE(server.ok()) << server.status();
+  auto server = testing::StartLocalServer();
+  ASSERT_NE(server, nullptr);
   for (const char* name : {"cpp", "py"}) {
     v1::ModelSpec spec = testing::SyntheticSpec(name, 4, kExpertBytes, 32);
     spec.set_prefetch_next_layer(0);
     spec.mutable_router()->set_prefetch_threshold(0);
-    ASSERT_TRUE((*server)->registry().Register(spec).ok());
+    ASSERT_TRUE(server->registry().Register(spec).ok());
   }
-  const std::string address = absl::StrCat("127.0.0.1:", (*server)->port());
+  const std::string address = absl::StrCat("127.0.0.1:", server->port());
   const uint64_t budget = 8 * kExpertBytes;
   nlohmann::json steps = nlohmann::json::array();
   std::vector<std::vector<float>> logits;

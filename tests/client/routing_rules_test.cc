@@ -13,6 +13,7 @@
 #include "gtest/gtest.h"
 #include "proto/proto_to_core.h"
 #include "server/server.h"
+#include "tests/testing/local_server.h"
 #include "tests/testing/rule_reference.h"
 #include "tests/testing/test_specs.h"
 
@@ -29,13 +30,8 @@ constexpr uint64_t kExpertBytes = 1024;
 class RulePathsTest : public ::testing::TestWithParam<NamedTestRule> {
  protected:
   void SetUp() override {
-    ServerOptions options;
-    options.listen = "127.0.0.1:0";
-    options.metrics_listen = "";
-    options.health_listen = "";
-    auto server = RouterServer::Start(options);
-    ASSERT_TRUE(server.ok()) << server.status();
-    server_ = *std::move(server);
+    server_ = testing::StartLocalServer();
+    ASSERT_NE(server_, nullptr);
     auto client = Client::Connect(absl::StrCat("127.0.0.1:", server_->port()));
     ASSERT_TRUE(client.ok()) << client.status();
     client_ = *std::move(client);

@@ -9,6 +9,7 @@
 #include "gtest/gtest.h"
 #include "moe_router/v1/moe_router.grpc.pb.h"
 #include "server/server.h"
+#include "tests/testing/local_server.h"
 #include "tests/testing/test_specs.h"
 #include "tests/testing/test_util.h"
 
@@ -34,10 +35,7 @@ struct ErrorCase {
 class ErrorPathsTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    ServerOptions options;
-    options.listen = "127.0.0.1:0";
-    options.metrics_listen = "";
-    options.health_listen = "";
+    ServerOptions options = testing::LocalServerOptions();
     options.limits.max_tokens_per_request = 100;
     options.max_message_bytes = 16 << 20;
     options.registry.memory_limit_bytes = kMemoryLimit;

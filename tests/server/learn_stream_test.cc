@@ -11,6 +11,7 @@
 #include "gtest/gtest.h"
 #include "moe_router/v1/moe_router.grpc.pb.h"
 #include "server/server.h"
+#include "tests/testing/local_server.h"
 #include "tests/testing/test_specs.h"
 
 namespace moe_router {
@@ -22,13 +23,8 @@ constexpr uint32_t kExperts = 8;
 class LearnStreamTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    ServerOptions options;
-    options.listen = "127.0.0.1:0";
-    options.metrics_listen = "";
-    options.health_listen = "";
-    auto server = RouterServer::Start(options);
-    ASSERT_TRUE(server.ok()) << server.status();
-    server_ = *std::move(server);
+    server_ = testing::StartLocalServer();
+    ASSERT_NE(server_, nullptr);
     ASSERT_TRUE(server_->registry().Register(testing::SyntheticSpec("m", 2, 1000, 8)).ok());
     stub_ = v1::MoeRouter::NewStub(grpc::CreateChannel(absl::StrCat("127.0.0.1:", server_->port()),
                                                        grpc::InsecureChannelCredentials()));
