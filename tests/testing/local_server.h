@@ -14,8 +14,7 @@ ServerOptions LocalServerOptions(const std::string& listen = "127.0.0.1:0");
 
 /// The real server started with `options`, or null after a test failure
 /// naming why it did not start.
-std::unique_ptr<RouterServer> StartLocalServer(
-    const ServerOptions& options = LocalServerOptions());
+std::unique_ptr<RouterServer> StartLocalServer(const ServerOptions& options = LocalServerOptions());
 
 }  // namespace moe_router::testing
 
