@@ -1,16 +1,18 @@
 """What moe_router.torch adds to a layer whose experts are all resident: the
-offloaded block's forward (gate, engine routing, bookkeeping, the experts
-from the pool) against the original block's, on the same inputs,
-interleaved call by call, medians.
+offloaded block's forward (gate, the model's own routing and the engine's,
+bookkeeping, the experts from the pool) against an untouched copy of the
+original block, on the same inputs, interleaved call by call, medians.
 
     PYTHONPATH=build-test/python /usr/bin/python3 bench/torch_overhead.py [--repeat 400]
 
-Shapes: the tiny demo block (hidden 64) where the bookkeeping is nearly all
-there is, and a block a quarter of Mixtral's width (hidden 1024, inner
-3584), each at batch 1 and 16 tokens, prefetch off and by gate guess.
+Per Transformers layout (moe_router.torch.layouts), at two shapes: the tiny
+demo block (hidden 64) where the bookkeeping is nearly all there is, and a
+block a quarter of Mixtral's width (hidden 1024, inner 3584), each at batch
+1 and 16 tokens; prefetch off, and by gate guess for 4.x Mixtral.
 """
 
 import argparse
+import copy
 import statistics
 import time
 
@@ -20,20 +22,27 @@ from moe_router.torch import offload_experts
 from moe_router.torch.tiny import TinyMoeLM
 
 SHAPES = [("tiny 64x128", 64, 128), ("quarter-Mixtral 1024x3584", 1024, 3584)]
+CASES = [("mixtral", 4, None), ("mixtral", 4, "gate_guess"), ("mixtral", 5, None),
+         ("qwen3_moe", 5, None), ("qwen2_moe", 4, None), ("deepseek_v3", 4, None),
+         ("deepseek_v3", 5, None)]
 
 
 def median_us(samples):
     return statistics.median(samples) * 1e6
 
 
-def measure(hidden, inner, batch, prefetch, repeat):
+def first_block(model):
+    return next(m for layer in model.layers for m in layer.children() if hasattr(m, "experts"))
+
+
+def measure(layout, version, hidden, inner, batch, prefetch, repeat):
     torch.manual_seed(0)
-    model = TinyMoeLM("mixtral", layers=2, experts=8, top_k=2, hidden=hidden, heads=4,
-                      inner=inner, vocab=256).eval()
-    original = model.layers[0].block_sparse_moe
+    model = TinyMoeLM(layout, layers=3, experts=8, top_k=2, hidden=hidden, heads=4,
+                      inner=inner, vocab=256, version=version, dense_layers=0).eval()
+    original = first_block(copy.deepcopy(model))
     x = torch.randn(1, batch, hidden)
     handle = offload_experts(model, budget_bytes=1 << 40, prefetch=prefetch)
-    offloaded = model.layers[0].block_sparse_moe
+    offloaded = first_block(model)
     with torch.no_grad():
         for _ in range(3):  # loads what x needs; after this every call hits
             offloaded(x)
@@ -58,14 +67,15 @@ def main():
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; medians of "
           f"{args.repeat} calls")
-    print(f"{'block':28} {'batch':>5} {'prefetch':>10} {'original us':>12} {'offloaded us':>13} "
-          f"{'added us':>9}")
-    for name, hidden, inner in SHAPES:
-        for batch in (1, 16):
-            for prefetch in (None, "gate_guess"):
-                plain, wrapped = measure(hidden, inner, batch, prefetch, args.repeat)
-                print(f"{name:28} {batch:5d} {str(prefetch):>10} {plain:12.1f} {wrapped:13.1f} "
-                      f"{wrapped - plain:9.1f}")
+    print(f"{'layout':16} {'block':28} {'batch':>5} {'prefetch':>10} {'original us':>12} "
+          f"{'offloaded us':>13} {'added us':>9}")
+    for layout, version, prefetch in CASES:
+        for name, hidden, inner in SHAPES:
+            for batch in (1, 16):
+                plain, wrapped = measure(layout, version, hidden, inner, batch, prefetch,
+                                         args.repeat)
+                print(f"{layout + ' v' + str(version):16} {name:28} {batch:5d} "
+                      f"{str(prefetch):>10} {plain:12.1f} {wrapped:13.1f} {wrapped - plain:9.1f}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
-// moe_router.torch's pytest suite (torch_offload_test.py) on Debian's
-// /usr/bin/python3 and torch, with a real moe-routerd on 127.0.0.1:0 for the
-// fleet tests and the CLI for reading recorded traces.
+// moe_router.torch's pytest suites (torch_offload_test.py, torch_layouts_test.py)
+// on Debian's /usr/bin/python3 and torch, with a real moe-routerd on 127.0.0.1:0
+// for the fleet tests and the CLI for reading recorded traces.
 #include <algorithm>
 #include <cmath>
 #include <nlohmann/json.hpp>
@@ -8,22 +8,20 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "server/server.h"
+#include "tests/testing/local_server.h"
 #include "tests/testing/test_util.h"
 
 namespace moe_router {
 namespace {
 
 TEST(TorchOffloadTest, PytestSuitePasses) {
-  ServerOptions options;
-  options.listen = "127.0.0.1:0";
-  options.metrics_listen = "";
-  options.health_listen = "";
-  auto server = RouterServer::Start(options);
-  ASSERT_TRUE(server.ok()) << server.status();
-  const testing::CommandResult run = testing::RunCommand(absl::StrCat(
-      "cd ", TESTS_DIR, " && PYTHONPATH=", PY_PACKAGE_DIR,
-      " MOE_ROUTER_SERVER=127.0.0.1:", (*server)->port(), " MOE_ROUTER_CLI=", CLI_PATH,
-      " /usr/bin/python3 -m pytest -q -rs -p no:cacheprovider torch_offload_test.py 2>&1"));
+  auto server = testing::StartLocalServer();
+  ASSERT_NE(server, nullptr);
+  const testing::CommandResult run = testing::RunCommand(
+      absl::StrCat("cd ", TESTS_DIR, " && PYTHONPATH=", PY_PACKAGE_DIR,
+                   " MOE_ROUTER_SERVER=127.0.0.1:", server->port(), " MOE_ROUTER_CLI=", CLI_PATH,
+                   " /usr/bin/python3 -m pytest -q -rs -p no:cacheprovider torch_offload_test.py",
+                   " torch_layouts_test.py 2>&1"));
   EXPECT_EQ(run.exit_code, 0) << run.output;
   // With the server here, every test runs: none may skip.
   EXPECT_EQ(run.output.find("skipped"), std::string::npos) << run.output;
@@ -33,8 +31,8 @@ TEST(TorchOffloadTest, PytestSuitePasses) {
   // model learned the same, exactly (both learn without decay; up to the
   // rounding of summing in another order). The second worker starts at once
   // after the first: it routes with what the fleet learned from the start.
-  auto taught = (*server)->registry().Find("tiny-taught");
-  auto remote = (*server)->registry().Find("tiny-remote");
+  auto taught = server->registry().Find("tiny-taught");
+  auto remote = server->registry().Find("tiny-remote");
   ASSERT_TRUE(taught.ok()) << taught.status();
   ASSERT_TRUE(remote.ok()) << remote.status();
   const auto a = nlohmann::json::parse((*taught)->engine->ExportState());

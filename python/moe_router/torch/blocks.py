@@ -1,24 +1,23 @@
-"""Finding the sparse-MoE blocks of a PyTorch model, in the module layouts of
-Hugging Face Transformers, and saying exactly what each computes.
+"""Finding the sparse-MoE blocks of a PyTorch model in the module layouts of
+Hugging Face Transformers, and saying what each computes.
 
-Supported (read from Transformers' modeling code):
-- per-expert modules, the layout of Transformers 4.x: a block with `gate`
-  (nn.Linear, no bias), `experts` (nn.ModuleList) and `top_k`; each expert
-  either Mixtral's `w1`/`w3`/`w2` (MixtralBlockSparseTop2MLP) or
-  `gate_proj`/`up_proj`/`down_proj` (Qwen2-MoE, Qwen3-MoE, OLMoE) and an
-  `act_fn`. Softmax over the gate logits, top-k, renormalised always for
-  Mixtral's layout and when the block's `norm_topk_prob` says so for the
-  others; the block returns (hidden states, router logits). Qwen2-MoE's
-  `shared_expert` with its sigmoid `shared_expert_gate` is computed as the
-  block does and stays where it is.
-- fused expert tensors, the layout of Transformers 5 for Mixtral: `gate` a
-  MixtralTopKRouter (its `weight` is the gate), `experts.gate_up_proj`
-  (experts, 2 x intermediate, hidden; gate then up) and `experts.down_proj`
-  (experts, hidden, intermediate); the block returns the hidden states.
+A block is identified by its router's class (Transformers 5, and
+DeepSeek-V3's router in 4.x) or, where the router is a plain nn.Linear
+(Transformers 4.x), by the block's class, never by its shape alone: a
+block whose rule the engine lacks is refused by name, not routed by
+another rule. The layouts, read from Transformers v4.57.6 and v5.2.0
+(reproduced in moe_router.torch.layouts):
 
-Anything else with a gate and experts (a gate bias, a score-correction bias
-or grouped top-k as in DeepSeek-V3, an unknown expert layout or router) is
-refused by name: routing it with these rules would silently be wrong.
+- `inline`: 4.x Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, Qwen3-Next. The block
+  routes itself (softmax, top-k) and loops over per-expert modules; it
+  returns (hidden states, router logits).
+- `router`: 5.x Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, Qwen3-Next. A
+  *TopKRouter returns (probabilities, weights, indices); fused experts
+  compute under config._experts_implementation.
+- `deepseek_router`: 4.x DeepSeek-V3. Its router returns (indices,
+  weights); the block's `moe` loops over per-expert modules.
+- `deepseek_block`: 5.x DeepSeek-V3. The router returns float32 logits; the
+  block's `route_tokens_to_experts` chooses; fused experts compute.
 """
 
 from dataclasses import dataclass, field
@@ -26,15 +25,13 @@ from typing import Callable, List, Optional, Tuple
 
 import torch
 from torch import nn
-import torch.nn.functional as F
+
+from moe_router.torch import experts as arithmetic
+from moe_router.torch.routing import GroupedSigmoidRouting, SoftmaxRouting
 
 
 class UnsupportedModel(ValueError):
     """The model, or one of its blocks, cannot be offloaded faithfully."""
-
-
-# Attributes that mean a routing rule these blocks do not implement.
-_UNSUPPORTED_ROUTING = ("e_score_correction_bias", "n_group", "topk_group", "routed_scaling_factor")
 
 
 @dataclass
@@ -42,106 +39,108 @@ class MoeBlock:
     """One sparse-MoE block and how to compute it with experts held elsewhere."""
     name: str  # its path in the model
     module: nn.Module
-    gate_weight: torch.Tensor  # (experts, hidden)
+    layout: str  # inline | router | deepseek_router | deepseek_block
+    family: str  # the block's (or router's) class, as named in Transformers
     num_experts: int
     top_k: int
-    normalize: bool  # renormalise the top-k probabilities to sum 1
-    weights_in_hidden_dtype: bool  # cast the routing weights as 4.x does
-    returns_logits: bool  # (hidden, router logits), else hidden only
-    # Per expert, its tensors in the order `compute` takes them.
+    routing: object  # SoftmaxRouting | GroupedSigmoidRouting
+    # The gate's logits for a block input, as the model computes them.
+    gate_logits: Callable[[torch.Tensor], torch.Tensor]
+    # Per expert, its tensors in the order `expert_fn` takes them.
     expert_tensors: Callable[[int], List[torch.Tensor]]
-    # compute(x, tensors, act_fn) -> the expert's output for rows x.
-    compute: Callable[[torch.Tensor, List[torch.Tensor], Callable], torch.Tensor]
+    expert_fn: Callable  # (x, tensors) -> the expert's output
     act_fn: Callable
-    # Qwen2-MoE: (shared_expert, shared_expert_gate).
-    shared: Optional[Tuple[nn.Module, nn.Module]] = None
     # Parameters that hold the experts, to move to host memory and back.
     expert_parameters: List[Tuple[nn.Module, str]] = field(default_factory=list)
     # Per expert, the checkpoint names of its tensors relative to the block,
     # in expert_tensors' order; None where a checkpoint's names do not map
     # one to one (fused tensors, which Transformers fuses when loading).
     checkpoint_names: Optional[Callable[[int], List[str]]] = None
+    fused_experts: Optional[nn.Module] = None  # 5.x: the experts module
+
+    @property
+    def fused(self) -> bool:
+        return self.fused_experts is not None
 
 
-def _glu(x, tensors, act_fn):
-    gate, up, down = tensors
-    return F.linear(act_fn(F.linear(x, gate)) * F.linear(x, up), down)
-
-
-def _fused_glu(x, tensors, act_fn):
-    gate_up, down = tensors
-    gate, up = F.linear(x, gate_up).chunk(2, dim=-1)
-    return F.linear(act_fn(gate) * up, down)
-
-
-_PER_EXPERT_LAYOUTS = {
-    # names of (gate, up, down) projections -> whether top-k is always renormalised
-    ("w1", "w3", "w2"): True,
-    ("gate_proj", "up_proj", "down_proj"): False,
+# 4.x blocks with an nn.Linear gate, by class: the projection names of
+# their experts and whether top-k is always renormalised (else the block's
+# norm_topk_prob says).
+_INLINE_BLOCKS = {
+    "MixtralSparseMoeBlock": (("w1", "w3", "w2"), True),
+    "Qwen2MoeSparseMoeBlock": (("gate_proj", "up_proj", "down_proj"), False),
+    "Qwen3MoeSparseMoeBlock": (("gate_proj", "up_proj", "down_proj"), False),
+    "OlmoeSparseMoeBlock": (("gate_proj", "up_proj", "down_proj"), False),
+    "Qwen3NextSparseMoeBlock": (("gate_proj", "up_proj", "down_proj"), False),
 }
+# 5.x softmax routers, by class: whether top-k is always renormalised.
+_SOFTMAX_ROUTERS = {
+    "MixtralTopKRouter": True,
+    "Qwen2MoeTopKRouter": False,
+    "Qwen3MoeTopKRouter": False,
+    "OlmoeTopKRouter": False,
+    "Qwen3NextTopKRouter": False,
+}
+_GROUPED_SIGMOID_ROUTERS = ("DeepseekV3TopkRouter",)
+# Rules the engine does not have, by the class that carries them.
+_REFUSED = {
+    "PhimoeSparseMoeBlock": "Phi-3.5-MoE routes by sparsemixer, which moe-router does not "
+                            "implement",
+    "PhimoeTopKRouter": "Phi-3.5-MoE routes by sparsemixer, which moe-router does not implement",
+}
+KNOWN = sorted(list(_INLINE_BLOCKS) + list(_SOFTMAX_ROUTERS) + list(_GROUPED_SIGMOID_ROUTERS))
 
 
 def _plain_linear(module, what, name):
     if not isinstance(module, nn.Linear):
         raise UnsupportedModel(f"{name}: {what} is a {type(module).__name__}, not nn.Linear")
     if module.bias is not None:
-        raise UnsupportedModel(f"{name}: {what} has a bias, which these blocks do not implement")
+        raise UnsupportedModel(f"{name}: {what} has a bias, which its model's rule does not have")
     return module.weight
 
 
-def _check_routing(module, name):
-    for attr in _UNSUPPORTED_ROUTING:
-        if getattr(module, attr, None) is not None:
-            raise UnsupportedModel(
-                f"{name}: routing with '{attr}' (grouped or biased top-k) is not implemented")
+def _flag(module, attr, name):
+    value = getattr(module, attr, None)
+    if not isinstance(value, bool):
+        raise UnsupportedModel(f"{name}: no {attr} to say whether top-k is renormalised")
+    return value
 
 
-def _per_expert_block(name, module):
+def _int(module, attr, name):
+    value = getattr(module, attr, None)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise UnsupportedModel(f"{name}: no positive integer {attr}")
+    return value
+
+
+def _per_expert(name, module, names):
+    """Per-expert modules (4.x): their weights, checked plain and alike."""
     experts = module.experts
-    first = experts[0]
-    for names, always_normalize in _PER_EXPERT_LAYOUTS.items():
-        if all(isinstance(getattr(first, n, None), nn.Linear) for n in names):
-            break
-    else:
-        raise UnsupportedModel(
-            f"{name}: experts of type {type(first).__name__} have none of the known layouts "
-            f"(w1/w3/w2 or gate_proj/up_proj/down_proj)")
+    if not isinstance(experts, nn.ModuleList) or len(experts) == 0:
+        raise UnsupportedModel(f"{name}: experts are not a non-empty nn.ModuleList")
     for i, expert in enumerate(experts):
         for n in names:
-            _plain_linear(getattr(expert, n, None), f"expert {i}'s {n}", name)
-    if always_normalize:
-        normalize = True
-    elif isinstance(getattr(module, "norm_topk_prob", None), bool):
-        normalize = module.norm_topk_prob
-    else:
-        raise UnsupportedModel(f"{name}: no norm_topk_prob to say whether top-k is renormalised")
-    shared = None
-    if getattr(module, "shared_expert", None) is not None:
-        shared_gate = getattr(module, "shared_expert_gate", None)
-        if not isinstance(shared_gate, nn.Linear):
-            raise UnsupportedModel(f"{name}: a shared expert without a shared_expert_gate")
-        shared = (module.shared_expert, shared_gate)
-    params = [(getattr(e, n), "weight") for e in experts for n in names]
-    return MoeBlock(
-        name=name, module=module, gate_weight=_plain_linear(module.gate, "the gate", name),
-        num_experts=len(experts), top_k=int(module.top_k), normalize=normalize,
-        weights_in_hidden_dtype=True, returns_logits=True,
+            if getattr(expert, n, None) is None:
+                raise UnsupportedModel(
+                    f"{name}: expert {i} ({type(expert).__name__}) has no {n}; the layout "
+                    f"expects {'/'.join(names)}")
+            _plain_linear(getattr(expert, n), f"expert {i}'s {n}", name)
+    return dict(
+        num_experts=len(experts),
         expert_tensors=lambda e: [getattr(experts[e], n).weight for n in names],
-        compute=_glu, act_fn=first.act_fn, shared=shared, expert_parameters=params,
+        expert_fn=arithmetic.glu(experts[0].act_fn), act_fn=experts[0].act_fn,
+        expert_parameters=[(getattr(e, n), "weight") for e in experts for n in names],
         checkpoint_names=lambda e: [f"experts.{e}.{n}.weight" for n in names])
 
 
-def _fused_block(name, module):
-    router, experts = module.gate, module.experts
-    if type(router).__name__ != "MixtralTopKRouter":
-        raise UnsupportedModel(
-            f"{name}: router {type(router).__name__} is not one whose rule is known "
-            f"(MixtralTopKRouter)")
-    if getattr(router, "bias", None) is not None:
-        raise UnsupportedModel(f"{name}: the router has a bias")
-    gate_up, down = experts.gate_up_proj, experts.down_proj
+def _fused(name, experts):
+    """Fused expert tensors (5.x): (E, 2I, H) gate then up, (E, H, I) down."""
+    gate_up, down = getattr(experts, "gate_up_proj", None), getattr(experts, "down_proj", None)
+    if not isinstance(gate_up, torch.Tensor) or not isinstance(down, torch.Tensor):
+        raise UnsupportedModel(f"{name}: experts of type {type(experts).__name__} have no fused "
+                               f"gate_up_proj and down_proj tensors")
     num_experts = gate_up.shape[0]
-    if down.shape[0] != num_experts or gate_up.dim() != 3 or down.dim() != 3 or \
+    if gate_up.dim() != 3 or down.dim() != 3 or down.shape[0] != num_experts or \
             gate_up.shape[1] != 2 * down.shape[2] or gate_up.shape[2] != down.shape[1]:
         raise UnsupportedModel(
             f"{name}: fused expert tensors of shapes {tuple(gate_up.shape)} and "
@@ -149,35 +148,115 @@ def _fused_block(name, module):
     for attr in ("gate_up_proj_bias", "down_proj_bias"):
         if getattr(experts, attr, None) is not None:
             raise UnsupportedModel(f"{name}: fused experts with biases are not implemented")
-    return MoeBlock(
-        name=name, module=module, gate_weight=router.weight, num_experts=num_experts,
-        top_k=int(router.top_k), normalize=True, weights_in_hidden_dtype=False,
-        returns_logits=False,
+    if getattr(experts, "is_transposed", False):
+        raise UnsupportedModel(f"{name}: transposed fused experts are not implemented")
+    implementation = getattr(getattr(experts, "config", None), "_experts_implementation", None)
+    if implementation not in arithmetic.FUSED_IMPLEMENTATIONS:
+        raise UnsupportedModel(
+            f"{name}: experts implementation {implementation!r} is not one moe-router computes "
+            f"({', '.join(arithmetic.FUSED_IMPLEMENTATIONS)})")
+    return dict(
+        num_experts=num_experts,
         expert_tensors=lambda e: [experts.gate_up_proj[e], experts.down_proj[e]],
-        compute=_fused_glu, act_fn=experts.act_fn,
-        expert_parameters=[(experts, "gate_up_proj"), (experts, "down_proj")])
+        expert_fn=arithmetic.fused_glu(experts.act_fn), act_fn=experts.act_fn,
+        expert_parameters=[(experts, "gate_up_proj"), (experts, "down_proj")],
+        fused_experts=experts)
 
 
-def _looks_like_moe(module):
-    return hasattr(module, "gate") and hasattr(module, "experts") and \
-        isinstance(getattr(module, "gate"), nn.Module)
+def _inline_block(name, module):
+    family = type(module).__name__
+    names, always_normalize = _INLINE_BLOCKS[family]
+    weight = _plain_linear(module.gate, "the gate", name)
+    top_k = _int(module, "top_k", name)
+    normalize = always_normalize or _flag(module, "norm_topk_prob", name)
+    if getattr(module, "shared_expert", None) is not None and \
+            not isinstance(getattr(module, "shared_expert_gate", None), nn.Linear):
+        raise UnsupportedModel(f"{name}: a shared expert without a shared_expert_gate")
+    parts = _per_expert(name, module, names)
+    return MoeBlock(name=name, module=module, layout="inline", family=family, top_k=top_k,
+                    routing=SoftmaxRouting(top_k, normalize, cast_weights=True,
+                                           float_first=False),
+                    gate_logits=lambda x: torch.nn.functional.linear(x, weight), **parts)
+
+
+def _softmax_router_block(name, module, router):
+    family = type(router).__name__
+    always_normalize = _SOFTMAX_ROUTERS[family]
+    normalize = always_normalize or _flag(router, "norm_topk_prob", name)
+    top_k = _int(router, "top_k", name)
+    weight = router.weight
+    parts = _fused(name, module.experts)
+    return MoeBlock(name=name, module=module, layout="router", family=family, top_k=top_k,
+                    routing=SoftmaxRouting(top_k, normalize, cast_weights=False,
+                                           float_first=always_normalize),
+                    gate_logits=lambda x: torch.nn.functional.linear(x, weight), **parts)
+
+
+def _grouped_sigmoid_block(name, module, router):
+    family = type(router).__name__
+    owner = module if hasattr(module, "route_tokens_to_experts") else router
+    layout = "deepseek_block" if owner is module else "deepseek_router"
+    top_k = _int(owner, "top_k", name)
+    groups, kept = _int(owner, "n_group", name), _int(owner, "topk_group", name)
+    normalize = _flag(owner, "norm_topk_prob", name)
+    scaling = float(getattr(owner, "routed_scaling_factor", float("nan")))
+    bias = getattr(router, "e_score_correction_bias", None)
+    if layout == "deepseek_block":
+        parts = _fused(name, module.experts)
+    else:
+        parts = _per_expert(name, module, ("gate_proj", "up_proj", "down_proj"))
+    experts = parts["num_experts"]
+    if not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (experts,):
+        raise UnsupportedModel(f"{name}: the router's e_score_correction_bias is not one float "
+                               f"per expert ({experts})")
+    if not torch.isfinite(bias).all() or not torch.isfinite(torch.tensor(scaling)):
+        raise UnsupportedModel(f"{name}: e_score_correction_bias or routed_scaling_factor is "
+                               f"not finite")
+    if experts % groups or kept > groups or kept * (experts // groups) < top_k:
+        raise UnsupportedModel(
+            f"{name}: {experts} experts in n_group {groups} keeping topk_group {kept} cannot "
+            f"give top_k {top_k}")
+    weight = router.weight
+    return MoeBlock(
+        name=name, module=module, layout=layout, family=family, top_k=top_k,
+        routing=GroupedSigmoidRouting(top_k, groups, kept, normalize, scaling, bias),
+        gate_logits=lambda x: torch.nn.functional.linear(x.type(torch.float32),
+                                                         weight.type(torch.float32)),
+        **parts)
+
+
+def _router_of(module):
+    for attr in ("gate", "router"):
+        router = getattr(module, attr, None)
+        if isinstance(router, nn.Module):
+            return router
+    return None
 
 
 def describe_block(name: str, module: nn.Module) -> MoeBlock:
     """What `module` computes, or UnsupportedModel naming why it cannot be
     offloaded faithfully."""
-    _check_routing(module, name)
-    _check_routing(module.gate, name)
-    if isinstance(module.experts, nn.ModuleList):
-        if len(module.experts) == 0:
-            raise UnsupportedModel(f"{name}: no experts")
-        if not isinstance(getattr(module, "top_k", None), int):
-            raise UnsupportedModel(f"{name}: no top_k")
-        return _per_expert_block(name, module)
-    if isinstance(getattr(module.experts, "gate_up_proj", None), torch.Tensor):
-        return _fused_block(name, module)
-    raise UnsupportedModel(f"{name}: experts of type {type(module.experts).__name__} have no "
-                           f"known layout")
+    router = _router_of(module)
+    for cls in (type(module).__name__, type(router).__name__):
+        if cls in _REFUSED:
+            raise UnsupportedModel(f"{name}: {cls}: {_REFUSED[cls]}")
+    if isinstance(router, nn.Linear):
+        if type(module).__name__ not in _INLINE_BLOCKS:
+            raise UnsupportedModel(
+                f"{name}: block {type(module).__name__} is not one whose rule is known "
+                f"({', '.join(KNOWN)})")
+        return _inline_block(name, module)
+    family = type(router).__name__
+    if family in _SOFTMAX_ROUTERS:
+        return _softmax_router_block(name, module, router)
+    if family in _GROUPED_SIGMOID_ROUTERS:
+        return _grouped_sigmoid_block(name, module, router)
+    raise UnsupportedModel(f"{name}: router {family} is not one whose rule is known "
+                           f"({', '.join(KNOWN)})")
+
+
+def _looks_like_moe(module):
+    return hasattr(module, "experts") and _router_of(module) is not None
 
 
 def find_moe_blocks(model: nn.Module) -> List[MoeBlock]:
@@ -188,9 +267,16 @@ def find_moe_blocks(model: nn.Module) -> List[MoeBlock]:
         if _looks_like_moe(module) and not any(name.startswith(b.name + ".") for b in blocks):
             blocks.append(describe_block(name or type(model).__name__, module))
     if not blocks:
-        raise UnsupportedModel(f"{type(model).__name__}: no sparse-MoE block (a module with a "
-                               f"gate and experts) found")
+        raise UnsupportedModel(f"{type(model).__name__}: no sparse-MoE block (a module with "
+                               f"a gate or router and experts) found")
     shapes = {(b.num_experts, b.top_k) for b in blocks}
     if len(shapes) != 1:
         raise UnsupportedModel(f"MoE blocks differ in (experts, top_k): {sorted(shapes)}")
+    rules = {_rule_key(b.routing.rule) for b in blocks}
+    if len(rules) != 1:
+        raise UnsupportedModel(f"MoE blocks differ in routing rule: {sorted(rules)}")
     return blocks
+
+
+def _rule_key(rule: dict) -> str:
+    return ",".join(f"{k}={rule[k]}" for k in sorted(rule))

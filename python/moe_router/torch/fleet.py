@@ -4,17 +4,20 @@ together over the Learn stream."""
 from typing import Optional, Tuple
 
 import grpc
+import numpy as np
 
 from moe_router.v1 import moe_router_pb2 as pb
 from moe_router.v1 import moe_router_pb2_grpc as pb_grpc
 
 
 def model_spec(name: str, num_layers: int, num_experts: int, top_k: int, expert_bytes: int,
-               bonus: Optional[float], prefetch_next_layer: int,
-               prefetch_threshold: float) -> pb.ModelSpec:
+               bonus: Optional[float], prefetch_next_layer: int, prefetch_threshold: float,
+               routing: Optional[dict] = None,
+               choice_bias: Optional[np.ndarray] = None) -> pb.ModelSpec:
     """The spec an offloaded model registers with: the service holds no
     expert bytes for it (the workers bring their own), so its store is
-    synthetic and its budget one layer's top-k."""
+    synthetic and its budget one layer's top-k. routing: the model's rule,
+    RoutingSettings' fields by name; choice_bias: (layers, experts)."""
     spec = pb.ModelSpec(name=name, num_layers=num_layers, num_experts=num_experts, top_k=top_k,
                         budget_bytes=expert_bytes * top_k,
                         prefetch_next_layer=prefetch_next_layer)
@@ -22,6 +25,11 @@ def model_spec(name: str, num_layers: int, num_experts: int, top_k: int, expert_
     spec.router.prefetch_threshold = prefetch_threshold
     if bonus is not None:
         spec.router.cache_bonus = float(bonus)
+    for key, value in (routing or {}).items():
+        setattr(spec.routing, key, value)
+    if choice_bias is not None:
+        spec.routing.choice_bias = True
+        spec.routing.bias.extend(np.asarray(choice_bias, dtype=np.float32).ravel().tolist())
     return spec
 
 

@@ -2,17 +2,18 @@
 
 import json
 import os
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import nn
-import torch.nn.functional as F
 
 from moe_router import _engine
+from moe_router.torch import experts as arithmetic
 from moe_router.torch.blocks import MoeBlock, UnsupportedModel, find_moe_blocks
 from moe_router.torch.checkpoint import CheckpointStore, ServerStore
 from moe_router.torch.pool import DevicePool, ExpertLoadError, HostStore
+from moe_router.torch.routing import Scores, reconcile
 
 PREFETCH_MODES = ("gate_guess", "coactivation", None)
 
@@ -38,18 +39,6 @@ class _Recorder:
 
     def close(self) -> None:
         self._file.close()
-
-
-class _OffloadedBlock(nn.Module):
-    """Stands in for one MoE block: routes with the engine, pages, computes."""
-
-    def __init__(self, runtime: "Offload", layer: int):
-        super().__init__()
-        self._runtime = [runtime]  # not a submodule: its parameters stay its own
-        self.layer = layer
-
-    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
-        return self._runtime[0].forward_block(self.layer, hidden_states)
 
 
 class Offload:
@@ -93,19 +82,42 @@ class Offload:
         self._counts = dict(hits=0, misses=0, ready=0, accesses=0, tokens=0, layer_calls=0,
                             guesses=0, guesses_right=0)
         self._guessed = {}  # layer -> experts the gate guess prefetched for it
-        self._originals = []
+        # The blocks stay in the model (hooks on them and on their routers,
+        # Transformers' output recorders among them, keep firing); what
+        # computes is replaced on the instances, put back at close.
+        self._patches = []
         for layer, block in enumerate(blocks):
-            parent, child = self._parent_of(block.name)
-            self._originals.append((parent, child, block.module))
-            setattr(parent, child, _OffloadedBlock(self, layer))
+            self._install(layer, block)
         self._closed = False
 
     # -- setup ---------------------------------------------------------------
 
-    def _parent_of(self, name: str):
-        parent_name, _, child = name.rpartition(".")
-        parent = self.model.get_submodule(parent_name) if parent_name else self.model
-        return parent, child
+    def _install(self, layer: int, block: MoeBlock) -> None:
+        router = block.module.gate
+        if block.layout == "inline":
+            self._patch(block.module, "forward", self._inline_forward(layer))
+        elif block.layout == "router":
+            self._patch(router, "forward", self._router_forward(layer))
+        elif block.layout == "deepseek_router":
+            self._patch(router, "forward", self._router_forward(layer))
+            self._patch(block.module, "moe", self._experts_forward(layer))
+        else:  # deepseek_block
+            self._patch(block.module, "route_tokens_to_experts", self._choose_forward(layer))
+        if block.fused:
+            self._patch(block.fused_experts, "forward", self._experts_forward(layer))
+
+    def _patch(self, owner: nn.Module, attr: str, function) -> None:
+        had = attr in owner.__dict__
+        self._patches.append((owner, attr, had, owner.__dict__.get(attr)))
+        setattr(owner, attr, function)
+
+    def _unpatch(self) -> None:
+        for owner, attr, had, previous in reversed(self._patches):
+            if had:
+                setattr(owner, attr, previous)
+            else:
+                delattr(owner, attr)
+        self._patches.clear()
 
     def _move_experts_to_host(self):
         """On an accelerator the experts move to host memory (pinned), and
@@ -136,50 +148,145 @@ class Offload:
     def _make_engine(self, server, bonus, eviction_policy, model_name, budget):
         layers = len(self.blocks)
         threshold = 0.5 if self.prefetch_mode is not None else 0.0
+        rule = self.blocks[0].routing.rule
+        biases = [b.routing.choice_bias for b in self.blocks]
+        choice_bias = None if biases[0] is None else \
+            np.ascontiguousarray(np.stack(biases), dtype=np.float32)
         if server is None:
             defaults = {} if bonus is None else {"cache_bonus": float(bonus)}
             return _engine.LocalEngine(layers, self.num_experts, self.top_k, self.expert_bytes,
                                        budget, eviction_policy=eviction_policy or "",
-                                       prefetch_threshold=threshold, **defaults)
+                                       prefetch_threshold=threshold, routing=rule,
+                                       choice_bias=choice_bias, **defaults)
         from moe_router.torch.fleet import model_spec, register_model
         register_model(server, model_spec(
             model_name, layers, self.num_experts, self.top_k, self.expert_bytes, bonus=bonus,
             prefetch_next_layer=2 if self.prefetch_mode == "coactivation" else 0,
-            prefetch_threshold=threshold))
+            prefetch_threshold=threshold, routing=rule, choice_bias=choice_bias))
         return _engine.InProcessWorker(server, model_name, self.cache_name, budget,
                                        eviction_policy=eviction_policy or "")
 
     # -- the per-layer path ----------------------------------------------------
+    # Each replacement computes what the original computes, with the engine's
+    # choice and the pool's tensors: routing in _route, experts in _experts.
 
-    def forward_block(self, layer: int, hidden_states: torch.Tensor):
+    def _inline_forward(self, layer: int):
+        """Transformers 4.x's softmax blocks: route, experts, shared expert;
+        returns (hidden states, router logits)."""
         block = self.blocks[layer]
-        shape = hidden_states.shape
-        x = hidden_states.reshape(-1, shape[-1])
-        router_logits = F.linear(x, block.gate_weight)
-        logits = router_logits.detach().float().cpu().numpy()
+        module = block.module
+
+        def forward(hidden_states, *args, **kwargs):
+            batch, sequence, hidden = hidden_states.shape
+            x = hidden_states.view(-1, hidden)
+            router_logits = module.gate(x)
+            chosen, scores = self._route(layer, router_logits)
+            weights = block.routing.weights(scores, chosen, x.dtype)
+            self._record(layer, chosen, weights)
+            out = self._experts(layer, x, chosen, weights)
+            if getattr(module, "shared_expert", None) is not None:
+                shared = module.shared_expert(x)
+                shared = torch.sigmoid(module.shared_expert_gate(x)) * shared
+                out = out + shared
+            return out.reshape(batch, sequence, hidden), router_logits
+        return forward
+
+    def _router_forward(self, layer: int):
+        """A router that chooses: 5.x's softmax routers return
+        (probabilities, weights, indices), 4.x DeepSeek-V3's (indices,
+        weights)."""
+        block = self.blocks[layer]
+
+        def forward(hidden_states, *args, **kwargs):
+            x = hidden_states.reshape(-1, hidden_states.shape[-1])
+            logits = block.gate_logits(x)
+            chosen, scores = self._route(layer, logits)
+            weights = block.routing.weights(scores, chosen, x.dtype)
+            self._record(layer, chosen, weights)
+            if block.layout == "router":
+                return scores.choice, weights, chosen
+            return chosen, weights
+        return forward
+
+    def _choose_forward(self, layer: int):
+        """5.x DeepSeek-V3's route_tokens_to_experts(router_logits)."""
+        block = self.blocks[layer]
+
+        def route_tokens_to_experts(router_logits):
+            chosen, scores = self._route(layer, router_logits)
+            weights = block.routing.weights(scores, chosen, router_logits.dtype)
+            self._record(layer, chosen, weights)
+            return chosen, weights
+        return route_tokens_to_experts
+
+    def _experts_forward(self, layer: int):
+        """The experts' (or 4.x DeepSeek-V3's `moe`) call: (hidden states,
+        indices, weights) -> the routed experts' sum."""
+        def forward(hidden_states, top_k_index, top_k_weights):
+            return self._experts(layer, hidden_states, top_k_index, top_k_weights)
+        return forward
+
+    def _route(self, layer: int, logits: torch.Tensor) -> Tuple[torch.Tensor, Scores]:
+        """The engine's choice for a layer call, its experts brought into the
+        pool; returned as the model would order it (see reconcile)."""
+        block = self.blocks[layer]
+        scores = block.routing.scores(logits)
+        own = block.routing.own_choice(scores)
         step = self._step
-        self.engine.route(layer, logits, step)
-        chosen_np = np.array(step.experts, dtype=np.int64)  # the step's buffer is reused
-        chosen = torch.from_numpy(chosen_np)
+        self.engine.route(layer, logits.detach().float().cpu().numpy(), step)
+        engine_choice = np.array(step.experts, dtype=np.int64)  # the step's buffer is reused
         # The distinct experts the call needs, each with whether it was held
         # before the call (a resident flag is the same for every token).
-        needed = dict(zip(chosen_np.ravel().tolist(), np.asarray(step.resident).ravel().tolist()))
-        self._count(layer, needed, chosen_np.shape[0])
+        needed = dict(zip(engine_choice.ravel().tolist(),
+                          np.asarray(step.resident).ravel().tolist()))
+        self._count(layer, needed, engine_choice.shape[0])
         # Ready: in the pool and done loading before this layer asked.
         self._counts["ready"] += sum(self.pool.ready((layer, e)) for e in needed)
-        try:
-            self._carry_out(step, wait_for_urgent=True)
-            out = self._compute(block, layer, x, router_logits, chosen.to(x.device))
-        except ExpertLoadError:
-            self.engine.adopt(self.pool.holds())  # the view follows what the pool holds
-            raise
-        if self._recorder is not None:
-            probs = torch.softmax(router_logits.detach().float(), dim=-1).gather(1, chosen)
-            self._recorder.write(layer, chosen.numpy(), probs.cpu().numpy())
+        self._guarded(lambda: self._carry_out(step, wait_for_urgent=True))
+        return reconcile(engine_choice, own, scores), scores
+
+    def _experts(self, layer: int, x, chosen, weights):
+        block = self.blocks[layer]
+
+        def tensors_of(expert: int):
+            key = (layer, expert)
+            return self.pool.tensors(key) if key in self.pool else self.pool.stream(key)
+
+        def compute():
+            if block.layout == "deepseek_router":
+                return arithmetic.in_token_order_float32(x, chosen, weights, block.num_experts,
+                                                         tensors_of, block.expert_fn)
+            implementation = "eager" if not block.fused else \
+                block.fused_experts.config._experts_implementation
+            if implementation == "batched_mm":
+                return arithmetic.batched_mm(x, chosen, weights, block.act_fn, tensors_of)
+            if implementation == "grouped_mm":
+                return arithmetic.grouped_mm(x, chosen, weights, block.act_fn, tensors_of)
+            if implementation != "eager":
+                raise UnsupportedModel(
+                    f"{block.name}: experts implementation {implementation!r} is not one "
+                    f"moe-router computes ({', '.join(arithmetic.FUSED_IMPLEMENTATIONS)})")
+            return arithmetic.in_id_order(x, chosen, weights, block.num_experts, tensors_of,
+                                          block.expert_fn)
+
+        out = self._guarded(compute)
         if self.prefetch_mode == "gate_guess" and layer + 1 < len(self.blocks):
             self._guess_next(layer + 1, x)
-        out = out.reshape(shape)
-        return (out, router_logits) if block.returns_logits else out
+        return out
+
+    def _guarded(self, action):
+        """Runs `action`; a failed load leaves the engine's view what the pool
+        holds before the error goes on."""
+        try:
+            return action()
+        except ExpertLoadError:
+            self.engine.adopt(self.pool.holds())
+            raise
+
+    def _record(self, layer, chosen, weights) -> None:
+        if self._recorder is not None:
+            self._recorder.write(layer, chosen.cpu().numpy(),
+                                 weights.detach().float().cpu().numpy())
 
     def _count(self, layer, needed, tokens):
         # An access is one expert a layer call needs, however many of the
@@ -206,42 +313,18 @@ class Offload:
         for layer, expert in np.array(step.prefetch):
             self.pool.load((int(layer), int(expert)), wait=False)
 
-    def _compute(self, block: MoeBlock, layer: int, x, router_logits, chosen):
-        # The original block's arithmetic, in its order: weights from the
-        # softmax of the gate logits at the chosen experts, experts taken in
-        # id order, their rows in (top-k position, token) order.
-        weights = torch.softmax(router_logits, dim=-1, dtype=torch.float).gather(1, chosen)
-        if block.normalize:
-            weights /= weights.sum(dim=-1, keepdim=True)
-        if block.weights_in_hidden_dtype:
-            weights = weights.to(x.dtype)
-        out = torch.zeros_like(x)
-        mask = F.one_hot(chosen, num_classes=block.num_experts).permute(2, 1, 0)
-        for expert in torch.greater(mask.sum(dim=(-1, -2)), 0).nonzero():
-            position, token = torch.where(mask[expert].squeeze(0))
-            key = (layer, int(expert))
-            tensors = self.pool.tensors(key) if key in self.pool else self.pool.stream(key)
-            y = block.compute(x[token], tensors, block.act_fn) * weights[token, position, None]
-            out.index_add_(0, token, y.to(x.dtype))
-        if block.shared is not None:
-            expert, gate = block.shared
-            out = out + torch.sigmoid(gate(x)) * expert(x)
-        return out
-
     def _guess_next(self, layer: int, x) -> None:
         # The next layer's gate on this layer's input: its likely experts,
         # loaded while this layer's output goes through the next attention.
-        guess_logits = F.linear(x, self.blocks[layer].gate_weight).detach().float()
-        guess = torch.softmax(guess_logits, dim=-1).mean(dim=0).cpu().numpy()
-        budget = min(self.top_k * guess_logits.shape[0], self.num_experts)
+        block = self.blocks[layer]
+        with torch.no_grad():
+            scores = block.routing.scores(block.gate_logits(x))
+        guess = scores.choice.float().mean(dim=0).cpu().numpy()
+        budget = min(self.top_k * x.shape[0], self.num_experts)
         self.engine.prefetch(layer, np.ascontiguousarray(guess, dtype=np.float32), budget,
                              self._prefetch_step)
         self._guessed[layer] = set(np.argsort(-guess)[:budget].tolist())
-        try:
-            self._carry_out(self._prefetch_step, wait_for_urgent=False)
-        except ExpertLoadError:
-            self.engine.adopt(self.pool.holds())
-            raise
+        self._guarded(lambda: self._carry_out(self._prefetch_step, wait_for_urgent=False))
 
     # -- the handle --------------------------------------------------------------
 
@@ -275,8 +358,7 @@ class Offload:
         if self._closed:
             return
         self._closed = True
-        for parent, child, original in self._originals:
-            setattr(parent, child, original)
+        self._unpatch()
         self.pool.close()
         if hasattr(self.store, "close"):
             self.store.close()

@@ -1,13 +1,14 @@
-"""Small MoE language models in the module layouts of Hugging Face
-Transformers, for the demo and the tests (Transformers is not a Debian
-package). Each block computes what the Transformers block of its layout
-computes; the attention is a plain causal one, enough for generation.
+"""Small MoE language models whose MoE blocks are Transformers' own layouts
+(moe_router.torch.layouts), for the demo and the tests: Transformers is not
+a Debian package. The attention is a plain causal one with a key-value
+cache, enough for generation.
 
-Layouts: "mixtral" (4.x: gate nn.Linear, experts[i].w1/w3/w2), "qwen"
-(4.x Qwen3-MoE / OLMoE: experts[i].gate_proj/up_proj/down_proj,
-norm_topk_prob), "qwen2" (that with Qwen2-MoE's sigmoid-gated shared
-expert) and "mixtral_fused" (5.x: a MixtralTopKRouter gate and fused
-gate_up_proj / down_proj expert tensors).
+`layout` names a family, `version` the Transformers major version whose
+modules it uses: mixtral, qwen2_moe (a shared expert), qwen3_moe, olmoe,
+qwen3_next (a shared expert) and deepseek_v3 (sigmoid scores, a bias,
+groups, shared experts, a dense first layer), each in 4 or 5. The model
+records router logits when asked the way that version's model does: 4.x
+patches the recorded blocks' forward for the call, 5.x hooks the routers.
 """
 
 import math
@@ -16,124 +17,41 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from moe_router.torch.layouts import MoeConfig
+from moe_router.torch.layouts import transformers_4 as v4
+from moe_router.torch.layouts import transformers_5 as v5
 
-class GluExpert(nn.Module):
-    def __init__(self, hidden, inner, names):
-        super().__init__()
-        self._names = names  # (gate, up, down)
-        setattr(self, names[0], nn.Linear(hidden, inner, bias=False))
-        setattr(self, names[1], nn.Linear(hidden, inner, bias=False))
-        setattr(self, names[2], nn.Linear(inner, hidden, bias=False))
-        self.act_fn = nn.SiLU()
-
-    def forward(self, x):
-        gate, up, down = (getattr(self, n) for n in self._names)
-        return down(self.act_fn(gate(x)) * up(x))
+_BLOCKS = {
+    "mixtral": "MixtralSparseMoeBlock", "qwen2_moe": "Qwen2MoeSparseMoeBlock",
+    "qwen3_moe": "Qwen3MoeSparseMoeBlock", "olmoe": "OlmoeSparseMoeBlock",
+    "qwen3_next": "Qwen3NextSparseMoeBlock", "deepseek_v3": "DeepseekV3MoE",
+}
+LAYOUTS = tuple(_BLOCKS)
+_MODULES = {4: v4, 5: v5}
 
 
-class PerExpertMoeBlock(nn.Module):
-    """The 4.x sparse-MoE block: softmax, top-k, optional renormalisation,
-    experts in id order; returns (hidden states, router logits)."""
-
-    def __init__(self, hidden, inner, experts, top_k, names, norm_topk_prob, shared_inner=0):
-        super().__init__()
-        self.top_k = top_k
-        self.num_experts = experts
-        self.norm_topk_prob = norm_topk_prob
-        self.gate = nn.Linear(hidden, experts, bias=False)
-        self.experts = nn.ModuleList([GluExpert(hidden, inner, names) for _ in range(experts)])
-        if shared_inner:
-            self.shared_expert = GluExpert(hidden, shared_inner, ("gate_proj", "up_proj",
-                                                                  "down_proj"))
-            self.shared_expert_gate = nn.Linear(hidden, 1, bias=False)
-
-    def forward(self, hidden_states):
-        batch, seq, hidden = hidden_states.shape
-        x = hidden_states.view(-1, hidden)
-        router_logits = self.gate(x)
-        weights = F.softmax(router_logits, dim=1, dtype=torch.float)
-        weights, chosen = torch.topk(weights, self.top_k, dim=-1)
-        if self.norm_topk_prob:
-            weights /= weights.sum(dim=-1, keepdim=True)
-        weights = weights.to(x.dtype)
-        out = torch.zeros_like(x)
-        mask = F.one_hot(chosen, num_classes=self.num_experts).permute(2, 1, 0)
-        for e in torch.greater(mask.sum(dim=(-1, -2)), 0).nonzero():
-            position, token = torch.where(mask[e].squeeze(0))
-            y = self.experts[e](x[token]) * weights[token, position, None]
-            out.index_add_(0, token, y.to(x.dtype))
-        if hasattr(self, "shared_expert"):
-            out = out + torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
-        return out.reshape(batch, seq, hidden), router_logits
+def make_config(layout, experts=8, top_k=2, hidden=64, inner=128, **overrides) -> MoeConfig:
+    """A configuration as the family's models have it, small."""
+    config = MoeConfig(hidden_size=hidden, intermediate_size=inner, moe_intermediate_size=inner,
+                       num_experts=experts, num_experts_per_tok=top_k)
+    if layout in ("qwen2_moe", "qwen3_next"):
+        config.shared_expert_intermediate_size = inner
+    if layout == "qwen2_moe":
+        config.norm_topk_prob = False  # Qwen1.5-MoE's setting
+    if layout == "deepseek_v3":
+        config.n_group = 4 if experts % 4 == 0 and experts // 4 >= 2 else 1
+        config.topk_group = max(1, config.n_group // 2)
+        config.routed_scaling_factor = 2.5
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config
 
 
-class MixtralTopKRouter(nn.Module):
-    """5.x Mixtral's router: logits, renormalised top-k of their softmax."""
-
-    def __init__(self, hidden, experts, top_k):
-        super().__init__()
-        self.top_k = top_k
-        self.num_experts = experts
-        self.weight = nn.Parameter(torch.empty(experts, hidden))
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-
-    def forward(self, x):
-        logits = F.linear(x, self.weight)
-        top, chosen = torch.topk(F.softmax(logits.float(), dim=-1), self.top_k, dim=-1)
-        top /= top.sum(dim=-1, keepdim=True)
-        return logits, top, chosen
-
-
-class FusedExperts(nn.Module):
-    def __init__(self, hidden, inner, experts):
-        super().__init__()
-        self.num_experts = experts
-        self.gate_up_proj = nn.Parameter(torch.empty(experts, 2 * inner, hidden))
-        self.down_proj = nn.Parameter(torch.empty(experts, hidden, inner))
-        for p in (self.gate_up_proj, self.down_proj):
-            nn.init.uniform_(p, -1 / math.sqrt(p.shape[-1]), 1 / math.sqrt(p.shape[-1]))
-        self.act_fn = nn.SiLU()
-
-    def forward(self, x, chosen, weights):
-        out = torch.zeros_like(x)
-        mask = F.one_hot(chosen, num_classes=self.num_experts).permute(2, 1, 0)
-        for e in torch.greater(mask.sum(dim=(-1, -2)), 0).nonzero():
-            e = e[0]
-            position, token = torch.where(mask[e])
-            gate, up = F.linear(x[token], self.gate_up_proj[e]).chunk(2, dim=-1)
-            y = F.linear(self.act_fn(gate) * up, self.down_proj[e]) * weights[token, position, None]
-            out.index_add_(0, token, y.to(out.dtype))
-        return out
-
-
-class FusedMoeBlock(nn.Module):
-    """The 5.x Mixtral block: returns the hidden states only."""
-
-    def __init__(self, hidden, inner, experts, top_k):
-        super().__init__()
-        self.top_k = top_k
-        self.gate = MixtralTopKRouter(hidden, experts, top_k)
-        self.experts = FusedExperts(hidden, inner, experts)
-
-    def forward(self, hidden_states):
-        batch, seq, hidden = hidden_states.shape
-        x = hidden_states.view(-1, hidden)
-        _, weights, chosen = self.gate(x)
-        return self.experts(x, chosen, weights).reshape(batch, seq, hidden)
-
-
-def make_block(layout, hidden, inner, experts, top_k):
-    if layout == "mixtral":
-        return PerExpertMoeBlock(hidden, inner, experts, top_k, ("w1", "w3", "w2"), True)
-    if layout == "qwen":
-        return PerExpertMoeBlock(hidden, inner, experts, top_k,
-                                 ("gate_proj", "up_proj", "down_proj"), True)
-    if layout == "qwen2":
-        return PerExpertMoeBlock(hidden, inner, experts, top_k,
-                                 ("gate_proj", "up_proj", "down_proj"), False, shared_inner=inner)
-    if layout == "mixtral_fused":
-        return FusedMoeBlock(hidden, inner, experts, top_k)
-    raise ValueError(f"unknown layout {layout!r}")
+def make_block(layout, version, config: MoeConfig) -> nn.Module:
+    if layout not in _BLOCKS or version not in _MODULES:
+        raise ValueError(f"unknown layout {layout!r} for Transformers {version} (layouts: "
+                         f"{', '.join(LAYOUTS)}; versions 4, 5)")
+    return getattr(_MODULES[version], _BLOCKS[layout])(config)
 
 
 class RMSNorm(nn.Module):
@@ -147,19 +65,20 @@ class RMSNorm(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, layout, hidden, heads, inner, experts, top_k):
+    def __init__(self, mlp: nn.Module, hidden, heads, mlp_name="mlp"):
         super().__init__()
+        self._mlp_name = mlp_name  # 4.x Mixtral's is block_sparse_moe
         self.heads = heads
         self.input_norm = RMSNorm(hidden)
         self.qkv = nn.Linear(hidden, 3 * hidden, bias=False)
         self.out = nn.Linear(hidden, hidden, bias=False)
         self.post_norm = RMSNorm(hidden)
-        # Mixtral's attribute name; the Qwen models call it mlp.
-        self.block_sparse_moe = make_block(layout, hidden, inner, experts, top_k)
+        setattr(self, mlp_name, mlp)
 
     def forward(self, x, past=None):
         """x: (batch, new tokens, hidden); past: the keys and values of the
-        tokens before them. Returns the output and the keys and values now."""
+        tokens before them. Returns the output, the keys and values now, and
+        the MLP's router logits when it returns them (4.x blocks)."""
         batch, seq, hidden = x.shape
         q, k, v = self.qkv(self.input_norm(x)).chunk(3, dim=-1)
         shape = (batch, seq, self.heads, hidden // self.heads)
@@ -170,32 +89,82 @@ class DecoderLayer(nn.Module):
         total = k.shape[2]
         causal = torch.ones(seq, total, dtype=torch.bool, device=x.device).triu(total - seq + 1)
         attention = F.softmax(scores.masked_fill(causal, float("-inf")), dim=-1) @ v
-        x = x + self.out(attention.transpose(1, 2).reshape(batch, seq, hidden))
-        moe = self.block_sparse_moe(self.post_norm(x))
-        return x + (moe[0] if isinstance(moe, tuple) else moe), (k, v)
+        x = x + self.out(attention.transpose(1, 2).reshape(batch, seq, hidden).to(x.dtype))
+        mlp = getattr(self, self._mlp_name)(self.post_norm(x))
+        out, logits = mlp if isinstance(mlp, tuple) else (mlp, None)
+        return x + out, (k, v), logits
 
 
 class TinyMoeLM(nn.Module):
-    """A byte-level causal LM with an MoE block per layer."""
+    """A byte-level causal LM with a Transformers MoE block per layer (after
+    `dense_layers` dense MLPs, as DeepSeek-V3's first_k_dense_replace)."""
 
     def __init__(self, layout="mixtral", layers=8, experts=8, top_k=2, hidden=64, heads=4,
-                 inner=128, vocab=256):
+                 inner=128, vocab=256, version=4, dense_layers=None, **config_overrides):
         super().__init__()
+        self.version = version
+        self.config = make_config(layout, experts, top_k, hidden, inner, **config_overrides)
+        if dense_layers is None:
+            dense_layers = 1 if layout == "deepseek_v3" else 0
         self.embed = nn.Embedding(vocab, hidden)
-        self.layers = nn.ModuleList(
-            [DecoderLayer(layout, hidden, heads, inner, experts, top_k) for _ in range(layers)])
+        mlps = [v4.DeepseekV3MLP(self.config) if i < dense_layers
+                else make_block(layout, version, self.config) for i in range(layers)]
+        mlp_name = "block_sparse_moe" if (layout, version) == ("mixtral", 4) else "mlp"
+        self.layers = nn.ModuleList([DecoderLayer(mlp, hidden, heads, mlp_name) for mlp in mlps])
         self.norm = RMSNorm(hidden)
         self.lm_head = nn.Linear(hidden, vocab, bias=False)
 
-    def forward(self, tokens, past=None):
+    def forward(self, tokens, past=None, output_router_logits=False, output_hidden_states=False):
         """Next-token logits for `tokens` after the cached `past` (a list of
-        each layer's keys and values, or None), and the cache now."""
-        x = self.embed(tokens)
-        now = []
-        for i, layer in enumerate(self.layers):
-            x, kv = layer(x, None if past is None else past[i])
-            now.append(kv)
-        return self.lm_head(self.norm(x)), now
+        each layer's keys and values, or None), and the cache now; with
+        output_router_logits / output_hidden_states, a dict of those too."""
+        recorded = []
+        undo = self._record_router_logits(recorded) if output_router_logits else []
+        try:
+            x = self.embed(tokens)
+            now, hidden_states, passed_up = [], [x], []
+            for i, layer in enumerate(self.layers):
+                x, kv, logits = layer(x, None if past is None else past[i])
+                now.append(kv)
+                hidden_states.append(x)
+                if logits is not None:
+                    passed_up.append(logits)
+        finally:
+            for action in undo:
+                action()
+        logits = self.lm_head(self.norm(x))
+        if not (output_router_logits or output_hidden_states):
+            return logits, now
+        extra = {}
+        if output_router_logits:
+            # 4.x models that record none pass the blocks' returned logits up.
+            extra["router_logits"] = tuple(recorded or passed_up)
+        if output_hidden_states:
+            extra["hidden_states"] = tuple(hidden_states)
+        return logits, now, extra
+
+    def _record_router_logits(self, into):
+        """Installs the version's recorder; returns what undoes it."""
+        table = _MODULES[self.version].ROUTER_LOGITS_RECORDED_FROM
+        undo = []
+        for module in self.modules():
+            index = next((i for cls, i in table.items() if isinstance(module, cls)), None)
+            if index is None:
+                continue
+            if self.version == 5:
+                handle = module.register_forward_hook(
+                    lambda m, args, out, i=index: into.append(out[i]))
+                undo.append(handle.remove)
+            else:  # 4.x: the instance's forward, wrapped for the call
+                original = module.forward
+
+                def wrapped(*args, _original=original, _index=index, **kwargs):
+                    out = _original(*args, **kwargs)
+                    into.append(out[_index])
+                    return out
+                module.forward = wrapped
+                undo.append(lambda m=module, f=original: setattr(m, "forward", f))
+        return undo
 
     @torch.no_grad()
     def generate(self, prompt, new_tokens):
@@ -210,3 +179,18 @@ class TinyMoeLM(nn.Module):
             tokens = torch.cat([tokens, next_token], dim=1)
             logits, past = self(next_token, past)
         return tokens, steps
+
+
+def load_balancing_loss(router_logits, num_experts, top_k):
+    """The auxiliary loss Mixtral's (and the Qwen-MoE family's) causal-LM
+    head computes from the recorded router logits, without an attention
+    mask (load_balancing_loss_func in modeling_mixtral.py)."""
+    if not router_logits:
+        return 0
+    concatenated = torch.cat(list(router_logits), dim=0)
+    routing_weights = F.softmax(concatenated, dim=-1)
+    _, selected = torch.topk(routing_weights, top_k, dim=-1)
+    expert_mask = F.one_hot(selected, num_experts)
+    tokens_per_expert = torch.mean(expert_mask.float(), dim=0)
+    router_prob_per_expert = torch.mean(routing_weights, dim=0)
+    return torch.sum(tokens_per_expert * router_prob_per_expert.unsqueeze(0)) * num_experts

@@ -1,0 +1,251 @@
+"""Transformers 4.x sparse-MoE blocks: per-expert modules in an
+nn.ModuleList, routing written inline in the block (or, for DeepSeek-V3,
+in its router). Read from Transformers v4.57.6 (commit
+753d61104116eefc8ffc977327b441ee0c8d599f), src/transformers/models/<family>/
+modeling_<family>.py.
+"""
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from moe_router.torch.layouts import MoeConfig
+
+
+class _GluMlp(nn.Module):
+    """An expert or dense MLP: down(act(gate(x)) * up(x)), no biases."""
+
+    def __init__(self, config: MoeConfig, intermediate_size=None):
+        super().__init__()
+        inner = config.intermediate_size if intermediate_size is None else intermediate_size
+        self.gate_proj = nn.Linear(config.hidden_size, inner, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, inner, bias=False)
+        self.down_proj = nn.Linear(inner, config.hidden_size, bias=False)
+        self.act_fn = nn.SiLU()
+
+    def forward(self, x):
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Qwen2MoeMLP(_GluMlp):
+    pass
+
+
+class Qwen3MoeMLP(_GluMlp):
+    pass
+
+
+class Qwen3NextMLP(_GluMlp):
+    pass
+
+
+class OlmoeMLP(_GluMlp):
+    def __init__(self, config: MoeConfig):
+        super().__init__(config, config.moe_intermediate_size)
+
+
+class DeepseekV3MLP(_GluMlp):
+    pass
+
+
+class MixtralBlockSparseTop2MLP(nn.Module):
+    """modeling_mixtral.py: w2(act(w1(x)) * w3(x))."""
+
+    def __init__(self, config: MoeConfig):
+        super().__init__()
+        self.w1 = nn.Linear(config.hidden_size, config.moe_intermediate_size, bias=False)
+        self.w2 = nn.Linear(config.moe_intermediate_size, config.hidden_size, bias=False)
+        self.w3 = nn.Linear(config.hidden_size, config.moe_intermediate_size, bias=False)
+        self.act_fn = nn.SiLU()
+
+    def forward(self, hidden_states):
+        return self.w2(self.act_fn(self.w1(hidden_states)) * self.w3(hidden_states))
+
+
+class PhimoeBlockSparseTop2MLP(MixtralBlockSparseTop2MLP):
+    pass
+
+
+class _SoftmaxTopKBlock(nn.Module):
+    """The block Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE and Qwen3-Next share in
+    4.x: a softmax over the gate logits in float32, its top-k, renormalised
+    (always for Mixtral; per norm_topk_prob for the others), the weights cast
+    to the hidden dtype; experts taken in id order, each over its (top-k
+    position, token) pairs, accumulated with index_add_ in the hidden dtype.
+    Returns (hidden states, router logits)."""
+
+    always_normalize = False
+    expert_class = None
+    shared = False
+
+    def __init__(self, config: MoeConfig):
+        super().__init__()
+        self.num_experts = config.num_experts
+        self.top_k = config.num_experts_per_tok
+        if not self.always_normalize:
+            self.norm_topk_prob = config.norm_topk_prob
+        self.gate = nn.Linear(config.hidden_size, config.num_experts, bias=False)
+        self.experts = nn.ModuleList([self._expert(config) for _ in range(self.num_experts)])
+        if self.shared:
+            self.shared_expert = self.expert_class(config, config.shared_expert_intermediate_size)
+            self.shared_expert_gate = nn.Linear(config.hidden_size, 1, bias=False)
+
+    def _expert(self, config):
+        if self.expert_class in (MixtralBlockSparseTop2MLP, PhimoeBlockSparseTop2MLP, OlmoeMLP):
+            return self.expert_class(config)
+        return self.expert_class(config, config.moe_intermediate_size)
+
+    def forward(self, hidden_states):
+        batch_size, sequence_length, hidden_dim = hidden_states.shape
+        hidden_states = hidden_states.view(-1, hidden_dim)
+        router_logits = self.gate(hidden_states)
+        routing_weights = F.softmax(router_logits, dim=1, dtype=torch.float)
+        routing_weights, selected_experts = torch.topk(routing_weights, self.top_k, dim=-1)
+        if self.always_normalize or self.norm_topk_prob:
+            routing_weights /= routing_weights.sum(dim=-1, keepdim=True)
+        routing_weights = routing_weights.to(hidden_states.dtype)
+        final = torch.zeros((batch_size * sequence_length, hidden_dim), dtype=hidden_states.dtype,
+                            device=hidden_states.device)
+        expert_mask = F.one_hot(selected_experts, num_classes=self.num_experts).permute(2, 1, 0)
+        expert_hit = torch.greater(expert_mask.sum(dim=(-1, -2)), 0).nonzero()
+        for expert_idx in expert_hit:
+            idx, top_x = torch.where(expert_mask[expert_idx].squeeze(0))
+            current = hidden_states[None, top_x].reshape(-1, hidden_dim)
+            out = self.experts[expert_idx](current) * routing_weights[top_x, idx, None]
+            final.index_add_(0, top_x, out.to(hidden_states.dtype))
+        if self.shared:
+            shared = self.shared_expert(hidden_states)
+            shared = torch.sigmoid(self.shared_expert_gate(hidden_states)) * shared
+            final = final + shared
+        return final.reshape(batch_size, sequence_length, hidden_dim), router_logits
+
+
+class MixtralSparseMoeBlock(_SoftmaxTopKBlock):
+    always_normalize = True
+    expert_class = MixtralBlockSparseTop2MLP
+
+
+class Qwen2MoeSparseMoeBlock(_SoftmaxTopKBlock):
+    expert_class = Qwen2MoeMLP
+    shared = True
+
+
+class Qwen3MoeSparseMoeBlock(_SoftmaxTopKBlock):
+    expert_class = Qwen3MoeMLP
+
+
+class OlmoeSparseMoeBlock(_SoftmaxTopKBlock):
+    expert_class = OlmoeMLP
+
+
+class Qwen3NextSparseMoeBlock(_SoftmaxTopKBlock):
+    expert_class = Qwen3NextMLP
+    shared = True
+
+
+class PhimoeSparseMoeBlock(_SoftmaxTopKBlock):
+    """Phi-3.5-MoE: Mixtral's shapes, routed by `sparsemixer` (not
+    reproduced: moe_router.torch refuses this block by name, and a test
+    checks that)."""
+    always_normalize = True
+    expert_class = PhimoeBlockSparseTop2MLP
+
+    def forward(self, hidden_states):
+        raise NotImplementedError("sparsemixer routing is not reproduced here")
+
+
+def grouped_top_k(choice, n_group, topk_group, top_k):
+    """DeepSeek-V3's choice (the same steps in 4.x's router and 5.x's
+    block): the best topk_group groups by their two best biased scores
+    summed, the other groups' experts masked with 0.0, top-k unsorted."""
+    experts = choice.shape[-1]
+    per_group = experts // n_group
+    group_scores = choice.view(-1, n_group, per_group).topk(2, dim=-1)[0].sum(dim=-1)
+    group_idx = torch.topk(group_scores, k=topk_group, dim=-1, sorted=False)[1]
+    group_mask = torch.zeros_like(group_scores)
+    group_mask.scatter_(1, group_idx, 1)
+    score_mask = group_mask.unsqueeze(-1).expand(-1, n_group, per_group).reshape(-1, experts)
+    choice = choice.masked_fill(~score_mask.bool(), 0.0)
+    return torch.topk(choice, k=top_k, dim=-1, sorted=False)[1]
+
+
+class DeepseekV3TopkRouter(nn.Module):
+    """Sigmoid scores from float32 logits; the choice on score + bias within
+    the best topk_group of n_group groups (a group's score: its two best
+    biased scores summed; other groups masked with 0.0), top-k unsorted;
+    weights the unbiased scores, over their sum + 1e-20 when
+    norm_topk_prob, times routed_scaling_factor. Returns (indices,
+    weights), both per token."""
+
+    def __init__(self, config: MoeConfig):
+        super().__init__()
+        self.config = config
+        self.top_k = config.num_experts_per_tok
+        self.n_routed_experts = config.n_routed_experts
+        self.routed_scaling_factor = config.routed_scaling_factor
+        self.n_group = config.n_group
+        self.topk_group = config.topk_group
+        self.norm_topk_prob = config.norm_topk_prob
+        self.weight = nn.Parameter(torch.empty((self.n_routed_experts, config.hidden_size)))
+        nn.init.normal_(self.weight, std=config.hidden_size ** -0.5)
+        self.register_buffer("e_score_correction_bias", torch.zeros(self.n_routed_experts))
+
+    @torch.no_grad()
+    def get_topk_indices(self, scores):
+        choice = scores.view(-1, self.n_routed_experts) + self.e_score_correction_bias.unsqueeze(0)
+        return grouped_top_k(choice, self.n_group, self.topk_group, self.top_k)
+
+    def forward(self, hidden_states):
+        hidden_states = hidden_states.view(-1, self.config.hidden_size)
+        router_logits = F.linear(hidden_states.type(torch.float32), self.weight.type(torch.float32))
+        scores = router_logits.sigmoid()
+        topk_indices = self.get_topk_indices(scores)
+        topk_weights = scores.gather(1, topk_indices)
+        if self.norm_topk_prob:
+            denominator = topk_weights.sum(dim=-1, keepdim=True) + 1e-20
+            topk_weights /= denominator
+        topk_weights = topk_weights * self.routed_scaling_factor
+        return topk_indices, topk_weights
+
+
+class DeepseekV3MoE(nn.Module):
+    """Routed experts accumulated in float32 (the weights' dtype) over every
+    expert in id order, each over its (token, top-k position) pairs, cast to
+    the hidden dtype; plus the shared experts on the block's input."""
+
+    def __init__(self, config: MoeConfig):
+        super().__init__()
+        self.config = config
+        self.experts = nn.ModuleList([DeepseekV3MLP(config, config.moe_intermediate_size)
+                                      for _ in range(config.n_routed_experts)])
+        self.gate = DeepseekV3TopkRouter(config)
+        self.shared_experts = DeepseekV3MLP(
+            config, config.moe_intermediate_size * config.n_shared_experts)
+
+    def moe(self, hidden_states, topk_indices, topk_weights):
+        final = torch.zeros_like(hidden_states, dtype=topk_weights.dtype)
+        expert_mask = F.one_hot(topk_indices, num_classes=len(self.experts)).permute(2, 0, 1)
+        for expert_idx in range(len(self.experts)):
+            token_indices, weight_indices = torch.where(expert_mask[expert_idx])
+            if token_indices.numel() > 0:
+                expert_weights = topk_weights[token_indices, weight_indices]
+                out = self.experts[expert_idx](hidden_states[token_indices])
+                final.index_add_(0, token_indices, out * expert_weights.unsqueeze(-1))
+        return final.type(hidden_states.dtype)
+
+    def forward(self, hidden_states):
+        residuals = hidden_states
+        orig_shape = hidden_states.shape
+        topk_indices, topk_weights = self.gate(hidden_states)
+        hidden_states = hidden_states.view(-1, hidden_states.shape[-1])
+        hidden_states = self.moe(hidden_states, topk_indices, topk_weights).view(*orig_shape)
+        return hidden_states + self.shared_experts(residuals)
+
+
+# The blocks whose models record router logits when asked through
+# `_can_record_outputs` (4.57.6): the block's output at index 1, by patching
+# the instance's forward for the call. Qwen2-MoE and OLMoE pass the block's
+# returned logits up through the decoder layer instead; DeepSeek-V3 has none.
+ROUTER_LOGITS_RECORDED_FROM = {
+    MixtralSparseMoeBlock: 1, Qwen3MoeSparseMoeBlock: 1, Qwen3NextSparseMoeBlock: 1,
+}

@@ -1,0 +1,312 @@
+"""Transformers 5.x sparse-MoE blocks: a router module and fused expert
+tensors run by the configured experts implementation. Read from
+Transformers v5.2.0 (commit 7d9754a05193eb79b1d86aa744b622b8068008cd):
+src/transformers/models/<family>/modeling_<family>.py and, for the experts
+implementations, src/transformers/integrations/moe.py.
+"""
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from moe_router.torch.layouts import MoeConfig
+from moe_router.torch.layouts.transformers_4 import (DeepseekV3MLP, Qwen2MoeMLP, Qwen3NextMLP,
+                                                     grouped_top_k)
+
+
+def _eager_experts(self, hidden_states, top_k_index, top_k_weights):
+    """The experts class's own forward: experts in id order over their
+    (top-k position, token) pairs, each output times its weight (in the
+    weights' dtype), cast and index_add_-ed in the hidden dtype."""
+    final = torch.zeros_like(hidden_states)
+    with torch.no_grad():
+        expert_mask = F.one_hot(top_k_index, num_classes=self.num_experts).permute(2, 1, 0)
+        expert_hit = torch.greater(expert_mask.sum(dim=(-1, -2)), 0).nonzero()
+    for expert_idx in expert_hit:
+        expert_idx = expert_idx[0]
+        top_k_pos, token_idx = torch.where(expert_mask[expert_idx])
+        current = hidden_states[token_idx]
+        gate, up = F.linear(current, self.gate_up_proj[expert_idx]).chunk(2, dim=-1)
+        out = F.linear(self.act_fn(gate) * up, self.down_proj[expert_idx])
+        out = out * top_k_weights[token_idx, top_k_pos, None]
+        final.index_add_(0, token_idx, out.to(final.dtype))
+    return final
+
+
+def _batched_mm_experts(self, hidden_states, top_k_index, top_k_weights):
+    """integrations/moe.py batched_mm_experts_forward: one (token, expert)
+    sample per row, each expert's matrices gathered per sample and applied
+    with bmm, weighted, summed over the top-k positions in their order."""
+    num_top_k = top_k_index.size(-1)
+    num_tokens, hidden_dim = hidden_states.size(0), hidden_states.size(-1)
+    token_idx = torch.arange(num_tokens).unsqueeze(1).expand(-1, num_top_k).reshape(-1)
+    sample_weights = top_k_weights.reshape(-1)
+    expert_ids = top_k_index.reshape(-1)
+    valid_mask = expert_ids < self.num_experts
+    expert_ids = expert_ids.clamp(0, self.num_experts - 1)
+    selected = hidden_states[token_idx]
+    gate_up = torch.bmm(self.gate_up_proj[expert_ids], selected.unsqueeze(-1)).squeeze(-1)
+    gate, up = gate_up.chunk(2, dim=-1)
+    out = torch.bmm(self.down_proj[expert_ids], (self.act_fn(gate) * up).unsqueeze(-1)).squeeze(-1)
+    out = out * sample_weights.unsqueeze(-1)
+    out = out * valid_mask.unsqueeze(-1).to(out.dtype)
+    return out.view(num_tokens, num_top_k, hidden_dim).sum(dim=1).to(hidden_states.dtype)
+
+
+def _grouped_mm_experts(self, hidden_states, top_k_index, top_k_weights):
+    """integrations/moe.py grouped_mm_experts_forward needs PyTorch's grouped
+    matrix multiply (2.9+); without it Transformers raises ImportError, and
+    so does this reproduction."""
+    if not hasattr(F, "grouped_mm") and not hasattr(torch, "_grouped_mm"):
+        raise ImportError("Neither torch.nn.functional.grouped_mm nor torch._grouped_mm is "
+                          "available")
+    raise NotImplementedError("grouped_mm is reproduced only where PyTorch has it")
+
+
+EXPERTS_IMPLEMENTATIONS = {
+    "eager": _eager_experts, "batched_mm": _batched_mm_experts, "grouped_mm": _grouped_mm_experts,
+}
+
+
+class _FusedExperts(nn.Module):
+    """An experts class decorated with @use_experts_implementation: fused
+    gate_up_proj (experts, 2 x inner, hidden; gate rows then up rows) and
+    down_proj (experts, hidden, inner); forward dispatches on
+    config._experts_implementation at each call."""
+
+    def __init__(self, config: MoeConfig):
+        super().__init__()
+        self.config = config
+        self.num_experts = config.num_local_experts
+        self.hidden_dim = config.hidden_size
+        self.intermediate_dim = config.moe_intermediate_size
+        self.gate_up_proj = nn.Parameter(
+            torch.empty(self.num_experts, 2 * self.intermediate_dim, self.hidden_dim))
+        self.down_proj = nn.Parameter(
+            torch.empty(self.num_experts, self.hidden_dim, self.intermediate_dim))
+        for p in (self.gate_up_proj, self.down_proj):
+            nn.init.uniform_(p, -p.shape[-1] ** -0.5, p.shape[-1] ** -0.5)
+        self.act_fn = nn.SiLU()
+        self.has_bias = False
+        self.is_transposed = False
+
+    def forward(self, hidden_states, top_k_index, top_k_weights):
+        implementation = EXPERTS_IMPLEMENTATIONS.get(self.config._experts_implementation)
+        if implementation is None:
+            raise KeyError(f"`{self.config._experts_implementation}` is not a valid experts "
+                           f"implementation")
+        return implementation(self, hidden_states, top_k_index, top_k_weights)
+
+
+class MixtralExperts(_FusedExperts):
+    pass
+
+
+class Qwen2MoeExperts(_FusedExperts):
+    pass
+
+
+class Qwen3MoeExperts(_FusedExperts):
+    pass
+
+
+class OlmoeExperts(_FusedExperts):
+    pass
+
+
+class Qwen3NextExperts(_FusedExperts):
+    pass
+
+
+class DeepseekV3NaiveMoe(_FusedExperts):
+    pass
+
+
+class _TopKRouter(nn.Module):
+    """Qwen2-MoE, Qwen3-MoE, OLMoE and Qwen3-Next's router: the softmax of
+    the logits in float32 (returned in the logits' place, and recorded as
+    the router logits), its top-k, renormalised when norm_topk_prob.
+    Returns (probabilities, top-k weights, top-k indices)."""
+
+    def __init__(self, config: MoeConfig):
+        super().__init__()
+        self.top_k = config.num_experts_per_tok
+        self.num_experts = config.num_experts
+        self.norm_topk_prob = config.norm_topk_prob
+        self.hidden_dim = config.hidden_size
+        self.weight = nn.Parameter(torch.empty(self.num_experts, self.hidden_dim))
+        nn.init.normal_(self.weight, std=self.hidden_dim ** -0.5)
+
+    def forward(self, hidden_states):
+        hidden_states = hidden_states.reshape(-1, self.hidden_dim)
+        router_logits = F.linear(hidden_states, self.weight)
+        router_logits = F.softmax(router_logits, dtype=torch.float, dim=-1)
+        router_top_value, router_indices = torch.topk(router_logits, self.top_k, dim=-1)
+        if self.norm_topk_prob:
+            router_top_value /= router_top_value.sum(dim=-1, keepdim=True)
+        router_top_value = router_top_value.to(router_logits.dtype)
+        return router_logits, router_top_value, router_indices
+
+
+class MixtralTopKRouter(nn.Module):
+    """Mixtral's: softmax(logits.float()), its top-k always renormalised."""
+
+    def __init__(self, config: MoeConfig):
+        super().__init__()
+        self.top_k = config.num_experts_per_tok
+        self.num_experts = config.num_local_experts
+        self.hidden_dim = config.hidden_size
+        self.weight = nn.Parameter(torch.empty(self.num_experts, self.hidden_dim))
+        nn.init.normal_(self.weight, std=self.hidden_dim ** -0.5)
+
+    def forward(self, hidden_states):
+        hidden_states = hidden_states.reshape(-1, self.hidden_dim)
+        router_logits = F.linear(hidden_states, self.weight)
+        router_logits = F.softmax(router_logits.float(), dim=-1)
+        router_top_value, router_indices = torch.topk(router_logits, self.top_k, dim=-1)
+        router_top_value /= router_top_value.sum(dim=-1, keepdim=True)
+        return router_logits, router_top_value, router_indices
+
+
+class Qwen2MoeTopKRouter(_TopKRouter):
+    pass
+
+
+class Qwen3MoeTopKRouter(_TopKRouter):
+    pass
+
+
+class OlmoeTopKRouter(_TopKRouter):
+    pass
+
+
+class Qwen3NextTopKRouter(_TopKRouter):
+    pass
+
+
+class _RouterBlock(nn.Module):
+    """Mixtral, Qwen3-MoE and OLMoE's block: route, run the experts;
+    returns the hidden states only."""
+
+    router_class = None
+    experts_class = None
+
+    def __init__(self, config: MoeConfig):
+        super().__init__()
+        self.gate = self.router_class(config)
+        self.experts = self.experts_class(config)
+
+    def forward(self, hidden_states):
+        batch_size, sequence_length, hidden_dim = hidden_states.shape
+        hidden_states = hidden_states.view(-1, hidden_dim)
+        _, top_k_weights, top_k_index = self.gate(hidden_states)
+        out = self.experts(hidden_states, top_k_index, top_k_weights)
+        return out.reshape(batch_size, sequence_length, hidden_dim)
+
+
+class MixtralSparseMoeBlock(_RouterBlock):
+    router_class, experts_class = MixtralTopKRouter, MixtralExperts
+
+
+class Qwen3MoeSparseMoeBlock(_RouterBlock):
+    router_class, experts_class = Qwen3MoeTopKRouter, Qwen3MoeExperts
+
+
+class OlmoeSparseMoeBlock(_RouterBlock):
+    router_class, experts_class = OlmoeTopKRouter, OlmoeExperts
+
+
+class _SharedExpertBlock(nn.Module):
+    """Qwen2-MoE and Qwen3-Next: the shared expert first, then the routed
+    experts, then the shared output gated by a sigmoid and added in place."""
+
+    router_class = experts_class = mlp_class = None
+
+    def __init__(self, config: MoeConfig):
+        super().__init__()
+        self.gate = self.router_class(config)
+        self.experts = self.experts_class(config)
+        self.shared_expert = self.mlp_class(config, config.shared_expert_intermediate_size)
+        self.shared_expert_gate = nn.Linear(config.hidden_size, 1, bias=False)
+
+    def forward(self, hidden_states):
+        batch_size, sequence_length, hidden_dim = hidden_states.shape
+        reshaped = hidden_states.view(-1, hidden_dim)
+        shared = self.shared_expert(reshaped)
+        _, routing_weights, selected_experts = self.gate(reshaped)
+        out = self.experts(reshaped, selected_experts, routing_weights)
+        shared = torch.sigmoid(self.shared_expert_gate(reshaped)) * shared
+        out += shared
+        return out.reshape(batch_size, sequence_length, hidden_dim)
+
+
+class Qwen2MoeSparseMoeBlock(_SharedExpertBlock):
+    router_class, experts_class, mlp_class = Qwen2MoeTopKRouter, Qwen2MoeExperts, Qwen2MoeMLP
+
+
+class Qwen3NextSparseMoeBlock(_SharedExpertBlock):
+    router_class, experts_class, mlp_class = Qwen3NextTopKRouter, Qwen3NextExperts, Qwen3NextMLP
+
+
+class DeepseekV3TopkRouter(nn.Module):
+    """Only the float32 logits; the block routes."""
+
+    def __init__(self, config: MoeConfig):
+        super().__init__()
+        self.config = config
+        self.n_routed_experts = config.n_routed_experts
+        self.weight = nn.Parameter(torch.empty((self.n_routed_experts, config.hidden_size)))
+        nn.init.normal_(self.weight, std=config.hidden_size ** -0.5)
+        self.register_buffer("e_score_correction_bias", torch.zeros(self.n_routed_experts))
+
+    def forward(self, hidden_states):
+        hidden_states = hidden_states.view(-1, self.config.hidden_size)
+        return F.linear(hidden_states.type(torch.float32), self.weight.type(torch.float32))
+
+
+class DeepseekV3MoE(nn.Module):
+    """DeepSeek-V3's block in 5.x: route_tokens_to_experts holds the rule
+    (4.x's router arithmetic, moved here), the fused experts compute, the
+    shared experts are added."""
+
+    def __init__(self, config: MoeConfig):
+        super().__init__()
+        self.config = config
+        self.experts = DeepseekV3NaiveMoe(config)
+        self.gate = DeepseekV3TopkRouter(config)
+        self.shared_experts = DeepseekV3MLP(
+            config, config.moe_intermediate_size * config.n_shared_experts)
+        self.n_routed_experts = config.n_routed_experts
+        self.n_group = config.n_group
+        self.topk_group = config.topk_group
+        self.norm_topk_prob = config.norm_topk_prob
+        self.routed_scaling_factor = config.routed_scaling_factor
+        self.top_k = config.num_experts_per_tok
+
+    def route_tokens_to_experts(self, router_logits):
+        router_logits = router_logits.sigmoid()
+        choice = router_logits + self.gate.e_score_correction_bias
+        topk_indices = grouped_top_k(choice, self.n_group, self.topk_group, self.top_k)
+        topk_weights = router_logits.gather(1, topk_indices)
+        if self.norm_topk_prob:
+            denominator = topk_weights.sum(dim=-1, keepdim=True) + 1e-20
+            topk_weights /= denominator
+        topk_weights = topk_weights * self.routed_scaling_factor
+        return topk_indices, topk_weights
+
+    def forward(self, hidden_states):
+        residuals = hidden_states
+        orig_shape = hidden_states.shape
+        router_logits = self.gate(hidden_states)
+        topk_indices, topk_weights = self.route_tokens_to_experts(router_logits)
+        hidden_states = hidden_states.view(-1, hidden_states.shape[-1])
+        hidden_states = self.experts(hidden_states, topk_indices, topk_weights).view(*orig_shape)
+        return hidden_states + self.shared_experts(residuals)
+
+
+# The router classes whose output at index 0 the models record as router
+# logits when asked (`_can_record_outputs`, a forward hook on each instance).
+ROUTER_LOGITS_RECORDED_FROM = {
+    MixtralTopKRouter: 0, Qwen2MoeTopKRouter: 0, Qwen3MoeTopKRouter: 0, OlmoeTopKRouter: 0,
+    Qwen3NextTopKRouter: 0,
+}

@@ -1,0 +1,257 @@
+"""moe_router.torch on every Transformers layout it supports, 4.x and 5.x:
+models whose MoE blocks are the reproduced Transformers modules
+(moe_router.torch.layouts), offloaded at bonus 0 without prefetch, must
+compute bit for bit what the original computes (float32 and bfloat16, every
+experts implementation PyTorch 1.13 can run, tied gate logits included),
+report the same router logits, auxiliary loss and hidden states, generate
+the same tokens with a key-value cache, keep the users' hooks firing and
+stay within the pool's budget. Blocks whose rule the engine lacks are
+refused by name.
+"""
+
+import copy
+import re
+
+import pytest
+import torch
+from torch import nn
+
+from moe_router.torch import UnsupportedModel, offload_experts
+from moe_router.torch.layouts import transformers_4 as v4
+from moe_router.torch.layouts import transformers_5 as v5
+from moe_router.torch.tiny import LAYOUTS, TinyMoeLM, load_balancing_loss
+
+EXPERT_BYTES_F32 = 3 * 128 * 64 * 4
+CASES = [(layout, version) for version in (4, 5) for layout in LAYOUTS]
+
+
+def case_id(case):
+    return f"{case[0]}-v{case[1]}"
+
+
+def moe_blocks(model):
+    return [m for layer in model.layers for m in layer.children() if hasattr(m, "experts")]
+
+
+def routers(model):
+    return [b.gate for b in moe_blocks(model)]
+
+
+def tie_two_experts(model):
+    """Experts 2 and 5 of every block get the same gate row (and bias): their
+    logits are equal for every token, so whenever one of them is at the
+    top-k boundary the choice is a tie the model's top-k breaks."""
+    with torch.no_grad():
+        for router in routers(model):
+            router.weight[5] = router.weight[2]
+            bias = getattr(router, "e_score_correction_bias", None)
+            if bias is not None:
+                bias[5] = bias[2]
+
+
+def make(layout, version, dtype=torch.float32, implementation="eager", seed=0, layers=3,
+         experts=8):
+    torch.manual_seed(seed)
+    model = TinyMoeLM(layout, layers=layers, experts=experts, version=version).eval()
+    model.config._experts_implementation = implementation
+    with torch.no_grad():
+        for router in routers(model):  # DeepSeek's trained biases are not zero
+            bias = getattr(router, "e_score_correction_bias", None)
+            if bias is not None:
+                bias.copy_(torch.randn(bias.shape) * 0.05)
+    tie_two_experts(model)
+    model = model.to(dtype)
+    for router in routers(model):  # kept in float32, as Transformers keeps it
+        if getattr(router, "e_score_correction_bias", None) is not None:
+            router.e_score_correction_bias = router.e_score_correction_bias.float()
+    return model
+
+
+def tied_at_the_boundary(model, x):
+    """How many (block, token) pairs of a forward pass on `x` had experts 2
+    and 5 split by the top-k boundary with equal scores: ties that decide."""
+    count = 0
+
+    def hook(module, args, output):
+        nonlocal count
+        block = module
+        inputs = args[0].reshape(-1, args[0].shape[-1])
+        logits = torch.nn.functional.linear(inputs.float(), block.gate.weight.float())
+        k = block.gate.top_k if hasattr(block.gate, "top_k") else block.top_k
+        chosen = torch.topk(logits + (block.gate.e_score_correction_bias
+                                      if hasattr(block.gate, "e_score_correction_bias") else 0),
+                            k).indices
+        has2, has5 = (chosen == 2).any(dim=1), (chosen == 5).any(dim=1)
+        count += int((has2 ^ has5).sum())
+
+    handles = [b.register_forward_hook(hook) for b in moe_blocks(model)]
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    return count
+
+
+def run(model, prompt, steps=8):
+    """What the tests compare: greedy tokens with a KV cache, and one
+    forward pass's logits, router logits, hidden states and aux loss."""
+    with torch.no_grad():
+        tokens, _ = model.generate(prompt, steps)
+        logits, _, extra = model(prompt, output_router_logits=True, output_hidden_states=True)
+    loss = load_balancing_loss(extra["router_logits"], 8, 2)
+    return tokens, logits, extra["router_logits"], extra["hidden_states"], loss
+
+
+def assert_same(want, got):
+    tokens, logits, router_logits, hidden, loss = want
+    tokens2, logits2, router_logits2, hidden2, loss2 = got
+    assert torch.equal(tokens, tokens2)
+    assert torch.equal(logits, logits2)
+    assert len(router_logits) == len(router_logits2)
+    assert all(torch.equal(a, b) for a, b in zip(router_logits, router_logits2))
+    assert all(torch.equal(a, b) for a, b in zip(hidden, hidden2))
+    assert torch.equal(torch.as_tensor(loss), torch.as_tensor(loss2))
+
+
+def offloaded(model, slots=6, **kwargs):
+    per_expert = EXPERT_BYTES_F32 // (2 if model.lm_head.weight.dtype == torch.bfloat16 else 1)
+    return offload_experts(model, budget_bytes=slots * per_expert, bonus=0, prefetch=None,
+                           **kwargs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_bonus_zero_is_bit_equal_to_the_model_with_ties(case, dtype):
+    layout, version = case
+    implementations = ["eager", "batched_mm"] if version == 5 else ["eager"]
+    prompt = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
+    for implementation in implementations:
+        model = make(layout, version, dtype, implementation)
+        reference = copy.deepcopy(model)
+        assert tied_at_the_boundary(model, prompt) > 0  # the ties are exercised
+        want = run(reference, prompt)
+        if layout != "deepseek_v3":  # DeepSeek-V3 records no router logits
+            assert len(want[2]) == 3
+        handle = offloaded(model)
+        try:
+            got = run(model, prompt)
+            stats = handle.stats()
+            assert len(handle.holds()) <= handle.pool.slots == 6
+            assert handle.holds() == handle.engine_view()
+        finally:
+            handle.close()
+        assert_same(want, got)
+        assert stats["misses"] > 0 and stats["evictions"] > 0  # it did page
+        assert_same(want, run(model, prompt))  # close() put everything back
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_the_users_hooks_on_blocks_and_routers_keep_firing(case):
+    model = make(*case)
+    fired = []
+    block, router = moe_blocks(model)[-1], routers(model)[-1]
+    block.register_forward_hook(lambda m, a, o: fired.append("block"))
+    router.register_forward_hook(lambda m, a, o: fired.append("router"))
+    handle = offloaded(model)
+    try:
+        with torch.no_grad():
+            model(torch.tensor([[1, 2, 3]]))
+    finally:
+        handle.close()
+    assert fired.count("block") == 1
+    # 4.x's inline blocks call their nn.Linear gate as the original does;
+    # DeepSeek-V3's and 5.x's routers are called by the block.
+    assert fired.count("router") == 1
+
+
+def test_grouped_mm_fails_as_transformers_does_without_pytorchs_grouped_mm():
+    # Debian's PyTorch 1.13 has no grouped_mm: Transformers raises
+    # ImportError when the experts run, and so does the offloaded model.
+    model = make("qwen3_moe", 5, implementation="grouped_mm")
+    reference = copy.deepcopy(model)
+    with pytest.raises(ImportError, match="grouped_mm"):
+        with torch.no_grad():
+            reference(torch.tensor([[1, 2]]))
+    handle = offloaded(model)
+    try:
+        with pytest.raises(ImportError, match="grouped_mm"):
+            with torch.no_grad():
+                model(torch.tensor([[1, 2]]))
+    finally:
+        handle.close()
+
+
+def test_the_deepseek_rule_reaches_the_engine_with_each_layers_bias():
+    model = make("deepseek_v3", 5, layers=4, experts=16)
+    handle = offloaded(model, slots=12)
+    try:
+        block = handle.blocks[0]
+        assert block.layout == "deepseek_block" and len(handle.blocks) == 3  # layer 0 is dense
+        assert block.routing.rule == {"preset": "deepseek_v3", "num_groups": 4,
+                                      "kept_groups": 2, "normalization": "sum_plus_epsilon",
+                                      "scaling": 2.5}
+        biases = [b.routing.choice_bias for b in handle.blocks]
+        assert all(torch.equal(torch.from_numpy(bias), r.e_score_correction_bias)
+                   for bias, r in zip(biases, routers(model)))
+    finally:
+        handle.close()
+
+
+def renamed(cls, name):
+    return type(name, (cls,), {})
+
+
+def test_blocks_are_identified_by_their_router_or_block_class_and_refused_by_name():
+    config = TinyMoeLM("mixtral", layers=1).config
+    cases = [
+        # Phi-3.5-MoE: Mixtral's shapes, another rule.
+        (v4.PhimoeSparseMoeBlock(config), "PhimoeSparseMoeBlock: Phi-3.5-MoE routes by "
+                                          "sparsemixer"),
+        # A 4.x-shaped block of an unknown class.
+        (renamed(v4.MixtralSparseMoeBlock, "SomeSparseMoeBlock")(config),
+         "block SomeSparseMoeBlock is not one whose rule is known"),
+        # A 5.x block with an unknown router class.
+        (renamed(v5.MixtralSparseMoeBlock, "X")(config), None),
+    ]
+    cases[2][0].gate = renamed(v5.MixtralTopKRouter, "FancyTopKRouter")(config)
+    cases[2] = (cases[2][0], "router FancyTopKRouter is not one whose rule is known")
+    for block, message in cases:
+        model = nn.Sequential(block).eval()
+        with pytest.raises(UnsupportedModel, match=re.escape(message)):
+            offload_experts(model, 1 << 24)
+
+
+def test_fused_layouts_and_rules_that_do_not_fit_are_refused_by_field():
+    def model_with(change, layout="mixtral", **kwargs):
+        model = TinyMoeLM(layout, layers=2, version=5, **kwargs).eval()
+        change(moe_blocks(model)[-1])
+        return model
+
+    def wrong_shape(block):
+        block.experts.gate_up_proj = nn.Parameter(torch.zeros(8, 100, 64))
+
+    def implementation(block):
+        block.experts.config._experts_implementation = "flash"
+
+    def bias_length(block):
+        block.gate.e_score_correction_bias = torch.zeros(7)
+
+    def groups(block):
+        block.n_group = 3
+
+    def infinite_scale(block):
+        block.routed_scaling_factor = float("inf")
+
+    cases = [
+        (model_with(wrong_shape), "fused expert tensors of shapes (8, 100, 64) and "
+                                  "(8, 64, 128) are not (E, 2I, H) and (E, H, I)"),
+        (model_with(implementation), "experts implementation 'flash' is not one"),
+        (model_with(bias_length, "deepseek_v3"), "e_score_correction_bias is not one float "
+                                                 "per expert (8)"),
+        (model_with(groups, "deepseek_v3"), "8 experts in n_group 3 keeping topk_group 2 "
+                                            "cannot give top_k 2"),
+        (model_with(infinite_scale, "deepseek_v3"), "routed_scaling_factor is not finite"),
+    ]
+    for model, message in cases:
+        with pytest.raises(UnsupportedModel, match=re.escape(message)):
+            offload_experts(model, 1 << 24)
