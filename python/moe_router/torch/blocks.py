@@ -81,7 +81,11 @@ _SOFTMAX_ROUTERS = {
     "OlmoeTopKRouter": False,
     "Qwen3NextTopKRouter": False,
 }
-_GROUPED_SIGMOID_ROUTERS = ("DeepseekV3TopkRouter",)
+# DeepSeek-V3's rule, and the families that route by it with its router
+# under their own name (identical code at 4.57.6 and 5.2.0): GLM-4.5, the
+# text model of GLM-4.5V, dots.llm1. Kimi K2 is DeepSeek-V3's architecture.
+_GROUPED_SIGMOID_ROUTERS = ("DeepseekV3TopkRouter", "Glm4MoeTopkRouter",
+                            "Glm4vMoeTextTopkRouter", "Dots1TopkRouter")
 # Rules the engine does not have, by the class that carries them.
 _REFUSED = {
     "PhimoeSparseMoeBlock": "Phi-3.5-MoE routes by sparsemixer, which moe-router does not "

@@ -5,8 +5,10 @@ cache, enough for generation.
 
 `layout` names a family, `version` the Transformers major version whose
 modules it uses: mixtral, qwen2_moe (a shared expert), qwen3_moe, olmoe,
-qwen3_next (a shared expert) and deepseek_v3 (sigmoid scores, a bias,
-groups, shared experts, a dense first layer), each in 4 or 5. The model
+qwen3_next (a shared expert), deepseek_v3 (sigmoid scores, a bias,
+groups, shared experts, a dense first layer), glm4_moe and dots1 (the
+DeepSeek-V3 block under their names; GLM-4.5 with one group), each in 4 or
+5. The model
 records router logits when asked the way that version's model does: 4.x
 patches the recorded blocks' forward for the call, 5.x hooks the routers.
 """
@@ -25,7 +27,10 @@ _BLOCKS = {
     "mixtral": "MixtralSparseMoeBlock", "qwen2_moe": "Qwen2MoeSparseMoeBlock",
     "qwen3_moe": "Qwen3MoeSparseMoeBlock", "olmoe": "OlmoeSparseMoeBlock",
     "qwen3_next": "Qwen3NextSparseMoeBlock", "deepseek_v3": "DeepseekV3MoE",
+    "glm4_moe": "Glm4MoeMoE", "dots1": "Dots1MoE",
 }
+# Layouts that route by DeepSeek-V3's rule and begin with dense layers.
+GROUPED_LAYOUTS = ("deepseek_v3", "glm4_moe", "dots1")
 LAYOUTS = tuple(_BLOCKS)
 _MODULES = {4: v4, 5: v5}
 
@@ -38,9 +43,11 @@ def make_config(layout, experts=8, top_k=2, hidden=64, inner=128, **overrides) -
         config.shared_expert_intermediate_size = inner
     if layout == "qwen2_moe":
         config.norm_topk_prob = False  # Qwen1.5-MoE's setting
-    if layout == "deepseek_v3":
+    if layout in ("deepseek_v3", "dots1"):
         config.n_group = 4 if experts % 4 == 0 and experts // 4 >= 2 else 1
         config.topk_group = max(1, config.n_group // 2)
+        config.routed_scaling_factor = 2.5
+    if layout == "glm4_moe":  # GLM-4.5: one group, scaling 2.5
         config.routed_scaling_factor = 2.5
     for key, value in overrides.items():
         setattr(config, key, value)
@@ -105,7 +112,7 @@ class TinyMoeLM(nn.Module):
         self.version = version
         self.config = make_config(layout, experts, top_k, hidden, inner, **config_overrides)
         if dense_layers is None:
-            dense_layers = 1 if layout == "deepseek_v3" else 0
+            dense_layers = 1 if layout in GROUPED_LAYOUTS else 0
         self.embed = nn.Embedding(vocab, hidden)
         mlps = [v4.DeepseekV3MLP(self.config) if i < dense_layers
                 else make_block(layout, version, self.config) for i in range(layers)]

@@ -213,12 +213,14 @@ class DeepseekV3MoE(nn.Module):
     expert in id order, each over its (token, top-k position) pairs, cast to
     the hidden dtype; plus the shared experts on the block's input."""
 
+    router_class = DeepseekV3TopkRouter
+
     def __init__(self, config: MoeConfig):
         super().__init__()
         self.config = config
         self.experts = nn.ModuleList([DeepseekV3MLP(config, config.moe_intermediate_size)
                                       for _ in range(config.n_routed_experts)])
-        self.gate = DeepseekV3TopkRouter(config)
+        self.gate = self.router_class(config)
         self.shared_experts = DeepseekV3MLP(
             config, config.moe_intermediate_size * config.n_shared_experts)
 
@@ -240,6 +242,25 @@ class DeepseekV3MoE(nn.Module):
         hidden_states = hidden_states.view(-1, hidden_states.shape[-1])
         hidden_states = self.moe(hidden_states, topk_indices, topk_weights).view(*orig_shape)
         return hidden_states + self.shared_experts(residuals)
+
+
+# GLM-4.5 (glm4_moe) and dots.llm1 (dots1) are DeepSeek-V3's router and
+# block under other names: their modeling files at 4.57.6 differ from
+# DeepSeek-V3's in these classes only by names and type annotations.
+class Glm4MoeTopkRouter(DeepseekV3TopkRouter):
+    pass
+
+
+class Glm4MoeMoE(DeepseekV3MoE):
+    router_class = Glm4MoeTopkRouter
+
+
+class Dots1TopkRouter(DeepseekV3TopkRouter):
+    pass
+
+
+class Dots1MoE(DeepseekV3MoE):
+    router_class = Dots1TopkRouter
 
 
 # The blocks whose models record router logits when asked through

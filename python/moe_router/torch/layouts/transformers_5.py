@@ -269,11 +269,13 @@ class DeepseekV3MoE(nn.Module):
     (4.x's router arithmetic, moved here), the fused experts compute, the
     shared experts are added."""
 
+    router_class, experts_class = DeepseekV3TopkRouter, DeepseekV3NaiveMoe
+
     def __init__(self, config: MoeConfig):
         super().__init__()
         self.config = config
-        self.experts = DeepseekV3NaiveMoe(config)
-        self.gate = DeepseekV3TopkRouter(config)
+        self.experts = self.experts_class(config)
+        self.gate = self.router_class(config)
         self.shared_experts = DeepseekV3MLP(
             config, config.moe_intermediate_size * config.n_shared_experts)
         self.n_routed_experts = config.n_routed_experts
@@ -302,6 +304,33 @@ class DeepseekV3MoE(nn.Module):
         hidden_states = hidden_states.view(-1, hidden_states.shape[-1])
         hidden_states = self.experts(hidden_states, topk_indices, topk_weights).view(*orig_shape)
         return hidden_states + self.shared_experts(residuals)
+
+
+# GLM-4.5 (glm4_moe) and dots.llm1 (dots1): DeepSeek-V3's router, experts
+# and block under other names (their modeling files at 5.2.0 differ from
+# DeepSeek-V3's in these classes only by names and type annotations).
+class Glm4MoeTopkRouter(DeepseekV3TopkRouter):
+    pass
+
+
+class Glm4MoeNaiveMoe(DeepseekV3NaiveMoe):
+    pass
+
+
+class Glm4MoeMoE(DeepseekV3MoE):
+    router_class, experts_class = Glm4MoeTopkRouter, Glm4MoeNaiveMoe
+
+
+class Dots1TopkRouter(DeepseekV3TopkRouter):
+    pass
+
+
+class Dots1NaiveMoe(DeepseekV3NaiveMoe):
+    pass
+
+
+class Dots1MoE(DeepseekV3MoE):
+    router_class, experts_class = Dots1TopkRouter, Dots1NaiveMoe
 
 
 # The router classes whose output at index 0 the models record as router
