@@ -17,11 +17,11 @@ import torch
 from torch import nn
 
 from moe_router.torch import UnsupportedModel, offload_experts
+from moe_router.torch.blocks import find_moe_blocks, router_of
 from moe_router.torch.layouts import transformers_4 as v4
 from moe_router.torch.layouts import transformers_5 as v5
 from moe_router.torch.tiny import GROUPED_LAYOUTS, LAYOUTS, TinyMoeLM, load_balancing_loss
 
-EXPERT_BYTES_F32 = 3 * 128 * 64 * 4
 CASES = [(layout, version) for version in (4, 5) for layout in LAYOUTS]
 
 
@@ -34,7 +34,7 @@ def moe_blocks(model):
 
 
 def routers(model):
-    return [b.gate for b in moe_blocks(model)]
+    return [router_of(b) for b in moe_blocks(model)]
 
 
 def tie_two_experts(model):
@@ -44,9 +44,10 @@ def tie_two_experts(model):
     with torch.no_grad():
         for router in routers(model):
             router.weight[5] = router.weight[2]
-            bias = getattr(router, "e_score_correction_bias", None)
-            if bias is not None:
-                bias[5] = bias[2]
+            for name in ("e_score_correction_bias", "bias"):  # DeepSeek's, GPT-OSS's
+                bias = getattr(router, name, None)
+                if bias is not None:
+                    bias[5] = bias[2]
 
 
 def make(layout, version, dtype=torch.float32, implementation="eager", seed=0, layers=3,
@@ -74,13 +75,14 @@ def tied_at_the_boundary(model, x):
 
     def hook(module, args, output):
         nonlocal count
-        block = module
+        router = router_of(module)
         inputs = args[0].reshape(-1, args[0].shape[-1])
-        logits = torch.nn.functional.linear(inputs.float(), block.gate.weight.float())
-        k = block.gate.top_k if hasattr(block.gate, "top_k") else block.top_k
-        chosen = torch.topk(logits + (block.gate.e_score_correction_bias
-                                      if hasattr(block.gate, "e_score_correction_bias") else 0),
-                            k).indices
+        logits = torch.nn.functional.linear(inputs.float(), router.weight.float())
+        k = router.top_k if hasattr(router, "top_k") else module.top_k
+        for name in ("e_score_correction_bias", "bias"):
+            if isinstance(getattr(router, name, None), torch.Tensor):
+                logits = logits + getattr(router, name).float()
+        chosen = torch.topk(logits, k).indices
         has2, has5 = (chosen == 2).any(dim=1), (chosen == 5).any(dim=1)
         count += int((has2 ^ has5).sum())
 
@@ -113,10 +115,14 @@ def assert_same(want, got):
     assert torch.equal(torch.as_tensor(loss), torch.as_tensor(loss2))
 
 
+def expert_bytes(model):
+    tensors = find_moe_blocks(model)[0].expert_tensors(0)
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
 def offloaded(model, slots=6, **kwargs):
-    per_expert = EXPERT_BYTES_F32 // (2 if model.lm_head.weight.dtype == torch.bfloat16 else 1)
-    return offload_experts(model, budget_bytes=slots * per_expert, bonus=0, prefetch=None,
-                           **kwargs)
+    return offload_experts(model, budget_bytes=slots * expert_bytes(model), bonus=0,
+                           prefetch=None, **kwargs)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
@@ -197,6 +203,22 @@ def test_the_deepseek_rule_reaches_the_engine_with_each_layers_bias():
         handle.close()
 
 
+@pytest.mark.parametrize("version,layout", [(4, "dense_weights_router"), (5, "router")])
+def test_gpt_oss_routes_by_its_rule_with_its_routers_bias(version, layout):
+    model = make("gpt_oss", version)
+    handle = offloaded(model)
+    try:
+        block = handle.blocks[0]
+        assert (block.layout, block.family) == (layout, "GptOssTopKRouter")
+        assert block.routing.rule == {"preset": "gpt_oss"} and block.routing.choice_bias is None
+        x = torch.randn(5, 64)
+        router = routers(model)[0]
+        assert torch.equal(block.gate_logits(x), x @ router.weight.T + router.bias)
+        assert block.fused_format.transposed and block.fused_format.biased
+    finally:
+        handle.close()
+
+
 def renamed(cls, name):
     return type(name, (cls,), {})
 
@@ -242,6 +264,12 @@ def test_fused_layouts_and_rules_that_do_not_fit_are_refused_by_field():
     def infinite_scale(block):
         block.routed_scaling_factor = float("inf")
 
+    def gpt_oss_bias(block):
+        block.experts.down_proj_bias = nn.Parameter(torch.zeros(8, 63))
+
+    def gpt_oss_no_bias(block):
+        block.experts.gate_up_proj_bias = None
+
     cases = [
         (model_with(wrong_shape), "fused expert tensors of shapes (8, 100, 64) and "
                                   "(8, 64, 128) are not (E, 2I, H) and (E, H, I)"),
@@ -251,6 +279,9 @@ def test_fused_layouts_and_rules_that_do_not_fit_are_refused_by_field():
         (model_with(groups, "deepseek_v3"), "8 experts in n_group 3 keeping topk_group 2 "
                                             "cannot give top_k 2"),
         (model_with(infinite_scale, "deepseek_v3"), "routed_scaling_factor is not finite"),
+        (model_with(gpt_oss_bias, "gpt_oss"), "GPT-OSS expert tensors of shapes (8, 64, 256), "
+                                              "(8, 256), (8, 128, 64) and (8, 63) are not"),
+        (model_with(gpt_oss_no_bias, "gpt_oss"), "lack gate_up_proj_bias and down_proj_bias"),
     ]
     for model, message in cases:
         with pytest.raises(UnsupportedModel, match=re.escape(message)):

@@ -11,9 +11,12 @@ another rule. The layouts, read from Transformers v4.57.6 and v5.2.0
 - `inline`: 4.x Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, Qwen3-Next. The block
   routes itself (softmax, top-k) and loops over per-expert modules; it
   returns (hidden states, router logits).
-- `router`: 5.x Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, Qwen3-Next. A
-  *TopKRouter returns (probabilities, weights, indices); fused experts
-  compute under config._experts_implementation.
+- `router`: 5.x Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, Qwen3-Next, GPT-OSS.
+  A *TopKRouter returns (probabilities or logits, weights, indices); fused
+  experts compute under config._experts_implementation.
+- `dense_weights_router`: 4.x GPT-OSS. Its router returns (the top-k
+  weights scattered over all experts, indices); its fused experts take
+  those.
 - `deepseek_router`: 4.x DeepSeek-V3. Its router returns (indices,
   weights); the block's `moe` loops over per-expert modules.
 - `deepseek_block`: 5.x DeepSeek-V3. The router returns float32 logits; the
@@ -27,7 +30,8 @@ import torch
 from torch import nn
 
 from moe_router.torch import experts as arithmetic
-from moe_router.torch.routing import GroupedSigmoidRouting, SoftmaxRouting
+from moe_router.torch.routing import (GroupedSigmoidRouting, SoftmaxRouting,
+                                      TopKThenSoftmaxRouting)
 
 
 class UnsupportedModel(ValueError):
@@ -39,7 +43,7 @@ class MoeBlock:
     """One sparse-MoE block and how to compute it with experts held elsewhere."""
     name: str  # its path in the model
     module: nn.Module
-    layout: str  # inline | router | deepseek_router | deepseek_block
+    layout: str  # inline | router | dense_weights_router | deepseek_router | deepseek_block
     family: str  # the block's (or router's) class, as named in Transformers
     num_experts: int
     top_k: int
@@ -49,14 +53,14 @@ class MoeBlock:
     # Per expert, its tensors in the order `expert_fn` takes them.
     expert_tensors: Callable[[int], List[torch.Tensor]]
     expert_fn: Callable  # (x, tensors) -> the expert's output
-    act_fn: Callable
     # Parameters that hold the experts, to move to host memory and back.
     expert_parameters: List[Tuple[nn.Module, str]] = field(default_factory=list)
     # Per expert, the checkpoint names of its tensors relative to the block,
     # in expert_tensors' order; None where a checkpoint's names do not map
     # one to one (fused tensors, which Transformers fuses when loading).
     checkpoint_names: Optional[Callable[[int], List[str]]] = None
-    fused_experts: Optional[nn.Module] = None  # 5.x: the experts module
+    fused_experts: Optional[nn.Module] = None  # the experts module, when fused
+    fused_format: Optional[arithmetic.FusedFormat] = None
 
     @property
     def fused(self) -> bool:
@@ -84,6 +88,7 @@ _SOFTMAX_ROUTERS = {
 # DeepSeek-V3's rule, and the families that route by it with its router
 # under their own name (identical code at 4.57.6 and 5.2.0): GLM-4.5, the
 # text model of GLM-4.5V, dots.llm1. Kimi K2 is DeepSeek-V3's architecture.
+_TOPK_SOFTMAX_ROUTERS = ("GptOssTopKRouter",)  # top-k of the logits, then softmax
 _GROUPED_SIGMOID_ROUTERS = ("DeepseekV3TopkRouter", "Glm4MoeTopkRouter",
                             "Glm4vMoeTextTopkRouter", "Dots1TopkRouter")
 # Rules the engine does not have, by the class that carries them.
@@ -92,7 +97,8 @@ _REFUSED = {
                             "implement",
     "PhimoeTopKRouter": "Phi-3.5-MoE routes by sparsemixer, which moe-router does not implement",
 }
-KNOWN = sorted(list(_INLINE_BLOCKS) + list(_SOFTMAX_ROUTERS) + list(_GROUPED_SIGMOID_ROUTERS))
+KNOWN = sorted(list(_INLINE_BLOCKS) + list(_SOFTMAX_ROUTERS) + list(_TOPK_SOFTMAX_ROUTERS) +
+               list(_GROUPED_SIGMOID_ROUTERS))
 
 
 def _plain_linear(module, what, name):
@@ -132,39 +138,83 @@ def _per_expert(name, module, names):
     return dict(
         num_experts=len(experts),
         expert_tensors=lambda e: [getattr(experts[e], n).weight for n in names],
-        expert_fn=arithmetic.glu(experts[0].act_fn), act_fn=experts[0].act_fn,
+        expert_fn=arithmetic.glu(experts[0].act_fn),
         expert_parameters=[(getattr(e, n), "weight") for e in experts for n in names],
         checkpoint_names=lambda e: [f"experts.{e}.{n}.weight" for n in names])
 
 
-def _fused(name, experts):
-    """Fused expert tensors (5.x): (E, 2I, H) gate then up, (E, H, I) down."""
+def _fused_tensors(name, experts, biased):
     gate_up, down = getattr(experts, "gate_up_proj", None), getattr(experts, "down_proj", None)
     if not isinstance(gate_up, torch.Tensor) or not isinstance(down, torch.Tensor):
         raise UnsupportedModel(f"{name}: experts of type {type(experts).__name__} have no fused "
                                f"gate_up_proj and down_proj tensors")
+    biases = [getattr(experts, a, None) for a in ("gate_up_proj_bias", "down_proj_bias")]
+    if not biased and any(b is not None for b in biases):
+        raise UnsupportedModel(f"{name}: fused experts of type {type(experts).__name__} have "
+                               f"biases, which its model's experts do not have")
+    if biased and not all(isinstance(b, torch.Tensor) for b in biases):
+        raise UnsupportedModel(f"{name}: fused experts of type {type(experts).__name__} lack "
+                               f"gate_up_proj_bias and down_proj_bias")
+    return gate_up, down, biases
+
+
+def _implementation(name, experts):
+    implementation = getattr(getattr(experts, "config", None), "_experts_implementation", None)
+    if implementation not in arithmetic.FUSED_IMPLEMENTATIONS:
+        raise UnsupportedModel(
+            f"{name}: experts implementation {implementation!r} is not one moe-router computes "
+            f"({', '.join(arithmetic.FUSED_IMPLEMENTATIONS)})")
+
+
+def _fused_parts(experts, num_experts, fused: arithmetic.FusedFormat):
+    names = ["gate_up_proj", "gate_up_proj_bias", "down_proj", "down_proj_bias"] \
+        if fused.biased else ["gate_up_proj", "down_proj"]
+    return dict(
+        num_experts=num_experts,
+        expert_tensors=lambda e: [getattr(experts, n)[e] for n in names],
+        expert_fn=arithmetic.fused_expert(fused),
+        expert_parameters=[(experts, n) for n in names],
+        fused_experts=experts, fused_format=fused)
+
+
+def _fused(name, experts):
+    """Fused expert tensors (5.x): (E, 2I, H) gate then up, (E, H, I) down."""
+    gate_up, down, _ = _fused_tensors(name, experts, biased=False)
     num_experts = gate_up.shape[0]
     if gate_up.dim() != 3 or down.dim() != 3 or down.shape[0] != num_experts or \
             gate_up.shape[1] != 2 * down.shape[2] or gate_up.shape[2] != down.shape[1]:
         raise UnsupportedModel(
             f"{name}: fused expert tensors of shapes {tuple(gate_up.shape)} and "
             f"{tuple(down.shape)} are not (E, 2I, H) and (E, H, I)")
-    for attr in ("gate_up_proj_bias", "down_proj_bias"):
-        if getattr(experts, attr, None) is not None:
-            raise UnsupportedModel(f"{name}: fused experts with biases are not implemented")
     if getattr(experts, "is_transposed", False):
         raise UnsupportedModel(f"{name}: transposed fused experts are not implemented")
-    implementation = getattr(getattr(experts, "config", None), "_experts_implementation", None)
-    if implementation not in arithmetic.FUSED_IMPLEMENTATIONS:
+    _implementation(name, experts)
+    fused = arithmetic.FusedFormat(transposed=False, biased=False,
+                                   apply_gate=arithmetic.chunked_gate(experts.act_fn))
+    return _fused_parts(experts, num_experts, fused)
+
+
+def _gpt_oss_experts(name, experts):
+    """GPT-OSS's experts (4.x and 5.x): (E, H, 2I) gate and up interleaved,
+    (E, I, H) down, a bias for each, the clamped SwiGLU."""
+    gate_up, down, (gate_up_bias, down_bias) = _fused_tensors(name, experts, biased=True)
+    num_experts = gate_up.shape[0]
+    if gate_up.dim() != 3 or down.dim() != 3 or down.shape[0] != num_experts or \
+            gate_up.shape[2] != 2 * down.shape[1] or gate_up.shape[1] != down.shape[2] or \
+            tuple(gate_up_bias.shape) != (num_experts, gate_up.shape[2]) or \
+            tuple(down_bias.shape) != (num_experts, down.shape[2]):
         raise UnsupportedModel(
-            f"{name}: experts implementation {implementation!r} is not one moe-router computes "
-            f"({', '.join(arithmetic.FUSED_IMPLEMENTATIONS)})")
-    return dict(
-        num_experts=num_experts,
-        expert_tensors=lambda e: [experts.gate_up_proj[e], experts.down_proj[e]],
-        expert_fn=arithmetic.fused_glu(experts.act_fn), act_fn=experts.act_fn,
-        expert_parameters=[(experts, "gate_up_proj"), (experts, "down_proj")],
-        fused_experts=experts)
+            f"{name}: GPT-OSS expert tensors of shapes {tuple(gate_up.shape)}, "
+            f"{tuple(gate_up_bias.shape)}, {tuple(down.shape)} and {tuple(down_bias.shape)} "
+            f"are not (E, H, 2I), (E, 2I), (E, I, H) and (E, H)")
+    alpha, limit = getattr(experts, "alpha", None), getattr(experts, "limit", None)
+    if not isinstance(alpha, float) or not isinstance(limit, float):
+        raise UnsupportedModel(f"{name}: GPT-OSS experts without float alpha and limit")
+    if hasattr(experts, "config"):  # 5.x: dispatched on the experts implementation
+        _implementation(name, experts)
+    fused = arithmetic.FusedFormat(transposed=True, biased=True,
+                                   apply_gate=arithmetic.clamped_swiglu(alpha, limit))
+    return _fused_parts(experts, num_experts, fused)
 
 
 def _inline_block(name, module):
@@ -194,6 +244,23 @@ def _softmax_router_block(name, module, router):
                     routing=SoftmaxRouting(top_k, normalize, cast_weights=False,
                                            float_first=always_normalize),
                     gate_logits=lambda x: torch.nn.functional.linear(x, weight), **parts)
+
+
+def _topk_softmax_block(name, module, router):
+    """GPT-OSS: a router with a bias. 5.x's returns (logits, top-k weights,
+    indices) and its experts dispatch on the implementation; 4.x's returns
+    (the weights scattered over all experts, indices), its experts take
+    those dense weights."""
+    family = type(router).__name__
+    weight, bias = getattr(router, "weight", None), getattr(router, "bias", None)
+    if not isinstance(weight, torch.Tensor) or not isinstance(bias, torch.Tensor):
+        raise UnsupportedModel(f"{name}: router {family} has no weight and bias")
+    top_k = _int(router, "top_k", name)
+    parts = _gpt_oss_experts(name, module.experts)
+    layout = "router" if hasattr(module.experts, "config") else "dense_weights_router"
+    return MoeBlock(name=name, module=module, layout=layout, family=family, top_k=top_k,
+                    routing=TopKThenSoftmaxRouting(top_k),
+                    gate_logits=lambda x: torch.nn.functional.linear(x, weight, bias), **parts)
 
 
 def _grouped_sigmoid_block(name, module, router):
@@ -229,7 +296,7 @@ def _grouped_sigmoid_block(name, module, router):
         **parts)
 
 
-def _router_of(module):
+def router_of(module):
     for attr in ("gate", "router"):
         router = getattr(module, attr, None)
         if isinstance(router, nn.Module):
@@ -240,7 +307,7 @@ def _router_of(module):
 def describe_block(name: str, module: nn.Module) -> MoeBlock:
     """What `module` computes, or UnsupportedModel naming why it cannot be
     offloaded faithfully."""
-    router = _router_of(module)
+    router = router_of(module)
     for cls in (type(module).__name__, type(router).__name__):
         if cls in _REFUSED:
             raise UnsupportedModel(f"{name}: {cls}: {_REFUSED[cls]}")
@@ -253,6 +320,8 @@ def describe_block(name: str, module: nn.Module) -> MoeBlock:
     family = type(router).__name__
     if family in _SOFTMAX_ROUTERS:
         return _softmax_router_block(name, module, router)
+    if family in _TOPK_SOFTMAX_ROUTERS:
+        return _topk_softmax_block(name, module, router)
     if family in _GROUPED_SIGMOID_ROUTERS:
         return _grouped_sigmoid_block(name, module, router)
     raise UnsupportedModel(f"{name}: router {family} is not one whose rule is known "
@@ -260,7 +329,7 @@ def describe_block(name: str, module: nn.Module) -> MoeBlock:
 
 
 def _looks_like_moe(module):
-    return hasattr(module, "experts") and _router_of(module) is not None
+    return hasattr(module, "experts") and router_of(module) is not None
 
 
 def find_moe_blocks(model: nn.Module) -> List[MoeBlock]:

@@ -5,9 +5,10 @@ with the model's own choice the output is bit-equal to the original's.
 
 `tensors_of(expert)` gives an expert's tensors from the device pool;
 `expert_fn(x, tensors)` applies one expert (`glu` for per-expert modules,
-`fused_glu` for fused tensors).
+`fused_expert` for fused tensors, in their `FusedFormat`).
 """
 
+from dataclasses import dataclass
 from typing import Callable, List
 
 import torch
@@ -25,13 +26,52 @@ def glu(act_fn):
     return apply
 
 
-def fused_glu(act_fn):
-    """A fused expert: gate and up rows of one matrix, split in two."""
-    def apply(x, tensors):
-        gate_up, down = tensors
-        gate, up = F.linear(x, gate_up).chunk(2, dim=-1)
-        return F.linear(act_fn(gate) * up, down)
+@dataclass(frozen=True)
+class FusedFormat:
+    """How a fused experts class stores and applies an expert (Transformers
+    5's use_experts_implementation): `transposed` weights are (in, out)
+    and applied as x @ W, else (out, in) as F.linear; `biased` experts hold
+    gate_up, gate_up bias, down, down bias, else gate_up and down;
+    `apply_gate` turns the gate_up projection into the down projection's
+    input (the class's _apply_gate)."""
+    transposed: bool
+    biased: bool
+    apply_gate: Callable[[torch.Tensor], torch.Tensor]
+
+
+def chunked_gate(act_fn):
+    """integrations/moe.py's default _apply_gate: gate and up halves."""
+    def apply(gate_up):
+        gate, up = gate_up.chunk(2, dim=-1)
+        return act_fn(gate) * up
     return apply
+
+
+def clamped_swiglu(alpha: float, limit: float):
+    """GPT-OSS's gate (GptOssExperts._apply_gate in 5.x, inline in 4.x's
+    forward): gate and up interleaved, gate clamped above, up both ways,
+    (up + 1) * gate * sigmoid(alpha * gate)."""
+    def apply(gate_up):
+        gate, up = gate_up[..., ::2], gate_up[..., 1::2]
+        gate = gate.clamp(min=None, max=limit)
+        up = up.clamp(min=-limit, max=limit)
+        return (up + 1) * (gate * torch.sigmoid(gate * alpha))
+    return apply
+
+
+def fused_expert(fused: FusedFormat):
+    """A fused expert as the class's own (eager) forward computes it."""
+    if not fused.transposed and not fused.biased:
+        def apply(x, tensors):
+            gate_up, down = tensors
+            return F.linear(fused.apply_gate(F.linear(x, gate_up)), down)
+        return apply
+    if fused.transposed and fused.biased:
+        def apply_biased(x, tensors):
+            gate_up, gate_up_bias, down, down_bias = tensors
+            return fused.apply_gate(x @ gate_up + gate_up_bias) @ down + down_bias
+        return apply_biased
+    raise ValueError("fused experts are (out, in) without biases or (in, out) with them")
 
 
 def in_id_order(x, chosen, weights, num_experts, tensors_of: TensorsOf, expert_fn):
@@ -68,19 +108,32 @@ def _stacked(chosen, tensors_of: TensorsOf):
     model's (experts, ...) parameter with the samples' expert ids gives."""
     ids = chosen.reshape(-1).tolist()
     distinct = {e: tensors_of(e) for e in dict.fromkeys(ids)}
-    return [torch.stack([distinct[e][part] for e in ids]) for part in range(2)]
+    parts = len(next(iter(distinct.values())))
+    return [torch.stack([distinct[e][part] for e in ids]) for part in range(parts)]
 
 
-def batched_mm(x, chosen, weights, act_fn, tensors_of: TensorsOf):
+def _split(parts, fused: FusedFormat):
+    """(gate_up, gate_up bias or None, down, down bias or None)."""
+    if fused.biased:
+        return parts
+    return parts[0], None, parts[1], None
+
+
+def _batched_linear(x, weight, bias, transposed):
+    out = torch.bmm(x.unsqueeze(1), weight).squeeze(1) if transposed else \
+        torch.bmm(weight, x.unsqueeze(-1)).squeeze(-1)
+    return out if bias is None else out + bias
+
+
+def batched_mm(x, chosen, weights, fused: FusedFormat, tensors_of: TensorsOf):
     """Transformers 5's `batched_mm` experts implementation: per sample,
-    bmm with the sample's expert matrices, weighted, then summed over the
-    top-k positions in their order."""
+    bmm with the sample's expert matrices (plus biases), weighted, then
+    summed over the top-k positions in their order."""
     tokens, k = chosen.shape
     token_idx = torch.arange(tokens, device=x.device).unsqueeze(1).expand(-1, k).reshape(-1)
-    gate_up, down = _stacked(chosen, tensors_of)
-    h = torch.bmm(gate_up, x[token_idx].unsqueeze(-1)).squeeze(-1)
-    gate, up = h.chunk(2, dim=-1)
-    y = torch.bmm(down, (act_fn(gate) * up).unsqueeze(-1)).squeeze(-1)
+    gate_up, gate_up_bias, down, down_bias = _split(_stacked(chosen, tensors_of), fused)
+    h = _batched_linear(x[token_idx], gate_up, gate_up_bias, fused.transposed)
+    y = _batched_linear(fused.apply_gate(h), down, down_bias, fused.transposed)
     # (Transformers then multiplies by a mask of valid expert ids, all ones
     # here: exact, so left out.)
     y = y * weights.reshape(-1).unsqueeze(-1)
@@ -95,13 +148,14 @@ def grouped_mm_available() -> bool:
     return _grouped_mm_function() is not None
 
 
-def grouped_mm(x, chosen, weights, act_fn, tensors_of: TensorsOf):
+def grouped_mm(x, chosen, weights, fused: FusedFormat, tensors_of: TensorsOf):
     """Transformers 5's `grouped_mm` experts implementation: samples sorted
-    by expert, one grouped matrix multiply per projection over the groups,
-    weighted, unsorted, summed over the top-k positions. Only the chosen
-    experts' matrices are passed (Transformers passes all, with empty
-    groups). Needs PyTorch's grouped_mm (2.9+): written against its
-    documented API and not run here (Debian's PyTorch is 1.13)."""
+    by expert, one grouped matrix multiply per projection over the groups
+    (plus each sample's expert's bias), weighted, unsorted, summed over the
+    top-k positions. Only the chosen experts' matrices are passed
+    (Transformers passes all, with empty groups). Needs PyTorch's
+    grouped_mm (2.9+): written against its documented API and not run here
+    (Debian's PyTorch is 1.13)."""
     mm = _grouped_mm_function()
     if mm is None:
         raise ImportError("the grouped_mm experts implementation needs PyTorch's grouped_mm "
@@ -113,13 +167,20 @@ def grouped_mm(x, chosen, weights, act_fn, tensors_of: TensorsOf):
     inv_perm = torch.argsort(perm)
     distinct, counts = torch.unique(ids, return_counts=True)
     offsets = torch.cumsum(counts, dim=0, dtype=torch.int32)
-    parts = [tensors_of(int(e)) for e in distinct.tolist()]
-    gate_up = torch.stack([p[0] for p in parts])
-    down = torch.stack([p[1] for p in parts])
-    selected = x[token_idx][perm]
-    h = mm(selected.to(gate_up.dtype), gate_up.transpose(-2, -1), offs=offsets)
-    gate, up = h.chunk(2, dim=-1)
-    y = mm((act_fn(gate) * up).to(down.dtype), down.transpose(-2, -1), offs=offsets)
+    experts = [tensors_of(int(e)) for e in distinct.tolist()]
+    gate_up, _, down, _ = _split([torch.stack(p) for p in zip(*experts)], fused)
+    gate_up_bias, down_bias = None, None
+    if fused.biased:  # per sample, in sorted order
+        _, gate_up_bias, _, down_bias = _split(_stacked(ids[perm].unsqueeze(1), tensors_of),
+                                               fused)
+
+    def linear(inputs, weight, bias):
+        w = weight if fused.transposed else weight.transpose(-2, -1)
+        out = mm(inputs.to(w.dtype), w, offs=offsets)
+        return out if bias is None else out + bias
+
+    h = linear(x[token_idx][perm], gate_up, gate_up_bias)
+    y = linear(fused.apply_gate(h), down, down_bias)
     y = y * weights.reshape(-1)[perm].unsqueeze(-1)
     return y[inv_perm].view(tokens, k, x.shape[-1]).sum(dim=1).to(x.dtype)
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from moe_router import _engine
 from moe_router.torch import experts as arithmetic
-from moe_router.torch.blocks import MoeBlock, UnsupportedModel, find_moe_blocks
+from moe_router.torch.blocks import MoeBlock, UnsupportedModel, find_moe_blocks, router_of
 from moe_router.torch.checkpoint import CheckpointStore, ServerStore
 from moe_router.torch.pool import DevicePool, ExpertLoadError, HostStore
 from moe_router.torch.routing import Scores, reconcile
@@ -93,17 +93,19 @@ class Offload:
     # -- setup ---------------------------------------------------------------
 
     def _install(self, layer: int, block: MoeBlock) -> None:
-        router = block.module.gate
+        router = router_of(block.module)
         if block.layout == "inline":
             self._patch(block.module, "forward", self._inline_forward(layer))
-        elif block.layout == "router":
+        elif block.layout in ("router", "dense_weights_router"):
             self._patch(router, "forward", self._router_forward(layer))
         elif block.layout == "deepseek_router":
             self._patch(router, "forward", self._router_forward(layer))
             self._patch(block.module, "moe", self._experts_forward(layer))
         else:  # deepseek_block
             self._patch(block.module, "route_tokens_to_experts", self._choose_forward(layer))
-        if block.fused:
+        if block.layout == "dense_weights_router":
+            self._patch(block.fused_experts, "forward", self._dense_weights_experts_forward(layer))
+        elif block.fused:
             self._patch(block.fused_experts, "forward", self._experts_forward(layer))
 
     def _patch(self, owner: nn.Module, attr: str, function) -> None:
@@ -192,9 +194,9 @@ class Offload:
         return forward
 
     def _router_forward(self, layer: int):
-        """A router that chooses: 5.x's softmax routers return
-        (probabilities, weights, indices), 4.x DeepSeek-V3's (indices,
-        weights)."""
+        """A router that chooses: 5.x's top-k routers return (probabilities
+        or logits, weights, indices), 4.x GPT-OSS's (weights scattered over
+        all experts, indices), 4.x DeepSeek-V3's (indices, weights)."""
         block = self.blocks[layer]
 
         def forward(hidden_states, *args, **kwargs):
@@ -205,6 +207,8 @@ class Offload:
             self._record(layer, chosen, weights)
             if block.layout == "router":
                 return scores.choice, weights, chosen
+            if block.layout == "dense_weights_router":
+                return torch.zeros_like(logits).scatter_(1, chosen, weights), chosen
             return chosen, weights
         return forward
 
@@ -224,6 +228,16 @@ class Offload:
         indices, weights) -> the routed experts' sum."""
         def forward(hidden_states, top_k_index, top_k_weights):
             return self._experts(layer, hidden_states, top_k_index, top_k_weights)
+        return forward
+
+    def _dense_weights_experts_forward(self, layer: int):
+        """4.x GPT-OSS's experts: (hidden states of any leading shape, indices,
+        weights over all experts) -> (batch, tokens, hidden)."""
+        def forward(hidden_states, router_indices=None, routing_weights=None):
+            x = hidden_states.reshape(-1, hidden_states.shape[-1])
+            weights = routing_weights.gather(1, router_indices)
+            out = self._experts(layer, x, router_indices, weights)
+            return out.view(hidden_states.shape[0], -1, x.shape[-1])
         return forward
 
     def _route(self, layer: int, logits: torch.Tensor) -> Tuple[torch.Tensor, Scores]:
@@ -256,12 +270,12 @@ class Offload:
             if block.layout == "deepseek_router":
                 return arithmetic.in_token_order_float32(x, chosen, weights, block.num_experts,
                                                          tensors_of, block.expert_fn)
-            implementation = "eager" if not block.fused else \
-                block.fused_experts.config._experts_implementation
+            config = getattr(block.fused_experts, "config", None)  # 4.x GPT-OSS has none
+            implementation = "eager" if config is None else config._experts_implementation
             if implementation == "batched_mm":
-                return arithmetic.batched_mm(x, chosen, weights, block.act_fn, tensors_of)
+                return arithmetic.batched_mm(x, chosen, weights, block.fused_format, tensors_of)
             if implementation == "grouped_mm":
-                return arithmetic.grouped_mm(x, chosen, weights, block.act_fn, tensors_of)
+                return arithmetic.grouped_mm(x, chosen, weights, block.fused_format, tensors_of)
             if implementation != "eager":
                 raise UnsupportedModel(
                     f"{block.name}: experts implementation {implementation!r} is not one "

@@ -56,6 +56,26 @@ class SoftmaxRouting:
         return weights.to(hidden_dtype) if self.cast_weights else weights
 
 
+class TopKThenSoftmaxRouting:
+    """GPT-OSS's rule: the top-k of the logits (sorted, as torch.topk
+    gives them), their softmax in the logits' dtype as the weights."""
+
+    def __init__(self, top_k: int):
+        self.top_k = top_k
+        self.rule = {"preset": "gpt_oss"}
+        self.choice_bias: Optional[np.ndarray] = None
+
+    def scores(self, logits: torch.Tensor) -> Scores:
+        return Scores(choice=logits, weighing=logits)
+
+    def own_choice(self, scores: Scores) -> torch.Tensor:
+        return torch.topk(scores.choice, self.top_k, dim=-1)[1]
+
+    def weights(self, scores: Scores, chosen: torch.Tensor, hidden_dtype) -> torch.Tensor:
+        values = scores.weighing.gather(1, chosen)
+        return torch.nn.functional.softmax(values, dim=1, dtype=values.dtype)
+
+
 class GroupedSigmoidRouting:
     """DeepSeek-V3's rule (also GLM-4.5's, Kimi K2's with one group):
     sigmoid scores of float32 logits; the choice on score + bias, limited to

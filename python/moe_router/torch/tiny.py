@@ -7,8 +7,9 @@ cache, enough for generation.
 modules it uses: mixtral, qwen2_moe (a shared expert), qwen3_moe, olmoe,
 qwen3_next (a shared expert), deepseek_v3 (sigmoid scores, a bias,
 groups, shared experts, a dense first layer), glm4_moe and dots1 (the
-DeepSeek-V3 block under their names; GLM-4.5 with one group), each in 4 or
-5. The model
+DeepSeek-V3 block under their names; GLM-4.5 with one group) and gpt_oss
+(a biased router, top-k then softmax; biased, transposed experts with a
+clamped SwiGLU), each in 4 or 5. The model
 records router logits when asked the way that version's model does: 4.x
 patches the recorded blocks' forward for the call, 5.x hooks the routers.
 """
@@ -27,7 +28,7 @@ _BLOCKS = {
     "mixtral": "MixtralSparseMoeBlock", "qwen2_moe": "Qwen2MoeSparseMoeBlock",
     "qwen3_moe": "Qwen3MoeSparseMoeBlock", "olmoe": "OlmoeSparseMoeBlock",
     "qwen3_next": "Qwen3NextSparseMoeBlock", "deepseek_v3": "DeepseekV3MoE",
-    "glm4_moe": "Glm4MoeMoE", "dots1": "Dots1MoE",
+    "glm4_moe": "Glm4MoeMoE", "dots1": "Dots1MoE", "gpt_oss": "GptOssMLP",
 }
 # Layouts that route by DeepSeek-V3's rule and begin with dense layers.
 GROUPED_LAYOUTS = ("deepseek_v3", "glm4_moe", "dots1")

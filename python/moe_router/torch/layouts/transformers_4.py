@@ -244,6 +244,99 @@ class DeepseekV3MoE(nn.Module):
         return hidden_states + self.shared_experts(residuals)
 
 
+class GptOssExperts(nn.Module):
+    """gate_up_proj (experts, hidden, 2 x inner; gate and up interleaved),
+    down_proj (experts, inner, hidden), a bias for each; the clamped
+    SwiGLU. Takes the hidden states as the block got them and the routing
+    weights scattered over all experts. Only the branch 4.57.6 runs on the
+    CPU (and in training) is reproduced: elsewhere it computes every expert
+    for every token with bmm."""
+
+    def __init__(self, config: MoeConfig):
+        super().__init__()
+        self.num_experts = config.num_local_experts
+        self.hidden_size = config.hidden_size
+        inner = config.intermediate_size
+        self.gate_up_proj = nn.Parameter(torch.empty(self.num_experts, self.hidden_size, 2 * inner))
+        self.gate_up_proj_bias = nn.Parameter(torch.empty(self.num_experts, 2 * inner))
+        self.down_proj = nn.Parameter(torch.empty(self.num_experts, inner, self.hidden_size))
+        self.down_proj_bias = nn.Parameter(torch.empty(self.num_experts, self.hidden_size))
+        for p in (self.gate_up_proj, self.down_proj):
+            nn.init.uniform_(p, -p.shape[1] ** -0.5, p.shape[1] ** -0.5)
+        for p in (self.gate_up_proj_bias, self.down_proj_bias):
+            nn.init.normal_(p, std=0.02)
+        self.alpha = 1.702
+        self.limit = 7.0
+
+    def forward(self, hidden_states, router_indices=None, routing_weights=None):
+        if hidden_states.device.type != "cpu" and not self.training:
+            raise NotImplementedError("4.57.6's dense accelerator branch is not reproduced")
+        batch_size = hidden_states.shape[0]
+        hidden_states = hidden_states.reshape(-1, self.hidden_size)
+        num_experts = routing_weights.shape[1]
+        next_states = torch.zeros_like(hidden_states)
+        with torch.no_grad():
+            expert_mask = F.one_hot(router_indices, num_classes=num_experts + 1)
+            expert_mask = expert_mask.permute(2, 1, 0)
+            expert_hit = torch.greater(expert_mask.sum(dim=(-1, -2)), 0).nonzero()
+        for expert_idx in expert_hit[:]:
+            expert_idx = expert_idx[0]
+            if expert_idx == num_experts:
+                continue
+            with torch.no_grad():
+                _, token_idx = torch.where(expert_mask[expert_idx])
+            current = hidden_states[token_idx]
+            gate_up = current @ self.gate_up_proj[expert_idx] + self.gate_up_proj_bias[expert_idx]
+            gate, up = gate_up[..., ::2], gate_up[..., 1::2]
+            gate = gate.clamp(min=None, max=self.limit)
+            up = up.clamp(min=-self.limit, max=self.limit)
+            glu = gate * torch.sigmoid(gate * self.alpha)
+            out = ((up + 1) * glu) @ self.down_proj[expert_idx] + self.down_proj_bias[expert_idx]
+            weighted = out * routing_weights[token_idx, expert_idx, None]
+            next_states.index_add_(0, token_idx, weighted.to(hidden_states.dtype))
+        return next_states.view(batch_size, -1, self.hidden_size)
+
+
+class GptOssTopKRouter(nn.Module):
+    """Logits with a bias; their top-k; the softmax of those k in the
+    logits' dtype, scattered over all experts. Returns (those weights,
+    indices)."""
+
+    def __init__(self, config: MoeConfig):
+        super().__init__()
+        self.top_k = config.num_experts_per_tok
+        self.num_experts = config.num_local_experts
+        self.hidden_dim = config.hidden_size
+        self.weight = nn.Parameter(torch.empty(self.num_experts, self.hidden_dim))
+        self.bias = nn.Parameter(torch.empty(self.num_experts))
+        nn.init.normal_(self.weight, std=self.hidden_dim ** -0.5)
+        nn.init.normal_(self.bias, std=0.1)
+
+    def forward(self, hidden_states):
+        hidden_states = hidden_states.reshape(-1, self.hidden_dim)
+        router_logits = F.linear(hidden_states, self.weight, self.bias)
+        router_top_value, router_indices = torch.topk(router_logits, self.top_k, dim=-1)
+        router_top_value = F.softmax(router_top_value, dim=1, dtype=router_top_value.dtype)
+        router_scores = torch.zeros_like(router_logits).scatter_(1, router_indices,
+                                                                 router_top_value)
+        return router_scores, router_indices
+
+
+class GptOssMLP(nn.Module):
+    """Returns (hidden states, the routing weights over all experts)."""
+
+    def __init__(self, config: MoeConfig):
+        super().__init__()
+        self.router = GptOssTopKRouter(config)
+        self.experts = GptOssExperts(config)
+
+    def forward(self, hidden_states):
+        router_scores, router_indices = self.router(hidden_states)
+        routed_out = self.experts(hidden_states, router_indices=router_indices,
+                                  routing_weights=router_scores)
+        return routed_out, router_scores
+
+
 # GLM-4.5 (glm4_moe) and dots.llm1 (dots1) are DeepSeek-V3's router and
 # block under other names: their modeling files at 4.57.6 differ from
 # DeepSeek-V3's in these classes only by names and type annotations.
@@ -263,10 +356,11 @@ class Dots1MoE(DeepseekV3MoE):
     router_class = Dots1TopkRouter
 
 
-# The blocks whose models record router logits when asked through
-# `_can_record_outputs` (4.57.6): the block's output at index 1, by patching
+# The modules whose models record router logits when asked through
+# `_can_record_outputs` (4.57.6): the output at this index, by patching
 # the instance's forward for the call. Qwen2-MoE and OLMoE pass the block's
 # returned logits up through the decoder layer instead; DeepSeek-V3 has none.
 ROUTER_LOGITS_RECORDED_FROM = {
     MixtralSparseMoeBlock: 1, Qwen3MoeSparseMoeBlock: 1, Qwen3NextSparseMoeBlock: 1,
+    GptOssTopKRouter: 0,
 }

@@ -33,10 +33,22 @@ def _eager_experts(self, hidden_states, top_k_index, top_k_weights):
     return final
 
 
+def _batched_linear(x, weight, bias, is_transposed):
+    """integrations/moe.py _batched_linear."""
+    if is_transposed:
+        out = torch.bmm(x.unsqueeze(1), weight).squeeze(1)
+    else:
+        out = torch.bmm(weight, x.unsqueeze(-1)).squeeze(-1)
+    if bias is not None:
+        out = out + bias
+    return out
+
+
 def _batched_mm_experts(self, hidden_states, top_k_index, top_k_weights):
     """integrations/moe.py batched_mm_experts_forward: one (token, expert)
-    sample per row, each expert's matrices gathered per sample and applied
-    with bmm, weighted, summed over the top-k positions in their order."""
+    sample per row, each expert's matrices (and biases) gathered per sample
+    and applied with bmm, the class's _apply_gate between, weighted, summed
+    over the top-k positions in their order."""
     num_top_k = top_k_index.size(-1)
     num_tokens, hidden_dim = hidden_states.size(0), hidden_states.size(-1)
     token_idx = torch.arange(num_tokens).unsqueeze(1).expand(-1, num_top_k).reshape(-1)
@@ -45,9 +57,12 @@ def _batched_mm_experts(self, hidden_states, top_k_index, top_k_weights):
     valid_mask = expert_ids < self.num_experts
     expert_ids = expert_ids.clamp(0, self.num_experts - 1)
     selected = hidden_states[token_idx]
-    gate_up = torch.bmm(self.gate_up_proj[expert_ids], selected.unsqueeze(-1)).squeeze(-1)
-    gate, up = gate_up.chunk(2, dim=-1)
-    out = torch.bmm(self.down_proj[expert_ids], (self.act_fn(gate) * up).unsqueeze(-1)).squeeze(-1)
+    gate_up_bias = self.gate_up_proj_bias[expert_ids] if self.has_bias else None
+    down_bias = self.down_proj_bias[expert_ids] if self.has_bias else None
+    gate_up = _batched_linear(selected, self.gate_up_proj[expert_ids], gate_up_bias,
+                              self.is_transposed)
+    out = _batched_linear(self._apply_gate(gate_up), self.down_proj[expert_ids], down_bias,
+                          self.is_transposed)
     out = out * sample_weights.unsqueeze(-1)
     out = out * valid_mask.unsqueeze(-1).to(out.dtype)
     return out.view(num_tokens, num_top_k, hidden_dim).sum(dim=1).to(hidden_states.dtype)
@@ -63,9 +78,20 @@ def _grouped_mm_experts(self, hidden_states, top_k_index, top_k_weights):
     raise NotImplementedError("grouped_mm is reproduced only where PyTorch has it")
 
 
-EXPERTS_IMPLEMENTATIONS = {
-    "eager": _eager_experts, "batched_mm": _batched_mm_experts, "grouped_mm": _grouped_mm_experts,
-}
+# What use_experts_implementation dispatches to besides the class's own
+# forward ("eager").
+EXPERTS_IMPLEMENTATIONS = {"batched_mm": _batched_mm_experts, "grouped_mm": _grouped_mm_experts}
+
+
+def _dispatch(self, hidden_states, top_k_index, top_k_weights):
+    """use_experts_implementation's forward: the configured implementation
+    at each call, the class's own forward for "eager"."""
+    name = self.config._experts_implementation
+    if name != "eager" and name not in EXPERTS_IMPLEMENTATIONS:
+        raise KeyError(f"`{name}` is not a valid experts implementation registered in the "
+                       f"`ExpertsInterface`")
+    implementation = EXPERTS_IMPLEMENTATIONS.get(name, type(self).eager_forward)
+    return implementation(self, hidden_states, top_k_index, top_k_weights)
 
 
 class _FusedExperts(nn.Module):
@@ -90,12 +116,13 @@ class _FusedExperts(nn.Module):
         self.has_bias = False
         self.is_transposed = False
 
-    def forward(self, hidden_states, top_k_index, top_k_weights):
-        implementation = EXPERTS_IMPLEMENTATIONS.get(self.config._experts_implementation)
-        if implementation is None:
-            raise KeyError(f"`{self.config._experts_implementation}` is not a valid experts "
-                           f"implementation")
-        return implementation(self, hidden_states, top_k_index, top_k_weights)
+    def _apply_gate(self, gate_up):
+        """integrations/moe.py _default_apply_gate."""
+        gate, up = gate_up.chunk(2, dim=-1)
+        return self.act_fn(gate) * up
+
+    eager_forward = _eager_experts
+    forward = _dispatch
 
 
 class MixtralExperts(_FusedExperts):
@@ -306,6 +333,95 @@ class DeepseekV3MoE(nn.Module):
         return hidden_states + self.shared_experts(residuals)
 
 
+class GptOssExperts(nn.Module):
+    """@use_experts_implementation(is_transposed=True, has_bias=True):
+    gate_up_proj (experts, hidden, 2 x inner; gate and up interleaved),
+    down_proj (experts, inner, hidden), a bias for each, applied as
+    x @ W + b; _apply_gate is the clamped SwiGLU. Its own forward is the
+    "eager" implementation."""
+
+    def __init__(self, config: MoeConfig):
+        super().__init__()
+        self.config = config
+        self.num_experts = config.num_local_experts
+        hidden, inner = config.hidden_size, config.intermediate_size
+        self.gate_up_proj = nn.Parameter(torch.empty(self.num_experts, hidden, 2 * inner))
+        self.gate_up_proj_bias = nn.Parameter(torch.empty(self.num_experts, 2 * inner))
+        self.down_proj = nn.Parameter(torch.empty(self.num_experts, inner, hidden))
+        self.down_proj_bias = nn.Parameter(torch.empty(self.num_experts, hidden))
+        for p in (self.gate_up_proj, self.down_proj):
+            nn.init.uniform_(p, -p.shape[1] ** -0.5, p.shape[1] ** -0.5)
+        for p in (self.gate_up_proj_bias, self.down_proj_bias):
+            nn.init.normal_(p, std=0.02)
+        self.alpha = 1.702
+        self.limit = 7.0
+        self.has_bias = True
+        self.is_transposed = True
+
+    def _apply_gate(self, gate_up):
+        gate, up = gate_up[..., ::2], gate_up[..., 1::2]
+        gate = gate.clamp(min=None, max=self.limit)
+        up = up.clamp(min=-self.limit, max=self.limit)
+        glu = gate * torch.sigmoid(gate * self.alpha)
+        return (up + 1) * glu
+
+    def eager_forward(self, hidden_states, router_indices=None, routing_weights=None):
+        next_states = torch.zeros_like(hidden_states)
+        with torch.no_grad():
+            expert_mask = F.one_hot(router_indices, num_classes=self.num_experts)
+            expert_mask = expert_mask.permute(2, 1, 0)
+            expert_hit = torch.greater(expert_mask.sum(dim=(-1, -2)), 0).nonzero()
+        for expert_idx in expert_hit:
+            expert_idx = expert_idx[0]
+            top_k_pos, token_idx = torch.where(expert_mask[expert_idx])
+            current = hidden_states[token_idx]
+            gate_up = current @ self.gate_up_proj[expert_idx] + self.gate_up_proj_bias[expert_idx]
+            out = self._apply_gate(gate_up) @ self.down_proj[expert_idx] + \
+                self.down_proj_bias[expert_idx]
+            weighted = out * routing_weights[token_idx, top_k_pos, None]
+            next_states.index_add_(0, token_idx, weighted.to(hidden_states.dtype))
+        return next_states
+
+    forward = _dispatch
+
+
+class GptOssTopKRouter(nn.Module):
+    """Logits with a bias; their top-k; the softmax of those k in the
+    logits' dtype. Returns (logits, top-k weights, indices)."""
+
+    def __init__(self, config: MoeConfig):
+        super().__init__()
+        self.top_k = config.num_experts_per_tok
+        self.num_experts = config.num_local_experts
+        self.hidden_dim = config.hidden_size
+        self.weight = nn.Parameter(torch.empty(self.num_experts, self.hidden_dim))
+        self.bias = nn.Parameter(torch.empty(self.num_experts))
+        nn.init.normal_(self.weight, std=self.hidden_dim ** -0.5)
+        nn.init.normal_(self.bias, std=0.1)
+
+    def forward(self, hidden_states):
+        router_logits = F.linear(hidden_states, self.weight, self.bias)
+        router_top_value, router_indices = torch.topk(router_logits, self.top_k, dim=-1)
+        router_scores = F.softmax(router_top_value, dim=1, dtype=router_top_value.dtype)
+        return router_logits, router_scores, router_indices
+
+
+class GptOssMLP(nn.Module):
+    """Returns (hidden states, the top-k weights)."""
+
+    def __init__(self, config: MoeConfig):
+        super().__init__()
+        self.router = GptOssTopKRouter(config)
+        self.experts = GptOssExperts(config)
+
+    def forward(self, hidden_states):
+        batch_size, sequence_length, hidden_dim = hidden_states.shape
+        hidden_states = hidden_states.reshape(-1, hidden_dim)
+        _, router_scores, router_indices = self.router(hidden_states)
+        hidden_states = self.experts(hidden_states, router_indices, router_scores)
+        return hidden_states.reshape(batch_size, sequence_length, hidden_dim), router_scores
+
+
 # GLM-4.5 (glm4_moe) and dots.llm1 (dots1): DeepSeek-V3's router, experts
 # and block under other names (their modeling files at 5.2.0 differ from
 # DeepSeek-V3's in these classes only by names and type annotations).
@@ -337,5 +453,5 @@ class Dots1MoE(DeepseekV3MoE):
 # logits when asked (`_can_record_outputs`, a forward hook on each instance).
 ROUTER_LOGITS_RECORDED_FROM = {
     MixtralTopKRouter: 0, Qwen2MoeTopKRouter: 0, Qwen3MoeTopKRouter: 0, OlmoeTopKRouter: 0,
-    Qwen3NextTopKRouter: 0,
+    Qwen3NextTopKRouter: 0, GptOssTopKRouter: 0,
 }
