@@ -17,6 +17,10 @@ another rule. The layouts, read from Transformers v4.57.6 and v5.2.0
 - `dense_weights_router`: 4.x GPT-OSS. Its router returns (the top-k
   weights scattered over all experts, indices); its fused experts take
   those.
+- `scaled_input`: Llama 4 text (4.x and 5.x alike). Its router returns
+  (the top-k's sigmoid weights scattered over all experts, logits); the
+  block runs every expert on inputs scaled by those weights and adds a
+  shared expert.
 - `deepseek_router`: 4.x DeepSeek-V3. Its router returns (indices,
   weights); the block's `moe` loops over per-expert modules.
 - `deepseek_block`: 5.x DeepSeek-V3. The router returns float32 logits; the
@@ -30,8 +34,8 @@ import torch
 from torch import nn
 
 from moe_router.torch import experts as arithmetic
-from moe_router.torch.routing import (GroupedSigmoidRouting, SoftmaxRouting,
-                                      TopKThenSoftmaxRouting)
+from moe_router.torch.routing import (GroupedSigmoidRouting, SigmoidOfTopKRouting,
+                                      SoftmaxRouting, TopKThenSoftmaxRouting)
 
 
 class UnsupportedModel(ValueError):
@@ -43,7 +47,9 @@ class MoeBlock:
     """One sparse-MoE block and how to compute it with experts held elsewhere."""
     name: str  # its path in the model
     module: nn.Module
-    layout: str  # inline | router | dense_weights_router | deepseek_router | deepseek_block
+    # inline | router | dense_weights_router | scaled_input | deepseek_router |
+    # deepseek_block
+    layout: str
     family: str  # the block's (or router's) class, as named in Transformers
     num_experts: int
     top_k: int
@@ -52,7 +58,9 @@ class MoeBlock:
     gate_logits: Callable[[torch.Tensor], torch.Tensor]
     # Per expert, its tensors in the order `expert_fn` takes them.
     expert_tensors: Callable[[int], List[torch.Tensor]]
-    expert_fn: Callable  # (x, tensors) -> the expert's output
+    # (x, tensors) -> one expert's output; None where the layout runs its
+    # experts together (Llama 4).
+    expert_fn: Optional[Callable]
     # Parameters that hold the experts, to move to host memory and back.
     expert_parameters: List[Tuple[nn.Module, str]] = field(default_factory=list)
     # Per expert, the checkpoint names of its tensors relative to the block,
@@ -61,6 +69,7 @@ class MoeBlock:
     checkpoint_names: Optional[Callable[[int], List[str]]] = None
     fused_experts: Optional[nn.Module] = None  # the experts module, when fused
     fused_format: Optional[arithmetic.FusedFormat] = None
+    act_fn: Optional[Callable] = None  # Llama 4's experts' activation
 
     @property
     def fused(self) -> bool:
@@ -89,6 +98,7 @@ _SOFTMAX_ROUTERS = {
 # under their own name (identical code at 4.57.6 and 5.2.0): GLM-4.5, the
 # text model of GLM-4.5V, dots.llm1. Kimi K2 is DeepSeek-V3's architecture.
 _TOPK_SOFTMAX_ROUTERS = ("GptOssTopKRouter",)  # top-k of the logits, then softmax
+_SIGMOID_OF_TOPK_ROUTERS = ("Llama4Router",)  # top-k of the logits, sigmoid weights
 _GROUPED_SIGMOID_ROUTERS = ("DeepseekV3TopkRouter", "Glm4MoeTopkRouter",
                             "Glm4vMoeTextTopkRouter", "Dots1TopkRouter")
 # Rules the engine does not have, by the class that carries them.
@@ -98,7 +108,7 @@ _REFUSED = {
     "PhimoeTopKRouter": "Phi-3.5-MoE routes by sparsemixer, which moe-router does not implement",
 }
 KNOWN = sorted(list(_INLINE_BLOCKS) + list(_SOFTMAX_ROUTERS) + list(_TOPK_SOFTMAX_ROUTERS) +
-               list(_GROUPED_SIGMOID_ROUTERS))
+               list(_SIGMOID_OF_TOPK_ROUTERS) + list(_GROUPED_SIGMOID_ROUTERS))
 
 
 def _plain_linear(module, what, name):
@@ -263,6 +273,33 @@ def _topk_softmax_block(name, module, router):
                     gate_logits=lambda x: torch.nn.functional.linear(x, weight, bias), **parts)
 
 
+def _scaled_input_block(name, module, router):
+    """Llama 4 text: Llama4Router (an nn.Linear without bias), experts
+    (E, H, 2I) gate then up and (E, I, H) down applied by bmm, a shared
+    expert."""
+    family = type(router).__name__
+    _plain_linear(router, "the router", name)
+    top_k = _int(router, "top_k", name)
+    experts = module.experts
+    gate_up, down, _ = _fused_tensors(name, experts, biased=False)
+    num_experts = gate_up.shape[0]
+    if gate_up.dim() != 3 or down.dim() != 3 or down.shape[0] != num_experts or \
+            gate_up.shape[2] != 2 * down.shape[1] or gate_up.shape[1] != down.shape[2]:
+        raise UnsupportedModel(
+            f"{name}: Llama 4 expert tensors of shapes {tuple(gate_up.shape)} and "
+            f"{tuple(down.shape)} are not (E, H, 2I) and (E, I, H)")
+    if not isinstance(getattr(module, "shared_expert", None), nn.Module):
+        raise UnsupportedModel(f"{name}: a Llama 4 block without its shared_expert")
+    weight = router.weight
+    return MoeBlock(name=name, module=module, layout="scaled_input", family=family,
+                    top_k=top_k, num_experts=num_experts, routing=SigmoidOfTopKRouting(top_k),
+                    gate_logits=lambda x: torch.nn.functional.linear(x, weight),
+                    expert_tensors=lambda e: [experts.gate_up_proj[e], experts.down_proj[e]],
+                    expert_fn=None, act_fn=experts.act_fn,
+                    expert_parameters=[(experts, "gate_up_proj"), (experts, "down_proj")],
+                    fused_experts=experts)
+
+
 def _grouped_sigmoid_block(name, module, router):
     family = type(router).__name__
     owner = module if hasattr(module, "route_tokens_to_experts") else router
@@ -311,13 +348,15 @@ def describe_block(name: str, module: nn.Module) -> MoeBlock:
     for cls in (type(module).__name__, type(router).__name__):
         if cls in _REFUSED:
             raise UnsupportedModel(f"{name}: {cls}: {_REFUSED[cls]}")
+    family = type(router).__name__
+    if family in _SIGMOID_OF_TOPK_ROUTERS:  # an nn.Linear subclass
+        return _scaled_input_block(name, module, router)
     if isinstance(router, nn.Linear):
         if type(module).__name__ not in _INLINE_BLOCKS:
             raise UnsupportedModel(
                 f"{name}: block {type(module).__name__} is not one whose rule is known "
                 f"({', '.join(KNOWN)})")
         return _inline_block(name, module)
-    family = type(router).__name__
     if family in _SOFTMAX_ROUTERS:
         return _softmax_router_block(name, module, router)
     if family in _TOPK_SOFTMAX_ROUTERS:

@@ -103,6 +103,28 @@ def in_token_order_float32(x, chosen, weights, num_experts, tensors_of: TensorsO
     return out.type(x.dtype)
 
 
+def on_scaled_inputs(x, scores, chosen, act_fn, tensors_of: TensorsOf):
+    """Llama 4's block (Llama4TextMoe and Llama4TextExperts): every expert
+    runs on every token's input times the token's weight for it (zero
+    unless chosen); gate_up by bmm, up * act(gate), down by bmm; summed
+    over the experts. Only the chosen experts run here, on the same (tokens,
+    hidden) inputs: the others' inputs are zero and so are their outputs,
+    exactly, so with at most two experts per token (Llama 4's models route
+    top-1) the sum over the chosen alone is the model's bit for bit, in any
+    order; with more, the zeros are put back so that the sum runs over
+    every expert as the model's does."""
+    ids = sorted(set(chosen.reshape(-1).tolist()))
+    parts = [tensors_of(e) for e in ids]
+    inputs = torch.stack([x * scores[:, e].reshape(-1, 1) for e in ids])
+    gate, up = torch.bmm(inputs, torch.stack([p[0] for p in parts])).chunk(2, dim=-1)
+    out = torch.bmm(up * act_fn(gate), torch.stack([p[1] for p in parts]))
+    if chosen.shape[1] <= 2:
+        return out.sum(dim=0)
+    every = out.new_zeros((scores.shape[1],) + tuple(out.shape[1:]))
+    every[ids] = out
+    return every.sum(dim=0)
+
+
 def _stacked(chosen, tensors_of: TensorsOf):
     """Each fused part stacked per (token, position) sample, as indexing the
     model's (experts, ...) parameter with the samples' expert ids gives."""

@@ -82,6 +82,7 @@ class Offload:
         self._counts = dict(hits=0, misses=0, ready=0, accesses=0, tokens=0, layer_calls=0,
                             guesses=0, guesses_right=0)
         self._guessed = {}  # layer -> experts the gate guess prefetched for it
+        self._chosen = {}  # layer -> Llama 4's router's choice, for its block
         # The blocks stay in the model (hooks on them and on their routers,
         # Transformers' output recorders among them, keep firing); what
         # computes is replaced on the instances, put back at close.
@@ -98,6 +99,9 @@ class Offload:
             self._patch(block.module, "forward", self._inline_forward(layer))
         elif block.layout in ("router", "dense_weights_router"):
             self._patch(router, "forward", self._router_forward(layer))
+        elif block.layout == "scaled_input":
+            self._patch(router, "forward", self._router_forward(layer))
+            self._patch(block.module, "forward", self._scaled_input_forward(layer))
         elif block.layout == "deepseek_router":
             self._patch(router, "forward", self._router_forward(layer))
             self._patch(block.module, "moe", self._experts_forward(layer))
@@ -105,7 +109,7 @@ class Offload:
             self._patch(block.module, "route_tokens_to_experts", self._choose_forward(layer))
         if block.layout == "dense_weights_router":
             self._patch(block.fused_experts, "forward", self._dense_weights_experts_forward(layer))
-        elif block.fused:
+        elif block.fused and block.layout != "scaled_input":
             self._patch(block.fused_experts, "forward", self._experts_forward(layer))
 
     def _patch(self, owner: nn.Module, attr: str, function) -> None:
@@ -196,13 +200,19 @@ class Offload:
     def _router_forward(self, layer: int):
         """A router that chooses: 5.x's top-k routers return (probabilities
         or logits, weights, indices), 4.x GPT-OSS's (weights scattered over
-        all experts, indices), 4.x DeepSeek-V3's (indices, weights)."""
+        all experts, indices), Llama 4's (weights scattered over all experts,
+        logits), 4.x DeepSeek-V3's (indices, weights)."""
         block = self.blocks[layer]
 
         def forward(hidden_states, *args, **kwargs):
             x = hidden_states.reshape(-1, hidden_states.shape[-1])
             logits = block.gate_logits(x)
             chosen, scores = self._route(layer, logits)
+            if block.layout == "scaled_input":
+                dense = block.routing.dense_weights(scores, chosen)
+                self._record(layer, chosen, dense.gather(1, chosen))
+                self._chosen[layer] = chosen  # for the block's call that follows
+                return dense, logits
             weights = block.routing.weights(scores, chosen, x.dtype)
             self._record(layer, chosen, weights)
             if block.layout == "router":
@@ -228,6 +238,22 @@ class Offload:
         indices, weights) -> the routed experts' sum."""
         def forward(hidden_states, top_k_index, top_k_weights):
             return self._experts(layer, hidden_states, top_k_index, top_k_weights)
+        return forward
+
+    def _scaled_input_forward(self, layer: int):
+        """Llama 4's block: the router, the chosen experts on the scaled
+        inputs, the shared expert; returns (hidden states, router logits)."""
+        block = self.blocks[layer]
+        module = block.module
+
+        def forward(hidden_states, *args, **kwargs):
+            x = hidden_states.reshape(-1, hidden_states.shape[-1])
+            scores, router_logits = module.router(x)
+            chosen = self._chosen.pop(layer)
+            routed = self._experts(layer, x, chosen, scores)
+            out = module.shared_expert(x)
+            out.add_(routed)
+            return out, router_logits
         return forward
 
     def _dense_weights_experts_forward(self, layer: int):
@@ -267,6 +293,8 @@ class Offload:
             return self.pool.tensors(key) if key in self.pool else self.pool.stream(key)
 
         def compute():
+            if block.layout == "scaled_input":
+                return arithmetic.on_scaled_inputs(x, weights, chosen, block.act_fn, tensors_of)
             if block.layout == "deepseek_router":
                 return arithmetic.in_token_order_float32(x, chosen, weights, block.num_experts,
                                                          tensors_of, block.expert_fn)

@@ -76,6 +76,34 @@ class TopKThenSoftmaxRouting:
         return torch.nn.functional.softmax(values, dim=1, dtype=values.dtype)
 
 
+class SigmoidOfTopKRouting:
+    """Llama 4's rule: the top-k of the logits (top-1 in its models), each
+    weighted by the sigmoid of its logit. The model takes the sigmoid of all
+    experts' row (-inf where not chosen) in float32 and casts it back to the
+    logits' dtype; `dense_weights` does the same, since PyTorch's
+    vectorised sigmoid can round a gathered few differently."""
+
+    def __init__(self, top_k: int):
+        self.top_k = top_k
+        self.rule = {"preset": "llama4"}
+        self.choice_bias: Optional[np.ndarray] = None
+
+    def scores(self, logits: torch.Tensor) -> Scores:
+        return Scores(choice=logits, weighing=logits)
+
+    def own_choice(self, scores: Scores) -> torch.Tensor:
+        return torch.topk(scores.choice, self.top_k, dim=1)[1]
+
+    def dense_weights(self, scores: Scores, chosen: torch.Tensor) -> torch.Tensor:
+        logits = scores.weighing
+        dense = torch.full_like(logits, float("-inf")).scatter_(1, chosen,
+                                                                logits.gather(1, chosen))
+        return torch.sigmoid(dense.float()).to(dense.dtype)
+
+    def weights(self, scores: Scores, chosen: torch.Tensor, hidden_dtype) -> torch.Tensor:
+        return self.dense_weights(scores, chosen).gather(1, chosen)
+
+
 class GroupedSigmoidRouting:
     """DeepSeek-V3's rule (also GLM-4.5's, Kimi K2's with one group):
     sigmoid scores of float32 logits; the choice on score + bias, limited to

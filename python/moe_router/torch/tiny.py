@@ -9,7 +9,8 @@ qwen3_next (a shared expert), deepseek_v3 (sigmoid scores, a bias,
 groups, shared experts, a dense first layer), glm4_moe and dots1 (the
 DeepSeek-V3 block under their names; GLM-4.5 with one group) and gpt_oss
 (a biased router, top-k then softmax; biased, transposed experts with a
-clamped SwiGLU), each in 4 or 5. The model
+clamped SwiGLU) and llama4 (top-1, sigmoid weights scaling the experts'
+inputs, a shared expert), each in 4 or 5. The model
 records router logits when asked the way that version's model does: 4.x
 patches the recorded blocks' forward for the call, 5.x hooks the routers.
 """
@@ -29,6 +30,7 @@ _BLOCKS = {
     "qwen3_moe": "Qwen3MoeSparseMoeBlock", "olmoe": "OlmoeSparseMoeBlock",
     "qwen3_next": "Qwen3NextSparseMoeBlock", "deepseek_v3": "DeepseekV3MoE",
     "glm4_moe": "Glm4MoeMoE", "dots1": "Dots1MoE", "gpt_oss": "GptOssMLP",
+    "llama4": "Llama4TextMoe",
 }
 # Layouts that route by DeepSeek-V3's rule and begin with dense layers.
 GROUPED_LAYOUTS = ("deepseek_v3", "glm4_moe", "dots1")
@@ -36,8 +38,11 @@ LAYOUTS = tuple(_BLOCKS)
 _MODULES = {4: v4, 5: v5}
 
 
-def make_config(layout, experts=8, top_k=2, hidden=64, inner=128, **overrides) -> MoeConfig:
-    """A configuration as the family's models have it, small."""
+def make_config(layout, experts=8, top_k=None, hidden=64, inner=128, **overrides) -> MoeConfig:
+    """A configuration as the family's models have it, small (top_k by
+    default 1 for Llama 4, as its models route, else 2)."""
+    if top_k is None:
+        top_k = 1 if layout == "llama4" else 2
     config = MoeConfig(hidden_size=hidden, intermediate_size=inner, moe_intermediate_size=inner,
                        num_experts=experts, num_experts_per_tok=top_k)
     if layout in ("qwen2_moe", "qwen3_next"):
@@ -75,7 +80,7 @@ class RMSNorm(nn.Module):
 class DecoderLayer(nn.Module):
     def __init__(self, mlp: nn.Module, hidden, heads, mlp_name="mlp"):
         super().__init__()
-        self._mlp_name = mlp_name  # 4.x Mixtral's is block_sparse_moe
+        self._mlp_name = mlp_name  # 4.x Mixtral's is block_sparse_moe, Llama 4's feed_forward
         self.heads = heads
         self.input_norm = RMSNorm(hidden)
         self.qkv = nn.Linear(hidden, 3 * hidden, bias=False)
@@ -107,7 +112,7 @@ class TinyMoeLM(nn.Module):
     """A byte-level causal LM with a Transformers MoE block per layer (after
     `dense_layers` dense MLPs, as DeepSeek-V3's first_k_dense_replace)."""
 
-    def __init__(self, layout="mixtral", layers=8, experts=8, top_k=2, hidden=64, heads=4,
+    def __init__(self, layout="mixtral", layers=8, experts=8, top_k=None, hidden=64, heads=4,
                  inner=128, vocab=256, version=4, dense_layers=None, **config_overrides):
         super().__init__()
         self.version = version
@@ -117,7 +122,8 @@ class TinyMoeLM(nn.Module):
         self.embed = nn.Embedding(vocab, hidden)
         mlps = [v4.DeepseekV3MLP(self.config) if i < dense_layers
                 else make_block(layout, version, self.config) for i in range(layers)]
-        mlp_name = "block_sparse_moe" if (layout, version) == ("mixtral", 4) else "mlp"
+        mlp_name = "block_sparse_moe" if (layout, version) == ("mixtral", 4) else \
+            "feed_forward" if layout == "llama4" else "mlp"
         self.layers = nn.ModuleList([DecoderLayer(mlp, hidden, heads, mlp_name) for mlp in mlps])
         self.norm = RMSNorm(hidden)
         self.lm_head = nn.Linear(hidden, vocab, bias=False)

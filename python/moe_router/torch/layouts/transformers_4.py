@@ -337,6 +337,78 @@ class GptOssMLP(nn.Module):
         return routed_out, router_scores
 
 
+class Llama4TextExperts(nn.Module):
+    """gate_up_proj (experts, hidden, 2 x inner; gate then up), down_proj
+    (experts, inner, hidden); every expert runs on its slice of the inputs
+    (experts x tokens rows) by bmm. The same at 4.57.6 and 5.2.0."""
+
+    def __init__(self, config: MoeConfig):
+        super().__init__()
+        self.num_experts = config.num_local_experts
+        self.hidden_size = config.hidden_size
+        inner = config.intermediate_size
+        self.gate_up_proj = nn.Parameter(torch.empty(self.num_experts, self.hidden_size, 2 * inner))
+        self.down_proj = nn.Parameter(torch.empty(self.num_experts, inner, self.hidden_size))
+        for p in (self.gate_up_proj, self.down_proj):
+            nn.init.uniform_(p, -p.shape[1] ** -0.5, p.shape[1] ** -0.5)
+        self.act_fn = nn.SiLU()
+
+    def forward(self, hidden_states):
+        hidden_states = hidden_states.view(self.gate_up_proj.shape[0], -1, self.hidden_size)
+        gate_up = torch.bmm(hidden_states, self.gate_up_proj)
+        gate, up = gate_up.chunk(2, dim=-1)
+        next_states = torch.bmm((up * self.act_fn(gate)), self.down_proj)
+        return next_states.view(-1, self.hidden_size)
+
+
+class Llama4TextMLP(_GluMlp):
+    pass
+
+
+class Llama4Router(nn.Linear):
+    """Top-k of the logits; the chosen logits' sigmoid (in float32, cast
+    back) scattered over all experts (sigmoid(-inf) = 0 elsewhere).
+    Returns (those weights, logits)."""
+
+    def __init__(self, config: MoeConfig):
+        super().__init__(config.hidden_size, config.num_local_experts, bias=False)
+        self.num_experts = config.num_local_experts
+        self.top_k = config.num_experts_per_tok
+
+    def forward(self, hidden_states):
+        router_logits = super().forward(hidden_states)
+        router_top_value, router_indices = torch.topk(router_logits, self.top_k, dim=1)
+        router_scores = torch.full_like(router_logits, float("-inf")).scatter_(
+            1, router_indices, router_top_value)
+        router_scores = torch.sigmoid(router_scores.float()).to(router_scores.dtype)
+        return router_scores, router_logits
+
+
+class Llama4TextMoe(nn.Module):
+    """Every expert on every token's input times its weight, summed over the
+    experts, added in place to the shared expert's output. Returns (hidden
+    states, router logits)."""
+
+    def __init__(self, config: MoeConfig):
+        super().__init__()
+        self.top_k = config.num_experts_per_tok
+        self.hidden_dim = config.hidden_size
+        self.num_experts = config.num_local_experts
+        self.experts = Llama4TextExperts(config)
+        self.router = Llama4Router(config)
+        self.shared_expert = Llama4TextMLP(config)
+
+    def forward(self, hidden_states):
+        hidden_states = hidden_states.reshape(-1, self.hidden_dim)
+        router_scores, router_logits = self.router(hidden_states)
+        routed_in = hidden_states.repeat(router_scores.shape[1], 1)
+        routed_in = routed_in * router_scores.transpose(0, 1).reshape(-1, 1)
+        routed_out = self.experts(routed_in)
+        out = self.shared_expert(hidden_states)
+        out.add_(routed_out.reshape(router_scores.shape[1], -1, routed_out.shape[-1]).sum(dim=0))
+        return out, router_logits
+
+
 # GLM-4.5 (glm4_moe) and dots.llm1 (dots1) are DeepSeek-V3's router and
 # block under other names: their modeling files at 4.57.6 differ from
 # DeepSeek-V3's in these classes only by names and type annotations.
@@ -362,5 +434,5 @@ class Dots1MoE(DeepseekV3MoE):
 # returned logits up through the decoder layer instead; DeepSeek-V3 has none.
 ROUTER_LOGITS_RECORDED_FROM = {
     MixtralSparseMoeBlock: 1, Qwen3MoeSparseMoeBlock: 1, Qwen3NextSparseMoeBlock: 1,
-    GptOssTopKRouter: 0,
+    GptOssTopKRouter: 0, Llama4TextMoe: 1,
 }

@@ -10,8 +10,9 @@ from torch import nn
 import torch.nn.functional as F
 
 from moe_router.torch.layouts import MoeConfig
-from moe_router.torch.layouts.transformers_4 import (DeepseekV3MLP, Qwen2MoeMLP, Qwen3NextMLP,
-                                                     grouped_top_k)
+# Llama 4's block is the same in both versions.
+from moe_router.torch.layouts.transformers_4 import (DeepseekV3MLP, Llama4TextMoe, Qwen2MoeMLP,
+                                                     Qwen3NextMLP, grouped_top_k)
 
 
 def _eager_experts(self, hidden_states, top_k_index, top_k_weights):
@@ -449,9 +450,9 @@ class Dots1MoE(DeepseekV3MoE):
     router_class, experts_class = Dots1TopkRouter, Dots1NaiveMoe
 
 
-# The router classes whose output at index 0 the models record as router
+# The modules whose output at this index the models record as router
 # logits when asked (`_can_record_outputs`, a forward hook on each instance).
 ROUTER_LOGITS_RECORDED_FROM = {
     MixtralTopKRouter: 0, Qwen2MoeTopKRouter: 0, Qwen3MoeTopKRouter: 0, OlmoeTopKRouter: 0,
-    Qwen3NextTopKRouter: 0, GptOssTopKRouter: 0,
+    Qwen3NextTopKRouter: 0, GptOssTopKRouter: 0, Llama4TextMoe: 1,
 }
