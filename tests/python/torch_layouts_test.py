@@ -20,9 +20,8 @@ from moe_router.torch import UnsupportedModel, offload_experts
 from moe_router.torch.blocks import find_moe_blocks, router_of
 from moe_router.torch.layouts import transformers_4 as v4
 from moe_router.torch.layouts import transformers_5 as v5
-from moe_router.torch.tiny import GROUPED_LAYOUTS, LAYOUTS, TinyMoeLM, load_balancing_loss
+from moe_router.torch.tiny import CASES, GROUPED_LAYOUTS, TinyMoeLM, load_balancing_loss
 
-CASES = [(layout, version) for version in (4, 5) for layout in LAYOUTS]
 
 
 def case_id(case):
@@ -37,17 +36,27 @@ def routers(model):
     return [router_of(b) for b in moe_blocks(model)]
 
 
+def choice_biases(block):
+    """What a block adds to its logits or scores before choosing: DeepSeek's
+    router's, GPT-OSS's router's, ERNIE 4.5's moe_statics', MiniMax-M2's
+    block's."""
+    router = router_of(block)
+    owners = [block, router, getattr(block, "moe_statics", None),
+              getattr(router, "moe_statics", None)]
+    return [getattr(o, n) for o in owners for n in ("e_score_correction_bias", "bias")
+            if isinstance(getattr(o, n, None), torch.Tensor)]
+
+
 def tie_two_experts(model):
     """Experts 2 and 5 of every block get the same gate row (and bias): their
     logits are equal for every token, so whenever one of them is at the
     top-k boundary the choice is a tie the model's top-k breaks."""
     with torch.no_grad():
-        for router in routers(model):
+        for block in moe_blocks(model):
+            router = router_of(block)
             router.weight[5] = router.weight[2]
-            for name in ("e_score_correction_bias", "bias"):  # DeepSeek's, GPT-OSS's
-                bias = getattr(router, name, None)
-                if bias is not None:
-                    bias[5] = bias[2]
+            for bias in choice_biases(block):
+                bias[..., 5] = bias[..., 2]
 
 
 def make(layout, version, dtype=torch.float32, implementation="eager", seed=0, layers=3,
@@ -57,15 +66,20 @@ def make(layout, version, dtype=torch.float32, implementation="eager", seed=0, l
                       version=version).eval()
     model.config._experts_implementation = implementation
     with torch.no_grad():
-        for router in routers(model):  # DeepSeek's trained biases are not zero
-            bias = getattr(router, "e_score_correction_bias", None)
-            if bias is not None:
+        for block in moe_blocks(model):  # trained choice biases are not zero
+            for bias in choice_biases(block):
                 bias.copy_(torch.randn(bias.shape) * 0.05)
     tie_two_experts(model)
     model = model.to(dtype)
-    for router in routers(model):  # kept in float32, as Transformers keeps it
+    for block in moe_blocks(model):  # kept in float32, as Transformers keeps them
+        router = router_of(block)
         if getattr(router, "e_score_correction_bias", None) is not None:
             router.e_score_correction_bias = router.e_score_correction_bias.float()
+        if layout == "ernie4_5_moe":
+            for module in (router, getattr(block, "moe_statics", None),
+                           getattr(router, "moe_statics", None)):
+                if module is not None:
+                    module.float()
     return model
 
 
@@ -80,9 +94,8 @@ def tied_at_the_boundary(model, x):
         inputs = args[0].reshape(-1, args[0].shape[-1])
         logits = torch.nn.functional.linear(inputs.float(), router.weight.float())
         k = router.top_k if hasattr(router, "top_k") else module.top_k
-        for name in ("e_score_correction_bias", "bias"):
-            if isinstance(getattr(router, name, None), torch.Tensor):
-                logits = logits + getattr(router, name).float()
+        for bias in choice_biases(module):
+            logits = logits + bias.float().reshape(-1)
         chosen = torch.topk(logits, k).indices
         has2, has5 = (chosen == 2).any(dim=1), (chosen == 5).any(dim=1)
         count += int((has2 ^ has5).sum())
@@ -247,6 +260,7 @@ FOUND = {
     ("dots1", 4): ("deepseek_router", "Dots1TopkRouter", "deepseek_v3"),
     ("gpt_oss", 4): ("dense_weights_router", "GptOssTopKRouter", "gpt_oss"),
     ("llama4", 4): ("scaled_input", "Llama4Router", "llama4"),
+    ("ernie4_5_moe", 4): ("inline", "Ernie4_5_MoeSparseMoeBlock", "ernie4_5"),
     ("mixtral", 5): ("router", "MixtralTopKRouter", "mixtral"),
     ("qwen2_moe", 5): ("router", "Qwen2MoeTopKRouter", "qwen_no_norm"),
     ("qwen3_moe", 5): ("router", "Qwen3MoeTopKRouter", "mixtral"),
@@ -257,6 +271,9 @@ FOUND = {
     ("dots1", 5): ("deepseek_block", "Dots1TopkRouter", "deepseek_v3"),
     ("gpt_oss", 5): ("router", "GptOssTopKRouter", "gpt_oss"),
     ("llama4", 5): ("scaled_input", "Llama4Router", "llama4"),
+    ("ernie4_5_moe", 5): ("router", "Ernie4_5_MoeTopKRouter", "ernie4_5"),
+    ("minimax_m2", 5): ("router", "MiniMaxM2TopKRouter", "minimax_m2"),
+    ("qwen3_5_moe", 5): ("router", "Qwen3_5MoeTopKRouter", "mixtral"),
 }
 
 
@@ -271,6 +288,37 @@ def test_each_family_is_found_by_its_class_with_its_layout_and_rule():
 
 def renamed(cls, name):
     return type(name, (cls,), {})
+
+
+# Families whose router (5.x) or block (4.x) is, at 5.2.0 / 4.57.6, another
+# family's code under their own name: built here as that family's module
+# renamed, each must be found with the rule of the family it copies.
+CLONES = [
+    (4, v4.MixtralSparseMoeBlock, "MiniMaxSparseMoeBlock", None, "mixtral"),
+    (4, v4.OlmoeSparseMoeBlock, "FlexOlmoSparseMoeBlock", None, "mixtral"),
+    (4, v4.DeepseekV3MoE, None, "Glm4vMoeTextTopkRouter", "deepseek_v3"),
+    (5, v5.MixtralSparseMoeBlock, None, "MiniMaxTopKRouter", "mixtral"),
+    (5, v5.OlmoeSparseMoeBlock, None, "FlexOlmoTopKRouter", "mixtral"),
+    (5, v5.Qwen3_5MoeSparseMoeBlock, None, "Qwen3VLMoeTextTopKRouter", "mixtral"),
+    (5, v5.DeepseekV3MoE, None, "Glm4vMoeTextTopkRouter", "deepseek_v3"),
+    (5, v5.DeepseekV3MoE, None, "Glm4MoeLiteTopkRouter", "deepseek_v3"),
+    (5, v5.DeepseekV3MoE, None, "GlmMoeDsaTopkRouter", "deepseek_v3"),
+    (5, v5.DeepseekV3MoE, None, "SolarOpenTopkRouter", "deepseek_v3"),
+    (5, v5.DeepseekV3MoE, None, "ExaoneMoeTopkRouter", "deepseek_v3"),
+]
+
+
+@pytest.mark.parametrize("clone", CLONES, ids=lambda c: c[2] or c[3])
+def test_families_that_reuse_another_familys_code_are_found_by_their_names(clone):
+    version, block_class, block_name, router_name, preset = clone
+    config = TinyMoeLM("qwen3_5_moe" if version == 5 else "mixtral", layers=1,
+                       version=version).config
+    block = (renamed(block_class, block_name) if block_name else block_class)(config)
+    if router_name:
+        block.gate = renamed(type(block.gate), router_name)(config)
+    found = find_moe_blocks(nn.Sequential(block))
+    assert [(b.family, b.routing.rule["preset"]) for b in found] == \
+        [(block_name or router_name, preset)]
 
 
 def test_blocks_are_identified_by_their_router_or_block_class_and_refused_by_name():

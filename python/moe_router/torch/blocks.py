@@ -34,8 +34,9 @@ import torch
 from torch import nn
 
 from moe_router.torch import experts as arithmetic
-from moe_router.torch.routing import (GroupedSigmoidRouting, SigmoidOfTopKRouting,
-                                      SoftmaxRouting, TopKThenSoftmaxRouting)
+from moe_router.torch.routing import (BiasedSoftmaxRouting, GroupedSigmoidRouting,
+                                      SigmoidOfTopKRouting, SoftmaxRouting,
+                                      TopKThenSoftmaxRouting)
 
 
 class UnsupportedModel(ValueError):
@@ -70,6 +71,11 @@ class MoeBlock:
     fused_experts: Optional[nn.Module] = None  # the experts module, when fused
     fused_format: Optional[arithmetic.FusedFormat] = None
     act_fn: Optional[Callable] = None  # Llama 4's experts' activation
+    # What a router that chooses returns, in order, of: indices, weights,
+    # logits, probabilities, dense (weights scattered over all experts).
+    router_returns: Tuple[str, ...] = ()
+    # What 4.x's inline blocks pass their gate (ERNIE 4.5's gate is float32).
+    gate_input: Callable[[torch.Tensor], torch.Tensor] = lambda x: x
 
     @property
     def fused(self) -> bool:
@@ -81,26 +87,41 @@ class MoeBlock:
 # norm_topk_prob says).
 _INLINE_BLOCKS = {
     "MixtralSparseMoeBlock": (("w1", "w3", "w2"), True),
+    "MiniMaxSparseMoeBlock": (("w1", "w3", "w2"), True),  # MiniMax-Text-01: Mixtral's
     "Qwen2MoeSparseMoeBlock": (("gate_proj", "up_proj", "down_proj"), False),
     "Qwen3MoeSparseMoeBlock": (("gate_proj", "up_proj", "down_proj"), False),
     "OlmoeSparseMoeBlock": (("gate_proj", "up_proj", "down_proj"), False),
+    "FlexOlmoSparseMoeBlock": (("gate_proj", "up_proj", "down_proj"), False),  # OLMoE's
     "Qwen3NextSparseMoeBlock": (("gate_proj", "up_proj", "down_proj"), False),
 }
-# 5.x softmax routers, by class: whether top-k is always renormalised.
+# 5.x softmax routers, by class: whether top-k is always renormalised (else
+# the router's norm_topk_prob says), and whether the softmax is written
+# softmax(logits.float()) rather than softmax(logits, dtype=float).
 _SOFTMAX_ROUTERS = {
-    "MixtralTopKRouter": True,
-    "Qwen2MoeTopKRouter": False,
-    "Qwen3MoeTopKRouter": False,
-    "OlmoeTopKRouter": False,
-    "Qwen3NextTopKRouter": False,
+    "MixtralTopKRouter": (True, True),
+    "MiniMaxTopKRouter": (True, True),  # MiniMax-Text-01: Mixtral's router
+    "Qwen2MoeTopKRouter": (False, False),
+    "Qwen3MoeTopKRouter": (False, False),
+    "OlmoeTopKRouter": (False, False),
+    "FlexOlmoTopKRouter": (False, False),  # OLMoE's router
+    "Qwen3NextTopKRouter": (False, False),
+    "Qwen3_5MoeTopKRouter": (True, False),
+    "Qwen3VLMoeTextTopKRouter": (True, False),
 }
-# DeepSeek-V3's rule, and the families that route by it with its router
-# under their own name (identical code at 4.57.6 and 5.2.0): GLM-4.5, the
-# text model of GLM-4.5V, dots.llm1. Kimi K2 is DeepSeek-V3's architecture.
 _TOPK_SOFTMAX_ROUTERS = ("GptOssTopKRouter",)  # top-k of the logits, then softmax
 _SIGMOID_OF_TOPK_ROUTERS = ("Llama4Router",)  # top-k of the logits, sigmoid weights
+_MINIMAX_M2_ROUTERS = ("MiniMaxM2TopKRouter",)  # sigmoid, the block's bias
+# ERNIE 4.5: softmax plus moe_statics' bias; 4.x by the block, 5.x the router.
+_ERNIE = ("Ernie4_5_MoeSparseMoeBlock", "Ernie4_5_MoeTopKRouter")
+# DeepSeek-V3's rule, and the families that route by it with its router
+# and block under their own names (identical code at 4.57.6 and 5.2.0):
+# GLM-4.5, the text model of GLM-4.5V, dots.llm1; at 5.2.0 also
+# glm4_moe_lite, glm_moe_dsa, Solar Open and EXAONE MoE. Kimi K2 is
+# DeepSeek-V3's architecture.
 _GROUPED_SIGMOID_ROUTERS = ("DeepseekV3TopkRouter", "Glm4MoeTopkRouter",
-                            "Glm4vMoeTextTopkRouter", "Dots1TopkRouter")
+                            "Glm4vMoeTextTopkRouter", "Dots1TopkRouter",
+                            "Glm4MoeLiteTopkRouter", "GlmMoeDsaTopkRouter",
+                            "SolarOpenTopkRouter", "ExaoneMoeTopkRouter")
 # Rules the engine does not have, by the class that carries them.
 _REFUSED = {
     "PhimoeSparseMoeBlock": "Phi-3.5-MoE routes by sparsemixer, which moe-router does not "
@@ -108,7 +129,8 @@ _REFUSED = {
     "PhimoeTopKRouter": "Phi-3.5-MoE routes by sparsemixer, which moe-router does not implement",
 }
 KNOWN = sorted(list(_INLINE_BLOCKS) + list(_SOFTMAX_ROUTERS) + list(_TOPK_SOFTMAX_ROUTERS) +
-               list(_SIGMOID_OF_TOPK_ROUTERS) + list(_GROUPED_SIGMOID_ROUTERS))
+               list(_SIGMOID_OF_TOPK_ROUTERS) + list(_GROUPED_SIGMOID_ROUTERS) +
+               list(_MINIMAX_M2_ROUTERS) + list(_ERNIE))
 
 
 def _plain_linear(module, what, name):
@@ -245,15 +267,16 @@ def _inline_block(name, module):
 
 def _softmax_router_block(name, module, router):
     family = type(router).__name__
-    always_normalize = _SOFTMAX_ROUTERS[family]
+    always_normalize, float_first = _SOFTMAX_ROUTERS[family]
     normalize = always_normalize or _flag(router, "norm_topk_prob", name)
     top_k = _int(router, "top_k", name)
     weight = router.weight
     parts = _fused(name, module.experts)
     return MoeBlock(name=name, module=module, layout="router", family=family, top_k=top_k,
                     routing=SoftmaxRouting(top_k, normalize, cast_weights=False,
-                                           float_first=always_normalize),
-                    gate_logits=lambda x: torch.nn.functional.linear(x, weight), **parts)
+                                           float_first=float_first),
+                    gate_logits=lambda x: torch.nn.functional.linear(x, weight),
+                    router_returns=("probabilities", "weights", "indices"), **parts)
 
 
 def _topk_softmax_block(name, module, router):
@@ -267,10 +290,13 @@ def _topk_softmax_block(name, module, router):
         raise UnsupportedModel(f"{name}: router {family} has no weight and bias")
     top_k = _int(router, "top_k", name)
     parts = _gpt_oss_experts(name, module.experts)
-    layout = "router" if hasattr(module.experts, "config") else "dense_weights_router"
-    return MoeBlock(name=name, module=module, layout=layout, family=family, top_k=top_k,
+    version_5 = hasattr(module.experts, "config")
+    return MoeBlock(name=name, module=module, family=family, top_k=top_k,
+                    layout="router" if version_5 else "dense_weights_router",
                     routing=TopKThenSoftmaxRouting(top_k),
-                    gate_logits=lambda x: torch.nn.functional.linear(x, weight, bias), **parts)
+                    gate_logits=lambda x: torch.nn.functional.linear(x, weight, bias),
+                    router_returns=("logits", "weights", "indices") if version_5 else
+                    ("dense", "indices"), **parts)
 
 
 def _scaled_input_block(name, module, router):
@@ -297,7 +323,17 @@ def _scaled_input_block(name, module, router):
                     expert_tensors=lambda e: [experts.gate_up_proj[e], experts.down_proj[e]],
                     expert_fn=None, act_fn=experts.act_fn,
                     expert_parameters=[(experts, "gate_up_proj"), (experts, "down_proj")],
-                    fused_experts=experts)
+                    fused_experts=experts, router_returns=("dense", "logits"))
+
+
+def _choice_bias(tensor, experts, what, name):
+    """A checkpoint's choice bias: one finite float per expert."""
+    if not isinstance(tensor, torch.Tensor) or tensor.numel() != experts or \
+            tensor.squeeze().dim() != 1:
+        raise UnsupportedModel(f"{name}: {what} is not one float per expert ({experts})")
+    if not torch.isfinite(tensor).all():
+        raise UnsupportedModel(f"{name}: {what} is not finite")
+    return tensor
 
 
 def _grouped_sigmoid_block(name, module, router):
@@ -308,28 +344,69 @@ def _grouped_sigmoid_block(name, module, router):
     groups, kept = _int(owner, "n_group", name), _int(owner, "topk_group", name)
     normalize = _flag(owner, "norm_topk_prob", name)
     scaling = float(getattr(owner, "routed_scaling_factor", float("nan")))
-    bias = getattr(router, "e_score_correction_bias", None)
     if layout == "deepseek_block":
         parts = _fused(name, module.experts)
     else:
         parts = _per_expert(name, module, ("gate_proj", "up_proj", "down_proj"))
     experts = parts["num_experts"]
-    if not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (experts,):
-        raise UnsupportedModel(f"{name}: the router's e_score_correction_bias is not one float "
-                               f"per expert ({experts})")
-    if not torch.isfinite(bias).all() or not torch.isfinite(torch.tensor(scaling)):
-        raise UnsupportedModel(f"{name}: e_score_correction_bias or routed_scaling_factor is "
-                               f"not finite")
+    bias = _choice_bias(getattr(router, "e_score_correction_bias", None), experts,
+                        "the router's e_score_correction_bias", name)
+    if not torch.isfinite(torch.tensor(scaling)):
+        raise UnsupportedModel(f"{name}: routed_scaling_factor is not finite")
     if experts % groups or kept > groups or kept * (experts // groups) < top_k:
         raise UnsupportedModel(
             f"{name}: {experts} experts in n_group {groups} keeping topk_group {kept} cannot "
             f"give top_k {top_k}")
     weight = router.weight
+    routing = GroupedSigmoidRouting(
+        top_k, bias, groups, kept, "sum_plus_epsilon" if normalize else "none", scaling)
     return MoeBlock(
-        name=name, module=module, layout=layout, family=family, top_k=top_k,
-        routing=GroupedSigmoidRouting(top_k, groups, kept, normalize, scaling, bias),
+        name=name, module=module, layout=layout, family=family, top_k=top_k, routing=routing,
         gate_logits=lambda x: torch.nn.functional.linear(x.type(torch.float32),
                                                          weight.type(torch.float32)),
+        router_returns=("indices", "weights"), **parts)
+
+
+def _minimax_m2_block(name, module, router):
+    """MiniMax-M2 (5.x): the router gets the block's e_score_correction_bias
+    and returns (logits, weights, indices); fused experts."""
+    family = type(router).__name__
+    top_k = _int(router, "top_k", name)
+    parts = _fused(name, module.experts)
+    bias = _choice_bias(getattr(module, "e_score_correction_bias", None), parts["num_experts"],
+                        "the block's e_score_correction_bias", name)
+    weight = router.weight
+    return MoeBlock(
+        name=name, module=module, layout="router", family=family, top_k=top_k,
+        routing=GroupedSigmoidRouting(top_k, bias, normalization="sum", preset="minimax_m2"),
+        gate_logits=lambda x: torch.nn.functional.linear(x.to(weight.dtype), weight),
+        router_returns=("logits", "weights", "indices"), **parts)
+
+
+def _ernie_block(name, module, router):
+    """ERNIE 4.5. 4.x: the block routes inline with an nn.Linear gate in
+    float32, its moe_statics and per-expert modules. 5.x: its router holds
+    moe_statics and returns (logits, indices, weights); fused experts."""
+    version_5 = not isinstance(router, nn.Linear)
+    owner = router if version_5 else module
+    family = type(owner).__name__
+    top_k = _int(owner, "top_k", name)
+    norm_min = getattr(owner, "norm_min", None)
+    if not isinstance(norm_min, float) or not norm_min >= 0:
+        raise UnsupportedModel(f"{name}: no non-negative float norm_min (moe_norm_min)")
+    parts = _fused(name, module.experts) if version_5 else \
+        _per_expert(name, module, ("gate_proj", "up_proj", "down_proj"))
+    statics = getattr(owner, "moe_statics", None)
+    bias = _choice_bias(getattr(statics, "e_score_correction_bias", None), parts["num_experts"],
+                        "moe_statics.e_score_correction_bias", name)
+    if not version_5:
+        _plain_linear(router, "the gate", name)
+    weight = router.weight
+    return MoeBlock(
+        name=name, module=module, layout="router" if version_5 else "inline", family=family,
+        top_k=top_k, routing=BiasedSoftmaxRouting(top_k, bias, norm_min),
+        gate_logits=lambda x: torch.nn.functional.linear(x.float(), weight.float()),
+        router_returns=("logits", "indices", "weights"), gate_input=lambda x: x.float(),
         **parts)
 
 
@@ -351,6 +428,10 @@ def describe_block(name: str, module: nn.Module) -> MoeBlock:
     family = type(router).__name__
     if family in _SIGMOID_OF_TOPK_ROUTERS:  # an nn.Linear subclass
         return _scaled_input_block(name, module, router)
+    if type(module).__name__ in _ERNIE or family in _ERNIE:
+        return _ernie_block(name, module, router)
+    if family in _MINIMAX_M2_ROUTERS:
+        return _minimax_m2_block(name, module, router)
     if isinstance(router, nn.Linear):
         if type(module).__name__ not in _INLINE_BLOCKS:
             raise UnsupportedModel(

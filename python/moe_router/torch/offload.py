@@ -94,22 +94,22 @@ class Offload:
     # -- setup ---------------------------------------------------------------
 
     def _install(self, layer: int, block: MoeBlock) -> None:
-        router = router_of(block.module)
+        module = block.module
+        # What chooses.
         if block.layout == "inline":
-            self._patch(block.module, "forward", self._inline_forward(layer))
-        elif block.layout in ("router", "dense_weights_router"):
-            self._patch(router, "forward", self._router_forward(layer))
-        elif block.layout == "scaled_input":
-            self._patch(router, "forward", self._router_forward(layer))
-            self._patch(block.module, "forward", self._scaled_input_forward(layer))
+            self._patch(module, "forward", self._inline_forward(layer))
+        elif block.layout == "deepseek_block":
+            self._patch(module, "route_tokens_to_experts", self._choose_forward(layer))
+        else:
+            self._patch(router_of(module), "forward", self._router_forward(layer))
+        # What computes the experts (inline blocks do both).
+        if block.layout == "scaled_input":
+            self._patch(module, "forward", self._scaled_input_forward(layer))
         elif block.layout == "deepseek_router":
-            self._patch(router, "forward", self._router_forward(layer))
-            self._patch(block.module, "moe", self._experts_forward(layer))
-        else:  # deepseek_block
-            self._patch(block.module, "route_tokens_to_experts", self._choose_forward(layer))
-        if block.layout == "dense_weights_router":
+            self._patch(module, "moe", self._experts_forward(layer))
+        elif block.layout == "dense_weights_router":
             self._patch(block.fused_experts, "forward", self._dense_weights_experts_forward(layer))
-        elif block.fused and block.layout != "scaled_input":
+        elif block.fused:
             self._patch(block.fused_experts, "forward", self._experts_forward(layer))
 
     def _patch(self, owner: nn.Module, attr: str, function) -> None:
@@ -177,15 +177,16 @@ class Offload:
     # choice and the pool's tensors: routing in _route, experts in _experts.
 
     def _inline_forward(self, layer: int):
-        """Transformers 4.x's softmax blocks: route, experts, shared expert;
-        returns (hidden states, router logits)."""
+        """Transformers 4.x's blocks that route themselves: route, experts,
+        a shared expert (Qwen2-MoE's gated, ERNIE 4.5's not); returns
+        (hidden states, router logits)."""
         block = self.blocks[layer]
         module = block.module
 
         def forward(hidden_states, *args, **kwargs):
             batch, sequence, hidden = hidden_states.shape
             x = hidden_states.view(-1, hidden)
-            router_logits = module.gate(x)
+            router_logits = module.gate(block.gate_input(x))
             chosen, scores = self._route(layer, router_logits)
             weights = block.routing.weights(scores, chosen, x.dtype)
             self._record(layer, chosen, weights)
@@ -194,32 +195,33 @@ class Offload:
                 shared = module.shared_expert(x)
                 shared = torch.sigmoid(module.shared_expert_gate(x)) * shared
                 out = out + shared
+            if getattr(module, "shared_experts", None) is not None:
+                out = out + module.shared_experts(x)
             return out.reshape(batch, sequence, hidden), router_logits
         return forward
 
     def _router_forward(self, layer: int):
-        """A router that chooses: 5.x's top-k routers return (probabilities
-        or logits, weights, indices), 4.x GPT-OSS's (weights scattered over
-        all experts, indices), Llama 4's (weights scattered over all experts,
-        logits), 4.x DeepSeek-V3's (indices, weights)."""
+        """A router that chooses, returning what its class returns
+        (MoeBlock.router_returns): 5.x's top-k routers (probabilities or
+        logits, weights, indices), ERNIE 4.5's (logits, indices, weights),
+        4.x GPT-OSS's (weights over all experts, indices), Llama 4's
+        (weights over all experts, logits), 4.x DeepSeek-V3's (indices,
+        weights)."""
         block = self.blocks[layer]
 
         def forward(hidden_states, *args, **kwargs):
             x = hidden_states.reshape(-1, hidden_states.shape[-1])
             logits = block.gate_logits(x)
             chosen, scores = self._route(layer, logits)
-            if block.layout == "scaled_input":
-                dense = block.routing.dense_weights(scores, chosen)
-                self._record(layer, chosen, dense.gather(1, chosen))
-                self._chosen[layer] = chosen  # for the block's call that follows
-                return dense, logits
             weights = block.routing.weights(scores, chosen, x.dtype)
             self._record(layer, chosen, weights)
-            if block.layout == "router":
-                return scores.choice, weights, chosen
-            if block.layout == "dense_weights_router":
-                return torch.zeros_like(logits).scatter_(1, chosen, weights), chosen
-            return chosen, weights
+            values = {"indices": chosen, "weights": weights, "logits": logits,
+                      "probabilities": scores.weighing}
+            if "dense" in block.router_returns:
+                values["dense"] = block.routing.dense_weights(scores, chosen, weights)
+            if block.layout == "scaled_input":
+                self._chosen[layer] = chosen  # for the block's call that follows
+            return tuple(values[name] for name in block.router_returns)
         return forward
 
     def _choose_forward(self, layer: int):

@@ -75,6 +75,10 @@ class TopKThenSoftmaxRouting:
         values = scores.weighing.gather(1, chosen)
         return torch.nn.functional.softmax(values, dim=1, dtype=values.dtype)
 
+    def dense_weights(self, scores: Scores, chosen: torch.Tensor, weights) -> torch.Tensor:
+        """4.x's router scatters the weights over all experts."""
+        return torch.zeros_like(scores.weighing).scatter_(1, chosen, weights)
+
 
 class SigmoidOfTopKRouting:
     """Llama 4's rule: the top-k of the logits (top-1 in its models), each
@@ -94,7 +98,7 @@ class SigmoidOfTopKRouting:
     def own_choice(self, scores: Scores) -> torch.Tensor:
         return torch.topk(scores.choice, self.top_k, dim=1)[1]
 
-    def dense_weights(self, scores: Scores, chosen: torch.Tensor) -> torch.Tensor:
+    def dense_weights(self, scores: Scores, chosen: torch.Tensor, weights=None) -> torch.Tensor:
         logits = scores.weighing
         dense = torch.full_like(logits, float("-inf")).scatter_(1, chosen,
                                                                 logits.gather(1, chosen))
@@ -105,30 +109,35 @@ class SigmoidOfTopKRouting:
 
 
 class GroupedSigmoidRouting:
-    """DeepSeek-V3's rule (also GLM-4.5's, Kimi K2's with one group):
-    sigmoid scores of float32 logits; the choice on score + bias, limited to
-    the best `kept` of `groups` groups (a group's score: the sum of its two
-    best biased scores; the other groups' experts masked with 0.0, so one of
-    them can still win when every allowed biased score is negative); top-k
-    unsorted; weights the unbiased scores, over their sum + 1e-20 when
-    `normalize`, times `scaling`."""
+    """DeepSeek-V3's rule (also GLM-4.5's and the other families that reuse
+    its code, Kimi K2's with one group) and MiniMax-M2's: sigmoid scores of
+    float32 logits; the choice on score + bias, limited to the best `kept`
+    of `groups` groups (a group's score: the sum of its two best biased
+    scores; the other groups' experts masked with 0.0, so one of them can
+    still win when every allowed biased score is negative); top-k unsorted;
+    weights the unbiased scores, over their sum + 1e-20
+    ("sum_plus_epsilon"), their sum ("sum", MiniMax-M2) or as they are
+    ("none"), times `scaling`."""
 
-    def __init__(self, top_k: int, groups: int, kept: int, normalize: bool, scaling: float,
-                 bias: torch.Tensor):
+    def __init__(self, top_k: int, bias: torch.Tensor, groups: int = 1, kept: int = 1,
+                 normalization: str = "sum_plus_epsilon", scaling: float = 1.0,
+                 preset: str = "deepseek_v3"):
         self.top_k = top_k
         self.groups = groups
         self.kept = kept
-        self.normalize = normalize
+        self.normalization = normalization
         self.scaling = scaling
         self.bias = bias
         self.rule = {"preset": "deepseek_v3", "num_groups": groups, "kept_groups": kept,
-                     "normalization": "sum_plus_epsilon" if normalize else "none",
-                     "scaling": float(scaling)}
+                     "normalization": normalization, "scaling": float(scaling)} \
+            if preset == "deepseek_v3" else {"preset": preset}
         self.choice_bias = bias.detach().float().cpu().numpy()
 
     def scores(self, logits: torch.Tensor) -> Scores:
-        sigmoid = logits.sigmoid()
+        sigmoid = logits.float().sigmoid()
         choice = sigmoid + self.bias
+        if self.groups == 1:  # the mask keeps every expert: the same numbers
+            return Scores(choice=choice, weighing=sigmoid)
         experts = choice.shape[-1]
         per_group = experts // self.groups
         group_scores = choice.view(-1, self.groups, per_group).topk(2, dim=-1)[0].sum(dim=-1)
@@ -144,10 +153,38 @@ class GroupedSigmoidRouting:
 
     def weights(self, scores: Scores, chosen: torch.Tensor, hidden_dtype) -> torch.Tensor:
         weights = scores.weighing.gather(1, chosen)
-        if self.normalize:
+        if self.normalization == "sum_plus_epsilon":
             denominator = weights.sum(dim=-1, keepdim=True) + 1e-20
             weights /= denominator
-        return weights * self.scaling
+        elif self.normalization == "sum":
+            weights /= weights.sum(dim=-1, keepdim=True)
+        return weights * self.scaling if self.normalization != "sum" else weights
+
+
+class BiasedSoftmaxRouting:
+    """ERNIE 4.5's rule: the softmax of float32 logits in float32; the choice
+    on the probabilities plus moe_statics' bias (top-k sorted); the weights
+    the unbiased probabilities over max(their sum, moe_norm_min), cast to
+    the hidden dtype."""
+
+    def __init__(self, top_k: int, bias: torch.Tensor, norm_min: float):
+        self.top_k = top_k
+        self.bias = bias  # (1, experts), squeezed as moe_statics does
+        self.norm_min = norm_min
+        self.rule = {"preset": "ernie4_5", "normalization_param": float(norm_min)}
+        self.choice_bias = bias.detach().float().reshape(-1).cpu().numpy()
+
+    def scores(self, logits: torch.Tensor) -> Scores:
+        probs = torch.softmax(logits, dim=1, dtype=torch.float)
+        return Scores(choice=probs + self.bias.squeeze(), weighing=probs)
+
+    def own_choice(self, scores: Scores) -> torch.Tensor:
+        return torch.topk(scores.choice, self.top_k, dim=-1)[1]
+
+    def weights(self, scores: Scores, chosen: torch.Tensor, hidden_dtype) -> torch.Tensor:
+        weights = torch.gather(scores.weighing, dim=-1, index=chosen)
+        weights = weights / torch.clamp(weights.sum(dim=-1, keepdim=True), min=self.norm_min)
+        return weights.to(hidden_dtype)
 
 
 def reconcile(engine_choice: np.ndarray, own: torch.Tensor, scores: Scores) -> torch.Tensor:

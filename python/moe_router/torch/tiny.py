@@ -10,7 +10,10 @@ groups, shared experts, a dense first layer), glm4_moe and dots1 (the
 DeepSeek-V3 block under their names; GLM-4.5 with one group) and gpt_oss
 (a biased router, top-k then softmax; biased, transposed experts with a
 clamped SwiGLU) and llama4 (top-1, sigmoid weights scaling the experts'
-inputs, a shared expert), each in 4 or 5. The model
+inputs, a shared expert), ernie4_5_moe (softmax plus a bias, shared
+experts), minimax_m2 (sigmoid plus the block's bias) and qwen3_5_moe (a
+shared expert, top-k always renormalised), each in 4 or 5 where that
+version has it (CASES: the last two arrived in 5). The model
 records router logits when asked the way that version's model does: 4.x
 patches the recorded blocks' forward for the call, 5.x hooks the routers.
 """
@@ -30,12 +33,16 @@ _BLOCKS = {
     "qwen3_moe": "Qwen3MoeSparseMoeBlock", "olmoe": "OlmoeSparseMoeBlock",
     "qwen3_next": "Qwen3NextSparseMoeBlock", "deepseek_v3": "DeepseekV3MoE",
     "glm4_moe": "Glm4MoeMoE", "dots1": "Dots1MoE", "gpt_oss": "GptOssMLP",
-    "llama4": "Llama4TextMoe",
+    "llama4": "Llama4TextMoe", "ernie4_5_moe": "Ernie4_5_MoeSparseMoeBlock",
+    "minimax_m2": "MiniMaxM2SparseMoeBlock", "qwen3_5_moe": "Qwen3_5MoeSparseMoeBlock",
 }
 # Layouts that route by DeepSeek-V3's rule and begin with dense layers.
 GROUPED_LAYOUTS = ("deepseek_v3", "glm4_moe", "dots1")
 LAYOUTS = tuple(_BLOCKS)
 _MODULES = {4: v4, 5: v5}
+# (layout, version) pairs that exist: MiniMax-M2 arrived in Transformers 5.
+CASES = [(layout, version) for version in _MODULES for layout in LAYOUTS
+         if hasattr(_MODULES[version], _BLOCKS[layout])]
 
 
 def make_config(layout, experts=8, top_k=None, hidden=64, inner=128, **overrides) -> MoeConfig:
@@ -45,7 +52,7 @@ def make_config(layout, experts=8, top_k=None, hidden=64, inner=128, **overrides
         top_k = 1 if layout == "llama4" else 2
     config = MoeConfig(hidden_size=hidden, intermediate_size=inner, moe_intermediate_size=inner,
                        num_experts=experts, num_experts_per_tok=top_k)
-    if layout in ("qwen2_moe", "qwen3_next"):
+    if layout in ("qwen2_moe", "qwen3_next", "qwen3_5_moe"):
         config.shared_expert_intermediate_size = inner
     if layout == "qwen2_moe":
         config.norm_topk_prob = False  # Qwen1.5-MoE's setting

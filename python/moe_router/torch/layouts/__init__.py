@@ -31,6 +31,8 @@ class MoeConfig:
     hidden_act: str = "silu"
     router_jitter_noise: float = 0.0
     input_jitter_noise: float = 0.0
+    moe_norm_min: float = 1e-12  # ERNIE 4.5
+    moe_num_shared_experts: int = 1
     # Transformers 5: which experts implementation the fused experts run.
     _experts_implementation: str = "eager"
 
@@ -41,3 +43,11 @@ class MoeConfig:
     @property
     def n_routed_experts(self) -> int:  # DeepSeek-V3
         return self.num_experts
+
+    @property
+    def moe_num_experts(self) -> int:  # ERNIE 4.5
+        return self.num_experts
+
+    @property
+    def moe_k(self) -> int:  # ERNIE 4.5
+        return self.num_experts_per_tok

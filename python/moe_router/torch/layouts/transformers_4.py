@@ -337,6 +337,72 @@ class GptOssMLP(nn.Module):
         return routed_out, router_scores
 
 
+class Ernie4_5_MoeMLP(_GluMlp):
+    pass  # (use_bias=False, as ERNIE 4.5's checkpoints have it)
+
+
+class Ernie4_5_MoeStatics(nn.Module):
+    """The choice bias, one row: (1, experts) float32, added squeezed."""
+
+    def __init__(self, config: MoeConfig):
+        super().__init__()
+        self.e_score_correction_bias = nn.Parameter(
+            torch.zeros(1, config.moe_num_experts, dtype=torch.float32), requires_grad=False)
+
+    def forward(self, hidden_states):
+        return hidden_states + self.e_score_correction_bias.squeeze()
+
+
+class Ernie4_5_MoeSparseMoeBlock(nn.Module):
+    """Routes inline: a float32 nn.Linear gate on the float32 input, softmax
+    in float32, the choice on it plus moe_statics' bias (top-k sorted),
+    weights the unbiased probabilities over max(sum, moe_norm_min) cast to
+    the hidden dtype; experts in id order, index_add_-ed; the shared experts
+    (computed first) added. Returns (hidden states, router logits)."""
+
+    def __init__(self, config: MoeConfig):
+        super().__init__()
+        self.num_experts = config.moe_num_experts
+        self.top_k = config.moe_k
+        self.moe_statics = Ernie4_5_MoeStatics(config)
+        self.gate = nn.Linear(config.hidden_size, config.moe_num_experts, bias=False,
+                              dtype=torch.float32)
+        self.experts = nn.ModuleList([Ernie4_5_MoeMLP(config, config.moe_intermediate_size)
+                                      for _ in range(config.moe_num_experts)])
+        self.norm_min = config.moe_norm_min
+        self.shared_experts = None
+        if config.moe_num_shared_experts > 0:
+            self.shared_experts = Ernie4_5_MoeMLP(
+                config, config.moe_intermediate_size * config.moe_num_shared_experts)
+
+    def forward(self, hidden_states):
+        batch_size, sequence_length, hidden_dim = hidden_states.shape
+        hidden_states = hidden_states.view(-1, hidden_dim)
+        if self.shared_experts is not None:
+            shared_output = self.shared_experts(hidden_states)
+        router_logits = self.gate(hidden_states.float())
+        routing_weights = F.softmax(router_logits, dim=1, dtype=torch.float)
+        _, selected_experts = torch.topk(self.moe_statics(routing_weights), self.top_k, dim=-1)
+        routing_weights = torch.gather(routing_weights, dim=-1, index=selected_experts)
+        routing_weights = routing_weights / torch.clamp(
+            routing_weights.sum(dim=-1, keepdim=True), min=self.norm_min)
+        routing_weights = routing_weights.to(hidden_states.dtype)
+        final_hidden_states = torch.zeros((batch_size * sequence_length, hidden_dim),
+                                          dtype=hidden_states.dtype, device=hidden_states.device)
+        expert_mask = F.one_hot(selected_experts, num_classes=self.num_experts).permute(2, 1, 0)
+        expert_hit = torch.greater(expert_mask.sum(dim=(-1, -2)), 0).nonzero()
+        for expert_idx in expert_hit:
+            expert_layer = self.experts[expert_idx]
+            idx, top_x = torch.where(expert_mask[expert_idx].squeeze(0))
+            current_state = hidden_states[None, top_x].reshape(-1, hidden_dim)
+            current = expert_layer(current_state) * routing_weights[top_x, idx, None]
+            final_hidden_states.index_add_(0, top_x, current.to(hidden_states.dtype))
+        if self.shared_experts is not None:
+            final_hidden_states = final_hidden_states + shared_output
+        final_hidden_states = final_hidden_states.reshape(batch_size, sequence_length, hidden_dim)
+        return final_hidden_states, router_logits
+
+
 class Llama4TextExperts(nn.Module):
     """gate_up_proj (experts, hidden, 2 x inner; gate then up), down_proj
     (experts, inner, hidden); every expert runs on its slice of the inputs
@@ -434,5 +500,5 @@ class Dots1MoE(DeepseekV3MoE):
 # returned logits up through the decoder layer instead; DeepSeek-V3 has none.
 ROUTER_LOGITS_RECORDED_FROM = {
     MixtralSparseMoeBlock: 1, Qwen3MoeSparseMoeBlock: 1, Qwen3NextSparseMoeBlock: 1,
-    GptOssTopKRouter: 0, Llama4TextMoe: 1,
+    GptOssTopKRouter: 0, Llama4TextMoe: 1, Ernie4_5_MoeSparseMoeBlock: 1,
 }

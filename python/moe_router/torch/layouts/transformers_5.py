@@ -10,9 +10,11 @@ from torch import nn
 import torch.nn.functional as F
 
 from moe_router.torch.layouts import MoeConfig
-# Llama 4's block is the same in both versions.
-from moe_router.torch.layouts.transformers_4 import (DeepseekV3MLP, Llama4TextMoe, Qwen2MoeMLP,
-                                                     Qwen3NextMLP, grouped_top_k)
+# Llama 4's block and ERNIE 4.5's MLP and statics are the same in both
+# versions.
+from moe_router.torch.layouts.transformers_4 import (DeepseekV3MLP, Ernie4_5_MoeMLP,
+                                                     Ernie4_5_MoeStatics, Llama4TextMoe,
+                                                     Qwen2MoeMLP, Qwen3NextMLP, grouped_top_k)
 
 
 def _eager_experts(self, hidden_states, top_k_index, top_k_weights):
@@ -212,6 +214,28 @@ class Qwen3NextTopKRouter(_TopKRouter):
     pass
 
 
+class Qwen3_5MoeTopKRouter(_TopKRouter):
+    """Qwen3.5-MoE's: the Qwen router with top-k always renormalised (it has
+    no norm_topk_prob)."""
+
+    def __init__(self, config: MoeConfig):
+        super().__init__(config)
+        del self.norm_topk_prob
+
+    def forward(self, hidden_states):
+        hidden_states = hidden_states.reshape(-1, self.hidden_dim)
+        router_logits = F.linear(hidden_states, self.weight)
+        router_logits = F.softmax(router_logits, dtype=torch.float, dim=-1)
+        router_top_value, router_indices = torch.topk(router_logits, self.top_k, dim=-1)
+        router_top_value /= router_top_value.sum(dim=-1, keepdim=True)
+        router_top_value = router_top_value.to(router_logits.dtype)
+        return router_logits, router_top_value, router_indices
+
+
+class Qwen3_5MoeExperts(_FusedExperts):
+    pass
+
+
 class _RouterBlock(nn.Module):
     """Mixtral, Qwen3-MoE and OLMoE's block: route, run the experts;
     returns the hidden states only."""
@@ -274,6 +298,10 @@ class Qwen2MoeSparseMoeBlock(_SharedExpertBlock):
 
 class Qwen3NextSparseMoeBlock(_SharedExpertBlock):
     router_class, experts_class, mlp_class = Qwen3NextTopKRouter, Qwen3NextExperts, Qwen3NextMLP
+
+
+class Qwen3_5MoeSparseMoeBlock(_SharedExpertBlock):
+    router_class, experts_class, mlp_class = Qwen3_5MoeTopKRouter, Qwen3_5MoeExperts, Qwen3NextMLP
 
 
 class DeepseekV3TopkRouter(nn.Module):
@@ -423,6 +451,112 @@ class GptOssMLP(nn.Module):
         return hidden_states.reshape(batch_size, sequence_length, hidden_dim), router_scores
 
 
+class MiniMaxM2Experts(_FusedExperts):
+    pass
+
+
+class MiniMaxM2TopKRouter(nn.Module):
+    """Logits in the weight's dtype; sigmoid in float32; the choice on
+    sigmoid + the block's bias (passed in), top-k unsorted; weights the
+    unbiased sigmoids over their sum. Returns (logits, weights, indices)."""
+
+    def __init__(self, config: MoeConfig):
+        super().__init__()
+        self.top_k = config.num_experts_per_tok
+        self.num_experts = config.num_local_experts
+        self.hidden_dim = config.hidden_size
+        self.weight = nn.Parameter(torch.empty(self.num_experts, self.hidden_dim))
+        nn.init.normal_(self.weight, std=self.hidden_dim ** -0.5)
+
+    def forward(self, hidden_states, e_score_correction_bias):
+        hidden_states = hidden_states.reshape(-1, self.hidden_dim)
+        router_logits = F.linear(hidden_states.to(self.weight.dtype), self.weight)
+        routing_weights = torch.sigmoid(router_logits.float())
+        scores_for_choice = routing_weights + e_score_correction_bias
+        _, top_k_index = torch.topk(scores_for_choice, self.top_k, dim=-1, sorted=False)
+        top_k_weights = routing_weights.gather(1, top_k_index)
+        top_k_weights /= top_k_weights.sum(dim=-1, keepdim=True)
+        return router_logits, top_k_weights, top_k_index
+
+
+class MiniMaxM2SparseMoeBlock(nn.Module):
+    """The bias is the block's buffer, handed to the router."""
+
+    def __init__(self, config: MoeConfig):
+        super().__init__()
+        self.top_k = config.num_experts_per_tok
+        self.gate = MiniMaxM2TopKRouter(config)
+        self.experts = MiniMaxM2Experts(config)
+        self.register_buffer("e_score_correction_bias", torch.zeros(config.num_local_experts))
+
+    def forward(self, hidden_states):
+        batch_size, sequence_length, hidden_dim = hidden_states.shape
+        hidden_states = hidden_states.view(-1, hidden_states.shape[-1])
+        _, top_k_weights, top_k_index = self.gate(hidden_states, self.e_score_correction_bias)
+        hidden_states = self.experts(hidden_states, top_k_index, top_k_weights)
+        return hidden_states.reshape(batch_size, sequence_length, hidden_dim)
+
+
+class Ernie4_5_MoeExperts(_FusedExperts):
+    pass
+
+
+class Ernie4_5_MoeTopKRouter(nn.Module):
+    """Float32 logits of the float32 input; softmax in float32; the choice on
+    it plus moe_statics' bias (top-k sorted); weights the unbiased
+    probabilities over max(sum, moe_norm_min), cast to the hidden dtype.
+    Returns (logits, indices, weights)."""
+
+    def __init__(self, config: MoeConfig):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(config.moe_num_experts, config.hidden_size,
+                                               dtype=torch.float32))
+        nn.init.normal_(self.weight, std=config.hidden_size ** -0.5)
+        self.moe_statics = Ernie4_5_MoeStatics(config)
+        self.top_k = config.moe_k
+        self.norm_min = config.moe_norm_min
+
+    def forward(self, hidden_states):
+        router_logits = F.linear(hidden_states.float(), self.weight.float())
+        routing_weights = F.softmax(router_logits, dim=1, dtype=torch.float)
+        _, selected_experts = torch.topk(self.moe_statics(routing_weights), self.top_k, dim=-1)
+        routing_weights = torch.gather(routing_weights, dim=-1, index=selected_experts)
+        routing_weights = routing_weights / torch.clamp(
+            routing_weights.sum(dim=-1, keepdim=True), min=self.norm_min)
+        routing_weights = routing_weights.to(hidden_states.dtype)
+        return router_logits, selected_experts, routing_weights
+
+
+class Ernie4_5_MoeSparseMoeBlock(nn.Module):
+    """The shared experts computed first, the routed experts, the sum cast to
+    the hidden dtype."""
+
+    def __init__(self, config: MoeConfig):
+        super().__init__()
+        self.hidden_dim = config.hidden_size
+        self.num_experts = config.moe_num_experts
+        self.top_k = config.moe_k
+        self.gate = Ernie4_5_MoeTopKRouter(config)
+        self.experts = Ernie4_5_MoeExperts(config)
+        self.shared_experts = None
+        if config.moe_num_shared_experts > 0:
+            self.shared_experts = Ernie4_5_MoeMLP(
+                config, config.moe_intermediate_size * config.moe_num_shared_experts)
+
+    def forward(self, hidden_states):
+        batch_size, sequence_length, _ = hidden_states.shape
+        hidden_states = hidden_states.view(-1, self.hidden_dim)
+        if self.shared_experts is not None:
+            shared_output = self.shared_experts(hidden_states)
+        _, top_k_index, top_k_weights = self.gate(hidden_states)
+        final_hidden_states = self.experts(hidden_states, top_k_index, top_k_weights)
+        if self.shared_experts is not None:
+            final_hidden_states = final_hidden_states + shared_output
+        final_hidden_states = final_hidden_states.reshape(batch_size, sequence_length,
+                                                          self.hidden_dim)
+        return final_hidden_states.to(hidden_states.dtype)
+
+
 # GLM-4.5 (glm4_moe) and dots.llm1 (dots1): DeepSeek-V3's router, experts
 # and block under other names (their modeling files at 5.2.0 differ from
 # DeepSeek-V3's in these classes only by names and type annotations).
@@ -454,5 +588,6 @@ class Dots1MoE(DeepseekV3MoE):
 # logits when asked (`_can_record_outputs`, a forward hook on each instance).
 ROUTER_LOGITS_RECORDED_FROM = {
     MixtralTopKRouter: 0, Qwen2MoeTopKRouter: 0, Qwen3MoeTopKRouter: 0, OlmoeTopKRouter: 0,
-    Qwen3NextTopKRouter: 0, GptOssTopKRouter: 0, Llama4TextMoe: 1,
+    Qwen3NextTopKRouter: 0, Qwen3_5MoeTopKRouter: 0, GptOssTopKRouter: 0, Llama4TextMoe: 1, MiniMaxM2TopKRouter: 0,
+    Ernie4_5_MoeTopKRouter: 0,
 }
