@@ -588,6 +588,6 @@ class Dots1MoE(DeepseekV3MoE):
 # logits when asked (`_can_record_outputs`, a forward hook on each instance).
 ROUTER_LOGITS_RECORDED_FROM = {
     MixtralTopKRouter: 0, Qwen2MoeTopKRouter: 0, Qwen3MoeTopKRouter: 0, OlmoeTopKRouter: 0,
-    Qwen3NextTopKRouter: 0, Qwen3_5MoeTopKRouter: 0, GptOssTopKRouter: 0, Llama4TextMoe: 1, MiniMaxM2TopKRouter: 0,
-    Ernie4_5_MoeTopKRouter: 0,
+    Qwen3NextTopKRouter: 0, Qwen3_5MoeTopKRouter: 0, GptOssTopKRouter: 0, Llama4TextMoe: 1,
+    MiniMaxM2TopKRouter: 0, Ernie4_5_MoeTopKRouter: 0,
 }
