@@ -5,10 +5,12 @@ original block, on the same inputs, interleaved call by call, medians.
 
     PYTHONPATH=build-test/python /usr/bin/python3 bench/torch_overhead.py [--repeat 400]
 
-Per Transformers layout (moe_router.torch.layouts), at two shapes: the tiny
-demo block (hidden 64) where the bookkeeping is nearly all there is, and a
-block a quarter of Mixtral's width (hidden 1024, inner 3584), each at batch
-1 and 16 tokens; prefetch off, and by gate guess for 4.x Mixtral.
+Per Transformers layout and version (moe_router.torch.tiny.CASES: every
+family reproduced in moe_router.torch.layouts), 8 experts, top-2 (Llama 4:
+top-1), at two shapes: the tiny test block (hidden 64) where the
+bookkeeping is nearly all there is, and a block a quarter of Mixtral's
+width (hidden 1024, inner 3584), each at batch 1 and 16 tokens; prefetch
+off, and by gate guess for 4.x Mixtral. `--layouts` picks some.
 """
 
 import argparse
@@ -19,12 +21,11 @@ import time
 import torch
 
 from moe_router.torch import offload_experts
-from moe_router.torch.tiny import TinyMoeLM
+from moe_router.torch import tiny
 
 SHAPES = [("tiny 64x128", 64, 128), ("quarter-Mixtral 1024x3584", 1024, 3584)]
-CASES = [("mixtral", 4, None), ("mixtral", 4, "gate_guess"), ("mixtral", 5, None),
-         ("qwen3_moe", 5, None), ("qwen2_moe", 4, None), ("deepseek_v3", 4, None),
-         ("deepseek_v3", 5, None)]
+CASES = [(layout, version, None) for layout, version in tiny.CASES] + \
+    [("mixtral", 4, "gate_guess")]
 
 
 def median_us(samples):
@@ -37,8 +38,8 @@ def first_block(model):
 
 def measure(layout, version, hidden, inner, batch, prefetch, repeat):
     torch.manual_seed(0)
-    model = TinyMoeLM(layout, layers=3, experts=8, top_k=2, hidden=hidden, heads=4,
-                      inner=inner, vocab=256, version=version, dense_layers=0).eval()
+    model = tiny.TinyMoeLM(layout, layers=3, experts=8, hidden=hidden, heads=4, inner=inner,
+                           vocab=256, version=version, dense_layers=0).eval()
     original = first_block(copy.deepcopy(model))
     x = torch.randn(1, batch, hidden)
     handle = offload_experts(model, budget_bytes=1 << 40, prefetch=prefetch)
@@ -64,12 +65,15 @@ def measure(layout, version, hidden, inner, batch, prefetch, repeat):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=400)
+    parser.add_argument("--layouts", nargs="*", help="only these layouts")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; medians of "
           f"{args.repeat} calls")
     print(f"{'layout':16} {'block':28} {'batch':>5} {'prefetch':>10} {'original us':>12} "
           f"{'offloaded us':>13} {'added us':>9}")
     for layout, version, prefetch in CASES:
+        if args.layouts and layout not in args.layouts:
+            continue
         for name, hidden, inner in SHAPES:
             for batch in (1, 16):
                 plain, wrapped = measure(layout, version, hidden, inner, batch, prefetch,

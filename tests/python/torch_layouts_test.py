@@ -20,7 +20,8 @@ from moe_router.torch import UnsupportedModel, offload_experts
 from moe_router.torch.blocks import find_moe_blocks, router_of
 from moe_router.torch.layouts import transformers_4 as v4
 from moe_router.torch.layouts import transformers_5 as v5
-from moe_router.torch.tiny import CASES, GROUPED_LAYOUTS, TinyMoeLM, load_balancing_loss
+from moe_router.torch.tiny import (CASES, GROUPED_LAYOUTS, TinyMoeLM, fused,
+                                   load_balancing_loss)
 
 
 
@@ -389,3 +390,15 @@ def test_fused_layouts_and_rules_that_do_not_fit_are_refused_by_field():
     for model, message in cases:
         with pytest.raises(UnsupportedModel, match=re.escape(message)):
             offload_experts(model, 1 << 24)
+
+
+@pytest.mark.parametrize("layout", ["mixtral", "deepseek_v3", "qwen2_moe"])
+def test_a_4x_model_fused_into_the_5x_layout_computes_the_same(layout):
+    # As Transformers 5 fuses a 4.x checkpoint's per-expert tensors on load
+    # (the demo trains in the 4.x layout, then fuses).
+    model = make(layout, 4)
+    prompt = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
+    with torch.no_grad():
+        want, _ = model(prompt)
+        got, _ = fused(model)(prompt)
+    assert torch.allclose(want, got, atol=1e-5)

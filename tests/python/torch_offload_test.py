@@ -371,26 +371,32 @@ def test_a_lying_fetch_expert_fails_the_load_by_name_and_leaves_pool_and_view_al
         relay.stop(None)
 
 
-def test_recorded_routing_is_a_trace_the_replay_reads(tmp_path):
-    model = make_model("mixtral", layers=4)
+@pytest.mark.parametrize("layout,version,moe_layers", [("mixtral", 4, 4), ("deepseek_v3", 5, 3)])
+def test_recorded_routing_is_a_trace_the_replay_reads(tmp_path, layout, version, moe_layers):
+    # DeepSeek-V3's first layer is dense; its weights are the rule's: the
+    # unbiased sigmoids over their sum, times routed_scaling_factor (2.5).
+    model = make_model(layout, layers=4, version=version)
     trace = tmp_path / "routing.jsonl"
     handle = offload_experts(model, budget_bytes=8 * expert_bytes(model), bonus=0, prefetch=None,
                              record=str(trace))
     model.generate(torch.tensor([[5, 6, 7]]), 10)
+    scale = handle.blocks[0].routing.rule.get("scaling", 1.0)
     handle.close()
     lines = [json.loads(line) for line in trace.read_text().splitlines()]
-    assert len(lines) == 4 * (3 + 10)  # prompt tokens, then one per step, per layer
-    assert {line["layer"] for line in lines} == {0, 1, 2, 3}
+    assert len(lines) == moe_layers * (3 + 10)  # prompt tokens, then one per step, per layer
+    assert {line["layer"] for line in lines} == set(range(moe_layers))
     assert all(len(line["experts"]) == 2 for line in lines)
+    assert all(abs(sum(line["gating_probs"]) - scale) < 1e-5 for line in lines)
     cli = os.environ.get("MOE_ROUTER_CLI")
     if cli:
         out = subprocess.run([cli, "trace", "stats", str(trace), "--json"], capture_output=True,
                              text=True, check=True).stdout
         stats = json.loads(out)
-        assert stats["num_layers"] == 4 and stats["tokens"] == 13 and stats["top_k"] == 2
+        assert stats["num_layers"] == moe_layers and stats["tokens"] == 13
+        assert stats["top_k"] == 2
         replay = subprocess.run([cli, "replay", str(trace), "--global-slots", "8", "--json"],
                                 capture_output=True, text=True, check=True).stdout
-        assert json.loads(replay)["accesses"] == 4 * 13 * 2
+        assert json.loads(replay)["accesses"] == moe_layers * 13 * 2
 
 
 def fleet_runs(server, mode, seeds, tmp_path=None):
@@ -475,3 +481,20 @@ def test_offloaded_workers_teach_the_model_what_the_same_tokens_routed_remotely_
                                                      "this model's are (3, 8, 2)")):
         offload_experts(make_model("mixtral", layers=3), 1 << 20, server=server,
                         model_name="tiny-taught", prefetch=None)
+
+
+def test_the_demo_trains_and_tables_a_deepseek_layout(capsys):
+    from moe_router.torch import demo
+    demo.main(["--layout", "deepseek", "--layers", "3", "--hidden", "64", "--inner", "128",
+               "--train-steps", "2", "--tokens", "4"])
+    out = capsys.readouterr().out
+    assert "trained 2 steps" in out
+    assert "deepseek layout (Transformers 5, DeepseekV3TopkRouter): 2 MoE layers after 1 " \
+           "dense x 16 experts, top-4" in out
+    rows = [line.split() for line in out.splitlines() if line.lstrip().startswith(("25%", "50%",
+                                                                                  "100%"))]
+    assert [(r[0], r[1]) for r in rows] == [(share, mode) for share in ("25%", "50%", "100%")
+                                            for mode in ("lru", "moe-router")]
+    # LRU paging at bonus 0 generates the all-resident tokens exactly.
+    assert all(float(r[9]) == 1.0 for r in rows if r[1] == "lru")
+

@@ -65,7 +65,9 @@ class DevicePool:
         self.store = store
         self.device = device
         self.slots = slots
-        self._parts = [torch.empty((slots, *shape), dtype=store.dtype, device=device)
+        # Zeroed, so that host memory is faulted in here, once, and not by
+        # the first load into each slot while the model waits.
+        self._parts = [torch.zeros((slots, *shape), dtype=store.dtype, device=device)
                        for shape in store.shapes]
         self.slot_bytes = sum(p[0].numel() * p[0].element_size() for p in self._parts)
         self._free = list(range(slots - 1, -1, -1))

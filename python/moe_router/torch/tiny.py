@@ -123,6 +123,9 @@ class TinyMoeLM(nn.Module):
                  inner=128, vocab=256, version=4, dense_layers=None, **config_overrides):
         super().__init__()
         self.version = version
+        self.arguments = dict(layout=layout, layers=layers, experts=experts, top_k=top_k,
+                              hidden=hidden, heads=heads, inner=inner, vocab=vocab,
+                              dense_layers=dense_layers, **config_overrides)
         self.config = make_config(layout, experts, top_k, hidden, inner, **config_overrides)
         if dense_layers is None:
             dense_layers = 1 if layout in GROUPED_LAYOUTS else 0
@@ -200,6 +203,35 @@ class TinyMoeLM(nn.Module):
             tokens = torch.cat([tokens, next_token], dim=1)
             logits, past = self(next_token, past)
         return tokens, steps
+
+
+def fused(model: TinyMoeLM) -> TinyMoeLM:
+    """A Transformers 4.x-layout model's weights in its 5.x layout, as 5.x
+    fuses a checkpoint's per-expert tensors when it loads them: each
+    expert's gate and up rows stacked into gate_up_proj, its down matrix
+    into down_proj; everything else (routers, biases, shared experts,
+    attention) by name (4.x Mixtral's block_sparse_moe is 5.x's mlp).
+    Training the per-expert layout is cheaper: a fused parameter indexed
+    per expert costs a full-size gradient per expert."""
+    from moe_router.torch.blocks import find_moe_blocks  # (blocks imports nothing from here)
+
+    if model.version != 4:
+        raise ValueError("fused() takes a Transformers 4.x-layout model")
+    target = TinyMoeLM(version=5, **model.arguments).to(model.lm_head.weight.dtype).eval()
+    state = {k.replace("block_sparse_moe.", "mlp."): v for k, v in model.state_dict().items()}
+    done = set()
+    with torch.no_grad():
+        for old, new in zip(find_moe_blocks(model), find_moe_blocks(target)):
+            experts = new.fused_experts
+            for e in range(old.num_experts):
+                gate, up, down = old.expert_tensors(e)
+                experts.gate_up_proj[e] = torch.cat([gate, up], dim=0)
+                experts.down_proj[e] = down
+            done.add(f"{new.name}.experts.")
+        for key, value in target.state_dict().items():
+            if not any(key.startswith(prefix) for prefix in done):
+                value.copy_(state[key])
+    return target
 
 
 def load_balancing_loss(router_logits, num_experts, top_k):
