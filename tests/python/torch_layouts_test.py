@@ -61,10 +61,10 @@ def tie_two_experts(model):
 
 
 def make(layout, version, dtype=torch.float32, implementation="eager", seed=0, layers=3,
-         experts=8, top_k=None):
+         experts=8, top_k=None, **config):
     torch.manual_seed(seed)
-    model = TinyMoeLM(layout, layers=layers, experts=experts, top_k=top_k,
-                      version=version).eval()
+    model = TinyMoeLM(layout, layers=layers, experts=experts, top_k=top_k, version=version,
+                      **config).eval()
     model.config._experts_implementation = implementation
     with torch.no_grad():
         for block in moe_blocks(model):  # trained choice biases are not zero
@@ -141,11 +141,13 @@ def offloaded(model, slots=6, **kwargs):
                            prefetch=None, **kwargs)
 
 
-def assert_bit_equal_offloaded(layout, version, dtype, top_k=None, experts=8, ties=True):
+def assert_bit_equal_offloaded(layout, version, dtype, top_k=None, experts=8, ties=True,
+                               **config):
     implementations = ["eager", "batched_mm"] if version == 5 else ["eager"]
     prompt = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
     for implementation in implementations:
-        model = make(layout, version, dtype, implementation, top_k=top_k, experts=experts)
+        model = make(layout, version, dtype, implementation, top_k=top_k, experts=experts,
+                     **config)
         reference = copy.deepcopy(model)
         assert not ties or tied_at_the_boundary(model, prompt) > 0  # the ties are exercised
         want = run(reference, prompt)
@@ -182,21 +184,45 @@ def test_llama4_with_three_experts_per_token_sums_over_every_expert_as_the_model
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_the_users_hooks_on_blocks_and_routers_keep_firing(case):
+    def fired_in(model, offload):
+        fired = []
+        block, router = moe_blocks(model)[-1], routers(model)[-1]
+        block.register_forward_hook(lambda m, a, o: fired.append("block"))
+        router.register_forward_hook(lambda m, a, o: fired.append("router"))
+        handle = offloaded(model) if offload else None
+        try:
+            with torch.no_grad():
+                model(torch.tensor([[1, 2, 3]]))
+        finally:
+            if handle:
+                handle.close()
+        return fired
+
     model = make(*case)
-    fired = []
-    block, router = moe_blocks(model)[-1], routers(model)[-1]
-    block.register_forward_hook(lambda m, a, o: fired.append("block"))
-    router.register_forward_hook(lambda m, a, o: fired.append("router"))
-    handle = offloaded(model)
-    try:
+    want = fired_in(copy.deepcopy(model), offload=False)
+    # Every block fires; routers fire where the model calls them (5.x
+    # DeepSeek-V2 applies its gate's weight without calling the gate).
+    assert want.count("block") == 1 and want.count("router") == (case != ("deepseek_v2", 5))
+    assert fired_in(model, offload=True) == want
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_deepseek_v2_group_limited_greedy_in_4x_is_bit_equal(dtype):
+    assert_bit_equal_offloaded("deepseek_v2", 4, dtype, topk_method="group_limited_greedy")
+    model = make("deepseek_v2", 4, topk_method="group_limited_greedy")
+    assert find_moe_blocks(model)[0].routing.rule == {
+        "preset": "deepseek_v2", "num_groups": 4, "kept_groups": 2, "scaling": 1.0}
+
+
+def test_deepseek_v2_group_limited_greedy_in_5x_is_refused_as_transformers_fails_it():
+    model = make("deepseek_v2", 5, topk_method="group_limited_greedy")
+    with pytest.raises(AttributeError, match="num_experts"):
         with torch.no_grad():
-            model(torch.tensor([[1, 2, 3]]))
-    finally:
-        handle.close()
-    assert fired.count("block") == 1
-    # 4.x's inline blocks call their nn.Linear gate as the original does;
-    # DeepSeek-V3's and 5.x's routers are called by the block.
-    assert fired.count("router") == 1
+            model(torch.tensor([[1, 2]]))
+    with pytest.raises(UnsupportedModel, match=re.escape(
+            "Transformers 5.2.0's DeepseekV2Moe.route_tokens_to_experts cannot run "
+            "group_limited_greedy")):
+        offload_experts(model, 1 << 24)
 
 
 def test_grouped_mm_fails_as_transformers_does_without_pytorchs_grouped_mm():
@@ -261,6 +287,7 @@ FOUND = {
     ("dots1", 4): ("deepseek_router", "Dots1TopkRouter", "deepseek_v3"),
     ("gpt_oss", 4): ("dense_weights_router", "GptOssTopKRouter", "gpt_oss"),
     ("llama4", 4): ("scaled_input", "Llama4Router", "llama4"),
+    ("deepseek_v2", 4): ("deepseek_v2_router", "DeepseekV2MoEGate", "qwen_no_norm"),
     ("ernie4_5_moe", 4): ("inline", "Ernie4_5_MoeSparseMoeBlock", "ernie4_5"),
     ("mixtral", 5): ("router", "MixtralTopKRouter", "mixtral"),
     ("qwen2_moe", 5): ("router", "Qwen2MoeTopKRouter", "qwen_no_norm"),
@@ -272,6 +299,7 @@ FOUND = {
     ("dots1", 5): ("deepseek_block", "Dots1TopkRouter", "deepseek_v3"),
     ("gpt_oss", 5): ("router", "GptOssTopKRouter", "gpt_oss"),
     ("llama4", 5): ("scaled_input", "Llama4Router", "llama4"),
+    ("deepseek_v2", 5): ("deepseek_block", "DeepseekV2Moe", "qwen_no_norm"),
     ("ernie4_5_moe", 5): ("router", "Ernie4_5_MoeTopKRouter", "ernie4_5"),
     ("minimax_m2", 5): ("router", "MiniMaxM2TopKRouter", "minimax_m2"),
     ("qwen3_5_moe", 5): ("router", "Qwen3_5MoeTopKRouter", "mixtral"),

@@ -21,9 +21,11 @@ another rule. The layouts, read from Transformers v4.57.6 and v5.2.0
   (the top-k's sigmoid weights scattered over all experts, logits); the
   block runs every expert on inputs scaled by those weights and adds a
   shared expert.
+- `deepseek_v2_router`: 4.x DeepSeek-V2. Its gate returns (indices,
+  weights); the block's `moe` sorts the samples by expert.
 - `deepseek_router`: 4.x DeepSeek-V3. Its router returns (indices,
   weights); the block's `moe` loops over per-expert modules.
-- `deepseek_block`: 5.x DeepSeek-V3. The router returns float32 logits; the
+- `deepseek_block`: 5.x DeepSeek-V3 and DeepSeek-V2. The router returns float32 logits; the
   block's `route_tokens_to_experts` chooses; fused experts compute.
 """
 
@@ -35,8 +37,8 @@ from torch import nn
 
 from moe_router.torch import experts as arithmetic
 from moe_router.torch.routing import (BiasedSoftmaxRouting, GroupedSigmoidRouting,
-                                      SigmoidOfTopKRouting, SoftmaxRouting,
-                                      TopKThenSoftmaxRouting)
+                                      GroupLimitedSoftmaxRouting, SigmoidOfTopKRouting,
+                                      SoftmaxRouting, TopKThenSoftmaxRouting)
 
 
 class UnsupportedModel(ValueError):
@@ -49,7 +51,7 @@ class MoeBlock:
     name: str  # its path in the model
     module: nn.Module
     # inline | router | dense_weights_router | scaled_input | deepseek_router |
-    # deepseek_block
+    # deepseek_v2_router | deepseek_block
     layout: str
     family: str  # the block's (or router's) class, as named in Transformers
     num_experts: int
@@ -111,6 +113,9 @@ _SOFTMAX_ROUTERS = {
 _TOPK_SOFTMAX_ROUTERS = ("GptOssTopKRouter",)  # top-k of the logits, then softmax
 _SIGMOID_OF_TOPK_ROUTERS = ("Llama4Router",)  # top-k of the logits, sigmoid weights
 _MINIMAX_M2_ROUTERS = ("MiniMaxM2TopKRouter",)  # sigmoid, the block's bias
+# DeepSeek-V2: softmax, group limit by the best probability; 4.x by its
+# gate, 5.x by the block.
+_DEEPSEEK_V2 = ("DeepseekV2MoEGate", "DeepseekV2Moe")
 # ERNIE 4.5: softmax plus moe_statics' bias; 4.x by the block, 5.x the router.
 _ERNIE = ("Ernie4_5_MoeSparseMoeBlock", "Ernie4_5_MoeTopKRouter")
 # DeepSeek-V3's rule, and the families that route by it with its router
@@ -130,7 +135,7 @@ _REFUSED = {
 }
 KNOWN = sorted(list(_INLINE_BLOCKS) + list(_SOFTMAX_ROUTERS) + list(_TOPK_SOFTMAX_ROUTERS) +
                list(_SIGMOID_OF_TOPK_ROUTERS) + list(_GROUPED_SIGMOID_ROUTERS) +
-               list(_MINIMAX_M2_ROUTERS) + list(_ERNIE))
+               list(_MINIMAX_M2_ROUTERS) + list(_ERNIE) + list(_DEEPSEEK_V2))
 
 
 def _plain_linear(module, what, name):
@@ -367,6 +372,46 @@ def _grouped_sigmoid_block(name, module, router):
         router_returns=("indices", "weights"), **parts)
 
 
+def _deepseek_v2_block(name, module, router):
+    """DeepSeek-V2. 4.x: DeepseekV2MoEGate chooses and returns (indices,
+    weights); per-expert modules; the block's `moe` combines. 5.x: an
+    nn.Linear gate; the block's route_tokens_to_experts chooses; fused
+    experts."""
+    version_5 = isinstance(router, nn.Linear)
+    owner = module if version_5 else router
+    top_k = _int(owner, "top_k", name)
+    method = getattr(owner, "topk_method", None)
+    if method not in ("greedy", "group_limited_greedy"):
+        raise UnsupportedModel(f"{name}: topk_method {method!r} is not greedy or "
+                               f"group_limited_greedy")
+    groups, kept = _int(owner, "num_group", name), _int(owner, "topk_group", name)
+    scaling = float(getattr(owner, "routed_scaling_factor", float("nan")))
+    if not torch.isfinite(torch.tensor(scaling)):
+        raise UnsupportedModel(f"{name}: routed_scaling_factor is not finite")
+    if version_5:
+        parts = _fused(name, module.experts)
+        if method == "group_limited_greedy" and not hasattr(module, "num_experts"):
+            raise UnsupportedModel(
+                f"{name}: Transformers 5.2.0's DeepseekV2Moe.route_tokens_to_experts cannot run "
+                f"group_limited_greedy (it reads self.num_experts, which it never sets)")
+    else:
+        parts = _per_expert(name, module, ("gate_proj", "up_proj", "down_proj"))
+    experts = parts["num_experts"]
+    if method == "group_limited_greedy" and (experts % groups or kept > groups or
+                                             kept * (experts // groups) < top_k):
+        raise UnsupportedModel(
+            f"{name}: {experts} experts in n_group {groups} keeping topk_group {kept} cannot "
+            f"give top_k {top_k}")
+    weight = router.weight
+    return MoeBlock(
+        name=name, module=module, layout="deepseek_block" if version_5 else "deepseek_v2_router",
+        family=type(module if version_5 else router).__name__, top_k=top_k,
+        routing=GroupLimitedSoftmaxRouting(top_k, method, groups, kept, scaling),
+        gate_logits=lambda x: torch.nn.functional.linear(x.type(torch.float32),
+                                                         weight.type(torch.float32)),
+        router_returns=("indices", "weights"), **parts)
+
+
 def _minimax_m2_block(name, module, router):
     """MiniMax-M2 (5.x): the router gets the block's e_score_correction_bias
     and returns (logits, weights, indices); fused experts."""
@@ -430,6 +475,8 @@ def describe_block(name: str, module: nn.Module) -> MoeBlock:
         return _scaled_input_block(name, module, router)
     if type(module).__name__ in _ERNIE or family in _ERNIE:
         return _ernie_block(name, module, router)
+    if type(module).__name__ in _DEEPSEEK_V2 or family in _DEEPSEEK_V2:
+        return _deepseek_v2_block(name, module, router)
     if family in _MINIMAX_M2_ROUTERS:
         return _minimax_m2_block(name, module, router)
     if isinstance(router, nn.Linear):

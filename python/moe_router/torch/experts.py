@@ -103,6 +103,31 @@ def in_token_order_float32(x, chosen, weights, num_experts, tensors_of: TensorsO
     return out.type(x.dtype)
 
 
+def in_expert_sorted_order(x, chosen, weights, num_experts, tensors_of: TensorsOf,
+                           expert_fn):
+    """DeepSeek-V2's 4.x `moe`: the (token, position) samples sorted by
+    expert with argsort, each expert in id order on its run of them, the
+    outputs concatenated and put back in sample order, then each token's
+    outputs times its weights in the weights' dtype, summed over the
+    positions, cast back."""
+    counts = chosen.new_zeros((chosen.shape[0], num_experts))
+    counts.scatter_(1, chosen, 1)
+    tokens_per_expert = counts.sum(dim=0)
+    indices = chosen.view(-1).argsort()
+    sorted_tokens = x[indices // chosen.shape[1]]
+    outputs, start = [], 0
+    for expert, count in enumerate(tokens_per_expert.tolist()):
+        if count == 0:
+            continue
+        outputs.append(expert_fn(sorted_tokens[start:start + count], tensors_of(expert)))
+        start += count
+    outs = torch.cat(outputs, dim=0) if outputs else sorted_tokens.new_empty(0)
+    back = torch.empty_like(outs)
+    back[indices] = outs
+    return (back.view(*chosen.shape, -1).type(weights.dtype).mul_(weights.unsqueeze(dim=-1))
+            .sum(dim=1).type(back.dtype))
+
+
 def on_scaled_inputs(x, scores, chosen, act_fn, tensors_of: TensorsOf):
     """Llama 4's block (Llama4TextMoe and Llama4TextExperts): every expert
     runs on every token's input times the token's weight for it (zero

@@ -105,7 +105,7 @@ class Offload:
         # What computes the experts (inline blocks do both).
         if block.layout == "scaled_input":
             self._patch(module, "forward", self._scaled_input_forward(layer))
-        elif block.layout == "deepseek_router":
+        elif block.layout in ("deepseek_router", "deepseek_v2_router"):
             self._patch(module, "moe", self._experts_forward(layer))
         elif block.layout == "dense_weights_router":
             self._patch(block.fused_experts, "forward", self._dense_weights_experts_forward(layer))
@@ -225,10 +225,12 @@ class Offload:
         return forward
 
     def _choose_forward(self, layer: int):
-        """5.x DeepSeek-V3's route_tokens_to_experts(router_logits)."""
+        """5.x DeepSeek-V3's and DeepSeek-V2's route_tokens_to_experts(router
+        logits), V2's with the input's (batch, tokens) shape."""
         block = self.blocks[layer]
 
         def route_tokens_to_experts(router_logits):
+            router_logits = router_logits.reshape(-1, router_logits.shape[-1])
             chosen, scores = self._route(layer, router_logits)
             weights = block.routing.weights(scores, chosen, router_logits.dtype)
             self._record(layer, chosen, weights)
@@ -297,6 +299,9 @@ class Offload:
         def compute():
             if block.layout == "scaled_input":
                 return arithmetic.on_scaled_inputs(x, weights, chosen, block.act_fn, tensors_of)
+            if block.layout == "deepseek_v2_router":
+                return arithmetic.in_expert_sorted_order(x, chosen, weights, block.num_experts,
+                                                         tensors_of, block.expert_fn)
             if block.layout == "deepseek_router":
                 return arithmetic.in_token_order_float32(x, chosen, weights, block.num_experts,
                                                          tensors_of, block.expert_fn)

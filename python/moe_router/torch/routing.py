@@ -161,6 +161,45 @@ class GroupedSigmoidRouting:
         return weights * self.scaling if self.normalization != "sum" else weights
 
 
+class GroupLimitedSoftmaxRouting:
+    """DeepSeek-V2's rule: the softmax of float32 logits; `greedy` takes its
+    top-k, `group_limited_greedy` first keeps the best `kept` of `groups`
+    groups by their best probability and masks the rest with 0.0; top-k
+    unsorted; the weights the chosen (masked) values times `scaling`, not
+    renormalised."""
+
+    def __init__(self, top_k: int, method: str, groups: int, kept: int, scaling: float):
+        self.top_k = top_k
+        self.grouped = method == "group_limited_greedy"
+        self.groups = groups
+        self.kept = kept
+        self.scaling = scaling
+        self.rule = {"preset": "deepseek_v2", "num_groups": groups, "kept_groups": kept,
+                     "scaling": float(scaling)} if self.grouped else \
+            {"preset": "qwen_no_norm", "scaling": float(scaling)}
+        self.choice_bias: Optional[np.ndarray] = None
+
+    def scores(self, logits: torch.Tensor) -> Scores:
+        probs = logits.reshape(-1, logits.shape[-1]).softmax(dim=-1, dtype=torch.float32)
+        if not self.grouped:
+            return Scores(choice=probs, weighing=probs)
+        tokens, experts = probs.shape
+        group_scores = probs.view(tokens, self.groups, -1).max(dim=-1).values
+        kept = torch.topk(group_scores, k=self.kept, dim=-1, sorted=False)[1]
+        group_mask = torch.zeros_like(group_scores)
+        group_mask.scatter_(1, kept, 1)
+        score_mask = group_mask.unsqueeze(-1).expand(tokens, self.groups,
+                                                     experts // self.groups).reshape(tokens, -1)
+        masked = probs.masked_fill(~score_mask.bool(), 0.0)
+        return Scores(choice=masked, weighing=masked)
+
+    def own_choice(self, scores: Scores) -> torch.Tensor:
+        return torch.topk(scores.choice, k=self.top_k, dim=-1, sorted=False)[1]
+
+    def weights(self, scores: Scores, chosen: torch.Tensor, hidden_dtype) -> torch.Tensor:
+        return scores.weighing.gather(1, chosen) * self.scaling
+
+
 class BiasedSoftmaxRouting:
     """ERNIE 4.5's rule: the softmax of float32 logits in float32; the choice
     on the probabilities plus moe_statics' bias (top-k sorted); the weights

@@ -12,8 +12,10 @@ DeepSeek-V3 block under their names; GLM-4.5 with one group) and gpt_oss
 clamped SwiGLU) and llama4 (top-1, sigmoid weights scaling the experts'
 inputs, a shared expert), ernie4_5_moe (softmax plus a bias, shared
 experts), minimax_m2 (sigmoid plus the block's bias) and qwen3_5_moe (a
-shared expert, top-k always renormalised), each in 4 or 5 where that
-version has it (CASES: the last two arrived in 5). The model
+shared expert, top-k always renormalised) and deepseek_v2 (softmax,
+greedy or group-limited, scaled, shared experts, a dense first layer),
+each in 4 or 5 where that version has it (CASES: MiniMax-M2 and Qwen3.5
+arrived in 5). The model
 records router logits when asked the way that version's model does: 4.x
 patches the recorded blocks' forward for the call, 5.x hooks the routers.
 """
@@ -35,14 +37,22 @@ _BLOCKS = {
     "glm4_moe": "Glm4MoeMoE", "dots1": "Dots1MoE", "gpt_oss": "GptOssMLP",
     "llama4": "Llama4TextMoe", "ernie4_5_moe": "Ernie4_5_MoeSparseMoeBlock",
     "minimax_m2": "MiniMaxM2SparseMoeBlock", "qwen3_5_moe": "Qwen3_5MoeSparseMoeBlock",
+    "deepseek_v2": {4: "DeepseekV2MoE", 5: "DeepseekV2Moe"},  # 5.x renamed it
 }
 # Layouts that route by DeepSeek-V3's rule and begin with dense layers.
-GROUPED_LAYOUTS = ("deepseek_v3", "glm4_moe", "dots1")
+GROUPED_LAYOUTS = ("deepseek_v3", "glm4_moe", "dots1", "deepseek_v2")
 LAYOUTS = tuple(_BLOCKS)
+
+
+def _block_name(layout, version):
+    name = _BLOCKS[layout]
+    return name[version] if isinstance(name, dict) else name
+
+
 _MODULES = {4: v4, 5: v5}
 # (layout, version) pairs that exist: MiniMax-M2 arrived in Transformers 5.
 CASES = [(layout, version) for version in _MODULES for layout in LAYOUTS
-         if hasattr(_MODULES[version], _BLOCKS[layout])]
+         if hasattr(_MODULES[version], _block_name(layout, version))]
 
 
 def make_config(layout, experts=8, top_k=None, hidden=64, inner=128, **overrides) -> MoeConfig:
@@ -56,12 +66,14 @@ def make_config(layout, experts=8, top_k=None, hidden=64, inner=128, **overrides
         config.shared_expert_intermediate_size = inner
     if layout == "qwen2_moe":
         config.norm_topk_prob = False  # Qwen1.5-MoE's setting
-    if layout in ("deepseek_v3", "dots1"):
+    if layout in ("deepseek_v3", "dots1", "deepseek_v2"):
         config.n_group = 4 if experts % 4 == 0 and experts // 4 >= 2 else 1
         config.topk_group = max(1, config.n_group // 2)
         config.routed_scaling_factor = 2.5
     if layout == "glm4_moe":  # GLM-4.5: one group, scaling 2.5
         config.routed_scaling_factor = 2.5
+    if layout == "deepseek_v2":  # V2-Lite's greedy top-k; V2's groups on request
+        config.routed_scaling_factor = 1.0
     for key, value in overrides.items():
         setattr(config, key, value)
     return config
@@ -71,7 +83,7 @@ def make_block(layout, version, config: MoeConfig) -> nn.Module:
     if layout not in _BLOCKS or version not in _MODULES:
         raise ValueError(f"unknown layout {layout!r} for Transformers {version} (layouts: "
                          f"{', '.join(LAYOUTS)}; versions 4, 5)")
-    return getattr(_MODULES[version], _BLOCKS[layout])(config)
+    return getattr(_MODULES[version], _block_name(layout, version))(config)
 
 
 class RMSNorm(nn.Module):

@@ -31,6 +31,7 @@ class MoeConfig:
     hidden_act: str = "silu"
     router_jitter_noise: float = 0.0
     input_jitter_noise: float = 0.0
+    topk_method: str = "greedy"  # DeepSeek-V2: greedy | group_limited_greedy
     moe_norm_min: float = 1e-12  # ERNIE 4.5
     moe_num_shared_experts: int = 1
     # Transformers 5: which experts implementation the fused experts run.

@@ -337,6 +337,94 @@ class GptOssMLP(nn.Module):
         return routed_out, router_scores
 
 
+class DeepseekV2MLP(_GluMlp):
+    pass
+
+
+class DeepseekV2MoEGate(nn.Module):
+    """Softmax of float32 logits; greedy: its top-k; group_limited_greedy:
+    the best topk_group of n_group groups by their best probability, the
+    others masked with 0.0, then top-k (unsorted both); weights the top-k
+    values times routed_scaling_factor. Returns (indices, weights)."""
+
+    def __init__(self, config: MoeConfig):
+        super().__init__()
+        self.config = config
+        self.top_k = config.num_experts_per_tok
+        self.num_experts = config.n_routed_experts
+        self.routed_scaling_factor = config.routed_scaling_factor
+        self.topk_method = config.topk_method
+        self.num_group = config.n_group
+        self.topk_group = config.topk_group
+        self.norm_topk_prob = config.norm_topk_prob
+        self.weight = nn.Parameter(torch.empty((self.num_experts, config.hidden_size)))
+        nn.init.normal_(self.weight, std=config.hidden_size ** -0.5)
+
+    def forward(self, hidden_states):
+        batch_size, seq_len, hidden_dim = hidden_states.shape
+        hidden_states = hidden_states.view(-1, hidden_dim)
+        logits = F.linear(hidden_states.type(torch.float32), self.weight.type(torch.float32), None)
+        scores = logits.softmax(dim=-1, dtype=torch.float32)
+        if self.topk_method == "greedy":
+            topk_weight, topk_idx = torch.topk(scores, k=self.top_k, dim=-1, sorted=False)
+        elif self.topk_method == "group_limited_greedy":
+            group_scores = scores.view(batch_size * seq_len, self.num_group, -1).max(dim=-1).values
+            group_idx = torch.topk(group_scores, k=self.topk_group, dim=-1, sorted=False)[1]
+            group_mask = torch.zeros_like(group_scores)
+            group_mask.scatter_(1, group_idx, 1)
+            score_mask = group_mask.unsqueeze(-1).expand(
+                batch_size * seq_len, self.num_group, self.num_experts // self.num_group).reshape(
+                batch_size * seq_len, -1)
+            tmp_scores = scores.masked_fill(~score_mask.bool(), 0.0)
+            topk_weight, topk_idx = torch.topk(tmp_scores, k=self.top_k, dim=-1, sorted=False)
+        topk_weight = topk_weight * self.routed_scaling_factor
+        return topk_idx, topk_weight
+
+
+class DeepseekV2MoE(nn.Module):
+    """`moe`: the (token, position) samples sorted by expert (argsort), each
+    expert on its run of them, the outputs put back in sample order, then
+    per token times its weights in the weights' dtype and summed over the
+    positions; plus the shared experts."""
+
+    def __init__(self, config: MoeConfig):
+        super().__init__()
+        self.config = config
+        self.num_experts_per_tok = config.num_experts_per_tok
+        self.experts = nn.ModuleList([DeepseekV2MLP(config, config.moe_intermediate_size)
+                                      for _ in range(config.n_routed_experts)])
+        self.gate = DeepseekV2MoEGate(config)
+        self.shared_experts = DeepseekV2MLP(
+            config, config.moe_intermediate_size * config.n_shared_experts)
+
+    def moe(self, hidden_states, topk_ids, topk_weight):
+        cnts = topk_ids.new_zeros((topk_ids.shape[0], len(self.experts)))
+        cnts.scatter_(1, topk_ids, 1)
+        tokens_per_expert = cnts.sum(dim=0)
+        indices = topk_ids.view(-1).argsort()
+        sorted_tokens = hidden_states[indices // topk_ids.shape[1]]
+        outputs, start_idx = [], 0
+        for i, num_tokens in enumerate(tokens_per_expert):
+            if num_tokens == 0:
+                continue
+            end_idx = start_idx + num_tokens
+            outputs.append(self.experts[i](sorted_tokens[start_idx:end_idx]))
+            start_idx = end_idx
+        outs = torch.cat(outputs, dim=0) if outputs else sorted_tokens.new_empty(0)
+        new_x = torch.empty_like(outs)
+        new_x[indices] = outs
+        return (new_x.view(*topk_ids.shape, -1).type(topk_weight.dtype)
+                .mul_(topk_weight.unsqueeze(dim=-1)).sum(dim=1).type(new_x.dtype))
+
+    def forward(self, hidden_states):
+        residuals = hidden_states
+        orig_shape = hidden_states.shape
+        topk_indices, topk_weights = self.gate(hidden_states)
+        hidden_states = hidden_states.view(-1, hidden_states.shape[-1])
+        hidden_states = self.moe(hidden_states, topk_indices, topk_weights).view(*orig_shape)
+        return hidden_states + self.shared_experts(residuals)
+
+
 class Ernie4_5_MoeMLP(_GluMlp):
     pass  # (use_bias=False, as ERNIE 4.5's checkpoints have it)
 

@@ -12,9 +12,10 @@ import torch.nn.functional as F
 from moe_router.torch.layouts import MoeConfig
 # Llama 4's block and ERNIE 4.5's MLP and statics are the same in both
 # versions.
-from moe_router.torch.layouts.transformers_4 import (DeepseekV3MLP, Ernie4_5_MoeMLP,
-                                                     Ernie4_5_MoeStatics, Llama4TextMoe,
-                                                     Qwen2MoeMLP, Qwen3NextMLP, grouped_top_k)
+from moe_router.torch.layouts.transformers_4 import (DeepseekV2MLP, DeepseekV3MLP,
+                                                     Ernie4_5_MoeMLP, Ernie4_5_MoeStatics,
+                                                     Llama4TextMoe, Qwen2MoeMLP, Qwen3NextMLP,
+                                                     grouped_top_k)
 
 
 def _eager_experts(self, hidden_states, top_k_index, top_k_weights):
@@ -449,6 +450,61 @@ class GptOssMLP(nn.Module):
         _, router_scores, router_indices = self.router(hidden_states)
         hidden_states = self.experts(hidden_states, router_indices, router_scores)
         return hidden_states.reshape(batch_size, sequence_length, hidden_dim), router_scores
+
+
+class DeepseekV2Experts(_FusedExperts):
+    pass
+
+
+class DeepseekV2Moe(nn.Module):
+    """DeepSeek-V2's block in 5.x: an nn.Linear gate applied in float32 to
+    the (batch, tokens, hidden) input; route_tokens_to_experts takes those
+    3-d logits. Reproduced with 5.2.0's defect: group_limited_greedy reads
+    self.num_experts, which __init__ never sets (AttributeError)."""
+
+    def __init__(self, config: MoeConfig):
+        super().__init__()
+        self.config = config
+        self.experts = DeepseekV2Experts(config)
+        self.gate = nn.Linear(config.hidden_size, config.n_routed_experts, bias=False)
+        nn.init.normal_(self.gate.weight, std=config.hidden_size ** -0.5)
+        self.shared_experts = DeepseekV2MLP(
+            config, config.moe_intermediate_size * config.n_shared_experts)
+        self.routed_scaling_factor = config.routed_scaling_factor
+        self.topk_method = config.topk_method
+        self.num_group = config.n_group
+        self.top_k = config.num_experts_per_tok
+        self.topk_group = config.topk_group
+
+    def route_tokens_to_experts(self, router_logits):
+        batch_size, seq_len, hidden_dim = router_logits.shape
+        router_logits = router_logits.view(-1, hidden_dim)
+        router_logits = router_logits.softmax(dim=-1, dtype=torch.float32)
+        if self.topk_method == "greedy":
+            topk_weight, topk_idx = torch.topk(router_logits, k=self.top_k, dim=-1, sorted=False)
+        elif self.topk_method == "group_limited_greedy":
+            group_scores = router_logits.view(batch_size * seq_len, self.num_group, -1).max(
+                dim=-1).values
+            group_idx = torch.topk(group_scores, k=self.topk_group, dim=-1, sorted=False)[1]
+            group_mask = torch.zeros_like(group_scores)
+            group_mask.scatter_(1, group_idx, 1)
+            score_mask = group_mask.unsqueeze(-1).expand(
+                batch_size * seq_len, self.num_group, self.num_experts // self.num_group).reshape(
+                batch_size * seq_len, -1)
+            tmp_scores = router_logits.masked_fill(~score_mask.bool(), 0.0)
+            topk_weight, topk_idx = torch.topk(tmp_scores, k=self.top_k, dim=-1, sorted=False)
+        topk_weight = topk_weight * self.routed_scaling_factor
+        return topk_idx, topk_weight
+
+    def forward(self, hidden_states):
+        residuals = hidden_states
+        orig_shape = hidden_states.shape
+        router_logits = F.linear(hidden_states.type(torch.float32),
+                                 self.gate.weight.type(torch.float32))
+        topk_indices, topk_weights = self.route_tokens_to_experts(router_logits)
+        hidden_states = hidden_states.view(-1, hidden_states.shape[-1])
+        hidden_states = self.experts(hidden_states, topk_indices, topk_weights).view(*orig_shape)
+        return hidden_states + self.shared_experts(residuals)
 
 
 class MiniMaxM2Experts(_FusedExperts):
