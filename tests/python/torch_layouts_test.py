@@ -20,7 +20,7 @@ from moe_router.torch import UnsupportedModel, offload_experts
 from moe_router.torch.blocks import find_moe_blocks, router_of
 from moe_router.torch.layouts import transformers_4 as v4
 from moe_router.torch.layouts import transformers_5 as v5
-from moe_router.torch.tiny import (CASES, GROUPED_LAYOUTS, TinyMoeLM, fused,
+from moe_router.torch.tiny import (CASES, GROUPED_LAYOUTS, NO_ROUTER_LOGITS, TinyMoeLM, fused,
                                    load_balancing_loss)
 
 
@@ -35,6 +35,11 @@ def moe_blocks(model):
 
 def routers(model):
     return [router_of(b) for b in moe_blocks(model)]
+
+
+def gate_weight(router):
+    """The gate's matrix (Hunyuan-MoE's gate holds it in `wg`)."""
+    return router.wg.weight if hasattr(router, "wg") else router.weight
 
 
 def choice_biases(block):
@@ -55,7 +60,8 @@ def tie_two_experts(model):
     with torch.no_grad():
         for block in moe_blocks(model):
             router = router_of(block)
-            router.weight[5] = router.weight[2]
+            weight = gate_weight(router)
+            weight[5] = weight[2]
             for bias in choice_biases(block):
                 bias[..., 5] = bias[..., 2]
 
@@ -93,7 +99,7 @@ def tied_at_the_boundary(model, x):
         nonlocal count
         router = router_of(module)
         inputs = args[0].reshape(-1, args[0].shape[-1])
-        logits = torch.nn.functional.linear(inputs.float(), router.weight.float())
+        logits = torch.nn.functional.linear(inputs.float(), gate_weight(router).float())
         k = router.top_k if hasattr(router, "top_k") else module.top_k
         for bias in choice_biases(module):
             logits = logits + bias.float().reshape(-1)
@@ -151,7 +157,7 @@ def assert_bit_equal_offloaded(layout, version, dtype, top_k=None, experts=8, ti
         reference = copy.deepcopy(model)
         assert not ties or tied_at_the_boundary(model, prompt) > 0  # the ties are exercised
         want = run(reference, prompt)
-        if layout not in GROUPED_LAYOUTS:  # DeepSeek-V3 and its kin record none
+        if layout not in NO_ROUTER_LOGITS:
             assert len(want[2]) == 3
         handle = offloaded(model)
         try:
@@ -247,7 +253,7 @@ def test_the_deepseek_rule_reaches_the_engine_with_each_layers_bias():
     handle = offloaded(model, slots=12)
     try:
         block = handle.blocks[0]
-        assert block.layout == "deepseek_block" and len(handle.blocks) == 3  # layer 0 is dense
+        assert block.layout == "block_routes" and len(handle.blocks) == 3  # layer 0 is dense
         assert block.routing.rule == {"preset": "deepseek_v3", "num_groups": 4,
                                       "kept_groups": 2, "normalization": "sum_plus_epsilon",
                                       "scaling": 2.5}
@@ -288,18 +294,20 @@ FOUND = {
     ("gpt_oss", 4): ("dense_weights_router", "GptOssTopKRouter", "gpt_oss"),
     ("llama4", 4): ("scaled_input", "Llama4Router", "llama4"),
     ("deepseek_v2", 4): ("deepseek_v2_router", "DeepseekV2MoEGate", "qwen_no_norm"),
+    ("hunyuan_v1_moe", 4): ("inline", "HunYuanMoEV1Moe", "mixtral"),
     ("ernie4_5_moe", 4): ("inline", "Ernie4_5_MoeSparseMoeBlock", "ernie4_5"),
     ("mixtral", 5): ("router", "MixtralTopKRouter", "mixtral"),
     ("qwen2_moe", 5): ("router", "Qwen2MoeTopKRouter", "qwen_no_norm"),
     ("qwen3_moe", 5): ("router", "Qwen3MoeTopKRouter", "mixtral"),
     ("olmoe", 5): ("router", "OlmoeTopKRouter", "mixtral"),
     ("qwen3_next", 5): ("router", "Qwen3NextTopKRouter", "mixtral"),
-    ("deepseek_v3", 5): ("deepseek_block", "DeepseekV3TopkRouter", "deepseek_v3"),
-    ("glm4_moe", 5): ("deepseek_block", "Glm4MoeTopkRouter", "deepseek_v3"),
-    ("dots1", 5): ("deepseek_block", "Dots1TopkRouter", "deepseek_v3"),
+    ("deepseek_v3", 5): ("block_routes", "DeepseekV3TopkRouter", "deepseek_v3"),
+    ("glm4_moe", 5): ("block_routes", "Glm4MoeTopkRouter", "deepseek_v3"),
+    ("dots1", 5): ("block_routes", "Dots1TopkRouter", "deepseek_v3"),
     ("gpt_oss", 5): ("router", "GptOssTopKRouter", "gpt_oss"),
     ("llama4", 5): ("scaled_input", "Llama4Router", "llama4"),
-    ("deepseek_v2", 5): ("deepseek_block", "DeepseekV2Moe", "qwen_no_norm"),
+    ("deepseek_v2", 5): ("block_routes", "DeepseekV2Moe", "qwen_no_norm"),
+    ("hunyuan_v1_moe", 5): ("block_routes", "HunYuanMoEV1Moe", "mixtral"),
     ("ernie4_5_moe", 5): ("router", "Ernie4_5_MoeTopKRouter", "ernie4_5"),
     ("minimax_m2", 5): ("router", "MiniMaxM2TopKRouter", "minimax_m2"),
     ("qwen3_5_moe", 5): ("router", "Qwen3_5MoeTopKRouter", "mixtral"),

@@ -8,7 +8,8 @@ block whose rule the engine lacks is refused by name, not routed by
 another rule. The layouts, read from Transformers v4.57.6 and v5.2.0
 (reproduced in moe_router.torch.layouts):
 
-- `inline`: 4.x Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, Qwen3-Next. The block
+- `inline`: 4.x Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, Qwen3-Next, ERNIE 4.5,
+  Hunyuan-MoE. The block
   routes itself (softmax, top-k) and loops over per-expert modules; it
   returns (hidden states, router logits).
 - `router`: 5.x Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, Qwen3-Next, GPT-OSS.
@@ -25,8 +26,9 @@ another rule. The layouts, read from Transformers v4.57.6 and v5.2.0
   weights); the block's `moe` sorts the samples by expert.
 - `deepseek_router`: 4.x DeepSeek-V3. Its router returns (indices,
   weights); the block's `moe` loops over per-expert modules.
-- `deepseek_block`: 5.x DeepSeek-V3 and DeepSeek-V2. The router returns float32 logits; the
-  block's `route_tokens_to_experts` chooses; fused experts compute.
+- `block_routes`: 5.x DeepSeek-V3, DeepSeek-V2 and Hunyuan-MoE. The gate
+  gives logits; the block's `route_tokens_to_experts` chooses; fused
+  experts compute.
 """
 
 from dataclasses import dataclass, field
@@ -51,7 +53,7 @@ class MoeBlock:
     name: str  # its path in the model
     module: nn.Module
     # inline | router | dense_weights_router | scaled_input | deepseek_router |
-    # deepseek_v2_router | deepseek_block
+    # deepseek_v2_router | block_routes
     layout: str
     family: str  # the block's (or router's) class, as named in Transformers
     num_experts: int
@@ -76,8 +78,13 @@ class MoeBlock:
     # What a router that chooses returns, in order, of: indices, weights,
     # logits, probabilities, dense (weights scattered over all experts).
     router_returns: Tuple[str, ...] = ()
-    # What 4.x's inline blocks pass their gate (ERNIE 4.5's gate is float32).
-    gate_input: Callable[[torch.Tensor], torch.Tensor] = lambda x: x
+    # What 4.x's inline blocks pass their gate, of (the tokens' rows, the
+    # block's input): ERNIE 4.5's float32 rows, Hunyuan's (batch, tokens)
+    # input.
+    gate_input: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = lambda x, h: x
+    # Whether a 4.x inline block returns (hidden states, router logits), or
+    # the hidden states alone (Hunyuan-MoE).
+    returns_logits: bool = True
 
     @property
     def fused(self) -> bool:
@@ -116,6 +123,7 @@ _MINIMAX_M2_ROUTERS = ("MiniMaxM2TopKRouter",)  # sigmoid, the block's bias
 # DeepSeek-V2: softmax, group limit by the best probability; 4.x by its
 # gate, 5.x by the block.
 _DEEPSEEK_V2 = ("DeepseekV2MoEGate", "DeepseekV2Moe")
+_HUNYUAN = ("HunYuanMoEV1Moe",)  # softmax, top-k, renormalised; a float32 gate
 # ERNIE 4.5: softmax plus moe_statics' bias; 4.x by the block, 5.x the router.
 _ERNIE = ("Ernie4_5_MoeSparseMoeBlock", "Ernie4_5_MoeTopKRouter")
 # DeepSeek-V3's rule, and the families that route by it with its router
@@ -135,7 +143,8 @@ _REFUSED = {
 }
 KNOWN = sorted(list(_INLINE_BLOCKS) + list(_SOFTMAX_ROUTERS) + list(_TOPK_SOFTMAX_ROUTERS) +
                list(_SIGMOID_OF_TOPK_ROUTERS) + list(_GROUPED_SIGMOID_ROUTERS) +
-               list(_MINIMAX_M2_ROUTERS) + list(_ERNIE) + list(_DEEPSEEK_V2))
+               list(_MINIMAX_M2_ROUTERS) + list(_ERNIE) + list(_DEEPSEEK_V2) +
+               list(_HUNYUAN))
 
 
 def _plain_linear(module, what, name):
@@ -344,12 +353,12 @@ def _choice_bias(tensor, experts, what, name):
 def _grouped_sigmoid_block(name, module, router):
     family = type(router).__name__
     owner = module if hasattr(module, "route_tokens_to_experts") else router
-    layout = "deepseek_block" if owner is module else "deepseek_router"
+    layout = "block_routes" if owner is module else "deepseek_router"
     top_k = _int(owner, "top_k", name)
     groups, kept = _int(owner, "n_group", name), _int(owner, "topk_group", name)
     normalize = _flag(owner, "norm_topk_prob", name)
     scaling = float(getattr(owner, "routed_scaling_factor", float("nan")))
-    if layout == "deepseek_block":
+    if layout == "block_routes":
         parts = _fused(name, module.experts)
     else:
         parts = _per_expert(name, module, ("gate_proj", "up_proj", "down_proj"))
@@ -404,12 +413,34 @@ def _deepseek_v2_block(name, module, router):
             f"give top_k {top_k}")
     weight = router.weight
     return MoeBlock(
-        name=name, module=module, layout="deepseek_block" if version_5 else "deepseek_v2_router",
+        name=name, module=module, layout="block_routes" if version_5 else "deepseek_v2_router",
         family=type(module if version_5 else router).__name__, top_k=top_k,
         routing=GroupLimitedSoftmaxRouting(top_k, method, groups, kept, scaling),
         gate_logits=lambda x: torch.nn.functional.linear(x.type(torch.float32),
                                                          weight.type(torch.float32)),
         router_returns=("indices", "weights"), **parts)
+
+
+def _hunyuan_block(name, module, router):
+    """Hunyuan-MoE: HunYuanMoEV1Gate's `wg` (float32, applied to the input in
+    float32) gives logits; softmax top-k renormalised, cast to the logits'
+    (5.x) or hidden (4.x) dtype; a shared MLP on the block's input. 4.x
+    routes inline over per-expert modules; 5.x's route_tokens_to_experts
+    chooses for fused experts."""
+    version_5 = hasattr(module, "route_tokens_to_experts")
+    top_k = _int(module, "top_k", name)
+    wg = _plain_linear(getattr(router, "wg", None), "the gate's wg", name)
+    if not isinstance(getattr(module, "shared_mlp", None), nn.Module):
+        raise UnsupportedModel(f"{name}: a Hunyuan-MoE block without its shared_mlp")
+    parts = _fused(name, module.experts) if version_5 else \
+        _per_expert(name, module, ("gate_proj", "up_proj", "down_proj"))
+    return MoeBlock(
+        name=name, module=module, layout="block_routes" if version_5 else "inline",
+        family=type(module).__name__, top_k=top_k,
+        routing=SoftmaxRouting(top_k, True, cast_weights=True, float_first=False),
+        gate_logits=lambda x: torch.nn.functional.linear(
+            x.float() if wg.dtype == torch.float32 else x, wg),
+        gate_input=lambda x, h: h, returns_logits=False, **parts)
 
 
 def _minimax_m2_block(name, module, router):
@@ -451,7 +482,7 @@ def _ernie_block(name, module, router):
         name=name, module=module, layout="router" if version_5 else "inline", family=family,
         top_k=top_k, routing=BiasedSoftmaxRouting(top_k, bias, norm_min),
         gate_logits=lambda x: torch.nn.functional.linear(x.float(), weight.float()),
-        router_returns=("logits", "indices", "weights"), gate_input=lambda x: x.float(),
+        router_returns=("logits", "indices", "weights"), gate_input=lambda x, h: x.float(),
         **parts)
 
 
@@ -477,6 +508,8 @@ def describe_block(name: str, module: nn.Module) -> MoeBlock:
         return _ernie_block(name, module, router)
     if type(module).__name__ in _DEEPSEEK_V2 or family in _DEEPSEEK_V2:
         return _deepseek_v2_block(name, module, router)
+    if type(module).__name__ in _HUNYUAN:
+        return _hunyuan_block(name, module, router)
     if family in _MINIMAX_M2_ROUTERS:
         return _minimax_m2_block(name, module, router)
     if isinstance(router, nn.Linear):

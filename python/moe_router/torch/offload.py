@@ -98,7 +98,7 @@ class Offload:
         # What chooses.
         if block.layout == "inline":
             self._patch(module, "forward", self._inline_forward(layer))
-        elif block.layout == "deepseek_block":
+        elif block.layout == "block_routes":
             self._patch(module, "route_tokens_to_experts", self._choose_forward(layer))
         else:
             self._patch(router_of(module), "forward", self._router_forward(layer))
@@ -178,15 +178,15 @@ class Offload:
 
     def _inline_forward(self, layer: int):
         """Transformers 4.x's blocks that route themselves: route, experts,
-        a shared expert (Qwen2-MoE's gated, ERNIE 4.5's not); returns
-        (hidden states, router logits)."""
+        a shared expert (Qwen2-MoE's gated, ERNIE 4.5's and Hunyuan's not);
+        returns (hidden states, router logits), Hunyuan's the hidden states."""
         block = self.blocks[layer]
         module = block.module
 
         def forward(hidden_states, *args, **kwargs):
             batch, sequence, hidden = hidden_states.shape
             x = hidden_states.view(-1, hidden)
-            router_logits = module.gate(block.gate_input(x))
+            router_logits = module.gate(block.gate_input(x, hidden_states))
             chosen, scores = self._route(layer, router_logits)
             weights = block.routing.weights(scores, chosen, x.dtype)
             self._record(layer, chosen, weights)
@@ -197,7 +197,10 @@ class Offload:
                 out = out + shared
             if getattr(module, "shared_experts", None) is not None:
                 out = out + module.shared_experts(x)
-            return out.reshape(batch, sequence, hidden), router_logits
+            out = out.reshape(batch, sequence, hidden)
+            if getattr(module, "shared_mlp", None) is not None:  # Hunyuan's, on the input
+                out = out + module.shared_mlp(hidden_states)
+            return (out, router_logits) if block.returns_logits else out
         return forward
 
     def _router_forward(self, layer: int):
@@ -225,8 +228,9 @@ class Offload:
         return forward
 
     def _choose_forward(self, layer: int):
-        """5.x DeepSeek-V3's and DeepSeek-V2's route_tokens_to_experts(router
-        logits), V2's with the input's (batch, tokens) shape."""
+        """5.x's route_tokens_to_experts(router logits) of DeepSeek-V3,
+        DeepSeek-V2 (logits in the input's (batch, tokens) shape) and
+        Hunyuan-MoE."""
         block = self.blocks[layer]
 
         def route_tokens_to_experts(router_logits):

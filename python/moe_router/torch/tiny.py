@@ -15,7 +15,8 @@ experts), minimax_m2 (sigmoid plus the block's bias) and qwen3_5_moe (a
 shared expert, top-k always renormalised) and deepseek_v2 (softmax,
 greedy or group-limited, scaled, shared experts, a dense first layer),
 each in 4 or 5 where that version has it (CASES: MiniMax-M2 and Qwen3.5
-arrived in 5). The model
+arrived in 5), and hunyuan_v1_moe (softmax top-k from a float32 gate, a
+shared MLP). The model
 records router logits when asked the way that version's model does: 4.x
 patches the recorded blocks' forward for the call, 5.x hooks the routers.
 """
@@ -38,9 +39,12 @@ _BLOCKS = {
     "llama4": "Llama4TextMoe", "ernie4_5_moe": "Ernie4_5_MoeSparseMoeBlock",
     "minimax_m2": "MiniMaxM2SparseMoeBlock", "qwen3_5_moe": "Qwen3_5MoeSparseMoeBlock",
     "deepseek_v2": {4: "DeepseekV2MoE", 5: "DeepseekV2Moe"},  # 5.x renamed it
+    "hunyuan_v1_moe": "HunYuanMoEV1Moe",
 }
 # Layouts that route by DeepSeek-V3's rule and begin with dense layers.
 GROUPED_LAYOUTS = ("deepseek_v3", "glm4_moe", "dots1", "deepseek_v2")
+# Layouts whose models record no router logits (none in _can_record_outputs).
+NO_ROUTER_LOGITS = GROUPED_LAYOUTS + ("hunyuan_v1_moe",)
 LAYOUTS = tuple(_BLOCKS)
 
 

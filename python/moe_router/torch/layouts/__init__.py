@@ -52,3 +52,7 @@ class MoeConfig:
     @property
     def moe_k(self) -> int:  # ERNIE 4.5
         return self.num_experts_per_tok
+
+    @property
+    def moe_topk(self) -> int:  # Hunyuan-MoE
+        return self.num_experts_per_tok

@@ -425,6 +425,65 @@ class DeepseekV2MoE(nn.Module):
         return hidden_states + self.shared_experts(residuals)
 
 
+class HunYuanMoEV1MLP(_GluMlp):
+    pass
+
+
+class HunYuanMoEV1Gate(nn.Module):
+    """`wg`, a float32 nn.Linear applied to the float32 input: the logits.
+    The same at 4.57.6 and 5.2.0."""
+
+    def __init__(self, config: MoeConfig):
+        super().__init__()
+        self.config = config
+        self.wg = nn.Linear(config.hidden_size, config.num_experts, bias=False,
+                            dtype=torch.float32)
+
+    def forward(self, hidden_states):
+        bsz, seq_len, hidden_size = hidden_states.shape
+        hidden_states = hidden_states.reshape(-1, hidden_size)
+        if self.wg.weight.dtype == torch.float32:
+            hidden_states = hidden_states.float()
+        return self.wg(hidden_states)
+
+
+class HunYuanMoEV1Moe(nn.Module):
+    """Routes inline: softmax top-k of the gate's logits, renormalised, cast
+    to the hidden dtype; experts in id order; the shared MLP on the input
+    added at the end."""
+
+    def __init__(self, config: MoeConfig):
+        super().__init__()
+        self.config = config
+        self.num_experts = config.num_experts
+        self.top_k = config.moe_topk
+        self.gate = HunYuanMoEV1Gate(config)
+        self.experts = nn.ModuleList([HunYuanMoEV1MLP(config) for _ in range(self.num_experts)])
+        self.shared_mlp = HunYuanMoEV1MLP(config)
+
+    def forward(self, hidden_states):
+        batch_size, sequence_length, hidden_dim = hidden_states.shape
+        hidden_states_mlp = self.shared_mlp(hidden_states)
+        router_logits = self.gate(hidden_states)
+        hidden_states = hidden_states.view(-1, hidden_dim)
+        routing_weights = F.softmax(router_logits, dim=1, dtype=torch.float)
+        routing_weights, selected_experts = torch.topk(routing_weights, self.top_k, dim=-1)
+        routing_weights /= routing_weights.sum(dim=-1, keepdim=True)
+        routing_weights = routing_weights.to(hidden_states.dtype)
+        final_hidden_states = torch.zeros((batch_size * sequence_length, hidden_dim),
+                                          dtype=hidden_states.dtype, device=hidden_states.device)
+        expert_mask = F.one_hot(selected_experts, num_classes=self.num_experts).permute(2, 1, 0)
+        expert_hit = torch.greater(expert_mask.sum(dim=(-1, -2)), 0).nonzero()
+        for expert_idx in expert_hit:
+            expert_layer = self.experts[expert_idx]
+            idx, top_x = torch.where(expert_mask[expert_idx].squeeze(0))
+            current_state = hidden_states[None, top_x].reshape(-1, hidden_dim)
+            current = expert_layer(current_state) * routing_weights[top_x, idx, None]
+            final_hidden_states.index_add_(0, top_x, current.to(hidden_states.dtype))
+        final_hidden_states = final_hidden_states.reshape(batch_size, sequence_length, hidden_dim)
+        return final_hidden_states + hidden_states_mlp
+
+
 class Ernie4_5_MoeMLP(_GluMlp):
     pass  # (use_bias=False, as ERNIE 4.5's checkpoints have it)
 

@@ -14,6 +14,7 @@ from moe_router.torch.layouts import MoeConfig
 # versions.
 from moe_router.torch.layouts.transformers_4 import (DeepseekV2MLP, DeepseekV3MLP,
                                                      Ernie4_5_MoeMLP, Ernie4_5_MoeStatics,
+                                                     HunYuanMoEV1Gate, HunYuanMoEV1MLP,
                                                      Llama4TextMoe, Qwen2MoeMLP, Qwen3NextMLP,
                                                      grouped_top_k)
 
@@ -505,6 +506,42 @@ class DeepseekV2Moe(nn.Module):
         hidden_states = hidden_states.view(-1, hidden_states.shape[-1])
         hidden_states = self.experts(hidden_states, topk_indices, topk_weights).view(*orig_shape)
         return hidden_states + self.shared_experts(residuals)
+
+
+class HunYuanMoEV1Experts(_FusedExperts):
+    pass
+
+
+class HunYuanMoEV1Moe(nn.Module):
+    """The gate's logits; route_tokens_to_experts: softmax top-k,
+    renormalised, cast to the logits' dtype; fused experts; the shared MLP on
+    the input added at the end."""
+
+    def __init__(self, config: MoeConfig):
+        super().__init__()
+        self.config = config
+        self.num_experts = config.num_experts
+        self.top_k = config.moe_topk
+        self.gate = HunYuanMoEV1Gate(config)
+        self.experts = HunYuanMoEV1Experts(config)
+        self.shared_mlp = HunYuanMoEV1MLP(config)
+
+    def route_tokens_to_experts(self, hidden_states):
+        routing_weights = F.softmax(hidden_states, dim=1, dtype=torch.float)
+        routing_weights, selected_experts = torch.topk(routing_weights, self.top_k, dim=-1)
+        routing_weights /= routing_weights.sum(dim=-1, keepdim=True)
+        return selected_experts, routing_weights.to(hidden_states.dtype)
+
+    def forward(self, hidden_states):
+        batch_size, sequence_length, hidden_dim = hidden_states.shape
+        hidden_states_mlp = self.shared_mlp(hidden_states)
+        router_logits = self.gate(hidden_states)
+        hidden_states = hidden_states.view(-1, hidden_dim)
+        selected_experts, routing_weights = self.route_tokens_to_experts(router_logits)
+        final_hidden_states = self.experts(hidden_states, selected_experts,
+                                           routing_weights).reshape(batch_size, sequence_length,
+                                                                    hidden_dim)
+        return final_hidden_states + hidden_states_mlp
 
 
 class MiniMaxM2Experts(_FusedExperts):
