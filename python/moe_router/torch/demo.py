@@ -16,8 +16,9 @@ The model first trains for --train-steps (30 by default, a fixed count so
 that a run is repeatable; 0 keeps the seeded, untrained weights, whose
 near-uniform gates say little about a real model) on the licence texts
 Debian ships (/usr/share/common-licenses), which gives its routing some of
-a trained model's locality; the demo prints how much (reuse between consecutive tokens and the busiest expert's share,
-as `moe-router trace stats` reports them). A DeepSeek-layout model's biases
+a trained model's locality; the demo prints how much (reuse between
+consecutive tokens and the busiest expert's share, as `moe-router trace
+stats` reports them). A DeepSeek-layout model's biases
 are trained as DeepSeek-V3's are (its report, section 2.1.2: after each
 step, each expert's bias moves by a fixed step towards an even load).
 """
