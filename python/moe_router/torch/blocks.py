@@ -9,7 +9,7 @@ another rule. The layouts, read from Transformers v4.57.6 and v5.2.0
 (reproduced in moe_router.torch.layouts):
 
 - `inline`: 4.x Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, Qwen3-Next, ERNIE 4.5,
-  Hunyuan-MoE. The block
+  Hunyuan-MoE, Jamba. The block
   routes itself (softmax, top-k) and loops over per-expert modules; it
   returns (hidden states, router logits).
 - `router`: 5.x Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, Qwen3-Next, GPT-OSS.
@@ -26,7 +26,7 @@ another rule. The layouts, read from Transformers v4.57.6 and v5.2.0
   weights); the block's `moe` sorts the samples by expert.
 - `deepseek_router`: 4.x DeepSeek-V3. Its router returns (indices,
   weights); the block's `moe` loops over per-expert modules.
-- `block_routes`: 5.x DeepSeek-V3, DeepSeek-V2 and Hunyuan-MoE. The gate
+- `block_routes`: 5.x DeepSeek-V3, DeepSeek-V2, Hunyuan-MoE and Jamba. The gate
   gives logits; the block's `route_tokens_to_experts` chooses; fused
   experts compute.
 """
@@ -91,17 +91,19 @@ class MoeBlock:
         return self.fused_experts is not None
 
 
-# 4.x blocks with an nn.Linear gate, by class: the projection names of
-# their experts and whether top-k is always renormalised (else the block's
-# norm_topk_prob says).
+# Blocks with an nn.Linear gate that route by softmax top-k, by class: the
+# projection names of their experts and whether top-k is renormalised
+# (True, False, or None: the block's norm_topk_prob says). 4.x's route
+# inline; 5.x's Jamba has its route_tokens_to_experts choose.
 _INLINE_BLOCKS = {
     "MixtralSparseMoeBlock": (("w1", "w3", "w2"), True),
     "MiniMaxSparseMoeBlock": (("w1", "w3", "w2"), True),  # MiniMax-Text-01: Mixtral's
-    "Qwen2MoeSparseMoeBlock": (("gate_proj", "up_proj", "down_proj"), False),
-    "Qwen3MoeSparseMoeBlock": (("gate_proj", "up_proj", "down_proj"), False),
-    "OlmoeSparseMoeBlock": (("gate_proj", "up_proj", "down_proj"), False),
-    "FlexOlmoSparseMoeBlock": (("gate_proj", "up_proj", "down_proj"), False),  # OLMoE's
-    "Qwen3NextSparseMoeBlock": (("gate_proj", "up_proj", "down_proj"), False),
+    "Qwen2MoeSparseMoeBlock": (("gate_proj", "up_proj", "down_proj"), None),
+    "Qwen3MoeSparseMoeBlock": (("gate_proj", "up_proj", "down_proj"), None),
+    "OlmoeSparseMoeBlock": (("gate_proj", "up_proj", "down_proj"), None),
+    "FlexOlmoSparseMoeBlock": (("gate_proj", "up_proj", "down_proj"), None),  # OLMoE's
+    "Qwen3NextSparseMoeBlock": (("gate_proj", "up_proj", "down_proj"), None),
+    "JambaSparseMoeBlock": (("gate_proj", "up_proj", "down_proj"), False),
 }
 # 5.x softmax routers, by class: whether top-k is always renormalised (else
 # the router's norm_topk_prob says), and whether the softmax is written
@@ -263,17 +265,20 @@ def _gpt_oss_experts(name, experts):
     return _fused_parts(experts, num_experts, fused)
 
 
-def _inline_block(name, module):
+def _inline_block(name, module, router):
     family = type(module).__name__
-    names, always_normalize = _INLINE_BLOCKS[family]
-    weight = _plain_linear(module.gate, "the gate", name)
+    names, normalize = _INLINE_BLOCKS[family]
+    weight = _plain_linear(router, "the gate", name)
     top_k = _int(module, "top_k", name)
-    normalize = always_normalize or _flag(module, "norm_topk_prob", name)
+    if normalize is None:
+        normalize = _flag(module, "norm_topk_prob", name)
     if getattr(module, "shared_expert", None) is not None and \
             not isinstance(getattr(module, "shared_expert_gate", None), nn.Linear):
         raise UnsupportedModel(f"{name}: a shared expert without a shared_expert_gate")
-    parts = _per_expert(name, module, names)
-    return MoeBlock(name=name, module=module, layout="inline", family=family, top_k=top_k,
+    version_5 = hasattr(module, "route_tokens_to_experts")  # Jamba
+    parts = _fused(name, module.experts) if version_5 else _per_expert(name, module, names)
+    return MoeBlock(name=name, module=module, layout="block_routes" if version_5 else "inline",
+                    family=family, top_k=top_k,
                     routing=SoftmaxRouting(top_k, normalize, cast_weights=True,
                                            float_first=False),
                     gate_logits=lambda x: torch.nn.functional.linear(x, weight), **parts)
@@ -517,7 +522,7 @@ def describe_block(name: str, module: nn.Module) -> MoeBlock:
             raise UnsupportedModel(
                 f"{name}: block {type(module).__name__} is not one whose rule is known "
                 f"({', '.join(KNOWN)})")
-        return _inline_block(name, module)
+        return _inline_block(name, module, router)
     if family in _SOFTMAX_ROUTERS:
         return _softmax_router_block(name, module, router)
     if family in _TOPK_SOFTMAX_ROUTERS:

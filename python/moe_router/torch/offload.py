@@ -186,7 +186,7 @@ class Offload:
         def forward(hidden_states, *args, **kwargs):
             batch, sequence, hidden = hidden_states.shape
             x = hidden_states.view(-1, hidden)
-            router_logits = module.gate(block.gate_input(x, hidden_states))
+            router_logits = router_of(module)(block.gate_input(x, hidden_states))
             chosen, scores = self._route(layer, router_logits)
             weights = block.routing.weights(scores, chosen, x.dtype)
             self._record(layer, chosen, weights)
@@ -228,15 +228,16 @@ class Offload:
         return forward
 
     def _choose_forward(self, layer: int):
-        """5.x's route_tokens_to_experts(router logits) of DeepSeek-V3,
-        DeepSeek-V2 (logits in the input's (batch, tokens) shape) and
-        Hunyuan-MoE."""
+        """5.x's route_tokens_to_experts([hidden states,] router logits) of
+        DeepSeek-V3, DeepSeek-V2 (logits in the input's (batch, tokens)
+        shape), Hunyuan-MoE and Jamba (which passes the hidden states, whose
+        dtype the weights take; the others' take the logits')."""
         block = self.blocks[layer]
 
-        def route_tokens_to_experts(router_logits):
-            router_logits = router_logits.reshape(-1, router_logits.shape[-1])
+        def route_tokens_to_experts(*args):
+            router_logits = args[-1].reshape(-1, args[-1].shape[-1])
             chosen, scores = self._route(layer, router_logits)
-            weights = block.routing.weights(scores, chosen, router_logits.dtype)
+            weights = block.routing.weights(scores, chosen, args[0].dtype)
             self._record(layer, chosen, weights)
             return chosen, weights
         return route_tokens_to_experts

@@ -15,8 +15,9 @@ experts), minimax_m2 (sigmoid plus the block's bias) and qwen3_5_moe (a
 shared expert, top-k always renormalised) and deepseek_v2 (softmax,
 greedy or group-limited, scaled, shared experts, a dense first layer),
 each in 4 or 5 where that version has it (CASES: MiniMax-M2 and Qwen3.5
-arrived in 5), and hunyuan_v1_moe (softmax top-k from a float32 gate, a
-shared MLP). The model
+arrived in 5), hunyuan_v1_moe (softmax top-k from a float32 gate, a
+shared MLP) and jamba (softmax top-k, not renormalised; the MoE blocks of
+its attention layers). The model
 records router logits when asked the way that version's model does: 4.x
 patches the recorded blocks' forward for the call, 5.x hooks the routers.
 """
@@ -39,7 +40,7 @@ _BLOCKS = {
     "llama4": "Llama4TextMoe", "ernie4_5_moe": "Ernie4_5_MoeSparseMoeBlock",
     "minimax_m2": "MiniMaxM2SparseMoeBlock", "qwen3_5_moe": "Qwen3_5MoeSparseMoeBlock",
     "deepseek_v2": {4: "DeepseekV2MoE", 5: "DeepseekV2Moe"},  # 5.x renamed it
-    "hunyuan_v1_moe": "HunYuanMoEV1Moe",
+    "hunyuan_v1_moe": "HunYuanMoEV1Moe", "jamba": "JambaSparseMoeBlock",
 }
 # Layouts that route by DeepSeek-V3's rule and begin with dense layers.
 GROUPED_LAYOUTS = ("deepseek_v3", "glm4_moe", "dots1", "deepseek_v2")
@@ -103,7 +104,8 @@ class RMSNorm(nn.Module):
 class DecoderLayer(nn.Module):
     def __init__(self, mlp: nn.Module, hidden, heads, mlp_name="mlp"):
         super().__init__()
-        self._mlp_name = mlp_name  # 4.x Mixtral's is block_sparse_moe, Llama 4's feed_forward
+        # 4.x Mixtral's is block_sparse_moe, Llama 4's and Jamba's feed_forward.
+        self._mlp_name = mlp_name
         self.heads = heads
         self.input_norm = RMSNorm(hidden)
         self.qkv = nn.Linear(hidden, 3 * hidden, bias=False)
@@ -149,7 +151,7 @@ class TinyMoeLM(nn.Module):
         mlps = [v4.DeepseekV3MLP(self.config) if i < dense_layers
                 else make_block(layout, version, self.config) for i in range(layers)]
         mlp_name = "block_sparse_moe" if (layout, version) == ("mixtral", 4) else \
-            "feed_forward" if layout == "llama4" else "mlp"
+            "feed_forward" if layout in ("llama4", "jamba") else "mlp"
         self.layers = nn.ModuleList([DecoderLayer(mlp, hidden, heads, mlp_name) for mlp in mlps])
         self.norm = RMSNorm(hidden)
         self.lm_head = nn.Linear(hidden, vocab, bias=False)
@@ -186,14 +188,26 @@ class TinyMoeLM(nn.Module):
     def _record_router_logits(self, into):
         """Installs the version's recorder; returns what undoes it."""
         table = _MODULES[self.version].ROUTER_LOGITS_RECORDED_FROM
+
+        def recorded(name, module):
+            for key, index in table.items():
+                if not isinstance(key, tuple):
+                    if isinstance(module, key):
+                        return index
+                # Jamba's recorder, a Jamba model's: its plain nn.Linear
+                # routers, not Llama 4's Llama4Router (an nn.Linear too).
+                elif type(module) is key[0] and name.endswith("." + key[1]):
+                    return index
+            return None
+
         undo = []
-        for module in self.modules():
-            index = next((i for cls, i in table.items() if isinstance(module, cls)), None)
+        for name, module in self.named_modules():
+            index = recorded(name, module)
             if index is None:
                 continue
             if self.version == 5:
                 handle = module.register_forward_hook(
-                    lambda m, args, out, i=index: into.append(out[i]))
+                    lambda m, args, out, i=index: into.append(out if i == "output" else out[i]))
                 undo.append(handle.remove)
             else:  # 4.x: the instance's forward, wrapped for the call
                 original = module.forward

@@ -425,6 +425,44 @@ class DeepseekV2MoE(nn.Module):
         return hidden_states + self.shared_experts(residuals)
 
 
+class JambaMLP(_GluMlp):
+    pass
+
+
+class JambaSparseMoeBlock(nn.Module):
+    """Routes inline with an nn.Linear `router`: softmax top-k, not
+    renormalised, cast to the hidden dtype; every expert id in turn, those
+    with tokens index_add_-ed. Returns (hidden states, router logits)."""
+
+    def __init__(self, config: MoeConfig):
+        super().__init__()
+        self.hidden_dim = config.hidden_size
+        self.num_experts = config.num_experts
+        self.top_k = config.num_experts_per_tok
+        self.router = nn.Linear(self.hidden_dim, self.num_experts, bias=False)
+        self.experts = nn.ModuleList([JambaMLP(config) for _ in range(self.num_experts)])
+
+    def forward(self, hidden_states):
+        batch_size, sequence_length, hidden_dim = hidden_states.shape
+        hidden_states = hidden_states.view(-1, hidden_dim)
+        router_logits = self.router(hidden_states)
+        routing_weights = F.softmax(router_logits, dim=1, dtype=torch.float)
+        routing_weights, selected_experts = torch.topk(routing_weights, self.top_k, dim=-1)
+        routing_weights = routing_weights.to(hidden_states.dtype)
+        final_hidden_states = torch.zeros((batch_size * sequence_length, hidden_dim),
+                                          dtype=hidden_states.dtype, device=hidden_states.device)
+        expert_mask = F.one_hot(selected_experts, num_classes=self.num_experts).permute(2, 1, 0)
+        for expert_idx in range(self.num_experts):
+            idx, top_x = torch.where(expert_mask[expert_idx])
+            if top_x.shape[0] == 0:
+                continue
+            current_state = hidden_states[None, top_x].reshape(-1, hidden_dim)
+            current = self.experts[expert_idx](current_state) * routing_weights[top_x, idx, None]
+            final_hidden_states.index_add_(0, top_x, current.to(hidden_states.dtype))
+        final_hidden_states = final_hidden_states.reshape(batch_size, sequence_length, hidden_dim)
+        return final_hidden_states, router_logits
+
+
 class HunYuanMoEV1MLP(_GluMlp):
     pass
 

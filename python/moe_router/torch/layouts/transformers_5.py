@@ -508,6 +508,37 @@ class DeepseekV2Moe(nn.Module):
         return hidden_states + self.shared_experts(residuals)
 
 
+class JambaExperts(_FusedExperts):
+    pass
+
+
+class JambaSparseMoeBlock(nn.Module):
+    """An nn.Linear `router` (its output recorded as the router logits);
+    route_tokens_to_experts(hidden states, logits): softmax top-k, not
+    renormalised, cast to the hidden dtype; fused experts."""
+
+    def __init__(self, config: MoeConfig):
+        super().__init__()
+        self.hidden_dim = config.hidden_size
+        self.num_experts = config.num_experts
+        self.top_k = config.num_experts_per_tok
+        self.router = nn.Linear(self.hidden_dim, self.num_experts, bias=False)
+        self.experts = JambaExperts(config)
+
+    def route_tokens_to_experts(self, hidden_states, router_logits):
+        routing_weights = F.softmax(router_logits, dim=-1, dtype=torch.float)
+        top_k_weights, top_k_index = torch.topk(routing_weights, self.top_k, dim=-1)
+        return top_k_index, top_k_weights.to(hidden_states.dtype)
+
+    def forward(self, hidden_states):
+        batch_size, sequence_length, hidden_dim = hidden_states.shape
+        hidden_states = hidden_states.view(-1, hidden_dim)
+        router_logits = self.router(hidden_states)
+        top_k_index, top_k_weights = self.route_tokens_to_experts(hidden_states, router_logits)
+        hidden_states = self.experts(hidden_states, top_k_index, top_k_weights)
+        return hidden_states.reshape(batch_size, sequence_length, hidden_dim)
+
+
 class HunYuanMoEV1Experts(_FusedExperts):
     pass
 
@@ -677,10 +708,12 @@ class Dots1MoE(DeepseekV3MoE):
     router_class, experts_class = Dots1TopkRouter, Dots1NaiveMoe
 
 
-# The modules whose output at this index the models record as router
-# logits when asked (`_can_record_outputs`, a forward hook on each instance).
+# The modules whose output at this index (or whole) the models record as
+# router logits when asked (`_can_record_outputs`, a forward hook on each
+# instance); a (class, name) key: modules of that class under that
+# attribute name (Jamba's OutputRecorder(nn.Linear, layer_name="router")).
 ROUTER_LOGITS_RECORDED_FROM = {
     MixtralTopKRouter: 0, Qwen2MoeTopKRouter: 0, Qwen3MoeTopKRouter: 0, OlmoeTopKRouter: 0,
     Qwen3NextTopKRouter: 0, Qwen3_5MoeTopKRouter: 0, GptOssTopKRouter: 0, Llama4TextMoe: 1,
-    MiniMaxM2TopKRouter: 0, Ernie4_5_MoeTopKRouter: 0,
+    MiniMaxM2TopKRouter: 0, Ernie4_5_MoeTopKRouter: 0, (nn.Linear, "router"): "output",
 }
