@@ -419,8 +419,8 @@ def test_fused_layouts_and_rules_that_do_not_fit_are_refused_by_field():
         (model_with(groups, "deepseek_v3"), "8 experts in n_group 3 keeping topk_group 2 "
                                             "cannot give top_k 2"),
         (model_with(infinite_scale, "deepseek_v3"), "routed_scaling_factor is not finite"),
-        (model_with(gpt_oss_bias, "gpt_oss"), "GPT-OSS expert tensors of shapes (8, 64, 256), "
-                                              "(8, 256), (8, 128, 64) and (8, 63) are not"),
+        (model_with(gpt_oss_bias, "gpt_oss"), "GPT-OSS expert biases of shapes (8, 256) and "
+                                              "(8, 63) are not (E, 2I) and (E, H)"),
         (model_with(gpt_oss_no_bias, "gpt_oss"), "lack gate_up_proj_bias and down_proj_bias"),
         (model_with(llama4_shape, "llama4"), "Llama 4 expert tensors of shapes (8, 64, 256) and "
                                              "(8, 64, 128) are not (E, H, 2I) and (E, I, H)"),

@@ -206,6 +206,19 @@ def _fused_tensors(name, experts, biased):
     return gate_up, down, biases
 
 
+def _check_fused_shapes(name, what, gate_up, down, transposed):
+    """(E, 2I, H) and (E, H, I), or transposed (E, H, 2I) and (E, I, H)."""
+    fits = gate_up.dim() == 3 and down.dim() == 3 and down.shape[0] == gate_up.shape[0]
+    if fits:
+        (two_i, h), (h_down, i) = (reversed(gate_up.shape[1:]), reversed(down.shape[1:])) \
+            if transposed else (gate_up.shape[1:], down.shape[1:])
+        fits = two_i == 2 * i and h == h_down
+    if not fits:
+        want = "(E, H, 2I) and (E, I, H)" if transposed else "(E, 2I, H) and (E, H, I)"
+        raise UnsupportedModel(f"{name}: {what} of shapes {tuple(gate_up.shape)} and "
+                               f"{tuple(down.shape)} are not {want}")
+
+
 def _implementation(name, experts):
     implementation = getattr(getattr(experts, "config", None), "_experts_implementation", None)
     if implementation not in arithmetic.FUSED_IMPLEMENTATIONS:
@@ -228,12 +241,8 @@ def _fused_parts(experts, num_experts, fused: arithmetic.FusedFormat):
 def _fused(name, experts):
     """Fused expert tensors (5.x): (E, 2I, H) gate then up, (E, H, I) down."""
     gate_up, down, _ = _fused_tensors(name, experts, biased=False)
+    _check_fused_shapes(name, "fused expert tensors", gate_up, down, transposed=False)
     num_experts = gate_up.shape[0]
-    if gate_up.dim() != 3 or down.dim() != 3 or down.shape[0] != num_experts or \
-            gate_up.shape[1] != 2 * down.shape[2] or gate_up.shape[2] != down.shape[1]:
-        raise UnsupportedModel(
-            f"{name}: fused expert tensors of shapes {tuple(gate_up.shape)} and "
-            f"{tuple(down.shape)} are not (E, 2I, H) and (E, H, I)")
     if getattr(experts, "is_transposed", False):
         raise UnsupportedModel(f"{name}: transposed fused experts are not implemented")
     _implementation(name, experts)
@@ -246,15 +255,13 @@ def _gpt_oss_experts(name, experts):
     """GPT-OSS's experts (4.x and 5.x): (E, H, 2I) gate and up interleaved,
     (E, I, H) down, a bias for each, the clamped SwiGLU."""
     gate_up, down, (gate_up_bias, down_bias) = _fused_tensors(name, experts, biased=True)
+    _check_fused_shapes(name, "GPT-OSS expert tensors", gate_up, down, transposed=True)
     num_experts = gate_up.shape[0]
-    if gate_up.dim() != 3 or down.dim() != 3 or down.shape[0] != num_experts or \
-            gate_up.shape[2] != 2 * down.shape[1] or gate_up.shape[1] != down.shape[2] or \
-            tuple(gate_up_bias.shape) != (num_experts, gate_up.shape[2]) or \
+    if tuple(gate_up_bias.shape) != (num_experts, gate_up.shape[2]) or \
             tuple(down_bias.shape) != (num_experts, down.shape[2]):
         raise UnsupportedModel(
-            f"{name}: GPT-OSS expert tensors of shapes {tuple(gate_up.shape)}, "
-            f"{tuple(gate_up_bias.shape)}, {tuple(down.shape)} and {tuple(down_bias.shape)} "
-            f"are not (E, H, 2I), (E, 2I), (E, I, H) and (E, H)")
+            f"{name}: GPT-OSS expert biases of shapes {tuple(gate_up_bias.shape)} and "
+            f"{tuple(down_bias.shape)} are not (E, 2I) and (E, H)")
     alpha, limit = getattr(experts, "alpha", None), getattr(experts, "limit", None)
     if not isinstance(alpha, float) or not isinstance(limit, float):
         raise UnsupportedModel(f"{name}: GPT-OSS experts without float alpha and limit")
@@ -327,12 +334,8 @@ def _scaled_input_block(name, module, router):
     top_k = _int(router, "top_k", name)
     experts = module.experts
     gate_up, down, _ = _fused_tensors(name, experts, biased=False)
+    _check_fused_shapes(name, "Llama 4 expert tensors", gate_up, down, transposed=True)
     num_experts = gate_up.shape[0]
-    if gate_up.dim() != 3 or down.dim() != 3 or down.shape[0] != num_experts or \
-            gate_up.shape[2] != 2 * down.shape[1] or gate_up.shape[1] != down.shape[2]:
-        raise UnsupportedModel(
-            f"{name}: Llama 4 expert tensors of shapes {tuple(gate_up.shape)} and "
-            f"{tuple(down.shape)} are not (E, H, 2I) and (E, I, H)")
     if not isinstance(getattr(module, "shared_expert", None), nn.Module):
         raise UnsupportedModel(f"{name}: a Llama 4 block without its shared_expert")
     weight = router.weight

@@ -56,13 +56,13 @@ class SoftmaxRouting:
         return weights.to(hidden_dtype) if self.cast_weights else weights
 
 
-class TopKThenSoftmaxRouting:
-    """GPT-OSS's rule: the top-k of the logits (sorted, as torch.topk
-    gives them), their softmax in the logits' dtype as the weights."""
+class _TopKOfLogits:
+    """Rules that choose the top-k of the logits themselves (sorted, as
+    torch.topk gives them) and weigh the chosen logits."""
 
-    def __init__(self, top_k: int):
+    def __init__(self, top_k: int, preset: str):
         self.top_k = top_k
-        self.rule = {"preset": "gpt_oss"}
+        self.rule = {"preset": preset}
         self.choice_bias: Optional[np.ndarray] = None
 
     def scores(self, logits: torch.Tensor) -> Scores:
@@ -70,6 +70,13 @@ class TopKThenSoftmaxRouting:
 
     def own_choice(self, scores: Scores) -> torch.Tensor:
         return torch.topk(scores.choice, self.top_k, dim=-1)[1]
+
+
+class TopKThenSoftmaxRouting(_TopKOfLogits):
+    """GPT-OSS's rule: the softmax of the chosen logits, in their dtype."""
+
+    def __init__(self, top_k: int):
+        super().__init__(top_k, "gpt_oss")
 
     def weights(self, scores: Scores, chosen: torch.Tensor, hidden_dtype) -> torch.Tensor:
         values = scores.weighing.gather(1, chosen)
@@ -80,23 +87,15 @@ class TopKThenSoftmaxRouting:
         return torch.zeros_like(scores.weighing).scatter_(1, chosen, weights)
 
 
-class SigmoidOfTopKRouting:
-    """Llama 4's rule: the top-k of the logits (top-1 in its models), each
-    weighted by the sigmoid of its logit. The model takes the sigmoid of all
-    experts' row (-inf where not chosen) in float32 and casts it back to the
-    logits' dtype; `dense_weights` does the same, since PyTorch's
-    vectorised sigmoid can round a gathered few differently."""
+class SigmoidOfTopKRouting(_TopKOfLogits):
+    """Llama 4's rule (top-1 in its models): each chosen expert weighted by
+    the sigmoid of its logit. The model takes the sigmoid of all experts'
+    row (-inf where not chosen) in float32 and casts it back to the logits'
+    dtype; `dense_weights` does the same, since PyTorch's vectorised sigmoid
+    can round a gathered few differently."""
 
     def __init__(self, top_k: int):
-        self.top_k = top_k
-        self.rule = {"preset": "llama4"}
-        self.choice_bias: Optional[np.ndarray] = None
-
-    def scores(self, logits: torch.Tensor) -> Scores:
-        return Scores(choice=logits, weighing=logits)
-
-    def own_choice(self, scores: Scores) -> torch.Tensor:
-        return torch.topk(scores.choice, self.top_k, dim=1)[1]
+        super().__init__(top_k, "llama4")
 
     def dense_weights(self, scores: Scores, chosen: torch.Tensor, weights=None) -> torch.Tensor:
         logits = scores.weighing
