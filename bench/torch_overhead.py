@@ -10,7 +10,8 @@ family reproduced in moe_router.torch.layouts), 8 experts, top-2 (Llama 4:
 top-1), at two shapes: the tiny test block (hidden 64) where the
 bookkeeping is nearly all there is, and a block a quarter of Mixtral's
 width (hidden 1024, inner 3584), each at batch 1 and 16 tokens; prefetch
-off, and by gate guess for 4.x Mixtral. `--layouts` picks some.
+off, and by gate guess for 4.x Mixtral. `--layouts` and `--shapes` pick
+some.
 """
 
 import argparse
@@ -66,6 +67,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=400)
     parser.add_argument("--layouts", nargs="*", help="only these layouts")
+    parser.add_argument("--shapes", nargs="*", choices=[s[0].split()[0] for s in SHAPES],
+                        help="only these shapes (tiny, quarter-Mixtral)")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; medians of "
           f"{args.repeat} calls")
@@ -75,6 +78,8 @@ def main():
         if args.layouts and layout not in args.layouts:
             continue
         for name, hidden, inner in SHAPES:
+            if args.shapes and name.split()[0] not in args.shapes:
+                continue
             for batch in (1, 16):
                 plain, wrapped = measure(layout, version, hidden, inner, batch, prefetch,
                                          args.repeat)

@@ -139,10 +139,15 @@ def on_scaled_inputs(x, scores, chosen, act_fn, tensors_of: TensorsOf):
     order; with more, the zeros are put back so that the sum runs over
     every expert as the model's does."""
     ids = sorted(set(chosen.reshape(-1).tolist()))
-    parts = [tensors_of(e) for e in ids]
-    inputs = torch.stack([x * scores[:, e].reshape(-1, 1) for e in ids])
-    gate, up = torch.bmm(inputs, torch.stack([p[0] for p in parts])).chunk(2, dim=-1)
-    out = torch.bmm(up * act_fn(gate), torch.stack([p[1] for p in parts]))
+    outs = []
+    for e in ids:
+        # bmm over a batch of one: the model's bmm gives each expert the same
+        # product, and the expert's matrices are used in place, not copied.
+        gate_up, down = (t.unsqueeze(0) for t in tensors_of(e))
+        inputs = (x * scores[:, e].reshape(-1, 1)).unsqueeze(0)
+        gate, up = torch.bmm(inputs, gate_up).chunk(2, dim=-1)
+        outs.append(torch.bmm(up * act_fn(gate), down)[0])
+    out = torch.stack(outs)
     if chosen.shape[1] <= 2:
         return out.sum(dim=0)
     every = out.new_zeros((scores.shape[1],) + tuple(out.shape[1:]))
