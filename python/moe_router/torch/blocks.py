@@ -22,6 +22,9 @@ another rule. The layouts, read from Transformers v4.57.6 and v5.2.0
   (the top-k's sigmoid weights scattered over all experts, logits); the
   block runs every expert on inputs scaled by those weights and adds a
   shared expert.
+- `parallel_experts`: Granite-MoE (4.x and 5.x alike). Its gating returns
+  the samples sorted by expert; ParallelExperts `input_linear` and
+  `output_linear` run each expert on its run of them.
 - `deepseek_v2_router`: 4.x DeepSeek-V2. Its gate returns (indices,
   weights); the block's `moe` sorts the samples by expert.
 - `deepseek_router`: 4.x DeepSeek-V3. Its router returns (indices,
@@ -52,8 +55,8 @@ class MoeBlock:
     """One sparse-MoE block and how to compute it with experts held elsewhere."""
     name: str  # its path in the model
     module: nn.Module
-    # inline | router | dense_weights_router | scaled_input | deepseek_router |
-    # deepseek_v2_router | block_routes
+    # inline | router | dense_weights_router | scaled_input | parallel_experts |
+    # deepseek_router | deepseek_v2_router | block_routes
     layout: str
     family: str  # the block's (or router's) class, as named in Transformers
     num_experts: int
@@ -126,6 +129,10 @@ _MINIMAX_M2_ROUTERS = ("MiniMaxM2TopKRouter",)  # sigmoid, the block's bias
 # gate, 5.x by the block.
 _DEEPSEEK_V2 = ("DeepseekV2MoEGate", "DeepseekV2Moe")
 _HUNYUAN = ("HunYuanMoEV1Moe",)  # softmax, top-k, renormalised; a float32 gate
+# Granite-MoE, its shared-MLP and hybrid (Mamba) variants: top-k of the
+# logits then softmax; ParallelExperts on samples sorted by expert.
+_GRANITE_ROUTERS = ("GraniteMoeTopKGating", "GraniteMoeSharedTopKGating",
+                    "GraniteMoeHybridTopKGating")
 # ERNIE 4.5: softmax plus moe_statics' bias; 4.x by the block, 5.x the router.
 _ERNIE = ("Ernie4_5_MoeSparseMoeBlock", "Ernie4_5_MoeTopKRouter")
 # DeepSeek-V3's rule, and the families that route by it with its router
@@ -146,7 +153,7 @@ _REFUSED = {
 KNOWN = sorted(list(_INLINE_BLOCKS) + list(_SOFTMAX_ROUTERS) + list(_TOPK_SOFTMAX_ROUTERS) +
                list(_SIGMOID_OF_TOPK_ROUTERS) + list(_GROUPED_SIGMOID_ROUTERS) +
                list(_MINIMAX_M2_ROUTERS) + list(_ERNIE) + list(_DEEPSEEK_V2) +
-               list(_HUNYUAN))
+               list(_HUNYUAN) + list(_GRANITE_ROUTERS))
 
 
 def _plain_linear(module, what, name):
@@ -451,6 +458,31 @@ def _hunyuan_block(name, module, router):
         gate_input=lambda x, h: h, returns_logits=False, **parts)
 
 
+def _granite_block(name, module, router):
+    """Granite-MoE (and its shared and hybrid variants, the same block):
+    TopKGating's `layer` gives logits, made float32; top-k of them, softmax
+    over those, cast to the hidden dtype; ParallelExperts `input_linear`
+    (E, 2I, H) and `output_linear` (E, H, I) on the samples sorted by
+    expert. 4.x's block returns (hidden states, router logits), 5.x's the
+    hidden states."""
+    family = type(router).__name__
+    top_k = _int(router, "top_k", name)
+    layer = _plain_linear(getattr(router, "layer", None), "the gating's layer", name)
+    gate_up, down = (getattr(getattr(module, n, None), "weight", None)
+                     for n in ("input_linear", "output_linear"))
+    if not isinstance(gate_up, torch.Tensor) or not isinstance(down, torch.Tensor):
+        raise UnsupportedModel(f"{name}: no input_linear and output_linear expert weights")
+    _check_fused_shapes(name, "parallel expert weights", gate_up, down, transposed=False)
+    return MoeBlock(
+        name=name, module=module, layout="parallel_experts", family=family, top_k=top_k,
+        num_experts=gate_up.shape[0], routing=TopKThenSoftmaxRouting(top_k, cast_weights=True),
+        gate_logits=lambda x: torch.nn.functional.linear(x, layer).float(),
+        expert_tensors=lambda e: [module.input_linear.weight[e], module.output_linear.weight[e]],
+        expert_fn=None,
+        expert_parameters=[(module.input_linear, "weight"), (module.output_linear, "weight")],
+        router_returns=("sorted_indices", "batch_index", "batch_gates", "expert_size", "logits"))
+
+
 def _minimax_m2_block(name, module, router):
     """MiniMax-M2 (5.x): the router gets the block's e_score_correction_bias
     and returns (logits, weights, indices); fused experts."""
@@ -518,6 +550,8 @@ def describe_block(name: str, module: nn.Module) -> MoeBlock:
         return _deepseek_v2_block(name, module, router)
     if type(module).__name__ in _HUNYUAN:
         return _hunyuan_block(name, module, router)
+    if family in _GRANITE_ROUTERS:
+        return _granite_block(name, module, router)
     if family in _MINIMAX_M2_ROUTERS:
         return _minimax_m2_block(name, module, router)
     if isinstance(router, nn.Linear):
@@ -537,7 +571,9 @@ def describe_block(name: str, module: nn.Module) -> MoeBlock:
 
 
 def _looks_like_moe(module):
-    return hasattr(module, "experts") and router_of(module) is not None
+    # Granite-MoE's experts are its input_linear and output_linear.
+    has_experts = hasattr(module, "experts") or hasattr(module, "input_linear")
+    return has_experts and router_of(module) is not None
 
 
 def find_moe_blocks(model: nn.Module) -> List[MoeBlock]:

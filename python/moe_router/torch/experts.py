@@ -155,6 +155,20 @@ def on_scaled_inputs(x, scores, chosen, act_fn, tensors_of: TensorsOf):
     return every.sum(dim=0)
 
 
+def sorted_by_expert(chosen, weights, num_experts):
+    """Granite-MoE's gating output for a choice: the (token, position)
+    samples sorted by expert id, their tokens, their weights in that order,
+    and how many samples each expert has, as GraniteMoeTopKGating gives
+    them."""
+    gates = torch.zeros([weights.size(0), num_experts], dtype=weights.dtype,
+                        device=weights.device).scatter(1, chosen, 1)
+    expert_size = gates.long().sum(0).tolist()
+    _, index_sorted = chosen.flatten().sort(0)
+    return {"sorted_indices": index_sorted,
+            "batch_index": index_sorted.div(chosen.shape[1], rounding_mode="trunc"),
+            "batch_gates": weights.flatten()[index_sorted], "expert_size": expert_size}
+
+
 def _stacked(chosen, tensors_of: TensorsOf):
     """Each fused part stacked per (token, position) sample, as indexing the
     model's (experts, ...) parameter with the samples' expert ids gives."""

@@ -109,6 +109,9 @@ class Offload:
             self._patch(module, "moe", self._experts_forward(layer))
         elif block.layout == "dense_weights_router":
             self._patch(block.fused_experts, "forward", self._dense_weights_experts_forward(layer))
+        elif block.layout == "parallel_experts":
+            for part, linear in enumerate((module.input_linear, module.output_linear)):
+                self._patch(linear, "forward", self._parallel_experts_forward(layer, part))
         elif block.fused:
             self._patch(block.fused_experts, "forward", self._experts_forward(layer))
 
@@ -222,8 +225,12 @@ class Offload:
                       "probabilities": scores.weighing}
             if "dense" in block.router_returns:
                 values["dense"] = block.routing.dense_weights(scores, chosen, weights)
+            if "batch_index" in block.router_returns:
+                values.update(arithmetic.sorted_by_expert(chosen, weights, block.num_experts))
             if block.layout == "scaled_input":
                 self._chosen[layer] = chosen  # for the block's call that follows
+            if block.layout == "parallel_experts":  # no _experts call to guess after
+                self._maybe_guess_next(layer, x)
             return tuple(values[name] for name in block.router_returns)
         return forward
 
@@ -265,6 +272,17 @@ class Offload:
             return out, router_logits
         return forward
 
+    def _parallel_experts_forward(self, layer: int, part: int):
+        """Granite-MoE's ParallelExperts(inputs, expert_size): the inputs
+        split in runs per expert id, each run through that expert's matrix
+        (`part` 0: input_linear, 1: output_linear), concatenated. Only the
+        chosen experts' runs are not empty; the others add nothing."""
+        def forward(inputs, expert_size):
+            runs = inputs.split(expert_size, dim=0)
+            return torch.cat([torch.nn.functional.linear(run, self._tensors_of(layer, e)[part])
+                              for e, run in enumerate(runs) if run.shape[0]], dim=0)
+        return forward
+
     def _dense_weights_experts_forward(self, layer: int):
         """4.x GPT-OSS's experts: (hidden states of any leading shape, indices,
         weights over all experts) -> (batch, tokens, hidden)."""
@@ -294,12 +312,15 @@ class Offload:
         self._guarded(lambda: self._carry_out(step, wait_for_urgent=True))
         return reconcile(engine_choice, own, scores), scores
 
+    def _tensors_of(self, layer: int, expert: int):
+        key = (layer, expert)
+        return self.pool.tensors(key) if key in self.pool else self.pool.stream(key)
+
     def _experts(self, layer: int, x, chosen, weights):
         block = self.blocks[layer]
 
         def tensors_of(expert: int):
-            key = (layer, expert)
-            return self.pool.tensors(key) if key in self.pool else self.pool.stream(key)
+            return self._tensors_of(layer, expert)
 
         def compute():
             if block.layout == "scaled_input":
@@ -324,9 +345,12 @@ class Offload:
                                           block.expert_fn)
 
         out = self._guarded(compute)
+        self._maybe_guess_next(layer, x)
+        return out
+
+    def _maybe_guess_next(self, layer: int, x) -> None:
         if self.prefetch_mode == "gate_guess" and layer + 1 < len(self.blocks):
             self._guess_next(layer + 1, x)
-        return out
 
     def _guarded(self, action):
         """Runs `action`; a failed load leaves the engine's view what the pool

@@ -73,14 +73,18 @@ class _TopKOfLogits:
 
 
 class TopKThenSoftmaxRouting(_TopKOfLogits):
-    """GPT-OSS's rule: the softmax of the chosen logits, in their dtype."""
+    """GPT-OSS's rule (and Granite-MoE's): the softmax of the chosen
+    logits, in their dtype (Granite-MoE's: float32, then cast to the hidden
+    dtype, `cast_weights`)."""
 
-    def __init__(self, top_k: int):
+    def __init__(self, top_k: int, cast_weights: bool = False):
         super().__init__(top_k, "gpt_oss")
+        self.cast_weights = cast_weights
 
     def weights(self, scores: Scores, chosen: torch.Tensor, hidden_dtype) -> torch.Tensor:
         values = scores.weighing.gather(1, chosen)
-        return torch.nn.functional.softmax(values, dim=1, dtype=values.dtype)
+        weights = torch.nn.functional.softmax(values, dim=1, dtype=values.dtype)
+        return weights.to(hidden_dtype) if self.cast_weights else weights
 
     def dense_weights(self, scores: Scores, chosen: torch.Tensor, weights) -> torch.Tensor:
         """4.x's router scatters the weights over all experts."""

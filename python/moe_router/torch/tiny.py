@@ -16,8 +16,9 @@ shared expert, top-k always renormalised) and deepseek_v2 (softmax,
 greedy or group-limited, scaled, shared experts, a dense first layer),
 each in 4 or 5 where that version has it (CASES: MiniMax-M2 and Qwen3.5
 arrived in 5), hunyuan_v1_moe (softmax top-k from a float32 gate, a
-shared MLP) and jamba (softmax top-k, not renormalised; the MoE blocks of
-its attention layers). The model
+shared MLP), jamba (softmax top-k, not renormalised; the MoE blocks of
+its attention layers) and granitemoe (top-k of the logits then softmax;
+ParallelExperts on the samples sorted by expert). The model
 records router logits when asked the way that version's model does: 4.x
 patches the recorded blocks' forward for the call, 5.x hooks the routers.
 """
@@ -41,11 +42,14 @@ _BLOCKS = {
     "minimax_m2": "MiniMaxM2SparseMoeBlock", "qwen3_5_moe": "Qwen3_5MoeSparseMoeBlock",
     "deepseek_v2": {4: "DeepseekV2MoE", 5: "DeepseekV2Moe"},  # 5.x renamed it
     "hunyuan_v1_moe": "HunYuanMoEV1Moe", "jamba": "JambaSparseMoeBlock",
+    "granitemoe": "GraniteMoeMoE",
 }
 # Layouts that route by DeepSeek-V3's rule and begin with dense layers.
 GROUPED_LAYOUTS = ("deepseek_v3", "glm4_moe", "dots1", "deepseek_v2")
 # Layouts whose models record no router logits (none in _can_record_outputs).
 NO_ROUTER_LOGITS = GROUPED_LAYOUTS + ("hunyuan_v1_moe",)
+# 5.x models of these families record none; 4.x's pass the blocks' up.
+NO_ROUTER_LOGITS_5 = NO_ROUTER_LOGITS + ("granitemoe",)
 LAYOUTS = tuple(_BLOCKS)
 
 
@@ -150,7 +154,8 @@ class TinyMoeLM(nn.Module):
         self.embed = nn.Embedding(vocab, hidden)
         mlps = [v4.DeepseekV3MLP(self.config) if i < dense_layers
                 else make_block(layout, version, self.config) for i in range(layers)]
-        mlp_name = "block_sparse_moe" if (layout, version) == ("mixtral", 4) else \
+        mlp_name = "block_sparse_moe" if (layout, version) == ("mixtral", 4) or \
+            layout == "granitemoe" else \
             "feed_forward" if layout in ("llama4", "jamba") else "mlp"
         self.layers = nn.ModuleList([DecoderLayer(mlp, hidden, heads, mlp_name) for mlp in mlps])
         self.norm = RMSNorm(hidden)

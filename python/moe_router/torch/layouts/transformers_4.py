@@ -660,6 +660,82 @@ class Llama4TextMoe(nn.Module):
         return out, router_logits
 
 
+class GraniteMoeParallelExperts(nn.Module):
+    """weight (experts, out, in); forward(inputs, expert_size): the inputs
+    split in runs per expert, each through its matrix, concatenated."""
+
+    def __init__(self, num_experts, input_size, output_size):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_experts, output_size, input_size))
+        nn.init.uniform_(self.weight, -input_size ** -0.5, input_size ** -0.5)
+        self.num_experts = num_experts
+
+    def forward(self, inputs, expert_size):
+        input_list = inputs.split(expert_size, dim=0)
+        return torch.cat([F.linear(input_list[i], self.weight[i])
+                          for i in range(self.num_experts)], dim=0)
+
+
+class GraniteMoeTopKGating(nn.Module):
+    """Float32 logits of `layer`; their top-k; softmax over those cast to the
+    hidden dtype; the samples sorted by expert. Returns (sorted sample
+    indices, their tokens, their weights, samples per expert, logits)."""
+
+    def __init__(self, input_size, num_experts, top_k):
+        super().__init__()
+        self.num_experts = num_experts
+        self.input_size = input_size
+        self.top_k = top_k
+        self.layer = nn.Linear(input_size, num_experts, bias=False)
+
+    def forward(self, hidden_states):
+        logits = self.layer(hidden_states).float()
+        top_k_logits, top_k_indices = logits.topk(self.top_k, dim=1)
+        top_k_gates = torch.softmax(top_k_logits, dim=1).type_as(hidden_states)
+        zeros = torch.zeros([top_k_gates.size(0), self.num_experts], dtype=top_k_gates.dtype,
+                            device=top_k_gates.device)
+        gates = zeros.scatter(1, top_k_indices, 1)
+        expert_size = gates.long().sum(0).tolist()
+        top_k_experts = top_k_indices.flatten()
+        _, index_sorted_experts = top_k_experts.sort(0)
+        batch_index = index_sorted_experts.div(self.top_k, rounding_mode="trunc")
+        batch_gates = top_k_gates.flatten()[index_sorted_experts]
+        return index_sorted_experts, batch_index, batch_gates, expert_size, logits
+
+
+class GraniteMoeMoE(nn.Module):
+    """The sorted samples through input_linear, act(gate) * up, output_linear,
+    times their weights, index_add-ed per token. Returns (hidden states, router logits)."""
+
+    def __init__(self, config: MoeConfig):
+        super().__init__()
+        self.input_size = config.hidden_size
+        self.hidden_size = config.intermediate_size
+        self.activation = nn.SiLU()
+        self.input_linear = GraniteMoeParallelExperts(config.num_local_experts, self.input_size,
+                                                      self.hidden_size * 2)
+        self.output_linear = GraniteMoeParallelExperts(config.num_local_experts,
+                                                       self.hidden_size, self.input_size)
+        self.router = GraniteMoeTopKGating(self.input_size, config.num_local_experts,
+                                           config.num_experts_per_tok)
+
+    def forward(self, layer_input):
+        bsz, length, emb_size = layer_input.size()
+        layer_input = layer_input.reshape(-1, emb_size)
+        _, batch_index, batch_gates, expert_size, router_logits = self.router(layer_input)
+        expert_inputs = layer_input[batch_index]
+        hidden_states = self.input_linear(expert_inputs, expert_size)
+        chunked = hidden_states.chunk(2, dim=-1)
+        hidden_states = self.activation(chunked[0]) * chunked[1]
+        expert_outputs = self.output_linear(hidden_states, expert_size)
+        expert_outputs = expert_outputs * batch_gates[:, None]
+        zeros = torch.zeros((bsz * length, self.input_size), dtype=expert_outputs.dtype,
+                            device=expert_outputs.device)
+        layer_output = zeros.index_add(0, batch_index, expert_outputs)
+        layer_output = layer_output.view(bsz, length, self.input_size)
+        return layer_output, router_logits
+
+
 # GLM-4.5 (glm4_moe) and dots.llm1 (dots1) are DeepSeek-V3's router and
 # block under other names: their modeling files at 4.57.6 differ from
 # DeepSeek-V3's in these classes only by names and type annotations.

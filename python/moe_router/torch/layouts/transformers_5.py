@@ -10,13 +10,16 @@ from torch import nn
 import torch.nn.functional as F
 
 from moe_router.torch.layouts import MoeConfig
-# Llama 4's block and ERNIE 4.5's MLP and statics are the same in both
-# versions.
+# Llama 4's block, ERNIE 4.5's MLP and statics, Hunyuan's gate and
+# Granite-MoE's gating and experts are the same in both versions.
 from moe_router.torch.layouts.transformers_4 import (DeepseekV2MLP, DeepseekV3MLP,
                                                      Ernie4_5_MoeMLP, Ernie4_5_MoeStatics,
                                                      HunYuanMoEV1Gate, HunYuanMoEV1MLP,
                                                      Llama4TextMoe, Qwen2MoeMLP, Qwen3NextMLP,
                                                      grouped_top_k)
+from moe_router.torch.layouts.transformers_4 import GptOssExperts as GptOssExperts4
+from moe_router.torch.layouts.transformers_4 import GptOssTopKRouter as GptOssTopKRouter4
+from moe_router.torch.layouts.transformers_4 import GraniteMoeMoE as GraniteMoeMoE4
 
 
 def _eager_experts(self, hidden_states, top_k_index, top_k_weights):
@@ -364,28 +367,15 @@ class DeepseekV3MoE(nn.Module):
         return hidden_states + self.shared_experts(residuals)
 
 
-class GptOssExperts(nn.Module):
-    """@use_experts_implementation(is_transposed=True, has_bias=True):
-    gate_up_proj (experts, hidden, 2 x inner; gate and up interleaved),
-    down_proj (experts, inner, hidden), a bias for each, applied as
-    x @ W + b; _apply_gate is the clamped SwiGLU. Its own forward is the
-    "eager" implementation."""
+class GptOssExperts(GptOssExperts4):
+    """@use_experts_implementation(is_transposed=True, has_bias=True): 4.x's
+    tensors (gate and up interleaved in (experts, hidden, 2 x inner), a bias
+    for each, applied as x @ W + b); _apply_gate is the clamped SwiGLU. Its
+    own forward is the "eager" implementation."""
 
     def __init__(self, config: MoeConfig):
-        super().__init__()
+        super().__init__(config)
         self.config = config
-        self.num_experts = config.num_local_experts
-        hidden, inner = config.hidden_size, config.intermediate_size
-        self.gate_up_proj = nn.Parameter(torch.empty(self.num_experts, hidden, 2 * inner))
-        self.gate_up_proj_bias = nn.Parameter(torch.empty(self.num_experts, 2 * inner))
-        self.down_proj = nn.Parameter(torch.empty(self.num_experts, inner, hidden))
-        self.down_proj_bias = nn.Parameter(torch.empty(self.num_experts, hidden))
-        for p in (self.gate_up_proj, self.down_proj):
-            nn.init.uniform_(p, -p.shape[1] ** -0.5, p.shape[1] ** -0.5)
-        for p in (self.gate_up_proj_bias, self.down_proj_bias):
-            nn.init.normal_(p, std=0.02)
-        self.alpha = 1.702
-        self.limit = 7.0
         self.has_bias = True
         self.is_transposed = True
 
@@ -416,19 +406,8 @@ class GptOssExperts(nn.Module):
     forward = _dispatch
 
 
-class GptOssTopKRouter(nn.Module):
-    """Logits with a bias; their top-k; the softmax of those k in the
-    logits' dtype. Returns (logits, top-k weights, indices)."""
-
-    def __init__(self, config: MoeConfig):
-        super().__init__()
-        self.top_k = config.num_experts_per_tok
-        self.num_experts = config.num_local_experts
-        self.hidden_dim = config.hidden_size
-        self.weight = nn.Parameter(torch.empty(self.num_experts, self.hidden_dim))
-        self.bias = nn.Parameter(torch.empty(self.num_experts))
-        nn.init.normal_(self.weight, std=self.hidden_dim ** -0.5)
-        nn.init.normal_(self.bias, std=0.1)
+class GptOssTopKRouter(GptOssTopKRouter4):
+    """4.x's weights; returns (logits, top-k weights, indices)."""
 
     def forward(self, hidden_states):
         router_logits = F.linear(hidden_states, self.weight, self.bias)
@@ -679,6 +658,14 @@ class Ernie4_5_MoeSparseMoeBlock(nn.Module):
         final_hidden_states = final_hidden_states.reshape(batch_size, sequence_length,
                                                           self.hidden_dim)
         return final_hidden_states.to(hidden_states.dtype)
+
+
+class GraniteMoeMoE(GraniteMoeMoE4):
+    """4.57.6's block (its gating and ParallelExperts unchanged), returning
+    the hidden states alone."""
+
+    def forward(self, layer_input):
+        return super().forward(layer_input)[0]
 
 
 # GLM-4.5 (glm4_moe) and dots.llm1 (dots1): DeepSeek-V3's router, experts
