@@ -23,6 +23,7 @@
 #include "cli/svg_plot.h"
 #include "core/base/file_io.h"
 #include "core/cache/eviction_policy.h"
+#include "core/model/model_config.h"
 #include "core/cache/peer_policies.h"
 #include "eval/belady_policy.h"
 #include "eval/replay.h"
@@ -163,6 +164,18 @@ std::string FormatShare(const nlohmann::json& value) {
   return value.is_number() ? FormatShare(value.get<double>()) : "-";
 }
 
+// The policy a fresh deployment evicts by, as the table and the JSON rows
+// mark it.
+bool IsDefaultPolicy(const std::string& policy) { return policy == kDefaultEvictionPolicy; }
+
+std::string TablePolicyName(const std::string& policy) {
+  return IsDefaultPolicy(policy) ? policy + "*" : policy;
+}
+
+void PrintDefaultFootnote(bool shown) {
+  if (shown) std::printf("* the default: what a deployment evicts by unless its model names one\n");
+}
+
 PeerComparison CompareWithPeers(const ReplayReport& report, const ReplayRow& row) {
   std::optional<double> belady, best_peer;
   for (const ReplayRow& r : report.rows) {
@@ -192,8 +205,10 @@ int ReplayBudgets(const CommandLine& cl, const RoutingTrace& trace, ReplayOption
     auto report = Replay(trace, options);
     if (!report.ok()) return CommandError("replay", report.status());
     for (const ReplayRow& r : report->rows) {
-      nlohmann::json row = {
-          {"policy", r.policy}, {"budget_slots", options.amount}, {"hit_rate", r.hit_rate}};
+      nlohmann::json row = {{"policy", r.policy},
+                            {"default", IsDefaultPolicy(r.policy)},
+                            {"budget_slots", options.amount},
+                            {"hit_rate", r.hit_rate}};
       if (prefetch) row["ready_rate"] = r.ready_rate;
       if (rerouted) row["gate_mass"] = r.gate_mass_mean;
       if (peers) {
@@ -222,7 +237,8 @@ int ReplayBudgets(const CommandLine& cl, const RoutingTrace& trace, ReplayOption
                 prefetch ? " ready_rate" : "", rerouted ? " gate_mass" : "",
                 peers ? " to_belady gap_closed" : "");
     for (const nlohmann::json& row : rows) {
-      std::printf("%-12s %12llu %9.3f", row["policy"].get<std::string>().c_str(),
+      std::printf("%-12s %12llu %9.3f",
+                  TablePolicyName(row["policy"].get<std::string>()).c_str(),
                   static_cast<unsigned long long>(row["budget_slots"].get<uint64_t>()),
                   row["hit_rate"].get<double>());
       if (prefetch) std::printf(" %10.3f", row["ready_rate"].get<double>());
@@ -233,6 +249,9 @@ int ReplayBudgets(const CommandLine& cl, const RoutingTrace& trace, ReplayOption
       }
       std::printf("\n");
     }
+    PrintDefaultFootnote(std::any_of(rows.begin(), rows.end(), [](const nlohmann::json& row) {
+      return row["default"].get<bool>();
+    }));
   }
   if (cl.Has("plot")) {
     Plot plot;
@@ -335,7 +354,8 @@ void PrintReplayTable(const ReplayReport& report, const ReplayOptions& options, 
   if (peers) std::printf(" %9s %10s", "to_belady", "gap_closed");
   std::printf("\n");
   for (const ReplayRow& r : report.rows) {
-    std::printf("%-12s %9.3f %10.3f %11.3f %13llu %10llu", r.policy.c_str(), r.hit_rate,
+    std::printf("%-12s %9.3f %10.3f %11.3f %13llu %10llu", TablePolicyName(r.policy).c_str(),
+                r.hit_rate,
                 r.ready_rate, r.loads_per_token, static_cast<unsigned long long>(r.prefetch_used),
                 static_cast<unsigned long long>(r.accesses));
     if (options.router) std::printf(" %8.3f %9.4f", r.changed_fraction, r.gate_mass_mean);
@@ -345,6 +365,8 @@ void PrintReplayTable(const ReplayReport& report, const ReplayOptions& options, 
     }
     std::printf("\n");
   }
+  PrintDefaultFootnote(std::any_of(report.rows.begin(), report.rows.end(),
+                                   [](const ReplayRow& r) { return IsDefaultPolicy(r.policy); }));
 }
 
 nlohmann::json ReplayJson(const ReplayReport& report, bool peers) {
@@ -358,6 +380,7 @@ nlohmann::json ReplayJson(const ReplayReport& report, bool peers) {
       row["gap_closed"] = c.gap_closed;
     }
     row.update({{"policy", r.policy},
+                {"default", IsDefaultPolicy(r.policy)},
                 {"hit_rate", r.hit_rate},
                 {"ready_rate", r.ready_rate},
                 {"loads_per_token", r.loads_per_token},

@@ -12,6 +12,7 @@
 #include "cli/progress.h"
 #include "cli/svg_plot.h"
 #include "core/base/file_io.h"
+#include "core/model/model_config.h"
 #include "eval/replay.h"
 #include "eval/workload.h"
 #include "nlohmann/json.hpp"
@@ -132,7 +133,7 @@ absl::StatusOr<SweepSpec> ParseSweep(const CommandLine& cl) {
   spec.tokens = *tokens;
   spec.seed = *seed;
   spec.budget_fraction = *fraction;
-  spec.policy = cl.Value("policy", "layer_reuse");
+  spec.policy = cl.Value("policy", kDefaultEvictionPolicy);
   if (cl.Has("bonus")) {
     auto bonuses = ParseBonuses(cl.Value("bonus"));
     if (!bonuses.ok()) return bonuses.status();

@@ -22,6 +22,8 @@ namespace moe_router {
 /// weighed against the server's memory limit.
 inline constexpr uint32_t kMaxModelLayers = 1024;
 inline constexpr uint32_t kMaxModelExperts = 4096;
+/// The eviction policy a model gets unless its spec names one.
+inline constexpr char kDefaultEvictionPolicy[] = "layer_reuse";
 
 /// Everything that defines one hosted model.
 struct ModelConfig {
@@ -34,7 +36,7 @@ struct ModelConfig {
   std::vector<float> choice_bias;
   AffinityConfig affinity;
   uint64_t budget_bytes = 0;
-  std::string eviction_policy = "layer_reuse";
+  std::string eviction_policy = kDefaultEvictionPolicy;
   PrecisionConfig precision;
   PagingPoolOptions paging;
   /// After routing layer l, prefetch this many experts of layer l+1

@@ -213,6 +213,27 @@ TEST_F(ClientTest, CliReplayPeersSetsOursBesideTheEnginesCaches) {
   EXPECT_THAT(plain, ::testing::Not(HasSubstr("gap_closed")));
 }
 
+// The tables mark the default policy with a star and say what it means;
+// without the default among the rows, neither appears.
+TEST_F(ClientTest, CliReplayTablesMarkTheDefaultPolicy) {
+  testing::TempDir dir;
+  const std::string trace = dir.File("t.jsonl");
+  ASSERT_EQ(Cli("tracegen --preset mixtral --sequences 1 --tokens 20 --seed 2 --out " + trace)
+                .second,
+            0);
+  const std::string footnote = "* the default: what a deployment evicts by";
+  for (const std::string budget : {" --global-slots 64", " --budgets 25%,50%"}) {
+    const auto [out, code] = Cli("replay " + trace + budget);
+    ASSERT_EQ(code, 0) << out;
+    EXPECT_THAT(out, HasSubstr("layer_reuse* ")) << budget;
+    EXPECT_THAT(out, HasSubstr(footnote)) << budget;
+    EXPECT_THAT(out, ::testing::Not(HasSubstr("lru* "))) << budget;
+    const auto [lru, lru_code] = Cli("replay " + trace + budget + " --policy lru");
+    ASSERT_EQ(lru_code, 0) << lru;
+    EXPECT_THAT(lru, ::testing::Not(HasSubstr(footnote))) << budget;
+  }
+}
+
 // With --bonus our policies reroute against their cache while belady and
 // the peers page the trace's own routing, so every row is still set against
 // both, and the rerouted rows show the gate mass they kept.
@@ -229,6 +250,10 @@ TEST_F(ClientTest, CliReplayPeersBesideCacheAwareRouting) {
   for (const nlohmann::json& r : report["rows"]) by_policy[r["policy"].get<std::string>()] = r;
   ASSERT_TRUE(by_policy.count("belady") && by_policy.count("llama_cpp") &&
               by_policy.count("layer_reuse"));
+  // The default a fresh deployment gets is marked, and only it.
+  for (const auto& [name, r] : by_policy) {
+    EXPECT_EQ(r["default"].get<bool>(), name == "layer_reuse") << name;
+  }
   EXPECT_DOUBLE_EQ(by_policy["belady"]["gate_mass"].get<double>(), 1.0);
   EXPECT_DOUBLE_EQ(by_policy["llama_cpp"]["gate_mass"].get<double>(), 1.0);
   EXPECT_LT(by_policy["layer_reuse"]["gate_mass"].get<double>(), 1.0);
