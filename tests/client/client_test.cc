@@ -218,9 +218,8 @@ TEST_F(ClientTest, CliReplayPeersSetsOursBesideTheEnginesCaches) {
 TEST_F(ClientTest, CliReplayTablesMarkTheDefaultPolicy) {
   testing::TempDir dir;
   const std::string trace = dir.File("t.jsonl");
-  ASSERT_EQ(Cli("tracegen --preset mixtral --sequences 1 --tokens 20 --seed 2 --out " + trace)
-                .second,
-            0);
+  ASSERT_EQ(
+      Cli("tracegen --preset mixtral --sequences 1 --tokens 20 --seed 2 --out " + trace).second, 0);
   const std::string footnote = "* the default: what a deployment evicts by";
   for (const std::string budget : {" --global-slots 64", " --budgets 25%,50%"}) {
     const auto [out, code] = Cli("replay " + trace + budget);
