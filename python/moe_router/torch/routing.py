@@ -111,6 +111,20 @@ class SigmoidOfTopKRouting(_TopKOfLogits):
         return self.dense_weights(scores, chosen).gather(1, chosen)
 
 
+def _keep_best_groups(choice: torch.Tensor, group_scores: torch.Tensor,
+                      kept: int) -> torch.Tensor:
+    """The group limit of DeepSeek-V3 and V2 (each scores its groups its own
+    way): the `kept` best groups' experts keep their choice scores, the
+    others' are set to 0.0, in the models' own operations."""
+    tokens, groups = group_scores.shape
+    best = torch.topk(group_scores, k=kept, dim=-1, sorted=False)[1]
+    group_mask = torch.zeros_like(group_scores)
+    group_mask.scatter_(1, best, 1)
+    score_mask = group_mask.unsqueeze(-1).expand(tokens, groups,
+                                                 choice.shape[-1] // groups).reshape(tokens, -1)
+    return choice.masked_fill(~score_mask.bool(), 0.0)
+
+
 class GroupedSigmoidRouting:
     """DeepSeek-V3's rule (also GLM-4.5's and the other families that reuse
     its code, Kimi K2's with one group) and MiniMax-M2's: sigmoid scores of
@@ -141,15 +155,9 @@ class GroupedSigmoidRouting:
         choice = sigmoid + self.bias
         if self.groups == 1:  # the mask keeps every expert: the same numbers
             return Scores(choice=choice, weighing=sigmoid)
-        experts = choice.shape[-1]
-        per_group = experts // self.groups
-        group_scores = choice.view(-1, self.groups, per_group).topk(2, dim=-1)[0].sum(dim=-1)
-        kept = torch.topk(group_scores, k=self.kept, dim=-1, sorted=False)[1]
-        group_mask = torch.zeros_like(group_scores)
-        group_mask.scatter_(1, kept, 1)
-        score_mask = group_mask.unsqueeze(-1).expand(-1, self.groups, per_group).reshape(
-            -1, experts)
-        return Scores(choice=choice.masked_fill(~score_mask.bool(), 0.0), weighing=sigmoid)
+        group_scores = choice.view(choice.shape[0], self.groups, -1).topk(2, dim=-1)[0].sum(dim=-1)
+        return Scores(choice=_keep_best_groups(choice, group_scores, self.kept),
+                      weighing=sigmoid)
 
     def own_choice(self, scores: Scores) -> torch.Tensor:
         return torch.topk(scores.choice, k=self.top_k, dim=-1, sorted=False)[1]
@@ -186,14 +194,8 @@ class GroupLimitedSoftmaxRouting:
         probs = logits.reshape(-1, logits.shape[-1]).softmax(dim=-1, dtype=torch.float32)
         if not self.grouped:
             return Scores(choice=probs, weighing=probs)
-        tokens, experts = probs.shape
-        group_scores = probs.view(tokens, self.groups, -1).max(dim=-1).values
-        kept = torch.topk(group_scores, k=self.kept, dim=-1, sorted=False)[1]
-        group_mask = torch.zeros_like(group_scores)
-        group_mask.scatter_(1, kept, 1)
-        score_mask = group_mask.unsqueeze(-1).expand(tokens, self.groups,
-                                                     experts // self.groups).reshape(tokens, -1)
-        masked = probs.masked_fill(~score_mask.bool(), 0.0)
+        group_scores = probs.view(probs.shape[0], self.groups, -1).max(dim=-1).values
+        masked = _keep_best_groups(probs, group_scores, self.kept)
         return Scores(choice=masked, weighing=masked)
 
     def own_choice(self, scores: Scores) -> torch.Tensor:
