@@ -105,7 +105,8 @@ def tied_at_the_boundary(model, x):
         router = router_of(module)
         inputs = args[0].reshape(-1, args[0].shape[-1])
         logits = torch.nn.functional.linear(inputs.float(), gate_weight(router).float())
-        k = router.top_k if hasattr(router, "top_k") else module.top_k
+        k = next(getattr(o, n) for o in (router, module) for n in ("top_k", "moe_top_k")
+                 if hasattr(o, n))
         for bias in choice_biases(module):
             logits = logits + bias.float().reshape(-1)
         chosen = torch.topk(logits, k).indices
@@ -303,6 +304,7 @@ FOUND = {
     ("jamba", 4): ("inline", "JambaSparseMoeBlock", "qwen_no_norm"),
     ("granitemoe", 4): ("parallel_experts", "GraniteMoeTopKGating", "gpt_oss"),
     ("ernie4_5_moe", 4): ("inline", "Ernie4_5_MoeSparseMoeBlock", "ernie4_5"),
+    ("dbrx", 4): ("dbrx_router", "DbrxRouter", "dbrx"),
     ("mixtral", 5): ("router", "MixtralTopKRouter", "mixtral"),
     ("qwen2_moe", 5): ("router", "Qwen2MoeTopKRouter", "qwen_no_norm"),
     ("qwen3_moe", 5): ("router", "Qwen3MoeTopKRouter", "mixtral"),
@@ -351,6 +353,8 @@ CLONES = [
     (5, v5.DeepseekV3MoE, None, "GlmMoeDsaTopkRouter", "deepseek_v3"),
     (5, v5.DeepseekV3MoE, None, "SolarOpenTopkRouter", "deepseek_v3"),
     (5, v5.DeepseekV3MoE, None, "ExaoneMoeTopkRouter", "deepseek_v3"),
+    (5, v5.Qwen3MoeSparseMoeBlock, None, "Qwen3OmniMoeThinkerTextTopKRouter", "mixtral"),
+    (5, v5.Qwen2MoeSparseMoeBlock, None, "Qwen3OmniMoeTalkerTextTopKRouter", "mixtral"),
 ]
 
 
@@ -367,6 +371,35 @@ def test_families_that_reuse_another_familys_code_are_found_by_their_names(clone
         [(block_name or router_name, preset)]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_qwen3_omni_thinkers_experts_run_their_own_forward_whatever_the_implementation(dtype):
+    # The thinker's experts class has no @use_experts_implementation: no
+    # config, its eager loop always; the talker's has (the test above).
+    torch.manual_seed(0)
+    config = TinyMoeLM("qwen3_moe", layers=1, version=5).config
+    config._experts_implementation = "batched_mm"
+    block = v5.Qwen3MoeSparseMoeBlock(config)
+    block.gate = renamed(type(block.gate), "Qwen3OmniMoeThinkerTextTopKRouter")(config)
+    thinker_experts = type("Qwen3OmniMoeThinkerTextExperts", (v5.Qwen3MoeExperts,),
+                           {"forward": v5.Qwen3MoeExperts.eager_forward})
+    experts = thinker_experts(config)
+    experts.load_state_dict(block.experts.state_dict())
+    del experts.config
+    block.experts = experts
+    model = nn.Sequential(block).eval().to(dtype)
+    inputs = [torch.randn(1, 4, config.hidden_size).to(dtype) for _ in range(6)]
+    with torch.no_grad():
+        want = [model(x) for x in inputs]
+        handle = offload_experts(model, budget_bytes=4 * expert_bytes(model), bonus=0,
+                                 prefetch=None)
+        try:
+            got = [model(x) for x in inputs]
+            assert handle.stats()["evictions"] > 0
+        finally:
+            handle.close()
+    assert all(torch.equal(a, b) for a, b in zip(want, got))
+
+
 def test_blocks_are_identified_by_their_router_or_block_class_and_refused_by_name():
     config = TinyMoeLM("mixtral", layers=1).config
     cases = [
@@ -381,6 +414,22 @@ def test_blocks_are_identified_by_their_router_or_block_class_and_refused_by_nam
     ]
     cases[2][0].gate = renamed(v5.MixtralTopKRouter, "FancyTopKRouter")(config)
     cases[2] = (cases[2][0], "router FancyTopKRouter is not one whose rule is known")
+    # Routing the engine does not have, by the router's class.
+    for router, message in [
+            ("SwitchTransformersTop1Router", "Switch Transformers routes with an expert capacity"),
+            ("NllbMoeTop2Router", "NLLB-MoE routes with an expert capacity"),
+            ("LongcatFlashTopkRouter", "LongCat-Flash routes to zero-computation experts")]:
+        block = v5.MixtralSparseMoeBlock(config)
+        block.gate = renamed(v5.MixtralTopKRouter, router)(config)
+        cases.append((block, f"{router}: {message}"))
+    # 5.2.0's DBRX (its block chooses in route_tokens_to_experts).
+    dbrx_5 = type("DbrxFFN", (v4.DbrxFFN,), {"route_tokens_to_experts": lambda self, l: l})
+    cases.append((dbrx_5(config), "Transformers 5.2.0's DbrxFFN is not supported"))
+    # DBRX experts that are not (experts x inner, hidden).
+    dbrx = v4.DbrxFFN(config)
+    dbrx.experts.mlp.v1 = nn.Parameter(torch.zeros(8 * 128, 63))
+    cases.append((dbrx, "DBRX experts are not w1, v1 and w2 each of (experts x "
+                        "ffn_hidden_size, hidden) = (8 x 128, 64)"))
     for block, message in cases:
         model = nn.Sequential(block).eval()
         with pytest.raises(UnsupportedModel, match=re.escape(message)):

@@ -29,6 +29,9 @@ another rule. The layouts, read from Transformers v4.57.6 and v5.2.0
   weights); the block's `moe` sorts the samples by expert.
 - `deepseek_router`: 4.x DeepSeek-V3. Its router returns (indices,
   weights); the block's `moe` loops over per-expert modules.
+- `dbrx_router`: 4.x DBRX. Its router returns (probabilities, weights,
+  indices) in the hidden dtype; its experts stack w1, v1 and w2 per
+  expert and take all three with the (batch, tokens, hidden) input.
 - `block_routes`: 5.x DeepSeek-V3, DeepSeek-V2, Hunyuan-MoE and Jamba. The gate
   gives logits; the block's `route_tokens_to_experts` chooses; fused
   experts compute.
@@ -42,8 +45,9 @@ from torch import nn
 
 from moe_router.torch import experts as arithmetic
 from moe_router.torch.routing import (BiasedSoftmaxRouting, GroupedSigmoidRouting,
-                                      GroupLimitedSoftmaxRouting, SigmoidOfTopKRouting,
-                                      SoftmaxRouting, TopKThenSoftmaxRouting)
+                                      GroupLimitedSoftmaxRouting, PNormSoftmaxRouting,
+                                      SigmoidOfTopKRouting, SoftmaxRouting,
+                                      TopKThenSoftmaxRouting)
 
 
 class UnsupportedModel(ValueError):
@@ -56,7 +60,7 @@ class MoeBlock:
     name: str  # its path in the model
     module: nn.Module
     # inline | router | dense_weights_router | scaled_input | parallel_experts |
-    # deepseek_router | deepseek_v2_router | block_routes
+    # deepseek_router | deepseek_v2_router | block_routes | dbrx_router
     layout: str
     family: str  # the block's (or router's) class, as named in Transformers
     num_experts: int
@@ -121,7 +125,13 @@ _SOFTMAX_ROUTERS = {
     "Qwen3NextTopKRouter": (False, False),
     "Qwen3_5MoeTopKRouter": (True, False),
     "Qwen3VLMoeTextTopKRouter": (True, False),
+    # Qwen3-Omni-MoE's thinker and talker (5.x): Qwen3-MoE's router.
+    "Qwen3OmniMoeThinkerTextTopKRouter": (False, False),
+    "Qwen3OmniMoeTalkerTextTopKRouter": (False, False),
 }
+# Fused experts without @use_experts_implementation: their own (eager)
+# forward, whatever the configured implementation.
+_UNDISPATCHED_EXPERTS = ("Qwen3OmniMoeThinkerTextExperts",)
 _TOPK_SOFTMAX_ROUTERS = ("GptOssTopKRouter",)  # top-k of the logits, then softmax
 _SIGMOID_OF_TOPK_ROUTERS = ("Llama4Router",)  # top-k of the logits, sigmoid weights
 _MINIMAX_M2_ROUTERS = ("MiniMaxM2TopKRouter",)  # sigmoid, the block's bias
@@ -144,16 +154,24 @@ _GROUPED_SIGMOID_ROUTERS = ("DeepseekV3TopkRouter", "Glm4MoeTopkRouter",
                             "Glm4vMoeTextTopkRouter", "Dots1TopkRouter",
                             "Glm4MoeLiteTopkRouter", "GlmMoeDsaTopkRouter",
                             "SolarOpenTopkRouter", "ExaoneMoeTopkRouter")
-# Rules the engine does not have, by the class that carries them.
+_DBRX_ROUTERS = ("DbrxRouter",)  # softmax top-k over its p-norm; stacked experts
+# Rules the engine does not have, and code that cannot run as written, by
+# the class that carries them.
+_SPARSEMIXER = "Phi-3.5-MoE routes by sparsemixer, which moe-router does not implement"
+_CAPACITY = ("routes with an expert capacity (tokens over it are dropped), which moe-router "
+             "does not implement")
 _REFUSED = {
-    "PhimoeSparseMoeBlock": "Phi-3.5-MoE routes by sparsemixer, which moe-router does not "
-                            "implement",
-    "PhimoeTopKRouter": "Phi-3.5-MoE routes by sparsemixer, which moe-router does not implement",
+    "PhimoeSparseMoeBlock": _SPARSEMIXER,
+    "PhimoeTopKRouter": _SPARSEMIXER,
+    "SwitchTransformersTop1Router": "Switch Transformers " + _CAPACITY,
+    "NllbMoeTop2Router": "NLLB-MoE " + _CAPACITY,
+    "LongcatFlashTopkRouter": "LongCat-Flash routes to zero-computation experts, which "
+                              "moe-router does not implement",
 }
 KNOWN = sorted(list(_INLINE_BLOCKS) + list(_SOFTMAX_ROUTERS) + list(_TOPK_SOFTMAX_ROUTERS) +
                list(_SIGMOID_OF_TOPK_ROUTERS) + list(_GROUPED_SIGMOID_ROUTERS) +
                list(_MINIMAX_M2_ROUTERS) + list(_ERNIE) + list(_DEEPSEEK_V2) +
-               list(_HUNYUAN) + list(_GRANITE_ROUTERS))
+               list(_HUNYUAN) + list(_GRANITE_ROUTERS) + list(_DBRX_ROUTERS))
 
 
 def _plain_linear(module, what, name):
@@ -227,6 +245,8 @@ def _check_fused_shapes(name, what, gate_up, down, transposed):
 
 
 def _implementation(name, experts):
+    if type(experts).__name__ in _UNDISPATCHED_EXPERTS:
+        return
     implementation = getattr(getattr(experts, "config", None), "_experts_implementation", None)
     if implementation not in arithmetic.FUSED_IMPLEMENTATIONS:
         raise UnsupportedModel(
@@ -483,6 +503,46 @@ def _granite_block(name, module, router):
         router_returns=("sorted_indices", "batch_index", "batch_gates", "expert_size", "logits"))
 
 
+def _dbrx_block(name, module, router):
+    """DBRX (4.x): DbrxRouter returns (probabilities, top-k weights, indices),
+    all in the hidden dtype; DbrxExperts stack every expert's w1, v1 and w2
+    as (experts x inner, hidden) and take (hidden states, probabilities,
+    weights, indices). 5.2.0's DbrxExperts reshape the hidden states to
+    ffn_hidden_size and multiply by w1 untransposed: as written they run
+    only where ffn_hidden_size is the model's width; refused."""
+    family = type(router).__name__
+    if hasattr(module, "route_tokens_to_experts"):
+        raise UnsupportedModel(
+            f"{name}: Transformers 5.2.0's DbrxFFN is not supported (its DbrxExperts read "
+            f"ffn_hidden_size as the model's width)")
+    top_k = _int(router, "moe_top_k", name)
+    p = getattr(router, "moe_normalize_expert_weights", None)
+    if p is not None and not (isinstance(p, (int, float)) and 0 < p < float("inf")):
+        raise UnsupportedModel(f"{name}: moe_normalize_expert_weights {p!r} is not a positive "
+                               f"finite p or None")
+    layer = _plain_linear(getattr(router, "layer", None), "the router's layer", name)
+    mlp = getattr(module.experts, "mlp", None)
+    stacked = [getattr(mlp, n, None) for n in ("w1", "v1", "w2")]
+    inner = getattr(mlp, "ffn_hidden_size", None)
+    experts = _int(module.experts, "moe_num_experts", name)
+    if not all(isinstance(t, torch.Tensor) and t.dim() == 2 and t.shape == stacked[0].shape
+               for t in stacked) or not isinstance(inner, int) or \
+            stacked[0].shape[0] != experts * inner or stacked[0].shape[1] != layer.shape[1]:
+        raise UnsupportedModel(
+            f"{name}: DBRX experts are not w1, v1 and w2 each of (experts x ffn_hidden_size, "
+            f"hidden) = ({experts} x {inner}, {layer.shape[1]})")
+    shape = (experts, inner, layer.shape[1])
+    return MoeBlock(
+        name=name, module=module, layout="dbrx_router", family=family, top_k=top_k,
+        num_experts=experts, routing=PNormSoftmaxRouting(top_k, None if p is None else float(p)),
+        gate_logits=lambda x: torch.nn.functional.linear(x, layer),
+        expert_tensors=lambda e: [getattr(mlp, n).view(shape)[e] for n in ("w1", "v1", "w2")],
+        expert_fn=arithmetic.stacked_glu(mlp.activation_fn),
+        expert_parameters=[(mlp, n) for n in ("w1", "v1", "w2")],
+        fused_experts=module.experts,
+        router_returns=("hidden_probabilities", "weights", "indices"))
+
+
 def _minimax_m2_block(name, module, router):
     """MiniMax-M2 (5.x): the router gets the block's e_score_correction_bias
     and returns (logits, weights, indices); fused experts."""
@@ -554,6 +614,8 @@ def describe_block(name: str, module: nn.Module) -> MoeBlock:
         return _granite_block(name, module, router)
     if family in _MINIMAX_M2_ROUTERS:
         return _minimax_m2_block(name, module, router)
+    if family in _DBRX_ROUTERS:
+        return _dbrx_block(name, module, router)
     if isinstance(router, nn.Linear):
         if type(module).__name__ not in _INLINE_BLOCKS:
             raise UnsupportedModel(

@@ -26,6 +26,15 @@ def glu(act_fn):
     return apply
 
 
+def stacked_glu(act_fn):
+    """DBRX's (4.x) expert: act(x w1^T) * (x v1^T), times w2, with w1, v1
+    and w2 each (inner, hidden), as matmul computes it."""
+    def apply(x, tensors):
+        w1, v1, w2 = tensors
+        return (act_fn(x.matmul(w1.t())) * x.matmul(v1.t())).matmul(w2)
+    return apply
+
+
 @dataclass(frozen=True)
 class FusedFormat:
     """How a fused experts class stores and applies an expert (Transformers

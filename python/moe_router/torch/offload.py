@@ -107,6 +107,8 @@ class Offload:
             self._patch(module, "forward", self._scaled_input_forward(layer))
         elif block.layout in ("deepseek_router", "deepseek_v2_router"):
             self._patch(module, "moe", self._experts_forward(layer))
+        elif block.layout == "dbrx_router":
+            self._patch(block.fused_experts, "forward", self._stacked_experts_forward(layer))
         elif block.layout == "dense_weights_router":
             self._patch(block.fused_experts, "forward", self._dense_weights_experts_forward(layer))
         elif block.layout == "parallel_experts":
@@ -223,6 +225,8 @@ class Offload:
             self._record(layer, chosen, weights)
             values = {"indices": chosen, "weights": weights, "logits": logits,
                       "probabilities": scores.weighing}
+            if "hidden_probabilities" in block.router_returns:  # 4.x DBRX's
+                values["hidden_probabilities"] = scores.weighing.to(x.dtype)
             if "dense" in block.router_returns:
                 values["dense"] = block.routing.dense_weights(scores, chosen, weights)
             if "batch_index" in block.router_returns:
@@ -291,6 +295,14 @@ class Offload:
             weights = routing_weights.gather(1, router_indices)
             out = self._experts(layer, x, router_indices, weights)
             return out.view(hidden_states.shape[0], -1, x.shape[-1])
+        return forward
+
+    def _stacked_experts_forward(self, layer: int):
+        """4.x DBRX's experts: ((batch, tokens, hidden) states, probabilities,
+        weights, indices) -> that shape."""
+        def forward(x, weights, top_weights, top_experts):
+            flat = x.view(-1, x.shape[-1])
+            return self._experts(layer, flat, top_experts, top_weights).reshape(x.shape)
         return forward
 
     def _route(self, layer: int, logits: torch.Tensor) -> Tuple[torch.Tensor, Scores]:

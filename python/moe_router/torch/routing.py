@@ -56,6 +56,32 @@ class SoftmaxRouting:
         return weights.to(hidden_dtype) if self.cast_weights else weights
 
 
+class PNormSoftmaxRouting:
+    """DBRX's rule (4.x): the softmax of the logits in float32, its top-k
+    over their p-norm (as they are when p is None), cast to the hidden
+    dtype."""
+
+    def __init__(self, top_k: int, p: Optional[float]):
+        self.top_k = top_k
+        self.p = p
+        self.rule = {"preset": "qwen_no_norm"} if p is None else \
+            {"preset": "dbrx", "normalization_param": float(p)}
+        self.choice_bias: Optional[np.ndarray] = None
+
+    def scores(self, logits: torch.Tensor) -> Scores:
+        probs = logits.softmax(dim=-1, dtype=torch.float32)
+        return Scores(choice=probs, weighing=probs)
+
+    def own_choice(self, scores: Scores) -> torch.Tensor:
+        return torch.topk(scores.choice, self.top_k, dim=-1)[1]
+
+    def weights(self, scores: Scores, chosen: torch.Tensor, hidden_dtype) -> torch.Tensor:
+        weights = scores.weighing.gather(1, chosen)
+        if self.p is not None:
+            weights = weights / torch.norm(weights, p=self.p, dim=-1, keepdim=True)
+        return weights.to(hidden_dtype)
+
+
 class _TopKOfLogits:
     """Rules that choose the top-k of the logits themselves (sorted, as
     torch.topk gives them) and weigh the chosen logits."""

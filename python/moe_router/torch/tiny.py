@@ -18,7 +18,8 @@ each in 4 or 5 where that version has it (CASES: MiniMax-M2 and Qwen3.5
 arrived in 5), hunyuan_v1_moe (softmax top-k from a float32 gate, a
 shared MLP), jamba (softmax top-k, not renormalised; the MoE blocks of
 its attention layers) and granitemoe (top-k of the logits then softmax;
-ParallelExperts on the samples sorted by expert). The model
+ParallelExperts on the samples sorted by expert) and dbrx (4.x: softmax
+top-k over the p-norm; every expert's w1, v1, w2 stacked). The model
 records router logits when asked the way that version's model does: 4.x
 patches the recorded blocks' forward for the call, 5.x hooks the routers.
 """
@@ -42,7 +43,7 @@ _BLOCKS = {
     "minimax_m2": "MiniMaxM2SparseMoeBlock", "qwen3_5_moe": "Qwen3_5MoeSparseMoeBlock",
     "deepseek_v2": {4: "DeepseekV2MoE", 5: "DeepseekV2Moe"},  # 5.x renamed it
     "hunyuan_v1_moe": "HunYuanMoEV1Moe", "jamba": "JambaSparseMoeBlock",
-    "granitemoe": "GraniteMoeMoE",
+    "granitemoe": "GraniteMoeMoE", "dbrx": {4: "DbrxFFN"},  # 5.2.0's is refused
 }
 # Layouts that route by DeepSeek-V3's rule and begin with dense layers.
 GROUPED_LAYOUTS = ("deepseek_v3", "glm4_moe", "dots1", "deepseek_v2")
@@ -55,7 +56,7 @@ LAYOUTS = tuple(_BLOCKS)
 
 def _block_name(layout, version):
     name = _BLOCKS[layout]
-    return name[version] if isinstance(name, dict) else name
+    return name.get(version, "") if isinstance(name, dict) else name
 
 
 _MODULES = {4: v4, 5: v5}
@@ -156,7 +157,8 @@ class TinyMoeLM(nn.Module):
                 else make_block(layout, version, self.config) for i in range(layers)]
         mlp_name = "block_sparse_moe" if (layout, version) == ("mixtral", 4) or \
             layout == "granitemoe" else \
-            "feed_forward" if layout in ("llama4", "jamba") else "mlp"
+            "feed_forward" if layout in ("llama4", "jamba") else \
+            "ffn" if layout == "dbrx" else "mlp"
         self.layers = nn.ModuleList([DecoderLayer(mlp, hidden, heads, mlp_name) for mlp in mlps])
         self.norm = RMSNorm(hidden)
         self.lm_head = nn.Linear(hidden, vocab, bias=False)

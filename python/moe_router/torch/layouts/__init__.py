@@ -34,6 +34,7 @@ class MoeConfig:
     topk_method: str = "greedy"  # DeepSeek-V2: greedy | group_limited_greedy
     moe_norm_min: float = 1e-12  # ERNIE 4.5
     moe_num_shared_experts: int = 1
+    moe_normalize_expert_weights: object = 1.0  # DBRX: p of the p-norm, or None
     # Transformers 5: which experts implementation the fused experts run.
     _experts_implementation: str = "eager"
 

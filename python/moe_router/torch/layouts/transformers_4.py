@@ -755,6 +755,94 @@ class Dots1MoE(DeepseekV3MoE):
     router_class = Dots1TopkRouter
 
 
+
+class DbrxRouter(nn.Module):
+    """modeling_dbrx.py: the softmax of the logits in float32, its top-k over
+    their p-norm (p = moe_normalize_expert_weights; none when None), both
+    cast to the hidden dtype. Returns (probabilities, top-k weights,
+    indices)."""
+
+    def __init__(self, config: MoeConfig):
+        super().__init__()
+        self.hidden_size = config.hidden_size
+        self.moe_num_experts = config.num_experts
+        self.moe_top_k = config.num_experts_per_tok
+        self.moe_jitter_eps = None
+        self.moe_normalize_expert_weights = config.moe_normalize_expert_weights
+        self.layer = nn.Linear(self.hidden_size, self.moe_num_experts, bias=False)
+
+    def forward(self, hidden_states):
+        hidden_states = hidden_states.view(-1, hidden_states.shape[-1])
+        weights = self.layer(hidden_states).softmax(dim=-1, dtype=torch.float32)
+        top_weights, top_experts = torch.topk(weights, self.moe_top_k, dim=-1)
+        scale = torch.norm(top_weights, p=self.moe_normalize_expert_weights, dim=-1,
+                           keepdim=True) if self.moe_normalize_expert_weights is not None else 1.0
+        top_weights = top_weights / scale
+        return weights.to(hidden_states.dtype), top_weights.to(hidden_states.dtype), top_experts
+
+
+class DbrxExpertGLU(nn.Module):
+    """Every expert's w1, v1 and w2 stacked, each (experts x inner, hidden);
+    an expert computes act(x w1^T) * (x v1^T), times w2 (not transposed)."""
+
+    def __init__(self, config: MoeConfig):
+        super().__init__()
+        self.hidden_size = config.hidden_size
+        self.ffn_hidden_size = config.moe_intermediate_size
+        self.moe_num_experts = config.num_experts
+        for name in ("w1", "v1", "w2"):
+            p = nn.Parameter(torch.empty(self.moe_num_experts * self.ffn_hidden_size,
+                                         self.hidden_size))
+            nn.init.uniform_(p, -self.hidden_size ** -0.5, self.hidden_size ** -0.5)
+            setattr(self, name, p)
+        self.activation_fn = nn.SiLU()
+
+    def forward(self, x, expert_w1, expert_v1, expert_w2):
+        gate_proj = self.activation_fn(x.matmul(expert_w1.t()))
+        return (gate_proj * x.matmul(expert_v1.t())).matmul(expert_w2)
+
+
+class DbrxExperts(nn.Module):
+    """Every expert in id order over its (top-k position, token) pairs; its
+    output times the weight, index_add_-ed. Takes the block's (batch,
+    tokens, hidden) input and returns that shape."""
+
+    def __init__(self, config: MoeConfig):
+        super().__init__()
+        self.moe_num_experts = config.num_experts
+        self.mlp = DbrxExpertGLU(config)
+
+    def forward(self, x, weights, top_weights, top_experts):
+        bsz, q_len, hidden_size = x.shape
+        x = x.view(-1, hidden_size)
+        out = torch.zeros_like(x)
+        expert_mask = F.one_hot(top_experts, num_classes=self.moe_num_experts).permute(2, 1, 0)
+        shape = (self.moe_num_experts, self.mlp.ffn_hidden_size, self.mlp.hidden_size)
+        w1, v1, w2 = (getattr(self.mlp, n).view(shape) for n in ("w1", "v1", "w2"))
+        for expert_idx in range(self.moe_num_experts):
+            topk_idx, token_idx = torch.where(expert_mask[expert_idx])
+            if token_idx.shape[0] == 0:
+                continue
+            expert_tokens = x[None, token_idx].reshape(-1, hidden_size)
+            expert_out = self.mlp(expert_tokens, w1[expert_idx], v1[expert_idx], w2[expert_idx]) \
+                * top_weights[token_idx, topk_idx, None]
+            out.index_add_(0, token_idx, expert_out)
+        return out.reshape(bsz, q_len, hidden_size)
+
+
+class DbrxFFN(nn.Module):
+    """Returns (hidden states, the router's probabilities), which the model
+    passes up as its router logits."""
+
+    def __init__(self, config: MoeConfig):
+        super().__init__()
+        self.router = DbrxRouter(config)
+        self.experts = DbrxExperts(config)
+
+    def forward(self, x):
+        weights, top_weights, top_experts = self.router(x)
+        return self.experts(x, weights, top_weights, top_experts), weights
+
 # The modules whose models record router logits when asked through
 # `_can_record_outputs` (4.57.6): the output at this index, by patching
 # the instance's forward for the call. Qwen2-MoE and OLMoE pass the block's
