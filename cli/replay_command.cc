@@ -23,8 +23,8 @@
 #include "cli/svg_plot.h"
 #include "core/base/file_io.h"
 #include "core/cache/eviction_policy.h"
-#include "core/model/model_config.h"
 #include "core/cache/peer_policies.h"
+#include "core/model/model_config.h"
 #include "eval/belady_policy.h"
 #include "eval/replay.h"
 #include "nlohmann/json.hpp"
@@ -49,8 +49,8 @@ const std::vector<FlagSpec>& LocalReplayFlags() {
        "eviction policy, repeatable (default: all of ours); lru, lfu and belady "
        "are always reported (with --bonus, belady pages the trace's own routing)"},
       {"peers", false, false,
-       "add the engines' own caches (llama_cpp, sglang, vllm_lfru, least_stale; no prefetch, "
-       "no bonus) and set every policy against the best of them and belady"},
+       "add the engines' own caches (llama_cpp, llama_cpp_lru, sglang, vllm_lfru, least_stale; "
+       "no prefetch, no bonus) and set every policy against the best of them and belady"},
       {"prefetch-budget", true, false, "experts prefetched per step (default 0)"},
       {"threads", true, false, "policies replayed at once (default: the machine's cores)"},
       {"bonus", true, false, "logits traces: reroute with this relative cache bonus"},
@@ -233,12 +233,11 @@ int ReplayBudgets(const CommandLine& cl, const RoutingTrace& trace, ReplayOption
   if (cl.Has("json")) {
     std::printf("%s\n", nlohmann::json{{"rows", rows}}.dump(2).c_str());
   } else {
-    std::printf("%-12s %12s %9s%s%s%s\n", "policy", "budget_slots", "hit_rate",
+    std::printf("%-14s %12s %9s%s%s%s\n", "policy", "budget_slots", "hit_rate",
                 prefetch ? " ready_rate" : "", rerouted ? " gate_mass" : "",
                 peers ? " to_belady gap_closed" : "");
     for (const nlohmann::json& row : rows) {
-      std::printf("%-12s %12llu %9.3f",
-                  TablePolicyName(row["policy"].get<std::string>()).c_str(),
+      std::printf("%-14s %12llu %9.3f", TablePolicyName(row["policy"].get<std::string>()).c_str(),
                   static_cast<unsigned long long>(row["budget_slots"].get<uint64_t>()),
                   row["hit_rate"].get<double>());
       if (prefetch) std::printf(" %10.3f", row["ready_rate"].get<double>());
@@ -348,15 +347,15 @@ absl::StatusOr<ReplayOptions> ParseReplayOptions(const CommandLine& cl, const Ro
 }
 
 void PrintReplayTable(const ReplayReport& report, const ReplayOptions& options, bool peers) {
-  std::printf("%-12s %9s %10s %11s %13s %10s", "policy", "hit_rate", "ready_rate", "loads/token",
+  std::printf("%-14s %9s %10s %11s %13s %10s", "policy", "hit_rate", "ready_rate", "loads/token",
               "prefetch_used", "accesses");
   if (options.router) std::printf(" %8s %9s", "changed", "gate_mass");
   if (peers) std::printf(" %9s %10s", "to_belady", "gap_closed");
   std::printf("\n");
   for (const ReplayRow& r : report.rows) {
-    std::printf("%-12s %9.3f %10.3f %11.3f %13llu %10llu", TablePolicyName(r.policy).c_str(),
-                r.hit_rate,
-                r.ready_rate, r.loads_per_token, static_cast<unsigned long long>(r.prefetch_used),
+    std::printf("%-14s %9.3f %10.3f %11.3f %13llu %10llu", TablePolicyName(r.policy).c_str(),
+                r.hit_rate, r.ready_rate, r.loads_per_token,
+                static_cast<unsigned long long>(r.prefetch_used),
                 static_cast<unsigned long long>(r.accesses));
     if (options.router) std::printf(" %8.3f %9.4f", r.changed_fraction, r.gate_mass_mean);
     if (peers) {

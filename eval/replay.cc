@@ -122,6 +122,14 @@ class RunReplayer {
     const uint32_t layers = trace_.num_layers, n = trace_.num_experts;
     uint64_t budget = options_.amount;
     if (options_.mode != BudgetMode::kGlobalBytes) budget *= options_.expert_bytes;
+    if (const uint64_t padding = PeerPaddingSlots(policy_) * options_.expert_bytes; padding > 0) {
+      if (budget < padding + uint64_t{trace_.top_k} * options_.expert_bytes) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "%s keeps a padding slot: a budget of %d experts leaves fewer than the %d of one step",
+            policy_, budget / options_.expert_bytes, trace_.top_k));
+      }
+      budget -= padding;
+    }
     const uint32_t caches = options_.mode == BudgetMode::kPerLayer ? layers : 1;
     // The peers route as their engines do: plain top-k, the trace's; belady
     // pages that routing, since it needs the accesses in advance.

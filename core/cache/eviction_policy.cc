@@ -36,9 +36,15 @@ double ReuseAfterUse(double reuse, uint64_t last_visit, uint64_t visit) {
   return DecayReuse(reuse, last_visit, visit) * (1 - kReuseRate) + kReuseRate;
 }
 
+double CrfAfterUse(double crf, uint64_t last_visit, uint64_t visit) {
+  const double idle = visit > last_visit ? static_cast<double>(visit - last_visit) : 0.0;
+  return crf * std::exp2(-idle / kCrfHalfLifeVisits) + 1;
+}
+
 EntryView AsIfUsedNow(EntryView entry, const CacheClock& clock) {
   entry.reuse = CurrentReuse(entry, clock) * (1 - kReuseRate) + kReuseRate;
   if (entry.key.layer < clock.layer_visits.size()) {
+    entry.crf = CrfAfterUse(entry.crf, entry.reuse_visit, clock.layer_visits[entry.key.layer]);
     entry.reuse_visit = clock.layer_visits[entry.key.layer];
   }
   if (entry.key.layer < clock.layer_accesses.size()) {

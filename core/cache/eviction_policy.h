@@ -33,6 +33,10 @@ struct EntryView {
   uint64_t layer_access = 0;
   /// Cache tick at which it last became resident (0: never).
   uint64_t admitted = 0;
+  /// llama.cpp's CRF (combined recency and frequency) as of its last use
+  /// (`reuse_visit`): one per visit that used it, halved every
+  /// kCrfHalfLifeVisits visits of its layer, kept across evictions.
+  double crf = 0;
 };
 
 /// What a policy may know of the cache as a whole.
@@ -146,6 +150,11 @@ double CurrentReuse(const EntryView& entry, const CacheClock& clock);
 /// The reuse EMA after a use at visit `visit` of the entry's layer, the
 /// previous use being at `last_visit`: idle visits decay it, this use adds.
 double ReuseAfterUse(double reuse, uint64_t last_visit, uint64_t visit);
+/// The half-life of llama.cpp's CRF, in visits of the entry's layer (its
+/// 128 tokens, one token per visit in one-token decode).
+inline constexpr double kCrfHalfLifeVisits = 128;
+/// The CRF after a use at visit `visit`, the previous use at `last_visit`.
+double CrfAfterUse(double crf, uint64_t last_visit, uint64_t visit);
 /// How a prefetched expert is judged: as if it were used now, since that is
 /// the prediction that made it worth loading.
 EntryView AsIfUsedNow(EntryView entry, const CacheClock& clock);

@@ -108,6 +108,9 @@ bool ExpertCache::Access(ExpertKey key) {
     u.reuse.store(static_cast<float>(
                       ReuseAfterUse(u.reuse.load(std::memory_order_relaxed), last_visit, visit)),
                   std::memory_order_relaxed);
+    u.crf.store(
+        static_cast<float>(CrfAfterUse(u.crf.load(std::memory_order_relaxed), last_visit, visit)),
+        std::memory_order_relaxed);
     u.reuse_visit.store(visit, std::memory_order_relaxed);
   }
   changed_.Mark(i);
@@ -152,7 +155,8 @@ EntryView ExpertCache::View(size_t index) const {
                    .reuse_visit = u.reuse_visit.load(std::memory_order_relaxed),
                    .resident_accesses = u.resident_accesses.load(std::memory_order_relaxed),
                    .layer_access = u.layer_access.load(std::memory_order_relaxed),
-                   .admitted = u.admitted.load(std::memory_order_relaxed)};
+                   .admitted = u.admitted.load(std::memory_order_relaxed),
+                   .crf = u.crf.load(std::memory_order_relaxed)};
 }
 
 void ExpertCache::FillClock(CacheClock* clock) const {

@@ -152,6 +152,7 @@ class ExpertCache {
     std::atomic<uint64_t> last_access{0};
     std::atomic<uint64_t> accesses{0};
     std::atomic<float> reuse{0};  // float, as a worker view keeps it: both rank alike
+    std::atomic<float> crf{0};
     std::atomic<uint64_t> reuse_visit{0};
     std::atomic<uint64_t> resident_accesses{0};
     std::atomic<uint64_t> layer_access{0};

@@ -1,28 +1,99 @@
 #include "core/cache/peer_policies.h"
 
 #include <algorithm>
+#include <cmath>
 #include <iterator>
 
 namespace moe_router {
 namespace {
 
-// llama.cpp's --moe-cache-mib (src/llama-moe-cache.cpp): one LRU over the
+// A policy whose keys move with each layer's own clock (a per-layer count
+// of the cache's): an entry is keyed by its age on its layer's clock, and
+// a layer is re-keyed when that clock moved, so a decision costs
+// O(residents of the layers stepped since the previous one).
+class LayerClockedPolicy : public EvictionPolicy {
+ public:
+  double Keep(const EntryView& e, const CacheClock& clock) const override {
+    return LayerKey(e, clock);
+  }
+  KeyScope key_scope() const override { return KeyScope::kLayer; }
+  double LayerKey(const EntryView& e, const CacheClock& clock) const override {
+    const uint64_t now = Clock(clock, e.key.layer);
+    const uint64_t last = LastTick(e);
+    return KeyAtAge(e, now >= last ? now - last : 0);
+  }
+  void LayerStamps(const CacheClock& clock, absl::Span<uint64_t> out) const override {
+    for (size_t l = 0; l < out.size(); ++l) out[l] = Clock(clock, static_cast<uint32_t>(l));
+  }
+
+ private:
+  virtual const std::vector<uint64_t>& Clocks(const CacheClock& clock) const = 0;
+  virtual uint64_t LastTick(const EntryView& e) const = 0;  // on its layer's clock
+  virtual double KeyAtAge(const EntryView& e, uint64_t age) const = 0;
+  uint64_t Clock(const CacheClock& clock, uint32_t layer) const {
+    const std::vector<uint64_t>& clocks = Clocks(clock);
+    return layer < clocks.size() ? clocks[layer] : 0;
+  }
+};
+
+// llama.cpp's --moe-cache-mib before release b12170 (src/llama-moe-cache.cpp
+// at commit 4b060f27a806dab2072a66007607f0e98b6b9b40): one LRU over the
 // (layer, expert) slots of all cached layers. Per layer of a micro-batch,
 // the batch's distinct experts count once each; hits become most recent in
 // order of first appearance, then misses, sorted by expert id, each take the
 // least recently used slot; every miss is admitted; no prefetch.
 // Mapped: its slots are our byte budget (experts of one size make them
-// equal); a step's experts are touched hits first, then misses by id
-// (step_order), so their recency is llama.cpp's. Batches above 32 tokens,
-// which it serves around the cache, are not modelled: replays step one
-// token at a time.
-class LlamaCppPolicy final : public EvictionPolicy {
+// equal; replay keeps its extra padding slot, PeerPaddingSlots); a step's
+// experts are touched hits first, then misses by id (step_order), so their
+// recency is llama.cpp's. Not modelled: batches above 32 tokens, which it
+// serves around the cache (replays step one token at a time); the split of
+// the budget between devices and between groups of layers of different
+// tensor layouts (one group here).
+class LlamaCppLruPolicy final : public EvictionPolicy {
  public:
-  std::string name() const override { return "llama_cpp"; }
+  std::string name() const override { return "llama_cpp_lru"; }
   double Keep(const EntryView& e, const CacheClock&) const override {
     return static_cast<double>(e.last_access);
   }
   StepOrder step_order() const override { return StepOrder::kHitsThenMissesById; }
+};
+
+// llama.cpp's --moe-cache-mib since release b12170 (pull request #31233,
+// "ClassLRU"; src/llama-moe-cache.cpp at commit
+// c4fb579695320929b6a453f4f3a56951bda332ee, read from its header comment
+// and the release's commit list): a CRF per (layer, expert) counts its uses,
+// decayed with a half-life of 128 tokens of its layer's clock and kept
+// across evictions; its class is floor(log2(CRF)) as of its last use, at
+// most 7 (n_class 8); each class keeps an LRU list; the victim is an empty
+// slot, else among each class list's least recently used slot outside the
+// current plan (pinned here) the one with the largest age / 2^class, age in
+// tokens since its last use. Order within a step, padding slot and budget
+// as llama_cpp_lru.
+// Mapped: the layer clock is its visits (one per token in one-token decode;
+// it advances by the micro-batch's tokens upstream), and a use adds 1 per
+// visit. Since a list's least recently used slot has the largest age of its
+// class, the victim is the entry with the largest age / 2^class overall:
+// Keep() is minus that, on its layer's clock.
+// Not modelled: batches above 32 tokens (as llama_cpp_lru); how ties
+// between class lists break (here: the least recently touched).
+class LlamaCppClassLruPolicy final : public LayerClockedPolicy {
+ public:
+  std::string name() const override { return "llama_cpp"; }
+  StepOrder step_order() const override { return StepOrder::kHitsThenMissesById; }
+
+ private:
+  static constexpr int kClasses = 8;
+  static int Class(double crf) {
+    if (!(crf >= 1)) return 0;
+    return std::min(kClasses - 1, static_cast<int>(std::floor(std::log2(crf))));
+  }
+  const std::vector<uint64_t>& Clocks(const CacheClock& clock) const override {
+    return clock.layer_visits;
+  }
+  uint64_t LastTick(const EntryView& e) const override { return e.reuse_visit; }
+  double KeyAtAge(const EntryView& e, uint64_t age) const override {
+    return -std::ldexp(static_cast<double>(age), -Class(e.crf));
+  }
 };
 
 // SGLang's expert_pack cache: one pool over all layers; a count per (layer,
@@ -52,32 +123,25 @@ class SglangPolicy final : public EvictionPolicy {
 // eviction.
 // Mapped: exactly with a cache per layer (replay's per-layer budget); under a
 // budget shared by all layers, one pool in which each entry is scored under
-// its own layer's clock. The score moves with the clock, so it cannot stay
-// in an index: a layer is re-keyed when its clock moved, and a decision
-// costs O(residents of the layers accessed since the previous one), one
-// layer's between consecutive steps.
-class VllmLfruPolicy final : public EvictionPolicy {
+// its own layer's clock (the layer's accesses).
+class VllmLfruPolicy final : public LayerClockedPolicy {
  public:
   std::string name() const override { return "vllm_lfru"; }
-  double Keep(const EntryView& e, const CacheClock& clock) const override {
-    return LayerKey(e, clock);
+  uint64_t Tie(const EntryView& e) const override { return e.admitted; }
+
+ private:
+  const std::vector<uint64_t>& Clocks(const CacheClock& clock) const override {
+    return clock.layer_accesses;
   }
-  KeyScope key_scope() const override { return KeyScope::kLayer; }
-  double LayerKey(const EntryView& e, const CacheClock& clock) const override {
-    const uint64_t now =
-        e.key.layer < clock.layer_accesses.size() ? clock.layer_accesses[e.key.layer] : 0;
-    const uint64_t age = now >= e.layer_access ? now - e.layer_access : 0;
+  uint64_t LastTick(const EntryView& e) const override { return e.layer_access; }
+  double KeyAtAge(const EntryView& e, uint64_t age) const override {
     return static_cast<double>(e.resident_accesses) / static_cast<double>(age + 1);
   }
-  void LayerStamps(const CacheClock& clock, absl::Span<uint64_t> out) const override {
-    for (size_t l = 0; l < out.size(); ++l) {
-      out[l] = l < clock.layer_accesses.size() ? clock.layer_accesses[l] : 0;
-    }
-  }
-  uint64_t Tie(const EntryView& e) const override { return e.admitted; }
 };
 
-// Least-Stale (SpecMD, arXiv 2602.03921), as commonly implemented: fresh
+// Least-Stale (SpecMD, arXiv 2602.03921) as tinyserve's port reads it; no
+// official code was found, and without SpecMD's prefetcher it decides as
+// LRU, so it is no evidence for or against another policy. Fresh
 // and stale lists; at each token's forward pass the fresh entries become
 // stale; a hit on a stale entry makes it fresh; a miss enters fresh; evict
 // the oldest stale, else the oldest fresh.
@@ -113,7 +177,8 @@ class LeastStalePolicy final : public EvictionPolicy {
 
 }  // namespace
 
-constexpr absl::string_view kPeerNames[] = {"llama_cpp", "sglang", "vllm_lfru", "least_stale"};
+constexpr absl::string_view kPeerNames[] = {"llama_cpp", "llama_cpp_lru", "sglang", "vllm_lfru",
+                                            "least_stale"};
 
 std::vector<std::string> PeerPolicyNames() {
   return std::vector<std::string>(std::begin(kPeerNames), std::end(kPeerNames));
@@ -124,11 +189,16 @@ bool IsPeerPolicy(absl::string_view name) {
 }
 
 std::unique_ptr<EvictionPolicy> MakePeerPolicy(absl::string_view name) {
-  if (name == "llama_cpp") return std::make_unique<LlamaCppPolicy>();
+  if (name == "llama_cpp") return std::make_unique<LlamaCppClassLruPolicy>();
+  if (name == "llama_cpp_lru") return std::make_unique<LlamaCppLruPolicy>();
   if (name == "sglang") return std::make_unique<SglangPolicy>();
   if (name == "vllm_lfru") return std::make_unique<VllmLfruPolicy>();
   if (name == "least_stale") return std::make_unique<LeastStalePolicy>();
   return nullptr;
+}
+
+uint64_t PeerPaddingSlots(absl::string_view name) {
+  return name == "llama_cpp" || name == "llama_cpp_lru" ? 1 : 0;
 }
 
 }  // namespace moe_router

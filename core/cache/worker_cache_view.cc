@@ -108,6 +108,7 @@ absl::Span<const WorkerCacheView::Miss> WorkerCacheView::BeginStep(
     const uint64_t last_visit = FullVisit(visit, u.reuse_visit);
     if (visit != last_visit || before == 0) {
       u.reuse = static_cast<float>(ReuseAfterUse(u.reuse, last_visit, visit));
+      u.crf = static_cast<float>(CrfAfterUse(u.crf, last_visit, visit));
       u.reuse_visit = static_cast<uint32_t>(visit);
     }
     pinned_[e] = 1;
@@ -165,7 +166,8 @@ EntryView WorkerCacheView::View(ExpertKey key) const {
                    .reuse_visit = FullVisit(visits, u.reuse_visit),
                    .resident_accesses = u.resident_accesses,
                    .layer_access = FullVisit(clock_.layer_accesses[key.layer], u.layer_access),
-                   .admitted = u.admitted == 0 ? 0 : tick_base_ + u.admitted};
+                   .admitted = u.admitted == 0 ? 0 : tick_base_ + u.admitted,
+                   .crf = u.crf};
 }
 
 uint64_t WorkerCacheView::SlotBytes(ExpertKey key) const {

@@ -172,6 +172,7 @@ class WorkerCacheView {
     uint32_t last_access = 0;  // tick - tick_base_; 0: never
     uint32_t accesses = 0;     // saturates
     float reuse = 0;
+    float crf = 0;
     uint32_t reuse_visit = 0;        // low 32 bits of the layer's visit count
     uint32_t resident_accesses = 0;  // since it last left; saturates
     uint32_t layer_access = 0;       // low 32 bits of the layer's access count

@@ -186,7 +186,7 @@ TEST_F(ClientTest, CliReplayPeersSetsOursBesideTheEnginesCaches) {
   const nlohmann::json report = nlohmann::json::parse(out.substr(out.find('{')));
   std::map<std::string, nlohmann::json> by_policy;
   for (const nlohmann::json& r : report["rows"]) by_policy[r["policy"].get<std::string>()] = r;
-  for (const char* peer : {"llama_cpp", "sglang", "vllm_lfru", "least_stale"}) {
+  for (const char* peer : {"llama_cpp", "llama_cpp_lru", "sglang", "vllm_lfru", "least_stale"}) {
     ASSERT_TRUE(by_policy.count(peer)) << peer;
     EXPECT_TRUE(by_policy[peer]["peer"].get<bool>());
   }

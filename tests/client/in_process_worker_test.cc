@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "cli/server_replay.h"
 #include "client/worker_cache.h"
+#include "core/cache/peer_policies.h"
 #include "core/store/synthetic_store.h"
 #include "eval/replay.h"
 #include "eval/trace.h"
@@ -157,7 +158,9 @@ TEST_P(PeerSideBySideTest, ServiceAndInProcessWorkerHitAsTheReplay) {
   ASSERT_NO_FATAL_FAILURE(RouteBothAlike());
   EXPECT_GT(evictions_, 0u);
   ReplayOptions options;
-  options.amount = budget_ / kExpertBytes;
+  // llama.cpp's padding slot comes out of replay's budget (its engine sizes
+  // slots from bytes); the service's cache is given slots.
+  options.amount = budget_ / kExpertBytes + PeerPaddingSlots(GetParam());
   options.expert_bytes = kExpertBytes;
   options.policies = {GetParam()};
   auto replay = Replay(Concatenated(trace_), options);
@@ -167,7 +170,8 @@ TEST_P(PeerSideBySideTest, ServiceAndInProcessWorkerHitAsTheReplay) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Peers, PeerSideBySideTest,
-                         ::testing::Values("llama_cpp", "sglang", "vllm_lfru", "least_stale"));
+                         ::testing::Values("llama_cpp", "llama_cpp_lru", "sglang", "vllm_lfru",
+                                           "least_stale"));
 
 // Prefetch on, over the shared trace, each mode on a model of its own: the
 // in-process worker predicts the next layer from the fleet's strongest

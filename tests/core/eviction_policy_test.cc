@@ -18,9 +18,10 @@ std::unique_ptr<EvictionPolicy> Make(const std::string& name, EvictionPolicyOpti
 }
 
 TEST(EvictionPolicyTest, FactoryKnowsTheOnlinePoliciesOnly) {
-  EXPECT_THAT(EvictionPolicyNames(),
-              ::testing::ElementsAre("lru", "lfu", "affinity", "adaptive", "layer_reuse",
-                                     "llama_cpp", "sglang", "vllm_lfru", "least_stale"));
+  EXPECT_THAT(
+      EvictionPolicyNames(),
+      ::testing::ElementsAre("lru", "lfu", "affinity", "adaptive", "layer_reuse", "llama_cpp",
+                             "llama_cpp_lru", "sglang", "vllm_lfru", "least_stale"));
   for (const std::string& name : EvictionPolicyNames()) {
     EXPECT_TRUE(CheckEvictionPolicyName(name).ok()) << name;
     EvictionPolicyOptions options;
@@ -35,7 +36,7 @@ TEST(EvictionPolicyTest, FactoryKnowsTheOnlinePoliciesOnly) {
                 HasSubstr(absl::StrCat("unknown eviction policy '", name, "'")));
     EXPECT_THAT(std::string(s.message()),
                 HasSubstr("expected one of: lru, lfu, affinity, adaptive, layer_reuse, "
-                          "llama_cpp, sglang, vllm_lfru, least_stale"));
+                          "llama_cpp, llama_cpp_lru, sglang, vllm_lfru, least_stale"));
     EXPECT_EQ(MakeEvictionPolicy(name, {}).status(), s);
   }
   EXPECT_THAT(std::string(MakeEvictionPolicy("affinity", {}).status().message()),

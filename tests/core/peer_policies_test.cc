@@ -46,11 +46,11 @@ TEST(PeerPoliciesTest, NamesAreSelectableAndSetApart) {
   EXPECT_FALSE(IsPeerPolicy("layer_reuse"));
 }
 
-// llama.cpp: one LRU over all layers; in a step, hits become most recent in
-// the order listed, then misses in expert-id order. Plain LRU touches them
-// as listed, and evicts differently at each check below.
-TEST(PeerPoliciesTest, LlamaCppTouchesHitsThenMissesById) {
-  auto cache = Cache("llama_cpp", 2, 4, 3);
+// llama.cpp before b12170: one LRU over all layers; in a step, hits become
+// most recent in the order listed, then misses in expert-id order. Plain
+// LRU touches them as listed, and evicts differently at each check below.
+TEST(PeerPoliciesTest, LlamaCppLruTouchesHitsThenMissesById) {
+  auto cache = Cache("llama_cpp_lru", 2, 4, 3);
   Serve(*cache, 0, {3, 1});  // misses, touched 1 then 3
   Serve(*cache, 1, {2, 0});  // (1,0) fills the third slot; (1,2) evicts (0,1), not (0,3)
   EXPECT_THAT(cache->ResidentKeys(),
@@ -62,6 +62,78 @@ TEST(PeerPoliciesTest, LlamaCppTouchesHitsThenMissesById) {
   Serve(*cache, 1, {3, 1});
   EXPECT_THAT(cache->ResidentKeys(),
               ElementsAre(ExpertKey{0, 1}, ExpertKey{1, 1}, ExpertKey{1, 3}));
+}
+
+// llama.cpp's CRF: +1 per use, halved every 128 visits of the layer.
+TEST(PeerPoliciesTest, LlamaCppCrfDecaysWithAHalfLifeOf128Visits) {
+  EXPECT_EQ(CrfAfterUse(0, 0, 1), 1.0);
+  EXPECT_EQ(CrfAfterUse(1, 1, 129), 1.5);
+  EXPECT_EQ(CrfAfterUse(2, 10, 266), 1.5);
+  EXPECT_EQ(CrfAfterUse(3, 4, 4), 4.0);  // a second use in one visit is not counted apart
+}
+
+// ClassLRU: class floor(log2(CRF)) as of the last use; the victim has the
+// largest age / 2^class (age in visits of its layer since its last use).
+TEST(PeerPoliciesTest, LlamaCppEvictsTheLargestAgeOverTwoToTheClass) {
+  auto cache = Cache("llama_cpp", 1, 8, 3);
+  for (int visit = 1; visit <= 3; ++visit) Serve(*cache, 0, {0});  // CRF 2.98: class 1
+  Serve(*cache, 0, {1});                                           // visit 4, class 0
+  Serve(*cache, 0, {2});                                           // visit 5, class 0
+  // Visit 6: 0 scores 3/2, 1 scores 2/1, 2 scores 1/1. LRU would evict 0.
+  Serve(*cache, 0, {3});
+  EXPECT_THAT(cache->ResidentKeys(),
+              ElementsAre(ExpertKey{0, 0}, ExpertKey{0, 2}, ExpertKey{0, 3}));
+  Serve(*cache, 0, {3});  // visit 7: a hit, 3 is 1.99 (class 0)
+  // Visit 8: 0 scores 5/2, 2 scores 3/1, 3 scores 1/1.
+  Serve(*cache, 0, {4});
+  EXPECT_THAT(cache->ResidentKeys(),
+              ElementsAre(ExpertKey{0, 0}, ExpertKey{0, 3}, ExpertKey{0, 4}));
+  // Visit 9: 0 scores 6/2, 3 scores 2/1, 4 scores 1/1.
+  Serve(*cache, 0, {5});
+  EXPECT_THAT(cache->ResidentKeys(),
+              ElementsAre(ExpertKey{0, 3}, ExpertKey{0, 4}, ExpertKey{0, 5}));
+}
+
+// An expert used at each of 600 visits reaches class 7 (CRF 178; without
+// the decay it would be 600, capped at 7 alike): once idle it outlives
+// one-use experts until its age over 2^7 reaches theirs, at most 2.
+TEST(PeerPoliciesTest, LlamaCppKeepsAFrequentExpertUntilItsAgeOver128PassesTheOthers) {
+  auto cache = Cache("llama_cpp", 1, 1000, 3);
+  uint32_t next = 1;
+  for (int visit = 1; visit <= 600; ++visit) Serve(*cache, 0, {0, next++});
+  for (int visit = 601; visit <= 855; ++visit) Serve(*cache, 0, {next++});
+  EXPECT_TRUE(cache->IsResident({0, 0}));  // visit 855: age 255 / 128 < 2
+  Serve(*cache, 0, {next++});              // visit 856: 256 / 128 = 2, the older goes
+  EXPECT_FALSE(cache->IsResident({0, 0}));
+}
+
+// Replay gives llama.cpp one slot fewer than the budget, as it allocates
+// one past its last: at 33 slots it hits as its cache of 32, each run cold.
+TEST(PeerPoliciesTest, ReplayKeepsLlamaCppsPaddingSlot) {
+  const RoutingTrace trace =
+      GenerateTrace(GetWorkloadPreset("mixtral")->shape, /*sequences=*/2, /*tokens=*/40,
+                    /*seed=*/5);
+  for (const char* policy : {"llama_cpp", "llama_cpp_lru"}) {
+    ReplayOptions options;
+    options.amount = 33;
+    options.policies = {policy};
+    auto report = Replay(trace, options);
+    ASSERT_TRUE(report.ok()) << report.status();
+    uint64_t hits = 0;
+    for (const RoutingTrace::Run& run : trace.runs) {
+      auto cache = Cache(policy, trace.num_layers, trace.num_experts, 32);
+      for (size_t i = 0; i < run.steps.size(); ++i) {
+        const auto experts = trace.StepExperts(run, i);
+        hits += Serve(*cache, run.steps[i].layer, {experts.begin(), experts.end()});
+      }
+    }
+    EXPECT_EQ(report->rows[0].demand_hits, hits) << policy;
+    options.amount = trace.top_k;
+    EXPECT_THAT(std::string(Replay(trace, options).status().message()),
+                ::testing::HasSubstr(std::string(policy) +
+                                     " keeps a padding slot: a budget of 2 experts leaves "
+                                     "fewer than the 2 of one step"));
+  }
 }
 
 TEST(PeerPoliciesTest, LlamaCppCountsABatchsDistinctExpertsOnce) {

@@ -91,7 +91,7 @@ TEST_P(ViewMatchesCacheTest, SameResidencyAfterEveryStep) {
 
 INSTANTIATE_TEST_SUITE_P(Policies, ViewMatchesCacheTest,
                          ::testing::Values("lru", "lfu", "layer_reuse", "adaptive", "llama_cpp",
-                                           "sglang", "vllm_lfru", "least_stale"));
+                                           "llama_cpp_lru", "sglang", "vllm_lfru", "least_stale"));
 
 class ViewDecisionsTest : public ::testing::TestWithParam<std::string> {};
 
@@ -149,7 +149,8 @@ TEST_P(ViewDecisionsTest, EveryEvictionEqualsARankingOfAllEvictableEntries) {
 
 INSTANTIATE_TEST_SUITE_P(Policies, ViewDecisionsTest,
                          ::testing::Values("lru", "lfu", "affinity", "layer_reuse", "adaptive",
-                                           "llama_cpp", "sglang", "vllm_lfru", "least_stale"));
+                                           "llama_cpp", "llama_cpp_lru", "sglang", "vllm_lfru",
+                                           "least_stale"));
 
 TEST(WorkerCacheViewTest, EndCallReportsNetLoadsAndDrops) {
   auto view = View("lru", 2);
