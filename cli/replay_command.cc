@@ -180,7 +180,9 @@ PeerComparison CompareWithPeers(const ReplayReport& report, const ReplayRow& row
   std::optional<double> belady, best_peer;
   for (const ReplayRow& r : report.rows) {
     if (r.policy == kBeladyPolicyName) belady = r.hit_rate;
-    if (IsPeerPolicy(r.policy)) best_peer = std::max(best_peer.value_or(0.0), r.hit_rate);
+    if (IsPeerPolicy(r.policy) && r.refused.empty()) {
+      best_peer = std::max(best_peer.value_or(0.0), r.hit_rate);
+    }
   }
   PeerComparison out;
   if (belady) out.to_belady = *belady - row.hit_rate;
@@ -207,8 +209,13 @@ int ReplayBudgets(const CommandLine& cl, const RoutingTrace& trace, ReplayOption
     for (const ReplayRow& r : report->rows) {
       nlohmann::json row = {{"policy", r.policy},
                             {"default", IsDefaultPolicy(r.policy)},
-                            {"budget_slots", options.amount},
-                            {"hit_rate", r.hit_rate}};
+                            {"budget_slots", options.amount}};
+      if (!r.refused.empty()) {
+        row["refused"] = r.refused;
+        rows.push_back(row);
+        continue;
+      }
+      row["hit_rate"] = r.hit_rate;
       if (prefetch) row["ready_rate"] = r.ready_rate;
       if (rerouted) row["gate_mass"] = r.gate_mass_mean;
       if (peers) {
@@ -237,9 +244,13 @@ int ReplayBudgets(const CommandLine& cl, const RoutingTrace& trace, ReplayOption
                 prefetch ? " ready_rate" : "", rerouted ? " gate_mass" : "",
                 peers ? " to_belady gap_closed" : "");
     for (const nlohmann::json& row : rows) {
-      std::printf("%-14s %12llu %9.3f", TablePolicyName(row["policy"].get<std::string>()).c_str(),
-                  static_cast<unsigned long long>(row["budget_slots"].get<uint64_t>()),
-                  row["hit_rate"].get<double>());
+      std::printf("%-14s %12llu", TablePolicyName(row["policy"].get<std::string>()).c_str(),
+                  static_cast<unsigned long long>(row["budget_slots"].get<uint64_t>()));
+      if (row.contains("refused")) {
+        std::printf(" refused: %s\n", row["refused"].get<std::string>().c_str());
+        continue;
+      }
+      std::printf(" %9.3f", row["hit_rate"].get<double>());
       if (prefetch) std::printf(" %10.3f", row["ready_rate"].get<double>());
       if (rerouted) std::printf(" %9.4f", row["gate_mass"].get<double>());
       if (peers) {
@@ -353,6 +364,10 @@ void PrintReplayTable(const ReplayReport& report, const ReplayOptions& options, 
   if (peers) std::printf(" %9s %10s", "to_belady", "gap_closed");
   std::printf("\n");
   for (const ReplayRow& r : report.rows) {
+    if (!r.refused.empty()) {
+      std::printf("%-14s refused: %s\n", TablePolicyName(r.policy).c_str(), r.refused.c_str());
+      continue;
+    }
     std::printf("%-14s %9.3f %10.3f %11.3f %13llu %10llu", TablePolicyName(r.policy).c_str(),
                 r.hit_rate, r.ready_rate, r.loads_per_token,
                 static_cast<unsigned long long>(r.prefetch_used),
@@ -372,6 +387,10 @@ nlohmann::json ReplayJson(const ReplayReport& report, bool peers) {
   nlohmann::json rows = nlohmann::json::array();
   for (const ReplayRow& r : report.rows) {
     nlohmann::json& row = rows.emplace_back();
+    if (!r.refused.empty()) {
+      row = {{"policy", r.policy}, {"default", IsDefaultPolicy(r.policy)}, {"refused", r.refused}};
+      continue;
+    }
     if (peers) {
       const PeerComparison c = CompareWithPeers(report, r);
       row["peer"] = IsPeerPolicy(r.policy);

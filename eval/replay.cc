@@ -42,6 +42,8 @@ absl::Status ReplayOptions::Validate() const {
 
 namespace {
 
+constexpr absl::string_view kVllmPolicyName = "vllm_lfru";
+
 struct RunTotals {
   uint64_t hits = 0, loads = 0, prefetch_loads = 0, prefetch_used = 0;
   uint64_t changed = 0, routed = 0;
@@ -82,17 +84,25 @@ class RunReplayer {
         totals_.gate_sum += batch.gate_mass_sum;
         totals_.gate_min = std::min(totals_.gate_min, batch.gate_mass_min);
       }
-      ArrangeStep(cache.step_order(), experts, [&cache, layer = l](uint32_t e) {
-        return cache.IsResident({layer, e});
-      });
+      if (interleaved_) {
+        std::sort(experts.begin(), experts.end());
+        experts.erase(std::unique(experts.begin(), experts.end()), experts.end());
+      } else {
+        ArrangeStep(cache.step_order(), experts, [&cache, layer = l](uint32_t e) {
+          return cache.IsResident({layer, e});
+        });
+      }
       // The step's experts are pinned while it is served; every use is
       // recorded before the misses load, as an engine routes a layer and
-      // then pages it.
+      // then pages it (vLLM: each miss loads before the next use).
       for (uint32_t e : experts) cache.Pin({l, e});
       missed.clear();
       for (uint32_t e : experts) {
         if (cache.Access({l, e})) {
           ++totals_.hits;
+        } else if (interleaved_) {
+          ++totals_.loads;
+          if (absl::Status s = Load(cache, {l, e}, Priority::kUrgent); !s.ok()) return s;
         } else {
           missed.push_back(e);
         }
@@ -122,15 +132,28 @@ class RunReplayer {
     const uint32_t layers = trace_.num_layers, n = trace_.num_experts;
     uint64_t budget = options_.amount;
     if (options_.mode != BudgetMode::kGlobalBytes) budget *= options_.expert_bytes;
+    interleaved_ = options_.peer_shapes && policy_ == kVllmPolicyName;
+    if (interleaved_ && options_.mode != BudgetMode::kPerLayer) {
+      const uint64_t per_layer = budget / options_.expert_bytes / layers;
+      if (per_layer < trace_.top_k) {
+        return absl::FailedPreconditionError(absl::StrFormat(
+            "vllm_lfru sizes its cache per layer: a budget of %d experts over %d layers leaves "
+            "%d per layer, fewer than top_k %d (vLLM refuses to start)",
+            budget / options_.expert_bytes, layers, per_layer, trace_.top_k));
+      }
+      per_layer_ = true;
+      budget = per_layer * options_.expert_bytes;
+    }
     if (const uint64_t padding = PeerPaddingSlots(policy_) * options_.expert_bytes; padding > 0) {
       if (budget < padding + uint64_t{trace_.top_k} * options_.expert_bytes) {
-        return absl::InvalidArgumentError(absl::StrFormat(
+        return absl::FailedPreconditionError(absl::StrFormat(
             "%s keeps a padding slot: a budget of %d experts leaves fewer than the %d of one step",
             policy_, budget / options_.expert_bytes, trace_.top_k));
       }
       budget -= padding;
     }
-    const uint32_t caches = options_.mode == BudgetMode::kPerLayer ? layers : 1;
+    per_layer_ = per_layer_ || options_.mode == BudgetMode::kPerLayer;
+    const uint32_t caches = per_layer_ ? layers : 1;
     // The peers route as their engines do: plain top-k, the trace's; belady
     // pages that routing, since it needs the accesses in advance.
     const bool reroute = options_.router && !IsPeerPolicy(policy_) && policy_ != kBeladyPolicyName;
@@ -192,9 +215,7 @@ class RunReplayer {
     }
   }
 
-  ExpertCache& CacheOf(uint32_t layer) {
-    return *caches_[options_.mode == BudgetMode::kPerLayer ? layer : 0];
-  }
+  ExpertCache& CacheOf(uint32_t layer) { return *caches_[per_layer_ ? layer : 0]; }
 
   absl::Status Load(ExpertCache& cache, ExpertKey key, Priority priority) {
     if (absl::Status s = cache.Reserve(key, options_.expert_bytes, priority); !s.ok()) return s;
@@ -230,6 +251,8 @@ class RunReplayer {
   const ReplayOptions& options_;
   const std::string policy_;
   const uint32_t prefetch_budget_;
+  bool per_layer_ = false;    // a cache per layer
+  bool interleaved_ = false;  // vLLM's shape (ReplayOptions::peer_shapes)
   std::vector<std::unique_ptr<ExpertAffinity>> affinity_;
   std::vector<std::unique_ptr<CoActivation>> coactivation_;  // [l]: from l - 1 into l
   std::vector<std::unique_ptr<LayerRouter>> routers_;
@@ -260,6 +283,12 @@ absl::StatusOr<ReplayRow> ReplayPolicy(const RoutingTrace& trace, const ReplayOp
     for (const RoutingTrace::Run& run : trace.runs) {
       RunReplayer replayer(trace, run, options, policy, budget);
       absl::StatusOr<RunTotals> totals = replayer.Run(step_done);
+      // A peer's engine refusing the budget is a row, not a failed replay.
+      if (absl::IsFailedPrecondition(totals.status())) {
+        row.refused = std::string(totals.status().message());
+        for (uint64_t i = 0; i < trace.Steps(); ++i) step_done();  // its share of the progress
+        return row;
+      }
       if (!totals.ok()) return totals.status();
       sum.hits += totals->hits;
       sum.loads += totals->loads;

@@ -38,6 +38,12 @@ struct ReplayOptions {
   /// Policies replayed at once, each on a thread of its own (they share
   /// nothing but the trace); the rows keep the order of `policies`.
   uint32_t threads = 1;
+  /// Peers in their engines' own shape: vllm_lfru as vLLM pull request
+  /// #37190 runs it, a cache per layer of the budget's share (fewer slots
+  /// than top_k refused, as vLLM refuses to start), each step's distinct
+  /// experts in id order, a miss loaded before the next is touched. false:
+  /// one pool, as the service and worker caches run it.
+  bool peer_shapes = true;
 
   absl::Status Validate() const;
 };
@@ -45,6 +51,9 @@ struct ReplayOptions {
 /// One policy's outcome over the whole trace.
 struct ReplayRow {
   std::string policy;
+  /// Non-empty: the peer's engine refuses this budget (why), and the row
+  /// has no figures.
+  std::string refused;
   uint64_t accesses = 0;
   uint64_t tokens = 0;
   /// Demand paging (no prefetch): hits / accesses, loads.

@@ -163,6 +163,7 @@ TEST_P(PeerSideBySideTest, ServiceAndInProcessWorkerHitAsTheReplay) {
   options.amount = budget_ / kExpertBytes + PeerPaddingSlots(GetParam());
   options.expert_bytes = kExpertBytes;
   options.policies = {GetParam()};
+  options.peer_shapes = false;  // the service runs every peer as one pool
   auto replay = Replay(Concatenated(trace_), options);
   ASSERT_TRUE(replay.ok()) << replay.status();
   EXPECT_EQ(hits_, replay->rows[0].demand_hits);

@@ -2,6 +2,7 @@
 // a trace worked by hand from its documented rules, through the real cache.
 #include "core/cache/peer_policies.h"
 
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <vector>
@@ -129,11 +130,89 @@ TEST(PeerPoliciesTest, ReplayKeepsLlamaCppsPaddingSlot) {
     }
     EXPECT_EQ(report->rows[0].demand_hits, hits) << policy;
     options.amount = trace.top_k;
-    EXPECT_THAT(std::string(Replay(trace, options).status().message()),
+    auto refused = Replay(trace, options);
+    ASSERT_TRUE(refused.ok()) << refused.status();
+    EXPECT_THAT(refused->rows[0].refused,
                 ::testing::HasSubstr(std::string(policy) +
                                      " keeps a padding slot: a budget of 2 experts leaves "
                                      "fewer than the 2 of one step"));
   }
+}
+
+// vLLM pull request #37190's cache, written out from its rules apart from
+// the engine's cache: per layer, a clock that ticks once per expert of a
+// step in id order; a hit sets freq += 1, last = clock; a miss takes a free
+// slot or evicts the lowest freq / (clock - last + 1) among the slots not
+// of this step (ties to the earliest inserted), then enters with freq 1.
+uint64_t VllmOracleHits(const RoutingTrace& trace, uint32_t slots_per_layer) {
+  struct Slot {
+    uint32_t expert;
+    uint64_t freq, last, inserted;
+  };
+  uint64_t hits = 0;
+  for (const RoutingTrace::Run& run : trace.runs) {
+    std::vector<std::vector<Slot>> layers(trace.num_layers);
+    std::vector<uint64_t> clock(trace.num_layers, 0), inserts(trace.num_layers, 0);
+    for (size_t i = 0; i < run.steps.size(); ++i) {
+      const uint32_t l = run.steps[i].layer;
+      std::vector<uint32_t> step(trace.StepExperts(run, i).begin(),
+                                 trace.StepExperts(run, i).end());
+      std::sort(step.begin(), step.end());
+      step.erase(std::unique(step.begin(), step.end()), step.end());
+      std::vector<Slot>& cache = layers[l];
+      for (uint32_t e : step) {
+        const uint64_t now = ++clock[l];
+        auto it =
+            std::find_if(cache.begin(), cache.end(), [e](const Slot& s) { return s.expert == e; });
+        if (it != cache.end()) {
+          ++hits;
+          ++it->freq;
+          it->last = now;
+          continue;
+        }
+        if (cache.size() == slots_per_layer) {
+          auto victim = cache.end();
+          double lowest = 0;
+          for (auto c = cache.begin(); c != cache.end(); ++c) {
+            if (std::find(step.begin(), step.end(), c->expert) != step.end()) continue;
+            const double score = static_cast<double>(c->freq) / (now - c->last + 1);
+            if (victim == cache.end() || score < lowest ||
+                (score == lowest && c->inserted < victim->inserted)) {
+              victim = c;
+              lowest = score;
+            }
+          }
+          cache.erase(victim);
+        }
+        cache.push_back({e, 1, now, ++inserts[l]});
+      }
+    }
+  }
+  return hits;
+}
+
+TEST(PeerPoliciesTest, ReplayRunsVllmPerLayerInItsTickOrder) {
+  const RoutingTrace trace =
+      GenerateTrace(GetWorkloadPreset("mixtral")->shape, /*sequences=*/3, /*tokens=*/60,
+                    /*seed=*/11);
+  for (uint32_t per_layer : {2u, 3u, 5u}) {
+    ReplayOptions options;
+    options.amount = per_layer * trace.num_layers + 1;  // the remainder is not used
+    options.policies = {"vllm_lfru"};
+    auto report = Replay(trace, options);
+    ASSERT_TRUE(report.ok()) << report.status();
+    EXPECT_EQ(report->rows[0].demand_hits, VllmOracleHits(trace, per_layer)) << per_layer;
+  }
+  ReplayOptions options;
+  options.amount = 2 * trace.num_layers - 1;
+  options.policies = {"vllm_lfru", "lru"};
+  auto report = Replay(trace, options);
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ(report->rows[0].refused,
+            "vllm_lfru sizes its cache per layer: a budget of 63 experts over 32 layers leaves 1 "
+            "per layer, fewer than top_k 2 (vLLM refuses to start)");
+  EXPECT_TRUE(report->rows[1].refused.empty());
+  EXPECT_GT(report->rows[1].demand_hits, 0u);
 }
 
 TEST(PeerPoliciesTest, LlamaCppCountsABatchsDistinctExpertsOnce) {
