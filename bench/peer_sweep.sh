@@ -2,8 +2,8 @@
 # Hit rate at 10/25/50/75% of the experts for our policies, the engines'
 # own caches (--peers) and Belady: on the shared Mixtral trace (cold runs,
 # and back to back as one worker's cache) and on calibrated synthetic
-# workloads of 8, 60, 128 and 256 experts. Tables to stdout, plots to
-# docs/replay-peers-*.svg.
+# workloads of 8, 60, 128 and 256 experts; ms per token on the shared trace.
+# Tables to stdout, plots to docs/replay-peers-*.svg and docs/replay-time-*.svg.
 #   bench/peer_sweep.sh [SHARED_TRACE]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +21,10 @@ sweep() {  # name trace [replay flags]
 }
 
 sweep mixtral-shared "$shared"
+# Time per token with 4-bit Mixtral experts (88 MB) on PCIe 4.0 x16.
+echo "== mixtral-shared, ms per token on pcie4-x16"
+"$bin" replay "$shared" --budgets "$budgets" --peers --hardware pcie4-x16 \
+  --expert-bytes 88000000 --compute-us 300 --time-plot docs/replay-time-mixtral-shared.svg
 sweep mixtral-shared-one-run "$shared" --as-one-run
 # name: tracegen flags (4 sequences of 256 tokens each)
 while read -r name flags; do

@@ -12,6 +12,7 @@
 #include <tuple>
 
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
@@ -58,6 +59,14 @@ const std::vector<FlagSpec>& LocalReplayFlags() {
       {"max-rank", true, false,
        "logits traces: worst original rank that may be chosen (0: top_k+2)"},
       {"min-gate-mass", true, false, "logits traces: reroute a token only if it keeps this much"},
+      {"hardware", true, false,
+       "estimate ms per token on this link: pcie4-x16 | pcie5-x16 (README, \"Time per token\"); "
+       "--expert-bytes is each load's size"},
+      {"link-gbps", true, false, "with --hardware: the link's effective GB/s instead"},
+      {"load-latency-us", true, false, "with --hardware: each load's fixed cost instead"},
+      {"compute-us", true, false,
+       "with --hardware: one layer's compute per decode step, your model's (default 200)"},
+      {"time-plot", true, false, "with --budgets and --hardware: ms per token against budget, SVG"},
   };
   return flags;
 }
@@ -199,7 +208,11 @@ int ReplayBudgets(const CommandLine& cl, const RoutingTrace& trace, ReplayOption
   const bool prefetch = options.prefetch_budget > 0;
   const bool peers = cl.Has("peers");
   const bool rerouted = options.router.has_value();
-  std::map<std::string, PlotSeries> hit, ready;
+  const bool timed = options.hardware.has_value();
+  if (cl.Has("time-plot") && !timed) {
+    return CommandError("replay", absl::InvalidArgumentError("--time-plot needs --hardware"), 2);
+  }
+  std::map<std::string, PlotSeries> hit, ready, time;
   nlohmann::json rows = nlohmann::json::array();
   ProgressBar bar("replay", budgets->size());
   for (size_t b = 0; b < budgets->size(); ++b) {
@@ -216,6 +229,7 @@ int ReplayBudgets(const CommandLine& cl, const RoutingTrace& trace, ReplayOption
         continue;
       }
       row["hit_rate"] = r.hit_rate;
+      if (timed) row["ms_per_token"] = prefetch ? r.ready_ms_per_token : r.ms_per_token;
       if (prefetch) row["ready_rate"] = r.ready_rate;
       if (rerouted) row["gate_mass"] = r.gate_mass_mean;
       if (peers) {
@@ -226,7 +240,8 @@ int ReplayBudgets(const CommandLine& cl, const RoutingTrace& trace, ReplayOption
       }
       rows.push_back(row);
       for (auto [series, value, suffix] :
-           {std::tuple{&hit, r.hit_rate, ""}, std::tuple{&ready, r.ready_rate, " ready"}}) {
+           {std::tuple{&hit, r.hit_rate, ""}, std::tuple{&ready, r.ready_rate, " ready"},
+            std::tuple{&time, prefetch ? r.ready_ms_per_token : r.ms_per_token, ""}}) {
         PlotSeries& s = (*series)[r.policy];
         s.name = r.policy + suffix;
         s.dashed = IsPeerPolicy(r.policy);
@@ -240,9 +255,9 @@ int ReplayBudgets(const CommandLine& cl, const RoutingTrace& trace, ReplayOption
   if (cl.Has("json")) {
     std::printf("%s\n", nlohmann::json{{"rows", rows}}.dump(2).c_str());
   } else {
-    std::printf("%-14s %12s %9s%s%s%s\n", "policy", "budget_slots", "hit_rate",
-                prefetch ? " ready_rate" : "", rerouted ? " gate_mass" : "",
-                peers ? " to_belady gap_closed" : "");
+    std::printf("%-14s %12s %9s%s%s%s%s\n", "policy", "budget_slots", "hit_rate",
+                prefetch ? " ready_rate" : "", timed ? "  ms/token" : "",
+                rerouted ? " gate_mass" : "", peers ? " to_belady gap_closed" : "");
     for (const nlohmann::json& row : rows) {
       std::printf("%-14s %12llu", TablePolicyName(row["policy"].get<std::string>()).c_str(),
                   static_cast<unsigned long long>(row["budget_slots"].get<uint64_t>()));
@@ -252,6 +267,7 @@ int ReplayBudgets(const CommandLine& cl, const RoutingTrace& trace, ReplayOption
       }
       std::printf(" %9.3f", row["hit_rate"].get<double>());
       if (prefetch) std::printf(" %10.3f", row["ready_rate"].get<double>());
+      if (timed) std::printf(" %9.3f", row["ms_per_token"].get<double>());
       if (rerouted) std::printf(" %9.4f", row["gate_mass"].get<double>());
       if (peers) {
         std::printf(" %9s %10s", FormatShare(row["to_belady"]).c_str(),
@@ -278,6 +294,25 @@ int ReplayBudgets(const CommandLine& cl, const RoutingTrace& trace, ReplayOption
       return CommandError("replay", s);
     }
     std::fprintf(stderr, "replay: plot written to %s\n", cl.Value("plot").c_str());
+  }
+  if (cl.Has("time-plot")) {
+    Plot plot;
+    plot.title = absl::StrFormat(
+        "estimated ms per token on %s (%g GB/s, %g us a load, %g us compute a layer)%s",
+        options.hardware->name, options.hardware->link_gb_per_s, options.hardware->load_latency_us,
+        options.hardware->compute_us_per_layer, prefetch ? ", with prefetch" : "");
+    plot.x_label = "budget (expert slots, all layers)";
+    plot.y_label = "ms per token";
+    plot.x_max = static_cast<double>(*std::max_element(budgets->begin(), budgets->end()));
+    plot.y_max = 0;
+    for (auto& [name, s] : time) {
+      plot.series.push_back(s);
+      for (double y : s.y) plot.y_max = std::max(plot.y_max, y * 1.05);
+    }
+    if (absl::Status s = WriteFileAtomically(cl.Value("time-plot"), RenderSvg(plot)); !s.ok()) {
+      return CommandError("replay", s);
+    }
+    std::fprintf(stderr, "replay: plot written to %s\n", cl.Value("time-plot").c_str());
   }
   return 0;
 }
@@ -310,6 +345,24 @@ absl::StatusOr<ReplayOptions> ParseReplayOptions(const CommandLine& cl, const Ro
   if (!prefetch.ok()) return prefetch.status();
   options.expert_bytes = *expert_bytes;
   options.prefetch_budget = static_cast<uint32_t>(*prefetch);
+  for (const char* flag : {"link-gbps", "load-latency-us", "compute-us", "time-plot"}) {
+    if (cl.Has(flag) && !cl.Has("hardware")) {
+      return absl::InvalidArgumentError(absl::StrCat("--", flag, " needs --hardware"));
+    }
+  }
+  if (cl.Has("hardware")) {
+    auto hardware = HardwarePreset(cl.Value("hardware"));
+    if (!hardware.ok()) return hardware.status();
+    for (auto [flag, field] : {std::pair{"link-gbps", &HardwareProfile::link_gb_per_s},
+                               std::pair{"load-latency-us", &HardwareProfile::load_latency_us},
+                               std::pair{"compute-us", &HardwareProfile::compute_us_per_layer}}) {
+      auto value = cl.Number(flag, (*hardware).*field);
+      if (!value.ok()) return value.status();
+      (*hardware).*field = *value;
+    }
+    if (absl::Status s = hardware->Validate(); !s.ok()) return s;
+    options.hardware = *hardware;
+  }
   auto threads = cl.Count("threads", std::max(1u, std::thread::hardware_concurrency()));
   if (!threads.ok()) return threads.status();
   if (*threads == 0) return absl::InvalidArgumentError("--threads must be at least 1");
@@ -358,8 +411,10 @@ absl::StatusOr<ReplayOptions> ParseReplayOptions(const CommandLine& cl, const Ro
 }
 
 void PrintReplayTable(const ReplayReport& report, const ReplayOptions& options, bool peers) {
+  const bool timed = options.hardware.has_value();
   std::printf("%-14s %9s %10s %11s %13s %10s", "policy", "hit_rate", "ready_rate", "loads/token",
               "prefetch_used", "accesses");
+  if (timed) std::printf(" %9s %9s", "ms/token", "ready_ms");
   if (options.router) std::printf(" %8s %9s", "changed", "gate_mass");
   if (peers) std::printf(" %9s %10s", "to_belady", "gap_closed");
   std::printf("\n");
@@ -372,6 +427,7 @@ void PrintReplayTable(const ReplayReport& report, const ReplayOptions& options, 
                 r.hit_rate, r.ready_rate, r.loads_per_token,
                 static_cast<unsigned long long>(r.prefetch_used),
                 static_cast<unsigned long long>(r.accesses));
+    if (timed) std::printf(" %9.3f %9.3f", r.ms_per_token, r.ready_ms_per_token);
     if (options.router) std::printf(" %8.3f %9.4f", r.changed_fraction, r.gate_mass_mean);
     if (peers) {
       const PeerComparison c = CompareWithPeers(report, r);
@@ -410,6 +466,10 @@ nlohmann::json ReplayJson(const ReplayReport& report, bool peers) {
                 {"changed_fraction", r.changed_fraction},
                 {"gate_mass_mean", r.gate_mass_mean},
                 {"gate_mass_min", r.gate_mass_min}});
+    if (r.ms_per_token > 0) {
+      row["ms_per_token"] = r.ms_per_token;
+      row["ready_ms_per_token"] = r.ready_ms_per_token;
+    }
   }
   return {{"tokens", report.tokens}, {"accesses", report.accesses}, {"rows", rows}};
 }

@@ -33,6 +33,9 @@ absl::Status ReplayOptions::Validate() const {
   if (expert_bytes == 0) return absl::InvalidArgumentError("replay expert size must be > 0");
   if (policies.empty()) return absl::InvalidArgumentError("replay needs at least one policy");
   if (threads == 0) return absl::InvalidArgumentError("replay threads must be > 0");
+  if (hardware) {
+    if (absl::Status s = hardware->Validate(); !s.ok()) return s;
+  }
   for (const std::string& policy : policies) {
     if (absl::Status s = CheckReplayPolicyName(policy); !s.ok()) return s;
   }
@@ -46,6 +49,7 @@ constexpr absl::string_view kVllmPolicyName = "vllm_lfru";
 
 struct RunTotals {
   uint64_t hits = 0, loads = 0, prefetch_loads = 0, prefetch_used = 0;
+  double elapsed_us = 0;  // with a hardware profile
   uint64_t changed = 0, routed = 0;
   double gate_sum = 0, gate_min = 1;
 };
@@ -97,20 +101,21 @@ class RunReplayer {
       // then pages it (vLLM: each miss loads before the next use).
       for (uint32_t e : experts) cache.Pin({l, e});
       missed.clear();
+      if (timer_) timer_->BeginStep();
       for (uint32_t e : experts) {
         if (cache.Access({l, e})) {
           ++totals_.hits;
+          if (timer_) timer_->Use(Slot(l, e));
         } else if (interleaved_) {
-          ++totals_.loads;
-          if (absl::Status s = Load(cache, {l, e}, Priority::kUrgent); !s.ok()) return s;
+          if (absl::Status s = DemandLoad(cache, l, e); !s.ok()) return s;
         } else {
           missed.push_back(e);
         }
       }
       for (uint32_t e : missed) {
-        ++totals_.loads;
-        if (absl::Status s = Load(cache, {l, e}, Priority::kUrgent); !s.ok()) return s;
+        if (absl::Status s = DemandLoad(cache, l, e); !s.ok()) return s;
       }
+      if (timer_) timer_->EndStep();
       for (uint32_t e : experts) cache.Unpin({l, e});
       affinity_[l]->Update(experts);
       // Co-activation learns from the same token one layer down.
@@ -124,6 +129,7 @@ class RunReplayer {
       step_done();
     }
     for (const auto& cache : caches_) totals_.prefetch_used += cache->Stats().prefetch_used;
+    if (timer_) totals_.elapsed_us = timer_->elapsed_us();
     return totals_;
   }
 
@@ -171,6 +177,9 @@ class RunReplayer {
       }
     }
     if (policy_ == kBeladyPolicyName) BuildFutureAccesses(caches);
+    if (options_.hardware) {
+      timer_.emplace(*options_.hardware, options_.expert_bytes, size_t{layers} * n);
+    }
     for (uint32_t c = 0; c < caches; ++c) {
       auto policy = MakePolicy(c);
       if (!policy.ok()) return policy.status();
@@ -217,6 +226,16 @@ class RunReplayer {
 
   ExpertCache& CacheOf(uint32_t layer) { return *caches_[per_layer_ ? layer : 0]; }
 
+  size_t Slot(uint32_t layer, uint32_t expert) const {
+    return size_t{layer} * trace_.num_experts + expert;
+  }
+
+  absl::Status DemandLoad(ExpertCache& cache, uint32_t layer, uint32_t expert) {
+    ++totals_.loads;
+    if (timer_) timer_->Demand(Slot(layer, expert));
+    return Load(cache, {layer, expert}, Priority::kUrgent);
+  }
+
   absl::Status Load(ExpertCache& cache, ExpertKey key, Priority priority) {
     if (absl::Status s = cache.Reserve(key, options_.expert_bytes, priority); !s.ok()) return s;
     auto data = std::make_shared<ExpertData>();
@@ -242,7 +261,10 @@ class RunReplayer {
     for (uint32_t e : candidates) {
       const ExpertKey key{next, e};
       if (cache.IsResident(key)) continue;
-      if (Load(cache, key, Priority::kPrefetch).ok()) ++totals_.prefetch_loads;
+      if (Load(cache, key, Priority::kPrefetch).ok()) {
+        ++totals_.prefetch_loads;
+        if (timer_) timer_->Prefetch(Slot(next, e));
+      }
     }
   }
 
@@ -251,8 +273,9 @@ class RunReplayer {
   const ReplayOptions& options_;
   const std::string policy_;
   const uint32_t prefetch_budget_;
-  bool per_layer_ = false;    // a cache per layer
-  bool interleaved_ = false;  // vLLM's shape (ReplayOptions::peer_shapes)
+  bool per_layer_ = false;          // a cache per layer
+  bool interleaved_ = false;        // vLLM's shape (ReplayOptions::peer_shapes)
+  std::optional<StepTimer> timer_;  // with a hardware profile
   std::vector<std::unique_ptr<ExpertAffinity>> affinity_;
   std::vector<std::unique_ptr<CoActivation>> coactivation_;  // [l]: from l - 1 into l
   std::vector<std::unique_ptr<LayerRouter>> routers_;
@@ -294,6 +317,7 @@ absl::StatusOr<ReplayRow> ReplayPolicy(const RoutingTrace& trace, const ReplayOp
       sum.loads += totals->loads;
       sum.prefetch_loads += totals->prefetch_loads;
       sum.prefetch_used += totals->prefetch_used;
+      sum.elapsed_us += totals->elapsed_us;
       sum.changed += totals->changed;
       sum.routed += totals->routed;
       sum.gate_sum += totals->gate_sum;
@@ -306,6 +330,7 @@ absl::StatusOr<ReplayRow> ReplayPolicy(const RoutingTrace& trace, const ReplayOp
       row.demand_loads = sum.loads;
       row.hit_rate = sum.hits / accesses;
       row.demand_loads_per_token = sum.loads / tokens;
+      row.ms_per_token = sum.elapsed_us / 1e3 / tokens;
       if (sum.routed > 0) {
         row.changed_fraction = static_cast<double>(sum.changed) / sum.routed;
         row.gate_mass_mean = sum.gate_sum / sum.routed;
@@ -318,6 +343,7 @@ absl::StatusOr<ReplayRow> ReplayPolicy(const RoutingTrace& trace, const ReplayOp
       row.prefetch_used = sum.prefetch_used;
       row.ready_rate = sum.hits / accesses;
       row.loads_per_token = (sum.loads + sum.prefetch_loads) / tokens;
+      row.ready_ms_per_token = sum.elapsed_us / 1e3 / tokens;
     }
   }
   return row;

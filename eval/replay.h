@@ -10,6 +10,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "core/routing/router.h"
+#include "eval/step_timer.h"
 #include "eval/trace.h"
 
 namespace moe_router {
@@ -44,6 +45,9 @@ struct ReplayOptions {
   /// experts in id order, a miss loaded before the next is touched. false:
   /// one pool, as the service and worker caches run it.
   bool peer_shapes = true;
+  /// With a hardware profile, each row also estimates milliseconds per
+  /// token (StepTimer: expert_bytes per load).
+  std::optional<HardwareProfile> hardware;
 
   absl::Status Validate() const;
 };
@@ -66,7 +70,11 @@ struct ReplayRow {
   uint64_t prefetch_loads = 0;
   uint64_t prefetch_used = 0;
   double ready_rate = 0;
-  double loads_per_token = 0;         // demand + prefetch loads, with prefetch
+  double loads_per_token = 0;  // demand + prefetch loads, with prefetch
+  /// With ReplayOptions::hardware: estimated ms per token, demand paging
+  /// and with prefetch (equal when prefetch_budget is 0); 0 without.
+  double ms_per_token = 0;
+  double ready_ms_per_token = 0;
   double demand_loads_per_token = 0;  // demand paging only
   /// With a router: tokens whose choice the bonus changed, and gate mass.
   double changed_fraction = 0;

@@ -233,6 +233,51 @@ TEST_F(ClientTest, CliReplayTablesMarkTheDefaultPolicy) {
   }
 }
 
+// --hardware prices every row in ms per token: in the JSON rows of a sweep
+// belady costs least, a refused peer has no figure, and --time-plot draws
+// it; its tuning flags need --hardware.
+TEST_F(ClientTest, CliReplayEstimatesMillisecondsPerToken) {
+  testing::TempDir dir;
+  const std::string trace = dir.File("t.jsonl");
+  ASSERT_EQ(
+      Cli("tracegen --preset mixtral --sequences 2 --tokens 30 --seed 4 --out " + trace).second, 0);
+  const std::string flags =
+      " --budgets 10%,50%,75% --peers --hardware pcie5-x16 --expert-bytes 50000000 "
+      "--compute-us 250";
+  const auto [out, code] = Cli("replay " + trace + flags + " --json");
+  ASSERT_EQ(code, 0) << out;
+  std::map<std::string, std::map<uint64_t, nlohmann::json>> rows;
+  const nlohmann::json report = nlohmann::json::parse(out.substr(out.find('{')));
+  for (const nlohmann::json& r : report["rows"]) {
+    rows[r["policy"].get<std::string>()][r["budget_slots"].get<uint64_t>()] = r;
+  }
+  // At 10%, fewer slots than layers: none per layer, and vLLM refuses.
+  ASSERT_EQ(rows["vllm_lfru"].size(), 3u);
+  const nlohmann::json& smallest = rows["vllm_lfru"].begin()->second;
+  EXPECT_TRUE(smallest.contains("refused")) << smallest;
+  EXPECT_FALSE(smallest.contains("ms_per_token"));
+  for (const auto& [policy, by_budget] : rows) {
+    for (const auto& [budget, r] : by_budget) {
+      if (r.contains("refused")) continue;
+      const double ms = r["ms_per_token"].get<double>();
+      // At least 32 layers of 250 us; without prefetch time grows with the
+      // misses alone, so belady, which misses least, is never slower.
+      EXPECT_GE(ms, 32 * 0.25) << policy << " " << budget;
+      EXPECT_LE(rows["belady"].at(budget)["ms_per_token"].get<double>(), ms) << policy;
+    }
+  }
+  const std::string plot = dir.File("time.svg");
+  const auto [table, table_code] = Cli("replay " + trace + flags + " --time-plot " + plot);
+  ASSERT_EQ(table_code, 0) << table;
+  EXPECT_THAT(table, HasSubstr(" ms/token "));
+  auto svg = ReadFile(plot);
+  ASSERT_TRUE(svg.ok()) << svg.status();
+  EXPECT_THAT(*svg, HasSubstr("ms per token"));
+  const auto [refused, refused_code] = Cli("replay " + trace + " --global-slots 64 --compute-us 9");
+  EXPECT_EQ(refused_code, 2);
+  EXPECT_THAT(refused, HasSubstr("--compute-us needs --hardware"));
+}
+
 // With --bonus our policies reroute against their cache while belady and
 // the peers page the trace's own routing, so every row is still set against
 // both, and the rerouted rows show the gate mass they kept.
