@@ -43,6 +43,9 @@ const std::vector<FlagSpec>& LocalReplayFlags() {
        "10%,25%,50%"},
       {"plot", true, false, "with --budgets: write the hit rate against budget as an SVG"},
       {"as-one-run", false, false, "play the trace's runs back to back, as one worker's cache"},
+      {"batch", true, false,
+       "B runs decode together through one cache, one token of each a step (continuous "
+       "batching; 1: --as-one-run)"},
       {"global-slots", true, false, "S expert slots shared by all layers"},
       {"global-bytes", true, false, "B bytes shared by all layers"},
       {"expert-bytes", true, false, "bytes per expert (default 1048576)"},
@@ -345,6 +348,17 @@ absl::StatusOr<ReplayOptions> ParseReplayOptions(const CommandLine& cl, const Ro
   if (!prefetch.ok()) return prefetch.status();
   options.expert_bytes = *expert_bytes;
   options.prefetch_budget = static_cast<uint32_t>(*prefetch);
+  if (cl.Has("batch")) {
+    auto batch = cl.Count("batch", 0);
+    if (!batch.ok()) return batch.status();
+    if (*batch == 0 || *batch > 4096) {
+      return absl::InvalidArgumentError("--batch must be in [1, 4096]");
+    }
+    if (cl.Has("as-one-run")) {
+      return absl::InvalidArgumentError("--batch already plays the runs through one cache");
+    }
+    options.batch = static_cast<uint32_t>(*batch);
+  }
   for (const char* flag : {"link-gbps", "load-latency-us", "compute-us", "time-plot"}) {
     if (cl.Has(flag) && !cl.Has("hardware")) {
       return absl::InvalidArgumentError(absl::StrCat("--", flag, " needs --hardware"));

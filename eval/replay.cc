@@ -12,6 +12,7 @@
 #include "core/cache/peer_policies.h"
 #include "core/routing/affinity.h"
 #include "eval/belady_policy.h"
+#include "eval/replay_schedule.h"
 
 namespace moe_router {
 
@@ -39,6 +40,9 @@ absl::Status ReplayOptions::Validate() const {
   for (const std::string& policy : policies) {
     if (absl::Status s = CheckReplayPolicyName(policy); !s.ok()) return s;
   }
+  if (router && batch > 0) {
+    return absl::InvalidArgumentError("batched replay does not reroute; drop --bonus or --batch");
+  }
   if (router) return router->Validate();
   return absl::OkStatus();
 }
@@ -57,9 +61,12 @@ struct RunTotals {
 // Replays one run of a trace with one policy.
 class RunReplayer {
  public:
-  RunReplayer(const RoutingTrace& trace, const RoutingTrace::Run& run, const ReplayOptions& options,
-              const std::string& policy, uint32_t prefetch_budget)
+  // `run`: the run the schedule is, for its logits; null for a batch.
+  RunReplayer(const RoutingTrace& trace, const ReplaySchedule& schedule,
+              const RoutingTrace::Run* run, const ReplayOptions& options, const std::string& policy,
+              uint32_t prefetch_budget)
       : trace_(trace),
+        schedule_(schedule),
         run_(run),
         options_(options),
         policy_(policy),
@@ -69,16 +76,17 @@ class RunReplayer {
     if (absl::Status s = Setup(); !s.ok()) return s;
     std::vector<uint32_t> prev, experts, missed;
     RouteResult batch;
-    for (size_t i = 0; i < run_.steps.size(); ++i) {
-      const auto [t, l] = run_.steps[i];
+    const std::vector<ReplayStep>& steps = schedule_.steps();
+    for (size_t i = 0; i < steps.size(); ++i) {
+      const ReplayStep& step = steps[i];
+      const uint32_t l = step.layer;
       ExpertCache& cache = CacheOf(l);
       cache.BeginStep(l);
       if (routers_.empty()) {
-        const auto step = trace_.StepExperts(run_, i);
-        experts.assign(step.begin(), step.end());
+        experts.assign(step.experts.begin(), step.experts.end());
       } else {
-        if (absl::Status s =
-                routers_[l]->Route(trace_.StepLogits(run_, i), cache.ResidentFlags(l), &batch);
+        if (absl::Status s = routers_[l]->Route(trace_.StepLogits(*run_, step.run_step),
+                                                cache.ResidentFlags(l), &batch);
             !s.ok()) {
           return s;
         }
@@ -87,6 +95,16 @@ class RunReplayer {
         totals_.routed += batch.tokens;
         totals_.gate_sum += batch.gate_mass_sum;
         totals_.gate_min = std::min(totals_.gate_min, batch.gate_mass_min);
+      }
+      if (bypass_tokens_ > 0 && step.tokens() > bypass_tokens_) {
+        // llama.cpp serves such a micro-batch around its cache: every use
+        // a miss, nothing paged, nothing learned.
+        step_done();
+        continue;
+      }
+      // A use hits if its expert was resident when the step began.
+      for (uint32_t e : experts) {
+        if (cache.IsResident({l, e})) ++totals_.hits;
       }
       if (interleaved_) {
         std::sort(experts.begin(), experts.end());
@@ -97,18 +115,31 @@ class RunReplayer {
         });
       }
       // The step's experts are pinned while it is served; every use is
-      // recorded before the misses load, as an engine routes a layer and
-      // then pages it (vLLM: each miss loads before the next use).
+      // recorded before the misses load, each once, as an engine routes a
+      // layer and then pages it (vLLM: each miss loads before the next use).
       for (uint32_t e : experts) cache.Pin({l, e});
       missed.clear();
       if (timer_) timer_->BeginStep();
-      for (uint32_t e : experts) {
+      // vLLM's split: from then on only the expert it came at stays pinned.
+      std::optional<uint32_t> split_at;
+      for (size_t j = 0; j < experts.size(); ++j) {
+        const uint32_t e = experts[j];
         if (cache.Access({l, e})) {
-          ++totals_.hits;
           if (timer_) timer_->Use(Slot(l, e));
         } else if (interleaved_) {
-          if (absl::Status s = DemandLoad(cache, l, e); !s.ok()) return s;
-        } else {
+          absl::Status s = DemandLoad(cache, l, e);
+          if (absl::IsResourceExhausted(s) && !split_at) {
+            // vLLM splits a batch whose experts do not fit its layer's
+            // slots: what was served computes and lets go, and the rest
+            // load (again, if evicted meanwhile) as they come.
+            split_at = e;
+            for (uint32_t other : experts) {
+              if (other != e) cache.Unpin({l, other});
+            }
+            s = DemandLoad(cache, l, e);
+          }
+          if (!s.ok()) return s;
+        } else if (std::find(missed.begin(), missed.end(), e) == missed.end()) {
           missed.push_back(e);
         }
       }
@@ -116,14 +147,17 @@ class RunReplayer {
         if (absl::Status s = DemandLoad(cache, l, e); !s.ok()) return s;
       }
       if (timer_) timer_->EndStep();
-      for (uint32_t e : experts) cache.Unpin({l, e});
+      if (split_at) {
+        cache.Unpin({l, *split_at});
+      } else {
+        for (uint32_t e : experts) cache.Unpin({l, e});
+      }
       affinity_[l]->Update(experts);
-      // Co-activation learns from the same token one layer down.
-      const bool follows =
-          i > 0 && run_.steps[i - 1].token == t && run_.steps[i - 1].layer + 1 == l;
+      // Co-activation learns from the same tokens one layer down.
+      const bool follows = i > 0 && steps[i - 1].token == step.token && steps[i - 1].layer + 1 == l;
       if (follows) coactivation_[l]->Update(prev, experts);
-      if (prefetch_budget_ > 0 && i + 1 < run_.steps.size()) {
-        Prefetch(run_.steps[i + 1].layer, experts, /*same_token=*/run_.steps[i + 1].token == t);
+      if (prefetch_budget_ > 0 && i + 1 < steps.size()) {
+        Prefetch(steps[i + 1].layer, experts, /*same_token=*/steps[i + 1].token == step.token);
       }
       prev = experts;
       step_done();
@@ -158,6 +192,7 @@ class RunReplayer {
       }
       budget -= padding;
     }
+    if (options_.peer_shapes) bypass_tokens_ = PeerBypassTokens(policy_);
     per_layer_ = per_layer_ || options_.mode == BudgetMode::kPerLayer;
     const uint32_t caches = per_layer_ ? layers : 1;
     // The peers route as their engines do: plain top-k, the trace's; belady
@@ -215,11 +250,10 @@ class RunReplayer {
     future_.assign(
         caches, std::vector<std::vector<uint64_t>>(size_t{trace_.num_layers} * trace_.num_experts));
     std::vector<uint64_t> tick(caches, 0);
-    for (size_t i = 0; i < run_.steps.size(); ++i) {
-      const uint32_t l = run_.steps[i].layer;
-      const uint32_t c = caches == 1 ? 0 : l;
-      for (uint32_t e : trace_.StepExperts(run_, i)) {
-        future_[c][size_t{l} * trace_.num_experts + e].push_back(++tick[c]);
+    for (const ReplayStep& step : schedule_.steps()) {
+      const uint32_t c = caches == 1 ? 0 : step.layer;
+      for (uint32_t e : step.experts) {
+        future_[c][size_t{step.layer} * trace_.num_experts + e].push_back(++tick[c]);
       }
     }
   }
@@ -231,9 +265,10 @@ class RunReplayer {
   }
 
   absl::Status DemandLoad(ExpertCache& cache, uint32_t layer, uint32_t expert) {
+    if (absl::Status s = Load(cache, {layer, expert}, Priority::kUrgent); !s.ok()) return s;
     ++totals_.loads;
     if (timer_) timer_->Demand(Slot(layer, expert));
-    return Load(cache, {layer, expert}, Priority::kUrgent);
+    return absl::OkStatus();
   }
 
   absl::Status Load(ExpertCache& cache, ExpertKey key, Priority priority) {
@@ -269,12 +304,14 @@ class RunReplayer {
   }
 
   const RoutingTrace& trace_;
-  const RoutingTrace::Run& run_;
+  const ReplaySchedule& schedule_;
+  const RoutingTrace::Run* run_;
   const ReplayOptions& options_;
   const std::string policy_;
   const uint32_t prefetch_budget_;
   bool per_layer_ = false;          // a cache per layer
   bool interleaved_ = false;        // vLLM's shape (ReplayOptions::peer_shapes)
+  uint32_t bypass_tokens_ = 0;      // steps of more tokens skip the cache (0: none)
   std::optional<StepTimer> timer_;  // with a hardware profile
   std::vector<std::unique_ptr<ExpertAffinity>> affinity_;
   std::vector<std::unique_ptr<CoActivation>> coactivation_;  // [l]: from l - 1 into l
@@ -292,8 +329,9 @@ bool PrefetchPass(const ReplayOptions& options, const std::string& policy) {
 
 // One policy's row: each run from a cold cache, demand paging and, with a
 // prefetch budget, again with prefetch.
+// `batched`: the batch's schedule, or null to replay each run cold.
 absl::StatusOr<ReplayRow> ReplayPolicy(const RoutingTrace& trace, const ReplayOptions& options,
-                                       const std::string& policy,
+                                       const ReplaySchedule* batched, const std::string& policy,
                                        const std::function<void()>& step_done) {
   const bool with_prefetch = PrefetchPass(options, policy);
   ReplayRow row;
@@ -303,13 +341,16 @@ absl::StatusOr<ReplayRow> ReplayPolicy(const RoutingTrace& trace, const ReplayOp
   for (int pass = 0; pass < (with_prefetch ? 2 : 1); ++pass) {
     const uint32_t budget = pass == 1 ? options.prefetch_budget : 0;
     RunTotals sum;
-    for (const RoutingTrace::Run& run : trace.runs) {
-      RunReplayer replayer(trace, run, options, policy, budget);
+    for (uint32_t r = 0; r < (batched ? 1 : trace.runs.size()); ++r) {
+      const ReplaySchedule own = batched ? ReplaySchedule() : ReplaySchedule::OfRun(trace, r);
+      RunReplayer replayer(trace, batched ? *batched : own, batched ? nullptr : &trace.runs[r],
+                           options, policy, budget);
       absl::StatusOr<RunTotals> totals = replayer.Run(step_done);
       // A peer's engine refusing the budget is a row, not a failed replay.
       if (absl::IsFailedPrecondition(totals.status())) {
         row.refused = std::string(totals.status().message());
-        for (uint64_t i = 0; i < trace.Steps(); ++i) step_done();  // its share of the progress
+        const uint64_t steps = batched ? batched->steps().size() : trace.Steps();
+        for (uint64_t i = 0; i < steps; ++i) step_done();  // its share of the progress
         return row;
       }
       if (!totals.ok()) return totals.status();
@@ -376,9 +417,12 @@ absl::StatusOr<ReplayReport> Replay(const RoutingTrace& trace, const ReplayOptio
   ReplayReport report;
   report.tokens = trace.Tokens();
   report.accesses = trace.Accesses();
+  std::optional<ReplaySchedule> batched;
+  if (options.batch > 0) batched = ReplaySchedule::Batched(trace, options.batch);
+  const uint64_t steps = batched ? batched->steps().size() : trace.Steps();
   uint64_t total = 0;
   for (const std::string& policy : options.policies) {
-    total += trace.Steps() * (PrefetchPass(options, policy) ? 2 : 1);
+    total += steps * (PrefetchPass(options, policy) ? 2 : 1);
   }
   std::atomic<uint64_t> done{0};
   absl::Mutex progress_mu;
@@ -396,7 +440,8 @@ absl::StatusOr<ReplayReport> Replay(const RoutingTrace& trace, const ReplayOptio
     while (true) {
       const size_t i = next.fetch_add(1);
       if (i >= options.policies.size()) return;
-      rows[i] = ReplayPolicy(trace, options, options.policies[i], step_done);
+      rows[i] = ReplayPolicy(trace, options, batched ? &*batched : nullptr, options.policies[i],
+                             step_done);
     }
   };
   std::vector<std::thread> threads;

@@ -45,6 +45,11 @@ struct ReplayOptions {
   /// experts in id order, a miss loaded before the next is touched. false:
   /// one pool, as the service and worker caches run it.
   bool peer_shapes = true;
+  /// 0: each run from a cold cache, one token a step. B > 0: continuous
+  /// batching through one cache, B runs decoding together, each step
+  /// routing one token of each at one layer (ReplaySchedule::Batched); B = 1
+  /// is the runs back to back. Not with a router.
+  uint32_t batch = 0;
   /// With a hardware profile, each row also estimates milliseconds per
   /// token (StepTimer: expert_bytes per load).
   std::optional<HardwareProfile> hardware;

@@ -197,8 +197,12 @@ std::unique_ptr<EvictionPolicy> MakePeerPolicy(absl::string_view name) {
   return nullptr;
 }
 
-uint64_t PeerPaddingSlots(absl::string_view name) {
-  return name == "llama_cpp" || name == "llama_cpp_lru" ? 1 : 0;
-}
+namespace {
+bool IsLlamaCpp(absl::string_view name) { return name == "llama_cpp" || name == "llama_cpp_lru"; }
+}  // namespace
+
+uint64_t PeerPaddingSlots(absl::string_view name) { return IsLlamaCpp(name) ? 1 : 0; }
+
+uint32_t PeerBypassTokens(absl::string_view name) { return IsLlamaCpp(name) ? 32 : 0; }
 
 }  // namespace moe_router

@@ -31,6 +31,10 @@ std::unique_ptr<EvictionPolicy> MakePeerPolicy(absl::string_view name);
 /// allocates one past its last (CUDA MMQ may read past the last expert).
 uint64_t PeerPaddingSlots(absl::string_view name);
 
+/// Steps of more tokens than this the peer serves around its cache (0:
+/// none): llama.cpp's micro-batches above 32 tokens.
+uint32_t PeerBypassTokens(absl::string_view name);
+
 }  // namespace moe_router
 
 #endif  // MOE_ROUTER_CORE_CACHE_PEER_POLICIES_H_

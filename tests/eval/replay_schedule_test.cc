@@ -1,0 +1,187 @@
+// Batched replay: the schedule continuous batching makes of a trace, and
+// the replay of it: one run at a time it is the runs back to back, a use
+// hits by what was resident when its step began, and the peers' batch
+// rules (llama.cpp's bypass, vLLM's split) apply.
+#include "eval/replay_schedule.h"
+
+#include <vector>
+
+#include "core/cache/peer_policies.h"
+#include "eval/replay.h"
+#include "eval/workload.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace moe_router {
+namespace {
+
+using ::testing::ElementsAre;
+
+// Runs of `tokens` tokens each over 2 layers, top-1; expert = run * 10 +
+// token (mod 4 experts: only the shape matters here) except where given.
+RoutingTrace HandTrace(const std::vector<uint32_t>& tokens) {
+  RoutingTrace trace;
+  trace.num_layers = 2;
+  trace.num_experts = 40;
+  trace.top_k = 1;
+  for (uint32_t r = 0; r < tokens.size(); ++r) {
+    RoutingTrace::Run run;
+    for (uint32_t t = 0; t < tokens[r]; ++t) {
+      for (uint32_t l = 0; l < 2; ++l) {
+        run.steps.push_back({t, l});
+        run.experts.push_back(r * 10 + t);
+      }
+    }
+    trace.runs.push_back(run);
+  }
+  return trace;
+}
+
+std::vector<uint32_t> Runs(const ReplayStep& step) { return {step.runs.begin(), step.runs.end()}; }
+std::vector<uint32_t> Experts(const ReplayStep& step) {
+  return {step.experts.begin(), step.experts.end()};
+}
+
+TEST(ReplayScheduleTest, RunsJoinWhenOthersLeaveAndKeepTheirTokensInOrder) {
+  const RoutingTrace trace = HandTrace({2, 1, 3});
+  const ReplaySchedule s = ReplaySchedule::Batched(trace, 2);
+  const std::vector<ReplayStep>& steps = s.steps();
+  ASSERT_EQ(steps.size(), 8u);  // 4 batch steps of 2 layers
+  // Batch step 0: runs 0 and 1; 1: run 1 left, run 2 joined; 2, 3: run 2.
+  EXPECT_THAT(Runs(steps[0]), ElementsAre(0, 1));
+  EXPECT_THAT(Experts(steps[0]), ElementsAre(0, 10));
+  EXPECT_EQ(steps[1].layer, 1u);
+  EXPECT_THAT(Runs(steps[2]), ElementsAre(0, 2));
+  EXPECT_THAT(Experts(steps[2]), ElementsAre(1, 20));
+  EXPECT_THAT(Runs(steps[4]), ElementsAre(2));
+  EXPECT_THAT(Experts(steps[6]), ElementsAre(22));
+  for (size_t i = 0; i < steps.size(); ++i) {
+    EXPECT_EQ(steps[i].token, i / 2);
+    EXPECT_EQ(steps[i].layer, i % 2);
+    EXPECT_EQ(steps[i].run_step, -1);
+  }
+}
+
+TEST(ReplayScheduleTest, ATokenMissingALayerAddsNothingThere) {
+  RoutingTrace trace = HandTrace({1, 1});
+  // Run 1's token skips layer 0.
+  trace.runs[1].steps.erase(trace.runs[1].steps.begin());
+  trace.runs[1].experts.erase(trace.runs[1].experts.begin());
+  const ReplaySchedule s = ReplaySchedule::Batched(trace, 4);
+  ASSERT_EQ(s.steps().size(), 2u);
+  EXPECT_THAT(Runs(s.steps()[0]), ElementsAre(0));
+  EXPECT_THAT(Runs(s.steps()[1]), ElementsAre(0, 1));
+}
+
+TEST(ReplayScheduleTest, ARunsOwnScheduleIsItsSteps) {
+  const RoutingTrace trace = HandTrace({3});
+  const ReplaySchedule s = ReplaySchedule::OfRun(trace, 0);
+  ASSERT_EQ(s.steps().size(), 6u);
+  EXPECT_EQ(s.steps()[5].run_step, 5);
+  EXPECT_THAT(Experts(s.steps()[5]), ElementsAre(2));
+}
+
+void ExpectSameRows(const ReplayReport& a, const ReplayReport& b) {
+  ASSERT_EQ(a.rows.size(), b.rows.size());
+  for (size_t i = 0; i < a.rows.size(); ++i) {
+    EXPECT_EQ(a.rows[i].policy, b.rows[i].policy);
+    EXPECT_EQ(a.rows[i].refused, b.rows[i].refused) << a.rows[i].policy;
+    EXPECT_EQ(a.rows[i].demand_hits, b.rows[i].demand_hits) << a.rows[i].policy;
+    EXPECT_EQ(a.rows[i].demand_loads, b.rows[i].demand_loads) << a.rows[i].policy;
+    EXPECT_EQ(a.rows[i].ready_hits, b.rows[i].ready_hits) << a.rows[i].policy;
+    EXPECT_EQ(a.rows[i].prefetch_loads, b.rows[i].prefetch_loads) << a.rows[i].policy;
+  }
+}
+
+TEST(ReplayScheduleTest, ABatchOfOneIsTheRunsBackToBack) {
+  const RoutingTrace trace =
+      GenerateTrace(GetWorkloadPreset("mixtral")->shape, /*sequences=*/3, /*tokens=*/25,
+                    /*seed=*/9);
+  ReplayOptions options;
+  options.amount = 96;
+  options.prefetch_budget = 2;
+  options.policies = ReplayPolicyNames();
+  options.batch = 1;
+  auto batched = Replay(trace, options);
+  ASSERT_TRUE(batched.ok()) << batched.status();
+  options.batch = 0;
+  auto back_to_back = Replay(Concatenated(trace), options);
+  ASSERT_TRUE(back_to_back.ok()) << back_to_back.status();
+  ExpectSameRows(*batched, *back_to_back);
+}
+
+// Two tokens of a batch on one expert: two hits if it was resident, one
+// load and no hit if not.
+TEST(ReplayScheduleTest, AUseHitsByWhatWasResidentWhenItsStepBegan) {
+  RoutingTrace trace = HandTrace({2, 2});
+  for (RoutingTrace::Run& run : trace.runs) {
+    for (uint32_t& e : run.experts) e = 7;
+  }
+  ReplayOptions options;
+  options.amount = 4;
+  options.batch = 2;
+  options.policies = {"lru", "llama_cpp_lru"};
+  auto report = Replay(trace, options);
+  ASSERT_TRUE(report.ok()) << report.status();
+  for (const ReplayRow& row : report->rows) {
+    // Layer 0 and 1 of batch step 0 load expert 7 once each; batch step 1
+    // hits both uses at both layers.
+    EXPECT_EQ(row.demand_loads, 2u) << row.policy;
+    EXPECT_EQ(row.demand_hits, 4u) << row.policy;
+    EXPECT_EQ(row.accesses, 8u) << row.policy;
+  }
+}
+
+TEST(ReplayScheduleTest, LlamaCppServesBatchesAbove32TokensAroundItsCache) {
+  const RoutingTrace trace =
+      GenerateTrace(GetWorkloadPreset("mixtral")->shape, /*sequences=*/33, /*tokens=*/4,
+                    /*seed=*/2);
+  ReplayOptions options;
+  options.amount = 256;  // every expert: what is paged in stays
+  options.policies = {"llama_cpp", "llama_cpp_lru", "lru"};
+  options.batch = 33;
+  auto over = Replay(trace, options);
+  ASSERT_TRUE(over.ok()) << over.status();
+  EXPECT_EQ(PeerBypassTokens("llama_cpp"), 32u);
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_EQ(over->rows[i].demand_hits, 0u) << over->rows[i].policy;
+    EXPECT_EQ(over->rows[i].demand_loads, 0u) << over->rows[i].policy;
+  }
+  EXPECT_GT(over->rows[2].demand_hits, 0u);
+  options.batch = 32;
+  auto under = Replay(trace, options);
+  ASSERT_TRUE(under.ok()) << under.status();
+  EXPECT_GT(under->rows[0].demand_hits, 0u);
+}
+
+// vLLM's layer of 2 slots and a step of up to 16 experts: it splits the
+// step instead of failing, and loads at least once per miss.
+TEST(ReplayScheduleTest, VllmSplitsABatchWhoseExpertsDoNotFitItsLayer) {
+  const RoutingTrace trace =
+      GenerateTrace(GetWorkloadPreset("mixtral")->shape, /*sequences=*/8, /*tokens=*/10,
+                    /*seed=*/4);
+  ReplayOptions options;
+  options.amount = 2 * trace.num_layers;
+  options.policies = {"vllm_lfru"};
+  options.batch = 8;
+  auto report = Replay(trace, options);
+  ASSERT_TRUE(report.ok()) << report.status();
+  const ReplayRow& row = report->rows[0];
+  EXPECT_TRUE(row.refused.empty());
+  EXPECT_GT(row.demand_hits, 0u);
+  EXPECT_GE(row.demand_hits + row.demand_loads, row.accesses / 8);
+}
+
+TEST(ReplayScheduleTest, BatchedReplayDoesNotReroute) {
+  const RoutingTrace trace = HandTrace({1});
+  ReplayOptions options;
+  options.amount = 4;
+  options.batch = 2;
+  options.policies = {"lru"};
+  options.router = RouterConfig{};
+  EXPECT_THAT(std::string(options.Validate().message()),
+              ::testing::HasSubstr("batched replay does not reroute"));
+}
+
+}  // namespace
+}  // namespace moe_router
