@@ -2,7 +2,8 @@
 # Hit rate at 10/25/50/75% of the experts for our policies, the engines'
 # own caches (--peers) and Belady: on the shared Mixtral trace (cold runs,
 # and back to back as one worker's cache) and on calibrated synthetic
-# workloads of 8, 60, 128 and 256 experts; ms per token on the shared trace.
+# workloads of 8, 60, 128, 256 and 384 experts, one token a step and at
+# batch 8; ms per token on the shared trace.
 # Tables to stdout, plots to docs/replay-peers-*.svg and docs/replay-time-*.svg.
 #   bench/peer_sweep.sh [SHARED_TRACE]
 set -euo pipefail
@@ -26,14 +27,21 @@ echo "== mixtral-shared, ms per token on pcie4-x16"
 "$bin" replay "$shared" --budgets "$budgets" --peers --hardware pcie4-x16 \
   --expert-bytes 88000000 --compute-us 300 --time-plot docs/replay-time-mixtral-shared.svg
 sweep mixtral-shared-one-run "$shared" --as-one-run
-# name: tracegen flags (4 sequences of 256 tokens each)
+sweep mixtral-shared-batch-8 "$shared" --batch 8
+# name: tracegen flags; one token at a time over 4 sequences of 256 tokens,
+# and 16 sequences of 128 tokens decoded 8 at a time.
 while read -r name flags; do
   # shellcheck disable=SC2086
   "$bin" tracegen $flags --sequences 4 --tokens 256 --seed 7 --out "$work/$name.trace" 2>/dev/null
   sweep "$name" "$work/$name.trace"
+  # shellcheck disable=SC2086
+  "$bin" tracegen $flags --sequences 16 --tokens 128 --seed 8 --out "$work/$name-b.trace" \
+    2>/dev/null
+  sweep "$name-batch-8" "$work/$name-b.trace" --batch 8
 done <<'WORKLOADS'
 synthetic-8 --preset mixtral
 synthetic-60 --preset qwen3-30b-a3b --layers 24 --experts 60 --top-k 4
 synthetic-128 --preset qwen3-30b-a3b
 synthetic-256 --preset deepseek-v3
+synthetic-384 --preset kimi-k2
 WORKLOADS
