@@ -102,10 +102,16 @@ class RunReplayer {
         step_done();
         continue;
       }
-      // A use hits if its expert was resident when the step began.
+      // Each missing expert's first use is its miss; every other use hits
+      // (it is in by the time the step computes), as worker views count.
+      missed.clear();
       for (uint32_t e : experts) {
-        if (cache.IsResident({l, e})) ++totals_.hits;
+        if (!cache.IsResident({l, e}) &&
+            std::find(missed.begin(), missed.end(), e) == missed.end()) {
+          missed.push_back(e);
+        }
       }
+      totals_.hits += experts.size() - missed.size();
       if (interleaved_) {
         std::sort(experts.begin(), experts.end());
         experts.erase(std::unique(experts.begin(), experts.end()), experts.end());

@@ -73,6 +73,7 @@ void ArrangeStep(StepOrder order, std::vector<uint32_t>& experts,
             [](const auto& a, const auto& b) { return a.second < b.second; });
   experts.clear();
   for (const auto& [expert, place] : firsts) experts.push_back(expert);
+  if (order == StepOrder::kDistinctAsRouted) return;
   const auto misses = std::stable_partition(experts.begin(), experts.end(), resident);
   std::sort(misses, experts.end());
 }

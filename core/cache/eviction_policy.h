@@ -55,6 +55,7 @@ struct CacheClock {
 enum class StepOrder : uint8_t {
   kAsRouted,            // the order the router lists them (ours)
   kHitsThenMissesById,  // resident ones as listed, then missing ones by id
+  kDistinctAsRouted,    // each once, at its first place as listed
 };
 
 /// The evictable entries' number and access counts: what a policy that
@@ -131,8 +132,8 @@ class EvictionPolicy {
 };
 
 /// Puts a step's experts in the order `order` touches them; `resident`
-/// says which the cache holds at the start of the step. kHitsThenMissesById
-/// also keeps each expert once (at its first appearance): a batch's
+/// says which the cache holds at the start of the step. The orders but
+/// kAsRouted keep each expert once (at its first appearance): a batch's
 /// distinct experts count once each.
 void ArrangeStep(StepOrder order, std::vector<uint32_t>& experts,
                  absl::FunctionRef<bool(uint32_t)> resident);

@@ -102,12 +102,14 @@ class LlamaCppClassLruPolicy final : public LayerClockedPolicy {
 // not requested in this call (here: not pinned by the step), ties to the
 // least recently used for a one-token call and to the most recently used
 // for larger ones.
-// Mapped: the count is our access count, which is per call when a step is
-// one token (replays) and per token use in batched steps; ties always go to
+// Mapped: the count is our access count, a step's distinct experts touched
+// once each (step_order), so per call in batched steps too. Not modelled:
+// the most-recent tie of calls of more than one token; ties always go to
 // the least recently used, as for SGLang's one-token calls.
 class SglangPolicy final : public EvictionPolicy {
  public:
   std::string name() const override { return "sglang"; }
+  StepOrder step_order() const override { return StepOrder::kDistinctAsRouted; }
   double Keep(const EntryView& e, const CacheClock&) const override {
     return static_cast<double>(std::min<uint64_t>(e.accesses, kSaturation));
   }

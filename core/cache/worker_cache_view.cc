@@ -84,7 +84,8 @@ absl::Span<const WorkerCacheView::Miss> WorkerCacheView::BeginStep(
     last_tick[e] = ++clock_.now;
     last_layer_access[e] = ++clock_.layer_accesses[layer];
   };
-  if (policy_->step_order() == StepOrder::kAsRouted) {
+  const bool per_use = policy_->step_order() == StepOrder::kAsRouted;
+  if (per_use) {
     for (uint32_t e : experts) touch(e);
   } else {
     // Each distinct expert touched once, in the policy's order.
@@ -100,11 +101,14 @@ absl::Span<const WorkerCacheView::Miss> WorkerCacheView::BeginStep(
     Usage& u = usage_[Index(key)];
     u.last_access = Relative(last_tick[e]);
     u.layer_access = static_cast<uint32_t>(last_layer_access[e]);
+    // Counted as the cache counts its accesses: every use, or once a step
+    // where the policy touches a step's experts once each.
+    const uint64_t counted = per_use ? uses[e] : 1;
     u.resident_accesses = static_cast<uint32_t>(std::min<uint64_t>(
-        uint64_t{u.resident_accesses} + uses[e], std::numeric_limits<uint32_t>::max()));
+        uint64_t{u.resident_accesses} + counted, std::numeric_limits<uint32_t>::max()));
     const uint32_t before = u.accesses;
     u.accesses = static_cast<uint32_t>(
-        std::min<uint64_t>(uint64_t{before} + uses[e], std::numeric_limits<uint32_t>::max()));
+        std::min<uint64_t>(uint64_t{before} + counted, std::numeric_limits<uint32_t>::max()));
     const uint64_t last_visit = FullVisit(visit, u.reuse_visit);
     if (visit != last_visit || before == 0) {
       u.reuse = static_cast<float>(ReuseAfterUse(u.reuse, last_visit, visit));

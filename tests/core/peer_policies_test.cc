@@ -243,6 +243,19 @@ TEST(PeerPoliciesTest, SglangKeepsCountsAcrossEvictionsAndTiesToLeastRecent) {
 // Exactly 255, from both sides: 256 uses count as 255 (a tie the least
 // recently used loses), and 255 still beat 254 (which a limit of 254 would
 // make a tie).
+// SGLang counts once per call: three tokens of a batch on expert 0 add 1,
+// not 3, so 0 goes before 1, used in two calls.
+TEST(PeerPoliciesTest, SglangCountsAnExpertOncePerCall) {
+  std::vector<uint32_t> batch = {5, 2, 5, 7, 2};
+  ArrangeStep(StepOrder::kDistinctAsRouted, batch, [](uint32_t e) { return e == 7; });
+  EXPECT_THAT(batch, ElementsAre(5, 2, 7));
+  auto cache = Cache("sglang", 1, 4, 2);
+  Serve(*cache, 0, {0, 0, 0, 1});
+  Serve(*cache, 0, {1});
+  Serve(*cache, 0, {2});
+  EXPECT_THAT(cache->ResidentKeys(), ElementsAre(ExpertKey{0, 1}, ExpertKey{0, 2}));
+}
+
 TEST(PeerPoliciesTest, SglangCountsSaturateAt255) {
   auto cache = Cache("sglang", 1, 4, 2);
   for (int i = 0; i < 256; ++i) Serve(*cache, 0, {0});
