@@ -400,6 +400,23 @@ def test_qwen3_omni_thinkers_experts_run_their_own_forward_whatever_the_implemen
     assert all(torch.equal(a, b) for a, b in zip(want, got))
 
 
+@pytest.mark.parametrize("version", [4, 5])
+def test_jetmoes_mlp_is_granites_and_its_attention_experts_stay_resident(version):
+    # JetMoeMoE is GraniteMoeMoE's arithmetic plus a bias (4.57.6, 5.2.0);
+    # JetMoeMoA, its attention's experts under the same gating class, is
+    # left in place.
+    config = TinyMoeLM("granitemoe", layers=1, version=version).config
+    modules = {4: v4, 5: v5}[version]
+    mlp = renamed(modules.GraniteMoeMoE, "JetMoeMoE")(config)
+    gating = renamed(type(mlp.router), "JetMoeTopKGating")
+    mlp.router.__class__ = gating
+    attention = renamed(modules.GraniteMoeMoE, "JetMoeMoA")(config)
+    attention.router.__class__ = gating
+    found = find_moe_blocks(nn.Sequential(attention, mlp))
+    assert [(b.name, b.family, b.layout, b.routing.rule["preset"]) for b in found] == \
+        [("1", "JetMoeTopKGating", "parallel_experts", "gpt_oss")]
+
+
 def test_blocks_are_identified_by_their_router_or_block_class_and_refused_by_name():
     config = TinyMoeLM("mixtral", layers=1).config
     cases = [

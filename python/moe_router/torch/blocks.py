@@ -142,7 +142,11 @@ _HUNYUAN = ("HunYuanMoEV1Moe",)  # softmax, top-k, renormalised; a float32 gate
 # Granite-MoE, its shared-MLP and hybrid (Mamba) variants: top-k of the
 # logits then softmax; ParallelExperts on samples sorted by expert.
 _GRANITE_ROUTERS = ("GraniteMoeTopKGating", "GraniteMoeSharedTopKGating",
-                    "GraniteMoeHybridTopKGating")
+                    "GraniteMoeHybridTopKGating",
+                    "JetMoeTopKGating")  # JetMoE's MLP: Granite's block plus a bias
+# Expert blocks left in place, resident: JetMoE's mixture of attention heads
+# (its attention's experts, small beside the MLP's).
+_RESIDENT_BLOCKS = ("JetMoeMoA",)
 # ERNIE 4.5: softmax plus moe_statics' bias; 4.x by the block, 5.x the router.
 _ERNIE = ("Ernie4_5_MoeSparseMoeBlock", "Ernie4_5_MoeTopKRouter")
 # DeepSeek-V3's rule, and the families that route by it with its router
@@ -635,7 +639,8 @@ def describe_block(name: str, module: nn.Module) -> MoeBlock:
 def _looks_like_moe(module):
     # Granite-MoE's experts are its input_linear and output_linear.
     has_experts = hasattr(module, "experts") or hasattr(module, "input_linear")
-    return has_experts and router_of(module) is not None
+    return has_experts and router_of(module) is not None and \
+        type(module).__name__ not in _RESIDENT_BLOCKS
 
 
 def find_moe_blocks(model: nn.Module) -> List[MoeBlock]:
