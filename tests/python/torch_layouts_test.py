@@ -40,8 +40,8 @@ def routers(model):
 
 def gate_weight(router):
     """The gate's matrix (Hunyuan-MoE's gate holds it in `wg`, Granite-MoE's
-    in `layer`)."""
-    for inner in ("wg", "layer"):
+    in `layer`, AFMoE's router in `gate`)."""
+    for inner in ("wg", "layer", "gate"):
         if hasattr(router, inner):
             return getattr(router, inner).weight
     return router.weight
@@ -54,7 +54,8 @@ def choice_biases(block):
     router = router_of(block)
     owners = [block, router, getattr(block, "moe_statics", None),
               getattr(router, "moe_statics", None)]
-    return [getattr(o, n) for o in owners for n in ("e_score_correction_bias", "bias")
+    return [getattr(o, n) for o in owners for n in ("e_score_correction_bias", "bias",
+                                                    "expert_bias")
             if isinstance(getattr(o, n, None), torch.Tensor)]
 
 
@@ -322,6 +323,7 @@ FOUND = {
     ("ernie4_5_moe", 5): ("router", "Ernie4_5_MoeTopKRouter", "ernie4_5"),
     ("minimax_m2", 5): ("router", "MiniMaxM2TopKRouter", "minimax_m2"),
     ("qwen3_5_moe", 5): ("router", "Qwen3_5MoeTopKRouter", "mixtral"),
+    ("afmoe", 5): ("token_choice_router", "AfmoeTokenChoiceRouter", "deepseek_v3"),
 }
 
 

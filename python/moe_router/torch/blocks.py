@@ -32,6 +32,9 @@ another rule. The layouts, read from Transformers v4.57.6 and v5.2.0
 - `dbrx_router`: 4.x DBRX. Its router returns (probabilities, weights,
   indices) in the hidden dtype; its experts stack w1, v1 and w2 per
   expert and take all three with the (batch, tokens, hidden) input.
+- `token_choice_router`: AFMoE (5.x). Its router, given the block's
+  expert_bias, returns (weights, indices); its per-expert modules run on
+  the samples sorted by expert and are scattered back.
 - `block_routes`: 5.x DeepSeek-V3, DeepSeek-V2, Hunyuan-MoE and Jamba. The gate
   gives logits; the block's `route_tokens_to_experts` chooses; fused
   experts compute.
@@ -60,7 +63,8 @@ class MoeBlock:
     name: str  # its path in the model
     module: nn.Module
     # inline | router | dense_weights_router | scaled_input | parallel_experts |
-    # deepseek_router | deepseek_v2_router | block_routes | dbrx_router
+    # deepseek_router | deepseek_v2_router | block_routes | dbrx_router |
+    # token_choice_router
     layout: str
     family: str  # the block's (or router's) class, as named in Transformers
     num_experts: int
@@ -158,7 +162,8 @@ _GROUPED_SIGMOID_ROUTERS = ("DeepseekV3TopkRouter", "Glm4MoeTopkRouter",
                             "Glm4vMoeTextTopkRouter", "Dots1TopkRouter",
                             "Glm4MoeLiteTopkRouter", "GlmMoeDsaTopkRouter",
                             "SolarOpenTopkRouter", "ExaoneMoeTopkRouter")
-_DBRX_ROUTERS = ("DbrxRouter",)  # softmax top-k over its p-norm; stacked experts
+_DBRX_ROUTERS = ("DbrxRouter",)
+_AFMOE_ROUTERS = ("AfmoeTokenChoiceRouter",)  # DeepSeek-V3's rule, one group  # softmax top-k over its p-norm; stacked experts
 # Rules the engine does not have, and code that cannot run as written, by
 # the class that carries them.
 _SPARSEMIXER = "Phi-3.5-MoE routes by sparsemixer, which moe-router does not implement"
@@ -175,7 +180,8 @@ _REFUSED = {
 KNOWN = sorted(list(_INLINE_BLOCKS) + list(_SOFTMAX_ROUTERS) + list(_TOPK_SOFTMAX_ROUTERS) +
                list(_SIGMOID_OF_TOPK_ROUTERS) + list(_GROUPED_SIGMOID_ROUTERS) +
                list(_MINIMAX_M2_ROUTERS) + list(_ERNIE) + list(_DEEPSEEK_V2) +
-               list(_HUNYUAN) + list(_GRANITE_ROUTERS) + list(_DBRX_ROUTERS))
+               list(_HUNYUAN) + list(_GRANITE_ROUTERS) + list(_DBRX_ROUTERS) +
+               list(_AFMOE_ROUTERS))
 
 
 def _plain_linear(module, what, name):
@@ -547,6 +553,26 @@ def _dbrx_block(name, module, router):
         router_returns=("hidden_probabilities", "weights", "indices"))
 
 
+def _afmoe_block(name, module, router):
+    """AFMoE (5.x): the router, given the block's expert_bias, returns
+    (weights, indices); per-expert modules combined from the samples
+    sorted by expert."""
+    family = type(router).__name__
+    top_k = _int(router, "top_k", name)
+    scaling = float(getattr(router, "route_scale", float("nan")))
+    if not torch.isfinite(torch.tensor(scaling)):
+        raise UnsupportedModel(f"{name}: route_scale is not finite")
+    gate = _plain_linear(getattr(router, "gate", None), "the router's gate", name)
+    parts = _per_expert(name, module, ("gate_proj", "up_proj", "down_proj"))
+    bias = _choice_bias(getattr(module, "expert_bias", None), parts["num_experts"],
+                        "the block's expert_bias", name)
+    return MoeBlock(
+        name=name, module=module, layout="token_choice_router", family=family, top_k=top_k,
+        routing=GroupedSigmoidRouting(top_k, bias, scaling=scaling, sorted_top_k=True),
+        gate_logits=lambda x: torch.nn.functional.linear(x, gate),
+        router_returns=("weights", "indices"), fused_experts=module.experts, **parts)
+
+
 def _minimax_m2_block(name, module, router):
     """MiniMax-M2 (5.x): the router gets the block's e_score_correction_bias
     and returns (logits, weights, indices); fused experts."""
@@ -620,6 +646,8 @@ def describe_block(name: str, module: nn.Module) -> MoeBlock:
         return _minimax_m2_block(name, module, router)
     if family in _DBRX_ROUTERS:
         return _dbrx_block(name, module, router)
+    if family in _AFMOE_ROUTERS:
+        return _afmoe_block(name, module, router)
     if isinstance(router, nn.Linear):
         if type(module).__name__ not in _INLINE_BLOCKS:
             raise UnsupportedModel(

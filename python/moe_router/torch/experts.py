@@ -263,3 +263,29 @@ def grouped_mm(x, chosen, weights, fused: FusedFormat, tensors_of: TensorsOf):
 # Transformers 5's experts implementations (config._experts_implementation)
 # that fused experts are computed by here.
 FUSED_IMPLEMENTATIONS = ("eager", "batched_mm", "grouped_mm")
+
+
+def scattered_from_sorted_samples(x, chosen, weights, tensors_of: TensorsOf, expert_fn):
+    """AFMoE's experts: the (token, position) samples sorted by expert
+    (stable), each expert on its run, the outputs times their weights in
+    float32, cast to the hidden dtype, scatter_add_-ed to their tokens."""
+    top_k = chosen.shape[-1]
+    token_indices = torch.arange(x.shape[0], device=x.device).repeat_interleave(top_k)
+    expert_indices = chosen.reshape(-1)
+    flat_weights = weights.reshape(-1)
+    sorting = torch.argsort(expert_indices, stable=True)
+    token_indices = token_indices[sorting]
+    expert_indices = expert_indices[sorting]
+    flat_weights = flat_weights[sorting]
+    dispatched = x.index_select(0, token_indices)
+    outputs = torch.zeros_like(dispatched)
+    experts, counts = torch.unique_consecutive(expert_indices, return_counts=True)
+    start = 0
+    for expert, count in zip(experts.tolist(), counts.tolist()):
+        outputs[start:start + count] = expert_fn(dispatched[start:start + count],
+                                                 tensors_of(expert))
+        start += count
+    weighted = (outputs.to(torch.float32) * flat_weights.unsqueeze(-1)).to(x.dtype)
+    out = torch.zeros_like(x)
+    out.scatter_add_(0, token_indices.unsqueeze(-1).expand_as(weighted), weighted)
+    return out

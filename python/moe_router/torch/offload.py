@@ -107,6 +107,8 @@ class Offload:
             self._patch(module, "forward", self._scaled_input_forward(layer))
         elif block.layout in ("deepseek_router", "deepseek_v2_router"):
             self._patch(module, "moe", self._experts_forward(layer))
+        elif block.layout == "token_choice_router":
+            self._patch(block.fused_experts, "forward", self._sorted_samples_forward(layer))
         elif block.layout == "dbrx_router":
             self._patch(block.fused_experts, "forward", self._stacked_experts_forward(layer))
         elif block.layout == "dense_weights_router":
@@ -305,6 +307,17 @@ class Offload:
             return self._experts(layer, flat, top_experts, top_weights).reshape(x.shape)
         return forward
 
+    def _sorted_samples_forward(self, layer: int):
+        """AFMoE's experts: ((batch, tokens, hidden) states, indices, weights
+        each (batch, tokens, top_k)) -> that shape."""
+        def forward(hidden_states, selected_experts, routing_weights):
+            x = hidden_states.view(-1, hidden_states.shape[-1])
+            k = selected_experts.shape[-1]
+            out = self._experts(layer, x, selected_experts.reshape(-1, k),
+                                routing_weights.reshape(-1, k))
+            return out.view(hidden_states.shape)
+        return forward
+
     def _route(self, layer: int, logits: torch.Tensor) -> Tuple[torch.Tensor, Scores]:
         """The engine's choice for a layer call, its experts brought into the
         pool; returned as the model would order it (see reconcile)."""
@@ -340,6 +353,9 @@ class Offload:
             if block.layout == "deepseek_v2_router":
                 return arithmetic.in_expert_sorted_order(x, chosen, weights, block.num_experts,
                                                          tensors_of, block.expert_fn)
+            if block.layout == "token_choice_router":
+                return arithmetic.scattered_from_sorted_samples(x, chosen, weights, tensors_of,
+                                                                block.expert_fn)
             if block.layout == "deepseek_router":
                 return arithmetic.in_token_order_float32(x, chosen, weights, block.num_experts,
                                                          tensors_of, block.expert_fn)

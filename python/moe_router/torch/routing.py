@@ -164,8 +164,9 @@ class GroupedSigmoidRouting:
 
     def __init__(self, top_k: int, bias: torch.Tensor, groups: int = 1, kept: int = 1,
                  normalization: str = "sum_plus_epsilon", scaling: float = 1.0,
-                 preset: str = "deepseek_v3"):
+                 preset: str = "deepseek_v3", sorted_top_k: bool = False):
         self.top_k = top_k
+        self.sorted_top_k = sorted_top_k  # AFMoE's top-k is sorted
         self.groups = groups
         self.kept = kept
         self.normalization = normalization
@@ -186,7 +187,7 @@ class GroupedSigmoidRouting:
                       weighing=sigmoid)
 
     def own_choice(self, scores: Scores) -> torch.Tensor:
-        return torch.topk(scores.choice, k=self.top_k, dim=-1, sorted=False)[1]
+        return torch.topk(scores.choice, k=self.top_k, dim=-1, sorted=self.sorted_top_k)[1]
 
     def weights(self, scores: Scores, chosen: torch.Tensor, hidden_dtype) -> torch.Tensor:
         weights = scores.weighing.gather(1, chosen)

@@ -19,7 +19,9 @@ arrived in 5), hunyuan_v1_moe (softmax top-k from a float32 gate, a
 shared MLP), jamba (softmax top-k, not renormalised; the MoE blocks of
 its attention layers) and granitemoe (top-k of the logits then softmax;
 ParallelExperts on the samples sorted by expert) and dbrx (4.x: softmax
-top-k over the p-norm; every expert's w1, v1, w2 stacked). The model
+top-k over the p-norm; every expert's w1, v1, w2 stacked) and afmoe (5.x:
+sigmoid plus the block's bias, one group; per-expert modules on the
+samples sorted by expert). The model
 records router logits when asked the way that version's model does: 4.x
 patches the recorded blocks' forward for the call, 5.x hooks the routers.
 """
@@ -44,13 +46,14 @@ _BLOCKS = {
     "deepseek_v2": {4: "DeepseekV2MoE", 5: "DeepseekV2Moe"},  # 5.x renamed it
     "hunyuan_v1_moe": "HunYuanMoEV1Moe", "jamba": "JambaSparseMoeBlock",
     "granitemoe": "GraniteMoeMoE", "dbrx": {4: "DbrxFFN"},  # 5.2.0's is refused
+    "afmoe": {5: "AfmoeMoE"},
 }
 # Layouts that route by DeepSeek-V3's rule and begin with dense layers.
 GROUPED_LAYOUTS = ("deepseek_v3", "glm4_moe", "dots1", "deepseek_v2")
 # Layouts whose models record no router logits (none in _can_record_outputs).
 NO_ROUTER_LOGITS = GROUPED_LAYOUTS + ("hunyuan_v1_moe",)
 # 5.x models of these families record none; 4.x's pass the blocks' up.
-NO_ROUTER_LOGITS_5 = NO_ROUTER_LOGITS + ("granitemoe",)
+NO_ROUTER_LOGITS_5 = NO_ROUTER_LOGITS + ("granitemoe", "afmoe")
 LAYOUTS = tuple(_BLOCKS)
 
 
@@ -80,7 +83,7 @@ def make_config(layout, experts=8, top_k=None, hidden=64, inner=128, **overrides
         config.n_group = 4 if experts % 4 == 0 and experts // 4 >= 2 else 1
         config.topk_group = max(1, config.n_group // 2)
         config.routed_scaling_factor = 2.5
-    if layout == "glm4_moe":  # GLM-4.5: one group, scaling 2.5
+    if layout in ("glm4_moe", "afmoe"):  # one group, scaling 2.5 (AFMoE's route_scale)
         config.routed_scaling_factor = 2.5
     if layout == "deepseek_v2":  # V2-Lite's greedy top-k; V2's groups on request
         config.routed_scaling_factor = 1.0

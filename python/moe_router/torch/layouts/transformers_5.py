@@ -600,6 +600,91 @@ class MiniMaxM2SparseMoeBlock(nn.Module):
         return hidden_states.reshape(batch_size, sequence_length, hidden_dim)
 
 
+class AfmoeMLP(DeepseekV3MLP):
+    pass
+
+
+class AfmoeTokenChoiceRouter(nn.Module):
+    """Sigmoid of float32 logits; the choice on sigmoid + the block's bias
+    (passed in), top-k sorted; weights the unbiased sigmoids over their sum
+    + 1e-20, times route_scale. Returns (weights, indices)."""
+
+    def __init__(self, config: MoeConfig):
+        super().__init__()
+        self.top_k = config.num_experts_per_tok
+        self.num_experts = config.num_experts
+        self.route_scale = config.routed_scaling_factor
+        self.gate = nn.Linear(config.hidden_size, config.num_experts, bias=False)
+
+    def forward(self, hidden_states, expert_bias):
+        hidden_states = hidden_states.view(-1, hidden_states.shape[-1])
+        scores = torch.sigmoid(self.gate(hidden_states).to(torch.float32))
+        _, selected_experts = torch.topk(scores + expert_bias, k=self.top_k, dim=1)
+        top_scores = scores.gather(dim=1, index=selected_experts)
+        top_scores = top_scores / (top_scores.sum(dim=-1, keepdim=True) + 1e-20)
+        return top_scores * self.route_scale, selected_experts
+
+
+class AfmoeExperts(nn.ModuleList):
+    """Per-expert modules; the (token, position) samples sorted by expert
+    (stable), each expert on its run, the outputs weighted in float32, cast
+    and scatter_add_-ed back. Takes and returns (batch, tokens, hidden)."""
+
+    def __init__(self, config: MoeConfig):
+        super().__init__(AfmoeMLP(config, config.moe_intermediate_size)
+                         for _ in range(config.num_experts))
+        self.top_k = config.num_experts_per_tok
+        self.num_experts = config.num_experts
+
+    def forward(self, hidden_states, selected_experts, routing_weights):
+        batch_size, seq_len, hidden_dim = hidden_states.shape
+        flat = hidden_states.view(-1, hidden_dim)
+        top_k = selected_experts.shape[-1]
+        token_indices = torch.arange(flat.shape[0]).repeat_interleave(top_k)
+        expert_indices = selected_experts.reshape(-1)
+        routing_weights = routing_weights.reshape(-1)
+        sorting = torch.argsort(expert_indices, stable=True)
+        token_indices = token_indices[sorting]
+        expert_indices = expert_indices[sorting]
+        routing_weights = routing_weights[sorting]
+        dispatched = flat.index_select(0, token_indices)
+        outputs = torch.zeros_like(dispatched)
+        unique_experts, counts = torch.unique_consecutive(expert_indices, return_counts=True)
+        start = 0
+        for expert_id, count in zip(unique_experts.tolist(), counts.tolist()):
+            end = start + count
+            outputs[start:end] = self[expert_id](dispatched[start:end])
+            start = end
+        weighted = (outputs.to(torch.float32) * routing_weights.unsqueeze(-1)).to(flat.dtype)
+        aggregated = torch.zeros_like(flat)
+        aggregated.scatter_add_(0, token_indices.unsqueeze(-1).expand_as(weighted), weighted)
+        return aggregated.view(batch_size, seq_len, hidden_dim)
+
+
+class AfmoeMoE(nn.Module):
+    """AFMoE (5.x only): the router given the block's expert_bias, shared
+    experts, the routed experts."""
+
+    def __init__(self, config: MoeConfig):
+        super().__init__()
+        self.config = config
+        self.router = AfmoeTokenChoiceRouter(config)
+        self.shared_experts = AfmoeMLP(config, config.moe_intermediate_size *
+                                       config.n_shared_experts)
+        self.experts = AfmoeExperts(config)
+        self.expert_bias = nn.Parameter(torch.zeros(config.num_experts), requires_grad=False)
+
+    def forward(self, hidden_states):
+        batch_size, seq_len, hidden_dim = hidden_states.shape
+        flat = hidden_states.view(-1, hidden_dim)
+        top_scores, selected_experts = self.router(hidden_states, self.expert_bias)
+        top_scores = top_scores.view(batch_size, seq_len, self.config.num_experts_per_tok)
+        selected_experts = selected_experts.view(batch_size, seq_len,
+                                                 self.config.num_experts_per_tok)
+        shared = self.shared_experts(flat).view(batch_size, seq_len, hidden_dim)
+        return shared + self.experts(hidden_states, selected_experts, top_scores)
+
+
 class Ernie4_5_MoeExperts(_FusedExperts):
     pass
 
