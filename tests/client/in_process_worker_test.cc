@@ -2,12 +2,15 @@
 // routing in this process and learning over the Learn stream.
 #include "client/in_process_worker.h"
 
+#include <set>
+
 #include "absl/strings/str_cat.h"
 #include "cli/server_replay.h"
 #include "client/worker_cache.h"
 #include "core/cache/peer_policies.h"
 #include "core/store/synthetic_store.h"
 #include "eval/replay.h"
+#include "eval/replay_schedule.h"
 #include "eval/trace.h"
 #include "eval/workload.h"
 #include "gmock/gmock.h"
@@ -168,6 +171,46 @@ TEST_P(PeerSideBySideTest, ServiceAndInProcessWorkerHitAsTheReplay) {
   ASSERT_TRUE(replay.ok()) << replay.status();
   EXPECT_EQ(hits_, replay->rows[0].demand_hits);
   EXPECT_EQ(remote_->report().hits, hits_);
+}
+
+// Batched steps, several runs' tokens a step as `replay --batch` plays
+// them: the service and the in-process engine decide alike, and the
+// worker's hits are the batched replay's.
+TEST_P(PeerSideBySideTest, BatchedStepsHitAsTheBatchedReplay) {
+  trace_.runs.resize(std::min<size_t>(trace_.runs.size(), 12));
+  ASSERT_NO_FATAL_FAILURE(Start(/*prefetch=*/false, GetParam()));
+  const ReplaySchedule schedule = ReplaySchedule::Batched(trace_, 4);
+  std::vector<float> logits, one(trace_.num_experts);
+  WorkerStep step;
+  uint64_t hits = 0;  // as replay counts: a step's first use of a missing expert misses
+  for (const ReplayStep& s : schedule.steps()) {
+    logits.clear();
+    for (size_t t = 0; t < s.tokens(); ++t) {
+      LogitsForChoice(s.experts.subspan(t * trace_.top_k, trace_.top_k), one);
+      logits.insert(logits.end(), one.begin(), one.end());
+    }
+    auto routed = remote_->Route(s.layer, logits);
+    ASSERT_TRUE(routed.ok()) << routed.status();
+    ASSERT_TRUE(local_->engine().Route(s.layer, logits, &step).ok());
+    ASSERT_THAT(step.batch.experts, ::testing::ElementsAreArray(routed->experts()));
+    ASSERT_EQ(step.cache.evictions, Keys(routed->evictions()));
+    ASSERT_EQ(step.cache.urgent, Keys(routed->urgent_page_ins()));
+    std::set<uint32_t> missing;
+    for (int u = 0; u < routed->experts_size(); ++u) {
+      if (!routed->resident(u)) missing.insert(routed->experts(u));
+    }
+    hits += routed->experts_size() - missing.size();
+  }
+  ReplayOptions options;
+  options.amount = budget_ / kExpertBytes + PeerPaddingSlots(GetParam());
+  options.expert_bytes = kExpertBytes;
+  options.policies = {GetParam()};
+  options.peer_shapes = false;
+  options.batch = 4;
+  auto replay = Replay(trace_, options);
+  ASSERT_TRUE(replay.ok()) << replay.status();
+  EXPECT_GT(replay->rows[0].demand_loads, 0u);
+  EXPECT_EQ(hits, replay->rows[0].demand_hits);
 }
 
 INSTANTIATE_TEST_SUITE_P(Peers, PeerSideBySideTest,
