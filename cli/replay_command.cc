@@ -204,6 +204,66 @@ PeerComparison CompareWithPeers(const ReplayReport& report, const ReplayRow& row
   return out;
 }
 
+// Which optional columns a --budgets table has.
+struct BudgetColumns {
+  bool prefetch, peers, rerouted, timed;
+};
+
+// The --budgets rows as a table, refused rows saying why.
+void PrintBudgetTable(const nlohmann::json& rows, const BudgetColumns& c) {
+  std::printf("%-14s %12s %9s%s%s%s%s\n", "policy", "budget_slots", "hit_rate",
+              c.prefetch ? " ready_rate" : "", c.timed ? "  ms/token" : "",
+              c.rerouted ? " gate_mass" : "", c.peers ? " to_belady gap_closed" : "");
+  for (const nlohmann::json& row : rows) {
+    std::printf("%-14s %12llu", TablePolicyName(row["policy"].get<std::string>()).c_str(),
+                static_cast<unsigned long long>(row["budget_slots"].get<uint64_t>()));
+    if (row.contains("refused")) {
+      std::printf(" refused: %s\n", row["refused"].get<std::string>().c_str());
+      continue;
+    }
+    std::printf(" %9.3f", row["hit_rate"].get<double>());
+    if (c.prefetch) std::printf(" %10.3f", row["ready_rate"].get<double>());
+    if (c.timed) std::printf(" %9.3f", row["ms_per_token"].get<double>());
+    if (c.rerouted) std::printf(" %9.4f", row["gate_mass"].get<double>());
+    if (c.peers) {
+      std::printf(" %9s %10s", FormatShare(row["to_belady"]).c_str(),
+                  FormatShare(row["gap_closed"]).c_str());
+    }
+    std::printf("\n");
+  }
+  PrintDefaultFootnote(std::any_of(rows.begin(), rows.end(), [](const nlohmann::json& row) {
+    return row["default"].get<bool>();
+  }));
+}
+
+// Writes `plot` to the file `flag` names; 0, or the command's error code.
+int WritePlot(const CommandLine& cl, const char* flag, const Plot& plot) {
+  if (absl::Status s = WriteFileAtomically(cl.Value(flag), RenderSvg(plot)); !s.ok()) {
+    return CommandError("replay", s);
+  }
+  std::fprintf(stderr, "replay: plot written to %s\n", cl.Value(flag).c_str());
+  return 0;
+}
+
+// --time-plot: ms per token against budget, one series per policy.
+Plot TimePlot(const HardwareProfile& hardware, bool prefetch, double x_max,
+              const std::map<std::string, PlotSeries>& time) {
+  Plot plot;
+  plot.title = absl::StrFormat(
+      "estimated ms per token on %s (%g GB/s, %g us a load, %g us compute a layer)%s",
+      hardware.name, hardware.link_gb_per_s, hardware.load_latency_us,
+      hardware.compute_us_per_layer, prefetch ? ", with prefetch" : "");
+  plot.x_label = "budget (expert slots, all layers)";
+  plot.y_label = "ms per token";
+  plot.x_max = x_max;
+  plot.y_max = 0;
+  for (const auto& [name, s] : time) {
+    plot.series.push_back(s);
+    for (double y : s.y) plot.y_max = std::max(plot.y_max, y * 1.05);
+  }
+  return plot;
+}
+
 // --budgets: every policy at each budget, as a table or JSON, and a plot.
 int ReplayBudgets(const CommandLine& cl, const RoutingTrace& trace, ReplayOptions options) {
   auto budgets = ParseBudgets(cl.Value("budgets"), trace);
@@ -258,29 +318,7 @@ int ReplayBudgets(const CommandLine& cl, const RoutingTrace& trace, ReplayOption
   if (cl.Has("json")) {
     std::printf("%s\n", nlohmann::json{{"rows", rows}}.dump(2).c_str());
   } else {
-    std::printf("%-14s %12s %9s%s%s%s%s\n", "policy", "budget_slots", "hit_rate",
-                prefetch ? " ready_rate" : "", timed ? "  ms/token" : "",
-                rerouted ? " gate_mass" : "", peers ? " to_belady gap_closed" : "");
-    for (const nlohmann::json& row : rows) {
-      std::printf("%-14s %12llu", TablePolicyName(row["policy"].get<std::string>()).c_str(),
-                  static_cast<unsigned long long>(row["budget_slots"].get<uint64_t>()));
-      if (row.contains("refused")) {
-        std::printf(" refused: %s\n", row["refused"].get<std::string>().c_str());
-        continue;
-      }
-      std::printf(" %9.3f", row["hit_rate"].get<double>());
-      if (prefetch) std::printf(" %10.3f", row["ready_rate"].get<double>());
-      if (timed) std::printf(" %9.3f", row["ms_per_token"].get<double>());
-      if (rerouted) std::printf(" %9.4f", row["gate_mass"].get<double>());
-      if (peers) {
-        std::printf(" %9s %10s", FormatShare(row["to_belady"]).c_str(),
-                    FormatShare(row["gap_closed"]).c_str());
-      }
-      std::printf("\n");
-    }
-    PrintDefaultFootnote(std::any_of(rows.begin(), rows.end(), [](const nlohmann::json& row) {
-      return row["default"].get<bool>();
-    }));
+    PrintBudgetTable(rows, {prefetch, peers, rerouted, timed});
   }
   if (cl.Has("plot")) {
     Plot plot;
@@ -293,31 +331,50 @@ int ReplayBudgets(const CommandLine& cl, const RoutingTrace& trace, ReplayOption
     if (prefetch) {
       for (auto& [name, s] : ready) plot.series.push_back(s);
     }
-    if (absl::Status s = WriteFileAtomically(cl.Value("plot"), RenderSvg(plot)); !s.ok()) {
-      return CommandError("replay", s);
-    }
-    std::fprintf(stderr, "replay: plot written to %s\n", cl.Value("plot").c_str());
+    if (int code = WritePlot(cl, "plot", plot); code != 0) return code;
   }
   if (cl.Has("time-plot")) {
-    Plot plot;
-    plot.title = absl::StrFormat(
-        "estimated ms per token on %s (%g GB/s, %g us a load, %g us compute a layer)%s",
-        options.hardware->name, options.hardware->link_gb_per_s, options.hardware->load_latency_us,
-        options.hardware->compute_us_per_layer, prefetch ? ", with prefetch" : "");
-    plot.x_label = "budget (expert slots, all layers)";
-    plot.y_label = "ms per token";
-    plot.x_max = static_cast<double>(*std::max_element(budgets->begin(), budgets->end()));
-    plot.y_max = 0;
-    for (auto& [name, s] : time) {
-      plot.series.push_back(s);
-      for (double y : s.y) plot.y_max = std::max(plot.y_max, y * 1.05);
-    }
-    if (absl::Status s = WriteFileAtomically(cl.Value("time-plot"), RenderSvg(plot)); !s.ok()) {
-      return CommandError("replay", s);
-    }
-    std::fprintf(stderr, "replay: plot written to %s\n", cl.Value("time-plot").c_str());
+    const double x_max = static_cast<double>(*std::max_element(budgets->begin(), budgets->end()));
+    return WritePlot(cl, "time-plot", TimePlot(*options.hardware, prefetch, x_max, time));
   }
   return 0;
+}
+
+// --batch B into `options`.
+absl::Status ParseBatch(const CommandLine& cl, ReplayOptions& options) {
+  if (!cl.Has("batch")) return absl::OkStatus();
+  auto batch = cl.Count("batch", 0);
+  if (!batch.ok()) return batch.status();
+  if (*batch == 0 || *batch > 4096) {
+    return absl::InvalidArgumentError("--batch must be in [1, 4096]");
+  }
+  if (cl.Has("as-one-run")) {
+    return absl::InvalidArgumentError("--batch already plays the runs through one cache");
+  }
+  options.batch = static_cast<uint32_t>(*batch);
+  return absl::OkStatus();
+}
+
+// --hardware and the flags that tune it into `options`.
+absl::Status ParseHardware(const CommandLine& cl, ReplayOptions& options) {
+  for (const char* flag : {"link-gbps", "load-latency-us", "compute-us", "time-plot"}) {
+    if (cl.Has(flag) && !cl.Has("hardware")) {
+      return absl::InvalidArgumentError(absl::StrCat("--", flag, " needs --hardware"));
+    }
+  }
+  if (!cl.Has("hardware")) return absl::OkStatus();
+  auto hardware = HardwarePreset(cl.Value("hardware"));
+  if (!hardware.ok()) return hardware.status();
+  for (auto [flag, field] : {std::pair{"link-gbps", &HardwareProfile::link_gb_per_s},
+                             std::pair{"load-latency-us", &HardwareProfile::load_latency_us},
+                             std::pair{"compute-us", &HardwareProfile::compute_us_per_layer}}) {
+    auto value = cl.Number(flag, (*hardware).*field);
+    if (!value.ok()) return value.status();
+    (*hardware).*field = *value;
+  }
+  if (absl::Status s = hardware->Validate(); !s.ok()) return s;
+  options.hardware = *hardware;
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -348,35 +405,8 @@ absl::StatusOr<ReplayOptions> ParseReplayOptions(const CommandLine& cl, const Ro
   if (!prefetch.ok()) return prefetch.status();
   options.expert_bytes = *expert_bytes;
   options.prefetch_budget = static_cast<uint32_t>(*prefetch);
-  if (cl.Has("batch")) {
-    auto batch = cl.Count("batch", 0);
-    if (!batch.ok()) return batch.status();
-    if (*batch == 0 || *batch > 4096) {
-      return absl::InvalidArgumentError("--batch must be in [1, 4096]");
-    }
-    if (cl.Has("as-one-run")) {
-      return absl::InvalidArgumentError("--batch already plays the runs through one cache");
-    }
-    options.batch = static_cast<uint32_t>(*batch);
-  }
-  for (const char* flag : {"link-gbps", "load-latency-us", "compute-us", "time-plot"}) {
-    if (cl.Has(flag) && !cl.Has("hardware")) {
-      return absl::InvalidArgumentError(absl::StrCat("--", flag, " needs --hardware"));
-    }
-  }
-  if (cl.Has("hardware")) {
-    auto hardware = HardwarePreset(cl.Value("hardware"));
-    if (!hardware.ok()) return hardware.status();
-    for (auto [flag, field] : {std::pair{"link-gbps", &HardwareProfile::link_gb_per_s},
-                               std::pair{"load-latency-us", &HardwareProfile::load_latency_us},
-                               std::pair{"compute-us", &HardwareProfile::compute_us_per_layer}}) {
-      auto value = cl.Number(flag, (*hardware).*field);
-      if (!value.ok()) return value.status();
-      (*hardware).*field = *value;
-    }
-    if (absl::Status s = hardware->Validate(); !s.ok()) return s;
-    options.hardware = *hardware;
-  }
+  if (absl::Status s = ParseBatch(cl, options); !s.ok()) return s;
+  if (absl::Status s = ParseHardware(cl, options); !s.ok()) return s;
   auto threads = cl.Count("threads", std::max(1u, std::thread::hardware_concurrency()));
   if (!threads.ok()) return threads.status();
   if (*threads == 0) return absl::InvalidArgumentError("--threads must be at least 1");

@@ -74,98 +74,21 @@ class RunReplayer {
 
   absl::StatusOr<RunTotals> Run(const std::function<void()>& step_done) {
     if (absl::Status s = Setup(); !s.ok()) return s;
-    std::vector<uint32_t> prev, experts, missed;
-    RouteResult batch;
+    std::vector<uint32_t> prev, experts;
     const std::vector<ReplayStep>& steps = schedule_.steps();
     for (size_t i = 0; i < steps.size(); ++i) {
       const ReplayStep& step = steps[i];
-      const uint32_t l = step.layer;
-      ExpertCache& cache = CacheOf(l);
-      cache.BeginStep(l);
-      if (routers_.empty()) {
-        experts.assign(step.experts.begin(), step.experts.end());
-      } else {
-        if (absl::Status s = routers_[l]->Route(trace_.StepLogits(*run_, step.run_step),
-                                                cache.ResidentFlags(l), &batch);
-            !s.ok()) {
-          return s;
-        }
-        experts = batch.experts;
-        totals_.changed += batch.changed_tokens;
-        totals_.routed += batch.tokens;
-        totals_.gate_sum += batch.gate_mass_sum;
-        totals_.gate_min = std::min(totals_.gate_min, batch.gate_mass_min);
+      ExpertCache& cache = CacheOf(step.layer);
+      cache.BeginStep(step.layer);
+      if (absl::Status s = ChooseExperts(step, cache, experts); !s.ok()) return s;
+      // llama.cpp serves a micro-batch above its limit around its cache:
+      // every use a miss, nothing paged, nothing learned.
+      if (bypass_tokens_ == 0 || step.tokens() <= bypass_tokens_) {
+        CountHits(cache, step.layer, experts);
+        if (absl::Status s = Serve(cache, step.layer, experts); !s.ok()) return s;
+        Learn(steps, i, prev, experts);
+        prev = experts;
       }
-      if (bypass_tokens_ > 0 && step.tokens() > bypass_tokens_) {
-        // llama.cpp serves such a micro-batch around its cache: every use
-        // a miss, nothing paged, nothing learned.
-        step_done();
-        continue;
-      }
-      // Each missing expert's first use is its miss; every other use hits
-      // (it is in by the time the step computes), as worker views count.
-      missed.clear();
-      for (uint32_t e : experts) {
-        if (!cache.IsResident({l, e}) &&
-            std::find(missed.begin(), missed.end(), e) == missed.end()) {
-          missed.push_back(e);
-        }
-      }
-      totals_.hits += experts.size() - missed.size();
-      if (interleaved_) {
-        std::sort(experts.begin(), experts.end());
-        experts.erase(std::unique(experts.begin(), experts.end()), experts.end());
-      } else {
-        ArrangeStep(cache.step_order(), experts, [&cache, layer = l](uint32_t e) {
-          return cache.IsResident({layer, e});
-        });
-      }
-      // The step's experts are pinned while it is served; every use is
-      // recorded before the misses load, each once, as an engine routes a
-      // layer and then pages it (vLLM: each miss loads before the next use).
-      for (uint32_t e : experts) cache.Pin({l, e});
-      missed.clear();
-      if (timer_) timer_->BeginStep();
-      // vLLM's split: from then on only the expert it came at stays pinned.
-      std::optional<uint32_t> split_at;
-      for (size_t j = 0; j < experts.size(); ++j) {
-        const uint32_t e = experts[j];
-        if (cache.Access({l, e})) {
-          if (timer_) timer_->Use(Slot(l, e));
-        } else if (interleaved_) {
-          absl::Status s = DemandLoad(cache, l, e);
-          if (absl::IsResourceExhausted(s) && !split_at) {
-            // vLLM splits a batch whose experts do not fit its layer's
-            // slots: what was served computes and lets go, and the rest
-            // load (again, if evicted meanwhile) as they come.
-            split_at = e;
-            for (uint32_t other : experts) {
-              if (other != e) cache.Unpin({l, other});
-            }
-            s = DemandLoad(cache, l, e);
-          }
-          if (!s.ok()) return s;
-        } else if (std::find(missed.begin(), missed.end(), e) == missed.end()) {
-          missed.push_back(e);
-        }
-      }
-      for (uint32_t e : missed) {
-        if (absl::Status s = DemandLoad(cache, l, e); !s.ok()) return s;
-      }
-      if (timer_) timer_->EndStep();
-      if (split_at) {
-        cache.Unpin({l, *split_at});
-      } else {
-        for (uint32_t e : experts) cache.Unpin({l, e});
-      }
-      affinity_[l]->Update(experts);
-      // Co-activation learns from the same tokens one layer down.
-      const bool follows = i > 0 && steps[i - 1].token == step.token && steps[i - 1].layer + 1 == l;
-      if (follows) coactivation_[l]->Update(prev, experts);
-      if (prefetch_budget_ > 0 && i + 1 < steps.size()) {
-        Prefetch(steps[i + 1].layer, experts, /*same_token=*/steps[i + 1].token == step.token);
-      }
-      prev = experts;
       step_done();
     }
     for (const auto& cache : caches_) totals_.prefetch_used += cache->Stats().prefetch_used;
@@ -174,6 +97,103 @@ class RunReplayer {
   }
 
  private:
+  // The step's uses: the trace's, or the router's choice against the cache.
+  absl::Status ChooseExperts(const ReplayStep& step, ExpertCache& cache,
+                             std::vector<uint32_t>& experts) {
+    if (routers_.empty()) {
+      experts.assign(step.experts.begin(), step.experts.end());
+      return absl::OkStatus();
+    }
+    if (absl::Status s = routers_[step.layer]->Route(trace_.StepLogits(*run_, step.run_step),
+                                                     cache.ResidentFlags(step.layer), &batch_);
+        !s.ok()) {
+      return s;
+    }
+    experts = batch_.experts;
+    totals_.changed += batch_.changed_tokens;
+    totals_.routed += batch_.tokens;
+    totals_.gate_sum += batch_.gate_mass_sum;
+    totals_.gate_min = std::min(totals_.gate_min, batch_.gate_mass_min);
+    return absl::OkStatus();
+  }
+
+  // Each missing expert's first use is its miss; every other use hits (it
+  // is in by the time the step computes), as worker views count.
+  void CountHits(const ExpertCache& cache, uint32_t l, const std::vector<uint32_t>& experts) {
+    missed_.clear();
+    for (uint32_t e : experts) {
+      if (!cache.IsResident({l, e}) &&
+          std::find(missed_.begin(), missed_.end(), e) == missed_.end()) {
+        missed_.push_back(e);
+      }
+    }
+    totals_.hits += experts.size() - missed_.size();
+  }
+
+  // Pages the step in: its experts arranged as the policy (or vLLM) touches
+  // them and pinned while it is served; every use recorded before the
+  // misses load, each once, as an engine routes a layer and then pages it
+  // (vLLM: each miss loads before the next use).
+  absl::Status Serve(ExpertCache& cache, uint32_t l, std::vector<uint32_t>& experts) {
+    if (interleaved_) {
+      std::sort(experts.begin(), experts.end());
+      experts.erase(std::unique(experts.begin(), experts.end()), experts.end());
+    } else {
+      ArrangeStep(cache.step_order(), experts, [&cache, l](uint32_t e) {
+        return cache.IsResident({l, e});
+      });
+    }
+    for (uint32_t e : experts) cache.Pin({l, e});
+    missed_.clear();
+    if (timer_) timer_->BeginStep();
+    // vLLM's split: from then on only the expert it came at stays pinned.
+    std::optional<uint32_t> split_at;
+    for (uint32_t e : experts) {
+      if (cache.Access({l, e})) {
+        if (timer_) timer_->Use(Slot(l, e));
+      } else if (interleaved_) {
+        absl::Status s = DemandLoad(cache, l, e);
+        if (absl::IsResourceExhausted(s) && !split_at) {
+          // vLLM splits a batch whose experts do not fit its layer's
+          // slots: what was served computes and lets go, and the rest load
+          // (again, if evicted meanwhile) as they come.
+          split_at = e;
+          for (uint32_t other : experts) {
+            if (other != e) cache.Unpin({l, other});
+          }
+          s = DemandLoad(cache, l, e);
+        }
+        if (!s.ok()) return s;
+      } else if (std::find(missed_.begin(), missed_.end(), e) == missed_.end()) {
+        missed_.push_back(e);
+      }
+    }
+    for (uint32_t e : missed_) {
+      if (absl::Status s = DemandLoad(cache, l, e); !s.ok()) return s;
+    }
+    if (timer_) timer_->EndStep();
+    if (split_at) {
+      cache.Unpin({l, *split_at});
+    } else {
+      for (uint32_t e : experts) cache.Unpin({l, e});
+    }
+    return absl::OkStatus();
+  }
+
+  // What the step teaches affinity and co-activation (from the same tokens
+  // one layer down), and the prefetch it issues for the next step.
+  void Learn(const std::vector<ReplayStep>& steps, size_t i, const std::vector<uint32_t>& prev,
+             const std::vector<uint32_t>& experts) {
+    const ReplayStep& step = steps[i];
+    affinity_[step.layer]->Update(experts);
+    if (i > 0 && steps[i - 1].token == step.token && steps[i - 1].layer + 1 == step.layer) {
+      coactivation_[step.layer]->Update(prev, experts);
+    }
+    if (prefetch_budget_ > 0 && i + 1 < steps.size()) {
+      Prefetch(steps[i + 1].layer, experts, /*same_token=*/steps[i + 1].token == step.token);
+    }
+  }
+
   absl::Status Setup() {
     const uint32_t layers = trace_.num_layers, n = trace_.num_experts;
     uint64_t budget = options_.amount;
@@ -319,6 +339,8 @@ class RunReplayer {
   bool interleaved_ = false;        // vLLM's shape (ReplayOptions::peer_shapes)
   uint32_t bypass_tokens_ = 0;      // steps of more tokens skip the cache (0: none)
   std::optional<StepTimer> timer_;  // with a hardware profile
+  std::vector<uint32_t> missed_;    // a step's missing experts (scratch)
+  RouteResult batch_;               // a rerouted step (scratch)
   std::vector<std::unique_ptr<ExpertAffinity>> affinity_;
   std::vector<std::unique_ptr<CoActivation>> coactivation_;  // [l]: from l - 1 into l
   std::vector<std::unique_ptr<LayerRouter>> routers_;
