@@ -78,7 +78,11 @@ void AppendKeys(const google::protobuf::RepeatedPtrField<v1::ExpertRef>& refs,
 }  // namespace
 
 bool ReplicaLost(const absl::Status& status) {
-  return absl::IsUnavailable(status) || absl::IsDeadlineExceeded(status);
+  // gRPC core reports a stream cut with its connection (a replica killed
+  // mid-stream, the proxy resetting it) as UNKNOWN "Stream removed" where
+  // UNAVAILABLE is meant (grpc/grpc#34076); the server never answers UNKNOWN.
+  return absl::IsUnavailable(status) || absl::IsDeadlineExceeded(status) ||
+         (absl::IsUnknown(status) && status.message() == "Stream removed");
 }
 
 std::unique_ptr<ExpertSource> ServerExpertSource(Client& client, std::string model,

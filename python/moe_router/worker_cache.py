@@ -60,8 +60,14 @@ _REPLICA_LOST = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 def replica_lost(error):
-    """Whether an RpcError is that of a lost replica (as the C++ ReplicaLost)."""
-    return isinstance(error, grpc.RpcError) and error.code() in _REPLICA_LOST
+    """Whether an RpcError is that of a lost replica (as the C++ ReplicaLost).
+    gRPC reports a stream cut with its connection as UNKNOWN "Stream removed"
+    where UNAVAILABLE is meant (grpc/grpc#34076); the server never answers
+    UNKNOWN."""
+    if not isinstance(error, grpc.RpcError):
+        return False
+    return error.code() in _REPLICA_LOST or (
+        error.code() == grpc.StatusCode.UNKNOWN and error.details() == "Stream removed")
 
 
 def _next_backoff(backoff):

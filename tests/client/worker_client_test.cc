@@ -96,6 +96,16 @@ class WorkerCacheTest : public ::testing::Test {
 // Two workers with different budgets and policies on one model at once:
 // each one's bytes are exactly its view after every step, within budget,
 // and each one's hit rate is the offline replay of its own runs.
+TEST(ReplicaLostTest, AStreamCutWithItsReplicaIsLostAndTheServersAnswersAreNot) {
+  EXPECT_TRUE(ReplicaLost(absl::UnavailableError("Socket closed")));
+  EXPECT_TRUE(ReplicaLost(absl::DeadlineExceededError("Deadline Exceeded")));
+  // What gRPC reports when the replica is killed mid-stream (grpc/grpc#34076).
+  EXPECT_TRUE(ReplicaLost(absl::UnknownError("Stream removed")));
+  EXPECT_FALSE(ReplicaLost(absl::UnknownError("unexpected")));
+  EXPECT_FALSE(ReplicaLost(absl::NotFoundError("Stream removed")));
+  EXPECT_FALSE(ReplicaLost(absl::DataLossError("checksum")));
+}
+
 TEST_F(WorkerCacheTest, ConcurrentWorkersEachMatchTheirOwnOfflineReplay) {
   ASSERT_TRUE(client_->Register(NoPrefetchSpec("m")).ok());
   const RoutingTrace trace = SmallTrace(/*sequences=*/4, /*seed=*/3);

@@ -1,6 +1,7 @@
-// moe_router.torch's pytest suites (torch_offload_test.py, torch_layouts_test.py)
-// on Debian's /usr/bin/python3 and torch, with a real moe-routerd on 127.0.0.1:0
-// for the fleet tests and the CLI for reading recorded traces.
+// The Python package's pytest suites (torch_offload_test.py, torch_layouts_test.py,
+// worker_cache_test.py) on Debian's /usr/bin/python3 and torch, with a real
+// moe-routerd on 127.0.0.1:0 for the fleet tests and the CLI for reading
+// recorded traces.
 #include <algorithm>
 #include <cmath>
 #include <nlohmann/json.hpp>
@@ -21,7 +22,7 @@ TEST(TorchOffloadTest, PytestSuitePasses) {
       absl::StrCat("cd ", TESTS_DIR, " && PYTHONPATH=", PY_PACKAGE_DIR,
                    " MOE_ROUTER_SERVER=127.0.0.1:", server->port(), " MOE_ROUTER_CLI=", CLI_PATH,
                    " /usr/bin/python3 -m pytest -q -rs -p no:cacheprovider torch_offload_test.py",
-                   " torch_layouts_test.py 2>&1"));
+                   " torch_layouts_test.py worker_cache_test.py 2>&1"));
   EXPECT_EQ(run.exit_code, 0) << run.output;
   // With the server here, every test runs: none may skip.
   EXPECT_EQ(run.output.find("skipped"), std::string::npos) << run.output;
