@@ -127,6 +127,10 @@ void ChoiceScorer::ScoreRow(const float* logits, float* scores) const {
     SigmoidRow(logits, n, scores);
     return;
   }
+  if (rule_.score == ScoreFunction::kLogits) {
+    std::copy_n(logits, n, scores);
+    return;
+  }
   // Softmax in float32: e^(x - max) over its sum.
   float top = logits[0];
   for (uint32_t e = 1; e < n; ++e) top = logits[e] > top ? logits[e] : top;

@@ -179,11 +179,6 @@ absl::Status RoutingRule::Validate(uint32_t num_experts, uint32_t top_k) const {
     return bad("selection ", SelectionName(selection),
                " chooses on the logits: its score must be logits, not ", ScoreFunctionName(score));
   }
-  if (!on_logits && score == ScoreFunction::kLogits) {
-    return bad(
-        "score logits needs selection top_k_then_softmax or top_k_then_sigmoid (top_k "
-        "weights by the score, and logits are no weights)");
-  }
   if (on_logits && (choice_bias || num_groups > 1)) {
     return bad("selection ", SelectionName(selection),
                " takes the top-k of the raw logits: no choice_bias or groups");

@@ -18,7 +18,10 @@ namespace moe_router {
 /// read from the family's modeling file in Hugging Face Transformers (v5.2.0,
 /// commit 7d9754a05193eb79b1d86aa744b622b8068008cd, unless stated):
 ///
-///   score      softmax (float32) | sigmoid | the logits themselves
+///   score      softmax (float32) | sigmoid | the logits themselves (with
+///              selection top-k: scores a worker computed as its model does,
+///              e.g. LFM2-MoE's sigmoid taken in bfloat16, given in place of
+///              logits)
 ///   choice     score + a per-(layer, expert) bias (`choice_bias`), for
 ///              choosing only
 ///   groups     `num_groups` groups of consecutive experts, the best

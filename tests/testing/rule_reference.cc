@@ -182,6 +182,14 @@ std::vector<NamedTestRule> RuleTestCases() {
   cases.push_back({"dbrx_p2", p2, 16, 4});
   RoutingRule llama_top2 = preset("llama4");
   cases.push_back({"llama4_top2", llama_top2, 16, 2});
+  // A worker's own scores given in place of logits, as moe_router.torch
+  // gives LFM2-MoE's sigmoid taken in the model's dtype.
+  RoutingRule given = preset("deepseek_v3");
+  given.score = ScoreFunction::kLogits;
+  given.num_groups = 1;
+  given.normalization_param = 1e-6;
+  given.scaling = 1.5;
+  cases.push_back({"given_scores", given, 32, 4});
   return cases;
 }
 
