@@ -4,14 +4,13 @@
 
 namespace moe_router {
 
-void ReplaySchedule::Finish(std::vector<Pending> pending) {
+void ReplaySchedule::Finish(std::vector<Pending> pending, absl::Span<const uint32_t> experts) {
   steps_.reserve(pending.size());
   for (const Pending& p : pending) {
     steps_.push_back(ReplayStep{
         .token = p.token,
         .layer = p.layer,
-        .experts =
-            absl::MakeConstSpan(experts_).subspan(p.experts_begin, p.experts_end - p.experts_begin),
+        .experts = experts.subspan(p.experts_begin, p.experts_end - p.experts_begin),
         .runs = absl::MakeConstSpan(runs_).subspan(p.runs_begin, p.runs_end - p.runs_begin),
         .run_step = p.run_step});
   }
@@ -20,7 +19,6 @@ void ReplaySchedule::Finish(std::vector<Pending> pending) {
 ReplaySchedule ReplaySchedule::OfRun(const RoutingTrace& trace, uint32_t run) {
   const RoutingTrace::Run& r = trace.runs[run];
   ReplaySchedule s;
-  s.experts_ = r.experts;
   s.runs_.assign(1, run);
   std::vector<Pending> pending;
   pending.reserve(r.steps.size());
@@ -28,7 +26,7 @@ ReplaySchedule ReplaySchedule::OfRun(const RoutingTrace& trace, uint32_t run) {
     pending.push_back({r.steps[i].token, r.steps[i].layer, i * trace.top_k, (i + 1) * trace.top_k,
                        0, 1, static_cast<int64_t>(i)});
   }
-  s.Finish(std::move(pending));
+  s.Finish(std::move(pending), r.experts);
   return s;
 }
 
@@ -83,7 +81,7 @@ ReplaySchedule ReplaySchedule::Batched(const RoutingTrace& trace, uint32_t batch
     }
     active = std::move(staying);
   }
-  s.Finish(std::move(pending));
+  s.Finish(std::move(pending), s.experts_);
   return s;
 }
 

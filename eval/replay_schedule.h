@@ -23,7 +23,8 @@ struct ReplayStep {
 /// The steps of a replay, in order.
 class ReplaySchedule {
  public:
-  /// One run's steps, one token each, as the trace lists them.
+  /// One run's steps, one token each, as the trace lists them; its experts
+  /// are the trace's, viewed: the trace outlives the schedule.
   static ReplaySchedule OfRun(const RoutingTrace& trace, uint32_t run);
   /// Continuous batching: up to `batch` runs decode together, each step
   /// routing one token of every active run at one layer (layers in order
@@ -41,10 +42,11 @@ class ReplaySchedule {
     size_t experts_begin, experts_end, runs_begin, runs_end;
     int64_t run_step;
   };
-  void Finish(std::vector<Pending> pending);
+  // `experts`: what the pending steps' experts_begin/end index.
+  void Finish(std::vector<Pending> pending, absl::Span<const uint32_t> experts);
 
   std::vector<ReplayStep> steps_;
-  std::vector<uint32_t> experts_;
+  std::vector<uint32_t> experts_;  // a batched schedule's; a run's are the trace's
   std::vector<uint32_t> runs_;
 };
 

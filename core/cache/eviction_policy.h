@@ -129,6 +129,9 @@ class EvictionPolicy {
   /// What breaks a tie of Keep(): the lower value goes first.
   virtual uint64_t Tie(const EntryView& entry) const { return entry.last_access; }
   virtual StepOrder step_order() const { return StepOrder::kAsRouted; }
+  /// Whether the policy reads EntryView::crf (llama.cpp's CRF): the caches
+  /// keep it up to date only for such a policy, saving an exp2 per use.
+  virtual bool ReadsCrf() const { return false; }
 };
 
 /// Puts a step's experts in the order `order` touches them; `resident`

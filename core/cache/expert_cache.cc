@@ -53,6 +53,7 @@ ExpertCache::ExpertCache(const CacheConfig& config, std::unique_ptr<EvictionPoli
       slots_(size_t{config.num_layers} * config.num_experts),
       on_evict_(std::move(on_evict)),
       step_order_(policy->step_order()),
+      tracks_crf_(policy->ReadsCrf()),
       resident_(new std::atomic<uint8_t>[slots_]),
       usage_(new Usage[slots_]),
       layer_visits_(new std::atomic<uint64_t>[config.num_layers]),
@@ -108,9 +109,11 @@ bool ExpertCache::Access(ExpertKey key) {
     u.reuse.store(static_cast<float>(
                       ReuseAfterUse(u.reuse.load(std::memory_order_relaxed), last_visit, visit)),
                   std::memory_order_relaxed);
-    u.crf.store(
-        static_cast<float>(CrfAfterUse(u.crf.load(std::memory_order_relaxed), last_visit, visit)),
-        std::memory_order_relaxed);
+    if (tracks_crf_) {
+      u.crf.store(
+          static_cast<float>(CrfAfterUse(u.crf.load(std::memory_order_relaxed), last_visit, visit)),
+          std::memory_order_relaxed);
+    }
     u.reuse_visit.store(visit, std::memory_order_relaxed);
   }
   changed_.Mark(i);

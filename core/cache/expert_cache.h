@@ -193,6 +193,7 @@ class ExpertCache {
   const size_t slots_;
   const EvictionListener on_evict_;
   const StepOrder step_order_;
+  const bool tracks_crf_;
   std::unique_ptr<std::atomic<uint8_t>[]> resident_;
   std::unique_ptr<Usage[]> usage_;
   std::unique_ptr<std::atomic<uint64_t>[]> layer_visits_;

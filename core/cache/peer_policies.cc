@@ -80,6 +80,7 @@ class LlamaCppClassLruPolicy final : public LayerClockedPolicy {
  public:
   std::string name() const override { return "llama_cpp"; }
   StepOrder step_order() const override { return StepOrder::kHitsThenMissesById; }
+  bool ReadsCrf() const override { return true; }
 
  private:
   static constexpr int kClasses = 8;

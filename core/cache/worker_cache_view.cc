@@ -85,6 +85,7 @@ absl::Span<const WorkerCacheView::Miss> WorkerCacheView::BeginStep(
     last_layer_access[e] = ++clock_.layer_accesses[layer];
   };
   const bool per_use = policy_->step_order() == StepOrder::kAsRouted;
+  const bool tracks_crf = policy_->ReadsCrf();
   if (per_use) {
     for (uint32_t e : experts) touch(e);
   } else {
@@ -112,7 +113,7 @@ absl::Span<const WorkerCacheView::Miss> WorkerCacheView::BeginStep(
     const uint64_t last_visit = FullVisit(visit, u.reuse_visit);
     if (visit != last_visit || before == 0) {
       u.reuse = static_cast<float>(ReuseAfterUse(u.reuse, last_visit, visit));
-      u.crf = static_cast<float>(CrfAfterUse(u.crf, last_visit, visit));
+      if (tracks_crf) u.crf = static_cast<float>(CrfAfterUse(u.crf, last_visit, visit));
       u.reuse_visit = static_cast<uint32_t>(visit);
     }
     pinned_[e] = 1;
@@ -325,6 +326,11 @@ absl::Status WorkerCacheView::Adopt(absl::Span<const std::pair<ExpertKey, uint8_
 }
 
 void WorkerCacheView::SetPolicy(std::unique_ptr<EvictionPolicy> policy) {
+  // CRF was not kept under a policy that does not read it: counted afresh,
+  // as a new llama.cpp cache counts.
+  if (policy->ReadsCrf() && !policy_->ReadsCrf()) {
+    for (size_t i = 0; i < slots_; ++i) usage_[i].crf = 0;
+  }
   policy_ = std::move(policy);
   RebuildIndex();
 }

@@ -153,6 +153,26 @@ INSTANTIATE_TEST_SUITE_P(Policies, ViewDecisionsTest,
                                            "llama_cpp", "llama_cpp_lru", "sglang", "vllm_lfru",
                                            "least_stale"));
 
+// llama_cpp reads CRF, which a view keeps only while such a policy runs:
+// switched back to llama_cpp, it counts afresh, as a new llama.cpp cache does.
+TEST(WorkerCacheViewTest, CrfIsCountedAfreshWhenLlamaCppReturns) {
+  auto view = View("llama_cpp", 2);
+  absl::MutexLock lock(&view->mu());
+  for (int i = 0; i < 10; ++i) {
+    Step(*view, 0, {0});
+    view->EndCall();
+  }
+  view->SetPolicy(Policy("lru"));
+  Step(*view, 0, {1});
+  view->EndCall();
+  view->SetPolicy(Policy("llama_cpp"));
+  Step(*view, 0, {2});
+  view->EndCall();
+  // Both in class 0: the older goes. Had expert 0's ten uses still counted
+  // (class 3), expert 1 would have gone.
+  EXPECT_THAT(view->ResidentKeys(), ElementsAre(ExpertKey{0, 1}, ExpertKey{0, 2}));
+}
+
 TEST(WorkerCacheViewTest, EndCallReportsNetLoadsAndDrops) {
   auto view = View("lru", 2);
   absl::MutexLock lock(&view->mu());
