@@ -20,7 +20,7 @@ from moe_router.torch import UnsupportedModel, offload_experts
 from moe_router.torch.blocks import find_moe_blocks, router_of
 from moe_router.torch.layouts import transformers_4 as v4
 from moe_router.torch.layouts import transformers_5 as v5
-from moe_router.torch.tiny import (CASES, GROUPED_LAYOUTS, NO_ROUTER_LOGITS,
+from moe_router.torch.tiny import (CASES, DENSE_FIRST_LAYOUTS, NO_ROUTER_LOGITS,
                                    NO_ROUTER_LOGITS_5, TinyMoeLM, fused, load_balancing_loss)
 
 
@@ -88,6 +88,8 @@ def make(layout, version, dtype=torch.float32, implementation="eager", seed=0, l
         router = router_of(block)
         if getattr(router, "e_score_correction_bias", None) is not None:
             router.e_score_correction_bias = router.e_score_correction_bias.float()
+        if layout == "lfm2_moe" and getattr(block, "expert_bias", None) is not None:
+            block.expert_bias = block.expert_bias.float()
         if layout == "ernie4_5_moe":
             for module in (router, getattr(block, "moe_statics", None),
                            getattr(router, "moe_statics", None)):
@@ -154,13 +156,18 @@ def offloaded(model, slots=6, **kwargs):
                            prefetch=None, **kwargs)
 
 
+# Where seed 0's weights never put the tied experts at the top-k boundary
+# on the prompt below, a seed whose weights do.
+TIE_SEEDS = {("lfm2_moe", 5): 1}
+
+
 def assert_bit_equal_offloaded(layout, version, dtype, top_k=None, experts=8, ties=True,
                                **config):
     implementations = ["eager", "batched_mm"] if version == 5 else ["eager"]
     prompt = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
     for implementation in implementations:
         model = make(layout, version, dtype, implementation, top_k=top_k, experts=experts,
-                     **config)
+                     seed=TIE_SEEDS.get((layout, version), 0), **config)
         reference = copy.deepcopy(model)
         assert not ties or tied_at_the_boundary(model, prompt) > 0  # the ties are exercised
         want = run(reference, prompt)
@@ -192,6 +199,13 @@ def test_llama4_with_three_experts_per_token_sums_over_every_expert_as_the_model
     # out the zero outputs would change the rounding.
     # (Ties are left to the test above: at 64 experts they are rare.)
     assert_bit_equal_offloaded("llama4", version, torch.float32, top_k=3, experts=64,
+                               ties=False)
+
+
+def test_qwen3_vl_moe_4x_with_three_experts_per_token_sums_over_every_expert_as_the_model():
+    # Its experts run densely, as Llama 4's: with more than two a token over
+    # more than 64 experts the order of the sum over all of them matters.
+    assert_bit_equal_offloaded("qwen3_vl_moe", 4, torch.float32, top_k=3, experts=96,
                                ties=False)
 
 
@@ -306,6 +320,7 @@ FOUND = {
     ("granitemoe", 4): ("parallel_experts", "GraniteMoeTopKGating", "gpt_oss"),
     ("ernie4_5_moe", 4): ("inline", "Ernie4_5_MoeSparseMoeBlock", "ernie4_5"),
     ("dbrx", 4): ("dbrx_router", "DbrxRouter", "dbrx"),
+    ("qwen3_vl_moe", 4): ("dense_inline", "Qwen3VLMoeTextSparseMoeBlock", "mixtral"),
     ("mixtral", 5): ("router", "MixtralTopKRouter", "mixtral"),
     ("qwen2_moe", 5): ("router", "Qwen2MoeTopKRouter", "qwen_no_norm"),
     ("qwen3_moe", 5): ("router", "Qwen3MoeTopKRouter", "mixtral"),
@@ -324,16 +339,23 @@ FOUND = {
     ("minimax_m2", 5): ("router", "MiniMaxM2TopKRouter", "minimax_m2"),
     ("qwen3_5_moe", 5): ("router", "Qwen3_5MoeTopKRouter", "mixtral"),
     ("afmoe", 5): ("token_choice_router", "AfmoeTokenChoiceRouter", "deepseek_v3"),
+    ("lfm2_moe", 5): ("block_routes", "Lfm2MoeSparseMoeBlock", "given scores"),
 }
+
+
+def rule_name(rule):
+    """A preset's name; "given scores" where the engine takes the model's
+    own scores in place of logits (LFM2-MoE)."""
+    return rule.get("preset") or ("given scores" if rule["score"] == "logits" else None)
 
 
 def test_each_family_is_found_by_its_class_with_its_layout_and_rule():
     assert set(FOUND) == set(CASES)
     for (layout, version), want in FOUND.items():
         blocks = find_moe_blocks(make(layout, version))
-        dense = 1 if layout in GROUPED_LAYOUTS else 0
+        dense = 1 if layout in DENSE_FIRST_LAYOUTS else 0
         assert len(blocks) == 3 - dense
-        assert {(b.layout, b.family, b.routing.rule["preset"]) for b in blocks} == {want}
+        assert {(b.layout, b.family, rule_name(b.routing.rule)) for b in blocks} == {want}
 
 
 def renamed(cls, name):
@@ -371,6 +393,37 @@ def test_families_that_reuse_another_familys_code_are_found_by_their_names(clone
     found = find_moe_blocks(nn.Sequential(block))
     assert [(b.family, b.routing.rule["preset"]) for b in found] == \
         [(block_name or router_name, preset)]
+
+
+def test_lfm2_moes_bfloat16_sigmoid_decides_where_a_float32_one_would_not():
+    # Experts 2 and 3: sigmoids 0.62154 and 0.62246 in float32, both 0.62109
+    # in bfloat16; expert 2's bias (+0.0005) then decides for the model,
+    # where the float32 sigmoid plus the bias would take expert 3.
+    torch.manual_seed(0)
+    config = TinyMoeLM("lfm2_moe", layers=1, version=5).config
+    block = v5.Lfm2MoeSparseMoeBlock(config).eval().to(torch.bfloat16)
+    block.expert_bias = torch.zeros(8)
+    logits = torch.tensor([3.0, -2.0, 0.49609375, 0.5, -2.0, -2.0, -2.0, -2.0])
+    with torch.no_grad():
+        block.gate.weight.zero_()
+        block.gate.weight[:, 0] = logits
+        block.expert_bias[2] = 0.0005
+    x = torch.zeros(1, 1, config.hidden_size, dtype=torch.bfloat16)
+    x[..., 0] = 1
+    as_float32 = torch.topk(logits.sigmoid() + block.expert_bias, 2).indices
+    assert sorted(as_float32.tolist()) == [0, 3]
+    own, _ = block.route_tokens_to_experts(block.gate(x.view(1, -1)))
+    assert sorted(own[0].tolist()) == [0, 2]
+    model = nn.Sequential(block).eval()
+    with torch.no_grad():
+        want = model(x)
+        handle = offload_experts(model, budget_bytes=4 * expert_bytes(model), bonus=0,
+                                 prefetch=None)
+        try:
+            got = model(x)
+        finally:
+            handle.close()
+    assert torch.equal(want, got)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])

@@ -12,6 +12,10 @@ another rule. The layouts, read from Transformers v4.57.6 and v5.2.0
   Hunyuan-MoE, Jamba. The block
   routes itself (softmax, top-k) and loops over per-expert modules; it
   returns (hidden states, router logits).
+- `dense_inline`: 4.x Qwen3-VL-MoE's text model. The block routes itself
+  (softmax, top-k, renormalised) and its fused experts run every expert on
+  every token by bmm, weighted by the weights scattered over all experts;
+  it returns (hidden states, router logits).
 - `router`: 5.x Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, Qwen3-Next, GPT-OSS.
   A *TopKRouter returns (probabilities or logits, weights, indices); fused
   experts compute under config._experts_implementation.
@@ -35,8 +39,8 @@ another rule. The layouts, read from Transformers v4.57.6 and v5.2.0
 - `token_choice_router`: AFMoE (5.x). Its router, given the block's
   expert_bias, returns (weights, indices); its per-expert modules run on
   the samples sorted by expert and are scattered back.
-- `block_routes`: 5.x DeepSeek-V3, DeepSeek-V2, Hunyuan-MoE and Jamba. The gate
-  gives logits; the block's `route_tokens_to_experts` chooses; fused
+- `block_routes`: 5.x DeepSeek-V3, DeepSeek-V2, Hunyuan-MoE, Jamba and
+  LFM2-MoE. The gate gives logits; the block's `route_tokens_to_experts` chooses; fused
   experts compute.
 """
 
@@ -48,8 +52,8 @@ from torch import nn
 
 from moe_router.torch import experts as arithmetic
 from moe_router.torch.routing import (BiasedSoftmaxRouting, GroupedSigmoidRouting,
-                                      GroupLimitedSoftmaxRouting, PNormSoftmaxRouting,
-                                      SigmoidOfTopKRouting, SoftmaxRouting,
+                                      GroupLimitedSoftmaxRouting, ModelDtypeSigmoidRouting,
+                                      PNormSoftmaxRouting, SigmoidOfTopKRouting, SoftmaxRouting,
                                       TopKThenSoftmaxRouting)
 
 
@@ -62,7 +66,8 @@ class MoeBlock:
     """One sparse-MoE block and how to compute it with experts held elsewhere."""
     name: str  # its path in the model
     module: nn.Module
-    # inline | router | dense_weights_router | scaled_input | parallel_experts |
+    # inline | dense_inline | router | dense_weights_router | scaled_input |
+    # parallel_experts |
     # deepseek_router | deepseek_v2_router | block_routes | dbrx_router |
     # token_choice_router
     layout: str
@@ -162,8 +167,11 @@ _GROUPED_SIGMOID_ROUTERS = ("DeepseekV3TopkRouter", "Glm4MoeTopkRouter",
                             "Glm4vMoeTextTopkRouter", "Dots1TopkRouter",
                             "Glm4MoeLiteTopkRouter", "GlmMoeDsaTopkRouter",
                             "SolarOpenTopkRouter", "ExaoneMoeTopkRouter")
-_DBRX_ROUTERS = ("DbrxRouter",)
-_AFMOE_ROUTERS = ("AfmoeTokenChoiceRouter",)  # DeepSeek-V3's rule, one group  # softmax top-k over its p-norm; stacked experts
+_DBRX_ROUTERS = ("DbrxRouter",)  # softmax top-k over its p-norm; stacked experts
+_AFMOE_ROUTERS = ("AfmoeTokenChoiceRouter",)  # DeepSeek-V3's rule, one group
+_LFM2 = ("Lfm2MoeSparseMoeBlock",)  # sigmoid in the logits' dtype, the block's bias
+# 4.x Qwen3-VL-MoE's text block: softmax top-k, every expert run densely.
+_QWEN3_VL_4 = ("Qwen3VLMoeTextSparseMoeBlock",)
 # Rules the engine does not have, and code that cannot run as written, by
 # the class that carries them.
 _SPARSEMIXER = "Phi-3.5-MoE routes by sparsemixer, which moe-router does not implement"
@@ -181,7 +189,7 @@ KNOWN = sorted(list(_INLINE_BLOCKS) + list(_SOFTMAX_ROUTERS) + list(_TOPK_SOFTMA
                list(_SIGMOID_OF_TOPK_ROUTERS) + list(_GROUPED_SIGMOID_ROUTERS) +
                list(_MINIMAX_M2_ROUTERS) + list(_ERNIE) + list(_DEEPSEEK_V2) +
                list(_HUNYUAN) + list(_GRANITE_ROUTERS) + list(_DBRX_ROUTERS) +
-               list(_AFMOE_ROUTERS))
+               list(_AFMOE_ROUTERS) + list(_LFM2) + list(_QWEN3_VL_4))
 
 
 def _plain_linear(module, what, name):
@@ -192,10 +200,10 @@ def _plain_linear(module, what, name):
     return module.weight
 
 
-def _flag(module, attr, name):
+def _flag(module, attr, name, meaning="whether top-k is renormalised"):
     value = getattr(module, attr, None)
     if not isinstance(value, bool):
-        raise UnsupportedModel(f"{name}: no {attr} to say whether top-k is renormalised")
+        raise UnsupportedModel(f"{name}: no {attr} to say {meaning}")
     return value
 
 
@@ -326,6 +334,24 @@ def _inline_block(name, module, router):
                     routing=SoftmaxRouting(top_k, normalize, cast_weights=True,
                                            float_first=False),
                     gate_logits=lambda x: torch.nn.functional.linear(x, weight), **parts)
+
+
+def _dense_inline_block(name, module, router):
+    """4.x Qwen3-VL-MoE text: an nn.Linear gate, softmax top-k always
+    renormalised and cast to the hidden dtype; experts (E, H, 2I) gate then
+    up and (E, I, H) down, run by bmm."""
+    weight = _plain_linear(router, "the gate", name)
+    top_k = _int(module, "top_k", name)
+    experts = module.experts
+    gate_up, down, _ = _fused_tensors(name, experts, biased=False)
+    _check_fused_shapes(name, "Qwen3-VL-MoE expert tensors", gate_up, down, transposed=True)
+    return MoeBlock(name=name, module=module, layout="dense_inline",
+                    family=type(module).__name__, top_k=top_k, num_experts=gate_up.shape[0],
+                    routing=SoftmaxRouting(top_k, True, cast_weights=True, float_first=False),
+                    gate_logits=lambda x: torch.nn.functional.linear(x, weight),
+                    expert_tensors=lambda e: [experts.gate_up_proj[e], experts.down_proj[e]],
+                    expert_fn=None, act_fn=experts.act_fn,
+                    expert_parameters=[(experts, "gate_up_proj"), (experts, "down_proj")])
 
 
 def _softmax_router_block(name, module, router):
@@ -573,6 +599,33 @@ def _afmoe_block(name, module, router):
         router_returns=("weights", "indices"), fused_experts=module.experts, **parts)
 
 
+def _lfm2_block(name, module, router):
+    """LFM2-MoE (5.x): an nn.Linear gate in the model's dtype; the block's
+    route_tokens_to_experts chooses (with its float32 expert_bias when
+    use_expert_bias); fused experts."""
+    top_k = _int(module, "top_k", name)
+    normalize = _flag(module, "norm_topk_prob", name)
+    biased = _flag(module, "use_expert_bias", name, "whether the choice adds expert_bias")
+    scaling = float(getattr(module, "routed_scaling_factor", float("nan")))
+    if not torch.isfinite(torch.tensor(scaling)):
+        raise UnsupportedModel(f"{name}: routed_scaling_factor is not finite")
+    gate = _plain_linear(router, "the gate", name)
+    parts = _fused(name, module.experts)
+    bias = _choice_bias(getattr(module, "expert_bias", None), parts["num_experts"],
+                        "the block's expert_bias", name) if biased else None
+    # Transformers keeps the buffer float32 whatever the model's dtype (its
+    # loader casts to an empty parameter's dtype, core_model_loading.py);
+    # in another dtype the sum would round where the engine's does not.
+    if bias is not None and bias.dtype != torch.float32:
+        raise UnsupportedModel(f"{name}: expert_bias is {bias.dtype}, not the float32 "
+                               f"Transformers keeps it in")
+    return MoeBlock(
+        name=name, module=module, layout="block_routes", family=type(module).__name__,
+        top_k=top_k, routing=ModelDtypeSigmoidRouting(top_k, bias, normalize, scaling),
+        gate_logits=lambda x: torch.nn.functional.linear(x, gate),
+        router_returns=("indices", "weights"), **parts)
+
+
 def _minimax_m2_block(name, module, router):
     """MiniMax-M2 (5.x): the router gets the block's e_score_correction_bias
     and returns (logits, weights, indices); fused experts."""
@@ -640,6 +693,10 @@ def describe_block(name: str, module: nn.Module) -> MoeBlock:
         return _deepseek_v2_block(name, module, router)
     if type(module).__name__ in _HUNYUAN:
         return _hunyuan_block(name, module, router)
+    if type(module).__name__ in _LFM2:
+        return _lfm2_block(name, module, router)
+    if type(module).__name__ in _QWEN3_VL_4 and isinstance(router, nn.Linear):
+        return _dense_inline_block(name, module, router)
     if family in _GRANITE_ROUTERS:
         return _granite_block(name, module, router)
     if family in _MINIMAX_M2_ROUTERS:

@@ -137,16 +137,28 @@ def in_expert_sorted_order(x, chosen, weights, num_experts, tensors_of: TensorsO
             .sum(dim=1).type(back.dtype))
 
 
+def _sum_over_every_expert(outs, ids, num_experts, top_k):
+    """The sum over all experts of a block that runs every expert, from the
+    outputs of the chosen ones (`ids`, ascending): the others' outputs are
+    exact zeros, so with at most two experts per token the sum over the
+    chosen alone is the model's bit for bit, in any order; with more, the
+    zeros are put back so that the sum runs over every expert in the
+    model's order (PyTorch's reduction over more than 64 is not
+    sequential)."""
+    out = torch.stack(outs)
+    if top_k <= 2:
+        return out.sum(dim=0)
+    every = out.new_zeros((num_experts,) + tuple(out.shape[1:]))
+    every[ids] = out
+    return every.sum(dim=0)
+
+
 def on_scaled_inputs(x, scores, chosen, act_fn, tensors_of: TensorsOf):
     """Llama 4's block (Llama4TextMoe and Llama4TextExperts): every expert
     runs on every token's input times the token's weight for it (zero
     unless chosen); gate_up by bmm, up * act(gate), down by bmm; summed
     over the experts. Only the chosen experts run here, on the same (tokens,
-    hidden) inputs: the others' inputs are zero and so are their outputs,
-    exactly, so with at most two experts per token (Llama 4's models route
-    top-1) the sum over the chosen alone is the model's bit for bit, in any
-    order; with more, the zeros are put back so that the sum runs over
-    every expert as the model's does."""
+    hidden) inputs."""
     ids = sorted(set(chosen.reshape(-1).tolist()))
     outs = []
     for e in ids:
@@ -156,12 +168,23 @@ def on_scaled_inputs(x, scores, chosen, act_fn, tensors_of: TensorsOf):
         inputs = (x * scores[:, e].reshape(-1, 1)).unsqueeze(0)
         gate, up = torch.bmm(inputs, gate_up).chunk(2, dim=-1)
         outs.append(torch.bmm(up * act_fn(gate), down)[0])
-    out = torch.stack(outs)
-    if chosen.shape[1] <= 2:
-        return out.sum(dim=0)
-    every = out.new_zeros((scores.shape[1],) + tuple(out.shape[1:]))
-    every[ids] = out
-    return every.sum(dim=0)
+    return _sum_over_every_expert(outs, ids, scores.shape[1], chosen.shape[1])
+
+
+def on_weighted_outputs(x, chosen, weights, num_experts, act_fn, tensors_of: TensorsOf):
+    """4.x Qwen3-VL-MoE's text experts at inference: every expert runs on
+    every token by bmm, up * act(gate), its output times the token's weight
+    for it (scattered over all experts: zero unless chosen), summed over the
+    experts. Only the chosen experts run here, on every token."""
+    dense = torch.zeros((x.shape[0], num_experts), dtype=weights.dtype,
+                        device=weights.device).scatter_(1, chosen, weights)
+    ids = sorted(set(chosen.reshape(-1).tolist()))
+    outs = []
+    for e in ids:
+        gate_up, down = (t.unsqueeze(0) for t in tensors_of(e))
+        gate, up = torch.bmm(x.unsqueeze(0), gate_up).chunk(2, dim=-1)
+        outs.append(torch.bmm(up * act_fn(gate), down)[0] * dense[:, e, None])
+    return _sum_over_every_expert(outs, ids, num_experts, chosen.shape[1])
 
 
 def sorted_by_expert(chosen, weights, num_experts):

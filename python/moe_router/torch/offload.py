@@ -96,7 +96,7 @@ class Offload:
     def _install(self, layer: int, block: MoeBlock) -> None:
         module = block.module
         # What chooses.
-        if block.layout == "inline":
+        if block.layout in ("inline", "dense_inline"):
             self._patch(module, "forward", self._inline_forward(layer))
         elif block.layout == "block_routes":
             self._patch(module, "route_tokens_to_experts", self._choose_forward(layer))
@@ -325,7 +325,8 @@ class Offload:
         scores = block.routing.scores(logits)
         own = block.routing.own_choice(scores)
         step = self._step
-        self.engine.route(layer, logits.detach().float().cpu().numpy(), step)
+        given = logits if scores.given is None else scores.given
+        self.engine.route(layer, given.detach().float().cpu().numpy(), step)
         engine_choice = np.array(step.experts, dtype=np.int64)  # the step's buffer is reused
         # The distinct experts the call needs, each with whether it was held
         # before the call (a resident flag is the same for every token).
@@ -350,6 +351,9 @@ class Offload:
         def compute():
             if block.layout == "scaled_input":
                 return arithmetic.on_scaled_inputs(x, weights, chosen, block.act_fn, tensors_of)
+            if block.layout == "dense_inline":
+                return arithmetic.on_weighted_outputs(x, chosen, weights, block.num_experts,
+                                                      block.act_fn, tensors_of)
             if block.layout == "deepseek_v2_router":
                 return arithmetic.in_expert_sorted_order(x, chosen, weights, block.num_experts,
                                                          tensors_of, block.expert_fn)

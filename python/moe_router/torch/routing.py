@@ -21,6 +21,9 @@ class Scores:
     """One layer call's routing quantities, per token."""
     choice: torch.Tensor  # (tokens, experts): what the model takes the top-k of
     weighing: torch.Tensor  # (tokens, experts): what the weights are gathered from
+    # What the engine is given in place of the logits, where its rule takes
+    # the model's own scores (score "logits", selection "top_k").
+    given: Optional[torch.Tensor] = None
 
 
 class SoftmaxRouting:
@@ -197,6 +200,42 @@ class GroupedSigmoidRouting:
         elif self.normalization == "sum":
             weights /= weights.sum(dim=-1, keepdim=True)
         return weights * self.scaling if self.normalization != "sum" else weights
+
+
+class ModelDtypeSigmoidRouting:
+    """LFM2-MoE's rule (5.x): the sigmoid of the logits in their own dtype;
+    the choice on it plus the block's float32 expert_bias when it has one
+    (the sum in float32), top-k sorted; the weights the chosen sigmoids,
+    over their sum + 1e-6 when `normalize`, times `scaling`, in the logits'
+    dtype. In bfloat16 a float32 sigmoid, which the engine's `sigmoid`
+    score takes, would separate values the model rounds together and choose
+    otherwise where the bias decides; so the engine is given the model's
+    own sigmoid, in float32, and takes it as the score."""
+
+    def __init__(self, top_k: int, bias: Optional[torch.Tensor], normalize: bool,
+                 scaling: float):
+        self.top_k = top_k
+        self.bias = bias
+        self.normalize = normalize
+        self.scaling = scaling
+        self.rule = {"score": "logits", "choice_bias": bias is not None, "selection": "top_k",
+                     "normalization": "sum_plus_epsilon" if normalize else "none",
+                     "normalization_param": 1e-6, "scaling": float(scaling)}
+        self.choice_bias = None if bias is None else bias.detach().float().cpu().numpy()
+
+    def scores(self, logits: torch.Tensor) -> Scores:
+        sigmoid = logits.sigmoid()
+        choice = sigmoid if self.bias is None else sigmoid + self.bias
+        return Scores(choice=choice, weighing=sigmoid, given=sigmoid.float())
+
+    def own_choice(self, scores: Scores) -> torch.Tensor:
+        return torch.topk(scores.choice, k=self.top_k, dim=-1)[1]
+
+    def weights(self, scores: Scores, chosen: torch.Tensor, hidden_dtype) -> torch.Tensor:
+        weights = scores.weighing.gather(1, chosen)
+        if self.normalize:
+            weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-6)
+        return weights * self.scaling
 
 
 class GroupLimitedSoftmaxRouting:

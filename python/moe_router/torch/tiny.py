@@ -21,7 +21,9 @@ its attention layers) and granitemoe (top-k of the logits then softmax;
 ParallelExperts on the samples sorted by expert) and dbrx (4.x: softmax
 top-k over the p-norm; every expert's w1, v1, w2 stacked) and afmoe (5.x:
 sigmoid plus the block's bias, one group; per-expert modules on the
-samples sorted by expert). The model
+samples sorted by expert) and lfm2_moe (5.x: the sigmoid in the model's
+dtype plus the block's float32 bias; a dense first layer) and qwen3_vl_moe
+(4.x: softmax top-k, every expert run by bmm and weighted densely). The model
 records router logits when asked the way that version's model does: 4.x
 patches the recorded blocks' forward for the call, 5.x hooks the routers.
 """
@@ -46,14 +48,17 @@ _BLOCKS = {
     "deepseek_v2": {4: "DeepseekV2MoE", 5: "DeepseekV2Moe"},  # 5.x renamed it
     "hunyuan_v1_moe": "HunYuanMoEV1Moe", "jamba": "JambaSparseMoeBlock",
     "granitemoe": "GraniteMoeMoE", "dbrx": {4: "DbrxFFN"},  # 5.2.0's is refused
-    "afmoe": {5: "AfmoeMoE"},
+    "afmoe": {5: "AfmoeMoE"}, "lfm2_moe": {5: "Lfm2MoeSparseMoeBlock"},
+    "qwen3_vl_moe": {4: "Qwen3VLMoeTextSparseMoeBlock"},  # 5.x's: Qwen3.5's router
 }
 # Layouts that route by DeepSeek-V3's rule and begin with dense layers.
 GROUPED_LAYOUTS = ("deepseek_v3", "glm4_moe", "dots1", "deepseek_v2")
+# Layouts whose models begin with a dense layer.
+DENSE_FIRST_LAYOUTS = GROUPED_LAYOUTS + ("lfm2_moe",)
 # Layouts whose models record no router logits (none in _can_record_outputs).
 NO_ROUTER_LOGITS = GROUPED_LAYOUTS + ("hunyuan_v1_moe",)
 # 5.x models of these families record none; 4.x's pass the blocks' up.
-NO_ROUTER_LOGITS_5 = NO_ROUTER_LOGITS + ("granitemoe", "afmoe")
+NO_ROUTER_LOGITS_5 = NO_ROUTER_LOGITS + ("granitemoe", "afmoe", "lfm2_moe")
 LAYOUTS = tuple(_BLOCKS)
 
 
@@ -83,7 +88,7 @@ def make_config(layout, experts=8, top_k=None, hidden=64, inner=128, **overrides
         config.n_group = 4 if experts % 4 == 0 and experts // 4 >= 2 else 1
         config.topk_group = max(1, config.n_group // 2)
         config.routed_scaling_factor = 2.5
-    if layout in ("glm4_moe", "afmoe"):  # one group, scaling 2.5 (AFMoE's route_scale)
+    if layout in ("glm4_moe", "afmoe", "lfm2_moe"):  # scaling 2.5 (AFMoE's route_scale)
         config.routed_scaling_factor = 2.5
     if layout == "deepseek_v2":  # V2-Lite's greedy top-k; V2's groups on request
         config.routed_scaling_factor = 1.0
@@ -154,7 +159,7 @@ class TinyMoeLM(nn.Module):
                               dense_layers=dense_layers, **config_overrides)
         self.config = make_config(layout, experts, top_k, hidden, inner, **config_overrides)
         if dense_layers is None:
-            dense_layers = 1 if layout in GROUPED_LAYOUTS else 0
+            dense_layers = 1 if layout in DENSE_FIRST_LAYOUTS else 0
         self.embed = nn.Embedding(vocab, hidden)
         mlps = [v4.DeepseekV3MLP(self.config) if i < dense_layers
                 else make_block(layout, version, self.config) for i in range(layers)]

@@ -35,6 +35,7 @@ class MoeConfig:
     moe_norm_min: float = 1e-12  # ERNIE 4.5
     moe_num_shared_experts: int = 1
     moe_normalize_expert_weights: object = 1.0  # DBRX: p of the p-norm, or None
+    use_expert_bias: bool = True  # LFM2-MoE
     # Transformers 5: which experts implementation the fused experts run.
     _experts_implementation: str = "eager"
 

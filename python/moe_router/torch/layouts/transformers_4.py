@@ -755,7 +755,6 @@ class Dots1MoE(DeepseekV3MoE):
     router_class = Dots1TopkRouter
 
 
-
 class DbrxRouter(nn.Module):
     """modeling_dbrx.py: the softmax of the logits in float32, its top-k over
     their p-norm (p = moe_normalize_expert_weights; none when None), both
@@ -843,6 +842,70 @@ class DbrxFFN(nn.Module):
         weights, top_weights, top_experts = self.router(x)
         return self.experts(x, weights, top_weights, top_experts), weights
 
+
+class Qwen3VLMoeTextExperts(nn.Module):
+    """gate_up_proj (experts, hidden, 2 x inner; gate then up), down_proj
+    (experts, inner, hidden). At inference every expert runs on every token
+    by bmm, up * act(gate); the outputs times the routing weights scattered
+    over all experts (zero where not chosen), summed over the experts. Only
+    that branch is reproduced (training loops over the chosen experts)."""
+
+    def __init__(self, config: MoeConfig):
+        super().__init__()
+        self.num_experts = config.num_experts
+        self.hidden_size = config.hidden_size
+        inner = config.moe_intermediate_size
+        self.gate_up_proj = nn.Parameter(torch.empty(self.num_experts, self.hidden_size, 2 * inner))
+        self.down_proj = nn.Parameter(torch.empty(self.num_experts, inner, self.hidden_size))
+        for p in (self.gate_up_proj, self.down_proj):
+            nn.init.uniform_(p, -p.shape[1] ** -0.5, p.shape[1] ** -0.5)
+        self.act_fn = nn.SiLU()
+
+    def forward(self, hidden_states, routing_weights, router_indices):
+        if self.training:
+            raise NotImplementedError("4.57.6's training branch is not reproduced")
+        batch_size = hidden_states.shape[0]
+        hidden_states = hidden_states.reshape(-1, self.hidden_size)
+        hidden_states = hidden_states.repeat(self.num_experts, 1)
+        hidden_states = hidden_states.view(self.num_experts, -1, self.hidden_size)
+        gate_up = torch.bmm(hidden_states, self.gate_up_proj)
+        gate, up = gate_up.chunk(2, dim=-1)
+        next_states = torch.bmm((up * self.act_fn(gate)), self.down_proj)
+        next_states = next_states.reshape(self.num_experts, batch_size, -1, self.hidden_size)
+        next_states = next_states * routing_weights.transpose(0, 1).view(
+            self.num_experts, batch_size, -1)[..., None]
+        return next_states.sum(dim=0)
+
+
+class Qwen3VLMoeTextSparseMoeBlock(nn.Module):
+    """Qwen3-VL-MoE's text block (4.57.6): an nn.Linear gate; softmax in
+    float32, top-k, always renormalised, cast to the hidden dtype and
+    scattered over all experts; the experts above. Returns (hidden states,
+    router logits)."""
+
+    def __init__(self, config: MoeConfig):
+        super().__init__()
+        self.hidden_size = config.hidden_size
+        self.num_experts = config.num_experts
+        self.top_k = config.num_experts_per_tok
+        self.gate = nn.Linear(config.hidden_size, config.num_experts, bias=False)
+        self.experts = Qwen3VLMoeTextExperts(config)
+
+    def forward(self, hidden_states):
+        batch_size = hidden_states.shape[0]
+        hidden_states = hidden_states.reshape(-1, self.hidden_size)
+        router_logits = self.gate(hidden_states)
+        routing_weights = F.softmax(router_logits, dim=-1, dtype=torch.float)
+        routing_weights, router_indices = torch.topk(routing_weights, self.top_k, dim=-1)
+        routing_weights = routing_weights / routing_weights.sum(dim=-1, keepdim=True)
+        routing_weights = routing_weights.to(hidden_states.dtype)
+        router_weights = torch.zeros_like(router_logits).scatter_(1, router_indices,
+                                                                  routing_weights)
+        hidden_states = hidden_states.reshape(batch_size, -1, self.hidden_size)
+        routed_out = self.experts(hidden_states, router_weights, router_indices)
+        return routed_out, router_logits
+
+
 # The modules whose models record router logits when asked through
 # `_can_record_outputs` (4.57.6): the output at this index, by patching
 # the instance's forward for the call. Qwen2-MoE and OLMoE pass the block's
@@ -850,4 +913,5 @@ class DbrxFFN(nn.Module):
 ROUTER_LOGITS_RECORDED_FROM = {
     MixtralSparseMoeBlock: 1, Qwen3MoeSparseMoeBlock: 1, Qwen3NextSparseMoeBlock: 1,
     GptOssTopKRouter: 0, Llama4TextMoe: 1, Ernie4_5_MoeSparseMoeBlock: 1,
+    Qwen3VLMoeTextSparseMoeBlock: 1,
 }

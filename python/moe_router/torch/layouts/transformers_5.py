@@ -685,6 +685,53 @@ class AfmoeMoE(nn.Module):
         return shared + self.experts(hidden_states, selected_experts, top_scores)
 
 
+class Lfm2MoeExperts(_FusedExperts):
+    pass
+
+
+class Lfm2MoeSparseMoeBlock(nn.Module):
+    """LFM2-MoE (5.x only): an nn.Linear gate in the model's dtype;
+    route_tokens_to_experts: the sigmoid in the logits' dtype, the choice on
+    it plus the float32 expert_bias (when use_expert_bias), top-k sorted;
+    weights over their sum + 1e-6 (norm_topk_prob), times
+    routed_scaling_factor; fused experts."""
+
+    def __init__(self, config: MoeConfig):
+        super().__init__()
+        self.top_k = config.num_experts_per_tok
+        self.routed_scaling_factor = config.routed_scaling_factor
+        self.norm_topk_prob = config.norm_topk_prob
+        self.use_expert_bias = config.use_expert_bias
+        self.gate = nn.Linear(config.hidden_size, config.num_experts, bias=False)
+        self.experts = Lfm2MoeExperts(config)
+        if self.use_expert_bias:
+            self.register_buffer("expert_bias", torch.zeros(config.num_experts,
+                                                            dtype=torch.float32))
+
+    def route_tokens_to_experts(self, router_logits):
+        routing_weights = router_logits.sigmoid()
+        if self.use_expert_bias:
+            scores_for_routing = routing_weights + self.expert_bias
+            _, selected_experts = torch.topk(scores_for_routing, k=self.top_k, dim=-1)
+            routing_weights = torch.gather(routing_weights, dim=1,
+                                           index=selected_experts).type_as(router_logits)
+        else:
+            routing_weights, selected_experts = torch.topk(routing_weights, k=self.top_k, dim=-1)
+        if self.norm_topk_prob:
+            routing_weights = routing_weights / (routing_weights.sum(dim=-1, keepdim=True) + 1e-6)
+        routing_weights = routing_weights * self.routed_scaling_factor
+        return selected_experts, routing_weights
+
+    def forward(self, hidden_states):
+        batch_size, sequence_length, hidden_dim = hidden_states.shape
+        hidden_states_reshaped = hidden_states.view(-1, hidden_dim)
+        router_logits = self.gate(hidden_states_reshaped)
+        selected_experts, routing_weights = self.route_tokens_to_experts(router_logits)
+        final_hidden_states = self.experts(hidden_states_reshaped, selected_experts,
+                                           routing_weights)
+        return final_hidden_states.reshape(batch_size, sequence_length, hidden_dim)
+
+
 class Ernie4_5_MoeExperts(_FusedExperts):
     pass
 
