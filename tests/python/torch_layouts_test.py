@@ -490,7 +490,9 @@ def test_blocks_are_identified_by_their_router_or_block_class_and_refused_by_nam
     for router, message in [
             ("SwitchTransformersTop1Router", "Switch Transformers routes with an expert capacity"),
             ("NllbMoeTop2Router", "NLLB-MoE routes with an expert capacity"),
-            ("LongcatFlashTopkRouter", "LongCat-Flash routes to zero-computation experts")]:
+            ("LongcatFlashTopkRouter", "LongCat-Flash routes to zero-computation experts"),
+            ("GPTSanJapaneseTop1Router", "GPTSAN-japanese routes with an expert capacity"),
+            ("Ernie4_5_VL_MoeMoeTopKRouter", "ERNIE 4.5 VL keeps a text and a vision set")]:
         block = v5.MixtralSparseMoeBlock(config)
         block.gate = renamed(v5.MixtralTopKRouter, router)(config)
         cases.append((block, f"{router}: {message}"))
@@ -502,6 +504,8 @@ def test_blocks_are_identified_by_their_router_or_block_class_and_refused_by_nam
     dbrx.experts.mlp.v1 = nn.Parameter(torch.zeros(8 * 128, 63))
     cases.append((dbrx, "DBRX experts are not w1, v1 and w2 each of (experts x "
                         "ffn_hidden_size, hidden) = (8 x 128, 64)"))
+    # Doge's retrieval experts: no `experts`, refused by the block's class.
+    cases.append((renamed(nn.Linear, "DogeCDMoE")(4, 4), "Doge's experts are product-key"))
     for block, message in cases:
         model = nn.Sequential(block).eval()
         with pytest.raises(UnsupportedModel, match=re.escape(message)):

@@ -184,6 +184,13 @@ _REFUSED = {
     "NllbMoeTop2Router": "NLLB-MoE " + _CAPACITY,
     "LongcatFlashTopkRouter": "LongCat-Flash routes to zero-computation experts, which "
                               "moe-router does not implement",
+    "GPTSanJapaneseTop1Router": "GPTSAN-japanese " + _CAPACITY,
+    # ERNIE 4.5's rule, but two expert sets a layer run by token modality.
+    "Ernie4_5_VL_MoeMoeTopKRouter": "ERNIE 4.5 VL keeps a text and a vision set of experts "
+                                    "per layer, of different sizes, each token routed within "
+                                    "its modality's, which moe-router does not implement",
+    "DogeCDMoE": "Doge's experts are product-key retrieval experts (a row of two embeddings "
+                 "each), which moe-router does not implement",
 }
 KNOWN = sorted(list(_INLINE_BLOCKS) + list(_SOFTMAX_ROUTERS) + list(_TOPK_SOFTMAX_ROUTERS) +
                list(_SIGMOID_OF_TOPK_ROUTERS) + list(_GROUPED_SIGMOID_ROUTERS) +
@@ -733,6 +740,9 @@ def find_moe_blocks(model: nn.Module) -> List[MoeBlock]:
     described; UnsupportedModel if one cannot be, or if there is none."""
     blocks = []
     for name, module in model.named_modules():
+        if type(module).__name__ in _REFUSED and not _looks_like_moe(module):  # Doge's
+            raise UnsupportedModel(f"{name}: {type(module).__name__}: "
+                                   f"{_REFUSED[type(module).__name__]}")
         if _looks_like_moe(module) and not any(name.startswith(b.name + ".") for b in blocks):
             blocks.append(describe_block(name or type(model).__name__, module))
     if not blocks:
