@@ -30,11 +30,19 @@ const std::vector<FlagSpec>& TraceFlags() {
   return flags;
 }
 
+// The tokens the trace marks as its runs' prompts.
+uint64_t PromptTokens(const RoutingTrace& trace) {
+  uint64_t n = 0;
+  for (const RoutingTrace::Run& run : trace.runs) n += run.prompt_tokens;
+  return n;
+}
+
 void PrintStats(const std::string& path, const RoutingTrace& trace, const TraceStats& s) {
   const uint32_t tenth =
       std::max<uint32_t>(1, (trace.num_experts + 9) / 10);  // as ComputeTraceStats
-  std::printf("%s: %zu runs, %llu tokens, %u layers x %u experts, top-%u\n", path.c_str(),
-              trace.runs.size(), static_cast<unsigned long long>(trace.Tokens()), trace.num_layers,
+  std::printf("%s: %zu runs, %llu tokens (%llu marked prompt), %u layers x %u experts, top-%u\n",
+              path.c_str(), trace.runs.size(), static_cast<unsigned long long>(trace.Tokens()),
+              static_cast<unsigned long long>(PromptTokens(trace)), trace.num_layers,
               trace.num_experts, trace.top_k);
   std::printf(
       "reuse: the share of a token's experts the previous token at its layer used too (what a\n"
@@ -68,6 +76,7 @@ int StatsCommandOfTrace(const std::vector<std::string>& args) {
   const nlohmann::json out = {{"trace", path},
                               {"runs", trace->runs.size()},
                               {"tokens", trace->Tokens()},
+                              {"prompt_tokens", PromptTokens(*trace)},
                               {"num_layers", trace->num_layers},
                               {"num_experts", trace->num_experts},
                               {"top_k", trace->top_k},

@@ -1,5 +1,6 @@
 #include "eval/replay_schedule.h"
 
+#include <algorithm>
 #include <deque>
 
 namespace moe_router {
@@ -42,31 +43,43 @@ ReplaySchedule ReplaySchedule::Batched(const RoutingTrace& trace, uint32_t batch
     if (!trace.runs[r].steps.empty()) waiting.push_back(r);
   }
   std::vector<Active> active;
-  std::vector<size_t> token_end;  // per active run: the end of its current token's steps
+  // Per active run, the steps it routes this batch step, by layer (one
+  // token's, or a joining run's whole prompt), and how far each layer got.
+  std::vector<std::vector<size_t>> now;
+  std::vector<size_t> cursor, end;
   for (uint32_t batch_step = 0; !waiting.empty() || !active.empty(); ++batch_step) {
     while (active.size() < batch && !waiting.empty()) {
       active.push_back({waiting.front(), 0});
       waiting.pop_front();
     }
-    token_end.resize(active.size());
+    now.resize(active.size());
+    cursor.assign(active.size(), 0);
+    end.resize(active.size());
     for (size_t a = 0; a < active.size(); ++a) {
       const RoutingTrace::Run& run = trace.runs[active[a].run];
-      size_t end = active[a].next;
-      while (end < run.steps.size() && run.steps[end].token == run.steps[active[a].next].token) {
-        ++end;
+      const size_t first = active[a].next;
+      const uint32_t token = run.steps[first].token;
+      // A run joining with a marked prompt prefills it in this step.
+      const uint32_t last = first == 0 && token < run.prompt_tokens ? run.prompt_tokens - 1 : token;
+      size_t e = first;
+      while (e < run.steps.size() && run.steps[e].token <= last) ++e;
+      end[a] = e;
+      now[a].clear();
+      for (size_t i = first; i < e; ++i) now[a].push_back(i);
+      if (last != token) {  // a prompt: token then layer order to layer then token
+        std::stable_sort(now[a].begin(), now[a].end(), [&](size_t x, size_t y) {
+          return run.steps[x].layer < run.steps[y].layer;
+        });
       }
-      token_end[a] = end;
     }
     for (uint32_t layer = 0; layer < trace.num_layers; ++layer) {
       const size_t experts_begin = s.experts_.size(), runs_begin = s.runs_.size();
       for (size_t a = 0; a < active.size(); ++a) {
         const RoutingTrace::Run& run = trace.runs[active[a].run];
-        size_t& next = active[a].next;
-        if (next < token_end[a] && run.steps[next].layer == layer) {
-          const auto experts = trace.StepExperts(run, next);
+        for (size_t& c = cursor[a]; c < now[a].size() && run.steps[now[a][c]].layer == layer; ++c) {
+          const auto experts = trace.StepExperts(run, now[a][c]);
           s.experts_.insert(s.experts_.end(), experts.begin(), experts.end());
           s.runs_.push_back(active[a].run);
-          ++next;
         }
       }
       if (s.runs_.size() > runs_begin) {
@@ -76,7 +89,7 @@ ReplaySchedule ReplaySchedule::Batched(const RoutingTrace& trace, uint32_t batch
     }
     std::vector<Active> staying;
     for (size_t a = 0; a < active.size(); ++a) {
-      active[a].next = token_end[a];
+      active[a].next = end[a];
       if (active[a].next < trace.runs[active[a].run].steps.size()) staying.push_back(active[a]);
     }
     active = std::move(staying);

@@ -31,7 +31,9 @@ class ReplaySchedule {
   /// within a batch step). A run joins at the first batch step after one
   /// leaves (or at the start), in trace order, and leaves after its last
   /// token; a run's tokens stay in order, and a token missing a layer adds
-  /// nothing there.
+  /// nothing there. A run whose trace marks its prompt prefills it in the
+  /// batch step it joins: each layer's step routes all its prompt tokens
+  /// beside the other runs' one token each.
   static ReplaySchedule Batched(const RoutingTrace& trace, uint32_t batch);
 
   const std::vector<ReplayStep>& steps() const { return steps_; }

@@ -7,6 +7,7 @@
 #include <limits>
 #include <map>
 #include <numeric>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -26,6 +27,7 @@ struct RoutingLine {
   uint32_t token = 0, layer = 0;
   std::vector<uint32_t> experts;
   uint32_t declared_experts = 0;  // its num_experts, 0 when absent
+  bool prompt = false;
 };
 
 // A line's fields, range-checked; an error says what is wrong (the caller
@@ -73,6 +75,12 @@ absl::StatusOr<RoutingLine> ParseRoutingLine(const std::string& text) {
     }
     out.declared_experts = *n;
   }
+  if (const auto phase = j.find("phase"); phase != j.end()) {
+    if (*phase != "prompt" && *phase != "generated") {
+      return absl::InvalidArgumentError("'phase' is not \"prompt\" or \"generated\"");
+    }
+    out.prompt = *phase == "prompt";
+  }
   if (j.contains("dataset")) out.run += j["dataset"].dump();
   if (j.contains("problem_id")) out.run += "/" + j["problem_id"].dump();
   return out;
@@ -81,6 +89,7 @@ absl::StatusOr<RoutingLine> ParseRoutingLine(const std::string& text) {
 absl::StatusOr<RoutingTrace> ReadRoutingJsonl(const std::string& path, std::ifstream& in) {
   // run name -> token -> layer -> experts
   std::map<std::string, std::map<uint32_t, std::map<uint32_t, std::vector<uint32_t>>>> runs;
+  std::map<std::string, std::set<uint32_t>> prompt_tokens;  // run name -> tokens marked
   std::vector<std::string> run_order;
   RoutingTrace trace;
   std::string text;
@@ -108,6 +117,7 @@ absl::StatusOr<RoutingTrace> ReadRoutingJsonl(const std::string& path, std::ifst
                                  line->layer, line->run));
     }
     slot = std::move(line->experts);
+    if (line->prompt) prompt_tokens[line->run].insert(line->token);
     trace.num_layers = std::max(trace.num_layers, line->layer + 1);
   }
   if (in.bad()) return ErrnoError("cannot read", path);
@@ -123,6 +133,13 @@ absl::StatusOr<RoutingTrace> ReadRoutingJsonl(const std::string& path, std::ifst
       }
       run.tokens = token + 1;
     }
+    const std::set<uint32_t>& prompt = prompt_tokens[name];
+    if (!prompt.empty() && *prompt.rbegin() + 1 != prompt.size()) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "%s: run %s marks tokens up to %d as its prompt but not all of those before", path, name,
+          *prompt.rbegin()));
+    }
+    run.prompt_tokens = static_cast<uint32_t>(prompt.size());
     trace.runs.push_back(std::move(run));
   }
   return trace;
@@ -148,6 +165,15 @@ absl::StatusOr<RoutingTrace> ReadLogitsTrace(const std::string& path, std::ifstr
       auto tokens = JsonInteger<uint32_t>(r.at("tokens"), "a run's 'tokens'");
       if (!tokens.ok()) return bad(std::string(tokens.status().message()));
       run.tokens = *tokens;
+      if (const auto prompt = r.find("prompt_tokens"); prompt != r.end()) {
+        auto p = JsonInteger<uint32_t>(*prompt, "a run's 'prompt_tokens'");
+        if (!p.ok()) return bad(std::string(p.status().message()));
+        if (*p > run.tokens) {
+          return bad(
+              absl::StrFormat("run %s has %d prompt tokens of %d", run.name, *p, run.tokens));
+        }
+        run.prompt_tokens = *p;
+      }
       trace.runs.push_back(std::move(run));
     }
   } catch (const nlohmann::json::exception& e) {
@@ -338,7 +364,11 @@ absl::Status RoutingRuleFromJson(const nlohmann::json& json, uint32_t num_layers
 
 absl::Status WriteLogitsTrace(const std::string& path, const RoutingTrace& trace) {
   nlohmann::json runs = nlohmann::json::array();
-  for (const auto& run : trace.runs) runs.push_back({{"name", run.name}, {"tokens", run.tokens}});
+  for (const auto& run : trace.runs) {
+    nlohmann::json r = {{"name", run.name}, {"tokens", run.tokens}};
+    if (run.prompt_tokens > 0) r["prompt_tokens"] = run.prompt_tokens;
+    runs.push_back(std::move(r));
+  }
   nlohmann::json header = {{"format", kLogitsFormat},
                            {"num_layers", trace.num_layers},
                            {"num_experts", trace.num_experts},
@@ -432,6 +462,7 @@ RoutingTrace Concatenated(const RoutingTrace& trace) {
   whole.runs.assign(1, RoutingTrace::Run());
   RoutingTrace::Run& out = whole.runs[0];
   out.name = "concatenated";
+  if (!trace.runs.empty()) out.prompt_tokens = trace.runs[0].prompt_tokens;
   for (const RoutingTrace::Run& run : trace.runs) {
     for (RoutingTrace::Step step : run.steps) {
       step.token += out.tokens;

@@ -33,6 +33,9 @@ struct RoutingTrace {
     std::vector<float> logits;
     /// Distinct tokens (the last token index + 1).
     uint32_t tokens = 0;
+    /// Its first `prompt_tokens` tokens were its prompt, which an engine
+    /// prefills in one pass (0: the trace does not say).
+    uint32_t prompt_tokens = 0;
   };
   uint32_t num_layers = 0;
   uint32_t num_experts = 0;
@@ -67,15 +70,18 @@ struct RoutingTrace {
 ///   (run, layer, token) with `layer`, `experts`, and `token_idx` or
 ///   `token_pos`; `dataset` and `problem_id` name the run; an optional
 ///   `num_experts` gives the model's expert count (else the largest id + 1);
-///   other fields are ignored. A step may be missing; a duplicate is an
-///   error. Errors name the line.
+///   an optional `"phase"` ("prompt" or "generated", as `trace import`
+///   writes it) marks a line's token as part of its run's prompt or not
+///   (the prompt's tokens must be the run's first); other fields are
+///   ignored. A step may be missing; a duplicate is an error. Errors name
+///   the line.
 /// - logits traces: a JSON header line {"format": "moe-router-logits/1", ...}
 ///   then binary records (see WriteLogitsTrace).
 absl::StatusOr<RoutingTrace> ReadTrace(const std::string& path);
 
 /// Writes a logits trace: the header line
 ///   {"format":"moe-router-logits/1","num_layers":L,"num_experts":E,
-///    "top_k":K,"runs":[{"name":...,"tokens":T},...],
+///    "top_k":K,"runs":[{"name":...,"tokens":T[,"prompt_tokens":P]},...],
 ///    "routing":{"score":"sigmoid",...,"bias":[L x E floats]}}\n
 /// then, per run in order and per token, L x E little-endian float32 logits
 /// (every step present). "routing" (RoutingRuleToJson) is written unless
@@ -89,6 +95,7 @@ absl::Status WriteLogitsTrace(const std::string& path, const RoutingTrace& trace
 RoutingTrace SplitRoundRobin(const RoutingTrace& trace, uint32_t workers, uint32_t index);
 /// The runs back to back as one run (tokens renumbered), as one long-lived
 /// worker's cache sees them: replaying it carries the cache across runs.
+/// Its prompt is the first run's.
 RoutingTrace Concatenated(const RoutingTrace& trace);
 
 /// Every step's experts from its logits by the trace's rule and biases, as

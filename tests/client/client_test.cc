@@ -118,7 +118,7 @@ TEST_F(ClientTest, CliTraceStats) {
                   .ok());
   const auto [table, code] = Cli("trace stats " + dir.File("t.jsonl"));
   EXPECT_EQ(code, 0) << table;
-  EXPECT_THAT(table, HasSubstr("1 runs, 3 tokens, 1 layers x 4 experts, top-2"));
+  EXPECT_THAT(table, HasSubstr("1 runs, 3 tokens (0 marked prompt), 1 layers x 4 experts, top-2"));
   EXPECT_THAT(table, HasSubstr("     0    0.500    0.333      0.333"));
   const auto [json, json_code] = Cli("trace stats --json " + dir.File("t.jsonl"));
   ASSERT_EQ(json_code, 0) << json;

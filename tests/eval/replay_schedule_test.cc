@@ -62,6 +62,27 @@ TEST(ReplayScheduleTest, RunsJoinWhenOthersLeaveAndKeepTheirTokensInOrder) {
   }
 }
 
+// Run 1 marks its first 3 tokens as its prompt: the batch step it joins
+// routes all three at each layer beside run 0's one token; its next token
+// follows alone in the next.
+TEST(ReplayScheduleTest, ARunJoiningWithAMarkedPromptPrefillsItInOneStep) {
+  RoutingTrace trace = HandTrace({3, 5});
+  trace.runs[1].prompt_tokens = 3;
+  const ReplaySchedule s = ReplaySchedule::Batched(trace, 2);
+  const std::vector<ReplayStep>& steps = s.steps();
+  ASSERT_EQ(steps.size(), 6u);  // 3 batch steps: run 1's 5 tokens in 1 + 1 + 1
+  for (uint32_t layer : {0, 1}) {
+    EXPECT_THAT(Runs(steps[layer]), ElementsAre(0, 1, 1, 1));
+    EXPECT_THAT(Experts(steps[layer]), ElementsAre(0, 10, 11, 12));
+    EXPECT_EQ(steps[layer].layer, layer);
+  }
+  EXPECT_THAT(Experts(steps[2]), ElementsAre(1, 13));
+  EXPECT_THAT(Experts(steps[4]), ElementsAre(2, 14));
+  // Unmarked, the same runs decode a token a step.
+  trace.runs[1].prompt_tokens = 0;
+  EXPECT_EQ(ReplaySchedule::Batched(trace, 2).steps().size(), 10u);
+}
+
 TEST(ReplayScheduleTest, ATokenMissingALayerAddsNothingThere) {
   RoutingTrace trace = HandTrace({1, 1});
   // Run 1's token skips layer 0.
@@ -152,6 +173,24 @@ TEST(ReplayScheduleTest, LlamaCppServesBatchesAbove32TokensAroundItsCache) {
   auto under = Replay(trace, options);
   ASSERT_TRUE(under.ok()) << under.status();
   EXPECT_GT(under->rows[0].demand_hits, 0u);
+}
+
+// A marked prompt of 40 tokens is one step of 40 tokens a layer, which
+// llama.cpp serves around its cache; the 4 tokens decoded after it page.
+TEST(ReplayScheduleTest, APrefilledPromptAbove32TokensBypassesLlamaCpp) {
+  RoutingTrace trace = GenerateTrace(GetWorkloadPreset("mixtral")->shape, /*sequences=*/1,
+                                     /*tokens=*/44, /*seed=*/3);
+  trace.runs[0].prompt_tokens = 40;
+  ReplayOptions options;
+  options.amount = 256;
+  options.policies = {"llama_cpp", "lru"};
+  options.batch = 1;
+  auto report = Replay(trace, options);
+  ASSERT_TRUE(report.ok()) << report.status();
+  const uint64_t decoded = 4 * trace.num_layers * trace.top_k;
+  EXPECT_EQ(report->rows[0].demand_hits + report->rows[0].demand_loads, decoded);
+  EXPECT_EQ(report->rows[1].demand_hits + report->rows[1].demand_loads, report->rows[1].accesses);
+  EXPECT_EQ(report->rows[1].accesses, 44 * decoded / 4);
 }
 
 // vLLM's layer of 2 slots and a step of up to 16 experts: it splits the

@@ -152,6 +152,49 @@ TEST(TraceTest, LogitsTraceRoundTripsAndRecomputesTopK) {
               HasSubstr("run seq1 are truncated"));
 }
 
+// A run's prompt: the tokens whose lines say "phase": "prompt" (as trace
+// import writes them), which must be its first; a logits trace's header
+// carries it.
+TEST(TraceTest, MarkedPromptTokensAreTheRunsFirstAndSurviveALogitsTrace) {
+  testing::TempDir dir;
+  auto trace =
+      ReadText(dir, R"({"problem_id":0,"layer":0,"experts":[1],"token_idx":0,"phase":"prompt"}
+{"problem_id":0,"layer":1,"experts":[2],"token_idx":0,"phase":"prompt"}
+{"problem_id":0,"layer":0,"experts":[1],"token_idx":1,"phase":"prompt"}
+{"problem_id":0,"layer":0,"experts":[3],"token_idx":2,"phase":"generated"}
+{"problem_id":1,"layer":0,"experts":[0],"token_idx":0}
+)");
+  ASSERT_TRUE(trace.ok()) << trace.status();
+  ASSERT_EQ(trace->runs.size(), 2u);
+  EXPECT_EQ(trace->runs[0].prompt_tokens, 2u);
+  EXPECT_EQ(trace->runs[1].prompt_tokens, 0u);
+  auto gap = ReadText(dir, R"({"problem_id":0,"layer":0,"experts":[1],"token_idx":0}
+{"problem_id":0,"layer":0,"experts":[1],"token_idx":1,"phase":"prompt"}
+)");
+  EXPECT_THAT(std::string(gap.status().message()),
+              HasSubstr("run /0 marks tokens up to 1 as its prompt but not all of those before"));
+  auto other = ReadText(dir, R"({"layer":0,"experts":[1],"token_idx":0,"phase":"decode"}
+)");
+  EXPECT_THAT(std::string(other.status().message()),
+              HasSubstr(":1: 'phase' is not \"prompt\" or \"generated\""));
+
+  RoutingTrace generated = GenerateTrace(GetWorkloadPreset("mixtral")->shape, 2, 5, 7);
+  generated.runs[1].prompt_tokens = 3;
+  ASSERT_TRUE(WriteLogitsTrace(dir.File("p.logits"), generated).ok());
+  auto back = ReadTrace(dir.File("p.logits"));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->runs[0].prompt_tokens, 0u);
+  EXPECT_EQ(back->runs[1].prompt_tokens, 3u);
+  auto text = ReadFile(dir.File("p.logits"));
+  const size_t newline = text->find('\n');
+  nlohmann::json header = nlohmann::json::parse(text->substr(0, newline));
+  header["runs"][1]["prompt_tokens"] = 6;
+  ASSERT_TRUE(
+      WriteFileAtomically(dir.File("q.logits"), header.dump() + text->substr(newline)).ok());
+  EXPECT_THAT(std::string(ReadTrace(dir.File("q.logits")).status().message()),
+              HasSubstr("run seq1 has 6 prompt tokens of 5"));
+}
+
 // A trace routed by a rule carries it, biases included, in its header; read
 // back, its experts are the rule's again. A header whose routing does not
 // fit is refused naming the field.

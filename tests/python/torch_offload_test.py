@@ -387,13 +387,15 @@ def test_recorded_routing_is_a_trace_the_replay_reads(tmp_path, layout, version,
     assert {line["layer"] for line in lines} == set(range(moe_layers))
     assert all(len(line["experts"]) == 2 for line in lines)
     assert all(abs(sum(line["gating_probs"]) - scale) < 1e-5 for line in lines)
+    # The prompt's three tokens, prefilled in one call, are marked so.
+    assert {line["token_idx"] for line in lines if line["phase"] == "prompt"} == {0, 1, 2}
     cli = os.environ.get("MOE_ROUTER_CLI")
     if cli:
         out = subprocess.run([cli, "trace", "stats", str(trace), "--json"], capture_output=True,
                              text=True, check=True).stdout
         stats = json.loads(out)
         assert stats["num_layers"] == moe_layers and stats["tokens"] == 13
-        assert stats["top_k"] == 2
+        assert stats["top_k"] == 2 and stats["prompt_tokens"] == 3
         replay = subprocess.run([cli, "replay", str(trace), "--global-slots", "8", "--json"],
                                 capture_output=True, text=True, check=True).stdout
         assert json.loads(replay)["accesses"] == moe_layers * 13 * 2

@@ -20,7 +20,10 @@ PREFETCH_MODES = ("gate_guess", "coactivation", None)
 
 class _Recorder:
     """The routing the model ran, as the routing JSONL `moe-router replay`
-    and `trace stats` read: one line per (token, layer)."""
+    and `trace stats` read: one line per (token, layer). A layer's first
+    call is the prompt (`generate`'s prefill): its lines say "phase":
+    "prompt", the others' "generated" (as `trace import` writes them), and
+    `replay --batch` prefills the prompt together."""
 
     def __init__(self, path: str, num_experts: int):
         self._file = open(path, "w", encoding="utf-8")
@@ -29,12 +32,14 @@ class _Recorder:
 
     def write(self, layer: int, experts: np.ndarray, weights: np.ndarray) -> None:
         first = self._tokens.get(layer, 0)
+        prompt = first == 0
         for row in range(experts.shape[0]):
-            self._file.write(json.dumps({
-                "dataset": "moe_router.torch", "problem_id": 0, "layer": layer,
-                "token_idx": first + row, "num_experts": self._num_experts,
-                "experts": [int(e) for e in experts[row]],
-                "gating_probs": [round(float(w), 6) for w in weights[row]]}) + "\n")
+            line = {"dataset": "moe_router.torch", "problem_id": 0, "layer": layer,
+                    "token_idx": first + row, "num_experts": self._num_experts,
+                    "experts": [int(e) for e in experts[row]],
+                    "gating_probs": [round(float(w), 6) for w in weights[row]]}
+            line["phase"] = "prompt" if prompt else "generated"
+            self._file.write(json.dumps(line) + "\n")
         self._tokens[layer] = first + experts.shape[0]
 
     def close(self) -> None:
