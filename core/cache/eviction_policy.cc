@@ -157,7 +157,8 @@ class AdaptivePolicy final : public EvictionPolicy {
 // entry of the layer about to be served is needed soonest and one of the
 // layer just served is needed last: global LRU gets this exactly backwards.
 // With p the chance the expert is used at a visit of its layer (a recency
-// EMA blended with its long-run frequency), the expected number of steps to
+// EMA blended with its long-run uses per visit, which batched steps can
+// take above 1), the expected number of steps to
 // its next use is d + L (1/p - 1), d being the distance to its layer's next
 // visit. The entry expected to be needed last goes first, as Belady would.
 // d is certain and p an estimate, so d counts twice; that weight and the
@@ -177,8 +178,10 @@ class LayerReusePolicy final : public EvictionPolicy {
     const uint32_t layers = std::max<uint32_t>(clock.num_layers, 1);
     const uint64_t visits =
         e.key.layer < clock.layer_visits.size() ? clock.layer_visits[e.key.layer] : 0;
-    const double frequency =
-        visits == 0 ? 0.0 : std::min(1.0, static_cast<double>(e.accesses) / visits);
+    // Uses per visit: at most 1 one token a step; a batch's step may use an
+    // expert several times, and the count keeps ranking the experts that
+    // every step uses (capped at 1 they would all tie).
+    const double frequency = visits == 0 ? 0.0 : static_cast<double>(e.accesses) / visits;
     const double p =
         std::max(kRecencyWeight * CurrentReuse(e, clock) + (1 - kRecencyWeight) * frequency, 1e-6);
     // Negated (exactly) so that a lower key goes first.

@@ -92,6 +92,20 @@ TEST(EvictionPolicyTest, LayerReuseKeepsTheLayerNeededSoonest) {
   EXPECT_GT(policy->Keep(busy, clock), policy->Keep(next, clock));
 }
 
+// Batched steps: two experts used at every visit of their layer, one by
+// two of a step's tokens and the other by one. Its uses per visit keep the
+// busier one ahead (counted as at most one per visit, they would tie).
+TEST(EvictionPolicyTest, LayerReuseRanksExpertsEveryBatchUsesByTheirUses) {
+  auto policy = Make("layer_reuse");
+  CacheClock clock;
+  clock.num_layers = 4;
+  clock.current_layer = 1;
+  clock.layer_visits = {10, 10, 10, 10};
+  const EntryView twice{.key = {2, 0}, .accesses = 20, .reuse = 1.0, .reuse_visit = 10};
+  const EntryView once{.key = {2, 1}, .accesses = 10, .reuse = 1.0, .reuse_visit = 10};
+  EXPECT_GT(policy->Keep(twice, clock), policy->Keep(once, clock));
+}
+
 TEST(EvictionPolicyTest, ReuseDecaysPerUnusedVisit) {
   EXPECT_DOUBLE_EQ(DecayReuse(0.8, 3, 3), 0.8);
   EXPECT_DOUBLE_EQ(DecayReuse(0.8, 3, 5), 0.8 * std::pow(1 - kReuseRate, 2));
