@@ -44,8 +44,8 @@ const std::vector<FlagSpec>& LocalReplayFlags() {
       {"plot", true, false, "with --budgets: write the hit rate against budget as an SVG"},
       {"as-one-run", false, false, "play the trace's runs back to back, as one worker's cache"},
       {"batch", true, false,
-       "B runs decode together through one cache, one token of each a step (continuous "
-       "batching; 1: --as-one-run)"},
+       "B runs decode together through one cache, one token of each a step, a marked prompt "
+       "prefilled in one (continuous batching; 1: --as-one-run)"},
       {"global-slots", true, false, "S expert slots shared by all layers"},
       {"global-bytes", true, false, "B bytes shared by all layers"},
       {"expert-bytes", true, false, "bytes per expert (default 1048576)"},

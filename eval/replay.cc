@@ -40,9 +40,6 @@ absl::Status ReplayOptions::Validate() const {
   for (const std::string& policy : policies) {
     if (absl::Status s = CheckReplayPolicyName(policy); !s.ok()) return s;
   }
-  if (router && batch > 0) {
-    return absl::InvalidArgumentError("batched replay does not reroute; drop --bonus or --batch");
-  }
   if (router) return router->Validate();
   return absl::OkStatus();
 }
@@ -104,8 +101,20 @@ class RunReplayer {
       experts.assign(step.experts.begin(), step.experts.end());
       return absl::OkStatus();
     }
-    if (absl::Status s = routers_[step.layer]->Route(trace_.StepLogits(*run_, step.run_step),
-                                                     cache.ResidentFlags(step.layer), &batch_);
+    absl::Span<const float> logits;
+    if (run_ != nullptr) {
+      logits = trace_.StepLogits(*run_, step.run_step);
+    } else {  // a batch: each token's logits from its run
+      const size_t n = trace_.num_experts;
+      logits_.resize(step.tokens() * n);
+      for (size_t t = 0; t < step.tokens(); ++t) {
+        const auto row = trace_.StepLogits(trace_.runs[step.runs[t]], step.run_steps[t]);
+        std::copy(row.begin(), row.end(), logits_.begin() + t * n);
+      }
+      logits = logits_;
+    }
+    if (absl::Status s =
+            routers_[step.layer]->Route(logits, cache.ResidentFlags(step.layer), &batch_);
         !s.ok()) {
       return s;
     }
@@ -341,6 +350,7 @@ class RunReplayer {
   std::optional<StepTimer> timer_;  // with a hardware profile
   std::vector<uint32_t> missed_;    // a step's missing experts (scratch)
   RouteResult batch_;               // a rerouted step (scratch)
+  std::vector<float> logits_;       // a rerouted batch's logits (scratch)
   std::vector<std::unique_ptr<ExpertAffinity>> affinity_;
   std::vector<std::unique_ptr<CoActivation>> coactivation_;  // [l]: from l - 1 into l
   std::vector<std::unique_ptr<LayerRouter>> routers_;

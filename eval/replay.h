@@ -48,7 +48,8 @@ struct ReplayOptions {
   /// 0: each run from a cold cache, one token a step. B > 0: continuous
   /// batching through one cache, B runs decoding together, each step
   /// routing one token of each at one layer (ReplaySchedule::Batched); B = 1
-  /// is the runs back to back. Not with a router.
+  /// is the runs back to back. With a router, each step's tokens are routed
+  /// together against the cache, as a worker routes its batch.
   uint32_t batch = 0;
   /// With a hardware profile, each row also estimates milliseconds per
   /// token (StepTimer: expert_bytes per load).

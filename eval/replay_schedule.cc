@@ -13,7 +13,10 @@ void ReplaySchedule::Finish(std::vector<Pending> pending, absl::Span<const uint3
         .layer = p.layer,
         .experts = experts.subspan(p.experts_begin, p.experts_end - p.experts_begin),
         .runs = absl::MakeConstSpan(runs_).subspan(p.runs_begin, p.runs_end - p.runs_begin),
-        .run_step = p.run_step});
+        .run_step = p.run_step,
+        .run_steps = run_steps_.empty() ? absl::Span<const size_t>()
+                                        : absl::MakeConstSpan(run_steps_)
+                                              .subspan(p.runs_begin, p.runs_end - p.runs_begin)});
   }
 }
 
@@ -80,6 +83,7 @@ ReplaySchedule ReplaySchedule::Batched(const RoutingTrace& trace, uint32_t batch
           const auto experts = trace.StepExperts(run, now[a][c]);
           s.experts_.insert(s.experts_.end(), experts.begin(), experts.end());
           s.runs_.push_back(active[a].run);
+          s.run_steps_.push_back(now[a][c]);
         }
       }
       if (s.runs_.size() > runs_begin) {

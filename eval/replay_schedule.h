@@ -17,6 +17,8 @@ struct ReplayStep {
   absl::Span<const uint32_t> runs;     // each token's run (sequence)
   /// The run's step, for its logits, when the step is one run's.
   int64_t run_step = -1;
+  /// In a batched schedule, each token's step in its run (for its logits).
+  absl::Span<const size_t> run_steps;
   size_t tokens() const { return runs.size(); }
 };
 
@@ -41,7 +43,7 @@ class ReplaySchedule {
  private:
   struct Pending {
     uint32_t token, layer;
-    size_t experts_begin, experts_end, runs_begin, runs_end;
+    size_t experts_begin, experts_end, runs_begin, runs_end;  // runs_: run_steps_ too
     int64_t run_step;
   };
   // `experts`: what the pending steps' experts_begin/end index.
@@ -50,6 +52,7 @@ class ReplaySchedule {
   std::vector<ReplayStep> steps_;
   std::vector<uint32_t> experts_;  // a batched schedule's; a run's are the trace's
   std::vector<uint32_t> runs_;
+  std::vector<size_t> run_steps_;  // a batched schedule's
 };
 
 }  // namespace moe_router

@@ -211,15 +211,45 @@ TEST(ReplayScheduleTest, VllmSplitsABatchWhoseExpertsDoNotFitItsLayer) {
   EXPECT_GE(row.demand_hits + row.demand_loads, row.accesses / 8);
 }
 
-TEST(ReplayScheduleTest, BatchedReplayDoesNotReroute) {
-  const RoutingTrace trace = HandTrace({1});
+// Rerouted in batches: each step's tokens routed together against the
+// cache, each by its own run's logits. At bonus 0 that is the trace's
+// routing (so every token's logits came from the right run and step); at
+// batch 1 it is the runs back to back; with a bonus, it reroutes.
+TEST(ReplayScheduleTest, BatchedReplayReroutesEachTokenByItsOwnLogits) {
+  const RoutingTrace trace =
+      GenerateTrace(GetWorkloadPreset("mixtral")->shape, /*sequences=*/6, /*tokens=*/20,
+                    /*seed=*/5);
   ReplayOptions options;
-  options.amount = 4;
-  options.batch = 2;
-  options.policies = {"lru"};
+  options.amount = 200;  // at 96, LRU holds nothing of a layer when it comes round
+  options.policies = {"lru", "layer_reuse"};
+  options.batch = 4;
+  auto plain = Replay(trace, options);
+  ASSERT_TRUE(plain.ok()) << plain.status();
   options.router = RouterConfig{};
-  EXPECT_THAT(std::string(options.Validate().message()),
-              ::testing::HasSubstr("batched replay does not reroute"));
+  options.router->cache_bonus = 0;
+  auto at_zero = Replay(trace, options);
+  ASSERT_TRUE(at_zero.ok()) << at_zero.status();
+  ExpectSameRows(*plain, *at_zero);
+  for (const ReplayRow& row : at_zero->rows) EXPECT_EQ(row.changed_fraction, 0.0);
+
+  options.router->cache_bonus = 1.0;
+  auto rerouted = Replay(trace, options);
+  ASSERT_TRUE(rerouted.ok()) << rerouted.status();
+  for (size_t i = 0; i < rerouted->rows.size(); ++i) {
+    EXPECT_GT(rerouted->rows[i].changed_fraction, 0.0) << rerouted->rows[i].policy;
+    EXPECT_GT(rerouted->rows[i].demand_hits, plain->rows[i].demand_hits)
+        << rerouted->rows[i].policy;
+  }
+  options.batch = 1;
+  auto one = Replay(trace, options);
+  ASSERT_TRUE(one.ok()) << one.status();
+  options.batch = 0;
+  auto back_to_back = Replay(Concatenated(trace), options);
+  ASSERT_TRUE(back_to_back.ok()) << back_to_back.status();
+  ExpectSameRows(*one, *back_to_back);
+  for (size_t i = 0; i < one->rows.size(); ++i) {
+    EXPECT_EQ(one->rows[i].changed_fraction, back_to_back->rows[i].changed_fraction);
+  }
 }
 
 }  // namespace
