@@ -1,8 +1,9 @@
 // Every eviction decision of a replay, through the real ExpertCache and its
 // eviction index, equals the decision a ranking of all evictable entries
 // made before the index (the oracle): every policy and Belady, budgets from
-// 10% to 75%, with and without prefetch and cache-aware routing, on the
-// shared Mixtral trace and on calibrated workloads of 8 to 384 experts.
+// 10% to 75%, with and without prefetch and cache-aware routing (one token
+// a step and batched), on the shared Mixtral trace and on calibrated
+// workloads of 8 to 384 experts.
 #include <string>
 #include <vector>
 
@@ -58,6 +59,8 @@ TEST_P(ReplayDecisionsTest, EveryEvictionEqualsARankingOfAllEvictableEntries) {
       router.top_k = trace.top_k;
       router.cache_bonus = 0.3;
       options.router = router;
+      ASSERT_TRUE(Replay(trace, options).ok()) << share;
+      options.batch = 4;  // batched: each step's tokens rerouted together
       ASSERT_TRUE(Replay(trace, options).ok()) << share;
     }
   }
