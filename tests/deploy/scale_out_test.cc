@@ -139,7 +139,7 @@ class ScaleOutTest : public ::testing::Test {
                             kBigExpertBytes))
             .ok());
     for (int i = 0; i < 4; ++i) ports_.push_back({FreePort(), FreePort()});
-    for (int i = 0; i < 3; ++i) StartReplica(i);
+    for (int i = 0; i < 3; ++i) ASSERT_NO_FATAL_FAILURE(StartReplica(i, /*may_move=*/true));
     proxy_port_ = FreePort();
     socket_ = dir_.File("haproxy.sock");
     ASSERT_TRUE(
@@ -156,16 +156,23 @@ class ScaleOutTest : public ::testing::Test {
     proxy_client_ = *std::move(client);
   }
 
-  void StartReplica(int i) {
+  // `may_move`: before HAProxy's configuration names its ports, a replica
+  // whose port another process took since FreePort picked it (tests run in
+  // parallel) starts again on new ones.
+  void StartReplica(int i, bool may_move = false) {
     std::filesystem::create_directories(dir_.File(absl::StrFormat("state%d", i)));
-    replicas_[i] = std::make_unique<testing::Daemon>(
-        MOE_ROUTERD_PATH,
-        std::vector<std::string>{absl::StrFormat("--listen=127.0.0.1:%d", ports_[i].first),
-                                 absl::StrFormat("--metrics_listen=127.0.0.1:%d", ports_[i].second),
-                                 "--health_listen=", "--config=" + dir_.File("models.json"),
-                                 absl::StrFormat("--replica_name=r%d", i),
-                                 "--state_dir=" + dir_.File(absl::StrFormat("state%d", i)),
-                                 "--drain_notice=3s", "--drain_timeout=60s"});
+    for (int attempt = 0;; ++attempt) {
+      replicas_[i] = std::make_unique<testing::Daemon>(
+          MOE_ROUTERD_PATH, std::vector<std::string>{
+                                absl::StrFormat("--listen=127.0.0.1:%d", ports_[i].first),
+                                absl::StrFormat("--metrics_listen=127.0.0.1:%d", ports_[i].second),
+                                "--health_listen=", "--config=" + dir_.File("models.json"),
+                                absl::StrFormat("--replica_name=r%d", i),
+                                "--state_dir=" + dir_.File(absl::StrFormat("state%d", i)),
+                                "--drain_notice=3s", "--drain_timeout=60s"});
+      if (replicas_[i]->port() == ports_[i].first || !may_move || attempt == 2) break;
+      ports_[i] = {FreePort(), FreePort()};
+    }
     ASSERT_EQ(replicas_[i]->port(), ports_[i].first) << replicas_[i]->log();
     auto client = Client::Connect(replicas_[i]->address());
     ASSERT_TRUE(client.ok());
