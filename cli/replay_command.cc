@@ -69,6 +69,9 @@ const std::vector<FlagSpec>& LocalReplayFlags() {
       {"load-latency-us", true, false, "with --hardware: each load's fixed cost instead"},
       {"compute-us", true, false,
        "with --hardware: one layer's compute per decode step, your model's (default 200)"},
+      {"compute-us-per-token", true, false,
+       "with --hardware: one layer's compute per token where tokens bound it (prefill): a step "
+       "takes the larger of that times its tokens and --compute-us (default 0)"},
       {"time-plot", true, false, "with --budgets and --hardware: ms per token against budget, SVG"},
   };
   return flags;
@@ -357,7 +360,8 @@ absl::Status ParseBatch(const CommandLine& cl, ReplayOptions& options) {
 
 // --hardware and the flags that tune it into `options`.
 absl::Status ParseHardware(const CommandLine& cl, ReplayOptions& options) {
-  for (const char* flag : {"link-gbps", "load-latency-us", "compute-us", "time-plot"}) {
+  for (const char* flag :
+       {"link-gbps", "load-latency-us", "compute-us", "compute-us-per-token", "time-plot"}) {
     if (cl.Has(flag) && !cl.Has("hardware")) {
       return absl::InvalidArgumentError(absl::StrCat("--", flag, " needs --hardware"));
     }
@@ -365,9 +369,11 @@ absl::Status ParseHardware(const CommandLine& cl, ReplayOptions& options) {
   if (!cl.Has("hardware")) return absl::OkStatus();
   auto hardware = HardwarePreset(cl.Value("hardware"));
   if (!hardware.ok()) return hardware.status();
-  for (auto [flag, field] : {std::pair{"link-gbps", &HardwareProfile::link_gb_per_s},
-                             std::pair{"load-latency-us", &HardwareProfile::load_latency_us},
-                             std::pair{"compute-us", &HardwareProfile::compute_us_per_layer}}) {
+  for (auto [flag, field] :
+       {std::pair{"link-gbps", &HardwareProfile::link_gb_per_s},
+        std::pair{"load-latency-us", &HardwareProfile::load_latency_us},
+        std::pair{"compute-us", &HardwareProfile::compute_us_per_layer},
+        std::pair{"compute-us-per-token", &HardwareProfile::compute_us_per_token}}) {
     auto value = cl.Number(flag, (*hardware).*field);
     if (!value.ok()) return value.status();
     (*hardware).*field = *value;

@@ -82,7 +82,7 @@ class RunReplayer {
       // every use a miss, nothing paged, nothing learned.
       if (bypass_tokens_ == 0 || step.tokens() <= bypass_tokens_) {
         CountHits(cache, step.layer, experts);
-        if (absl::Status s = Serve(cache, step.layer, experts); !s.ok()) return s;
+        if (absl::Status s = Serve(cache, step.layer, step.tokens(), experts); !s.ok()) return s;
         Learn(steps, i, prev, experts);
         prev = experts;
       }
@@ -143,7 +143,8 @@ class RunReplayer {
   // them and pinned while it is served; every use recorded before the
   // misses load, each once, as an engine routes a layer and then pages it
   // (vLLM: each miss loads before the next use).
-  absl::Status Serve(ExpertCache& cache, uint32_t l, std::vector<uint32_t>& experts) {
+  absl::Status Serve(ExpertCache& cache, uint32_t l, size_t tokens,
+                     std::vector<uint32_t>& experts) {
     if (interleaved_) {
       std::sort(experts.begin(), experts.end());
       experts.erase(std::unique(experts.begin(), experts.end()), experts.end());
@@ -180,7 +181,7 @@ class RunReplayer {
     for (uint32_t e : missed_) {
       if (absl::Status s = DemandLoad(cache, l, e); !s.ok()) return s;
     }
-    if (timer_) timer_->EndStep();
+    if (timer_) timer_->EndStep(tokens);
     if (split_at) {
       cache.Unpin({l, *split_at});
     } else {

@@ -36,6 +36,11 @@ absl::Status HardwareProfile::Validate() const {
         absl::StrFormat("compute per layer must be a non-negative number of microseconds, got %g",
                         compute_us_per_layer));
   }
+  if (!std::isfinite(compute_us_per_token) || compute_us_per_token < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("compute per token must be a non-negative number of microseconds, got %g",
+                        compute_us_per_token));
+  }
   return absl::OkStatus();
 }
 
@@ -58,6 +63,7 @@ StepTimer::StepTimer(const HardwareProfile& hardware, uint64_t expert_bytes, siz
     : load_us_(hardware.load_latency_us +
                static_cast<double>(expert_bytes) / (hardware.link_gb_per_s * 1e3)),
       compute_us_(hardware.compute_us_per_layer),
+      compute_per_token_us_(hardware.compute_us_per_token),
       arrival_us_(slots, 0.0) {}
 
 void StepTimer::Demand(size_t slot) {

@@ -1,6 +1,7 @@
 #ifndef MOE_ROUTER_EVAL_STEP_TIMER_H_
 #define MOE_ROUTER_EVAL_STEP_TIMER_H_
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -19,6 +20,10 @@ struct HardwareProfile {
   double link_gb_per_s = 0;         // host to device, effective, 1e9 bytes/s
   double load_latency_us = 0;       // fixed cost of each expert's load
   double compute_us_per_layer = 0;  // one layer of one decode step, experts resident
+  /// One layer's compute per token a step routes, where that, not reading
+  /// the weights, bounds it (a long prompt's prefill): a step computes for
+  /// max(compute_us_per_layer, tokens x this). 0: never.
+  double compute_us_per_token = 0;
 
   absl::Status Validate() const;
 };
@@ -48,10 +53,11 @@ class StepTimer {
   void Demand(size_t slot);
   /// A hit of this step: it waits if the expert's load is still in flight.
   void Use(size_t slot);
-  /// The step computes and ends.
-  void EndStep() {
+  /// The step, of `tokens` tokens, computes and ends.
+  void EndStep(size_t tokens) {
     computing_us_ = ready_us_;
-    now_us_ = ready_us_ + compute_us_;
+    now_us_ =
+        ready_us_ + std::max(compute_us_, static_cast<double>(tokens) * compute_per_token_us_);
   }
   /// A load for steps to come, issued as the step just ended began
   /// computing.
@@ -66,8 +72,9 @@ class StepTimer {
     double issued_us, start_us, end_us;
   };
 
-  const double load_us_;            // latency + bytes / bandwidth
-  const double compute_us_;         // per step
+  const double load_us_;     // latency + bytes / bandwidth
+  const double compute_us_;  // per step
+  const double compute_per_token_us_;
   double now_us_ = 0;               // when the current step may start
   double ready_us_ = 0;             // when the current step's experts are all in
   double computing_us_ = 0;         // when the last ended step began computing

@@ -28,10 +28,29 @@ TEST(StepTimerTest, AllHitsCostComputeOnly) {
     timer.BeginStep();
     timer.Use(0);
     timer.Use(1);
-    timer.EndStep();
+    timer.EndStep(1);
   }
   EXPECT_THAT(timer.load_us(), DoubleEq(50));
   EXPECT_THAT(timer.elapsed_us(), DoubleEq(3 * 200));
+}
+
+// A prefill of 40 tokens at 10 us a token computes 400 us; a decode step
+// of 4 tokens still the 200 us of reading the weights.
+TEST(StepTimerTest, AStepComputesForTheLargerOfItsWeightsAndItsTokens) {
+  HardwareProfile link = kLink;
+  link.compute_us_per_token = 10;
+  StepTimer timer(link, kMegabyte, 4);
+  timer.BeginStep();
+  timer.Use(0);
+  timer.EndStep(40);
+  EXPECT_THAT(timer.elapsed_us(), DoubleEq(400));
+  timer.BeginStep();
+  timer.Use(0);
+  timer.EndStep(4);
+  EXPECT_THAT(timer.elapsed_us(), DoubleEq(600));
+  link.compute_us_per_token = -1;
+  EXPECT_THAT(std::string(link.Validate().message()),
+              HasSubstr("compute per token must be a non-negative number of microseconds, got -1"));
 }
 
 TEST(StepTimerTest, MissesStallTheirStepOneLoadAfterAnother) {
@@ -40,7 +59,7 @@ TEST(StepTimerTest, MissesStallTheirStepOneLoadAfterAnother) {
     timer.BeginStep();
     timer.Demand(2 * step);
     timer.Demand(2 * step + 1);
-    timer.EndStep();
+    timer.EndStep(1);
   }
   EXPECT_THAT(timer.elapsed_us(), DoubleEq(2 * (2 * 50 + 200)));
 }
@@ -49,11 +68,11 @@ TEST(StepTimerTest, APrefetchShorterThanTheComputeItOverlapsIsHidden) {
   StepTimer timer(kLink, kMegabyte, 4);
   timer.BeginStep();
   timer.Demand(0);
-  timer.EndStep();
+  timer.EndStep(1);
   timer.Prefetch(1);  // issued as step 1 computes: in at 100 us, step 2 starts at 250
   timer.BeginStep();
   timer.Use(1);
-  timer.EndStep();
+  timer.EndStep(1);
   EXPECT_THAT(timer.elapsed_us(), DoubleEq(50 + 2 * 200));
 }
 
@@ -61,38 +80,38 @@ TEST(StepTimerTest, APrefetchLongerThanTheComputeIsWaitedFor) {
   StepTimer timer(kSlowLink, kMegabyte, 4);
   timer.BeginStep();
   timer.Demand(0);
-  timer.EndStep();    // computes 1000..1200
+  timer.EndStep(1);   // computes 1000..1200
   timer.Prefetch(1);  // lands at 2000
   timer.BeginStep();
   timer.Use(1);  // waits from 1200 to 2000
-  timer.EndStep();
+  timer.EndStep(1);
   EXPECT_THAT(timer.elapsed_us(), DoubleEq(2000 + 200));
 }
 
 TEST(StepTimerTest, ADemandLoadQueuesBehindAPrefetchInFlight) {
   StepTimer timer(kSlowLink, kMegabyte, 4);
   timer.BeginStep();
-  timer.EndStep();    // 0..200, nothing to load
+  timer.EndStep(1);   // 0..200, nothing to load
   timer.Prefetch(1);  // the link is busy 0..1000
   timer.BeginStep();
   timer.Demand(2);  // 1000..2000
-  timer.EndStep();
+  timer.EndStep(1);
   EXPECT_THAT(timer.elapsed_us(), DoubleEq(2000 + 200));
 }
 
 TEST(StepTimerTest, ADemandLoadGoesAheadOfPrefetchesNotStarted) {
   StepTimer timer(kSlowLink, kMegabyte, 4);
   timer.BeginStep();
-  timer.EndStep();    // 0..200
+  timer.EndStep(1);   // 0..200
   timer.Prefetch(1);  // 0..1000, in flight at 200
   timer.Prefetch(2);  // queued for 1000..2000
   timer.BeginStep();
-  timer.Demand(3);  // after the one in flight: 1000..2000; prefetch 2 now 2000..3000
-  timer.EndStep();  // 2000..2200
+  timer.Demand(3);   // after the one in flight: 1000..2000; prefetch 2 now 2000..3000
+  timer.EndStep(1);  // 2000..2200
   EXPECT_THAT(timer.elapsed_us(), DoubleEq(2200));
   timer.BeginStep();
   timer.Use(2);  // waits for 3000
-  timer.EndStep();
+  timer.EndStep(1);
   EXPECT_THAT(timer.elapsed_us(), DoubleEq(3200));
 }
 
