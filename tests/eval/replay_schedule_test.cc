@@ -111,7 +111,19 @@ void ExpectSameRows(const ReplayReport& a, const ReplayReport& b) {
     EXPECT_EQ(a.rows[i].demand_loads, b.rows[i].demand_loads) << a.rows[i].policy;
     EXPECT_EQ(a.rows[i].ready_hits, b.rows[i].ready_hits) << a.rows[i].policy;
     EXPECT_EQ(a.rows[i].prefetch_loads, b.rows[i].prefetch_loads) << a.rows[i].policy;
+    EXPECT_EQ(a.rows[i].changed_fraction, b.rows[i].changed_fraction) << a.rows[i].policy;
   }
+}
+
+// At batch 1, the replay of `trace` is that of its runs back to back.
+void ExpectABatchOfOneIsTheRunsBackToBack(const RoutingTrace& trace, ReplayOptions options) {
+  options.batch = 1;
+  auto batched = Replay(trace, options);
+  ASSERT_TRUE(batched.ok()) << batched.status();
+  options.batch = 0;
+  auto back_to_back = Replay(Concatenated(trace), options);
+  ASSERT_TRUE(back_to_back.ok()) << back_to_back.status();
+  ExpectSameRows(*batched, *back_to_back);
 }
 
 TEST(ReplayScheduleTest, ABatchOfOneIsTheRunsBackToBack) {
@@ -122,13 +134,7 @@ TEST(ReplayScheduleTest, ABatchOfOneIsTheRunsBackToBack) {
   options.amount = 96;
   options.prefetch_budget = 2;
   options.policies = ReplayPolicyNames();
-  options.batch = 1;
-  auto batched = Replay(trace, options);
-  ASSERT_TRUE(batched.ok()) << batched.status();
-  options.batch = 0;
-  auto back_to_back = Replay(Concatenated(trace), options);
-  ASSERT_TRUE(back_to_back.ok()) << back_to_back.status();
-  ExpectSameRows(*batched, *back_to_back);
+  ExpectABatchOfOneIsTheRunsBackToBack(trace, options);
 }
 
 // Two tokens of a batch on one expert: two hits if it was resident, else
@@ -240,16 +246,7 @@ TEST(ReplayScheduleTest, BatchedReplayReroutesEachTokenByItsOwnLogits) {
     EXPECT_GT(rerouted->rows[i].demand_hits, plain->rows[i].demand_hits)
         << rerouted->rows[i].policy;
   }
-  options.batch = 1;
-  auto one = Replay(trace, options);
-  ASSERT_TRUE(one.ok()) << one.status();
-  options.batch = 0;
-  auto back_to_back = Replay(Concatenated(trace), options);
-  ASSERT_TRUE(back_to_back.ok()) << back_to_back.status();
-  ExpectSameRows(*one, *back_to_back);
-  for (size_t i = 0; i < one->rows.size(); ++i) {
-    EXPECT_EQ(one->rows[i].changed_fraction, back_to_back->rows[i].changed_fraction);
-  }
+  ExpectABatchOfOneIsTheRunsBackToBack(trace, options);
 }
 
 }  // namespace
