@@ -262,28 +262,46 @@ absl::Status FillTopKFromLogits(RoutingTrace& trace) {
   config.rule = trace.rule;
   config.memory_aware = false;
   config.prefetch_threshold = 0;
-  std::vector<LayerRouter> routers;
-  for (uint32_t l = 0; l < trace.num_layers; ++l) {
-    auto router = LayerRouter::Create(config, AffinityConfig{}, trace.LayerChoiceBias(l));
-    if (!router.ok()) return router.status();
-    routers.push_back(*std::move(router));
+  // Each run's steps ordered by layer, so that the work grows with the
+  // steps, and a router exists only for a layer some step visits, one at a
+  // time: a header's num_layers alone allocates nothing (found by fuzzing).
+  std::vector<uint32_t> layers_visited;
+  std::vector<std::vector<size_t>> by_layer(trace.runs.size());
+  for (size_t r = 0; r < trace.runs.size(); ++r) {
+    RoutingTrace::Run& run = trace.runs[r];
+    run.experts.resize(run.steps.size() * k);
+    std::vector<size_t>& order = by_layer[r];
+    order.resize(run.steps.size());
+    std::iota(order.begin(), order.end(), size_t{0});
+    std::stable_sort(order.begin(), order.end(),
+                     [&](size_t a, size_t b) { return run.steps[a].layer < run.steps[b].layer; });
+    for (size_t i : order) {
+      const uint32_t layer = run.steps[i].layer;
+      if (layers_visited.empty() || layers_visited.back() != layer) layers_visited.push_back(layer);
+    }
   }
+  std::sort(layers_visited.begin(), layers_visited.end());
+  layers_visited.erase(std::unique(layers_visited.begin(), layers_visited.end()),
+                       layers_visited.end());
+  std::vector<size_t> cursor(trace.runs.size(), 0);
   std::vector<float> batch;
   std::vector<size_t> at;
   RouteResult out;
-  for (RoutingTrace::Run& run : trace.runs) {
-    run.experts.resize(run.steps.size() * k);
-    for (uint32_t l = 0; l < trace.num_layers; ++l) {
+  for (uint32_t l : layers_visited) {
+    auto router = LayerRouter::Create(config, AffinityConfig{}, trace.LayerChoiceBias(l));
+    if (!router.ok()) return router.status();
+    for (size_t r = 0; r < trace.runs.size(); ++r) {
+      RoutingTrace::Run& run = trace.runs[r];
+      const std::vector<size_t>& order = by_layer[r];
       batch.clear();
       at.clear();
-      for (size_t i = 0; i < run.steps.size(); ++i) {
-        if (run.steps[i].layer != l) continue;
-        const auto logits = trace.StepLogits(run, i);
+      for (size_t& c = cursor[r]; c < order.size() && run.steps[order[c]].layer == l; ++c) {
+        const auto logits = trace.StepLogits(run, order[c]);
         batch.insert(batch.end(), logits.begin(), logits.end());
-        at.push_back(i);
+        at.push_back(order[c]);
       }
       if (at.empty()) continue;
-      if (absl::Status s = routers[l].Route(batch, nullptr, &out); !s.ok()) {
+      if (absl::Status s = router->Route(batch, nullptr, &out); !s.ok()) {
         return absl::InvalidArgumentError(
             absl::StrFormat("run %s, layer %d: %s", run.name, l, s.message()));
       }

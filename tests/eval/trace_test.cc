@@ -256,6 +256,21 @@ TEST(TraceTest, LogitsTraceHeaderPromisingMoreThanTheFileIsRefused) {
   }
 }
 
+// Found by trace_reader_fuzz: a header with many layers and no records
+// built a router per layer before anything was routed (out of memory).
+// Only layers some step visits get one.
+TEST(TraceTest, LogitsTraceHeaderWithManyLayersAndNoRecordsReadsEmpty) {
+  testing::TempDir dir;
+  const auto trace =
+      ReadText(dir, R"({"format":"moe-router-logits/1","num_layers":4000000000,"num_experts":8,)"
+                    R"("top_k":2,"runs":[{"name":"empty","tokens":0}]})"
+                    "\n");
+  ASSERT_TRUE(trace.ok()) << trace.status();
+  EXPECT_EQ(trace->num_layers, 4000000000u);
+  ASSERT_EQ(trace->runs.size(), 1u);
+  EXPECT_EQ(trace->Steps(), 0u);
+}
+
 // Found by trace_reader_fuzz: a first line whose "format" is not a string
 // threw nlohmann's type_error out of ReadTrace.
 TEST(TraceTest, FormatOfAnotherTypeIsAnErrorNotAnException) {
