@@ -76,7 +76,7 @@ class RunReplayer {
     for (size_t i = 0; i < steps.size(); ++i) {
       const ReplayStep& step = steps[i];
       ExpertCache& cache = CacheOf(step.layer);
-      cache.BeginStep(step.layer);
+      cache.BeginStep(step.layer, static_cast<uint32_t>(step.tokens()));
       if (absl::Status s = ChooseExperts(step, cache, experts); !s.ok()) return s;
       // llama.cpp serves a micro-batch above its limit around its cache:
       // every use a miss, nothing paged, nothing learned.

@@ -75,7 +75,7 @@ uint64_t EvictionIndex::AccessesOf(size_t slot) const {
 EvictionIndex::Key EvictionIndex::KeyOf(size_t order, const EntryView& view,
                                         const CacheClock& clock) const {
   return {layer_keys_ ? policy_->LayerKey(view, clock) : policy_->OrderKeep(order, view, clock),
-          policy_->Tie(view)};
+          policy_->OrderTie(order, view)};
 }
 
 void EvictionIndex::MarkStale(Order& order, uint32_t group) {
@@ -287,7 +287,7 @@ EvictionIndex::Outcome EvictionIndex::Take(uint64_t need, const EntryView* incom
   } else {
     // Walk the order by taking the first entry out, and put back what was
     // taken: the owner erases the victims it evicts.
-    Order& o = orders_[policy_->ActiveOrder()];
+    Order& o = orders_[policy_->ActiveOrder(clock)];
     taken_.clear();
     // Most bookings evict one entry: the first head decides them without
     // taking anything out.

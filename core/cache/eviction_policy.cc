@@ -137,14 +137,14 @@ class AdaptivePolicy final : public EvictionPolicy {
                static_cast<double>(stats.max_accesses) * stats.count >= skew_ * stats.sum_accesses;
   }
   double Keep(const EntryView& e, const CacheClock& clock) const override {
-    return OrderKeep(ActiveOrder(), e, clock);
+    return OrderKeep(ActiveOrder(clock), e, clock);
   }
   bool RanksByPopulation() const override { return true; }
   size_t NumOrders() const override { return 2; }
   double OrderKeep(size_t order, const EntryView& e, const CacheClock& clock) const override {
     return order == 1 ? lfu_.Keep(e, clock) : lru_.Keep(e, clock);
   }
-  size_t ActiveOrder() const override { return use_lfu_ ? 1 : 0; }
+  size_t ActiveOrder(const CacheClock&) const override { return use_lfu_ ? 1 : 0; }
 
  private:
   const double skew_;

@@ -43,6 +43,7 @@ struct EntryView {
 struct CacheClock {
   uint64_t now = 0;            // current tick
   uint32_t current_layer = 0;  // layer of the step being served
+  uint32_t step_tokens = 1;    // its tokens (a call's: a batch, a prompt)
   uint32_t num_layers = 1;
   std::vector<uint64_t> layer_visits;    // visits so far, per layer
   std::vector<uint64_t> layer_accesses;  // accesses so far, per layer
@@ -115,16 +116,19 @@ class EvictionPolicy {
     std::fill(out.begin(), out.end(), 0);
   }
   virtual uint64_t CombineStamp(const CacheClock& /*clock*/) const { return 0; }
-  /// The orders a RanksByPopulation policy picks from per decision
-  /// (adaptive: lru and lfu), each kEntry: after PrepareFromStats,
-  /// Keep() is OrderKeep(ActiveOrder(), ...). With two, the second is the
-  /// access count, from which the index keeps the population's statistics.
+  /// The orders a policy picks from per decision, each kEntry: Keep() and
+  /// Tie() are OrderKeep() and OrderTie() of ActiveOrder(clock). Adaptive
+  /// picks lru or lfu after PrepareFromStats (RanksByPopulation: its second
+  /// order is the access count, from which the index keeps the population's
+  /// statistics); sglang breaks ties one way or the other by the step's
+  /// tokens.
   virtual size_t NumOrders() const { return 1; }
   virtual double OrderKeep(size_t /*order*/, const EntryView& entry,
                            const CacheClock& clock) const {
     return Keep(entry, clock);
   }
-  virtual size_t ActiveOrder() const { return 0; }
+  virtual uint64_t OrderTie(size_t /*order*/, const EntryView& entry) const { return Tie(entry); }
+  virtual size_t ActiveOrder(const CacheClock& /*clock*/) const { return 0; }
 
   /// What breaks a tie of Keep(): the lower value goes first.
   virtual uint64_t Tie(const EntryView& entry) const { return entry.last_access; }

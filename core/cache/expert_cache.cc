@@ -85,7 +85,8 @@ absl::Status ExpertCache::CheckKey(ExpertKey key) const {
   return absl::OkStatus();
 }
 
-void ExpertCache::BeginStep(uint32_t layer) {
+void ExpertCache::BeginStep(uint32_t layer, uint32_t tokens) {
+  step_tokens_.store(tokens, std::memory_order_relaxed);
   if (layer <= current_layer_.exchange(layer, std::memory_order_relaxed)) {
     pass_start_.store(tick_.load(std::memory_order_relaxed), std::memory_order_relaxed);
   }
@@ -165,6 +166,7 @@ EntryView ExpertCache::View(size_t index) const {
 void ExpertCache::FillClock(CacheClock* clock) const {
   clock->now = tick_.load(std::memory_order_relaxed);
   clock->current_layer = current_layer_.load(std::memory_order_relaxed);
+  clock->step_tokens = step_tokens_.load(std::memory_order_relaxed);
   clock->num_layers = config_.num_layers;
   clock->pass_start = pass_start_.load(std::memory_order_relaxed);
   clock->layer_visits.resize(config_.num_layers);

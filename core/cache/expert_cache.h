@@ -95,8 +95,9 @@ class ExpertCache {
     return resident_[Index(key)].load(std::memory_order_acquire) != 0;
   }
 
-  /// A step of `layer` begins (layer-aware policies count visits).
-  void BeginStep(uint32_t layer);
+  /// A step of `layer` for `tokens` tokens begins (layer-aware policies
+  /// count visits; sglang breaks ties by a call's tokens).
+  void BeginStep(uint32_t layer, uint32_t tokens);
   /// Records a use of the expert; returns whether it was resident (a hit).
   bool Access(ExpertKey key);
 
@@ -200,6 +201,7 @@ class ExpertCache {
   std::unique_ptr<std::atomic<uint64_t>[]> layer_accesses_;
   std::atomic<uint64_t> pass_start_{0};
   std::atomic<uint32_t> current_layer_{0};
+  std::atomic<uint32_t> step_tokens_{1};
   std::atomic<uint64_t> tick_{0};
   std::atomic<uint64_t> prefetch_used_{0};
 

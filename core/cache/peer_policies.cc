@@ -104,9 +104,9 @@ class LlamaCppClassLruPolicy final : public LayerClockedPolicy {
 // least recently used for a one-token call and to the most recently used
 // for larger ones.
 // Mapped: the count is our access count, a step's distinct experts touched
-// once each (step_order), so per call in batched steps too. Not modelled:
-// the most-recent tie of calls of more than one token; ties always go to
-// the least recently used, as for SGLang's one-token calls.
+// once each (step_order), so per call in batched steps too; a call is a
+// step, its tokens CacheClock::step_tokens, and the two tie-breaks are two
+// orders of the same counts.
 class SglangPolicy final : public EvictionPolicy {
  public:
   std::string name() const override { return "sglang"; }
@@ -114,9 +114,17 @@ class SglangPolicy final : public EvictionPolicy {
   double Keep(const EntryView& e, const CacheClock&) const override {
     return static_cast<double>(std::min<uint64_t>(e.accesses, kSaturation));
   }
+  size_t NumOrders() const override { return 2; }
+  uint64_t OrderTie(size_t order, const EntryView& e) const override {
+    return order == kMostRecentFirst ? ~e.last_access : e.last_access;
+  }
+  size_t ActiveOrder(const CacheClock& clock) const override {
+    return clock.step_tokens > 1 ? kMostRecentFirst : 0;
+  }
 
  private:
   static constexpr uint64_t kSaturation = 255;
+  static constexpr size_t kMostRecentFirst = 1;
 };
 
 // vLLM pull request #37190 (--moe-expert-cache-size): one cache per layer

@@ -61,11 +61,12 @@ uint64_t WorkerCacheView::FootprintBytes(uint32_t num_layers, uint32_t num_exper
 }
 
 absl::Span<const WorkerCacheView::Miss> WorkerCacheView::BeginStep(
-    uint32_t layer, absl::Span<const uint32_t> experts) {
+    uint32_t layer, uint32_t tokens, absl::Span<const uint32_t> experts) {
   EndSnapshot();
   ReleasePins();
   if (layer <= clock_.current_layer) clock_.pass_start = clock_.now;
   clock_.current_layer = layer;
+  clock_.step_tokens = tokens;
   const uint64_t visit = ++clock_.layer_visits[layer];
   // Per expert, its uses and the ticks (global and the layer's) of its last
   // use: what a use at a time would leave, with the reuse EMA stepped once

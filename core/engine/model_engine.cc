@@ -229,7 +229,7 @@ absl::StatusOr<bool> ModelEngine::RouteAndLearn(uint32_t layer, absl::Span<const
   if (view != nullptr) {
     view->SetLastBatch(layer, result->experts);
   } else {
-    cache_->BeginStep(layer);
+    cache_->BeginStep(layer, result->tokens);
     // Copied only for a policy that touches a step in an order of its own.
     absl::Span<const uint32_t> touched = result->experts;
     if (cache_->step_order() != StepOrder::kAsRouted) {

@@ -8,7 +8,7 @@ void PageRoutedBatch(WorkerCacheView& view, uint32_t layer, const RouteResult& b
   view.NoteRoutedTokens(batch.tokens);
   // As the offline replay does: the batch's experts are pinned, each use is
   // recorded in order and a miss is loaded at its first use.
-  for (const WorkerCacheView::Miss& miss : view.BeginStep(layer, batch.experts)) {
+  for (const WorkerCacheView::Miss& miss : view.BeginStep(layer, batch.tokens, batch.experts)) {
     const ExpertKey key{layer, miss.expert};
     view.NoteMiss(miss, view.TryAdmit(key, variant_for(key), Priority::kUrgent) ==
                             WorkerCacheView::Admission::kAdmitted);

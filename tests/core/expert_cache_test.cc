@@ -116,7 +116,7 @@ TEST(ExpertCacheTest, LayerReuseKeepsTheLayerServedNextWhereLruDoesNot) {
        {std::pair{"lru", ExpertKey{0, 0}}, std::pair{"layer_reuse", ExpertKey{2, 0}}}) {
     auto cache = MakeCache(policy, 300);
     for (uint32_t l = 0; l < 4; ++l) {
-      cache->BeginStep(l);
+      cache->BeginStep(l, 1);
       Use(*cache, {l, 0});
     }
     EXPECT_FALSE(cache->IsResident(evicted)) << policy;

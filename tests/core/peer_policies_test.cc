@@ -224,8 +224,8 @@ TEST(PeerPoliciesTest, LlamaCppCountsABatchsDistinctExpertsOnce) {
   EXPECT_THAT(routed, ElementsAre(5, 2, 5));
 }
 
-// SGLang: the lowest count goes; a count kept across evictions; ties to the
-// least recently used.
+// SGLang: the lowest count goes; a count kept across evictions; ties (in
+// one-token calls) to the least recently used.
 TEST(PeerPoliciesTest, SglangKeepsCountsAcrossEvictionsAndTiesToLeastRecent) {
   auto cache = Cache("sglang", 1, 4, 2);
   for (int i = 0; i < 3; ++i) Serve(*cache, 0, {0});
@@ -240,9 +240,6 @@ TEST(PeerPoliciesTest, SglangKeepsCountsAcrossEvictionsAndTiesToLeastRecent) {
   EXPECT_THAT(cache->ResidentKeys(), ElementsAre(ExpertKey{0, 0}, ExpertKey{0, 3}));
 }
 
-// Exactly 255, from both sides: 256 uses count as 255 (a tie the least
-// recently used loses), and 255 still beat 254 (which a limit of 254 would
-// make a tie).
 // SGLang counts once per call: three tokens of a batch on expert 0 add 1,
 // not 3, so 0 goes before 1, used in two calls.
 TEST(PeerPoliciesTest, SglangCountsAnExpertOncePerCall) {
@@ -256,6 +253,25 @@ TEST(PeerPoliciesTest, SglangCountsAnExpertOncePerCall) {
   EXPECT_THAT(cache->ResidentKeys(), ElementsAre(ExpertKey{0, 1}, ExpertKey{0, 2}));
 }
 
+// For a call of more than one token, SGLang breaks ties of the count to the
+// most recently used; for one token, to the least. Experts 0, 1, 2 used
+// once each in that order, then 3 and 4 arrive.
+TEST(PeerPoliciesTest, SglangTiesToMostRecentInCallsOfMoreThanOneToken) {
+  for (const auto& [tokens, kept] :
+       {std::pair{1u, std::vector<ExpertKey>{{0, 2}, {0, 3}, {0, 4}}},
+        std::pair{2u, std::vector<ExpertKey>{{0, 0}, {0, 3}, {0, 4}}}}) {
+    auto cache = Cache("sglang", 1, 5, 3);
+    for (uint32_t e = 0; e < 3; ++e) Serve(*cache, 0, {e});
+    // One token: 0 then 1 go. Two tokens: 2 goes for 3, then 1 for 4 (3 is
+    // requested by the call, so it is not a candidate).
+    testing::ServeStep(*cache, 0, {3, 4}, kBytes, tokens);
+    EXPECT_EQ(cache->ResidentKeys(), kept) << tokens << " tokens";
+  }
+}
+
+// Exactly 255, from both sides: 256 uses count as 255 (a tie the least
+// recently used loses), and 255 still beat 254 (which a limit of 254 would
+// make a tie).
 TEST(PeerPoliciesTest, SglangCountsSaturateAt255) {
   auto cache = Cache("sglang", 1, 4, 2);
   for (int i = 0; i < 256; ++i) Serve(*cache, 0, {0});

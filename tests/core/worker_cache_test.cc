@@ -45,10 +45,11 @@ std::unique_ptr<WorkerCacheView> View(const std::string& policy, uint64_t budget
 }
 
 // One step as the engine runs it (and the replay): the step's experts
-// pinned, each use recorded in order, a miss loaded at its first use.
-void Step(WorkerCacheView& view, uint32_t layer, const std::vector<uint32_t>& experts)
-    ABSL_EXCLUSIVE_LOCKS_REQUIRED(view.mu()) {
-  for (const WorkerCacheView::Miss& miss : view.BeginStep(layer, experts)) {
+// pinned, each use recorded in order, a miss loaded at its first use. One
+// token unless `tokens` says.
+void Step(WorkerCacheView& view, uint32_t layer, const std::vector<uint32_t>& experts,
+          uint32_t tokens = 1) ABSL_EXCLUSIVE_LOCKS_REQUIRED(view.mu()) {
+  for (const WorkerCacheView::Miss& miss : view.BeginStep(layer, tokens, experts)) {
     const bool placed = view.Admit({layer, miss.expert}, 0, Priority::kUrgent).ok();
     ASSERT_TRUE(placed);
     view.NoteMiss(miss, placed);
@@ -57,8 +58,9 @@ void Step(WorkerCacheView& view, uint32_t layer, const std::vector<uint32_t>& ex
 
 // The same step on an ExpertCache, a use at a time, then its misses loaded;
 // the hits.
-uint64_t Step(ExpertCache& cache, uint32_t layer, const std::vector<uint32_t>& experts) {
-  return testing::ServeStep(cache, layer, experts, kBytes);
+uint64_t Step(ExpertCache& cache, uint32_t layer, const std::vector<uint32_t>& experts,
+              uint32_t tokens = 1) {
+  return testing::ServeStep(cache, layer, experts, kBytes, tokens);
 }
 
 class ViewMatchesCacheTest : public ::testing::TestWithParam<std::string> {};
@@ -73,16 +75,22 @@ TEST_P(ViewMatchesCacheTest, SameResidencyAfterEveryStep) {
         {.num_layers = kLayers, .num_experts = kExperts, .budget_bytes = 9 * kBytes},
         std::move(policy));
     std::mt19937 rng(7);
-    // Skewed choices, layers in order: a forward pass per token.
+    // Skewed choices, layers in order: a forward pass per step, of one or
+    // two tokens (a batch).
     std::discrete_distribution<uint32_t> pick({8, 5, 3, 2, 1, 1, 1, 1});
     absl::MutexLock lock(&view->mu());
     for (int token = 0; token < 300; ++token) {
+      const uint32_t tokens = 1 + token % 2;
       for (uint32_t layer = 0; layer < kLayers; ++layer) {
-        uint32_t a = pick(rng), b = pick(rng);
-        if (a == b) b = (a + 1) % kExperts;
-        Step(*view, layer, {a, b});
+        std::vector<uint32_t> experts;
+        for (uint32_t t = 0; t < tokens; ++t) {
+          uint32_t a = pick(rng), b = pick(rng);
+          if (a == b) b = (a + 1) % kExperts;
+          experts.insert(experts.end(), {a, b});
+        }
+        Step(*view, layer, experts, tokens);
         view->EndCall();
-        Step(*cache, layer, {a, b});
+        Step(*cache, layer, experts, tokens);
         ASSERT_EQ(view->ResidentKeys(), cache->ResidentKeys())
             << "token " << token << " layer " << layer;
       }
@@ -203,7 +211,7 @@ TEST(WorkerCacheViewTest, EndCallReportsNetLoadsAndDrops) {
 TEST(WorkerCacheViewTest, PinnedExpertsAreNeverEvictedAndOverflowIsRefused) {
   auto view = View("lru", 2);
   absl::MutexLock lock(&view->mu());
-  EXPECT_EQ(view->BeginStep(0, {0, 1, 2, 2}).size(), 3u);
+  EXPECT_EQ(view->BeginStep(0, 2, {0, 1, 2, 2}).size(), 3u);
   EXPECT_TRUE(view->Admit({0, 0}, 0, Priority::kUrgent).ok());
   EXPECT_TRUE(view->Admit({0, 1}, 0, Priority::kUrgent).ok());
   absl::Status third = view->Admit({0, 2}, 0, Priority::kUrgent);
@@ -292,7 +300,7 @@ TEST(WorkerCacheViewTest, VariantsAreAccountedAtTheirOwnSize) {
   auto view = std::make_unique<WorkerCacheView>("w", kLayers, kExperts, 3000, Policy("lru"),
                                                 Sizes({{"bf16", 2000}, {"fp8", 1000}}));
   absl::MutexLock lock(&view->mu());
-  view->BeginStep(0, {0, 1});
+  view->BeginStep(0, 1, {0, 1});
   ASSERT_TRUE(view->Admit({0, 0}, /*variant=*/0, Priority::kUrgent).ok());
   ASSERT_TRUE(view->Admit({0, 1}, /*variant=*/1, Priority::kUrgent).ok());
   EXPECT_EQ(view->resident_bytes(), 3000u);

@@ -8,8 +8,8 @@
 namespace moe_router::testing {
 
 uint64_t ServeStep(ExpertCache& cache, uint32_t layer, std::vector<uint32_t> experts,
-                   uint64_t bytes) {
-  cache.BeginStep(layer);
+                   uint64_t bytes, uint32_t tokens) {
+  cache.BeginStep(layer, tokens);
   ArrangeStep(cache.step_order(), experts, [&](uint32_t e) {
     return cache.IsResident({layer, e});
   });

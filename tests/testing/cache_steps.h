@@ -10,9 +10,10 @@ namespace moe_router::testing {
 
 /// One step served as the replay serves it: the step's experts arranged in
 /// the order the cache's policy touches them, pinned, each accessed in turn,
-/// then the misses loaded (`bytes`) in that order; the hits.
+/// then the misses loaded (`bytes`) in that order; the hits. A step of one
+/// token unless `tokens` says.
 uint64_t ServeStep(ExpertCache& cache, uint32_t layer, std::vector<uint32_t> experts,
-                   uint64_t bytes);
+                   uint64_t bytes, uint32_t tokens = 1);
 
 }  // namespace moe_router::testing
 

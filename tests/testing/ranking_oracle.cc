@@ -41,7 +41,8 @@ EvictionIndex::Outcome RankAllAndTake(EvictionPolicy& policy,
   std::vector<Ranked> heap;
   uint64_t total = 0;
   for (size_t i = 0; i < candidates.size(); ++i) {
-    heap.push_back({policy.Keep(candidates[i], clock), policy.Tie(candidates[i]), candidates[i].key,
+    heap.push_back({policy.Keep(candidates[i], clock),
+                    policy.OrderTie(policy.ActiveOrder(clock), candidates[i]), candidates[i].key,
                     bytes[i]});
     total += bytes[i];
   }
