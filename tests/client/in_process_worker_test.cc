@@ -213,6 +213,59 @@ TEST_P(PeerSideBySideTest, BatchedStepsHitAsTheBatchedReplay) {
   EXPECT_EQ(hits, replay->rows[0].demand_hits);
 }
 
+// Batched steps of a logits trace with the models' default router (its
+// cache bonus on): each step's tokens routed together against the worker's
+// cache, each by its own run's logits, as `replay --batch --bonus`
+// reroutes them. The service and the in-process engine choose and evict
+// alike, and the worker's hits and rerouted tokens are the batched
+// replay's.
+TEST_F(SideBySideTest, BatchedStepsWithTheBonusDecideAsTheBatchedReplay) {
+  trace_ = GenerateTrace(GetWorkloadPreset("mixtral")->shape, /*sequences=*/6, /*tokens=*/24,
+                         /*seed=*/5);
+  ASSERT_NO_FATAL_FAILURE(Start(/*prefetch=*/false));
+  const ReplaySchedule schedule = ReplaySchedule::Batched(trace_, 4);
+  std::vector<float> logits;
+  WorkerStep step;
+  uint64_t hits = 0, changed = 0;
+  for (const ReplayStep& s : schedule.steps()) {
+    logits.clear();
+    for (size_t t = 0; t < s.tokens(); ++t) {
+      const auto row = trace_.StepLogits(trace_.runs[s.runs[t]], s.run_steps[t]);
+      logits.insert(logits.end(), row.begin(), row.end());
+    }
+    auto routed = remote_->Route(s.layer, logits);
+    ASSERT_TRUE(routed.ok()) << routed.status();
+    ASSERT_TRUE(local_->engine().Route(s.layer, logits, &step).ok());
+    ASSERT_THAT(step.batch.experts, ::testing::ElementsAreArray(routed->experts()));
+    ASSERT_EQ(step.cache.evictions, Keys(routed->evictions()));
+    ASSERT_EQ(step.cache.urgent, Keys(routed->urgent_page_ins()));
+    std::set<uint32_t> missing;
+    for (int u = 0; u < routed->experts_size(); ++u) {
+      if (!routed->resident(u)) missing.insert(routed->experts(u));
+    }
+    hits += routed->experts_size() - missing.size();
+    changed += step.batch.changed_tokens;
+  }
+  auto config = ConfigFromSpec(Spec("remote", trace_.num_layers, /*prefetch=*/false));
+  ASSERT_TRUE(config.ok()) << config.status();
+  ASSERT_GT(config->router.cache_bonus, 0);
+  ReplayOptions options;
+  options.amount = budget_ / kExpertBytes;
+  options.expert_bytes = kExpertBytes;
+  options.policies = {config->eviction_policy};
+  options.router = config->router;
+  options.batch = 4;
+  auto replay = Replay(trace_, options);
+  ASSERT_TRUE(replay.ok()) << replay.status();
+  const ReplayRow& row = replay->rows[0];
+  EXPECT_GT(row.demand_loads, 0u);
+  EXPECT_EQ(hits, row.demand_hits);
+  EXPECT_GT(changed, 0u);
+  EXPECT_DOUBLE_EQ(
+      static_cast<double>(changed) / static_cast<double>(trace_.Tokens() * trace_.num_layers),
+      row.changed_fraction);
+}
+
 INSTANTIATE_TEST_SUITE_P(Peers, PeerSideBySideTest,
                          ::testing::Values("llama_cpp", "llama_cpp_lru", "sglang", "vllm_lfru",
                                            "least_stale"));
