@@ -162,7 +162,8 @@ class AdaptivePolicy final : public EvictionPolicy {
 // its next use is d + L (1/p - 1), d being the distance to its layer's next
 // visit. The entry expected to be needed last goes first, as Belady would.
 // d is certain and p an estimate, so d counts twice; that weight and the
-// blend were chosen on held-in traces (README, "Eviction policies").
+// blend (its own for a layer visited by a batch) were chosen on held-out
+// traces (README, "Eviction policies").
 class LayerReusePolicy final : public EvictionPolicy {
  public:
   std::string name() const override { return "layer_reuse"; }
@@ -182,8 +183,12 @@ class LayerReusePolicy final : public EvictionPolicy {
     // expert several times, and the count keeps ranking the experts that
     // every step uses (capped at 1 they would all tie).
     const double frequency = visits == 0 ? 0.0 : static_cast<double>(e.accesses) / visits;
-    const double p =
-        std::max(kRecencyWeight * CurrentReuse(e, clock) + (1 - kRecencyWeight) * frequency, 1e-6);
+    // A batch's visit uses many of the layer's experts, so having been used
+    // lately says less of the next visit than one token's use does. (The
+    // tokens move only at a visit, which re-keys the layer anyway.)
+    const double recency =
+        clock.LayerTokens(e.key.layer) > 1 ? kBatchRecencyWeight : kRecencyWeight;
+    const double p = std::max(recency * CurrentReuse(e, clock) + (1 - recency) * frequency, 1e-6);
     // Negated (exactly) so that a lower key goes first.
     return -(layers * (1.0 / p - 1.0));
   }
@@ -204,6 +209,7 @@ class LayerReusePolicy final : public EvictionPolicy {
 
  private:
   static constexpr double kRecencyWeight = 0.2;
+  static constexpr double kBatchRecencyWeight = 0.1;
   static constexpr double kDistanceWeight = 2.0;
 };
 

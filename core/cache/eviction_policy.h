@@ -43,13 +43,20 @@ struct EntryView {
 struct CacheClock {
   uint64_t now = 0;            // current tick
   uint32_t current_layer = 0;  // layer of the step being served
-  uint32_t step_tokens = 1;    // its tokens (a call's: a batch, a prompt)
   uint32_t num_layers = 1;
   std::vector<uint64_t> layer_visits;    // visits so far, per layer
   std::vector<uint64_t> layer_accesses;  // accesses so far, per layer
+  /// Tokens of each layer's latest visit (a call's: a batch, a prompt).
+  std::vector<uint32_t> layer_tokens;
   /// The tick before the first access of the current forward pass: a pass
   /// begins at a step whose layer does not follow the previous step's.
   uint64_t pass_start = 0;
+
+  uint32_t LayerTokens(uint32_t layer) const {
+    return layer < layer_tokens.size() ? layer_tokens[layer] : 1;
+  }
+  /// The tokens of the step being served.
+  uint32_t StepTokens() const { return LayerTokens(current_layer); }
 };
 
 /// The order in which a step touches its experts, which sets their recency.

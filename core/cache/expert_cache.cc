@@ -58,6 +58,7 @@ ExpertCache::ExpertCache(const CacheConfig& config, std::unique_ptr<EvictionPoli
       usage_(new Usage[slots_]),
       layer_visits_(new std::atomic<uint64_t>[config.num_layers]),
       layer_accesses_(new std::atomic<uint64_t>[config.num_layers]),
+      layer_tokens_(new std::atomic<uint32_t>[config.num_layers]),
       policy_(std::move(policy)),
       entries_(slots_),
       changed_(slots_),
@@ -71,6 +72,7 @@ ExpertCache::ExpertCache(const CacheConfig& config, std::unique_ptr<EvictionPoli
   for (uint32_t l = 0; l < config.num_layers; ++l) {
     layer_visits_[l].store(0, std::memory_order_relaxed);
     layer_accesses_[l].store(0, std::memory_order_relaxed);
+    layer_tokens_[l].store(1, std::memory_order_relaxed);
   }
 }
 
@@ -86,7 +88,7 @@ absl::Status ExpertCache::CheckKey(ExpertKey key) const {
 }
 
 void ExpertCache::BeginStep(uint32_t layer, uint32_t tokens) {
-  step_tokens_.store(tokens, std::memory_order_relaxed);
+  layer_tokens_[layer].store(tokens, std::memory_order_relaxed);
   if (layer <= current_layer_.exchange(layer, std::memory_order_relaxed)) {
     pass_start_.store(tick_.load(std::memory_order_relaxed), std::memory_order_relaxed);
   }
@@ -166,14 +168,15 @@ EntryView ExpertCache::View(size_t index) const {
 void ExpertCache::FillClock(CacheClock* clock) const {
   clock->now = tick_.load(std::memory_order_relaxed);
   clock->current_layer = current_layer_.load(std::memory_order_relaxed);
-  clock->step_tokens = step_tokens_.load(std::memory_order_relaxed);
   clock->num_layers = config_.num_layers;
   clock->pass_start = pass_start_.load(std::memory_order_relaxed);
   clock->layer_visits.resize(config_.num_layers);
   clock->layer_accesses.resize(config_.num_layers);
+  clock->layer_tokens.resize(config_.num_layers);
   for (uint32_t l = 0; l < config_.num_layers; ++l) {
     clock->layer_visits[l] = layer_visits_[l].load(std::memory_order_relaxed);
     clock->layer_accesses[l] = layer_accesses_[l].load(std::memory_order_relaxed);
+    clock->layer_tokens[l] = layer_tokens_[l].load(std::memory_order_relaxed);
   }
 }
 

@@ -199,9 +199,9 @@ class ExpertCache {
   std::unique_ptr<Usage[]> usage_;
   std::unique_ptr<std::atomic<uint64_t>[]> layer_visits_;
   std::unique_ptr<std::atomic<uint64_t>[]> layer_accesses_;
+  std::unique_ptr<std::atomic<uint32_t>[]> layer_tokens_;
   std::atomic<uint64_t> pass_start_{0};
   std::atomic<uint32_t> current_layer_{0};
-  std::atomic<uint32_t> step_tokens_{1};
   std::atomic<uint64_t> tick_{0};
   std::atomic<uint64_t> prefetch_used_{0};
 

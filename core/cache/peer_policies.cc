@@ -105,7 +105,7 @@ class LlamaCppClassLruPolicy final : public LayerClockedPolicy {
 // for larger ones.
 // Mapped: the count is our access count, a step's distinct experts touched
 // once each (step_order), so per call in batched steps too; a call is a
-// step, its tokens CacheClock::step_tokens, and the two tie-breaks are two
+// step, its tokens CacheClock::StepTokens(), and the two tie-breaks are two
 // orders of the same counts.
 class SglangPolicy final : public EvictionPolicy {
  public:
@@ -119,7 +119,7 @@ class SglangPolicy final : public EvictionPolicy {
     return order == kMostRecentFirst ? ~e.last_access : e.last_access;
   }
   size_t ActiveOrder(const CacheClock& clock) const override {
-    return clock.step_tokens > 1 ? kMostRecentFirst : 0;
+    return clock.StepTokens() > 1 ? kMostRecentFirst : 0;
   }
 
  private:

@@ -22,7 +22,8 @@ WorkerCacheView::WorkerCacheView(std::string name, uint32_t num_layers, uint32_t
       usage_(new Usage[slots_]),
       clock_{.num_layers = num_layers,
              .layer_visits = std::vector<uint64_t>(num_layers, 0),
-             .layer_accesses = std::vector<uint64_t>(num_layers, 0)},
+             .layer_accesses = std::vector<uint64_t>(num_layers, 0),
+             .layer_tokens = std::vector<uint32_t>(num_layers, 1)},
       index_(num_layers, num_experts),
       pinned_(num_experts, 0),
       touch_(slots_, 0) {
@@ -53,11 +54,12 @@ uint64_t WorkerCacheView::MemoryBytes() const {
 uint64_t WorkerCacheView::FootprintBytes(uint32_t num_layers, uint32_t num_experts,
                                          size_t name_bytes) {
   const uint64_t slots = uint64_t{num_layers} * num_experts;
-  // Flags, touch bits, usage and the index per slot (at most: adaptive's
-  // two orders), visits and accesses per layer, pins and last choices per
+  // Flags, touch bits, usage and the index per slot (at most: two orders),
+  // visits, accesses and tokens per layer, pins and last choices per
   // expert.
   return sizeof(WorkerCacheView) + slots * (sizeof(Usage) + 2 + EvictionIndex::kMaxBytesPerSlot) +
-         num_layers * 2 * sizeof(uint64_t) + num_experts * (1 + 2 * sizeof(uint32_t)) + name_bytes;
+         num_layers * (2 * sizeof(uint64_t) + sizeof(uint32_t)) +
+         num_experts * (1 + 2 * sizeof(uint32_t)) + name_bytes;
 }
 
 absl::Span<const WorkerCacheView::Miss> WorkerCacheView::BeginStep(
@@ -66,7 +68,7 @@ absl::Span<const WorkerCacheView::Miss> WorkerCacheView::BeginStep(
   ReleasePins();
   if (layer <= clock_.current_layer) clock_.pass_start = clock_.now;
   clock_.current_layer = layer;
-  clock_.step_tokens = tokens;
+  clock_.layer_tokens[layer] = tokens;
   const uint64_t visit = ++clock_.layer_visits[layer];
   // Per expert, its uses and the ticks (global and the layer's) of its last
   // use: what a use at a time would leave, with the reuse EMA stepped once
