@@ -2,6 +2,7 @@
 // routing in this process and learning over the Learn stream.
 #include "client/in_process_worker.h"
 
+#include <functional>
 #include <set>
 
 #include "absl/strings/str_cat.h"
@@ -121,13 +122,43 @@ class SideBySideTest : public ::testing::Test {
     }
   }
 
+  // Routes the schedule's batched steps through both workers, each token's
+  // logits from `token_logits` (the step, the token's place in it), and
+  // asserts that every step decides the same; counts hits as replay does (a
+  // step's first use of a missing expert misses) and rerouted tokens.
+  void RouteBatchesAlike(
+      const ReplaySchedule& schedule,
+      const std::function<absl::Span<const float>(const ReplayStep&, size_t)>& token_logits) {
+    std::vector<float> logits;
+    WorkerStep step;
+    for (const ReplayStep& s : schedule.steps()) {
+      logits.clear();
+      for (size_t t = 0; t < s.tokens(); ++t) {
+        const absl::Span<const float> row = token_logits(s, t);
+        logits.insert(logits.end(), row.begin(), row.end());
+      }
+      auto routed = remote_->Route(s.layer, logits);
+      ASSERT_TRUE(routed.ok()) << routed.status();
+      ASSERT_TRUE(local_->engine().Route(s.layer, logits, &step).ok());
+      ASSERT_THAT(step.batch.experts, ::testing::ElementsAreArray(routed->experts()));
+      ASSERT_EQ(step.cache.evictions, Keys(routed->evictions()));
+      ASSERT_EQ(step.cache.urgent, Keys(routed->urgent_page_ins()));
+      std::set<uint32_t> missing;
+      for (int u = 0; u < routed->experts_size(); ++u) {
+        if (!routed->resident(u)) missing.insert(routed->experts(u));
+      }
+      hits_ += routed->experts_size() - missing.size();
+      changed_ += step.batch.changed_tokens;
+    }
+  }
+
   RoutingTrace trace_;
   std::unique_ptr<RouterServer> server_;
   std::unique_ptr<Client> client_;
   uint64_t budget_ = 0;
   std::unique_ptr<WorkerCache> remote_;
   std::unique_ptr<InProcessWorker> local_;
-  uint64_t steps_ = 0, evictions_ = 0, hits_ = 0;
+  uint64_t steps_ = 0, evictions_ = 0, hits_ = 0, changed_ = 0;
 };
 
 TEST_F(SideBySideTest, DecidesAsRemoteRoutingOverTheSharedTrace) {
@@ -179,28 +210,12 @@ TEST_P(PeerSideBySideTest, ServiceAndInProcessWorkerHitAsTheReplay) {
 TEST_P(PeerSideBySideTest, BatchedStepsHitAsTheBatchedReplay) {
   trace_.runs.resize(std::min<size_t>(trace_.runs.size(), 12));
   ASSERT_NO_FATAL_FAILURE(Start(/*prefetch=*/false, GetParam()));
-  const ReplaySchedule schedule = ReplaySchedule::Batched(trace_, 4);
-  std::vector<float> logits, one(trace_.num_experts);
-  WorkerStep step;
-  uint64_t hits = 0;  // as replay counts: a step's first use of a missing expert misses
-  for (const ReplayStep& s : schedule.steps()) {
-    logits.clear();
-    for (size_t t = 0; t < s.tokens(); ++t) {
-      LogitsForChoice(s.experts.subspan(t * trace_.top_k, trace_.top_k), one);
-      logits.insert(logits.end(), one.begin(), one.end());
-    }
-    auto routed = remote_->Route(s.layer, logits);
-    ASSERT_TRUE(routed.ok()) << routed.status();
-    ASSERT_TRUE(local_->engine().Route(s.layer, logits, &step).ok());
-    ASSERT_THAT(step.batch.experts, ::testing::ElementsAreArray(routed->experts()));
-    ASSERT_EQ(step.cache.evictions, Keys(routed->evictions()));
-    ASSERT_EQ(step.cache.urgent, Keys(routed->urgent_page_ins()));
-    std::set<uint32_t> missing;
-    for (int u = 0; u < routed->experts_size(); ++u) {
-      if (!routed->resident(u)) missing.insert(routed->experts(u));
-    }
-    hits += routed->experts_size() - missing.size();
-  }
+  std::vector<float> one(trace_.num_experts);
+  ASSERT_NO_FATAL_FAILURE(
+      RouteBatchesAlike(ReplaySchedule::Batched(trace_, 4), [&](const ReplayStep& s, size_t t) {
+        LogitsForChoice(s.experts.subspan(t * trace_.top_k, trace_.top_k), one);
+        return absl::MakeConstSpan(one);
+      }));
   ReplayOptions options;
   options.amount = budget_ / kExpertBytes + PeerPaddingSlots(GetParam());
   options.expert_bytes = kExpertBytes;
@@ -210,7 +225,7 @@ TEST_P(PeerSideBySideTest, BatchedStepsHitAsTheBatchedReplay) {
   auto replay = Replay(trace_, options);
   ASSERT_TRUE(replay.ok()) << replay.status();
   EXPECT_GT(replay->rows[0].demand_loads, 0u);
-  EXPECT_EQ(hits, replay->rows[0].demand_hits);
+  EXPECT_EQ(hits_, replay->rows[0].demand_hits);
 }
 
 // Batched steps of a logits trace with the models' default router (its
@@ -223,29 +238,10 @@ TEST_F(SideBySideTest, BatchedStepsWithTheBonusDecideAsTheBatchedReplay) {
   trace_ = GenerateTrace(GetWorkloadPreset("mixtral")->shape, /*sequences=*/6, /*tokens=*/24,
                          /*seed=*/5);
   ASSERT_NO_FATAL_FAILURE(Start(/*prefetch=*/false));
-  const ReplaySchedule schedule = ReplaySchedule::Batched(trace_, 4);
-  std::vector<float> logits;
-  WorkerStep step;
-  uint64_t hits = 0, changed = 0;
-  for (const ReplayStep& s : schedule.steps()) {
-    logits.clear();
-    for (size_t t = 0; t < s.tokens(); ++t) {
-      const auto row = trace_.StepLogits(trace_.runs[s.runs[t]], s.run_steps[t]);
-      logits.insert(logits.end(), row.begin(), row.end());
-    }
-    auto routed = remote_->Route(s.layer, logits);
-    ASSERT_TRUE(routed.ok()) << routed.status();
-    ASSERT_TRUE(local_->engine().Route(s.layer, logits, &step).ok());
-    ASSERT_THAT(step.batch.experts, ::testing::ElementsAreArray(routed->experts()));
-    ASSERT_EQ(step.cache.evictions, Keys(routed->evictions()));
-    ASSERT_EQ(step.cache.urgent, Keys(routed->urgent_page_ins()));
-    std::set<uint32_t> missing;
-    for (int u = 0; u < routed->experts_size(); ++u) {
-      if (!routed->resident(u)) missing.insert(routed->experts(u));
-    }
-    hits += routed->experts_size() - missing.size();
-    changed += step.batch.changed_tokens;
-  }
+  ASSERT_NO_FATAL_FAILURE(
+      RouteBatchesAlike(ReplaySchedule::Batched(trace_, 4), [&](const ReplayStep& s, size_t t) {
+        return trace_.StepLogits(trace_.runs[s.runs[t]], s.run_steps[t]);
+      }));
   auto config = ConfigFromSpec(Spec("remote", trace_.num_layers, /*prefetch=*/false));
   ASSERT_TRUE(config.ok()) << config.status();
   ASSERT_GT(config->router.cache_bonus, 0);
@@ -259,10 +255,10 @@ TEST_F(SideBySideTest, BatchedStepsWithTheBonusDecideAsTheBatchedReplay) {
   ASSERT_TRUE(replay.ok()) << replay.status();
   const ReplayRow& row = replay->rows[0];
   EXPECT_GT(row.demand_loads, 0u);
-  EXPECT_EQ(hits, row.demand_hits);
-  EXPECT_GT(changed, 0u);
+  EXPECT_EQ(hits_, row.demand_hits);
+  EXPECT_GT(changed_, 0u);
   EXPECT_DOUBLE_EQ(
-      static_cast<double>(changed) / static_cast<double>(trace_.Tokens() * trace_.num_layers),
+      static_cast<double>(changed_) / static_cast<double>(trace_.Tokens() * trace_.num_layers),
       row.changed_fraction);
 }
 

@@ -76,15 +76,21 @@ TEST(EvictionPolicyTest, AdaptiveSwitchesOnTheSkewOfTheCandidates) {
   EXPECT_LT(adaptive->Keep(a, clock), adaptive->Keep(b, clock));
 }
 
+// Four layers visited ten times each, layer 1 being served.
+CacheClock ServingLayerOneOfFour() {
+  CacheClock clock;
+  clock.num_layers = 4;
+  clock.current_layer = 1;
+  clock.layer_visits = {10, 10, 10, 10};
+  return clock;
+}
+
 // Layer reuse: with equal use estimates, the entry of the layer about to be
 // served is kept over the one of the layer just served; with equal layers,
 // the one used more often is kept.
 TEST(EvictionPolicyTest, LayerReuseKeepsTheLayerNeededSoonest) {
   auto policy = Make("layer_reuse");
-  CacheClock clock;
-  clock.num_layers = 4;
-  clock.current_layer = 1;
-  clock.layer_visits = {10, 10, 10, 10};
+  CacheClock clock = ServingLayerOneOfFour();
   const EntryView next{.key = {2, 0}, .accesses = 5, .reuse = 0.5, .reuse_visit = 10};
   const EntryView just_served{.key = {1, 0}, .accesses = 5, .reuse = 0.5, .reuse_visit = 10};
   EXPECT_GT(policy->Keep(next, clock), policy->Keep(just_served, clock));
@@ -97,10 +103,7 @@ TEST(EvictionPolicyTest, LayerReuseKeepsTheLayerNeededSoonest) {
 // busier one ahead (counted as at most one per visit, they would tie).
 TEST(EvictionPolicyTest, LayerReuseRanksExpertsEveryBatchUsesByTheirUses) {
   auto policy = Make("layer_reuse");
-  CacheClock clock;
-  clock.num_layers = 4;
-  clock.current_layer = 1;
-  clock.layer_visits = {10, 10, 10, 10};
+  CacheClock clock = ServingLayerOneOfFour();
   const EntryView twice{.key = {2, 0}, .accesses = 20, .reuse = 1.0, .reuse_visit = 10};
   const EntryView once{.key = {2, 1}, .accesses = 10, .reuse = 1.0, .reuse_visit = 10};
   EXPECT_GT(policy->Keep(twice, clock), policy->Keep(once, clock));
@@ -112,10 +115,7 @@ TEST(EvictionPolicyTest, LayerReuseRanksExpertsEveryBatchUsesByTheirUses) {
 // against 0.24), and loses to it after a batch's (0.19 against 0.27).
 TEST(EvictionPolicyTest, LayerReuseWeighsRecencyLessForALayerVisitedByABatch) {
   auto policy = Make("layer_reuse");
-  CacheClock clock;
-  clock.num_layers = 4;
-  clock.current_layer = 1;
-  clock.layer_visits = {10, 10, 10, 10};
+  CacheClock clock = ServingLayerOneOfFour();
   const EntryView recent{.key = {2, 0}, .accesses = 1, .reuse = 1.0, .reuse_visit = 10};
   const EntryView frequent{.key = {2, 1}, .accesses = 3, .reuse = 0.0, .reuse_visit = 10};
   clock.layer_tokens = {1, 1, 1, 1};
