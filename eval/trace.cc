@@ -13,6 +13,7 @@
 #include "absl/strings/str_format.h"
 #include "core/base/file_io.h"
 #include "core/base/json_number.h"
+#include "core/model/model_config.h"
 #include "core/routing/router.h"
 #include "nlohmann/json.hpp"
 
@@ -49,9 +50,11 @@ absl::StatusOr<RoutingLine> ParseRoutingLine(const std::string& text) {
   if (!layer_id.ok()) return layer_id.status();
   const absl::StatusOr<uint32_t> token_id = JsonInteger<uint32_t>(*token, "the token index");
   if (!token_id.ok()) return token_id.status();
-  // The layer count is one more than the largest layer.
-  if (*layer_id == std::numeric_limits<uint32_t>::max()) {
-    return absl::InvalidArgumentError("'layer' is too large");
+  // A trace is of a model the service could host: what reads it sizes by
+  // its layers and experts.
+  if (*layer_id >= kMaxModelLayers) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "'layer' %d is beyond the %d layers a model may have", *layer_id, kMaxModelLayers));
   }
   out.layer = *layer_id;
   out.token = *token_id;
@@ -59,14 +62,19 @@ absl::StatusOr<RoutingLine> ParseRoutingLine(const std::string& text) {
   if (!ids.ok()) return ids.status();
   out.experts = *std::move(ids);
   for (uint32_t id : out.experts) {
-    if (id == std::numeric_limits<uint32_t>::max()) {
-      return absl::InvalidArgumentError("an expert id is too large");
+    if (id >= kMaxModelExperts) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "expert %d is beyond the %d experts a model may have", id, kMaxModelExperts));
     }
   }
   // Optional: the model's expert count, when some experts may go unused.
   if (const auto declared = j.find("num_experts"); declared != j.end()) {
     const absl::StatusOr<uint32_t> n = JsonInteger<uint32_t>(*declared, "'num_experts'");
     if (!n.ok()) return n.status();
+    if (*n > kMaxModelExperts) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "'num_experts' %d is beyond the %d experts a model may have", *n, kMaxModelExperts));
+    }
     for (uint32_t id : out.experts) {
       if (id >= *n) {
         return absl::InvalidArgumentError(
@@ -182,6 +190,11 @@ absl::StatusOr<RoutingTrace> ReadLogitsTrace(const std::string& path, std::ifstr
   if (trace.num_layers == 0 || trace.num_experts == 0 || trace.top_k == 0 ||
       trace.top_k > trace.num_experts || trace.top_k > kMaxRank) {
     return bad("logits trace header has an impossible shape");
+  }
+  if (trace.num_layers > kMaxModelLayers || trace.num_experts > kMaxModelExperts) {
+    return bad(absl::StrFormat(
+        "logits trace header: %d layers x %d experts is beyond what a model may have (%d x %d)",
+        trace.num_layers, trace.num_experts, kMaxModelLayers, kMaxModelExperts));
   }
   if (const auto routing = header.find("routing"); routing != header.end()) {
     if (absl::Status s = RoutingRuleFromJson(*routing, trace.num_layers, trace.num_experts,
@@ -414,19 +427,23 @@ TraceStats ComputeTraceStats(const RoutingTrace& trace) {
       paired_accesses(layers, 0);
   uint64_t recur = 0, recur_pairs = 0;
   std::vector<std::vector<uint64_t>> uses(layers, std::vector<uint64_t>(trace.num_experts, 0));
+  // Per layer, the run's latest step there and its token, to pair each step
+  // with the previous token's (steps come in token order): memory by
+  // layers, not by a run's tokens, which a sparse trace may make many.
+  std::vector<size_t> latest_step(layers);
+  std::vector<int64_t> latest_token(layers);
   for (const auto& run : trace.runs) {
-    // The step of (token, layer), to pair each with the previous token's.
-    std::vector<int64_t> at(size_t{run.tokens} * layers, -1);
-    for (size_t i = 0; i < run.steps.size(); ++i) {
-      at[size_t{run.steps[i].token} * layers + run.steps[i].layer] = static_cast<int64_t>(i);
-    }
+    std::fill(latest_token.begin(), latest_token.end(), -1);
     for (size_t i = 0; i < run.steps.size(); ++i) {
       const auto [t, l] = run.steps[i];
       const auto now = trace.StepExperts(run, i);
       for (uint32_t e : now) ++uses[l][e];
-      if (t == 0 || at[size_t{t - 1} * layers + l] < 0) continue;
-      const auto before =
-          trace.StepExperts(run, static_cast<size_t>(at[size_t{t - 1} * layers + l]));
+      const bool follows = latest_token[l] >= 0 && latest_token[l] + 1 == int64_t{t};
+      const size_t previous = latest_step[l];
+      latest_step[l] = i;
+      latest_token[l] = t;
+      if (!follows) continue;
+      const auto before = trace.StepExperts(run, previous);
       uint64_t shared = 0;
       for (uint32_t e : now) shared += std::find(before.begin(), before.end(), e) != before.end();
       overlap[l] += shared > 0;

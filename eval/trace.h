@@ -77,6 +77,8 @@ struct RoutingTrace {
 ///   the line.
 /// - logits traces: a JSON header line {"format": "moe-router-logits/1", ...}
 ///   then binary records (see WriteLogitsTrace).
+/// Either is of a model the service could host: layers and expert ids
+/// beyond kMaxModelLayers and kMaxModelExperts are refused by name.
 absl::StatusOr<RoutingTrace> ReadTrace(const std::string& path);
 
 /// Writes a logits trace: the header line

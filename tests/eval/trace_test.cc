@@ -1,5 +1,6 @@
 #include "eval/trace.h"
 
+#include "absl/strings/str_cat.h"
 #include "core/base/file_io.h"
 #include "eval/workload.h"
 #include "gmock/gmock.h"
@@ -85,8 +86,13 @@ TEST(TraceTest, IdsOutOfRangeAreRefusedNotTruncated) {
               HasSubstr("the token index must be an integer from 0 to 4294967295, got 1.5"));
   EXPECT_THAT(error(R"({"layer":0,"experts":[true],"token_idx":0})"),
               HasSubstr("'experts'[0] must be an integer"));
-  EXPECT_THAT(error(R"({"layer":4294967295,"experts":[1],"token_idx":0})"),
-              HasSubstr("'layer' is too large"));
+  // Beyond a model's shape (what a reader sizes by): refused by name.
+  EXPECT_THAT(error(R"({"layer":1024,"experts":[1],"token_idx":0})"),
+              HasSubstr(":1: 'layer' 1024 is beyond the 1024 layers a model may have"));
+  EXPECT_THAT(error(R"({"layer":0,"experts":[4096],"token_idx":0})"),
+              HasSubstr(":1: expert 4096 is beyond the 4096 experts a model may have"));
+  EXPECT_THAT(error(R"({"layer":0,"experts":[1],"token_idx":0,"num_experts":4097})"),
+              HasSubstr(":1: 'num_experts' 4097 is beyond the 4096 experts a model may have"));
   EXPECT_THAT(error(R"({"layer":0,"experts":[9],"token_idx":0,"num_experts":8})"),
               HasSubstr(":1: expert 9 is not below 'num_experts' 8"));
   EXPECT_THAT(error(R"({"layer":0,"experts":[1],"token_idx":0,"num_experts":-8})"),
@@ -244,7 +250,7 @@ TEST(TraceTest, LogitsTraceCarriesItsRoutingRule) {
 TEST(TraceTest, LogitsTraceHeaderPromisingMoreThanTheFileIsRefused) {
   testing::TempDir dir;
   const std::string header =
-      R"({"format":"moe-router-logits/1","num_layers":4000000000,"num_experts":4000000000,)"
+      R"({"format":"moe-router-logits/1","num_layers":1024,"num_experts":4096,)"
       R"("top_k":1,"runs":[{"name":"huge","tokens":4000000000}]})";
   for (const std::string& records : {std::string(), std::string(64, '\0')}) {
     const auto trace = ReadText(dir, header + "\n" + records);
@@ -256,19 +262,42 @@ TEST(TraceTest, LogitsTraceHeaderPromisingMoreThanTheFileIsRefused) {
   }
 }
 
-// Found by trace_reader_fuzz: a header with many layers and no records
-// built a router per layer before anything was routed (out of memory).
-// Only layers some step visits get one.
-TEST(TraceTest, LogitsTraceHeaderWithManyLayersAndNoRecordsReadsEmpty) {
+// Found by trace_reader_fuzz: a header of many layers and no records made
+// the reader build a router per layer (out of memory). Only layers some
+// step visits get one; a shape beyond any model's is refused by name.
+TEST(TraceTest, LogitsTraceHeaderOfTheLargestShapeWithoutRecordsReadsEmpty) {
   testing::TempDir dir;
   const auto trace =
-      ReadText(dir, R"({"format":"moe-router-logits/1","num_layers":4000000000,"num_experts":8,)"
-                    R"("top_k":2,"runs":[{"name":"empty","tokens":0}]})"
+      ReadText(dir, R"({"format":"moe-router-logits/1","num_layers":1024,"num_experts":4096,)"
+                    R"("top_k":8,"runs":[{"name":"empty","tokens":0}]})"
                     "\n");
   ASSERT_TRUE(trace.ok()) << trace.status();
-  EXPECT_EQ(trace->num_layers, 4000000000u);
+  EXPECT_EQ(trace->num_layers, 1024u);
   ASSERT_EQ(trace->runs.size(), 1u);
   EXPECT_EQ(trace->Steps(), 0u);
+  for (const char* shape :
+       {R"("num_layers":1025,"num_experts":8)", R"("num_layers":2,"num_experts":4097)"}) {
+    const auto beyond = ReadText(dir, absl::StrCat(R"({"format":"moe-router-logits/1",)", shape,
+                                                   R"(,"top_k":2,"runs":[]})", "\n"));
+    ASSERT_FALSE(beyond.ok()) << shape;
+    EXPECT_THAT(std::string(beyond.status().message()),
+                HasSubstr("is beyond what a model may have (1024 x 4096)"));
+  }
+}
+
+// Stats pair a step with the previous token's at its layer only: tokens
+// far apart (a sparse run) are not paired, and cost nothing by their gap.
+TEST(TraceTest, StatsOfASparseRunPairOnlyConsecutiveTokens) {
+  testing::TempDir dir;
+  auto trace = ReadText(dir,
+                        "{\"layer\":0,\"experts\":[0,1],\"token_idx\":0}\n"
+                        "{\"layer\":0,\"experts\":[0,2],\"token_idx\":1}\n"
+                        "{\"layer\":0,\"experts\":[0,1],\"token_idx\":4000000000}\n");
+  ASSERT_TRUE(trace.ok()) << trace.status();
+  EXPECT_EQ(trace->runs[0].tokens, 4000000001u);
+  const TraceStats s = ComputeTraceStats(*trace);
+  EXPECT_DOUBLE_EQ(s.overlap_mean, 1.0);
+  EXPECT_DOUBLE_EQ(s.reuse_mean, 0.5);  // token 1 reuses 0 of {0, 2}; 4e9 is not paired
 }
 
 // Found by trace_reader_fuzz: a first line whose "format" is not a string
