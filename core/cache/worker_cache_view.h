@@ -82,9 +82,10 @@ class WorkerCacheView {
     uint32_t uses = 0;
   };
   /// A step of `layer` for `tokens` tokens begins with its chosen experts in
-  /// order of use (tokens x top_k): pins them until the call ends and records every use
-  /// as the offline replay does, one expert at a time. Returns the experts
-  /// the worker lacks, in order of first use: Admit each, then NoteMiss.
+  /// order of use (tokens x top_k): pins them until the call ends and
+  /// records every use as the offline replay does, one expert at a time.
+  /// Returns the experts the worker lacks, in order of first use: Admit
+  /// each, then NoteMiss.
   /// The span lives until the next BeginStep.
   absl::Span<const Miss> BeginStep(uint32_t layer, uint32_t tokens,
                                    absl::Span<const uint32_t> experts)
