@@ -97,12 +97,13 @@ class LlamaCppClassLruPolicy final : public LayerClockedPolicy {
   }
 };
 
-// SGLang's expert_pack cache: one pool over all layers; a count per (layer,
-// expert), +1 per call that requests it, saturating at 255, never decayed,
-// kept across evictions; the victim is an empty slot, else the lowest count
-// not requested in this call (here: not pinned by the step), ties to the
-// least recently used for a one-token call and to the most recently used
-// for larger ones.
+// SGLang's expert_pack cache, as the issues that asked for it read upstream
+// (no copy of its source was reachable here): one pool over all layers; a
+// count per (layer, expert), +1 per call that requests it, saturating at
+// 255, never decayed, kept across evictions; the victim is an empty slot,
+// else the lowest count not requested in this call (here: not pinned by the
+// step), ties to the least recently used for a one-token call and to the
+// most recently used for larger ones.
 // Mapped: the count is our access count, a step's distinct experts touched
 // once each (step_order), so per call in batched steps too; a call is a
 // step, its tokens CacheClock::StepTokens(), and the two tie-breaks are two
